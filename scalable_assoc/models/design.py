@@ -1,0 +1,129 @@
+"""Covariate designs: rank checks and the shared QR factorisation.
+
+A *design* is one (participant subset, covariate set). Every analysis that uses
+the same design (for example several exposures over the same participants)
+shares one factorisation, computed once and reused for every block of features.
+
+Pure numpy/scipy: no Dask, no files, no pandas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+
+#: Relative tolerance on the pivoted-QR diagonal (columns scaled to unit norm)
+#: below which a column counts as a linear combination of the others. Matches the
+#: spirit of ``numpy.linalg.matrix_rank``: ``max(n, p) * eps`` relative to the
+#: largest diagonal entry.
+_EPS = np.finfo(np.float64).eps
+
+
+@dataclass(frozen=True)
+class CovariateDesign:
+    """A factorised covariate design for ``n`` participants.
+
+    Attributes
+    ----------
+    names:
+        Column names of ``covariates`` (the first is always ``"(intercept)"``).
+    covariates:
+        ``(n, k)`` float64 design, intercept first, other columns centred and
+        scaled to unit standard deviation (a reparametrisation that leaves every
+        exposure slope unchanged but keeps per-feature Gram matrices well
+        conditioned).
+    q:
+        ``(n, k)`` orthonormal basis of the column space of ``covariates``
+        (only meaningful when ``problem`` is None).
+    rank:
+        Numerical rank of ``covariates``.
+    problem:
+        None for a full-rank design; otherwise a sentence naming the collinear
+        covariates. No analysis is fitted on a design with a problem.
+    """
+
+    names: tuple[str, ...]
+    covariates: np.ndarray
+    q: np.ndarray
+    rank: int
+    problem: str | None
+
+    @property
+    def n(self) -> int:
+        """Number of participants in the design."""
+        return int(self.covariates.shape[0])
+
+
+def standardise_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centre and scale every column of ``matrix`` (shape ``(n, k)``).
+
+    Returns ``(standardised, mean, scale)``; a constant column keeps scale 1 and
+    becomes all zeros, which the rank check then reports.
+    """
+    mean = matrix.mean(axis=0)
+    centred = matrix - mean
+    scale = np.sqrt((centred**2).mean(axis=0))
+    scale = np.where(scale > 0, scale, 1.0)
+    return centred / scale, mean, scale
+
+
+def _dependency_sentence(scaled: np.ndarray, names: tuple[str, ...], kept: np.ndarray, dropped: np.ndarray) -> str:
+    """Say which columns each dropped column is a linear combination of."""
+    parts = []
+    for column in dropped:
+        coef, *_ = np.linalg.lstsq(scaled[:, kept], scaled[:, column], rcond=None)
+        involved = [names[k] for k, c in zip(kept, coef) if abs(c) > 1e-8]
+        if not involved:
+            parts.append(f"'{names[column]}' is constant among these participants")
+        else:
+            parts.append(f"'{names[column]}' is a linear combination of " + ", ".join(f"'{n}'" for n in involved))
+    return "rank-deficient design: " + "; ".join(parts)
+
+
+def factorise_covariates(covariates: np.ndarray, names: tuple[str, ...]) -> CovariateDesign:
+    """Check the rank of a covariate design and factorise it once.
+
+    Parameters
+    ----------
+    covariates:
+        ``(n, k)`` float64 matrix without missing values. Column 0 must be the
+        intercept (all ones); the others are raw covariate values or dummies.
+    names:
+        ``k`` column names, used to name collinear covariates.
+    """
+    covariates = np.asarray(covariates, dtype=np.float64)
+    n, k = covariates.shape
+    if len(names) != k:
+        raise ValueError(f"{k} covariate columns but {len(names)} names")
+    if not np.all(np.isfinite(covariates)):
+        raise ValueError("covariates must be finite; drop participants with missing covariates first")
+    standardised = covariates.copy()
+    if k > 1:
+        standardised[:, 1:], _, _ = standardise_columns(covariates[:, 1:])
+    # Rank by pivoted QR on unit-norm columns, so the tolerance is scale-free.
+    norms = np.linalg.norm(standardised, axis=0)
+    unit = standardised / np.where(norms > 0, norms, 1.0)
+    _, r_factor, pivot = scipy.linalg.qr(unit, mode="economic", pivoting=True)
+    diagonal = np.abs(np.diag(r_factor))
+    tolerance = max(n, k) * _EPS * (diagonal[0] if diagonal.size else 0.0)
+    rank = int(np.sum(diagonal > tolerance)) if n >= k else int(np.sum(diagonal[: min(n, k)] > tolerance))
+    problem = None
+    if n <= k:
+        problem = f"too few participants ({n}) for {k} design columns"
+    elif rank < k:
+        problem = _dependency_sentence(unit, names, np.sort(pivot[:rank]), pivot[rank:])
+    q = np.linalg.qr(standardised, mode="reduced")[0] if problem is None else np.empty((n, 0))
+    return CovariateDesign(names=tuple(names), covariates=standardised, q=q, rank=rank, problem=problem)
+
+
+def project_out(q: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Residuals of ``values`` (``(n,)`` or ``(n, m)``) after projection on ``q`` (``(n, k)``).
+
+    Classical Gram-Schmidt applied twice ("twice is enough"): the second pass
+    removes the rounding left by the first, so residuals stay accurate even when
+    the covariates explain almost all of a feature's variance.
+    """
+    residual = values - q @ (q.T @ values)
+    return residual - q @ (q.T @ residual)

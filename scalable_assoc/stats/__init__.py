@@ -1,0 +1,1 @@
+"""Vectorised statistics (numpy/scipy only): abundance transforms and multiple testing."""

@@ -1,0 +1,107 @@
+"""Abundance filters and transforms, vectorised over a block of features.
+
+Blocks are ``(n_samples, n_features)`` float64 arrays; NaN marks a missing value.
+Transforms that need a whole sample (CLR's geometric mean, TSS's total) take
+per-sample summaries computed over *all kept features* of the layer, which the
+engine accumulates block by block (:func:`sample_summaries`) before any block is
+transformed (:func:`apply_transform`). Order: filter, then transform over the
+features kept.
+
+Pure numpy: no Dask, no files, no pandas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Transform = Literal["clr", "log", "ast", "tss", "none"]
+TRANSFORMS: tuple[str, ...] = ("clr", "log", "ast", "tss", "none")
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """Per-feature counts for one block (every array ``(m,)``).
+
+    ``nonzero``: values > 0; ``observed``: non-missing values; ``min_positive``:
+    smallest value > 0 (inf where none).
+    """
+
+    nonzero: np.ndarray
+    observed: np.ndarray
+    min_positive: np.ndarray
+
+
+def feature_summary(block: np.ndarray) -> FeatureSummary:
+    """Counts for the prevalence filter and the half-minimum pseudocount."""
+    observed = ~np.isnan(block)
+    positive = block > 0  # NaN compares False
+    min_positive = np.where(positive, block, np.inf).min(axis=0) if block.shape[0] else np.full(block.shape[1], np.inf)
+    return FeatureSummary(nonzero=positive.sum(axis=0), observed=observed.sum(axis=0), min_positive=min_positive)
+
+
+def prevalence(summary: FeatureSummary) -> np.ndarray:
+    """Fraction of non-missing values that are non-zero, per feature (0 where all are missing)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = summary.nonzero / summary.observed
+    return np.where(summary.observed > 0, fraction, 0.0)
+
+
+def half_min_pseudocount(min_positive_of_kept: np.ndarray) -> float:
+    """Half the smallest non-zero value over the kept features of a layer."""
+    smallest = float(np.min(min_positive_of_kept)) if min_positive_of_kept.size else np.inf
+    if not np.isfinite(smallest):
+        raise ValueError("no non-zero value among the kept features: a half-minimum pseudocount is undefined")
+    return smallest / 2.0
+
+
+def needs_sample_summary(transform: str) -> bool:
+    """Whether the transform needs per-sample sums over all kept features."""
+    return transform in ("clr", "tss", "ast")
+
+
+def sample_summaries(block: np.ndarray, transform: str, pseudocount: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample partial sums over the kept features of one block.
+
+    Returns ``(total, count)``, each ``(n,)``: for CLR the sum of
+    ``log(x + pseudocount)``, for TSS/AST the sum of ``x``; ``count`` is the
+    number of non-missing values. Sums of blocks add up to the layer's summary.
+    """
+    observed = ~np.isnan(block)
+    if transform == "clr":
+        values = np.log(np.where(observed, block, 0.0) + pseudocount)
+    else:
+        values = np.where(observed, block, 0.0)
+    return np.where(observed, values, 0.0).sum(axis=1), observed.sum(axis=1)
+
+
+def apply_transform(
+    block: np.ndarray, transform: str, pseudocount: float, sample_total: np.ndarray | None, sample_count: np.ndarray | None
+) -> np.ndarray:
+    """Transform a block of kept features; missing values stay NaN.
+
+    * ``clr``: ``log(x + c) - mean_j log(x_j + c)`` over the sample's kept, non-missing features;
+    * ``log``: natural ``log(x + c)``;
+    * ``tss``: ``x / sum_j x_j`` (proportions of the kept features);
+    * ``ast``: ``arcsin(sqrt(x / sum_j x_j))``;
+    * ``none``: unchanged.
+    """
+    if transform == "none":
+        return block.astype(np.float64, copy=True)
+    if transform == "log":
+        return np.log(block + pseudocount)
+    if sample_total is None or sample_count is None:
+        raise ValueError(f"transform {transform!r} needs per-sample summaries")
+    if transform == "clr":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            geometric_log_mean = sample_total / sample_count
+        return np.log(block + pseudocount) - geometric_log_mean[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        proportions = block / sample_total[:, None]
+    if transform == "tss":
+        return proportions
+    if transform == "ast":
+        return np.arcsin(np.sqrt(np.clip(proportions, 0.0, 1.0)))
+    raise ValueError(f"unknown transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
