@@ -1,0 +1,70 @@
+"""Atomic file writes: write to a temporary name in the same folder, then rename.
+
+A reader (or a resumed run) therefore sees either the complete file or none,
+and a task that Dask runs twice simply replaces its own output with an
+identical one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_atomically(path: Path, writer: Callable[[Path], None]) -> Path:
+    """Call ``writer(temporary_path)``, then rename the result onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_sibling(path)
+    try:
+        writer(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_parquet(path: Path, frame: pd.DataFrame | pa.Table) -> Path:
+    """Write a table to Parquet atomically (no pandas index)."""
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    return write_atomically(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_tsv(path: Path, frame: pd.DataFrame) -> Path:
+    """Write a tab-separated table atomically; missing values as ``NA`` (read as missing by R and pandas)."""
+    return write_atomically(path, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="NA", float_format="%.10g"))
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write JSON atomically, pretty-printed."""
+    text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def file_checksum(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """SHA-256 of a file, or of a folder's files in sorted order (a Zarr store)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as handle:
+            while block := handle.read(chunk_bytes):
+                digest.update(block)
+    return digest.hexdigest()

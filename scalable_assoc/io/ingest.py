@@ -1,0 +1,46 @@
+"""Converting abundance tables into stores, once: on first use by a run, or by ``scalable-assoc ingest``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.atomic import file_checksum
+from scalable_assoc.io.store import AbundanceStore, open_store, write_store
+from scalable_assoc.io.tables import detect_format, read_abundance_table
+
+
+def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None) -> AbundanceStore:
+    """Read a MetaPhlAn / wide TSV / CSV / Parquet table and write it as a Zarr store at ``destination``."""
+    if not source.exists():
+        raise DataError(f"abundance file {source} does not exist")
+    checksum = file_checksum(source)
+    table = read_abundance_table(source, fmt, rank)
+    return write_store(destination, table, checksum, chunk_features)
+
+
+def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None) -> tuple[AbundanceStore, str]:
+    """The store for one layer and the checksum of its input.
+
+    A store given directly (``.zarr`` folder) is opened as it is. A table is
+    converted into ``cache_dir`` once; the cache name holds the table's checksum,
+    rank and chunk size, so an edited table or a new chunk size makes a new store
+    and a resumed run finds the old one.
+    """
+    if not source.exists():
+        raise DataError(f"layer '{layer}': abundance file {source} does not exist")
+    resolved = detect_format(source) if fmt == "auto" else fmt
+    if resolved == "zarr":
+        store = open_store(source)
+        if chunk_features and chunk_features != store.chunk_features:
+            raise DataError(
+                f"layer '{layer}': store {source} has {store.chunk_features} features per chunk; "
+                f"--chunk-features {chunk_features} cannot change a store (re-ingest it instead)"
+            )
+        return store, store.source_sha256 or file_checksum(source)
+    checksum = file_checksum(source)
+    destination = cache_dir / f"{layer}-{checksum[:16]}-{rank}-c{chunk_features or 'auto'}.zarr"
+    if (destination / "zarr.json").is_file():
+        return open_store(destination), checksum
+    table = read_abundance_table(source, resolved, rank)
+    return write_store(destination, table, checksum, chunk_features), checksum

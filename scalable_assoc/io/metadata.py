@@ -1,0 +1,192 @@
+"""Participant metadata: loading, sample-ID reconciliation, exposures and covariate encoding.
+
+Turns the metadata table into the numeric arrays the kernels take: exposure
+vectors (0/1 for case/control definitions) and covariate matrices with
+categorical covariates expanded to treatment dummies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalable_assoc.errors import DataError, PlanError
+from scalable_assoc.plan.schema import ExposureSpec
+
+
+def load_metadata(path: Path, id_column: str) -> pd.DataFrame:
+    """Read a TSV/CSV/Parquet metadata table indexed by ``id_column`` (as strings)."""
+    if not path.is_file():
+        raise DataError(f"metadata file {path} does not exist")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep="," if path.suffix.lower() == ".csv" else "\t", dtype={id_column: str})
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"metadata file {path} cannot be read as a table: {error}") from None
+    if id_column not in frame.columns:
+        raise DataError(
+            f"metadata file {path} has no sample ID column '{id_column}' (columns: {', '.join(map(str, frame.columns[:10]))}"
+            f"{', ...' if frame.shape[1] > 10 else ''}); set data.sample_id_column in the plan"
+        )
+    ids = frame[id_column]
+    if ids.isna().any():
+        raise DataError(f"metadata file {path}: {int(ids.isna().sum())} row(s) have no value in '{id_column}'")
+    ids = ids.astype(str)
+    duplicated = ids[ids.duplicated()].unique()
+    if duplicated.size:
+        raise DataError(
+            f"metadata file {path}: duplicate sample IDs in '{id_column}' ({int(ids.duplicated().sum())} repeated), "
+            f"for example: {', '.join(duplicated[:5])}"
+        )
+    return frame.assign(**{id_column: ids}).set_index(id_column)
+
+
+def reconcile_samples(
+    layer: str, layer_path: Path, layer_ids: tuple[str, ...], metadata: pd.DataFrame, metadata_path: Path, intersect: bool
+) -> tuple[np.ndarray, str | None]:
+    """Positions (into ``layer_ids``) of the samples used for a layer, in layer order, and a warning if any.
+
+    Unless ``intersect`` is set, the abundance and metadata sample IDs must match
+    exactly; otherwise the error says how many differ and names the first few.
+    With ``intersect`` the shared samples are used and the warning says what was dropped.
+    """
+    layer_index = pd.Index(layer_ids)
+    in_metadata = layer_index.isin(metadata.index)
+    only_layer = layer_index[~in_metadata]
+    only_metadata = metadata.index[~metadata.index.isin(layer_index)]
+    if len(only_layer) or len(only_metadata):
+        detail = []
+        if len(only_layer):
+            detail.append(f"{len(only_layer)} sample(s) of layer '{layer}' ({layer_path}) are not in the metadata, e.g. {', '.join(map(str, only_layer[:5]))}")
+        if len(only_metadata):
+            detail.append(f"{len(only_metadata)} metadata sample(s) ({metadata_path}) are not in layer '{layer}', e.g. {', '.join(map(str, only_metadata[:5]))}")
+        message = "; ".join(detail)
+        if not intersect:
+            raise DataError(
+                f"sample IDs do not match: {message}. Fix the IDs, or set 'data: {{sample_mismatch: intersect}}' in the plan "
+                f"(or pass --intersect-samples) to analyse only the {int(in_metadata.sum())} shared samples."
+            )
+        if not in_metadata.any():
+            raise DataError(f"sample IDs do not match: no sample of layer '{layer}' ({layer_path}) is in the metadata ({metadata_path})")
+        return np.flatnonzero(in_metadata), f"layer '{layer}': analysing the {int(in_metadata.sum())} shared samples only: {message}"
+    return np.flatnonzero(in_metadata), None
+
+
+def _require_columns(metadata: pd.DataFrame, path: Path, columns: list[str], where: str) -> None:
+    missing = [c for c in columns if c not in metadata.columns]
+    if missing:
+        raise PlanError(
+            f"{where} names column(s) {', '.join(repr(c) for c in missing)} that are not in the metadata file {path} "
+            f"(it has: {', '.join(map(str, metadata.columns[:15]))}{', ...' if metadata.shape[1] > 15 else ''})"
+        )
+
+
+@dataclass(frozen=True)
+class ExposureValues:
+    """An exposure over all metadata rows: ``values`` ``(n,)`` with NaN where a participant is in neither group."""
+
+    name: str
+    values: np.ndarray
+    binary: bool
+    source_columns: tuple[str, ...]
+
+
+def _evaluate_query(metadata: pd.DataFrame, path: Path, exposure: str, part: str, query: str) -> np.ndarray:
+    try:
+        selected = metadata.eval(query, engine="python")
+    except pd.errors.UndefinedVariableError as error:
+        raise PlanError(f"exposure '{exposure}': the {part} query {query!r} names a column that is not in the metadata file {path}: {error}") from None
+    except Exception as error:  # pandas raises many types for a malformed expression
+        raise PlanError(f"exposure '{exposure}': the {part} query {query!r} cannot be evaluated on {path}: {error}") from None
+    if not isinstance(selected, pd.Series) or not pd.api.types.is_bool_dtype(selected.dtype):
+        raise PlanError(f"exposure '{exposure}': the {part} query {query!r} must give true/false per participant (for example \"MDD == 1\")")
+    return selected.fillna(False).to_numpy(dtype=bool)
+
+
+def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_cases: int) -> ExposureValues:
+    """Evaluate one exposure on the metadata, enforcing a minimum group size for binary exposures."""
+    if spec.is_query:
+        assert spec.cases is not None and spec.controls is not None
+        cases = _evaluate_query(metadata, path, spec.name, "cases", spec.cases)
+        controls = _evaluate_query(metadata, path, spec.name, "controls", spec.controls)
+        both = cases & controls
+        if both.any():
+            example = ", ".join(map(str, metadata.index[both][:5]))
+            raise PlanError(f"exposure '{spec.name}': {int(both.sum())} participant(s) match both the cases and the controls query, e.g. {example}")
+        for label, mask, query in (("cases", cases, spec.cases), ("controls", controls, spec.controls)):
+            if not mask.any():
+                raise PlanError(f"exposure '{spec.name}': the {label} query {query!r} selects no participants in {path}")
+            if mask.sum() < min_cases:
+                raise PlanError(
+                    f"exposure '{spec.name}': only {int(mask.sum())} {label} (query {query!r}), fewer than min_cases = {min_cases}; "
+                    "lower 'min_cases' in the plan if this is intended"
+                )
+        values = np.where(cases, 1.0, np.where(controls, 0.0, np.nan))
+        columns = tuple(c for c in metadata.columns if c in spec.cases or c in spec.controls)
+        return ExposureValues(spec.name, values, True, columns)
+    assert spec.column is not None
+    _require_columns(metadata, path, [spec.column], f"exposure '{spec.name}'")
+    column = metadata[spec.column]
+    if not (pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype)):
+        raise PlanError(f"exposure '{spec.name}': column '{spec.column}' of {path} is not numeric; use cases/controls queries for a categorical exposure")
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    observed = values[~np.isnan(values)]
+    if observed.size == 0:
+        raise PlanError(f"exposure '{spec.name}': column '{spec.column}' of {path} has no values")
+    binary = bool(np.isin(observed, (0.0, 1.0)).all())
+    if binary:
+        for label, count in (("cases (value 1)", int((observed == 1).sum())), ("controls (value 0)", int((observed == 0).sum()))):
+            if count < min_cases:
+                raise PlanError(f"exposure '{spec.name}': only {count} {label} in column '{spec.column}', fewer than min_cases = {min_cases}")
+    return ExposureValues(spec.name, values, binary, (spec.column,))
+
+
+def check_covariates(metadata: pd.DataFrame, path: Path, adjustments: dict[str, tuple[str, ...]], categorical: tuple[str, ...]) -> None:
+    """Every adjustment column exists; non-categorical ones are numeric."""
+    for name, columns in adjustments.items():
+        _require_columns(metadata, path, list(columns), f"adjustment set '{name}'")
+    _require_columns(metadata, path, list(categorical), "covariates.categorical")
+    used = {c for columns in adjustments.values() for c in columns}
+    for column in sorted(used - set(categorical)):
+        dtype = metadata[column].dtype
+        if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
+            example = metadata[column].dropna().astype(str).unique()[:3]
+            raise PlanError(
+                f"covariate '{column}' in {path} is not numeric (values such as {', '.join(map(repr, example))}); "
+                "list it under covariates.categorical in the plan"
+            )
+
+
+def covariate_columns(metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Encode covariates for the given metadata ``rows`` (positions): ``(len(rows), k)`` matrix and its names.
+
+    Column 0 is the intercept. A categorical covariate becomes one 0/1 dummy per
+    level present among ``rows`` except the reference, the first level in sorted
+    order; dummies are named ``column[level]``. Rows must have no missing values.
+    """
+    pieces = [np.ones((rows.size, 1))]
+    names = ["(intercept)"]
+    for column in columns:
+        values = metadata[column].iloc[rows]
+        if column in categorical:
+            levels = sorted(values.astype(str).unique())
+            text = values.astype(str).to_numpy()
+            for level in levels[1:]:
+                pieces.append((text == level).astype(np.float64)[:, None])
+                names.append(f"{column}[{level}]")
+        else:
+            pieces.append(values.to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
+            names.append(column)
+    return np.hstack(pieces), tuple(names)
+
+
+def complete_rows(metadata: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
+    """Boolean ``(n,)``: rows with no missing value in any of ``columns``."""
+    if not columns:
+        return np.ones(len(metadata), dtype=bool)
+    return ~metadata[list(columns)].isna().any(axis=1).to_numpy()

@@ -1,0 +1,137 @@
+"""The abundance store: a Zarr v3 array chunked along features, all samples in a chunk.
+
+Layout of ``<name>.zarr`` (a Zarr v3 group)::
+
+    abundance      float64 (n_samples, n_features), chunks (n_samples, chunk_features),
+                   codecs bytes -> zstd -> crc32c (every chunk checksummed), NaN = missing
+    attributes     sample_ids, feature_ids, source, source_sha256, format_version
+
+Samples are never split across chunks: every regression needs all samples of a
+feature, so a task reads whole chunks and never communicates with another.
+Stores are written to a temporary folder and renamed, so a half-written store
+is never mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.atomic import write_atomically
+from scalable_assoc.io.tables import AbundanceTable
+
+STORE_FORMAT_VERSION = 1
+#: Target uncompressed bytes per chunk: large enough that per-task overhead is
+#: negligible, small enough that a worker holds a few chunks comfortably.
+TARGET_CHUNK_BYTES = 32 * 2**20
+
+
+def default_chunk_features(n_samples: int, n_features: int) -> int:
+    """Features per chunk so that one chunk is about :data:`TARGET_CHUNK_BYTES`."""
+    by_size = max(1, TARGET_CHUNK_BYTES // (8 * max(n_samples, 1)))
+    return int(max(1, min(n_features, by_size)))
+
+
+@dataclass(frozen=True)
+class AbundanceStore:
+    """An opened store. Blocks are read on demand; nothing is held in memory."""
+
+    path: Path
+    sample_ids: tuple[str, ...]
+    feature_ids: tuple[str, ...]
+    chunk_features: int
+    source_sha256: str
+
+    @property
+    def n_samples(self) -> int:
+        """Number of samples (rows)."""
+        return len(self.sample_ids)
+
+    @property
+    def n_features(self) -> int:
+        """Number of features (columns)."""
+        return len(self.feature_ids)
+
+    def block_bounds(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` feature ranges, one per Zarr chunk."""
+        size = self.chunk_features
+        return [(start, min(start + size, self.n_features)) for start in range(0, self.n_features, size)]
+
+    def read_block(self, start: int, stop: int, sample_positions: np.ndarray | None = None) -> np.ndarray:
+        """Features ``start:stop`` for all samples (or the given sample positions): ``(n, stop - start)`` float64."""
+        array = zarr.open_array(self.path / "abundance", mode="r")
+        block = np.asarray(array[:, start:stop], dtype=np.float64)
+        return block if sample_positions is None else block[sample_positions]
+
+
+def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_features: int | None = None) -> AbundanceStore:
+    """Write ``table`` as a feature-chunked, checksummed Zarr v3 store (atomically)."""
+    n_samples, n_features = table.values.shape
+    chunk = chunk_features or default_chunk_features(n_samples, n_features)
+    chunk = int(max(1, min(chunk, n_features)))
+
+    def writer(temporary: Path) -> None:
+        group = zarr.open_group(temporary, mode="w", zarr_format=3)
+        group.attrs.update(
+            {
+                "format_version": STORE_FORMAT_VERSION,
+                "sample_ids": list(table.sample_ids),
+                "feature_ids": list(table.feature_ids),
+                "source": str(table.source),
+                "source_sha256": source_sha256,
+            }
+        )
+        array = group.create_array(
+            "abundance",
+            shape=(n_samples, n_features),
+            chunks=(n_samples, chunk),
+            dtype="float64",
+            fill_value=np.nan,
+            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+        )
+        # One write per whole chunk: writes aligned to chunks never share one.
+        for start in range(0, n_features, chunk):
+            stop = min(start + chunk, n_features)
+            array[:, start:stop] = table.values[:, start:stop]
+
+    write_atomically(path, writer)
+    return open_store(path)
+
+
+def open_store(path: Path) -> AbundanceStore:
+    """Open a store written by :func:`write_store`, checking its layout."""
+    if not (path / "zarr.json").is_file():
+        raise DataError(f"{path}: not a scalable-assoc store (no zarr.json); create one with 'scalable-assoc ingest'")
+    try:
+        group = zarr.open_group(path, mode="r")
+        attrs = dict(group.attrs)
+        array = group["abundance"]
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        raise DataError(f"{path}: not a readable scalable-assoc store: {error}") from None
+    for key in ("sample_ids", "feature_ids"):
+        if key not in attrs:
+            raise DataError(f"{path}: store attribute '{key}' is missing; re-create the store with 'scalable-assoc ingest'")
+    shape = tuple(array.shape)
+    if shape != (len(attrs["sample_ids"]), len(attrs["feature_ids"])):
+        raise DataError(f"{path}: array shape {shape} does not match its {len(attrs['sample_ids'])} sample and {len(attrs['feature_ids'])} feature IDs")
+    chunks = tuple(array.chunks)
+    if chunks[0] != shape[0]:
+        raise DataError(f"{path}: chunks split the samples ({chunks}); every chunk must hold all samples")
+    return AbundanceStore(
+        path=path,
+        sample_ids=tuple(attrs["sample_ids"]),
+        feature_ids=tuple(attrs["feature_ids"]),
+        chunk_features=int(chunks[1]) if shape[1] else 1,
+        source_sha256=str(attrs.get("source_sha256", "")),
+    )
+
+
+def chunk_count(store: AbundanceStore) -> int:
+    """Number of feature chunks in a store."""
+    return math.ceil(store.n_features / store.chunk_features) if store.n_features else 0

@@ -1,0 +1,345 @@
+"""The plan file: schema, validation with errors that name the key, normalised form.
+
+The plan is the user contract (documented in README.md). Parsing checks only
+what the plan itself can tell (keys, types, references between adjustment sets);
+names of metadata columns are checked against the metadata when it is loaded.
+
+Standard library and PyYAML only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scalable_assoc.errors import PlanError
+
+TRANSFORMS = ("clr", "log", "ast", "tss", "none")
+LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr")
+#: MetaPhlAn rank names and the clade prefix that marks them.
+RANK_PREFIXES = {
+    "kingdom": "k__",
+    "phylum": "p__",
+    "class": "c__",
+    "order": "o__",
+    "family": "f__",
+    "genus": "g__",
+    "species": "s__",
+    "sgb": "t__",
+}
+FDR_BY_COLUMNS = ("layer", "exposure", "adjustment")
+SAMPLE_MISMATCH = ("error", "intersect")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Filter and transform for one layer.
+
+    ``min_prevalence`` is a fraction in [0, 1]; ``pseudocount`` is a number or
+    the string ``"half_min"``.
+    """
+
+    min_prevalence: float = 0.0
+    transform: str = "clr"
+    pseudocount: float | str = "half_min"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One abundance layer: where it is and how to read and preprocess it."""
+
+    name: str
+    path: Path
+    format: str = "auto"
+    rank: str = "species"
+    preprocess: Preprocess = field(default_factory=Preprocess)
+
+
+@dataclass(frozen=True)
+class ExposureSpec:
+    """A binary exposure (``cases``/``controls`` queries) or a numeric ``column``."""
+
+    name: str
+    cases: str | None = None
+    controls: str | None = None
+    column: str | None = None
+
+    @property
+    def is_query(self) -> bool:
+        """True for a case/control exposure defined by two metadata queries."""
+        return self.cases is not None
+
+
+@dataclass(frozen=True)
+class FdrSpec:
+    """Benjamini-Hochberg within families given by ``by`` (columns of the results)."""
+
+    method: str = "bh"
+    by: tuple[str, ...] = FDR_BY_COLUMNS
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class AnalysisSelection:
+    """A block of the ``analyses:`` list: which exposures run under which adjustments."""
+
+    exposures: tuple[str, ...]
+    adjustments: tuple[str, ...]
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated plan. Paths are absolute (resolved against the plan file's folder)."""
+
+    name: str
+    source: Path
+    metadata: Path
+    sample_id_column: str
+    sample_mismatch: str
+    layers: tuple[LayerSpec, ...]
+    exposures: tuple[ExposureSpec, ...]
+    categorical: tuple[str, ...]
+    #: adjustment set name -> metadata columns, references to other sets expanded, in order
+    adjustments: dict[str, tuple[str, ...]]
+    fdr: FdrSpec
+    min_cases: int
+    analyses: tuple[AnalysisSelection, ...]
+
+    def content_hash(self) -> str:
+        """A stable hash of what the plan asks for (not where the plan file lies)."""
+        payload = asdict(self)
+        payload.pop("source")
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def layer(self, name: str) -> LayerSpec:
+        """The layer called ``name``."""
+        for spec in self.layers:
+            if spec.name == name:
+                return spec
+        raise PlanError(f"plan {self.source}: no layer called '{name}'")
+
+
+def _where(source: Path, key: str) -> str:
+    return f"plan {source}, key '{key}'"
+
+
+def _check_keys(source: Path, key: str, mapping: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+    if not isinstance(mapping, dict):
+        raise PlanError(f"{_where(source, key)}: expected a mapping (key: value), got {type(mapping).__name__}")
+    for name in mapping:
+        if name not in allowed:
+            near = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            path = f"{key}.{name}" if key else str(name)
+            raise PlanError(f"plan {source}: unknown key '{path}'.{hint} Allowed here: {', '.join(allowed)}.")
+    for name in required:
+        if name not in mapping:
+            path = f"{key}.{name}" if key else name
+            raise PlanError(f"plan {source}: missing required key '{path}'.")
+    return mapping
+
+
+def _string(source: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise PlanError(f"{_where(source, key)}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _string_list(source: Path, key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise PlanError(f"{_where(source, key)}: expected a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _parse_preprocess(source: Path, key: str, raw: Any, base: Preprocess) -> Preprocess:
+    raw = _check_keys(source, key, raw, ("min_prevalence", "transform", "pseudocount"))
+    min_prevalence = raw.get("min_prevalence", base.min_prevalence)
+    if isinstance(min_prevalence, bool) or not isinstance(min_prevalence, (int, float)) or not 0 <= min_prevalence <= 1:
+        raise PlanError(f"{_where(source, key + '.min_prevalence')}: expected a fraction between 0 and 1, got {min_prevalence!r}")
+    transform = raw.get("transform", base.transform)
+    if transform not in TRANSFORMS:
+        raise PlanError(f"{_where(source, key + '.transform')}: expected one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    pseudocount = raw.get("pseudocount", base.pseudocount)
+    if pseudocount != "half_min" and (
+        isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0
+    ):
+        raise PlanError(f"{_where(source, key + '.pseudocount')}: expected 'half_min' or a non-negative number, got {pseudocount!r}")
+    if transform in ("clr", "log") and pseudocount == 0:
+        raise PlanError(f"{_where(source, key + '.pseudocount')}: the {transform} transform needs a positive pseudocount (zeros have no logarithm)")
+    return Preprocess(float(min_prevalence), str(transform), pseudocount if pseudocount == "half_min" else float(pseudocount))
+
+
+def _parse_layers(source: Path, raw: Any, preprocess: Preprocess) -> tuple[LayerSpec, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise PlanError(f"{_where(source, 'data.layers')}: expected a mapping of layer name to file, with at least one layer")
+    layers = []
+    for name, value in raw.items():
+        key = f"data.layers.{name}"
+        if isinstance(value, str):
+            value = {"path": value}
+        value = _check_keys(source, key, value, ("path", "format", "rank", "preprocess"), required=("path",))
+        fmt = value.get("format", "auto")
+        if fmt not in LAYER_FORMATS:
+            raise PlanError(f"{_where(source, key + '.format')}: expected one of {', '.join(LAYER_FORMATS)}, got {fmt!r}")
+        rank = value.get("rank", "species")
+        if rank not in RANK_PREFIXES:
+            raise PlanError(f"{_where(source, key + '.rank')}: expected one of {', '.join(RANK_PREFIXES)}, got {rank!r}")
+        layer_pre = _parse_preprocess(source, key + ".preprocess", value.get("preprocess", {}), preprocess)
+        path = (source.parent / _string(source, key + ".path", value["path"])).resolve()
+        layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre))
+    return tuple(layers)
+
+
+def _parse_exposures(source: Path, raw: Any) -> tuple[ExposureSpec, ...]:
+    if not isinstance(raw, dict) or not raw:
+        raise PlanError(f"{_where(source, 'exposures')}: expected a mapping of exposure name to its definition, with at least one exposure")
+    exposures = []
+    for name, value in raw.items():
+        key = f"exposures.{name}"
+        value = _check_keys(source, key, value, ("cases", "controls", "column"))
+        if "column" in value:
+            if "cases" in value or "controls" in value:
+                raise PlanError(f"{_where(source, key)}: give either 'column' or 'cases' and 'controls', not both")
+            exposures.append(ExposureSpec(str(name), column=_string(source, key + ".column", value["column"])))
+        elif "cases" in value and "controls" in value:
+            exposures.append(
+                ExposureSpec(
+                    str(name),
+                    cases=_string(source, key + ".cases", value["cases"]),
+                    controls=_string(source, key + ".controls", value["controls"]),
+                )
+            )
+        else:
+            raise PlanError(f"{_where(source, key)}: needs both 'cases' and 'controls' queries, or a 'column'")
+    return tuple(exposures)
+
+
+def _expand_adjustments(source: Path, raw: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(raw, dict) or not raw:
+        raise PlanError(f"{_where(source, 'adjustments')}: expected a mapping of set name to a list of covariates or set names")
+    sets = {str(name): _string_list(source, f"adjustments.{name}", value if value is not None else []) for name, value in raw.items()}
+    expanded: dict[str, tuple[str, ...]] = {}
+
+    def expand(name: str, trail: tuple[str, ...]) -> tuple[str, ...]:
+        if name in trail:
+            cycle = " -> ".join(trail + (name,))
+            raise PlanError(f"{_where(source, 'adjustments.' + name)}: adjustment sets name each other in a cycle ({cycle})")
+        if name in expanded:
+            return expanded[name]
+        columns: list[str] = []
+        for item in sets[name]:
+            # A set may name a column of its own name (``ssri: [base, ssri]``): that is the column.
+            is_set = item in sets and item != name
+            for column in expand(item, trail + (name,)) if is_set else (item,):
+                if column not in columns:
+                    columns.append(column)
+        expanded[name] = tuple(columns)
+        return expanded[name]
+
+    for name in sets:
+        expand(name, ())
+    return {name: expanded[name] for name in sets}
+
+
+def _parse_fdr(source: Path, raw: Any) -> FdrSpec:
+    raw = _check_keys(source, "fdr", raw, ("method", "by", "alpha"))
+    method = raw.get("method", "bh")
+    if method != "bh":
+        raise PlanError(f"{_where(source, 'fdr.method')}: only 'bh' (Benjamini-Hochberg) is supported, got {method!r}")
+    by = _string_list(source, "fdr.by", raw.get("by", list(FDR_BY_COLUMNS)))
+    for column in by:
+        if column not in FDR_BY_COLUMNS:
+            raise PlanError(f"{_where(source, 'fdr.by')}: '{column}' is not a results column to group by; use any of {', '.join(FDR_BY_COLUMNS)}")
+    alpha = raw.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise PlanError(f"{_where(source, 'fdr.alpha')}: expected a number between 0 and 1, got {alpha!r}")
+    return FdrSpec("bh", by, float(alpha))
+
+
+def _parse_analyses(source: Path, raw: Any, plan_exposures: tuple[str, ...], plan_sets: tuple[str, ...], plan_layers: tuple[str, ...]) -> tuple[AnalysisSelection, ...]:
+    if raw is None:
+        return (AnalysisSelection(plan_exposures, plan_sets, plan_layers),)
+    if not isinstance(raw, list) or not raw:
+        raise PlanError(f"{_where(source, 'analyses')}: expected a list of {{exposures: [...], adjustments: [...]}} blocks")
+    selections = []
+    for index, block in enumerate(raw):
+        key = f"analyses[{index}]"
+        block = _check_keys(source, key, block, ("exposures", "adjustments", "layers"))
+        picked = []
+        for part, known in (("exposures", plan_exposures), ("adjustments", plan_sets), ("layers", plan_layers)):
+            names = _string_list(source, f"{key}.{part}", block[part]) if part in block else known
+            for name in names:
+                if name not in known:
+                    raise PlanError(f"{_where(source, key + '.' + part)}: '{name}' is not defined under '{part}' (defined: {', '.join(known)})")
+            picked.append(names)
+        selections.append(AnalysisSelection(*picked))
+    return tuple(selections)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file; raise :class:`PlanError` naming the key at fault."""
+    source = Path(path).resolve()
+    if not source.is_file():
+        raise PlanError(f"plan file {path} does not exist")
+    text = source.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise PlanError(f"plan {source}: YAML syntax error{where}: {problem}") from None
+    return parse_plan(raw, source)
+
+
+def parse_plan(raw: Any, source: Path) -> Plan:
+    """Validate an already-parsed plan mapping (``source`` names it in errors and anchors relative paths)."""
+    raw = _check_keys(
+        source,
+        "",
+        raw if raw is not None else {},
+        ("name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses"),
+        required=("data", "exposures", "adjustments"),
+    )
+    name = _string(source, "name", raw.get("name", source.stem))
+    data = _check_keys(source, "data", raw["data"], ("metadata", "layers", "sample_id_column", "sample_mismatch"), required=("metadata", "layers"))
+    mismatch = data.get("sample_mismatch", "error")
+    if mismatch not in SAMPLE_MISMATCH:
+        raise PlanError(f"{_where(source, 'data.sample_mismatch')}: expected one of {', '.join(SAMPLE_MISMATCH)}, got {mismatch!r}")
+    preprocess = _parse_preprocess(source, "preprocess", raw.get("preprocess", {}), Preprocess())
+    layers = _parse_layers(source, data["layers"], preprocess)
+    exposures = _parse_exposures(source, raw["exposures"])
+    covariates = _check_keys(source, "covariates", raw.get("covariates", {}), ("categorical",))
+    categorical = _string_list(source, "covariates.categorical", covariates.get("categorical", []))
+    adjustments = _expand_adjustments(source, raw["adjustments"])
+    fdr = _parse_fdr(source, raw.get("fdr", {}))
+    min_cases = raw.get("min_cases", 10)
+    if isinstance(min_cases, bool) or not isinstance(min_cases, int) or min_cases < 1:
+        raise PlanError(f"{_where(source, 'min_cases')}: expected a positive whole number, got {min_cases!r}")
+    analyses = _parse_analyses(
+        source, raw.get("analyses"), tuple(e.name for e in exposures), tuple(adjustments), tuple(layer.name for layer in layers)
+    )
+    return Plan(
+        name=name,
+        source=source,
+        metadata=(source.parent / _string(source, "data.metadata", data["metadata"])).resolve(),
+        sample_id_column=_string(source, "data.sample_id_column", data.get("sample_id_column", "sample_id")),
+        sample_mismatch=mismatch,
+        layers=layers,
+        exposures=exposures,
+        categorical=categorical,
+        adjustments=adjustments,
+        fdr=fdr,
+        min_cases=min_cases,
+        analyses=analyses,
+    )
