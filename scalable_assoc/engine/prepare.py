@@ -1,0 +1,199 @@
+"""From a plan and its inputs to the work: layers, analyses, shared designs, task batches.
+
+Everything here runs on the client before any task is submitted, so every
+input error is found before a single chunk is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.atomic import file_checksum
+from scalable_assoc.io.ingest import layer_store
+from scalable_assoc.io.metadata import (
+    ExposureValues,
+    check_covariates,
+    complete_rows,
+    covariate_columns,
+    exposure_values,
+    load_metadata,
+    reconcile_samples,
+)
+from scalable_assoc.io.store import AbundanceStore
+from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
+from scalable_assoc.plan.schema import LayerSpec, Plan
+
+
+@dataclass(frozen=True)
+class DesignInput:
+    """A distinct (participant subset, covariate matrix): factorised once, shared by its analyses.
+
+    ``rows`` are positions into the layer's used samples; ``matrix`` is
+    ``(len(rows), k)`` with the intercept first.
+    """
+
+    key: str
+    rows: np.ndarray
+    matrix: np.ndarray
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PreparedAnalysis:
+    """One analysis resolved against the metadata of its layer's samples."""
+
+    key: AnalysisKey
+    design_key: str
+    exposure: np.ndarray  # (len(design rows),), 0/1 for binary exposures
+    binary: bool
+    covariates: tuple[str, ...]  # metadata columns adjusted for
+    left_out: tuple[str, ...]  # adjustment columns identical to the exposure, left out
+    n: int
+    n_cases: int | None
+    n_controls: int | None
+
+
+@dataclass
+class LayerWork:
+    """A layer's store, the samples used, its designs and analyses."""
+
+    spec: LayerSpec
+    store: AbundanceStore
+    input_sha256: str
+    sample_positions: np.ndarray  # positions into the store's samples
+    designs: dict[str, DesignInput] = field(default_factory=dict)
+    analyses: list[PreparedAnalysis] = field(default_factory=list)
+
+
+@dataclass
+class PreparedStudy:
+    """Everything a run needs, resolved and validated."""
+
+    plan: Plan
+    plan_hash: str
+    metadata_sha256: str
+    layers: list[LayerWork]
+
+
+def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...]) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(matrix, dtype=np.float64).tobytes())
+    digest.update("\x1f".join(names).encode())
+    return digest.hexdigest()[:20]
+
+
+def _resolve_analysis(
+    key: AnalysisKey, plan: Plan, aligned: pd.DataFrame, exposure: ExposureValues, designs: dict[str, DesignInput]
+) -> PreparedAnalysis:
+    values = exposure.values
+    defined = ~np.isnan(values)
+    covariates = []
+    left_out = []
+    for column in plan.adjustments[key.adjustment]:
+        series = aligned[column]
+        # A covariate identical to the exposure (e.g. adjusting the SSRI exposure for SSRI use) is left out.
+        if column in exposure.source_columns or (
+            pd.api.types.is_numeric_dtype(series.dtype)
+            and np.array_equal(series.to_numpy(dtype=np.float64, na_value=np.nan)[defined], values[defined])
+        ):
+            left_out.append(column)
+        else:
+            covariates.append(column)
+    rows = np.flatnonzero(defined & complete_rows(aligned, tuple(covariates)))
+    matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows)
+    design_key = _design_key(rows, matrix, names)
+    designs.setdefault(design_key, DesignInput(design_key, rows, matrix, names))
+    exposure_used = values[rows]
+    n_cases = int((exposure_used == 1).sum()) if exposure.binary else None
+    n_controls = int((exposure_used == 0).sum()) if exposure.binary else None
+    return PreparedAnalysis(key, design_key, exposure_used, exposure.binary, tuple(covariates), tuple(left_out), int(rows.size), n_cases, n_controls)
+
+
+def prepare_study(
+    plan: Plan, cache_dir: Path, chunk_features: int | None = None, intersect_samples: bool = False, log: Callable[[str], None] = print
+) -> PreparedStudy:
+    """Load and check every input of ``plan``; convert tables to stores; resolve every analysis."""
+    metadata = load_metadata(plan.metadata, plan.sample_id_column)
+    check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical)
+    exposures = {spec.name: exposure_values(metadata, plan.metadata, spec, plan.min_cases) for spec in plan.exposures}
+    keys = expand_analyses(plan)
+    intersect = intersect_samples or plan.sample_mismatch == "intersect"
+    layers = []
+    for spec in plan.layers:
+        store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features)
+        positions, warning = reconcile_samples(spec.name, spec.path, store.sample_ids, metadata, plan.metadata, intersect)
+        if warning:
+            log(f"warning: {warning}")
+        used_ids = [store.sample_ids[i] for i in positions]
+        aligned = metadata.loc[used_ids]
+        work = LayerWork(spec, store, checksum, positions)
+        for key in keys:
+            if key.layer != spec.name:
+                continue
+            exposure = exposures[key.exposure]
+            aligned_exposure = ExposureValues(
+                exposure.name,
+                exposure.values[metadata.index.get_indexer(used_ids)],
+                exposure.binary,
+                exposure.source_columns,
+            )
+            work.analyses.append(_resolve_analysis(key, plan, aligned, aligned_exposure, work.designs))
+        if not work.analyses:
+            continue
+        layers.append(work)
+    if not layers:
+        raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
+    return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers)
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """One task: a block of a layer's features x a batch of analyses (whole design groups)."""
+
+    chunk_id: str
+    layer: str
+    block_index: int
+    start: int
+    stop: int
+    analyses: tuple[PreparedAnalysis, ...]
+
+
+def batch_analyses(analyses: list[PreparedAnalysis], analyses_per_task: int) -> list[tuple[PreparedAnalysis, ...]]:
+    """Group analyses by design, then pack whole design groups into batches of about ``analyses_per_task``."""
+    groups: dict[str, list[PreparedAnalysis]] = {}
+    for analysis in analyses:
+        groups.setdefault(analysis.design_key, []).append(analysis)
+    batches: list[tuple[PreparedAnalysis, ...]] = []
+    current: list[PreparedAnalysis] = []
+    for group in groups.values():
+        if current and len(current) + len(group) > analyses_per_task:
+            batches.append(tuple(current))
+            current = []
+        current.extend(group)
+    if current:
+        batches.append(tuple(current))
+    return batches
+
+
+def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]:
+    """Every (feature block x analysis batch) task of the study, with ids stable across runs."""
+    tasks = []
+    for layer in study.layers:
+        batches = batch_analyses(layer.analyses, analyses_per_task)
+        for block_index, (start, stop) in enumerate(layer.store.block_bounds()):
+            for batch in batches:
+                text = "\x1f".join(
+                    [study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, str(start), str(stop)]
+                    + [a.key.analysis_id for a in batch]
+                )
+                chunk_id = hashlib.sha256(text.encode()).hexdigest()[:24]
+                tasks.append(ChunkTask(chunk_id, layer.spec.name, block_index, start, stop, batch))
+    return tasks

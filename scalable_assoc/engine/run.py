@@ -1,0 +1,342 @@
+"""Running a study: the Dask graph, progress, resume and the output files.
+
+The graph for one layer, with deterministic keys so identical steps run once::
+
+    summary-<layer>-<i>  prevalence counts per block            -> client (filter, pseudocount)
+    sums-<layer>-<i>     per-sample sums over kept features     -> client (CLR means / totals)
+    block-<layer>-<i>    transformed block, kept in worker memory
+    design-<key>         QR of each distinct (participants, covariates), shared by all blocks
+    fit-<chunk id>       block i x a batch of analyses -> chunks/<chunk id>.parquet (atomic)
+
+A chunk file that already exists was finished by an earlier, interrupted run of
+the same plan on the same inputs; its task is not submitted again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import distributed
+import numpy as np
+import pandas as pd
+from distributed import Client, as_completed
+
+from scalable_assoc import __version__
+from scalable_assoc.engine.cluster import dask_client
+from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study
+from scalable_assoc.engine.tasks import factorise, fit_chunk, sum_block, summarise_block, transform_block
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
+from scalable_assoc.plan.schema import Plan, load_plan
+from scalable_assoc.results.gather import assemble_results, read_chunks, results_table
+from scalable_assoc.results.columns import PARTIAL_SCHEMA
+from scalable_assoc.results.summary import adjustment_summary, survival_readout
+from scalable_assoc.stats.transforms import half_min_pseudocount, needs_sample_summary, prevalence
+
+#: Output files, removed before a run writes new ones so that a failed run never
+#: leaves a complete-looking set behind. The manifest is written last.
+OUTPUT_FILES = (
+    "manifest.json",
+    "results.parquet",
+    "all_results.tsv",
+    "significant_results.tsv",
+    "adjustment_summary.tsv",
+    "adjustment_survival.tsv",
+)
+WORK_DIR = ".scalable_assoc"
+
+
+@dataclass
+class RunSummary:
+    """What a finished run produced (paths are inside ``out_dir``)."""
+
+    out_dir: Path
+    results: pd.DataFrame
+    adjustment: pd.DataFrame
+    survival: pd.DataFrame
+    manifest: dict
+    chunks_total: int
+    chunks_reused: int
+    seconds: float
+
+
+@dataclass
+class _LayerFilter:
+    kept: list[np.ndarray]  # per block, bool (m_block,)
+    pseudocount: float
+    n_features: int
+    n_kept: int
+    sample_totals: tuple[np.ndarray, np.ndarray] | None = None
+    kept_ids: list[tuple[str, ...]] = field(default_factory=list)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _layer_token(study: PreparedStudy, layer: LayerWork) -> str:
+    text = "\x1f".join([study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, str(layer.store.chunk_features)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _filter_layer(client: Client, study: PreparedStudy, layer: LayerWork, positions_future: distributed.Future) -> _LayerFilter:
+    """Prevalence filter and pseudocount from per-block counts (a reduction over all blocks)."""
+    token = _layer_token(study, layer)
+    bounds = layer.store.block_bounds()
+    path = layer.store.path
+    futures = [
+        client.submit(summarise_block, path, start, stop, positions_future, key=f"summary-{token}-{i}")
+        for i, (start, stop) in enumerate(bounds)
+    ]
+    summaries = client.gather(futures)
+    preprocess = layer.spec.preprocess
+    kept = [prevalence(s) >= preprocess.min_prevalence for s in summaries]
+    n_kept = int(sum(k.sum() for k in kept))
+    if n_kept == 0:
+        raise DataError(
+            f"layer '{layer.spec.name}' ({layer.spec.path}): no feature is non-zero in at least "
+            f"{preprocess.min_prevalence:.1%} of samples; lower preprocess.min_prevalence"
+        )
+    if preprocess.pseudocount == "half_min":
+        minima = np.concatenate([s.min_positive[k] for s, k in zip(summaries, kept)])
+        try:
+            pseudocount = half_min_pseudocount(minima)
+        except ValueError as error:
+            raise DataError(f"layer '{layer.spec.name}': {error}") from None
+    else:
+        pseudocount = float(preprocess.pseudocount)
+    ids = layer.store.feature_ids
+    kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept)]
+    result = _LayerFilter(kept, pseudocount, layer.store.n_features, n_kept, kept_ids=kept_ids)
+    if needs_sample_summary(preprocess.transform):
+        sums = [
+            client.submit(sum_block, path, start, stop, positions_future, k, preprocess.transform, pseudocount, key=f"sums-{token}-{i}")
+            for i, ((start, stop), k) in enumerate(zip(bounds, kept))
+            if k.any()
+        ]
+        parts = client.gather(sums)
+        result.sample_totals = (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0))
+    return result
+
+
+def _clear_outputs(out_dir: Path, chunks_dir: Path, keep_chunks: set[str]) -> None:
+    for name in OUTPUT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    if chunks_dir.is_dir():
+        for path in chunks_dir.glob("*.parquet"):
+            if path.stem not in keep_chunks:
+                path.unlink(missing_ok=True)
+
+
+def _manifest(study: PreparedStudy, filters: dict[str, _LayerFilter], chunks_total: int, chunks_reused: int, timings: dict[str, float], client_info: dict) -> dict:
+    plan = study.plan
+    analyses = []
+    for layer in study.layers:
+        for a in layer.analyses:
+            analyses.append(
+                {
+                    "analysis_id": a.key.analysis_id,
+                    "layer": a.key.layer,
+                    "exposure": a.key.exposure,
+                    "adjustment": a.key.adjustment,
+                    "n": a.n,
+                    "n_cases": a.n_cases,
+                    "n_controls": a.n_controls,
+                    "covariates": list(a.covariates),
+                    "left_out_identical_to_exposure": list(a.left_out),
+                    "design": a.design_key,
+                }
+            )
+    return {
+        "package": "scalable_assoc",
+        "version": __version__,
+        "plan": str(plan.source),
+        "plan_name": plan.name,
+        "plan_hash": study.plan_hash,
+        "inputs": {
+            "metadata": {"path": str(plan.metadata), "sha256": study.metadata_sha256},
+            **{f"layer:{layer.spec.name}": {"path": str(layer.spec.path), "sha256": layer.input_sha256, "store": str(layer.store.path)} for layer in study.layers},
+        },
+        "layers": {
+            name: {
+                "features_total": f.n_features,
+                "features_kept": f.n_kept,
+                "pseudocount": f.pseudocount,
+                "samples": int(next(l for l in study.layers if l.spec.name == name).sample_positions.size),
+            }
+            for name, f in filters.items()
+        },
+        "analyses": analyses,
+        "designs": sum(len(layer.designs) for layer in study.layers),
+        "chunks_total": chunks_total,
+        "chunks_reused": chunks_reused,
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "dask": client_info,
+        "environment": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "dask": dask.__version__,
+            "distributed": distributed.__version__,
+        },
+    }
+
+
+def run_study(
+    plan: str | Path | Plan,
+    out_dir: str | Path,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    client: Client | None = None,
+    chunk_features: int | None = None,
+    intersect_samples: bool = False,
+    analyses_per_task: int = 8,
+    log: Callable[[str], None] = _stderr,
+    on_chunk_done: Callable[[int, int], None] | None = None,
+) -> RunSummary:
+    """Run every analysis of a plan and write the outputs to ``out_dir``.
+
+    Uses ``client`` if given, else connects to ``scheduler``, else starts a
+    local cluster of ``workers`` processes. ``on_chunk_done(done, total)`` is
+    called after every finished chunk (progress hooks, tests).
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    plan = plan if isinstance(plan, Plan) else load_plan(plan)
+    out = Path(out_dir).resolve()
+    work = out / WORK_DIR
+    chunks_dir = work / "chunks"
+    study = prepare_study(plan, work / "stores", chunk_features, intersect_samples, log)
+    timings["prepare"] = time.perf_counter() - started
+    tasks = chunk_tasks(study, analyses_per_task)
+    _clear_outputs(out, chunks_dir, {t.chunk_id for t in tasks})
+    done = {t.chunk_id for t in tasks if (chunks_dir / f"{t.chunk_id}.parquet").is_file()}
+    pending = [t for t in tasks if t.chunk_id not in done]
+    n_analyses = sum(len(layer.analyses) for layer in study.layers)
+    log(
+        f"{plan.name}: {n_analyses} analyses over {len(study.layers)} layer(s), "
+        f"{sum(len(layer.designs) for layer in study.layers)} distinct designs, {len(tasks)} chunks"
+        + (f" ({len(done)} already done, resuming)" if done else "")
+    )
+
+    def execute(active: Client) -> tuple[dict[str, _LayerFilter], dict]:
+        filters: dict[str, _LayerFilter] = {}
+        fit_futures = []
+        for layer in study.layers:
+            positions = active.scatter(layer.sample_positions, hash=True)
+            phase = time.perf_counter()
+            filters[layer.spec.name] = layer_filter = _filter_layer(active, study, layer, positions)
+            timings[f"filter:{layer.spec.name}"] = time.perf_counter() - phase
+            layer_pending = [t for t in pending if t.layer == layer.spec.name]
+            if not layer_pending:
+                continue
+            fit_futures += _submit_fits(active, study, layer, layer_filter, layer_pending, positions, chunks_dir)
+        phase = time.perf_counter()
+        finished = len(done)
+        last_report = 0.0
+        for _ in as_completed(fit_futures):
+            finished += 1
+            now = time.perf_counter()
+            if now - last_report > 1.0 or finished == len(tasks):
+                log(f"  chunks {finished}/{len(tasks)} ({100 * finished / len(tasks):.0f}%), {now - started:.1f}s")
+                last_report = now
+            if on_chunk_done is not None:
+                on_chunk_done(finished, len(tasks))
+        for future in fit_futures:
+            future.result()  # re-raise a task's error here
+        timings["fit"] = time.perf_counter() - phase
+        info = active.scheduler_info()
+        return filters, {"scheduler": info.get("address"), "workers": len(info.get("workers", {}))}
+
+    phase = time.perf_counter()
+    if client is not None:
+        filters, client_info = execute(client)
+    else:
+        with dask_client(scheduler, workers) as own:
+            timings["cluster_start"] = time.perf_counter() - phase
+            filters, client_info = execute(own)
+
+    phase = time.perf_counter()
+    partial = read_chunks([chunks_dir / f"{t.chunk_id}.parquet" for t in tasks])
+    results = assemble_results(
+        partial,
+        [layer.spec.name for layer in study.layers],
+        [e.name for e in plan.exposures],
+        list(plan.adjustments),
+        {layer.spec.name: layer.store.feature_ids for layer in study.layers},
+        plan.fdr.by,
+    )
+    summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
+    survival = survival_readout(summary, list(plan.adjustments))
+    significant = results[results["q"].lt(plan.fdr.alpha).fillna(False).to_numpy(dtype=bool)]
+    write_parquet(out / "results.parquet", results_table(results))
+    write_tsv(out / "all_results.tsv", results)
+    write_tsv(out / "significant_results.tsv", significant.sort_values("q", kind="stable"))
+    write_tsv(out / "adjustment_summary.tsv", summary)
+    write_tsv(out / "adjustment_survival.tsv", survival)
+    timings["gather"] = time.perf_counter() - phase
+    timings["total"] = time.perf_counter() - started
+    manifest = _manifest(study, filters, len(tasks), len(done), timings, client_info)
+    write_json(out / "manifest.json", manifest)
+    return RunSummary(out, results, summary, survival, manifest, len(tasks), len(done), timings["total"])
+
+
+def _submit_fits(
+    client: Client,
+    study: PreparedStudy,
+    layer: LayerWork,
+    layer_filter: _LayerFilter,
+    pending: list[ChunkTask],
+    positions: distributed.Future,
+    chunks_dir: Path,
+) -> list[distributed.Future]:
+    """Submit transformed blocks, shared design factorisations and the fit tasks of one layer."""
+    token = _layer_token(study, layer)
+    bounds = layer.store.block_bounds()
+    preprocess = layer.spec.preprocess
+    totals = client.scatter(layer_filter.sample_totals, hash=True) if layer_filter.sample_totals is not None else None
+    design_inputs = {key: client.scatter(design, hash=True) for key, design in layer.designs.items()}
+    design_futures = {key: client.submit(factorise, future, key=f"design-{key}") for key, future in design_inputs.items()}
+    blocks: dict[int, distributed.Future] = {}
+    batches: dict[tuple[str, ...], distributed.Future] = {}
+    futures = []
+    chunks_dir.mkdir(parents=True, exist_ok=True)
+    for task in pending:
+        kept = layer_filter.kept[task.block_index]
+        output = chunks_dir / f"{task.chunk_id}.parquet"
+        if not kept.any():
+            # Every feature of this block was filtered out: the chunk is complete and empty.
+            write_parquet(output, PARTIAL_SCHEMA.empty_table())
+            continue
+        if task.block_index not in blocks:
+            start, stop = bounds[task.block_index]
+            blocks[task.block_index] = client.submit(
+                transform_block, layer.store.path, start, stop, positions, kept, preprocess.transform,
+                layer_filter.pseudocount, totals, key=f"block-{token}-{task.block_index}",
+            )
+        batch_ids = tuple(a.key.analysis_id for a in task.analyses)
+        if batch_ids not in batches:
+            batches[batch_ids] = client.scatter(task.analyses, hash=True)
+        used = list(dict.fromkeys(a.design_key for a in task.analyses))
+        futures.append(
+            client.submit(
+                fit_chunk,
+                layer.spec.name,
+                blocks[task.block_index],
+                layer_filter.kept_ids[task.block_index],
+                [design_inputs[k] for k in used],
+                [design_futures[k] for k in used],
+                batches[batch_ids],
+                output,
+                key=f"fit-{task.chunk_id}",
+            )
+        )
+    return futures

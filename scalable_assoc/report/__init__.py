@@ -1,0 +1,1 @@
+"""What people see: console reports (no statistics here)."""

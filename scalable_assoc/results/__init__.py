@@ -1,0 +1,1 @@
+"""Results: the output column registry, gathering chunk files, FDR, adjustment summaries."""

@@ -1,0 +1,50 @@
+"""Every column of ``results.parquet`` (name, Arrow type, meaning), in output order.
+
+One registry serves three purposes: the schema of each partial file, the check
+that a gathered table is complete, and the column reference in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Column:
+    """An output column: its name, Arrow type and meaning (shown in the README)."""
+
+    name: str
+    type: pa.DataType
+    meaning: str
+
+
+RESULT_COLUMNS: tuple[Column, ...] = (
+    Column("layer", pa.string(), "abundance layer (plan data.layers key)"),
+    Column("feature", pa.string(), "feature ID (species as 's__Genus_species', pathway or module name)"),
+    Column("exposure", pa.string(), "exposure name (plan exposures key)"),
+    Column("adjustment", pa.string(), "adjustment set name (plan adjustments key)"),
+    Column("n", pa.int64(), "participants in this feature's model (covariates complete, feature value present)"),
+    Column("n_cases", pa.int64(), "participants with exposure 1 among them (null for a continuous exposure)"),
+    Column("n_controls", pa.int64(), "participants with exposure 0 among them (null for a continuous exposure)"),
+    Column("beta", pa.float64(), "exposure slope: transformed-abundance units per exposure unit (cases minus controls for a binary exposure)"),
+    Column("se", pa.float64(), "standard error of beta (ordinary least squares)"),
+    Column("t", pa.float64(), "beta / se"),
+    Column("p", pa.float64(), "two-sided p-value, Student t with n - rank degrees of freedom"),
+    Column("q", pa.float64(), "Benjamini-Hochberg adjusted p within the plan's fdr.by family; null where p is null"),
+    Column("status", pa.string(), "'ok', or why there is no estimate (constant feature, too few values, rank-deficient design ...)"),
+    Column("covariates", pa.string(), "metadata columns adjusted for, joined by '+'"),
+    Column("analysis_id", pa.string(), "stable id of the (layer, exposure, adjustment) analysis"),
+)
+
+RESULT_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in RESULT_COLUMNS])
+#: The partial files written by tasks carry every column but ``q`` (computed over whole families).
+PARTIAL_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in RESULT_COLUMNS if c.name != "q"])
+
+
+def column_reference_markdown() -> str:
+    """The results columns as a Markdown table (used to keep the README in step)."""
+    lines = ["| column | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{c.name}` | {c.type} | {c.meaning} |" for c in RESULT_COLUMNS]
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""Gathering chunk files into the results table, with BH FDR per family."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scalable_assoc.results.columns import PARTIAL_SCHEMA, RESULT_COLUMNS, RESULT_SCHEMA
+from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
+
+
+def read_chunks(paths: Sequence[Path]) -> pa.Table:
+    """Concatenate chunk files (every one must exist and carry the partial schema)."""
+    tables = [pq.read_table(path, schema=PARTIAL_SCHEMA) for path in paths]
+    return pa.concat_tables(tables) if tables else PARTIAL_SCHEMA.empty_table()
+
+
+def assemble_results(
+    partial: pa.Table,
+    layer_order: Sequence[str],
+    exposure_order: Sequence[str],
+    adjustment_order: Sequence[str],
+    feature_order: dict[str, Sequence[str]],
+    fdr_by: Sequence[str],
+) -> pd.DataFrame:
+    """Sort rows into plan order (layer, exposure, adjustment, feature) and add ``q``.
+
+    The order does not depend on how features were chunked or which worker
+    finished first, so results of any two runs compare row by row.
+    """
+    frame = partial.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    feature_rank = np.zeros(len(frame), dtype=np.int64)
+    for layer, features in feature_order.items():
+        rows = (frame["layer"] == layer).to_numpy()
+        position = pd.Index(features).get_indexer(frame.loc[rows, "feature"])
+        feature_rank[rows] = position
+    keys = pd.DataFrame(
+        {
+            "layer": pd.Categorical(frame["layer"], categories=list(layer_order), ordered=True).codes,
+            "exposure": pd.Categorical(frame["exposure"], categories=list(exposure_order), ordered=True).codes,
+            "adjustment": pd.Categorical(frame["adjustment"], categories=list(adjustment_order), ordered=True).codes,
+            "feature": feature_rank,
+        }
+    )
+    order = np.lexsort((keys["feature"], keys["adjustment"], keys["exposure"], keys["layer"]))
+    frame = frame.iloc[order].reset_index(drop=True)
+    family = frame.groupby(list(fdr_by), sort=False).ngroup().to_numpy() if len(frame) else np.zeros(0, dtype=np.int64)
+    p = frame["p"].to_numpy(dtype=np.float64, na_value=np.nan)
+    frame["q"] = pd.array(benjamini_hochberg_grouped(p, family), dtype="Float64")
+    frame["q"] = frame["q"].mask(frame["p"].isna())
+    return frame[[c.name for c in RESULT_COLUMNS]]
+
+
+def results_table(frame: pd.DataFrame) -> pa.Table:
+    """The results frame as an Arrow table with the registered schema."""
+    return pa.Table.from_pandas(frame, schema=RESULT_SCHEMA, preserve_index=False)
