@@ -1,0 +1,961 @@
+"""Simulate a Lifelines-like microbiome x internalizing-disorder study with planted truth.
+
+The simulator writes a complete, self-describing study folder that the rest of the
+package (CLI, tests, benchmarks) can run end to end, plus the ground truth needed to
+score what the association engine finds:
+
+* ``metadata.tsv``  - one row per participant: covariates, medication, disorders.
+* ``species.tsv``   - a MetaPhlAn 4 style merged table (clades as rows, percent).
+* ``pathways.tsv``  - HUMAnN-like pathway relative abundances (samples as rows).
+* ``gbm.tsv``       - 56 gut-brain modules ``MGB001``..``MGB056`` (samples as rows).
+* ``truth.tsv``     - ``layer, feature, exposure, effect`` for every feature x plan exposure.
+* ``plan.yaml``     - the study plan (paths relative to the plan's folder).
+
+Generative model (per layer, features j, participants i)::
+
+    eta[i, j]  = factors[i] @ loadings[j] + sum_t term[i, t] * B[t, j]
+    logab[i,j] = mu[j] + eta[i, j] + sigma[j] * noise[i, j]          # natural log scale
+    present    ~ Bernoulli(sigmoid(logit(prev[j]) + 0.8 * log-depth[i] + 0.5 * eta[i, j]))
+    value      = present * exp(logab), then closure (species: 100 %, pathways: 1)
+
+``term`` holds the latent drivers: disorder indicators (``AnyDep``, ``MDD``,
+``AnyAnx``), drugs (``ssri``, ``any_ptd``, ``ppi``, ``laxatives``, ``metformin``) and
+covariates (standardised ``bmi``, ``bristol_stool``, ``age``, centred female sex).
+Because the presence probability also moves with ``eta``, a planted depletion lowers
+both abundance and prevalence, as seen in real cohorts.
+
+What ``truth.tsv`` means.  ``effect`` is on the latent log-abundance scale (natural
+log fold change per unit exposure) and is the *direct* effect that a model adjusted
+for the confounders/mediators (BMI, stool consistency, drugs) estimates:
+
+* disorder exposures (``dysthymia``, ``MDD``, ``AnyDep``, ``GAD``, ``AnyAnx``):
+  ``mean(cases) - mean(controls)`` of the disorder terms, times their coefficients.
+  Controls (``no_disorder == 1``) have no disorder terms, so this is the planted
+  effect averaged over how the case group is composed: ``AnyDep`` mixes the
+  dysthymia-only, MDD-only and both groups; comorbid anxiety among depression cases
+  (and vice versa) contributes in proportion to its frequency, because the plan does
+  not adjust for the comorbid disorder and the contrast genuinely contains it.
+  Drug-driven features (e.g. ``s__Eggerthella_lenta`` with SSRIs) have truth 0 for
+  every disorder: their crude disorder association is confounding by indication and
+  shrinks once ``ssri``/``any_ptd`` enter the model.  Likewise BMI/stool-driven
+  features are 0 for every exposure.
+* drug exposures (``ssri``, ``any_ptd``): the same contrast over the drug terms
+  (``ssri`` and ``any_ptd``), e.g. SSRI users vs non-users = ``B_ssri + ~B_any_ptd``.
+
+Species truth rows exist for species-level clades only (``s__...``, named as the last
+clade component); genus and higher rows in ``species.tsv`` are their sums.
+
+Only numpy, pandas, pyyaml and the standard library are used; all randomness comes
+from a single ``np.random.default_rng(seed)`` so a seed reproduces files byte for byte.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalable_assoc.errors import UserInputError
+
+__all__ = [
+    "SimulatedStudy",
+    "simulate_study",
+    "DISORDERS",
+    "PLAN_EXPOSURES",
+    "GBM_LABELS",
+    "GBM_HEADLINE_MODULES",
+    "HEADLINE_FEATURES",
+    "HEADLINE_SIGNS",
+    "DRUG_CONFOUNDED_FEATURES",
+    "COVARIATE_CONFOUNDED_FEATURES",
+    "PLAN_YAML",
+]
+
+# --------------------------------------------------------------------------------------
+# Cohort shape.  Counts are for the reference cohort of 7,656 participants and are
+# scaled proportionally for other sizes.
+# --------------------------------------------------------------------------------------
+_REF_PARTICIPANTS = 7656
+_REF_CONTROLS = 5522
+# Depression cells: AnyDep = 40 + 210 + 40 = 290, dysthymia = 80, MDD = 250.
+_REF_DEP_CELLS = {"dys_only": 40, "mdd_only": 210, "dys_mdd": 40}
+# Anxiety cells: AnyAnx = 330, GAD = 150, social_phobia = 110, panic = 80.
+_REF_ANX_CELLS = {"gad": 140, "sp": 105, "panic": 75, "gad_sp": 5, "gad_panic": 5}
+# AnyDep & AnyAnx; union = 290 + 330 - 129 = 491 participants with any disorder.
+_REF_COMORBID = 129
+_MIN_CASES = 5
+
+DISORDERS: tuple[str, ...] = (
+    "dysthymia", "MDD", "AnyDep", "GAD", "social_phobia", "panic", "AnyAnx",
+)
+"""The seven 0/1 disorder columns of ``metadata.tsv``."""
+
+# exposure -> (case column, case value, control column, control value)
+PLAN_EXPOSURES: dict[str, tuple[str, int, str, int]] = {
+    "dysthymia": ("dysthymia", 1, "no_disorder", 1),
+    "MDD": ("MDD", 1, "no_disorder", 1),
+    "AnyDep": ("AnyDep", 1, "no_disorder", 1),
+    "GAD": ("GAD", 1, "no_disorder", 1),
+    "AnyAnx": ("AnyAnx", 1, "no_disorder", 1),
+    "ssri": ("ssri", 1, "ssri", 0),
+    "any_ptd": ("any_ptd", 1, "any_ptd", 0),
+}
+"""Exposures of ``plan.yaml`` as simple equality selections (used to compute truth)."""
+
+_DISORDER_EXPOSURES = ("dysthymia", "MDD", "AnyDep", "GAD", "AnyAnx")
+
+# Latent drivers of the microbiome (columns of the term matrix, rows of B).
+_TERMS: tuple[str, ...] = (
+    "AnyDep", "MDD", "AnyAnx",                       # disorder terms
+    "ssri", "any_ptd",                               # psychotropic drug terms
+    "ppi", "laxatives", "metformin",                 # other medication
+    "bmi", "bristol_stool", "age", "sex",            # covariates (standardised)
+)
+_T = {name: k for k, name in enumerate(_TERMS)}
+_DISORDER_TERMS = ("AnyDep", "MDD", "AnyAnx")
+_DRUG_TERMS = ("ssri", "any_ptd")
+
+PLAN_YAML = """\
+# Study plan written by scalable_assoc.simulate (paths relative to this file).
+name: lifelines-internalizing
+data:
+  metadata: metadata.tsv
+  layers:
+    species: species.tsv
+    pathways: pathways.tsv
+    gbm: gbm.tsv
+preprocess:
+  min_prevalence: 0.05
+  transform: clr
+  pseudocount: half_min
+exposures:
+  dysthymia: {cases: "dysthymia == 1", controls: "no_disorder == 1"}
+  MDD:       {cases: "MDD == 1", controls: "no_disorder == 1"}
+  AnyDep:    {cases: "AnyDep == 1", controls: "no_disorder == 1"}
+  GAD:       {cases: "GAD == 1", controls: "no_disorder == 1"}
+  AnyAnx:    {cases: "AnyAnx == 1", controls: "no_disorder == 1"}
+  ssri:      {cases: "ssri == 1", controls: "ssri == 0"}
+  any_ptd:   {cases: "any_ptd == 1", controls: "any_ptd == 0"}
+covariates:
+  categorical: [sex]
+adjustments:
+  base: [age, sex, bmi, bristol_stool, read_depth]
+  ssri: [base, ssri]
+  ptd:  [base, any_ptd]
+  meds: [ptd, ppi, laxatives, metformin]
+  gi:   [meds, ibs, fgid]
+fdr: {method: bh, by: [layer, exposure, adjustment], alpha: 0.05}
+"""
+"""Exact text of ``plan.yaml``."""
+
+# --------------------------------------------------------------------------------------
+# Taxonomy.  MetaPhlAn 4 (mpa_vJan21) style lineages down to family.
+# --------------------------------------------------------------------------------------
+_MPA_HEADER = "#mpa_vJan21_CHOCOPhlAnSGB_202103"
+_FAM = {
+    "Ruminococcaceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Ruminococcaceae",
+    "Oscillospiraceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Oscillospiraceae",
+    "Lachnospiraceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Lachnospiraceae",
+    "Eubacteriaceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Eubacteriaceae",
+    "Christensenellaceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Christensenellaceae",
+    "Peptostreptococcaceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Peptostreptococcaceae",
+    "Clostridiaceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Clostridiaceae",
+    "Veillonellaceae": "k__Bacteria|p__Firmicutes|c__Negativicutes|o__Veillonellales|f__Veillonellaceae",
+    "Acidaminococcaceae": "k__Bacteria|p__Firmicutes|c__Negativicutes|o__Acidaminococcales|f__Acidaminococcaceae",
+    "Streptococcaceae": "k__Bacteria|p__Firmicutes|c__Bacilli|o__Lactobacillales|f__Streptococcaceae",
+    "Lactobacillaceae": "k__Bacteria|p__Firmicutes|c__Bacilli|o__Lactobacillales|f__Lactobacillaceae",
+    "Erysipelotrichaceae": "k__Bacteria|p__Firmicutes|c__Erysipelotrichia|o__Erysipelotrichales|f__Erysipelotrichaceae",
+    "Bifidobacteriaceae": "k__Bacteria|p__Actinobacteria|c__Actinomycetia|o__Bifidobacteriales|f__Bifidobacteriaceae",
+    "Eggerthellaceae": "k__Bacteria|p__Actinobacteria|c__Coriobacteriia|o__Eggerthellales|f__Eggerthellaceae",
+    "Coriobacteriaceae": "k__Bacteria|p__Actinobacteria|c__Coriobacteriia|o__Coriobacteriales|f__Coriobacteriaceae",
+    "Bacteroidaceae": "k__Bacteria|p__Bacteroidetes|c__Bacteroidia|o__Bacteroidales|f__Bacteroidaceae",
+    "Prevotellaceae": "k__Bacteria|p__Bacteroidetes|c__Bacteroidia|o__Bacteroidales|f__Prevotellaceae",
+    "Rikenellaceae": "k__Bacteria|p__Bacteroidetes|c__Bacteroidia|o__Bacteroidales|f__Rikenellaceae",
+    "Tannerellaceae": "k__Bacteria|p__Bacteroidetes|c__Bacteroidia|o__Bacteroidales|f__Tannerellaceae",
+    "Enterobacteriaceae": "k__Bacteria|p__Proteobacteria|c__Gammaproteobacteria|o__Enterobacterales|f__Enterobacteriaceae",
+    "Sutterellaceae": "k__Bacteria|p__Proteobacteria|c__Betaproteobacteria|o__Burkholderiales|f__Sutterellaceae",
+    "Akkermansiaceae": "k__Bacteria|p__Verrucomicrobia|c__Verrucomicrobiae|o__Verrucomicrobiales|f__Akkermansiaceae",
+    "Fusobacteriaceae": "k__Bacteria|p__Fusobacteria|c__Fusobacteriia|o__Fusobacteriales|f__Fusobacteriaceae",
+    "Methanobacteriaceae": "k__Archaea|p__Euryarchaeota|c__Methanobacteria|o__Methanobacteriales|f__Methanobacteriaceae",
+}
+
+# (family, genus, species name, target prevalence, baseline mean log abundance)
+_NAMED_SPECIES: tuple[tuple[str, str, str, float, float], ...] = (
+    ("Ruminococcaceae", "Faecalibacterium", "Faecalibacterium_prausnitzii", 0.97, 3.0),
+    ("Ruminococcaceae", "Ruminococcus", "Ruminococcus_bromii", 0.70, 2.0),
+    ("Ruminococcaceae", "Ruminococcus", "Ruminococcus_torques", 0.60, 0.8),
+    ("Oscillospiraceae", "Oscillibacter", "Oscillibacter_sp_57_20", 0.55, 0.5),
+    ("Ruminococcaceae", "Subdoligranulum", "Subdoligranulum_variabile", 0.80, 1.2),
+    ("Lachnospiraceae", "Coprococcus", "Coprococcus_comes", 0.80, 1.0),
+    ("Lachnospiraceae", "Coprococcus", "Coprococcus_catus", 0.70, 0.5),
+    ("Lachnospiraceae", "Roseburia", "Roseburia_intestinalis", 0.70, 1.0),
+    ("Lachnospiraceae", "Roseburia", "Roseburia_hominis", 0.75, 0.8),
+    ("Lachnospiraceae", "Anaerostipes", "Anaerostipes_hadrus", 0.85, 1.0),
+    ("Lachnospiraceae", "Blautia", "Blautia_obeum", 0.90, 1.2),
+    ("Lachnospiraceae", "Blautia", "Blautia_wexlerae", 0.92, 1.3),
+    ("Lachnospiraceae", "Dorea", "Dorea_longicatena", 0.85, 0.8),
+    ("Lachnospiraceae", "Dorea", "Dorea_formicigenerans", 0.80, 0.5),
+    ("Lachnospiraceae", "Enterocloster", "Enterocloster_bolteae", 0.35, -0.5),
+    ("Lachnospiraceae", "Lachnoclostridium", "Lachnoclostridium_sp_YL32", 0.40, -0.5),
+    ("Eubacteriaceae", "Eubacterium", "Eubacterium_rectale", 0.90, 2.2),
+    ("Eubacteriaceae", "Eubacterium", "Eubacterium_ventriosum", 0.60, 0.0),
+    ("Christensenellaceae", "Christensenella", "Christensenella_minuta", 0.30, -0.5),
+    ("Peptostreptococcaceae", "Clostridioides", "Clostridioides_difficile", 0.03, -1.5),
+    ("Peptostreptococcaceae", "Romboutsia", "Romboutsia_ilealis", 0.45, -0.3),
+    ("Clostridiaceae", "Clostridium", "Clostridium_perfringens", 0.04, -1.5),
+    ("Veillonellaceae", "Dialister", "Dialister_invisus", 0.50, 1.0),
+    ("Veillonellaceae", "Veillonella", "Veillonella_parvula", 0.35, -0.5),
+    ("Acidaminococcaceae", "Phascolarctobacterium", "Phascolarctobacterium_faecium", 0.45, 1.0),
+    ("Streptococcaceae", "Streptococcus", "Streptococcus_salivarius", 0.75, -0.2),
+    ("Streptococcaceae", "Streptococcus", "Streptococcus_thermophilus", 0.40, -0.8),
+    ("Lactobacillaceae", "Lactobacillus", "Lactobacillus_acidophilus", 0.04, -1.5),
+    ("Lactobacillaceae", "Lacticaseibacillus", "Lacticaseibacillus_rhamnosus", 0.03, -1.5),
+    ("Erysipelotrichaceae", "Holdemanella", "Holdemanella_biformis", 0.40, 0.2),
+    ("Bifidobacteriaceae", "Bifidobacterium", "Bifidobacterium_bifidum", 0.60, 0.8),
+    ("Bifidobacteriaceae", "Bifidobacterium", "Bifidobacterium_longum", 0.90, 1.5),
+    ("Bifidobacteriaceae", "Bifidobacterium", "Bifidobacterium_adolescentis", 0.70, 1.5),
+    ("Eggerthellaceae", "Eggerthella", "Eggerthella_lenta", 0.55, -0.8),
+    ("Coriobacteriaceae", "Collinsella", "Collinsella_aerofaciens", 0.85, 0.8),
+    ("Bacteroidaceae", "Bacteroides", "Bacteroides_uniformis", 0.90, 2.0),
+    ("Bacteroidaceae", "Bacteroides", "Bacteroides_fragilis", 0.40, 0.5),
+    ("Bacteroidaceae", "Phocaeicola", "Phocaeicola_vulgatus", 0.90, 2.2),
+    ("Prevotellaceae", "Prevotella", "Prevotella_copri", 0.35, 2.5),
+    ("Rikenellaceae", "Alistipes", "Alistipes_putredinis", 0.80, 1.5),
+    ("Rikenellaceae", "Alistipes", "Alistipes_onderdonkii", 0.60, 0.5),
+    ("Tannerellaceae", "Parabacteroides", "Parabacteroides_distasonis", 0.75, 0.5),
+    ("Enterobacteriaceae", "Escherichia", "Escherichia_coli", 0.55, 0.0),
+    ("Enterobacteriaceae", "Klebsiella", "Klebsiella_pneumoniae", 0.08, -1.0),
+    ("Sutterellaceae", "Sutterella", "Sutterella_wadsworthensis", 0.40, 0.0),
+    ("Akkermansiaceae", "Akkermansia", "Akkermansia_muciniphila", 0.45, 1.0),
+    ("Fusobacteriaceae", "Fusobacterium", "Fusobacterium_nucleatum", 0.03, -1.5),
+    ("Methanobacteriaceae", "Methanobrevibacter", "Methanobrevibacter_smithii", 0.30, 0.5),
+)
+
+# Synthetic genera ("g__Genus12") are spread over these families; repeats weight the
+# draw towards the families that dominate a real adult gut.
+_SYNTHETIC_FAMILY_CYCLE = (
+    "Lachnospiraceae", "Oscillospiraceae", "Ruminococcaceae", "Lachnospiraceae",
+    "Bacteroidaceae", "Oscillospiraceae", "Lachnospiraceae", "Eubacteriaceae",
+    "Rikenellaceae", "Erysipelotrichaceae", "Lachnospiraceae", "Veillonellaceae",
+    "Christensenellaceae", "Coriobacteriaceae", "Prevotellaceae", "Enterobacteriaceae",
+)
+_SPECIES_PER_SYNTHETIC_GENUS = 4
+
+# Named species effects: (species, term, planted coefficient).  Disorder/drug effects
+# are natural-log fold changes per unit exposure; covariate ones are per SD.
+_NAMED_SPECIES_EFFECTS: tuple[tuple[str, str, float], ...] = (
+    # depression (acts on every AnyDep case; MDD adds to it)
+    ("Ruminococcus_bromii", "AnyDep", -0.9),
+    ("Coprococcus_comes", "AnyDep", -0.7),
+    ("Dialister_invisus", "AnyDep", -0.6),
+    ("Faecalibacterium_prausnitzii", "MDD", -0.5),
+    # anxiety
+    ("Bifidobacterium_bifidum", "AnyAnx", -1.0),
+    # psychotropic drugs: confounding by indication for the disorders
+    ("Eggerthella_lenta", "ssri", 0.9),
+    ("Enterocloster_bolteae", "any_ptd", 0.8),
+    ("Holdemanella_biformis", "ssri", -0.7),
+    # other medication (adjusted for in the "meds" model)
+    ("Streptococcus_salivarius", "ppi", 1.2),
+    ("Veillonella_parvula", "ppi", 0.7),
+    ("Escherichia_coli", "metformin", 0.9),
+    ("Bifidobacterium_adolescentis", "laxatives", 0.6),
+    # BMI / stool consistency: both differ between cases and controls
+    ("Christensenella_minuta", "bmi", -0.5),
+    ("Akkermansia_muciniphila", "bmi", -0.4),
+    ("Methanobrevibacter_smithii", "bristol_stool", -0.6),
+    ("Akkermansia_muciniphila", "bristol_stool", -0.3),
+    ("Streptococcus_thermophilus", "bristol_stool", 0.4),
+    ("Prevotella_copri", "age", -0.2),
+    ("Bifidobacterium_longum", "age", -0.25),
+)
+
+# --------------------------------------------------------------------------------------
+# Gut-brain modules.  The ids are this simulator's own fixed numbering; the labels are
+# illustrative (modelled on the Valles-Colomer et al. 2019 GBM catalogue, whose
+# official numbering is not reproduced here).
+# --------------------------------------------------------------------------------------
+_GBM_LABEL_LIST = (
+    "Acetate synthesis I", "Acetate synthesis II", "Acetate synthesis III",
+    "Acetate degradation", "Propionate synthesis I", "Propionate synthesis II",
+    "Propionate synthesis III", "Propionate degradation", "Butyrate synthesis I",
+    "Butyrate synthesis II", "Butyrate degradation", "Isovaleric acid synthesis I",
+    "Isovaleric acid synthesis II", "Isovaleric acid degradation", "GABA synthesis I",
+    "GABA synthesis II", "GABA synthesis III", "GABA degradation",
+    "Glutamate synthesis I", "Glutamate synthesis II", "Glutamate degradation I",
+    "Glutamate degradation II", "Tryptophan synthesis", "Tryptophan degradation",
+    "Kynurenine synthesis", "Kynurenine degradation", "Quinolinic acid synthesis",
+    "Quinolinic acid degradation", "DOPAC synthesis", "Dopamine synthesis",
+    "Dopamine degradation", "Histamine synthesis", "Histamine degradation",
+    "Nitric oxide synthesis I", "Nitric oxide synthesis II", "Nitric oxide degradation I",
+    "Nitric oxide degradation II", "Acetylcholine synthesis", "Acetylcholine degradation",
+    "Menaquinone synthesis I", "Menaquinone synthesis II", "Inositol synthesis",
+    "Inositol degradation", "p-Cresol synthesis", "p-Cresol degradation",
+    "S-Adenosylmethionine synthesis", "S-Adenosylmethionine degradation I",
+    "S-Adenosylmethionine degradation II", "17-beta-Estradiol synthesis",
+    "17-beta-Estradiol degradation", "Cortisol degradation", "Testosterone degradation",
+    "Melatonin synthesis", "Serotonin synthesis", "Tryptamine synthesis",
+    "ClpB (ATP-dependent chaperone)",
+)
+GBM_LABELS: dict[str, str] = {f"MGB{k + 1:03d}": lab for k, lab in enumerate(_GBM_LABEL_LIST)}
+"""``MGB001``..``MGB056`` -> module description (column names of ``gbm.tsv``)."""
+
+GBM_HEADLINE_MODULES: dict[str, str] = {
+    "tryptophan": "MGB023",   # Tryptophan synthesis
+    "glutamate": "MGB019",    # Glutamate synthesis I
+    "dopac": "MGB029",        # DOPAC synthesis
+}
+"""The gut-brain modules planted lower in depression (MDD/dysthymia, hence AnyDep)."""
+
+_NAMED_GBM_EFFECTS: tuple[tuple[str, str, float], ...] = (
+    ("MGB023", "AnyDep", -0.6),    # tryptophan synthesis
+    ("MGB019", "AnyDep", -0.5),    # glutamate synthesis I
+    ("MGB029", "AnyDep", -0.6),    # DOPAC synthesis
+    ("MGB015", "AnyAnx", -0.4),    # GABA synthesis I
+    ("MGB053", "MDD", -0.35),      # melatonin synthesis
+    ("MGB024", "ssri", 0.5),       # tryptophan degradation
+    ("MGB027", "any_ptd", 0.4),    # quinolinic acid synthesis
+    ("MGB034", "ppi", 0.5),        # nitric oxide synthesis I
+    ("MGB005", "bmi", 0.3),        # propionate synthesis I
+    ("MGB009", "bristol_stool", -0.35),  # butyrate synthesis I
+    ("MGB044", "bristol_stool", 0.3),    # p-Cresol synthesis
+)
+
+# --------------------------------------------------------------------------------------
+# Pathways: real HUMAnN (MetaCyc) names first, then synthetic ones with ids >= PWY-8001.
+# --------------------------------------------------------------------------------------
+_REAL_PATHWAYS = (
+    "PWY-5097: L-lysine biosynthesis VI",
+    "PWY-6151: S-adenosyl-L-methionine salvage I",
+    "PWY-7219: adenosine ribonucleotides de novo biosynthesis",
+    "PWY-6122: 5-aminoimidazole ribonucleotide biosynthesis II",
+    "PWY-6277: superpathway of 5-aminoimidazole ribonucleotide biosynthesis",
+    "PWY-6121: 5-aminoimidazole ribonucleotide biosynthesis I",
+    "PWY-1042: glycolysis IV",
+    "PWY-7221: guanosine ribonucleotides de novo biosynthesis",
+    "PWY-6609: adenine and adenosine salvage III",
+    "PWY-5686: UMP biosynthesis I",
+    "PWY-7220: adenosine deoxyribonucleotides de novo biosynthesis II",
+    "PWY-7222: guanosine deoxyribonucleotides de novo biosynthesis II",
+    "PWY-6387: UDP-N-acetylmuramoyl-pentapeptide biosynthesis I (meso-diaminopimelate containing)",
+    "PWY-6386: UDP-N-acetylmuramoyl-pentapeptide biosynthesis II (lysine-containing)",
+    "PEPTIDOGLYCANSYN-PWY: peptidoglycan biosynthesis I (meso-diaminopimelate containing)",
+    "ILEUSYN-PWY: L-isoleucine biosynthesis I (from threonine)",
+    "VALSYN-PWY: L-valine biosynthesis",
+    "BRANCHED-CHAIN-AA-SYN-PWY: superpathway of branched chain amino acid biosynthesis",
+    "TRPSYN-PWY: L-tryptophan biosynthesis",
+    "PWY-6163: chorismate biosynthesis from 3-dehydroquinate",
+    "ARO-PWY: chorismate biosynthesis I",
+    "COMPLETE-ARO-PWY: superpathway of aromatic amino acid biosynthesis",
+    "PWY-3841: folate transformations II",
+    "PWY-5100: pyruvate fermentation to acetate and lactate II",
+    "PWY-5676: acetyl-CoA fermentation to butanoate II",
+    "CENTFERM-PWY: pyruvate fermentation to butanoate",
+    "P108-PWY: pyruvate fermentation to propanoate I",
+    "PWY-5022: 4-aminobutanoate degradation V",
+    "GLUTORN-PWY: L-ornithine biosynthesis I",
+    "PWY-4981: L-proline biosynthesis II (from arginine)",
+    "ARGSYN-PWY: L-arginine biosynthesis I (via L-ornithine)",
+    "PWY-5505: L-glutamate and L-glutamine biosynthesis",
+    "GLUDEG-I-PWY: GABA shunt",
+    "PWY-6305: putrescine biosynthesis IV",
+    "HISTSYN-PWY: L-histidine biosynthesis",
+    "PWY-5103: L-isoleucine biosynthesis III",
+    "PWY-5104: L-isoleucine biosynthesis IV",
+    "THRESYN-PWY: superpathway of L-threonine biosynthesis",
+    "HOMOSER-METSYN-PWY: L-methionine biosynthesis I",
+    "PWY-724: superpathway of L-lysine, L-threonine and L-methionine biosynthesis II",
+    "DTDPRHAMSYN-PWY: dTDP-L-rhamnose biosynthesis I",
+    "PWY-6737: starch degradation V",
+    "GLYCOGENSYNTH-PWY: glycogen biosynthesis I (from ADP-D-Glucose)",
+    "PWY-5695: inosine 5'-phosphate degradation",
+    "NONOXIPENT-PWY: pentose phosphate pathway (non-oxidative branch) I",
+    "PWY-6700: queuosine biosynthesis I (de novo)",
+    "COA-PWY: coenzyme A biosynthesis I (prokaryotic)",
+    "PANTO-PWY: phosphopantothenate biosynthesis I",
+    "PWY-6892: thiazole component of thiamine diphosphate biosynthesis I",
+    "PWY-5667: CDP-diacylglycerol biosynthesis I",
+    "PWY0-1319: CDP-diacylglycerol biosynthesis II",
+    "PWY-4242: pantothenate and coenzyme A biosynthesis III",
+    "PWY-7663: gondoate biosynthesis (anaerobic)",
+    "FASYN-ELONG-PWY: fatty acid elongation -- saturated",
+    "PWY-5973: cis-vaccenate biosynthesis",
+    "RIBOSYN2-PWY: flavin biosynthesis I (bacteria and plants)",
+)
+_PWY_COMPOUNDS = (
+    "L-serine", "L-threonine", "L-alanine", "glycine", "L-cysteine", "L-leucine",
+    "L-tyrosine", "L-phenylalanine", "L-asparagine", "L-aspartate", "L-glutamine",
+    "putrescine", "spermidine", "biotin", "cobalamin", "thiamine", "riboflavin",
+    "pyridoxal 5'-phosphate", "NAD", "heme", "ubiquinol-8", "menaquinol-8", "lipid IVA",
+    "CMP-legionaminate", "UDP-N-acetyl-D-glucosamine", "GDP-mannose", "dTDP-L-rhamnose",
+    "trehalose", "sucrose", "lactose", "galactose", "mannan", "xylan", "pectin",
+    "fucose", "rhamnose", "L-arabinose", "D-galacturonate", "glycerol", "ethanolamine",
+    "urate", "allantoin", "4-hydroxyphenylacetate", "myo-inositol", "sulfoquinovose",
+)
+_PWY_PROCESSES = ("biosynthesis", "degradation", "salvage", "fermentation")
+_ROMAN = ("I", "II", "III", "IV", "V", "VI")
+
+# --------------------------------------------------------------------------------------
+# Headline planted effects (what a correct analysis must recover).
+# --------------------------------------------------------------------------------------
+HEADLINE_FEATURES: dict[str, list[tuple[str, str, str]]] = {
+    # R. bromii (and other butyrate producers) lower in depression.
+    "depression_species": [
+        ("species", "s__Ruminococcus_bromii", "MDD"),
+        ("species", "s__Ruminococcus_bromii", "dysthymia"),
+        ("species", "s__Ruminococcus_bromii", "AnyDep"),
+        ("species", "s__Coprococcus_comes", "AnyDep"),
+        ("species", "s__Dialister_invisus", "AnyDep"),
+    ],
+    # B. bifidum lower in anxiety (planted on every anxiety case, so GAD and AnyAnx).
+    "anxiety_species": [
+        ("species", "s__Bifidobacterium_bifidum", "GAD"),
+        ("species", "s__Bifidobacterium_bifidum", "AnyAnx"),
+    ],
+    # Tryptophan / glutamate / DOPAC synthesis modules lower in depression.
+    "depression_gbm": [
+        ("gbm", mgb, exp)
+        for mgb in GBM_HEADLINE_MODULES.values()
+        for exp in ("MDD", "dysthymia", "AnyDep")
+    ],
+    # Drug-driven: E. lenta up with SSRIs (and hence with any psychotropic).
+    "drug_species": [
+        ("species", "s__Eggerthella_lenta", "ssri"),
+        ("species", "s__Eggerthella_lenta", "any_ptd"),
+        ("species", "s__Enterocloster_bolteae", "any_ptd"),
+    ],
+}
+"""Theme -> (layer, feature, exposure) triples whose truth is non-zero and detectable."""
+
+HEADLINE_SIGNS: dict[tuple[str, str, str], int] = {
+    triple: (1 if theme == "drug_species" else -1)
+    for theme, triples in HEADLINE_FEATURES.items()
+    for triple in triples
+}
+"""(layer, feature, exposure) -> planted sign (+1 / -1) of each headline effect."""
+
+DRUG_CONFOUNDED_FEATURES: list[tuple[str, str]] = [
+    ("species", "s__Eggerthella_lenta"),
+    ("species", "s__Enterocloster_bolteae"),
+    ("species", "s__Holdemanella_biformis"),
+]
+"""Drug-driven features: truth 0 for every disorder, non-zero for ssri/any_ptd.
+
+Because psychotropic use is enriched among cases their crude disorder association is
+spurious and shrinks after adjusting for ``ssri``/``any_ptd``."""
+
+COVARIATE_CONFOUNDED_FEATURES: list[tuple[str, str, str]] = [
+    ("species", "s__Christensenella_minuta", "bmi"),
+    ("species", "s__Akkermansia_muciniphila", "bmi"),
+    ("species", "s__Methanobrevibacter_smithii", "bristol_stool"),
+    ("species", "s__Akkermansia_muciniphila", "bristol_stool"),
+    ("gbm", "MGB009", "bristol_stool"),
+]
+"""Features driven by BMI / stool consistency (truth 0 for every plan exposure)."""
+
+# Fractions of (eligible) features given random planted effects, per term.  Disorder
+# and drug terms only hit features with prevalence >= 0.25 so they survive the 5 %
+# prevalence filter and are detectable; the sets of the different term groups are
+# disjoint so that "drug-driven" and "disorder-driven" stay distinguishable.
+_RANDOM_EFFECT_FRACTIONS: dict[str, float] = {
+    "AnyDep": 0.035, "MDD": 0.012, "AnyAnx": 0.03,
+    "ssri": 0.02, "any_ptd": 0.02,
+    "ppi": 0.02, "laxatives": 0.01, "metformin": 0.01,
+    "bmi": 0.05, "bristol_stool": 0.05, "age": 0.08, "sex": 0.08,
+}
+_N_FACTORS = 3  # latent community axes (enterotype-like), shared by all layers
+
+
+@dataclass(frozen=True)
+class SimulatedStudy:
+    """What :func:`simulate_study` wrote.
+
+    Attributes:
+        out_dir: folder holding all files.
+        plan_path: ``out_dir / "plan.yaml"``.
+        n_participants: rows of ``metadata.tsv``.
+        n_controls: participants with ``no_disorder == 1``.
+        case_counts: disorder column -> number of cases (value 1).
+        n_features: layer -> number of features (species: species-level clades only;
+            the merged table additionally holds their genus..kingdom sums).
+        n_planted: number of rows of ``truth.tsv`` with a non-zero effect.
+    """
+
+    out_dir: Path
+    plan_path: Path
+    n_participants: int
+    n_controls: int
+    case_counts: dict[str, int]
+    n_features: dict[str, int]
+    n_planted: int
+
+
+# ======================================================================================
+# Public entry point
+# ======================================================================================
+def simulate_study(
+    out_dir: str | Path,
+    participants: int = 7656,
+    seed: int = 0,
+    n_species: int = 400,
+    n_pathways: int = 650,
+    missing_abundance_fraction: float = 0.0005,
+) -> SimulatedStudy:
+    """Simulate a microbiome x internalizing-disorder cohort and write it to ``out_dir``.
+
+    Args:
+        out_dir: folder to create (parents too) and fill; existing files are overwritten.
+        participants: number of participants (rows of ``metadata.tsv``).  At 7,656 the
+            cohort has exactly 5,522 controls and 491 cases; other sizes scale
+            proportionally with at least 5 cases per disorder.
+        seed: seed of the single ``np.random.default_rng`` used; same seed, same bytes.
+        n_species: species-level clades in ``species.tsv`` (>= number of named species).
+        n_pathways: pathway columns in ``pathways.tsv`` (>= 1).
+        missing_abundance_fraction: fraction of pathway/GBM cells left empty (missing).
+
+    Returns:
+        A :class:`SimulatedStudy` summary.
+
+    Raises:
+        UserInputError: if an argument is out of range.
+    """
+    n_named = len(_NAMED_SPECIES)
+    if n_species < n_named:
+        raise UserInputError(
+            f"n_species={n_species} is too small: the simulator needs at least {n_named} "
+            "species for its named taxa; pass a larger n_species."
+        )
+    if n_pathways < 1:
+        raise UserInputError(f"n_pathways={n_pathways} must be at least 1.")
+    if not 0.0 <= missing_abundance_fraction < 0.5:
+        raise UserInputError(
+            f"missing_abundance_fraction={missing_abundance_fraction} must be in [0, 0.5)."
+        )
+    if participants > 999_999:
+        raise UserInputError(
+            f"participants={participants} exceeds the 6-digit sample id space (999,999)."
+        )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    cohort = _simulate_cohort(rng, participants)
+    n = participants
+    sample_ids = [f"LL{i + 1:06d}" for i in range(n)]
+    terms = _term_matrix(cohort)                        # (n, n_terms)
+    factors = rng.standard_normal((n, _N_FACTORS))       # latent community axes
+    log_depth = np.log(cohort["read_depth"]) - math.log(11.0)
+
+    # ---- species --------------------------------------------------------------------
+    sp = _species_catalogue(n_species)
+    n_syn = n_species - n_named
+    prev = np.empty(n_species)
+    mu = np.empty(n_species)
+    prev[:n_named] = [s[3] for s in _NAMED_SPECIES]
+    mu[:n_named] = [s[4] for s in _NAMED_SPECIES]
+    # Prevalence of synthetic species spans ~1.5 % .. ~99 %, about 10 % below 5 %.
+    prev[n_named:] = 0.015 + 0.975 * rng.beta(0.7, 0.9, n_syn)
+    # Prevalent species tend to be the abundant ones.
+    mu[n_named:] = -1.5 + 2.5 * prev[n_named:] + rng.normal(0.0, 0.8, n_syn)
+    sigma = rng.uniform(0.8, 1.2, n_species)
+    loadings = rng.normal(0.0, 0.35, (n_species, _N_FACTORS))
+    B_sp = np.zeros((len(_TERMS), n_species))
+    name_to_idx = {s: j for j, s in enumerate(sp["species"])}
+    for species, term, coef in _NAMED_SPECIES_EFFECTS:
+        B_sp[_T[term], name_to_idx[species]] = coef
+    # Named species keep only their documented effects; random ones go elsewhere.
+    _plant_random(rng, B_sp, eligible=np.arange(n_named, n_species), prevalence=prev,
+                  magnitude=(0.4, 1.2))
+    species_ab = _simulate_abundance(rng, mu, sigma, prev, loadings, B_sp, terms, factors,
+                                     log_depth)
+    species_pct = _close(species_ab, 100.0)
+
+    # ---- pathways -------------------------------------------------------------------
+    pwy_names = _pathway_names(n_pathways)
+    u = rng.random(n_pathways)
+    # "Mostly prevalent, few zeros": 80 % near-universal, 15 % common, 5 % rare.
+    prev_p = np.where(u < 0.80, rng.uniform(0.97, 0.999, n_pathways),
+                      np.where(u < 0.95, rng.uniform(0.30, 0.97, n_pathways),
+                               rng.uniform(0.02, 0.30, n_pathways)))
+    mu_p = rng.normal(0.0, 1.2, n_pathways)
+    sigma_p = rng.uniform(0.5, 0.9, n_pathways)
+    loadings_p = rng.normal(0.0, 0.25, (n_pathways, _N_FACTORS))
+    B_p = np.zeros((len(_TERMS), n_pathways))
+    _plant_random(rng, B_p, eligible=np.arange(n_pathways), prevalence=prev_p,
+                  magnitude=(0.3, 0.8))
+    pathways = _close(_simulate_abundance(rng, mu_p, sigma_p, prev_p, loadings_p, B_p,
+                                          terms, factors, log_depth), 1.0)
+    _punch_missing(rng, pathways, missing_abundance_fraction)
+
+    # ---- gut-brain modules (not compositional: CPM-like module abundances) ----------
+    gbm_names = list(GBM_LABELS)
+    n_gbm = len(gbm_names)
+    prev_g = np.where(rng.random(n_gbm) < 0.85, rng.uniform(0.95, 0.999, n_gbm),
+                      rng.uniform(0.40, 0.95, n_gbm))
+    mu_g = rng.normal(5.0, 1.0, n_gbm)                   # log CPM ~ 150 on average
+    sigma_g = rng.uniform(0.35, 0.6, n_gbm)
+    loadings_g = rng.normal(0.0, 0.2, (n_gbm, _N_FACTORS))
+    B_g = np.zeros((len(_TERMS), n_gbm))
+    for mgb, term, coef in _NAMED_GBM_EFFECTS:
+        B_g[_T[term], gbm_names.index(mgb)] = coef
+    gbm = _simulate_abundance(rng, mu_g, sigma_g, prev_g, loadings_g, B_g, terms, factors,
+                              log_depth)
+    _punch_missing(rng, gbm, missing_abundance_fraction)
+
+    # ---- metadata (covariate missingness only now: the model used the true values) --
+    meta = _metadata_frame(rng, cohort, sample_ids)
+
+    # ---- write ----------------------------------------------------------------------
+    meta.to_csv(out / "metadata.tsv", sep="\t", index=False, float_format="%.6g",
+                lineterminator="\n")
+    _write_species(out / "species.tsv", sp, species_pct, sample_ids)
+    _write_wide(out / "pathways.tsv", pwy_names, pathways, sample_ids)
+    _write_wide(out / "gbm.tsv", gbm_names, gbm, sample_ids)
+
+    layers = {
+        "species": (["s__" + s for s in sp["species"]], B_sp),
+        "pathways": (pwy_names, B_p),
+        "gbm": (gbm_names, B_g),
+    }
+    truth = _truth_frame(cohort, terms, layers)
+    truth.to_csv(out / "truth.tsv", sep="\t", index=False, float_format="%.6g",
+                 lineterminator="\n")
+    plan_path = out / "plan.yaml"
+    plan_path.write_text(PLAN_YAML, encoding="utf-8")
+
+    return SimulatedStudy(
+        out_dir=out,
+        plan_path=plan_path,
+        n_participants=n,
+        n_controls=int(cohort["no_disorder"].sum()),
+        case_counts={d: int(cohort[d].sum()) for d in DISORDERS},
+        n_features={"species": n_species, "pathways": n_pathways, "gbm": n_gbm},
+        n_planted=int((truth["effect"] != 0).sum()),
+    )
+
+
+# ======================================================================================
+# Cohort
+# ======================================================================================
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def _cohort_counts(participants: int) -> dict[str, int]:
+    """Cell counts of the cohort design for ``participants`` (exact at 7,656)."""
+    f = participants / _REF_PARTICIPANTS
+    dep = {k: _round_half_up(v * f) for k, v in _REF_DEP_CELLS.items()}
+    anx = {k: _round_half_up(v * f) for k, v in _REF_ANX_CELLS.items()}
+    # Keep every disorder at >= _MIN_CASES by topping up its single-disorder cell.
+    dep["dys_only"] += max(0, _MIN_CASES - (dep["dys_only"] + dep["dys_mdd"]))
+    dep["mdd_only"] += max(0, _MIN_CASES - (dep["mdd_only"] + dep["dys_mdd"]))
+    anx["gad"] += max(0, _MIN_CASES - (anx["gad"] + anx["gad_sp"] + anx["gad_panic"]))
+    anx["sp"] += max(0, _MIN_CASES - (anx["sp"] + anx["gad_sp"]))
+    anx["panic"] += max(0, _MIN_CASES - (anx["panic"] + anx["gad_panic"]))
+    n_dep = sum(dep.values())
+    n_anx = sum(anx.values())
+    comorbid = min(_round_half_up(_REF_COMORBID * f), n_dep, n_anx)
+    n_cases = n_dep + n_anx - comorbid
+    n_controls = _round_half_up(_REF_CONTROLS * f)
+    n_other = participants - n_controls - n_cases
+    if n_other < 0:
+        n_controls += n_other
+        n_other = 0
+    if n_controls < 2:
+        raise UserInputError(
+            f"participants={participants} is too small to hold the minimum of "
+            f"{_MIN_CASES} cases per disorder plus controls; use at least 100."
+        )
+    return {**dep, **anx, "n_dep": n_dep, "n_anx": n_anx, "comorbid": comorbid,
+            "n_cases": n_cases, "n_controls": n_controls, "n_other": n_other}
+
+
+def _simulate_cohort(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Participant-level arrays (length ``n``, complete: no missing values yet).
+
+    Disorder roles are laid out on case slots (depression on slots
+    ``[0, n_dep)``, anxiety on ``[n_dep - comorbid, n_cases)``), then scattered over
+    participants with one random permutation.
+    """
+    c = _cohort_counts(n)
+    n_dep, n_anx, n_cases = c["n_dep"], c["n_anx"], c["n_cases"]
+
+    # Depression labels per depression slot: 1 dys only, 2 MDD only, 3 both.
+    dep_lab = rng.permutation(np.repeat([1, 2, 3], [c["dys_only"], c["mdd_only"], c["dys_mdd"]]))
+    # Anxiety labels: 1 GAD, 2 social phobia, 3 panic, 4 GAD+SP, 5 GAD+panic.
+    anx_lab = rng.permutation(np.repeat([1, 2, 3, 4, 5],
+                                        [c["gad"], c["sp"], c["panic"], c["gad_sp"], c["gad_panic"]]))
+    slot_dep = np.zeros(n, dtype=np.int64)
+    slot_anx = np.zeros(n, dtype=np.int64)
+    slot_dep[:n_dep] = dep_lab
+    slot_anx[n_dep - c["comorbid"]:n_cases] = anx_lab
+    slot_role = np.full(n, 2, dtype=np.int64)           # 0 case, 1 control, 2 other
+    slot_role[:n_cases] = 0
+    slot_role[n_cases:n_cases + c["n_controls"]] = 1
+
+    order = rng.permutation(n)                           # slot order[i] -> participant i
+    dep = slot_dep[order]
+    anx = slot_anx[order]
+    role = slot_role[order]
+    case = role == 0
+    other = role == 2
+
+    d: dict[str, np.ndarray] = {}
+    d["dysthymia"] = np.isin(dep, (1, 3)).astype(np.int64)
+    d["MDD"] = np.isin(dep, (2, 3)).astype(np.int64)
+    d["AnyDep"] = (dep > 0).astype(np.int64)
+    d["GAD"] = np.isin(anx, (1, 4, 5)).astype(np.int64)
+    d["social_phobia"] = np.isin(anx, (2, 4)).astype(np.int64)
+    d["panic"] = np.isin(anx, (3, 5)).astype(np.int64)
+    d["AnyAnx"] = (anx > 0).astype(np.int64)
+    d["no_disorder"] = (role == 1).astype(np.int64)
+
+    # Demographics and covariates; cases differ (younger, more female, higher BMI,
+    # looser stool) so that bmi/bristol_stool confound crude disorder associations.
+    female = rng.random(n) < np.where(case, 0.68, 0.575)
+    d["sex_female"] = female.astype(np.int64)
+    d["age"] = np.round(np.clip(rng.normal(49.0, 13.0, n) - 4.0 * case, 18.0, 80.0), 1)
+    d["bmi"] = np.round(np.clip(26.0 + 4.0 * rng.standard_normal(n) + 1.2 * case
+                                + 0.3 * other - 0.6 * female, 15.0, 55.0), 1)
+    stool_latent = rng.standard_normal(n) + 0.45 * case
+    d["bristol_stool"] = np.clip(np.rint(4.0 + 1.3 * stool_latent), 1, 7).astype(np.int64)
+    d["read_depth"] = np.round(np.clip(np.exp(rng.normal(math.log(11.0), 0.3, n)), 4.0, 25.0), 3)
+
+    # Medication and GI diagnoses; all enriched among cases.
+    d["ppi"] = (rng.random(n) < np.where(case, 0.16, 0.08)).astype(np.int64)
+    d["laxatives"] = (rng.random(n) < np.where(case, 0.07, 0.03)).astype(np.int64)
+    met_logit = -3.6 + 0.12 * (d["bmi"] - 26.0) + 0.05 * (d["age"] - 50.0)
+    d["metformin"] = (rng.random(n) < 1.0 / (1.0 + np.exp(-met_logit))).astype(np.int64)
+    ibs = rng.random(n) < np.where(case, 0.22, np.where(other, 0.14, 0.08))
+    d["ibs"] = ibs.astype(np.int64)
+    d["fgid"] = (ibs | (rng.random(n) < 0.06)).astype(np.int64)   # IBS is an FGID
+    # Psychotropics: ~25 % of cases vs ~4 % of others; about half are SSRIs.
+    ptd = rng.random(n) < np.where(case, 0.25, np.where(other, 0.05, 0.035))
+    d["any_ptd"] = ptd.astype(np.int64)
+    d["ssri"] = (ptd & (rng.random(n) < 0.5)).astype(np.int64)     # SSRI is a psychotropic
+    d["neuroticism"] = np.round(np.clip(3.5 + 2.3 * rng.standard_normal(n) + 3.0 * case
+                                        + 0.5 * other, 0.0, 12.0), 1)
+    return d
+
+
+def _term_matrix(c: dict[str, np.ndarray]) -> np.ndarray:
+    """Latent drivers, shape ``(n, len(_TERMS))``: 0/1 indicators, standardised covariates."""
+    cols = {
+        "AnyDep": c["AnyDep"], "MDD": c["MDD"], "AnyAnx": c["AnyAnx"],
+        "ssri": c["ssri"], "any_ptd": c["any_ptd"], "ppi": c["ppi"],
+        "laxatives": c["laxatives"], "metformin": c["metformin"],
+        "bmi": (c["bmi"] - 26.0) / 4.0,
+        "bristol_stool": (c["bristol_stool"] - 4.0) / 1.3,
+        "age": (c["age"] - 49.0) / 13.0,
+        "sex": c["sex_female"] - 0.58,
+    }
+    return np.column_stack([np.asarray(cols[t], dtype=np.float64) for t in _TERMS])
+
+
+def _metadata_frame(rng: np.random.Generator, c: dict[str, np.ndarray],
+                    sample_ids: list[str]) -> pd.DataFrame:
+    """``metadata.tsv`` content with ~2 % of bmi and ~3 % of bristol_stool missing."""
+    n = len(sample_ids)
+    bmi = c["bmi"].astype(np.float64).copy()
+    bmi[rng.random(n) < 0.02] = np.nan
+    bristol = pd.array(c["bristol_stool"], dtype="Int64")
+    bristol[rng.random(n) < 0.03] = pd.NA
+    cols = {
+        "sample_id": sample_ids,
+        "age": c["age"],
+        "sex": np.where(c["sex_female"] == 1, "female", "male"),
+        "bmi": bmi,
+        "bristol_stool": bristol,
+        "read_depth": c["read_depth"],
+    }
+    for k in ("ppi", "laxatives", "metformin", "ibs", "fgid", "ssri", "any_ptd",
+              *DISORDERS, "no_disorder"):
+        cols[k] = c[k]
+    cols["neuroticism"] = c["neuroticism"]
+    return pd.DataFrame(cols)
+
+
+# ======================================================================================
+# Abundance model
+# ======================================================================================
+def _plant_random(rng: np.random.Generator, B: np.ndarray, eligible: np.ndarray,
+                  prevalence: np.ndarray, magnitude: tuple[float, float]) -> None:
+    """Give random features effects for every term in ``_RANDOM_EFFECT_FRACTIONS``.
+
+    ``B`` (terms x features) is modified in place.  Each feature gets at most one
+    random term; disorder/drug terms draw from features with prevalence >= 0.25.
+    Disorder/drug magnitudes are ``U(magnitude)`` with random sign; covariate effects
+    (per SD) are 0.4x that.
+    """
+    eligible = np.asarray(eligible)
+    common = eligible[prevalence[eligible] >= 0.25]
+    taken = np.zeros(B.shape[1], dtype=bool)
+    taken[np.flatnonzero(np.any(B != 0, axis=0))] = True
+    pool_common = rng.permutation(common)
+    pool_all = rng.permutation(eligible)
+    lo, hi = magnitude
+    for term, frac in _RANDOM_EFFECT_FRACTIONS.items():
+        k = int(round(frac * eligible.size))
+        if k == 0:
+            continue
+        pool = pool_common if term in _DISORDER_TERMS + _DRUG_TERMS else pool_all
+        pick = pool[~taken[pool]][:k]
+        taken[pick] = True
+        size = rng.uniform(lo, hi, pick.size)
+        if term not in _DISORDER_TERMS + _DRUG_TERMS:
+            size *= 0.4
+        sign = np.where(rng.random(pick.size) < 0.5, -1.0, 1.0)
+        B[_T[term], pick] = sign * size
+
+
+def _simulate_abundance(rng: np.random.Generator, mu: np.ndarray, sigma: np.ndarray,
+                        prev: np.ndarray, loadings: np.ndarray, B: np.ndarray,
+                        terms: np.ndarray, factors: np.ndarray,
+                        log_depth: np.ndarray) -> np.ndarray:
+    """Zero-inflated log-normal abundances, shape ``(n, F)``, unnormalised (>= 0).
+
+    ``mu, sigma, prev`` are per feature (F,), ``loadings`` (F, K), ``B`` (terms, F),
+    ``terms`` (n, terms), ``factors`` (n, K), ``log_depth`` (n,) centred log reads.
+    """
+    eta = factors @ loadings.T + terms @ B                       # systematic part (n, F)
+    logab = mu + eta + sigma * rng.standard_normal(eta.shape)
+    # Detection: deeper sequencing and higher systematic abundance make a taxon more
+    # likely to be observed, so planted depletions also lower prevalence.
+    logit = np.log(prev / (1.0 - prev)) + 0.8 * log_depth[:, None] + 0.5 * eta
+    present = rng.random(eta.shape) * (1.0 + np.exp(-logit)) < 1.0
+    # Every sample must observe something: fall back to its most abundant feature.
+    empty = ~present.any(axis=1)
+    if empty.any():
+        rows = np.flatnonzero(empty)
+        present[rows, np.argmax(logab[rows], axis=1)] = True
+    return np.where(present, np.exp(logab), 0.0)
+
+
+def _close(x: np.ndarray, total: float) -> np.ndarray:
+    """Scale each row of ``x`` (n, F) to sum to ``total`` (compositional closure)."""
+    return x * (total / x.sum(axis=1, keepdims=True))
+
+
+def _punch_missing(rng: np.random.Generator, x: np.ndarray, fraction: float) -> None:
+    """Set a random ``fraction`` of cells of ``x`` to NaN in place (written as empty)."""
+    if fraction > 0:
+        x[rng.random(x.shape) < fraction] = np.nan
+
+
+# ======================================================================================
+# Feature catalogues
+# ======================================================================================
+def _species_catalogue(n_species: int) -> dict[str, list[str]]:
+    """Species names and lineages (kingdom..genus) for ``n_species`` species.
+
+    The first ``len(_NAMED_SPECIES)`` are the named taxa; synthetic ones
+    ``Genus{g}_species{s}`` fill the rest, 4 per genus, genera cycling over
+    ``_SYNTHETIC_FAMILY_CYCLE`` (deterministic: independent of the seed).
+    """
+    species: list[str] = []
+    lineage: list[str] = []
+    for fam, genus, name, _, _ in _NAMED_SPECIES:
+        species.append(name)
+        lineage.append(f"{_FAM[fam]}|g__{genus}")
+    for k in range(n_species - len(_NAMED_SPECIES)):
+        g = k // _SPECIES_PER_SYNTHETIC_GENUS + 1
+        s = k % _SPECIES_PER_SYNTHETIC_GENUS + 1
+        fam = _SYNTHETIC_FAMILY_CYCLE[(g - 1) % len(_SYNTHETIC_FAMILY_CYCLE)]
+        species.append(f"Genus{g}_species{s}")
+        lineage.append(f"{_FAM[fam]}|g__Genus{g}")
+    return {"species": species, "lineage": lineage}
+
+
+def _pathway_names(n_pathways: int) -> list[str]:
+    """``n_pathways`` unique HUMAnN-style names: real MetaCyc ones, then synthetic."""
+    names = list(_REAL_PATHWAYS[:n_pathways])
+    nc, npr, nr = len(_PWY_COMPOUNDS), len(_PWY_PROCESSES), len(_ROMAN)
+    for k in range(n_pathways - len(names)):
+        comp = _PWY_COMPOUNDS[k % nc]
+        proc = _PWY_PROCESSES[(k // nc) % npr]
+        rom = _ROMAN[(k // (nc * npr)) % nr]
+        extra = k // (nc * npr * nr)
+        suffix = f" (variant {extra + 1})" if extra else ""
+        names.append(f"PWY-{8001 + k}: {comp} {proc} {rom}{suffix}")
+    return names
+
+
+# ======================================================================================
+# Writers
+# ======================================================================================
+def _format_rows(values: np.ndarray, labels: list[str]) -> str:
+    """Tab-separated ``%.6g`` lines, one per row of ``values``, each led by its label.
+
+    Identical to ``DataFrame.to_csv(sep="\\t", float_format="%.6g")`` (NaN -> empty
+    cell) but ~3x faster, because each line is formatted by a single C-level ``%``.
+    """
+    fmt = "\t".join(["%.6g"] * values.shape[1])
+    body = [fmt % tuple(row) for row in values.tolist()]
+    if np.isnan(values).any():
+        # "%.6g" renders NaN as "nan"; numeric cells contain no other letters.
+        body = [line.replace("nan", "") for line in body]
+    return "".join(f"{lab}\t{line}\n" for lab, line in zip(labels, body))
+
+
+def _write_wide(path: Path, feature_names: list[str], values: np.ndarray,
+                sample_ids: list[str]) -> None:
+    """Samples-as-rows table: ``sample_id`` then one column per feature."""
+    header = "\t".join(["sample_id", *feature_names]) + "\n"
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(header)
+        fh.write(_format_rows(values, sample_ids))
+
+
+def _write_species(path: Path, sp: dict[str, list[str]], pct: np.ndarray,
+                   sample_ids: list[str]) -> None:
+    """MetaPhlAn merged table: every clade (kingdom..species) as a row, percent values.
+
+    ``pct`` is (n samples, n species).  Higher-rank rows are sums of their species,
+    computed as one matrix product per rank; rows are ordered depth-first.
+    """
+    clades = [f"{lin}|s__{s}" for lin, s in zip(sp["lineage"], sp["species"])]
+    parts = [c.split("|") for c in clades]
+    rows: dict[str, np.ndarray] = {}
+    for depth in range(1, 7):                            # k, p, c, o, f, g
+        prefixes = ["|".join(p[:depth]) for p in parts]
+        codes, uniques = pd.factorize(pd.Index(prefixes))
+        onehot = np.zeros((len(clades), len(uniques)))
+        onehot[np.arange(len(clades)), codes] = 1.0
+        sums = pct @ onehot                              # (n, n_groups)
+        for g, name in enumerate(uniques):
+            rows[name] = sums[:, g]
+    for j, name in enumerate(clades):
+        rows[name] = pct[:, j]
+    order = sorted(rows, key=lambda name: name.split("|"))
+    values = np.vstack([rows[name] for name in order])   # (n clades, n samples)
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(_MPA_HEADER + "\n")
+        fh.write("\t".join(["clade_name", *sample_ids]) + "\n")
+        fh.write(_format_rows(values, order))
+
+
+def _truth_frame(c: dict[str, np.ndarray], terms: np.ndarray,
+                 layers: dict[str, tuple[list[str], np.ndarray]]) -> pd.DataFrame:
+    """``truth.tsv``: one row per (layer, feature, plan exposure).
+
+    effect = (mean term values over cases - over controls) @ B, restricted to the
+    disorder terms for disorder exposures and to the drug terms for drug exposures.
+    """
+    frames = []
+    for exposure, (case_col, case_val, ctrl_col, ctrl_val) in PLAN_EXPOSURES.items():
+        cases = c[case_col] == case_val
+        controls = c[ctrl_col] == ctrl_val
+        group = _DISORDER_TERMS if exposure in _DISORDER_EXPOSURES else _DRUG_TERMS
+        idx = [_T[t] for t in group]
+        delta = terms[cases][:, idx].mean(axis=0) - terms[controls][:, idx].mean(axis=0)
+        for layer, (features, B) in layers.items():
+            effect = delta @ B[idx]
+            # Round so that the written file is the truth (and exact zeros stay zero).
+            effect = np.array([float(f"{v:.6g}") for v in effect]) + 0.0
+            frames.append(pd.DataFrame({"layer": layer, "feature": features,
+                                        "exposure": exposure, "effect": effect}))
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,283 @@
+"""Fast tests of scalable_assoc.simulate (the planted-truth study simulator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from scalable_assoc.errors import UserInputError
+from scalable_assoc.simulate import (
+    DISORDERS,
+    DRUG_CONFOUNDED_FEATURES,
+    GBM_HEADLINE_MODULES,
+    HEADLINE_FEATURES,
+    HEADLINE_SIGNS,
+    PLAN_EXPOSURES,
+    SimulatedStudy,
+    simulate_study,
+)
+
+SMALL = dict(participants=600, n_species=60, n_pathways=40)
+FILES = ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv", "truth.tsv", "plan.yaml")
+META_COLUMNS = [
+    "sample_id", "age", "sex", "bmi", "bristol_stool", "read_depth", "ppi", "laxatives",
+    "metformin", "ibs", "fgid", "ssri", "any_ptd", "dysthymia", "MDD", "AnyDep", "GAD",
+    "social_phobia", "panic", "AnyAnx", "no_disorder", "neuroticism",
+]
+BINARY = ["ppi", "laxatives", "metformin", "ibs", "fgid", "ssri", "any_ptd",
+          *DISORDERS, "no_disorder"]
+
+
+# ---------------------------------------------------------------------------- helpers
+def read_meta(d: Path) -> pd.DataFrame:
+    return pd.read_csv(d / "metadata.tsv", sep="\t", dtype={"sample_id": str})
+
+
+def read_species(d: Path) -> pd.DataFrame:
+    """Merged MetaPhlAn table: clades x samples (percent)."""
+    with open(d / "species.tsv", encoding="utf-8") as fh:
+        assert fh.readline().startswith("#mpa_vJan21")
+    return pd.read_csv(d / "species.tsv", sep="\t", skiprows=1, index_col=0)
+
+
+def species_level(tab: pd.DataFrame) -> pd.DataFrame:
+    """Species rows only, indexed by their last clade component (``s__...``)."""
+    sp = tab[tab.index.str.contains(r"\|s__")]
+    sp.index = [c.rsplit("|", 1)[1] for c in sp.index]
+    return sp
+
+
+def read_wide(d: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(d / name, sep="\t", index_col=0)
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
+    return simulate_study(tmp_path_factory.mktemp("small") / "nested" / "study", seed=1, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
+    # Default cohort size; few features to keep the test fast.
+    return simulate_study(tmp_path_factory.mktemp("full"), seed=0, n_species=60, n_pathways=20)
+
+
+# ---------------------------------------------------------------------------- files
+def test_files_and_metadata_columns(small: SimulatedStudy) -> None:
+    d = small.out_dir
+    for f in FILES:
+        assert (d / f).is_file(), f
+    assert small.plan_path == d / "plan.yaml"
+    meta = read_meta(d)
+    assert list(meta.columns) == META_COLUMNS
+    assert len(meta) == small.n_participants == 600
+    assert meta["sample_id"].is_unique
+    assert meta["sample_id"].str.fullmatch(r"LL\d{6}").all()
+    assert set(meta["sex"].dropna()) == {"female", "male"}
+    assert meta["age"].between(18, 80).all()
+    assert meta["bristol_stool"].dropna().isin(range(1, 8)).all()
+    assert meta["read_depth"].between(3, 30).all()
+    for col in BINARY:
+        assert meta[col].isin([0, 1]).all(), col
+    # IBS is an FGID; SSRIs are psychotropics.
+    assert (meta["fgid"] >= meta["ibs"]).all()
+    assert (meta["any_ptd"] >= meta["ssri"]).all()
+    # Summary matches the files.
+    assert small.n_controls == int(meta["no_disorder"].sum())
+    assert small.case_counts == {d_: int(meta[d_].sum()) for d_ in DISORDERS}
+    assert all(v >= 5 for v in small.case_counts.values())
+
+
+def test_sample_ids_identical_across_tables(small: SimulatedStudy) -> None:
+    d = small.out_dir
+    ids = list(read_meta(d)["sample_id"])
+    assert list(read_species(d).columns) == ids
+    assert list(read_wide(d, "pathways.tsv").index) == ids
+    assert list(read_wide(d, "gbm.tsv").index) == ids
+
+
+def test_feature_tables_shape_and_names(small: SimulatedStudy) -> None:
+    d = small.out_dir
+    sp = species_level(read_species(d))
+    pw = read_wide(d, "pathways.tsv")
+    gb = read_wide(d, "gbm.tsv")
+    assert small.n_features == {"species": 60, "pathways": 40, "gbm": 56}
+    assert sp.shape[0] == 60 and sp.index.is_unique
+    for name in ("s__Ruminococcus_bromii", "s__Bifidobacterium_bifidum",
+                 "s__Faecalibacterium_prausnitzii", "s__Eggerthella_lenta",
+                 "s__Coprococcus_comes", "s__Dialister_invisus",
+                 "s__Streptococcus_salivarius", "s__Escherichia_coli"):
+        assert name in sp.index, name
+    assert pw.shape[1] == 40 and pw.columns.is_unique
+    assert "PWY-5097: L-lysine biosynthesis VI" in pw.columns
+    assert list(gb.columns) == [f"MGB{k:03d}" for k in range(1, 57)]
+    assert (pw.fillna(0) >= 0).all().all() and (gb.fillna(0) >= 0).all().all()
+
+
+def test_plan_yaml(small: SimulatedStudy) -> None:
+    plan = yaml.safe_load(small.plan_path.read_text())
+    assert plan["name"] == "lifelines-internalizing"
+    assert plan["preprocess"] == {"min_prevalence": 0.05, "transform": "clr",
+                                  "pseudocount": "half_min"}
+    assert list(plan["exposures"]) == list(PLAN_EXPOSURES)
+    assert plan["exposures"]["ssri"] == {"cases": "ssri == 1", "controls": "ssri == 0"}
+    assert plan["adjustments"]["gi"] == ["meds", "ibs", "fgid"]
+    assert plan["fdr"] == {"method": "bh", "by": ["layer", "exposure", "adjustment"],
+                           "alpha": 0.05}
+    base = small.plan_path.parent
+    assert (base / plan["data"]["metadata"]).is_file()
+    for path in plan["data"]["layers"].values():
+        assert (base / path).is_file()
+
+
+# ---------------------------------------------------------------------------- cohort
+def test_default_cohort_shape(full: SimulatedStudy) -> None:
+    meta = read_meta(full.out_dir)
+    assert len(meta) == 7656
+    assert full.n_controls == 5522 == int(meta["no_disorder"].sum())
+    dis = meta[list(DISORDERS)]
+    any_dis = dis.max(axis=1) == 1
+    assert int(any_dis.sum()) == 491
+    # Controls have no disorder; the rest (1,643) are neither case nor control.
+    assert (dis[meta["no_disorder"] == 1] == 0).all().all()
+    assert int(((meta["no_disorder"] == 0) & ~any_dis).sum()) == 7656 - 5522 - 491
+    for col in DISORDERS:
+        assert 70 <= int(meta[col].sum()) <= 385, col
+    assert (meta["AnyDep"] == (meta["dysthymia"] | meta["MDD"])).all()
+    assert (meta["AnyAnx"] == (meta["GAD"] | meta["social_phobia"] | meta["panic"])).all()
+    assert ((meta["AnyDep"] == 1) & (meta["AnyAnx"] == 1)).sum() > 0   # comorbidity
+    assert (meta["any_ptd"] >= meta["ssri"]).all()
+    controls = meta["no_disorder"] == 1
+    for drug in ("any_ptd", "ssri"):
+        assert meta.loc[any_dis, drug].mean() > 2 * meta.loc[controls, drug].mean()
+    assert meta.loc[any_dis, "neuroticism"].mean() > meta.loc[controls, "neuroticism"].mean()
+    assert 0.54 < (meta["sex"] == "female").mean() < 0.62
+
+
+def test_small_cohort_scales(small: SimulatedStudy) -> None:
+    # 600 / 7656 of the reference design, every disorder still has >= 5 cases.
+    assert small.n_controls == round(5522 * 600 / 7656)
+    meta = read_meta(small.out_dir)
+    assert (meta[list(DISORDERS)].max(axis=1) == 1).sum() > 20
+
+
+def test_covariate_missingness(full: SimulatedStudy) -> None:
+    meta = read_meta(full.out_dir)
+    assert 0.01 < meta["bmi"].isna().mean() < 0.03
+    assert 0.02 < meta["bristol_stool"].isna().mean() < 0.04
+    must_be_complete = ["sample_id", "sex", "age", "read_depth", *BINARY]
+    assert not meta[must_be_complete].isna().any().any()
+
+
+# ---------------------------------------------------------------------------- species
+def test_species_compositional_and_hierarchical(full: SimulatedStudy) -> None:
+    tab = read_species(full.out_dir)
+    assert not tab.isna().any().any() and (tab >= 0).all().all()
+    is_species = tab.index.str.contains(r"\|s__")
+    sp = tab[is_species]
+    assert np.allclose(sp.sum(axis=0), 100.0, atol=1e-3)
+    # Every higher-rank row equals the sum of the species below it.
+    sp_values = sp.to_numpy()
+    higher = tab.index[~is_species]
+    below = np.array([[c.startswith(clade + "|") for c in sp.index] for clade in higher])
+    assert below.any(axis=1).all()
+    np.testing.assert_allclose(tab.loc[higher].to_numpy(), below @ sp_values, rtol=1e-4,
+                               atol=1e-4)
+    assert np.allclose(tab.loc[["k__Archaea", "k__Bacteria"]].sum(axis=0), 100.0, atol=1e-3)
+    prevalence = (sp > 0).mean(axis=1)
+    assert (prevalence < 0.05).any()          # a prevalence filter removes some species
+    assert (prevalence > 0.9).any()
+    assert (sp == 0).to_numpy().mean() > 0.1  # zero-inflated
+
+
+# ---------------------------------------------------------------------------- missing
+def test_missing_abundance_cells(small: SimulatedStudy, tmp_path: Path) -> None:
+    for name in ("pathways.tsv", "gbm.tsv"):
+        assert read_wide(small.out_dir, name).isna().to_numpy().sum() > 0, name
+    dense = simulate_study(tmp_path, seed=1, missing_abundance_fraction=0.0, **SMALL)
+    for name in ("pathways.tsv", "gbm.tsv"):
+        assert read_wide(dense.out_dir, name).isna().to_numpy().sum() == 0, name
+    assert not read_species(dense.out_dir).isna().any().any()
+
+
+def test_missing_fraction_is_respected(tmp_path: Path) -> None:
+    s = simulate_study(tmp_path, participants=400, n_species=50, n_pathways=200,
+                       missing_abundance_fraction=0.05)
+    frac = read_wide(s.out_dir, "pathways.tsv").isna().to_numpy().mean()
+    assert 0.04 < frac < 0.06
+
+
+# ---------------------------------------------------------------------------- truth
+def test_truth_table(small: SimulatedStudy) -> None:
+    d = small.out_dir
+    truth = pd.read_csv(d / "truth.tsv", sep="\t")
+    assert list(truth.columns) == ["layer", "feature", "exposure", "effect"]
+    assert not truth.duplicated(["layer", "feature", "exposure"]).any()
+    features = {
+        "species": set(species_level(read_species(d)).index),
+        "pathways": set(read_wide(d, "pathways.tsv").columns),
+        "gbm": set(read_wide(d, "gbm.tsv").columns),
+    }
+    for layer, feats in features.items():
+        sub = truth[truth["layer"] == layer]
+        for exposure in PLAN_EXPOSURES:
+            assert set(sub.loc[sub["exposure"] == exposure, "feature"]) == feats
+    assert len(truth) == sum(len(f) for f in features.values()) * len(PLAN_EXPOSURES)
+    assert small.n_planted == int((truth["effect"] != 0).sum()) > 0
+
+
+def test_headline_effects_planted(full: SimulatedStudy) -> None:
+    truth = pd.read_csv(full.out_dir / "truth.tsv", sep="\t").set_index(
+        ["layer", "feature", "exposure"])["effect"]
+    assert len(HEADLINE_SIGNS) == sum(len(v) for v in HEADLINE_FEATURES.values())
+    for key, sign in HEADLINE_SIGNS.items():
+        assert np.sign(truth[key]) == sign, key
+        assert 0.3 <= abs(truth[key]) <= 1.5, key
+    assert set(GBM_HEADLINE_MODULES) == {"tryptophan", "glutamate", "dopac"}
+    # Drug-driven features: zero for disorders, non-zero for the drugs.
+    for layer, feature in DRUG_CONFOUNDED_FEATURES:
+        for exposure in ("dysthymia", "MDD", "AnyDep", "GAD", "AnyAnx"):
+            assert truth[(layer, feature, exposure)] == 0
+        assert truth[(layer, feature, "any_ptd")] != 0
+    # A sensible share of features is non-null per exposure.
+    nonnull = truth.ne(0).groupby(level="exposure").mean()
+    assert ((nonnull > 0.02) & (nonnull < 0.2)).all(), nonnull
+
+
+def test_planted_effect_recoverable(full: SimulatedStudy) -> None:
+    """Crude mean log-abundance difference of R. bromii, AnyDep cases vs controls."""
+    d = full.out_dir
+    meta = read_meta(d).set_index("sample_id")
+    sp = species_level(read_species(d))
+    x = np.log(sp.loc["s__Ruminococcus_bromii"] + 1e-3)
+    diff = x[meta["AnyDep"] == 1].mean() - x[meta["no_disorder"] == 1].mean()
+    assert diff < -0.3
+    # B. bifidum is lower in anxiety cases as planted.
+    y = np.log(sp.loc["s__Bifidobacterium_bifidum"] + 1e-3)
+    assert y[meta["AnyAnx"] == 1].mean() < y[meta["no_disorder"] == 1].mean() - 0.3
+
+
+# ---------------------------------------------------------------------------- determinism
+def test_deterministic(small: SimulatedStudy, tmp_path: Path) -> None:
+    again = simulate_study(tmp_path / "again", seed=1, **SMALL)
+    other = simulate_study(tmp_path / "other", seed=2, **SMALL)
+    for f in FILES:
+        assert (again.out_dir / f).read_bytes() == (small.out_dir / f).read_bytes(), f
+    for f in ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv"):
+        assert (other.out_dir / f).read_bytes() != (small.out_dir / f).read_bytes(), f
+    assert again == SimulatedStudy(**{**small.__dict__, "out_dir": again.out_dir,
+                                      "plan_path": again.plan_path})
+
+
+def test_rejects_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError):
+        simulate_study(tmp_path, participants=600, n_species=10)
+    with pytest.raises(UserInputError):
+        simulate_study(tmp_path, participants=600, n_species=60, n_pathways=0)
+    with pytest.raises(UserInputError):
+        simulate_study(tmp_path, participants=20, n_species=60, n_pathways=10)
