@@ -1,0 +1,48 @@
+"""Shared fixtures: a real 2-process Dask cluster and small simulated studies.
+
+The cluster is started once per session (worker processes, not threads) and
+every end-to-end test connects to it, so the suite exercises real task
+serialisation and transfer at the cost of one start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+
+from scalable_assoc.simulate import SimulatedStudy, simulate_study
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> LocalCluster:
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def client(dask_cluster: LocalCluster) -> Client:
+    with Client(dask_cluster) as dask_client:
+        yield dask_client
+
+
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
+    """600 participants, all three layers, missing covariates and abundance cells."""
+    study = simulate_study(
+        tmp_path_factory.mktemp("small_study"), participants=600, seed=11, n_species=60, n_pathways=40, missing_abundance_fraction=0.002
+    )
+    # 600 participants give ~6 dysthymia cases; allow them (the default minimum is 10).
+    with study.plan_path.open("a") as plan:
+        plan.write("min_cases: 5\n")
+    return study
+
+
+def write_plan(folder: Path, text: str) -> Path:
+    """Write a plan file into ``folder`` and return its path."""
+    path = folder / "plan.yaml"
+    path.write_text(text)
+    return path
