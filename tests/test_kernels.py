@@ -1,0 +1,147 @@
+"""The numeric kernels against a per-feature statsmodels loop, and their edge cases.
+
+Tolerance: relative 1e-8 on beta, se, t and p (statsmodels OLS, pinv solver).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import statsmodels.api as sm
+
+from scalable_assoc.models import FitStatus, factorise_covariates, fit_exposure_slopes
+from scalable_assoc.models.design import project_out
+from scalable_assoc.stats.transforms import apply_transform, feature_summary, prevalence, sample_summaries
+
+RTOL = 1e-8
+NAMES = ("(intercept)", "age", "sex[male]", "read_depth")
+
+
+def _covariates(rng: np.random.Generator, n: int) -> np.ndarray:
+    # read_depth in raw counts (~1e7): badly scaled on purpose.
+    return np.column_stack([np.ones(n), rng.normal(50, 12, n), rng.integers(0, 2, n), rng.normal(1e7, 2e6, n)])
+
+
+def _statsmodels_loop(covariates: np.ndarray, exposure: np.ndarray, block: np.ndarray) -> dict[str, np.ndarray]:
+    out = {k: np.full(block.shape[1], np.nan) for k in ("beta", "se", "t", "p", "n")}
+    design = np.column_stack([covariates, exposure])
+    for j in range(block.shape[1]):
+        fit = sm.OLS(block[:, j], design, missing="drop").fit()
+        out["beta"][j], out["se"][j], out["t"][j], out["p"][j] = fit.params[-1], fit.bse[-1], fit.tvalues[-1], fit.pvalues[-1]
+        out["n"][j] = fit.nobs
+    return out
+
+
+@pytest.mark.parametrize("missing_fraction", [0.0, 0.02, 0.4])
+def test_batched_equals_statsmodels_loop(missing_fraction: float) -> None:
+    rng = np.random.default_rng(3)
+    n, m = 500, 40
+    covariates = _covariates(rng, n)
+    exposure = (rng.random(n) < 0.15).astype(float)
+    block = rng.normal(size=(n, m)) + 0.4 * exposure[:, None] + 1e-7 * covariates[:, 3:4]
+    block[rng.random((n, m)) < missing_fraction] = np.nan
+    design = factorise_covariates(covariates, NAMES)
+    fits = fit_exposure_slopes(design, exposure[None], np.array([True]), block)
+    reference = _statsmodels_loop(covariates, exposure, block)
+    assert (fits.status == FitStatus.OK).all()
+    for name in ("beta", "se", "t", "p"):
+        np.testing.assert_allclose(getattr(fits, name)[0], reference[name], rtol=RTOL, err_msg=name)
+    np.testing.assert_array_equal(fits.n[0], reference["n"])
+    present = ~np.isnan(block)
+    np.testing.assert_array_equal(fits.n_cases[0], (present & (exposure[:, None] == 1)).sum(axis=0))
+
+
+def test_several_exposures_equal_one_at_a_time_and_chunks() -> None:
+    rng = np.random.default_rng(4)
+    n, m = 300, 30
+    covariates = _covariates(rng, n)
+    exposures = np.stack([(rng.random(n) < 0.3).astype(float), rng.normal(size=n)])
+    block = rng.normal(size=(n, m))
+    block[rng.random((n, m)) < 0.05] = np.nan
+    design = factorise_covariates(covariates, NAMES)
+    together = fit_exposure_slopes(design, exposures, np.array([True, False]), block)
+    for e in range(2):
+        alone = fit_exposure_slopes(design, exposures[e : e + 1], np.array([e == 0]), block)
+        np.testing.assert_allclose(together.beta[e], alone.beta[0], rtol=1e-12)
+        np.testing.assert_allclose(together.p[e], alone.p[0], rtol=1e-12)
+    pieces = [fit_exposure_slopes(design, exposures, np.array([True, False]), block[:, s : s + 7]) for s in range(0, m, 7)]
+    np.testing.assert_allclose(np.hstack([p.se for p in pieces]), together.se, rtol=1e-12)
+    assert (together.n_cases[1] == -1).all(), "a continuous exposure has no case count"
+
+
+def test_near_perfect_fit_keeps_precision() -> None:
+    # R^2 ~ 1: the |y|^2 - beta^2 |x|^2 identity would lose most digits of the RSS.
+    rng = np.random.default_rng(5)
+    n = 400
+    covariates = _covariates(rng, n)
+    exposure = rng.normal(size=n)
+    block = (1e4 * exposure + covariates[:, 1] * 50)[:, None] + rng.normal(scale=1e-3, size=(n, 3))
+    design = factorise_covariates(covariates, NAMES)
+    fits = fit_exposure_slopes(design, exposure[None], np.array([False]), block)
+    reference = _statsmodels_loop(covariates, exposure, block)
+    np.testing.assert_allclose(fits.se[0], reference["se"], rtol=1e-6)
+    np.testing.assert_allclose(fits.beta[0], reference["beta"], rtol=1e-10)
+
+
+def test_statuses_instead_of_estimates() -> None:
+    rng = np.random.default_rng(6)
+    n = 60
+    covariates = _covariates(rng, n)
+    exposure = (rng.random(n) < 0.5).astype(float)
+    block = rng.normal(size=(n, 4))
+    block[:, 0] = 3.0  # constant feature
+    block[5:, 1] = np.nan  # five values left for five design columns
+    block[:, 2] = np.where(exposure == 1, np.nan, block[:, 2])  # no case has a value: exposure constant for this feature
+    design = factorise_covariates(covariates, NAMES)
+    fits = fit_exposure_slopes(design, exposure[None], np.array([True]), block)
+    assert fits.status[0, 0] == FitStatus.CONSTANT_FEATURE
+    assert fits.status[0, 1] == FitStatus.TOO_FEW_VALUES
+    assert fits.status[0, 2] == FitStatus.FEATURE_RANK_DEFICIENT
+    assert fits.status[0, 3] == FitStatus.OK
+    assert np.isnan(fits.p[0, :3]).all() and np.isnan(fits.beta[0, :3]).all()
+
+
+def test_rank_deficient_design_names_the_collinear_covariates() -> None:
+    rng = np.random.default_rng(7)
+    n = 100
+    base = _covariates(rng, n)
+    duplicated = np.column_stack([base, 2 * base[:, 1] + 3 * base[:, 2]])
+    design = factorise_covariates(duplicated, NAMES + ("age_sex_mix",))
+    assert design.problem is not None
+    assert "'age_sex_mix'" in design.problem and "'age'" in design.problem and "'sex[male]'" in design.problem
+    fits = fit_exposure_slopes(design, rng.normal(size=(1, n)), np.array([False]), rng.normal(size=(n, 3)))
+    assert (fits.status == FitStatus.DESIGN_RANK_DEFICIENT).all() and np.isnan(fits.p).all()
+    constant = factorise_covariates(np.column_stack([base, np.full(n, 2.0)]), NAMES + ("always_two",))
+    assert "constant" in constant.problem
+
+
+def test_exposure_collinear_with_covariates() -> None:
+    rng = np.random.default_rng(8)
+    n = 80
+    covariates = _covariates(rng, n)
+    fits = fit_exposure_slopes(factorise_covariates(covariates, NAMES), covariates[:, 2][None], np.array([True]), rng.normal(size=(n, 2)))
+    assert (fits.status == FitStatus.EXPOSURE_COLLINEAR).all()
+
+
+def test_projection_is_orthogonal() -> None:
+    rng = np.random.default_rng(9)
+    covariates = _covariates(rng, 200)
+    design = factorise_covariates(covariates, NAMES)
+    residual = project_out(design.q, rng.normal(size=(200, 5)) + covariates[:, 3:4])
+    assert np.abs(design.covariates.T @ residual).max() < 1e-8
+
+
+def test_clr_transform_equals_definition_over_blocks() -> None:
+    rng = np.random.default_rng(10)
+    values = rng.exponential(size=(50, 12)) * (rng.random((50, 12)) < 0.7)
+    values[3, 4] = np.nan
+    pseudocount = 0.01
+    totals = [sample_summaries(values[:, s : s + 5], "clr", pseudocount) for s in range(0, 12, 5)]
+    total, count = sum(t[0] for t in totals), sum(t[1] for t in totals)
+    transformed = apply_transform(values, "clr", pseudocount, total, count)
+    logged = np.log(values + pseudocount)
+    expected = logged - np.nanmean(logged, axis=1, keepdims=True)
+    np.testing.assert_allclose(transformed, expected, rtol=1e-13, atol=1e-13)
+    assert np.isnan(transformed[3, 4])
+    summary = feature_summary(values)
+    np.testing.assert_allclose(prevalence(summary), (values > 0).sum(axis=0) / (~np.isnan(values)).sum(axis=0))
