@@ -86,44 +86,78 @@ def _layer_token(study: PreparedStudy, layer: LayerWork) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _filter_layer(client: Client, study: PreparedStudy, layer: LayerWork, positions_future: distributed.Future) -> _LayerFilter:
-    """Prevalence filter and pseudocount from per-block counts (a reduction over all blocks)."""
-    token = _layer_token(study, layer)
-    bounds = layer.store.block_bounds()
-    path = layer.store.path
-    futures = [
-        client.submit(summarise_block, path, start, stop, positions_future, key=f"summary-{token}-{i}")
-        for i, (start, stop) in enumerate(bounds)
-    ]
-    summaries = client.gather(futures)
-    preprocess = layer.spec.preprocess
-    kept = [prevalence(s) >= preprocess.min_prevalence for s in summaries]
-    n_kept = int(sum(k.sum() for k in kept))
-    if n_kept == 0:
-        raise DataError(
-            f"layer '{layer.spec.name}' ({layer.spec.path}): no feature is non-zero in at least "
-            f"{preprocess.min_prevalence:.1%} of samples; lower preprocess.min_prevalence"
-        )
-    if preprocess.pseudocount == "half_min":
-        minima = np.concatenate([s.min_positive[k] for s, k in zip(summaries, kept)])
-        try:
-            pseudocount = half_min_pseudocount(minima)
-        except ValueError as error:
-            raise DataError(f"layer '{layer.spec.name}': {error}") from None
-    else:
-        pseudocount = float(preprocess.pseudocount)
-    ids = layer.store.feature_ids
-    kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept)]
-    result = _LayerFilter(kept, pseudocount, layer.store.n_features, n_kept, kept_ids=kept_ids)
-    if needs_sample_summary(preprocess.transform):
-        sums = [
-            client.submit(sum_block, path, start, stop, positions_future, k, preprocess.transform, pseudocount, key=f"sums-{token}-{i}")
-            for i, ((start, stop), k) in enumerate(zip(bounds, kept))
-            if k.any()
+def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, distributed.Future]) -> dict[str, _LayerFilter]:
+    """Prevalence filter, pseudocount and per-sample sums of every layer (two reductions over all blocks).
+
+    All layers' blocks are submitted together so the workers never wait on the
+    client between layers.
+    """
+    summary_futures = {
+        layer.spec.name: [
+            client.submit(summarise_block, layer.store.path, start, stop, positions[layer.spec.name], key=f"summary-{_layer_token(study, layer)}-{i}")
+            for i, (start, stop) in enumerate(layer.store.block_bounds())
         ]
-        parts = client.gather(sums)
-        result.sample_totals = (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0))
-    return result
+        for layer in study.layers
+    }
+    all_summaries = client.gather(summary_futures)
+    filters: dict[str, _LayerFilter] = {}
+    sum_futures = {}
+    for layer in study.layers:
+        name = layer.spec.name
+        summaries = all_summaries[name]
+        preprocess = layer.spec.preprocess
+        kept = [prevalence(s) >= preprocess.min_prevalence for s in summaries]
+        n_kept = int(sum(k.sum() for k in kept))
+        if n_kept == 0:
+            raise DataError(
+                f"layer '{name}' ({layer.spec.path}): no feature is non-zero in at least "
+                f"{preprocess.min_prevalence:.1%} of samples; lower preprocess.min_prevalence"
+            )
+        if preprocess.pseudocount == "half_min":
+            minima = np.concatenate([s.min_positive[k] for s, k in zip(summaries, kept)])
+            try:
+                pseudocount = half_min_pseudocount(minima)
+            except ValueError as error:
+                raise DataError(f"layer '{name}': {error}") from None
+        else:
+            pseudocount = float(preprocess.pseudocount)
+        bounds = layer.store.block_bounds()
+        ids = layer.store.feature_ids
+        kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept)]
+        filters[name] = _LayerFilter(kept, pseudocount, layer.store.n_features, n_kept, kept_ids=kept_ids)
+        if needs_sample_summary(preprocess.transform):
+            token = _layer_token(study, layer)
+            sum_futures[name] = [
+                client.submit(
+                    sum_block, layer.store.path, start, stop, positions[name], k, preprocess.transform, pseudocount, key=f"sums-{token}-{i}"
+                )
+                for i, ((start, stop), k) in enumerate(zip(bounds, kept))
+                if k.any()
+            ]
+    for name, parts in client.gather(sum_futures).items():
+        filters[name].sample_totals = (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0))
+    return filters
+
+
+class _SharedInputs:
+    """Design inputs and factorisations shared across layers that use the same participants.
+
+    Scattered in one call per layer (not one per design), each factorised once
+    under the key ``design-<key>``.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.inputs: dict[str, distributed.Future] = {}
+        self.factorised: dict[str, distributed.Future] = {}
+
+    def designs(self, layer: LayerWork) -> tuple[dict[str, distributed.Future], dict[str, distributed.Future]]:
+        new = {key: design for key, design in layer.designs.items() if key not in self.inputs}
+        if new:
+            self.inputs.update(self.client.scatter(new, hash=True))
+            for key in new:
+                self.factorised[key] = self.client.submit(factorise, self.inputs[key], key=f"design-{key}")
+        return self.inputs, self.factorised
 
 
 def _clear_outputs(out_dir: Path, chunks_dir: Path, keep_chunks: set[str]) -> None:
@@ -228,17 +262,16 @@ def run_study(
     )
 
     def execute(active: Client) -> tuple[dict[str, _LayerFilter], dict]:
-        filters: dict[str, _LayerFilter] = {}
+        phase = time.perf_counter()
+        positions = {layer.spec.name: active.scatter(layer.sample_positions, hash=True) for layer in study.layers}
+        filters = _filter_layers(active, study, positions)
+        timings["filter"] = time.perf_counter() - phase
+        shared = _SharedInputs(active)
         fit_futures = []
         for layer in study.layers:
-            positions = active.scatter(layer.sample_positions, hash=True)
-            phase = time.perf_counter()
-            filters[layer.spec.name] = layer_filter = _filter_layer(active, study, layer, positions)
-            timings[f"filter:{layer.spec.name}"] = time.perf_counter() - phase
             layer_pending = [t for t in pending if t.layer == layer.spec.name]
-            if not layer_pending:
-                continue
-            fit_futures += _submit_fits(active, study, layer, layer_filter, layer_pending, positions, chunks_dir)
+            if layer_pending:
+                fit_futures += _submit_fits(active, study, layer, filters[layer.spec.name], layer_pending, positions[layer.spec.name], chunks_dir, shared)
         phase = time.perf_counter()
         finished = len(done)
         last_report = 0.0
@@ -297,14 +330,14 @@ def _submit_fits(
     pending: list[ChunkTask],
     positions: distributed.Future,
     chunks_dir: Path,
+    shared: _SharedInputs,
 ) -> list[distributed.Future]:
     """Submit transformed blocks, shared design factorisations and the fit tasks of one layer."""
     token = _layer_token(study, layer)
     bounds = layer.store.block_bounds()
     preprocess = layer.spec.preprocess
     totals = client.scatter(layer_filter.sample_totals, hash=True) if layer_filter.sample_totals is not None else None
-    design_inputs = {key: client.scatter(design, hash=True) for key, design in layer.designs.items()}
-    design_futures = {key: client.submit(factorise, future, key=f"design-{key}") for key, future in design_inputs.items()}
+    design_inputs, design_futures = shared.designs(layer)
     blocks: dict[int, distributed.Future] = {}
     batches: dict[tuple[str, ...], distributed.Future] = {}
     futures = []
