@@ -19,7 +19,7 @@ import zarr
 from scalable_assoc.engine.prepare import DesignInput, PreparedAnalysis
 from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
-from scalable_assoc.models.ols import fit_exposure_slopes
+from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.results.partials import fits_to_table
 from scalable_assoc.stats.transforms import FeatureSummary, apply_transform, feature_summary, sample_summaries
 
@@ -80,19 +80,20 @@ def fit_chunk(
     """
     started = time.perf_counter()
     by_key = {d.key: (d, f) for d, f in zip(design_inputs, designs)}
+    prepared = prepare_block(block)  # centred and indexed once, shared by every design
+    order = list(dict.fromkeys(a.design_key for a in batch))
+    members = [[a for a in batch if a.design_key == key] for key in order]
+    fits = fit_design_batch(
+        [by_key[key][1] for key in order],
+        [by_key[key][0].rows for key in order],
+        [np.stack([a.exposure for a in group]) for group in members],
+        [np.array([a.binary for a in group]) for group in members],
+        prepared,
+    )
     tables = []
-    order: list[str] = []
-    for analysis in batch:
-        if analysis.design_key not in order:
-            order.append(analysis.design_key)
-    for design_key in order:  # a few designs per task; features stay vectorised inside
-        design_input, design = by_key[design_key]
-        members = [a for a in batch if a.design_key == design_key]
-        exposures = np.stack([a.exposure for a in members])
-        binary = np.array([a.binary for a in members])
-        fits = fit_exposure_slopes(design, exposures, binary, block[design_input.rows])
-        labels = [(a.key.exposure, a.key.adjustment, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in members]
-        tables.append(fits_to_table(layer, feature_ids, labels, fits, design.problem))
+    for key, group, fit in zip(order, members, fits):
+        labels = [(a.key.exposure, a.key.adjustment, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
+        tables.append(fits_to_table(layer, feature_ids, labels, fit, by_key[key][1].problem))
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)
     return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}

@@ -1,21 +1,25 @@
 """Batched ordinary least squares: one exposure slope per feature, many features at once.
 
-Model for every feature ``j`` and exposure ``e`` sharing one covariate design::
+Model for every feature ``j`` and exposure ``e`` of one covariate design::
 
     y_j = Z gamma_j + x_e beta_ej + error,    error ~ N(0, sigma_j^2)
 
-Two paths, chosen per feature column of a block:
+over the design's participants, minus those whose value of feature ``j`` is missing.
 
-* complete columns (no missing value among the design's participants) use
-  Frisch-Waugh-Lovell: the covariates are projected out of the exposure and of
-  the whole block once, after which every slope is one matrix product;
-* columns with missing values get their own participant subset: per-feature
-  Gram matrices ``X' W_j X`` are built for all such columns in one matrix
-  product and solved as a stack of small systems.
+Method. Let ``Q`` be an orthonormal basis of the covariates (from the design's
+QR) and ``b_e = x_r / s_e`` the exposure with the covariates projected out,
+normalised (``s_e = |x_r|``). ``B = [Q, b_e]`` is an orthonormal basis of the
+full design, so for a feature with no missing value the normal equations are
+the identity (Frisch-Waugh-Lovell): ``beta = b_e'y / s_e`` and
+``RSS = y'y - |B'y|^2``. All of ``B'y`` for every exposure and feature of a block
+is ONE matrix product. A feature with missing values uses the same basis
+restricted to its present rows: its Gram matrix is ``I - D_j`` where ``D_j``
+sums ``b_i b_i'`` over its missing rows (a sparse product over the missing
+cells only), solved as a stack of small well-conditioned systems.
 
-Residual sums of squares are always computed from explicit residuals (never by
-the ``|y|^2 - beta^2 |x|^2`` identity, which loses precision when R^2 is near 1).
-Degrees of freedom use the rank of the design, never an assumed count.
+The RSS identity loses digits when the model explains nearly all of ``y'y``;
+those features (RSS below 1e-5 of ``y'y``) get their residuals computed
+explicitly. Degrees of freedom use the design's rank, never an assumed count.
 
 Pure numpy/scipy: no Dask, no files, no pandas.
 """
@@ -26,9 +30,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
+import scipy.sparse
 import scipy.stats
 
-from scalable_assoc.models.design import CovariateDesign, project_out, standardise_columns
+from scalable_assoc.models.design import CovariateDesign, project_out
 
 
 class FitStatus(IntEnum):
@@ -53,13 +58,51 @@ STATUS_TEXT: dict[FitStatus, str] = {
     FitStatus.DESIGN_RANK_DEFICIENT: "rank-deficient design",
 }
 
-#: A per-feature Gram matrix (columns standardised) whose smallest eigenvalue is
-#: below this fraction of its largest is treated as singular (condition number
-#: of the design above ~3e6).
-_GRAM_SINGULAR = 1e-13
+#: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below
+#: which its design counts as singular (design condition number above ~1e5).
+_GRAM_SINGULAR = 1e-10
 #: Exposure residual norm, relative to the centred exposure's norm, below which
 #: the exposure counts as explained by the covariates.
 _EXPOSURE_COLLINEAR = 1e-8
+#: RSS below this fraction of y'y: recompute residuals explicitly (identity unsafe).
+_RSS_IDENTITY_FLOOR = 1e-5
+#: Centred sum of squares below this fraction of y'y: the feature is constant.
+_CONSTANT = 1e-12
+
+
+@dataclass(frozen=True)
+class PreparedBlock:
+    """A block of transformed features, prepared once and shared by every design of a task.
+
+    ``values`` is ``(N, m)``: each column centred by its mean over present values
+    (a shift the intercept absorbs; it keeps ``y'y`` close to the centred sum of
+    squares), zero where missing. ``squares`` is ``values**2``. Missing cells are
+    listed sparsely as ``(missing_rows, missing_columns)``.
+    """
+
+    values: np.ndarray
+    squares: np.ndarray
+    missing_rows: np.ndarray
+    missing_columns: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(N, m)``: all participants of the layer x features of the block."""
+        return self.values.shape  # type: ignore[return-value]
+
+
+def prepare_block(block: np.ndarray) -> PreparedBlock:
+    """Centre, zero-fill and index the missing cells of a ``(N, m)`` block (NaN = missing)."""
+    block = np.asarray(block, dtype=np.float64)
+    missing = np.isnan(block)  # sparse in practice: indexed, not stored as a mask
+    rows, columns = np.nonzero(missing)
+    values = block.copy()
+    values[rows, columns] = 0.0
+    counts = block.shape[0] - np.bincount(columns, minlength=block.shape[1])
+    means = np.divide(values.sum(axis=0), counts, out=np.zeros(block.shape[1]), where=counts > 0)
+    values -= means
+    values[rows, columns] = 0.0
+    return PreparedBlock(values, np.square(values), rows, columns)
 
 
 @dataclass(frozen=True)
@@ -94,160 +137,229 @@ def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     return 2.0 * scipy.stats.t.sf(np.abs(t), df)
 
 
-def _case_counts(exposure: np.ndarray, present: np.ndarray | None, binary: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Cases and controls among used participants; ``present`` is ``(n, m)`` or None for all."""
-    if not binary:
-        shape = () if present is None else (present.shape[1],)
-        return np.full(shape, -1, dtype=np.int64), np.full(shape, -1, dtype=np.int64)
-    is_case = (exposure == 1).astype(np.float64)
-    is_control = (exposure == 0).astype(np.float64)
-    if present is None:
-        return np.int64(is_case.sum()), np.int64(is_control.sum())
-    return (is_case @ present).astype(np.int64), (is_control @ present).astype(np.int64)
-
-
-def _fit_complete(
-    design: CovariateDesign, exposure: np.ndarray, residual_block: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FWL slopes for complete columns. Returns ``(beta, se, df)``; beta/se ``(m,)``."""
-    n = design.n
-    exposure_residual = project_out(design.q, exposure)
-    sxx = float(exposure_residual @ exposure_residual)
-    beta = (exposure_residual @ residual_block) / sxx
-    residuals = residual_block - np.outer(exposure_residual, beta)
-    rss = np.einsum("ij,ij->j", residuals, residuals)
-    df = n - design.rank - 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        se = np.sqrt(rss / df / sxx)
-    return beta, se, np.full(beta.shape, df, dtype=np.float64)
-
-
-def _fit_masked(
-    design: CovariateDesign, exposure: np.ndarray, values: np.ndarray, present: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-feature-subset slopes via stacked Gram solves.
-
-    ``values`` ``(n, m)`` with zeros where missing, ``present`` ``(n, m)`` float
-    0/1. Returns ``(beta, se, df, singular)``, each ``(m,)``.
-    """
-    exposure_std, _, exposure_scale = standardise_columns(exposure[:, None])
-    full = np.hstack([design.covariates, exposure_std])  # (n, p), exposure last
-    p = full.shape[1]
-    rows, cols = np.triu_indices(p)
-    # Every Gram entry for every feature in one product: (pairs, n) @ (n, m).
-    pair_products = full[:, rows] * full[:, cols]
-    gram_upper = pair_products.T @ present  # (pairs, m)
-    m = values.shape[1]
-    gram = np.empty((m, p, p))
-    gram[:, rows, cols] = gram_upper.T
-    gram[:, cols, rows] = gram_upper.T
-    cross = (full.T @ values).T  # (m, p)
-
-    diagonal = np.sqrt(np.clip(np.einsum("mii->mi", gram), 0.0, None))
-    safe_diagonal = np.where(diagonal > 0, diagonal, 1.0)
-    normalised = gram / (safe_diagonal[:, :, None] * safe_diagonal[:, None, :])
-    eigenvalues = np.linalg.eigvalsh(normalised)
-    singular = (diagonal.min(axis=1) == 0) | (eigenvalues[:, 0] <= _GRAM_SINGULAR * eigenvalues[:, -1])
-
-    solvable_gram = np.where(singular[:, None, None], np.eye(p), gram)
-    unit = np.zeros((m, p))
-    unit[:, -1] = 1.0
-    solved = np.linalg.solve(solvable_gram, np.stack([cross, unit], axis=2))  # (m, p, 2)
-    coefficients = solved[:, :, 0]
-    # One step of iterative refinement removes most of the solve's rounding.
-    correction = np.linalg.solve(solvable_gram, (cross - np.einsum("mij,mj->mi", solvable_gram, coefficients))[..., None])
-    coefficients = coefficients + correction[..., 0]
-    inverse_exposure = solved[:, -1, 1]
-
-    residuals = (values - full @ coefficients.T) * present
-    rss = np.einsum("ij,ij->j", residuals, residuals)
-    n_used = present.sum(axis=0)
-    df = n_used - p
-    with np.errstate(invalid="ignore", divide="ignore"):
-        se_std = np.sqrt(rss / df * inverse_exposure)
-    beta = coefficients[:, -1] / exposure_scale[0]
-    se = se_std / exposure_scale[0]
-    return beta, se, df, singular
+def _padded(rows: np.ndarray, n_total: int, columns: np.ndarray) -> np.ndarray:
+    """``columns`` (``(len(rows), c)``) placed at ``rows`` of an ``(n_total, c)`` zero matrix."""
+    out = np.zeros((n_total, columns.shape[1]))
+    out[rows] = columns
+    return out
 
 
 def fit_exposure_slopes(
     design: CovariateDesign,
     exposures: np.ndarray,
     binary: np.ndarray,
-    block: np.ndarray,
+    block: PreparedBlock | np.ndarray,
+    rows: np.ndarray | None = None,
 ) -> SlopeFits:
-    """Fit ``feature ~ covariates + exposure`` for every exposure and feature.
+    """Fit ``feature ~ covariates + exposure`` for every exposure and feature of a block.
 
     Parameters
     ----------
     design:
-        The factorised covariate design of the ``n`` participants.
+        The factorised covariate design of its ``n`` participants.
     exposures:
-        ``(k, n)`` exposure values (0/1 for binary exposures), no missing values.
+        ``(k, n)`` exposure values over the design's participants (0/1 for
+        binary exposures), no missing values.
     binary:
         ``(k,)`` bool, whether each exposure is a case/control indicator.
     block:
-        ``(n, m)`` transformed feature values; NaN marks a missing value, which
-        leaves that participant out for that feature only.
+        ``(N, m)`` transformed feature values of all ``N`` participants of the
+        layer (NaN marks a missing value, which leaves that participant out for
+        that feature only), or the same already passed through :func:`prepare_block`.
+    rows:
+        ``(n,)`` positions of the design's participants among the ``N`` rows;
+        None when the block holds exactly the design's participants.
     """
-    exposures = np.atleast_2d(np.asarray(exposures, dtype=np.float64))
-    block = np.asarray(block, dtype=np.float64)
+    prepared = block if isinstance(block, PreparedBlock) else prepare_block(block)
+    rows = np.arange(prepared.shape[0]) if rows is None else rows
+    return fit_design_batch([design], [rows], [exposures], [binary], prepared)[0]
+
+
+@dataclass(frozen=True)
+class _Basis:
+    """``[1 | Q | b_1..b_k]`` of one design, padded to the block's ``N`` rows, with exposure scales."""
+
+    padded: np.ndarray  # (N, 1 + rank + k)
+    scales: np.ndarray  # (k,) |x_r|
+    collinear: np.ndarray  # (k,) bool
+
+
+def _basis(design: CovariateDesign, rows: np.ndarray, exposures: np.ndarray, n_total: int) -> _Basis:
+    k = exposures.shape[0]
+    if design.problem is not None:
+        return _Basis(np.zeros((n_total, 0)), np.ones(k), np.zeros(k, dtype=bool))
+    # Orthonormal exposure directions b_e = x_r / s_e, one per exposure.
+    exposure_residuals = project_out(design.q, exposures.T)  # (n, k)
+    scales = np.linalg.norm(exposure_residuals, axis=0)
+    centred_norms = np.linalg.norm(exposures - exposures.mean(axis=1, keepdims=True), axis=1)
+    collinear = scales <= _EXPOSURE_COLLINEAR * np.maximum(centred_norms, np.finfo(float).tiny)
+    directions = exposure_residuals / np.where(collinear, 1.0, scales)
+    basis = np.hstack([np.ones((rows.size, 1)), design.q, directions])
+    return _Basis(_padded(rows, n_total, basis), scales, collinear)
+
+
+def fit_design_batch(
+    designs: list[CovariateDesign],
+    rows: list[np.ndarray],
+    exposures: list[np.ndarray],
+    binary: list[np.ndarray],
+    block: PreparedBlock,
+) -> list[SlopeFits]:
+    """:func:`fit_exposure_slopes` for several designs over one block.
+
+    The products with the block, the memory-bound part, are done for all
+    designs together: the block is read twice in all, not twice per design.
+    Arguments are per design, as in :func:`fit_exposure_slopes`.
+    """
+    n_total, m = block.shape
+    exposures = [np.atleast_2d(np.asarray(e, dtype=np.float64)) for e in exposures]
+    bases = [_basis(d, np.asarray(r), e, n_total) for d, r, e in zip(designs, rows, exposures)]
+    stacked = np.hstack([b.padded for b in bases])
+    projections = stacked.T @ block.values
+    # y'y over each design's rows (column 0 of a basis is the design's row indicator).
+    weights = np.stack([b.padded[:, 0] if b.padded.shape[1] else np.zeros(n_total) for b in bases], axis=1)
+    sum_squares = weights.T @ block.squares
+    results = []
+    offset = 0
+    for index, (design, design_rows, design_exposures, design_binary, basis) in enumerate(zip(designs, rows, exposures, binary, bases)):
+        width = basis.padded.shape[1]
+        part = projections[offset : offset + width]
+        results.append(
+            _fit_one_design(design, np.asarray(design_rows), design_exposures, np.asarray(design_binary), block, basis, part, sum_squares[index])
+        )
+        offset += width
+    return results
+
+
+def _fit_one_design(
+    design: CovariateDesign,
+    rows: np.ndarray,
+    exposures: np.ndarray,
+    binary: np.ndarray,
+    prepared: PreparedBlock,
+    basis: _Basis,
+    projections: np.ndarray,
+    sum_squares: np.ndarray,
+) -> SlopeFits:
+    """The per-design remainder of the fit, given ``basis' Y`` and ``y'y`` over its rows."""
+    n_total, m = prepared.shape
     k, n = exposures.shape
-    m = block.shape[1]
-    if block.shape[0] != n or design.n != n:
-        raise ValueError(f"block has {block.shape[0]} rows, exposures {n}, design {design.n}; they must agree")
+    if rows.size != n or design.n != n:
+        raise ValueError(f"design has {design.n} participants, exposures {n}, rows {rows.size}; they must agree")
 
     shape = (k, m)
     beta = np.full(shape, np.nan)
     se = np.full(shape, np.nan)
-    df = np.full(shape, np.nan)
-    n_used = np.zeros(shape, dtype=np.int64)
     n_cases = np.full(shape, -1, dtype=np.int64)
     n_controls = np.full(shape, -1, dtype=np.int64)
     status = np.zeros(shape, dtype=np.int8)
 
-    missing = np.isnan(block)
-    present_count = n - missing.sum(axis=0)
-    with np.errstate(invalid="ignore"):
-        spread = np.nanmax(block, axis=0) - np.nanmin(block, axis=0) if n else np.zeros(m)
-    constant = ~(spread > 0)  # also true for all-missing columns
-    complete = ~missing.any(axis=0)
-    masked = ~complete
-
+    # Missing cells that fall among this design's participants, as a sparse (m x N) indicator.
+    in_design = np.zeros(n_total, dtype=bool)
+    in_design[rows] = True
+    keep = in_design[prepared.missing_rows]
+    miss_rows, miss_cols = prepared.missing_rows[keep], prepared.missing_columns[keep]
+    missing_count = np.bincount(miss_cols, minlength=m)
+    n_used = np.broadcast_to(n - missing_count, shape).copy()
     if design.problem is not None:
         status[:] = FitStatus.DESIGN_RANK_DEFICIENT
-        n_used[:] = present_count
         return SlopeFits(beta, se, beta.copy(), beta.copy(), n_used, n_cases, n_controls, status)
 
-    residual_block = project_out(design.q, block[:, complete]) if complete.any() else None
-    values = np.where(missing[:, masked], 0.0, block[:, masked])
-    present = (~missing[:, masked]).astype(np.float64)
+    scales, collinear = basis.scales, basis.collinear
+    basis_padded = basis.padded
+    rank = design.q.shape[1]
+    sums, covariate_part, exposure_part = projections[0], projections[1 : 1 + rank], projections[1 + rank :]
+    n_present = (n - missing_count).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred_ss = sum_squares - sums**2 / n_present
+    constant = ~(centred_ss > _CONSTANT * sum_squares)
 
-    for e in range(k):  # a handful of exposures per design; features stay vectorised
-        exposure = exposures[e]
-        centred = exposure - exposure.mean()
-        exposure_residual = project_out(design.q, exposure)
-        if np.linalg.norm(exposure_residual) <= _EXPOSURE_COLLINEAR * max(np.linalg.norm(centred), np.finfo(float).tiny):
-            status[e] = FitStatus.EXPOSURE_COLLINEAR
-            n_used[e] = present_count
+    has_missing = missing_count > 0
+    complete = ~has_missing
+    df = n_present - rank - 1
+
+    # Complete features: the Gram matrix is the identity.
+    covariate_ss = np.einsum("ij,ij->j", covariate_part, covariate_part)
+    rss = np.empty(shape)
+    variance_factor = np.ones(shape)
+    coefficient = exposure_part.copy()  # coefficient on b_e
+    rss[:, complete] = sum_squares[complete] - covariate_ss[complete] - exposure_part[:, complete] ** 2
+
+    singular = np.zeros(shape, dtype=bool)
+    masked = np.flatnonzero(has_missing)
+    full_coefficients: dict[int, np.ndarray] = {}
+    if masked.size:
+        # D_j = sum over missing rows i of feature j of v_i v_i', v = [Q, b_1..b_k] at row i.
+        vectors = basis_padded[:, 1:]  # (N, rank + k)
+        width = vectors.shape[1]
+        upper_r, upper_c = np.triu_indices(width)
+        indicator = scipy.sparse.csr_matrix(
+            (np.ones(miss_rows.size), (miss_cols, miss_rows)), shape=(m, n_total)
+        )[masked]
+        used_rows = np.unique(miss_rows)
+        pair_products = np.zeros((n_total, upper_r.size))
+        pair_products[used_rows] = vectors[used_rows][:, upper_r] * vectors[used_rows][:, upper_c]
+        downdate_flat = np.asarray(indicator @ pair_products)  # (masked, pairs)
+        downdate = np.zeros((masked.size, width, width))
+        downdate[:, upper_r, upper_c] = downdate_flat
+        downdate[:, upper_c, upper_r] = downdate_flat
+        for e in range(k):  # a handful of exposures per design; features stay vectorised
+            take = np.r_[np.arange(rank), rank + e]
+            gram = np.eye(rank + 1) - downdate[:, take][:, :, take]
+            eigenvalues = np.linalg.eigvalsh(gram)
+            bad = eigenvalues[:, 0] <= _GRAM_SINGULAR
+            singular[e, masked] = bad
+            safe = np.where(bad[:, None, None], np.eye(rank + 1), gram)
+            right = np.concatenate([covariate_part[:, masked], exposure_part[e : e + 1, masked]]).T  # (masked, rank+1)
+            unit = np.zeros_like(right)
+            unit[:, -1] = 1.0
+            solved = np.linalg.solve(safe, np.stack([right, unit], axis=2))
+            gamma = solved[:, :, 0]
+            coefficient[e, masked] = gamma[:, -1]
+            variance_factor[e, masked] = solved[:, -1, 1]
+            rss[e, masked] = sum_squares[masked] - np.einsum("ij,ij->i", gamma, right)
+            full_coefficients[e] = gamma
+
+    # Where the identity is unsafe (model explains nearly all of y'y), compute residuals explicitly.
+    unsafe = (rss < _RSS_IDENTITY_FLOOR * sum_squares) & ~constant
+    if unsafe.any():
+        present = np.ones((n_total, m), dtype=bool)
+        present[prepared.missing_rows, prepared.missing_columns] = False
+        for e in np.flatnonzero(unsafe.any(axis=1)):
+            columns = np.flatnonzero(unsafe[e])
+            gamma = np.zeros((rank + 1, columns.size))
+            gamma[:rank] = covariate_part[:, columns]
+            gamma[rank] = exposure_part[e, columns]
+            if masked.size:
+                position = np.searchsorted(masked, columns)
+                is_masked = has_missing[columns]
+                gamma[:, is_masked] = full_coefficients[e][position[is_masked]].T
+            fitted = basis_padded[:, np.r_[1 : 1 + rank, 1 + rank + e]] @ gamma
+            residual = (prepared.values[:, columns] - fitted) * (present[:, columns] & in_design[:, None])
+            rss[e, columns] = np.einsum("ij,ij->j", residual, residual)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        beta[:] = coefficient / np.where(collinear, np.nan, scales)[:, None]
+        se[:] = np.sqrt(np.clip(rss, 0.0, None) / df * variance_factor) / np.where(collinear, np.nan, scales)[:, None]
+
+    for e in range(k):
+        if not binary[e]:
             continue
-        cases, controls = _case_counts(exposure, None, bool(binary[e]))
-        n_cases[e, complete], n_controls[e, complete] = cases, controls
-        n_used[e] = present_count
-        if residual_block is not None:
-            b, s, d = _fit_complete(design, exposure, residual_block)
-            beta[e, complete], se[e, complete], df[e, complete] = b, s, d
-        if masked.any():
-            b, s, d, singular = _fit_masked(design, exposure, values, present)
-            beta[e, masked], se[e, masked], df[e, masked] = b, s, d
-            cases, controls = _case_counts(exposure, present, bool(binary[e]))
-            n_cases[e, masked], n_controls[e, masked] = cases, controls
-            masked_status = np.where(singular, FitStatus.FEATURE_RANK_DEFICIENT, FitStatus.OK)
-            status[e, masked] = masked_status
-        too_few = ~(df[e] >= 1)
-        status[e] = np.where(too_few, FitStatus.TOO_FEW_VALUES, status[e])
-        status[e] = np.where(constant & ~too_few, FitStatus.CONSTANT_FEATURE, status[e])
+        is_case = exposures[e] == 1
+        case_padded = np.zeros(n_total, dtype=np.float64)
+        case_padded[rows] = is_case
+        control_padded = np.zeros(n_total, dtype=np.float64)
+        control_padded[rows] = exposures[e] == 0
+        missing_cases = np.bincount(miss_cols, weights=case_padded[miss_rows], minlength=m)
+        missing_controls = np.bincount(miss_cols, weights=control_padded[miss_rows], minlength=m)
+        n_cases[e] = int(is_case.sum()) - missing_cases.astype(np.int64)
+        n_controls[e] = int((exposures[e] == 0).sum()) - missing_controls.astype(np.int64)
 
+    status[singular] = FitStatus.FEATURE_RANK_DEFICIENT
+    too_few = ~(df >= 1)
+    status[:, too_few] = FitStatus.TOO_FEW_VALUES
+    status[:, constant & ~too_few] = FitStatus.CONSTANT_FEATURE
+    status[collinear] = FitStatus.EXPOSURE_COLLINEAR
     not_ok = status != FitStatus.OK
     beta[not_ok] = np.nan
     se[not_ok] = np.nan
@@ -255,5 +367,5 @@ def fit_exposure_slopes(
         t = beta / se
     p = np.full(shape, np.nan)
     ok = ~not_ok
-    p[ok] = two_sided_p(t[ok], df[ok])
+    p[ok] = two_sided_p(t[ok], np.broadcast_to(df, shape)[ok])
     return SlopeFits(beta, se, t, p, n_used, n_cases, n_controls, status)
