@@ -8,9 +8,14 @@ value (NaN), not an error.
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
+import lzma
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -34,25 +39,122 @@ class AbundanceTable:
     source: Path
 
 
-def _separator(path: Path) -> str:
-    return "," if path.suffix.lower() == ".csv" else "\t"
+#: Compression pandas recognises from the file name, and how to open it for a peek at the header.
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz")
+
+
+def _table_suffix(path: Path) -> str:
+    """The suffix that says the table format ('.csv' for 'x.csv.gz')."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def table_separator(path: Path) -> str:
+    """Comma for .csv (also compressed, 'x.csv.gz'), else tab."""
+    return "," if _table_suffix(path) == ".csv" else "\t"
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    """Open a (possibly compressed) table for reading bytes, as pandas would decompress it."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    return path.open("rb")
+
+
+def _open_text(path: Path) -> IO[str]:
+    # utf-8-sig: spreadsheet exports often start with a byte order mark that would hide 'clade_name'.
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _unreadable(path: Path, error: Exception) -> DataError:
+    detail = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
+    return DataError(f"{path}: cannot be read: {detail}")
 
 
 def _first_data_line(path: Path) -> list[str]:
     """The first non-comment line, split on the file's separator (MetaPhlAn headers start with '#mpa')."""
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        reader = csv.reader(handle, delimiter=_separator(path))
-        for row in reader:
-            if row and not row[0].startswith("#mpa") and row[0] != "#":
-                return row
+    try:
+        with _open_text(path) as handle:
+            reader = csv.reader(handle, delimiter=table_separator(path))
+            for row in reader:
+                if row and not row[0].startswith("#mpa") and row[0] != "#":
+                    return row
+    except (OSError, EOFError, lzma.LZMAError, csv.Error) as error:
+        raise _unreadable(path, error) from None
     raise DataError(f"{path}: the file is empty")
+
+
+def raw_header(path: Path, skipped: int) -> list[str]:
+    """The header row as written (the line after ``skipped`` comment lines), split on the separator.
+
+    pandas silently renames repeated column names ('x', 'x.1'), which would turn a
+    duplicated sample or feature into a new one; the raw header keeps them visible.
+    """
+    try:
+        with _open_text(path) as handle:
+            reader = csv.reader(handle, delimiter=table_separator(path))
+            for index, row in enumerate(reader):
+                if index >= skipped:
+                    return row
+    except (OSError, EOFError, lzma.LZMAError, csv.Error) as error:
+        raise _unreadable(path, error) from None
+    return []
+
+
+def check_row_lengths(path: Path, skipped: int = 0, row_word: str = "row") -> None:
+    """Every line after the header has as many fields as the header.
+
+    pandas pads a short line with missing values, so a truncated or misaligned
+    line would silently become missing data (or shift values to the wrong
+    column). A header one field shorter than every line (R's ``write.table``
+    without a row-names header) is accepted, as pandas reads it the same way.
+    Counting separators is fast; files with quoted fields go through ``csv``.
+    """
+    separator = table_separator(path)
+    try:
+        with _open_binary(path) as handle:
+            raw = handle.read()
+    except (OSError, EOFError, lzma.LZMAError) as error:
+        raise _unreadable(path, error) from None
+    if b'"' in raw:
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"), newline=""), delimiter=separator))
+        lengths = [len(row) for row in rows]
+        firsts = [row[0] if row else "" for row in rows]
+    else:
+        # Lines as pandas splits them (on newlines only), counted without decoding every cell.
+        lines = raw.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+        sep = separator.encode()
+        lengths = [line.count(sep) + 1 if line.strip() else 0 for line in lines]
+        firsts = [line.split(sep, 1)[0].decode("utf-8", errors="replace") for line in lines]
+    if len(lengths) <= skipped + 1:
+        return
+    header = lengths[skipped]
+    data = [(number, n) for number, n in enumerate(lengths[skipped + 1 :], start=skipped + 2) if n]  # blank lines are skipped, as pandas does
+    if not data:
+        return
+    expected = header + 1 if all(n == header + 1 for _, n in data) else header
+    bad = [(number, n) for number, n in data if n != expected]
+    if bad:
+        number, n = bad[0]
+        raise DataError(
+            f"{path}: line {number} ({row_word} '{firsts[number - 1]}') has {n} fields but the header has {header}; "
+            f"{len(bad)} line(s) differ. A short or long line would shift or lose values: fix the file "
+            f"(write an empty cell or NA for a missing value, keeping the separators)."
+        )
 
 
 def detect_format(path: Path) -> str:
     """Guess ``zarr``, ``parquet``, ``metaphlan`` or ``wide`` from a path and its first line."""
     if path.is_dir() or path.suffix == ".zarr":
         return "zarr"
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if _table_suffix(path) in (".parquet", ".pq"):
         return "parquet"
     header = _first_data_line(path)
     if header and header[0] in METAPHLAN_CLADE_COLUMNS:
@@ -76,6 +178,16 @@ def _check_ids(path: Path, what: str, ids: pd.Index) -> None:
         )
 
 
+def _shown(value: object) -> str:
+    """A cell as the user wrote it: ``'abc'`` for text, ``-1.0`` / ``inf`` for numbers (not ``np.float64(-1.0)``)."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return str(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def validated_values(path: Path, frame: pd.DataFrame, samples_are_rows: bool) -> np.ndarray:
     """Convert a frame of abundances to float64, naming the first bad cell if any.
 
@@ -92,9 +204,9 @@ def validated_values(path: Path, frame: pd.DataFrame, samples_are_rows: bool) ->
         if not mask.any():
             return
         row, column = np.argwhere(mask)[0]
-        original = frame.iat[row, column]
+        original = _shown(frame.iat[row, column])
         raise DataError(
-            f"{path}: {int(mask.sum())} {problem} value(s); the first is {original!r} for {row_word} "
+            f"{path}: {int(mask.sum())} {problem} value(s); the first is {original} for {row_word} "
             f"'{frame.index[row]}', {column_word} '{frame.columns[column]}'. Abundances must be non-negative numbers "
             f"(leave a cell empty or write NA for a missing value)."
         )
@@ -114,10 +226,17 @@ def read_metaphlan(path: Path, rank: str = "species") -> AbundanceTable:
     component (``s__Ruminococcus_bromii``), as MetaPhlAn prints it.
     """
     prefix = RANK_PREFIXES[rank]
+    skipped = _comment_lines(path)
+    header = raw_header(path, len(skipped))
+    # Checked before pandas reads the file: it would rename a repeated sample 'S1' to 'S1.1'.
+    _check_ids(path, "sample", pd.Index([c for c in header[1:] if c not in METAPHLAN_TAXID_COLUMNS]))
+    check_row_lengths(path, len(skipped), "clade")
     try:
-        frame = pd.read_csv(path, sep=_separator(path), comment=None, skiprows=_comment_lines(path), dtype={0: str})
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {error}") from None
+        frame = pd.read_csv(path, sep=table_separator(path), comment=None, skiprows=skipped, dtype={0: str})
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {_one_line(error)}") from None
+    if frame.shape[1] < 2:
+        raise DataError(f"{path}: a MetaPhlAn table needs a clade column and at least one sample column; found {frame.shape[1]} column(s)")
     clade_column = frame.columns[0]
     frame = frame.drop(columns=[c for c in frame.columns[1:] if c in METAPHLAN_TAXID_COLUMNS])
     clades = frame[clade_column].astype(str)
@@ -138,16 +257,43 @@ def read_metaphlan(path: Path, rank: str = "species") -> AbundanceTable:
     )
 
 
+def _one_line(error: BaseException) -> str:
+    """A library error message on one line (pandas parser errors end with a newline)."""
+    return " ".join(str(error).split())
+
+
 def _comment_lines(path: Path) -> list[int]:
     """Indices of leading '#mpa...' comment lines (the header may itself start with '#')."""
     skipped = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for index, line in enumerate(handle):
-            if line.startswith("#mpa") or line.strip() == "#" or (line.startswith("#") and "\t" not in line and "," not in line):
-                skipped.append(index)
-            else:
-                break
+    try:
+        with _open_text(path) as handle:
+            for index, line in enumerate(handle):
+                if line.startswith("#mpa") or line.strip() == "#" or (line.startswith("#") and "\t" not in line and "," not in line):
+                    skipped.append(index)
+                else:
+                    break
+    except (OSError, EOFError, lzma.LZMAError) as error:
+        raise _unreadable(path, error) from None
     return skipped
+
+
+def _check_sample_id_column(path: Path, ids: pd.Index, header: object = None) -> None:
+    """Refuse a first column of abundances where sample IDs belong.
+
+    Without this, a table saved without its ID column reads "fine" with the first
+    feature's values as sample IDs, and the user only sees a puzzling sample
+    mismatch or "duplicate sample 0". Distinct whole numbers stay allowed
+    (numeric sample IDs are common); fractions or repeated numbers are not IDs.
+    """
+    numbers = pd.to_numeric(pd.Series(ids, dtype=object), errors="coerce")
+    if len(ids) and numbers.notna().all() and ((numbers % 1 != 0).any() or numbers.duplicated().any()):
+        examples = ", ".join(str(v) for v in pd.unique(np.asarray(ids, dtype=object))[:3])
+        named = f" ('{header}')" if header is not None and not pd.isna(header) else ""
+        raise DataError(
+            f"{path}: the first column{named} holds numbers such as {examples}, not sample IDs. A wide table needs the "
+            f"sample IDs in its first column (e.g. 'sample_id') and one column per feature; add the ID column, "
+            f"or give a MetaPhlAn table (features as rows) with format: metaphlan."
+        )
 
 
 def read_wide(path: Path, sample_id_column: str | None = None) -> AbundanceTable:
@@ -162,13 +308,20 @@ def read_wide(path: Path, sample_id_column: str | None = None) -> AbundanceTable
             else:
                 frame = frame.set_index(frame.columns[0])
         else:
-            frame = pd.read_csv(path, sep=_separator(path), index_col=0, dtype={0: str})
+            # Checked before pandas reads the file: it would rename a repeated feature 'X' to 'X.1'.
+            _check_ids(path, "feature", pd.Index(raw_header(path, 0)[1:]))
+            check_row_lengths(path, 0, "sample")
+            frame = pd.read_csv(path, sep=table_separator(path), index_col=0, dtype={0: str})
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot be read as a table with samples as rows: {error}") from None
+        raise DataError(f"{path}: cannot be read as a table with samples as rows: {_one_line(error)}") from None
     frame.index = frame.index.map(lambda v: v if pd.isna(v) else str(v))
     frame.columns = [str(c) for c in frame.columns]
     if frame.shape[1] == 0:
         raise DataError(f"{path}: no feature columns after the sample ID column")
+    if frame.shape[0] == 0:
+        raise DataError(f"{path}: the table has a header but no sample rows")
+    # Before the ID checks: a missing ID column shows up as "duplicate IDs 0, 0, ..." otherwise.
+    _check_sample_id_column(path, frame.index, frame.index.name)
     _check_ids(path, "sample", frame.index)
     _check_ids(path, "feature", pd.Index(frame.columns))
     values = validated_values(path, frame, samples_are_rows=True)
