@@ -7,6 +7,9 @@ categorical covariates expanded to treatment dummies.
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,28 +17,64 @@ import numpy as np
 import pandas as pd
 
 from scalable_assoc.errors import DataError, PlanError
+from scalable_assoc.io.tables import check_row_lengths, raw_header, table_separator
 from scalable_assoc.plan.schema import ExposureSpec
+
+
+def _one_line(error: BaseException) -> str:
+    """A library error message on one line (pandas parser errors span several)."""
+    return " ".join(str(error).split())
+
+
+def _close_match(name: str, candidates: Iterable[object]) -> str:
+    """`` Did you mean 'x'?`` for a near-miss name (typo, wrong case), else an empty string."""
+    pool = [str(c) for c in candidates]
+    near = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
+    if not near:
+        # Case and punctuation differences ('mdd' for 'MDD', 'SampleID' for 'sample_id') score low
+        # in difflib but are the commonest slips.
+        folded = re.sub(r"[^0-9a-z]", "", name.lower())
+        near = [c for c in pool if re.sub(r"[^0-9a-z]", "", c.lower()) == folded][:1]
+    return f" Did you mean '{near[0]}'?" if near else ""
+
+
+def _column_list(metadata: pd.DataFrame, limit: int = 15) -> str:
+    return f"{', '.join(map(str, metadata.columns[:limit]))}{', ...' if metadata.shape[1] > limit else ''}"
 
 
 def load_metadata(path: Path, id_column: str) -> pd.DataFrame:
     """Read a TSV/CSV/Parquet metadata table indexed by ``id_column`` (as strings)."""
     if not path.is_file():
-        raise DataError(f"metadata file {path} does not exist")
+        raise DataError(f"metadata file {path} does not exist (plan key 'data.metadata')")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep="," if path.suffix.lower() == ".csv" else "\t", dtype={id_column: str})
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        raise DataError(f"metadata file {path} cannot be read as a table: {error}") from None
+            # The header as written: pandas would silently rename a repeated column 'age' to 'age.1'.
+            header = pd.Index(raw_header(path, 0))
+            repeated = header[header.duplicated()].unique()
+            if len(repeated):
+                raise DataError(
+                    f"metadata file {path}: column name(s) {', '.join(repr(str(c)) for c in repeated[:5])} appear more than once "
+                    "in the header; every column needs a distinct name"
+                )
+            # A short line would otherwise become missing covariates, silently dropping the participant.
+            check_row_lengths(path, 0, "participant")
+            frame = pd.read_csv(path, sep=table_separator(path), dtype={id_column: str})
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as error:
+        raise DataError(f"metadata file {path} cannot be read as a table: {_one_line(error)}") from None
     if id_column not in frame.columns:
         raise DataError(
-            f"metadata file {path} has no sample ID column '{id_column}' (columns: {', '.join(map(str, frame.columns[:10]))}"
-            f"{', ...' if frame.shape[1] > 10 else ''}); set data.sample_id_column in the plan"
+            f"metadata file {path} has no sample ID column '{id_column}' (plan key 'data.sample_id_column', "
+            f"default 'sample_id').{_close_match(id_column, frame.columns)} (The metadata has: {_column_list(frame, 10)})"
         )
     ids = frame[id_column]
     if ids.isna().any():
-        raise DataError(f"metadata file {path}: {int(ids.isna().sum())} row(s) have no value in '{id_column}'")
+        first = int(np.flatnonzero(ids.isna().to_numpy())[0])
+        raise DataError(
+            f"metadata file {path}: {int(ids.isna().sum())} row(s) have no value in the sample ID column '{id_column}' "
+            f"(the first is data row {first + 1}); every participant needs an ID"
+        )
     ids = ids.astype(str)
     duplicated = ids[ids.duplicated()].unique()
     if duplicated.size:
@@ -62,27 +101,40 @@ def reconcile_samples(
     if len(only_layer) or len(only_metadata):
         detail = []
         if len(only_layer):
-            detail.append(f"{len(only_layer)} sample(s) of layer '{layer}' ({layer_path}) are not in the metadata, e.g. {', '.join(map(str, only_layer[:5]))}")
+            detail.append(f"{len(only_layer)} sample(s) of layer '{layer}' ({layer_path}) are not in the metadata ({metadata_path}), e.g. {', '.join(map(str, only_layer[:5]))}")
         if len(only_metadata):
             detail.append(f"{len(only_metadata)} metadata sample(s) ({metadata_path}) are not in layer '{layer}', e.g. {', '.join(map(str, only_metadata[:5]))}")
         message = "; ".join(detail)
+        if not in_metadata.any():
+            # Nothing shared at all is rarely a few bad IDs but a transposed table or the wrong ID
+            # column, and intersecting cannot help, so the message says so instead of offering it.
+            raise DataError(
+                f"sample IDs do not match: no sample of layer '{layer}' ({layer_path}) is in the metadata ({metadata_path}): "
+                f"{message}. Check that the table has samples as rows with their IDs in the first column (or is a "
+                f"MetaPhlAn table with samples as columns), and that data.sample_id_column names the metadata's ID column."
+            )
         if not intersect:
             raise DataError(
                 f"sample IDs do not match: {message}. Fix the IDs, or set 'data: {{sample_mismatch: intersect}}' in the plan "
                 f"(or pass --intersect-samples) to analyse only the {int(in_metadata.sum())} shared samples."
             )
-        if not in_metadata.any():
-            raise DataError(f"sample IDs do not match: no sample of layer '{layer}' ({layer_path}) is in the metadata ({metadata_path})")
         return np.flatnonzero(in_metadata), f"layer '{layer}': analysing the {int(in_metadata.sum())} shared samples only: {message}"
     return np.flatnonzero(in_metadata), None
 
 
-def _require_columns(metadata: pd.DataFrame, path: Path, columns: list[str], where: str) -> None:
+def _require_columns(
+    metadata: pd.DataFrame, path: Path, columns: list[str], where: str, also_known: Iterable[str] = ()
+) -> None:
+    """Raise a :class:`PlanError` naming ``where`` (the plan key) and the first missing column, with a suggestion.
+
+    ``also_known`` are other names the item could have meant (adjustment set names).
+    """
     missing = [c for c in columns if c not in metadata.columns]
     if missing:
+        hint = _close_match(missing[0], list(metadata.columns) + list(also_known))
         raise PlanError(
-            f"{where} names column(s) {', '.join(repr(c) for c in missing)} that are not in the metadata file {path} "
-            f"(it has: {', '.join(map(str, metadata.columns[:15]))}{', ...' if metadata.shape[1] > 15 else ''})"
+            f"{where} names column(s) {', '.join(repr(c) for c in missing)} that are not in the metadata file {path}.{hint} "
+            f"(the metadata has: {_column_list(metadata)})"
         )
 
 
@@ -97,14 +149,23 @@ class ExposureValues:
 
 
 def _evaluate_query(metadata: pd.DataFrame, path: Path, exposure: str, part: str, query: str) -> np.ndarray:
+    where = f"exposure '{exposure}' (plan key 'exposures.{exposure}.{part}')"
     try:
         selected = metadata.eval(query, engine="python")
     except pd.errors.UndefinedVariableError as error:
-        raise PlanError(f"exposure '{exposure}': the {part} query {query!r} names a column that is not in the metadata file {path}: {error}") from None
+        found = re.search(r"name '([^']+)' is not defined", str(error))
+        name = found.group(1) if found else None
+        if name is None:
+            raise PlanError(f"{where}: the query {query!r} names a column that is not in the metadata file {path}: {_one_line(error)}") from None
+        raise PlanError(
+            f"{where}: the query {query!r} names '{name}', which is not a column of the metadata file {path}."
+            f"{_close_match(name, metadata.columns)} (To compare with a text value, quote it: \"sex == 'female'\"; "
+            f"the metadata has: {_column_list(metadata)})"
+        ) from None
     except Exception as error:  # pandas raises many types for a malformed expression
-        raise PlanError(f"exposure '{exposure}': the {part} query {query!r} cannot be evaluated on {path}: {error}") from None
+        raise PlanError(f"{where}: the query {query!r} cannot be evaluated on {path}: {_one_line(error)}") from None
     if not isinstance(selected, pd.Series) or not pd.api.types.is_bool_dtype(selected.dtype):
-        raise PlanError(f"exposure '{exposure}': the {part} query {query!r} must give true/false per participant (for example \"MDD == 1\")")
+        raise PlanError(f"{where}: the query {query!r} must give true/false per participant (for example \"MDD == 1\")")
     return selected.fillna(False).to_numpy(dtype=bool)
 
 
@@ -120,45 +181,73 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
             raise PlanError(f"exposure '{spec.name}': {int(both.sum())} participant(s) match both the cases and the controls query, e.g. {example}")
         for label, mask, query in (("cases", cases, spec.cases), ("controls", controls, spec.controls)):
             if not mask.any():
-                raise PlanError(f"exposure '{spec.name}': the {label} query {query!r} selects no participants in {path}")
+                raise PlanError(
+                    f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.{label}'): the {label} query {query!r} "
+                    f"selects no participants in {path}; check the column's values"
+                )
             if mask.sum() < min_cases:
                 raise PlanError(
-                    f"exposure '{spec.name}': only {int(mask.sum())} {label} (query {query!r}), fewer than min_cases = {min_cases}; "
-                    "lower 'min_cases' in the plan if this is intended"
+                    f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.{label}'): only {int(mask.sum())} {label} "
+                    f"(query {query!r}), fewer than min_cases = {min_cases}; lower 'min_cases' in the plan if this is intended"
                 )
         values = np.where(cases, 1.0, np.where(controls, 0.0, np.nan))
         columns = tuple(c for c in metadata.columns if c in spec.cases or c in spec.controls)
         return ExposureValues(spec.name, values, True, columns)
     assert spec.column is not None
-    _require_columns(metadata, path, [spec.column], f"exposure '{spec.name}'")
+    where = f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.column')"
+    _require_columns(metadata, path, [spec.column], where)
     column = metadata[spec.column]
     if not (pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype)):
-        raise PlanError(f"exposure '{spec.name}': column '{spec.column}' of {path} is not numeric; use cases/controls queries for a categorical exposure")
+        example = column.dropna().astype(str).unique()[:3]
+        raise PlanError(
+            f"{where}: column '{spec.column}' of {path} is not numeric (values such as {', '.join(map(repr, example))}); "
+            "use cases/controls queries for a categorical exposure"
+        )
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
     observed = values[~np.isnan(values)]
     if observed.size == 0:
-        raise PlanError(f"exposure '{spec.name}': column '{spec.column}' of {path} has no values")
+        raise PlanError(f"{where}: column '{spec.column}' of {path} has no values")
     binary = bool(np.isin(observed, (0.0, 1.0)).all())
     if binary:
         for label, count in (("cases (value 1)", int((observed == 1).sum())), ("controls (value 0)", int((observed == 0).sum()))):
             if count < min_cases:
-                raise PlanError(f"exposure '{spec.name}': only {count} {label} in column '{spec.column}', fewer than min_cases = {min_cases}")
+                raise PlanError(
+                    f"{where}: only {count} {label} in column '{spec.column}', fewer than min_cases = {min_cases}; "
+                    "lower 'min_cases' in the plan if this is intended"
+                )
     return ExposureValues(spec.name, values, binary, (spec.column,))
 
 
 def check_covariates(metadata: pd.DataFrame, path: Path, adjustments: dict[str, tuple[str, ...]], categorical: tuple[str, ...]) -> None:
-    """Every adjustment column exists; non-categorical ones are numeric."""
-    for name, columns in adjustments.items():
-        _require_columns(metadata, path, list(columns), f"adjustment set '{name}'")
-    _require_columns(metadata, path, list(categorical), "covariates.categorical")
+    """Every adjustment column exists; non-categorical ones are numeric.
+
+    Sets arrive expanded (``ptd: [base, any_ptd]`` holds base's columns), so a
+    missing column is blamed on the smallest set that holds it: the one that
+    lists it, not every set built on top of it.
+    """
+    missing = [c for columns in adjustments.values() for c in columns if c not in metadata.columns]
+    if missing:
+        column = missing[0]
+        holders = sorted((name for name, columns in adjustments.items() if column in columns), key=lambda n: len(adjustments[n]))
+        also = f", also used by set(s) {', '.join(holders[1:])}" if len(holders) > 1 else ""
+        _require_columns(
+            metadata, path, [column], f"adjustment set '{holders[0]}' (plan key 'adjustments.{holders[0]}'{also})", adjustments
+        )
+    _require_columns(metadata, path, list(categorical), "plan key 'covariates.categorical'")
     used = {c for columns in adjustments.values() for c in columns}
+    for column in sorted(used):
+        # Every participant would be dropped from every model using it: a results table of statuses only.
+        if metadata[column].isna().all():
+            sets = ", ".join(name for name, columns in adjustments.items() if column in columns)
+            raise PlanError(f"covariate '{column}' (adjustment set(s) {sets}) has no values in the metadata file {path}")
     for column in sorted(used - set(categorical)):
         dtype = metadata[column].dtype
         if not (pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype)):
             example = metadata[column].dropna().astype(str).unique()[:3]
+            sets = ", ".join(name for name, columns in adjustments.items() if column in columns)
             raise PlanError(
-                f"covariate '{column}' in {path} is not numeric (values such as {', '.join(map(repr, example))}); "
-                "list it under covariates.categorical in the plan"
+                f"covariate '{column}' (adjustment set(s) {sets}) in {path} is not numeric (values such as "
+                f"{', '.join(map(repr, example))}); list it under covariates.categorical in the plan"
             )
 
 
