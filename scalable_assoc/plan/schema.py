@@ -128,7 +128,7 @@ class Plan:
 
 
 def _where(source: Path, key: str) -> str:
-    return f"plan {source}, key '{key}'"
+    return f"plan {source}, key '{key}'" if key else f"plan {source}, top level"
 
 
 def _check_keys(source: Path, key: str, mapping: Any, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
@@ -286,19 +286,52 @@ def _parse_analyses(source: Path, raw: Any, plan_exposures: tuple[str, ...], pla
     return tuple(selections)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key repeated in one mapping.
+
+    Plain YAML keeps the last of two ``MDD:`` exposures silently, so a copy-paste
+    slip would drop an analysis without a word.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:  # type: ignore[override]
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[arg-type]
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key; the base class reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' appears twice in the same mapping (first at line {first})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file; raise :class:`PlanError` naming the key at fault."""
     source = Path(path).resolve()
     if not source.is_file():
-        raise PlanError(f"plan file {path} does not exist")
-    text = source.read_text(encoding="utf-8")
+        what = "is a folder, not a plan file" if source.is_dir() else "does not exist"
+        raise PlanError(f"plan file {path} {what}")
     try:
-        raw = yaml.safe_load(text)
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise PlanError(f"plan {source} is not a UTF-8 text file (byte {error.start}); save it as plain UTF-8 YAML") from None
+    except OSError as error:
+        raise PlanError(f"plan {source} cannot be read: {error.strerror or error}") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
-        raise PlanError(f"plan {source}: YAML syntax error{where}: {problem}") from None
+        # The offending line itself, so the user need not count lines.
+        lines = text.splitlines()
+        shown = f" (line {mark.line + 1}: {lines[mark.line].strip()!r})" if mark is not None and mark.line < len(lines) else ""
+        # A repeated key is valid syntax that we refuse; everything else is a syntax error.
+        kind = "invalid YAML" if isinstance(error, yaml.constructor.ConstructorError) else "YAML syntax error"
+        raise PlanError(f"plan {source}: {kind}{where}: {' '.join(str(problem).split())}{shown}") from None
     return parse_plan(raw, source)
 
 
