@@ -74,6 +74,8 @@ def _run(args: argparse.Namespace) -> None:
 
     plan = load_plan(args.plan)
     out = args.out or plan.source.parent / "results"
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file; give a folder for the results")
     summary = run_study(
         plan,
         out,
@@ -103,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handlers[args.command](args)
     except UserInputError as error:
-        print(f"scalable-assoc {args.command}: error: {error}", file=sys.stderr)
+        # One paragraph whatever the message carries (library errors quoted inside may span lines).
+        message = " ".join(str(error).split())
+        print(f"scalable-assoc {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"scalable-assoc {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

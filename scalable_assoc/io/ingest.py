@@ -28,7 +28,7 @@ def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, 
     and a resumed run finds the old one.
     """
     if not source.exists():
-        raise DataError(f"layer '{layer}': abundance file {source} does not exist")
+        raise DataError(f"layer '{layer}' (plan key 'data.layers.{layer}'): abundance file {source} does not exist")
     resolved = detect_format(source) if fmt == "auto" else fmt
     if resolved == "zarr":
         store = open_store(source)
