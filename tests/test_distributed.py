@@ -1,0 +1,221 @@
+"""Results do not depend on how the work is cut up or where it runs.
+
+The same plan gives the same ``results.parquet`` (strings and integers identical,
+floats equal to a relative 1e-12) whatever the feature chunk size, the number of
+analyses per task, the number of workers, whether an analysis runs in a batch or
+alone, whether the cluster is a LocalCluster or separate ``dask scheduler`` /
+``dask worker`` processes, and whether a worker is killed in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from distributed import Client, LocalCluster
+
+from scalable_assoc.engine.run import run_study
+from scalable_assoc.simulate import SimulatedStudy
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _absolute_plan(study: SimulatedStudy, folder: Path, name: str, **extra) -> Path:
+    """A copy of the study's plan with absolute data paths (and ``extra`` top-level keys), written to ``folder``."""
+    plan = yaml.safe_load(study.plan_path.read_text())
+    base = study.plan_path.parent
+    plan["data"]["metadata"] = str(base / plan["data"]["metadata"])
+    plan["data"]["layers"] = {layer: str(base / path) for layer, path in plan["data"]["layers"].items()}
+    plan.update(extra)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(small_study: SimulatedStudy, client: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small study run once on the session cluster with the store's default chunking."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = run_study(small_study.plan_path, out, client=client, log=_quiet)
+    assert summary.chunks_reused == 0
+    assert (summary.results["status"] == "ok").mean() > 0.9, "the reference run estimates most rows"
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# 1. Chunk size and worker count
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk_features", [7, 64])
+def test_results_do_not_depend_on_chunk_size(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal, chunk_features: int) -> None:
+    summary = run_study(small_study.plan_path, tmp_path, client=client, chunk_features=chunk_features, log=_quiet)
+    default_chunks = json.loads((reference / "manifest.json").read_text())["chunks_total"]
+    if chunk_features == 7:
+        assert summary.chunks_total > default_chunks, "chunks of 7 features cut every layer into several blocks"
+    assert_results_equal(reference, tmp_path)
+
+
+def test_results_do_not_depend_on_worker_count(reference: Path, small_study: SimulatedStudy, tmp_path: Path, assert_results_equal) -> None:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as one_worker:
+        summary = run_study(small_study.plan_path, tmp_path, client=one_worker, chunk_features=7, log=_quiet)
+        assert summary.manifest["dask"]["workers"] == 1
+    assert_results_equal(reference, tmp_path)
+
+
+# --------------------------------------------------------------------------------------
+# 2. Batches of analyses
+# --------------------------------------------------------------------------------------
+SINGLE_ANALYSES = [
+    {"exposures": ["MDD"], "adjustments": ["ptd"]},
+    {"exposures": ["ssri"], "adjustments": ["ssri"]},  # the exposure is also in the adjustment set
+    {"exposures": ["dysthymia"], "adjustments": ["gi"]},  # few cases, the most adjusted set
+    {"exposures": ["AnyAnx"], "adjustments": ["base"], "layers": ["pathways"]},
+]
+
+
+@pytest.mark.parametrize("selection", SINGLE_ANALYSES, ids=lambda s: "-".join(s["exposures"] + s["adjustments"] + s.get("layers", [])))
+def test_analysis_alone_equals_analysis_in_batch(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal, selection: dict) -> None:
+    plan = _absolute_plan(small_study, tmp_path, "single", analyses=[selection])
+    summary = run_study(plan, tmp_path / "out", client=client, log=_quiet)
+    alone = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
+    batch = pq.read_table(reference / "results.parquet").to_pandas()
+    layers = selection.get("layers", sorted(batch["layer"].unique()))
+    wanted = batch["exposure"].isin(selection["exposures"]) & batch["adjustment"].isin(selection["adjustments"]) & batch["layer"].isin(layers)
+    expected = batch[wanted].reset_index(drop=True)
+    assert len(expected) > 0
+    assert set(alone["analysis_id"]) == set(expected["analysis_id"])
+    assert summary.manifest["chunks_total"] == len(layers) * 1, "one block per layer, one analysis"
+    # The FDR families are layer x exposure x adjustment in both runs, so q must agree too.
+    assert_results_equal(expected, alone)
+
+
+def test_analyses_per_task_does_not_change_results(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+    summary = run_study(small_study.plan_path, tmp_path, client=client, analyses_per_task=1, log=_quiet)
+    # Analyses sharing a design stay in one task, so with one analysis per task there is
+    # one task per distinct design of each layer (one block per layer by default).
+    assert summary.chunks_total == summary.manifest["designs"] > json.loads((reference / "manifest.json").read_text())["chunks_total"]
+    assert_results_equal(reference, tmp_path)
+
+
+# --------------------------------------------------------------------------------------
+# 3. A cluster of separate dask scheduler / dask worker processes
+# --------------------------------------------------------------------------------------
+def _dask_command(*args: str) -> list[str]:
+    script = Path(sys.executable).parent / "dask"
+    return [str(script), *args] if script.is_file() else [sys.executable, "-m", "dask", *args]
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop a process started here and the processes it started (its own session)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=15)
+
+
+@pytest.fixture
+def external_cluster(tmp_path: Path):
+    """``dask scheduler`` and two ``dask worker`` processes; yields the scheduler address."""
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    scheduler_file = folder / "scheduler.json"
+    processes: list[subprocess.Popen] = []
+    logs = []
+
+    def start(name: str, command: list[str]) -> None:
+        log = (folder / f"{name}.log").open("wb")
+        logs.append(log)
+        processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder))
+
+    try:
+        start("scheduler", _dask_command("scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(scheduler_file), "--no-dashboard"))
+        deadline = time.monotonic() + 60
+        while not scheduler_file.is_file():
+            assert processes[0].poll() is None, (folder / "scheduler.log").read_text()
+            assert time.monotonic() < deadline, "the scheduler did not write its scheduler file in 60 s"
+            time.sleep(0.1)
+        for i in range(2):
+            start(f"worker{i}", _dask_command("worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1", "--nthreads", "1", "--no-dashboard"))
+        with Client(scheduler_file=str(scheduler_file), timeout="60s") as probe:
+            probe.wait_for_workers(2, timeout=60)
+            address = probe.scheduler.address
+        yield address
+    finally:
+        for process in reversed(processes):
+            _stop(process)
+        for log in logs:
+            log.close()
+
+
+def test_cli_on_external_cluster(external_cluster: str, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+    assert external_cluster.startswith("tcp://127.0.0.1:")
+    out = tmp_path / "external"
+    completed = subprocess.run(
+        [sys.executable, "-m", "scalable_assoc.cli", "run", str(small_study.plan_path), "--out", str(out), "--scheduler", external_cluster, "--chunk-features", "7"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dask"]["scheduler"] == external_cluster
+    assert manifest["dask"]["workers"] == 2
+    local = tmp_path / "session"
+    run_study(small_study.plan_path, local, client=client, chunk_features=7, log=_quiet)
+    assert_results_equal(local, out)
+
+
+# --------------------------------------------------------------------------------------
+# 4. A worker killed in the middle of a run
+# --------------------------------------------------------------------------------------
+def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+    uninterrupted = tmp_path / "uninterrupted"
+    run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4, log=_quiet)
+
+    killed: dict[str, int] = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, Client(cluster) as own:
+        pids = own.run(os.getpid)  # worker address -> pid, learned before the run
+        victim_address, victim_pid = sorted(pids.items())[0]
+
+        def kill_one_worker(done: int, total: int) -> None:
+            if not killed and done >= 5:
+                assert done < total
+                os.kill(victim_pid, signal.SIGKILL)
+                killed.update(done=done, total=total, pid=victim_pid)
+
+        try:
+            summary = run_study(small_study.plan_path, tmp_path / "interrupted", client=own, chunk_features=4, on_chunk_done=kill_one_worker, log=_quiet)
+        except Exception as error:
+            # Say what the scheduler lost with the worker: data that has a task can be
+            # recomputed elsewhere, scattered data cannot.
+            removals = [event for _, event in own.get_events(victim_address) if event.get("action") == "remove-worker"]
+            lost = sorted({str(key) for event in removals for key in event.get("lost-scattered-tasks", ())})
+            kinds = sorted({key.rsplit("-", 1)[0] for key in lost})
+            pytest.fail(
+                f"the run failed after one worker was killed at chunk {killed.get('done')}/{killed.get('total')}: {error!r}; "
+                f"{len(lost)} scattered object(s) lost with the worker ({', '.join(kinds) or 'none reported'}), "
+                f"e.g. {lost[:2]}"
+            )
+        assert killed, "the worker was killed during the run"
+        assert killed["done"] < summary.chunks_total
+        own.wait_for_workers(2, timeout=60)
+        assert victim_pid not in own.run(os.getpid).values(), "the killed worker process is gone (the nanny started a new one)"
+    assert_results_equal(uninterrupted, tmp_path / "interrupted")
