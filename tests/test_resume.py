@@ -1,0 +1,126 @@
+"""A killed run, started again with the same plan and output folder, resumes.
+
+It computes only the chunks it lacks (``manifest.json`` ``chunks_reused``) and
+ends with results identical to an uninterrupted run, and a killed run never
+leaves a complete-looking set of outputs behind.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+
+from scalable_assoc.engine.run import OUTPUT_FILES, WORK_DIR, run_study
+from scalable_assoc.simulate import SimulatedStudy, simulate_study
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+def _chunk_files(out: Path) -> list[Path]:
+    return sorted((out / WORK_DIR / "chunks").glob("*.parquet"))
+
+
+def _cli_run(plan: Path, out: Path, scheduler: str, chunk_features: int) -> list[str]:
+    return [sys.executable, "-m", "scalable_assoc.cli", "run", str(plan), "--out", str(out), "--scheduler", scheduler, "--chunk-features", str(chunk_features)]
+
+
+def _kill_after_first_chunk(command: list[str], out: Path, log: Path, timeout: float = 120.0) -> bool:
+    """Start ``command``, SIGKILL it as soon as a chunk file exists; False if it finished first."""
+    with log.open("wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while not _chunk_files(out):
+                if process.poll() is not None:
+                    return False
+                assert time.monotonic() < deadline, f"no chunk file after {timeout:.0f}s:\n{log.read_text()}"
+                time.sleep(0.002)
+            if process.poll() is not None:
+                return False
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+            return process.returncode == -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def slow_study(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
+    """A larger study for the rare machine where the small one finishes before it can be killed."""
+    study = simulate_study(tmp_path_factory.mktemp("slow_study"), participants=1500, seed=5, n_species=150, n_pathways=150)
+    return study
+
+
+def test_killed_cli_run_resumes(small_study: SimulatedStudy, dask_cluster: LocalCluster, client: Client, request: pytest.FixtureRequest, tmp_path: Path, assert_results_equal) -> None:
+    scheduler = dask_cluster.scheduler_address
+    # Small chunks give hundreds of tasks, so the run is still going when its first chunk
+    # file appears. Should a run ever finish before the kill lands, try a slower setting.
+    attempts = [(small_study, 4), (small_study, 1), (None, 1)]
+    for attempt, (study, chunk_features) in enumerate(attempts):
+        if study is None:
+            study = request.getfixturevalue("slow_study")
+        out = tmp_path / f"killed{attempt}"
+        killed = _kill_after_first_chunk(_cli_run(study.plan_path, out, scheduler, chunk_features), out, tmp_path / f"killed{attempt}.log")
+        if killed:
+            break
+    else:
+        pytest.fail("every run finished before it could be killed")
+
+    written_before_resume = len(_chunk_files(out))
+    assert written_before_resume >= 1
+    for name in OUTPUT_FILES:
+        assert not (out / name).exists(), f"a killed run left {name} behind"
+
+    resumed = subprocess.run(_cli_run(study.plan_path, out, scheduler, chunk_features), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["chunks_reused"] > 0
+    assert manifest["chunks_reused"] <= manifest["chunks_total"]
+    assert len(_chunk_files(out)) == manifest["chunks_total"]
+    print(f"killed after {written_before_resume} chunk file(s); resumed with {manifest['chunks_reused']}/{manifest['chunks_total']} chunks reused")
+
+    uninterrupted = tmp_path / "uninterrupted"
+    summary = run_study(study.plan_path, uninterrupted, client=client, chunk_features=chunk_features, log=_quiet)
+    assert summary.chunks_reused == 0 and summary.chunks_total == manifest["chunks_total"]
+    # Same plan, same chunks: the resumed results are the uninterrupted ones, bit for bit.
+    assert_results_equal(uninterrupted, out, relative=0.0)
+
+
+def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+    out = tmp_path / "run"
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
+    assert first.chunks_reused == 0
+    complete = tmp_path / "complete.parquet"
+    complete.write_bytes((out / "results.parquet").read_bytes())
+
+    chunks = _chunk_files(out)
+    assert len(chunks) == first.chunks_total
+    deleted = chunks[::5]  # every fifth, spread over the layers
+    for path in deleted:
+        path.unlink()
+    (out / "results.parquet").unlink()
+
+    again = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
+    assert again.chunks_total == first.chunks_total
+    assert again.chunks_reused == first.chunks_total - len(deleted)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["chunks_total"], manifest["chunks_reused"]) == (first.chunks_total, first.chunks_total - len(deleted))
+    assert sorted(p.name for p in _chunk_files(out)) == sorted(p.name for p in chunks)
+    assert_results_equal(complete, out, relative=0.0)
+
+    # A third run with every chunk present computes nothing and changes nothing.
+    third = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
+    assert third.chunks_reused == third.chunks_total
+    assert_results_equal(complete, out, relative=0.0)
