@@ -417,3 +417,12 @@ def test_compressed_tables_still_read(study: Path) -> None:
     assert len(species.sample_ids) == 300 and species.feature_ids[0].startswith("s__")
     pathways = read_abundance_table(study / "pathways.tsv.gz")
     assert pathways.values.shape == (300, 10)
+
+
+def test_failed_rerun_does_not_leave_earlier_results(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Results of an earlier run into the same folder would look like the answer of the failed one."""
+    append(study / "plan.yaml", SMALL_ANALYSIS)
+    succeeds(study, capsys)
+    drop_last_metadata_rows(study, 7)
+    fails(study, capsys)  # asserts no results.parquet / manifest.json
+    assert not (study / "out" / "all_results.tsv").exists()
