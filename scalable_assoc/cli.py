@@ -68,7 +68,7 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from scalable_assoc.engine.run import OUTPUT_FILES, run_study
+    from scalable_assoc.engine.run import run_study
     from scalable_assoc.plan.schema import load_plan
     from scalable_assoc.report.console import run_report
 
@@ -76,11 +76,6 @@ def _run(args: argparse.Namespace) -> None:
     out = args.out or plan.source.parent / "results"
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder for the results")
-    # An earlier run's results must not outlive a run that then fails on its inputs: they
-    # would look like this run's answer. run_study clears them only after validating the
-    # inputs, so clear them here first (chunk files stay, so resuming is unaffected).
-    for name in OUTPUT_FILES:
-        (out / name).unlink(missing_ok=True)
     summary = run_study(
         plan,
         out,

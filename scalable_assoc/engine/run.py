@@ -160,9 +160,14 @@ class _SharedInputs:
         return self.inputs, self.factorised
 
 
-def _clear_outputs(out_dir: Path, chunks_dir: Path, keep_chunks: set[str]) -> None:
+def _remove_outputs(out_dir: Path) -> None:
+    """An earlier run's results must not outlive a run that then fails: they would look like its answer."""
     for name in OUTPUT_FILES:
         (out_dir / name).unlink(missing_ok=True)
+
+
+def _remove_stale_chunks(chunks_dir: Path, keep_chunks: set[str]) -> None:
+    """Chunk files of other plans or inputs can never be reused; those of this run are kept for resuming."""
     if chunks_dir.is_dir():
         for path in chunks_dir.glob("*.parquet"):
             if path.stem not in keep_chunks:
@@ -246,12 +251,13 @@ def run_study(
     timings: dict[str, float] = {}
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     out = Path(out_dir).resolve()
+    _remove_outputs(out)
     work = out / WORK_DIR
     chunks_dir = work / "chunks"
     study = prepare_study(plan, work / "stores", chunk_features, intersect_samples, log)
     timings["prepare"] = time.perf_counter() - started
     tasks = chunk_tasks(study, analyses_per_task)
-    _clear_outputs(out, chunks_dir, {t.chunk_id for t in tasks})
+    _remove_stale_chunks(chunks_dir, {t.chunk_id for t in tasks})
     done = {t.chunk_id for t in tasks if (chunks_dir / f"{t.chunk_id}.parquet").is_file()}
     pending = [t for t in tasks if t.chunk_id not in done]
     n_analyses = sum(len(layer.analyses) for layer in study.layers)
