@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -219,3 +220,48 @@ def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, clie
         own.wait_for_workers(2, timeout=60)
         assert victim_pid not in own.run(os.getpid).values(), "the killed worker process is gone (the nanny started a new one)"
     assert_results_equal(uninterrupted, tmp_path / "interrupted")
+
+
+# --------------------------------------------------------------------------------------
+# 5. Two runs of one plan at the same time on one cluster (two users, two folders)
+# --------------------------------------------------------------------------------------
+def test_two_runs_of_one_plan_share_a_cluster(reference: Path, small_study: SimulatedStudy, dask_cluster: LocalCluster, tmp_path: Path, assert_results_equal) -> None:
+    """Run A is held after its first chunk while run B, another client, runs the same plan to another folder.
+
+    Each run must write its own chunk files: the shared cluster may share work
+    that does not depend on the output folder (blocks, designs), not the tasks
+    that write into a folder.
+    """
+    b_finished = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def hold_a(done: int, total: int) -> None:
+        b_finished.wait(timeout=120)
+
+    def run(name: str, hook) -> None:
+        try:
+            with Client(dask_cluster.scheduler_address) as own:
+                outcome[name] = run_study(small_study.plan_path, tmp_path / name, client=own, chunk_features=7, on_chunk_done=hook, log=_quiet)
+        except Exception as error:  # reported below, with the other run's outcome
+            outcome[name] = error
+        finally:
+            if name == "B":
+                b_finished.set()
+
+    first = threading.Thread(target=run, args=("A", hold_a))
+    first.start()
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "A" / ".scalable_assoc" / "chunks").glob("*.parquet")):
+        assert first.is_alive() and time.monotonic() < deadline, f"run A made no chunk: {outcome}"
+        time.sleep(0.01)
+    run("B", None)
+    first.join(timeout=180)
+    failures = {name: repr(value) for name, value in outcome.items() if isinstance(value, Exception)}
+    for name, value in outcome.items():
+        missing = (value.filename or (value.args[-1] if value.args else None)) if isinstance(value, FileNotFoundError) else None
+        if isinstance(missing, str):
+            other = tmp_path / ("A" if name == "B" else "B") / ".scalable_assoc" / "chunks" / Path(missing).name
+            failures[name] += f" (that chunk file was written into the other run's folder instead: {other.is_file()})"
+    assert not failures, f"concurrent runs of one plan into two folders failed: {failures}"
+    assert_results_equal(tmp_path / "A", tmp_path / "B")
+    assert_results_equal(reference, tmp_path / "B")
