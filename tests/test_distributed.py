@@ -1,10 +1,12 @@
 """Results do not depend on how the work is cut up or where it runs.
 
 The same plan gives the same ``results.parquet`` (strings and integers identical,
-floats equal to a relative 1e-12) whatever the feature chunk size, the number of
-analyses per task, the number of workers, whether an analysis runs in a batch or
-alone, whether the cluster is a LocalCluster or separate ``dask scheduler`` /
-``dask worker`` processes, and whether a worker is killed in the middle of a run.
+floats equal to a relative 1e-12, beta and t on the scale of their standard error:
+see ``results_differences`` in conftest.py) whatever the feature chunk size, the
+number of analyses per task, the number of workers, whether an analysis runs in a
+batch or alone, whether the cluster is a LocalCluster or separate ``dask scheduler``
+/ ``dask worker`` processes, whether a worker is killed in the middle of a run, and
+whether another run of the same plan shares the cluster.
 """
 
 from __future__ import annotations
