@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.atomic import file_checksum
+from scalable_assoc.io.atomic import file_checksum, write_npz
 from scalable_assoc.io.ingest import layer_store
 from scalable_assoc.io.metadata import (
     ExposureValues,
@@ -80,6 +80,20 @@ class PreparedStudy:
     plan_hash: str
     metadata_sha256: str
     layers: list[LayerWork]
+
+
+def write_design(folder: Path, design: DesignInput) -> Path:
+    """Write a design to ``folder/<key>.npz`` (once: the key is a hash of its content)."""
+    path = folder / f"{design.key}.npz"
+    if not path.is_file():
+        write_npz(path, {"rows": design.rows, "matrix": design.matrix, "names": np.array(design.names, dtype=str)})
+    return path
+
+
+def read_design(path: Path) -> DesignInput:
+    """Read a design written by :func:`write_design`."""
+    with np.load(path, allow_pickle=False) as data:
+        return DesignInput(path.stem, data["rows"], data["matrix"], tuple(str(n) for n in data["names"]))
 
 
 def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...]) -> str:

@@ -2,11 +2,16 @@
 
 The graph for one layer, with deterministic keys so identical steps run once::
 
-    summary-<layer>-<i>  prevalence counts per block            -> client (filter, pseudocount)
-    sums-<layer>-<i>     per-sample sums over kept features     -> client (CLR means / totals)
+    summary-<layer>-<i>  prevalence counts per block (skipped when the store's stored
+                         counts cover the samples used)          -> client (filter, pseudocount)
+    sums-<layer>-<i>     per-sample sums over kept features       -> client (CLR means / totals)
     block-<layer>-<i>    transformed block, kept in worker memory
-    design-<key>         QR of each distinct (participants, covariates), shared by all blocks
-    fit-<chunk id>       block i x a batch of analyses -> chunks/<chunk id>.parquet (atomic)
+    design-<key>         QR of each distinct (participants, covariates), read from
+                         designs/<key>.npz, shared by all blocks of all layers
+    samples-, totals-, batch-<token>
+                         small inputs held as tasks (not scattered), so the scheduler can
+                         recompute them if the worker holding them dies
+    fit-<chunk id>-<run> block i x a batch of analyses -> chunks/<chunk id>.parquet (atomic)
 
 A chunk file that already exists was finished by an earlier, interrupted run of
 the same plan on the same inputs; its task is not submitted again.
@@ -23,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
+from dask.base import tokenize
 import distributed
 import numpy as np
 import pandas as pd
@@ -30,8 +36,8 @@ from distributed import Client, as_completed
 
 from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import dask_client
-from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study
-from scalable_assoc.engine.tasks import factorise, fit_chunk, sum_block, summarise_block, transform_block
+from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
+from scalable_assoc.engine.tasks import factorise, fit_chunk, hold, sum_block, summarise_block, transform_block
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
 from scalable_assoc.plan.schema import Plan, load_plan
@@ -92,14 +98,21 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
     All layers' blocks are submitted together so the workers never wait on the
     client between layers.
     """
-    summary_futures = {
-        layer.spec.name: [
+    all_summaries: dict[str, list] = {}
+    summary_futures = {}
+    for layer in study.layers:
+        bounds = layer.store.block_bounds()
+        # A run on all samples of a store uses the counts stored with it: no pass over the data.
+        if np.array_equal(layer.sample_positions, np.arange(layer.store.n_samples)):
+            stored = [layer.store.stored_feature_summary(start, stop) for start, stop in bounds]
+            if all(s is not None for s in stored):
+                all_summaries[layer.spec.name] = stored
+                continue
+        summary_futures[layer.spec.name] = [
             client.submit(summarise_block, layer.store.path, start, stop, positions[layer.spec.name], key=f"summary-{_layer_token(study, layer)}-{i}")
-            for i, (start, stop) in enumerate(layer.store.block_bounds())
+            for i, (start, stop) in enumerate(bounds)
         ]
-        for layer in study.layers
-    }
-    all_summaries = client.gather(summary_futures)
+    all_summaries.update(client.gather(summary_futures))
     filters: dict[str, _LayerFilter] = {}
     sum_futures = {}
     for layer in study.layers:
@@ -139,25 +152,30 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
     return filters
 
 
-class _SharedInputs:
-    """Design inputs and factorisations shared across layers that use the same participants.
+def _put(client: Client, value: object, name: str) -> distributed.Future:
+    """Place ``value`` on the cluster as a task (recomputable if its worker dies), keyed by content."""
+    return client.submit(hold, value, key=f"{name}-{tokenize(value)}")
 
-    Scattered in one call per layer (not one per design), each factorised once
-    under the key ``design-<key>``.
+
+class _SharedDesigns:
+    """Factorised designs shared by every block of every layer that uses them.
+
+    Each design is written once to ``designs/<key>.npz`` on the shared
+    filesystem and factorised by the task ``design-<key>``; a worker that dies
+    takes nothing with it that the scheduler cannot recompute.
     """
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, folder: Path) -> None:
         self.client = client
-        self.inputs: dict[str, distributed.Future] = {}
-        self.factorised: dict[str, distributed.Future] = {}
+        self.folder = folder
+        self.futures: dict[str, distributed.Future] = {}
 
-    def designs(self, layer: LayerWork) -> tuple[dict[str, distributed.Future], dict[str, distributed.Future]]:
-        new = {key: design for key, design in layer.designs.items() if key not in self.inputs}
-        if new:
-            self.inputs.update(self.client.scatter(new, hash=True))
-            for key in new:
-                self.factorised[key] = self.client.submit(factorise, self.inputs[key], key=f"design-{key}")
-        return self.inputs, self.factorised
+    def for_layer(self, layer: LayerWork) -> dict[str, distributed.Future]:
+        for key, design in layer.designs.items():
+            if key not in self.futures:
+                path = write_design(self.folder, design)
+                self.futures[key] = self.client.submit(factorise, path, key=f"design-{key}")
+        return self.futures
 
 
 def _remove_outputs(out_dir: Path) -> None:
@@ -269,10 +287,10 @@ def run_study(
 
     def execute(active: Client) -> tuple[dict[str, _LayerFilter], dict]:
         phase = time.perf_counter()
-        positions = {layer.spec.name: active.scatter(layer.sample_positions, hash=True) for layer in study.layers}
+        positions = {layer.spec.name: _put(active, layer.sample_positions, "samples") for layer in study.layers}
         filters = _filter_layers(active, study, positions)
         timings["filter"] = time.perf_counter() - phase
-        shared = _SharedInputs(active)
+        shared = _SharedDesigns(active, work / "designs")
         fit_futures = []
         for layer in study.layers:
             layer_pending = [t for t in pending if t.layer == layer.spec.name]
@@ -336,14 +354,17 @@ def _submit_fits(
     pending: list[ChunkTask],
     positions: distributed.Future,
     chunks_dir: Path,
-    shared: _SharedInputs,
+    shared: _SharedDesigns,
 ) -> list[distributed.Future]:
     """Submit transformed blocks, shared design factorisations and the fit tasks of one layer."""
     token = _layer_token(study, layer)
     bounds = layer.store.block_bounds()
     preprocess = layer.spec.preprocess
-    totals = client.scatter(layer_filter.sample_totals, hash=True) if layer_filter.sample_totals is not None else None
-    design_inputs, design_futures = shared.designs(layer)
+    totals = _put(client, layer_filter.sample_totals, "totals") if layer_filter.sample_totals is not None else None
+    design_futures = shared.for_layer(layer)
+    # Fit keys name the output folder too: two runs of one plan into two folders on one
+    # cluster must not share tasks, since each task writes into its own run's folder.
+    run_token = hashlib.sha256(str(chunks_dir).encode()).hexdigest()[:12]
     blocks: dict[int, distributed.Future] = {}
     batches: dict[tuple[str, ...], distributed.Future] = {}
     futures = []
@@ -363,7 +384,7 @@ def _submit_fits(
             )
         batch_ids = tuple(a.key.analysis_id for a in task.analyses)
         if batch_ids not in batches:
-            batches[batch_ids] = client.scatter(task.analyses, hash=True)
+            batches[batch_ids] = _put(client, task.analyses, "batch")
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
         futures.append(
             client.submit(
@@ -371,11 +392,10 @@ def _submit_fits(
                 layer.spec.name,
                 blocks[task.block_index],
                 layer_filter.kept_ids[task.block_index],
-                [design_inputs[k] for k in used],
                 [design_futures[k] for k in used],
                 batches[batch_ids],
                 output,
-                key=f"fit-{task.chunk_id}",
+                key=f"fit-{task.chunk_id}-{run_token}",
             )
         )
     return futures

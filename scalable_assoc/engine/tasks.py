@@ -10,25 +10,19 @@ replaces its own file with an identical one.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import zarr
 
-from scalable_assoc.engine.prepare import DesignInput, PreparedAnalysis
+from scalable_assoc.engine.prepare import PreparedAnalysis, read_design
 from scalable_assoc.io.atomic import write_parquet
+from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.results.partials import fits_to_table
 from scalable_assoc.stats.transforms import FeatureSummary, apply_transform, feature_summary, sample_summaries
-
-
-def read_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray) -> np.ndarray:
-    """Features ``start:stop`` of the store for the used samples: ``(n_used, stop - start)`` float64."""
-    array = zarr.open_array(Path(store_path) / "abundance", mode="r")
-    block = np.asarray(array[:, start:stop], dtype=np.float64)
-    return block[sample_positions]
 
 
 def summarise_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray) -> FeatureSummary:
@@ -59,33 +53,52 @@ def transform_block(
     return apply_transform(raw, transform, pseudocount, total, count)
 
 
-def factorise(design: DesignInput) -> CovariateDesign:
-    """Rank check and QR of one shared design (computed once, used by every block)."""
-    return factorise_covariates(design.matrix, design.names)
+def hold(value: object) -> object:
+    """A task that returns its argument: inputs placed this way are part of the graph,
+    so the scheduler can recompute them on another worker if their holder dies
+    (data placed with ``Client.scatter`` would be lost with it)."""
+    return value
+
+
+@dataclass(frozen=True)
+class SharedDesign:
+    """A factorised design and the positions of its participants among the layer's samples."""
+
+    key: str
+    rows: np.ndarray
+    design: CovariateDesign
+
+
+def factorise(path: Path) -> SharedDesign:
+    """Rank check and QR of one shared design, read from the file the client wrote.
+
+    Designs travel as files on the shared filesystem, not through the scheduler:
+    at biobank scale each is participants x covariates doubles.
+    """
+    design = read_design(Path(path))
+    return SharedDesign(design.key, design.rows, factorise_covariates(design.matrix, design.names))
 
 
 def fit_chunk(
     layer: str,
     block: np.ndarray,
     feature_ids: tuple[str, ...],
-    design_inputs: list[DesignInput],
-    designs: list[CovariateDesign],
+    designs: list[SharedDesign],
     batch: tuple[PreparedAnalysis, ...],
     output: Path,
 ) -> dict[str, float | int | str]:
     """Fit every analysis of ``batch`` on every feature of ``block`` and write the rows to ``output``.
 
-    ``design_inputs[i]`` and ``designs[i]`` are the participant rows and the
-    factorisation of the i-th design the batch uses.
+    ``designs`` are the factorised designs the batch's analyses use.
     """
     started = time.perf_counter()
-    by_key = {d.key: (d, f) for d, f in zip(design_inputs, designs)}
+    by_key = {d.key: d for d in designs}
     prepared = prepare_block(block)  # centred and indexed once, shared by every design
     order = list(dict.fromkeys(a.design_key for a in batch))
     members = [[a for a in batch if a.design_key == key] for key in order]
     fits = fit_design_batch(
-        [by_key[key][1] for key in order],
-        [by_key[key][0].rows for key in order],
+        [by_key[key].design for key in order],
+        [by_key[key].rows for key in order],
         [np.stack([a.exposure for a in group]) for group in members],
         [np.array([a.binary for a in group]) for group in members],
         prepared,
@@ -93,7 +106,7 @@ def fit_chunk(
     tables = []
     for key, group, fit in zip(order, members, fits):
         labels = [(a.key.exposure, a.key.adjustment, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
-        tables.append(fits_to_table(layer, feature_ids, labels, fit, by_key[key][1].problem))
+        tables.append(fits_to_table(layer, feature_ids, labels, fit, by_key[key].design.problem))
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)
     return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -49,6 +50,16 @@ def write_parquet(path: Path, frame: pd.DataFrame | pa.Table) -> Path:
 def write_tsv(path: Path, frame: pd.DataFrame) -> Path:
     """Write a tab-separated table atomically; missing values as ``NA`` (read as missing by R and pandas)."""
     return write_atomically(path, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="NA", float_format="%.10g"))
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """Write named numpy arrays to an ``.npz`` file atomically (no pickled objects)."""
+
+    def writer(temporary: Path) -> None:
+        with temporary.open("wb") as handle:
+            np.savez(handle, **arrays)
+
+    return write_atomically(path, writer)
 
 
 def write_json(path: Path, payload: Any) -> Path:

@@ -4,6 +4,10 @@ Layout of ``<name>.zarr`` (a Zarr v3 group)::
 
     abundance      float64 (n_samples, n_features), chunks (n_samples, chunk_features),
                    codecs bytes -> zstd -> crc32c (every chunk checksummed), NaN = missing
+    feature_nonzero, feature_observed, feature_min_positive
+                   (n_features,) per-feature counts over all samples, computed while
+                   writing, so a run on all samples needs no separate pass for its
+                   prevalence filter and pseudocount
     attributes     sample_ids, feature_ids, source, source_sha256, format_version
 
 Samples are never split across chunks: every regression needs all samples of a
@@ -25,6 +29,9 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_atomically
 from scalable_assoc.io.tables import AbundanceTable
+from scalable_assoc.stats.transforms import FeatureSummary, feature_summary
+
+SUMMARY_ARRAYS = ("feature_nonzero", "feature_observed", "feature_min_positive")
 
 STORE_FORMAT_VERSION = 1
 #: Target uncompressed bytes per chunk: large enough that per-task overhead is
@@ -65,9 +72,23 @@ class AbundanceStore:
 
     def read_block(self, start: int, stop: int, sample_positions: np.ndarray | None = None) -> np.ndarray:
         """Features ``start:stop`` for all samples (or the given sample positions): ``(n, stop - start)`` float64."""
-        array = zarr.open_array(self.path / "abundance", mode="r")
-        block = np.asarray(array[:, start:stop], dtype=np.float64)
-        return block if sample_positions is None else block[sample_positions]
+        return read_block(self.path, start, stop, sample_positions)
+
+    def stored_feature_summary(self, start: int, stop: int) -> FeatureSummary | None:
+        """Per-feature counts over all samples for features ``start:stop``, if the store holds them."""
+        try:
+            group = zarr.open_group(self.path, mode="r")
+            arrays = [np.asarray(group[name][start:stop]) for name in SUMMARY_ARRAYS]
+        except KeyError:  # a store written before the summaries existed
+            return None
+        return FeatureSummary(nonzero=arrays[0], observed=arrays[1], min_positive=arrays[2])
+
+
+def read_block(path: Path, start: int, stop: int, sample_positions: np.ndarray | None = None) -> np.ndarray:
+    """Features ``start:stop`` of the store at ``path``: ``(n, stop - start)`` float64, all samples or those given."""
+    array = zarr.open_array(Path(path) / "abundance", mode="r")
+    block = np.asarray(array[:, start:stop], dtype=np.float64)
+    return block if sample_positions is None else block[sample_positions]
 
 
 def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_features: int | None = None) -> AbundanceStore:
@@ -95,10 +116,17 @@ def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_fea
             fill_value=np.nan,
             compressors=[ZstdCodec(level=3), Crc32cCodec()],
         )
+        summaries = {name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"))}
         # One write per whole chunk: writes aligned to chunks never share one.
         for start in range(0, n_features, chunk):
             stop = min(start + chunk, n_features)
             array[:, start:stop] = table.values[:, start:stop]
+            summary = feature_summary(table.values[:, start:stop])
+            summaries["feature_nonzero"][start:stop] = summary.nonzero
+            summaries["feature_observed"][start:stop] = summary.observed
+            summaries["feature_min_positive"][start:stop] = summary.min_positive
+        for name, values in summaries.items():
+            group.create_array(name, data=values, chunks=(max(n_features, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
 
     write_atomically(path, writer)
     return open_store(path)
