@@ -43,7 +43,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
         n_workers=workers or default_workers(),
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        # Any free port: a fixed one (8787) clashes with other clusters on the machine.
+        dashboard_address=":0",
         silence_logs=logging.ERROR,
     )
     client = Client(cluster)
