@@ -105,7 +105,7 @@ def factorise_covariates(covariates: np.ndarray, names: tuple[str, ...]) -> Cova
     # Rank by pivoted QR on unit-norm columns, so the tolerance is scale-free.
     norms = np.linalg.norm(standardised, axis=0)
     unit = standardised / np.where(norms > 0, norms, 1.0)
-    _, r_factor, pivot = scipy.linalg.qr(unit, mode="economic", pivoting=True)
+    q_factor, r_factor, pivot = scipy.linalg.qr(unit, mode="economic", pivoting=True)
     diagonal = np.abs(np.diag(r_factor))
     tolerance = max(n, k) * _EPS * (diagonal[0] if diagonal.size else 0.0)
     rank = int(np.sum(diagonal > tolerance)) if n >= k else int(np.sum(diagonal[: min(n, k)] > tolerance))
@@ -114,7 +114,8 @@ def factorise_covariates(covariates: np.ndarray, names: tuple[str, ...]) -> Cova
         problem = f"too few participants ({n}) for {k} design columns"
     elif rank < k:
         problem = _dependency_sentence(unit, names, np.sort(pivot[:rank]), pivot[rank:])
-    q = np.linalg.qr(standardised, mode="reduced")[0] if problem is None else np.empty((n, 0))
+    # Column pivoting and scaling change neither the span nor its orthonormal basis's use.
+    q = q_factor if problem is None else np.empty((n, 0))
     return CovariateDesign(names=tuple(names), covariates=standardised, q=q, rank=rank, problem=problem)
 
 

@@ -306,8 +306,13 @@ def _fit_one_design(
         for e in range(k):  # a handful of exposures per design; features stay vectorised
             take = np.r_[np.arange(rank), rank + e]
             gram = np.eye(rank + 1) - downdate[:, take][:, :, take]
-            eigenvalues = np.linalg.eigvalsh(gram)
-            bad = eigenvalues[:, 0] <= _GRAM_SINGULAR
+            # lambda_min(I - D) = 1 - lambda_max(D) >= 1 - trace(D): a feature whose missing
+            # rows carry little leverage cannot be singular; only the others need eigenvalues.
+            leverage = np.einsum("mii->m", downdate[:, take][:, :, take])
+            bad = np.zeros(masked.size, dtype=bool)
+            doubtful = np.flatnonzero(leverage >= 0.5)
+            if doubtful.size:
+                bad[doubtful] = np.linalg.eigvalsh(gram[doubtful])[:, 0] <= _GRAM_SINGULAR
             singular[e, masked] = bad
             safe = np.where(bad[:, None, None], np.eye(rank + 1), gram)
             right = np.concatenate([covariate_part[:, masked], exposure_part[e : e + 1, masked]]).T  # (masked, rank+1)
