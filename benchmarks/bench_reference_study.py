@@ -39,8 +39,8 @@ import statsmodels.api as sm
 
 from scalable_assoc import __version__
 from scalable_assoc.engine.prepare import prepare_study
-from scalable_assoc.models.design import factorise_covariates
 from scalable_assoc.io.store import read_block
+from scalable_assoc.models.design import factorise_covariates
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.simulate import simulate_study

@@ -682,7 +682,7 @@ def _simulate_cohort(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     participants with one random permutation.
     """
     c = _cohort_counts(n)
-    n_dep, n_anx, n_cases = c["n_dep"], c["n_anx"], c["n_cases"]
+    n_dep, n_cases = c["n_dep"], c["n_cases"]
 
     # Depression labels per depression slot: 1 dys only, 2 MDD only, 3 both.
     dep_lab = rng.permutation(np.repeat([1, 2, 3], [c["dys_only"], c["mdd_only"], c["dys_mdd"]]))
@@ -898,7 +898,7 @@ def _format_rows(values: np.ndarray, labels: list[str]) -> str:
     if np.isnan(values).any():
         # "%.6g" renders NaN as "nan"; numeric cells contain no other letters.
         body = [line.replace("nan", "") for line in body]
-    return "".join(f"{lab}\t{line}\n" for lab, line in zip(labels, body))
+    return "".join(f"{lab}\t{line}\n" for lab, line in zip(labels, body, strict=True))
 
 
 def _write_wide(path: Path, feature_names: list[str], values: np.ndarray,
@@ -917,7 +917,7 @@ def _write_species(path: Path, sp: dict[str, list[str]], pct: np.ndarray,
     ``pct`` is (n samples, n species).  Higher-rank rows are sums of their species,
     computed as one matrix product per rank; rows are ordered depth-first.
     """
-    clades = [f"{lin}|s__{s}" for lin, s in zip(sp["lineage"], sp["species"])]
+    clades = [f"{lin}|s__{s}" for lin, s in zip(sp["lineage"], sp["species"], strict=True)]
     parts = [c.split("|") for c in clades]
     rows: dict[str, np.ndarray] = {}
     for depth in range(1, 7):                            # k, p, c, o, f, g

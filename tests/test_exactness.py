@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from reference_model import fit_one, transformed_layer
+
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.simulate import SimulatedStudy
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
-from dask.base import tokenize
 import distributed
 import numpy as np
 import pandas as pd
+from dask.base import tokenize
 from distributed import Client, as_completed
 
 from scalable_assoc import __version__
@@ -41,8 +41,8 @@ from scalable_assoc.engine.tasks import factorise, fit_chunk, hold, sum_block, s
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
 from scalable_assoc.plan.schema import Plan, load_plan
-from scalable_assoc.results.gather import assemble_results, read_chunks, results_table
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
+from scalable_assoc.results.gather import assemble_results, read_chunks, results_table
 from scalable_assoc.results.summary import adjustment_summary, survival_readout
 from scalable_assoc.stats.transforms import half_min_pseudocount, needs_sample_summary, prevalence
 
@@ -127,7 +127,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
                 f"{preprocess.min_prevalence:.1%} of samples; lower preprocess.min_prevalence"
             )
         if preprocess.pseudocount == "half_min":
-            minima = np.concatenate([s.min_positive[k] for s, k in zip(summaries, kept)])
+            minima = np.concatenate([s.min_positive[k] for s, k in zip(summaries, kept, strict=True)])
             try:
                 pseudocount = half_min_pseudocount(minima)
             except ValueError as error:
@@ -136,7 +136,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
             pseudocount = float(preprocess.pseudocount)
         bounds = layer.store.block_bounds()
         ids = layer.store.feature_ids
-        kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept)]
+        kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept, strict=True)]
         filters[name] = _LayerFilter(kept, pseudocount, layer.store.n_features, n_kept, kept_ids=kept_ids)
         if needs_sample_summary(preprocess.transform):
             token = _layer_token(study, layer)
@@ -144,7 +144,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
                 client.submit(
                     sum_block, layer.store.path, start, stop, positions[name], k, preprocess.transform, pseudocount, key=f"sums-{token}-{i}"
                 )
-                for i, ((start, stop), k) in enumerate(zip(bounds, kept))
+                for i, ((start, stop), k) in enumerate(zip(bounds, kept, strict=True))
                 if k.any()
             ]
     for name, parts in client.gather(sum_futures).items():
@@ -226,7 +226,7 @@ def _manifest(study: PreparedStudy, filters: dict[str, _LayerFilter], chunks_tot
                 "features_total": f.n_features,
                 "features_kept": f.n_kept,
                 "pseudocount": f.pseudocount,
-                "samples": int(next(l for l in study.layers if l.spec.name == name).sample_positions.size),
+                "samples": int(next(layer for layer in study.layers if layer.spec.name == name).sample_positions.size),
             }
             for name, f in filters.items()
         },

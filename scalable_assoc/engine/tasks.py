@@ -104,7 +104,7 @@ def fit_chunk(
         prepared,
     )
     tables = []
-    for key, group, fit in zip(order, members, fits):
+    for key, group, fit in zip(order, members, fits, strict=True):
         labels = [(a.key.exposure, a.key.adjustment, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
         tables.append(fits_to_table(layer, feature_ids, labels, fit, by_key[key].design.problem))
     table = pa.concat_tables(tables)

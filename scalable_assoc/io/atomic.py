@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -57,7 +58,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 
     def writer(temporary: Path) -> None:
         with temporary.open("wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub reads a key as allow_pickle
 
     return write_atomically(path, writer)
 
@@ -65,7 +66,11 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
 def write_json(path: Path, payload: Any) -> Path:
     """Write JSON atomically, pretty-printed."""
     text = json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n"
-    return write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+    def writer(temporary: Path) -> None:
+        temporary.write_text(text, encoding="utf-8")
+
+    return write_atomically(path, writer)
 
 
 def file_checksum(path: Path, chunk_bytes: int = 1 << 20) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import zarr
@@ -77,9 +78,8 @@ class AbundanceStore:
     def stored_feature_summary(self, start: int, stop: int) -> FeatureSummary | None:
         """Per-feature counts over all samples for features ``start:stop``, if the store holds them."""
         try:
-            group = zarr.open_group(self.path, mode="r")
-            arrays = [np.asarray(group[name][start:stop]) for name in SUMMARY_ARRAYS]
-        except KeyError:  # a store written before the summaries existed
+            arrays = [np.asarray(zarr.open_array(self.path / name, mode="r")[start:stop]) for name in SUMMARY_ARRAYS]
+        except (KeyError, FileNotFoundError):  # a store written before the summaries existed
             return None
         return FeatureSummary(nonzero=arrays[0], observed=arrays[1], min_positive=arrays[2])
 
@@ -116,7 +116,7 @@ def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_fea
             fill_value=np.nan,
             compressors=[ZstdCodec(level=3), Crc32cCodec()],
         )
-        summaries = {name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"))}
+        summaries = {name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)}
         # One write per whole chunk: writes aligned to chunks never share one.
         for start in range(0, n_features, chunk):
             stop = min(start + chunk, n_features)
@@ -139,22 +139,24 @@ def open_store(path: Path) -> AbundanceStore:
     try:
         group = zarr.open_group(path, mode="r")
         attrs = dict(group.attrs)
-        array = group["abundance"]
+        array = zarr.open_array(path / "abundance", mode="r")
     except (KeyError, ValueError, FileNotFoundError) as error:
         raise DataError(f"{path}: not a readable scalable-assoc store: {error}") from None
     for key in ("sample_ids", "feature_ids"):
         if key not in attrs:
             raise DataError(f"{path}: store attribute '{key}' is missing; re-create the store with 'scalable-assoc ingest'")
+    sample_ids = tuple(str(i) for i in cast(list, attrs["sample_ids"]))
+    feature_ids = tuple(str(i) for i in cast(list, attrs["feature_ids"]))
     shape = tuple(array.shape)
-    if shape != (len(attrs["sample_ids"]), len(attrs["feature_ids"])):
-        raise DataError(f"{path}: array shape {shape} does not match its {len(attrs['sample_ids'])} sample and {len(attrs['feature_ids'])} feature IDs")
+    if shape != (len(sample_ids), len(feature_ids)):
+        raise DataError(f"{path}: array shape {shape} does not match its {len(sample_ids)} sample and {len(feature_ids)} feature IDs")
     chunks = tuple(array.chunks)
     if chunks[0] != shape[0]:
         raise DataError(f"{path}: chunks split the samples ({chunks}); every chunk must hold all samples")
     return AbundanceStore(
         path=path,
-        sample_ids=tuple(attrs["sample_ids"]),
-        feature_ids=tuple(attrs["feature_ids"]),
+        sample_ids=sample_ids,
+        feature_ids=feature_ids,
         chunk_features=int(chunks[1]) if shape[1] else 1,
         source_sha256=str(attrs.get("source_sha256", "")),
     )

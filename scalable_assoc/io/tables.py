@@ -15,7 +15,7 @@ import io
 import lzma
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 import pandas as pd
@@ -60,7 +60,7 @@ def _open_binary(path: Path) -> IO[bytes]:
     """Open a (possibly compressed) table for reading bytes, as pandas would decompress it."""
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))
     if suffix == ".bz2":
         return bz2.open(path, "rb")
     if suffix == ".xz":

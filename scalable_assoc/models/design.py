@@ -74,7 +74,7 @@ def _dependency_sentence(scaled: np.ndarray, names: tuple[str, ...], kept: np.nd
     parts = []
     for column in dropped:
         coef, *_ = np.linalg.lstsq(scaled[:, kept], scaled[:, column], rcond=None)
-        involved = [names[k] for k, c in zip(kept, coef) if abs(c) > 1e-8]
+        involved = [names[k] for k, c in zip(kept, coef, strict=True) if abs(c) > 1e-8]
         if not involved:
             parts.append(f"'{names[column]}' is constant among these participants")
         else:

@@ -213,7 +213,7 @@ def fit_design_batch(
     """
     n_total, m = block.shape
     exposures = [np.atleast_2d(np.asarray(e, dtype=np.float64)) for e in exposures]
-    bases = [_basis(d, np.asarray(r), e, n_total) for d, r, e in zip(designs, rows, exposures)]
+    bases = [_basis(d, np.asarray(r), e, n_total) for d, r, e in zip(designs, rows, exposures, strict=True)]
     stacked = np.hstack([b.padded for b in bases])
     projections = stacked.T @ block.values
     # y'y over each design's rows (column 0 of a basis is the design's row indicator).
@@ -221,7 +221,7 @@ def fit_design_batch(
     sum_squares = weights.T @ block.squares
     results = []
     offset = 0
-    for index, (design, design_rows, design_exposures, design_binary, basis) in enumerate(zip(designs, rows, exposures, binary, bases)):
+    for index, (design, design_rows, design_exposures, design_binary, basis) in enumerate(zip(designs, rows, exposures, binary, bases, strict=True)):
         width = basis.padded.shape[1]
         part = projections[offset : offset + width]
         results.append(
@@ -330,7 +330,8 @@ def _fit_one_design(
     if unsafe.any():
         present = np.ones((n_total, m), dtype=bool)
         present[prepared.missing_rows, prepared.missing_columns] = False
-        for e in np.flatnonzero(unsafe.any(axis=1)):
+        for exposure_index in np.flatnonzero(unsafe.any(axis=1)):
+            e = int(exposure_index)
             columns = np.flatnonzero(unsafe[e])
             gamma = np.zeros((rank + 1, columns.size))
             gamma[:rank] = covariate_part[:, columns]

@@ -45,7 +45,7 @@ def benjamini_hochberg_grouped(p: np.ndarray, family: np.ndarray) -> np.ndarray:
     q = np.full(p.shape, np.nan)
     order = np.argsort(family, kind="stable")
     boundaries = np.r_[0, np.flatnonzero(family[order][1:] != family[order][:-1]) + 1, order.size]
-    for start, stop in zip(boundaries[:-1], boundaries[1:]):
+    for start, stop in zip(boundaries[:-1], boundaries[1:], strict=True):
         members = order[start:stop]
         q[members] = benjamini_hochberg(p[members])
     return q

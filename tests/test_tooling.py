@@ -1,0 +1,61 @@
+"""Strict tooling as part of the suite: lint, types, and the direction of imports.
+
+Kernels (models/, stats/) stay pure numpy/scipy; only engine/ imports Dask.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "scalable_assoc"
+
+#: package -> top-level modules it must never import
+FORBIDDEN = {
+    "models": {"dask", "distributed", "zarr", "pyarrow", "pandas", "yaml"},
+    "stats": {"dask", "distributed", "zarr", "pyarrow", "pandas", "yaml"},
+    "plan": {"dask", "distributed", "zarr", "pyarrow", "pandas", "numpy"},
+    "io": {"dask", "distributed"},
+    "results": {"dask", "distributed"},
+    "report": {"dask", "distributed"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_flow_one_way(package: str) -> None:
+    for path in sorted((PACKAGE / package).rglob("*.py")):
+        bad = _imports(path) & FORBIDDEN[package]
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_only_the_engine_imports_dask() -> None:
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "engine" in path.relative_to(PACKAGE).parts:
+            continue
+        assert not _imports(path) & {"dask", "distributed"}, f"{path.relative_to(ROOT)} imports Dask outside the engine"
+
+
+def test_ruff_lint() -> None:
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "scalable_assoc", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_types() -> None:
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
