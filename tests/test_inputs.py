@@ -1,0 +1,88 @@
+"""Every input route gives the same results: MetaPhlAn TSV, a store made by ``ingest``,
+a wide Parquet table; other MetaPhlAn ranks; other transforms against their definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from reference_model import fit_one, read_layer
+
+from scalable_assoc.cli import main
+from scalable_assoc.engine.run import run_study
+from scalable_assoc.io.store import open_store
+from scalable_assoc.simulate import SimulatedStudy
+
+SPECIES_ONLY = """
+name: inputs
+data:
+  metadata: {metadata}
+  layers:
+    species: {layer}
+preprocess: {{min_prevalence: 0.05, transform: clr, pseudocount: half_min}}
+exposures:
+  MDD: {{cases: "MDD == 1", controls: "no_disorder == 1"}}
+covariates: {{categorical: [sex]}}
+adjustments:
+  base: [age, sex, bmi]
+min_cases: 5
+"""
+
+
+def _run(tmp_path, client, name: str, layer: str, study: SimulatedStudy, **options) -> pd.DataFrame:
+    folder = tmp_path / name
+    folder.mkdir()
+    plan = folder / "plan.yaml"
+    plan.write_text(SPECIES_ONLY.format(metadata=study.out_dir / "metadata.tsv", layer=layer))
+    return run_study(plan, folder / "out", client=client, **options).results
+
+
+def test_ingested_store_and_parquet_equal_the_metaphlan_table(tmp_path, client, small_study: SimulatedStudy, capsys) -> None:
+    species = small_study.out_dir / "species.tsv"
+    from_table = _run(tmp_path, client, "table", str(species), small_study)
+
+    store = tmp_path / "species.zarr"
+    assert main(["ingest", str(species), "--out", str(store), "--chunk-features", "9"]) == 0
+    assert "9 features per chunk" in capsys.readouterr().out
+    opened = open_store(store)
+    assert opened.chunk_features == 9 and opened.n_samples == small_study.n_participants
+    from_store = _run(tmp_path, client, "store", str(store), small_study)
+
+    wide = read_layer(species)
+    wide.index.name = "sample_id"
+    parquet = tmp_path / "species.parquet"
+    wide.reset_index().to_parquet(parquet)
+    from_parquet = _run(tmp_path, client, "parquet", str(parquet), small_study)
+
+    columns = ["feature", "n", "n_cases", "n_controls", "status"]
+    for other in (from_store, from_parquet):
+        pd.testing.assert_frame_equal(other[columns], from_table[columns])
+        for statistic in ("beta", "se", "p", "q"):
+            np.testing.assert_allclose(other[statistic].to_numpy(float), from_table[statistic].to_numpy(float), rtol=1e-10)
+
+
+def test_genus_rank_sums_its_species(tmp_path, client, small_study: SimulatedStudy) -> None:
+    results = _run(tmp_path, client, "genus", f"{{path: {small_study.out_dir / 'species.tsv'}, rank: genus}}", small_study)
+    assert len(results) and results["feature"].str.startswith("g__").all()
+
+
+@pytest.mark.parametrize("transform", ["log", "tss", "ast", "none"])
+def test_other_transforms_equal_their_definition(tmp_path, client, small_study: SimulatedStudy, transform: str) -> None:
+    folder = tmp_path / transform
+    folder.mkdir()
+    plan = folder / "plan.yaml"
+    text = SPECIES_ONLY.format(metadata=small_study.out_dir / "metadata.tsv", layer=small_study.out_dir / "gbm.tsv")
+    plan.write_text(text.replace("transform: clr, pseudocount: half_min", f"transform: {transform}, pseudocount: 0.5"))
+    results = run_study(plan, folder / "out", client=client).results
+    layer = read_layer(small_study.out_dir / "gbm.tsv")
+    kept = layer.loc[:, (layer > 0).sum() / layer.notna().sum() >= 0.05]
+    proportions = kept.div(kept.sum(axis=1, skipna=True), axis=0)
+    expected = {"log": np.log(kept + 0.5), "tss": proportions, "ast": np.arcsin(np.sqrt(proportions)), "none": kept}[transform]
+    metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str}).set_index("sample_id")
+    data = metadata.join(expected, how="inner")
+    data = data[(data["MDD"] == 1) | (data["no_disorder"] == 1)].assign(exposure_value=lambda d: (d["MDD"] == 1).astype(float))
+    for feature in list(expected.columns[:4]):
+        reference = fit_one(data, feature, "exposure_value", ["age", "sex", "bmi"], ["sex"])
+        row = results[results["feature"] == feature].iloc[0]
+        for statistic in ("beta", "se", "p"):
+            assert row[statistic] == pytest.approx(reference[statistic], rel=1e-8), (transform, feature, statistic)
