@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
     run.add_argument("--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)")
     run.add_argument("--intersect-samples", action="store_true", help="analyse only samples present in both metadata and abundance tables (warns)")
-    run.add_argument("--top", type=int, default=10, help="top findings to print")
+    run.add_argument("--top", type=int, default=5, help="top findings to print per layer")
 
     ingest = commands.add_parser("ingest", help="convert an abundance table into a feature-chunked Zarr store")
     ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows) or Parquet")

@@ -12,8 +12,8 @@ def _format_p(value: float) -> str:
     return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
 
 
-def run_report(out_dir: Path, results: pd.DataFrame, survival: pd.DataFrame, adjustment_order: Sequence[str], alpha: float, top: int = 10) -> str:
-    """A short plain-text report of a finished run."""
+def run_report(out_dir: Path, results: pd.DataFrame, survival: pd.DataFrame, adjustment_order: Sequence[str], alpha: float, top: int = 5) -> str:
+    """A short plain-text report of a finished run: files, survival of adjustment, top findings per layer."""
     ok = results["status"] == "ok"
     significant = results["q"].lt(alpha).fillna(False).to_numpy(dtype=bool)
     lines = [
@@ -31,16 +31,17 @@ def run_report(out_dir: Path, results: pd.DataFrame, survival: pd.DataFrame, adj
             share = f"{100 * kept / total:.0f}%" if total else "n/a"
             lines.append(f"  + {adjustment}: {kept}/{total} ({share})")
     base_rows = results[(results["adjustment"] == adjustment_order[0]) & significant] if adjustment_order else results[significant]
-    if len(base_rows):
-        lines.append(f"top findings ({adjustment_order[0] if adjustment_order else 'all'} adjustment, by q):")
-        best = base_rows.sort_values(["q", "p"], kind="stable").head(top)
+    if not len(base_rows):
+        lines.append("no association reached the FDR threshold")
+    # Per layer, so a layer with weaker signals (species next to pathways) is still shown.
+    for layer, rows in base_rows.groupby("layer", sort=False):
+        lines.append(f"top findings in {layer} ({adjustment_order[0] if adjustment_order else 'all'} adjustment, by q):")
+        best = rows.sort_values(["q", "p"], kind="stable").head(top)
         width = max(len(str(f)) for f in best["feature"])
         for _, row in best.iterrows():
             direction = "higher" if row["beta"] > 0 else "lower"
             lines.append(
-                f"  {row['layer']:<9} {str(row['feature']):<{width}}  {direction:<6} in {row['exposure']:<10} "
+                f"  {str(row['feature']):<{width}}  {direction:<6} in {row['exposure']:<10} "
                 f"beta {row['beta']:+.3f}  q {_format_p(float(row['q']))}"
             )
-    else:
-        lines.append("no association reached the FDR threshold")
     return "\n".join(lines)
