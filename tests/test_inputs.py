@@ -86,3 +86,20 @@ def test_other_transforms_equal_their_definition(tmp_path, client, small_study: 
         row = results[results["feature"] == feature].iloc[0]
         for statistic in ("beta", "se", "p"):
             assert row[statistic] == pytest.approx(reference[statistic], rel=1e-8), (transform, feature, statistic)
+
+
+def test_rank_deficient_design_gets_a_status_naming_the_covariates(tmp_path, client, small_study: SimulatedStudy) -> None:
+    metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str})
+    metadata["bmi_doubled"] = 2 * metadata["bmi"]
+    folder = tmp_path / "collinear"
+    folder.mkdir()
+    metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
+    plan = folder / "plan.yaml"
+    text = SPECIES_ONLY.format(metadata=folder / "metadata.tsv", layer=small_study.out_dir / "gbm.tsv")
+    plan.write_text(text.replace("base: [age, sex, bmi]", "base: [age, sex, bmi]\n  doubled: [base, bmi_doubled]"))
+    results = run_study(plan, folder / "out", client=client).results
+    collinear = results[results["adjustment"] == "doubled"]
+    assert len(collinear) and collinear["p"].isna().all() and collinear["q"].isna().all()
+    status = collinear["status"].iloc[0]
+    assert status.startswith("rank-deficient design") and "'bmi_doubled'" in status and "'bmi'" in status
+    assert (results.loc[results["adjustment"] == "base", "status"] == "ok").all()
