@@ -27,36 +27,12 @@ Pure numpy/scipy: no Dask, no files, no pandas.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 import scipy.sparse
-import scipy.stats
 
 from scalable_assoc.models.design import CovariateDesign, project_out
-
-
-class FitStatus(IntEnum):
-    """Why a (feature, analysis) has or lacks an estimate. Stored as int8 in kernels."""
-
-    OK = 0
-    CONSTANT_FEATURE = 1
-    TOO_FEW_VALUES = 2
-    FEATURE_RANK_DEFICIENT = 3
-    EXPOSURE_COLLINEAR = 4
-    DESIGN_RANK_DEFICIENT = 5
-
-
-#: Text written to the ``status`` column for each code (the design-level code is
-#: replaced by the design's own sentence naming the collinear covariates).
-STATUS_TEXT: dict[FitStatus, str] = {
-    FitStatus.OK: "ok",
-    FitStatus.CONSTANT_FEATURE: "constant feature among these participants",
-    FitStatus.TOO_FEW_VALUES: "too few non-missing values for the number of design columns",
-    FitStatus.FEATURE_RANK_DEFICIENT: "rank-deficient design among this feature's non-missing participants",
-    FitStatus.EXPOSURE_COLLINEAR: "exposure is constant or collinear with the covariates",
-    FitStatus.DESIGN_RANK_DEFICIENT: "rank-deficient design",
-}
+from scalable_assoc.models.fits import FitStatus, SlopeFits, two_sided_p
 
 #: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below
 #: which its design counts as singular (design condition number above ~1e5).
@@ -103,38 +79,6 @@ def prepare_block(block: np.ndarray) -> PreparedBlock:
     values -= means
     values[rows, columns] = 0.0
     return PreparedBlock(values, np.square(values), rows, columns)
-
-
-@dataclass(frozen=True)
-class SlopeFits:
-    """Exposure slopes for ``k`` exposures x ``m`` features (every array ``(k, m)``).
-
-    ``beta`` is in feature units per exposure unit, ``se`` its standard error,
-    ``t = beta / se``, ``p`` two-sided from Student's t with ``n - rank`` degrees
-    of freedom. Rows without an estimate have NaN statistics and a non-OK status.
-    ``n_cases``/``n_controls`` count exposure == 1 / == 0 participants among
-    those used (-1 where the exposure is not binary).
-    """
-
-    beta: np.ndarray
-    se: np.ndarray
-    t: np.ndarray
-    p: np.ndarray
-    n: np.ndarray
-    n_cases: np.ndarray
-    n_controls: np.ndarray
-    status: np.ndarray
-
-    def __post_init__(self) -> None:
-        shape = self.beta.shape
-        for name in ("se", "t", "p", "n", "n_cases", "n_controls", "status"):
-            if getattr(self, name).shape != shape:
-                raise ValueError(f"SlopeFits.{name} has shape {getattr(self, name).shape}, expected {shape}")
-
-
-def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
-    """Two-sided Student-t p-values, ``2 * P(T_df > |t|)``, elementwise."""
-    return 2.0 * scipy.stats.t.sf(np.abs(t), df)
 
 
 def _padded(rows: np.ndarray, n_total: int, columns: np.ndarray) -> np.ndarray:

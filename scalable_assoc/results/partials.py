@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from scalable_assoc.models.ols import STATUS_TEXT, FitStatus, SlopeFits
+from scalable_assoc.models.fits import STATUS_TEXT, FitStatus, SlopeFits
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
 
 

@@ -1,0 +1,79 @@
+"""What every model kernel returns: slopes with statuses, for features x exposures.
+
+Pure numpy/scipy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import scipy.stats
+
+
+class FitStatus(IntEnum):
+    """Why a (feature, analysis) has or lacks an estimate. Stored as int8 in kernels."""
+
+    OK = 0
+    CONSTANT_FEATURE = 1
+    TOO_FEW_VALUES = 2
+    FEATURE_RANK_DEFICIENT = 3
+    EXPOSURE_COLLINEAR = 4
+    DESIGN_RANK_DEFICIENT = 5
+    FIRTH = 6
+    SEPARATION = 7
+    NOT_CONVERGED = 8
+    TOO_FEW_EVENTS = 9
+
+
+#: Text written to the ``status`` column for each code (the design-level code is
+#: replaced by the design's own sentence naming the collinear covariates).
+STATUS_TEXT: dict[FitStatus, str] = {
+    FitStatus.OK: "ok",
+    FitStatus.CONSTANT_FEATURE: "constant feature among these participants",
+    FitStatus.TOO_FEW_VALUES: "too few non-missing values for the number of design columns",
+    FitStatus.FEATURE_RANK_DEFICIENT: "rank-deficient design among this feature's non-missing participants",
+    FitStatus.EXPOSURE_COLLINEAR: "exposure is constant or collinear with the covariates",
+    FitStatus.DESIGN_RANK_DEFICIENT: "rank-deficient design",
+    FitStatus.FIRTH: "separation: estimated with Firth's penalised likelihood",
+    FitStatus.SEPARATION: "complete or quasi-complete separation: no finite maximum-likelihood estimate",
+    FitStatus.NOT_CONVERGED: "the fit did not converge",
+    FitStatus.TOO_FEW_EVENTS: "too few participants with or without the feature",
+}
+
+#: Statuses whose rows carry an estimate (and a p-value counted in its FDR family).
+ESTIMATED = frozenset({FitStatus.OK, FitStatus.FIRTH})
+
+
+@dataclass(frozen=True)
+class SlopeFits:
+    """Exposure slopes for ``k`` exposures x ``m`` features (every array ``(k, m)``).
+
+    ``beta`` is the exposure coefficient (feature units per exposure unit for
+    linear models, log odds for logistic ones), ``se`` its standard error,
+    ``t = beta / se`` and ``p`` two-sided (Student's t with ``n - rank`` degrees
+    of freedom for OLS, the normal for Wald tests of likelihood models). Rows without an estimate have NaN statistics and a non-OK status.
+    ``n_cases``/``n_controls`` count exposure == 1 / == 0 participants among
+    those used (-1 where the exposure is not binary).
+    """
+
+    beta: np.ndarray
+    se: np.ndarray
+    t: np.ndarray
+    p: np.ndarray
+    n: np.ndarray
+    n_cases: np.ndarray
+    n_controls: np.ndarray
+    status: np.ndarray
+
+    def __post_init__(self) -> None:
+        shape = self.beta.shape
+        for name in ("se", "t", "p", "n", "n_cases", "n_controls", "status"):
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"SlopeFits.{name} has shape {getattr(self, name).shape}, expected {shape}")
+
+
+def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """Two-sided Student-t p-values, ``2 * P(T_df > |t|)``, elementwise."""
+    return 2.0 * scipy.stats.t.sf(np.abs(t), df)
