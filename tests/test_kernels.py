@@ -162,3 +162,27 @@ def test_design_on_a_subset_of_block_rows() -> None:
     for name in ("beta", "se", "t", "p"):
         np.testing.assert_allclose(getattr(fits, name)[0], reference[name], rtol=RTOL, err_msg=name)
     np.testing.assert_array_equal(fits.n[0], reference["n"])
+
+
+@pytest.mark.parametrize("missing_fraction", [0.0, 0.05])
+def test_cluster_robust_equals_statsmodels(missing_fraction: float) -> None:
+    rng = np.random.default_rng(12)
+    n_total, m = 420, 12
+    rows = np.sort(rng.choice(n_total, size=380, replace=False))
+    covariates = _covariates(rng, rows.size)
+    exposure = (rng.random(rows.size) < 0.3).astype(float)
+    families = rng.integers(0, 150, size=rows.size)
+    family_effect = rng.normal(size=(150, m))
+    block = rng.normal(size=(n_total, m)) + 5.0
+    block[rows] += family_effect[families] + 0.3 * exposure[:, None]
+    block[rng.random((n_total, m)) < missing_fraction] = np.nan
+    design = factorise_covariates(covariates, NAMES)
+    fits = fit_exposure_slopes(design, exposure[None], np.array([True]), block, rows, clusters=families)
+    exog = np.column_stack([covariates, exposure])
+    for j in range(m):
+        present = ~np.isnan(block[rows, j])
+        reference = sm.OLS(block[rows, j][present], exog[present]).fit(cov_type="cluster", cov_kwds={"groups": families[present]})
+        assert fits.beta[0, j] == pytest.approx(reference.params[-1], rel=RTOL)
+        assert fits.se[0, j] == pytest.approx(reference.bse[-1], rel=RTOL)
+        assert fits.p[0, j] == pytest.approx(reference.pvalues[-1], rel=RTOL)
+        assert fits.n[0, j] == present.sum()

@@ -94,6 +94,7 @@ def fit_exposure_slopes(
     binary: np.ndarray,
     block: PreparedBlock | np.ndarray,
     rows: np.ndarray | None = None,
+    clusters: np.ndarray | None = None,
 ) -> SlopeFits:
     """Fit ``feature ~ covariates + exposure`` for every exposure and feature of a block.
 
@@ -113,10 +114,16 @@ def fit_exposure_slopes(
     rows:
         ``(n,)`` positions of the design's participants among the ``N`` rows;
         None when the block holds exactly the design's participants.
+    clusters:
+        ``(n,)`` integer cluster codes (families, households) of the design's
+        participants, or None. With clusters, ``se`` is cluster-robust (CR1:
+        the sandwich times ``G/(G-1) * (n-1)/(n-p)`` over the ``G`` clusters
+        with a value of the feature) and ``p`` comes from the normal
+        distribution, as statsmodels ``OLS.fit(cov_type="cluster")`` reports.
     """
     prepared = block if isinstance(block, PreparedBlock) else prepare_block(block)
     rows = np.arange(prepared.shape[0]) if rows is None else rows
-    return fit_design_batch([design], [rows], [exposures], [binary], prepared)[0]
+    return fit_design_batch([design], [rows], [exposures], [binary], prepared, [clusters])[0]
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ def fit_design_batch(
     exposures: list[np.ndarray],
     binary: list[np.ndarray],
     block: PreparedBlock,
+    clusters: list[np.ndarray | None] | None = None,
 ) -> list[SlopeFits]:
     """:func:`fit_exposure_slopes` for several designs over one block.
 
@@ -165,11 +173,16 @@ def fit_design_batch(
     sum_squares = weights.T @ block.squares
     results = []
     offset = 0
-    for index, (design, design_rows, design_exposures, design_binary, basis) in enumerate(zip(designs, rows, exposures, binary, bases, strict=True)):
+    design_clusters = clusters if clusters is not None else [None] * len(designs)
+    for index, (design, design_rows, design_exposures, design_binary, basis, cluster_codes) in enumerate(
+        zip(designs, rows, exposures, binary, bases, design_clusters, strict=True)
+    ):
         width = basis.padded.shape[1]
         part = projections[offset : offset + width]
         results.append(
-            _fit_one_design(design, np.asarray(design_rows), design_exposures, np.asarray(design_binary), block, basis, part, sum_squares[index])
+            _fit_one_design(
+                design, np.asarray(design_rows), design_exposures, np.asarray(design_binary), block, basis, part, sum_squares[index], cluster_codes
+            )
         )
         offset += width
     return results
@@ -184,6 +197,7 @@ def _fit_one_design(
     basis: _Basis,
     projections: np.ndarray,
     sum_squares: np.ndarray,
+    clusters: np.ndarray | None,
 ) -> SlopeFits:
     """The per-design remainder of the fit, given ``basis' Y`` and ``y'y`` over its rows."""
     n_total, m = prepared.shape
@@ -231,7 +245,8 @@ def _fit_one_design(
 
     singular = np.zeros(shape, dtype=bool)
     masked = np.flatnonzero(has_missing)
-    full_coefficients: dict[int, np.ndarray] = {}
+    full_coefficients: dict[int, np.ndarray] = {}  # per exposure: (masked, rank + 1) solutions
+    inverse_exposure_rows: dict[int, np.ndarray] = {}  # per exposure: (masked, rank + 1) rows of G_j^-1 for the exposure
     if masked.size:
         # D_j = sum over missing rows i of feature j of v_i v_i', v = [Q, b_1..b_k] at row i.
         vectors = basis_padded[:, 1:]  # (N, rank + k)
@@ -268,29 +283,64 @@ def _fit_one_design(
             variance_factor[e, masked] = solved[:, -1, 1]
             rss[e, masked] = sum_squares[masked] - np.einsum("ij,ij->i", gamma, right)
             full_coefficients[e] = gamma
+            inverse_exposure_rows[e] = solved[:, :, 1]
 
-    # Where the identity is unsafe (model explains nearly all of y'y), compute residuals explicitly.
+    def model_coefficients(e: int, columns: np.ndarray) -> np.ndarray:
+        """``(rank + 1, len(columns))`` coefficients on ``[Q, b_e]`` of the given features."""
+        gamma = np.zeros((rank + 1, columns.size))
+        gamma[:rank] = covariate_part[:, columns]
+        gamma[rank] = exposure_part[e, columns]
+        if masked.size:
+            position = np.searchsorted(masked, columns)
+            is_masked = has_missing[columns]
+            gamma[:, is_masked] = full_coefficients[e][position[is_masked]].T
+        return gamma
+
+    def model_residuals(e: int, columns: np.ndarray) -> np.ndarray:
+        """``(N, len(columns))`` explicit residuals, zero outside the design and at missing cells."""
+        fitted = basis_padded[:, np.r_[1 : 1 + rank, 1 + rank + e]] @ model_coefficients(e, columns)
+        return (prepared.values[:, columns] - fitted) * present_in_design[:, columns]
+
     unsafe = (rss < _RSS_IDENTITY_FLOOR * sum_squares) & ~constant
-    if unsafe.any():
-        present = np.ones((n_total, m), dtype=bool)
-        present[prepared.missing_rows, prepared.missing_columns] = False
-        for exposure_index in np.flatnonzero(unsafe.any(axis=1)):
-            e = int(exposure_index)
-            columns = np.flatnonzero(unsafe[e])
-            gamma = np.zeros((rank + 1, columns.size))
-            gamma[:rank] = covariate_part[:, columns]
-            gamma[rank] = exposure_part[e, columns]
-            if masked.size:
-                position = np.searchsorted(masked, columns)
-                is_masked = has_missing[columns]
-                gamma[:, is_masked] = full_coefficients[e][position[is_masked]].T
-            fitted = basis_padded[:, np.r_[1 : 1 + rank, 1 + rank + e]] @ gamma
-            residual = (prepared.values[:, columns] - fitted) * (present[:, columns] & in_design[:, None])
-            rss[e, columns] = np.einsum("ij,ij->j", residual, residual)
+    present_in_design = np.zeros((0, 0), dtype=bool)
+    if unsafe.any() or clusters is not None:
+        present_in_design = np.repeat(in_design[:, None], m, axis=1)
+        present_in_design[miss_rows, miss_cols] = False
+    # Where the identity is unsafe (model explains nearly all of y'y), compute residuals explicitly.
+    for exposure_index in np.flatnonzero(unsafe.any(axis=1)):
+        e = int(exposure_index)
+        columns = np.flatnonzero(unsafe[e])
+        residual = model_residuals(e, columns)
+        rss[e, columns] = np.einsum("ij,ij->j", residual, residual)
 
     with np.errstate(invalid="ignore", divide="ignore"):
         beta[:] = coefficient / np.where(collinear, np.nan, scales)[:, None]
         se[:] = np.sqrt(np.clip(rss, 0.0, None) / df * variance_factor) / np.where(collinear, np.nan, scales)[:, None]
+
+    p_df: np.ndarray | float = df
+    too_few_clusters = np.zeros(m, dtype=bool)
+    if clusters is not None:
+        # Cluster-robust (CR1) variance of the coefficient on b_e: the exposure row of
+        # G_j^-1 B' is its influence on each participant; scores are summed per cluster.
+        codes = np.asarray(clusters)
+        n_groups = int(codes.max()) + 1 if codes.size else 0
+        indicator = scipy.sparse.csr_matrix((np.ones(rows.size), (codes, rows)), shape=(n_groups, n_total))
+        groups_used = np.asarray((indicator @ present_in_design.astype(np.float64)) > 0).sum(axis=0)
+        too_few_clusters = groups_used < 2
+        everything = np.arange(m)
+        for e in range(k):
+            if collinear[e]:
+                continue
+            direction = np.zeros((rank + 1, m))
+            direction[rank, complete] = 1.0
+            if masked.size:
+                direction[:, masked] = inverse_exposure_rows[e].T
+            influence = (basis_padded[:, np.r_[1 : 1 + rank, 1 + rank + e]] @ direction) * present_in_design
+            scores = indicator @ (influence * model_residuals(e, everything))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                correction = groups_used / (groups_used - 1) * (n_present - 1) / df
+                se[e] = np.sqrt(np.einsum("gj,gj->j", scores, scores) * correction) / scales[e]
+        p_df = np.inf  # normal reference distribution, as statsmodels reports cluster-robust fits
 
     for e in range(k):
         if not binary[e]:
@@ -306,7 +356,7 @@ def _fit_one_design(
         n_controls[e] = int((exposures[e] == 0).sum()) - missing_controls.astype(np.int64)
 
     status[singular] = FitStatus.FEATURE_RANK_DEFICIENT
-    too_few = ~(df >= 1)
+    too_few = ~(df >= 1) | too_few_clusters
     status[:, too_few] = FitStatus.TOO_FEW_VALUES
     status[:, constant & ~too_few] = FitStatus.CONSTANT_FEATURE
     status[collinear] = FitStatus.EXPOSURE_COLLINEAR
@@ -317,5 +367,5 @@ def _fit_one_design(
         t = beta / se
     p = np.full(shape, np.nan)
     ok = ~not_ok
-    p[ok] = two_sided_p(t[ok], np.broadcast_to(df, shape)[ok])
+    p[ok] = two_sided_p(t[ok], np.broadcast_to(p_df, shape)[ok])
     return SlopeFits(beta, se, t, p, n_used, n_cases, n_controls, status)
