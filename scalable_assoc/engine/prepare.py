@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalable_assoc.errors import DataError
+from scalable_assoc.errors import DataError, PlanError
 from scalable_assoc.io.atomic import file_checksum, write_npz
 from scalable_assoc.io.ingest import layer_store
 from scalable_assoc.io.metadata import (
@@ -28,7 +28,7 @@ from scalable_assoc.io.metadata import (
 )
 from scalable_assoc.io.store import AbundanceStore
 from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
-from scalable_assoc.plan.schema import LayerSpec, Plan
+from scalable_assoc.plan.schema import MODELS, LayerSpec, Plan
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,15 @@ class DesignInput:
     """A distinct (participant subset, covariate matrix): factorised once, shared by its analyses.
 
     ``rows`` are positions into the layer's used samples; ``matrix`` is
-    ``(len(rows), k)`` with the intercept first.
+    ``(len(rows), k)`` with the intercept first; ``clusters`` the ``(len(rows),)``
+    cluster codes 0..G-1 when the plan names a cluster column, else None.
     """
 
     key: str
     rows: np.ndarray
     matrix: np.ndarray
     names: tuple[str, ...]
+    clusters: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -86,26 +88,45 @@ def write_design(folder: Path, design: DesignInput) -> Path:
     """Write a design to ``folder/<key>.npz`` (once: the key is a hash of its content)."""
     path = folder / f"{design.key}.npz"
     if not path.is_file():
-        write_npz(path, {"rows": design.rows, "matrix": design.matrix, "names": np.array(design.names, dtype=str)})
+        arrays = {"rows": design.rows, "matrix": design.matrix, "names": np.array(design.names, dtype=str)}
+        if design.clusters is not None:
+            arrays["clusters"] = design.clusters
+        write_npz(path, arrays)
     return path
 
 
 def read_design(path: Path) -> DesignInput:
     """Read a design written by :func:`write_design`."""
     with np.load(path, allow_pickle=False) as data:
-        return DesignInput(path.stem, data["rows"], data["matrix"], tuple(str(n) for n in data["names"]))
+        clusters = data["clusters"] if "clusters" in data.files else None
+        return DesignInput(path.stem, data["rows"], data["matrix"], tuple(str(n) for n in data["names"]), clusters)
 
 
-def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...]) -> str:
+def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...], clusters: np.ndarray | None) -> str:
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     digest.update(np.ascontiguousarray(matrix, dtype=np.float64).tobytes())
     digest.update("\x1f".join(names).encode())
+    if clusters is not None:
+        digest.update(np.ascontiguousarray(clusters, dtype=np.int64).tobytes())
     return digest.hexdigest()[:20]
 
 
+def cluster_codes(aligned: pd.DataFrame, column: str) -> np.ndarray:
+    """Integer cluster codes per participant; a participant without a value is a cluster of its own."""
+    codes, _ = pd.factorize(aligned[column])
+    missing = codes < 0
+    codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
+    return codes
+
+
 def _resolve_analysis(
-    key: AnalysisKey, plan: Plan, aligned: pd.DataFrame, exposure: ExposureValues, designs: dict[str, DesignInput]
+    key: AnalysisKey,
+    plan: Plan,
+    aligned: pd.DataFrame,
+    exposure: ExposureValues,
+    designs: dict[str, DesignInput],
+    clusters: np.ndarray | None,
 ) -> PreparedAnalysis:
     values = exposure.values
     defined = ~np.isnan(values)
@@ -123,8 +144,10 @@ def _resolve_analysis(
             covariates.append(column)
     rows = np.flatnonzero(defined & complete_rows(aligned, tuple(covariates)))
     matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows)
-    design_key = _design_key(rows, matrix, names)
-    designs.setdefault(design_key, DesignInput(design_key, rows, matrix, names))
+    # Codes renumbered 0..G-1 within the design, so kernels can size per-cluster sums by G.
+    design_clusters = np.unique(clusters[rows], return_inverse=True)[1] if clusters is not None else None
+    design_key = _design_key(rows, matrix, names, design_clusters)
+    designs.setdefault(design_key, DesignInput(design_key, rows, matrix, names, design_clusters))
     exposure_used = values[rows]
     n_cases = int((exposure_used == 1).sum()) if exposure.binary else None
     n_controls = int((exposure_used == 0).sum()) if exposure.binary else None
@@ -137,6 +160,10 @@ def prepare_study(
     """Load and check every input of ``plan``; convert tables to stores; resolve every analysis."""
     metadata = load_metadata(plan.metadata, plan.sample_id_column)
     check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical)
+    if plan.cluster is not None and plan.cluster not in metadata.columns:
+        raise PlanError(
+            f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}"
+        )
     exposures = {spec.name: exposure_values(metadata, plan.metadata, spec, plan.min_cases) for spec in plan.exposures}
     keys = expand_analyses(plan)
     intersect = intersect_samples or plan.sample_mismatch == "intersect"
@@ -149,6 +176,7 @@ def prepare_study(
         used_ids = [store.sample_ids[i] for i in positions]
         aligned = metadata.loc[used_ids]
         work = LayerWork(spec, store, checksum, positions)
+        clusters = cluster_codes(aligned, plan.cluster) if plan.cluster is not None else None
         for key in keys:
             if key.layer != spec.name:
                 continue
@@ -159,7 +187,7 @@ def prepare_study(
                 exposure.binary,
                 exposure.source_columns,
             )
-            work.analyses.append(_resolve_analysis(key, plan, aligned, aligned_exposure, work.designs))
+            work.analyses.append(_resolve_analysis(key, plan, aligned, aligned_exposure, work.designs, clusters))
         if not work.analyses:
             continue
         layers.append(work)
@@ -181,14 +209,18 @@ class ChunkTask:
 
 
 def batch_analyses(analyses: list[PreparedAnalysis], analyses_per_task: int) -> list[tuple[PreparedAnalysis, ...]]:
-    """Group analyses by design, then pack whole design groups into batches of about ``analyses_per_task``."""
-    groups: dict[str, list[PreparedAnalysis]] = {}
-    for analysis in analyses:
-        groups.setdefault(analysis.design_key, []).append(analysis)
+    """Group analyses by model and design, then pack whole groups of one model into batches of about ``analyses_per_task``.
+
+    A batch holds one model only: each model reads its own view of the block
+    (transformed, non-zero values, presence).
+    """
+    groups: dict[tuple[str, str], list[PreparedAnalysis]] = {}
+    for analysis in sorted(analyses, key=lambda a: MODELS.index(a.key.model)):
+        groups.setdefault((analysis.key.model, analysis.design_key), []).append(analysis)
     batches: list[tuple[PreparedAnalysis, ...]] = []
     current: list[PreparedAnalysis] = []
     for group in groups.values():
-        if current and len(current) + len(group) > analyses_per_task:
+        if current and (len(current) + len(group) > analyses_per_task or current[0].key.model != group[0].key.model):
             batches.append(tuple(current))
             current = []
         current.extend(group)

@@ -37,10 +37,10 @@ from distributed import Client, as_completed
 from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
-from scalable_assoc.engine.tasks import factorise, fit_chunk, hold, sum_block, summarise_block, transform_block
+from scalable_assoc.engine.tasks import MODEL_VIEWS, block_view, factorise, fit_chunk, hold, sum_block, summarise_block
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
-from scalable_assoc.plan.schema import Plan, load_plan
+from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table
 from scalable_assoc.results.summary import adjustment_summary, survival_readout
@@ -80,6 +80,8 @@ class _LayerFilter:
     n_features: int
     n_kept: int
     sample_totals: tuple[np.ndarray, np.ndarray] | None = None
+    #: per-sample sums over present values only (the CLR of the non-zero view)
+    nonzero_totals: tuple[np.ndarray, np.ndarray] | None = None
     kept_ids: list[tuple[str, ...]] = field(default_factory=list)
 
 
@@ -114,7 +116,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
         ]
     all_summaries.update(client.gather(summary_futures))
     filters: dict[str, _LayerFilter] = {}
-    sum_futures = {}
+    sum_futures: dict[tuple[str, str], list[distributed.Future]] = {}
     for layer in study.layers:
         name = layer.spec.name
         summaries = all_summaries[name]
@@ -138,17 +140,28 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
         ids = layer.store.feature_ids
         kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept, strict=True)]
         filters[name] = _LayerFilter(kept, pseudocount, layer.store.n_features, n_kept, kept_ids=kept_ids)
-        if needs_sample_summary(preprocess.transform):
-            token = _layer_token(study, layer)
-            sum_futures[name] = [
+        views = {MODEL_VIEWS[model] for model in layer.spec.models}
+        token = _layer_token(study, layer)
+        transform = preprocess.transform
+        # TSS/AST totals serve both the transformed and the non-zero view; CLR needs its own
+        # sums for the non-zero view (a geometric mean over the features a sample has).
+        if needs_sample_summary(transform) and ("transformed" in views or ("nonzero" in views and transform != "clr")):
+            sum_futures[(name, "sample_totals")] = [
+                client.submit(sum_block, layer.store.path, start, stop, positions[name], k, transform, pseudocount, key=f"sums-{token}-{i}")
+                for i, ((start, stop), k) in enumerate(zip(bounds, kept, strict=True))
+                if k.any()
+            ]
+        if "nonzero" in views and transform == "clr":
+            threshold = layer.spec.presence_threshold
+            sum_futures[(name, "nonzero_totals")] = [
                 client.submit(
-                    sum_block, layer.store.path, start, stop, positions[name], k, preprocess.transform, pseudocount, key=f"sums-{token}-{i}"
+                    sum_block, layer.store.path, start, stop, positions[name], k, transform, 0.0, threshold, key=f"nonzero-sums-{token}-{i}"
                 )
                 for i, ((start, stop), k) in enumerate(zip(bounds, kept, strict=True))
                 if k.any()
             ]
-    for name, parts in client.gather(sum_futures).items():
-        filters[name].sample_totals = (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0))
+    for (name, which), parts in client.gather(sum_futures).items():
+        setattr(filters[name], which, (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)))
     return filters
 
 
@@ -203,6 +216,7 @@ def _manifest(study: PreparedStudy, filters: dict[str, _LayerFilter], chunks_tot
                     "layer": a.key.layer,
                     "exposure": a.key.exposure,
                     "adjustment": a.key.adjustment,
+                    "model": a.key.model,
                     "n": a.n,
                     "n_cases": a.n_cases,
                     "n_controls": a.n_controls,
@@ -330,6 +344,7 @@ def run_study(
         list(plan.adjustments),
         {layer.spec.name: layer.store.feature_ids for layer in study.layers},
         plan.fdr.by,
+        MODELS,
     )
     summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
     survival = survival_readout(summary, list(plan.adjustments))
@@ -360,12 +375,17 @@ def _submit_fits(
     token = _layer_token(study, layer)
     bounds = layer.store.block_bounds()
     preprocess = layer.spec.preprocess
-    totals = _put(client, layer_filter.sample_totals, "totals") if layer_filter.sample_totals is not None else None
+    totals = {
+        "transformed": layer_filter.sample_totals,
+        "nonzero": layer_filter.nonzero_totals if preprocess.transform == "clr" else layer_filter.sample_totals,
+        "presence": None,
+    }
+    totals_futures = {view: _put(client, value, "totals") if value is not None else None for view, value in totals.items()}
     design_futures = shared.for_layer(layer)
     # Fit keys name the output folder too: two runs of one plan into two folders on one
     # cluster must not share tasks, since each task writes into its own run's folder.
     run_token = hashlib.sha256(str(chunks_dir).encode()).hexdigest()[:12]
-    blocks: dict[int, distributed.Future] = {}
+    blocks: dict[tuple[str, int], distributed.Future] = {}
     batches: dict[tuple[str, ...], distributed.Future] = {}
     futures = []
     chunks_dir.mkdir(parents=True, exist_ok=True)
@@ -376,11 +396,13 @@ def _submit_fits(
             # Every feature of this block was filtered out: the chunk is complete and empty.
             write_parquet(output, PARTIAL_SCHEMA.empty_table())
             continue
-        if task.block_index not in blocks:
+        view = MODEL_VIEWS[task.analyses[0].key.model]
+        if (view, task.block_index) not in blocks:
             start, stop = bounds[task.block_index]
-            blocks[task.block_index] = client.submit(
-                transform_block, layer.store.path, start, stop, positions, kept, preprocess.transform,
-                layer_filter.pseudocount, totals, key=f"block-{token}-{task.block_index}",
+            blocks[(view, task.block_index)] = client.submit(
+                block_view, layer.store.path, start, stop, positions, kept, view, preprocess.transform,
+                layer_filter.pseudocount, totals_futures[view], layer.spec.presence_threshold,
+                key=f"block-{view}-{token}-{task.block_index}",
             )
         batch_ids = tuple(a.key.analysis_id for a in task.analyses)
         if batch_ids not in batches:
@@ -390,7 +412,7 @@ def _submit_fits(
             client.submit(
                 fit_chunk,
                 layer.spec.name,
-                blocks[task.block_index],
+                blocks[(view, task.block_index)],
                 layer_filter.kept_ids[task.block_index],
                 [design_futures[k] for k in used],
                 batches[batch_ids],

@@ -10,6 +10,7 @@ replaces its own file with an identical one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,17 @@ from scalable_assoc.engine.prepare import PreparedAnalysis, read_design
 from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
+from scalable_assoc.models.fits import SlopeFits
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.results.partials import fits_to_table
-from scalable_assoc.stats.transforms import FeatureSummary, apply_transform, feature_summary, sample_summaries
+from scalable_assoc.stats.transforms import (
+    FeatureSummary,
+    apply_transform,
+    feature_summary,
+    nonzero_values,
+    presence_indicator,
+    sample_summaries,
+)
 
 
 def summarise_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray) -> FeatureSummary:
@@ -30,14 +39,11 @@ def summarise_block(store_path: Path, start: int, stop: int, sample_positions: n
     return feature_summary(read_block(store_path, start, stop, sample_positions))
 
 
+#: Which view of a block each model reads (see :func:`block_view`).
+MODEL_VIEWS = {"lm": "transformed", "lmm": "transformed", "lm_nonzero": "nonzero", "prevalence": "presence"}
+
+
 def sum_block(
-    store_path: Path, start: int, stop: int, sample_positions: np.ndarray, kept: np.ndarray, transform: str, pseudocount: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample partial sums over the block's kept features (for CLR / TSS / AST)."""
-    return sample_summaries(read_block(store_path, start, stop, sample_positions)[:, kept], transform, pseudocount)
-
-
-def transform_block(
     store_path: Path,
     start: int,
     stop: int,
@@ -45,11 +51,43 @@ def transform_block(
     kept: np.ndarray,
     transform: str,
     pseudocount: float,
-    sample_totals: tuple[np.ndarray, np.ndarray] | None,
-) -> np.ndarray:
-    """The block's kept features, transformed: ``(n_used, kept.sum())``."""
+    nonzero_threshold: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample partial sums over the block's kept features (for CLR / TSS / AST).
+
+    With ``nonzero_threshold`` the sums run over present values only (the CLR of
+    the non-zero view, whose geometric mean is over the features a sample has).
+    """
     raw = read_block(store_path, start, stop, sample_positions)[:, kept]
+    if nonzero_threshold is not None:
+        raw = nonzero_values(raw, nonzero_threshold)
+    return sample_summaries(raw, transform, pseudocount)
+
+
+def block_view(
+    store_path: Path,
+    start: int,
+    stop: int,
+    sample_positions: np.ndarray,
+    kept: np.ndarray,
+    view: str,
+    transform: str,
+    pseudocount: float,
+    sample_totals: tuple[np.ndarray, np.ndarray] | None,
+    presence_threshold: float,
+) -> np.ndarray:
+    """One view of the block's kept features, ``(n_used, kept.sum())``.
+
+    ``transformed``: the layer's transform (lm, lmm); ``nonzero``: the transform
+    of present values only, absent ones missing (lm_nonzero; CLR and log need no
+    pseudocount); ``presence``: 1/0/NaN indicators of the raw values (prevalence).
+    """
+    raw = read_block(store_path, start, stop, sample_positions)[:, kept]
+    if view == "presence":
+        return presence_indicator(raw, presence_threshold)
     total, count = sample_totals if sample_totals is not None else (None, None)
+    if view == "nonzero":
+        return apply_transform(nonzero_values(raw, presence_threshold), transform, 0.0, total, count)
     return apply_transform(raw, transform, pseudocount, total, count)
 
 
@@ -67,6 +105,7 @@ class SharedDesign:
     key: str
     rows: np.ndarray
     design: CovariateDesign
+    clusters: np.ndarray | None
 
 
 def factorise(path: Path) -> SharedDesign:
@@ -76,7 +115,22 @@ def factorise(path: Path) -> SharedDesign:
     at biobank scale each is participants x covariates doubles.
     """
     design = read_design(Path(path))
-    return SharedDesign(design.key, design.rows, factorise_covariates(design.matrix, design.names))
+    return SharedDesign(design.key, design.rows, factorise_covariates(design.matrix, design.names), design.clusters)
+
+
+def _fit_linear(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[SlopeFits]:
+    """OLS for lm and lm_nonzero; cluster-robust standard errors where designs carry clusters."""
+    prepared = prepare_block(block)  # centred and indexed once, shared by every design
+    return fit_design_batch(
+        [d.design for d in designs], [d.rows for d in designs], exposures, binary, prepared, [d.clusters for d in designs]
+    )
+
+
+#: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block) -> [SlopeFits per design]``.
+MODEL_FITTERS: dict[str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], np.ndarray], list[SlopeFits]]] = {
+    "lm": _fit_linear,
+    "lm_nonzero": _fit_linear,
+}
 
 
 def fit_chunk(
@@ -93,19 +147,21 @@ def fit_chunk(
     """
     started = time.perf_counter()
     by_key = {d.key: d for d in designs}
-    prepared = prepare_block(block)  # centred and indexed once, shared by every design
     order = list(dict.fromkeys(a.design_key for a in batch))
     members = [[a for a in batch if a.design_key == key] for key in order]
-    fits = fit_design_batch(
-        [by_key[key].design for key in order],
-        [by_key[key].rows for key in order],
+    models = {a.key.model for a in batch}
+    if len(models) != 1:
+        raise ValueError(f"a batch holds one model, got {sorted(models)}")
+    fitter = MODEL_FITTERS[models.pop()]
+    fits = fitter(
+        [by_key[key] for key in order],
         [np.stack([a.exposure for a in group]) for group in members],
         [np.array([a.binary for a in group]) for group in members],
-        prepared,
+        block,
     )
     tables = []
     for key, group, fit in zip(order, members, fits, strict=True):
-        labels = [(a.key.exposure, a.key.adjustment, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
+        labels = [(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
         tables.append(fits_to_table(layer, feature_ids, labels, fit, by_key[key].design.problem))
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)

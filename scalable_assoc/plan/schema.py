@@ -33,7 +33,9 @@ RANK_PREFIXES = {
     "species": "s__",
     "sgb": "t__",
 }
-FDR_BY_COLUMNS = ("layer", "exposure", "adjustment")
+FDR_BY_COLUMNS = ("layer", "exposure", "adjustment", "model")
+#: Models a layer can be analysed with (README "Models").
+MODELS = ("lm", "lm_nonzero", "prevalence", "lmm")
 SAMPLE_MISMATCH = ("error", "intersect")
 
 
@@ -59,6 +61,9 @@ class LayerSpec:
     format: str = "auto"
     rank: str = "species"
     preprocess: Preprocess = field(default_factory=Preprocess)
+    models: tuple[str, ...] = ("lm",)
+    #: a feature counts as present where its raw value is above this
+    presence_threshold: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,8 @@ class Plan:
     fdr: FdrSpec
     min_cases: int
     analyses: tuple[AnalysisSelection, ...]
+    #: metadata column grouping related participants (family, household), or None
+    cluster: str | None = None
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
@@ -179,7 +186,25 @@ def _parse_preprocess(source: Path, key: str, raw: Any, base: Preprocess) -> Pre
     return Preprocess(float(min_prevalence), str(transform), pseudocount if pseudocount == "half_min" else float(pseudocount))
 
 
-def _parse_layers(source: Path, raw: Any, preprocess: Preprocess) -> tuple[LayerSpec, ...]:
+def _parse_models(source: Path, key: str, raw: Any) -> tuple[str, ...]:
+    models = _string_list(source, key, raw)
+    if not models:
+        raise PlanError(f"{_where(source, key)}: name at least one model ({', '.join(MODELS)})")
+    for model in models:
+        if model not in MODELS:
+            near = difflib.get_close_matches(model, MODELS, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise PlanError(f"{_where(source, key)}: unknown model '{model}'.{hint} Models: {', '.join(MODELS)}.")
+    return tuple(dict.fromkeys(models))
+
+
+def _parse_threshold(source: Path, key: str, raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw >= 0:
+        raise PlanError(f"{_where(source, key)}: expected a non-negative number (a feature is present where its value is above it), got {raw!r}")
+    return float(raw)
+
+
+def _parse_layers(source: Path, raw: Any, preprocess: Preprocess, models: tuple[str, ...], threshold: float) -> tuple[LayerSpec, ...]:
     if not isinstance(raw, dict) or not raw:
         raise PlanError(f"{_where(source, 'data.layers')}: expected a mapping of layer name to file, with at least one layer")
     layers = []
@@ -187,7 +212,7 @@ def _parse_layers(source: Path, raw: Any, preprocess: Preprocess) -> tuple[Layer
         key = f"data.layers.{name}"
         if isinstance(value, str):
             value = {"path": value}
-        value = _check_keys(source, key, value, ("path", "format", "rank", "preprocess"), required=("path",))
+        value = _check_keys(source, key, value, ("path", "format", "rank", "preprocess", "models", "presence_threshold"), required=("path",))
         fmt = value.get("format", "auto")
         if fmt not in LAYER_FORMATS:
             raise PlanError(f"{_where(source, key + '.format')}: expected one of {', '.join(LAYER_FORMATS)}, got {fmt!r}")
@@ -196,7 +221,9 @@ def _parse_layers(source: Path, raw: Any, preprocess: Preprocess) -> tuple[Layer
             raise PlanError(f"{_where(source, key + '.rank')}: expected one of {', '.join(RANK_PREFIXES)}, got {rank!r}")
         layer_pre = _parse_preprocess(source, key + ".preprocess", value.get("preprocess", {}), preprocess)
         path = (source.parent / _string(source, key + ".path", value["path"])).resolve()
-        layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre))
+        layer_models = _parse_models(source, key + ".models", value["models"]) if "models" in value else models
+        layer_threshold = _parse_threshold(source, key + ".presence_threshold", value["presence_threshold"]) if "presence_threshold" in value else threshold
+        layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre, layer_models, layer_threshold))
     return tuple(layers)
 
 
@@ -341,7 +368,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         source,
         "",
         raw if raw is not None else {},
-        ("name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses"),
+        ("name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models", "presence_threshold", "cluster"),
         required=("data", "exposures", "adjustments"),
     )
     name = _string(source, "name", raw.get("name", source.stem))
@@ -350,7 +377,17 @@ def parse_plan(raw: Any, source: Path) -> Plan:
     if mismatch not in SAMPLE_MISMATCH:
         raise PlanError(f"{_where(source, 'data.sample_mismatch')}: expected one of {', '.join(SAMPLE_MISMATCH)}, got {mismatch!r}")
     preprocess = _parse_preprocess(source, "preprocess", raw.get("preprocess", {}), Preprocess())
-    layers = _parse_layers(source, data["layers"], preprocess)
+    models = _parse_models(source, "models", raw.get("models", ["lm"]))
+    threshold = _parse_threshold(source, "presence_threshold", raw.get("presence_threshold", 0.0))
+    cluster = _string(source, "cluster", raw["cluster"]) if raw.get("cluster") is not None else None
+    layers = _parse_layers(source, data["layers"], preprocess, models, threshold)
+    if cluster is None:
+        for layer in layers:
+            if "lmm" in layer.models:
+                raise PlanError(
+                    f"{_where(source, 'models')}: model 'lmm' (layer '{layer.name}') needs 'cluster: <metadata column>' "
+                    "naming the groups (families, households) that get a random intercept"
+                )
     exposures = _parse_exposures(source, raw["exposures"])
     covariates = _check_keys(source, "covariates", raw.get("covariates", {}), ("categorical",))
     categorical = _string_list(source, "covariates.categorical", covariates.get("categorical", []))
@@ -375,4 +412,5 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         fdr=fdr,
         min_cases=min_cases,
         analyses=analyses,
+        cluster=cluster,
     )

@@ -33,9 +33,11 @@ def run_report(out_dir: Path, results: pd.DataFrame, survival: pd.DataFrame, adj
     base_rows = results[(results["adjustment"] == adjustment_order[0]) & significant] if adjustment_order else results[significant]
     if not len(base_rows):
         lines.append("no association reached the FDR threshold")
-    # Per layer, so a layer with weaker signals (species next to pathways) is still shown.
-    for layer, rows in base_rows.groupby("layer", sort=False):
-        lines.append(f"top findings in {layer} ({adjustment_order[0] if adjustment_order else 'all'} adjustment, by q):")
+    # Per layer (and model), so a layer with weaker signals (species next to pathways) is still shown.
+    several_models = results["model"].nunique() > 1
+    for (layer, model), rows in base_rows.groupby(["layer", "model"], sort=False):
+        label = f"{layer}, {model}" if several_models else layer
+        lines.append(f"top findings in {label} ({adjustment_order[0] if adjustment_order else 'all'} adjustment, by q):")
         best = rows.sort_values(["q", "p"], kind="stable").head(top)
         width = max(len(str(f)) for f in best["feature"])
         for _, row in best.iterrows():

@@ -27,8 +27,9 @@ def assemble_results(
     adjustment_order: Sequence[str],
     feature_order: dict[str, Sequence[str]],
     fdr_by: Sequence[str],
+    model_order: Sequence[str] = ("lm",),
 ) -> pd.DataFrame:
-    """Sort rows into plan order (layer, exposure, adjustment, feature) and add ``q``.
+    """Sort rows into plan order (layer, exposure, adjustment, model, feature) and add ``q``.
 
     The order does not depend on how features were chunked or which worker
     finished first, so results of any two runs compare row by row.
@@ -44,10 +45,11 @@ def assemble_results(
             "layer": pd.Categorical(frame["layer"], categories=list(layer_order), ordered=True).codes,
             "exposure": pd.Categorical(frame["exposure"], categories=list(exposure_order), ordered=True).codes,
             "adjustment": pd.Categorical(frame["adjustment"], categories=list(adjustment_order), ordered=True).codes,
+            "model": pd.Categorical(frame["model"], categories=list(model_order), ordered=True).codes,
             "feature": feature_rank,
         }
     )
-    order = np.lexsort((keys["feature"], keys["adjustment"], keys["exposure"], keys["layer"]))
+    order = np.lexsort((keys["feature"], keys["model"], keys["adjustment"], keys["exposure"], keys["layer"]))
     frame = frame.iloc[order].reset_index(drop=True)
     family = frame.groupby(list(fdr_by), sort=False).ngroup().to_numpy() if len(frame) else np.zeros(0, dtype=np.int64)
     p = frame["p"].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -9,14 +9,14 @@ import pandas as pd
 
 
 def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], alpha: float) -> pd.DataFrame:
-    """One row per layer x feature x exposure, one column group per adjustment set.
+    """One row per layer x feature x exposure x model, one column group per adjustment set.
 
     Columns: ``beta_<set>``, ``q_<set>``, ``significant_<set>`` (q < alpha) for
     every set; ``change_pct_<set>`` for every set after the first (base):
     ``100 * (beta_set - beta_base) / |beta_base|``; ``survives_all``: significant
     under the base set and under every other set.
     """
-    keys = ["layer", "feature", "exposure"]
+    keys = ["layer", "feature", "exposure", "model"]
     present = [a for a in adjustment_order if a in set(results["adjustment"])]
     wide = results.pivot_table(
         index=keys, columns="adjustment", values=["beta", "q"], aggfunc="first", sort=False, dropna=False
@@ -40,16 +40,16 @@ def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], a
 
 
 def survival_readout(summary: pd.DataFrame, adjustment_order: Sequence[str]) -> pd.DataFrame:
-    """Per layer x exposure x later set: associations significant under the base set and how many stay significant."""
+    """Per layer x exposure x model x later set: associations significant under the base set and how many stay significant."""
     present = [a for a in adjustment_order if f"significant_{a}" in summary.columns]
     if len(present) < 2:
-        return pd.DataFrame(columns=["layer", "exposure", "adjustment", "significant_base", "still_significant", "percent"])
+        return pd.DataFrame(columns=["layer", "exposure", "model", "adjustment", "significant_base", "still_significant", "percent"])
     base = present[0]
     rows = []
-    for (layer, exposure), group in summary.groupby(["layer", "exposure"], sort=False):
+    for (layer, exposure, model), group in summary.groupby(["layer", "exposure", "model"], sort=False):
         significant_base = group[f"significant_{base}"].to_numpy()
         for adjustment in present[1:]:
             kept = int((significant_base & group[f"significant_{adjustment}"].to_numpy()).sum())
             total = int(significant_base.sum())
-            rows.append((layer, exposure, adjustment, total, kept, 100.0 * kept / total if total else np.nan))
-    return pd.DataFrame(rows, columns=["layer", "exposure", "adjustment", "significant_base", "still_significant", "percent"])
+            rows.append((layer, exposure, model, adjustment, total, kept, 100.0 * kept / total if total else np.nan))
+    return pd.DataFrame(rows, columns=["layer", "exposure", "model", "adjustment", "significant_base", "still_significant", "percent"])

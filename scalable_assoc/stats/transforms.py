@@ -105,3 +105,20 @@ def apply_transform(
     if transform == "ast":
         return np.arcsin(np.sqrt(np.clip(proportions, 0.0, 1.0)))
     raise ValueError(f"unknown transform {transform!r}; expected one of {', '.join(TRANSFORMS)}")
+
+
+def presence_indicator(block: np.ndarray, threshold: float) -> np.ndarray:
+    """1.0 where a raw value is above ``threshold`` (present), 0.0 where not, NaN where missing."""
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(block), np.nan, (block > threshold).astype(np.float64))
+
+
+def nonzero_values(block: np.ndarray, threshold: float) -> np.ndarray:
+    """The block with every value at or below ``threshold`` (absent) set missing.
+
+    The abundance-when-present view (MaAsLin3's non-zero linear model): a
+    participant without the feature is left out of that feature's model, so
+    no pseudocount is needed and "how much" is not mixed with "whether".
+    """
+    with np.errstate(invalid="ignore"):
+        return np.where(block > threshold, block, np.nan)

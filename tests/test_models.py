@@ -1,0 +1,105 @@
+"""Models beyond lm in a real run: lm_nonzero and cluster-robust lm against statsmodels.
+
+lm_nonzero: participants with the feature only; CLR over the features a sample
+has (no pseudocount). Cluster-robust lm: statsmodels OLS(cov_type="cluster").
+Tolerance: relative 1e-8.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.formula.api as smf
+from reference_model import read_layer
+
+from scalable_assoc.engine.run import run_study
+from scalable_assoc.simulate import SimulatedStudy
+
+PLAN = """
+name: models
+data:
+  metadata: {metadata}
+  layers:
+    species: {species}
+preprocess: {{min_prevalence: 0.1, transform: clr, pseudocount: half_min}}
+exposures:
+  AnyDep: {{cases: "AnyDep == 1", controls: "no_disorder == 1"}}
+  any_ptd: {{cases: "any_ptd == 1", controls: "any_ptd == 0"}}
+covariates: {{categorical: [sex]}}
+adjustments:
+  base: [age, sex, bmi]
+models: [lm, lm_nonzero]
+cluster: household
+min_cases: 5
+"""
+
+
+@pytest.fixture(scope="module")
+def run(small_study: SimulatedStudy, client, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str})
+    rng = np.random.default_rng(3)
+    metadata["household"] = [f"H{h:04d}" for h in rng.integers(0, 250, len(metadata))]
+    metadata.loc[rng.random(len(metadata)) < 0.02, "household"] = np.nan  # no household: a cluster of one
+    metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
+    plan = folder / "plan.yaml"
+    plan.write_text(PLAN.format(metadata=folder / "metadata.tsv", species=small_study.out_dir / "species.tsv"))
+    return run_study(plan, folder / "out", client=client, chunk_features=11), metadata.set_index("sample_id")
+
+
+def _reference(data: pd.DataFrame, feature: str, exposure: str, cluster: bool) -> dict[str, float]:
+    frame = data[[feature, "exposure_value", "age", "sex", "bmi", "household"]].rename(columns={feature: "y_feature"}).dropna(
+        subset=["y_feature", "exposure_value", "age", "sex", "bmi"]
+    )
+    groups = pd.factorize(frame["household"])[0]
+    groups[groups < 0] = groups.max() + 1 + np.arange((groups < 0).sum())
+    model = smf.ols("y_feature ~ exposure_value + age + C(sex) + bmi", data=frame)
+    fit = model.fit(cov_type="cluster", cov_kwds={"groups": groups}) if cluster else model.fit()
+    return {"beta": fit.params["exposure_value"], "se": fit.bse["exposure_value"], "p": fit.pvalues["exposure_value"], "n": int(fit.nobs)}
+
+
+def _exposure_frame(metadata: pd.DataFrame, layer: pd.DataFrame, exposure: str) -> pd.DataFrame:
+    data = metadata.join(layer, how="inner")
+    if exposure == "AnyDep":
+        data = data[(data["AnyDep"] == 1) | (data["no_disorder"] == 1)]
+    return data.assign(exposure_value=(data[exposure] == 1).astype(float))
+
+
+def test_lm_nonzero_and_cluster_robust_lm_equal_statsmodels(run, small_study: SimulatedStudy) -> None:
+    summary, metadata = run
+    results = summary.results
+    assert set(results["model"]) == {"lm", "lm_nonzero"}
+    raw = read_layer(small_study.out_dir / "species.tsv")
+    kept = raw.loc[:, (raw > 0).sum() / raw.notna().sum() >= 0.1]
+    pseudocount = kept[kept > 0].min().min() / 2
+    logged = np.log(kept + pseudocount)
+    clr = logged.sub(logged.mean(axis=1), axis=0)
+    present_log = np.log(kept.where(kept > 0))
+    clr_nonzero = present_log.sub(present_log.mean(axis=1, skipna=True), axis=0)
+    features = list(kept.columns[:: max(1, kept.shape[1] // 8)])
+    for exposure in ("AnyDep", "any_ptd"):
+        for model, layer in (("lm", clr), ("lm_nonzero", clr_nonzero)):
+            data = _exposure_frame(metadata, layer, exposure)
+            for feature in features:
+                row = results[(results["feature"] == feature) & (results["exposure"] == exposure) & (results["model"] == model)].iloc[0]
+                reference = _reference(data, feature, exposure, cluster=True)
+                if row["status"] != "ok":
+                    assert model == "lm_nonzero" and reference["n"] < 10, (feature, row["status"])
+                    continue
+                assert row["n"] == reference["n"], (model, feature)
+                for statistic in ("beta", "se", "p"):
+                    assert row[statistic] == pytest.approx(reference[statistic], rel=1e-8), (model, exposure, feature, statistic)
+    nonzero = results[results["model"] == "lm_nonzero"]
+    linear = results[results["model"] == "lm"]
+    assert (nonzero["n"].to_numpy() <= linear["n"].to_numpy()).all()
+    assert (nonzero["n"].to_numpy() < linear["n"].to_numpy()).any(), "absent participants leave the non-zero model"
+
+
+def test_fdr_families_separate_models(run) -> None:
+    results = run[0].results
+    from statsmodels.stats.multitest import multipletests
+
+    for _, family in results.groupby(["layer", "exposure", "adjustment", "model"]):
+        estimated = family[family["p"].notna()]
+        np.testing.assert_allclose(estimated["q"].to_numpy(float), multipletests(estimated["p"].to_numpy(float), method="fdr_bh")[1], rtol=1e-12)
