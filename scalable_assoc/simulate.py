@@ -4,43 +4,110 @@ The simulator writes a complete, self-describing study folder that the rest of t
 package (CLI, tests, benchmarks) can run end to end, plus the ground truth needed to
 score what the association engine finds:
 
-* ``metadata.tsv``  - one row per participant: covariates, medication, disorders.
+* ``metadata.tsv``  - one row per participant: covariates, medication, disorders and,
+  as the last column, ``family_id`` (``F00001``...; absent with ``families=False``).
 * ``species.tsv``   - a MetaPhlAn 4 style merged table (clades as rows, percent).
 * ``pathways.tsv``  - HUMAnN-like pathway relative abundances (samples as rows).
 * ``gbm.tsv``       - 56 gut-brain modules ``MGB001``..``MGB056`` (samples as rows).
-* ``truth.tsv``     - ``layer, feature, exposure, effect`` for every feature x plan exposure.
-* ``plan.yaml``     - the study plan (paths relative to the plan's folder).
+* ``truth.tsv``     - ``layer, feature, exposure, effect, presence_effect,
+  abundance_effect, family_icc`` for every feature x plan exposure.
+* ``plan.yaml``     - the study plan (paths relative to the plan's folder); always
+  :data:`PLAN_YAML` (``lm`` only, no ``cluster``).  :data:`PLAN_YAML_WITH_MODELS` /
+  :func:`plan_yaml` give the same plan with ``models:`` and ``cluster:`` appended.
 
-Generative model (per layer, features j, participants i)::
+Generative model (per layer, features j, participants i in family f(i))::
 
-    eta[i, j]  = factors[i] @ loadings[j] + sum_t term[i, t] * B[t, j]
-    logab[i,j] = mu[j] + eta[i, j] + sigma[j] * noise[i, j]          # natural log scale
-    present    ~ Bernoulli(sigmoid(logit(prev[j]) + 0.8 * log-depth[i] + 0.5 * eta[i, j]))
-    value      = present * exp(logab), then closure (species: 100 %, pathways: 1)
+    eta[i, j]   = factors[i] @ loadings[j] + sum_t term[i, t] * B[t, j] + u[f(i), j]
+    logab[i, j] = mu[j] + eta[i, j] + sigma_w[j] * noise[i, j]          # natural log
+    logit[i, j] = logit(prev[j]) + 0.8 * log-depth[i] + c[j] * eta[i, j]
+                  + sum_t term[i, t] * P[t, j] + v[f(i), j]
+    present     ~ Bernoulli(sigmoid(logit[i, j]))
+    value       = present * exp(logab), then closure (species: 100 %, pathways: 1)
 
 ``term`` holds the latent drivers: disorder indicators (``AnyDep``, ``MDD``,
 ``AnyAnx``), drugs (``ssri``, ``any_ptd``, ``ppi``, ``laxatives``, ``metformin``) and
 covariates (standardised ``bmi``, ``bristol_stool``, ``age``, centred female sex).
-Because the presence probability also moves with ``eta``, a planted depletion lowers
-both abundance and prevalence, as seen in real cohorts.
 
-What ``truth.tsv`` means.  ``effect`` is on the latent log-abundance scale (natural
-log fold change per unit exposure) and is the *direct* effect that a model adjusted
-for the confounders/mediators (BMI, stool consistency, drugs) estimates:
+Presence and abundance.  For ordinary features ``c[j] = 0.5`` and ``P[:, j] = 0``:
+presence moves with ``eta``, so a planted effect ``B`` lowers (raises) both abundance
+and prevalence, as seen in real cohorts.  On synthetic species (target prevalence
+0.35-0.75) the simulator also plants one-part disorder effects (:data:`SPLIT_EFFECTS`:
+3 on ``AnyDep``, 2 on ``MDD``, 3 on ``AnyAnx`` of each kind), all with ``c[j] = 0``:
 
-* disorder exposures (``dysthymia``, ``MDD``, ``AnyDep``, ``GAD``, ``AnyAnx``):
-  ``mean(cases) - mean(controls)`` of the disorder terms, times their coefficients.
-  Controls (``no_disorder == 1``) have no disorder terms, so this is the planted
-  effect averaged over how the case group is composed: ``AnyDep`` mixes the
-  dysthymia-only, MDD-only and both groups; comorbid anxiety among depression cases
-  (and vice versa) contributes in proportion to its frequency, because the plan does
-  not adjust for the comorbid disorder and the contrast genuinely contains it.
+* presence-only: ``P[t, j] = +-U(1.0, 1.5)`` log odds, ``B[:, j] = 0``: the exposure
+  changes how often the species is present, not how abundant it is when present;
+* abundance-only: ``B[t, j] = +-U(0.6, 1.0)`` log fold change, ``P[:, j] = 0``: the
+  exposure changes abundance when present, not prevalence.
+
+Because ``c[j] = 0`` for these, presence and log abundance are independent given the
+exposure, so the "other" part is exactly null (not merely approximately).
+
+Families (``families=True``, the default).  Participants are grouped into families of
+1..5 (:data:`FAMILY_SIZE_PROBABILITIES`: 40 % singletons, 32 % couples, 13 / 10 / 5 %
+of 3 / 4 / 5 per family; ~3,700 families at 7,656 participants), assigned at random,
+so family is independent of disorders, drugs and covariates.  Every feature gets a
+family intraclass correlation ``icc[j] ~ U(0, 0.3)`` (capped so ``sigma_w > 0``):
+``u[f, j] ~ N(0, icc[j] * (sigma[j]^2 + |loadings[j]|^2))`` and
+``sigma_w[j]^2 = sigma[j]^2 - var(u)``, so the residual variance of ``logab`` is as
+without families and ``icc[j]`` is the correlation of two relatives' residual log
+abundances.  Presence gets an independent family effect ``v[f, j]`` with latent
+(logistic) ICC ``icc[j] / 2``, i.e. variance ``h / (1 - h) * pi^2 / 3``, ``h = icc/2``.
+
+What ``truth.tsv`` means.  Every effect is the *direct* effect that a model adjusted
+for the confounders/mediators (BMI, stool consistency, drugs) estimates, as a
+contrast ``delta`` = mean(cases) - mean(controls) of the relevant terms, times their
+coefficients:
+
+* disorder exposures (``dysthymia``, ``MDD``, ``AnyDep``, ``GAD``, ``AnyAnx``): the
+  disorder terms.  Controls (``no_disorder == 1``) have no disorder terms, so this is
+  the planted effect averaged over how the case group is composed: ``AnyDep`` mixes
+  the dysthymia-only, MDD-only and both groups; comorbid anxiety among depression
+  cases (and vice versa) contributes in proportion to its frequency, because the plan
+  does not adjust for the comorbid disorder and the contrast genuinely contains it.
   Drug-driven features (e.g. ``s__Eggerthella_lenta`` with SSRIs) have truth 0 for
   every disorder: their crude disorder association is confounding by indication and
   shrinks once ``ssri``/``any_ptd`` enter the model.  Likewise BMI/stool-driven
   features are 0 for every exposure.
 * drug exposures (``ssri``, ``any_ptd``): the same contrast over the drug terms
   (``ssri`` and ``any_ptd``), e.g. SSRI users vs non-users = ``B_ssri + ~B_any_ptd``.
+
+The columns (all 0 for a null, written to 6 significant digits):
+
+* ``abundance_effect = delta @ B``: natural-log fold change of the latent abundance
+  (per unit exposure) of a participant in whom the feature is present.
+* ``presence_effect = delta @ (c * B + P)``: change in the log odds of presence,
+  conditional on the latent factors, read depth and family effects.  For ordinary
+  features it is ``0.5 * abundance_effect``; for presence-only features the planted
+  ``P``; 0 for abundance-only features.
+* ``effect``: unchanged meaning for every ordinary feature, the latent log fold change
+  (``= abundance_effect``).  It is ``abundance_effect`` whenever that is non-zero and
+  ``presence_effect`` otherwise, so ``effect != 0`` exactly when the exposure changes
+  the feature's distribution in any way, with the sign of that change.  For
+  presence-only rows it is therefore on the log-odds scale.
+* ``family_icc``: the feature's ``icc[j]`` (0 without families), repeated per exposure.
+
+Kinds: ordinary (both non-zero), presence-only (``abundance_effect == 0 !=
+presence_effect``), abundance-only (``presence_effect == 0 != abundance_effect``).
+
+How to score each model against it (planted = the named column is non-zero):
+
+* ``lm`` (all participants, zeros as pseudocounts): ``effect``; a presence-only effect
+  moves the mean of a zero-inflated transform too, in the sign of ``effect``.
+* ``lm_nonzero`` (participants with the feature present): ``abundance_effect``.  For
+  abundance-only and presence-only features this is exact (presence is independent of
+  the abundance given the exposure); for ordinary features the present subset is
+  selected on ``eta``, so estimates are slightly attenuated.
+* ``prevalence`` (logistic regression of presence): ``presence_effect``.  It is a
+  conditional log odds ratio; a model that cannot adjust for the latent factors and
+  family effects estimates a slightly attenuated (non-collapsible) value, with the
+  same sign and the same nulls.
+* ``lmm`` / cluster-robust errors (``cluster: family_id``): same estimand as the model
+  they wrap; ``family_icc`` says which features are clustered (the disorders are not
+  clustered within families, so naive and cluster-robust SEs of a disorder slope agree
+  in expectation, while a random intercept gains efficiency on high-ICC features).
+
+Compositional closure (species, pathways) shifts every feature's observed log
+abundance by the same per-sample amount, which is not part of the truth.
 
 Species truth rows exist for species-level clades only (``s__...``, named as the last
 clade component); genus and higher rows in ``species.tsv`` are their sums.
@@ -52,6 +119,7 @@ from a single ``np.random.default_rng(seed)`` so a seed reproduces files byte fo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +140,10 @@ __all__ = [
     "DRUG_CONFOUNDED_FEATURES",
     "COVARIATE_CONFOUNDED_FEATURES",
     "PLAN_YAML",
+    "PLAN_YAML_WITH_MODELS",
+    "plan_yaml",
+    "FAMILY_SIZE_PROBABILITIES",
+    "SPLIT_EFFECTS",
 ]
 
 # --------------------------------------------------------------------------------------
@@ -150,6 +222,24 @@ adjustments:
 fdr: {method: bh, by: [layer, exposure, adjustment], alpha: 0.05}
 """
 """Exact text of ``plan.yaml``."""
+
+
+def plan_yaml(models: Sequence[str] | None = None, cluster: str | None = None) -> str:
+    """:data:`PLAN_YAML` with ``models: [...]`` and/or ``cluster: <column>`` lines appended.
+
+    ``simulate_study`` always writes plain :data:`PLAN_YAML`; tests of the opt-in
+    models write this text over it (e.g. ``plan_yaml(["lm", "lmm"], "family_id")``).
+    """
+    text = PLAN_YAML
+    if models:
+        text += f"models: [{', '.join(models)}]\n"
+    if cluster:
+        text += f"cluster: {cluster}\n"
+    return text
+
+
+PLAN_YAML_WITH_MODELS = plan_yaml(["lm", "lm_nonzero", "prevalence"], "family_id")
+"""The plan with ``models: [lm, lm_nonzero, prevalence]`` and ``cluster: family_id``."""
 
 # --------------------------------------------------------------------------------------
 # Taxonomy.  MetaPhlAn 4 (mpa_vJan21) style lineages down to family.
@@ -468,6 +558,30 @@ _RANDOM_EFFECT_FRACTIONS: dict[str, float] = {
 }
 _N_FACTORS = 3  # latent community axes (enterotype-like), shared by all layers
 
+# Presence: logit(p) = logit(prev) + _DEPTH_COUPLING * log-depth + coupling * eta + ...
+# Ordinary features have coupling _PRESENCE_COUPLING (an abundance effect also moves
+# presence); features with a one-part ("split") effect have coupling 0.
+_DEPTH_COUPLING = 0.8
+_PRESENCE_COUPLING = 0.5
+
+# Split species effects: disorder term -> number of synthetic species given a
+# presence-only effect, and as many given an abundance-only effect.  Drawn from species
+# with target prevalence in _SPLIT_PREVALENCE, where both parts are well measured.
+SPLIT_EFFECTS: dict[str, int] = {"AnyDep": 3, "MDD": 2, "AnyAnx": 3}
+"""Disorder term -> species with a presence-only effect (and as many abundance-only).
+
+Fewer when a small catalogue has too few synthetic species with prevalence 0.35-0.75."""
+_SPLIT_PREVALENCE = (0.35, 0.75)
+_PRESENCE_ONLY_MAGNITUDE = (1.0, 1.5)     # log odds of presence per unit term
+_ABUNDANCE_ONLY_MAGNITUDE = (0.6, 1.0)    # log fold change of abundance when present
+
+FAMILY_SIZE_PROBABILITIES: dict[int, float] = {1: 0.40, 2: 0.32, 3: 0.13, 4: 0.10, 5: 0.05}
+"""Family size -> probability per family (mean 2.08: ~3,700 families at 7,656).
+
+The last family drawn is cut to fit the cohort, so it may be smaller."""
+
+_MAX_FAMILY_ICC = 0.3
+
 
 @dataclass(frozen=True)
 class SimulatedStudy:
@@ -482,6 +596,8 @@ class SimulatedStudy:
         n_features: layer -> number of features (species: species-level clades only;
             the merged table additionally holds their genus..kingdom sums).
         n_planted: number of rows of ``truth.tsv`` with a non-zero effect.
+        n_families: distinct ``family_id`` values in ``metadata.tsv`` (0 when the
+            study was simulated with ``families=False`` and has no such column).
     """
 
     out_dir: Path
@@ -491,6 +607,7 @@ class SimulatedStudy:
     case_counts: dict[str, int]
     n_features: dict[str, int]
     n_planted: int
+    n_families: int = 0
 
 
 # ======================================================================================
@@ -503,6 +620,7 @@ def simulate_study(
     n_species: int = 400,
     n_pathways: int = 650,
     missing_abundance_fraction: float = 0.0005,
+    families: bool = True,
 ) -> SimulatedStudy:
     """Simulate a microbiome x internalizing-disorder cohort and write it to ``out_dir``.
 
@@ -515,6 +633,10 @@ def simulate_study(
         n_species: species-level clades in ``species.tsv`` (>= number of named species).
         n_pathways: pathway columns in ``pathways.tsv`` (>= 1).
         missing_abundance_fraction: fraction of pathway/GBM cells left empty (missing).
+        families: group participants into families of 1..5 (``family_id`` column of
+            ``metadata.tsv``) that share a random effect on every feature's log
+            abundance and presence.  ``False`` writes no ``family_id`` column and
+            plants no family effects (``family_icc`` is 0 in ``truth.tsv``).
 
     Returns:
         A :class:`SimulatedStudy` summary.
@@ -549,6 +671,8 @@ def simulate_study(
     terms = _term_matrix(cohort)                        # (n, n_terms)
     factors = rng.standard_normal((n, _N_FACTORS))       # latent community axes
     log_depth = np.log(cohort["read_depth"]) - math.log(11.0)
+    family = _simulate_families(rng, n) if families else None
+    n_terms = len(_TERMS)
 
     # ---- species --------------------------------------------------------------------
     sp = _species_catalogue(n_species)
@@ -563,15 +687,22 @@ def simulate_study(
     mu[n_named:] = -1.5 + 2.5 * prev[n_named:] + rng.normal(0.0, 0.8, n_syn)
     sigma = rng.uniform(0.8, 1.2, n_species)
     loadings = rng.normal(0.0, 0.35, (n_species, _N_FACTORS))
-    B_sp = np.zeros((len(_TERMS), n_species))
+    B_sp = np.zeros((n_terms, n_species))
+    P_sp = np.zeros((n_terms, n_species))                # presence-only effects (log odds)
+    coupling_sp = np.full(n_species, _PRESENCE_COUPLING)
     name_to_idx = {s: j for j, s in enumerate(sp["species"])}
     for species, term, coef in _NAMED_SPECIES_EFFECTS:
         B_sp[_T[term], name_to_idx[species]] = coef
+    # Disorder effects on one part only (presence or abundance), on synthetic species.
+    _plant_split(rng, B_sp, P_sp, coupling_sp, eligible=np.arange(n_named, n_species),
+                 prevalence=prev)
     # Named species keep only their documented effects; random ones go elsewhere.
     _plant_random(rng, B_sp, eligible=np.arange(n_named, n_species), prevalence=prev,
-                  magnitude=(0.4, 1.2))
+                  magnitude=(0.4, 1.2), presence_effects=P_sp)
+    icc_sp = _family_icc(rng, sigma, loadings, family)
     species_ab = _simulate_abundance(rng, mu, sigma, prev, loadings, B_sp, terms, factors,
-                                     log_depth)
+                                     log_depth, family=family, icc=icc_sp,
+                                     presence_effects=P_sp, coupling=coupling_sp)
     species_pct = _close(species_ab, 100.0)
 
     # ---- pathways -------------------------------------------------------------------
@@ -584,11 +715,13 @@ def simulate_study(
     mu_p = rng.normal(0.0, 1.2, n_pathways)
     sigma_p = rng.uniform(0.5, 0.9, n_pathways)
     loadings_p = rng.normal(0.0, 0.25, (n_pathways, _N_FACTORS))
-    B_p = np.zeros((len(_TERMS), n_pathways))
+    B_p = np.zeros((n_terms, n_pathways))
     _plant_random(rng, B_p, eligible=np.arange(n_pathways), prevalence=prev_p,
                   magnitude=(0.3, 0.8))
+    icc_p = _family_icc(rng, sigma_p, loadings_p, family)
     pathways = _close(_simulate_abundance(rng, mu_p, sigma_p, prev_p, loadings_p, B_p,
-                                          terms, factors, log_depth), 1.0)
+                                          terms, factors, log_depth, family=family,
+                                          icc=icc_p), 1.0)
     _punch_missing(rng, pathways, missing_abundance_fraction)
 
     # ---- gut-brain modules (not compositional: CPM-like module abundances) ----------
@@ -599,15 +732,16 @@ def simulate_study(
     mu_g = rng.normal(5.0, 1.0, n_gbm)                   # log CPM ~ 150 on average
     sigma_g = rng.uniform(0.35, 0.6, n_gbm)
     loadings_g = rng.normal(0.0, 0.2, (n_gbm, _N_FACTORS))
-    B_g = np.zeros((len(_TERMS), n_gbm))
+    B_g = np.zeros((n_terms, n_gbm))
     for mgb, term, coef in _NAMED_GBM_EFFECTS:
         B_g[_T[term], gbm_names.index(mgb)] = coef
+    icc_g = _family_icc(rng, sigma_g, loadings_g, family)
     gbm = _simulate_abundance(rng, mu_g, sigma_g, prev_g, loadings_g, B_g, terms, factors,
-                              log_depth)
+                              log_depth, family=family, icc=icc_g)
     _punch_missing(rng, gbm, missing_abundance_fraction)
 
     # ---- metadata (covariate missingness only now: the model used the true values) --
-    meta = _metadata_frame(rng, cohort, sample_ids)
+    meta = _metadata_frame(rng, cohort, sample_ids, family)
 
     # ---- write ----------------------------------------------------------------------
     meta.to_csv(out / "metadata.tsv", sep="\t", index=False, float_format="%.6g",
@@ -616,10 +750,12 @@ def simulate_study(
     _write_wide(out / "pathways.tsv", pwy_names, pathways, sample_ids)
     _write_wide(out / "gbm.tsv", gbm_names, gbm, sample_ids)
 
+    # Effective presence coefficients: coupling * abundance effect + presence-only ones.
     layers = {
-        "species": (["s__" + s for s in sp["species"]], B_sp),
-        "pathways": (pwy_names, B_p),
-        "gbm": (gbm_names, B_g),
+        "species": _TruthLayer(["s__" + s for s in sp["species"]], B_sp,
+                               coupling_sp * B_sp + P_sp, icc_sp),
+        "pathways": _TruthLayer(pwy_names, B_p, _PRESENCE_COUPLING * B_p, icc_p),
+        "gbm": _TruthLayer(gbm_names, B_g, _PRESENCE_COUPLING * B_g, icc_g),
     }
     truth = _truth_frame(cohort, terms, layers)
     truth.to_csv(out / "truth.tsv", sep="\t", index=False, float_format="%.6g",
@@ -635,6 +771,7 @@ def simulate_study(
         case_counts={d: int(cohort[d].sum()) for d in DISORDERS},
         n_features={"species": n_species, "pathways": n_pathways, "gbm": n_gbm},
         n_planted=int((truth["effect"] != 0).sum()),
+        n_families=int(family.max()) + 1 if family is not None else 0,
     )
 
 
@@ -742,6 +879,31 @@ def _simulate_cohort(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     return d
 
 
+def _simulate_families(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Family of each participant, shape ``(n,)``: codes ``0..n_families - 1``.
+
+    Family sizes are drawn from :data:`FAMILY_SIZE_PROBABILITIES` until they cover
+    ``n`` participants (the last family is cut to fit), laid out on slots and then
+    scattered over participants with one random permutation, so membership is
+    independent of disorders, drugs and covariates.  Codes are numbered in order of
+    first appearance (participant 1 is in family 0).
+    """
+    sizes_p = np.array(list(FAMILY_SIZE_PROBABILITIES.values()))
+    sizes_v = np.array(list(FAMILY_SIZE_PROBABILITIES), dtype=np.int64)
+    mean = float(sizes_p @ sizes_v)
+    sizes = np.empty(0, dtype=np.int64)
+    while sizes.sum() < n:                               # one draw unless n is tiny
+        more = int(n / mean * 1.2) + 20
+        sizes = np.concatenate([sizes, sizes_v[rng.choice(sizes_v.size, more, p=sizes_p)]])
+    ends = np.cumsum(sizes)
+    m = int(np.searchsorted(ends, n)) + 1                # families needed to reach n
+    sizes = sizes[:m].copy()
+    sizes[-1] -= int(ends[m - 1]) - n                    # cut the last family to fit
+    slot_family = np.repeat(np.arange(m), sizes)
+    codes, _ = pd.factorize(slot_family[rng.permutation(n)])
+    return codes.astype(np.int64)
+
+
 def _term_matrix(c: dict[str, np.ndarray]) -> np.ndarray:
     """Latent drivers, shape ``(n, len(_TERMS))``: 0/1 indicators, standardised covariates."""
     cols = {
@@ -757,8 +919,12 @@ def _term_matrix(c: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _metadata_frame(rng: np.random.Generator, c: dict[str, np.ndarray],
-                    sample_ids: list[str]) -> pd.DataFrame:
-    """``metadata.tsv`` content with ~2 % of bmi and ~3 % of bristol_stool missing."""
+                    sample_ids: list[str], family: np.ndarray | None = None) -> pd.DataFrame:
+    """``metadata.tsv`` content with ~2 % of bmi and ~3 % of bristol_stool missing.
+
+    With ``family`` (codes per participant) a last column ``family_id`` (``F00001``...)
+    is added; it is never missing.
+    """
     n = len(sample_ids)
     bmi = c["bmi"].astype(np.float64).copy()
     bmi[rng.random(n) < 0.02] = np.nan
@@ -776,6 +942,8 @@ def _metadata_frame(rng: np.random.Generator, c: dict[str, np.ndarray],
               *DISORDERS, "no_disorder"):
         cols[k] = c[k]
     cols["neuroticism"] = c["neuroticism"]
+    if family is not None:
+        cols["family_id"] = [f"F{k + 1:05d}" for k in family.tolist()]
     return pd.DataFrame(cols)
 
 
@@ -783,11 +951,13 @@ def _metadata_frame(rng: np.random.Generator, c: dict[str, np.ndarray],
 # Abundance model
 # ======================================================================================
 def _plant_random(rng: np.random.Generator, B: np.ndarray, eligible: np.ndarray,
-                  prevalence: np.ndarray, magnitude: tuple[float, float]) -> None:
+                  prevalence: np.ndarray, magnitude: tuple[float, float],
+                  presence_effects: np.ndarray | None = None) -> None:
     """Give random features effects for every term in ``_RANDOM_EFFECT_FRACTIONS``.
 
     ``B`` (terms x features) is modified in place.  Each feature gets at most one
-    random term; disorder/drug terms draw from features with prevalence >= 0.25.
+    random term, and none that already has an effect in ``B`` or ``presence_effects``;
+    disorder/drug terms draw from features with prevalence >= 0.25.
     Disorder/drug magnitudes are ``U(magnitude)`` with random sign; covariate effects
     (per SD) are 0.4x that.
     """
@@ -795,6 +965,8 @@ def _plant_random(rng: np.random.Generator, B: np.ndarray, eligible: np.ndarray,
     common = eligible[prevalence[eligible] >= 0.25]
     taken = np.zeros(B.shape[1], dtype=bool)
     taken[np.flatnonzero(np.any(B != 0, axis=0))] = True
+    if presence_effects is not None:
+        taken |= np.any(presence_effects != 0, axis=0)
     pool_common = rng.permutation(common)
     pool_all = rng.permutation(eligible)
     lo, hi = magnitude
@@ -812,20 +984,90 @@ def _plant_random(rng: np.random.Generator, B: np.ndarray, eligible: np.ndarray,
         B[_T[term], pick] = sign * size
 
 
+def _plant_split(rng: np.random.Generator, B: np.ndarray, P: np.ndarray,
+                 coupling: np.ndarray, eligible: np.ndarray, prevalence: np.ndarray) -> None:
+    """Plant one-part disorder effects (``SPLIT_EFFECTS``) in place.
+
+    Presence-only features get ``P[term, j] = +-U(_PRESENCE_ONLY_MAGNITUDE)`` (log odds);
+    abundance-only ones ``B[term, j] = +-U(_ABUNDANCE_ONLY_MAGNITUDE)`` (log fold change).
+    Both get ``coupling[j] = 0`` so that the other part does not move with the term.
+    Features come from ``eligible`` with prevalence in ``_SPLIT_PREVALENCE``, handed
+    out round-robin over (term, kind) so that small catalogues still get some of each.
+    """
+    lo, hi = _SPLIT_PREVALENCE
+    eligible = np.asarray(eligible)
+    pool = rng.permutation(eligible[(prevalence[eligible] >= lo) & (prevalence[eligible] <= hi)])
+    rows: list[int] = []
+    presence: list[bool] = []
+    for r in range(max(SPLIT_EFFECTS.values())):
+        for term, count in SPLIT_EFFECTS.items():
+            for is_presence in (True, False):
+                if r < count and len(rows) < pool.size:
+                    rows.append(_T[term])
+                    presence.append(is_presence)
+    k = len(rows)
+    pick = pool[:k]
+    is_p = np.array(presence, dtype=bool)
+    size = np.where(is_p, rng.uniform(*_PRESENCE_ONLY_MAGNITUDE, k),
+                    rng.uniform(*_ABUNDANCE_ONLY_MAGNITUDE, k))
+    signed = np.where(rng.random(k) < 0.5, -1.0, 1.0) * size
+    term_rows = np.array(rows, dtype=np.int64)
+    P[term_rows[is_p], pick[is_p]] = signed[is_p]
+    B[term_rows[~is_p], pick[~is_p]] = signed[~is_p]
+    coupling[pick] = 0.0
+
+
+def _family_icc(rng: np.random.Generator, sigma: np.ndarray, loadings: np.ndarray,
+                family: np.ndarray | None) -> np.ndarray:
+    """Per-feature intraclass correlation of the residual log abundance within families.
+
+    ``U(0, _MAX_FAMILY_ICC)``, capped at 0.8 x ``sigma^2 / (sigma^2 + |loadings|^2)`` so
+    that the within-family noise keeps a positive variance; zeros without families.
+    """
+    if family is None:
+        return np.zeros(sigma.size)
+    icc = rng.uniform(0.0, _MAX_FAMILY_ICC, sigma.size)
+    s2 = sigma**2
+    return np.minimum(icc, 0.8 * s2 / (s2 + (loadings**2).sum(axis=1)))
+
+
 def _simulate_abundance(rng: np.random.Generator, mu: np.ndarray, sigma: np.ndarray,
                         prev: np.ndarray, loadings: np.ndarray, B: np.ndarray,
-                        terms: np.ndarray, factors: np.ndarray,
-                        log_depth: np.ndarray) -> np.ndarray:
+                        terms: np.ndarray, factors: np.ndarray, log_depth: np.ndarray,
+                        family: np.ndarray | None = None, icc: np.ndarray | None = None,
+                        presence_effects: np.ndarray | None = None,
+                        coupling: np.ndarray | float = _PRESENCE_COUPLING) -> np.ndarray:
     """Zero-inflated log-normal abundances, shape ``(n, F)``, unnormalised (>= 0).
 
     ``mu, sigma, prev`` are per feature (F,), ``loadings`` (F, K), ``B`` (terms, F),
     ``terms`` (n, terms), ``factors`` (n, K), ``log_depth`` (n,) centred log reads.
+    ``family`` (n,) holds family codes and ``icc`` (F,) the share of the residual
+    variance ``sigma^2 + |loadings|^2`` that is shared within a family: the family
+    effect ``u`` has variance ``icc * (sigma^2 + |loadings|^2)`` and the individual
+    noise what is left of ``sigma^2``, so the total variance does not depend on ``icc``.
+    Presence gets an independent family effect ``v`` with latent-scale ICC ``icc / 2``.
+    ``presence_effects`` (terms, F) are extra log-odds effects on presence only;
+    ``coupling`` (scalar or F,) is how strongly presence follows ``eta``.
     """
     eta = factors @ loadings.T + terms @ B                       # systematic part (n, F)
-    logab = mu + eta + sigma * rng.standard_normal(eta.shape)
+    noise_sd = sigma
+    v = None
+    if family is not None and icc is not None:
+        n_families = int(family.max()) + 1
+        tau2 = icc * (sigma**2 + (loadings**2).sum(axis=1))
+        noise_sd = np.sqrt(sigma**2 - tau2)
+        u = rng.standard_normal((n_families, sigma.size)) * np.sqrt(tau2)
+        half = icc / 2.0
+        v = rng.standard_normal((n_families, sigma.size)) * np.sqrt(half / (1.0 - half) * math.pi**2 / 3.0)
+        eta = eta + u[family]
+    logab = mu + eta + noise_sd * rng.standard_normal(eta.shape)
     # Detection: deeper sequencing and higher systematic abundance make a taxon more
-    # likely to be observed, so planted depletions also lower prevalence.
-    logit = np.log(prev / (1.0 - prev)) + 0.8 * log_depth[:, None] + 0.5 * eta
+    # likely to be observed, so planted depletions also lower prevalence (coupling).
+    logit = np.log(prev / (1.0 - prev)) + _DEPTH_COUPLING * log_depth[:, None] + coupling * eta
+    if presence_effects is not None:
+        logit += terms @ presence_effects
+    if v is not None:
+        logit += v[family]
     present = rng.random(eta.shape) * (1.0 + np.exp(-logit)) < 1.0
     # Every sample must observe something: fall back to its most abundant feature.
     empty = ~present.any(axis=1)
@@ -938,12 +1180,30 @@ def _write_species(path: Path, sp: dict[str, list[str]], pct: np.ndarray,
         fh.write(_format_rows(values, order))
 
 
+@dataclass(frozen=True)
+class _TruthLayer:
+    """What ``truth.tsv`` needs of one layer: names, effect matrices, family ICCs."""
+
+    features: list[str]
+    abundance: np.ndarray    # (terms, F) effects on the latent log abundance
+    presence: np.ndarray     # (terms, F) effects on the log odds of presence
+    icc: np.ndarray          # (F,) family intraclass correlation of log abundance
+
+
+def _round6(x: np.ndarray) -> np.ndarray:
+    """Round to the 6 significant digits written (so the file is the truth, 0 stays 0)."""
+    return np.array([float(f"{v:.6g}") for v in x.tolist()], dtype=np.float64) + 0.0
+
+
 def _truth_frame(c: dict[str, np.ndarray], terms: np.ndarray,
-                 layers: dict[str, tuple[list[str], np.ndarray]]) -> pd.DataFrame:
+                 layers: dict[str, _TruthLayer]) -> pd.DataFrame:
     """``truth.tsv``: one row per (layer, feature, plan exposure).
 
-    effect = (mean term values over cases - over controls) @ B, restricted to the
-    disorder terms for disorder exposures and to the drug terms for drug exposures.
+    With ``delta`` = mean term values over cases - over controls, restricted to the
+    disorder terms for disorder exposures and to the drug terms for drug exposures:
+    ``abundance_effect = delta @ abundance``, ``presence_effect = delta @ presence``,
+    and ``effect`` is ``abundance_effect`` where that is non-zero, else
+    ``presence_effect``.  ``family_icc`` repeats the feature's ICC on every row.
     """
     frames = []
     for exposure, (case_col, case_val, ctrl_col, ctrl_val) in PLAN_EXPOSURES.items():
@@ -952,10 +1212,13 @@ def _truth_frame(c: dict[str, np.ndarray], terms: np.ndarray,
         group = _DISORDER_TERMS if exposure in _DISORDER_EXPOSURES else _DRUG_TERMS
         idx = [_T[t] for t in group]
         delta = terms[cases][:, idx].mean(axis=0) - terms[controls][:, idx].mean(axis=0)
-        for layer, (features, B) in layers.items():
-            effect = delta @ B[idx]
-            # Round so that the written file is the truth (and exact zeros stay zero).
-            effect = np.array([float(f"{v:.6g}") for v in effect]) + 0.0
-            frames.append(pd.DataFrame({"layer": layer, "feature": features,
-                                        "exposure": exposure, "effect": effect}))
+        for layer, tl in layers.items():
+            abundance = _round6(delta @ tl.abundance[idx])
+            presence = _round6(delta @ tl.presence[idx])
+            frames.append(pd.DataFrame({
+                "layer": layer, "feature": tl.features, "exposure": exposure,
+                "effect": np.where(abundance != 0, abundance, presence),
+                "presence_effect": presence, "abundance_effect": abundance,
+                "family_icc": _round6(tl.icc),
+            }))
     return pd.concat(frames, ignore_index=True)

@@ -26,8 +26,10 @@ FILES = ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv", "truth.tsv", 
 META_COLUMNS = [
     "sample_id", "age", "sex", "bmi", "bristol_stool", "read_depth", "ppi", "laxatives",
     "metformin", "ibs", "fgid", "ssri", "any_ptd", "dysthymia", "MDD", "AnyDep", "GAD",
-    "social_phobia", "panic", "AnyAnx", "no_disorder", "neuroticism",
+    "social_phobia", "panic", "AnyAnx", "no_disorder", "neuroticism", "family_id",
 ]
+TRUTH_COLUMNS = ["layer", "feature", "exposure", "effect", "presence_effect", "abundance_effect",
+                 "family_icc"]
 BINARY = ["ppi", "laxatives", "metformin", "ibs", "fgid", "ssri", "any_ptd",
           *DISORDERS, "no_disorder"]
 
@@ -63,8 +65,9 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
-    # Default cohort size; few features to keep the test fast.
-    return simulate_study(tmp_path_factory.mktemp("full"), seed=0, n_species=60, n_pathways=20)
+    # Default cohort size; few features to keep the test fast, but enough synthetic
+    # species (102) for every presence-only / abundance-only effect of SPLIT_EFFECTS.
+    return simulate_study(tmp_path_factory.mktemp("full"), seed=0, n_species=150, n_pathways=20)
 
 
 # ---------------------------------------------------------------------------- files
@@ -216,7 +219,7 @@ def test_missing_fraction_is_respected(tmp_path: Path) -> None:
 def test_truth_table(small: SimulatedStudy) -> None:
     d = small.out_dir
     truth = pd.read_csv(d / "truth.tsv", sep="\t")
-    assert list(truth.columns) == ["layer", "feature", "exposure", "effect"]
+    assert list(truth.columns) == TRUTH_COLUMNS
     assert not truth.duplicated(["layer", "feature", "exposure"]).any()
     features = {
         "species": set(species_level(read_species(d)).index),
