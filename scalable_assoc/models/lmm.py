@@ -33,9 +33,12 @@ The profile REML criterion, with ``sigma_e^2`` profiled out and ``p`` design col
     -2 l_R(lambda) = (N_j - p) log r + log|H| + log|A| + const
 
 is minimised over ``lambda`` for every (exposure, feature) together: a grid over
-``log10(lambda)`` in ``[-8, 8]`` (step 0.25) locates the basin, golden-section
-search refines it (all features updated at each step), and ``lambda = 0`` is
-taken when it is at least as good (the boundary fit, which is the OLS fit).
+``log10(lambda)`` in ``[-8, 8]`` (step 0.25) locates the basin, bisection on
+the sign of the analytic derivative refines it (all features updated at each
+step; a root of the derivative is located to rounding, while comparing values
+of a function flat at its minimum only reaches the square root of rounding), and
+``lambda = 0`` is taken when it is at least as good (the boundary fit, which is
+the OLS fit).
 Then ``gamma = A^-1 b``, ``sigma_e^2 = r / (N_j - p)`` with ``r`` recomputed
 from explicit residuals (the identity above loses digits when the model explains
 most of ``y'y``), ``sigma_u^2 = lambda sigma_e^2``, and
@@ -68,9 +71,8 @@ from scalable_assoc.models.ols import PreparedBlock, fit_exposure_slopes, prepar
 #: no within-cluster residual variation, reported as not converged.
 _LOG10_LAMBDA_RANGE = (-8.0, 8.0)
 _GRID_STEP = 0.25
-#: Golden-section steps inside a bracket of two grid steps: 0.618^60 * 0.5 ~ 1e-13 in log10(lambda).
-_GOLDEN_STEPS = 60
-_GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
+#: Bisection steps inside a bracket of two grid steps: 0.5 * 2^-50 ~ 1e-15 in log10(lambda).
+_BISECTION_STEPS = 50
 #: A REML deviance this much larger than lambda = 0's is a tie, resolved towards the boundary.
 _BOUNDARY_TIE = 1e-9
 #: Largest number of (pair x basis-product) floats materialised at once while aggregating missing cells.
@@ -415,14 +417,42 @@ class _Criterion:
             value = self.df * np.log(residual) + log_det_h + log_det_gram
         return np.where((sign > 0) & (residual > 0) & np.isfinite(value), value, np.inf)
 
+    def slope(self, ratio: np.ndarray) -> np.ndarray:
+        """``(f,)`` derivative of :meth:`deviance` with respect to ``lambda``; NaN where undefined.
+
+        With ``w' = dw/dlambda = 1 / (1 + lambda n_c)^2``: ``A' = -sum w' S S'``,
+        ``b' = -sum w' S T``, ``(y'H^-1y)' = -sum w' T^2``, and with ``x = A^-1 b``
+        ``r' = (y'H^-1y)' - 2 b''x + x'A'x``, ``(log|A|)' = tr(A^-1 A')``,
+        ``(log|H|)' = sum n_c / (1 + lambda n_c)``.
+        """
+        denominator = 1.0 + ratio[:, None] * self.levels  # (f, L)
+        weight, weight_slope = ratio[:, None] / denominator, denominator**-2.0
+        gram, right = self.system(ratio)
+        gram_slope = -np.einsum("fl,flab->fab", weight_slope, self.outer)
+        right_slope = -np.einsum("fl,fla->fa", weight_slope, self.cross)
+        quadratic = self.sum_squares - np.einsum("fl,fl->f", weight, self.squares)
+        quadratic_slope = -np.einsum("fl,fl->f", weight_slope, self.squares)
+        sign, _ = np.linalg.slogdet(gram)
+        inverse = np.linalg.inv(np.where((sign > 0)[:, None, None], gram, np.eye(gram.shape[1])))
+        solved = np.einsum("fab,fb->fa", inverse, right)
+        residual = quadratic - np.einsum("fa,fa->f", right, solved)
+        residual_slope = (
+            quadratic_slope - 2.0 * np.einsum("fa,fa->f", right_slope, solved) + np.einsum("fa,fab,fb->f", solved, gram_slope, solved)
+        )
+        log_det_gram_slope = np.einsum("fab,fba->f", inverse, gram_slope)
+        log_det_h_slope = np.einsum("fl,fl->f", self.counts, self.levels / denominator)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = self.df * residual_slope / residual + log_det_h_slope + log_det_gram_slope
+        return np.where((sign > 0) & (residual > 0), value, np.nan)
+
 
 def _minimise(criterion: _Criterion, singletons: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """REML ``lambda`` per feature (``(f,)``) and whether it converged (``(f,)`` bool).
 
-    Grid over log10(lambda), golden-section refinement inside the best grid
-    point's neighbours, then the boundary ``lambda = 0`` where it is as good.
-    ``singletons`` marks features whose clusters all have at most one member:
-    their criterion does not depend on lambda, which is set to 0 (the OLS fit).
+    Grid over log10(lambda), bisection on the derivative's sign between the
+    best grid point's neighbours, then the boundary ``lambda = 0`` where it is
+    as good. ``singletons`` marks features whose clusters all have at most one
+    member: their criterion does not depend on lambda, which is set to 0 (the OLS fit).
     """
     n_features = singletons.size
     low, high = _LOG10_LAMBDA_RANGE
@@ -431,26 +461,20 @@ def _minimise(criterion: _Criterion, singletons: np.ndarray) -> tuple[np.ndarray
     best = np.argmin(values, axis=0)
     left = grid[np.maximum(best - 1, 0)]
     right = grid[np.minimum(best + 1, grid.size - 1)]
-    # Golden-section search on log10(lambda), every feature's bracket shrinking together.
-    inner_left = right - _GOLDEN * (right - left)
-    inner_right = left + _GOLDEN * (right - left)
-    value_left = criterion.deviance(10.0**inner_left)
-    value_right = criterion.deviance(10.0**inner_right)
-    for _ in range(_GOLDEN_STEPS):
-        # Keep [left, inner_right] where the left probe is lower, else [inner_left, right];
-        # the surviving inner point is reused, so each step costs one evaluation.
-        keep_left = value_left <= value_right
-        left, right = np.where(keep_left, left, inner_left), np.where(keep_left, inner_right, right)
-        survivor = np.where(keep_left, inner_left, inner_right)
-        survivor_value = np.where(keep_left, value_left, value_right)
-        probe = np.where(keep_left, right - _GOLDEN * (right - left), left + _GOLDEN * (right - left))
-        probe_value = criterion.deviance(10.0**probe)
-        inner_left, inner_right = np.where(keep_left, probe, survivor), np.where(keep_left, survivor, probe)
-        value_left, value_right = np.where(keep_left, probe_value, survivor_value), np.where(keep_left, survivor_value, probe_value)
-    position = np.where(value_left <= value_right, inner_left, inner_right)
+    # The best grid point is below both neighbours, so the deviance has a minimum
+    # between them: bisect towards where its derivative turns positive.
+    for _ in range(_BISECTION_STEPS):
+        middle = (left + right) / 2.0
+        rising = criterion.slope(10.0**middle) > 0
+        left, right = np.where(rising, left, middle), np.where(rising, middle, right)
+    position = (left + right) / 2.0
+    value = criterion.deviance(10.0**position)
+    # A NaN derivative (undefined criterion) stops nothing above; fall back to the grid's best.
+    fallback = ~(value <= values[best, np.arange(n_features)])
+    position = np.where(fallback, grid[best], position)
+    value = np.where(fallback, values[best, np.arange(n_features)], value)
     ratio = 10.0**position
-    value = np.minimum(value_left, value_right)
     at_boundary = criterion.deviance(np.zeros(n_features)) <= value + _BOUNDARY_TIE
     ratio = np.where(at_boundary | singletons, 0.0, ratio)
-    converged = (at_boundary | singletons | (np.isfinite(value) & (best < grid.size - 1))) & ~np.isnan(ratio)
+    converged = at_boundary | singletons | (np.isfinite(value) & (best < grid.size - 1))
     return ratio, converged
