@@ -13,6 +13,7 @@ from scalable_assoc.errors import UserInputError
 from scalable_assoc.simulate import (
     DISORDERS,
     DRUG_CONFOUNDED_FEATURES,
+    FAMILY_SIZE_PROBABILITIES,
     GBM_HEADLINE_MODULES,
     HEADLINE_FEATURES,
     HEADLINE_SIGNS,
@@ -55,6 +56,25 @@ def species_level(tab: pd.DataFrame) -> pd.DataFrame:
 
 def read_wide(d: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(d / name, sep="\t", index_col=0)
+
+
+def read_truth(d: Path) -> pd.DataFrame:
+    return pd.read_csv(d / "truth.tsv", sep="\t")
+
+
+def family_pairs(family_id: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions (i, k), i != k, of every ordered pair of relatives."""
+    codes = pd.factorize(family_id)[0]
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    first, second = [], []
+    for size in range(2, int(sizes.max()) + 1):
+        members = order[starts[sizes == size][:, None] + np.arange(size)]   # (families, size)
+        i, k = np.nonzero(~np.eye(size, dtype=bool))
+        first.append(members[:, i].ravel())
+        second.append(members[:, k].ravel())
+    return np.concatenate(first), np.concatenate(second)
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -175,6 +195,76 @@ def test_covariate_missingness(full: SimulatedStudy) -> None:
     assert 0.02 < meta["bristol_stool"].isna().mean() < 0.04
     must_be_complete = ["sample_id", "sex", "age", "read_depth", *BINARY]
     assert not meta[must_be_complete].isna().any().any()
+
+
+# ---------------------------------------------------------------------------- families
+def test_family_structure(full: SimulatedStudy) -> None:
+    fam = read_meta(full.out_dir)["family_id"]
+    assert fam.notna().all() and fam.str.fullmatch(r"F\d{5}").all()
+    assert fam.iloc[0] == "F00001"                 # numbered in order of first appearance
+    sizes = fam.value_counts()
+    assert full.n_families == len(sizes)
+    assert 3000 <= full.n_families <= 4000         # 7,656 participants, mean size ~2.1
+    assert sizes.between(1, 5).all()
+    share = sizes.value_counts(normalize=True)
+    assert set(share.index) == set(FAMILY_SIZE_PROBABILITIES)
+    for size, p in FAMILY_SIZE_PROBABILITIES.items():
+        assert abs(share[size] - p) < 0.03, (size, share.to_dict())
+    # Lifelines-like: mostly singletons and couples, some families of 3-5.
+    assert share[1] + share[2] > 0.6 and share[[3, 4, 5]].sum() > 0.2
+
+
+def test_families_independent_of_disorders(full: SimulatedStudy) -> None:
+    meta = read_meta(full.out_dir)
+    i, k = family_pairs(meta["family_id"])
+    assert len(i) > 5000
+    for col in ("AnyDep", "AnyAnx", "ssri"):
+        x = meta[col].to_numpy(float)
+        assert abs(np.corrcoef(x[i], x[k])[0, 1]) < 0.05, col
+
+
+def test_family_random_effect_visible(full: SimulatedStudy) -> None:
+    """Relatives' log abundances (both present) correlate as much as family_icc says."""
+    d = full.out_dir
+    meta = read_meta(d)
+    sp = species_level(read_species(d))
+    truth = read_truth(d)
+    icc_all = truth[(truth["layer"] == "species") & (truth["exposure"] == "MDD")].set_index("feature")["family_icc"][sp.index]
+    logx = np.log(sp.T.where(sp.T > 0)).to_numpy()          # samples x species, NaN if absent
+    i, k = family_pairs(meta["family_id"])
+    a, b = logx[i], logx[k]
+    r = {}
+    for j, name in enumerate(sp.index):
+        both = ~np.isnan(a[:, j]) & ~np.isnan(b[:, j])
+        if both.sum() >= 1000:
+            r[name] = np.corrcoef(a[both, j], b[both, j])[0, 1]
+    r = pd.Series(r)
+    icc = icc_all[r.index]
+    assert (icc >= 0.25).sum() >= 3 and (icc <= 0.03).sum() >= 3
+    assert (r[icc >= 0.25] > 0.12).all(), r[icc >= 0.25]
+    # Closure adds a little shared signal (a sample's total holds its family effects).
+    assert abs(r[icc <= 0.03].mean()) < 0.08, r[icc <= 0.03]
+    assert np.corrcoef(icc, r)[0, 1] > 0.7
+    # Presence is clustered as well (family effect on the log odds of presence).
+    present = (sp.T > 0).to_numpy(float)
+    prev = present.mean(axis=0)
+    mid = (prev > 0.2) & (prev < 0.8)
+    clustered = mid & (icc_all.to_numpy() >= 0.2)
+    rp = [np.corrcoef(present[i, j], present[k, j])[0, 1] for j in np.flatnonzero(clustered)]
+    assert len(rp) >= 3 and np.mean(rp) > 0.03
+
+
+def test_without_families(tmp_path: Path) -> None:
+    s = simulate_study(tmp_path, seed=1, families=False, **SMALL)
+    assert list(read_meta(s.out_dir).columns) == META_COLUMNS[:-1]
+    assert s.n_families == 0
+    assert (read_truth(s.out_dir)["family_icc"] == 0).all()
+
+
+def test_small_cohort_families(small: SimulatedStudy) -> None:
+    sizes = read_meta(small.out_dir)["family_id"].value_counts()
+    assert small.n_families == len(sizes) and sizes.between(1, 5).all()
+    assert 200 <= small.n_families <= 400
 
 
 # ---------------------------------------------------------------------------- species
