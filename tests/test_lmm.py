@@ -200,3 +200,13 @@ def test_statuses() -> None:
     assert np.all(fits.status == FitStatus.DESIGN_RANK_DEFICIENT) and fits.n[0, 0] == n
     with pytest.raises(ValueError, match="must agree"):
         fit_random_intercept(s["design"], exposures, np.array([True, True]), block, s["clusters"][1:])
+
+
+def test_no_within_cluster_variation_is_not_converged() -> None:
+    """A feature constant within every family has sigma_e^2 -> 0: REML runs off to lambda = infinity."""
+    s = _simulated(7, n_families=30, missing=0.0)
+    block = s["block"][:, 1:3].copy()
+    block[:, 0] = np.random.default_rng(0).normal(size=30)[s["clusters"]]
+    fits, components = fit_random_intercept(s["design"], s["exposures"], s["binary"], block, s["clusters"])
+    assert np.all(fits.status[:, 0] == FitStatus.NOT_CONVERGED) and np.all(np.isnan(fits.p[:, 0]))
+    assert np.all(fits.status[:, 1] == FitStatus.OK) and np.all(components.ratio[:, 1] > 0)

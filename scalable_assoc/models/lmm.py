@@ -272,6 +272,14 @@ def _present_sizes(indicator: scipy.sparse.csr_matrix, miss_rows: np.ndarray, mi
     return sizes[:, None] - (indicator @ missing).toarray()
 
 
+def _scatter(targets: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Sum ``values`` (``(t,)`` or ``(t, c)``) into ``size`` rows at ``targets`` (``(t,)``): a sparse product, not a Python loop."""
+    if values.ndim == 1:
+        return np.bincount(targets, weights=values, minlength=size)
+    summing = scipy.sparse.csr_matrix((np.ones(targets.size), (targets, np.arange(targets.size))), shape=(size, targets.size))
+    return np.asarray(summing @ values)
+
+
 def _cluster_statistics(
     indicator: scipy.sparse.csr_matrix,
     padded: np.ndarray,
@@ -316,16 +324,16 @@ def _cluster_statistics(
     # Counts per (feature, level): full sizes, then each pair moves one cluster down a size.
     base_counts = np.bincount(level_full[nonempty], minlength=n_levels).astype(np.float64)
     counts = np.broadcast_to(base_counts, (m, n_levels)).copy()
-    np.add.at(counts, (pair_feature, pair_old), -1.0)
-    np.add.at(counts, (pair_feature[pair_alive], pair_new[pair_alive]), 1.0)
+    counts -= _scatter(pair_feature * n_levels + pair_old, np.ones(n_pairs), m * n_levels).reshape(m, n_levels)
+    counts += _scatter(pair_feature * n_levels + pair_new, pair_alive.astype(np.float64), m * n_levels).reshape(m, n_levels)
 
     # One-hot (G, L) of full sizes: squares and cross sums by level with a matrix product each.
     onehot = scipy.sparse.csr_matrix(
         (np.ones(int(nonempty.sum())), (np.flatnonzero(nonempty), level_full[nonempty])), shape=(n_clusters, n_levels)
     )
     squares = np.asarray(onehot.T @ feature_sums**2).T.copy()  # (m, L)
-    np.add.at(squares, (pair_feature, pair_old), -(pair_t**2))
-    np.add.at(squares, (pair_feature[pair_alive], pair_new[pair_alive]), pair_t[pair_alive] ** 2)
+    squares -= _scatter(pair_feature * n_levels + pair_old, pair_t**2, m * n_levels).reshape(m, n_levels)
+    squares += _scatter(pair_feature * n_levels + pair_new, pair_alive * pair_t**2, m * n_levels).reshape(m, n_levels)
     cross = np.empty((m, n_levels, width))
     for level in range(n_levels):  # a bounded number of distinct cluster sizes
         members = np.flatnonzero(nonempty & (level_full == level))
@@ -346,25 +354,26 @@ def _cluster_statistics(
     outer_shared = outer_shared.reshape(n_levels, width, width)
     masked = np.unique(pair_feature)
     position = np.searchsorted(masked, pair_feature)
-    outer_masked = np.broadcast_to(outer_shared, (masked.size, n_levels, width, width)).copy()
-    gram = np.broadcast_to(np.eye(width), (m, width, width)).copy()
-    gram_masked = np.zeros((masked.size, width * width))
-    # Outer products of pairs and missing cells, a chunk at a time to bound memory.
+    # Per masked feature and level: the shared sums, minus each pair's full-size
+    # S_c S_c', plus its present-size S_cj S_cj'; a chunk of pairs at a time to bound memory.
+    flat = np.tile(outer_shared.reshape(n_levels, width * width), (masked.size, 1))  # (masked * L, w * w)
     chunk = max(1, _CHUNK_FLOATS // (width * width))
-    flat = outer_masked.reshape(masked.size * n_levels, width * width)
     for start in range(0, n_pairs, chunk):
         pairs = slice(start, start + chunk)
         alive = pair_alive[pairs]
         old = np.einsum("pa,pb->pab", pair_full[pairs], pair_full[pairs]).reshape(-1, width * width)
-        new = np.einsum("pa,pb->pab", pair_present[pairs], pair_present[pairs]).reshape(-1, width * width)
-        np.add.at(flat, position[pairs] * n_levels + pair_old[pairs], -old)
-        np.add.at(flat, position[pairs][alive] * n_levels + pair_new[pairs][alive], new[alive])
-    miss_position = np.searchsorted(masked, miss_cols)
-    for start in range(0, miss_rows.size, chunk):
-        cells = slice(start, start + chunk)
-        vectors = padded[miss_rows[cells]]
-        np.add.at(gram_masked, miss_position[cells], np.einsum("pa,pb->pab", vectors, vectors).reshape(-1, width * width))
-    gram[masked] -= gram_masked.reshape(masked.size, width, width)
+        new = np.einsum("pa,pb->pab", pair_present[pairs][alive], pair_present[pairs][alive]).reshape(-1, width * width)
+        flat -= _scatter(position[pairs] * n_levels + pair_old[pairs], old, flat.shape[0])
+        flat += _scatter(position[pairs][alive] * n_levels + pair_new[pairs][alive], new, flat.shape[0])
+    outer_masked = flat.reshape(masked.size, n_levels, width, width)
+    # W'W over present rows = I - sum of v v' over the missing cells (v: basis row).
+    gram = np.broadcast_to(np.eye(width), (m, width, width)).copy()
+    used = np.unique(miss_rows)
+    row_products = np.einsum("ra,rb->rab", padded[used], padded[used]).reshape(used.size, width * width)
+    cells = scipy.sparse.csr_matrix(
+        (np.ones(miss_rows.size), (np.searchsorted(masked, miss_cols), np.searchsorted(used, miss_rows))), shape=(masked.size, used.size)
+    )
+    gram[masked] -= (cells @ row_products).reshape(masked.size, width, width)
 
     projections = (padded.T @ prepared.values).T  # (m, w)
     in_design = np.asarray(indicator.sum(axis=0)).ravel()  # (N,) 1 on the design's rows
