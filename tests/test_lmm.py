@@ -181,6 +181,8 @@ def test_rows_select_the_design_participants(reference_data: dict) -> None:
     padded = fit_random_intercept(d["design"], exposure, binary, d["block"], d["clusters"], d["rows"])
     subset = fit_random_intercept(d["design"], exposure, binary, d["block"][d["rows"]], d["clusters"])
     _assert_same(padded, subset, rtol=1e-10)
+    sparse_codes = fit_random_intercept(d["design"], exposure, binary, d["block"], d["clusters"] * 1000 + 7, d["rows"])
+    _assert_same(padded, sparse_codes, rtol=1e-10)
 
 
 def test_statuses() -> None:
@@ -189,12 +191,18 @@ def test_statuses() -> None:
     n = block.shape[0]
     block[5:, 1] = np.nan  # 5 values for 5 design columns: no residual df
     block[:, 2] = 3.0  # constant
+    block[s["matrix"][:, 2] == 1, 3] = np.nan  # covariate 'a' is constant among this feature's participants
     exposures = np.stack([s["exposures"][0], s["matrix"][:, 2]])  # the second equals a covariate
     fits, components = fit_random_intercept(s["design"], exposures, np.array([True, True]), block, s["clusters"])
-    assert fits.status[0].tolist() == [FitStatus.OK, FitStatus.TOO_FEW_VALUES, FitStatus.CONSTANT_FEATURE, FitStatus.OK]
+    assert fits.status[0].tolist() == [
+        FitStatus.OK,
+        FitStatus.TOO_FEW_VALUES,
+        FitStatus.CONSTANT_FEATURE,
+        FitStatus.FEATURE_RANK_DEFICIENT,
+    ]
     assert np.all(fits.status[1] == FitStatus.EXPOSURE_COLLINEAR)
     assert np.isnan(fits.beta[0, 1]) and np.isnan(components.sigma_u2[0, 1]) and fits.n[0, 1] == 5
-    assert np.all(np.isfinite(fits.p[0, [0, 3]]))
+    assert np.isfinite(fits.p[0, 0]) and np.isnan(fits.p[0, 3])
     duplicated = factorise_covariates(np.column_stack([s["matrix"], s["matrix"][:, 1]]), (*s["design"].names, "age2"))
     fits, _ = fit_random_intercept(duplicated, exposures[:1], np.array([True]), block, s["clusters"])
     assert np.all(fits.status == FitStatus.DESIGN_RANK_DEFICIENT) and fits.n[0, 0] == n

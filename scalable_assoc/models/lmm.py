@@ -143,8 +143,8 @@ def fit_random_intercept(
         marks a missing value, which leaves that participant out of that
         feature's model only), or the same passed through :func:`prepare_block`.
     clusters:
-        ``(n,)`` integer cluster codes ``0..G-1`` of the design's participants.
-        Codes without participants are allowed (they are empty clusters).
+        ``(n,)`` integer cluster codes of the design's participants (any
+        non-negative integers; only equality matters).
     rows:
         ``(n,)`` positions of the design's participants among the ``N`` rows;
         None when the block holds exactly the design's participants.
@@ -192,7 +192,9 @@ def fit_random_intercept(
 
     rank = design.q.shape[1]
     basis, scales = _basis(design, exposures)
-    n_clusters = int(clusters.max()) + 1 if n else 0
+    # Renumber 0..G-1 over the clusters present: arrays are (G, m), so sparse codes would waste memory.
+    clusters = np.unique(clusters, return_inverse=True)[1].ravel()
+    n_clusters = int(clusters.max()) + 1
     indicator = scipy.sparse.csr_matrix((np.ones(n), (clusters, rows)), shape=(n_clusters, n_total))
     padded = np.zeros((n_total, basis.shape[1]))
     padded[rows] = basis
