@@ -9,6 +9,8 @@
   (the deviance is flat to rounding there), which is what limits agreement.
 - With every cluster of size 1, or at the boundary, the model is OLS: equal to
   statsmodels OLS to relative 1e-8.
+- p-values use the residual df; for this within-family exposure they are within
+  1% (measured: 0.13%) of lmerTest's Satterthwaite p-values.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def test_equals_lme4(reference_data: dict) -> None:
         assert components.sigma_u2[0, j] == pytest.approx(expected["sigma_u2"], rel=1e-5, abs=1e-8), feature
     assert components.sigma_u2[0, 0] == 0.0  # the boundary fit is exactly at lambda = 0
     # p on the residual df: close to lmerTest's Satterthwaite for this within-family exposure.
-    np.testing.assert_allclose(fits.p[0], reference["p_satterthwaite"].to_numpy(), rtol=0.05)
+    np.testing.assert_allclose(fits.p[0], reference["p_satterthwaite"].to_numpy(), rtol=0.01)
 
 
 def test_boundary_fit_is_ols(reference_data: dict) -> None:

@@ -47,10 +47,14 @@ most of ``y'y``), ``sigma_u^2 = lambda sigma_e^2``, and
 p-values: Student's t with ``N_j - p`` degrees of freedom (the residual df).
 At ``lambda = 0`` this is exactly OLS. lme4 reports no p-value; lmerTest's
 Satterthwaite df for an exposure that varies within clusters is close to
-``N_j - p`` (for the committed reference data 293-385 against 341-385), and
-with the hundreds of clusters this package is meant for any choice of df in
-that range changes p-values negligibly. For an exposure constant within
-clusters and few clusters the residual df is anti-conservative.
+``N_j - p`` (committed reference data: 294-385 against 341-385, p-values
+within 0.13%), and with the hundreds of clusters this package is meant for
+any df in that range changes p-values negligibly. For an exposure constant
+within clusters and few clusters the residual df is anti-conservative.
+
+Speed: n = 7,656 participants in 3,231 families, 14 design columns, 500
+features, one exposure: 0.6 s in one process (single-threaded BLAS), against
+~2.2 s per feature for a statsmodels ``MixedLM`` loop (~1,100 s).
 
 Pure numpy/scipy: no Dask, no files, no pandas.
 """
