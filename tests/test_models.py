@@ -14,6 +14,7 @@ import statsmodels.formula.api as smf
 from reference_model import read_layer
 
 from scalable_assoc.engine.run import run_study
+from scalable_assoc.models import factorise_covariates, fit_random_intercept
 from scalable_assoc.simulate import SimulatedStudy
 
 PLAN = """
@@ -103,3 +104,45 @@ def test_fdr_families_separate_models(run) -> None:
     for _, family in results.groupby(["layer", "exposure", "adjustment", "model"]):
         estimated = family[family["p"].notna()]
         np.testing.assert_allclose(estimated["q"].to_numpy(float), multipletests(estimated["p"].to_numpy(float), method="fdr_bh")[1], rtol=1e-12)
+
+
+def test_lmm_in_a_run_equals_statsmodels_mixedlm(small_study: SimulatedStudy, client, tmp_path) -> None:
+    import statsmodels.api as sm
+
+    plan = tmp_path / "plan.yaml"
+    text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "gbm.tsv")
+    plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [lmm]").replace("cluster: household", "cluster: family_id"))
+    results = run_study(plan, tmp_path / "out", client=client).results
+    assert set(results["model"]) == {"lmm"} and (results["status"] == "ok").mean() > 0.9
+    metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str}).set_index("sample_id")
+    raw = read_layer(small_study.out_dir / "gbm.tsv")
+    pseudocount = raw[raw > 0].min().min() / 2
+    logged = np.log(raw + pseudocount)
+    clr = logged.sub(logged.mean(axis=1, skipna=True), axis=0)
+    data = _exposure_frame(metadata, clr, "any_ptd")
+    truth = pd.read_csv(small_study.out_dir / "truth.tsv", sep="\t")
+    clustered = truth[truth["layer"] == "gbm"].drop_duplicates("feature").nlargest(3, "family_icc")["feature"]
+    for feature in clustered:
+        frame = data[[feature, "exposure_value", "age", "sex", "bmi", "family_id"]].dropna(subset=[feature, "age", "bmi"])
+        exog = np.column_stack([np.ones(len(frame)), frame["exposure_value"], frame["age"], frame["sex"] == "male", frame["bmi"]]).astype(float)
+        fit = sm.MixedLM(frame[feature].to_numpy(float), exog, groups=pd.factorize(frame["family_id"])[0]).fit(reml=True, method="bfgs")
+        row = results[(results["feature"] == feature) & (results["exposure"] == "any_ptd")].iloc[0]
+        assert row["status"] == "ok" and row["n"] == len(frame)
+        # The plumbing (participants, families, transform) exactly: the kernel on this frame.
+        codes = pd.factorize(frame["family_id"])[0]
+        design = factorise_covariates(exog[:, [0, 2, 3, 4]], ("(intercept)", "age", "sex[male]", "bmi"))
+        direct, _ = fit_random_intercept(design, exog[:, 1][None], np.array([True]), frame[[feature]].to_numpy(float), codes)
+        assert row["beta"] == pytest.approx(direct.beta[0, 0], rel=1e-8)
+        assert row["se"] == pytest.approx(direct.se[0, 0], rel=1e-8)
+        # And an independent fit. MixedLM's optimiser stops ~1e-4 from the REML optimum, and its
+        # bse_fe comes from the joint information of fixed and variance parameters; lme4 (and we,
+        # equal to lme4 to ~1e-8 in tests/test_lmm.py) report sigma_e^2 (X'V^-1X)^-1 at the
+        # estimated variances, so that is what is compared, at MixedLM's variance estimates.
+        sigma_u2, sigma_e2 = float(np.asarray(fit.cov_re)[0, 0]), float(fit.scale)
+        information = np.zeros((exog.shape[1], exog.shape[1]))
+        for family in np.unique(codes):
+            members = exog[codes == family]
+            covariance = sigma_e2 * np.eye(len(members)) + sigma_u2
+            information += members.T @ np.linalg.solve(covariance, members)
+        assert row["beta"] == pytest.approx(fit.fe_params[1], rel=1e-3, abs=1e-4)
+        assert row["se"] == pytest.approx(np.sqrt(np.linalg.inv(information)[1, 1]), rel=1e-3)

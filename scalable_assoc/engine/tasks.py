@@ -22,6 +22,7 @@ from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
 from scalable_assoc.models.fits import SlopeFits
+from scalable_assoc.models.lmm import fit_random_intercept
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.results.partials import fits_to_table
 from scalable_assoc.stats.transforms import (
@@ -126,10 +127,22 @@ def _fit_linear(designs: list[SharedDesign], exposures: list[np.ndarray], binary
     )
 
 
+def _fit_mixed(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[SlopeFits]:
+    """REML random-intercept model per design (the plan's cluster column gives the groups)."""
+    prepared = prepare_block(block)
+    fits = []
+    for design, design_exposures, design_binary in zip(designs, exposures, binary, strict=True):
+        if design.clusters is None:
+            raise ValueError("model 'lmm' needs cluster codes: the plan must name a cluster column")
+        fits.append(fit_random_intercept(design.design, design_exposures, design_binary, prepared, design.clusters, design.rows)[0])
+    return fits
+
+
 #: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block) -> [SlopeFits per design]``.
 MODEL_FITTERS: dict[str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], np.ndarray], list[SlopeFits]]] = {
     "lm": _fit_linear,
     "lm_nonzero": _fit_linear,
+    "lmm": _fit_mixed,
 }
 
 
