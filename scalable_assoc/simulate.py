@@ -31,12 +31,12 @@ covariates (standardised ``bmi``, ``bristol_stool``, ``age``, centred female sex
 Presence and abundance.  For ordinary features ``c[j] = 0.5`` and ``P[:, j] = 0``:
 presence moves with ``eta``, so a planted effect ``B`` lowers (raises) both abundance
 and prevalence, as seen in real cohorts.  On synthetic species (target prevalence
-0.35-0.75) the simulator also plants one-part disorder effects (:data:`SPLIT_EFFECTS`:
+0.45-0.8) the simulator also plants one-part disorder effects (:data:`SPLIT_EFFECTS`:
 3 on ``AnyDep``, 2 on ``MDD``, 3 on ``AnyAnx`` of each kind), all with ``c[j] = 0``:
 
 * presence-only: ``P[t, j] = +-U(1.0, 1.5)`` log odds, ``B[:, j] = 0``: the exposure
   changes how often the species is present, not how abundant it is when present;
-* abundance-only: ``B[t, j] = +-U(0.6, 1.0)`` log fold change, ``P[:, j] = 0``: the
+* abundance-only: ``B[t, j] = +-U(0.8, 1.2)`` log fold change, ``P[:, j] = 0``: the
   exposure changes abundance when present, not prevalence.
 
 Because ``c[j] = 0`` for these, presence and log abundance are independent given the
@@ -46,12 +46,17 @@ Families (``families=True``, the default).  Participants are grouped into famili
 1..5 (:data:`FAMILY_SIZE_PROBABILITIES`: 40 % singletons, 32 % couples, 13 / 10 / 5 %
 of 3 / 4 / 5 per family; ~3,700 families at 7,656 participants), assigned at random,
 so family is independent of disorders, drugs and covariates.  Every feature gets a
-family intraclass correlation ``icc[j] ~ U(0, 0.3)`` (capped so ``sigma_w > 0``):
+family intraclass correlation ``icc[j] ~ 0.3 * Beta(0.7, 1.4)`` (mean 0.1; 36 % of
+features below 0.05, 15 % above 0.2; capped so ``sigma_w > 0``):
 ``u[f, j] ~ N(0, icc[j] * (sigma[j]^2 + |loadings[j]|^2))`` and
 ``sigma_w[j]^2 = sigma[j]^2 - var(u)``, so the residual variance of ``logab`` is as
 without families and ``icc[j]`` is the correlation of two relatives' residual log
-abundances.  Presence gets an independent family effect ``v[f, j]`` with latent
-(logistic) ICC ``icc[j] / 2``, i.e. variance ``h / (1 - h) * pi^2 / 3``, ``h = icc/2``.
+abundances.  Species presence also gets an independent family effect ``v[f, j]`` with
+latent (logistic) ICC ``h = icc[j] / 2``, i.e. variance ``h / (1 - h) * pi^2 / 3``
+(pathway / GBM presence is clustered only through ``c[j] * u``).  Family draws and the
+one-part effects come from a child generator (``rng.spawn``), so the cohort
+(``metadata.tsv`` apart from ``family_id``) is the same as without them, and as the
+simulator's earlier versions wrote for the same seed.
 
 What ``truth.tsv`` means.  Every effect is the *direct* effect that a model adjusted
 for the confounders/mediators (BMI, stool consistency, drugs) estimates, as a
@@ -570,10 +575,10 @@ _PRESENCE_COUPLING = 0.5
 SPLIT_EFFECTS: dict[str, int] = {"AnyDep": 3, "MDD": 2, "AnyAnx": 3}
 """Disorder term -> species with a presence-only effect (and as many abundance-only).
 
-Fewer when a small catalogue has too few synthetic species with prevalence 0.35-0.75."""
-_SPLIT_PREVALENCE = (0.35, 0.75)
+Fewer when a small catalogue has too few synthetic species with prevalence 0.45-0.8."""
+_SPLIT_PREVALENCE = (0.45, 0.8)
 _PRESENCE_ONLY_MAGNITUDE = (1.0, 1.5)     # log odds of presence per unit term
-_ABUNDANCE_ONLY_MAGNITUDE = (0.6, 1.0)    # log fold change of abundance when present
+_ABUNDANCE_ONLY_MAGNITUDE = (0.8, 1.2)    # log fold change of abundance when present
 
 FAMILY_SIZE_PROBABILITIES: dict[int, float] = {1: 0.40, 2: 0.32, 3: 0.13, 4: 0.10, 5: 0.05}
 """Family size -> probability per family (mean 2.08: ~3,700 families at 7,656).
@@ -581,6 +586,10 @@ FAMILY_SIZE_PROBABILITIES: dict[int, float] = {1: 0.40, 2: 0.32, 3: 0.13, 4: 0.1
 The last family drawn is cut to fit the cohort, so it may be smaller."""
 
 _MAX_FAMILY_ICC = 0.3
+# Species presence (carriage, shared within households) gets a family effect with this
+# share of the abundance ICC on the latent logistic scale; pathway / GBM presence is
+# mostly detection and gets none beyond what follows from coupling.
+_PRESENCE_ICC_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -664,6 +673,9 @@ def simulate_study(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    # Families and one-part effects draw from a child of rng, so that the main stream
+    # (cohort, community, effect sizes, noise) is the same as without them.
+    extra = rng.spawn(1)[0]
 
     cohort = _simulate_cohort(rng, participants)
     n = participants
@@ -671,7 +683,7 @@ def simulate_study(
     terms = _term_matrix(cohort)                        # (n, n_terms)
     factors = rng.standard_normal((n, _N_FACTORS))       # latent community axes
     log_depth = np.log(cohort["read_depth"]) - math.log(11.0)
-    family = _simulate_families(rng, n) if families else None
+    family = _simulate_families(extra, n) if families else None
     n_terms = len(_TERMS)
 
     # ---- species --------------------------------------------------------------------
@@ -694,14 +706,15 @@ def simulate_study(
     for species, term, coef in _NAMED_SPECIES_EFFECTS:
         B_sp[_T[term], name_to_idx[species]] = coef
     # Disorder effects on one part only (presence or abundance), on synthetic species.
-    _plant_split(rng, B_sp, P_sp, coupling_sp, eligible=np.arange(n_named, n_species),
+    _plant_split(extra, B_sp, P_sp, coupling_sp, eligible=np.arange(n_named, n_species),
                  prevalence=prev)
     # Named species keep only their documented effects; random ones go elsewhere.
     _plant_random(rng, B_sp, eligible=np.arange(n_named, n_species), prevalence=prev,
                   magnitude=(0.4, 1.2), presence_effects=P_sp)
-    icc_sp = _family_icc(rng, sigma, loadings, family)
+    icc_sp = _family_icc(extra, sigma, loadings, family)
     species_ab = _simulate_abundance(rng, mu, sigma, prev, loadings, B_sp, terms, factors,
-                                     log_depth, family=family, icc=icc_sp,
+                                     log_depth, family=family, icc=icc_sp, family_rng=extra,
+                                     presence_icc_share=_PRESENCE_ICC_SHARE,
                                      presence_effects=P_sp, coupling=coupling_sp)
     species_pct = _close(species_ab, 100.0)
 
@@ -718,10 +731,10 @@ def simulate_study(
     B_p = np.zeros((n_terms, n_pathways))
     _plant_random(rng, B_p, eligible=np.arange(n_pathways), prevalence=prev_p,
                   magnitude=(0.3, 0.8))
-    icc_p = _family_icc(rng, sigma_p, loadings_p, family)
+    icc_p = _family_icc(extra, sigma_p, loadings_p, family)
     pathways = _close(_simulate_abundance(rng, mu_p, sigma_p, prev_p, loadings_p, B_p,
                                           terms, factors, log_depth, family=family,
-                                          icc=icc_p), 1.0)
+                                          icc=icc_p, family_rng=extra), 1.0)
     _punch_missing(rng, pathways, missing_abundance_fraction)
 
     # ---- gut-brain modules (not compositional: CPM-like module abundances) ----------
@@ -735,9 +748,9 @@ def simulate_study(
     B_g = np.zeros((n_terms, n_gbm))
     for mgb, term, coef in _NAMED_GBM_EFFECTS:
         B_g[_T[term], gbm_names.index(mgb)] = coef
-    icc_g = _family_icc(rng, sigma_g, loadings_g, family)
+    icc_g = _family_icc(extra, sigma_g, loadings_g, family)
     gbm = _simulate_abundance(rng, mu_g, sigma_g, prev_g, loadings_g, B_g, terms, factors,
-                              log_depth, family=family, icc=icc_g)
+                              log_depth, family=family, icc=icc_g, family_rng=extra)
     _punch_missing(rng, gbm, missing_abundance_fraction)
 
     # ---- metadata (covariate missingness only now: the model used the true values) --
@@ -1021,12 +1034,13 @@ def _family_icc(rng: np.random.Generator, sigma: np.ndarray, loadings: np.ndarra
                 family: np.ndarray | None) -> np.ndarray:
     """Per-feature intraclass correlation of the residual log abundance within families.
 
-    ``U(0, _MAX_FAMILY_ICC)``, capped at 0.8 x ``sigma^2 / (sigma^2 + |loadings|^2)`` so
+    ``_MAX_FAMILY_ICC * Beta(0.7, 1.4)`` (mean 0.1, median 0.08; 36 % below 0.05, 15 %
+    above 0.2: most features are little clustered, some clearly), capped at 0.8 x ``sigma^2 / (sigma^2 + |loadings|^2)`` so
     that the within-family noise keeps a positive variance; zeros without families.
     """
     if family is None:
         return np.zeros(sigma.size)
-    icc = rng.uniform(0.0, _MAX_FAMILY_ICC, sigma.size)
+    icc = _MAX_FAMILY_ICC * rng.beta(0.7, 1.4, sigma.size)
     s2 = sigma**2
     return np.minimum(icc, 0.8 * s2 / (s2 + (loadings**2).sum(axis=1)))
 
@@ -1035,6 +1049,8 @@ def _simulate_abundance(rng: np.random.Generator, mu: np.ndarray, sigma: np.ndar
                         prev: np.ndarray, loadings: np.ndarray, B: np.ndarray,
                         terms: np.ndarray, factors: np.ndarray, log_depth: np.ndarray,
                         family: np.ndarray | None = None, icc: np.ndarray | None = None,
+                        family_rng: np.random.Generator | None = None,
+                        presence_icc_share: float = 0.0,
                         presence_effects: np.ndarray | None = None,
                         coupling: np.ndarray | float = _PRESENCE_COUPLING) -> np.ndarray:
     """Zero-inflated log-normal abundances, shape ``(n, F)``, unnormalised (>= 0).
@@ -1045,7 +1061,9 @@ def _simulate_abundance(rng: np.random.Generator, mu: np.ndarray, sigma: np.ndar
     variance ``sigma^2 + |loadings|^2`` that is shared within a family: the family
     effect ``u`` has variance ``icc * (sigma^2 + |loadings|^2)`` and the individual
     noise what is left of ``sigma^2``, so the total variance does not depend on ``icc``.
-    Presence gets an independent family effect ``v`` with latent-scale ICC ``icc / 2``.
+    Presence gets an independent family effect ``v`` with latent-scale (logistic) ICC
+    ``presence_icc_share * icc`` (none when 0).  ``u`` and ``v`` come from ``family_rng``
+    (default ``rng``).
     ``presence_effects`` (terms, F) are extra log-odds effects on presence only;
     ``coupling`` (scalar or F,) is how strongly presence follows ``eta``.
     """
@@ -1053,13 +1071,15 @@ def _simulate_abundance(rng: np.random.Generator, mu: np.ndarray, sigma: np.ndar
     noise_sd = sigma
     v = None
     if family is not None and icc is not None:
+        frng = rng if family_rng is None else family_rng
         n_families = int(family.max()) + 1
         tau2 = icc * (sigma**2 + (loadings**2).sum(axis=1))
         noise_sd = np.sqrt(sigma**2 - tau2)
-        u = rng.standard_normal((n_families, sigma.size)) * np.sqrt(tau2)
-        half = icc / 2.0
-        v = rng.standard_normal((n_families, sigma.size)) * np.sqrt(half / (1.0 - half) * math.pi**2 / 3.0)
+        u = frng.standard_normal((n_families, sigma.size)) * np.sqrt(tau2)
         eta = eta + u[family]
+        if presence_icc_share > 0:
+            h = presence_icc_share * icc
+            v = frng.standard_normal((n_families, sigma.size)) * np.sqrt(h / (1.0 - h) * math.pi**2 / 3.0)
     logab = mu + eta + noise_sd * rng.standard_normal(eta.shape)
     # Detection: deeper sequencing and higher systematic abundance make a taxon more
     # likely to be observed, so planted depletions also lower prevalence (coupling).

@@ -240,8 +240,8 @@ def test_family_random_effect_visible(full: SimulatedStudy) -> None:
             r[name] = np.corrcoef(a[both, j], b[both, j])[0, 1]
     r = pd.Series(r)
     icc = icc_all[r.index]
-    assert (icc >= 0.25).sum() >= 3 and (icc <= 0.03).sum() >= 3
-    assert (r[icc >= 0.25] > 0.12).all(), r[icc >= 0.25]
+    assert (icc >= 0.2).sum() >= 3 and (icc <= 0.03).sum() >= 3
+    assert (r[icc >= 0.2] > 0.1).all(), r[icc >= 0.2]
     # Closure adds a little shared signal (a sample's total holds its family effects).
     assert abs(r[icc <= 0.03].mean()) < 0.08, r[icc <= 0.03]
     assert np.corrcoef(icc, r)[0, 1] > 0.7
