@@ -18,10 +18,14 @@ from scalable_assoc.simulate import (
     HEADLINE_FEATURES,
     HEADLINE_SIGNS,
     PLAN_EXPOSURES,
+    SPLIT_EFFECTS,
     SimulatedStudy,
     simulate_study,
 )
 
+DISORDER_EXPOSURES = ("dysthymia", "MDD", "AnyDep", "GAD", "AnyAnx")
+# Exposures with >= 250 cases at the default size, where one-part effects are tested.
+WELL_POWERED = ("MDD", "AnyDep", "AnyAnx")
 SMALL = dict(participants=600, n_species=60, n_pathways=40)
 FILES = ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv", "truth.tsv", "plan.yaml")
 META_COLUMNS = [
@@ -353,6 +357,98 @@ def test_planted_effect_recoverable(full: SimulatedStudy) -> None:
     # B. bifidum is lower in anxiety cases as planted.
     y = np.log(sp.loc["s__Bifidobacterium_bifidum"] + 1e-3)
     assert y[meta["AnyAnx"] == 1].mean() < y[meta["no_disorder"] == 1].mean() - 0.3
+
+
+def species_kinds(truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Species truth rows of each planted kind."""
+    sp = truth[truth["layer"] == "species"]
+    pe, ae = sp["presence_effect"], sp["abundance_effect"]
+    return {"presence_only": sp[(ae == 0) & (pe != 0)], "abundance_only": sp[(pe == 0) & (ae != 0)],
+            "ordinary": sp[(pe != 0) & (ae != 0)]}
+
+
+def test_truth_effect_kinds_consistent(full: SimulatedStudy) -> None:
+    truth = read_truth(full.out_dir)
+    assert list(truth.columns) == TRUTH_COLUMNS
+    eff, pe, ae = (truth[c].to_numpy() for c in ("effect", "presence_effect", "abundance_effect"))
+    # effect keeps its meaning (the log fold change) wherever the abundance moves and
+    # otherwise carries the presence effect, so effect != 0 whenever anything moves.
+    np.testing.assert_array_equal(eff, np.where(ae != 0, ae, pe))
+    assert full.n_planted == int((eff != 0).sum())
+    # Ordinary effects move presence with half the abundance effect (coupling 0.5).
+    both = (pe != 0) & (ae != 0)
+    np.testing.assert_allclose(pe[both], 0.5 * ae[both], rtol=1e-5)
+    assert ((pe != 0) == (ae != 0)).sum() > 0.9 * len(truth)
+    # One-part effects: species only, disorder exposures only, one kind per feature.
+    kinds = species_kinds(truth)
+    one_part = truth[(pe == 0) != (ae == 0)]
+    assert set(one_part["layer"]) == {"species"}
+    assert set(one_part["exposure"]) == set(DISORDER_EXPOSURES)
+    presence_only = set(kinds["presence_only"]["feature"])
+    abundance_only = set(kinds["abundance_only"]["feature"])
+    assert len(presence_only) == len(abundance_only) == sum(SPLIT_EFFECTS.values())
+    assert not presence_only & abundance_only
+    assert not (presence_only | abundance_only) & set(kinds["ordinary"]["feature"])
+    named = {"s__" + name for name in ("Ruminococcus_bromii", "Bifidobacterium_bifidum")}
+    assert not named & (presence_only | abundance_only)       # named taxa keep their effects
+    for exposure in DISORDER_EXPOSURES:
+        for rows in (kinds["presence_only"], kinds["abundance_only"]):
+            assert (rows["exposure"] == exposure).sum() >= 3, exposure
+    # family_icc: one value per feature, in [0, 0.3], some clearly clustered, many barely.
+    per_feature = truth.groupby(["layer", "feature"])["family_icc"]
+    assert (per_feature.nunique() == 1).all()
+    assert truth["family_icc"].between(0, 0.3).all()
+    icc = per_feature.first()
+    assert 0.08 < (icc >= 0.2).mean() < 0.3 and 0.2 < (icc < 0.05).mean() < 0.5
+
+
+def case_control_contrasts(d: Path, exposure: str) -> pd.DataFrame:
+    """Per species: z of the prevalence difference and t of the mean log abundance among
+    present participants, cases vs controls.
+
+    The median difference of the log abundance over all species is removed first: it is
+    the shift that closure to 100 % gives every species in cases (not part of the truth).
+    """
+    meta = read_meta(d)
+    sp = species_level(read_species(d))
+    case_col, case_val, ctrl_col, ctrl_val = PLAN_EXPOSURES[exposure]
+    cases = (meta[case_col] == case_val).to_numpy()
+    controls = (meta[ctrl_col] == ctrl_val).to_numpy()
+    x = sp.T.to_numpy()                                     # samples x species
+    present = x > 0
+    p1, p0 = present[cases].mean(axis=0), present[controls].mean(axis=0)
+    pooled = present[cases | controls].mean(axis=0)
+    z = (p1 - p0) / np.sqrt(pooled * (1 - pooled) * (1 / cases.sum() + 1 / controls.sum()))
+    logx = np.log(np.where(present, x, np.nan))
+    a, b = logx[cases], logx[controls]
+    diff = np.nanmean(a, axis=0) - np.nanmean(b, axis=0)
+    se = np.sqrt(np.nanvar(a, axis=0, ddof=1) / present[cases].sum(axis=0)
+                 + np.nanvar(b, axis=0, ddof=1) / present[controls].sum(axis=0))
+    t = (diff - np.median(diff)) / se
+    return pd.DataFrame({"z_prevalence": z, "t_present": t}, index=sp.index)
+
+
+@pytest.mark.parametrize("exposure", WELL_POWERED)
+def test_presence_only_and_abundance_only_effects(full: SimulatedStudy, exposure: str) -> None:
+    """Presence-only effects change prevalence, not abundance when present; and vice versa."""
+    truth = read_truth(full.out_dir)
+    kinds = {k: v[v["exposure"] == exposure].set_index("feature") for k, v in species_kinds(truth).items()}
+    stats = case_control_contrasts(full.out_dir, exposure)
+    presence_only = kinds["presence_only"][kinds["presence_only"]["presence_effect"].abs() >= 0.8]
+    abundance_only = kinds["abundance_only"][kinds["abundance_only"]["abundance_effect"].abs() >= 0.6]
+    assert len(presence_only) >= 3 and len(abundance_only) >= 3
+    p = stats.loc[presence_only.index]
+    assert (np.sign(p["z_prevalence"]) == np.sign(presence_only["presence_effect"])).all(), p
+    assert (p["z_prevalence"].abs() > 3).all(), p
+    assert (p["t_present"].abs() < 3.5).all(), p
+    a = stats.loc[abundance_only.index]
+    assert (np.sign(a["t_present"]) == np.sign(abundance_only["abundance_effect"])).all(), a
+    assert (a["t_present"].abs() > 3).all(), a
+    assert (a["z_prevalence"].abs() < 3.5).all(), a
+    # An ordinary planted depletion moves both (R. bromii is lower in depression).
+    if exposure in ("MDD", "AnyDep"):
+        bromii = stats.loc["s__Ruminococcus_bromii"]
+        assert bromii["z_prevalence"] < 0 and bromii["t_present"] < -3, bromii
 
 
 # ---------------------------------------------------------------------------- determinism
