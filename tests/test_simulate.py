@@ -18,8 +18,11 @@ from scalable_assoc.simulate import (
     HEADLINE_FEATURES,
     HEADLINE_SIGNS,
     PLAN_EXPOSURES,
+    PLAN_YAML,
+    PLAN_YAML_WITH_MODELS,
     SPLIT_EFFECTS,
     SimulatedStudy,
+    plan_yaml,
     simulate_study,
 )
 
@@ -162,6 +165,30 @@ def test_plan_yaml(small: SimulatedStudy) -> None:
         assert (base / path).is_file()
 
 
+def test_plan_with_models(small: SimulatedStudy) -> None:
+    # plan.yaml stays the lm-only plan; the opt-in models come as extra lines.
+    assert small.plan_path.read_text() == PLAN_YAML == plan_yaml()
+    assert PLAN_YAML_WITH_MODELS.startswith(PLAN_YAML)
+    assert PLAN_YAML_WITH_MODELS[len(PLAN_YAML):] == "models: [lm, lm_nonzero, prevalence]\ncluster: family_id\n"
+    plan = yaml.safe_load(PLAN_YAML_WITH_MODELS)
+    assert plan["models"] == ["lm", "lm_nonzero", "prevalence"] and plan["cluster"] == "family_id"
+    assert {k: v for k, v in plan.items() if k not in ("models", "cluster")} == yaml.safe_load(PLAN_YAML)
+    assert plan["cluster"] in read_meta(small.out_dir).columns
+    assert yaml.safe_load(plan_yaml(["lm", "lmm"], "family_id"))["models"] == ["lm", "lmm"]
+    assert "cluster" not in yaml.safe_load(plan_yaml(["lm", "prevalence"]))
+
+
+def test_plan_with_models_loads(small: SimulatedStudy, tmp_path: Path) -> None:
+    from scalable_assoc.plan import load_plan
+
+    for name in ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv"):
+        (tmp_path / name).symlink_to(small.out_dir / name)
+    (tmp_path / "plan.yaml").write_text(PLAN_YAML_WITH_MODELS)
+    plan = load_plan(tmp_path / "plan.yaml")
+    assert plan.cluster == "family_id"
+    assert all(layer.models == ("lm", "lm_nonzero", "prevalence") for layer in plan.layers)
+
+
 # ---------------------------------------------------------------------------- cohort
 def test_default_cohort_shape(full: SimulatedStudy) -> None:
     meta = read_meta(full.out_dir)
@@ -258,11 +285,16 @@ def test_family_random_effect_visible(full: SimulatedStudy) -> None:
     assert len(rp) >= 3 and np.mean(rp) > 0.03
 
 
-def test_without_families(tmp_path: Path) -> None:
+def test_without_families(small: SimulatedStudy, tmp_path: Path) -> None:
     s = simulate_study(tmp_path, seed=1, families=False, **SMALL)
-    assert list(read_meta(s.out_dir).columns) == META_COLUMNS[:-1]
+    meta = read_meta(s.out_dir)
+    assert list(meta.columns) == META_COLUMNS[:-1]
     assert s.n_families == 0
     assert (read_truth(s.out_dir)["family_icc"] == 0).all()
+    # Families draw from their own stream: the cohort of a seed is the same either way.
+    pd.testing.assert_frame_equal(meta, read_meta(small.out_dir).drop(columns="family_id"))
+    assert s == SimulatedStudy(**{**small.__dict__, "out_dir": s.out_dir, "plan_path": s.plan_path,
+                                  "n_families": 0})
 
 
 def test_small_cohort_families(small: SimulatedStudy) -> None:
