@@ -40,7 +40,8 @@ and prevalence, as seen in real cohorts.  On synthetic species (target prevalenc
   exposure changes abundance when present, not prevalence.
 
 Because ``c[j] = 0`` for these, presence and log abundance are independent given the
-exposure, so the "other" part is exactly null (not merely approximately).
+exposure, so the "other" part is exactly null on the latent scale (not merely
+approximately; closure adds only the shared per-sample shift noted below).
 
 Families (``families=True``, the default).  Participants are grouped into families of
 1..5 (:data:`FAMILY_SIZE_PROBABILITIES`: 40 % singletons, 32 % couples, 13 / 10 / 5 %
@@ -118,7 +119,8 @@ Species truth rows exist for species-level clades only (``s__...``, named as the
 clade component); genus and higher rows in ``species.tsv`` are their sums.
 
 Only numpy, pandas, pyyaml and the standard library are used; all randomness comes
-from a single ``np.random.default_rng(seed)`` so a seed reproduces files byte for byte.
+from a single ``np.random.default_rng(seed)`` (and the child it spawns), so a seed
+reproduces files byte for byte.
 """
 
 from __future__ import annotations
