@@ -32,7 +32,7 @@ def _statsmodels_loop(covariates: np.ndarray, exposure: np.ndarray, block: np.nd
     return out
 
 
-@pytest.mark.parametrize("missing_fraction", [0.0, 0.02, 0.4])
+@pytest.mark.parametrize("missing_fraction", [0.0, 0.003, 0.02, 0.4])
 def test_batched_equals_statsmodels_loop(missing_fraction: float) -> None:
     rng = np.random.default_rng(3)
     n, m = 500, 40

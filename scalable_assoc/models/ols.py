@@ -42,6 +42,9 @@ _GRAM_SINGULAR = 1e-10
 _EXPOSURE_COLLINEAR = 1e-8
 #: RSS below this fraction of y'y: recompute residuals explicitly (identity unsafe).
 _RSS_IDENTITY_FLOOR = 1e-5
+#: Missing cells above this fraction of (participants x masked features): Gram matrices
+#: from the present rows by one dense product rather than a sparse sum over missing cells.
+_SPARSE_MISSING = 0.02
 #: Centred sum of squares below this fraction of y'y: the feature is constant.
 _CONSTANT = 1e-12
 
@@ -52,12 +55,14 @@ class PreparedBlock:
 
     ``values`` is ``(N, m)``: each column centred by its mean over present values
     (a shift the intercept absorbs; it keeps ``y'y`` close to the centred sum of
-    squares), zero where missing. ``squares`` is ``values**2``. Missing cells are
-    listed sparsely as ``(missing_rows, missing_columns)``.
+    squares), zero where missing. ``squares`` is ``values**2``; ``present`` is 1.0
+    where a value is present, 0.0 where missing, so counts over a design's rows
+    are one product. Missing cells are also listed as ``(missing_rows, missing_columns)``.
     """
 
     values: np.ndarray
     squares: np.ndarray
+    present: np.ndarray
     missing_rows: np.ndarray
     missing_columns: np.ndarray
 
@@ -78,7 +83,9 @@ def prepare_block(block: np.ndarray) -> PreparedBlock:
     means = np.divide(values.sum(axis=0), counts, out=np.zeros(block.shape[1]), where=counts > 0)
     values -= means
     values[rows, columns] = 0.0
-    return PreparedBlock(values, np.square(values), rows, columns)
+    present = np.ones(block.shape)
+    present[rows, columns] = 0.0
+    return PreparedBlock(values, np.square(values), present, rows, columns)
 
 
 def _padded(rows: np.ndarray, n_total: int, columns: np.ndarray) -> np.ndarray:
@@ -215,10 +222,14 @@ def _fit_one_design(
     # Missing cells that fall among this design's participants, as a sparse (m x N) indicator.
     in_design = np.zeros(n_total, dtype=bool)
     in_design[rows] = True
-    keep = in_design[prepared.missing_rows]
-    miss_rows, miss_cols = prepared.missing_rows[keep], prepared.missing_columns[keep]
-    missing_count = np.bincount(miss_cols, minlength=m)
+    n_present = in_design.astype(np.float64) @ prepared.present
+    missing_count = n - np.rint(n_present).astype(np.int64)
     n_used = np.broadcast_to(n - missing_count, shape).copy()
+    # Sparse bookkeeping of this design's missing cells only where they are few.
+    sparse_missing = prepared.missing_rows.size <= _SPARSE_MISSING * n_total * m
+    if sparse_missing:
+        keep = in_design[prepared.missing_rows]
+        miss_rows, miss_cols = prepared.missing_rows[keep], prepared.missing_columns[keep]
     if design.problem is not None:
         status[:] = FitStatus.DESIGN_RANK_DEFICIENT
         return SlopeFits(beta, se, beta.copy(), beta.copy(), n_used, n_cases, n_controls, status)
@@ -227,7 +238,7 @@ def _fit_one_design(
     basis_padded = basis.padded
     rank = design.q.shape[1]
     sums, covariate_part, exposure_part = projections[0], projections[1 : 1 + rank], projections[1 + rank :]
-    n_present = (n - missing_count).astype(np.float64)
+    n_present = (n - missing_count).astype(np.float64)  # exact integers
     with np.errstate(invalid="ignore", divide="ignore"):
         centred_ss = sum_squares - sums**2 / n_present
     constant = ~(centred_ss > _CONSTANT * sum_squares)
@@ -252,13 +263,20 @@ def _fit_one_design(
         vectors = basis_padded[:, 1:]  # (N, rank + k)
         width = vectors.shape[1]
         upper_r, upper_c = np.triu_indices(width)
-        indicator = scipy.sparse.csr_matrix(
-            (np.ones(miss_rows.size), (miss_cols, miss_rows)), shape=(m, n_total)
-        )[masked]
-        used_rows = np.unique(miss_rows)
-        pair_products = np.zeros((n_total, upper_r.size))
-        pair_products[used_rows] = vectors[used_rows][:, upper_r] * vectors[used_rows][:, upper_c]
-        downdate_flat = np.asarray(indicator @ pair_products)  # (masked, pairs)
+        if sparse_missing:
+            # Few missing cells: sum over them only (a sparse product).
+            indicator = scipy.sparse.csr_matrix((np.ones(miss_rows.size), (miss_cols, miss_rows)), shape=(m, n_total))[masked]
+            used_rows = np.unique(miss_rows)
+            pair_products = np.zeros((n_total, upper_r.size))
+            pair_products[used_rows] = vectors[used_rows][:, upper_r] * vectors[used_rows][:, upper_c]
+            downdate_flat = np.asarray(indicator @ pair_products)  # (masked, pairs)
+        else:
+            # Many missing cells (lm_nonzero: every absent participant): build each feature's
+            # Gram matrix over its present rows in one dense product instead, D = I - G.
+            # The padded basis is zero outside the design, so the product counts design rows only.
+            pair_products = vectors[:, upper_r] * vectors[:, upper_c]
+            present_gram = (pair_products.T @ prepared.present[:, masked]).T  # (masked, pairs)
+            downdate_flat = (upper_r == upper_c).astype(np.float64) - present_gram
         downdate = np.zeros((masked.size, width, width))
         downdate[:, upper_r, upper_c] = downdate_flat
         downdate[:, upper_c, upper_r] = downdate_flat
@@ -304,8 +322,7 @@ def _fit_one_design(
     unsafe = (rss < _RSS_IDENTITY_FLOOR * sum_squares) & ~constant
     present_in_design = np.zeros((0, 0), dtype=bool)
     if unsafe.any() or clusters is not None:
-        present_in_design = np.repeat(in_design[:, None], m, axis=1)
-        present_in_design[miss_rows, miss_cols] = False
+        present_in_design = (prepared.present > 0) & in_design[:, None]
     # Where the identity is unsafe (model explains nearly all of y'y), compute residuals explicitly.
     for exposure_index in np.flatnonzero(unsafe.any(axis=1)):
         e = int(exposure_index)
@@ -350,10 +367,8 @@ def _fit_one_design(
         case_padded[rows] = is_case
         control_padded = np.zeros(n_total, dtype=np.float64)
         control_padded[rows] = exposures[e] == 0
-        missing_cases = np.bincount(miss_cols, weights=case_padded[miss_rows], minlength=m)
-        missing_controls = np.bincount(miss_cols, weights=control_padded[miss_rows], minlength=m)
-        n_cases[e] = int(is_case.sum()) - missing_cases.astype(np.int64)
-        n_controls[e] = int((exposures[e] == 0).sum()) - missing_controls.astype(np.int64)
+        n_cases[e] = np.rint(case_padded @ prepared.present).astype(np.int64)
+        n_controls[e] = np.rint(control_padded @ prepared.present).astype(np.int64)
 
     status[singular] = FitStatus.FEATURE_RANK_DEFICIENT
     too_few = ~(df >= 1) | too_few_clusters

@@ -71,7 +71,7 @@ def sample_summaries(block: np.ndarray, transform: str, pseudocount: float) -> t
     """
     observed = ~np.isnan(block)
     if transform == "clr":
-        values = np.log(np.where(observed, block, 0.0) + pseudocount)
+        values = np.log(np.where(observed, block, 1.0) + pseudocount)  # masked below; 1.0 keeps log finite
     else:
         values = np.where(observed, block, 0.0)
     return np.where(observed, values, 0.0).sum(axis=1), observed.sum(axis=1)
