@@ -1,0 +1,746 @@
+"""Batched logistic regression of feature presence (the prevalence model).
+
+Model for every feature ``j`` and exposure ``e`` of one covariate design::
+
+    logit P(feature j present in participant i) = z_i' gamma_j + x_ei beta_ej
+
+over the design's participants, minus those whose presence of feature ``j`` is
+missing.
+
+Parametrisation. Newton's method runs on the orthonormal basis ``B = [Q, b_e]``
+of the design (``Q`` from the design's QR, ``b_e = x_r / s_e`` the exposure with
+the covariates projected out, as in the OLS kernel). It spans the same model as
+``[covariates, exposure]``, so the fitted probabilities are identical, while its
+Gram matrix is the identity (for complete features) whatever the scale of the
+raw covariates (read depth ~1e7 included). The exposure slope is ``c / s_e``
+with ``c`` the coefficient on ``b_e``, and its standard error likewise.
+
+Method. Newton's method for every feature of a block at once:
+
+* the start is the constant fit ``logit(prevalence)``, whose weights are
+  constant, so its Fisher information and score have closed forms;
+* an iteration is one pass over the participants, in chunks of rows that stay
+  in cache. Per chunk, the Fisher information ``B' diag(w_j) B`` of every
+  feature is ONE product ``P' W`` (``P`` the products of pairs of basis columns,
+  ``W`` the chunk's weights, zero in missing cells), the scores ``B'(Y - M)``
+  another; the ``(w, p, p)`` systems are then inverted as one stack;
+* a feature has converged when its next step provably moves no linear predictor
+  by more than ``tol``; it takes that step and is frozen;
+* a step that lowers the log-likelihood is halved until it does not. Short
+  steps need no check: one that moves no linear predictor by more than 1.5
+  cannot lower a logistic log-likelihood (see ``_SAFE_STEP``);
+* passes with long steps (far from the optimum, where only the direction
+  matters) run in single precision; every estimate and variance comes from
+  double-precision passes.
+
+Separation (no finite maximum-likelihood estimate) is recognised two ways:
+directly, when a level of a two-valued design column (a binary exposure, a
+dummy covariate, or the whole sample via the intercept) has all its used
+participants present or all absent, which is quasi-complete separation; and
+by divergence, when Newton's iterations keep pushing some fitted probability
+to numerically 0 or 1 (``|eta| > 30``) without converging. Those features are
+refitted with Firth's penalised likelihood (``l + 0.5 log det I``, finite
+whenever the design has full rank), whose estimate and standard error (from
+the inverse Fisher information at the penalised estimate) are reported with
+status FIRTH, or, with ``firth=False``, reported as SEPARATION without one.
+
+Pure numpy/scipy: no Dask, no files, no pandas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import scipy.special
+
+from scalable_assoc.models.design import CovariateDesign, project_out
+from scalable_assoc.models.fits import FitStatus, SlopeFits
+
+#: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below
+#: which its design counts as singular (as in the OLS kernel).
+_GRAM_SINGULAR = 1e-10
+#: Exposure residual norm, relative to the centred exposure's norm, below which
+#: the exposure counts as explained by the covariates (as in the OLS kernel).
+_EXPOSURE_COLLINEAR = 1e-8
+#: |linear predictor| beyond which a fitted probability is numerically 0 or 1
+#: (1 - expit(30) ~ 1e-13, about R's "fitted probabilities numerically 0 or 1").
+_ETA_DIVERGED = 30.0
+#: Consecutive iterations beyond ``_ETA_DIVERGED`` that make a fit diverging: an
+#: overshoot is corrected in an iteration or two, while under separation the
+#: predictor grows by about one unit per iteration forever.
+_DIVERGED_ITERATIONS = 3
+#: Iterations before the divergence rule applies: under separation the predictor
+#: grows by about one unit per iteration, so it cannot pass ``_ETA_DIVERGED``
+#: much earlier, while the early iterations are where harmless overshoots happen.
+_DIVERGENCE_CHECKS_FROM = 10
+#: A fit still iterating at ``max_iter`` counts as separated (rather than merely
+#: not converged) when some used participant's |eta| exceeds this.
+_ETA_SEPARATED_AT_END = 15.0
+#: A Newton step that moves no linear predictor by more than this cannot lower the
+#: log-likelihood, so it needs no check. Along the step, f(1) - f(0) >= g (1 -
+#: (e^M - 1 - M) / M^2) with g = U'I^-1 U >= 0 the Newton decrement and M the
+#: largest move, because |d log w / d eta| = |1 - 2 mu| <= 1 bounds how fast the
+#: weights, hence the curvature, can grow; the bracket is positive for M < ~1.79.
+_SAFE_STEP = 1.5
+#: Passes whose every step moves some linear predictor by more than this run in
+#: single precision: the next step is then still ~1e-4 or more, far above the
+#: ~1e-7 rounding single precision leaves in it, and the next double-precision
+#: pass removes that rounding with the rest of the error.
+_SINGLE_PRECISION_STEP = 0.03
+#: Passes whose every step moves some linear predictor by more than this compute the
+#: Fisher information in single precision even when the rest is double: its error
+#: only perturbs the next step by ~1e-7 of itself, and a step this long is followed
+#: by at least one more pass (whose information is then exact for the variance).
+_EXACT_FISHER_STEP = 1e-4
+#: Step halvings tried before a feature is given up as not converging.
+_MAX_HALVINGS = 30
+#: Relative decrease of the (penalised) log-likelihood tolerated before halving
+#: a step: far above its rounding, far below any decrease that matters. Values
+#: from single-precision passes carry ~1e-7 relative rounding, hence the wider one.
+_OBJECTIVE_SLACK = 1e-10
+_OBJECTIVE_SLACK_SINGLE = 1e-5
+#: Participants per chunk of a pass: the chunk's ``(rows, features)`` temporaries
+#: stay in cache, so the elementwise work runs at compute speed, not memory speed.
+_CHUNK_ROWS = 256
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """Missing cells of an ``(n, w)`` array: row and column indices, sorted by row."""
+
+    rows: np.ndarray
+    columns: np.ndarray
+
+    def restrict(self, keep: np.ndarray, width: int) -> _Cells:
+        """The cells of columns ``keep`` (of ``width``), renumbered as columns of ``[:, keep]``."""
+        position = np.full(width, -1, dtype=np.int64)
+        position[keep] = np.arange(keep.size)
+        renumbered = position[self.columns]
+        inside = renumbered >= 0
+        return _Cells(self.rows[inside], renumbered[inside])
+
+    def indicator(self, n: int, width: int) -> scipy.sparse.csr_matrix:
+        """``(width, n)`` sparse 0/1 matrix of the cells, for sums over missing rows only."""
+        return scipy.sparse.csr_matrix((np.ones(self.rows.size), (self.columns, self.rows)), shape=(width, n))
+
+
+@dataclass(frozen=True)
+class _Basis:
+    """One design's orthonormal basis ``B`` (``(n, p)``) and the products of pairs of its columns.
+
+    ``products[:, t] = B[:, upper[t]] * B[:, lower[t]]`` over the ``q = p (p + 1) / 2``
+    pairs of the upper triangle, so that ``products' W`` holds every Fisher
+    information ``B' diag(w_j) B`` of a block. ``*32`` are single-precision copies.
+    """
+
+    matrix: np.ndarray
+    products: np.ndarray
+    upper: np.ndarray
+    lower: np.ndarray
+    matrix32: np.ndarray
+    products32: np.ndarray
+
+    @property
+    def p(self) -> int:
+        """Number of basis columns."""
+        return int(self.matrix.shape[1])
+
+    def unpack(self, flat: np.ndarray) -> np.ndarray:
+        """``(q, w)`` upper-triangle entries -> ``(w, p, p)`` symmetric matrices."""
+        out = np.empty((flat.shape[1], self.p, self.p))
+        out[:, self.upper, self.lower] = flat.T
+        out[:, self.lower, self.upper] = flat.T
+        return out
+
+    def pack(self, matrices: np.ndarray) -> np.ndarray:
+        """``(w, p, p)`` symmetric ``A_j`` -> ``(q, w)`` such that ``products @ pack(A) = x_i' A_j x_i``."""
+        # Off-diagonal pairs appear once in the triangle but twice in the quadratic form.
+        return matrices[:, self.upper, self.lower].T * np.where(self.upper == self.lower, 1.0, 2.0)[:, None]
+
+
+def _make_basis(matrix: np.ndarray) -> _Basis:
+    p = matrix.shape[1]
+    upper, lower = np.triu_indices(p)
+    products = np.empty((matrix.shape[0], upper.size))
+    offset = 0
+    for a in range(p):  # row a of the triangle, pairs (a, a..p-1), in triu_indices order
+        products[:, offset : offset + p - a] = matrix[:, a : a + 1] * matrix[:, a:]
+        offset += p - a
+    return _Basis(matrix, products, upper, lower, matrix.astype(np.float32), products.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """What one pass over the participants computed for ``w`` features (None: not asked for)."""
+
+    fisher: np.ndarray | None  # (w, p, p) Fisher information B' W B
+    score: np.ndarray | None  # (p, w) score B'(y - mu)
+    loglik: np.ndarray | None  # (w,) log-likelihood (unpenalised)
+    largest: np.ndarray | None  # (w,) max |eta| over used participants
+
+
+def _evaluate(
+    basis: _Basis,
+    y: np.ndarray,
+    missing: _Cells,
+    coefficients: np.ndarray,
+    fisher: bool = True,
+    score: bool = True,
+    loglik: bool = False,
+    largest: bool = False,
+    single: bool = False,
+    single_fisher: bool = False,
+) -> _Evaluation:
+    """One pass over the participants at ``eta = B @ coefficients`` (``(p, w)``), for ``w`` features.
+
+    ``y`` is ``(n, w)`` presence, 0 in the ``missing`` cells (in the pass's
+    precision). With ``single`` the products and probabilities are computed in single precision (sums and
+    the log-likelihood still in double); with ``single_fisher`` only the Fisher
+    information's product is.
+
+    The linear predictors are recomputed chunk by chunk rather than stored: an
+    ``(n, w)`` array in memory costs more to read and write than the small
+    product costs to redo.
+    """
+    n, w = y.shape
+    matrix = basis.matrix32 if single else basis.matrix
+    products = basis.products32 if single or single_fisher else basis.products
+    coefficients = coefficients.astype(matrix.dtype)
+    fisher_flat = np.zeros((products.shape[1], w)) if fisher else None
+    score_sum = np.zeros((basis.p, w)) if score else None
+    loglik_sum = np.zeros(w) if loglik else None
+    largest_max = np.zeros(w) if largest else None
+    starts = np.arange(0, n, _CHUNK_ROWS)
+    cell_bounds = np.searchsorted(missing.rows, np.append(starts, n))
+    # exp(-eta) overflows to inf only for very negative eta, where mu = 0 is its limit
+    # (and the log-likelihood -inf, which step halving rejects).
+    with np.errstate(over="ignore", invalid="ignore"):
+        for index, first in enumerate(starts):  # chunks of participants, never features
+            last = min(first + _CHUNK_ROWS, n)
+            in_chunk = slice(cell_bounds[index], cell_bounds[index + 1])
+            cells = (missing.rows[in_chunk] - first, missing.columns[in_chunk])
+            rows = matrix[first:last]
+            observed = y[first:last]
+            eta = rows @ coefficients
+            buffer = np.negative(eta)
+            np.exp(buffer, out=buffer)
+            buffer += 1.0
+            mu = np.reciprocal(buffer)
+            mu[cells] = 0.0  # with y = 0 there: no weight, no residual
+            if loglik_sum is not None:
+                # Per cell y log mu + (1 - y) log(1 - mu) = -log(1 + exp(-s eta)), s = 2y - 1:
+                # no cancellation between large terms, so single precision keeps ~1e-7 of
+                # each term; summed in double precision.
+                term = np.multiply(observed, -2.0)
+                term += 1.0
+                term *= eta
+                np.exp(term, out=term)
+                term += 1.0
+                np.log(term, out=term)
+                term[cells] = 0.0
+                loglik_sum -= term.sum(axis=0, dtype=np.float64)
+            if largest_max is not None:
+                magnitude = np.abs(eta)
+                magnitude[cells] = 0.0
+                np.maximum(largest_max, magnitude.max(axis=0), out=largest_max)
+            # mu - mu^2 is accurate in absolute terms, all that the sums need.
+            weights = np.multiply(mu, mu, out=buffer)
+            np.subtract(mu, weights, out=weights)
+            if fisher_flat is not None:
+                fisher_flat += products[first:last].T @ weights.astype(products.dtype, copy=False)
+            if score_sum is not None:
+                score_sum += rows.T @ np.subtract(observed, mu, out=mu)
+    if single and loglik_sum is not None and not np.all(np.isfinite(loglik_sum)):
+        # exp(-eta) overflows single precision already for eta < -88, where the
+        # log-likelihood is finite: redo those features in double precision.
+        redo = np.flatnonzero(~np.isfinite(loglik_sum))
+        again = _evaluate(basis, y[:, redo].astype(np.float64), missing.restrict(redo, w), coefficients[:, redo].astype(np.float64), False, False, True)
+        assert again.loglik is not None
+        loglik_sum[redo] = again.loglik
+    return _Evaluation(None if fisher_flat is None else basis.unpack(fisher_flat), score_sum, loglik_sum, largest_max)
+
+
+def _firth_pass(basis: _Basis, y: np.ndarray, missing: _Cells, coefficients: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Firth's modified score ``(p, w)`` and the penalised log-likelihood's negative Hessian ``(w, p, p)``.
+
+    At ``eta = B @ coefficients``, with ``inverse`` the inverse Fisher information
+    ``M = I^-1`` there. With ``w' = w (1 - 2 mu)``, ``w'' = w (1 - 6 w)`` (the
+    derivatives of the weights in eta) and ``q_i = x_i' M x_i`` (so ``h = w q``)::
+
+        U* = B'(y - mu + h (1/2 - mu))
+        -H* = I - 1/2 B' diag(w'' q) B + 1/2 T,   T_rs = tr(M A_r M A_s),  A_r = B' diag(w' x_r) B
+
+    Newton's method needs the exact Hessian here: the Fisher information alone
+    misses the penalty's curvature, which dominates along the separating
+    direction and makes Fisher scoring crawl (~0.95 per iteration) under
+    complete separation.
+    """
+    n, w = y.shape
+    p, q = basis.p, basis.products.shape[1]
+    packed = basis.pack(inverse)
+    score = np.zeros((p, w))
+    fisher_flat = np.zeros((q, w))
+    curvature_flat = np.zeros((q, w))
+    derivative_flat = np.zeros((p * q, w))  # A_r's triangle entries, r major
+    starts = np.arange(0, n, _CHUNK_ROWS)
+    cell_bounds = np.searchsorted(missing.rows, np.append(starts, n))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for index, first in enumerate(starts):  # chunks of participants, never features
+            last = min(first + _CHUNK_ROWS, n)
+            in_chunk = slice(cell_bounds[index], cell_bounds[index + 1])
+            cells = (missing.rows[in_chunk] - first, missing.columns[in_chunk])
+            rows, products = basis.matrix[first:last], basis.products[first:last]
+            mu = 1.0 / (1.0 + np.exp(-(rows @ coefficients)))
+            mu[cells] = 0.0  # no weight and (with y = 0) no residual in missing cells
+            weights = mu - mu * mu
+            leverage = products @ packed
+            score += rows.T @ (y[first:last] - mu + weights * leverage * (0.5 - mu))
+            fisher_flat += products.T @ weights
+            curvature_flat += products.T @ (weights * (1.0 - 6.0 * weights) * leverage)
+            triple = (rows[:, :, None] * products[:, None, :]).reshape(last - first, p * q)
+            derivative_flat += triple.T @ (weights * (1.0 - 2.0 * mu))
+    derivatives = basis.unpack(derivative_flat.reshape(p, q, w).transpose(1, 0, 2).reshape(q, p * w)).reshape(p, w, p, p)
+    sandwich = np.einsum("jab,rjbc->jrac", inverse, derivatives)  # M A_r
+    penalty_curvature = np.einsum("jrab,jsba->jrs", sandwich, sandwich)
+    return score, basis.unpack(fisher_flat) - 0.5 * basis.unpack(curvature_flat) + 0.5 * penalty_curvature
+
+
+def _firth_step(fisher: np.ndarray, negative_hessian: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """``(p, w)`` Newton steps ``(-H*)^-1 U*`` where ``-H*`` is positive definite, Fisher scoring steps elsewhere."""
+    # Far from the estimate the penalty can make the Hessian indefinite; Fisher scoring
+    # (with step halving) still ascends there.
+    definite = np.linalg.eigvalsh(negative_hessian)[:, 0] > _GRAM_SINGULAR * np.abs(np.diagonal(fisher, axis1=1, axis2=2)).max(axis=1)
+    chosen = np.where(definite[:, None, None], negative_hessian, fisher)
+    try:
+        return np.linalg.solve(chosen, score.T[:, :, None])[:, :, 0].T
+    except np.linalg.LinAlgError:
+        return np.einsum("wab,bw->aw", _inverse(chosen), score)
+
+
+def _half_logdet(fisher: np.ndarray) -> np.ndarray:
+    """Firth's penalty ``0.5 log det I`` for a ``(w, p, p)`` stack; -inf where not positive definite."""
+    sign, logdet = np.linalg.slogdet(fisher)
+    return np.where(sign > 0, 0.5 * logdet, -np.inf)
+
+
+def _inverse(matrices: np.ndarray) -> np.ndarray:
+    """Inverses of a ``(w, p, p)`` stack of symmetric matrices; pseudo-inverses if one is exactly singular."""
+    try:
+        return np.linalg.inv(matrices)
+    except np.linalg.LinAlgError:
+        # One exactly singular matrix (weights underflowed) must not sink the whole stack.
+        return np.linalg.pinv(matrices, hermitian=True)
+
+
+def _newton_step(fisher: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(delta (p, w), variance (w,))``: ``I^-1 U`` and the last diagonal entry of ``I^-1``, one stacked solve."""
+    w, p, _ = fisher.shape
+    right = np.zeros((w, p, 2))
+    right[:, :, 0] = score.T
+    right[:, -1, 1] = 1.0
+    try:
+        solved = np.linalg.solve(fisher, right)
+    except np.linalg.LinAlgError:
+        solved = _inverse(fisher) @ right
+    return solved[:, :, 0].T.copy(), solved[:, -1, 1].copy()
+
+
+@dataclass
+class _Point:
+    """Newton's state at the current coefficients of ``w`` features."""
+
+    coefficients: np.ndarray  # (p, w)
+    delta: np.ndarray  # (p, w) the Newton step from here (zero for frozen features)
+    variance: np.ndarray  # (w,) last diagonal entry of the inverse Fisher information
+    objective: np.ndarray  # (w,) log-likelihood (penalised under Firth); NaN where not computed
+    rough_variance: np.ndarray  # (w,) bool: the information came from a single-precision product
+    rough_objective: np.ndarray  # (w,) bool: the objective came from a single-precision pass
+
+    def take(self, columns: np.ndarray) -> _Point:
+        """The state of ``columns`` only."""
+        return _Point(
+            self.coefficients[:, columns],
+            self.delta[:, columns],
+            self.variance[columns],
+            self.objective[columns],
+            self.rough_variance[columns],
+            self.rough_objective[columns],
+        )
+
+
+def _start(basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, basis_y: np.ndarray | None) -> _Point:
+    """Newton's start: the constant fit ``eta = logit(prevalence)`` of every feature.
+
+    Its weights are constant per feature, so its Fisher information is that
+    constant times the feature's Gram matrix (all rows minus the missing ones, a
+    sparse product) and its score ``B'y - prevalence B'1`` and log-likelihood
+    have closed forms: no pass over the participants (except for Firth's
+    modified score). ``basis_y`` is ``B'y`` (``(p, w)``) if already known.
+    """
+    n = basis.matrix.shape[0]
+    w = y.shape[1]
+    n_used = np.maximum(n - np.bincount(missing.columns, minlength=w), 1)
+    events = y.sum(axis=0)
+    prevalence = np.clip(events / n_used, 0.5 / n_used, 1.0 - 0.5 / n_used)
+    logit = np.log(prevalence) - np.log1p(-prevalence)
+    coefficients = np.zeros((basis.p, w))
+    coefficients[:-1] = (basis.matrix[:, :-1].sum(axis=0))[:, None] * logit  # 1 = Q Q'1 lies in span(Q)
+    indicator = missing.indicator(n, w)
+    gram = basis.products.sum(axis=0)[:, None] - np.asarray(indicator @ basis.products).T
+    fisher = basis.unpack(gram * (prevalence * (1.0 - prevalence)))
+    objective = events * np.log(prevalence) + (n_used - events) * np.log1p(-prevalence)
+    if firth:
+        objective = objective + _half_logdet(fisher)
+        inverse = _inverse(fisher)
+        score, negative_hessian = _firth_pass(basis, y, missing, coefficients, inverse)
+        delta, variance = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1]
+    else:
+        used_sums = basis.matrix.sum(axis=0)[:, None] - np.asarray(indicator @ basis.matrix).T
+        score = (basis.matrix.T @ y if basis_y is None else basis_y) - used_sums * prevalence
+        delta, variance = _newton_step(fisher, score)
+    return _Point(coefficients, delta, variance, objective, np.zeros(w, dtype=bool), np.zeros(w, dtype=bool))
+
+
+@dataclass(frozen=True)
+class _NewtonResult:
+    """Per feature (``s``): coefficients ``(p, s)`` on the basis, variance of the last one, outcome."""
+
+    coefficients: np.ndarray
+    last_variance: np.ndarray
+    converged: np.ndarray
+    diverged: np.ndarray
+
+
+def _newton(
+    basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, max_iter: int, tol: float, basis_y: np.ndarray | None = None
+) -> _NewtonResult:
+    """(Penalised) maximum likelihood for ``s`` features at once, by Newton's method with step halving.
+
+    ``y`` is ``(n, s)`` presence with 0 in the ``missing`` cells. Under ``firth``
+    the objective is Firth's penalised log-likelihood and the score the modified
+    score. ``basis_y`` optionally gives ``B'y`` for the start.
+
+    A feature has converged when its next Newton step cannot move any linear
+    predictor by more than ``tol`` (bounded by ``sum_a max_i |B_ia| |delta_a|``,
+    no pass needed); it takes that step and is frozen (its step is zero from
+    then on). The working arrays shrink to the live features once half of them
+    are frozen, so that copying costs at most what it saves.
+    """
+    s = y.shape[1]
+    coefficients = np.full((basis.p, s), np.nan)
+    last_variance = np.full(s, np.nan)
+    converged = np.zeros(s, dtype=bool)
+    diverged = np.zeros(s, dtype=bool)
+    if s == 0:
+        return _NewtonResult(coefficients, last_variance, converged, diverged)
+
+    column_max = np.abs(basis.matrix).max(axis=0)
+    point = _start(basis, y, missing, firth, basis_y)
+    y32: np.ndarray | None = None  # single-precision presence, made when first needed
+    position = np.arange(s)  # original feature of each working column
+    live = np.ones(s, dtype=bool)
+    beyond = np.zeros(s, dtype=np.int64)  # consecutive iterations with max |eta| > _ETA_DIVERGED
+    largest = np.full(s, np.nan)
+    for iteration in range(max_iter):
+        bound = column_max @ np.abs(point.delta)  # >= max_i |B_i delta|
+        # Converged: take the final step, with the variance from the information just
+        # before it (the two differ by the order of tol).
+        done = live & (bound <= tol)
+        if (done & point.rough_variance).any():
+            # That information came from a single-precision product: recompute it exactly.
+            columns = np.flatnonzero(done & point.rough_variance)
+            exact = _evaluate(basis, y[:, columns], missing.restrict(columns, live.size), point.coefficients[:, columns], score=False)
+            assert exact.fisher is not None
+            point.variance[columns] = _inverse(exact.fisher)[:, -1, -1]
+        coefficients[:, position[done]] = point.coefficients[:, done] + point.delta[:, done]
+        last_variance[position[done]] = point.variance[done]
+        converged[position[done]] = True
+        live &= ~done
+        if not live.any():
+            break
+        if live.sum() <= live.size // 2:
+            keep = np.flatnonzero(live)
+            missing = missing.restrict(keep, live.size)
+            y, point, bound, position, beyond, largest = y[:, keep], point.take(keep), bound[keep], position[keep], beyond[keep], largest[keep]
+            y32 = None if y32 is None else y32[:, keep]
+            live = live[keep]
+        point.delta[:, ~live] = 0.0
+
+        # Only steps that might lower the objective are checked: all under Firth, whose
+        # penalty the certificate does not cover; otherwise only the long ones.
+        check = np.flatnonzero(live if firth else live & (bound > _SAFE_STEP))
+        single = not firth and bool(np.all(bound[live] > _SINGLE_PRECISION_STEP))
+        single_fisher = not firth and bool(np.all(bound[live] > _EXACT_FISHER_STEP))
+        if single and y32 is None:
+            y32 = y.astype(np.float32)
+        data = y32 if single and y32 is not None else y
+        options = {"loglik": check.size > 0, "largest": not firth and iteration >= _DIVERGENCE_CHECKS_FROM, "single": single, "single_fisher": single_fisher}
+        trial = point.coefficients + point.delta
+        evaluation = _evaluate(basis, data, missing, trial, score=not firth, **options)
+        assert evaluation.fisher is not None
+        fisher, score = evaluation.fisher, evaluation.score
+        objective = np.full(live.size, np.nan) if evaluation.loglik is None else evaluation.loglik
+        if firth:
+            objective = objective + _half_logdet(fisher)
+        if evaluation.largest is not None:
+            largest = evaluation.largest
+        if check.size:
+            before = point.objective[check]
+            unknown = np.isnan(before)
+            if unknown.any():
+                # A long step after short unchecked ones: its starting value is needed now.
+                columns = check[unknown]
+                again = _evaluate(basis, y[:, columns], missing.restrict(columns, live.size), point.coefficients[:, columns], False, False, True)
+                assert again.loglik is not None
+                before[unknown] = again.loglik
+            slack = np.where(point.rough_objective[check] | single, _OBJECTIVE_SLACK_SINGLE, _OBJECTIVE_SLACK)
+            floor = before - slack * (1.0 + np.abs(before))
+            worse = ~(objective[check] >= floor)
+            factor = np.ones(check.size)
+            for _halving in range(_MAX_HALVINGS):
+                if not worse.any():
+                    break
+                columns = check[worse]
+                factor[worse] /= 2.0
+                trial[:, columns] = point.coefficients[:, columns] + factor[worse] * point.delta[:, columns]
+                retry = _evaluate(basis, data[:, columns], missing.restrict(columns, live.size), trial[:, columns], score=not firth, **options)
+                assert retry.fisher is not None and retry.loglik is not None
+                fisher[columns] = retry.fisher
+                objective[columns] = retry.loglik + (_half_logdet(retry.fisher) if firth else 0.0)
+                if score is not None and retry.score is not None:
+                    score[:, columns] = retry.score
+                if retry.largest is not None:
+                    largest[columns] = retry.largest
+                worse[worse] = ~(objective[columns] >= floor[worse])
+            # No step length helps: give up on these (they are reported as not converged).
+            live[check[worse]] = False
+
+        if firth:
+            inverse = _inverse(fisher)
+            score, negative_hessian = _firth_pass(basis, y, missing, trial, inverse)
+            delta, variance = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1]
+        else:
+            assert score is not None
+            delta, variance = _newton_step(fisher, score)
+        point = _Point(trial, delta, variance, objective, np.full(live.size, single_fisher), np.full(live.size, single))
+        if evaluation.largest is not None:
+            beyond = np.where(largest > _ETA_DIVERGED, beyond + 1, 0)
+            done = live & (beyond >= _DIVERGED_ITERATIONS)
+            diverged[position[done]] = True
+            live &= ~done
+        if not live.any():
+            break
+    else:
+        # Out of iterations: a fit still pushing probabilities towards 0 or 1 is separated
+        # (Firth's estimate is finite whatever the data: it is just not converged).
+        if firth:
+            return _NewtonResult(coefficients, last_variance, converged, diverged)
+        if np.isnan(largest).any():
+            again = _evaluate(basis, y, missing, point.coefficients, False, False, False, True)
+            assert again.largest is not None
+            largest = again.largest
+        diverged[position[live & (largest > _ETA_SEPARATED_AT_END)]] = True
+    return _NewtonResult(coefficients, last_variance, converged, diverged)
+
+
+def _two_level_indicators(columns: np.ndarray) -> np.ndarray:
+    """``(n, L)`` indicators of both levels of every column of ``columns`` (``(n, c)``) taking exactly two values."""
+    indicators = []
+    for column in columns.T:  # a handful of design columns, not features
+        levels = np.unique(column)
+        if levels.size == 2:
+            indicators.extend([column == levels[0], column == levels[1]])
+    return np.column_stack(indicators).astype(np.float64) if indicators else np.zeros((columns.shape[0], 0))
+
+
+def _used_sums(vectors: np.ndarray, missing_indicator: scipy.sparse.csr_matrix) -> np.ndarray:
+    """``(L, m)`` sums of each column of ``vectors`` (``(n, L)``) over each feature's used participants."""
+    # All rows minus the missing ones: a sparse product over the missing cells only.
+    return vectors.sum(axis=0)[:, None] - np.asarray(missing_indicator @ vectors).T
+
+
+def _level_separated(level_used: np.ndarray, level_present: np.ndarray) -> np.ndarray:
+    """``(m,)``: some level (a row of the ``(L, m)`` counts) has used participants, all present or all absent.
+
+    With an intercept in the model that is quasi-complete separation: moving the
+    level's coefficient (or the intercept, for the all-ones level) towards
+    +-infinity only ever increases the likelihood.
+    """
+    used, present = np.rint(level_used), np.rint(level_present)
+    return np.any((used > 0) & ((present == 0) | (present == used)), axis=0)
+
+
+def _singular_features(basis: _Basis, missing_indicator: scipy.sparse.csr_matrix) -> np.ndarray:
+    """``(m,)``: the basis restricted to each feature's used participants is (numerically) singular."""
+    # Gram = I - D, D summing v v' over the unused rows: lambda_min >= 1 - trace(D), so
+    # features whose unused rows carry little leverage need no eigenvalues.
+    trace_missing = missing_indicator @ np.einsum("ij,ij->i", basis.matrix, basis.matrix)
+    doubtful = np.flatnonzero(trace_missing >= 0.5)
+    singular = np.zeros(missing_indicator.shape[0], dtype=bool)
+    if doubtful.size:
+        full = basis.products.sum(axis=0)
+        gram = basis.unpack(full[:, None] - np.asarray(missing_indicator[doubtful] @ basis.products).T)
+        singular[doubtful] = np.linalg.eigvalsh(gram)[:, 0] <= _GRAM_SINGULAR
+    return singular
+
+
+def fit_logistic_slopes(
+    design: CovariateDesign,
+    exposures: np.ndarray,
+    binary: np.ndarray,
+    presence: np.ndarray,
+    rows: np.ndarray | None = None,
+    firth: bool = True,
+    min_events: int = 5,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+) -> SlopeFits:
+    """Fit ``logit P(present) ~ covariates + exposure`` for every exposure and feature of a block.
+
+    Parameters
+    ----------
+    design:
+        The factorised covariate design of its ``n`` participants (intercept
+        first). A design with a problem gives DESIGN_RANK_DEFICIENT everywhere.
+    exposures:
+        ``(k, n)`` exposure values over the design's participants (0/1 for
+        binary exposures), no missing values.
+    binary:
+        ``(k,)`` bool, whether each exposure is a case/control indicator.
+    presence:
+        ``(N, m)`` 1.0 where the feature is present, 0.0 where absent, NaN where
+        missing (which leaves that participant out for that feature only).
+    rows:
+        ``(n,)`` positions of the design's participants among the ``N`` rows;
+        None when ``presence`` holds exactly the design's participants.
+    firth:
+        Refit separated features with Firth's penalised likelihood (status
+        FIRTH); otherwise report them as SEPARATION without an estimate.
+    min_events:
+        Features with fewer than this many used participants with the feature,
+        or without it, get TOO_FEW_EVENTS and no estimate.
+    max_iter:
+        Newton iterations per fit; a fit still moving afterwards is NOT_CONVERGED
+        (or separated, if its probabilities are heading to 0 or 1).
+    tol:
+        A fit has converged when its next Newton step moves no used
+        participant's linear predictor (log odds) by more than ``tol``.
+
+    Returns
+    -------
+    SlopeFits with every array ``(k, m)``: ``beta`` the log odds ratio per
+    exposure unit, ``se`` from the inverse Fisher information (at the penalised
+    estimate under Firth), ``t`` the Wald z, ``p`` two-sided normal, ``n`` the
+    participants used, ``n_cases``/``n_controls`` for binary exposures.
+    """
+    presence = np.asarray(presence, dtype=np.float64)
+    if presence.ndim != 2:
+        raise ValueError(f"presence must be (N, m), got shape {presence.shape}")
+    n_total, m = presence.shape
+    rows = np.arange(n_total) if rows is None else np.asarray(rows)
+    exposures = np.atleast_2d(np.asarray(exposures, dtype=np.float64))
+    k, n = exposures.shape
+    binary = np.broadcast_to(np.asarray(binary, dtype=bool), (k,))
+    if rows.size != n or design.n != n:
+        raise ValueError(f"design has {design.n} participants, exposures {n}, rows {rows.size}; they must agree")
+    if not np.all(np.isfinite(exposures)):
+        raise ValueError("exposures must be finite; drop participants with missing exposures first")
+
+    y = presence[rows]  # a copy: missing cells are zeroed in place
+    missing = _Cells(*np.divmod(np.flatnonzero(np.isnan(y)), m))  # row-major: sorted by row
+    y[missing.rows, missing.columns] = 0.0
+    if np.count_nonzero(y == 0.0) + np.count_nonzero(y == 1.0) != y.size:
+        raise ValueError("presence must hold 1.0 (present), 0.0 (absent) or NaN (missing)")
+    missing_indicator = missing.indicator(n, m)
+    n_used = n - np.bincount(missing.columns, minlength=m)
+
+    shape = (k, m)
+    beta = np.full(shape, np.nan)
+    se = np.full(shape, np.nan)
+    status = np.zeros(shape, dtype=np.int8)
+    n_out = np.broadcast_to(n_used.astype(np.int64), shape).copy()
+    n_cases = np.full(shape, -1, dtype=np.int64)
+    n_controls = np.full(shape, -1, dtype=np.int64)
+    for index in np.flatnonzero(binary):
+        counts = _used_sums(np.column_stack([exposures[index] == 1.0, exposures[index] == 0.0]).astype(np.float64), missing_indicator)
+        n_cases[index], n_controls[index] = np.rint(counts).astype(np.int64)
+
+    if design.problem is not None:
+        status[:] = FitStatus.DESIGN_RANK_DEFICIENT
+        return SlopeFits(beta, se, beta.copy(), beta.copy(), n_out, n_cases, n_controls, status)
+
+    # Orthonormal exposure directions b_e = x_r / s_e, one per exposure (as in the OLS kernel).
+    exposure_residuals = project_out(design.q, exposures.T)  # (n, k)
+    scales = np.linalg.norm(exposure_residuals, axis=0)
+    centred_norms = np.linalg.norm(exposures - exposures.mean(axis=1, keepdims=True), axis=1)
+    collinear = scales <= _EXPOSURE_COLLINEAR * np.maximum(centred_norms, np.finfo(float).tiny)
+    directions = exposure_residuals / np.where(collinear, 1.0, scales)
+
+    # Levels whose presence counts reveal separation without fitting: the whole sample
+    # (the intercept's level), each level of a two-valued covariate, then of each exposure.
+    level_blocks = [np.ones((n, 1)), _two_level_indicators(design.covariates[:, 1:])]
+    level_blocks += [_two_level_indicators(exposures[e][:, None]) for e in range(k)]
+    levels = np.hstack(level_blocks)
+    # Everything that needs y itself in ONE product (y is read once): level counts,
+    # Q'y and b_e'y (the start's score), events (the all-ones level).
+    totals = np.hstack([levels, design.q, directions]).T @ y
+    level_present, basis_y = totals[: levels.shape[1]], totals[levels.shape[1] :]
+    level_used = _used_sums(levels, missing_indicator)
+    events = level_present[0]
+    too_few = np.minimum(events, n_used - events) < min_events
+    bounds = np.cumsum([0] + [block.shape[1] for block in level_blocks])
+    covariate_separated = _level_separated(level_used[: bounds[2]], level_present[: bounds[2]])
+
+    rank = design.q.shape[1]
+    for e in range(k):  # a handful of exposures per design; features stay vectorised
+        if collinear[e]:
+            status[e] = FitStatus.EXPOSURE_COLLINEAR
+            continue
+        basis = _make_basis(np.column_stack([design.q, directions[:, e]]))
+        singular = _singular_features(basis, missing_indicator)
+        fitted = ~too_few & ~singular
+        exposure_levels = slice(bounds[2 + e], bounds[3 + e])
+        exposure_separated = _level_separated(level_used[exposure_levels], level_present[exposure_levels])
+        separated = fitted & (covariate_separated | exposure_separated)
+
+        plain = np.flatnonzero(fitted & ~separated)
+        every = plain.size == m  # no copy of the block when every feature is fitted
+        result = _newton(
+            basis,
+            y if every else y[:, plain],
+            missing if every else missing.restrict(plain, m),
+            False,
+            max_iter,
+            tol,
+            basis_y[np.r_[:rank, rank + e]][:, plain],
+        )
+        estimated = plain[result.converged]
+        beta[e, estimated] = result.coefficients[-1, result.converged] / scales[e]
+        se[e, estimated] = np.sqrt(result.last_variance[result.converged]) / scales[e]
+        status[e, plain[~result.converged]] = FitStatus.NOT_CONVERGED
+        separated[plain[result.diverged]] = True
+
+        penalised = np.flatnonzero(separated)
+        if firth:
+            result = _newton(basis, y[:, penalised], missing.restrict(penalised, m), True, max_iter, tol)
+            estimated = penalised[result.converged]
+            beta[e, estimated] = result.coefficients[-1, result.converged] / scales[e]
+            se[e, estimated] = np.sqrt(result.last_variance[result.converged]) / scales[e]
+            status[e, estimated] = FitStatus.FIRTH
+            status[e, penalised[~result.converged]] = FitStatus.NOT_CONVERGED
+        else:
+            status[e, penalised] = FitStatus.SEPARATION
+        status[e, singular] = FitStatus.FEATURE_RANK_DEFICIENT
+        status[e, too_few] = FitStatus.TOO_FEW_EVENTS
+
+    # Only OK and FIRTH rows keep an estimate (a diverged plain fit left none anyway).
+    without = (status != FitStatus.OK) & (status != FitStatus.FIRTH)
+    beta[without] = np.nan
+    se[without] = np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = beta / se
+    # Two-sided normal tail, as statsmodels' Logit reports; ndtr keeps tiny p exact.
+    p = 2.0 * scipy.special.ndtr(-np.abs(z))
+    return SlopeFits(beta, se, z, p, n_out, n_cases, n_controls, status)
