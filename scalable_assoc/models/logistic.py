@@ -33,6 +33,11 @@ Method. Newton's method for every feature of a block at once:
   matters) run in single precision; every estimate and variance comes from
   double-precision passes.
 
+Firth's penalised likelihood is maximised the same way, with its modified
+score ``B'(y - mu + h (1/2 - mu))`` (``h`` the hat-matrix diagonal) and its exact
+Hessian, penalty curvature included: Fisher scoring alone crawls under complete
+separation. Every step is checked against the penalised log-likelihood.
+
 Separation (no finite maximum-likelihood estimate) is recognised two ways:
 directly, when a level of a two-valued design column (a binary exposure, a
 dummy covariate, or the whole sample via the intercept) has all its used
@@ -50,6 +55,8 @@ Pure numpy/scipy: no Dask, no files, no pandas.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import combinations_with_replacement
 
 import numpy as np
 import scipy.sparse
@@ -84,15 +91,17 @@ _ETA_SEPARATED_AT_END = 15.0
 #: largest move, because |d log w / d eta| = |1 - 2 mu| <= 1 bounds how fast the
 #: weights, hence the curvature, can grow; the bracket is positive for M < ~1.79.
 _SAFE_STEP = 1.5
-#: Passes whose every step moves some linear predictor by more than this run in
-#: single precision: the next step is then still ~1e-4 or more, far above the
-#: ~1e-7 rounding single precision leaves in it, and the next double-precision
-#: pass removes that rounding with the rest of the error.
+#: A pass runs in single precision when every live feature's step (its bound on
+#: the largest move of a linear predictor) exceeds this: the next steps are then
+#: still ~1e-4 or more, far above the ~1e-7 rounding single precision leaves in
+#: them, and the next double-precision pass removes that rounding with the rest
+#: of the error.
 _SINGLE_PRECISION_STEP = 0.03
-#: Passes whose every step moves some linear predictor by more than this compute the
-#: Fisher information in single precision even when the rest is double: its error
-#: only perturbs the next step by ~1e-7 of itself, and a step this long is followed
-#: by at least one more pass (whose information is then exact for the variance).
+#: A pass computes the Fisher information's product in single precision when every
+#: live feature's step exceeds this, even if the rest is double: its error only
+#: perturbs the next steps by ~1e-7 of themselves, and steps this long are followed
+#: by at least one more pass (whose information is exact, for the variance; a
+#: feature that converges anyway gets its variance recomputed exactly).
 _EXACT_FISHER_STEP = 1e-4
 #: Step halvings tried before a feature is given up as not converging.
 _MAX_HALVINGS = 30
@@ -101,8 +110,11 @@ _MAX_HALVINGS = 30
 #: from single-precision passes carry ~1e-7 relative rounding, hence the wider one.
 _OBJECTIVE_SLACK = 1e-10
 _OBJECTIVE_SLACK_SINGLE = 1e-5
-#: Participants per chunk of a pass: the chunk's ``(rows, features)`` temporaries
-#: stay in cache, so the elementwise work runs at compute speed, not memory speed.
+#: Cells (participants x features) per chunk of a pass: the chunk's temporaries
+#: stay in cache, so the elementwise work runs at compute speed, not memory speed;
+#: at least ``_CHUNK_ROWS`` participants, so that narrow passes (few features) are
+#: not dominated by the per-chunk overhead.
+_CHUNK_CELLS = 1 << 17
 _CHUNK_ROWS = 256
 
 
@@ -124,6 +136,17 @@ class _Cells:
     def indicator(self, n: int, width: int) -> scipy.sparse.csr_matrix:
         """``(width, n)`` sparse 0/1 matrix of the cells, for sums over missing rows only."""
         return scipy.sparse.csr_matrix((np.ones(self.rows.size), (self.columns, self.rows)), shape=(width, n))
+
+
+def _chunks(n: int, w: int, missing: _Cells) -> list[tuple[int, int, tuple[np.ndarray, np.ndarray]]]:
+    """``(first, last, cells)`` for the chunks of rows of an ``(n, w)`` pass; ``cells`` the chunk's missing cells."""
+    size = max(_CHUNK_ROWS, _CHUNK_CELLS // max(w, 1))
+    starts = np.arange(0, n, size)
+    bounds = np.searchsorted(missing.rows, np.append(starts, n))  # missing.rows is sorted
+    return [
+        (int(first), min(int(first) + size, n), (missing.rows[bounds[i] : bounds[i + 1]] - first, missing.columns[bounds[i] : bounds[i + 1]]))
+        for i, first in enumerate(starts)
+    ]
 
 
 @dataclass(frozen=True)
@@ -153,6 +176,29 @@ class _Basis:
         out[:, self.upper, self.lower] = flat.T
         out[:, self.lower, self.upper] = flat.T
         return out
+
+    @cached_property
+    def triples(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(n, t)`` products of the ``t = p (p + 1) (p + 2) / 6`` sorted triples of columns, and ``(p, p, p)`` positions.
+
+        ``triples[0].T @ v`` holds every ``sum_i v_i x_ir x_ia x_ib``, a symmetric
+        3-tensor, once per distinct entry; ``triples[1][r, a, b]`` is the entry's
+        column. Made only when Firth's likelihood is fitted, then reused. Single
+        precision: the tensor only shapes Newton's steps (whose fixed point, the
+        estimate, it does not move), and the product is memory-bound.
+        """
+        combinations = np.array(list(combinations_with_replacement(range(self.p), 3)))
+        products = np.empty((self.matrix.shape[0], len(combinations)))
+        offset = 0
+        for pair, a in enumerate(self.lower):  # pairs (r, a), r <= a, in the triples' order
+            products[:, offset : offset + self.p - a] = self.products[:, pair : pair + 1] * self.matrix[:, a:]
+            offset += self.p - a
+        products = products.astype(np.float32)
+        position = np.empty((self.p,) * 3, dtype=np.int64)
+        for column, (r, a, b) in enumerate(combinations):  # a few hundred index triples
+            for permuted in {(r, a, b), (r, b, a), (a, r, b), (a, b, r), (b, r, a), (b, a, r)}:
+                position[permuted] = column
+        return products, position
 
     def pack(self, matrices: np.ndarray) -> np.ndarray:
         """``(w, p, p)`` symmetric ``A_j`` -> ``(q, w)`` such that ``products @ pack(A) = x_i' A_j x_i``."""
@@ -195,8 +241,8 @@ def _evaluate(
 ) -> _Evaluation:
     """One pass over the participants at ``eta = B @ coefficients`` (``(p, w)``), for ``w`` features.
 
-    ``y`` is ``(n, w)`` presence, 0 in the ``missing`` cells (in the pass's
-    precision). With ``single`` the products and probabilities are computed in single precision (sums and
+    ``y`` is ``(n, w)`` presence, 0 in the ``missing`` cells. With ``single``
+    the products and probabilities are computed in single precision (sums and
     the log-likelihood still in double); with ``single_fisher`` only the Fisher
     information's product is.
 
@@ -207,22 +253,18 @@ def _evaluate(
     n, w = y.shape
     matrix = basis.matrix32 if single else basis.matrix
     products = basis.products32 if single or single_fisher else basis.products
+    given = coefficients
     coefficients = coefficients.astype(matrix.dtype)
     fisher_flat = np.zeros((products.shape[1], w)) if fisher else None
     score_sum = np.zeros((basis.p, w)) if score else None
     loglik_sum = np.zeros(w) if loglik else None
     largest_max = np.zeros(w) if largest else None
-    starts = np.arange(0, n, _CHUNK_ROWS)
-    cell_bounds = np.searchsorted(missing.rows, np.append(starts, n))
     # exp(-eta) overflows to inf only for very negative eta, where mu = 0 is its limit
     # (and the log-likelihood -inf, which step halving rejects).
     with np.errstate(over="ignore", invalid="ignore"):
-        for index, first in enumerate(starts):  # chunks of participants, never features
-            last = min(first + _CHUNK_ROWS, n)
-            in_chunk = slice(cell_bounds[index], cell_bounds[index + 1])
-            cells = (missing.rows[in_chunk] - first, missing.columns[in_chunk])
+        for first, last, cells in _chunks(n, w, missing):  # chunks of participants, never features
             rows = matrix[first:last]
-            observed = y[first:last]
+            observed = y[first:last].astype(matrix.dtype, copy=False)  # a cast in cache, not a copy of y
             eta = rows @ coefficients
             buffer = np.negative(eta)
             np.exp(buffer, out=buffer)
@@ -256,17 +298,19 @@ def _evaluate(
         # exp(-eta) overflows single precision already for eta < -88, where the
         # log-likelihood is finite: redo those features in double precision.
         redo = np.flatnonzero(~np.isfinite(loglik_sum))
-        again = _evaluate(basis, y[:, redo].astype(np.float64), missing.restrict(redo, w), coefficients[:, redo].astype(np.float64), False, False, True)
+        again = _evaluate(basis, y[:, redo], missing.restrict(redo, w), given[:, redo], False, False, True)
         assert again.loglik is not None
         loglik_sum[redo] = again.loglik
     return _Evaluation(None if fisher_flat is None else basis.unpack(fisher_flat), score_sum, loglik_sum, largest_max)
 
 
-def _firth_pass(basis: _Basis, y: np.ndarray, missing: _Cells, coefficients: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _firth_pass(
+    basis: _Basis, y: np.ndarray, missing: _Cells, coefficients: np.ndarray, fisher: np.ndarray, inverse: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Firth's modified score ``(p, w)`` and the penalised log-likelihood's negative Hessian ``(w, p, p)``.
 
-    At ``eta = B @ coefficients``, with ``inverse`` the inverse Fisher information
-    ``M = I^-1`` there. With ``w' = w (1 - 2 mu)``, ``w'' = w (1 - 6 w)`` (the
+    At ``eta = B @ coefficients``, with ``fisher`` the Fisher information ``I``
+    there and ``inverse`` its inverse ``M``. With ``w' = w (1 - 2 mu)``, ``w'' = w (1 - 6 w)`` (the
     derivatives of the weights in eta) and ``q_i = x_i' M x_i`` (so ``h = w q``)::
 
         U* = B'(y - mu + h (1/2 - mu))
@@ -278,33 +322,25 @@ def _firth_pass(basis: _Basis, y: np.ndarray, missing: _Cells, coefficients: np.
     complete separation.
     """
     n, w = y.shape
-    p, q = basis.p, basis.products.shape[1]
+    triples, position = basis.triples
     packed = basis.pack(inverse)
-    score = np.zeros((p, w))
-    fisher_flat = np.zeros((q, w))
-    curvature_flat = np.zeros((q, w))
-    derivative_flat = np.zeros((p * q, w))  # A_r's triangle entries, r major
-    starts = np.arange(0, n, _CHUNK_ROWS)
-    cell_bounds = np.searchsorted(missing.rows, np.append(starts, n))
+    score = np.zeros((basis.p, w))
+    curvature_flat = np.zeros((basis.products.shape[1], w))
+    derivative_flat = np.zeros((triples.shape[1], w))  # sum_i w'_i x_ir x_ia x_ib, distinct entries
     with np.errstate(over="ignore", invalid="ignore"):
-        for index, first in enumerate(starts):  # chunks of participants, never features
-            last = min(first + _CHUNK_ROWS, n)
-            in_chunk = slice(cell_bounds[index], cell_bounds[index + 1])
-            cells = (missing.rows[in_chunk] - first, missing.columns[in_chunk])
+        for first, last, cells in _chunks(n, w, missing):  # chunks of participants, never features
             rows, products = basis.matrix[first:last], basis.products[first:last]
             mu = 1.0 / (1.0 + np.exp(-(rows @ coefficients)))
             mu[cells] = 0.0  # no weight and (with y = 0) no residual in missing cells
             weights = mu - mu * mu
             leverage = products @ packed
             score += rows.T @ (y[first:last] - mu + weights * leverage * (0.5 - mu))
-            fisher_flat += products.T @ weights
             curvature_flat += products.T @ (weights * (1.0 - 6.0 * weights) * leverage)
-            triple = (rows[:, :, None] * products[:, None, :]).reshape(last - first, p * q)
-            derivative_flat += triple.T @ (weights * (1.0 - 2.0 * mu))
-    derivatives = basis.unpack(derivative_flat.reshape(p, q, w).transpose(1, 0, 2).reshape(q, p * w)).reshape(p, w, p, p)
-    sandwich = np.einsum("jab,rjbc->jrac", inverse, derivatives)  # M A_r
+            derivative_flat += triples[first:last].T @ (weights * (1.0 - 2.0 * mu)).astype(np.float32)
+    derivatives = derivative_flat.T[:, position]  # (w, p, p, p): A_r = derivatives[:, r]
+    sandwich = np.einsum("jab,jrbc->jrac", inverse, derivatives)  # M A_r
     penalty_curvature = np.einsum("jrab,jsba->jrs", sandwich, sandwich)
-    return score, basis.unpack(fisher_flat) - 0.5 * basis.unpack(curvature_flat) + 0.5 * penalty_curvature
+    return score, fisher - 0.5 * basis.unpack(curvature_flat) + 0.5 * penalty_curvature
 
 
 def _firth_step(fisher: np.ndarray, negative_hessian: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -394,7 +430,7 @@ def _start(basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, basis_y: 
     if firth:
         objective = objective + _half_logdet(fisher)
         inverse = _inverse(fisher)
-        score, negative_hessian = _firth_pass(basis, y, missing, coefficients, inverse)
+        score, negative_hessian = _firth_pass(basis, y, missing, coefficients, fisher, inverse)
         delta, variance = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1]
     else:
         used_sums = basis.matrix.sum(axis=0)[:, None] - np.asarray(indicator @ basis.matrix).T
@@ -425,8 +461,8 @@ def _newton(
     A feature has converged when its next Newton step cannot move any linear
     predictor by more than ``tol`` (bounded by ``sum_a max_i |B_ia| |delta_a|``,
     no pass needed); it takes that step and is frozen (its step is zero from
-    then on). The working arrays shrink to the live features once half of them
-    are frozen, so that copying costs at most what it saves.
+    then on). The working arrays shrink to the live features once a third of
+    them are frozen, so that copying costs about what it saves.
     """
     s = y.shape[1]
     coefficients = np.full((basis.p, s), np.nan)
@@ -438,7 +474,6 @@ def _newton(
 
     column_max = np.abs(basis.matrix).max(axis=0)
     point = _start(basis, y, missing, firth, basis_y)
-    y32: np.ndarray | None = None  # single-precision presence, made when first needed
     position = np.arange(s)  # original feature of each working column
     live = np.ones(s, dtype=bool)
     beyond = np.zeros(s, dtype=np.int64)  # consecutive iterations with max |eta| > _ETA_DIVERGED
@@ -460,11 +495,10 @@ def _newton(
         live &= ~done
         if not live.any():
             break
-        if live.sum() <= live.size // 2:
+        if 3 * live.sum() <= 2 * live.size:
             keep = np.flatnonzero(live)
             missing = missing.restrict(keep, live.size)
             y, point, bound, position, beyond, largest = y[:, keep], point.take(keep), bound[keep], position[keep], beyond[keep], largest[keep]
-            y32 = None if y32 is None else y32[:, keep]
             live = live[keep]
         point.delta[:, ~live] = 0.0
 
@@ -473,12 +507,9 @@ def _newton(
         check = np.flatnonzero(live if firth else live & (bound > _SAFE_STEP))
         single = not firth and bool(np.all(bound[live] > _SINGLE_PRECISION_STEP))
         single_fisher = not firth and bool(np.all(bound[live] > _EXACT_FISHER_STEP))
-        if single and y32 is None:
-            y32 = y.astype(np.float32)
-        data = y32 if single and y32 is not None else y
         options = {"loglik": check.size > 0, "largest": not firth and iteration >= _DIVERGENCE_CHECKS_FROM, "single": single, "single_fisher": single_fisher}
         trial = point.coefficients + point.delta
-        evaluation = _evaluate(basis, data, missing, trial, score=not firth, **options)
+        evaluation = _evaluate(basis, y, missing, trial, score=not firth, **options)
         assert evaluation.fisher is not None
         fisher, score = evaluation.fisher, evaluation.score
         objective = np.full(live.size, np.nan) if evaluation.loglik is None else evaluation.loglik
@@ -505,7 +536,7 @@ def _newton(
                 columns = check[worse]
                 factor[worse] /= 2.0
                 trial[:, columns] = point.coefficients[:, columns] + factor[worse] * point.delta[:, columns]
-                retry = _evaluate(basis, data[:, columns], missing.restrict(columns, live.size), trial[:, columns], score=not firth, **options)
+                retry = _evaluate(basis, y[:, columns], missing.restrict(columns, live.size), trial[:, columns], score=not firth, **options)
                 assert retry.fisher is not None and retry.loglik is not None
                 fisher[columns] = retry.fisher
                 objective[columns] = retry.loglik + (_half_logdet(retry.fisher) if firth else 0.0)
@@ -519,7 +550,7 @@ def _newton(
 
         if firth:
             inverse = _inverse(fisher)
-            score, negative_hessian = _firth_pass(basis, y, missing, trial, inverse)
+            score, negative_hessian = _firth_pass(basis, y, missing, trial, fisher, inverse)
             delta, variance = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1]
         else:
             assert score is not None
