@@ -146,3 +146,49 @@ def test_lmm_in_a_run_equals_statsmodels_mixedlm(small_study: SimulatedStudy, cl
             information += members.T @ np.linalg.solve(covariance, members)
         assert row["beta"] == pytest.approx(fit.fe_params[1], rel=1e-3, abs=1e-4)
         assert row["se"] == pytest.approx(np.sqrt(np.linalg.inv(information)[1, 1]), rel=1e-3)
+
+
+def test_prevalence_in_a_run_equals_statsmodels_logit(small_study: SimulatedStudy, client, tmp_path) -> None:
+    import statsmodels.api as sm
+
+    plan = tmp_path / "plan.yaml"
+    text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "species.tsv")
+    plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [prevalence]\npresence_threshold: 0.001").replace("cluster: household\n", ""))
+    results = run_study(plan, tmp_path / "out", client=client).results
+    assert set(results["model"]) == {"prevalence"}
+    metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str}).set_index("sample_id")
+    raw = read_layer(small_study.out_dir / "species.tsv")
+    kept = raw.loc[:, (raw > 0).sum() / raw.notna().sum() >= 0.1]
+    presence = (kept > 0.001).astype(float).where(kept.notna())
+    checked = 0
+    for exposure in ("AnyDep", "any_ptd"):
+        data = _exposure_frame(metadata, presence, exposure).dropna(subset=["age", "bmi"])
+        exog = np.column_stack([np.ones(len(data)), data["age"], data["sex"] == "male", data["bmi"], data["exposure_value"]]).astype(float)
+        for feature in kept.columns[::5]:
+            row = results[(results["feature"] == feature) & (results["exposure"] == exposure)].iloc[0]
+            if row["status"] != "ok":
+                assert row["status"].startswith(("separation", "too few")), row["status"]
+                continue
+            fit = sm.Logit(data[feature].to_numpy(float), exog, missing="drop").fit(disp=0, method="newton", tol=1e-12, maxiter=100)
+            assert row["n"] == int(fit.nobs)
+            for statistic, expected in (("beta", fit.params[-1]), ("se", fit.bse[-1]), ("p", fit.pvalues[-1])):
+                assert row[statistic] == pytest.approx(expected, rel=1e-6), (exposure, feature, statistic)
+            checked += 1
+    assert checked >= 6
+
+
+def test_all_models_invariant_to_chunk_size(small_study: SimulatedStudy, client, tmp_path) -> None:
+    text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "species.tsv")
+    text = text.replace("models: [lm, lm_nonzero]", "models: [lm, lm_nonzero, prevalence, lmm]").replace("cluster: household", "cluster: family_id")
+    frames = []
+    for chunk in (5, 64):
+        folder = tmp_path / f"chunk{chunk}"
+        folder.mkdir()
+        (folder / "plan.yaml").write_text(text)
+        frames.append(run_study(folder / "plan.yaml", folder / "out", client=client, chunk_features=chunk).results)
+    small, large = frames
+    assert set(small["model"]) == {"lm", "lm_nonzero", "prevalence", "lmm"}
+    pd.testing.assert_frame_equal(small[["layer", "feature", "exposure", "model", "n", "status"]], large[["layer", "feature", "exposure", "model", "n", "status"]])
+    for statistic in ("beta", "se", "p", "q"):
+        a, b = small[statistic].to_numpy(float), large[statistic].to_numpy(float)
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(b)))

@@ -23,6 +23,7 @@ from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
 from scalable_assoc.models.fits import SlopeFits
 from scalable_assoc.models.lmm import fit_random_intercept
+from scalable_assoc.models.logistic import fit_logistic_slopes
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.results.partials import fits_to_table
 from scalable_assoc.stats.transforms import (
@@ -138,11 +139,20 @@ def _fit_mixed(designs: list[SharedDesign], exposures: list[np.ndarray], binary:
     return fits
 
 
+def _fit_presence(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[SlopeFits]:
+    """Logistic regression of presence per design (Firth's penalised likelihood where separated)."""
+    return [
+        fit_logistic_slopes(design.design, design_exposures, design_binary, block, design.rows)
+        for design, design_exposures, design_binary in zip(designs, exposures, binary, strict=True)
+    ]
+
+
 #: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block) -> [SlopeFits per design]``.
 MODEL_FITTERS: dict[str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], np.ndarray], list[SlopeFits]]] = {
     "lm": _fit_linear,
     "lm_nonzero": _fit_linear,
     "lmm": _fit_mixed,
+    "prevalence": _fit_presence,
 }
 
 
