@@ -121,3 +121,34 @@ def test_headline_effects_recovered_with_their_sign(scored: pd.DataFrame) -> Non
     assert table["detected"].sum() >= len(table) // 3
     well_powered = table[table["exposure"].isin(["AnyDep", "MDD", "ssri", "any_ptd"])]
     assert well_powered["detected"].mean() >= 0.5
+
+
+def test_prevalence_and_abundance_models_separate_the_planted_kinds(tmp_path_factory: pytest.TempPathFactory, client: Client) -> None:
+    """Presence-only effects are found by `prevalence` and not by `lm_nonzero`; abundance-only effects the reverse."""
+    from scalable_assoc.simulate import plan_yaml
+
+    folder = tmp_path_factory.mktemp("split")
+    study = simulate_study(folder / "study", participants=7656, n_species=120, n_pathways=10, seed=2)
+    plan = study.plan_path.parent / "models.yaml"
+    text = plan_yaml(models=["lm_nonzero", "prevalence"]).replace("    pathways: pathways.tsv\n    gbm: gbm.tsv\n", "")
+    plan.write_text(text + "analyses: [{exposures: [AnyDep, AnyAnx], adjustments: [base]}]\n")
+    results = run_study(plan, folder / "results", client=client, log=lambda message: None).results
+    truth = pd.read_csv(study.out_dir / "truth.tsv", sep="\t")
+    truth = truth[(truth["layer"] == "species") & truth["exposure"].isin(["AnyDep", "AnyAnx"])]
+    presence_only = truth[(truth["presence_effect"].abs() >= 0.9) & (truth["abundance_effect"] == 0)]
+    abundance_only = truth[(truth["abundance_effect"].abs() >= 0.7) & (truth["presence_effect"] == 0)]
+    assert len(presence_only) >= 4 and len(abundance_only) >= 4
+
+    def significant(rows: pd.DataFrame, model: str) -> float:
+        joined = rows.merge(results[results["model"] == model], on=["feature", "exposure"])
+        return float((joined["q"] < ALPHA).mean())
+
+    found = {
+        ("presence-only", "prevalence"): significant(presence_only, "prevalence"),
+        ("presence-only", "lm_nonzero"): significant(presence_only, "lm_nonzero"),
+        ("abundance-only", "lm_nonzero"): significant(abundance_only, "lm_nonzero"),
+        ("abundance-only", "prevalence"): significant(abundance_only, "prevalence"),
+    }
+    print(" ".join(f"{kind}/{model}: {share:.2f}" for (kind, model), share in found.items()), file=sys.__stdout__)
+    assert found[("presence-only", "prevalence")] >= 0.6 and found[("abundance-only", "lm_nonzero")] >= 0.6
+    assert found[("presence-only", "lm_nonzero")] <= 0.25 and found[("abundance-only", "prevalence")] <= 0.25
