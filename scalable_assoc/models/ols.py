@@ -55,14 +55,16 @@ class PreparedBlock:
 
     ``values`` is ``(N, m)``: each column centred by its mean over present values
     (a shift the intercept absorbs; it keeps ``y'y`` close to the centred sum of
-    squares), zero where missing. ``squares`` is ``values**2``; ``present`` is 1.0
-    where a value is present, 0.0 where missing, so counts over a design's rows
-    are one product. Missing cells are also listed as ``(missing_rows, missing_columns)``.
+    squares), zero where missing. ``squares`` is ``values**2``. Missing cells are
+    listed as ``(missing_rows, missing_columns)``; where they are many (more than
+    :data:`_SPARSE_MISSING` of the block, as for lm_nonzero), ``present`` also holds
+    1.0 / 0.0 per cell so that counts and Gram matrices are matrix products;
+    otherwise it is None and the sparse list is used.
     """
 
     values: np.ndarray
     squares: np.ndarray
-    present: np.ndarray
+    present: np.ndarray | None
     missing_rows: np.ndarray
     missing_columns: np.ndarray
 
@@ -83,8 +85,10 @@ def prepare_block(block: np.ndarray) -> PreparedBlock:
     means = np.divide(values.sum(axis=0), counts, out=np.zeros(block.shape[1]), where=counts > 0)
     values -= means
     values[rows, columns] = 0.0
-    present = np.ones(block.shape)
-    present[rows, columns] = 0.0
+    present = None
+    if rows.size > _SPARSE_MISSING * block.size:
+        present = np.ones(block.shape)
+        present[rows, columns] = 0.0
     return PreparedBlock(values, np.square(values), present, rows, columns)
 
 
@@ -222,14 +226,15 @@ def _fit_one_design(
     # Missing cells that fall among this design's participants, as a sparse (m x N) indicator.
     in_design = np.zeros(n_total, dtype=bool)
     in_design[rows] = True
-    n_present = in_design.astype(np.float64) @ prepared.present
-    missing_count = n - np.rint(n_present).astype(np.int64)
-    n_used = np.broadcast_to(n - missing_count, shape).copy()
-    # Sparse bookkeeping of this design's missing cells only where they are few.
-    sparse_missing = prepared.missing_rows.size <= _SPARSE_MISSING * n_total * m
-    if sparse_missing:
+    sparse_missing = prepared.present is None
+    if prepared.present is None:
+        # Few missing cells: this design's ones, listed.
         keep = in_design[prepared.missing_rows]
         miss_rows, miss_cols = prepared.missing_rows[keep], prepared.missing_columns[keep]
+        missing_count = np.bincount(miss_cols, minlength=m)
+    else:
+        missing_count = n - np.rint(in_design.astype(np.float64) @ prepared.present).astype(np.int64)
+    n_used = np.broadcast_to(n - missing_count, shape).copy()
     if design.problem is not None:
         status[:] = FitStatus.DESIGN_RANK_DEFICIENT
         return SlopeFits(beta, se, beta.copy(), beta.copy(), n_used, n_cases, n_controls, status)
@@ -275,6 +280,7 @@ def _fit_one_design(
             # Gram matrix over its present rows in one dense product instead, D = I - G.
             # The padded basis is zero outside the design, so the product counts design rows only.
             pair_products = vectors[:, upper_r] * vectors[:, upper_c]
+            assert prepared.present is not None
             present_gram = (pair_products.T @ prepared.present[:, masked]).T  # (masked, pairs)
             downdate_flat = (upper_r == upper_c).astype(np.float64) - present_gram
         downdate = np.zeros((masked.size, width, width))
@@ -322,7 +328,11 @@ def _fit_one_design(
     unsafe = (rss < _RSS_IDENTITY_FLOOR * sum_squares) & ~constant
     present_in_design = np.zeros((0, 0), dtype=bool)
     if unsafe.any() or clusters is not None:
-        present_in_design = (prepared.present > 0) & in_design[:, None]
+        if prepared.present is None:
+            present_in_design = np.repeat(in_design[:, None], m, axis=1)
+            present_in_design[miss_rows, miss_cols] = False
+        else:
+            present_in_design = (prepared.present > 0) & in_design[:, None]
     # Where the identity is unsafe (model explains nearly all of y'y), compute residuals explicitly.
     for exposure_index in np.flatnonzero(unsafe.any(axis=1)):
         e = int(exposure_index)
@@ -367,8 +377,14 @@ def _fit_one_design(
         case_padded[rows] = is_case
         control_padded = np.zeros(n_total, dtype=np.float64)
         control_padded[rows] = exposures[e] == 0
-        n_cases[e] = np.rint(case_padded @ prepared.present).astype(np.int64)
-        n_controls[e] = np.rint(control_padded @ prepared.present).astype(np.int64)
+        if prepared.present is None:
+            missing_cases = np.bincount(miss_cols, weights=case_padded[miss_rows], minlength=m)
+            missing_controls = np.bincount(miss_cols, weights=control_padded[miss_rows], minlength=m)
+            n_cases[e] = int(is_case.sum()) - np.rint(missing_cases).astype(np.int64)
+            n_controls[e] = int((exposures[e] == 0).sum()) - np.rint(missing_controls).astype(np.int64)
+        else:
+            n_cases[e] = np.rint(case_padded @ prepared.present).astype(np.int64)
+            n_controls[e] = np.rint(control_padded @ prepared.present).astype(np.int64)
 
     status[singular] = FitStatus.FEATURE_RANK_DEFICIENT
     too_few = ~(df >= 1) | too_few_clusters
