@@ -25,7 +25,7 @@ from scalable_assoc.models.fits import SlopeFits
 from scalable_assoc.models.lmm import fit_random_intercept
 from scalable_assoc.models.logistic import fit_logistic_slopes
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
-from scalable_assoc.results.partials import fits_to_table
+from scalable_assoc.results.partials import AnalysisLabels, fits_to_table
 from scalable_assoc.stats.transforms import (
     FeatureSummary,
     apply_transform,
@@ -184,7 +184,7 @@ def fit_chunk(
     )
     tables = []
     for key, group, fit in zip(order, members, fits, strict=True):
-        labels = [(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
+        labels = [AnalysisLabels(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
         tables.append(fits_to_table(layer, feature_ids, labels, fit, by_key[key].design.problem))
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)
