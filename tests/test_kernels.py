@@ -186,3 +186,36 @@ def test_cluster_robust_equals_statsmodels(missing_fraction: float) -> None:
         assert fits.se[0, j] == pytest.approx(reference.bse[-1], rel=RTOL)
         assert fits.p[0, j] == pytest.approx(reference.pvalues[-1], rel=RTOL)
         assert fits.n[0, j] == present.sum()
+
+
+def test_designs_sharing_covariates_with_many_missing_cells() -> None:
+    # lm_nonzero's case: half the cells missing, several designs over different participant
+    # subsets with the same covariate columns share their Gram matrices (row atoms).
+    rng = np.random.default_rng(13)
+    n_total, m = 500, 20
+    covariates_all = _covariates(rng, n_total)
+    block = rng.normal(size=(n_total, m)) + 2.0
+    block[rng.random((n_total, m)) < 0.5] = np.nan
+    controls = rng.random(n_total) < 0.6
+    designs, rows, exposures, binary = [], [], [], []
+    for prevalence_of_cases in (0.1, 0.2, 0.3):
+        cases = ~controls & (rng.random(n_total) < prevalence_of_cases * 3)
+        design_rows = np.flatnonzero(controls | cases)
+        designs.append(factorise_covariates(covariates_all[design_rows], NAMES))
+        rows.append(design_rows)
+        exposures.append(np.stack([cases[design_rows].astype(float), rng.normal(size=design_rows.size)]))
+        binary.append(np.array([True, False]))
+    everyone = np.arange(n_total)
+    designs.append(factorise_covariates(covariates_all, NAMES))
+    rows.append(everyone)
+    exposures.append((rng.random((1, n_total)) < 0.3).astype(float))
+    binary.append(np.array([True]))
+    from scalable_assoc.models import fit_design_batch, prepare_block
+
+    fits = fit_design_batch(designs, rows, exposures, binary, prepare_block(block))
+    for design_fits, design_rows, design_exposures in zip(fits, rows, exposures, strict=True):
+        for e in range(design_exposures.shape[0]):
+            reference = _statsmodels_loop(covariates_all[design_rows], design_exposures[e], block[design_rows])
+            for name in ("beta", "se", "p"):
+                np.testing.assert_allclose(getattr(design_fits, name)[e], reference[name], rtol=RTOL, err_msg=name)
+            np.testing.assert_array_equal(design_fits.n[e], reference["n"])

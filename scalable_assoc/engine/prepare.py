@@ -212,10 +212,12 @@ def batch_analyses(analyses: list[PreparedAnalysis], analyses_per_task: int) -> 
     """Group analyses by model and design, then pack whole groups of one model into batches of about ``analyses_per_task``.
 
     A batch holds one model only: each model reads its own view of the block
-    (transformed, non-zero values, presence).
+    (transformed, non-zero values, presence). Within a model, designs with the
+    same covariates are packed together: the kernels share work between them
+    (one product over the block; row atoms for lm_nonzero's Gram matrices).
     """
     groups: dict[tuple[str, str], list[PreparedAnalysis]] = {}
-    for analysis in sorted(analyses, key=lambda a: MODELS.index(a.key.model)):
+    for analysis in sorted(analyses, key=lambda a: (MODELS.index(a.key.model), a.covariates)):
         groups.setdefault((analysis.key.model, analysis.design_key), []).append(analysis)
     batches: list[tuple[PreparedAnalysis, ...]] = []
     current: list[PreparedAnalysis] = []

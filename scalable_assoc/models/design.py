@@ -49,6 +49,15 @@ class CovariateDesign:
     q: np.ndarray
     rank: int
     problem: str | None
+    #: ``(k,)`` the centring and scaling of ``covariates`` (0 and 1 for the intercept)
+    column_means: np.ndarray | None = None
+    column_scales: np.ndarray | None = None
+
+    def raw_covariates(self) -> np.ndarray:
+        """``(n, k)`` the covariates as given (before centring and scaling)."""
+        if self.column_means is None or self.column_scales is None:
+            return self.covariates
+        return self.covariates * self.column_scales + self.column_means
 
     @property
     def n(self) -> int:
@@ -100,8 +109,9 @@ def factorise_covariates(covariates: np.ndarray, names: tuple[str, ...]) -> Cova
     if not np.all(np.isfinite(covariates)):
         raise ValueError("covariates must be finite; drop participants with missing covariates first")
     standardised = covariates.copy()
+    means, scales = np.zeros(k), np.ones(k)
     if k > 1:
-        standardised[:, 1:], _, _ = standardise_columns(covariates[:, 1:])
+        standardised[:, 1:], means[1:], scales[1:] = standardise_columns(covariates[:, 1:])
     # Rank by pivoted QR on unit-norm columns, so the tolerance is scale-free.
     norms = np.linalg.norm(standardised, axis=0)
     unit = standardised / np.where(norms > 0, norms, 1.0)
@@ -116,7 +126,9 @@ def factorise_covariates(covariates: np.ndarray, names: tuple[str, ...]) -> Cova
         problem = _dependency_sentence(unit, names, np.sort(pivot[:rank]), pivot[rank:])
     # Column pivoting and scaling change neither the span nor its orthonormal basis's use.
     q = q_factor if problem is None else np.empty((n, 0))
-    return CovariateDesign(names=tuple(names), covariates=standardised, q=q, rank=rank, problem=problem)
+    return CovariateDesign(
+        names=tuple(names), covariates=standardised, q=q, rank=rank, problem=problem, column_means=means, column_scales=scales
+    )
 
 
 def project_out(q: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 
-from scalable_assoc.models.design import CovariateDesign, project_out
+from scalable_assoc.models.design import CovariateDesign, project_out, standardise_columns
 from scalable_assoc.models.fits import FitStatus, SlopeFits, two_sided_p
 
 #: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below
@@ -182,21 +182,133 @@ def fit_design_batch(
     # y'y over each design's rows (column 0 of a basis is the design's row indicator).
     weights = np.stack([b.padded[:, 0] if b.padded.shape[1] else np.zeros(n_total) for b in bases], axis=1)
     sum_squares = weights.T @ block.squares
+    present_grams = _shared_present_grams(designs, [np.asarray(r) for r in rows], exposures, bases, block)
+    present_counts = _present_counts([np.asarray(r) for r in rows], exposures, block)
     results = []
     offset = 0
     design_clusters = clusters if clusters is not None else [None] * len(designs)
-    for index, (design, design_rows, design_exposures, design_binary, basis, cluster_codes) in enumerate(
-        zip(designs, rows, exposures, binary, bases, design_clusters, strict=True)
+    for index, (design, design_rows, design_exposures, design_binary, basis, cluster_codes, present_gram, counts) in enumerate(
+        zip(designs, rows, exposures, binary, bases, design_clusters, present_grams, present_counts, strict=True)
     ):
         width = basis.padded.shape[1]
         part = projections[offset : offset + width]
         results.append(
             _fit_one_design(
-                design, np.asarray(design_rows), design_exposures, np.asarray(design_binary), block, basis, part, sum_squares[index], cluster_codes
+                design,
+                np.asarray(design_rows),
+                design_exposures,
+                np.asarray(design_binary),
+                block,
+                basis,
+                part,
+                sum_squares[index],
+                cluster_codes,
+                present_gram,
+                counts,
             )
         )
         offset += width
     return results
+
+
+def _present_counts(rows: list[np.ndarray], exposures: list[np.ndarray], block: PreparedBlock) -> list[np.ndarray | None]:
+    """Per design, ``(1 + 2k, m)`` present values among its participants, cases and controls.
+
+    For blocks with many missing cells only (else None: the missing-cell list
+    is cheaper). One product over the block for all designs together.
+    """
+    if block.present is None:
+        return [None] * len(rows)
+    n_total = block.shape[0]
+    indicators = []
+    for design_rows, design_exposures in zip(rows, exposures, strict=True):
+        k = design_exposures.shape[0]
+        columns = np.zeros((n_total, 1 + 2 * k))
+        columns[design_rows, 0] = 1.0
+        columns[design_rows, 1 : 1 + k] = (design_exposures == 1).T
+        columns[design_rows, 1 + k :] = (design_exposures == 0).T
+        indicators.append(columns)
+    counts = np.rint(np.hstack(indicators).T @ block.present).astype(np.int64)
+    sizes = np.cumsum([0] + [c.shape[1] for c in indicators])
+    return [counts[start:stop] for start, stop in zip(sizes[:-1], sizes[1:], strict=True)]
+
+
+def _shared_present_grams(
+    designs: list[CovariateDesign], rows: list[np.ndarray], exposures: list[np.ndarray], bases: list[_Basis], block: PreparedBlock
+) -> list[np.ndarray | None]:
+    """Per design, every feature's Gram matrix over its present rows in the design's basis, or None.
+
+    Only for blocks with many missing cells (lm_nonzero), where these Gram
+    matrices are most of the work, and for designs that share a covariate set
+    (the same columns: typically one adjustment set under every exposure). Such
+    designs differ only in which participants they hold, so the rows are split
+    into atoms of identical design membership; each atom's covariate Gram
+    matrices are built once, each design's are the sum of its atoms', and
+    only the exposure's row and column take a product per design. A change of
+    basis ``T`` (``[Q, b] = [z, x] T``) then gives the Gram matrix in the
+    design's orthonormal basis, the form the solver uses.
+    """
+    result: list[np.ndarray | None] = [None] * len(designs)
+    present = block.present
+    if present is None:
+        return result
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, design in enumerate(designs):
+        if design.problem is None:
+            groups.setdefault(design.names, []).append(index)
+    n_total, m = present.shape
+    for members in groups.values():
+        if len(members) < 2 or len(members) > 62:
+            continue
+        width_z = len(designs[members[0]].names)
+        raw = np.zeros((n_total, width_z))
+        membership = np.zeros(n_total, dtype=np.int64)
+        for bit, index in enumerate(members):
+            raw[rows[index]] = designs[index].raw_covariates()
+            membership[rows[index]] |= 1 << bit
+        in_union = membership > 0
+        # One standardisation for the group keeps every design's Gram matrix well conditioned.
+        standardised = raw.copy()
+        if width_z > 1:
+            standardised[in_union, 1:], _, _ = standardise_columns(raw[in_union, 1:])
+        upper_r, upper_c = np.triu_indices(width_z)
+        signatures, atom_of_row = np.unique(membership, return_inverse=True)
+        atom_grams = np.zeros((signatures.size, upper_r.size, m))
+        for atom, signature in enumerate(signatures):
+            if signature == 0:
+                continue
+            atom_rows = np.flatnonzero(atom_of_row == atom)
+            values = standardised[atom_rows]
+            atom_grams[atom] = (values[:, upper_r] * values[:, upper_c]).T @ present[atom_rows]
+        for bit, index in enumerate(members):
+            design_rows = rows[index]
+            k = exposures[index].shape[0]
+            width = width_z + k
+            contains = (signatures >> bit) & 1 == 1
+            gram = np.zeros((m, width, width))
+            covariate_flat = atom_grams[contains].sum(axis=0)  # (pairs, m)
+            gram[:, upper_r, upper_c] = covariate_flat.T
+            gram[:, upper_c, upper_r] = covariate_flat.T
+            exposure_padded = np.zeros((n_total, k))
+            exposure_padded[design_rows] = exposures[index].T
+            in_design = np.zeros(n_total)
+            in_design[design_rows] = 1.0
+            for e in range(k):
+                # Only rows with a non-zero exposure contribute: for a case/control exposure, the cases.
+                nonzero = np.flatnonzero(exposure_padded[:, e] * in_design)
+                weighted = standardised[nonzero] * exposure_padded[nonzero, e][:, None]
+                cross = (weighted.T @ present[nonzero]).T  # (m, width_z)
+                gram[:, :width_z, width_z + e] = cross
+                gram[:, width_z + e, :width_z] = cross
+                for f in range(e, k):
+                    products = (exposure_padded[nonzero, e] * exposure_padded[nonzero, f]) @ present[nonzero]
+                    gram[:, width_z + e, width_z + f] = products
+                    gram[:, width_z + f, width_z + e] = products
+            design_basis = np.hstack([standardised[design_rows], exposures[index].T])
+            orthonormal = bases[index].padded[design_rows, 1:]
+            change = np.linalg.lstsq(design_basis, orthonormal, rcond=None)[0]  # [Q, b] = [z, x] @ change
+            result[index] = np.einsum("ia,mij,jb->mab", change, gram, change, optimize=True)
+    return result
 
 
 def _fit_one_design(
@@ -209,6 +321,8 @@ def _fit_one_design(
     projections: np.ndarray,
     sum_squares: np.ndarray,
     clusters: np.ndarray | None,
+    present_gram: np.ndarray | None = None,
+    present_counts: np.ndarray | None = None,
 ) -> SlopeFits:
     """The per-design remainder of the fit, given ``basis' Y`` and ``y'y`` over its rows."""
     n_total, m = prepared.shape
@@ -233,7 +347,8 @@ def _fit_one_design(
         miss_rows, miss_cols = prepared.missing_rows[keep], prepared.missing_columns[keep]
         missing_count = np.bincount(miss_cols, minlength=m)
     else:
-        missing_count = n - np.rint(in_design.astype(np.float64) @ prepared.present).astype(np.int64)
+        assert present_counts is not None
+        missing_count = n - present_counts[0]
     n_used = np.broadcast_to(n - missing_count, shape).copy()
     if design.problem is not None:
         status[:] = FitStatus.DESIGN_RANK_DEFICIENT
@@ -268,7 +383,10 @@ def _fit_one_design(
         vectors = basis_padded[:, 1:]  # (N, rank + k)
         width = vectors.shape[1]
         upper_r, upper_c = np.triu_indices(width)
-        if sparse_missing:
+        if present_gram is not None:
+            # Built once for all designs sharing this covariate set (see _shared_present_grams).
+            downdate = np.eye(width) - present_gram[masked]
+        elif sparse_missing:
             # Few missing cells: sum over them only (a sparse product).
             indicator = scipy.sparse.csr_matrix((np.ones(miss_rows.size), (miss_cols, miss_rows)), shape=(m, n_total))[masked]
             used_rows = np.unique(miss_rows)
@@ -281,11 +399,12 @@ def _fit_one_design(
             # The padded basis is zero outside the design, so the product counts design rows only.
             pair_products = vectors[:, upper_r] * vectors[:, upper_c]
             assert prepared.present is not None
-            present_gram = (pair_products.T @ prepared.present[:, masked]).T  # (masked, pairs)
-            downdate_flat = (upper_r == upper_c).astype(np.float64) - present_gram
-        downdate = np.zeros((masked.size, width, width))
-        downdate[:, upper_r, upper_c] = downdate_flat
-        downdate[:, upper_c, upper_r] = downdate_flat
+            gram_flat = (pair_products.T @ prepared.present[:, masked]).T  # (masked, pairs)
+            downdate_flat = (upper_r == upper_c).astype(np.float64) - gram_flat
+        if present_gram is None:
+            downdate = np.zeros((masked.size, width, width))
+            downdate[:, upper_r, upper_c] = downdate_flat
+            downdate[:, upper_c, upper_r] = downdate_flat
         for e in range(k):  # a handful of exposures per design; features stay vectorised
             take = np.r_[np.arange(rank), rank + e]
             gram = np.eye(rank + 1) - downdate[:, take][:, :, take]
@@ -383,8 +502,9 @@ def _fit_one_design(
             n_cases[e] = int(is_case.sum()) - np.rint(missing_cases).astype(np.int64)
             n_controls[e] = int((exposures[e] == 0).sum()) - np.rint(missing_controls).astype(np.int64)
         else:
-            n_cases[e] = np.rint(case_padded @ prepared.present).astype(np.int64)
-            n_controls[e] = np.rint(control_padded @ prepared.present).astype(np.int64)
+            assert present_counts is not None
+            n_cases[e] = present_counts[1 + e]
+            n_controls[e] = present_counts[1 + k + e]
 
     status[singular] = FitStatus.FEATURE_RANK_DEFICIENT
     too_few = ~(df >= 1) | too_few_clusters
