@@ -408,25 +408,30 @@ def _fit_one_design(
         for e in range(k):  # a handful of exposures per design; features stay vectorised
             take = np.r_[np.arange(rank), rank + e]
             gram = np.eye(rank + 1) - downdate[:, take][:, :, take]
-            # lambda_min(I - D) = 1 - lambda_max(D) >= 1 - trace(D): a feature whose missing
-            # rows carry little leverage cannot be singular; only the others need eigenvalues.
-            leverage = np.einsum("mii->m", downdate[:, take][:, :, take])
+            # One inverse per feature serves the solve, the exposure's variance and a
+            # singularity bound: lambda_min(G) >= 1 / ||G^-1||_F, so only features failing
+            # the bound need their eigenvalues (all of them if some G is exactly singular).
+            try:
+                inverse = np.linalg.inv(gram)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    frobenius = np.sqrt(np.einsum("mij,mij->m", inverse, inverse))
+                doubtful = np.flatnonzero(~(frobenius < 1.0 / _GRAM_SINGULAR))
+            except np.linalg.LinAlgError:
+                inverse = None
+                doubtful = np.arange(masked.size)
             bad = np.zeros(masked.size, dtype=bool)
-            doubtful = np.flatnonzero(leverage >= 0.5)
             if doubtful.size:
                 bad[doubtful] = np.linalg.eigvalsh(gram[doubtful])[:, 0] <= _GRAM_SINGULAR
             singular[e, masked] = bad
-            safe = np.where(bad[:, None, None], np.eye(rank + 1), gram)
+            if inverse is None or bad.any():
+                inverse = np.linalg.inv(np.where(bad[:, None, None], np.eye(rank + 1), gram))
             right = np.concatenate([covariate_part[:, masked], exposure_part[e : e + 1, masked]]).T  # (masked, rank+1)
-            unit = np.zeros_like(right)
-            unit[:, -1] = 1.0
-            solved = np.linalg.solve(safe, np.stack([right, unit], axis=2))
-            gamma = solved[:, :, 0]
+            gamma = np.einsum("mij,mj->mi", inverse, right)
             coefficient[e, masked] = gamma[:, -1]
-            variance_factor[e, masked] = solved[:, -1, 1]
+            variance_factor[e, masked] = inverse[:, -1, -1]
             rss[e, masked] = sum_squares[masked] - np.einsum("ij,ij->i", gamma, right)
             full_coefficients[e] = gamma
-            inverse_exposure_rows[e] = solved[:, :, 1]
+            inverse_exposure_rows[e] = inverse[:, :, -1]  # G^-1 is symmetric: its last column is its last row
 
     def model_coefficients(e: int, columns: np.ndarray) -> np.ndarray:
         """``(rank + 1, len(columns))`` coefficients on ``[Q, b_e]`` of the given features."""
