@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse
 
 from scalable_assoc.models.design import CovariateDesign, project_out, standardise_columns
@@ -177,21 +178,33 @@ def fit_design_batch(
     n_total, m = block.shape
     exposures = [np.atleast_2d(np.asarray(e, dtype=np.float64)) for e in exposures]
     bases = [_basis(d, np.asarray(r), e, n_total) for d, r, e in zip(designs, rows, exposures, strict=True)]
-    stacked = np.hstack([b.padded for b in bases])
-    projections = stacked.T @ block.values
+    grouped = _grouped_products(designs, [np.asarray(r) for r in rows], exposures, bases, block)
+    # The other designs: one product with the block for all of them together.
+    direct = [index for index, products in enumerate(grouped) if products is None]
+    stacked = np.hstack([bases[i].padded for i in direct]) if direct else np.zeros((n_total, 0))
+    direct_projections = stacked.T @ block.values
     # y'y over each design's rows (column 0 of a basis is the design's row indicator).
-    weights = np.stack([b.padded[:, 0] if b.padded.shape[1] else np.zeros(n_total) for b in bases], axis=1)
-    sum_squares = weights.T @ block.squares
-    present_grams = _shared_present_grams(designs, [np.asarray(r) for r in rows], exposures, bases, block)
+    weights = np.stack([bases[i].padded[:, 0] if bases[i].padded.shape[1] else np.zeros(n_total) for i in direct], axis=1) if direct else np.zeros((n_total, 0))
+    direct_squares = weights.T @ block.squares
     present_counts = _present_counts([np.asarray(r) for r in rows], exposures, block)
-    results = []
+    projections: list[np.ndarray] = [np.zeros((0, m))] * len(designs)
+    sum_squares: list[np.ndarray] = [np.zeros(m)] * len(designs)
     offset = 0
+    for position, index in enumerate(direct):
+        width = bases[index].padded.shape[1]
+        projections[index] = direct_projections[offset : offset + width]
+        sum_squares[index] = direct_squares[position]
+        offset += width
+    for index, products in enumerate(grouped):
+        if products is not None:
+            projections[index], sum_squares[index] = products.projections, products.sum_squares
+    results = []
     design_clusters = clusters if clusters is not None else [None] * len(designs)
-    for index, (design, design_rows, design_exposures, design_binary, basis, cluster_codes, present_gram, counts) in enumerate(
-        zip(designs, rows, exposures, binary, bases, design_clusters, present_grams, present_counts, strict=True)
+    for index, (design, design_rows, design_exposures, design_binary, basis, cluster_codes, products, counts) in enumerate(
+        zip(designs, rows, exposures, binary, bases, design_clusters, grouped, present_counts, strict=True)
     ):
-        width = basis.padded.shape[1]
-        part = projections[offset : offset + width]
+        part = projections[index]
+        present_gram = None if products is None else products.present_gram
         results.append(
             _fit_one_design(
                 design,
@@ -207,7 +220,6 @@ def fit_design_batch(
                 counts,
             )
         )
-        offset += width
     return results
 
 
@@ -233,22 +245,50 @@ def _present_counts(rows: list[np.ndarray], exposures: list[np.ndarray], block: 
     return [counts[start:stop] for start, stop in zip(sizes[:-1], sizes[1:], strict=True)]
 
 
-def _shared_present_grams(
-    designs: list[CovariateDesign], rows: list[np.ndarray], exposures: list[np.ndarray], bases: list[_Basis], block: PreparedBlock
-) -> list[np.ndarray | None]:
-    """Per design, every feature's Gram matrix over its present rows in the design's basis, or None.
+def _change_of_basis(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``T`` with ``target = source @ T`` (``target`` lies in the span of ``source``'s columns).
 
-    Only for blocks with many missing cells (lm_nonzero), where these Gram
-    matrices are most of the work, and for designs that share a covariate set
-    (the same columns: typically one adjustment set under every exposure). Such
-    designs differ only in which participants they hold, so the rows are split
-    into atoms of identical design membership; each atom's covariate Gram
-    matrices are built once, each design's are the sum of its atoms', and
-    only the exposure's row and column take a product per design. A change of
-    basis ``T`` (``[Q, b] = [z, x] T``) then gives the Gram matrix in the
-    design's orthonormal basis, the form the solver uses.
+    A QR of ``source`` and a triangular solve; least squares where ``source`` is
+    rank-deficient (an exposure collinear with the covariates, reported as such).
     """
-    result: list[np.ndarray | None] = [None] * len(designs)
+    q, r = np.linalg.qr(source)
+    diagonal = np.abs(np.diag(r))
+    if diagonal.size and diagonal.min() > 1e-10 * diagonal.max():
+        return scipy.linalg.solve_triangular(r, q.T @ target)
+    return np.linalg.lstsq(source, target, rcond=None)[0]
+
+
+@dataclass(frozen=True)
+class _GroupedProducts:
+    """What one design of a covariate-sharing group gets from the group's row atoms.
+
+    ``present_gram`` ``(m, w, w)``: each feature's Gram matrix over its present
+    rows in the design's basis ``[Q, b]``; ``projections`` ``(1 + w, m)``: the
+    design's ``[1 | Q | b]' Y``; ``sum_squares`` ``(m,)``: ``y'y`` over its rows.
+    """
+
+    present_gram: np.ndarray
+    projections: np.ndarray
+    sum_squares: np.ndarray
+
+
+def _grouped_products(
+    designs: list[CovariateDesign], rows: list[np.ndarray], exposures: list[np.ndarray], bases: list[_Basis], block: PreparedBlock
+) -> list[_GroupedProducts | None]:
+    """Block products for designs that share a covariate set, built once per row atom; None for the others.
+
+    Only for blocks with many missing cells (lm_nonzero), where each feature's
+    Gram matrix over its present rows is most of the work. Designs with the same
+    covariate columns (typically one adjustment set under every exposure)
+    differ only in which participants they hold, so the rows are split into
+    atoms of identical design membership; each atom's covariate Gram matrices,
+    covariate products with the block and sums of squares are built once, a
+    design's are the sum of its atoms', and only the exposure's terms take a
+    product per design, over the rows where the exposure is non-zero. A change
+    of basis ``T`` (``[Q, b] = [z, x] T``) turns them into the design's
+    orthonormal basis, the form the solver uses.
+    """
+    result: list[_GroupedProducts | None] = [None] * len(designs)
     present = block.present
     if present is None:
         return result
@@ -273,13 +313,20 @@ def _shared_present_grams(
             standardised[in_union, 1:], _, _ = standardise_columns(raw[in_union, 1:])
         upper_r, upper_c = np.triu_indices(width_z)
         signatures, atom_of_row = np.unique(membership, return_inverse=True)
+        order = np.argsort(atom_of_row, kind="stable")
+        bounds = np.searchsorted(atom_of_row[order], np.arange(signatures.size + 1))
         atom_grams = np.zeros((signatures.size, upper_r.size, m))
+        atom_products = np.zeros((signatures.size, width_z, m))
+        atom_squares = np.zeros((signatures.size, m))
         for atom, signature in enumerate(signatures):
             if signature == 0:
                 continue
-            atom_rows = np.flatnonzero(atom_of_row == atom)
+            atom_rows = order[bounds[atom] : bounds[atom + 1]]
             values = standardised[atom_rows]
             atom_grams[atom] = (values[:, upper_r] * values[:, upper_c]).T @ present[atom_rows]
+            gathered = block.values[atom_rows]
+            atom_products[atom] = values.T @ gathered
+            atom_squares[atom] = np.einsum("ij,ij->j", gathered, gathered)
         for bit, index in enumerate(members):
             design_rows = rows[index]
             k = exposures[index].shape[0]
@@ -289,25 +336,30 @@ def _shared_present_grams(
             covariate_flat = atom_grams[contains].sum(axis=0)  # (pairs, m)
             gram[:, upper_r, upper_c] = covariate_flat.T
             gram[:, upper_c, upper_r] = covariate_flat.T
+            products = np.zeros((width, m))
+            products[:width_z] = atom_products[contains].sum(axis=0)
             exposure_padded = np.zeros((n_total, k))
             exposure_padded[design_rows] = exposures[index].T
-            in_design = np.zeros(n_total)
-            in_design[design_rows] = 1.0
             for e in range(k):
                 # Only rows with a non-zero exposure contribute: for a case/control exposure, the cases.
-                nonzero = np.flatnonzero(exposure_padded[:, e] * in_design)
+                nonzero = np.flatnonzero(exposure_padded[:, e])
                 weighted = standardised[nonzero] * exposure_padded[nonzero, e][:, None]
                 cross = (weighted.T @ present[nonzero]).T  # (m, width_z)
                 gram[:, :width_z, width_z + e] = cross
                 gram[:, width_z + e, :width_z] = cross
                 for f in range(e, k):
-                    products = (exposure_padded[nonzero, e] * exposure_padded[nonzero, f]) @ present[nonzero]
-                    gram[:, width_z + e, width_z + f] = products
-                    gram[:, width_z + f, width_z + e] = products
+                    pair = (exposure_padded[nonzero, e] * exposure_padded[nonzero, f]) @ present[nonzero]
+                    gram[:, width_z + e, width_z + f] = pair
+                    gram[:, width_z + f, width_z + e] = pair
+                products[width_z + e] = exposure_padded[nonzero, e] @ block.values[nonzero]
             design_basis = np.hstack([standardised[design_rows], exposures[index].T])
             orthonormal = bases[index].padded[design_rows, 1:]
-            change = np.linalg.lstsq(design_basis, orthonormal, rcond=None)[0]  # [Q, b] = [z, x] @ change
-            result[index] = np.einsum("ia,mij,jb->mab", change, gram, change, optimize=True)
+            change = _change_of_basis(design_basis, orthonormal)
+            # Column 0 of z is the intercept (all ones): its product is the design's sum of y.
+            projections = np.vstack([products[:1], change.T @ products])
+            result[index] = _GroupedProducts(
+                np.einsum("ia,mij,jb->mab", change, gram, change, optimize=True), projections, atom_squares[contains].sum(axis=0)
+            )
     return result
 
 
