@@ -166,7 +166,7 @@ def main() -> None:
     report = {}
     for name, (run, sample) in cases.items():
         try:
-            ours, regressions = best_of(2, run)
+            ours, regressions = best_of(3, run)
         except ImportError as error:
             print(f"  {name}: not available ({error})")
             continue

@@ -52,6 +52,10 @@ class CovariateDesign:
     #: ``(k,)`` the centring and scaling of ``covariates`` (0 and 1 for the intercept)
     column_means: np.ndarray | None = None
     column_scales: np.ndarray | None = None
+    #: the pivoted QR behind ``q``: ``covariates[:, pivot] / norms[pivot] = q @ r_factor``
+    pivot: np.ndarray | None = None
+    r_factor: np.ndarray | None = None
+    column_norms: np.ndarray | None = None
 
     def raw_covariates(self) -> np.ndarray:
         """``(n, k)`` the covariates as given (before centring and scaling)."""
@@ -127,7 +131,16 @@ def factorise_covariates(covariates: np.ndarray, names: tuple[str, ...]) -> Cova
     # Column pivoting and scaling change neither the span nor its orthonormal basis's use.
     q = q_factor if problem is None else np.empty((n, 0))
     return CovariateDesign(
-        names=tuple(names), covariates=standardised, q=q, rank=rank, problem=problem, column_means=means, column_scales=scales
+        names=tuple(names),
+        covariates=standardised,
+        q=q,
+        rank=rank,
+        problem=problem,
+        column_means=means,
+        column_scales=scales,
+        pivot=pivot,
+        r_factor=r_factor,
+        column_norms=np.where(norms > 0, norms, 1.0),
     )
 
 

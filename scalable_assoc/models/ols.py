@@ -27,6 +27,7 @@ Pure numpy/scipy: no Dask, no files, no pandas.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.linalg
@@ -56,41 +57,64 @@ class PreparedBlock:
 
     ``values`` is ``(N, m)``: each column centred by its mean over present values
     (a shift the intercept absorbs; it keeps ``y'y`` close to the centred sum of
-    squares), zero where missing. ``squares`` is ``values**2``. Missing cells are
-    listed as ``(missing_rows, missing_columns)``; where they are many (more than
-    :data:`_SPARSE_MISSING` of the block, as for lm_nonzero), ``present`` also holds
-    1.0 / 0.0 per cell so that counts and Gram matrices are matrix products;
-    otherwise it is None and the sparse list is used.
+    squares), zero where missing; ``missing`` marks the missing cells. Derived
+    views are computed on first use only, since each path needs different ones:
+    ``squares`` (``values**2``), the missing cells listed as
+    ``(missing_rows, missing_columns)``, and ``present`` (1.0 / 0.0 per cell) for
+    blocks with many missing cells (more than :data:`_SPARSE_MISSING`, as for
+    lm_nonzero), where counts and Gram matrices are matrix products; None otherwise.
     """
 
     values: np.ndarray
-    squares: np.ndarray
-    present: np.ndarray | None
-    missing_rows: np.ndarray
-    missing_columns: np.ndarray
+    missing: np.ndarray
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(N, m)``: all participants of the layer x features of the block."""
         return self.values.shape  # type: ignore[return-value]
 
+    @cached_property
+    def squares(self) -> np.ndarray:
+        """``(N, m)`` squared values."""
+        return np.square(self.values)
+
+    @cached_property
+    def _missing_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.nonzero(self.missing)  # type: ignore[return-value]
+
+    @property
+    def missing_rows(self) -> np.ndarray:
+        """Row of every missing cell."""
+        return self._missing_cells[0]
+
+    @property
+    def missing_columns(self) -> np.ndarray:
+        """Column of every missing cell."""
+        return self._missing_cells[1]
+
+    @cached_property
+    def n_missing(self) -> int:
+        """Number of missing cells."""
+        return int(np.count_nonzero(self.missing))
+
+    @cached_property
+    def present(self) -> np.ndarray | None:
+        """1.0 where present, 0.0 where missing, for blocks with many missing cells; else None."""
+        if self.n_missing <= _SPARSE_MISSING * self.values.size:
+            return None
+        return (~self.missing).astype(np.float64)
+
 
 def prepare_block(block: np.ndarray) -> PreparedBlock:
-    """Centre, zero-fill and index the missing cells of a ``(N, m)`` block (NaN = missing)."""
+    """Centre and zero-fill a ``(N, m)`` block (NaN = missing)."""
     block = np.asarray(block, dtype=np.float64)
-    missing = np.isnan(block)  # sparse in practice: indexed, not stored as a mask
-    rows, columns = np.nonzero(missing)
-    values = block.copy()
-    values[rows, columns] = 0.0
-    counts = block.shape[0] - np.bincount(columns, minlength=block.shape[1])
+    missing = np.isnan(block)
+    values = np.where(missing, 0.0, block)
+    counts = block.shape[0] - missing.sum(axis=0)
     means = np.divide(values.sum(axis=0), counts, out=np.zeros(block.shape[1]), where=counts > 0)
     values -= means
-    values[rows, columns] = 0.0
-    present = None
-    if rows.size > _SPARSE_MISSING * block.size:
-        present = np.ones(block.shape)
-        present[rows, columns] = 0.0
-    return PreparedBlock(values, np.square(values), present, rows, columns)
+    values[missing] = 0.0
+    return PreparedBlock(values, missing)
 
 
 def _padded(rows: np.ndarray, n_total: int, columns: np.ndarray) -> np.ndarray:
@@ -186,7 +210,13 @@ def fit_design_batch(
     # y'y over each design's rows (column 0 of a basis is the design's row indicator).
     weights = np.stack([bases[i].padded[:, 0] if bases[i].padded.shape[1] else np.zeros(n_total) for i in direct], axis=1) if direct else np.zeros((n_total, 0))
     direct_squares = weights.T @ block.squares
-    present_counts = _present_counts([np.asarray(r) for r in rows], exposures, block)
+    direct_counts = _present_counts([np.asarray(rows[i]) for i in direct], [exposures[i] for i in direct], block)
+    present_counts: list[np.ndarray | None] = [None] * len(designs)
+    for position, index in enumerate(direct):
+        present_counts[index] = direct_counts[position]
+    for index, products in enumerate(grouped):
+        if products is not None:
+            present_counts[index] = products.counts
     projections: list[np.ndarray] = [np.zeros((0, m))] * len(designs)
     sum_squares: list[np.ndarray] = [np.zeros(m)] * len(designs)
     offset = 0
@@ -229,7 +259,7 @@ def _present_counts(rows: list[np.ndarray], exposures: list[np.ndarray], block: 
     For blocks with many missing cells only (else None: the missing-cell list
     is cheaper). One product over the block for all designs together.
     """
-    if block.present is None:
+    if block.present is None or not rows:
         return [None] * len(rows)
     n_total = block.shape[0]
     indicators = []
@@ -245,17 +275,34 @@ def _present_counts(rows: list[np.ndarray], exposures: list[np.ndarray], block: 
     return [counts[start:stop] for start, stop in zip(sizes[:-1], sizes[1:], strict=True)]
 
 
-def _change_of_basis(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``T`` with ``target = source @ T`` (``target`` lies in the span of ``source``'s columns).
+def _change_of_basis(
+    design: CovariateDesign, group_means: np.ndarray, group_scales: np.ndarray, exposures: np.ndarray, basis: _Basis
+) -> np.ndarray:
+    """``T`` with ``[Q, b_1..b_k] = [z, x_1..x_k] @ T`` on the design's rows, in closed form.
 
-    A QR of ``source`` and a triangular solve; least squares where ``source`` is
-    rank-deficient (an exposure collinear with the covariates, reported as such).
+    ``z`` are the covariates standardised over the whole group (``group_means``,
+    ``group_scales``); the design standardised them over its own rows and took a
+    pivoted QR of them, ``covariates[:, pivot] / norms[pivot] = Q R``; and
+    ``b_e = (x_e - Q Q'x_e) / s_e`` (``s_e`` = 1 for a collinear exposure, as in
+    :func:`_basis`). Composing these maps needs one small triangular solve.
     """
-    q, r = np.linalg.qr(source)
-    diagonal = np.abs(np.diag(r))
-    if diagonal.size and diagonal.min() > 1e-10 * diagonal.max():
-        return scipy.linalg.solve_triangular(r, q.T @ target)
-    return np.linalg.lstsq(source, target, rcond=None)[0]
+    assert design.r_factor is not None and design.pivot is not None and design.column_norms is not None
+    assert design.column_means is not None and design.column_scales is not None
+    width_z = len(design.names)
+    k = exposures.shape[0]
+    # The design's standardised covariates as a linear map of the group's: covariates = z @ affine.
+    affine = np.eye(width_z)
+    affine[np.arange(1, width_z), np.arange(1, width_z)] = group_scales[1:] / design.column_scales[1:]
+    affine[0, 1:] = (group_means[1:] - design.column_means[1:]) / design.column_scales[1:]
+    scaled = affine[:, design.pivot] / design.column_norms[design.pivot]
+    covariate_change = scipy.linalg.solve_triangular(design.r_factor, scaled.T, trans="T").T  # Q = z @ this
+    change = np.zeros((width_z + k, width_z + k))
+    change[:width_z, :width_z] = covariate_change
+    divisors = np.where(basis.collinear, 1.0, basis.scales)
+    along_q = design.q.T @ exposures.T  # (rank, k): Q'x_e
+    change[:width_z, width_z:] = -(covariate_change @ along_q) / divisors
+    change[np.arange(width_z, width_z + k), np.arange(width_z, width_z + k)] = 1.0 / divisors
+    return change
 
 
 @dataclass(frozen=True)
@@ -270,6 +317,7 @@ class _GroupedProducts:
     present_gram: np.ndarray
     projections: np.ndarray
     sum_squares: np.ndarray
+    counts: np.ndarray  # (1 + 2k, m) present values among the design's rows, cases, controls
 
 
 def _grouped_products(
@@ -297,47 +345,64 @@ def _grouped_products(
         if design.problem is None:
             groups.setdefault(design.names, []).append(index)
     n_total, m = present.shape
+    shared = [index for members in groups.values() if 2 <= len(members) for index in members]
+    if not shared or len(designs) > 62:
+        return result
+    # Atoms: rows of identical membership across all designs of the call. One reordering of
+    # the block makes every atom a contiguous slice (no gather per atom and group).
+    membership = np.zeros(n_total, dtype=np.int64)
+    for index in shared:
+        membership[rows[index]] |= 1 << index
+    signatures, atom_of_row = np.unique(membership, return_inverse=True)
+    order = np.argsort(atom_of_row, kind="stable")
+    bounds = np.searchsorted(atom_of_row[order], np.arange(signatures.size + 1))
+    present_sorted = present[order]
+    values_sorted = block.values[order]
     for members in groups.values():
-        if len(members) < 2 or len(members) > 62:
+        if len(members) < 2:
             continue
         width_z = len(designs[members[0]].names)
         raw = np.zeros((n_total, width_z))
-        membership = np.zeros(n_total, dtype=np.int64)
-        for bit, index in enumerate(members):
+        group_bits = 0
+        for index in members:
             raw[rows[index]] = designs[index].raw_covariates()
-            membership[rows[index]] |= 1 << bit
-        in_union = membership > 0
+            group_bits |= 1 << index
+        in_union = (membership & group_bits) > 0
         # One standardisation for the group keeps every design's Gram matrix well conditioned.
         standardised = raw.copy()
+        group_means, group_scales = np.zeros(width_z), np.ones(width_z)
         if width_z > 1:
-            standardised[in_union, 1:], _, _ = standardise_columns(raw[in_union, 1:])
+            standardised[in_union, 1:], group_means[1:], group_scales[1:] = standardise_columns(raw[in_union, 1:])
         upper_r, upper_c = np.triu_indices(width_z)
-        signatures, atom_of_row = np.unique(membership, return_inverse=True)
-        order = np.argsort(atom_of_row, kind="stable")
-        bounds = np.searchsorted(atom_of_row[order], np.arange(signatures.size + 1))
+        standardised_sorted = standardised[order]
         atom_grams = np.zeros((signatures.size, upper_r.size, m))
         atom_products = np.zeros((signatures.size, width_z, m))
         atom_squares = np.zeros((signatures.size, m))
+        atom_counts = np.zeros((signatures.size, m))
         for atom, signature in enumerate(signatures):
-            if signature == 0:
+            if not signature & group_bits:
                 continue
-            atom_rows = order[bounds[atom] : bounds[atom + 1]]
-            values = standardised[atom_rows]
-            atom_grams[atom] = (values[:, upper_r] * values[:, upper_c]).T @ present[atom_rows]
-            gathered = block.values[atom_rows]
+            atom_slice = slice(bounds[atom], bounds[atom + 1])
+            values = standardised_sorted[atom_slice]
+            atom_present = present_sorted[atom_slice]
+            atom_grams[atom] = (values[:, upper_r] * values[:, upper_c]).T @ atom_present
+            atom_counts[atom] = atom_present.sum(axis=0)
+            gathered = values_sorted[atom_slice]
             atom_products[atom] = values.T @ gathered
             atom_squares[atom] = np.einsum("ij,ij->j", gathered, gathered)
-        for bit, index in enumerate(members):
+        for index in members:
             design_rows = rows[index]
             k = exposures[index].shape[0]
             width = width_z + k
-            contains = (signatures >> bit) & 1 == 1
+            contains = (signatures >> index) & 1 == 1
             gram = np.zeros((m, width, width))
             covariate_flat = atom_grams[contains].sum(axis=0)  # (pairs, m)
             gram[:, upper_r, upper_c] = covariate_flat.T
             gram[:, upper_c, upper_r] = covariate_flat.T
             products = np.zeros((width, m))
             products[:width_z] = atom_products[contains].sum(axis=0)
+            counts = np.zeros((1 + 2 * k, m))
+            counts[0] = atom_counts[contains].sum(axis=0)
             exposure_padded = np.zeros((n_total, k))
             exposure_padded[design_rows] = exposures[index].T
             for e in range(k):
@@ -352,13 +417,17 @@ def _grouped_products(
                     gram[:, width_z + e, width_z + f] = pair
                     gram[:, width_z + f, width_z + e] = pair
                 products[width_z + e] = exposure_padded[nonzero, e] @ block.values[nonzero]
-            design_basis = np.hstack([standardised[design_rows], exposures[index].T])
-            orthonormal = bases[index].padded[design_rows, 1:]
-            change = _change_of_basis(design_basis, orthonormal)
+                # Cases and controls of a 0/1 exposure (unused for a continuous one).
+                counts[1 + e] = (exposure_padded[nonzero, e] == 1) @ present[nonzero]
+                counts[1 + k + e] = counts[0] - counts[1 + e]
+            change = _change_of_basis(designs[index], group_means, group_scales, exposures[index], bases[index])
             # Column 0 of z is the intercept (all ones): its product is the design's sum of y.
             projections = np.vstack([products[:1], change.T @ products])
             result[index] = _GroupedProducts(
-                np.einsum("ia,mij,jb->mab", change, gram, change, optimize=True), projections, atom_squares[contains].sum(axis=0)
+                np.einsum("ia,mij,jb->mab", change, gram, change, optimize=True),
+                projections,
+                atom_squares[contains].sum(axis=0),
+                np.rint(counts).astype(np.int64),
             )
     return result
 
