@@ -199,80 +199,55 @@ def fit_design_batch(
     designs together: the block is read twice in all, not twice per design.
     Arguments are per design, as in :func:`fit_exposure_slopes`.
     """
-    n_total, m = block.shape
+    n_total = block.shape[0]
+    rows = [np.asarray(r) for r in rows]
     exposures = [np.atleast_2d(np.asarray(e, dtype=np.float64)) for e in exposures]
-    bases = [_basis(d, np.asarray(r), e, n_total) for d, r, e in zip(designs, rows, exposures, strict=True)]
-    grouped = _grouped_products(designs, [np.asarray(r) for r in rows], exposures, bases, block)
-    # The other designs: one product with the block for all of them together.
-    direct = [index for index, products in enumerate(grouped) if products is None]
-    stacked = np.hstack([bases[i].padded for i in direct]) if direct else np.zeros((n_total, 0))
-    direct_projections = stacked.T @ block.values
-    # y'y over each design's rows (column 0 of a basis is the design's row indicator).
-    weights = np.stack([bases[i].padded[:, 0] if bases[i].padded.shape[1] else np.zeros(n_total) for i in direct], axis=1) if direct else np.zeros((n_total, 0))
-    direct_squares = weights.T @ block.squares
-    direct_counts = _present_counts([np.asarray(rows[i]) for i in direct], [exposures[i] for i in direct], block)
-    present_counts: list[np.ndarray | None] = [None] * len(designs)
-    for position, index in enumerate(direct):
-        present_counts[index] = direct_counts[position]
-    for index, products in enumerate(grouped):
-        if products is not None:
-            present_counts[index] = products.counts
-    projections: list[np.ndarray] = [np.zeros((0, m))] * len(designs)
-    sum_squares: list[np.ndarray] = [np.zeros(m)] * len(designs)
-    offset = 0
-    for position, index in enumerate(direct):
-        width = bases[index].padded.shape[1]
-        projections[index] = direct_projections[offset : offset + width]
-        sum_squares[index] = direct_squares[position]
-        offset += width
-    for index, products in enumerate(grouped):
-        if products is not None:
-            projections[index], sum_squares[index] = products.projections, products.sum_squares
-    results = []
+    bases = [_basis(d, r, e, n_total) for d, r, e in zip(designs, rows, exposures, strict=True)]
+    products = _grouped_products(designs, rows, exposures, bases, block)
+    direct = [index for index, found in enumerate(products) if found is None]
+    for index, found in zip(direct, _direct_products([rows[i] for i in direct], [exposures[i] for i in direct], [bases[i] for i in direct], block), strict=True):
+        products[index] = found
     design_clusters = clusters if clusters is not None else [None] * len(designs)
-    for index, (design, design_rows, design_exposures, design_binary, basis, cluster_codes, products, counts) in enumerate(
-        zip(designs, rows, exposures, binary, bases, design_clusters, grouped, present_counts, strict=True)
+    results = []
+    for design, design_rows, design_exposures, design_binary, basis, cluster_codes, found in zip(
+        designs, rows, exposures, binary, bases, design_clusters, products, strict=True
     ):
-        part = projections[index]
-        present_gram = None if products is None else products.present_gram
+        assert found is not None
         results.append(
-            _fit_one_design(
-                design,
-                np.asarray(design_rows),
-                design_exposures,
-                np.asarray(design_binary),
-                block,
-                basis,
-                part,
-                sum_squares[index],
-                cluster_codes,
-                present_gram,
-                counts,
-            )
+            _fit_one_design(design, design_rows, design_exposures, np.asarray(design_binary), block, basis, found, cluster_codes)
         )
     return results
 
 
-def _present_counts(rows: list[np.ndarray], exposures: list[np.ndarray], block: PreparedBlock) -> list[np.ndarray | None]:
-    """Per design, ``(1 + 2k, m)`` present values among its participants, cases and controls.
-
-    For blocks with many missing cells only (else None: the missing-cell list
-    is cheaper). One product over the block for all designs together.
-    """
-    if block.present is None or not rows:
-        return [None] * len(rows)
-    n_total = block.shape[0]
-    indicators = []
-    for design_rows, design_exposures in zip(rows, exposures, strict=True):
-        k = design_exposures.shape[0]
-        columns = np.zeros((n_total, 1 + 2 * k))
-        columns[design_rows, 0] = 1.0
-        columns[design_rows, 1 : 1 + k] = (design_exposures == 1).T
-        columns[design_rows, 1 + k :] = (design_exposures == 0).T
-        indicators.append(columns)
-    counts = np.rint(np.hstack(indicators).T @ block.present).astype(np.int64)
-    sizes = np.cumsum([0] + [c.shape[1] for c in indicators])
-    return [counts[start:stop] for start, stop in zip(sizes[:-1], sizes[1:], strict=True)]
+def _direct_products(rows: list[np.ndarray], exposures: list[np.ndarray], bases: list[_Basis], block: PreparedBlock) -> list[_BlockProducts]:
+    """Block products of designs that share nothing: one product with the block for all of them together."""
+    if not rows:
+        return []
+    n_total, m = block.shape
+    stacked = np.hstack([basis.padded for basis in bases])
+    projections = stacked.T @ block.values
+    # y'y over each design's rows (column 0 of a basis is the design's row indicator).
+    weights = np.stack([basis.padded[:, 0] if basis.padded.shape[1] else np.zeros(n_total) for basis in bases], axis=1)
+    sum_squares = weights.T @ block.squares
+    counts: list[np.ndarray | None] = [None] * len(rows)
+    if block.present is not None:
+        # Present values among each design's rows, cases and controls (the missing-cell list is cheaper otherwise).
+        indicators = []
+        for design_rows, design_exposures in zip(rows, exposures, strict=True):
+            k = design_exposures.shape[0]
+            columns = np.zeros((n_total, 1 + 2 * k))
+            columns[design_rows, 0] = 1.0
+            columns[design_rows, 1 : 1 + k] = (design_exposures == 1).T
+            columns[design_rows, 1 + k :] = (design_exposures == 0).T
+            indicators.append(columns)
+        all_counts = np.rint(np.hstack(indicators).T @ block.present).astype(np.int64)
+        sizes = np.cumsum([0] + [c.shape[1] for c in indicators])
+        counts = [all_counts[start:stop] for start, stop in zip(sizes[:-1], sizes[1:], strict=True)]
+    widths = np.cumsum([0] + [basis.padded.shape[1] for basis in bases])
+    return [
+        _BlockProducts(projections[start:stop], sum_squares[index], counts[index])
+        for index, (start, stop) in enumerate(zip(widths[:-1], widths[1:], strict=True))
+    ]
 
 
 def _change_of_basis(
@@ -306,23 +281,26 @@ def _change_of_basis(
 
 
 @dataclass(frozen=True)
-class _GroupedProducts:
-    """What one design of a covariate-sharing group gets from the group's row atoms.
+class _BlockProducts:
+    """One design's products with the block, which the rest of its fit works from.
 
-    ``present_gram`` ``(m, w, w)``: each feature's Gram matrix over its present
-    rows in the design's basis ``[Q, b]``; ``projections`` ``(1 + w, m)``: the
-    design's ``[1 | Q | b]' Y``; ``sum_squares`` ``(m,)``: ``y'y`` over its rows.
+    ``projections`` ``(1 + w, m)``: the design's ``[1 | Q | b]' Y``;
+    ``sum_squares`` ``(m,)``: ``y'y`` over its rows. For blocks with many
+    missing cells also ``counts`` ``(1 + 2k, m)``: present values among the
+    design's rows, cases and controls; and, for designs that share a covariate
+    set, ``present_gram`` ``(m, w, w)``: each feature's Gram matrix over its
+    present rows in the design's basis ``[Q, b]`` (else None: built per design).
     """
 
-    present_gram: np.ndarray
     projections: np.ndarray
     sum_squares: np.ndarray
-    counts: np.ndarray  # (1 + 2k, m) present values among the design's rows, cases, controls
+    counts: np.ndarray | None = None
+    present_gram: np.ndarray | None = None
 
 
 def _grouped_products(
     designs: list[CovariateDesign], rows: list[np.ndarray], exposures: list[np.ndarray], bases: list[_Basis], block: PreparedBlock
-) -> list[_GroupedProducts | None]:
+) -> list[_BlockProducts | None]:
     """Block products for designs that share a covariate set, built once per row atom; None for the others.
 
     Only for blocks with many missing cells (lm_nonzero), where each feature's
@@ -336,7 +314,7 @@ def _grouped_products(
     of basis ``T`` (``[Q, b] = [z, x] T``) turns them into the design's
     orthonormal basis, the form the solver uses.
     """
-    result: list[_GroupedProducts | None] = [None] * len(designs)
+    result: list[_BlockProducts | None] = [None] * len(designs)
     present = block.present
     if present is None:
         return result
@@ -423,11 +401,11 @@ def _grouped_products(
             change = _change_of_basis(designs[index], group_means, group_scales, exposures[index], bases[index])
             # Column 0 of z is the intercept (all ones): its product is the design's sum of y.
             projections = np.vstack([products[:1], change.T @ products])
-            result[index] = _GroupedProducts(
-                np.einsum("ia,mij,jb->mab", change, gram, change, optimize=True),
+            result[index] = _BlockProducts(
                 projections,
                 atom_squares[contains].sum(axis=0),
                 np.rint(counts).astype(np.int64),
+                np.einsum("ia,mij,jb->mab", change, gram, change, optimize=True),
             )
     return result
 
@@ -439,13 +417,11 @@ def _fit_one_design(
     binary: np.ndarray,
     prepared: PreparedBlock,
     basis: _Basis,
-    projections: np.ndarray,
-    sum_squares: np.ndarray,
+    products: _BlockProducts,
     clusters: np.ndarray | None,
-    present_gram: np.ndarray | None = None,
-    present_counts: np.ndarray | None = None,
 ) -> SlopeFits:
-    """The per-design remainder of the fit, given ``basis' Y`` and ``y'y`` over its rows."""
+    """The per-design remainder of the fit, given its products with the block."""
+    projections, sum_squares, present_counts, present_gram = products.projections, products.sum_squares, products.counts, products.present_gram
     n_total, m = prepared.shape
     k, n = exposures.shape
     if rows.size != n or design.n != n:
@@ -505,7 +481,7 @@ def _fit_one_design(
         width = vectors.shape[1]
         upper_r, upper_c = np.triu_indices(width)
         if present_gram is not None:
-            # Built once for all designs sharing this covariate set (see _shared_present_grams).
+            # Built once for all designs sharing this covariate set (see _grouped_products).
             downdate = np.eye(width) - present_gram[masked]
         elif sparse_missing:
             # Few missing cells: sum over them only (a sparse product).
