@@ -59,3 +59,11 @@ def test_ruff_lint() -> None:
 def test_mypy_types() -> None:
     result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_documents_every_result_column() -> None:
+    from scalable_assoc.results.columns import column_reference_markdown
+
+    assert column_reference_markdown() in (ROOT / "README.md").read_text(encoding="utf-8"), (
+        "README's results column table differs from scalable_assoc/results/columns.py; paste column_reference_markdown()"
+    )

@@ -18,7 +18,6 @@ is never mistaken for a complete one.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -160,8 +159,3 @@ def open_store(path: Path) -> AbundanceStore:
         chunk_features=int(chunks[1]) if shape[1] else 1,
         source_sha256=str(attrs.get("source_sha256", "")),
     )
-
-
-def chunk_count(store: AbundanceStore) -> int:
-    """Number of feature chunks in a store."""
-    return math.ceil(store.n_features / store.chunk_features) if store.n_features else 0

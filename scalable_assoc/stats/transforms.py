@@ -13,11 +13,9 @@ Pure numpy: no Dask, no files, no pandas.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-Transform = Literal["clr", "log", "ast", "tss", "none"]
 TRANSFORMS: tuple[str, ...] = ("clr", "log", "ast", "tss", "none")
 
 
