@@ -35,30 +35,19 @@ from pathlib import Path
 
 import numpy as np
 import statsmodels.api as sm
+from bench_reference_study import kept_raw  # the script beside this one
 
 from scalable_assoc import __version__
 from scalable_assoc.engine.prepare import LayerWork, prepare_study
-from scalable_assoc.io.store import read_block
 from scalable_assoc.models import SlopeFits, factorise_covariates, fit_design_batch, fit_random_intercept, prepare_block
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.simulate import plan_yaml, simulate_study
-from scalable_assoc.stats.transforms import (
-    apply_transform,
-    feature_summary,
-    half_min_pseudocount,
-    nonzero_values,
-    presence_indicator,
-    prevalence,
-    sample_summaries,
-)
+from scalable_assoc.stats.transforms import apply_transform, nonzero_values, presence_indicator, sample_summaries
 
 
 def layer_views(layer: LayerWork) -> dict[str, np.ndarray]:
     """The three views a run computes for one layer, in memory: transformed, non-zero, presence."""
-    raw = np.hstack([read_block(layer.store.path, a, b, layer.sample_positions) for a, b in layer.store.block_bounds()])
-    pre = layer.spec.preprocess
-    raw = raw[:, prevalence(feature_summary(raw)) >= pre.min_prevalence]
-    pseudocount = half_min_pseudocount(feature_summary(raw).min_positive)
+    raw, pseudocount = kept_raw(layer)
     total, count = sample_summaries(raw, "clr", pseudocount)
     nonzero = nonzero_values(raw, 0.0)
     nz_total, nz_count = sample_summaries(nonzero, "clr", 0.0)

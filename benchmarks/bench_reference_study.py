@@ -44,20 +44,25 @@ from scalable_assoc.models.design import factorise_covariates
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.simulate import simulate_study
-from scalable_assoc.stats.transforms import apply_transform, feature_summary, half_min_pseudocount, prevalence, sample_summaries
+from scalable_assoc.stats.transforms import apply_transform, feature_summary, sample_summaries, select_features
+
+
+def kept_raw(layer) -> tuple[np.ndarray, float]:
+    """A layer's kept features, raw, in memory (``(n, m_kept)``), and its pseudocount, as a run selects them."""
+    raw = np.hstack([read_block(layer.store.path, a, b, layer.sample_positions) for a, b in layer.store.block_bounds()])
+    pre = layer.spec.preprocess
+    (kept,), pseudocount = select_features([feature_summary(raw)], pre.min_prevalence, pre.pseudocount)
+    return raw[:, kept], pseudocount
 
 
 def transformed_layers(study) -> dict[str, np.ndarray]:
     """Each layer's kept features, transformed exactly as a run does, in memory: ``(n, m_kept)``."""
     layers = {}
     for layer in study.layers:
-        raw = np.hstack([read_block(layer.store.path, a, b, layer.sample_positions) for a, b in layer.store.block_bounds()])
-        pre = layer.spec.preprocess
-        kept = prevalence(feature_summary(raw)) >= pre.min_prevalence
-        raw = raw[:, kept]
-        pseudocount = half_min_pseudocount(feature_summary(raw).min_positive) if pre.pseudocount == "half_min" else float(pre.pseudocount)
-        total, count = sample_summaries(raw, pre.transform, pseudocount)
-        layers[layer.spec.name] = apply_transform(raw, pre.transform, pseudocount, total, count)
+        raw, pseudocount = kept_raw(layer)
+        transform = layer.spec.preprocess.transform
+        total, count = sample_summaries(raw, transform, pseudocount)
+        layers[layer.spec.name] = apply_transform(raw, transform, pseudocount, total, count)
     return layers
 
 

@@ -44,7 +44,7 @@ from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table
 from scalable_assoc.results.summary import adjustment_summary, survival_readout
-from scalable_assoc.stats.transforms import half_min_pseudocount, needs_sample_summary, prevalence
+from scalable_assoc.stats.transforms import needs_sample_summary, select_features
 
 #: Output files, removed before a run writes new ones so that a failed run never
 #: leaves a complete-looking set behind. The manifest is written last.
@@ -121,21 +121,11 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
         name = layer.spec.name
         summaries = all_summaries[name]
         preprocess = layer.spec.preprocess
-        kept = [prevalence(s) >= preprocess.min_prevalence for s in summaries]
+        try:
+            kept, pseudocount = select_features(summaries, preprocess.min_prevalence, preprocess.pseudocount)
+        except ValueError as error:
+            raise DataError(f"layer '{name}' ({layer.spec.path}): {error}") from None
         n_kept = int(sum(k.sum() for k in kept))
-        if n_kept == 0:
-            raise DataError(
-                f"layer '{name}' ({layer.spec.path}): no feature is non-zero in at least "
-                f"{preprocess.min_prevalence:.1%} of samples; lower preprocess.min_prevalence"
-            )
-        if preprocess.pseudocount == "half_min":
-            minima = np.concatenate([s.min_positive[k] for s, k in zip(summaries, kept, strict=True)])
-            try:
-                pseudocount = half_min_pseudocount(minima)
-            except ValueError as error:
-                raise DataError(f"layer '{name}': {error}") from None
-        else:
-            pseudocount = float(preprocess.pseudocount)
         bounds = layer.store.block_bounds()
         ids = layer.store.feature_ids
         kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept, strict=True)]

@@ -55,6 +55,22 @@ def half_min_pseudocount(min_positive_of_kept: np.ndarray) -> float:
     return smallest / 2.0
 
 
+def select_features(summaries: list[FeatureSummary], min_prevalence: float, pseudocount: float | str) -> tuple[list[np.ndarray], float]:
+    """The prevalence filter and the pseudocount of a layer, from its blocks' summaries.
+
+    Returns a kept mask per block and the pseudocount: the number given, or for
+    ``"half_min"`` half the smallest non-zero value of the kept features.
+    Raises ValueError when no feature is kept or none has a non-zero value.
+    """
+    kept = [prevalence(summary) >= min_prevalence for summary in summaries]
+    if not any(mask.any() for mask in kept):
+        raise ValueError(f"no feature is non-zero in at least {min_prevalence:.1%} of samples; lower preprocess.min_prevalence")
+    if pseudocount != "half_min":
+        return kept, float(pseudocount)
+    minima = np.concatenate([summary.min_positive[mask] for summary, mask in zip(summaries, kept, strict=True)])
+    return kept, half_min_pseudocount(minima)
+
+
 def needs_sample_summary(transform: str) -> bool:
     """Whether the transform needs per-sample sums over all kept features."""
     return transform in ("clr", "tss", "ast")
