@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,17 +177,18 @@ def prepare_study(
         aligned = metadata.loc[used_ids]
         work = LayerWork(spec, store, checksum, positions)
         clusters = cluster_codes(aligned, plan.cluster) if plan.cluster is not None else None
+        metadata_rows = metadata.index.get_indexer(used_ids)
+        # Models of one (exposure, adjustment) share its participants and design: resolve it once.
+        resolved: dict[tuple[str, str], PreparedAnalysis] = {}
         for key in keys:
             if key.layer != spec.name:
                 continue
-            exposure = exposures[key.exposure]
-            aligned_exposure = ExposureValues(
-                exposure.name,
-                exposure.values[metadata.index.get_indexer(used_ids)],
-                exposure.binary,
-                exposure.source_columns,
-            )
-            work.analyses.append(_resolve_analysis(key, plan, aligned, aligned_exposure, work.designs, clusters))
+            pair = (key.exposure, key.adjustment)
+            if pair not in resolved:
+                exposure = exposures[key.exposure]
+                aligned_exposure = ExposureValues(exposure.name, exposure.values[metadata_rows], exposure.binary, exposure.source_columns)
+                resolved[pair] = _resolve_analysis(key, plan, aligned, aligned_exposure, work.designs, clusters)
+            work.analyses.append(replace(resolved[pair], key=key))
         if not work.analyses:
             continue
         layers.append(work)
