@@ -25,6 +25,7 @@ from scalable_assoc.io.metadata import (
     exposure_values,
     load_metadata,
     reconcile_samples,
+    reference_levels,
 )
 from scalable_assoc.io.store import AbundanceStore
 from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
@@ -45,6 +46,8 @@ class DesignInput:
     matrix: np.ndarray
     names: tuple[str, ...]
     clusters: np.ndarray | None = None
+    #: ``column[level]`` of each categorical covariate's omitted reference dummy (pooled analyses re-add it)
+    references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ def write_design(folder: Path, design: DesignInput) -> Path:
         arrays = {"rows": design.rows, "matrix": design.matrix, "names": np.array(design.names, dtype=str)}
         if design.clusters is not None:
             arrays["clusters"] = design.clusters
+        if design.references:
+            arrays["references"] = np.array(design.references, dtype=str)
         write_npz(path, arrays)
     return path
 
@@ -99,11 +104,13 @@ def read_design(path: Path) -> DesignInput:
     """Read a design written by :func:`write_design`."""
     with np.load(path, allow_pickle=False) as data:
         clusters = data["clusters"] if "clusters" in data.files else None
-        return DesignInput(path.stem, data["rows"], data["matrix"], tuple(str(n) for n in data["names"]), clusters)
+        references = tuple(str(n) for n in data["references"]) if "references" in data.files else ()
+        return DesignInput(path.stem, data["rows"], data["matrix"], tuple(str(n) for n in data["names"]), clusters, references)
 
 
-def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...], clusters: np.ndarray | None) -> str:
+def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...], clusters: np.ndarray | None, references: tuple[str, ...]) -> str:
     digest = hashlib.sha256()
+    digest.update("\x1f".join(references).encode())
     digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     digest.update(np.ascontiguousarray(matrix, dtype=np.float64).tobytes())
     digest.update("\x1f".join(names).encode())
@@ -146,8 +153,9 @@ def _resolve_analysis(
     matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows)
     # Codes renumbered 0..G-1 within the design, so kernels can size per-cluster sums by G.
     design_clusters = np.unique(clusters[rows], return_inverse=True)[1] if clusters is not None else None
-    design_key = _design_key(rows, matrix, names, design_clusters)
-    designs.setdefault(design_key, DesignInput(design_key, rows, matrix, names, design_clusters))
+    references = reference_levels(aligned, tuple(covariates), plan.categorical, rows)
+    design_key = _design_key(rows, matrix, names, design_clusters, references)
+    designs.setdefault(design_key, DesignInput(design_key, rows, matrix, names, design_clusters, references))
     exposure_used = values[rows]
     n_cases = int((exposure_used == 1).sum()) if exposure.binary else None
     n_controls = int((exposure_used == 0).sum()) if exposure.binary else None

@@ -55,6 +55,7 @@ OUTPUT_FILES = (
     "significant_results.tsv",
     "adjustment_summary.tsv",
     "adjustment_survival.tsv",
+    "features.parquet",
 )
 WORK_DIR = ".scalable_assoc"
 
@@ -83,6 +84,9 @@ class _LayerFilter:
     #: per-sample sums over present values only (the CLR of the non-zero view)
     nonzero_totals: tuple[np.ndarray, np.ndarray] | None = None
     kept_ids: list[tuple[str, ...]] = field(default_factory=list)
+    #: per feature of the layer (all blocks): values > 0 and values present, over the samples used
+    nonzero: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    observed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def _stderr(message: str) -> None:
@@ -129,7 +133,15 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
         bounds = layer.store.block_bounds()
         ids = layer.store.feature_ids
         kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept, strict=True)]
-        filters[name] = _LayerFilter(kept, pseudocount, layer.store.n_features, n_kept, kept_ids=kept_ids)
+        filters[name] = _LayerFilter(
+            kept,
+            pseudocount,
+            layer.store.n_features,
+            n_kept,
+            kept_ids=kept_ids,
+            nonzero=np.concatenate([np.asarray(s.nonzero, dtype=np.int64) for s in summaries]),
+            observed=np.concatenate([np.asarray(s.observed, dtype=np.int64) for s in summaries]),
+        )
         views = {MODEL_VIEWS[model] for model in layer.spec.models}
         token = _layer_token(study, layer)
         transform = preprocess.transform
@@ -153,6 +165,28 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
     for (name, which), parts in client.gather(sum_futures).items():
         setattr(filters[name], which, (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)))
     return filters
+
+
+def _feature_table(study: PreparedStudy, filters: dict[str, _LayerFilter]) -> pd.DataFrame:
+    """Per layer and feature: participants observed, with the feature present (> 0), prevalence, kept by the filter."""
+    frames = []
+    for layer in study.layers:
+        f = filters[layer.spec.name]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fraction = np.where(f.observed > 0, f.nonzero / np.maximum(f.observed, 1), np.nan)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer.spec.name,
+                    "feature": list(layer.store.feature_ids),
+                    "n_observed": f.observed,
+                    "n_present": f.nonzero,
+                    "prevalence": fraction,
+                    "kept": np.concatenate(f.kept),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
 
 
 def _put(client: Client, value: object, name: str) -> distributed.Future:
@@ -195,7 +229,16 @@ def _remove_stale_chunks(chunks_dir: Path, keep_chunks: set[str]) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _manifest(study: PreparedStudy, filters: dict[str, _LayerFilter], chunks_total: int, chunks_reused: int, timings: dict[str, float], client_info: dict) -> dict:
+def _manifest(
+    study: PreparedStudy,
+    filters: dict[str, _LayerFilter],
+    chunks_total: int,
+    chunks_reused: int,
+    timings: dict[str, float],
+    client_info: dict,
+    chunk_features: int | None = None,
+    intersect_samples: bool = False,
+) -> dict:
     plan = study.plan
     analyses = []
     for layer in study.layers:
@@ -210,6 +253,8 @@ def _manifest(study: PreparedStudy, filters: dict[str, _LayerFilter], chunks_tot
                     "n": a.n,
                     "n_cases": a.n_cases,
                     "n_controls": a.n_controls,
+                    # intercept + exposure + covariate columns (dummies included): the disclosure rule's p
+                    "parameters": int(next(layer for layer in study.layers if layer.spec.name == a.key.layer).designs[a.design_key].matrix.shape[1]) + 1,
                     "covariates": list(a.covariates),
                     "left_out_identical_to_exposure": list(a.left_out),
                     "design": a.design_key,
@@ -235,6 +280,9 @@ def _manifest(study: PreparedStudy, filters: dict[str, _LayerFilter], chunks_tot
             for name, f in filters.items()
         },
         "analyses": analyses,
+        # as given to the run (None: automatic); a later export re-opens the same stores
+        "chunk_features": chunk_features,
+        "intersect_samples": intersect_samples,
         "designs": sum(len(layer.designs) for layer in study.layers),
         "chunks_total": chunks_total,
         "chunks_reused": chunks_reused,
@@ -344,9 +392,10 @@ def run_study(
     write_tsv(out / "significant_results.tsv", significant.sort_values("q", kind="stable"))
     write_tsv(out / "adjustment_summary.tsv", summary)
     write_tsv(out / "adjustment_survival.tsv", survival)
+    write_parquet(out / "features.parquet", _feature_table(study, filters))
     timings["gather"] = time.perf_counter() - phase
     timings["total"] = time.perf_counter() - started
-    manifest = _manifest(study, filters, len(tasks), len(done), timings, client_info)
+    manifest = _manifest(study, filters, len(tasks), len(done), timings, client_info, chunk_features, intersect_samples)
     write_json(out / "manifest.json", manifest)
     return RunSummary(out, results, summary, survival, manifest, len(tasks), len(done), timings["total"])
 

@@ -274,6 +274,22 @@ def covariate_columns(metadata: pd.DataFrame, columns: tuple[str, ...], categori
     return np.hstack(pieces), tuple(names)
 
 
+def reference_levels(metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray) -> tuple[str, ...]:
+    """Names ``column[level]`` of the reference dummies :func:`covariate_columns` leaves out, one per categorical covariate.
+
+    Each equals one minus the sum of its column's other dummies. A pooled analysis
+    across cohorts needs them: a cohort's reference level need not be the
+    consortium's (a level may be absent from one cohort).
+    """
+    names = []
+    for column in columns:
+        if column in categorical:
+            levels = sorted(metadata[column].iloc[rows].astype(str).unique())
+            if levels:
+                names.append(f"{column}[{levels[0]}]")
+    return tuple(names)
+
+
 def complete_rows(metadata: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     """Boolean ``(n,)``: rows with no missing value in any of ``columns``."""
     if not columns:
