@@ -1,0 +1,124 @@
+"""Sufficient statistics of a finished run's linear models, for an exact pooled analysis.
+
+The graph mirrors the run's: the same filter and per-sample sums (so every
+feature is transformed exactly as in the run), one transformed block per store
+chunk, and one task per block x ``lm`` design group that returns the
+within-cohort centred cross-products (:mod:`scalable_assoc.models.pooled`) as
+an Arrow table. Tables are small (``c (c + 1) / 2 + c + 1`` numbers per
+feature and analysis) and are gathered on the client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from distributed import Client, as_completed
+
+from scalable_assoc.engine.cluster import dask_client
+from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
+from scalable_assoc.engine.run import WORK_DIR, _filter_layers, _layer_token, _put, _stderr
+from scalable_assoc.engine.tasks import block_view
+from scalable_assoc.errors import DataError
+from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
+from scalable_assoc.plan.schema import load_plan
+from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, cross_products_table
+
+
+def sufficient_chunk(layer: str, block: np.ndarray, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]) -> pa.Table:
+    """Centred cross-products of every analysis of one design on every feature of one block.
+
+    ``block`` is the run's transformed view ``(n_used, m)``; ``design_path`` the
+    design file written by the run (participant rows and covariate matrix).
+    """
+    design = read_design(Path(design_path))
+    covariates, names = with_reference_dummies(design.matrix, design.names, design.references)
+    outcome = block[design.rows]
+    tables = []
+    for analysis in analyses:
+        products = centred_cross_products(analysis.exposure, covariates, analysis.binary, outcome)
+        tables.append(cross_products_table(layer, feature_ids, analysis.key.exposure, analysis.key.adjustment, analysis.key.analysis_id, ("exposure",) + names, products))
+    return pa.concat_tables(tables) if tables else SUFFICIENT_SCHEMA.empty_table()
+
+
+def _check_run(run_dir: Path, study: PreparedStudy, manifest: dict) -> None:
+    """The inputs must be those the run used: the cross-products must belong to its results."""
+    if study.plan_hash != manifest.get("plan_hash"):
+        raise DataError(f"{run_dir}: the plan {manifest.get('plan')} changed since this run; run it again before exporting")
+    inputs = manifest.get("inputs", {})
+    if inputs.get("metadata", {}).get("sha256") != study.metadata_sha256:
+        raise DataError(f"{run_dir}: the metadata file {study.plan.metadata} changed since this run; run it again before exporting")
+    for layer in study.layers:
+        recorded = inputs.get(f"layer:{layer.spec.name}", {}).get("sha256")
+        if recorded != layer.input_sha256:
+            raise DataError(f"{run_dir}: the abundance table of layer '{layer.spec.name}' ({layer.spec.path}) changed since this run")
+
+
+def sufficient_statistics(
+    run_dir: str | Path,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    client: Client | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> pa.Table:
+    """Cross-products of every ``lm`` analysis x kept feature of a finished run (see :data:`SUFFICIENT_SCHEMA`).
+
+    Re-reads the run's inputs (refusing them if they changed since) on the
+    cluster given by ``client`` / ``scheduler``, or on a new local one.
+    """
+    run = Path(run_dir).resolve()
+    manifest_path = run / "manifest.json"
+    if not manifest_path.is_file():
+        raise DataError(f"{run}: no manifest.json; is this the output folder of a finished 'scalable-assoc run'?")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    plan = load_plan(manifest["plan"])
+    work = run / WORK_DIR
+    study = prepare_study(plan, work / "stores", manifest.get("chunk_features"), manifest.get("intersect_samples", False), log)
+    _check_run(run, study, manifest)
+    if not any(a.key.model == "lm" for layer in study.layers for a in layer.analyses):
+        raise DataError(f"{run}: the plan fits no 'lm' model; sufficient statistics exist for linear models only")
+
+    def execute(active: Client) -> pa.Table:
+        positions = {layer.spec.name: _put(active, layer.sample_positions, "samples") for layer in study.layers}
+        filters = _filter_layers(active, study, positions)
+        futures = []
+        for layer in study.layers:
+            analyses = [a for a in layer.analyses if a.key.model == "lm"]
+            if not analyses:
+                continue
+            layer_filter = filters[layer.spec.name]
+            token = _layer_token(study, layer)
+            totals = _put(active, layer_filter.sample_totals, "totals") if layer_filter.sample_totals is not None else None
+            groups: dict[str, tuple[PreparedAnalysis, ...]] = {}
+            for analysis in analyses:
+                groups[analysis.design_key] = groups.get(analysis.design_key, ()) + (analysis,)
+            paths = {key: write_design(work / "designs", layer.designs[key]) for key in groups}
+            held = {key: _put(active, group, "batch") for key, group in groups.items()}
+            for index, (start, stop) in enumerate(layer.store.block_bounds()):
+                kept = layer_filter.kept[index]
+                if not kept.any():
+                    continue
+                block = active.submit(
+                    block_view, layer.store.path, start, stop, positions[layer.spec.name], kept, "transformed",
+                    layer.spec.preprocess.transform, layer_filter.pseudocount, totals, layer.spec.presence_threshold,
+                    key=f"block-transformed-{token}-{index}",
+                )
+                for key in groups:
+                    futures.append(
+                        active.submit(sufficient_chunk, layer.spec.name, block, layer_filter.kept_ids[index], paths[key], held[key], key=f"sufficient-{token}-{index}-{key}")
+                    )
+        tables = []
+        for done, future in enumerate(as_completed(futures), start=1):
+            tables.append(future.result())
+            if done == len(futures) or done % max(1, len(futures) // 10) == 0:
+                log(f"  sufficient statistics: {done}/{len(futures)} tasks")
+        return pa.concat_tables(tables) if tables else SUFFICIENT_SCHEMA.empty_table()
+
+    if client is not None:
+        return execute(client)
+    with dask_client(scheduler, workers) as own:
+        return execute(own)
