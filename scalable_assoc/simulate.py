@@ -118,16 +118,72 @@ abundance by the same per-sample amount, which is not part of the truth.
 Species truth rows exist for species-level clades only (``s__...``, named as the last
 clade component); genus and higher rows in ``species.tsv`` are their sums.
 
-Only numpy, pandas, pyyaml and the standard library are used; all randomness comes
-from a single ``np.random.default_rng(seed)`` (and the child it spawns), so a seed
-reproduces files byte for byte.
+Several cohorts (:func:`simulate_cohorts`).  Test data for meta-analysis across
+biobanks and for a pooled analysis: ``cohorts`` (default 3) study folders that share
+one truth and differ in size, batch, effect sizes (a few), spelling and catalogue::
+
+    out_dir/cohort_1/ .. cohort_<K>/   complete study folders, as simulate_study writes
+    out_dir/truth.tsv                  shared + per-cohort truth (long, below)
+    out_dir/feature_mapping.tsv        from, to: cohort spelling -> canonical species
+
+* Sizes: cohort ``k`` (1-based) has ``participants / k`` participants, rounded half
+  up (7,656 / 3,828 / 2,552 by default); each needs >= 300.  Sample ids are
+  ``C<k>S000001``..., family ids ``C<k>F00001``..., so ids never collide when the
+  cohorts are pooled.  ``metadata.tsv`` has the single-study columns (no ``cohort``).
+* Randomness: ``np.random.SeedSequence(seed).spawn(K + 1)``: child 0 draws the shared
+  parameters (community and planted effects exactly as a single study draws them,
+  families on) and then, from a child of its own, the between-cohort parts below;
+  child ``k`` draws cohort ``k`` (participants, families, noise, missingness).
+* Shared truth: every cohort uses the same species / pathways / modules with the same
+  ``mu, sigma, prev, loadings``, family ICCs and planted effects ``B``, ``P``.
+* Heterogeneity: 20 % of the planted disorder/drug entries of ``B`` / ``P`` of each
+  layer (rounded half up, at least one) get, in every cohort independently, a
+  deviation ``N(0, tau^2)`` with ``tau = 0.5 * |planted value|``.  Covariate and
+  other-medication effects are the same everywhere.
+* Batch: each cohort shifts each feature's log abundance (``mu``) by ``N(0, 0.5^2)``;
+  a cohort intercept absorbs it.  Detection (presence) is not shifted.
+* Spelling of ``species.tsv`` (:data:`COHORT_SPELLINGS`, cycling for K > 3): cohort 1
+  full MetaPhlAn 4 lineages; cohort 2 MetaPhlAn 3 style (``#mpa_v30_...`` header, an
+  ``NCBI_tax_id`` column, every clade named by its last component: ``g__Dorea``,
+  ``s__Dorea_longicatena``; ``rank: species`` keeps the ``s__`` rows, so the same plan
+  reads it); cohort 3 full lineages with five genera renamed (``s__Bacteroides_vulgatus``
+  for ``s__Phocaeicola_vulgatus``, ``s__Clostridium_bolteae`` for
+  ``s__Enterocloster_bolteae``, ...; the renamed species sit under the new genus and
+  its family).  Each cohort's own ``truth.tsv`` uses that cohort's spelling.
+* Catalogue: cohorts 2.. each lack 4 different synthetic species (prevalence >= 0.25,
+  one of them with a planted disorder/drug effect when available): not simulated, not
+  in the table, not in the cohort's truth.  Each is absent from exactly one cohort
+  (fewer than 4 when a small catalogue runs out of such species).
+* Plan: each ``plan.yaml`` is :data:`PLAN_YAML` named
+  ``lifelines-internalizing-cohort_<k>``; a cohort with fewer than 10 participants in
+  some exposure's case or control group (small cohorts: dysthymia, ssri) also gets
+  ``min_cases: m`` with ``m`` that smallest group, so it runs as written.
+
+Top-level ``truth.tsv`` columns: ``cohort, layer, feature, exposure, effect,
+presence_effect, abundance_effect, family_icc, heterogeneous, tau, n_cohorts,
+cohort_feature``.  Rows with ``cohort == "shared"`` come first: every feature of the
+shared catalogue, effects computed with the shared ``B`` / ``P`` on the pooled
+participants (the mean of a random-effects meta-analysis; for homogeneous rows also
+what a pooled analysis with a cohort intercept estimates).  Then each cohort's rows
+(its ``truth.tsv``: its own deviations and case mix; only features in its table).
+``feature`` is always the canonical name (cohort 1's spelling), ``cohort_feature``
+the name in that cohort's table.
+``heterogeneous`` is 1 when a planted entry behind the row deviates between cohorts;
+``tau`` is the SD of a cohort's deviation of ``effect`` (same scale, pooled case
+mix; 0 when homogeneous); ``n_cohorts`` counts the cohorts whose table holds the
+feature.  The columns shared with the single-study truth mean the same (see above).
+
+Only numpy, pandas, pyyaml and the standard library are used; all randomness of
+:func:`simulate_study` comes from a single ``np.random.default_rng(seed)`` (and the
+child it spawns), so a seed reproduces files byte for byte (likewise
+:func:`simulate_cohorts` from its ``SeedSequence(seed)``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +194,9 @@ from scalable_assoc.errors import UserInputError
 __all__ = [
     "SimulatedStudy",
     "simulate_study",
+    "SimulatedCohorts",
+    "simulate_cohorts",
+    "COHORT_SPELLINGS",
     "DISORDERS",
     "PLAN_EXPOSURES",
     "GBM_LABELS",
@@ -252,6 +311,8 @@ PLAN_YAML_WITH_MODELS = plan_yaml(["lm", "lm_nonzero", "prevalence"], "family_id
 # Taxonomy.  MetaPhlAn 4 (mpa_vJan21) style lineages down to family.
 # --------------------------------------------------------------------------------------
 _MPA_HEADER = "#mpa_vJan21_CHOCOPhlAnSGB_202103"
+_MPA3_HEADER = "#mpa_v30_CHOCOPhlAn_201901"   # clade-name-only tables (simulate_cohorts)
+_TAXID_BASE = 900001                            # this simulator's own NCBI_tax_id numbers
 _FAM = {
     "Ruminococcaceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Ruminococcaceae",
     "Oscillospiraceae": "k__Bacteria|p__Firmicutes|c__Clostridia|o__Eubacteriales|f__Oscillospiraceae",
@@ -593,6 +654,34 @@ _MAX_FAMILY_ICC = 0.3
 # mostly detection and gets none beyond what follows from coupling.
 _PRESENCE_ICC_SHARE = 0.5
 
+# --------------------------------------------------------------------------------------
+# Several cohorts (simulate_cohorts).
+# --------------------------------------------------------------------------------------
+COHORT_SPELLINGS: tuple[str, ...] = ("lineage", "clade", "renamed")
+"""How cohort ``k`` (1-based) writes ``species.tsv``: ``COHORT_SPELLINGS[(k - 1) % 3]``.
+
+``lineage``: MetaPhlAn 4 full lineages (as :func:`simulate_study`); ``clade``: MetaPhlAn 3
+style, every clade named by its last component only (``s__Name``) plus an
+``NCBI_tax_id`` column; ``renamed``: full lineages with a few genera renamed (the
+species of ``feature_mapping.tsv``)."""
+
+# canonical species -> (its spelling in a "renamed" cohort, family of the new genus).
+# Real reclassifications (older or newer names of the same species).
+_SPECIES_RENAMES: dict[str, tuple[str, str]] = {
+    "Phocaeicola_vulgatus": ("Bacteroides_vulgatus", "Bacteroidaceae"),
+    "Enterocloster_bolteae": ("Clostridium_bolteae", "Clostridiaceae"),
+    "Clostridioides_difficile": ("Clostridium_difficile", "Clostridiaceae"),
+    "Lacticaseibacillus_rhamnosus": ("Lactobacillus_rhamnosus", "Lactobacillaceae"),
+    "Ruminococcus_torques": ("Mediterraneibacter_torques", "Lachnospiraceae"),
+}
+_MIN_COHORT_PARTICIPANTS = 300
+_HETEROGENEOUS_FRACTION = 0.2    # of the planted disorder/drug effects of each layer
+_HETEROGENEITY_TAU = 0.5         # SD of a cohort's deviation, as a multiple of |effect|
+_BATCH_SD = 0.5                  # SD of a cohort's per-feature shift of log abundance
+_DROPPED_PER_COHORT = 4          # species missing from each of cohorts 2..
+_COHORT_MISSING_FRACTION = 0.0005
+_PLAN_MIN_CASES = 10             # the plan's default min_cases (scalable_assoc.plan.schema)
+
 
 @dataclass(frozen=True)
 class SimulatedStudy:
@@ -619,6 +708,41 @@ class SimulatedStudy:
     n_features: dict[str, int]
     n_planted: int
     n_families: int = 0
+
+
+@dataclass(frozen=True)
+class SimulatedCohorts:
+    """What :func:`simulate_cohorts` wrote.
+
+    Attributes:
+        out_dir: folder holding the cohort folders, ``truth.tsv`` and
+            ``feature_mapping.tsv``.
+        studies: cohort name (``cohort_1``...) -> its :class:`SimulatedStudy`, in order;
+            ``studies[name].plan_path`` runs that cohort alone.
+        truth_path: ``out_dir / "truth.tsv"`` (shared and per-cohort truth, long).
+        mapping_path: ``out_dir / "feature_mapping.tsv"`` (``from``, ``to``).
+        spellings: cohort name -> its species spelling (see :data:`COHORT_SPELLINGS`).
+        renamed: rows of ``feature_mapping.tsv``: spelling in a ``renamed`` cohort
+            (``s__Bacteroides_vulgatus``) -> canonical species (``s__Phocaeicola_vulgatus``);
+            empty when no cohort has that spelling (``cohorts=2``).
+        dropped: cohort name -> canonical species absent from its ``species.tsv``
+            (and from its ``truth.tsv``); empty for ``cohort_1``.
+        n_heterogeneous: planted (term, feature) effects that deviate between cohorts.
+    """
+
+    out_dir: Path
+    studies: dict[str, SimulatedStudy]
+    truth_path: Path
+    mapping_path: Path
+    spellings: dict[str, str]
+    renamed: dict[str, str]
+    dropped: dict[str, tuple[str, ...]]
+    n_heterogeneous: int
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Cohort name -> participants."""
+        return {name: s.n_participants for name, s in self.studies.items()}
 
 
 # ======================================================================================
@@ -672,24 +796,313 @@ def simulate_study(
             f"participants={participants} exceeds the 6-digit sample id space (999,999)."
         )
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     # Families and one-part effects draw from a child of rng, so that the main stream
     # (cohort, community, effect sizes, noise) is the same as without them.
     extra = rng.spawn(1)[0]
 
-    cohort = _simulate_cohort(rng, participants)
-    n = participants
-    sample_ids = [f"LL{i + 1:06d}" for i in range(n)]
-    terms = _term_matrix(cohort)                        # (n, n_terms)
-    factors = rng.standard_normal((n, _N_FACTORS))       # latent community axes
-    log_depth = np.log(cohort["read_depth"]) - math.log(11.0)
-    family = _simulate_families(extra, n) if families else None
-    n_terms = len(_TERMS)
+    def draw(layer: str) -> _LayerParams:
+        # Each layer's parameters are drawn just before its abundances, as always.
+        if layer == "species":
+            return _species_params(rng, extra, n_species, families)
+        if layer == "pathways":
+            return _pathway_params(rng, extra, n_pathways, families)
+        return _gbm_params(rng, extra, families)
 
-    # ---- species --------------------------------------------------------------------
-    sp = _species_catalogue(n_species)
+    written = _write_study(Path(out_dir), rng, extra, participants, draw, families=families,
+                           missing_abundance_fraction=missing_abundance_fraction,
+                           species=_species_catalogue(n_species),
+                           pathways=_pathway_names(n_pathways))
+    return written.study
+
+
+# ======================================================================================
+# Several cohorts
+# ======================================================================================
+def simulate_cohorts(
+    out_dir: str | Path,
+    cohorts: int = 3,
+    participants: int = 7656,
+    seed: int = 0,
+    n_species: int = 400,
+    n_pathways: int = 650,
+) -> SimulatedCohorts:
+    """Simulate several biobanks that share one truth and write each as a study folder.
+
+    Writes ``out_dir/cohort_1`` .. ``out_dir/cohort_<cohorts>`` (each a complete study
+    folder, as :func:`simulate_study` writes, with its own ``plan.yaml`` and
+    ``truth.tsv``) plus ``out_dir/truth.tsv`` and ``out_dir/feature_mapping.tsv``; see
+    "Several cohorts" in the module docstring for the model and the file layouts.
+
+    Args:
+        out_dir: folder to create (parents too) and fill; existing files are overwritten.
+        cohorts: number of cohorts (>= 2).
+        participants: size of cohort 1; cohort ``k`` has ``participants / k``
+            participants (rounded half up), and every cohort needs at least 300.
+        seed: root seed; the shared parameters and each cohort draw from their own
+            child of ``np.random.SeedSequence(seed)``.  Same seed, same bytes.
+        n_species: species in the shared catalogue (>= number of named species).
+        n_pathways: pathways in every cohort (>= 1).
+
+    Returns:
+        A :class:`SimulatedCohorts` summary.
+
+    Raises:
+        UserInputError: if an argument is out of range.
+    """
+    n_named = len(_NAMED_SPECIES)
+    if cohorts < 2:
+        raise UserInputError(f"cohorts={cohorts} must be at least 2 (use simulate_study for one).")
+    if n_species < n_named:
+        raise UserInputError(
+            f"n_species={n_species} is too small: the simulator needs at least {n_named} "
+            "species for its named taxa; pass a larger n_species."
+        )
+    if n_pathways < 1:
+        raise UserInputError(f"n_pathways={n_pathways} must be at least 1.")
+    if participants > 999_999:
+        raise UserInputError(
+            f"participants={participants} exceeds the 6-digit sample id space (999,999)."
+        )
+    sizes = [_round_half_up(participants / k) for k in range(1, cohorts + 1)]
+    if sizes[-1] < _MIN_COHORT_PARTICIPANTS:
+        raise UserInputError(
+            f"participants={participants} is too small for {cohorts} cohorts: cohort k gets "
+            f"participants / k participants and each needs at least {_MIN_COHORT_PARTICIPANTS} "
+            f"(cohort {cohorts} would get {sizes[-1]}); use participants >= "
+            f"{_MIN_COHORT_PARTICIPANTS * cohorts} or fewer cohorts."
+        )
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"cohort_{k}" for k in range(1, cohorts + 1)]
+    streams = np.random.SeedSequence(seed).spawn(cohorts + 1)
+    # Shared truth: the same parameter draws as a single study (families on), then the
+    # between-cohort draws (heterogeneity, dropped species, batch shifts) from a child.
+    rng = np.random.default_rng(streams[0])
+    extra, between = rng.spawn(2)
+    shared = {
+        "species": _species_params(rng, extra, n_species, True),
+        "pathways": _pathway_params(rng, extra, n_pathways, True),
+        "gbm": _gbm_params(rng, extra, True),
+    }
+    hetero = {layer: _pick_heterogeneous(between, p) for layer, p in shared.items()}
+    dropped_idx = _pick_dropped(between, shared["species"], cohorts)
+    catalogue = _species_catalogue(n_species)
+    pathways = _pathway_names(n_pathways)
+
+    written: list[_Written] = []
+    spellings: dict[str, str] = {}
+    for k, name in enumerate(names):
+        spelling = COHORT_SPELLINGS[k % len(COHORT_SPELLINGS)]
+        spellings[name] = spelling
+        params = {layer: _cohort_params(between, p, hetero[layer]) for layer, p in shared.items()}
+        keep = np.setdiff1d(np.arange(n_species), dropped_idx[k])
+        params["species"] = params["species"].subset(keep)
+        crng = np.random.default_rng(streams[k + 1])
+        cextra = crng.spawn(1)[0]
+        written.append(_write_study(
+            out / name, crng, cextra, sizes[k], params.__getitem__, families=True,
+            missing_abundance_fraction=_COHORT_MISSING_FRACTION,
+            species=_cohort_catalogue(catalogue, keep, renamed=spelling == "renamed"),
+            pathways=pathways,
+            spelling=_Spelling(
+                sample_prefix=f"C{k + 1}S", family_prefix=f"C{k + 1}F",
+                species_style="clade" if spelling == "clade" else "lineage",
+                plan_text=PLAN_YAML.replace("name: lifelines-internalizing\n",
+                                            f"name: lifelines-internalizing-{name}\n"),
+                adapt_min_cases=True,
+            ),
+        ))
+
+    renamed = {f"s__{new}": f"s__{old}" for old, (new, _) in _SPECIES_RENAMES.items()
+               if "renamed" in spellings.values()}
+    dropped = {name: tuple("s__" + catalogue["species"][j] for j in dropped_idx[k])
+               for k, name in enumerate(names)}
+    truth = _cohorts_truth(names, written, shared, hetero, catalogue, pathways, renamed, dropped)
+    truth_path = out / "truth.tsv"
+    truth.to_csv(truth_path, sep="\t", index=False, float_format="%.6g", lineterminator="\n")
+    mapping_path = out / "feature_mapping.tsv"
+    with open(mapping_path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("from\tto\n")
+        fh.writelines(f"{a}\t{b}\n" for a, b in renamed.items())
+
+    return SimulatedCohorts(
+        out_dir=out,
+        studies={name: w.study for name, w in zip(names, written, strict=True)},
+        truth_path=truth_path,
+        mapping_path=mapping_path,
+        spellings=spellings,
+        renamed=renamed,
+        dropped=dropped,
+        n_heterogeneous=int(sum(int(m.sum()) for m in hetero.values())),
+    )
+
+
+def _exposure_rows() -> list[int]:
+    """Rows of the term matrix that plan exposures contrast (disorder and drug terms)."""
+    return [_T[t] for t in _DISORDER_TERMS + _DRUG_TERMS]
+
+
+def _pick_heterogeneous(rng: np.random.Generator, p: _LayerParams) -> np.ndarray:
+    """Mask (terms, F) of the planted effects that vary between cohorts.
+
+    ``_HETEROGENEOUS_FRACTION`` of the non-zero disorder/drug entries of ``B`` and ``P``
+    (rounded half up, at least one when there are any), chosen at random.
+    """
+    rows = _exposure_rows()
+    planted = np.zeros(p.B.shape, dtype=bool)
+    planted[rows] = p.B[rows] != 0
+    if p.P is not None:
+        planted[rows] |= p.P[rows] != 0
+    cells = np.flatnonzero(planted)
+    k = max(1, _round_half_up(_HETEROGENEOUS_FRACTION * cells.size)) if cells.size else 0
+    mask = np.zeros(p.B.shape, dtype=bool)
+    mask.flat[rng.permutation(cells)[:k]] = True
+    return mask
+
+
+def _pick_dropped(rng: np.random.Generator, p: _LayerParams, cohorts: int) -> list[np.ndarray]:
+    """Species positions missing from each cohort's table (none for cohort 1).
+
+    Cohorts 2.. each lose ``_DROPPED_PER_COHORT`` different synthetic species with
+    prevalence >= 0.25: one with a planted disorder/drug effect (when one is left) and
+    the rest without, so every dropped species is absent from exactly one cohort.
+    """
+    rows = _exposure_rows()
+    planted = np.any(p.B[rows] != 0, axis=0)
+    if p.P is not None:
+        planted |= np.any(p.P[rows] != 0, axis=0)
+    candidates = np.arange(len(_NAMED_SPECIES), p.B.shape[1])
+    candidates = candidates[p.prev[candidates] >= 0.25]
+    pool_planted = rng.permutation(candidates[planted[candidates]])
+    pool_null = rng.permutation(candidates[~planted[candidates]])
+    n_null = _DROPPED_PER_COHORT - 1
+    out = [np.empty(0, dtype=np.int64)]
+    for k in range(1, cohorts):
+        picks = np.concatenate([pool_planted[k - 1:k], pool_null[(k - 1) * n_null:k * n_null]])
+        out.append(np.sort(picks).astype(np.int64))
+    return out
+
+
+def _cohort_params(rng: np.random.Generator, p: _LayerParams, mask: np.ndarray) -> _LayerParams:
+    """One cohort's parameters: a batch shift on ``mu`` and deviations on masked effects.
+
+    Batch: ``mu + N(0, _BATCH_SD^2)`` per feature.  Heterogeneity: each masked entry
+    ``b`` of ``B`` / ``P`` becomes ``b + N(0, (_HETEROGENEITY_TAU * |b|)^2)``.
+    """
+    batch = rng.normal(0.0, _BATCH_SD, p.mu.size)
+    B = np.where(mask, p.B + _HETEROGENEITY_TAU * np.abs(p.B) * rng.standard_normal(p.B.shape), p.B)
+    P = p.P
+    if P is not None:
+        P = np.where(mask, P + _HETEROGENEITY_TAU * np.abs(P) * rng.standard_normal(P.shape), P)
+    return replace(p, mu=p.mu + batch, B=B, P=P)
+
+
+def _cohort_catalogue(catalogue: dict[str, list[str]], keep: np.ndarray,
+                      renamed: bool) -> dict[str, list[str]]:
+    """The species catalogue as one cohort writes it: ``keep`` only, genera renamed if asked."""
+    species: list[str] = []
+    lineage: list[str] = []
+    for j in keep.tolist():
+        name, lin = catalogue["species"][j], catalogue["lineage"][j]
+        if renamed and name in _SPECIES_RENAMES:
+            name, family = _SPECIES_RENAMES[name]
+            lin = f"{_FAM[family]}|g__{name.split('_', 1)[0]}"
+        species.append(name)
+        lineage.append(lin)
+    return {"species": species, "lineage": lineage}
+
+
+def _cohorts_truth(names: list[str], written: list[_Written], shared: dict[str, _LayerParams],
+                   hetero: dict[str, np.ndarray], catalogue: dict[str, list[str]],
+                   pathways: list[str], renamed: dict[str, str],
+                   dropped: dict[str, tuple[str, ...]]) -> pd.DataFrame:
+    """The top-level ``truth.tsv`` (long: ``cohort == "shared"`` rows, then each cohort's)."""
+    pooled = {key: np.concatenate([w.cohort[key] for w in written]) for key in written[0].cohort}
+    terms = np.vstack([w.terms for w in written])
+    features = {"species": ["s__" + s for s in catalogue["species"]], "pathways": pathways,
+                "gbm": list(GBM_LABELS)}
+    layers = {layer: _TruthLayer(features[layer], p.B, p.presence_truth(), p.icc)
+              for layer, p in shared.items()}
+    base = _truth_frame(pooled, terms, layers)
+
+    # Heterogeneity flag and the SD of the cohort deviation of each row's effects, in
+    # the row order of _truth_frame (exposure, then layer, then feature).
+    flags, sd_ab, sd_pr = [], [], []
+    for _, idx, delta in _exposure_deltas(pooled, terms):
+        for layer, p in shared.items():
+            m = hetero[layer][idx]
+            tau_b = _HETEROGENEITY_TAU * np.abs(p.B[idx]) * m
+            tau_p = _HETEROGENEITY_TAU * np.abs(p.P[idx]) * m if p.P is not None else 0.0 * tau_b
+            coupling = np.broadcast_to(np.asarray(p.coupling, dtype=np.float64), (p.B.shape[1],))
+            d = delta[:, None]
+            flags.append(np.any(m & (d != 0), axis=0))
+            sd_ab.append(np.sqrt(((d * tau_b) ** 2).sum(axis=0)))
+            sd_pr.append(np.sqrt((d**2 * ((coupling * tau_b) ** 2 + tau_p**2)).sum(axis=0)))
+    ab = np.concatenate(sd_ab)
+    base["heterogeneous"] = np.concatenate(flags).astype(np.int64)
+    base["tau"] = _round6(np.where(base["abundance_effect"].to_numpy() != 0, ab, np.concatenate(sd_pr)))
+    absent = pd.Series([f for names_ in dropped.values() for f in names_], dtype=object).value_counts()
+    n_absent = base["feature"].map(absent).fillna(0).astype(np.int64)
+    base["n_cohorts"] = np.where(base["layer"] == "species", len(names) - n_absent, len(names))
+    base["cohort_feature"] = base["feature"]
+    base.insert(0, "cohort", "shared")
+
+    keys = ["layer", "feature", "exposure"]
+    extra_columns = base[[*keys, "heterogeneous", "tau", "n_cohorts"]]
+    frames = [base]
+    for name, w in zip(names, written, strict=True):
+        t = w.truth.copy()
+        t.insert(0, "cohort", name)
+        t["cohort_feature"] = t["feature"]
+        is_species = t["layer"] == "species"
+        t.loc[is_species, "feature"] = t.loc[is_species, "feature"].map(lambda f: renamed.get(f, f))
+        t = t.merge(extra_columns, on=keys, how="left", validate="one_to_one")
+        frames.append(t[base.columns])
+    return pd.concat(frames, ignore_index=True)
+
+# ======================================================================================
+# One study folder (shared by simulate_study and simulate_cohorts)
+# ======================================================================================
+@dataclass(frozen=True)
+class _LayerParams:
+    """Community parameters and planted effects of one layer (see the module docstring).
+
+    ``mu, sigma, prev, icc`` are per feature (F,), ``loadings`` (F, K), ``B`` and ``P``
+    (terms, F) the planted abundance and presence-only effects (``P`` None: none),
+    ``coupling`` (scalar or F,) how strongly presence follows ``eta``.
+    """
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    prev: np.ndarray
+    loadings: np.ndarray
+    B: np.ndarray
+    P: np.ndarray | None
+    coupling: np.ndarray | float
+    icc: np.ndarray
+    presence_icc_share: float = 0.0
+
+    def presence_truth(self) -> np.ndarray:
+        """Effective presence coefficients: coupling * abundance effect + presence-only ones."""
+        effective = self.coupling * self.B
+        return effective if self.P is None else effective + self.P
+
+    def subset(self, keep: np.ndarray) -> _LayerParams:
+        """The parameters of features ``keep`` (integer positions) only."""
+        coupling = self.coupling[keep] if isinstance(self.coupling, np.ndarray) else self.coupling
+        return replace(self, mu=self.mu[keep], sigma=self.sigma[keep], prev=self.prev[keep],
+                       loadings=self.loadings[keep], B=self.B[:, keep],
+                       P=None if self.P is None else self.P[:, keep], coupling=coupling,
+                       icc=self.icc[keep])
+
+
+def _species_params(rng: np.random.Generator, extra: np.random.Generator, n_species: int,
+                    families: bool) -> _LayerParams:
+    """Species parameters: named taxa first, then synthetic ones; one-part effects from ``extra``."""
+    n_named = len(_NAMED_SPECIES)
+    names = _species_catalogue(n_species)["species"]
     n_syn = n_species - n_named
     prev = np.empty(n_species)
     mu = np.empty(n_species)
@@ -701,93 +1114,157 @@ def simulate_study(
     mu[n_named:] = -1.5 + 2.5 * prev[n_named:] + rng.normal(0.0, 0.8, n_syn)
     sigma = rng.uniform(0.8, 1.2, n_species)
     loadings = rng.normal(0.0, 0.35, (n_species, _N_FACTORS))
-    B_sp = np.zeros((n_terms, n_species))
-    P_sp = np.zeros((n_terms, n_species))                # presence-only effects (log odds)
-    coupling_sp = np.full(n_species, _PRESENCE_COUPLING)
-    name_to_idx = {s: j for j, s in enumerate(sp["species"])}
+    n_terms = len(_TERMS)
+    B = np.zeros((n_terms, n_species))
+    P = np.zeros((n_terms, n_species))                   # presence-only effects (log odds)
+    coupling = np.full(n_species, _PRESENCE_COUPLING)
+    name_to_idx = {s: j for j, s in enumerate(names)}
     for species, term, coef in _NAMED_SPECIES_EFFECTS:
-        B_sp[_T[term], name_to_idx[species]] = coef
+        B[_T[term], name_to_idx[species]] = coef
     # Disorder effects on one part only (presence or abundance), on synthetic species.
-    _plant_split(extra, B_sp, P_sp, coupling_sp, eligible=np.arange(n_named, n_species),
-                 prevalence=prev)
+    _plant_split(extra, B, P, coupling, eligible=np.arange(n_named, n_species), prevalence=prev)
     # Named species keep only their documented effects; random ones go elsewhere.
-    _plant_random(rng, B_sp, eligible=np.arange(n_named, n_species), prevalence=prev,
-                  magnitude=(0.4, 1.2), presence_effects=P_sp)
-    icc_sp = _family_icc(extra, sigma, loadings, family)
-    species_ab = _simulate_abundance(rng, mu, sigma, prev, loadings, B_sp, terms, factors,
-                                     log_depth, family=family, icc=icc_sp, family_rng=extra,
-                                     presence_icc_share=_PRESENCE_ICC_SHARE,
-                                     presence_effects=P_sp, coupling=coupling_sp)
-    species_pct = _close(species_ab, 100.0)
+    _plant_random(rng, B, eligible=np.arange(n_named, n_species), prevalence=prev,
+                  magnitude=(0.4, 1.2), presence_effects=P)
+    icc = _family_icc(extra, sigma, loadings, families)
+    return _LayerParams(mu, sigma, prev, loadings, B, P, coupling, icc, _PRESENCE_ICC_SHARE)
 
-    # ---- pathways -------------------------------------------------------------------
-    pwy_names = _pathway_names(n_pathways)
+
+def _pathway_params(rng: np.random.Generator, extra: np.random.Generator, n_pathways: int,
+                    families: bool) -> _LayerParams:
+    """Pathway parameters: mostly prevalent, random planted effects."""
     u = rng.random(n_pathways)
     # "Mostly prevalent, few zeros": 80 % near-universal, 15 % common, 5 % rare.
-    prev_p = np.where(u < 0.80, rng.uniform(0.97, 0.999, n_pathways),
-                      np.where(u < 0.95, rng.uniform(0.30, 0.97, n_pathways),
-                               rng.uniform(0.02, 0.30, n_pathways)))
-    mu_p = rng.normal(0.0, 1.2, n_pathways)
-    sigma_p = rng.uniform(0.5, 0.9, n_pathways)
-    loadings_p = rng.normal(0.0, 0.25, (n_pathways, _N_FACTORS))
-    B_p = np.zeros((n_terms, n_pathways))
-    _plant_random(rng, B_p, eligible=np.arange(n_pathways), prevalence=prev_p,
-                  magnitude=(0.3, 0.8))
-    icc_p = _family_icc(extra, sigma_p, loadings_p, family)
-    pathways = _close(_simulate_abundance(rng, mu_p, sigma_p, prev_p, loadings_p, B_p,
-                                          terms, factors, log_depth, family=family,
-                                          icc=icc_p, family_rng=extra), 1.0)
-    _punch_missing(rng, pathways, missing_abundance_fraction)
+    prev = np.where(u < 0.80, rng.uniform(0.97, 0.999, n_pathways),
+                    np.where(u < 0.95, rng.uniform(0.30, 0.97, n_pathways),
+                             rng.uniform(0.02, 0.30, n_pathways)))
+    mu = rng.normal(0.0, 1.2, n_pathways)
+    sigma = rng.uniform(0.5, 0.9, n_pathways)
+    loadings = rng.normal(0.0, 0.25, (n_pathways, _N_FACTORS))
+    B = np.zeros((len(_TERMS), n_pathways))
+    _plant_random(rng, B, eligible=np.arange(n_pathways), prevalence=prev, magnitude=(0.3, 0.8))
+    icc = _family_icc(extra, sigma, loadings, families)
+    return _LayerParams(mu, sigma, prev, loadings, B, None, _PRESENCE_COUPLING, icc)
 
-    # ---- gut-brain modules (not compositional: CPM-like module abundances) ----------
+
+def _gbm_params(rng: np.random.Generator, extra: np.random.Generator, families: bool) -> _LayerParams:
+    """Gut-brain module parameters (not compositional: CPM-like module abundances)."""
     gbm_names = list(GBM_LABELS)
     n_gbm = len(gbm_names)
-    prev_g = np.where(rng.random(n_gbm) < 0.85, rng.uniform(0.95, 0.999, n_gbm),
-                      rng.uniform(0.40, 0.95, n_gbm))
-    mu_g = rng.normal(5.0, 1.0, n_gbm)                   # log CPM ~ 150 on average
-    sigma_g = rng.uniform(0.35, 0.6, n_gbm)
-    loadings_g = rng.normal(0.0, 0.2, (n_gbm, _N_FACTORS))
-    B_g = np.zeros((n_terms, n_gbm))
+    prev = np.where(rng.random(n_gbm) < 0.85, rng.uniform(0.95, 0.999, n_gbm),
+                    rng.uniform(0.40, 0.95, n_gbm))
+    mu = rng.normal(5.0, 1.0, n_gbm)                     # log CPM ~ 150 on average
+    sigma = rng.uniform(0.35, 0.6, n_gbm)
+    loadings = rng.normal(0.0, 0.2, (n_gbm, _N_FACTORS))
+    B = np.zeros((len(_TERMS), n_gbm))
     for mgb, term, coef in _NAMED_GBM_EFFECTS:
-        B_g[_T[term], gbm_names.index(mgb)] = coef
-    icc_g = _family_icc(extra, sigma_g, loadings_g, family)
-    gbm = _simulate_abundance(rng, mu_g, sigma_g, prev_g, loadings_g, B_g, terms, factors,
-                              log_depth, family=family, icc=icc_g, family_rng=extra)
+        B[_T[term], gbm_names.index(mgb)] = coef
+    icc = _family_icc(extra, sigma, loadings, families)
+    return _LayerParams(mu, sigma, prev, loadings, B, None, _PRESENCE_COUPLING, icc)
+
+
+def _layer_abundance(rng: np.random.Generator, extra: np.random.Generator, p: _LayerParams,
+                     terms: np.ndarray, factors: np.ndarray, log_depth: np.ndarray,
+                     family: np.ndarray | None) -> np.ndarray:
+    """Unnormalised abundances ``(n, F)`` of one layer (see :func:`_simulate_abundance`)."""
+    return _simulate_abundance(rng, p.mu, p.sigma, p.prev, p.loadings, p.B, terms, factors,
+                               log_depth, family=family, icc=p.icc, family_rng=extra,
+                               presence_icc_share=p.presence_icc_share,
+                               presence_effects=p.P, coupling=p.coupling)
+
+
+@dataclass(frozen=True)
+class _Spelling:
+    """How one study folder spells its ids, species table and plan (defaults: a single study)."""
+
+    sample_prefix: str = "LL"          # sample ids LL000001...
+    family_prefix: str = "F"           # family ids F00001...
+    species_style: str = "lineage"     # "lineage": MetaPhlAn 4 full lineages; "clade": MetaPhlAn 3 clade names
+    plan_text: str = PLAN_YAML
+    adapt_min_cases: bool = False      # append "min_cases: m" when an exposure group has m < 10
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A written study folder plus what pooled truth needs of it."""
+
+    study: SimulatedStudy
+    cohort: dict[str, np.ndarray]
+    terms: np.ndarray
+    truth: pd.DataFrame
+
+
+def _write_study(out: Path, rng: np.random.Generator, extra: np.random.Generator,
+                 participants: int, params: Callable[[str], _LayerParams], *, families: bool,
+                 missing_abundance_fraction: float, species: dict[str, list[str]],
+                 pathways: list[str], spelling: _Spelling = _Spelling()) -> _Written:
+    """Simulate one cohort and write its study folder to ``out``.
+
+    ``params(layer)`` gives the parameters of ``"species"``, ``"pathways"`` and ``"gbm"``;
+    it is called once per layer, in that order, just before the layer's abundances are
+    drawn (a single study draws them there from ``rng``/``extra``).  ``species`` is the
+    catalogue as written (names and lineages, matching the species parameters).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    cohort = _simulate_cohort(rng, participants)
+    n = participants
+    sample_ids = [f"{spelling.sample_prefix}{i + 1:06d}" for i in range(n)]
+    terms = _term_matrix(cohort)                        # (n, n_terms)
+    factors = rng.standard_normal((n, _N_FACTORS))       # latent community axes
+    log_depth = np.log(cohort["read_depth"]) - math.log(11.0)
+    family = _simulate_families(extra, n) if families else None
+
+    p_sp = params("species")
+    species_pct = _close(_layer_abundance(rng, extra, p_sp, terms, factors, log_depth, family), 100.0)
+    p_pw = params("pathways")
+    pathway_values = _close(_layer_abundance(rng, extra, p_pw, terms, factors, log_depth, family), 1.0)
+    _punch_missing(rng, pathway_values, missing_abundance_fraction)
+    gbm_names = list(GBM_LABELS)
+    p_g = params("gbm")
+    gbm = _layer_abundance(rng, extra, p_g, terms, factors, log_depth, family)
     _punch_missing(rng, gbm, missing_abundance_fraction)
 
     # ---- metadata (covariate missingness only now: the model used the true values) --
-    meta = _metadata_frame(rng, cohort, sample_ids, family)
+    meta = _metadata_frame(rng, cohort, sample_ids, family, spelling.family_prefix)
 
     # ---- write ----------------------------------------------------------------------
     meta.to_csv(out / "metadata.tsv", sep="\t", index=False, float_format="%.6g",
                 lineterminator="\n")
-    _write_species(out / "species.tsv", sp, species_pct, sample_ids)
-    _write_wide(out / "pathways.tsv", pwy_names, pathways, sample_ids)
+    _write_species(out / "species.tsv", species, species_pct, sample_ids, spelling.species_style)
+    _write_wide(out / "pathways.tsv", pathways, pathway_values, sample_ids)
     _write_wide(out / "gbm.tsv", gbm_names, gbm, sample_ids)
 
-    # Effective presence coefficients: coupling * abundance effect + presence-only ones.
     layers = {
-        "species": _TruthLayer(["s__" + s for s in sp["species"]], B_sp,
-                               coupling_sp * B_sp + P_sp, icc_sp),
-        "pathways": _TruthLayer(pwy_names, B_p, _PRESENCE_COUPLING * B_p, icc_p),
-        "gbm": _TruthLayer(gbm_names, B_g, _PRESENCE_COUPLING * B_g, icc_g),
+        "species": _TruthLayer(["s__" + s for s in species["species"]], p_sp.B,
+                               p_sp.presence_truth(), p_sp.icc),
+        "pathways": _TruthLayer(pathways, p_pw.B, p_pw.presence_truth(), p_pw.icc),
+        "gbm": _TruthLayer(gbm_names, p_g.B, p_g.presence_truth(), p_g.icc),
     }
     truth = _truth_frame(cohort, terms, layers)
     truth.to_csv(out / "truth.tsv", sep="\t", index=False, float_format="%.6g",
                  lineterminator="\n")
+    plan_text = spelling.plan_text
+    if spelling.adapt_min_cases:
+        fewest = min(int((cohort[column] == value).sum())
+                     for case_col, case_val, ctrl_col, ctrl_val in PLAN_EXPOSURES.values()
+                     for column, value in ((case_col, case_val), (ctrl_col, ctrl_val)))
+        if fewest < _PLAN_MIN_CASES:
+            plan_text += f"min_cases: {max(1, fewest)}\n"
     plan_path = out / "plan.yaml"
-    plan_path.write_text(PLAN_YAML, encoding="utf-8")
+    plan_path.write_text(plan_text, encoding="utf-8")
 
-    return SimulatedStudy(
+    study = SimulatedStudy(
         out_dir=out,
         plan_path=plan_path,
         n_participants=n,
         n_controls=int(cohort["no_disorder"].sum()),
         case_counts={d: int(cohort[d].sum()) for d in DISORDERS},
-        n_features={"species": n_species, "pathways": n_pathways, "gbm": n_gbm},
+        n_features={"species": len(species["species"]), "pathways": len(pathways),
+                    "gbm": len(gbm_names)},
         n_planted=int((truth["effect"] != 0).sum()),
         n_families=int(family.max()) + 1 if family is not None else 0,
     )
+    return _Written(study, cohort, terms, truth)
 
 
 # ======================================================================================
@@ -934,11 +1411,12 @@ def _term_matrix(c: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _metadata_frame(rng: np.random.Generator, c: dict[str, np.ndarray],
-                    sample_ids: list[str], family: np.ndarray | None = None) -> pd.DataFrame:
+                    sample_ids: list[str], family: np.ndarray | None = None,
+                    family_prefix: str = "F") -> pd.DataFrame:
     """``metadata.tsv`` content with ~2 % of bmi and ~3 % of bristol_stool missing.
 
-    With ``family`` (codes per participant) a last column ``family_id`` (``F00001``...)
-    is added; it is never missing.
+    With ``family`` (codes per participant) a last column ``family_id`` (``F00001``...,
+    led by ``family_prefix``) is added; it is never missing.
     """
     n = len(sample_ids)
     bmi = c["bmi"].astype(np.float64).copy()
@@ -958,7 +1436,7 @@ def _metadata_frame(rng: np.random.Generator, c: dict[str, np.ndarray],
         cols[k] = c[k]
     cols["neuroticism"] = c["neuroticism"]
     if family is not None:
-        cols["family_id"] = [f"F{k + 1:05d}" for k in family.tolist()]
+        cols["family_id"] = [f"{family_prefix}{k + 1:05d}" for k in family.tolist()]
     return pd.DataFrame(cols)
 
 
@@ -1033,14 +1511,14 @@ def _plant_split(rng: np.random.Generator, B: np.ndarray, P: np.ndarray,
 
 
 def _family_icc(rng: np.random.Generator, sigma: np.ndarray, loadings: np.ndarray,
-                family: np.ndarray | None) -> np.ndarray:
+                families: bool) -> np.ndarray:
     """Per-feature intraclass correlation of the residual log abundance within families.
 
     ``_MAX_FAMILY_ICC * Beta(0.7, 1.4)`` (mean 0.1, median 0.08; 36 % below 0.05, 15 %
     above 0.2: most features are little clustered, some clearly), capped at 0.8 x ``sigma^2 / (sigma^2 + |loadings|^2)`` so
     that the within-family noise keeps a positive variance; zeros without families.
     """
-    if family is None:
+    if not families:
         return np.zeros(sigma.size)
     icc = _MAX_FAMILY_ICC * rng.beta(0.7, 1.4, sigma.size)
     s2 = sigma**2
@@ -1175,11 +1653,17 @@ def _write_wide(path: Path, feature_names: list[str], values: np.ndarray,
 
 
 def _write_species(path: Path, sp: dict[str, list[str]], pct: np.ndarray,
-                   sample_ids: list[str]) -> None:
+                   sample_ids: list[str], style: str = "lineage") -> None:
     """MetaPhlAn merged table: every clade (kingdom..species) as a row, percent values.
 
     ``pct`` is (n samples, n species).  Higher-rank rows are sums of their species,
     computed as one matrix product per rank; rows are ordered depth-first.
+
+    ``style="lineage"`` writes MetaPhlAn 4 full lineages (``k__...|g__X|s__X_y``).
+    ``style="clade"`` writes a MetaPhlAn 3 style table: header
+    ``#mpa_v30_CHOCOPhlAn_201901``, a ``NCBI_tax_id`` column after ``clade_name``
+    (this simulator's own ids, ``|``-joined along the lineage), and every clade named
+    by its last component only (``g__X``, ``s__X_y``), in the same row order.
     """
     clades = [f"{lin}|s__{s}" for lin, s in zip(sp["lineage"], sp["species"], strict=True)]
     parts = [c.split("|") for c in clades]
@@ -1196,10 +1680,20 @@ def _write_species(path: Path, sp: dict[str, list[str]], pct: np.ndarray,
         rows[name] = pct[:, j]
     order = sorted(rows, key=lambda name: name.split("|"))
     values = np.vstack([rows[name] for name in order])   # (n clades, n samples)
+    if style == "lineage":
+        header, labels, columns = _MPA_HEADER, order, ["clade_name"]
+    elif style == "clade":
+        ids = {name: str(_TAXID_BASE + k)
+               for k, name in enumerate(sorted({c for name in order for c in name.split("|")}))}
+        labels = [f"{name.rsplit('|', 1)[-1]}\t{'|'.join(ids[c] for c in name.split('|'))}"
+                  for name in order]
+        header, columns = _MPA3_HEADER, ["clade_name", "NCBI_tax_id"]
+    else:
+        raise ValueError(f"unknown species table style {style!r}")
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(_MPA_HEADER + "\n")
-        fh.write("\t".join(["clade_name", *sample_ids]) + "\n")
-        fh.write(_format_rows(values, order))
+        fh.write(header + "\n")
+        fh.write("\t".join([*columns, *sample_ids]) + "\n")
+        fh.write(_format_rows(values, labels))
 
 
 @dataclass(frozen=True)
@@ -1217,6 +1711,23 @@ def _round6(x: np.ndarray) -> np.ndarray:
     return np.array([float(f"{v:.6g}") for v in x.tolist()], dtype=np.float64) + 0.0
 
 
+def _exposure_deltas(c: dict[str, np.ndarray],
+                     terms: np.ndarray) -> list[tuple[str, list[int], np.ndarray]]:
+    """Per plan exposure: the term rows it contrasts and ``delta`` (cases - controls).
+
+    Disorder exposures contrast the disorder terms, drug exposures the drug terms.
+    """
+    out = []
+    for exposure, (case_col, case_val, ctrl_col, ctrl_val) in PLAN_EXPOSURES.items():
+        cases = c[case_col] == case_val
+        controls = c[ctrl_col] == ctrl_val
+        group = _DISORDER_TERMS if exposure in _DISORDER_EXPOSURES else _DRUG_TERMS
+        idx = [_T[t] for t in group]
+        delta = terms[cases][:, idx].mean(axis=0) - terms[controls][:, idx].mean(axis=0)
+        out.append((exposure, idx, delta))
+    return out
+
+
 def _truth_frame(c: dict[str, np.ndarray], terms: np.ndarray,
                  layers: dict[str, _TruthLayer]) -> pd.DataFrame:
     """``truth.tsv``: one row per (layer, feature, plan exposure).
@@ -1228,12 +1739,7 @@ def _truth_frame(c: dict[str, np.ndarray], terms: np.ndarray,
     ``presence_effect``.  ``family_icc`` repeats the feature's ICC on every row.
     """
     frames = []
-    for exposure, (case_col, case_val, ctrl_col, ctrl_val) in PLAN_EXPOSURES.items():
-        cases = c[case_col] == case_val
-        controls = c[ctrl_col] == ctrl_val
-        group = _DISORDER_TERMS if exposure in _DISORDER_EXPOSURES else _DRUG_TERMS
-        idx = [_T[t] for t in group]
-        delta = terms[cases][:, idx].mean(axis=0) - terms[controls][:, idx].mean(axis=0)
+    for exposure, idx, delta in _exposure_deltas(c, terms):
         for layer, tl in layers.items():
             abundance = _round6(delta @ tl.abundance[idx])
             presence = _round6(delta @ tl.presence[idx])
