@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--species", type=_positive_int, default=400, help="number of species")
     simulate.add_argument("--pathways", type=_positive_int, default=650, help="number of pathways")
+    simulate.add_argument(
+        "--cohorts", type=_positive_int, default=1,
+        help="several biobanks (cohort_1..cohort_K folders of participants/k each, shared truth with heterogeneity, batch shifts, different feature spellings)",
+    )
 
     run = commands.add_parser("run", help="run every analysis of a plan")
     run.add_argument("plan", type=Path, help="plan file (YAML)")
@@ -53,12 +57,56 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--format", default="auto", choices=["auto", "metaphlan", "wide", "parquet"])
     ingest.add_argument("--rank", default="species", help="MetaPhlAn rank to keep (species, genus, ...)")
     ingest.add_argument("--chunk-features", type=_positive_int)
+
+    sumstats = commands.add_parser("sumstats", help="export a run's summary statistics under disclosure control (what may leave a biobank)")
+    sumstats.add_argument("run_dir", type=Path, help="output folder of a finished 'scalable-assoc run'")
+    sumstats.add_argument("--cohort", required=True, help="cohort name, e.g. lifelines")
+    sumstats.add_argument("--out", required=True, type=Path, help="summary-statistics file to write (.parquet); its sidecar <stem>.json is written next to it")
+    sumstats.add_argument("--sufficient", action="store_true", help="also export the lm cross-products (<stem>.sufficient.parquet) for 'scalable-assoc pool'")
+    sumstats.add_argument("--min-cell-count", type=int, default=3, help="withhold rows with fewer cases or controls than this (DataSHIELD nfilter.tab; default 3)")
+    sumstats.add_argument("--max-parameter-fraction", type=float, default=0.33, help="withhold rows whose model has more parameters than this x n (DataSHIELD nfilter.glm; default 0.33)")
+    sumstats.add_argument("--scheduler", help="Dask scheduler for --sufficient (default: a local cluster)")
+    sumstats.add_argument("--workers", type=_positive_int, help="local worker processes for --sufficient")
+
+    combine_help = {
+        "feature_map": "tab-separated file with columns 'from' and 'to' renaming feature spellings before matching",
+        "min_cohorts": "combine a feature only when at least this many cohorts have it (default 2)",
+        "allow_mismatch": "combine cohorts even if their analyses differ (transform, models, exposures, adjustments)",
+    }
+    meta = commands.add_parser("meta", help="meta-analyse cohorts' summary-statistics files")
+    meta.add_argument("files", nargs="+", type=Path, help="summary-statistics files written by 'scalable-assoc sumstats'")
+    meta.add_argument("--out", required=True, type=Path, help="output folder")
+    meta.add_argument("--method", default="reml", choices=["fe", "dl", "reml", "pm"], help="fixed effect, or random effects by DerSimonian-Laird, REML (default) or Paule-Mandel")
+    meta.add_argument("--hksj", action="store_true", help="Hartung-Knapp-Sidik-Jonkman standard errors and t(k-1) p-values")
+    meta.add_argument("--leave-one-out", action="store_true", help="also write leave-one-cohort-out estimates")
+    meta.add_argument("--feature-map", type=Path, help=combine_help["feature_map"])
+    meta.add_argument("--min-cohorts", type=_positive_int, default=2, help=combine_help["min_cohorts"])
+    meta.add_argument("--allow-mismatch", action="store_true", help=combine_help["allow_mismatch"])
+    meta.add_argument("--scheduler", help="Dask scheduler to combine the rows on (default: in this process below 2 million rows, else a local cluster)")
+    meta.add_argument("--workers", type=_positive_int, help="local worker processes when a cluster is used")
+
+    pool = commands.add_parser("pool", help="exact pooled linear model with a cohort fixed effect from exported cross-products")
+    pool.add_argument("files", nargs="+", type=Path, help="summary-statistics files exported with --sufficient")
+    pool.add_argument("--out", required=True, type=Path, help="output folder")
+    pool.add_argument("--feature-map", type=Path, help=combine_help["feature_map"])
+    pool.add_argument("--min-cohorts", type=_positive_int, default=2, help=combine_help["min_cohorts"])
+    pool.add_argument("--allow-mismatch", action="store_true", help=combine_help["allow_mismatch"])
     return parser
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from scalable_assoc.simulate import simulate_study
+    from scalable_assoc.simulate import simulate_cohorts, simulate_study
 
+    if args.cohorts > 1:
+        several = simulate_cohorts(args.out, cohorts=args.cohorts, participants=args.participants, seed=args.seed, n_species=args.species, n_pathways=args.pathways)
+        for name, cohort in several.studies.items():
+            print(f"simulated {name}: {cohort.n_participants} participants, species spelled as {several.spellings[name]}, plan {cohort.plan_path}")
+        print(f"  truth: {several.truth_path}; feature spellings: {several.mapping_path}")
+        out = several.out_dir
+        print("next, per cohort: scalable-assoc run OUT/cohort_1/plan.yaml --out OUT/cohort_1/results".replace("OUT", str(out)))
+        print(f"  then: scalable-assoc sumstats {out}/cohort_1/results --cohort cohort_1 --out {out}/cohort_1.parquet --sufficient")
+        print(f"  then: scalable-assoc meta {out}/cohort_*.parquet --out {out}/meta --feature-map {several.mapping_path}")
+        return
     study = simulate_study(args.out, participants=args.participants, seed=args.seed, n_species=args.species, n_pathways=args.pathways)
     print(f"simulated {study.n_participants} participants ({study.n_controls} controls) in {study.out_dir}")
     print("  features: " + ", ".join(f"{layer} {n}" for layer, n in study.n_features.items()))
@@ -98,10 +146,71 @@ def _ingest(args: argparse.Namespace) -> None:
     print(f"wrote {store.path}: {store.n_samples} samples x {store.n_features} features, {store.chunk_features} features per chunk")
 
 
+def _sumstats(args: argparse.Namespace) -> None:
+    from scalable_assoc.results.sumstats import DisclosureRules, read_run, sidecar_path, write_sumstats
+
+    rules = DisclosureRules(args.min_cell_count, args.max_parameter_fraction)
+    run = read_run(args.run_dir)
+    sufficient = None
+    if args.sufficient:
+        from scalable_assoc.engine.sufficient import sufficient_statistics
+
+        sufficient = sufficient_statistics(args.run_dir, scheduler=args.scheduler, workers=args.workers)
+    sidecar = write_sumstats(run, args.cohort, args.out, rules, sufficient)
+    withheld = sidecar["withheld"]["summary"]
+    print(f"wrote {args.out} ({sidecar['files']['summary']['rows']} rows) and {sidecar_path(args.out)}")
+    print(f"  withheld {withheld['rows_withheld']} rows: " + (", ".join(f"{k}: {v}" for k, v in withheld["withheld_by_reason"].items()) or "none"))
+    if "sufficient" in sidecar["files"]:
+        print(f"  cross-products: {sidecar['files']['sufficient']['name']} ({sidecar['files']['sufficient']['rows']} rows, {sidecar['withheld']['sufficient']['rows_withheld']} withheld)")
+
+
+def _open_cohorts(files: list[Path], need_sufficient: bool) -> list:
+    from scalable_assoc.results.sumstats import open_cohort_file
+
+    summaries = []
+    given = {path.resolve() for path in files}
+    for path in files:
+        if path.name.endswith(".sufficient.parquet"):
+            summary = path.with_name(path.name.removesuffix(".sufficient.parquet") + ".parquet")
+            if summary.resolve() in given:
+                continue  # matched by a glob next to its summary file, which lists it
+            raise UserInputError(f"{path} holds cross-products; pass its summary file {summary} (which lists it) instead")
+        summaries.append(path)
+    return [open_cohort_file(path, need_sufficient) for path in summaries]
+
+
+def _mapping(path: Path | None) -> dict[str, str] | None:
+    from scalable_assoc.results.harmonise import read_mapping
+
+    return read_mapping(path) if path is not None else None
+
+
+def _meta(args: argparse.Namespace) -> None:
+    from scalable_assoc.engine.mapper import ClusterMapper
+    from scalable_assoc.results.consortium import meta_analyse
+
+    cohorts = _open_cohorts(args.files, False)
+    with ClusterMapper(args.scheduler, args.workers) as mapper:
+        summary = meta_analyse(
+            cohorts, args.out, method=args.method, hksj=args.hksj, min_cohorts=args.min_cohorts,
+            leave_one_out_estimates=args.leave_one_out, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, mapper=mapper,
+        )
+    significant = int((summary.results["q"] < 0.05).sum())
+    print(f"wrote {summary.out_dir / 'meta_results.parquet'}: {len(summary.results)} rows, {significant} with q < 0.05")
+
+
+def _pool(args: argparse.Namespace) -> None:
+    from scalable_assoc.results.consortium import pool_cohorts
+
+    summary = pool_cohorts(_open_cohorts(args.files, True), args.out, min_cohorts=args.min_cohorts, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch)
+    significant = int((summary.results["q"] < 0.05).sum())
+    print(f"wrote {summary.out_dir / 'pooled_results.parquet'}: {len(summary.results)} rows, {significant} with q < 0.05")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalable-assoc`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest}
+    handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool}
     try:
         handlers[args.command](args)
     except UserInputError as error:

@@ -1,0 +1,50 @@
+"""Mapping a pure kernel over blocks of rows on a Dask cluster, for steps outside a run.
+
+``meta`` combines all rows in one process while that is quick (a million rows
+x a few cohorts take seconds); beyond ``min_rows`` rows, or when the user names
+a scheduler, blocks go to the cluster as one task each. The cluster starts only
+when first needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from distributed import Client
+
+from scalable_assoc.engine.cluster import dask_client
+
+
+class ClusterMapper:
+    """``mapper(function, blocks) -> [function(*block) for block in blocks]``, computed on a Dask cluster.
+
+    Use as a context manager; ``wanted(rows)`` says whether ``rows`` rows are
+    worth the cluster (always, when a scheduler was named).
+    """
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None, min_rows: int = 2_000_000) -> None:
+        self.scheduler = scheduler
+        self.workers = workers
+        self.min_rows = min_rows
+        self._context: Any = None
+        self._client: Client | None = None
+
+    def wanted(self, rows: int) -> bool:
+        return self.scheduler is not None or rows >= self.min_rows
+
+    def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
+        if self._client is None:
+            self._context = dask_client(self.scheduler, self.workers)
+            self._client = self._context.__enter__()
+        futures = [self._client.submit(function, *block, pure=False) for block in blocks]
+        return self._client.gather(futures)
+
+    def __enter__(self) -> ClusterMapper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._context is not None:
+            self._context.__exit__(None, None, None)
+            self._context = None
+            self._client = None

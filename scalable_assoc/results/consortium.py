@@ -1,0 +1,321 @@
+"""Combining cohorts from their exported files: meta-analysis and the exact pooled model.
+
+Both steps read only what ``scalable-assoc sumstats`` let leave each cohort,
+verify every file against its sidecar, refuse cohorts that ran different
+analyses (unless allowed), match features across spellings
+(:mod:`scalable_assoc.results.harmonise`), and report features present in only
+some cohorts. Outputs are written atomically; the manifest last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from scalable_assoc import __version__
+from scalable_assoc.errors import DataError, UserInputError
+from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
+from scalable_assoc.models.fits import STATUS_TEXT, FitStatus
+from scalable_assoc.models.pooled import drop_reference_levels, solve_pooled, unpack_symmetric
+from scalable_assoc.results.harmonise import coverage_table, harmonised_names
+from scalable_assoc.results.sumstats import CohortFile, check_compatible
+from scalable_assoc.stats.meta import METHODS, MetaFits, combine_estimates, direction_strings, leave_one_out
+from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
+
+KEY_COLUMNS = ("layer", "feature", "exposure", "adjustment", "model")
+META_FILES = ("meta_manifest.json", "meta_results.parquet", "meta_results.tsv", "meta_leave_one_out.parquet", "meta_leave_one_out.tsv", "feature_coverage.tsv")
+POOL_FILES = ("pool_manifest.json", "pooled_results.parquet", "pooled_results.tsv", "feature_coverage.tsv")
+
+
+class BlockMapper(Protocol):
+    """Runs ``function(*block)`` for each block, e.g. on a Dask cluster (the engine's ``ClusterMapper``)."""
+
+    def wanted(self, rows: int) -> bool:
+        """Whether ``rows`` rows are worth sending out in blocks."""
+        ...
+
+    def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]: ...
+
+
+def _combine(beta: np.ndarray, se: np.ndarray, method: str, hksj: bool, mapper: BlockMapper | None, block_rows: int) -> MetaFits:
+    """All rows at once in this process, or in blocks of ``block_rows`` through ``mapper`` when it wants them."""
+    if mapper is None or not mapper.wanted(beta.shape[0]):
+        return combine_estimates(beta, se, method=method, hksj=hksj)
+    starts = range(0, beta.shape[0], block_rows)
+    parts = mapper(combine_estimates, [(beta[s : s + block_rows], se[s : s + block_rows], method, hksj) for s in starts])
+    return MetaFits(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(MetaFits)})
+
+
+def _remove(out_dir: Path, names: Sequence[str]) -> None:
+    for name in names:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _with_harmonised_features(frame: pd.DataFrame, cohort: CohortFile, mapping: dict[str, str] | None, keys: Sequence[str]) -> pd.DataFrame:
+    """Replace ``feature`` by its matching key; refuse two spellings of one cohort that become the same feature."""
+    original = frame["feature"].astype(str)
+    frame = frame.assign(feature=harmonised_names(original, mapping).to_numpy(), source_feature=original.to_numpy())
+    clash = frame.duplicated(list(keys), keep=False)
+    if clash.any():
+        names = sorted(set(frame.loc[clash, "source_feature"]))[:4]
+        raise DataError(
+            f"{cohort.path} (cohort {cohort.cohort}): features {', '.join(names)} become the same feature after matching names; "
+            "give a --feature-map that tells them apart"
+        )
+    return frame
+
+
+def _coverage(frames: list[pd.DataFrame], cohorts: list[CohortFile], log: Callable[[str], None]) -> tuple[pd.DataFrame, list[str]]:
+    present = pd.concat([f[["layer", "feature", "cohort"]] for f in frames], ignore_index=True)
+    names = [c.cohort for c in cohorts]
+    coverage = coverage_table(present, names)
+    warnings = []
+    for cohort in names:
+        own = coverage[coverage["present_in"].str.split(",").map(lambda cs, c=cohort: c in cs)]
+        if len(own) and (own["cohorts"] == 1).all() and len(names) > 1:
+            warnings.append(f"cohort {cohort} shares no feature with any other cohort (check feature spellings or --feature-map)")
+        elif not len(own):
+            warnings.append(f"cohort {cohort} has no rows to combine (everything was withheld or failed)")
+    partial = int((coverage["cohorts"] < len(names)).sum())
+    if partial:
+        warnings.append(f"{partial} of {len(coverage)} features are present in only some cohorts (see feature_coverage.tsv)")
+    for warning in warnings:
+        log(f"warning: {warning}")
+    return coverage, warnings
+
+
+def _fdr(frame: pd.DataFrame, by: Sequence[str]) -> pd.Series:
+    family_columns = [c for c in by if c in frame.columns]
+    family = frame.groupby(family_columns, sort=False).ngroup().to_numpy() if family_columns and len(frame) else np.zeros(len(frame), dtype=np.int64)
+    q = benjamini_hochberg_grouped(frame["p"].to_numpy(dtype=np.float64), family)
+    return pd.Series(q, index=frame.index).where(frame["p"].notna())
+
+
+@dataclass
+class CombinedSummary:
+    """What ``meta`` or ``pool`` wrote."""
+
+    out_dir: Path
+    results: pd.DataFrame
+    coverage: pd.DataFrame
+    manifest: dict[str, Any]
+
+
+def _manifest(kind: str, cohorts: list[CohortFile], settings: dict[str, Any], warnings: list[str], rows: int) -> dict[str, Any]:
+    return {
+        "package": "scalable_assoc",
+        "version": __version__,
+        "kind": kind,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "cohorts": [
+            {"cohort": c.cohort, "file": str(c.path), "sha256": c.sidecar["files"]["summary"]["sha256"], "analysis_hash": c.sidecar["analysis_hash"], "plan_name": c.sidecar.get("plan_name")}
+            for c in cohorts
+        ],
+        "settings": settings,
+        "warnings": warnings,
+        "rows": rows,
+    }
+
+
+def meta_analyse(
+    cohorts: Sequence[CohortFile],
+    out_dir: str | Path,
+    *,
+    method: str = "reml",
+    hksj: bool = False,
+    min_cohorts: int = 2,
+    leave_one_out_estimates: bool = False,
+    mapping: dict[str, str] | None = None,
+    allow_mismatch: bool = False,
+    mapper: BlockMapper | None = None,
+    block_rows: int = 250_000,
+    log: Callable[[str], None] = print,
+) -> CombinedSummary:
+    """Meta-analyse every (layer, feature, exposure, adjustment, model) over the cohorts' summary files.
+
+    Writes ``meta_results.parquet`` / ``.tsv`` (see the README for columns),
+    ``feature_coverage.tsv``, optionally ``meta_leave_one_out.*``, and
+    ``meta_manifest.json`` last. All rows are combined at once (vectorised
+    over features); BH FDR per family as in the cohorts' plan (``fdr.by``).
+    ``mapper`` (for example the engine's ``ClusterMapper``) spreads blocks of
+    ``block_rows`` rows over a cluster when it judges the rows many enough.
+    """
+    if method not in METHODS:
+        raise UserInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+    if min_cohorts < 1:
+        raise UserInputError(f"--min-cohorts must be at least 1, got {min_cohorts}")
+    cohorts = list(cohorts)
+    if not cohorts:
+        raise UserInputError("give at least one summary-statistics file")
+    warnings = check_compatible(cohorts, allow_mismatch)
+    out = Path(out_dir)
+    _remove(out, META_FILES)
+    frames = []
+    for cohort in cohorts:
+        frame = _with_harmonised_features(cohort.summary(), cohort, mapping, KEY_COLUMNS)
+        frames.append(frame.assign(cohort=cohort.cohort))
+    coverage, coverage_warnings = _coverage(frames, cohorts, log)
+    warnings += coverage_warnings
+    long = pd.concat(frames, ignore_index=True)
+    keys = long[list(KEY_COLUMNS)].drop_duplicates().reset_index(drop=True)
+    row_of = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(long[list(KEY_COLUMNS)]))
+    names = [c.cohort for c in cohorts]
+    column_of = pd.Index(names).get_indexer(long["cohort"])
+    beta = np.full((len(keys), len(names)), np.nan)
+    se = np.full((len(keys), len(names)), np.nan)
+    n = np.zeros((len(keys), len(names)))
+    beta[row_of, column_of] = long["beta"].to_numpy(dtype=np.float64)
+    se[row_of, column_of] = long["se"].to_numpy(dtype=np.float64)
+    n[row_of, column_of] = long["n"].to_numpy(dtype=np.float64)
+    present = np.isfinite(beta) & np.isfinite(se) & (se > 0)
+    enough = present.sum(axis=1) >= min_cohorts
+    if not enough.any():
+        raise DataError(f"no feature has estimates in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to meta-analyse (see --min-cohorts)")
+    keys, beta, se, n, present = keys[enough].reset_index(drop=True), beta[enough], se[enough], n[enough], present[enough]
+    log(f"meta-analysing {len(keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
+    fits = _combine(beta, se, method, hksj, mapper, block_rows)
+    names_array = np.array(names, dtype=object)
+    results = keys.assign(
+        k=fits.k,
+        n=n.sum(axis=1).astype(np.int64),
+        beta=fits.beta,
+        se=fits.se,
+        statistic=fits.statistic,
+        p=fits.p,
+        tau2=fits.tau2,
+        i2=fits.i2,
+        q_stat=fits.q_stat,
+        q_p=fits.q_p,
+        direction=direction_strings(beta),
+        cohorts=[",".join(names_array[row]) for row in present],
+    )
+    fdr_by = cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"])
+    results.insert(results.columns.get_loc("p") + 1, "q", _fdr(results, fdr_by))
+    results["method"] = method + ("+hksj" if hksj else "")
+    write_parquet(out / "meta_results.parquet", results)
+    write_tsv(out / "meta_results.tsv", results)
+    write_tsv(out / "feature_coverage.tsv", coverage)
+    if leave_one_out_estimates:
+        loo_beta, loo_se, loo_p = leave_one_out(beta, se, method=method, hksj=hksj)
+        rows, columns = np.nonzero(present)
+        loo = keys.iloc[rows].reset_index(drop=True).assign(
+            left_out=names_array[columns], beta=loo_beta[rows, columns], se=loo_se[rows, columns], p=loo_p[rows, columns]
+        )
+        write_parquet(out / "meta_leave_one_out.parquet", loo)
+        write_tsv(out / "meta_leave_one_out.tsv", loo)
+    settings = {"method": method, "hksj": hksj, "min_cohorts": min_cohorts, "leave_one_out": leave_one_out_estimates, "fdr_by": list(fdr_by), "allow_mismatch": allow_mismatch}
+    manifest = _manifest("meta", cohorts, settings, warnings, len(results))
+    write_json(out / "meta_manifest.json", manifest)
+    return CombinedSummary(out, results, coverage, manifest)
+
+
+def _stack_sufficient(cohort: CohortFile, mapping: dict[str, str] | None) -> pd.DataFrame:
+    table: pa.Table = cohort.sufficient()
+    frame = table.to_pandas()
+    frame["terms"] = frame["terms"].map(tuple)
+    return _with_harmonised_features(frame, cohort, mapping, ("layer", "feature", "exposure", "adjustment")).assign(cohort=cohort.cohort)
+
+
+def pool_cohorts(
+    cohorts: Sequence[CohortFile],
+    out_dir: str | Path,
+    *,
+    min_cohorts: int = 2,
+    mapping: dict[str, str] | None = None,
+    allow_mismatch: bool = False,
+    log: Callable[[str], None] = print,
+) -> CombinedSummary:
+    """Solve ``feature ~ cohort + exposure + covariates`` over all cohorts from their cross-products.
+
+    Writes ``pooled_results.parquet`` / ``.tsv``, ``feature_coverage.tsv`` and
+    ``pool_manifest.json`` (last). Equal to an OLS on the stacked individual
+    data with cohort indicators (categorical covariates share one reference
+    level across cohorts: the first in sorted order).
+    """
+    if min_cohorts < 1:
+        raise UserInputError(f"--min-cohorts must be at least 1, got {min_cohorts}")
+    cohorts = list(cohorts)
+    if not cohorts:
+        raise UserInputError("give at least one summary-statistics file")
+    warnings = check_compatible(cohorts, allow_mismatch)
+    out = Path(out_dir)
+    _remove(out, POOL_FILES)
+    frames = [_stack_sufficient(c, mapping) for c in cohorts]
+    coverage, coverage_warnings = _coverage(frames, cohorts, log)
+    warnings += coverage_warnings
+    long = pd.concat(frames, ignore_index=True)
+    categorical = tuple(cohorts[0].sidecar["analysis"].get("categorical", []))
+    names = [c.cohort for c in cohorts]
+    pieces = []
+    for (layer, exposure, adjustment), group in long.groupby(["layer", "exposure", "adjustment"], sort=False):
+        features = group.groupby("feature", sort=False)["cohort"].nunique()
+        features = features[features >= min_cohorts].index
+        if not len(features):
+            continue
+        group = group[group["feature"].isin(features)]
+        all_terms = list(dict.fromkeys(t for terms in group["terms"].drop_duplicates() for t in terms))
+        if all_terms[0] != "exposure":
+            raise DataError(f"cohort files disagree on the first term of {layer}/{exposure}/{adjustment}: {all_terms[0]!r}")
+        kept_terms = drop_reference_levels(all_terms, categorical)
+        width = len(all_terms)
+        m = len(features)
+        feature_index = pd.Index(features)
+        zz = np.zeros((m, width, width))
+        zy = np.zeros((m, width))
+        yy = np.zeros(m)
+        n = np.zeros(m, dtype=np.int64)
+        contributing = np.zeros((m, len(names)), dtype=bool)
+        for terms, rows in group.groupby("terms", sort=False):
+            position = np.array([all_terms.index(t) for t in terms])
+            where = feature_index.get_indexer(rows["feature"])
+            packed = np.stack(rows["zz"].to_numpy())
+            # add.at, not +=: a feature appears once per cohort in ``rows`` and every copy must count
+            np.add.at(zz, (where[:, None, None], position[None, :, None], position[None, None, :]), unpack_symmetric(packed))
+            np.add.at(zy, (where[:, None], position[None, :]), np.stack(rows["zy"].to_numpy()))
+            np.add.at(yy, where, rows["yy"].to_numpy(dtype=np.float64))
+            np.add.at(n, where, rows["n"].to_numpy(dtype=np.int64))
+            contributing[where, pd.Index(names).get_indexer(rows["cohort"])] = True
+        keep = np.array([all_terms.index(t) for t in kept_terms])
+        fits = solve_pooled(zz[:, keep][:, :, keep], zy[:, keep], yy, n, contributing.sum(axis=1))
+        status = np.array([STATUS_TEXT[FitStatus(code)] for code in fits.status], dtype=object)
+        pieces.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "feature": feature_index,
+                    "exposure": exposure,
+                    "adjustment": adjustment,
+                    "model": "lm",
+                    "k": contributing.sum(axis=1),
+                    "n": fits.n,
+                    "beta": fits.beta,
+                    "se": fits.se,
+                    "t": fits.t,
+                    "p": fits.p,
+                    "df": fits.df,
+                    "status": status,
+                    "covariate_terms": "+".join(kept_terms[1:]),
+                    "cohorts": [",".join(np.array(names)[row]) for row in contributing],
+                }
+            )
+        )
+    if not pieces:
+        raise DataError(f"no feature has cross-products in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to pool (see --min-cohorts)")
+    results = pd.concat(pieces, ignore_index=True)
+    fdr_by = cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"])
+    results.insert(results.columns.get_loc("p") + 1, "q", _fdr(results, fdr_by))
+    log(f"pooled {len(results)} rows over {len(names)} cohorts")
+    write_parquet(out / "pooled_results.parquet", results)
+    write_tsv(out / "pooled_results.tsv", results)
+    write_tsv(out / "feature_coverage.tsv", coverage)
+    manifest = _manifest("pool", cohorts, {"min_cohorts": min_cohorts, "fdr_by": list(fdr_by), "allow_mismatch": allow_mismatch}, warnings, len(results))
+    write_json(out / "pool_manifest.json", manifest)
+    return CombinedSummary(out, results, coverage, manifest)
