@@ -260,3 +260,20 @@ def test_several_biobanks_end_to_end_from_the_command_line(tmp_path: Path, dask_
     coverage = pd.read_csv(out / "unmapped" / "feature_coverage.tsv", sep="\t")
     spelled_old = coverage[coverage["feature"].isin(renamed["from"])]
     assert len(spelled_old) and (spelled_old["present_in"] == "cohort_3").all()
+
+
+def test_command_line_errors_name_the_problem(cohorts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sumstats", str(tmp_path), "--cohort", "x", "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    run_dir = cohorts["east"].with_suffix("") / "results"
+    assert main(["sumstats", str(run_dir), "--cohort", "east", "--out", str(tmp_path / "east.tsv")]) == 2
+    assert "must end in .parquet" in capsys.readouterr().err
+    assert main(["sumstats", str(run_dir), "--cohort", "east", "--out", str(tmp_path / "plain.parquet")]) == 0
+    capsys.readouterr()
+    assert main(["pool", str(tmp_path / "plain.parquet"), str(cohorts["north"]), "--out", str(tmp_path / "pool")]) == 2
+    assert "exported without --sufficient" in capsys.readouterr().err
+    assert not (tmp_path / "pool" / "pooled_results.parquet").exists()
+    bad_map = tmp_path / "map.tsv"
+    bad_map.write_text("old\tnew\na\tb\n")
+    assert main(["meta", str(cohorts["north"]), str(cohorts["south"]), "--out", str(tmp_path / "m"), "--feature-map", str(bad_map)]) == 2
+    assert "needs columns 'from' and 'to'" in capsys.readouterr().err
