@@ -111,7 +111,10 @@ def cross_products_table(
 
 
 def _withheld_reason(n: np.ndarray, cases: np.ndarray, controls: np.ndarray, parameters: np.ndarray, rules: DisclosureRules) -> np.ndarray:
-    """Per row: '' (may leave) or the first rule it breaks. ``cases``/``controls`` are -1 for continuous exposures."""
+    """Per row: '' (may leave) or the rule it breaks, cases before controls before parameters.
+
+    ``cases``/``controls`` are -1 for continuous exposures (only the parameter rule applies).
+    """
     reason = np.full(n.shape, "", dtype=object)
     too_many = parameters > rules.max_parameter_fraction * n
     few_controls = (controls >= 0) & (controls < rules.min_cell_count)
