@@ -236,3 +236,26 @@ def test_chunks_and_exposures_do_not_change_the_fits() -> None:
         for name in ("beta", "se", "p"):
             np.testing.assert_allclose(getattr(alone, name)[0], getattr(together, name)[e], rtol=1e-10, err_msg=name)
         np.testing.assert_array_equal(alone.status[0], together.status[e])
+
+
+def test_pass_log_likelihood_matches_the_direct_formula_even_where_exp_overflows() -> None:
+    # The pass's log-likelihood, (1 - y)(-eta) + log mu per cell, in double and single
+    # precision, against -log(1 + exp(-s eta)); the last feature's predictors reach
+    # -900, where exp(-eta) overflows in either precision (the overflow-free fallback).
+    from scalable_assoc.models.logistic import _Cells, _evaluate, _make_basis
+
+    rng = np.random.default_rng(28)
+    n, m = 400, 4
+    basis = _make_basis(np.linalg.qr(np.column_stack([np.ones(n), rng.normal(size=(n, 2))]))[0])
+    coefficients = rng.normal(0, 20, size=(3, m))
+    coefficients[:, -1] = [-900 * np.sqrt(n) * np.sign(basis.matrix[0, 0]), 0.0, 0.0]  # eta = -900 for everyone
+    y = (rng.random((n, m)) < 0.5).astype(float)
+    missing = _Cells(np.array([3, 7]), np.array([1, 2]))
+    y[missing.rows, missing.columns] = 0.0
+    eta = basis.matrix @ coefficients
+    cells = np.logaddexp(0.0, -(2 * y - 1) * eta)
+    cells[missing.rows, missing.columns] = 0.0
+    expected = -cells.sum(axis=0)
+    for single, rtol in ((False, 1e-12), (True, 1e-6)):
+        got = _evaluate(basis, y, missing, coefficients, fisher=False, score=False, loglik=True, single=single).loglik
+        np.testing.assert_allclose(got, expected, rtol=rtol, err_msg=f"single={single}")

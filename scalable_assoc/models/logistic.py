@@ -56,7 +56,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import combinations_with_replacement
+from itertools import combinations_with_replacement, permutations
 
 import numpy as np
 import scipy.sparse
@@ -92,16 +92,19 @@ _ETA_SEPARATED_AT_END = 15.0
 #: weights, hence the curvature, can grow; the bracket is positive for M < ~1.79.
 _SAFE_STEP = 1.5
 #: A pass runs in single precision when every live feature's step (its bound on
-#: the largest move of a linear predictor) exceeds this: the next steps are then
-#: still ~1e-4 or more, far above the ~1e-7 rounding single precision leaves in
-#: them, and the next double-precision pass removes that rounding with the rest
-#: of the error.
-_SINGLE_PRECISION_STEP = 0.03
+#: the largest move of a linear predictor) exceeds this: a Newton step that long
+#: leaves an error of ~1e-7 or more (about a tenth of its square on the reference
+#: study), so the next steps are no shorter than the ~1e-7 rounding single
+#: precision leaves in them, none of them can pass the convergence test, and the
+#: next double-precision pass removes that rounding with the rest of the error
+#: (what it leaves is the square of ~1e-7).
+_SINGLE_PRECISION_STEP = 1e-3
 #: A pass computes the Fisher information's product in single precision when every
-#: live feature's step exceeds this, even if the rest is double: its error only
-#: perturbs the next steps by ~1e-7 of themselves, and steps this long are followed
-#: by at least one more pass (whose information is exact, for the variance; a
-#: feature that converges anyway gets its variance recomputed exactly).
+#: live feature's step exceeds this (or the pass follows a single-precision one),
+#: even if the rest is double: its error only perturbs the next steps by ~1e-7 of
+#: themselves, and such passes are followed by at least one more (whose information
+#: is exact, for the variance; a feature that converges anyway gets its variance
+#: recomputed exactly).
 _EXACT_FISHER_STEP = 1e-4
 #: Step halvings tried before a feature is given up as not converging.
 _MAX_HALVINGS = 30
@@ -179,25 +182,25 @@ class _Basis:
 
     @cached_property
     def triples(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(n, t)`` products of the ``t = p (p + 1) (p + 2) / 6`` sorted triples of columns, and ``(p, p, p)`` positions.
+        """``(t, n)`` products of the ``t = p (p + 1) (p + 2) / 6`` sorted triples of columns, and ``(p, p, p)`` positions.
 
-        ``triples[0].T @ v`` holds every ``sum_i v_i x_ir x_ia x_ib``, a symmetric
+        ``triples[0] @ v`` holds every ``sum_i v_i x_ir x_ia x_ib``, a symmetric
         3-tensor, once per distinct entry; ``triples[1][r, a, b]`` is the entry's
-        column. Made only when Firth's likelihood is fitted, then reused. Single
+        row. Made only when Firth's likelihood is fitted, then reused. Single
         precision: the tensor only shapes Newton's steps (whose fixed point, the
-        estimate, it does not move), and the product is memory-bound.
+        estimate, it does not move), and the product is memory-bound. Stored
+        transposed, so that it is made by contiguous row operations.
         """
         combinations = np.array(list(combinations_with_replacement(range(self.p), 3)))
-        products = np.empty((self.matrix.shape[0], len(combinations)))
+        matrix, pairs = np.ascontiguousarray(self.matrix32.T), np.ascontiguousarray(self.products32.T)
+        products = np.empty((len(combinations), matrix.shape[1]), dtype=np.float32)
         offset = 0
         for pair, a in enumerate(self.lower):  # pairs (r, a), r <= a, in the triples' order
-            products[:, offset : offset + self.p - a] = self.products[:, pair : pair + 1] * self.matrix[:, a:]
+            np.multiply(pairs[pair], matrix[a:], out=products[offset : offset + self.p - a])
             offset += self.p - a
-        products = products.astype(np.float32)
         position = np.empty((self.p,) * 3, dtype=np.int64)
-        for column, (r, a, b) in enumerate(combinations):  # a few hundred index triples
-            for permuted in {(r, a, b), (r, b, a), (a, r, b), (a, b, r), (b, r, a), (b, a, r)}:
-                position[permuted] = column
+        for order in permutations(range(3)):  # every entry of the symmetric tensor, in six assignments
+            position[tuple(combinations[:, order].T)] = np.arange(len(combinations))
         return products, position
 
     def pack(self, matrices: np.ndarray) -> np.ndarray:
@@ -254,54 +257,73 @@ def _evaluate(
     matrix = basis.matrix32 if single else basis.matrix
     products = basis.products32 if single or single_fisher else basis.products
     given = coefficients
-    coefficients = coefficients.astype(matrix.dtype)
+    # The pass works with -eta (exp(-eta) is what mu needs): negating the coefficients
+    # is exact and costs (p, w) operations instead of (n, w).
+    negated = np.negative(coefficients).astype(matrix.dtype)
     fisher_flat = np.zeros((products.shape[1], w)) if fisher else None
     score_sum = np.zeros((basis.p, w)) if score else None
     loglik_sum = np.zeros(w) if loglik else None
     largest_max = np.zeros(w) if largest else None
+    chunks = _chunks(n, w, missing)
+    # Chunk-sized work arrays, reused by every chunk (no allocation per chunk).
+    size = max(last - first for first, last, _ in chunks)
+    work, spare = np.empty((size, w), dtype=matrix.dtype), np.empty((size, w), dtype=matrix.dtype)
+    third = np.empty((size, w), dtype=matrix.dtype) if loglik else work
     # exp(-eta) overflows to inf only for very negative eta, where mu = 0 is its limit
-    # (and the log-likelihood -inf, which step halving rejects).
-    with np.errstate(over="ignore", invalid="ignore"):
-        for first, last, cells in _chunks(n, w, missing):  # chunks of participants, never features
+    # (log mu = -inf there: the log-likelihood is then recomputed without overflow, below).
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for first, last, cells in chunks:  # chunks of participants, never features
             rows = matrix[first:last]
             observed = y[first:last].astype(matrix.dtype, copy=False)  # a cast in cache, not a copy of y
-            eta = rows @ coefficients
-            buffer = np.negative(eta)
-            np.exp(buffer, out=buffer)
-            buffer += 1.0
-            mu = np.reciprocal(buffer)
-            mu[cells] = 0.0  # with y = 0 there: no weight, no residual
-            if loglik_sum is not None:
-                # Per cell y log mu + (1 - y) log(1 - mu) = -log(1 + exp(-s eta)), s = 2y - 1:
-                # no cancellation between large terms, so single precision keeps ~1e-7 of
-                # each term; summed in double precision.
-                term = np.multiply(observed, -2.0)
-                term += 1.0
-                term *= eta
-                np.exp(term, out=term)
-                term += 1.0
-                np.log(term, out=term)
-                term[cells] = 0.0
-                loglik_sum -= term.sum(axis=0, dtype=np.float64)
+            buffer, other = work[: last - first], spare[: last - first]
+            np.matmul(rows, negated, out=buffer)  # -eta
             if largest_max is not None:
-                magnitude = np.abs(eta)
+                magnitude = np.abs(buffer, out=other)
                 magnitude[cells] = 0.0
                 np.maximum(largest_max, magnitude.max(axis=0), out=largest_max)
+            if loglik_sum is not None:
+                # Per cell y log mu + (1 - y) log(1 - mu) = (1 - y)(-eta) + log mu: the first
+                # term now, the second once mu is known (no exp of its own). Summed in double
+                # precision. In single precision a cell is off by ~1e-7 |eta| (the two terms
+                # cancel where y = 0 and eta << 0): enough for step checks, which are all the
+                # single-precision log-likelihood serves; estimates come from double passes.
+                term = np.subtract(1.0, observed, out=third[: last - first])
+                term *= buffer
+            np.exp(buffer, out=buffer)
+            buffer += 1.0
+            mu = np.divide(1.0, buffer, out=buffer)  # np.divide is vectorised, np.reciprocal is not
+            if loglik_sum is not None:
+                term += np.log(mu, out=other)
+                term[cells] = 0.0
+                loglik_sum += term.sum(axis=0, dtype=np.float64)
+            mu[cells] = 0.0  # with y = 0 there: no weight, no residual
             # mu - mu^2 is accurate in absolute terms, all that the sums need.
-            weights = np.multiply(mu, mu, out=buffer)
+            weights = np.multiply(mu, mu, out=other)
             np.subtract(mu, weights, out=weights)
             if fisher_flat is not None:
                 fisher_flat += products[first:last].T @ weights.astype(products.dtype, copy=False)
             if score_sum is not None:
                 score_sum += rows.T @ np.subtract(observed, mu, out=mu)
-    if single and loglik_sum is not None and not np.all(np.isfinite(loglik_sum)):
-        # exp(-eta) overflows single precision already for eta < -88, where the
-        # log-likelihood is finite: redo those features in double precision.
+    if loglik_sum is not None and not np.all(np.isfinite(loglik_sum)):
+        # exp(-eta) overflowed (eta < -88 in single precision, < -709 in double) where the
+        # log-likelihood is finite: redo those features with an overflow-free formula.
         redo = np.flatnonzero(~np.isfinite(loglik_sum))
-        again = _evaluate(basis, y[:, redo], missing.restrict(redo, w), given[:, redo], False, False, True)
-        assert again.loglik is not None
-        loglik_sum[redo] = again.loglik
+        loglik_sum[redo] = _loglik(basis, y[:, redo], missing.restrict(redo, w), given[:, redo])
     return _Evaluation(None if fisher_flat is None else basis.unpack(fisher_flat), score_sum, loglik_sum, largest_max)
+
+
+def _loglik(basis: _Basis, y: np.ndarray, missing: _Cells, coefficients: np.ndarray) -> np.ndarray:
+    """``(w,)`` log-likelihood at ``eta = B @ coefficients``, without overflow: ``-sum log(1 + exp(-s eta))``, ``s = 2y - 1``.
+
+    Slower than the pass's formula; only for the few features where that overflowed.
+    """
+    n, w = y.shape
+    total = np.zeros(w)
+    for first, last, cells in _chunks(n, w, missing):  # chunks of participants, never features
+        term = np.logaddexp(0.0, (1.0 - 2.0 * y[first:last]) * (basis.matrix[first:last] @ coefficients))
+        term[cells] = 0.0
+        total -= term.sum(axis=0)
+    return total
 
 
 def _firth_pass(
@@ -326,7 +348,7 @@ def _firth_pass(
     packed = basis.pack(inverse)
     score = np.zeros((basis.p, w))
     curvature_flat = np.zeros((basis.products.shape[1], w))
-    derivative_flat = np.zeros((triples.shape[1], w))  # sum_i w'_i x_ir x_ia x_ib, distinct entries
+    derivative_flat = np.zeros((triples.shape[0], w))  # sum_i w'_i x_ir x_ia x_ib, distinct entries
     with np.errstate(over="ignore", invalid="ignore"):
         for first, last, cells in _chunks(n, w, missing):  # chunks of participants, never features
             rows, products = basis.matrix[first:last], basis.products[first:last]
@@ -336,7 +358,7 @@ def _firth_pass(
             leverage = products @ packed
             score += rows.T @ (y[first:last] - mu + weights * leverage * (0.5 - mu))
             curvature_flat += products.T @ (weights * (1.0 - 6.0 * weights) * leverage)
-            derivative_flat += triples[first:last].T @ (weights * (1.0 - 2.0 * mu)).astype(np.float32)
+            derivative_flat += triples[:, first:last] @ (weights * (1.0 - 2.0 * mu)).astype(np.float32)
     derivatives = derivative_flat.T[:, position]  # (w, p, p, p): A_r = derivatives[:, r]
     sandwich = np.einsum("jab,jrbc->jrac", inverse, derivatives)  # M A_r
     penalty_curvature = np.einsum("jrab,jsba->jrs", sandwich, sandwich)
@@ -406,14 +428,15 @@ class _Point:
         )
 
 
-def _start(basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, basis_y: np.ndarray | None) -> _Point:
+def _start(basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, basis_y: np.ndarray | None, fitted: np.ndarray) -> _Point:
     """Newton's start: the constant fit ``eta = logit(prevalence)`` of every feature.
 
     Its weights are constant per feature, so its Fisher information is that
     constant times the feature's Gram matrix (all rows minus the missing ones, a
     sparse product) and its score ``B'y - prevalence B'1`` and log-likelihood
     have closed forms: no pass over the participants (except for Firth's
-    modified score). ``basis_y`` is ``B'y`` (``(p, w)``) if already known.
+    modified score). ``basis_y`` is ``B'y`` (``(p, w)``) if already known. Features
+    not ``fitted`` get a zero step (and an identity information, whatever their data).
     """
     n = basis.matrix.shape[0]
     w = y.shape[1]
@@ -426,6 +449,7 @@ def _start(basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, basis_y: 
     indicator = missing.indicator(n, w)
     gram = basis.products.sum(axis=0)[:, None] - np.asarray(indicator @ basis.products).T
     fisher = basis.unpack(gram * (prevalence * (1.0 - prevalence)))
+    fisher[~fitted] = np.eye(basis.p)  # a singular one must not fail the stacked solve
     objective = events * np.log(prevalence) + (n_used - events) * np.log1p(-prevalence)
     if firth:
         objective = objective + _half_logdet(fisher)
@@ -436,6 +460,7 @@ def _start(basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, basis_y: 
         used_sums = basis.matrix.sum(axis=0)[:, None] - np.asarray(indicator @ basis.matrix).T
         score = (basis.matrix.T @ y if basis_y is None else basis_y) - used_sums * prevalence
         delta, variance = _newton_step(fisher, score)
+    delta[:, ~fitted] = 0.0
     return _Point(coefficients, delta, variance, objective, np.zeros(w, dtype=bool), np.zeros(w, dtype=bool))
 
 
@@ -450,13 +475,22 @@ class _NewtonResult:
 
 
 def _newton(
-    basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, max_iter: int, tol: float, basis_y: np.ndarray | None = None
+    basis: _Basis,
+    y: np.ndarray,
+    missing: _Cells,
+    firth: bool,
+    max_iter: int,
+    tol: float,
+    basis_y: np.ndarray | None = None,
+    fitted: np.ndarray | None = None,
 ) -> _NewtonResult:
     """(Penalised) maximum likelihood for ``s`` features at once, by Newton's method with step halving.
 
     ``y`` is ``(n, s)`` presence with 0 in the ``missing`` cells. Under ``firth``
     the objective is Firth's penalised log-likelihood and the score the modified
-    score. ``basis_y`` optionally gives ``B'y`` for the start.
+    score. ``basis_y`` optionally gives ``B'y`` for the start. Only the features
+    ``fitted`` (``(s,)`` bool, default all) are fitted: the others start frozen, which
+    spares a copy of ``y`` without them when they are few.
 
     A feature has converged when its next Newton step cannot move any linear
     predictor by more than ``tol`` (bounded by ``sum_a max_i |B_ia| |delta_a|``,
@@ -473,9 +507,9 @@ def _newton(
         return _NewtonResult(coefficients, last_variance, converged, diverged)
 
     column_max = np.abs(basis.matrix).max(axis=0)
-    point = _start(basis, y, missing, firth, basis_y)
+    live = np.ones(s, dtype=bool) if fitted is None else fitted.copy()
+    point = _start(basis, y, missing, firth, basis_y, live)
     position = np.arange(s)  # original feature of each working column
-    live = np.ones(s, dtype=bool)
     beyond = np.zeros(s, dtype=np.int64)  # consecutive iterations with max |eta| > _ETA_DIVERGED
     largest = np.full(s, np.nan)
     for iteration in range(max_iter):
@@ -506,7 +540,10 @@ def _newton(
         # penalty the certificate does not cover; otherwise only the long ones.
         check = np.flatnonzero(live if firth else live & (bound > _SAFE_STEP))
         single = not firth and bool(np.all(bound[live] > _SINGLE_PRECISION_STEP))
-        single_fisher = not firth and bool(np.all(bound[live] > _EXACT_FISHER_STEP))
+        # After a single-precision pass no feature can converge at this one (its step is no
+        # shorter than that pass's rounding, ~1e-7), so its information only shapes steps.
+        after_single = bool(np.all(point.rough_objective[live]))
+        single_fisher = not firth and (after_single or bool(np.all(bound[live] > _EXACT_FISHER_STEP)))
         options = {"loglik": check.size > 0, "largest": not firth and iteration >= _DIVERGENCE_CHECKS_FROM, "single": single, "single_fisher": single_fisher}
         trial = point.coefficients + point.delta
         evaluation = _evaluate(basis, y, missing, trial, score=not firth, **options)
@@ -736,22 +773,14 @@ def fit_logistic_slopes(
         exposure_separated = _level_separated(level_used[exposure_levels], level_present[exposure_levels])
         separated = fitted & (covariate_separated | exposure_separated)
 
-        plain = np.flatnonzero(fitted & ~separated)
-        every = plain.size == m  # no copy of the block when every feature is fitted
-        result = _newton(
-            basis,
-            y if every else y[:, plain],
-            missing if every else missing.restrict(plain, m),
-            False,
-            max_iter,
-            tol,
-            basis_y[np.r_[:rank, rank + e]][:, plain],
-        )
-        estimated = plain[result.converged]
-        beta[e, estimated] = result.coefficients[-1, result.converged] / scales[e]
-        se[e, estimated] = np.sqrt(result.last_variance[result.converged]) / scales[e]
-        status[e, plain[~result.converged]] = FitStatus.NOT_CONVERGED
-        separated[plain[result.diverged]] = True
+        plain = fitted & ~separated
+        # The whole block, the other features frozen from the start: no copy of y.
+        result = _newton(basis, y, missing, False, max_iter, tol, basis_y[np.r_[:rank, rank + e]], plain)
+        estimated = result.converged
+        beta[e, estimated] = result.coefficients[-1, estimated] / scales[e]
+        se[e, estimated] = np.sqrt(result.last_variance[estimated]) / scales[e]
+        status[e, plain & ~estimated] = FitStatus.NOT_CONVERGED
+        separated |= result.diverged
 
         penalised = np.flatnonzero(separated)
         if firth:
