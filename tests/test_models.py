@@ -192,3 +192,30 @@ def test_all_models_invariant_to_chunk_size(small_study: SimulatedStudy, client,
     for statistic in ("beta", "se", "p", "q"):
         a, b = small[statistic].to_numpy(float), large[statistic].to_numpy(float)
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(b)))
+
+
+def test_joint_p_of_abundance_and_presence_as_maaslin3(small_study: SimulatedStudy, client, tmp_path) -> None:
+    """joint_results: Beta(1, 2) CDF at the smaller p (the other p where one part has none), BH per family."""
+    import scipy.stats
+    from statsmodels.stats.multitest import multipletests
+
+    plan = tmp_path / "plan.yaml"
+    text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "species.tsv")
+    plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [lm_nonzero, prevalence]").replace("cluster: household\n", ""))
+    results = run_study(plan, tmp_path / "out", client=client).results
+    joint = pd.read_parquet(tmp_path / "out" / "joint_results.parquet")
+    keys = ["layer", "feature", "exposure", "adjustment"]
+    parts = {m: results[results["model"] == m].set_index(keys) for m in ("lm_nonzero", "prevalence")}
+    assert len(joint) == len(parts["prevalence"])
+    indexed = joint.set_index(keys)
+    p_abundance = parts["lm_nonzero"].loc[indexed.index, "p"].to_numpy(dtype=float, na_value=np.nan)
+    p_presence = parts["prevalence"].loc[indexed.index, "p"].to_numpy(dtype=float, na_value=np.nan)
+    both = ~np.isnan(p_abundance) & ~np.isnan(p_presence)
+    expected = scipy.stats.beta(1, 2).cdf(np.minimum(p_abundance, p_presence))
+    np.testing.assert_allclose(indexed["p_joint"].to_numpy()[both], expected[both], rtol=1e-12)
+    only_presence = np.isnan(p_abundance) & ~np.isnan(p_presence)
+    assert only_presence.any()  # rare species: no abundance model, a presence one
+    np.testing.assert_array_equal(indexed["p_joint"].to_numpy()[only_presence], p_presence[only_presence])
+    for _, family in joint.groupby(["layer", "exposure", "adjustment"]):
+        defined = family["p_joint"].notna()
+        np.testing.assert_allclose(family.loc[defined, "q_joint"], multipletests(family.loc[defined, "p_joint"], method="fdr_bh")[1], rtol=1e-12)

@@ -43,7 +43,7 @@ from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table
-from scalable_assoc.results.summary import adjustment_summary, survival_readout
+from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
 from scalable_assoc.stats.transforms import needs_sample_summary, select_features
 
 #: Output files, removed before a run writes new ones so that a failed run never
@@ -56,6 +56,8 @@ OUTPUT_FILES = (
     "adjustment_summary.tsv",
     "adjustment_survival.tsv",
     "features.parquet",
+    "joint_results.parquet",
+    "joint_results.tsv",
 )
 WORK_DIR = ".scalable_assoc"
 
@@ -393,6 +395,10 @@ def run_study(
     write_tsv(out / "adjustment_summary.tsv", summary)
     write_tsv(out / "adjustment_survival.tsv", survival)
     write_parquet(out / "features.parquet", _feature_table(study, filters))
+    if all(any(model in layer.spec.models for layer in study.layers) for model in ("lm_nonzero", "prevalence")):
+        joint = joint_presence_abundance(results, plan.fdr.by)
+        write_parquet(out / "joint_results.parquet", joint)
+        write_tsv(out / "joint_results.tsv", joint)
     timings["gather"] = time.perf_counter() - phase
     timings["total"] = time.perf_counter() - started
     manifest = _manifest(study, filters, len(tasks), len(done), timings, client_info, chunk_features, intersect_samples)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
+
 
 def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], alpha: float) -> pd.DataFrame:
     """One row per layer x feature x exposure x model, one column group per adjustment set.
@@ -53,3 +55,42 @@ def survival_readout(summary: pd.DataFrame, adjustment_order: Sequence[str]) -> 
             total = int(significant_base.sum())
             rows.append((layer, exposure, model, adjustment, total, kept, 100.0 * kept / total if total else np.nan))
     return pd.DataFrame(rows, columns=["layer", "exposure", "model", "adjustment", "significant_base", "still_significant", "percent"])
+
+
+#: The two parts of MaAsLin3's zero-aware model that a joint p-value combines.
+JOINT_MODELS = ("lm_nonzero", "prevalence")
+
+
+def joint_presence_abundance(results: pd.DataFrame, fdr_by: Sequence[str]) -> pd.DataFrame:
+    """Per layer x feature x exposure x adjustment: one p-value for "any association", as MaAsLin3 reports it.
+
+    ``p_joint`` is the Beta(1, 2) distribution function at the smaller of the
+    abundance (``lm_nonzero``) and presence (``prevalence``) p-values,
+    ``1 - (1 - min(p))^2``: the chance, under no association in either part and
+    independent tests, that the smaller of two p-values is this small. Where one
+    part has no estimate, ``p_joint`` is the other's p. ``q_joint`` is BH within
+    the plan's ``fdr.by`` families (without ``model``). Empty when a layer lacks either model.
+    """
+    keys = ["layer", "feature", "exposure", "adjustment"]
+    parts = {model: results[results["model"] == model].set_index(keys) for model in JOINT_MODELS}
+    abundance, presence = parts["lm_nonzero"], parts["prevalence"]
+    both = abundance.index.intersection(presence.index, sort=False)
+    columns = [*keys, "beta_abundance", "p_abundance", "beta_prevalence", "p_prevalence", "p_joint", "q_joint"]
+    if not len(both):
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(index=both)
+    frame["beta_abundance"] = abundance.loc[both, "beta"].to_numpy(dtype=np.float64, na_value=np.nan)
+    frame["p_abundance"] = abundance.loc[both, "p"].to_numpy(dtype=np.float64, na_value=np.nan)
+    frame["beta_prevalence"] = presence.loc[both, "beta"].to_numpy(dtype=np.float64, na_value=np.nan)
+    frame["p_prevalence"] = presence.loc[both, "p"].to_numpy(dtype=np.float64, na_value=np.nan)
+    smaller = np.fmin(frame["p_abundance"].to_numpy(), frame["p_prevalence"].to_numpy())  # NaN only where both are
+    with np.errstate(invalid="ignore"):
+        joint = 1.0 - (1.0 - smaller) ** 2
+    one_part = frame["p_abundance"].isna().to_numpy() ^ frame["p_prevalence"].isna().to_numpy()
+    frame["p_joint"] = np.where(one_part, smaller, joint)
+    frame = frame.reset_index()
+    family_columns = [c for c in fdr_by if c in keys]
+    family = frame.groupby(family_columns, sort=False).ngroup().to_numpy() if family_columns else np.zeros(len(frame), dtype=np.int64)
+    frame["q_joint"] = benjamini_hochberg_grouped(frame["p_joint"].to_numpy(), family)
+    frame.loc[frame["p_joint"].isna(), "q_joint"] = np.nan
+    return frame[columns]
