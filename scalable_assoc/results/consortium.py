@@ -59,6 +59,21 @@ def _remove(out_dir: Path, names: Sequence[str]) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
+def _begin(
+    cohorts: Sequence[CohortFile], min_cohorts: int, allow_mismatch: bool, out_dir: str | Path, outputs: Sequence[str]
+) -> tuple[list[CohortFile], list[str], Path]:
+    """Check the arguments and the cohorts' compatibility, then remove earlier outputs (none may outlive a failure)."""
+    if min_cohorts < 1:
+        raise UserInputError(f"--min-cohorts must be at least 1, got {min_cohorts}")
+    cohorts = list(cohorts)
+    if not cohorts:
+        raise UserInputError("give at least one summary-statistics file")
+    warnings = check_compatible(cohorts, allow_mismatch)
+    out = Path(out_dir)
+    _remove(out, outputs)
+    return cohorts, warnings, out
+
+
 def _with_harmonised_features(frame: pd.DataFrame, cohort: CohortFile, mapping: dict[str, str] | None, keys: Sequence[str]) -> pd.DataFrame:
     """Replace ``feature`` by its matching key; refuse two spellings of one cohort that become the same feature."""
     original = frame["feature"].astype(str)
@@ -150,14 +165,7 @@ def meta_analyse(
     """
     if method not in METHODS:
         raise UserInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
-    if min_cohorts < 1:
-        raise UserInputError(f"--min-cohorts must be at least 1, got {min_cohorts}")
-    cohorts = list(cohorts)
-    if not cohorts:
-        raise UserInputError("give at least one summary-statistics file")
-    warnings = check_compatible(cohorts, allow_mismatch)
-    out = Path(out_dir)
-    _remove(out, META_FILES)
+    cohorts, warnings, out = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, META_FILES)
     frames = []
     for cohort in cohorts:
         frame = _with_harmonised_features(cohort.summary(), cohort, mapping, KEY_COLUMNS)
@@ -240,14 +248,7 @@ def pool_cohorts(
     data with cohort indicators (categorical covariates share one reference
     level across cohorts: the first in sorted order).
     """
-    if min_cohorts < 1:
-        raise UserInputError(f"--min-cohorts must be at least 1, got {min_cohorts}")
-    cohorts = list(cohorts)
-    if not cohorts:
-        raise UserInputError("give at least one summary-statistics file")
-    warnings = check_compatible(cohorts, allow_mismatch)
-    out = Path(out_dir)
-    _remove(out, POOL_FILES)
+    cohorts, warnings, out = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, POOL_FILES)
     frames = [_stack_sufficient(c, mapping) for c in cohorts]
     coverage, coverage_warnings = _coverage(frames, cohorts, log)
     warnings += coverage_warnings
