@@ -103,3 +103,31 @@ def test_rank_deficient_design_gets_a_status_naming_the_covariates(tmp_path, cli
     status = collinear["status"].iloc[0]
     assert status.startswith("rank-deficient design") and "'bmi_doubled'" in status and "'bmi'" in status
     assert (results.loc[results["adjustment"] == "base", "status"] == "ok").all()
+
+
+def test_store_written_block_by_block_equals_the_whole_table_store(tmp_path) -> None:
+    """write_store_blocks (one chunk in memory: streaming writers, the benchmark's large stores) = write_store."""
+    from scalable_assoc.io.store import read_block, write_store, write_store_blocks
+    from scalable_assoc.io.tables import AbundanceTable
+
+    rng = np.random.default_rng(5)
+    values = np.where(rng.random((40, 23)) < 0.3, 0.0, rng.gamma(1.0, 1.0, (40, 23)))
+    values[3, 4] = np.nan
+    table = AbundanceTable(tuple(f"S{i}" for i in range(40)), tuple(f"F{j}" for j in range(23)), values, tmp_path / "table.tsv")
+    whole = write_store(tmp_path / "whole.zarr", table, "abc", chunk_features=5)
+    calls = []
+
+    def block(start: int, stop: int) -> np.ndarray:
+        calls.append((start, stop))
+        return values[:, start:stop]
+
+    streamed = write_store_blocks(tmp_path / "streamed.zarr", table.sample_ids, table.feature_ids, block, str(table.source), "abc", 5)
+    assert calls == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    for field in ("sample_ids", "feature_ids", "chunk_features", "source_sha256"):
+        assert getattr(streamed, field) == getattr(whole, field)
+    np.testing.assert_array_equal(read_block(streamed.path, 0, 23), read_block(whole.path, 0, 23))
+    for start, stop in whole.block_bounds():
+        expected, actual = whole.stored_feature_summary(start, stop), streamed.stored_feature_summary(start, stop)
+        assert expected is not None and actual is not None
+        np.testing.assert_array_equal(actual.nonzero, expected.nonzero)
+        np.testing.assert_array_equal(actual.min_positive, expected.min_positive)

@@ -18,6 +18,7 @@ is never mistaken for a complete one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -92,7 +93,27 @@ def read_block(path: Path, start: int, stop: int, sample_positions: np.ndarray |
 
 def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_features: int | None = None) -> AbundanceStore:
     """Write ``table`` as a feature-chunked, checksummed Zarr v3 store (atomically)."""
-    n_samples, n_features = table.values.shape
+    return write_store_blocks(
+        path, table.sample_ids, table.feature_ids, lambda start, stop: table.values[:, start:stop], str(table.source), source_sha256, chunk_features
+    )
+
+
+def write_store_blocks(
+    path: Path,
+    sample_ids: Sequence[str],
+    feature_ids: Sequence[str],
+    block: Callable[[int, int], np.ndarray],
+    source: str,
+    source_sha256: str,
+    chunk_features: int | None = None,
+) -> AbundanceStore:
+    """Write a store whose values come one chunk at a time: ``block(start, stop)`` -> ``(n_samples, stop - start)``.
+
+    Only one chunk is in memory at once, so a table larger than memory can be
+    written from a generator or a streaming reader. Writes are whole chunks
+    (never two writers on one chunk) into a temporary folder renamed at the end.
+    """
+    n_samples, n_features = len(sample_ids), len(feature_ids)
     chunk = chunk_features or default_chunk_features(n_samples, n_features)
     chunk = int(max(1, min(chunk, n_features)))
 
@@ -101,9 +122,9 @@ def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_fea
         group.attrs.update(
             {
                 "format_version": STORE_FORMAT_VERSION,
-                "sample_ids": list(table.sample_ids),
-                "feature_ids": list(table.feature_ids),
-                "source": str(table.source),
+                "sample_ids": list(sample_ids),
+                "feature_ids": list(feature_ids),
+                "source": source,
                 "source_sha256": source_sha256,
             }
         )
@@ -116,11 +137,13 @@ def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_fea
             compressors=[ZstdCodec(level=3), Crc32cCodec()],
         )
         summaries = {name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)}
-        # One write per whole chunk: writes aligned to chunks never share one.
         for start in range(0, n_features, chunk):
             stop = min(start + chunk, n_features)
-            array[:, start:stop] = table.values[:, start:stop]
-            summary = feature_summary(table.values[:, start:stop])
+            values = np.asarray(block(start, stop), dtype=np.float64)
+            if values.shape != (n_samples, stop - start):
+                raise ValueError(f"block({start}, {stop}) has shape {values.shape}, expected {(n_samples, stop - start)}")
+            array[:, start:stop] = values
+            summary = feature_summary(values)
             summaries["feature_nonzero"][start:stop] = summary.nonzero
             summaries["feature_observed"][start:stop] = summary.observed
             summaries["feature_min_positive"][start:stop] = summary.min_positive
