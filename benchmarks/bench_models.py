@@ -12,7 +12,7 @@ one BLAS thread for both sides:
 
 Prints the times and ratios and writes ``benchmarks/results/<date>-<host>-models.json``.
 
-    python benchmarks/bench_models.py [--participants 7656] [--species 400] [--sample 100]
+    python benchmarks/bench_models.py [--participants 7656] [--species 400] [--sample 100] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--participants", type=int, default=7656)
     parser.add_argument("--species", type=int, default=400)
     parser.add_argument("--sample", type=int, default=100, help="reference regressions to time per model (MixedLM: a tenth)")
+    parser.add_argument("--out", type=Path, help="write the JSON here (default benchmarks/results/<date>-<host>-models.json)")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="bench-models-"))
@@ -179,8 +180,8 @@ def main() -> None:
         "shape": {"participants": args.participants, "families": simulated.n_families, "features": views["transformed"].shape[1], "analyses": len(layer.analyses)},
         "models": report,
     }
-    out = Path(__file__).parent / "results" / f"{date.today().isoformat()}-{socket.gethostname()}-models.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out or Path(__file__).parent / "results" / f"{date.today().isoformat()}-{socket.gethostname()}-models.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
