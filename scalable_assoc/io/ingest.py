@@ -6,8 +6,8 @@ from pathlib import Path
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import file_checksum
-from scalable_assoc.io.store import AbundanceStore, open_store, write_store
-from scalable_assoc.io.tables import detect_format, read_abundance_table
+from scalable_assoc.io.store import AbundanceStore, open_store, write_table_stream
+from scalable_assoc.io.tables import detect_format, stream_abundance_table
 
 
 def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None) -> AbundanceStore:
@@ -15,8 +15,7 @@ def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str =
     if not source.exists():
         raise DataError(f"abundance file {source} does not exist")
     checksum = file_checksum(source)
-    table = read_abundance_table(source, fmt, rank)
-    return write_store(destination, table, checksum, chunk_features)
+    return write_table_stream(destination, stream_abundance_table(source, fmt, rank), checksum, chunk_features)
 
 
 def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None) -> tuple[AbundanceStore, str]:
@@ -42,5 +41,4 @@ def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, 
     destination = cache_dir / f"{layer}-{checksum[:16]}-{rank}-c{chunk_features or 'auto'}.zarr"
     if (destination / "zarr.json").is_file():
         return open_store(destination), checksum
-    table = read_abundance_table(source, resolved, rank)
-    return write_store(destination, table, checksum, chunk_features), checksum
+    return write_table_stream(destination, stream_abundance_table(source, resolved, rank), checksum, chunk_features), checksum

@@ -29,7 +29,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_atomically
-from scalable_assoc.io.tables import AbundanceTable
+from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.stats.transforms import FeatureSummary, feature_summary
 
 SUMMARY_ARRAYS = ("feature_nonzero", "feature_observed", "feature_min_positive")
@@ -96,6 +96,22 @@ def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_fea
     return write_store_blocks(
         path, table.sample_ids, table.feature_ids, lambda start, stop: table.values[:, start:stop], str(table.source), source_sha256, chunk_features
     )
+
+
+def write_table_stream(path: Path, stream: TableStream, source_sha256: str, chunk_features: int | None = None) -> AbundanceStore:
+    """Write a :class:`TableStream` as a store, holding about one chunk of it in memory at a time."""
+    n_samples, n_features = len(stream.sample_ids), len(stream.feature_ids)
+    chunk = int(max(1, min(chunk_features or default_chunk_features(n_samples, n_features), n_features)))
+    blocks = stream.blocks(chunk)
+
+    def next_block(start: int, stop: int) -> np.ndarray:
+        # write_store_blocks asks for the chunks in order, which is the order the stream yields them
+        try:
+            return next(blocks)
+        except StopIteration:
+            raise ValueError(f"{stream.source}: the table ended before feature {start}") from None
+
+    return write_store_blocks(path, stream.sample_ids, stream.feature_ids, next_block, str(stream.source), source_sha256, chunk)
 
 
 def write_store_blocks(

@@ -13,12 +13,14 @@ import csv
 import gzip
 import io
 import lzma
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.plan.schema import RANK_PREFIXES
@@ -37,6 +39,39 @@ class AbundanceTable:
     feature_ids: tuple[str, ...]
     values: np.ndarray
     source: Path
+
+
+@dataclass(frozen=True)
+class TableStream:
+    """An abundance table read a block of features at a time, never whole.
+
+    ``blocks(width)`` yields ``(n_samples, width)`` float64 arrays (the last may
+    be narrower) covering ``feature_ids`` in order; values are validated as they
+    are read, so a bad cell raises :class:`DataError` part-way through.
+    """
+
+    sample_ids: tuple[str, ...]
+    feature_ids: tuple[str, ...]
+    blocks: Callable[[int], Iterator[np.ndarray]]
+    source: Path
+
+
+def _rebatch(pieces: Iterator[np.ndarray], width: int) -> Iterator[np.ndarray]:
+    """Regroup ``(n, k_i)`` pieces into ``(n, width)`` blocks (the last narrower), holding at most one block plus one piece."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for piece in pieces:
+        if piece.shape[1] == 0:
+            continue
+        pending.append(piece)
+        count += piece.shape[1]
+        while count >= width:
+            joined = np.hstack(pending) if len(pending) > 1 else pending[0]
+            yield np.ascontiguousarray(joined[:, :width])
+            rest = joined[:, width:]
+            pending, count = ([rest] if rest.shape[1] else []), rest.shape[1]
+    if count:
+        yield np.ascontiguousarray(np.hstack(pending))
 
 
 #: Compression pandas recognises from the file name, and how to open it for a peek at the header.
@@ -327,6 +362,105 @@ def read_wide(path: Path, sample_id_column: str | None = None) -> AbundanceTable
     values = validated_values(path, frame, samples_are_rows=True)
     return AbundanceTable(
         sample_ids=tuple(frame.index), feature_ids=tuple(frame.columns), values=values, source=path
+    )
+
+
+def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512) -> TableStream:
+    """A MetaPhlAn merged table as a :class:`TableStream`: features are its rows, so blocks come straight from row chunks.
+
+    The clade column is read first (to know the features of ``rank`` and check
+    their IDs); values are then read ``rows_per_read`` rows at a time. Same
+    checks and feature IDs as :func:`read_metaphlan`.
+    """
+    prefix = RANK_PREFIXES[rank]
+    skipped = _comment_lines(path)
+    header = raw_header(path, len(skipped))
+    sample_ids = pd.Index([c for c in header[1:] if c not in METAPHLAN_TAXID_COLUMNS])
+    _check_ids(path, "sample", sample_ids)
+    check_row_lengths(path, len(skipped), "clade")
+    if len(header) < 2:
+        raise DataError(f"{path}: a MetaPhlAn table needs a clade column and at least one sample column; found {len(header)} column(s)")
+    separator = table_separator(path)
+    try:
+        clades = pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, usecols=[0], dtype=str).iloc[:, 0].astype(str)
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {_one_line(error)}") from None
+    last = clades.str.rsplit("|", n=1).str[-1]
+    keep = last.str.startswith(prefix).to_numpy()
+    if not keep.any():
+        raise DataError(f"{path}: no '{prefix}' ({rank}) rows in this MetaPhlAn table; check 'rank' in the plan")
+    feature_ids = pd.Index(last[keep])
+    _check_ids(path, "feature", feature_ids)
+    row_ids = last.to_numpy()
+
+    def pieces() -> Iterator[np.ndarray]:
+        offset = 0
+        try:
+            with pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, dtype={0: str}, chunksize=rows_per_read) as reader:
+                for frame in reader:
+                    rows = slice(offset, offset + len(frame))
+                    offset += len(frame)
+                    chosen = keep[rows]
+                    if not chosen.any():
+                        continue
+                    selected = frame.loc[chosen].drop(columns=[frame.columns[0], *[c for c in frame.columns[1:] if c in METAPHLAN_TAXID_COLUMNS]])
+                    selected.index = pd.Index(row_ids[rows][chosen])
+                    yield validated_values(path, selected, samples_are_rows=False).T
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {_one_line(error)}") from None
+
+    return TableStream(tuple(str(s) for s in sample_ids), tuple(str(f) for f in feature_ids), lambda width: _rebatch(pieces(), width), path)
+
+
+def stream_parquet(path: Path) -> TableStream:
+    """A Parquet table with samples as rows as a :class:`TableStream`, read a block of feature columns at a time.
+
+    The sample IDs are the pandas index stored with the file, else the first
+    column, as in :func:`read_wide`; same checks.
+    """
+    try:
+        handle = pq.ParquetFile(path)
+        schema = handle.schema_arrow
+        index_columns = [c for c in ((schema.pandas_metadata or {}).get("index_columns") or []) if isinstance(c, str)]
+        id_column = index_columns[0] if index_columns else schema.names[0]
+        ids = handle.read(columns=[id_column]).column(0).to_pandas()
+    except (OSError, ValueError, IndexError) as error:
+        raise DataError(f"{path}: cannot be read as a table with samples as rows: {_one_line(error)}") from None
+    feature_names = [name for name in schema.names if name != id_column and name not in index_columns]
+    if not feature_names:
+        raise DataError(f"{path}: no feature columns after the sample ID column")
+    if len(ids) == 0:
+        raise DataError(f"{path}: the table has a header but no sample rows")
+    sample_index = pd.Index(ids.map(lambda v: v if pd.isna(v) else str(v)))
+    _check_sample_id_column(path, sample_index, id_column if not index_columns else None)
+    _check_ids(path, "sample", sample_index)
+    _check_ids(path, "feature", pd.Index(feature_names))
+
+    def blocks(width: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(feature_names), width):
+            names = feature_names[start : start + width]
+            try:
+                frame = handle.read(columns=names).to_pandas()
+            except (OSError, ValueError) as error:
+                raise DataError(f"{path}: cannot read columns {names[0]}..{names[-1]}: {_one_line(error)}") from None
+            frame.index = sample_index
+            yield validated_values(path, frame, samples_are_rows=True)
+
+    return TableStream(tuple(sample_index), tuple(str(n) for n in feature_names), blocks, path)
+
+
+def stream_abundance_table(path: Path, fmt: str = "auto", rank: str = "species") -> TableStream:
+    """Any supported table as a :class:`TableStream`: MetaPhlAn and Parquet block by block; a wide TSV/CSV is read whole."""
+    if not path.exists():
+        raise DataError(f"abundance file {path} does not exist")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt == "metaphlan":
+        return stream_metaphlan(path, rank)
+    if fmt == "parquet" or (fmt == "wide" and _table_suffix(path) in (".parquet", ".pq")):
+        return stream_parquet(path)
+    table = read_abundance_table(path, fmt, rank)
+    return TableStream(
+        table.sample_ids, table.feature_ids, lambda width: (table.values[:, s : s + width] for s in range(0, table.values.shape[1], width)), path
     )
 
 
