@@ -163,3 +163,31 @@ def test_metaphlan_and_parquet_are_ingested_a_block_at_a_time(tmp_path, small_st
         write_table_stream(tmp_path / "bad.zarr", stream_metaphlan(bad, "species", rows_per_read=7), "x", chunk_features=9)
     assert not (tmp_path / "bad.zarr").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.zarr")]
+
+
+def test_tsv_outputs_read_back_exactly_in_pandas_and_r(tmp_path) -> None:
+    """Full-precision numbers, NA for missing, TRUE/FALSE booleans (logical in R), quoted text only where needed."""
+    import shutil
+    import subprocess
+
+    from scalable_assoc.io.atomic import write_tsv
+
+    frame = pd.DataFrame(
+        {
+            "feature": ["s__A", None, "s__C"],
+            "beta": [0.1 + 0.2, np.nan, -1e-300],
+            "n": pd.array([10, None, 3], dtype="Int64"),
+            "significant": [True, False, True],
+        }
+    )
+    write_tsv(tmp_path / "out.tsv", frame)
+    back = pd.read_csv(tmp_path / "out.tsv", sep="\t")
+    assert back["beta"].iloc[0] == 0.1 + 0.2 and back["beta"].iloc[2] == -1e-300 and np.isnan(back["beta"].iloc[1])
+    assert back["significant"].dtype == bool and back["significant"].tolist() == [True, False, True]
+    assert back["feature"].isna().tolist() == [False, True, False]
+    write_tsv(tmp_path / "tab.tsv", frame.assign(feature=["a\tb", "c", "d"]))
+    assert pd.read_csv(tmp_path / "tab.tsv", sep="\t")["feature"].tolist() == ["a\tb", "c", "d"]
+    if shutil.which("Rscript"):
+        script = f'x <- read.delim("{tmp_path / "out.tsv"}"); cat(class(x$significant), class(x$beta), sum(is.na(x$n)))'
+        printed = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, check=True).stdout
+        assert printed == "logical numeric 1"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 
@@ -49,8 +50,26 @@ def write_parquet(path: Path, frame: pd.DataFrame | pa.Table) -> Path:
 
 
 def write_tsv(path: Path, frame: pd.DataFrame) -> Path:
-    """Write a tab-separated table atomically; missing values as ``NA`` (read as missing by R and pandas)."""
-    return write_atomically(path, lambda tmp: frame.to_csv(tmp, sep="\t", index=False, na_rep="NA", float_format="%.10g"))
+    """Write a tab-separated table atomically; missing values as ``NA`` (read as missing by R and pandas).
+
+    Written by Arrow's CSV writer: several times faster than pandas on the
+    client (a run's results table has one row per regression) and numbers keep
+    their full precision (shortest round-trip form). Text that would need
+    quoting (a tab or newline inside a name) falls back to pandas, which quotes it.
+    """
+
+    # TRUE/FALSE: the spelling R's read.delim turns into logicals (and pandas into bools).
+    booleans = [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c].dtype)]
+    shown = frame.assign(**{c: frame[c].map({True: "TRUE", False: "FALSE"}) for c in booleans}) if booleans else frame
+
+    def writer(temporary: Path) -> None:
+        try:
+            table = pa.Table.from_pandas(shown, preserve_index=False)
+            pa_csv.write_csv(table, temporary, pa_csv.WriteOptions(delimiter="\t", null_string="NA", quoting_style="none", quoting_header="none"))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            shown.to_csv(temporary, sep="\t", index=False, na_rep="NA")
+
+    return write_atomically(path, writer)
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
