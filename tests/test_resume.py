@@ -112,7 +112,10 @@ def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Clie
         path.unlink()
     (out / "results.parquet").unlink()
 
-    again = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
+    messages: list[str] = []
+    again = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=messages.append)
+    # The filter and per-sample sums come from the first run's work folder, not a new pass over the data.
+    assert sum("reused from an earlier pass" in m for m in messages) == 3
     assert again.chunks_total == first.chunks_total
     assert again.chunks_reused == first.chunks_total - len(deleted)
     manifest = json.loads((out / "manifest.json").read_text())

@@ -39,7 +39,7 @@ from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
 from scalable_assoc.engine.tasks import MODEL_VIEWS, block_view, factorise, fit_chunk, hold, sum_block, summarise_block
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
+from scalable_assoc.io.atomic import write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table
@@ -100,15 +100,81 @@ def _layer_token(study: PreparedStudy, layer: LayerWork) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, distributed.Future]) -> dict[str, _LayerFilter]:
-    """Prevalence filter, pseudocount and per-sample sums of every layer (two reductions over all blocks).
+def _filter_path(folder: Path, study: PreparedStudy, layer: LayerWork) -> Path:
+    # The samples used are part of the name too: --intersect-samples changes them, not the plan.
+    samples = hashlib.sha256(np.ascontiguousarray(layer.sample_positions, dtype=np.int64).tobytes()).hexdigest()[:12]
+    return folder / f"filter-{_layer_token(study, layer)}-{samples}.npz"
+
+
+def _save_filter(path: Path, layer_filter: _LayerFilter) -> None:
+    arrays = {
+        "kept": np.concatenate(layer_filter.kept),
+        "pseudocount": np.array(layer_filter.pseudocount),
+        "nonzero": layer_filter.nonzero,
+        "observed": layer_filter.observed,
+    }
+    for which in ("sample_totals", "nonzero_totals"):
+        value = getattr(layer_filter, which)
+        if value is not None:
+            arrays[f"{which}_0"], arrays[f"{which}_1"] = value
+    write_npz(path, arrays)
+
+
+def _load_filter(path: Path, layer: LayerWork) -> _LayerFilter:
+    with np.load(path, allow_pickle=False) as data:
+        bounds = layer.store.block_bounds()
+        kept = [data["kept"][start:stop].copy() for start, stop in bounds]
+        ids = layer.store.feature_ids
+        totals = {
+            which: (data[f"{which}_0"], data[f"{which}_1"]) if f"{which}_0" in data.files else None for which in ("sample_totals", "nonzero_totals")
+        }
+        return _LayerFilter(
+            kept,
+            float(data["pseudocount"]),
+            layer.store.n_features,
+            int(data["kept"].sum()),
+            sample_totals=totals["sample_totals"],
+            nonzero_totals=totals["nonzero_totals"],
+            kept_ids=[tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept, strict=True)],
+            nonzero=data["nonzero"],
+            observed=data["observed"],
+        )
+
+
+def filter_layers(
+    client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], folder: Path, log: Callable[[str], None] = _stderr
+) -> dict[str, _LayerFilter]:
+    """:func:`_filter_layers`, kept in ``folder`` so that a resumed run or a later export does not pass over the data again.
+
+    The file name holds the layer token (plan, inputs, layer, chunking), so a
+    changed plan or input never finds an old filter.
+    """
+    filters: dict[str, _LayerFilter] = {}
+    missing = []
+    for layer in study.layers:
+        path = _filter_path(folder, study, layer)
+        if path.is_file():
+            filters[layer.spec.name] = _load_filter(path, layer)
+            log(f"  layer '{layer.spec.name}': filter and per-sample sums reused from an earlier pass")
+        else:
+            missing.append(layer)
+    if missing:
+        computed = _filter_layers(client, study, positions, missing)
+        for layer in missing:
+            _save_filter(_filter_path(folder, study, layer), computed[layer.spec.name])
+        filters.update(computed)
+    return filters
+
+
+def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], layers: list[LayerWork]) -> dict[str, _LayerFilter]:
+    """Prevalence filter, pseudocount and per-sample sums of ``layers`` (two reductions over all their blocks).
 
     All layers' blocks are submitted together so the workers never wait on the
     client between layers.
     """
     all_summaries: dict[str, list] = {}
     summary_futures = {}
-    for layer in study.layers:
+    for layer in layers:
         bounds = layer.store.block_bounds()
         # A run on all samples of a store uses the counts stored with it: no pass over the data.
         if np.array_equal(layer.sample_positions, np.arange(layer.store.n_samples)):
@@ -123,7 +189,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
     all_summaries.update(client.gather(summary_futures))
     filters: dict[str, _LayerFilter] = {}
     sum_futures: dict[tuple[str, str], list[distributed.Future]] = {}
-    for layer in study.layers:
+    for layer in layers:
         name = layer.spec.name
         summaries = all_summaries[name]
         preprocess = layer.spec.preprocess
@@ -342,7 +408,7 @@ def run_study(
     def execute(active: Client) -> tuple[dict[str, _LayerFilter], dict]:
         phase = time.perf_counter()
         positions = {layer.spec.name: _put(active, layer.sample_positions, "samples") for layer in study.layers}
-        filters = _filter_layers(active, study, positions)
+        filters = filter_layers(active, study, positions, work / "filters", log)
         timings["filter"] = time.perf_counter() - phase
         shared = _SharedDesigns(active, work / "designs")
         fit_futures = []

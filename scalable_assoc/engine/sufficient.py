@@ -20,7 +20,7 @@ from distributed import Client, as_completed
 
 from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
-from scalable_assoc.engine.run import WORK_DIR, _filter_layers, _layer_token, _put, _stderr
+from scalable_assoc.engine.run import WORK_DIR, _layer_token, _put, _stderr, filter_layers
 from scalable_assoc.engine.tasks import block_view
 from scalable_assoc.errors import DataError
 from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
@@ -84,7 +84,7 @@ def sufficient_statistics(
 
     def execute(active: Client) -> pa.Table:
         positions = {layer.spec.name: _put(active, layer.sample_positions, "samples") for layer in study.layers}
-        filters = _filter_layers(active, study, positions)
+        filters = filter_layers(active, study, positions, work / "filters", log)
         futures = []
         for layer in study.layers:
             analyses = [a for a in layer.analyses if a.key.model == "lm"]
