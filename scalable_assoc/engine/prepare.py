@@ -245,10 +245,12 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]
     tasks = []
     for layer in study.layers:
         batches = batch_analyses(layer.analyses, analyses_per_task)
+        # The samples used belong in the id: --intersect-samples changes them without changing the plan.
+        samples = hashlib.sha256(np.ascontiguousarray(layer.sample_positions, dtype=np.int64).tobytes()).hexdigest()[:12]
         for block_index, (start, stop) in enumerate(layer.store.block_bounds()):
             for batch in batches:
                 text = "\x1f".join(
-                    [study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, str(start), str(stop)]
+                    [study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, samples, str(start), str(stop)]
                     + [a.key.analysis_id for a in batch]
                 )
                 chunk_id = hashlib.sha256(text.encode()).hexdigest()[:24]
