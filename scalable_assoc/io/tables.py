@@ -253,45 +253,6 @@ def validated_values(path: Path, frame: pd.DataFrame, samples_are_rows: bool) ->
     return values
 
 
-def read_metaphlan(path: Path, rank: str = "species") -> AbundanceTable:
-    """Read a MetaPhlAn merged table, keeping the rows of one rank.
-
-    A row belongs to a rank when the last component of its clade name carries
-    that rank's prefix (``s__`` for species). Feature IDs are that last
-    component (``s__Ruminococcus_bromii``), as MetaPhlAn prints it.
-    """
-    prefix = RANK_PREFIXES[rank]
-    skipped = _comment_lines(path)
-    header = raw_header(path, len(skipped))
-    # Checked before pandas reads the file: it would rename a repeated sample 'S1' to 'S1.1'.
-    _check_ids(path, "sample", pd.Index([c for c in header[1:] if c not in METAPHLAN_TAXID_COLUMNS]))
-    check_row_lengths(path, len(skipped), "clade")
-    try:
-        frame = pd.read_csv(path, sep=table_separator(path), comment=None, skiprows=skipped, dtype={0: str})
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {_one_line(error)}") from None
-    if frame.shape[1] < 2:
-        raise DataError(f"{path}: a MetaPhlAn table needs a clade column and at least one sample column; found {frame.shape[1]} column(s)")
-    clade_column = frame.columns[0]
-    frame = frame.drop(columns=[c for c in frame.columns[1:] if c in METAPHLAN_TAXID_COLUMNS])
-    clades = frame[clade_column].astype(str)
-    last = clades.str.rsplit("|", n=1).str[-1]
-    keep = last.str.startswith(prefix).to_numpy()
-    if not keep.any():
-        raise DataError(f"{path}: no '{prefix}' ({rank}) rows in this MetaPhlAn table; check 'rank' in the plan")
-    selected = frame.loc[keep].set_index(last[keep])
-    selected = selected.drop(columns=[clade_column])
-    _check_ids(path, "feature", selected.index)
-    _check_ids(path, "sample", selected.columns)
-    values = validated_values(path, selected, samples_are_rows=False)
-    return AbundanceTable(
-        sample_ids=tuple(str(c) for c in selected.columns),
-        feature_ids=tuple(str(i) for i in selected.index),
-        values=np.ascontiguousarray(values.T),
-        source=path,
-    )
-
-
 def _one_line(error: BaseException) -> str:
     """A library error message on one line (pandas parser errors end with a newline)."""
     return " ".join(str(error).split())
@@ -331,22 +292,13 @@ def _check_sample_id_column(path: Path, ids: pd.Index, header: object = None) ->
         )
 
 
-def read_wide(path: Path, sample_id_column: str | None = None) -> AbundanceTable:
-    """Read a wide TSV/CSV or Parquet table with samples as rows, sample IDs in the first column."""
+def read_wide(path: Path) -> AbundanceTable:
+    """Read a wide TSV/CSV table with samples as rows, sample IDs in the first column (Parquet: :func:`stream_parquet`)."""
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-            if sample_id_column and sample_id_column in frame.columns:
-                frame = frame.set_index(sample_id_column)
-            elif not isinstance(frame.index, pd.RangeIndex):
-                pass
-            else:
-                frame = frame.set_index(frame.columns[0])
-        else:
-            # Checked before pandas reads the file: it would rename a repeated feature 'X' to 'X.1'.
-            _check_ids(path, "feature", pd.Index(raw_header(path, 0)[1:]))
-            check_row_lengths(path, 0, "sample")
-            frame = pd.read_csv(path, sep=table_separator(path), index_col=0, dtype={0: str})
+        # Checked before pandas reads the file: it would rename a repeated feature 'X' to 'X.1'.
+        _check_ids(path, "feature", pd.Index(raw_header(path, 0)[1:]))
+        check_row_lengths(path, 0, "sample")
+        frame = pd.read_csv(path, sep=table_separator(path), index_col=0, dtype={0: str})
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
         raise DataError(f"{path}: cannot be read as a table with samples as rows: {_one_line(error)}") from None
     frame.index = frame.index.map(lambda v: v if pd.isna(v) else str(v))
@@ -370,7 +322,8 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
 
     The clade column is read first (to know the features of ``rank`` and check
     their IDs); values are then read ``rows_per_read`` rows at a time. Same
-    checks and feature IDs as :func:`read_metaphlan`.
+    checks and feature IDs (the last lineage part, ``s__Ruminococcus_bromii``) as
+    every reader: duplicate IDs, non-numeric, negative or infinite values.
     """
     prefix = RANK_PREFIXES[rank]
     skipped = _comment_lines(path)
@@ -458,19 +411,17 @@ def stream_abundance_table(path: Path, fmt: str = "auto", rank: str = "species")
         return stream_metaphlan(path, rank)
     if fmt == "parquet" or (fmt == "wide" and _table_suffix(path) in (".parquet", ".pq")):
         return stream_parquet(path)
-    table = read_abundance_table(path, fmt, rank)
+    if fmt != "wide":
+        raise DataError(f"{path}: format {fmt!r} is not a table format")
+    table = read_wide(path)
     return TableStream(
         table.sample_ids, table.feature_ids, lambda width: (table.values[:, s : s + width] for s in range(0, table.values.shape[1], width)), path
     )
 
 
 def read_abundance_table(path: Path, fmt: str = "auto", rank: str = "species") -> AbundanceTable:
-    """Read any supported tabular abundance file (not a Zarr store)."""
-    if not path.exists():
-        raise DataError(f"abundance file {path} does not exist")
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt == "metaphlan":
-        return read_metaphlan(path, rank)
-    if fmt in ("wide", "parquet"):
-        return read_wide(path)
-    raise DataError(f"{path}: format {fmt!r} is not a table format")
+    """Read any supported tabular abundance file (not a Zarr store) whole, into memory."""
+    stream = stream_abundance_table(path, fmt, rank)
+    width = max(1, len(stream.feature_ids))
+    values = np.hstack(list(stream.blocks(width))) if stream.feature_ids else np.zeros((len(stream.sample_ids), 0))
+    return AbundanceTable(stream.sample_ids, stream.feature_ids, values, path)
