@@ -18,7 +18,7 @@ from scalable_assoc.simulate import SimulatedStudy, simulate_study
 
 @pytest.fixture(scope="session")
 def dask_cluster() -> LocalCluster:
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
     yield cluster
     cluster.close()
 
