@@ -155,7 +155,7 @@ def _sumstats(args: argparse.Namespace) -> None:
     if args.sufficient:
         from scalable_assoc.engine.sufficient import sufficient_statistics
 
-        sufficient = sufficient_statistics(args.run_dir, scheduler=args.scheduler, workers=args.workers)
+        sufficient = sufficient_statistics(run, scheduler=args.scheduler, workers=args.workers)
     sidecar = write_sumstats(run, args.cohort, args.out, rules, sufficient)
     withheld = sidecar["withheld"]["summary"]
     print(f"wrote {args.out} ({sidecar['files']['summary']['rows']} rows) and {sidecar_path(args.out)}")

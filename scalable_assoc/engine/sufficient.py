@@ -10,7 +10,6 @@ feature and analysis) and are gathered on the client.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,8 +23,7 @@ from scalable_assoc.engine.run import WORK_DIR, _layer_token, _put, _stderr, fil
 from scalable_assoc.engine.tasks import block_view
 from scalable_assoc.errors import DataError
 from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
-from scalable_assoc.plan.schema import load_plan
-from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, cross_products_table
+from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, RunOutputs, cross_products_table, read_run
 
 
 def sufficient_chunk(layer: str, block: np.ndarray, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]) -> pa.Table:
@@ -45,9 +43,7 @@ def sufficient_chunk(layer: str, block: np.ndarray, feature_ids: tuple[str, ...]
 
 
 def _check_run(run_dir: Path, study: PreparedStudy, manifest: dict) -> None:
-    """The inputs must be those the run used: the cross-products must belong to its results."""
-    if study.plan_hash != manifest.get("plan_hash"):
-        raise DataError(f"{run_dir}: the plan {manifest.get('plan')} changed since this run; run it again before exporting")
+    """The inputs must be those the run used: the cross-products must belong to its results (the plan is checked by read_run)."""
     inputs = manifest.get("inputs", {})
     if inputs.get("metadata", {}).get("sha256") != study.metadata_sha256:
         raise DataError(f"{run_dir}: the metadata file {study.plan.metadata} changed since this run; run it again before exporting")
@@ -58,7 +54,7 @@ def _check_run(run_dir: Path, study: PreparedStudy, manifest: dict) -> None:
 
 
 def sufficient_statistics(
-    run_dir: str | Path,
+    run_dir: str | Path | RunOutputs,
     *,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -69,13 +65,10 @@ def sufficient_statistics(
 
     Re-reads the run's inputs (refusing them if they changed since) on the
     cluster given by ``client`` / ``scheduler``, or on a new local one.
+    ``run_dir`` may be the folder or what :func:`read_run` read from it.
     """
-    run = Path(run_dir).resolve()
-    manifest_path = run / "manifest.json"
-    if not manifest_path.is_file():
-        raise DataError(f"{run}: no manifest.json; is this the output folder of a finished 'scalable-assoc run'?")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    plan = load_plan(manifest["plan"])
+    outputs = run_dir if isinstance(run_dir, RunOutputs) else read_run(Path(run_dir))
+    run, manifest, plan = outputs.run_dir.resolve(), outputs.manifest, outputs.plan
     work = run / WORK_DIR
     study = prepare_study(plan, work / "stores", manifest.get("chunk_features"), manifest.get("intersect_samples", False), log)
     _check_run(run, study, manifest)
