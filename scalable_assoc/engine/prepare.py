@@ -76,6 +76,10 @@ class LayerWork:
     designs: dict[str, DesignInput] = field(default_factory=dict)
     analyses: list[PreparedAnalysis] = field(default_factory=list)
 
+    def samples_digest(self) -> str:
+        """Short hash of the samples used: part of every cached file's name (--intersect-samples changes them, not the plan)."""
+        return hashlib.sha256(np.ascontiguousarray(self.sample_positions, dtype=np.int64).tobytes()).hexdigest()[:12]
+
 
 @dataclass
 class PreparedStudy:
@@ -245,8 +249,7 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]
     tasks = []
     for layer in study.layers:
         batches = batch_analyses(layer.analyses, analyses_per_task)
-        # The samples used belong in the id: --intersect-samples changes them without changing the plan.
-        samples = hashlib.sha256(np.ascontiguousarray(layer.sample_positions, dtype=np.int64).tobytes()).hexdigest()[:12]
+        samples = layer.samples_digest()
         for block_index, (start, stop) in enumerate(layer.store.block_bounds()):
             for batch in batches:
                 text = "\x1f".join(

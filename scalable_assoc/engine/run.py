@@ -100,10 +100,14 @@ def _layer_token(study: PreparedStudy, layer: LayerWork) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _kept_ids(layer: LayerWork, kept: list[np.ndarray]) -> list[tuple[str, ...]]:
+    """Per block, the IDs of the features the filter kept."""
+    ids = layer.store.feature_ids
+    return [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(layer.store.block_bounds(), kept, strict=True)]
+
+
 def _filter_path(folder: Path, study: PreparedStudy, layer: LayerWork) -> Path:
-    # The samples used are part of the name too: --intersect-samples changes them, not the plan.
-    samples = hashlib.sha256(np.ascontiguousarray(layer.sample_positions, dtype=np.int64).tobytes()).hexdigest()[:12]
-    return folder / f"filter-{_layer_token(study, layer)}-{samples}.npz"
+    return folder / f"filter-{_layer_token(study, layer)}-{layer.samples_digest()}.npz"
 
 
 def _save_filter(path: Path, layer_filter: _LayerFilter) -> None:
@@ -124,7 +128,6 @@ def _load_filter(path: Path, layer: LayerWork) -> _LayerFilter:
     with np.load(path, allow_pickle=False) as data:
         bounds = layer.store.block_bounds()
         kept = [data["kept"][start:stop].copy() for start, stop in bounds]
-        ids = layer.store.feature_ids
         totals = {
             which: (data[f"{which}_0"], data[f"{which}_1"]) if f"{which}_0" in data.files else None for which in ("sample_totals", "nonzero_totals")
         }
@@ -135,7 +138,7 @@ def _load_filter(path: Path, layer: LayerWork) -> _LayerFilter:
             int(data["kept"].sum()),
             sample_totals=totals["sample_totals"],
             nonzero_totals=totals["nonzero_totals"],
-            kept_ids=[tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept, strict=True)],
+            kept_ids=_kept_ids(layer, kept),
             nonzero=data["nonzero"],
             observed=data["observed"],
         )
@@ -199,8 +202,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
             raise DataError(f"layer '{name}' ({layer.spec.path}): {error}") from None
         n_kept = int(sum(k.sum() for k in kept))
         bounds = layer.store.block_bounds()
-        ids = layer.store.feature_ids
-        kept_ids = [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(bounds, kept, strict=True)]
+        kept_ids = _kept_ids(layer, kept)
         filters[name] = _LayerFilter(
             kept,
             pseudocount,
