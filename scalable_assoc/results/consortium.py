@@ -25,10 +25,10 @@ from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
 from scalable_assoc.models.fits import STATUS_TEXT, FitStatus
 from scalable_assoc.models.pooled import drop_reference_levels, solve_pooled, unpack_symmetric
+from scalable_assoc.results.gather import family_q
 from scalable_assoc.results.harmonise import coverage_table, harmonised_names
 from scalable_assoc.results.sumstats import CohortFile, check_compatible
 from scalable_assoc.stats.meta import METHODS, MetaFits, combine_estimates, direction_strings, leave_one_out
-from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
 
 KEY_COLUMNS = ("layer", "feature", "exposure", "adjustment", "model")
 META_FILES = ("meta_manifest.json", "meta_results.parquet", "meta_results.tsv", "meta_leave_one_out.parquet", "meta_leave_one_out.tsv", "feature_coverage.tsv")
@@ -107,11 +107,11 @@ def _coverage(frames: list[pd.DataFrame], cohorts: list[CohortFile], log: Callab
     return coverage, warnings
 
 
-def _fdr(frame: pd.DataFrame, by: Sequence[str]) -> pd.Series:
-    family_columns = [c for c in by if c in frame.columns]
-    family = frame.groupby(family_columns, sort=False).ngroup().to_numpy() if family_columns and len(frame) else np.zeros(len(frame), dtype=np.int64)
-    q = benjamini_hochberg_grouped(frame["p"].to_numpy(dtype=np.float64), family)
-    return pd.Series(q, index=frame.index).where(frame["p"].notna())
+def _add_q(results: pd.DataFrame, cohorts: list[CohortFile]) -> list[str]:
+    """Insert ``q`` after ``p``: BH within the families of the cohorts' plan (``fdr.by``); returns those columns."""
+    fdr_by = list(cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"]))
+    results.insert(results.columns.get_loc("p") + 1, "q", family_q(results, fdr_by))
+    return fdr_by
 
 
 @dataclass
@@ -205,8 +205,7 @@ def meta_analyse(
         direction=direction_strings(beta),
         cohorts=[",".join(names_array[row]) for row in present],
     )
-    fdr_by = cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"])
-    results.insert(results.columns.get_loc("p") + 1, "q", _fdr(results, fdr_by))
+    fdr_by = _add_q(results, cohorts)
     results["method"] = method + ("+hksj" if hksj else "")
     write_parquet(out / "meta_results.parquet", results)
     write_tsv(out / "meta_results.tsv", results)
@@ -311,8 +310,7 @@ def pool_cohorts(
     if not pieces:
         raise DataError(f"no feature has cross-products in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to pool (see --min-cohorts)")
     results = pd.concat(pieces, ignore_index=True)
-    fdr_by = cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"])
-    results.insert(results.columns.get_loc("p") + 1, "q", _fdr(results, fdr_by))
+    fdr_by = _add_q(results, cohorts)
     log(f"pooled {len(results)} rows over {len(names)} cohorts")
     write_parquet(out / "pooled_results.parquet", results)
     write_tsv(out / "pooled_results.tsv", results)

@@ -51,11 +51,22 @@ def assemble_results(
     )
     order = np.lexsort((keys["feature"], keys["model"], keys["adjustment"], keys["exposure"], keys["layer"]))
     frame = frame.iloc[order].reset_index(drop=True)
-    family = frame.groupby(list(fdr_by), sort=False).ngroup().to_numpy() if len(frame) else np.zeros(0, dtype=np.int64)
-    p = frame["p"].to_numpy(dtype=np.float64, na_value=np.nan)
-    frame["q"] = pd.array(benjamini_hochberg_grouped(p, family), dtype="Float64")
+    frame["q"] = pd.array(family_q(frame, fdr_by), dtype="Float64")
     frame["q"] = frame["q"].mask(frame["p"].isna())
     return frame[[c.name for c in RESULT_COLUMNS]]
+
+
+def family_q(frame: pd.DataFrame, by: Sequence[str], p_column: str = "p") -> np.ndarray:
+    """Benjamini-Hochberg q-values within families of rows that share the values of ``by``.
+
+    Columns of ``by`` that ``frame`` lacks are ignored (no column: one family).
+    Missing p-values are left out of their family, as R's ``p.adjust`` does, and
+    get NaN. Returns ``(len(frame),)`` float64.
+    """
+    columns = [c for c in by if c in frame.columns]
+    family = frame.groupby(columns, sort=False).ngroup().to_numpy() if columns and len(frame) else np.zeros(len(frame), dtype=np.int64)
+    p = frame[p_column].to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isnan(p), np.nan, benjamini_hochberg_grouped(p, family))
 
 
 def results_table(frame: pd.DataFrame) -> pa.Table:

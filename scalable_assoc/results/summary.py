@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
+from scalable_assoc.results.gather import family_q
 
 
 def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], alpha: float) -> pd.DataFrame:
@@ -89,8 +89,5 @@ def joint_presence_abundance(results: pd.DataFrame, fdr_by: Sequence[str]) -> pd
     one_part = frame["p_abundance"].isna().to_numpy() ^ frame["p_prevalence"].isna().to_numpy()
     frame["p_joint"] = np.where(one_part, smaller, joint)
     frame = frame.reset_index()
-    family_columns = [c for c in fdr_by if c in keys]
-    family = frame.groupby(family_columns, sort=False).ngroup().to_numpy() if family_columns else np.zeros(len(frame), dtype=np.int64)
-    frame["q_joint"] = benjamini_hochberg_grouped(frame["p_joint"].to_numpy(), family)
-    frame.loc[frame["p_joint"].isna(), "q_joint"] = np.nan
+    frame["q_joint"] = family_q(frame, [c for c in fdr_by if c in keys], "p_joint")
     return frame[columns]
