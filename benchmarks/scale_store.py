@@ -39,7 +39,7 @@ def simulated_chunk(seed: int, start: int, n_samples: int, n_features: int) -> n
 def write_simulated_store(path: Path, sample_ids: list[str], n_features: int, seed: int = 0, chunk_features: int | None = None) -> AbundanceStore:
     """Write (or reuse, if one with the same parameters exists) a simulated store at ``path``."""
     n_samples = len(sample_ids)
-    chunk = int(max(1, min(chunk_features or default_chunk_features(n_samples, n_features), n_features)))
+    chunk = default_chunk_features(n_samples, n_features, chunk_features)
     source = f"simulated:seed={seed}:samples={n_samples}:features={n_features}"
     if (path / "zarr.json").is_file():
         attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})

@@ -40,10 +40,10 @@ STORE_FORMAT_VERSION = 1
 TARGET_CHUNK_BYTES = 32 * 2**20
 
 
-def default_chunk_features(n_samples: int, n_features: int) -> int:
-    """Features per chunk so that one chunk is about :data:`TARGET_CHUNK_BYTES`."""
-    by_size = max(1, TARGET_CHUNK_BYTES // (8 * max(n_samples, 1)))
-    return int(max(1, min(n_features, by_size)))
+def default_chunk_features(n_samples: int, n_features: int, requested: int | None = None) -> int:
+    """Features per chunk: ``requested`` if given, else so that one chunk is about :data:`TARGET_CHUNK_BYTES`; 1..n_features."""
+    width = requested or max(1, TARGET_CHUNK_BYTES // (8 * max(n_samples, 1)))
+    return int(max(1, min(n_features, width)))
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_fea
 def write_table_stream(path: Path, stream: TableStream, source_sha256: str, chunk_features: int | None = None) -> AbundanceStore:
     """Write a :class:`TableStream` as a store, holding about one chunk of it in memory at a time."""
     n_samples, n_features = len(stream.sample_ids), len(stream.feature_ids)
-    chunk = int(max(1, min(chunk_features or default_chunk_features(n_samples, n_features), n_features)))
+    chunk = default_chunk_features(n_samples, n_features, chunk_features)
     blocks = stream.blocks(chunk)
 
     def next_block(start: int, stop: int) -> np.ndarray:
@@ -130,8 +130,7 @@ def write_store_blocks(
     (never two writers on one chunk) into a temporary folder renamed at the end.
     """
     n_samples, n_features = len(sample_ids), len(feature_ids)
-    chunk = chunk_features or default_chunk_features(n_samples, n_features)
-    chunk = int(max(1, min(chunk, n_features)))
+    chunk = default_chunk_features(n_samples, n_features, chunk_features)
 
     def writer(temporary: Path) -> None:
         group = zarr.open_group(temporary, mode="w", zarr_format=3)
