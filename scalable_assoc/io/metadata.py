@@ -251,6 +251,11 @@ def check_covariates(metadata: pd.DataFrame, path: Path, adjustments: dict[str, 
             )
 
 
+def _levels(metadata: pd.DataFrame, column: str, rows: np.ndarray) -> list[str]:
+    """A categorical covariate's levels among ``rows``, as text, sorted: the first is the reference."""
+    return sorted(metadata[column].iloc[rows].astype(str).unique())
+
+
 def covariate_columns(metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
     """Encode covariates for the given metadata ``rows`` (positions): ``(len(rows), k)`` matrix and its names.
 
@@ -263,7 +268,7 @@ def covariate_columns(metadata: pd.DataFrame, columns: tuple[str, ...], categori
     for column in columns:
         values = metadata[column].iloc[rows]
         if column in categorical:
-            levels = sorted(values.astype(str).unique())
+            levels = _levels(metadata, column, rows)
             text = values.astype(str).to_numpy()
             for level in levels[1:]:
                 pieces.append((text == level).astype(np.float64)[:, None])
@@ -284,7 +289,7 @@ def reference_levels(metadata: pd.DataFrame, columns: tuple[str, ...], categoric
     names = []
     for column in columns:
         if column in categorical:
-            levels = sorted(metadata[column].iloc[rows].astype(str).unique())
+            levels = _levels(metadata, column, rows)
             if levels:
                 names.append(f"{column}[{levels[0]}]")
     return tuple(names)
