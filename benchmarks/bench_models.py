@@ -39,7 +39,14 @@ from bench_reference_study import kept_raw  # the script beside this one
 
 from scalable_assoc import __version__
 from scalable_assoc.engine.prepare import LayerWork, prepare_study
-from scalable_assoc.models import SlopeFits, factorise_covariates, fit_design_batch, fit_random_intercept, prepare_block
+from scalable_assoc.models import (
+    SlopeFits,
+    factorise_covariates,
+    fit_design_batch,
+    fit_logistic_designs,
+    fit_random_intercept,
+    prepare_block,
+)
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.simulate import plan_yaml, simulate_study
 from scalable_assoc.stats.transforms import apply_transform, nonzero_values, presence_indicator, sample_summaries
@@ -114,13 +121,14 @@ def main() -> None:
         return count
 
     def logistic() -> int:
-        from scalable_assoc.models.logistic import fit_logistic_slopes
-
-        count = 0
-        for k in keys:
-            fits: SlopeFits = fit_logistic_slopes(designs[k], *exposures(k), views["presence"], layer.designs[k].rows)
-            count += fits.beta.size
-        return count
+        fits: list[SlopeFits] = fit_logistic_designs(
+            [designs[k] for k in keys],
+            [layer.designs[k].rows for k in keys],
+            [exposures(k)[0] for k in keys],
+            [exposures(k)[1] for k in keys],
+            views["presence"],
+        )
+        return sum(f.beta.size for f in fits)
 
     rng = np.random.default_rng(0)
     pairs = [(a, f) for a in layer.analyses for f in range(views["transformed"].shape[1])]

@@ -14,7 +14,7 @@ import scipy.optimize
 import statsmodels.api as sm
 
 from scalable_assoc.models import FitStatus, factorise_covariates
-from scalable_assoc.models.logistic import fit_logistic_slopes
+from scalable_assoc.models.logistic import PresenceBlock, fit_logistic_designs, fit_logistic_slopes
 
 RTOL = 1e-6
 NAMES = ("(intercept)", "age", "sex[male]", "read_depth", "bmi")
@@ -236,6 +236,33 @@ def test_chunks_and_exposures_do_not_change_the_fits() -> None:
         for name in ("beta", "se", "p"):
             np.testing.assert_allclose(getattr(alone, name)[0], getattr(together, name)[e], rtol=1e-10, err_msg=name)
         np.testing.assert_array_equal(alone.status[0], together.status[e])
+
+
+def test_designs_fitted_together_equal_each_fitted_alone() -> None:
+    # Designs on two participant subsets, interleaved: the batch shares one view per
+    # subset (in its own order) and must return each design's fits in the given order.
+    rng = np.random.default_rng(29)
+    n_total, m = 900, 30
+    covariates = _covariates(rng, n_total)
+    exposure = (rng.random(n_total) < 0.3).astype(float)
+    presence = _presence(rng, covariates, exposure[None], m)
+    presence[rng.random((n_total, m)) < 0.03] = np.nan
+    first, second = np.arange(0, 800), np.arange(150, 900)
+    designs, rows = [], []
+    for subset, columns in [(first, 5), (second, 5), (first, 3), (second, 4)]:
+        designs.append(factorise_covariates(covariates[subset][:, :columns], NAMES[:columns]))
+        rows.append(subset)
+    exposures = [exposure[r][None] for r in rows]
+    binary = [np.array([True])] * len(rows)
+    together = fit_logistic_designs(designs, rows, exposures, binary, PresenceBlock(presence))
+    for index, fits in enumerate(together):
+        alone = fit_logistic_slopes(designs[index], exposures[index], binary[index], presence, rows[index])
+        for name in ("beta", "se", "p"):
+            np.testing.assert_allclose(getattr(fits, name), getattr(alone, name), rtol=1e-12, err_msg=f"design {index} {name}")
+        for name in ("status", "n", "n_cases", "n_controls"):
+            np.testing.assert_array_equal(getattr(fits, name), getattr(alone, name), err_msg=f"design {index} {name}")
+    with pytest.raises(ValueError, match="presence"):
+        PresenceBlock(presence * 2)
 
 
 def test_pass_log_likelihood_matches_the_direct_formula_even_where_exp_overflows() -> None:

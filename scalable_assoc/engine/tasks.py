@@ -23,7 +23,7 @@ from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
 from scalable_assoc.models.fits import SlopeFits
 from scalable_assoc.models.lmm import fit_random_intercept
-from scalable_assoc.models.logistic import fit_logistic_slopes
+from scalable_assoc.models.logistic import fit_logistic_designs
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.results.partials import AnalysisLabels, fits_to_table
 from scalable_assoc.stats.transforms import (
@@ -141,10 +141,7 @@ def _fit_mixed(designs: list[SharedDesign], exposures: list[np.ndarray], binary:
 
 def _fit_presence(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[SlopeFits]:
     """Logistic regression of presence per design (Firth's penalised likelihood where separated)."""
-    return [
-        fit_logistic_slopes(design.design, design_exposures, design_binary, block, design.rows)
-        for design, design_exposures, design_binary in zip(designs, exposures, binary, strict=True)
-    ]
+    return fit_logistic_designs([d.design for d in designs], [d.rows for d in designs], exposures, binary, block)
 
 
 #: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block) -> [SlopeFits per design]``.

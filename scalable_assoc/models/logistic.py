@@ -106,6 +106,9 @@ _SINGLE_PRECISION_STEP = 1e-3
 #: is exact, for the variance; a feature that converges anyway gets its variance
 #: recomputed exactly).
 _EXACT_FISHER_STEP = 1e-4
+#: A pass computes the log-likelihood of all its features when more than one in this
+#: many needs it for a step check; otherwise those few get a pass of their own.
+_CHECKED_TOGETHER = 4
 #: Step halvings tried before a feature is given up as not converging.
 _MAX_HALVINGS = 30
 #: Relative decrease of the (penalised) log-likelihood tolerated before halving
@@ -310,6 +313,22 @@ def _evaluate(
         redo = np.flatnonzero(~np.isfinite(loglik_sum))
         loglik_sum[redo] = _loglik(basis, y[:, redo], missing.restrict(redo, w), given[:, redo])
     return _Evaluation(None if fisher_flat is None else basis.unpack(fisher_flat), score_sum, loglik_sum, largest_max)
+
+
+def _largest_moves(basis: _Basis, steps: np.ndarray) -> np.ndarray:
+    """``(w,)`` largest ``|B_i step|`` over all participants for ``(p, w)`` steps, computed in single precision.
+
+    Its rounding (~1e-7 relative) does not matter where it is used: against
+    ``_SAFE_STEP``, which sits below the certificate's limit (~1.79).
+    """
+    n, w = basis.matrix.shape[0], steps.shape[1]
+    largest = np.zeros(w)
+    steps32 = steps.astype(np.float32)
+    size = max(_CHUNK_ROWS, _CHUNK_CELLS // max(w, 1))
+    for first in range(0, n, size):  # chunks of participants, never features
+        moves = basis.matrix32[first : first + size] @ steps32
+        np.maximum(largest, np.abs(moves, out=moves).max(axis=0), out=largest)
+    return largest
 
 
 def _loglik(basis: _Basis, y: np.ndarray, missing: _Cells, coefficients: np.ndarray) -> np.ndarray:
@@ -537,19 +556,31 @@ def _newton(
         point.delta[:, ~live] = 0.0
 
         # Only steps that might lower the objective are checked: all under Firth, whose
-        # penalty the certificate does not cover; otherwise only the long ones.
+        # penalty the certificate does not cover; otherwise only the long ones. The bound is
+        # loose (a 13-column basis overstates the first step's move about fivefold), so the
+        # candidates get their exact largest move: a product of the basis with their steps
+        # costs a third of what the log-likelihood would cost the pass.
+        if not firth and (long := np.flatnonzero(live & (bound > _SAFE_STEP))).size:
+            bound[long] = _largest_moves(basis, point.delta[:, long])
         check = np.flatnonzero(live if firth else live & (bound > _SAFE_STEP))
         single = not firth and bool(np.all(bound[live] > _SINGLE_PRECISION_STEP))
         # After a single-precision pass no feature can converge at this one (its step is no
         # shorter than that pass's rounding, ~1e-7), so its information only shapes steps.
         after_single = bool(np.all(point.rough_objective[live]))
         single_fisher = not firth and (after_single or bool(np.all(bound[live] > _EXACT_FISHER_STEP)))
-        options = {"loglik": check.size > 0, "largest": not firth and iteration >= _DIVERGENCE_CHECKS_FROM, "single": single, "single_fisher": single_fisher}
+        # The log-likelihood costs a third of a pass: for a few checked features it is
+        # cheaper computed on their own, after the pass.
+        whole = firth or _CHECKED_TOGETHER * check.size > np.count_nonzero(live)
+        options = {"loglik": bool(whole and check.size), "largest": not firth and iteration >= _DIVERGENCE_CHECKS_FROM, "single": single, "single_fisher": single_fisher}
         trial = point.coefficients + point.delta
         evaluation = _evaluate(basis, y, missing, trial, score=not firth, **options)
         assert evaluation.fisher is not None
         fisher, score = evaluation.fisher, evaluation.score
         objective = np.full(live.size, np.nan) if evaluation.loglik is None else evaluation.loglik
+        if check.size and not whole:
+            alone = _evaluate(basis, y[:, check], missing.restrict(check, live.size), trial[:, check], False, False, True, single=single)
+            assert alone.loglik is not None
+            objective[check] = alone.loglik
         if firth:
             objective = objective + _half_logdet(fisher)
         if evaluation.largest is not None:
@@ -654,11 +685,85 @@ def _singular_features(basis: _Basis, missing_indicator: scipy.sparse.csr_matrix
     return singular
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """Presence over one participant subset: ``(n, m)`` with 0 in the missing cells, and those cells."""
+
+    y: np.ndarray
+    missing: _Cells
+    missing_indicator: scipy.sparse.csr_matrix
+    n_used: np.ndarray  # (m,) participants whose presence is known
+
+
+class PresenceBlock:
+    """A block of presence indicators, checked once for every design fitted to it.
+
+    ``presence`` is ``(N, m)``: 1.0 where the feature is present, 0.0 where
+    absent, NaN where missing. The zero-filled view of one participant subset
+    (``(n, m)``, the largest temporary of a fit) is kept for the designs that
+    follow on the same participants (adjustment sets of one exposure), and only
+    for those: one subset at a time, so memory stays at one view whatever the
+    number of subsets.
+    """
+
+    def __init__(self, presence: np.ndarray) -> None:
+        presence = np.asarray(presence, dtype=np.float64)
+        if presence.ndim != 2:
+            raise ValueError(f"presence must be (N, m), got shape {presence.shape}")
+        if np.count_nonzero(presence == 0.0) + np.count_nonzero(presence == 1.0) + np.count_nonzero(np.isnan(presence)) != presence.size:
+            raise ValueError("presence must hold 1.0 (present), 0.0 (absent) or NaN (missing)")
+        self.values = presence
+        self._last: tuple[bytes, _Outcome] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(N, m)``."""
+        return (int(self.values.shape[0]), int(self.values.shape[1]))
+
+    def outcome(self, rows: np.ndarray) -> _Outcome:
+        """The zero-filled presence of participants ``rows`` (``(n,)`` positions), made once per subset in a row."""
+        key = np.ascontiguousarray(rows, dtype=np.int64).tobytes()
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        y = self.values[rows]  # a copy: missing cells are zeroed in place
+        n, m = y.shape
+        missing = _Cells(*np.divmod(np.flatnonzero(np.isnan(y)), m))  # row-major: sorted by row
+        y[missing.rows, missing.columns] = 0.0
+        y.flags.writeable = False  # shared by the designs that follow
+        outcome = _Outcome(y, missing, missing.indicator(n, m), n - np.bincount(missing.columns, minlength=m))
+        self._last = (key, outcome)
+        return outcome
+
+
+def fit_logistic_designs(
+    designs: list[CovariateDesign],
+    rows: list[np.ndarray | None],
+    exposures: list[np.ndarray],
+    binary: list[np.ndarray],
+    presence: PresenceBlock | np.ndarray,
+    firth: bool = True,
+) -> list[SlopeFits]:
+    """:func:`fit_logistic_slopes` for several designs over one block, one :class:`SlopeFits` per design, in order.
+
+    Arguments are per design, as in :func:`fit_logistic_slopes`. Designs on the
+    same participants are fitted one after another, so that they share the
+    block's view of those participants.
+    """
+    block = presence if isinstance(presence, PresenceBlock) else PresenceBlock(presence)
+    n_total = block.shape[0]
+    subsets = [np.arange(n_total) if r is None else np.asarray(r) for r in rows]
+    order = sorted(range(len(designs)), key=lambda index: subsets[index].tobytes())
+    fits: dict[int, SlopeFits] = {}
+    for index in order:
+        fits[index] = fit_logistic_slopes(designs[index], exposures[index], binary[index], block, subsets[index], firth=firth)
+    return [fits[index] for index in range(len(designs))]
+
+
 def fit_logistic_slopes(
     design: CovariateDesign,
     exposures: np.ndarray,
     binary: np.ndarray,
-    presence: np.ndarray,
+    presence: PresenceBlock | np.ndarray,
     rows: np.ndarray | None = None,
     firth: bool = True,
     min_events: int = 5,
@@ -679,7 +784,8 @@ def fit_logistic_slopes(
         ``(k,)`` bool, whether each exposure is a case/control indicator.
     presence:
         ``(N, m)`` 1.0 where the feature is present, 0.0 where absent, NaN where
-        missing (which leaves that participant out for that feature only).
+        missing (which leaves that participant out for that feature only), or
+        that block already wrapped in a :class:`PresenceBlock`.
     rows:
         ``(n,)`` positions of the design's participants among the ``N`` rows;
         None when ``presence`` holds exactly the design's participants.
@@ -703,10 +809,8 @@ def fit_logistic_slopes(
     estimate under Firth), ``t`` the Wald z, ``p`` two-sided normal, ``n`` the
     participants used, ``n_cases``/``n_controls`` for binary exposures.
     """
-    presence = np.asarray(presence, dtype=np.float64)
-    if presence.ndim != 2:
-        raise ValueError(f"presence must be (N, m), got shape {presence.shape}")
-    n_total, m = presence.shape
+    block = presence if isinstance(presence, PresenceBlock) else PresenceBlock(presence)
+    n_total, m = block.shape
     rows = np.arange(n_total) if rows is None else np.asarray(rows)
     exposures = np.atleast_2d(np.asarray(exposures, dtype=np.float64))
     k, n = exposures.shape
@@ -716,13 +820,8 @@ def fit_logistic_slopes(
     if not np.all(np.isfinite(exposures)):
         raise ValueError("exposures must be finite; drop participants with missing exposures first")
 
-    y = presence[rows]  # a copy: missing cells are zeroed in place
-    missing = _Cells(*np.divmod(np.flatnonzero(np.isnan(y)), m))  # row-major: sorted by row
-    y[missing.rows, missing.columns] = 0.0
-    if np.count_nonzero(y == 0.0) + np.count_nonzero(y == 1.0) != y.size:
-        raise ValueError("presence must hold 1.0 (present), 0.0 (absent) or NaN (missing)")
-    missing_indicator = missing.indicator(n, m)
-    n_used = n - np.bincount(missing.columns, minlength=m)
+    outcome = block.outcome(rows)
+    y, missing, missing_indicator, n_used = outcome.y, outcome.missing, outcome.missing_indicator, outcome.n_used
 
     shape = (k, m)
     beta = np.full(shape, np.nan)
