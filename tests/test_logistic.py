@@ -175,6 +175,44 @@ def test_complete_separation_found_by_divergence() -> None:
     assert without.status[0, 0] == FitStatus.SEPARATION and np.isnan(without.beta[0, 0])
 
 
+@pytest.mark.parametrize("checked_together", [0, 4, 10**6])
+def test_wild_steps_are_halved_whether_checked_in_the_pass_or_apart(monkeypatch: pytest.MonkeyPatch, checked_together: int) -> None:
+    # Newton's steps from the constant fit rarely lower a logistic log-likelihood, so the
+    # start is made wild on purpose (25 times its step for three features, far beyond
+    # the optimum): the halving must bring them back, whether their log-likelihoods come
+    # from the pass of all features (10**6) or from a pass of their own (0).
+    from scalable_assoc.models import logistic
+
+    rng = np.random.default_rng(31)
+    n, m = 600, 12
+    covariates = _covariates(rng, n)
+    exposure = (rng.random(n) < 0.4).astype(float)
+    presence = _presence(rng, covariates, exposure[None], m)
+    design = factorise_covariates(covariates, NAMES)
+    expected = fit_logistic_slopes(design, exposure[None], np.array([True]), presence)
+    start, halved = logistic._start, []
+    evaluate = logistic._evaluate
+
+    def wild_start(*args, **kwargs):  # type: ignore[no-untyped-def]
+        point = start(*args, **kwargs)
+        point.delta[:, :3] *= 25.0
+        return point
+
+    def counting_evaluate(basis, y, missing, coefficients, fisher=True, score=True, loglik=False, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if fisher and loglik and y.shape[1] < m:
+            halved.append(y.shape[1])
+        return evaluate(basis, y, missing, coefficients, fisher, score, loglik, *args, **kwargs)
+
+    monkeypatch.setattr(logistic, "_start", wild_start)
+    monkeypatch.setattr(logistic, "_evaluate", counting_evaluate)
+    monkeypatch.setattr(logistic, "_CHECKED_TOGETHER", checked_together)
+    fits = fit_logistic_slopes(design, exposure[None], np.array([True]), presence)
+    assert halved, "no step was halved: the test lost its point"
+    assert (fits.status == FitStatus.OK).all()
+    for name in ("beta", "se"):
+        np.testing.assert_allclose(getattr(fits, name), getattr(expected, name), rtol=1e-8, err_msg=name)
+
+
 def test_statuses_instead_of_estimates() -> None:
     rng = np.random.default_rng(26)
     n = 300

@@ -604,7 +604,9 @@ def _newton(
                 columns = check[worse]
                 factor[worse] /= 2.0
                 trial[:, columns] = point.coefficients[:, columns] + factor[worse] * point.delta[:, columns]
-                retry = _evaluate(basis, y[:, columns], missing.restrict(columns, live.size), trial[:, columns], score=not firth, **options)
+                # A retry always needs the log-likelihood, even where the pass left it to a pass apart.
+                retry_options = {**options, "loglik": True}
+                retry = _evaluate(basis, y[:, columns], missing.restrict(columns, live.size), trial[:, columns], score=not firth, **retry_options)
                 assert retry.fisher is not None and retry.loglik is not None
                 fisher[columns] = retry.fisher
                 objective[columns] = retry.loglik + (_half_logdet(retry.fisher) if firth else 0.0)
