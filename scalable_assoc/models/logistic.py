@@ -244,12 +244,14 @@ def _evaluate(
     largest: bool = False,
     single: bool = False,
     single_fisher: bool = False,
+    y32: np.ndarray | None = None,
 ) -> _Evaluation:
     """One pass over the participants at ``eta = B @ coefficients`` (``(p, w)``), for ``w`` features.
 
-    ``y`` is ``(n, w)`` presence, 0 in the ``missing`` cells. With ``single``
-    the products and probabilities are computed in single precision (sums and
-    the log-likelihood still in double); with ``single_fisher`` only the Fisher
+    ``y`` is ``(n, w)`` presence, 0 in the ``missing`` cells (``y32``, if given,
+    the same in single precision). With ``single`` the products and
+    probabilities are computed in single precision (sums and the
+    log-likelihood still in double); with ``single_fisher`` only the Fisher
     information's product is.
 
     The linear predictors are recomputed chunk by chunk rather than stored: an
@@ -277,7 +279,7 @@ def _evaluate(
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for first, last, cells in chunks:  # chunks of participants, never features
             rows = matrix[first:last]
-            observed = y[first:last].astype(matrix.dtype, copy=False)  # a cast in cache, not a copy of y
+            observed = (y if y32 is None or not single else y32)[first:last].astype(matrix.dtype, copy=False)
             buffer, other = work[: last - first], spare[: last - first]
             np.matmul(rows, negated, out=buffer)  # -eta
             if largest_max is not None:
@@ -447,25 +449,34 @@ class _Point:
         )
 
 
-def _start(basis: _Basis, y: np.ndarray, missing: _Cells, firth: bool, basis_y: np.ndarray | None, fitted: np.ndarray) -> _Point:
+def _start(
+    basis: _Basis,
+    y: np.ndarray,
+    missing: _Cells,
+    firth: bool,
+    basis_y: np.ndarray | None,
+    fitted: np.ndarray,
+    counted: tuple[np.ndarray, scipy.sparse.csr_matrix] | None = None,
+) -> _Point:
     """Newton's start: the constant fit ``eta = logit(prevalence)`` of every feature.
 
     Its weights are constant per feature, so its Fisher information is that
     constant times the feature's Gram matrix (all rows minus the missing ones, a
     sparse product) and its score ``B'y - prevalence B'1`` and log-likelihood
     have closed forms: no pass over the participants (except for Firth's
-    modified score). ``basis_y`` is ``B'y`` (``(p, w)``) if already known. Features
-    not ``fitted`` get a zero step (and an identity information, whatever their data).
+    modified score). ``basis_y`` is ``B'y`` (``(p, w)``) and ``counted`` the events
+    per feature with the missing cells' indicator (:meth:`_Cells.indicator`), if
+    already known. Features not ``fitted`` get a zero step (and an identity
+    information, whatever their data).
     """
     n = basis.matrix.shape[0]
     w = y.shape[1]
     n_used = np.maximum(n - np.bincount(missing.columns, minlength=w), 1)
-    events = y.sum(axis=0)
+    events, indicator = (y.sum(axis=0), missing.indicator(n, w)) if counted is None else counted
     prevalence = np.clip(events / n_used, 0.5 / n_used, 1.0 - 0.5 / n_used)
     logit = np.log(prevalence) - np.log1p(-prevalence)
     coefficients = np.zeros((basis.p, w))
     coefficients[:-1] = (basis.matrix[:, :-1].sum(axis=0))[:, None] * logit  # 1 = Q Q'1 lies in span(Q)
-    indicator = missing.indicator(n, w)
     gram = basis.products.sum(axis=0)[:, None] - np.asarray(indicator @ basis.products).T
     fisher = basis.unpack(gram * (prevalence * (1.0 - prevalence)))
     fisher[~fitted] = np.eye(basis.p)  # a singular one must not fail the stacked solve
@@ -502,12 +513,17 @@ def _newton(
     tol: float,
     basis_y: np.ndarray | None = None,
     fitted: np.ndarray | None = None,
+    counted: tuple[np.ndarray, scipy.sparse.csr_matrix] | None = None,
+    y32: np.ndarray | None = None,
 ) -> _NewtonResult:
     """(Penalised) maximum likelihood for ``s`` features at once, by Newton's method with step halving.
 
     ``y`` is ``(n, s)`` presence with 0 in the ``missing`` cells. Under ``firth``
     the objective is Firth's penalised log-likelihood and the score the modified
-    score. ``basis_y`` optionally gives ``B'y`` for the start. Only the features
+    score. ``basis_y`` and ``counted`` optionally give ``B'y``, the events and the missing
+    cells' indicator for the start (see :func:`_start`), ``y32`` ``y`` in single precision
+    for the single-precision passes (which come before any feature converges,
+    so it is dropped when the working arrays shrink). Only the features
     ``fitted`` (``(s,)`` bool, default all) are fitted: the others start frozen, which
     spares a copy of ``y`` without them when they are few.
 
@@ -527,7 +543,7 @@ def _newton(
 
     column_max = np.abs(basis.matrix).max(axis=0)
     live = np.ones(s, dtype=bool) if fitted is None else fitted.copy()
-    point = _start(basis, y, missing, firth, basis_y, live)
+    point = _start(basis, y, missing, firth, basis_y, live, counted)
     position = np.arange(s)  # original feature of each working column
     beyond = np.zeros(s, dtype=np.int64)  # consecutive iterations with max |eta| > _ETA_DIVERGED
     largest = np.full(s, np.nan)
@@ -552,6 +568,7 @@ def _newton(
             keep = np.flatnonzero(live)
             missing = missing.restrict(keep, live.size)
             y, point, bound, position, beyond, largest = y[:, keep], point.take(keep), bound[keep], position[keep], beyond[keep], largest[keep]
+            y32 = None
             live = live[keep]
         point.delta[:, ~live] = 0.0
 
@@ -571,9 +588,11 @@ def _newton(
         # The log-likelihood costs a third of a pass: for a few checked features it is
         # cheaper computed on their own, after the pass.
         whole = firth or _CHECKED_TOGETHER * check.size > np.count_nonzero(live)
-        options = {"loglik": bool(whole and check.size), "largest": not firth and iteration >= _DIVERGENCE_CHECKS_FROM, "single": single, "single_fisher": single_fisher}
+        find_largest = not firth and iteration >= _DIVERGENCE_CHECKS_FROM
         trial = point.coefficients + point.delta
-        evaluation = _evaluate(basis, y, missing, trial, score=not firth, **options)
+        evaluation = _evaluate(
+            basis, y, missing, trial, True, not firth, bool(whole and check.size), find_largest, single, single_fisher, y32
+        )
         assert evaluation.fisher is not None
         fisher, score = evaluation.fisher, evaluation.score
         objective = np.full(live.size, np.nan) if evaluation.loglik is None else evaluation.loglik
@@ -605,8 +624,9 @@ def _newton(
                 factor[worse] /= 2.0
                 trial[:, columns] = point.coefficients[:, columns] + factor[worse] * point.delta[:, columns]
                 # A retry always needs the log-likelihood, even where the pass left it to a pass apart.
-                retry_options = {**options, "loglik": True}
-                retry = _evaluate(basis, y[:, columns], missing.restrict(columns, live.size), trial[:, columns], score=not firth, **retry_options)
+                retry = _evaluate(
+                    basis, y[:, columns], missing.restrict(columns, live.size), trial[:, columns], True, not firth, True, find_largest, single, single_fisher
+                )
                 assert retry.fisher is not None and retry.loglik is not None
                 fisher[columns] = retry.fisher
                 objective[columns] = retry.loglik + (_half_logdet(retry.fisher) if firth else 0.0)
@@ -646,14 +666,14 @@ def _newton(
     return _NewtonResult(coefficients, last_variance, converged, diverged)
 
 
-def _two_level_indicators(columns: np.ndarray) -> np.ndarray:
-    """``(n, L)`` indicators of both levels of every column of ``columns`` (``(n, c)``) taking exactly two values."""
-    indicators = []
-    for column in columns.T:  # a handful of design columns, not features
-        levels = np.unique(column)
-        if levels.size == 2:
-            indicators.extend([column == levels[0], column == levels[1]])
-    return np.column_stack(indicators).astype(np.float64) if indicators else np.zeros((columns.shape[0], 0))
+def _lower_levels(columns: np.ndarray) -> np.ndarray:
+    """``(n, L)`` indicators of the lower level of every column of ``columns`` (``(n, c)``) taking exactly two values.
+
+    The upper level is the complement: its counts are the whole sample's minus these.
+    """
+    lowest, highest = columns.min(axis=0), columns.max(axis=0)
+    two_valued = (lowest < highest) & np.all((columns == lowest) | (columns == highest), axis=0)
+    return (columns[:, two_valued] == lowest[two_valued]).astype(np.float64)
 
 
 def _used_sums(vectors: np.ndarray, missing_indicator: scipy.sparse.csr_matrix) -> np.ndarray:
@@ -692,6 +712,7 @@ class _Outcome:
     """Presence over one participant subset: ``(n, m)`` with 0 in the missing cells, and those cells."""
 
     y: np.ndarray
+    y32: np.ndarray  # y in single precision, for the single-precision passes
     missing: _Cells
     missing_indicator: scipy.sparse.csr_matrix
     n_used: np.ndarray  # (m,) participants whose presence is known
@@ -702,10 +723,11 @@ class PresenceBlock:
 
     ``presence`` is ``(N, m)``: 1.0 where the feature is present, 0.0 where
     absent, NaN where missing. The zero-filled view of one participant subset
-    (``(n, m)``, the largest temporary of a fit) is kept for the designs that
-    follow on the same participants (adjustment sets of one exposure), and only
-    for those: one subset at a time, so memory stays at one view whatever the
-    number of subsets.
+    (``(n, m)`` in double and single precision, 12 bytes a cell: the largest
+    temporary of a fit) is kept for the designs that follow on the same
+    participants (adjustment sets of one exposure), and only for those: one
+    subset at a time, so memory stays at one view whatever the number of
+    subsets.
     """
 
     def __init__(self, presence: np.ndarray) -> None:
@@ -732,7 +754,9 @@ class PresenceBlock:
         missing = _Cells(*np.divmod(np.flatnonzero(np.isnan(y)), m))  # row-major: sorted by row
         y[missing.rows, missing.columns] = 0.0
         y.flags.writeable = False  # shared by the designs that follow
-        outcome = _Outcome(y, missing, missing.indicator(n, m), n - np.bincount(missing.columns, minlength=m))
+        y32 = y.astype(np.float32)
+        y32.flags.writeable = False
+        outcome = _Outcome(y, y32, missing, missing.indicator(n, m), n - np.bincount(missing.columns, minlength=m))
         self._last = (key, outcome)
         return outcome
 
@@ -849,8 +873,9 @@ def fit_logistic_slopes(
 
     # Levels whose presence counts reveal separation without fitting: the whole sample
     # (the intercept's level), each level of a two-valued covariate, then of each exposure.
-    level_blocks = [np.ones((n, 1)), _two_level_indicators(design.covariates[:, 1:])]
-    level_blocks += [_two_level_indicators(exposures[e][:, None]) for e in range(k)]
+    # Only the lower levels are counted; the upper ones are the whole sample minus those.
+    level_blocks = [np.ones((n, 1)), _lower_levels(design.covariates[:, 1:])]
+    level_blocks += [_lower_levels(exposures[e][:, None]) for e in range(k)]
     levels = np.hstack(level_blocks)
     # Everything that needs y itself in ONE product (y is read once): level counts,
     # Q'y and b_e'y (the start's score), events (the all-ones level).
@@ -860,7 +885,13 @@ def fit_logistic_slopes(
     events = level_present[0]
     too_few = np.minimum(events, n_used - events) < min_events
     bounds = np.cumsum([0] + [block.shape[1] for block in level_blocks])
-    covariate_separated = _level_separated(level_used[: bounds[2]], level_present[: bounds[2]])
+
+    def separated_by(block: slice) -> np.ndarray:
+        """``(m,)``: a level of the columns counted in rows ``block`` (or its upper level) separates."""
+        used, present = level_used[block], level_present[block]
+        return _level_separated(np.vstack([used, level_used[0] - used]), np.vstack([present, events - present]))
+
+    covariate_separated = _level_separated(level_used[:1], level_present[:1]) | separated_by(slice(bounds[1], bounds[2]))
 
     rank = design.q.shape[1]
     for e in range(k):  # a handful of exposures per design; features stay vectorised
@@ -870,13 +901,12 @@ def fit_logistic_slopes(
         basis = _make_basis(np.column_stack([design.q, directions[:, e]]))
         singular = _singular_features(basis, missing_indicator)
         fitted = ~too_few & ~singular
-        exposure_levels = slice(bounds[2 + e], bounds[3 + e])
-        exposure_separated = _level_separated(level_used[exposure_levels], level_present[exposure_levels])
+        exposure_separated = separated_by(slice(bounds[2 + e], bounds[3 + e]))
         separated = fitted & (covariate_separated | exposure_separated)
 
         plain = fitted & ~separated
         # The whole block, the other features frozen from the start: no copy of y.
-        result = _newton(basis, y, missing, False, max_iter, tol, basis_y[np.r_[:rank, rank + e]], plain)
+        result = _newton(basis, y, missing, False, max_iter, tol, basis_y[np.r_[:rank, rank + e]], plain, (events, missing_indicator), outcome.y32)
         estimated = result.converged
         beta[e, estimated] = result.coefficients[-1, estimated] / scales[e]
         se[e, estimated] = np.sqrt(result.last_variance[estimated]) / scales[e]
