@@ -242,6 +242,7 @@ def test_statuses_instead_of_estimates() -> None:
     assert broken.problem is not None
     deficient = fit_logistic_slopes(broken, exposure[None], np.array([True]), presence)
     assert (deficient.status == FitStatus.DESIGN_RANK_DEFICIENT).all() and np.isnan(deficient.p).all()
+    assert (deficient.n_cases == -1).all() and (deficient.n_controls == -1).all()  # as OLS: no case counts
 
     with pytest.raises(ValueError, match="presence"):
         fit_logistic_slopes(design, exposure[None], np.array([True]), presence * 2)

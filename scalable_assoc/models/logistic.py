@@ -856,13 +856,12 @@ def fit_logistic_slopes(
     n_out = np.broadcast_to(n_used.astype(np.int64), shape).copy()
     n_cases = np.full(shape, -1, dtype=np.int64)
     n_controls = np.full(shape, -1, dtype=np.int64)
+    if design.problem is not None:  # as the OLS kernel: participants counted, no case counts
+        status[:] = FitStatus.DESIGN_RANK_DEFICIENT
+        return SlopeFits(beta, se, beta.copy(), beta.copy(), n_out, n_cases, n_controls, status)
     for index in np.flatnonzero(binary):
         counts = _used_sums(np.column_stack([exposures[index] == 1.0, exposures[index] == 0.0]).astype(np.float64), missing_indicator)
         n_cases[index], n_controls[index] = np.rint(counts).astype(np.int64)
-
-    if design.problem is not None:
-        status[:] = FitStatus.DESIGN_RANK_DEFICIENT
-        return SlopeFits(beta, se, beta.copy(), beta.copy(), n_out, n_cases, n_controls, status)
 
     # Orthonormal exposure directions b_e = x_r / s_e, one per exposure (as in the OLS kernel).
     exposure_residuals = project_out(design.q, exposures.T)  # (n, k)
