@@ -220,3 +220,31 @@ def test_no_within_cluster_variation_is_not_converged() -> None:
     fits, components = fit_random_intercept(s["design"], s["exposures"], s["binary"], block, s["clusters"])
     assert np.all(fits.status[:, 0] == FitStatus.NOT_CONVERGED) and np.all(np.isnan(fits.p[:, 0]))
     assert np.all(fits.status[:, 1] == FitStatus.OK) and np.all(components.ratio[:, 1] > 0)
+
+
+def test_result_rows_carry_components_only_where_ok() -> None:
+    """fits_to_table: variance components and icc on OK lmm rows, null (not NaN) on the others and for other models."""
+    import pyarrow.compute as pc
+
+    from scalable_assoc.results.columns import PARTIAL_SCHEMA
+    from scalable_assoc.results.partials import AnalysisLabels, fits_to_table
+
+    s = _simulated(7, n_families=30, missing=0.0)
+    block = s["block"][:, 1:4].copy()
+    block[:, 1] = 3.0  # constant: no estimate
+    fits, components = fit_random_intercept(s["design"], s["exposures"][:2], s["binary"][:2], block, s["clusters"])
+    labels = [AnalysisLabels(f"e{e}", "base", "lmm", "age+a+b", f"id{e}", bool(s["binary"][e])) for e in range(2)]
+    table = fits_to_table("species", ["f0", "f1", "f2"], labels, fits, None, components)
+    assert table.schema.equals(PARTIAL_SCHEMA)
+    ok = (fits.status == FitStatus.OK).ravel()
+    assert ok.sum() == 4 and not ok[[1, 4]].any()
+    expected = {"cluster_variance": components.sigma_u2, "residual_variance": components.sigma_e2, "icc": components.icc}
+    for name, values in expected.items():
+        column = table.column(name).combine_chunks()
+        np.testing.assert_array_equal(column.is_null().to_numpy(zero_copy_only=False), ~ok, err_msg=name)
+        assert not pc.any(pc.is_nan(column)).as_py()
+        np.testing.assert_array_equal(column.to_numpy(zero_copy_only=False)[ok], values.ravel()[ok])
+    icc = table.column("icc").to_numpy(zero_copy_only=False)[ok]
+    assert np.all((icc >= 0) & (icc <= 1))
+    plain = fits_to_table("species", ["f0", "f1", "f2"], labels, fits, None)  # other models pass no components
+    assert all(plain.column(name).null_count == plain.num_rows for name in expected)

@@ -148,6 +148,63 @@ def test_lmm_in_a_run_equals_statsmodels_mixedlm(small_study: SimulatedStudy, cl
         assert row["se"] == pytest.approx(np.sqrt(np.linalg.inv(information)[1, 1]), rel=1e-3)
 
 
+def test_lmm_rows_carry_variance_components(small_study: SimulatedStudy, client, tmp_path) -> None:
+    """cluster_variance, residual_variance, icc: the kernel's REML components on lmm rows, null (not NaN) elsewhere."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from scalable_assoc.results.columns import RESULT_SCHEMA
+    from scalable_assoc.results.sumstats import SUMMARY_COLUMNS, DisclosureRules, read_run, write_sumstats
+
+    components = ["cluster_variance", "residual_variance", "icc"]
+    plan = tmp_path / "plan.yaml"
+    text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "gbm.tsv")
+    plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [lm, lmm]").replace("cluster: household", "cluster: family_id"))
+    results = run_study(plan, tmp_path / "out", client=client).results
+    assert set(results["model"]) == {"lm", "lmm"}
+    # The written table has the registry's schema; the components are nulls, never NaN, where absent.
+    table = pq.read_table(tmp_path / "out" / "results.parquet")
+    assert table.schema.equals(RESULT_SCHEMA)
+    model = table.column("model").to_numpy(zero_copy_only=False)
+    ok = table.column("status").to_numpy(zero_copy_only=False) == "ok"
+    for name in components:
+        column = table.column(name).combine_chunks()
+        assert not pc.any(pc.is_nan(column)).as_py(), name
+        np.testing.assert_array_equal(column.is_null().to_numpy(zero_copy_only=False), (model != "lmm") | ~ok, err_msg=name)
+    lmm = results[(results["model"] == "lmm") & (results["status"] == "ok")]
+    assert len(lmm) > 0.9 * (results["model"] == "lmm").sum()
+    icc = lmm["icc"].to_numpy(float)
+    assert np.all((icc >= 0) & (icc <= 1)) and (icc > 0).any() and (icc == 0).any()  # some clustered, some at the boundary
+    np.testing.assert_allclose(icc, lmm["cluster_variance"] / (lmm["cluster_variance"] + lmm["residual_variance"]), rtol=1e-12)
+    tsv = pd.read_csv(tmp_path / "out" / "all_results.tsv", sep="\t")
+    assert tsv.loc[tsv["model"] == "lm", components].isna().all().all()
+
+    # Equal to the kernel on the same participants, families and transformed values.
+    metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str}).set_index("sample_id")
+    raw = read_layer(small_study.out_dir / "gbm.tsv")
+    pseudocount = raw[raw > 0].min().min() / 2
+    logged = np.log(raw + pseudocount)
+    clr = logged.sub(logged.mean(axis=1, skipna=True), axis=0)
+    data = _exposure_frame(metadata, clr, "any_ptd")
+    truth = pd.read_csv(small_study.out_dir / "truth.tsv", sep="\t")
+    clustered = truth[truth["layer"] == "gbm"].drop_duplicates("feature").nlargest(3, "family_icc")["feature"]
+    for feature in [*clustered, *lmm["feature"].iloc[:2]]:
+        frame = data[[feature, "exposure_value", "age", "sex", "bmi", "family_id"]].dropna(subset=[feature, "age", "bmi"])
+        covariates = np.column_stack([np.ones(len(frame)), frame["age"], frame["sex"] == "male", frame["bmi"]]).astype(float)
+        design = factorise_covariates(covariates, ("(intercept)", "age", "sex[male]", "bmi"))
+        exposure = frame["exposure_value"].to_numpy(float)[None]
+        _, direct = fit_random_intercept(design, exposure, np.array([True]), frame[[feature]].to_numpy(float), pd.factorize(frame["family_id"])[0])
+        row = lmm[(lmm["feature"] == feature) & (lmm["exposure"] == "any_ptd")].iloc[0]
+        assert row["cluster_variance"] == pytest.approx(direct.sigma_u2[0, 0], rel=1e-7, abs=1e-12), feature
+        assert row["residual_variance"] == pytest.approx(direct.sigma_e2[0, 0], rel=1e-8), feature
+        assert row["icc"] == pytest.approx(direct.icc[0, 0], rel=1e-7, abs=1e-12), feature
+    assert (lmm.set_index("feature").loc[list(clustered), "icc"] > 0.05).all()
+
+    # Not part of the summary statistics a cohort exports (SUMMARY_COLUMNS is the whole disclosed set).
+    write_sumstats(read_run(tmp_path / "out"), "cohort", tmp_path / "cohort.parquet", DisclosureRules())
+    assert list(pd.read_parquet(tmp_path / "cohort.parquet").columns) == list(SUMMARY_COLUMNS)
+
+
 def test_prevalence_in_a_run_equals_statsmodels_logit(small_study: SimulatedStudy, client, tmp_path) -> None:
     import statsmodels.api as sm
 

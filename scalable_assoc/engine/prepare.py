@@ -30,6 +30,7 @@ from scalable_assoc.io.metadata import (
 from scalable_assoc.io.store import AbundanceStore
 from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
 from scalable_assoc.plan.schema import MODELS, LayerSpec, Plan
+from scalable_assoc.results.columns import PARTIAL_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,12 @@ def batch_analyses(analyses: list[PreparedAnalysis], analyses_per_task: int) -> 
 
 
 def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]:
-    """Every (feature block x analysis batch) task of the study, with ids stable across runs."""
+    """Every (feature block x analysis batch) task of the study, with ids stable across runs.
+
+    The ids cover the chunk files' columns: files written with other columns (an
+    older version) are never reused by a resumed run.
+    """
+    columns = PARTIAL_SCHEMA.to_string(show_schema_metadata=False)
     tasks = []
     for layer in study.layers:
         batches = batch_analyses(layer.analyses, analyses_per_task)
@@ -253,7 +259,7 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]
         for block_index, (start, stop) in enumerate(layer.store.block_bounds()):
             for batch in batches:
                 text = "\x1f".join(
-                    [study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, samples, str(start), str(stop)]
+                    [study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, samples, str(start), str(stop), columns]
                     + [a.key.analysis_id for a in batch]
                 )
                 chunk_id = hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -22,7 +22,7 @@ from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
 from scalable_assoc.models.fits import SlopeFits
-from scalable_assoc.models.lmm import fit_random_intercept
+from scalable_assoc.models.lmm import VarianceComponents, fit_random_intercept
 from scalable_assoc.models.logistic import fit_logistic_designs
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.results.partials import AnalysisLabels, fits_to_table
@@ -120,32 +120,42 @@ def factorise(path: Path) -> SharedDesign:
     return SharedDesign(design.key, design.rows, factorise_covariates(design.matrix, design.names), design.clusters)
 
 
-def _fit_linear(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[SlopeFits]:
+@dataclass(frozen=True)
+class DesignFits:
+    """One design's fits over a block: the exposure slopes and, for mixed models, the REML variance components."""
+
+    slopes: SlopeFits
+    components: VarianceComponents | None = None
+
+
+def _fit_linear(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[DesignFits]:
     """OLS for lm and lm_nonzero; cluster-robust standard errors where designs carry clusters."""
     prepared = prepare_block(block)  # centred and indexed once, shared by every design
-    return fit_design_batch(
+    fits = fit_design_batch(
         [d.design for d in designs], [d.rows for d in designs], exposures, binary, prepared, [d.clusters for d in designs]
     )
+    return [DesignFits(f) for f in fits]
 
 
-def _fit_mixed(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[SlopeFits]:
+def _fit_mixed(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[DesignFits]:
     """REML random-intercept model per design (the plan's cluster column gives the groups)."""
     prepared = prepare_block(block)
     fits = []
     for design, design_exposures, design_binary in zip(designs, exposures, binary, strict=True):
         if design.clusters is None:
             raise ValueError("model 'lmm' needs cluster codes: the plan must name a cluster column")
-        fits.append(fit_random_intercept(design.design, design_exposures, design_binary, prepared, design.clusters, design.rows)[0])
+        slopes, components = fit_random_intercept(design.design, design_exposures, design_binary, prepared, design.clusters, design.rows)
+        fits.append(DesignFits(slopes, components))
     return fits
 
 
-def _fit_presence(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[SlopeFits]:
+def _fit_presence(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[DesignFits]:
     """Logistic regression of presence per design (Firth's penalised likelihood where separated)."""
-    return fit_logistic_designs([d.design for d in designs], [d.rows for d in designs], exposures, binary, block)
+    return [DesignFits(f) for f in fit_logistic_designs([d.design for d in designs], [d.rows for d in designs], exposures, binary, block)]
 
 
-#: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block) -> [SlopeFits per design]``.
-MODEL_FITTERS: dict[str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], np.ndarray], list[SlopeFits]]] = {
+#: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block) -> [DesignFits per design]``.
+MODEL_FITTERS: dict[str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], np.ndarray], list[DesignFits]]] = {
     "lm": _fit_linear,
     "lm_nonzero": _fit_linear,
     "lmm": _fit_mixed,
@@ -182,7 +192,7 @@ def fit_chunk(
     tables = []
     for key, group, fit in zip(order, members, fits, strict=True):
         labels = [AnalysisLabels(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
-        tables.append(fits_to_table(layer, feature_ids, labels, fit, by_key[key].design.problem))
+        tables.append(fits_to_table(layer, feature_ids, labels, fit.slopes, by_key[key].design.problem, fit.components))
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)
     return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}

@@ -102,6 +102,12 @@ class VarianceComponents:
         with np.errstate(invalid="ignore", divide="ignore"):
             return self.sigma_u2 / self.sigma_e2
 
+    @property
+    def icc(self) -> np.ndarray:
+        """``(k, m)`` intraclass correlation ``sigma_u^2 / (sigma_u^2 + sigma_e^2)``, in [0, 1]; NaN where not OK."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sigma_u2 / (self.sigma_u2 + self.sigma_e2)
+
 
 @dataclass(frozen=True)
 class _ClusterStatistics:

@@ -37,6 +37,9 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("status", pa.string(), "'ok', or why there is no estimate (constant feature, too few values, rank-deficient design ...)"),
     Column("covariates", pa.string(), "metadata columns adjusted for, joined by '+'"),
     Column("analysis_id", pa.string(), "stable id of the (layer, exposure, adjustment) analysis"),
+    Column("cluster_variance", pa.float64(), "lmm: REML between-cluster (random-intercept) variance sigma_u^2, in squared transformed-abundance units; null for other models and rows without an estimate"),
+    Column("residual_variance", pa.float64(), "lmm: REML residual (within-cluster) variance sigma_e^2; null for other models and rows without an estimate"),
+    Column("icc", pa.float64(), "lmm: intraclass correlation cluster_variance / (cluster_variance + residual_variance), in [0, 1] (0 at the boundary fit, which is classical OLS); null for other models and rows without an estimate"),
 )
 
 RESULT_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in RESULT_COLUMNS])

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from scalable_assoc.models.fits import STATUS_TEXT, FitStatus, SlopeFits
+from scalable_assoc.models.lmm import VarianceComponents
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
 
 
@@ -29,11 +30,14 @@ def fits_to_table(
     labels: Sequence[AnalysisLabels],
     fits: SlopeFits,
     design_problem: str | None,
+    components: VarianceComponents | None = None,
 ) -> pa.Table:
     """Rows for ``k`` analyses x ``m`` features, analysis-major.
 
     ``labels`` holds one :class:`AnalysisLabels` per analysis, in the order of the fits' rows.
     A design-level problem (collinear covariates) replaces the generic status text.
+    ``components`` (mixed models only) fill ``cluster_variance``, ``residual_variance``
+    and ``icc`` where the fit is OK; those columns are null everywhere else.
     """
     k, m = fits.beta.shape
     status_lookup = np.array([STATUS_TEXT[FitStatus(code)] for code in range(len(FitStatus))], dtype=object)
@@ -46,6 +50,16 @@ def fits_to_table(
 
     n_cases = fits.n_cases.ravel()
     n_controls = fits.n_controls.ravel()
+    not_ok = fits.status.ravel() != FitStatus.OK
+
+    def variance_column(values: np.ndarray | None) -> pa.Array:
+        if values is None:
+            return pa.nulls(k * m, pa.float64())
+        if values.shape != (k, m):
+            raise ValueError(f"variance components have shape {values.shape}, expected {(k, m)}")
+        flat = values.ravel()
+        return pa.array(flat, pa.float64(), mask=not_ok | ~np.isfinite(flat))
+
     columns = {
         "layer": pa.array([layer] * (k * m), pa.string()),
         "feature": pa.array(list(feature_ids) * k, pa.string()),
@@ -62,5 +76,8 @@ def fits_to_table(
         "status": pa.array(status_lookup[fits.status.ravel().astype(np.intp)].tolist(), pa.string()),
         "covariates": repeated([label.covariates for label in labels]),
         "analysis_id": repeated([label.analysis_id for label in labels]),
+        "cluster_variance": variance_column(None if components is None else components.sigma_u2),
+        "residual_variance": variance_column(None if components is None else components.sigma_e2),
+        "icc": variance_column(None if components is None else components.icc),
     }
     return pa.table(columns, schema=PARTIAL_SCHEMA)
