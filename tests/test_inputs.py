@@ -3,6 +3,8 @@ a wide Parquet table; other MetaPhlAn ranks; other transforms against their defi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -163,6 +165,109 @@ def test_metaphlan_and_parquet_are_ingested_a_block_at_a_time(tmp_path, small_st
         write_table_stream(tmp_path / "bad.zarr", stream_metaphlan(bad, "species", rows_per_read=7), "x", chunk_features=9)
     assert not (tmp_path / "bad.zarr").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.zarr")]
+
+
+def _leftovers(folder) -> list[str]:
+    """Temporary files and folders (dot names: half-written stores, a wide table's rows) left in ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_wide_tsv_and_gzipped_csv_are_ingested_a_block_at_a_time(tmp_path, small_study: SimulatedStudy) -> None:
+    """Row batches go through a temporary file and come back as feature blocks: the store holds the table's values and IDs."""
+    import gzip
+
+    from scalable_assoc.io.ingest import ingest_table
+    from scalable_assoc.io.store import read_block, write_table_stream
+    from scalable_assoc.io.tables import stream_wide
+
+    tsv = small_study.out_dir / "pathways.tsv"
+    expected = read_layer(tsv)
+    assert expected.isna().to_numpy().any()  # missing cells travel through the temporary file as NaN
+    csv_gz = tmp_path / "pathways.csv.gz"
+    csv_gz.write_bytes(gzip.compress(expected.to_csv().encode()))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for name, table in [("tsv", tsv), ("csv_gz", csv_gz)]:
+        # 600 samples in 10 batches of 64 rows; 40 features in 6 blocks of 7 (the last narrower).
+        store = write_table_stream(tmp_path / f"{name}.zarr", stream_wide(table, rows_per_read=64, scratch=scratch), "x", chunk_features=7)
+        assert store.chunk_features == 7 and len(store.block_bounds()) == 6
+        assert list(store.sample_ids) == [str(i) for i in expected.index]
+        assert list(store.feature_ids) == [str(c) for c in expected.columns]
+        np.testing.assert_array_equal(read_block(store.path, 0, store.n_features), expected.to_numpy(dtype=np.float64))
+        assert _leftovers(scratch) == []
+
+    # The temporary file exists while blocks are read, and goes when they are abandoned half-way.
+    blocks = stream_wide(csv_gz, rows_per_read=50, scratch=scratch).blocks(9)
+    np.testing.assert_array_equal(next(blocks), expected.to_numpy(dtype=np.float64)[:, :9])
+    assert len(_leftovers(scratch)) == 1 and _leftovers(scratch)[0].endswith(".rows.tmp")
+    blocks.close()
+    assert _leftovers(scratch) == []
+
+    # The default route (ingest: format detected, scratch next to the store) gives the same store.
+    ingested = ingest_table(csv_gz, tmp_path / "ingested" / "pathways.zarr", chunk_features=7)
+    np.testing.assert_array_equal(read_block(ingested.path, 0, ingested.n_features), expected.to_numpy(dtype=np.float64))
+    assert _leftovers(tmp_path / "ingested") == []
+
+
+def test_error_in_a_late_row_batch_of_a_wide_table_leaves_no_store_and_no_temporary_files(tmp_path, monkeypatch) -> None:
+    """A bad cell, a repeated sample ID or a failed write far into a wide table: the specific message, then nothing left behind."""
+    from scalable_assoc.errors import DataError
+    from scalable_assoc.io import store as store_module
+    from scalable_assoc.io.ingest import ingest_table
+    from scalable_assoc.io.tables import stream_wide
+
+    rng = np.random.default_rng(3)
+    n_samples, features = 10_000, [f"PWY-{j}" for j in range(5)]
+    values = np.where(rng.random((n_samples, len(features))) < 0.3, 0.0, rng.gamma(1.0, 1.0, (n_samples, len(features))))
+    lines = ["sample_id\t" + "\t".join(features)] + [f"S{i:05d}\t" + "\t".join(f"{v:.6g}" for v in row) for i, row in enumerate(values)]
+
+    def write(name: str, changed: dict[int, str]) -> Path:
+        path = tmp_path / name
+        path.write_text("\n".join(changed.get(number, line) for number, line in enumerate(lines)) + "\n")
+        return path
+
+    def with_cell(number: int, column: int, value: str) -> str:
+        cells = lines[number].split("\t")
+        cells[column] = value
+        return "\t".join(cells)
+
+    def refused(table: Path, match: str) -> None:
+        out = tmp_path / "out"
+        with pytest.raises(DataError, match=match):
+            store_module.write_table_stream(out / "layer.zarr", stream_wide(table, rows_per_read=500, scratch=out), "x", chunk_features=2)
+        assert not (out / "layer.zarr").exists() and _leftovers(out) == []
+        with pytest.raises(DataError, match=match):
+            ingest_table(table, out / "ingested.zarr", chunk_features=2)  # the default route: format detected, default batches
+        assert not (out / "ingested.zarr").exists() and _leftovers(out) == []
+
+    # Row 9,000 (line 9,001) is in the 19th of 20 batches, after 18 went to the temporary file.
+    non_numeric = write("non_numeric.tsv", {9001: with_cell(9001, 1, "abc")})
+    refused(non_numeric, r"non_numeric\.tsv: 1 non-numeric value\(s\); the first is 'abc' for sample 'S09000', feature 'PWY-0'")
+    negative = write("negative.tsv", {9501: with_cell(9501, 3, "-0.5")})
+    refused(negative, r"negative\.tsv: 1 negative value\(s\); the first is -0\.5 for sample 'S09500', feature 'PWY-2'")
+    # A sample ID of the first batch repeated in the last one.
+    repeated = write("repeated.tsv", {9801: lines[11]})
+    refused(repeated, r"repeated\.tsv: duplicate sample IDs \(1 repeated\), for example: S00010")
+    ragged = write("ragged.tsv", {9901: lines[9901].rsplit("\t", 1)[0]})
+    refused(ragged, r"ragged\.tsv: line 9902 \(sample 'S09900'\) has 5 fields but the header has 6")
+
+    # A failure in the store writer, outside the table reader, half-way: the reader's temporary file goes too.
+    calls = []
+
+    def failing_summary(block: np.ndarray) -> object:
+        calls.append(block.shape)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return summary(block)
+
+    summary = store_module.feature_summary
+    monkeypatch.setattr(store_module, "feature_summary", failing_summary)
+    good = write("good.tsv", {})
+    with pytest.raises(OSError, match="disk full") as failure:
+        store_module.write_table_stream(tmp_path / "out" / "good.zarr", stream_wide(good, rows_per_read=500, scratch=tmp_path / "out"), "x", chunk_features=2)
+    # Checked while the traceback (and so the half-read stream) is still alive: removal must not wait for garbage collection.
+    assert failure.traceback and len(calls) == 2
+    assert not (tmp_path / "out" / "good.zarr").exists() and _leftovers(tmp_path / "out") == []
 
 
 def test_tsv_outputs_read_back_exactly_in_pandas_and_r(tmp_path) -> None:

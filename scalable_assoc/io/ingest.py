@@ -15,7 +15,8 @@ def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str =
     if not source.exists():
         raise DataError(f"abundance file {source} does not exist")
     checksum = file_checksum(source)
-    return write_table_stream(destination, stream_abundance_table(source, fmt, rank), checksum, chunk_features)
+    # A wide TSV/CSV goes through a temporary file next to the store (the same disk, removed afterwards).
+    return write_table_stream(destination, stream_abundance_table(source, fmt, rank, scratch=destination.parent), checksum, chunk_features)
 
 
 def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None) -> tuple[AbundanceStore, str]:
@@ -41,4 +42,4 @@ def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, 
     destination = cache_dir / f"{layer}-{checksum[:16]}-{rank}-c{chunk_features or 'auto'}.zarr"
     if (destination / "zarr.json").is_file():
         return open_store(destination), checksum
-    return write_table_stream(destination, stream_abundance_table(source, resolved, rank), checksum, chunk_features), checksum
+    return write_table_stream(destination, stream_abundance_table(source, resolved, rank, scratch=cache_dir), checksum, chunk_features), checksum

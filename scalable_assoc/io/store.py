@@ -111,7 +111,13 @@ def write_table_stream(path: Path, stream: TableStream, source_sha256: str, chun
         except StopIteration:
             raise ValueError(f"{stream.source}: the table ended before feature {start}") from None
 
-    return write_store_blocks(path, stream.sample_ids, stream.feature_ids, next_block, str(stream.source), source_sha256, chunk)
+    try:
+        return write_store_blocks(path, stream.sample_ids, stream.feature_ids, next_block, str(stream.source), source_sha256, chunk)
+    finally:
+        # A stream that failed or stopped part-way removes its temporary files now, not when it is garbage-collected.
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def write_store_blocks(

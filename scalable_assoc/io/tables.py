@@ -1,9 +1,10 @@
 """Reading abundance tables: MetaPhlAn merged tables, wide TSV/CSV, Parquet.
 
-Every reader returns an :class:`AbundanceTable` with samples as rows and checks
-what would otherwise corrupt a study silently: duplicate sample or feature IDs,
-non-numeric, negative or infinite values. An empty cell or NA is a missing
-value (NaN), not an error.
+Every format is read as a :class:`TableStream` (a block of features at a time,
+never whole; :func:`read_abundance_table` gathers one into an :class:`AbundanceTable`)
+and checked for what would otherwise corrupt a study silently: duplicate sample or
+feature IDs, non-numeric, negative or infinite values. An empty cell or NA is a
+missing value (NaN), not an error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import csv
 import gzip
 import io
 import lzma
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from typing import IO, cast
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from pandas._libs.parsers import STR_NA_VALUES
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.plan.schema import RANK_PREFIXES
@@ -143,37 +147,45 @@ def raw_header(path: Path, skipped: int) -> list[str]:
     return []
 
 
-def check_row_lengths(path: Path, skipped: int = 0, row_word: str = "row") -> None:
-    """Every line after the header has as many fields as the header.
+def _line_fields(path: Path) -> tuple[list[int], list[str]]:
+    """The number of fields and the first field of every line (0 for a blank line), read a line at a time.
 
-    pandas pads a short line with missing values, so a truncated or misaligned
-    line would silently become missing data (or shift values to the wrong
-    column). A header one field shorter than every line (R's ``write.table``
-    without a row-names header) is accepted, as pandas reads it the same way.
-    Counting separators is fast; files with quoted fields go through ``csv``.
+    Lines are split as pandas splits them (on newlines only) and separators are
+    counted without decoding every cell; a file with a quote anywhere goes
+    through ``csv`` instead, as a quoted field may hold a separator or a newline.
     """
     separator = table_separator(path)
+    sep = separator.encode()
+    lengths: list[int] = []
+    firsts: list[str] = []
     try:
         with _open_binary(path) as handle:
-            raw = handle.read()
-    except (OSError, EOFError, lzma.LZMAError) as error:
+            for raw in handle:
+                if b'"' in raw:
+                    break
+                line = raw.removesuffix(b"\n") if lengths else raw.removesuffix(b"\n").removeprefix(b"\xef\xbb\xbf")
+                lengths.append(line.count(sep) + 1 if line.strip() else 0)
+                end = line.find(sep)
+                firsts.append((line if end < 0 else line[:end]).decode("utf-8", errors="replace"))
+            else:
+                return lengths, firsts
+        with _open_text(path) as text:
+            rows = [(len(row), row[0] if row else "") for row in csv.reader(text, delimiter=separator)]
+    except (OSError, EOFError, lzma.LZMAError, csv.Error) as error:
         raise _unreadable(path, error) from None
-    if b'"' in raw:
-        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig", errors="replace"), newline=""), delimiter=separator))
-        lengths = [len(row) for row in rows]
-        firsts = [row[0] if row else "" for row in rows]
-    else:
-        # Lines as pandas splits them (on newlines only), counted without decoding every cell.
-        lines = raw.removeprefix(b"\xef\xbb\xbf").split(b"\n")
-        sep = separator.encode()
-        lengths = [line.count(sep) + 1 if line.strip() else 0 for line in lines]
-        firsts = [line.split(sep, 1)[0].decode("utf-8", errors="replace") for line in lines]
+    return [n for n, _ in rows], [first for _, first in rows]
+
+
+def _data_rows(path: Path, skipped: int, row_word: str) -> tuple[list[str], bool]:
+    """Check the field count of every line (:func:`check_row_lengths`); return the first field of each data line
+    and whether the header is one field short of every line (R's ``write.table``: the first field is then a row name)."""
+    lengths, firsts = _line_fields(path)
     if len(lengths) <= skipped + 1:
-        return
+        return [], False
     header = lengths[skipped]
     data = [(number, n) for number, n in enumerate(lengths[skipped + 1 :], start=skipped + 2) if n]  # blank lines are skipped, as pandas does
     if not data:
-        return
+        return [], False
     expected = header + 1 if all(n == header + 1 for _, n in data) else header
     bad = [(number, n) for number, n in data if n != expected]
     if bad:
@@ -183,6 +195,19 @@ def check_row_lengths(path: Path, skipped: int = 0, row_word: str = "row") -> No
             f"{len(bad)} line(s) differ. A short or long line would shift or lose values: fix the file "
             f"(write an empty cell or NA for a missing value, keeping the separators)."
         )
+    return [firsts[number - 1] for number, _ in data], expected == header + 1
+
+
+def check_row_lengths(path: Path, skipped: int = 0, row_word: str = "row") -> None:
+    """Every line after the header has as many fields as the header.
+
+    pandas pads a short line with missing values, so a truncated or misaligned
+    line would silently become missing data (or shift values to the wrong
+    column). A header one field shorter than every line (R's ``write.table``
+    without a row-names header) is accepted, as pandas reads it the same way.
+    The file is read a line at a time (:func:`_line_fields`), never whole.
+    """
+    _data_rows(path, skipped, row_word)
 
 
 def detect_format(path: Path) -> str:
@@ -292,29 +317,99 @@ def _check_sample_id_column(path: Path, ids: pd.Index, header: object = None) ->
         )
 
 
-def read_wide(path: Path) -> AbundanceTable:
-    """Read a wide TSV/CSV table with samples as rows, sample IDs in the first column (Parquet: :func:`stream_parquet`)."""
-    try:
-        # Checked before pandas reads the file: it would rename a repeated feature 'X' to 'X.1'.
-        _check_ids(path, "feature", pd.Index(raw_header(path, 0)[1:]))
-        check_row_lengths(path, 0, "sample")
-        frame = pd.read_csv(path, sep=table_separator(path), index_col=0, dtype={0: str})
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot be read as a table with samples as rows: {_one_line(error)}") from None
-    frame.index = frame.index.map(lambda v: v if pd.isna(v) else str(v))
-    frame.columns = [str(c) for c in frame.columns]
-    if frame.shape[1] == 0:
+#: Cells in one batch of rows of a wide table (16 MiB as float64): with one block, what reading a wide table holds in memory.
+WIDE_BATCH_CELLS = 1 << 21
+
+
+def stream_wide(path: Path, rows_per_read: int | None = None, scratch: Path | None = None) -> TableStream:
+    """A wide TSV/CSV table (samples as rows, sample IDs in the first column) as a :class:`TableStream`, never read whole.
+
+    A first pass reads the sample IDs and checks every line's field count, so
+    the IDs are checked before any value is. The text arrives a sample at a
+    time but blocks are features for all samples, so ``blocks(width)`` parses
+    ``rows_per_read`` rows at a time (default: about :data:`WIDE_BATCH_CELLS`
+    cells), validates them, and writes each block's columns of them into a
+    temporary file in ``scratch`` (default: the system's temporary folder),
+    where every block lies whole (float64, 8 bytes per value); it then yields
+    the blocks read back one at a time. Memory holds one batch of rows and one
+    block; the file is removed when the blocks end, fail or are abandoned. The
+    checks and messages are those of every reader (Parquet: :func:`stream_parquet`).
+    """
+    separator = table_separator(path)
+    header = raw_header(path, 0)
+    # Checked before pandas reads the file: it would rename a repeated feature 'X' to 'X.1'.
+    _check_ids(path, "feature", pd.Index(header[1:]))
+    firsts, header_is_short = _data_rows(path, 0, "sample")
+    if not header:
+        raise DataError(f"{path}: cannot be read as a table with samples as rows: the file is empty")
+    feature_names = header if header_is_short else header[1:]
+    if not feature_names:
         raise DataError(f"{path}: no feature columns after the sample ID column")
-    if frame.shape[0] == 0:
+    if not firsts:
         raise DataError(f"{path}: the table has a header but no sample rows")
+    # An ID pandas reads as missing ('', 'NA', ...) is missing here too.
+    ids = pd.Index([None if first in STR_NA_VALUES else first for first in firsts], dtype=object)
     # Before the ID checks: a missing ID column shows up as "duplicate IDs 0, 0, ..." otherwise.
-    _check_sample_id_column(path, frame.index, frame.index.name)
-    _check_ids(path, "sample", frame.index)
-    _check_ids(path, "feature", pd.Index(frame.columns))
-    values = validated_values(path, frame, samples_are_rows=True)
-    return AbundanceTable(
-        sample_ids=tuple(frame.index), feature_ids=tuple(frame.columns), values=values, source=path
-    )
+    _check_sample_id_column(path, ids, None if header_is_short else header[0] or None)
+    _check_ids(path, "sample", ids)
+    _check_ids(path, "feature", pd.Index(feature_names))
+    sample_ids = tuple(str(i) for i in ids)
+    n_samples, n_features = len(sample_ids), len(feature_names)
+    rows = rows_per_read or max(1, WIDE_BATCH_CELLS // n_features)
+
+    def batches() -> Iterator[np.ndarray]:
+        """Validated ``(rows, n_features)`` values, a batch of rows at a time, in file order."""
+        done = 0
+        try:
+            with pd.read_csv(path, sep=separator, index_col=0, dtype={0: str}, chunksize=rows) as reader:
+                for frame in reader:
+                    expected = sample_ids[done : done + len(frame)]
+                    read = tuple(None if pd.isna(v) else str(v) for v in frame.index)
+                    if read != expected or frame.shape[1] != n_features:
+                        # Not expected from a file that stays as it is; never a silent misplacement if it does not.
+                        raise DataError(
+                            f"{path}: sample rows {done + 1}-{done + len(frame)} read differently from a first pass over the file "
+                            f"({frame.shape[1]} values per row, IDs from {read[0]!r}; expected {n_features}, from {expected[0] if expected else None!r}). "
+                            f"Was the file changed while it was read?"
+                        )
+                    frame.index, frame.columns = pd.Index(expected, dtype=object), pd.Index(feature_names, dtype=object)
+                    yield validated_values(path, frame, samples_are_rows=True)
+                    done += len(frame)
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot be read as a table with samples as rows: {_one_line(error)}") from None
+        if done != n_samples:
+            raise DataError(f"{path}: {done} sample rows read, but a first pass found {n_samples}; was the file changed while it was read?")
+
+    def blocks(width: int) -> Iterator[np.ndarray]:
+        bounds = [(start, min(start + width, n_features)) for start in range(0, n_features, width)]
+        folder: Path | None = None
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".rows.tmp", dir=scratch))
+            with (folder / "values.f64").open("w+b") as handle:
+                done = 0
+                for values in batches():
+                    # Block by block, each holding all samples: rows done..done+k of a block are one contiguous run.
+                    for start, stop in bounds:
+                        handle.seek(8 * (n_samples * start + done * (stop - start)))
+                        handle.write(np.ascontiguousarray(values[:, start:stop]).data)
+                    done += values.shape[0]
+                for start, stop in bounds:
+                    block = np.empty((n_samples, stop - start), dtype=np.float64)
+                    handle.seek(8 * n_samples * start)
+                    if handle.readinto(block.data.cast("B")) != block.nbytes:
+                        raise DataError(f"{path}: the temporary file {handle.name} ended early; was it changed while it was written?")
+                    yield block
+        except OSError as error:
+            place = folder or scratch or Path(tempfile.gettempdir())
+            raise DataError(
+                f"{path}: cannot write or read the temporary file in {place}: {error.strerror or error}. A wide table is converted "
+                f"through a temporary file of {8 * n_samples * n_features / 2**30:.2f} GiB there (8 bytes per value)."
+            ) from None
+        finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    return TableStream(sample_ids, tuple(str(f) for f in feature_names), blocks, path)
 
 
 def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512) -> TableStream:
@@ -369,7 +464,7 @@ def stream_parquet(path: Path) -> TableStream:
     """A Parquet table with samples as rows as a :class:`TableStream`, read a block of feature columns at a time.
 
     The sample IDs are the pandas index stored with the file, else the first
-    column, as in :func:`read_wide`; same checks.
+    column, as in :func:`stream_wide`; same checks.
     """
     try:
         handle = pq.ParquetFile(path)
@@ -402,8 +497,12 @@ def stream_parquet(path: Path) -> TableStream:
     return TableStream(tuple(sample_index), tuple(str(n) for n in feature_names), blocks, path)
 
 
-def stream_abundance_table(path: Path, fmt: str = "auto", rank: str = "species") -> TableStream:
-    """Any supported table as a :class:`TableStream`: MetaPhlAn and Parquet block by block; a wide TSV/CSV is read whole."""
+def stream_abundance_table(path: Path, fmt: str = "auto", rank: str = "species", scratch: Path | None = None) -> TableStream:
+    """Any supported table as a :class:`TableStream`, block by block, never whole.
+
+    ``scratch`` is the folder for the temporary file a wide TSV/CSV goes through
+    (:func:`stream_wide`; default: the system's temporary folder).
+    """
     if not path.exists():
         raise DataError(f"abundance file {path} does not exist")
     fmt = detect_format(path) if fmt == "auto" else fmt
@@ -413,10 +512,7 @@ def stream_abundance_table(path: Path, fmt: str = "auto", rank: str = "species")
         return stream_parquet(path)
     if fmt != "wide":
         raise DataError(f"{path}: format {fmt!r} is not a table format")
-    table = read_wide(path)
-    return TableStream(
-        table.sample_ids, table.feature_ids, lambda width: (table.values[:, s : s + width] for s in range(0, table.values.shape[1], width)), path
-    )
+    return stream_wide(path, scratch=scratch)
 
 
 def read_abundance_table(path: Path, fmt: str = "auto", rank: str = "species") -> AbundanceTable:
