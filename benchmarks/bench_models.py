@@ -12,7 +12,7 @@ one BLAS thread for both sides:
 
 Prints the times and ratios and writes ``benchmarks/results/<date>-<host>-models.json``.
 
-    python benchmarks/bench_models.py [--participants 7656] [--species 400] [--sample 100] [--out FILE.json]
+    python benchmarks/bench_models.py [--participants 7656] [--species 400] [--sample 100] [--only MODEL ...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--species", type=int, default=400)
     parser.add_argument("--sample", type=int, default=100, help="reference regressions to time per model (MixedLM: a tenth)")
     parser.add_argument("--out", type=Path, help="write the JSON here (default benchmarks/results/<date>-<host>-models.json)")
+    parser.add_argument("--only", nargs="+", choices=["lm_nonzero", "lm_cluster", "prevalence", "lmm"], help="time these models only")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="bench-models-"))
@@ -163,6 +164,8 @@ def main() -> None:
     }
     report = {}
     for name, (run, sample) in cases.items():
+        if args.only and name not in args.only:
+            continue
         try:
             ours, regressions = best_of(3, run)
         except ImportError as error:

@@ -3,7 +3,10 @@
 Tolerances: relative 1e-6 on beta, se and p against statsmodels' Newton fit
 (``Logit(...).fit(method="newton", tol=1e-12)``); relative 1e-5 on Firth
 estimates against a direct BFGS maximisation of the penalised log-likelihood;
-1e-10 between different batchings of the same features.
+1e-9 on beta and se between different batchings of the same features (a batching
+can change at which pass a feature stops, and a variance taken one short final
+step before the estimate is corrected along it to 1e-9, see
+``_CORRECTED_VARIANCE``), 1e-7 on p (whose relative error is about z^2 times se's).
 """
 
 from __future__ import annotations
@@ -154,7 +157,9 @@ def test_complete_separation_without_covariates_matches_the_closed_form() -> Non
     np.testing.assert_allclose(fits.beta[0], [log_odds_ratio, -log_odds_ratio], rtol=1e-10)
     in_cases, in_controls = (cases + 0.5) / (cases + 1), 0.5 / (controls + 1)
     variance = 1 / (cases * in_cases * (1 - in_cases)) + 1 / (controls * in_controls * (1 - in_controls))
-    np.testing.assert_allclose(fits.se[0], np.sqrt(variance), rtol=1e-10)
+    # se to 1e-9: the variance may be taken one short final step before the estimate
+    # and corrected along it (to _CORRECTED_VARIANCE).
+    np.testing.assert_allclose(fits.se[0], np.sqrt(variance), rtol=1e-9)
     reference = _penalised_reference(np.column_stack([np.ones(n), exposure]), presence[:, 0])
     assert fits.beta[0, 0] == pytest.approx(reference[-1], rel=1e-5)
 
@@ -265,15 +270,17 @@ def test_chunks_and_exposures_do_not_change_the_fits() -> None:
     assert {FitStatus.OK, FitStatus.FIRTH, FitStatus.TOO_FEW_EVENTS} <= set(together.status.ravel().tolist())
 
     pieces = [fit_logistic_slopes(design, exposures, binary, presence[:, s : s + 7]) for s in range(0, m, 7)]
-    for name in ("beta", "se", "p"):
-        np.testing.assert_allclose(np.hstack([getattr(p, name) for p in pieces]), getattr(together, name), rtol=1e-10, err_msg=name)
+    # p's relative error is about z^2 times se's (z reaches 9 here): 1e-7 for p.
+    tolerances = {"beta": 1e-9, "se": 1e-9, "p": 1e-7}
+    for name, rtol in tolerances.items():
+        np.testing.assert_allclose(np.hstack([getattr(p, name) for p in pieces]), getattr(together, name), rtol=rtol, err_msg=name)
     for name in ("status", "n", "n_cases", "n_controls"):
         np.testing.assert_array_equal(np.hstack([getattr(p, name) for p in pieces]), getattr(together, name), err_msg=name)
 
     for e in range(3):
         alone = fit_logistic_slopes(design, exposures[e : e + 1], binary[e : e + 1], presence)
-        for name in ("beta", "se", "p"):
-            np.testing.assert_allclose(getattr(alone, name)[0], getattr(together, name)[e], rtol=1e-10, err_msg=name)
+        for name, rtol in tolerances.items():
+            np.testing.assert_allclose(getattr(alone, name)[0], getattr(together, name)[e], rtol=rtol, err_msg=name)
         np.testing.assert_array_equal(alone.status[0], together.status[e])
 
 

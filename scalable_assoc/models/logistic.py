@@ -25,7 +25,13 @@ Method. Newton's method for every feature of a block at once:
   ``W`` the chunk's weights, zero in missing cells), the scores ``B'(Y - M)``
   another; the ``(w, p, p)`` systems are then inverted as one stack;
 * a feature has converged when its next step provably moves no linear predictor
-  by more than ``tol``; it takes that step and is frozen;
+  by more than ``tol``; it takes that step and is frozen. A double-precision pass
+  also measures how each variance bends along the next step (``_evaluate``'s
+  ``bend_along``), so a step up to ``_CORRECTED_STEP`` (1e-5) can be the last:
+  the estimate takes it (what is left is of the order of its square) and the
+  variance is moved along it to first order, to a relative 1e-9. Single-precision
+  passes leave steps of ~3e-7, so the double pass after them is the last for most
+  features instead of the one after that;
 * a step that lowers the log-likelihood is halved until it does not. Short
   steps need no check: one that moves no linear predictor by more than 1.5
   cannot lower a logistic log-likelihood (see ``_SAFE_STEP``);
@@ -109,6 +115,17 @@ _EXACT_FISHER_STEP = 1e-4
 #: A pass computes the log-likelihood of all its features when more than one in this
 #: many needs it for a step check; otherwise those few get a pass of their own.
 _CHECKED_TOGETHER = 4
+#: Longest final step where the pass measured the variance's first-order change along
+#: it: the estimate takes the step (what is left is of the order of its square times a
+#: curvature ratio, ~1e-13) and the variance moves along it to first order (what is left,
+#: ~1e-12 relative, plus ~1e-3 of the correction for measuring it with the previous
+#: pass's direction: below 1e-9). A single-precision pass leaves steps of ~3e-7, so the
+#: double pass after one can be the last.
+_CORRECTED_STEP = 1e-5
+#: Largest relative error tolerated in a corrected variance from measuring its change
+#: along the previous pass's direction (see ``_newton``); the rest of its error is of
+#: the order of the step squared.
+_CORRECTED_VARIANCE = 1e-9
 #: Step halvings tried before a feature is given up as not converging.
 _MAX_HALVINGS = 30
 #: Relative decrease of the (penalised) log-likelihood tolerated before halving
@@ -231,6 +248,7 @@ class _Evaluation:
     score: np.ndarray | None  # (p, w) score B'(y - mu)
     loglik: np.ndarray | None  # (w,) log-likelihood (unpenalised)
     largest: np.ndarray | None  # (w,) max |eta| over used participants
+    bend: np.ndarray | None = None  # (p, w) sum_i w'_i (B_i u)^2 B_i, see _evaluate's bend_along
 
 
 def _evaluate(
@@ -245,6 +263,7 @@ def _evaluate(
     single: bool = False,
     single_fisher: bool = False,
     y32: np.ndarray | None = None,
+    bend_along: np.ndarray | None = None,
 ) -> _Evaluation:
     """One pass over the participants at ``eta = B @ coefficients`` (``(p, w)``), for ``w`` features.
 
@@ -253,6 +272,13 @@ def _evaluate(
     probabilities are computed in single precision (sums and the
     log-likelihood still in double); with ``single_fisher`` only the Fisher
     information's product is.
+
+    ``bend_along`` (``(p, w)`` vectors ``u``) asks for ``g = sum_i w'_i (B_i u)^2 B_i``
+    (``w' = w (1 - 2 mu)``, the weights' derivative in eta): along a step ``d``
+    the information changes by ``dI = sum_i w'_i (B_i d) B_i B_i'``, so with ``u =
+    I^-1 e_p`` the variance ``e_p' I^-1 e_p`` changes by ``-u' dI u = -d'g`` to first
+    order. Computed in single precision: it only corrects a variance by a
+    relative ~1e-6, so its own ~1e-6 relative rounding is far below 1e-10.
 
     The linear predictors are recomputed chunk by chunk rather than stored: an
     ``(n, w)`` array in memory costs more to read and write than the small
@@ -269,9 +295,13 @@ def _evaluate(
     score_sum = np.zeros((basis.p, w)) if score else None
     loglik_sum = np.zeros(w) if loglik else None
     largest_max = np.zeros(w) if largest else None
+    bend_sum = np.zeros((basis.p, w)) if bend_along is not None else None
+    along32 = None if bend_along is None else bend_along.astype(np.float32)
     chunks = _chunks(n, w, missing)
     # Chunk-sized work arrays, reused by every chunk (no allocation per chunk).
     size = max(last - first for first, last, _ in chunks)
+    if bend_along is not None:
+        along_work, slope_work = np.empty((size, w), dtype=np.float32), np.empty((size, w), dtype=np.float32)
     work, spare = np.empty((size, w), dtype=matrix.dtype), np.empty((size, w), dtype=matrix.dtype)
     third = np.empty((size, w), dtype=matrix.dtype) if loglik else work
     # exp(-eta) overflows to inf only for very negative eta, where mu = 0 is its limit
@@ -307,6 +337,15 @@ def _evaluate(
             np.subtract(mu, weights, out=weights)
             if fisher_flat is not None:
                 fisher_flat += products[first:last].T @ weights.astype(products.dtype, copy=False)
+            if bend_sum is not None and along32 is not None:
+                rows32 = basis.matrix32[first:last]
+                along = np.matmul(rows32, along32, out=along_work[: last - first])
+                along *= along
+                slope = np.multiply(mu, -2.0, out=slope_work[: last - first], casting="same_kind")
+                slope += 1.0
+                slope *= weights
+                along *= slope  # w' (B u)^2, zero in the missing cells (as w)
+                bend_sum += rows32.T @ along
             if score_sum is not None:
                 score_sum += rows.T @ np.subtract(observed, mu, out=mu)
     if loglik_sum is not None and not np.all(np.isfinite(loglik_sum)):
@@ -314,7 +353,7 @@ def _evaluate(
         # log-likelihood is finite: redo those features with an overflow-free formula.
         redo = np.flatnonzero(~np.isfinite(loglik_sum))
         loglik_sum[redo] = _loglik(basis, y[:, redo], missing.restrict(redo, w), given[:, redo])
-    return _Evaluation(None if fisher_flat is None else basis.unpack(fisher_flat), score_sum, loglik_sum, largest_max)
+    return _Evaluation(None if fisher_flat is None else basis.unpack(fisher_flat), score_sum, loglik_sum, largest_max, bend_sum)
 
 
 def _largest_moves(basis: _Basis, steps: np.ndarray) -> np.ndarray:
@@ -413,8 +452,8 @@ def _inverse(matrices: np.ndarray) -> np.ndarray:
         return np.linalg.pinv(matrices, hermitian=True)
 
 
-def _newton_step(fisher: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(delta (p, w), variance (w,))``: ``I^-1 U`` and the last diagonal entry of ``I^-1``, one stacked solve."""
+def _newton_step(fisher: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(delta (p, w), variance (w,), u (p, w))``: ``I^-1 U``, the last diagonal entry of ``I^-1`` and its last column, one stacked solve."""
     w, p, _ = fisher.shape
     right = np.zeros((w, p, 2))
     right[:, :, 0] = score.T
@@ -423,7 +462,7 @@ def _newton_step(fisher: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.
         solved = np.linalg.solve(fisher, right)
     except np.linalg.LinAlgError:
         solved = _inverse(fisher) @ right
-    return solved[:, :, 0].T.copy(), solved[:, -1, 1].copy()
+    return solved[:, :, 0].T.copy(), solved[:, -1, 1].copy(), solved[:, :, 1].T.copy()
 
 
 @dataclass
@@ -436,6 +475,9 @@ class _Point:
     objective: np.ndarray  # (w,) log-likelihood (penalised under Firth); NaN where not computed
     rough_variance: np.ndarray  # (w,) bool: the information came from a single-precision product
     rough_objective: np.ndarray  # (w,) bool: the objective came from a single-precision pass
+    direction: np.ndarray | None = None  # (p, w) I^-1 e_p, the variance's direction (see _evaluate)
+    bend: np.ndarray | None = None  # (p, w) the variance's first-order change per unit step, if measured
+    bent_along: np.ndarray | None = None  # (p, w) the direction ``bend`` was measured along
 
     def take(self, columns: np.ndarray) -> _Point:
         """The state of ``columns`` only."""
@@ -446,6 +488,9 @@ class _Point:
             self.objective[columns],
             self.rough_variance[columns],
             self.rough_objective[columns],
+            None if self.direction is None else self.direction[:, columns],
+            None if self.bend is None else self.bend[:, columns],
+            None if self.bent_along is None else self.bent_along[:, columns],
         )
 
 
@@ -485,13 +530,13 @@ def _start(
         objective = objective + _half_logdet(fisher)
         inverse = _inverse(fisher)
         score, negative_hessian = _firth_pass(basis, y, missing, coefficients, fisher, inverse)
-        delta, variance = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1]
+        delta, variance, direction = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1], inverse[:, :, -1].T
     else:
         used_sums = basis.matrix.sum(axis=0)[:, None] - np.asarray(indicator @ basis.matrix).T
         score = (basis.matrix.T @ y if basis_y is None else basis_y) - used_sums * prevalence
-        delta, variance = _newton_step(fisher, score)
+        delta, variance, direction = _newton_step(fisher, score)
     delta[:, ~fitted] = 0.0
-    return _Point(coefficients, delta, variance, objective, np.zeros(w, dtype=bool), np.zeros(w, dtype=bool))
+    return _Point(coefficients, delta, variance, objective, np.zeros(w, dtype=bool), np.zeros(w, dtype=bool), direction)
 
 
 @dataclass(frozen=True)
@@ -550,8 +595,24 @@ def _newton(
     for iteration in range(max_iter):
         bound = column_max @ np.abs(point.delta)  # >= max_i |B_i delta|
         # Converged: take the final step, with the variance from the information just
-        # before it (the two differ by the order of tol).
-        done = live & (bound <= tol)
+        # before it (the two differ by the order of tol), or, where the pass measured the
+        # variance's first-order change (``bend``), a step up to _CORRECTED_STEP long with
+        # the variance moved along it: what is left is of the order of the step squared.
+        # Only steps from double-precision scores count (single precision rounds them).
+        final = np.full(live.size, tol)
+        if point.bend is not None:
+            # The correction -delta'g was measured along the previous pass's direction u;
+            # the variance needs it along this point's, u'. g is quadratic in u, so with
+            # u' = a u + r (a least squares) it is a^2 times the measured one, off by about
+            # twice |r| / |u'| times the correction, which must stay negligible.
+            assert point.bent_along is not None and point.direction is not None
+            then, now = point.bent_along, point.direction
+            scale = np.einsum("aw,aw->w", then, now) / np.einsum("aw,aw->w", then, then)
+            correction = scale**2 * np.einsum("aw,aw->w", point.delta, point.bend)
+            drift = np.linalg.norm(now - scale * then, axis=0) / np.linalg.norm(now, axis=0)
+            trusted = 2.0 * drift * np.abs(correction) <= _CORRECTED_VARIANCE * np.abs(point.variance)
+            final[trusted] = max(tol, _CORRECTED_STEP)
+        done = live & (bound <= final) & ~point.rough_objective
         if (done & point.rough_variance).any():
             # That information came from a single-precision product: recompute it exactly.
             columns = np.flatnonzero(done & point.rough_variance)
@@ -559,6 +620,8 @@ def _newton(
             assert exact.fisher is not None
             point.variance[columns] = _inverse(exact.fisher)[:, -1, -1]
         coefficients[:, position[done]] = point.coefficients[:, done] + point.delta[:, done]
+        if point.bend is not None:
+            point.variance[done] -= correction[done]
         last_variance[position[done]] = point.variance[done]
         converged[position[done]] = True
         live &= ~done
@@ -584,14 +647,17 @@ def _newton(
         # After a single-precision pass no feature can converge at this one (its step is no
         # shorter than that pass's rounding, ~1e-7), so its information only shapes steps.
         after_single = bool(np.all(point.rough_objective[live]))
-        single_fisher = not firth and (after_single or bool(np.all(bound[live] > _EXACT_FISHER_STEP)))
+        single_fisher = not firth and not after_single and bool(np.all(bound[live] > _EXACT_FISHER_STEP))
         # The log-likelihood costs a third of a pass: for a few checked features it is
         # cheaper computed on their own, after the pass.
         whole = firth or _CHECKED_TOGETHER * check.size > np.count_nonzero(live)
         find_largest = not firth and iteration >= _DIVERGENCE_CHECKS_FROM
         trial = point.coefficients + point.delta
+        # A pass with an exact information may be the last of some features: it also
+        # measures how their variance bends along their next (final) step.
+        bend_along = point.direction if not (single or single_fisher) else None
         evaluation = _evaluate(
-            basis, y, missing, trial, True, not firth, bool(whole and check.size), find_largest, single, single_fisher, y32
+            basis, y, missing, trial, True, not firth, bool(whole and check.size), find_largest, single, single_fisher, y32, bend_along
         )
         assert evaluation.fisher is not None
         fisher, score = evaluation.fisher, evaluation.score
@@ -641,11 +707,13 @@ def _newton(
         if firth:
             inverse = _inverse(fisher)
             score, negative_hessian = _firth_pass(basis, y, missing, trial, fisher, inverse)
-            delta, variance = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1]
+            delta, variance, direction = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1], inverse[:, :, -1].T
         else:
             assert score is not None
-            delta, variance = _newton_step(fisher, score)
-        point = _Point(trial, delta, variance, objective, np.full(live.size, single_fisher), np.full(live.size, single))
+            delta, variance, direction = _newton_step(fisher, score)
+        point = _Point(
+            trial, delta, variance, objective, np.full(live.size, single_fisher), np.full(live.size, single), direction, evaluation.bend, bend_along
+        )
         if evaluation.largest is not None:
             beyond = np.where(largest > _ETA_DIVERGED, beyond + 1, 0)
             done = live & (beyond >= _DIVERGED_ITERATIONS)
@@ -826,7 +894,9 @@ def fit_logistic_slopes(
         (or separated, if its probabilities are heading to 0 or 1).
     tol:
         A fit has converged when its next Newton step moves no used
-        participant's linear predictor (log odds) by more than ``tol``.
+        participant's linear predictor (log odds) by more than ``tol``, or by no
+        more than ``_CORRECTED_STEP`` where the pass measured the variance's change
+        along the step (estimates to ~1e-10 relative, standard errors to 1e-9).
 
     Returns
     -------
