@@ -502,6 +502,7 @@ def _start(
     basis_y: np.ndarray | None,
     fitted: np.ndarray,
     counted: tuple[np.ndarray, scipy.sparse.csr_matrix] | None = None,
+    warm: np.ndarray | None = None,
 ) -> _Point:
     """Newton's start: the constant fit ``eta = logit(prevalence)`` of every feature.
 
@@ -509,7 +510,8 @@ def _start(
     constant times the feature's Gram matrix (all rows minus the missing ones, a
     sparse product) and its score ``B'y - prevalence B'1`` and log-likelihood
     have closed forms: no pass over the participants (except for Firth's
-    modified score). ``basis_y`` is ``B'y`` (``(p, w)``) and ``counted`` the events
+    modified score). Under Firth, ``warm`` (``(p, w)``, NaN columns for none) gives
+    other starts for some features. ``basis_y`` is ``B'y`` (``(p, w)``) and ``counted`` the events
     per feature with the missing cells' indicator (:meth:`_Cells.indicator`), if
     already known. Features not ``fitted`` get a zero step (and an identity
     information, whatever their data).
@@ -528,6 +530,14 @@ def _start(
     objective = events * np.log(prevalence) + (n_used - events) * np.log1p(-prevalence)
     if firth:
         objective = objective + _half_logdet(fisher)
+        started = np.flatnonzero(np.all(np.isfinite(warm), axis=0) & fitted) if warm is not None else np.zeros(0, dtype=np.int64)
+        if warm is not None and started.size:
+            # Warm starts (see _fit_design): their information and objective need a pass.
+            coefficients[:, started] = warm[:, started]
+            at_warm = _evaluate(basis, y[:, started], missing.restrict(started, w), coefficients[:, started], True, False, True)
+            assert at_warm.fisher is not None and at_warm.loglik is not None
+            fisher[started] = at_warm.fisher
+            objective[started] = at_warm.loglik + _half_logdet(at_warm.fisher)
         inverse = _inverse(fisher)
         score, negative_hessian = _firth_pass(basis, y, missing, coefficients, fisher, inverse)
         delta, variance, direction = _firth_step(fisher, negative_hessian, score), inverse[:, -1, -1], inverse[:, :, -1].T
@@ -560,6 +570,7 @@ def _newton(
     fitted: np.ndarray | None = None,
     counted: tuple[np.ndarray, scipy.sparse.csr_matrix] | None = None,
     y32: np.ndarray | None = None,
+    warm: np.ndarray | None = None,
 ) -> _NewtonResult:
     """(Penalised) maximum likelihood for ``s`` features at once, by Newton's method with step halving.
 
@@ -588,7 +599,7 @@ def _newton(
 
     column_max = np.abs(basis.matrix).max(axis=0)
     live = np.ones(s, dtype=bool) if fitted is None else fitted.copy()
-    point = _start(basis, y, missing, firth, basis_y, live, counted)
+    point = _start(basis, y, missing, firth, basis_y, live, counted, warm)
     position = np.arange(s)  # original feature of each working column
     beyond = np.zeros(s, dtype=np.int64)  # consecutive iterations with max |eta| > _ETA_DIVERGED
     largest = np.full(s, np.nan)
@@ -841,15 +852,20 @@ def fit_logistic_designs(
 
     Arguments are per design, as in :func:`fit_logistic_slopes`. Designs on the
     same participants are fitted one after another, so that they share the
-    block's view of those participants.
+    block's view of those participants, and each starts its Firth fits from the
+    previous one's estimates (see :func:`_fit_design`).
     """
     block = presence if isinstance(presence, PresenceBlock) else PresenceBlock(presence)
     n_total = block.shape[0]
     subsets = [np.arange(n_total) if r is None else np.asarray(r) for r in rows]
     order = sorted(range(len(designs)), key=lambda index: subsets[index].tobytes())
     fits: dict[int, SlopeFits] = {}
+    previous: tuple[bytes, list[_FirthState]] | None = None
     for index in order:
-        fits[index] = fit_logistic_slopes(designs[index], exposures[index], binary[index], block, subsets[index], firth=firth)
+        key = subsets[index].tobytes()
+        warm = previous[1] if previous is not None and previous[0] == key else None
+        fits[index], states = _fit_design(designs[index], exposures[index], binary[index], block, subsets[index], firth, 5, 100, 1e-10, warm)
+        previous = (key, states)
     return [fits[index] for index in range(len(designs))]
 
 
@@ -905,6 +921,34 @@ def fit_logistic_slopes(
     estimate under Firth), ``t`` the Wald z, ``p`` two-sided normal, ``n`` the
     participants used, ``n_cases``/``n_controls`` for binary exposures.
     """
+    return _fit_design(design, exposures, binary, presence, rows, firth, min_events, max_iter, tol)[0]
+
+
+#: Per exposure of a design: its basis ``(n, p)`` and the Firth estimates ``(p, m)`` on it
+#: (NaN for features not fitted by Firth), to start the next design's Firth fits from.
+_FirthState = tuple[np.ndarray, np.ndarray] | None
+
+
+def _fit_design(
+    design: CovariateDesign,
+    exposures: np.ndarray,
+    binary: np.ndarray,
+    presence: PresenceBlock | np.ndarray,
+    rows: np.ndarray | None,
+    firth: bool,
+    min_events: int,
+    max_iter: int,
+    tol: float,
+    warm: list[_FirthState] | None = None,
+) -> tuple[SlopeFits, list[_FirthState]]:
+    """:func:`fit_logistic_slopes`, also returning each exposure's Firth estimates; ``warm`` those of a design before.
+
+    Designs on the same participants (adjustment sets) mostly find the same
+    separated features, whose Firth estimates move little when a covariate is
+    added: starting from the previous design's estimate (its linear predictor
+    projected on this basis) spares Firth's long first iterations. It is only a
+    start: the estimate is where the iterations converge.
+    """
     block = presence if isinstance(presence, PresenceBlock) else PresenceBlock(presence)
     n_total, m = block.shape
     rows = np.arange(n_total) if rows is None else np.asarray(rows)
@@ -928,7 +972,7 @@ def fit_logistic_slopes(
     n_controls = np.full(shape, -1, dtype=np.int64)
     if design.problem is not None:  # as the OLS kernel: participants counted, no case counts
         status[:] = FitStatus.DESIGN_RANK_DEFICIENT
-        return SlopeFits(beta, se, beta.copy(), beta.copy(), n_out, n_cases, n_controls, status)
+        return SlopeFits(beta, se, beta.copy(), beta.copy(), n_out, n_cases, n_controls, status), []
     for index in np.flatnonzero(binary):
         counts = _used_sums(np.column_stack([exposures[index] == 1.0, exposures[index] == 0.0]).astype(np.float64), missing_indicator)
         n_cases[index], n_controls[index] = np.rint(counts).astype(np.int64)
@@ -963,9 +1007,11 @@ def fit_logistic_slopes(
     covariate_separated = _level_separated(level_used[:1], level_present[:1]) | separated_by(slice(bounds[1], bounds[2]))
 
     rank = design.q.shape[1]
+    states: list[_FirthState] = []
     for e in range(k):  # a handful of exposures per design; features stay vectorised
         if collinear[e]:
             status[e] = FitStatus.EXPOSURE_COLLINEAR
+            states.append(None)
             continue
         basis = _make_basis(np.column_stack([design.q, directions[:, e]]))
         singular = _singular_features(basis, missing_indicator)
@@ -984,14 +1030,23 @@ def fit_logistic_slopes(
 
         penalised = np.flatnonzero(separated)
         if firth:
-            result = _newton(basis, y[:, penalised], missing.restrict(penalised, m), True, max_iter, tol)
+            previous = warm[e] if warm is not None and e < len(warm) else None
+            start = None
+            if previous is not None and penalised.size:
+                # The previous design's linear predictors, projected on this basis.
+                start = (basis.matrix.T @ previous[0]) @ previous[1][:, penalised]
+            result = _newton(basis, y[:, penalised], missing.restrict(penalised, m), True, max_iter, tol, warm=start)
             estimated = penalised[result.converged]
+            firth_estimates = np.full((basis.p, m), np.nan)
+            firth_estimates[:, estimated] = result.coefficients[:, result.converged]
+            states.append((basis.matrix, firth_estimates))
             beta[e, estimated] = result.coefficients[-1, result.converged] / scales[e]
             se[e, estimated] = np.sqrt(result.last_variance[result.converged]) / scales[e]
             status[e, estimated] = FitStatus.FIRTH
             status[e, penalised[~result.converged]] = FitStatus.NOT_CONVERGED
         else:
             status[e, penalised] = FitStatus.SEPARATION
+            states.append(None)
         status[e, singular] = FitStatus.FEATURE_RANK_DEFICIENT
         status[e, too_few] = FitStatus.TOO_FEW_EVENTS
 
@@ -1003,4 +1058,4 @@ def fit_logistic_slopes(
         z = beta / se
     # Two-sided normal tail, as statsmodels' Logit reports; ndtr keeps tiny p exact.
     p = 2.0 * scipy.special.ndtr(-np.abs(z))
-    return SlopeFits(beta, se, z, p, n_out, n_cases, n_controls, status)
+    return SlopeFits(beta, se, z, p, n_out, n_cases, n_controls, status), states
