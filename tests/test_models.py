@@ -60,6 +60,19 @@ def _reference(data: pd.DataFrame, feature: str, exposure: str, cluster: bool) -
     return {"beta": fit.params["exposure_value"], "se": fit.bse["exposure_value"], "p": fit.pvalues["exposure_value"], "n": int(fit.nobs)}
 
 
+def _gbm_clr_with_most_clustered(study: SimulatedStudy) -> tuple[pd.DataFrame, pd.Series]:
+    """The gbm layer's CLR values (half the smallest positive value as pseudocount) with metadata and
+    the any_ptd exposure, and the 3 features the simulation gave the largest family ICC."""
+    metadata = pd.read_csv(study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str}).set_index("sample_id")
+    raw = read_layer(study.out_dir / "gbm.tsv")
+    pseudocount = raw[raw > 0].min().min() / 2
+    logged = np.log(raw + pseudocount)
+    clr = logged.sub(logged.mean(axis=1, skipna=True), axis=0)
+    truth = pd.read_csv(study.out_dir / "truth.tsv", sep="\t")
+    clustered = truth[truth["layer"] == "gbm"].drop_duplicates("feature").nlargest(3, "family_icc")["feature"]
+    return _exposure_frame(metadata, clr, "any_ptd"), clustered
+
+
 def _exposure_frame(metadata: pd.DataFrame, layer: pd.DataFrame, exposure: str) -> pd.DataFrame:
     data = metadata.join(layer, how="inner")
     if exposure == "AnyDep":
@@ -114,14 +127,7 @@ def test_lmm_in_a_run_equals_statsmodels_mixedlm(small_study: SimulatedStudy, cl
     plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [lmm]").replace("cluster: household", "cluster: family_id"))
     results = run_study(plan, tmp_path / "out", client=client).results
     assert set(results["model"]) == {"lmm"} and (results["status"] == "ok").mean() > 0.9
-    metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str}).set_index("sample_id")
-    raw = read_layer(small_study.out_dir / "gbm.tsv")
-    pseudocount = raw[raw > 0].min().min() / 2
-    logged = np.log(raw + pseudocount)
-    clr = logged.sub(logged.mean(axis=1, skipna=True), axis=0)
-    data = _exposure_frame(metadata, clr, "any_ptd")
-    truth = pd.read_csv(small_study.out_dir / "truth.tsv", sep="\t")
-    clustered = truth[truth["layer"] == "gbm"].drop_duplicates("feature").nlargest(3, "family_icc")["feature"]
+    data, clustered = _gbm_clr_with_most_clustered(small_study)
     for feature in clustered:
         frame = data[[feature, "exposure_value", "age", "sex", "bmi", "family_id"]].dropna(subset=[feature, "age", "bmi"])
         exog = np.column_stack([np.ones(len(frame)), frame["exposure_value"], frame["age"], frame["sex"] == "male", frame["bmi"]]).astype(float)
@@ -180,14 +186,7 @@ def test_lmm_rows_carry_variance_components(small_study: SimulatedStudy, client,
     assert tsv.loc[tsv["model"] == "lm", components].isna().all().all()
 
     # Equal to the kernel on the same participants, families and transformed values.
-    metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str}).set_index("sample_id")
-    raw = read_layer(small_study.out_dir / "gbm.tsv")
-    pseudocount = raw[raw > 0].min().min() / 2
-    logged = np.log(raw + pseudocount)
-    clr = logged.sub(logged.mean(axis=1, skipna=True), axis=0)
-    data = _exposure_frame(metadata, clr, "any_ptd")
-    truth = pd.read_csv(small_study.out_dir / "truth.tsv", sep="\t")
-    clustered = truth[truth["layer"] == "gbm"].drop_duplicates("feature").nlargest(3, "family_icc")["feature"]
+    data, clustered = _gbm_clr_with_most_clustered(small_study)
     for feature in [*clustered, *lmm["feature"].iloc[:2]]:
         frame = data[[feature, "exposure_value", "age", "sex", "bmi", "family_id"]].dropna(subset=[feature, "age", "bmi"])
         covariates = np.column_stack([np.ones(len(frame)), frame["age"], frame["sex"] == "male", frame["bmi"]]).astype(float)
