@@ -275,3 +275,32 @@ def test_joint_p_of_abundance_and_presence_as_maaslin3(small_study: SimulatedStu
     for _, family in joint.groupby(["layer", "exposure", "adjustment"]):
         defined = family["p_joint"].notna()
         np.testing.assert_allclose(family.loc[defined, "q_joint"], multipletests(family.loc[defined, "p_joint"], method="fdr_bh")[1], rtol=1e-12)
+
+
+def test_prevalence_tasks_keep_a_subsets_adjustment_sets_together(small_study: SimulatedStudy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The prevalence kernel shares work between the designs of one participant subset (an
+    # exposure's adjustment sets): tasks must hold them together, the linear models
+    # keep packing designs with the same covariates.
+    from scalable_assoc.engine.prepare import chunk_tasks, prepare_study
+    from scalable_assoc.plan.schema import load_plan
+    from scalable_assoc.simulate import plan_yaml
+
+    plan = small_study.out_dir / "prevalence_plan.yaml"
+    plan.write_text(plan_yaml(models=["lm", "prevalence"]) + "min_cases: 3\n")
+    study = prepare_study(load_plan(plan), tmp_path / "stores", log=lambda _: None)
+    layer = study.layers[0]
+    rows = {key: design.rows.tobytes() for key, design in layer.designs.items()}
+    per_subset: dict[bytes, int] = {}
+    for analysis in layer.analyses:
+        if analysis.key.model == "prevalence":
+            per_subset[rows[analysis.design_key]] = per_subset.get(rows[analysis.design_key], 0) + 1
+    assert len(per_subset) > 1 and min(per_subset.values()) > 1
+    per_task = max(per_subset.values())  # every subset fits a task
+    tasks = [t for t in chunk_tasks(study, per_task) if t.layer == layer.spec.name and t.block_index == 0]
+    for task in tasks:
+        assert len({a.key.model for a in task.analyses}) == 1
+        if task.analyses[0].key.model == "prevalence":
+            subsets = {rows[a.design_key] for a in task.analyses}
+            assert all(sum(1 for a in task.analyses if rows[a.design_key] == s) == per_subset[s] for s in subsets)
+    covered = [a.key.analysis_id for t in tasks for a in t.analyses]
+    assert sorted(covered) == sorted(a.key.analysis_id for a in layer.analyses)  # every analysis once

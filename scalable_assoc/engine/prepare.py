@@ -222,17 +222,33 @@ class ChunkTask:
     analyses: tuple[PreparedAnalysis, ...]
 
 
-def batch_analyses(analyses: list[PreparedAnalysis], analyses_per_task: int) -> list[tuple[PreparedAnalysis, ...]]:
+def batch_analyses(
+    analyses: list[PreparedAnalysis], analyses_per_task: int, subsets: dict[str, str] | None = None
+) -> list[tuple[PreparedAnalysis, ...]]:
     """Group analyses by model and design, then pack whole groups of one model into batches of about ``analyses_per_task``.
 
     A batch holds one model only: each model reads its own view of the block
-    (transformed, non-zero values, presence). Within a model, designs with the
-    same covariates are packed together: the kernels share work between them
-    (one product over the block; row atoms for lm_nonzero's Gram matrices).
+    (transformed, non-zero values, presence). Within a model, the analyses that
+    share work inside a task are packed together: for the linear models,
+    designs with the same covariates (one product over the block; row atoms for
+    lm_nonzero's Gram matrices); for ``prevalence``, the designs on one
+    participant subset (``subsets`` maps a design key to its subset's digest),
+    that is the adjustment sets of an exposure, which share the block's
+    presence view and start each other's Firth fits.
     """
+
+    def unit(analysis: PreparedAnalysis) -> str:
+        if analysis.key.model == "prevalence" and subsets is not None:
+            return subsets[analysis.design_key]
+        return analysis.design_key
+
+    def order(analysis: PreparedAnalysis) -> tuple[int, str, tuple[str, ...]]:
+        subset = subsets[analysis.design_key] if analysis.key.model == "prevalence" and subsets is not None else ""
+        return (MODELS.index(analysis.key.model), subset, analysis.covariates)
+
     groups: dict[tuple[str, str], list[PreparedAnalysis]] = {}
-    for analysis in sorted(analyses, key=lambda a: (MODELS.index(a.key.model), a.covariates)):
-        groups.setdefault((analysis.key.model, analysis.design_key), []).append(analysis)
+    for analysis in sorted(analyses, key=order):
+        groups.setdefault((analysis.key.model, unit(analysis)), []).append(analysis)
     batches: list[tuple[PreparedAnalysis, ...]] = []
     current: list[PreparedAnalysis] = []
     for group in groups.values():
@@ -254,7 +270,8 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]
     columns = PARTIAL_SCHEMA.to_string(show_schema_metadata=False)
     tasks = []
     for layer in study.layers:
-        batches = batch_analyses(layer.analyses, analyses_per_task)
+        subsets = {key: hashlib.sha256(design.rows.tobytes()).hexdigest() for key, design in layer.designs.items()}
+        batches = batch_analyses(layer.analyses, analyses_per_task, subsets)
         samples = layer.samples_digest()
         for block_index, (start, stop) in enumerate(layer.store.block_bounds()):
             for batch in batches:
