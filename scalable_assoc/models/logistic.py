@@ -71,6 +71,12 @@ import scipy.special
 from scalable_assoc.models.design import CovariateDesign, project_out
 from scalable_assoc.models.fits import FitStatus, SlopeFits
 
+#: Defaults of :func:`fit_logistic_slopes` (and of :func:`fit_logistic_designs`, which uses them):
+#: fewest participants with, and without, the feature for an estimate; Newton iterations
+#: per fit; the longest final step that needs no variance correction (see ``tol``).
+MIN_EVENTS = 5
+MAX_ITERATIONS = 100
+TOLERANCE = 1e-10
 #: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below
 #: which its design counts as singular (as in the OLS kernel).
 _GRAM_SINGULAR = 1e-10
@@ -869,7 +875,9 @@ def fit_logistic_designs(
     for index in order:
         key = subsets[index].tobytes()
         warm = previous[1] if previous is not None and previous[0] == key else None
-        fits[index], states = _fit_design(designs[index], exposures[index], binary[index], block, subsets[index], firth, 5, 100, 1e-10, warm)
+        fits[index], states = _fit_design(
+            designs[index], exposures[index], binary[index], block, subsets[index], firth, MIN_EVENTS, MAX_ITERATIONS, TOLERANCE, warm
+        )
         previous = (key, states)
     return [fits[index] for index in range(len(designs))]
 
@@ -881,9 +889,9 @@ def fit_logistic_slopes(
     presence: PresenceBlock | np.ndarray,
     rows: np.ndarray | None = None,
     firth: bool = True,
-    min_events: int = 5,
-    max_iter: int = 100,
-    tol: float = 1e-10,
+    min_events: int = MIN_EVENTS,
+    max_iter: int = MAX_ITERATIONS,
+    tol: float = TOLERANCE,
 ) -> SlopeFits:
     """Fit ``logit P(present) ~ covariates + exposure`` for every exposure and feature of a block.
 
