@@ -107,16 +107,16 @@ _SAFE_STEP = 1.5
 #: the largest move of a linear predictor) exceeds this: a Newton step that long
 #: leaves an error of ~1e-7 or more (about a tenth of its square on the reference
 #: study), so the next steps are no shorter than the ~1e-7 rounding single
-#: precision leaves in them, none of them can pass the convergence test, and the
-#: next double-precision pass removes that rounding with the rest of the error
-#: (what it leaves is the square of ~1e-7).
+#: precision leaves in them, none of them is taken as final (only steps from
+#: double-precision scores are), and the next double-precision pass removes that
+#: rounding with the rest of the error (what it leaves is the square of ~1e-7).
 _SINGLE_PRECISION_STEP = 1e-3
 #: A pass computes the Fisher information's product in single precision when every
-#: live feature's step exceeds this (or the pass follows a single-precision one),
-#: even if the rest is double: its error only perturbs the next steps by ~1e-7 of
-#: themselves, and such passes are followed by at least one more (whose information
-#: is exact, for the variance; a feature that converges anyway gets its variance
-#: recomputed exactly).
+#: live feature's step exceeds this, unless it follows a single-precision pass (see
+#: ``_newton``), even if the rest is double: its error only perturbs the next steps
+#: by ~1e-7 of themselves, and such passes are followed by at least one more (whose
+#: information is exact, for the variance; a feature that converges anyway gets its
+#: variance recomputed exactly).
 _EXACT_FISHER_STEP = 1e-4
 #: A pass computes the log-likelihood of all its features when more than one in this
 #: many needs it for a step check; otherwise those few get a pass of their own.
@@ -169,9 +169,14 @@ class _Cells:
         return scipy.sparse.csr_matrix((np.ones(self.rows.size), (self.columns, self.rows)), shape=(width, n))
 
 
+def _chunk_rows(w: int) -> int:
+    """Participants per chunk of a pass over ``w`` features (see ``_CHUNK_CELLS``)."""
+    return max(_CHUNK_ROWS, _CHUNK_CELLS // max(w, 1))
+
+
 def _chunks(n: int, w: int, missing: _Cells) -> list[tuple[int, int, tuple[np.ndarray, np.ndarray]]]:
     """``(first, last, cells)`` for the chunks of rows of an ``(n, w)`` pass; ``cells`` the chunk's missing cells."""
-    size = max(_CHUNK_ROWS, _CHUNK_CELLS // max(w, 1))
+    size = _chunk_rows(w)
     starts = np.arange(0, n, size)
     bounds = np.searchsorted(missing.rows, np.append(starts, n))  # missing.rows is sorted
     return [
@@ -376,7 +381,7 @@ def _largest_moves(basis: _Basis, steps: np.ndarray) -> np.ndarray:
     n, w = basis.matrix.shape[0], steps.shape[1]
     largest = np.zeros(w)
     steps32 = steps.astype(np.float32)
-    size = max(_CHUNK_ROWS, _CHUNK_CELLS // max(w, 1))
+    size = _chunk_rows(w)
     for first in range(0, n, size):  # chunks of participants, never features
         moves = basis.matrix32[first : first + size] @ steps32
         np.maximum(largest, np.abs(moves, out=moves).max(axis=0), out=largest)
@@ -541,8 +546,7 @@ def _start(
     objective = events * np.log(prevalence) + (n_used - events) * np.log1p(-prevalence)
     if firth:
         objective = objective + _half_logdet(fisher)
-        started = np.flatnonzero(np.all(np.isfinite(warm), axis=0) & fitted) if warm is not None else np.zeros(0, dtype=np.int64)
-        if warm is not None and started.size:
+        if warm is not None and (started := np.flatnonzero(np.all(np.isfinite(warm), axis=0) & fitted)).size:
             # Warm starts (see _fit_design): their information and objective need a pass.
             coefficients[:, started] = warm[:, started]
             at_warm = _evaluate(basis, y[:, started], missing.restrict(started, w), coefficients[:, started], True, False, True)
@@ -666,8 +670,9 @@ def _newton(
             bound[long] = _largest_moves(basis, point.delta[:, long])
         check = np.flatnonzero(live if firth else live & (bound > _SAFE_STEP))
         single = not firth and bool(np.all(bound[live] > _SINGLE_PRECISION_STEP))
-        # After a single-precision pass no feature can converge at this one (its step is no
-        # shorter than that pass's rounding, ~1e-7), so its information only shapes steps.
+        # After a single-precision pass the steps are ~3e-7 (that pass's rounding): short
+        # enough to be final at this pass with the variance corrected along them
+        # (_CORRECTED_STEP), so this pass's information must be exact.
         after_single = bool(np.all(point.rough_objective[live]))
         single_fisher = not firth and not after_single and bool(np.all(bound[live] > _EXACT_FISHER_STEP))
         # The log-likelihood costs a third of a pass: for a few checked features it is
@@ -869,11 +874,11 @@ def fit_logistic_designs(
     block = presence if isinstance(presence, PresenceBlock) else PresenceBlock(presence)
     n_total = block.shape[0]
     subsets = [np.arange(n_total) if r is None else np.asarray(r) for r in rows]
-    order = sorted(range(len(designs)), key=lambda index: subsets[index].tobytes())
+    keys = [subset.tobytes() for subset in subsets]
     fits: dict[int, SlopeFits] = {}
     previous: tuple[bytes, list[_FirthState]] | None = None
-    for index in order:
-        key = subsets[index].tobytes()
+    for index in sorted(range(len(designs)), key=keys.__getitem__):
+        key = keys[index]
         warm = previous[1] if previous is not None and previous[0] == key else None
         fits[index], states = _fit_design(
             designs[index], exposures[index], binary[index], block, subsets[index], firth, MIN_EVENTS, MAX_ITERATIONS, TOLERANCE, warm
@@ -1016,11 +1021,11 @@ def _fit_design(
     level_used = _used_sums(levels, missing_indicator)
     events = level_present[0]
     too_few = np.minimum(events, n_used - events) < min_events
-    bounds = np.cumsum([0] + [block.shape[1] for block in level_blocks])
+    bounds = np.cumsum([0] + [part.shape[1] for part in level_blocks])
 
-    def separated_by(block: slice) -> np.ndarray:
-        """``(m,)``: a level of the columns counted in rows ``block`` (or its upper level) separates."""
-        used, present = level_used[block], level_present[block]
+    def separated_by(counted: slice) -> np.ndarray:
+        """``(m,)``: a level of the columns counted in rows ``counted`` (or its upper level) separates."""
+        used, present = level_used[counted], level_present[counted]
         return _level_separated(np.vstack([used, level_used[0] - used]), np.vstack([present, events - present]))
 
     covariate_separated = _level_separated(level_used[:1], level_present[:1]) | separated_by(slice(bounds[1], bounds[2]))
