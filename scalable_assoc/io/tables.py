@@ -352,7 +352,8 @@ def stream_wide(path: Path, rows_per_read: int | None = None, scratch: Path | No
     # Before the ID checks: a missing ID column shows up as "duplicate IDs 0, 0, ..." otherwise.
     _check_sample_id_column(path, ids, None if header_is_short else header[0] or None)
     _check_ids(path, "sample", ids)
-    _check_ids(path, "feature", pd.Index(feature_names))
+    if header_is_short:  # the first header field names a feature too (header[1:] is checked above)
+        _check_ids(path, "feature", pd.Index(feature_names))
     sample_ids = tuple(str(i) for i in ids)
     n_samples, n_features = len(sample_ids), len(feature_names)
     rows = rows_per_read or max(1, WIDE_BATCH_CELLS // n_features)
