@@ -237,18 +237,13 @@ def batch_analyses(
     presence view and start each other's Firth fits.
     """
 
-    def unit(analysis: PreparedAnalysis) -> str:
-        if analysis.key.model == "prevalence" and subsets is not None:
-            return subsets[analysis.design_key]
-        return analysis.design_key
-
-    def order(analysis: PreparedAnalysis) -> tuple[int, str, tuple[str, ...]]:
-        subset = subsets[analysis.design_key] if analysis.key.model == "prevalence" and subsets is not None else ""
-        return (MODELS.index(analysis.key.model), subset, analysis.covariates)
+    def shared_subset(analysis: PreparedAnalysis) -> str:
+        """The subset digest a prevalence analysis shares work by; '' for the other models."""
+        return subsets[analysis.design_key] if analysis.key.model == "prevalence" and subsets is not None else ""
 
     groups: dict[tuple[str, str], list[PreparedAnalysis]] = {}
-    for analysis in sorted(analyses, key=order):
-        groups.setdefault((analysis.key.model, unit(analysis)), []).append(analysis)
+    for analysis in sorted(analyses, key=lambda a: (MODELS.index(a.key.model), shared_subset(a), a.covariates)):
+        groups.setdefault((analysis.key.model, shared_subset(analysis) or analysis.design_key), []).append(analysis)
     batches: list[tuple[PreparedAnalysis, ...]] = []
     current: list[PreparedAnalysis] = []
     for group in groups.values():
