@@ -21,6 +21,7 @@ from scalable_assoc.io.metadata import (
     ExposureValues,
     check_covariates,
     complete_rows,
+    constant_covariates,
     covariate_columns,
     exposure_values,
     load_metadata,
@@ -64,6 +65,17 @@ class PreparedAnalysis:
     n: int
     n_cases: int | None
     n_controls: int | None
+    #: adjustment columns constant (one level) among the model's participants, left out
+    constant: tuple[str, ...] = ()
+    #: rows with fewer participants with (or without) the feature get no estimate (plan min_carriers)
+    min_carriers: int = 0
+    #: rows whose feature is present in fewer than this fraction of the model's participants get no estimate
+    min_prevalence: float = 0.0
+
+    @property
+    def dropped(self) -> tuple[str, ...]:
+        """Columns of the adjustment set not in this model: identical to the exposure, or constant."""
+        return self.left_out + self.constant
 
 
 @dataclass
@@ -155,6 +167,17 @@ def _resolve_analysis(
         else:
             covariates.append(column)
     rows = np.flatnonzero(defined & complete_rows(aligned, tuple(covariates)))
+    # Participants stay those complete in every covariate of the set (as R's lm drops NA rows
+    # before aliasing a constant column); only the constant columns leave the design.
+    constant = constant_covariates(aligned, tuple(covariates), plan.categorical, rows)
+    if constant and plan.on_constant_covariate == "error":
+        column, value = next(iter(constant.items()))
+        raise DataError(
+            f"layer '{key.layer}', exposure '{key.exposure}', adjustment set '{key.adjustment}': covariate '{column}' takes one "
+            f"value ({value!r}) among the model's {rows.size} participants, so it cannot be adjusted for; remove it from "
+            "the adjustment set, or set 'on_constant_covariate: drop' in the plan to leave it out of such models"
+        )
+    covariates = [c for c in covariates if c not in constant]
     matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows)
     # Codes renumbered 0..G-1 within the design, so kernels can size per-cluster sums by G.
     design_clusters = np.unique(clusters[rows], return_inverse=True)[1] if clusters is not None else None
@@ -164,7 +187,13 @@ def _resolve_analysis(
     exposure_used = values[rows]
     n_cases = int((exposure_used == 1).sum()) if exposure.binary else None
     n_controls = int((exposure_used == 0).sum()) if exposure.binary else None
-    return PreparedAnalysis(key, design_key, exposure_used, exposure.binary, tuple(covariates), tuple(left_out), int(rows.size), n_cases, n_controls)
+    layer = plan.layer(key.layer)
+    return PreparedAnalysis(
+        key, design_key, exposure_used, exposure.binary, tuple(covariates), tuple(left_out), int(rows.size), n_cases, n_controls,
+        constant=tuple(constant),
+        min_carriers=plan.min_carriers,
+        min_prevalence=layer.preprocess.min_prevalence if layer.preprocess.prevalence_within == "model" else 0.0,
+    )
 
 
 def prepare_study(

@@ -5,7 +5,8 @@ The graph for one layer, with deterministic keys so identical steps run once::
     summary-<layer>-<i>  prevalence counts per block (skipped when the store's stored
                          counts cover the samples used)          -> client (filter, pseudocount)
     sums-<layer>-<i>     per-sample sums over kept features       -> client (CLR means / totals)
-    block-<layer>-<i>    transformed block, kept in worker memory
+    model-block-<view>-<layer>-<i>
+                         a model view of the block and its presence, kept in worker memory
     design-<key>         QR of each distinct (participants, covariates), read from
                          designs/<key>.npz, shared by all blocks of all layers
     samples-, totals-, batch-<token>
@@ -37,7 +38,7 @@ from distributed import Client, as_completed
 from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
-from scalable_assoc.engine.tasks import MODEL_VIEWS, block_view, factorise, fit_chunk, hold, sum_block, summarise_block
+from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, sum_block, summarise_block
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
@@ -327,6 +328,7 @@ def _manifest(
                     "parameters": int(next(layer for layer in study.layers if layer.spec.name == a.key.layer).designs[a.design_key].matrix.shape[1]) + 1,
                     "covariates": list(a.covariates),
                     "left_out_identical_to_exposure": list(a.left_out),
+                    "left_out_constant": list(a.constant),
                     "design": a.design_key,
                 }
             )
@@ -513,9 +515,9 @@ def _submit_fits(
         if (view, task.block_index) not in blocks:
             start, stop = bounds[task.block_index]
             blocks[(view, task.block_index)] = client.submit(
-                block_view, layer.store.path, start, stop, positions, kept, view, preprocess.transform,
+                model_block, layer.store.path, start, stop, positions, kept, view, preprocess.transform,
                 layer_filter.pseudocount, totals_futures[view], layer.spec.presence_threshold,
-                key=f"block-{view}-{token}-{task.block_index}",
+                key=f"model-block-{view}-{token}-{task.block_index}",
             )
         batch_ids = tuple(a.key.analysis_id for a in task.analyses)
         if batch_ids not in batches:

@@ -21,7 +21,7 @@ from scalable_assoc.engine.prepare import PreparedAnalysis, read_design
 from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
-from scalable_assoc.models.fits import SlopeFits
+from scalable_assoc.models.fits import SlopeFits, withhold_rare_carriers
 from scalable_assoc.models.lmm import VarianceComponents, fit_random_intercept
 from scalable_assoc.models.logistic import fit_logistic_designs
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
@@ -66,6 +66,18 @@ def sum_block(
     return sample_summaries(raw, transform, pseudocount)
 
 
+def _view_of(
+    raw: np.ndarray, view: str, transform: str, pseudocount: float, sample_totals: tuple[np.ndarray, np.ndarray] | None, presence_threshold: float
+) -> np.ndarray:
+    """One view of raw kept values (see :func:`block_view`)."""
+    if view == "presence":
+        return presence_indicator(raw, presence_threshold)
+    total, count = sample_totals if sample_totals is not None else (None, None)
+    if view == "nonzero":
+        return apply_transform(nonzero_values(raw, presence_threshold), transform, 0.0, total, count)
+    return apply_transform(raw, transform, pseudocount, total, count)
+
+
 def block_view(
     store_path: Path,
     start: int,
@@ -85,12 +97,39 @@ def block_view(
     pseudocount); ``presence``: 1/0/NaN indicators of the raw values (prevalence).
     """
     raw = read_block(store_path, start, stop, sample_positions)[:, kept]
-    if view == "presence":
-        return presence_indicator(raw, presence_threshold)
-    total, count = sample_totals if sample_totals is not None else (None, None)
-    if view == "nonzero":
-        return apply_transform(nonzero_values(raw, presence_threshold), transform, 0.0, total, count)
-    return apply_transform(raw, transform, pseudocount, total, count)
+    return _view_of(raw, view, transform, pseudocount, sample_totals, presence_threshold)
+
+
+@dataclass(frozen=True)
+class ModelBlock:
+    """What a fit task reads of a block: a model's view and where the features are present.
+
+    ``values`` ``(N, m)``: the view (:func:`block_view`); ``present`` ``(N, m)``
+    bool: the raw value is above the presence threshold (False where missing),
+    from which every row's carrier count is taken whatever the model's view.
+    """
+
+    values: np.ndarray
+    present: np.ndarray
+
+
+def model_block(
+    store_path: Path,
+    start: int,
+    stop: int,
+    sample_positions: np.ndarray,
+    kept: np.ndarray,
+    view: str,
+    transform: str,
+    pseudocount: float,
+    sample_totals: tuple[np.ndarray, np.ndarray] | None,
+    presence_threshold: float,
+) -> ModelBlock:
+    """:func:`block_view` and the block's presence, from one read of the store."""
+    raw = read_block(store_path, start, stop, sample_positions)[:, kept]
+    with np.errstate(invalid="ignore"):
+        present = raw > presence_threshold
+    return ModelBlock(_view_of(raw, view, transform, pseudocount, sample_totals, presence_threshold), present)
 
 
 def hold(value: object) -> object:
@@ -163,9 +202,14 @@ MODEL_FITTERS: dict[str, Callable[[list[SharedDesign], list[np.ndarray], list[np
 }
 
 
+def carrier_counts(present: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``(m,)`` participants among ``rows`` with each feature present (``present`` is ``(N, m)`` bool)."""
+    return np.count_nonzero(present[rows], axis=0)
+
+
 def fit_chunk(
     layer: str,
-    block: np.ndarray,
+    block: ModelBlock,
     feature_ids: tuple[str, ...],
     designs: list[SharedDesign],
     batch: tuple[PreparedAnalysis, ...],
@@ -173,7 +217,10 @@ def fit_chunk(
 ) -> dict[str, float | int | str]:
     """Fit every analysis of ``batch`` on every feature of ``block`` and write the rows to ``output``.
 
-    ``designs`` are the factorised designs the batch's analyses use.
+    ``designs`` are the factorised designs the batch's analyses use. Rows
+    resting on fewer carriers than the plan's ``min_carriers`` (or below
+    ``min_prevalence`` among the model's participants, with ``prevalence_within:
+    model``) keep their counts but lose their estimate.
     """
     started = time.perf_counter()
     by_key = {d.key: d for d in designs}
@@ -182,17 +229,26 @@ def fit_chunk(
     models = {a.key.model for a in batch}
     if len(models) != 1:
         raise ValueError(f"a batch holds one model, got {sorted(models)}")
-    fitter = MODEL_FITTERS[models.pop()]
+    model = models.pop()
+    fitter = MODEL_FITTERS[model]
     fits = fitter(
         [by_key[key] for key in order],
         [np.stack([a.exposure for a in group]) for group in members],
         [np.array([a.binary for a in group]) for group in members],
-        block,
+        block.values,
     )
     tables = []
     for key, group, fit in zip(order, members, fits, strict=True):
-        labels = [AnalysisLabels(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary) for a in group]
-        tables.append(fits_to_table(layer, feature_ids, labels, fit.slopes, by_key[key].design.problem, fit.components))
+        # Every analysis of a design has the same participants, hence the same carriers.
+        n_present = np.broadcast_to(carrier_counts(block.present, by_key[key].rows), fit.slopes.beta.shape)
+        slopes = withhold_rare_carriers(
+            fit.slopes, n_present, group[0].min_carriers, group[0].min_prevalence, count_absent=model != "lm_nonzero"
+        )
+        labels = [
+            AnalysisLabels(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary, "+".join(a.dropped))
+            for a in group
+        ]
+        tables.append(fits_to_table(layer, feature_ids, labels, slopes, by_key[key].design.problem, fit.components, n_present))
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)
     return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}

@@ -295,6 +295,21 @@ def reference_levels(metadata: pd.DataFrame, columns: tuple[str, ...], categoric
     return tuple(names)
 
 
+def constant_covariates(metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray) -> dict[str, str]:
+    """Covariates among ``columns`` that take a single value (one level) among ``rows``, with that value as text.
+
+    Such a column cannot be adjusted for within those participants (R's ``lm``
+    refuses a one-level factor and aliases a constant numeric column).
+    """
+    constant = {}
+    for column in columns:
+        values = metadata[column].iloc[rows]
+        distinct = values.astype(str).unique() if column in categorical else pd.unique(values.to_numpy(dtype=np.float64, na_value=np.nan))
+        if len(distinct) == 1:
+            constant[column] = str(distinct[0])
+    return constant
+
+
 def complete_rows(metadata: pd.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
     """Boolean ``(n,)``: rows with no missing value in any of ``columns``."""
     if not columns:

@@ -25,6 +25,8 @@ class FitStatus(IntEnum):
     SEPARATION = 7
     NOT_CONVERGED = 8
     TOO_FEW_EVENTS = 9
+    TOO_FEW_CARRIERS = 10
+    RARE_IN_MODEL = 11
 
 
 #: Text written to the ``status`` column for each code (the design-level code is
@@ -40,6 +42,8 @@ STATUS_TEXT: dict[FitStatus, str] = {
     FitStatus.SEPARATION: "complete or quasi-complete separation: no finite maximum-likelihood estimate",
     FitStatus.NOT_CONVERGED: "the fit did not converge",
     FitStatus.TOO_FEW_EVENTS: "too few participants with or without the feature",
+    FitStatus.TOO_FEW_CARRIERS: "too few participants with (or without) the feature among this model's participants (min_carriers)",
+    FitStatus.RARE_IN_MODEL: "present in fewer than min_prevalence of this model's participants (prevalence_within: model)",
 }
 
 #: Statuses whose rows carry an estimate (and a p-value counted in its FDR family).
@@ -77,3 +81,41 @@ class SlopeFits:
 def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     """Two-sided Student-t p-values, ``2 * P(T_df > |t|)``, elementwise."""
     return 2.0 * scipy.stats.t.sf(np.abs(t), df)
+
+
+def withhold_rare_carriers(
+    fits: SlopeFits, n_present: np.ndarray, min_carriers: int, min_prevalence: float = 0.0, count_absent: bool = True
+) -> SlopeFits:
+    """Withdraw the estimate of every estimated row resting on too few carriers.
+
+    A single carrier's association is not a finding (and identifies the
+    carrier). ``n_present`` ``(k, m)`` counts the participants of each row's
+    model that have the feature present; the row's ``n`` are its participants.
+    An estimated row (status in :data:`ESTIMATED`) gets status
+    ``TOO_FEW_CARRIERS`` when fewer than ``min_carriers`` participants have the
+    feature (none included) or, with ``count_absent`` (models of all
+    participants, not only carriers), between 1 and ``min_carriers - 1`` lack it
+    (DataSHIELD's rule: no non-zero cell below the threshold); and ``RARE_IN_MODEL`` when the present fraction is
+    below ``min_prevalence``. Its statistics become NaN, so it leaves its FDR family.
+    """
+    n_present = np.asarray(n_present, dtype=np.int64)
+    if n_present.shape != fits.beta.shape:
+        raise ValueError(f"n_present has shape {n_present.shape}, expected {fits.beta.shape}")
+    estimated = np.isin(fits.status, [int(s) for s in ESTIMATED])
+    n_absent = fits.n - n_present
+    # No absent participant is no cell to disclose and no problem for the fit (a pathway
+    # everyone carries); one or two are both.
+    few = (n_present < min_carriers) | (((n_absent > 0) & (n_absent < min_carriers)) if count_absent else False)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rare = n_present < min_prevalence * fits.n
+    status = fits.status.copy()
+    status[estimated & rare] = FitStatus.RARE_IN_MODEL
+    status[estimated & few] = FitStatus.TOO_FEW_CARRIERS
+    withdrawn = estimated & (few | rare)
+    if not withdrawn.any():
+        return fits
+
+    def blank(values: np.ndarray) -> np.ndarray:
+        return np.where(withdrawn, np.nan, values)
+
+    return SlopeFits(blank(fits.beta), blank(fits.se), blank(fits.t), blank(fits.p), fits.n, fits.n_cases, fits.n_controls, status)

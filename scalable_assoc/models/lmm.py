@@ -186,7 +186,8 @@ def fit_random_intercept(
 
     # The OLS fit gives every status that does not depend on lambda (design,
     # collinearity, too few values, constant or rank-deficient feature) and the counts.
-    ols = fit_exposure_slopes(design, exposures, binary, prepared, rows)
+    # Not aliased: the REML solve below needs a full-rank design per feature.
+    ols = fit_exposure_slopes(design, exposures, binary, prepared, rows, alias=False)
     shape = (k, m)
     status = ols.status.copy()
     beta = np.full(shape, np.nan)

@@ -131,6 +131,7 @@ def fit_exposure_slopes(
     block: PreparedBlock | np.ndarray,
     rows: np.ndarray | None = None,
     clusters: np.ndarray | None = None,
+    alias: bool = True,
 ) -> SlopeFits:
     """Fit ``feature ~ covariates + exposure`` for every exposure and feature of a block.
 
@@ -156,10 +157,15 @@ def fit_exposure_slopes(
         the sandwich times ``G/(G-1) * (n-1)/(n-p)`` over the ``G`` clusters
         with a value of the feature) and ``p`` comes from the normal
         distribution, as statsmodels ``OLS.fit(cov_type="cluster")`` reports.
+    alias:
+        A covariate constant (or collinear) among one feature's participants is
+        aliased as R's ``lm`` does (see :func:`_aliased_solve`); False gives such
+        features the status ``FEATURE_RANK_DEFICIENT`` instead (for callers whose
+        own solve needs a full-rank design, as the mixed model).
     """
     prepared = block if isinstance(block, PreparedBlock) else prepare_block(block)
     rows = np.arange(prepared.shape[0]) if rows is None else rows
-    return fit_design_batch([design], [rows], [exposures], [binary], prepared, [clusters])[0]
+    return fit_design_batch([design], [rows], [exposures], [binary], prepared, [clusters], alias=alias)[0]
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,7 @@ def fit_design_batch(
     binary: list[np.ndarray],
     block: PreparedBlock,
     clusters: list[np.ndarray | None] | None = None,
+    alias: bool = True,
 ) -> list[SlopeFits]:
     """:func:`fit_exposure_slopes` for several designs over one block.
 
@@ -214,7 +221,7 @@ def fit_design_batch(
     ):
         assert found is not None
         results.append(
-            _fit_one_design(design, design_rows, design_exposures, np.asarray(design_binary), block, basis, found, cluster_codes)
+            _fit_one_design(design, design_rows, design_exposures, np.asarray(design_binary), block, basis, found, cluster_codes, alias)
         )
     return results
 
@@ -410,6 +417,52 @@ def _grouped_products(
     return result
 
 
+@dataclass(frozen=True)
+class _AliasedSolution:
+    """Least squares on ``[Q, b_e]`` for features whose Gram matrix is singular (``a`` of them)."""
+
+    coefficients: np.ndarray  # (a, rank + 1): minimum-norm on the covariates, unique on the exposure
+    exposure_row: np.ndarray  # (a, rank + 1): d(exposure coefficient) / d(B'y)
+    variance: np.ndarray  # (a,): the exposure coefficient's variance factor
+    covariate_rank: np.ndarray  # (a,): rank of the covariates among the feature's participants
+    estimable: np.ndarray  # (a,) bool: the exposure is not a combination of the covariates there
+
+
+def _aliased_solve(gram: np.ndarray, right: np.ndarray) -> _AliasedSolution:
+    """The exposure coefficient when covariates are collinear among a feature's participants.
+
+    ``gram`` ``(a, r + 1, r + 1)`` and ``right`` ``(a, r + 1)`` are the normal
+    equations on ``[Q, b_e]`` restricted to the feature's present rows. A
+    covariate constant there (a sequencing batch all carriers share) makes the
+    covariate block ``G_cc`` singular; R's ``lm`` then aliases that covariate
+    and still estimates the exposure. The same here: with ``G_cc^+`` the
+    pseudo-inverse of the covariate block (eigenvalues at or below
+    :data:`_GRAM_SINGULAR` dropped), ``u = G_cc^+ g_ce`` and the Schur complement
+    ``s = g_ee - g_ce'u``, the exposure coefficient is ``(r_e - u'r_c) / s``
+    with variance factor ``1 / s``, and the covariate rank lowers the degrees
+    of freedom. The fitted values (and so the RSS) equal those of the model
+    without the aliased columns. An exposure with ``s`` at or below the
+    tolerance is itself collinear with the covariates there: not estimable.
+    """
+    r = gram.shape[1] - 1
+    covariate_block, cross, exposure_square = gram[:, :r, :r], gram[:, :r, r], gram[:, r, r]
+    eigenvalues, vectors = np.linalg.eigh(covariate_block)
+    keep = eigenvalues > _GRAM_SINGULAR
+    inverse_values = np.where(keep, 1.0 / np.where(keep, eigenvalues, 1.0), 0.0)
+    pseudo_inverse = np.einsum("aij,aj,akj->aik", vectors, inverse_values, vectors)
+    along = np.einsum("aij,aj->ai", pseudo_inverse, cross)  # u
+    schur = exposure_square - np.einsum("ai,ai->a", cross, along)
+    estimable = schur > _GRAM_SINGULAR
+    safe = np.where(estimable, schur, 1.0)
+    right_c, right_e = right[:, :r], right[:, r]
+    exposure_coefficient = np.where(estimable, (right_e - np.einsum("ai,ai->a", along, right_c)) / safe, np.nan)
+    coefficients = np.empty_like(right)
+    coefficients[:, r] = exposure_coefficient
+    coefficients[:, :r] = np.einsum("aij,aj->ai", pseudo_inverse, right_c - cross * np.nan_to_num(exposure_coefficient)[:, None])
+    exposure_row = np.concatenate([-along, np.ones((along.shape[0], 1))], axis=1) / safe[:, None]
+    return _AliasedSolution(coefficients, exposure_row, 1.0 / safe, keep.sum(axis=1), estimable)
+
+
 def _fit_one_design(
     design: CovariateDesign,
     rows: np.ndarray,
@@ -419,6 +472,7 @@ def _fit_one_design(
     basis: _Basis,
     products: _BlockProducts,
     clusters: np.ndarray | None,
+    alias: bool = True,
 ) -> SlopeFits:
     """The per-design remainder of the fit, given its products with the block."""
     projections, sum_squares, present_counts, present_gram = products.projections, products.sum_squares, products.counts, products.present_gram
@@ -472,6 +526,9 @@ def _fit_one_design(
     rss[:, complete] = sum_squares[complete] - covariate_ss[complete] - exposure_part[:, complete] ** 2
 
     singular = np.zeros(shape, dtype=bool)
+    # Rank of the covariates among each feature's participants: the design's rank unless a
+    # covariate is constant (or collinear) there, when it is aliased as R's lm does.
+    covariate_rank = np.full(m, rank)
     masked = np.flatnonzero(has_missing)
     full_coefficients: dict[int, np.ndarray] = {}  # per exposure: (masked, rank + 1) solutions
     inverse_exposure_rows: dict[int, np.ndarray] = {}  # per exposure: (masked, rank + 1) rows of G_j^-1 for the exposure
@@ -519,16 +576,23 @@ def _fit_one_design(
             bad = np.zeros(masked.size, dtype=bool)
             if doubtful.size:
                 bad[doubtful] = np.linalg.eigvalsh(gram[doubtful])[:, 0] <= _GRAM_SINGULAR
-            singular[e, masked] = bad
             if inverse is None or bad.any():
                 inverse = np.linalg.inv(np.where(bad[:, None, None], np.eye(rank + 1), gram))
             right = np.concatenate([covariate_part[:, masked], exposure_part[e : e + 1, masked]]).T  # (masked, rank+1)
             gamma = np.einsum("mij,mj->mi", inverse, right)
+            exposure_rows = inverse[:, :, -1]  # G^-1 is symmetric: its last column is its last row
+            variance = inverse[:, -1, -1]
+            singular[e, masked] = bad
+            if bad.any() and alias:
+                aliased = _aliased_solve(gram[bad], right[bad])
+                gamma[bad], exposure_rows[bad], variance[bad] = aliased.coefficients, aliased.exposure_row, aliased.variance
+                singular[e, masked[bad]] = ~aliased.estimable
+                covariate_rank[masked[bad]] = aliased.covariate_rank
             coefficient[e, masked] = gamma[:, -1]
-            variance_factor[e, masked] = inverse[:, -1, -1]
+            variance_factor[e, masked] = variance
             rss[e, masked] = sum_squares[masked] - np.einsum("ij,ij->i", gamma, right)
             full_coefficients[e] = gamma
-            inverse_exposure_rows[e] = inverse[:, :, -1]  # G^-1 is symmetric: its last column is its last row
+            inverse_exposure_rows[e] = exposure_rows
 
     def model_coefficients(e: int, columns: np.ndarray) -> np.ndarray:
         """``(rank + 1, len(columns))`` coefficients on ``[Q, b_e]`` of the given features."""
@@ -561,6 +625,7 @@ def _fit_one_design(
         residual = model_residuals(e, columns)
         rss[e, columns] = np.einsum("ij,ij->j", residual, residual)
 
+    df = n_present - covariate_rank - 1
     with np.errstate(invalid="ignore", divide="ignore"):
         beta[:] = coefficient / np.where(collinear, np.nan, scales)[:, None]
         se[:] = np.sqrt(np.clip(rss, 0.0, None) / df * variance_factor) / np.where(collinear, np.nan, scales)[:, None]

@@ -37,6 +37,10 @@ FDR_BY_COLUMNS = ("layer", "exposure", "adjustment", "model")
 #: Models a layer can be analysed with (README "Models").
 MODELS = ("lm", "lm_nonzero", "prevalence", "lmm")
 SAMPLE_MISMATCH = ("error", "intersect")
+#: Where ``preprocess.min_prevalence`` applies: over the layer's samples (the filter) or also per model.
+PREVALENCE_WITHIN = ("layer", "model")
+#: What a covariate constant among a model's participants does to that model.
+ON_CONSTANT_COVARIATE = ("drop", "error")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class Preprocess:
     min_prevalence: float = 0.0
     transform: str = "clr"
     pseudocount: float | str = "half_min"
+    #: ``layer``: the filter over the layer's samples only; ``model``: also withhold rows
+    #: whose feature is present in fewer than ``min_prevalence`` of the model's participants
+    prevalence_within: str = "layer"
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,11 @@ class Plan:
     analyses: tuple[AnalysisSelection, ...]
     #: metadata column grouping related participants (family, household), or None
     cluster: str | None = None
+    #: rows whose model has fewer participants with (or without) the feature get no estimate
+    min_carriers: int = 3
+    #: a covariate constant (or a categorical with one level) among a model's participants:
+    #: ``drop`` it from that model (said in ``dropped_covariates``) or ``error``
+    on_constant_covariate: str = "drop"
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
@@ -169,7 +181,7 @@ def _string_list(source: Path, key: str, value: Any) -> tuple[str, ...]:
 
 
 def _parse_preprocess(source: Path, key: str, raw: Any, base: Preprocess) -> Preprocess:
-    raw = _check_keys(source, key, raw, ("min_prevalence", "transform", "pseudocount"))
+    raw = _check_keys(source, key, raw, ("min_prevalence", "transform", "pseudocount", "prevalence_within"))
     min_prevalence = raw.get("min_prevalence", base.min_prevalence)
     if isinstance(min_prevalence, bool) or not isinstance(min_prevalence, (int, float)) or not 0 <= min_prevalence <= 1:
         raise PlanError(f"{_where(source, key + '.min_prevalence')}: expected a fraction between 0 and 1, got {min_prevalence!r}")
@@ -183,7 +195,10 @@ def _parse_preprocess(source: Path, key: str, raw: Any, base: Preprocess) -> Pre
         raise PlanError(f"{_where(source, key + '.pseudocount')}: expected 'half_min' or a non-negative number, got {pseudocount!r}")
     if transform in ("clr", "log") and pseudocount == 0:
         raise PlanError(f"{_where(source, key + '.pseudocount')}: the {transform} transform needs a positive pseudocount (zeros have no logarithm)")
-    return Preprocess(float(min_prevalence), str(transform), pseudocount if pseudocount == "half_min" else float(pseudocount))
+    within = raw.get("prevalence_within", base.prevalence_within)
+    if within not in PREVALENCE_WITHIN:
+        raise PlanError(f"{_where(source, key + '.prevalence_within')}: expected one of {', '.join(PREVALENCE_WITHIN)}, got {within!r}")
+    return Preprocess(float(min_prevalence), str(transform), pseudocount if pseudocount == "half_min" else float(pseudocount), str(within))
 
 
 def _parse_models(source: Path, key: str, raw: Any) -> tuple[str, ...]:
@@ -368,7 +383,10 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         source,
         "",
         raw if raw is not None else {},
-        ("name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models", "presence_threshold", "cluster"),
+        (
+            "name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models",
+            "presence_threshold", "cluster", "min_carriers", "on_constant_covariate",
+        ),
         required=("data", "exposures", "adjustments"),
     )
     name = _string(source, "name", raw.get("name", source.stem))
@@ -396,6 +414,12 @@ def parse_plan(raw: Any, source: Path) -> Plan:
     min_cases = raw.get("min_cases", 10)
     if isinstance(min_cases, bool) or not isinstance(min_cases, int) or min_cases < 1:
         raise PlanError(f"{_where(source, 'min_cases')}: expected a positive whole number, got {min_cases!r}")
+    min_carriers = raw.get("min_carriers", 3)
+    if isinstance(min_carriers, bool) or not isinstance(min_carriers, int) or min_carriers < 0:
+        raise PlanError(f"{_where(source, 'min_carriers')}: expected a whole number of participants (0 turns the rule off), got {min_carriers!r}")
+    on_constant = raw.get("on_constant_covariate", "drop")
+    if on_constant not in ON_CONSTANT_COVARIATE:
+        raise PlanError(f"{_where(source, 'on_constant_covariate')}: expected one of {', '.join(ON_CONSTANT_COVARIATE)}, got {on_constant!r}")
     analyses = _parse_analyses(
         source, raw.get("analyses"), tuple(e.name for e in exposures), tuple(adjustments), tuple(layer.name for layer in layers)
     )
@@ -413,4 +437,6 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         min_cases=min_cases,
         analyses=analyses,
         cluster=cluster,
+        min_carriers=min_carriers,
+        on_constant_covariate=on_constant,
     )

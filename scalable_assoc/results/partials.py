@@ -22,6 +22,7 @@ class AnalysisLabels(NamedTuple):
     covariates: str  # metadata columns adjusted for, joined by '+'
     analysis_id: str
     binary: bool
+    dropped: str = ""  # adjustment-set columns left out of the model, joined by '+'
 
 
 def fits_to_table(
@@ -31,6 +32,7 @@ def fits_to_table(
     fits: SlopeFits,
     design_problem: str | None,
     components: VarianceComponents | None = None,
+    n_present: np.ndarray | None = None,
 ) -> pa.Table:
     """Rows for ``k`` analyses x ``m`` features, analysis-major.
 
@@ -38,6 +40,8 @@ def fits_to_table(
     A design-level problem (collinear covariates) replaces the generic status text.
     ``components`` (mixed models only) fill ``cluster_variance``, ``residual_variance``
     and ``icc`` where the fit is OK; those columns are null everywhere else.
+    ``n_present`` ``(k, m)`` counts each row's model participants with the feature
+    present (null where not given).
     """
     k, m = fits.beta.shape
     status_lookup = np.array([STATUS_TEXT[FitStatus(code)] for code in range(len(FitStatus))], dtype=object)
@@ -69,12 +73,14 @@ def fits_to_table(
         "n": pa.array(fits.n.ravel(), pa.int64()),
         "n_cases": pa.array(n_cases, pa.int64(), mask=~binary | (n_cases < 0)),
         "n_controls": pa.array(n_controls, pa.int64(), mask=~binary | (n_controls < 0)),
+        "n_present": pa.nulls(k * m, pa.int64()) if n_present is None else pa.array(np.asarray(n_present, dtype=np.int64).ravel(), pa.int64()),
         "beta": pa.array(fits.beta.ravel(), pa.float64(), from_pandas=True),
         "se": pa.array(fits.se.ravel(), pa.float64(), from_pandas=True),
         "t": pa.array(fits.t.ravel(), pa.float64(), from_pandas=True),
         "p": pa.array(fits.p.ravel(), pa.float64(), from_pandas=True),
         "status": pa.array(status_lookup[fits.status.ravel().astype(np.intp)].tolist(), pa.string()),
         "covariates": repeated([label.covariates for label in labels]),
+        "dropped_covariates": repeated([label.dropped for label in labels]),
         "analysis_id": repeated([label.analysis_id for label in labels]),
         "cluster_variance": variance_column(None if components is None else components.sigma_u2),
         "residual_variance": variance_column(None if components is None else components.sigma_e2),

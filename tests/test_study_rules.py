@@ -1,0 +1,243 @@
+"""Rules a real study needs beyond the fit: aliasing, carriers, constant covariates.
+
+- Aliasing: a covariate constant among one feature's participants (every carrier
+  sequenced on one platform) is aliased as R's lm() does, and the exposure is
+  still estimated. Reference: tests/reference/aliasing/aliasing_reference.R
+  (lm with numeric batch dummies, NA rows dropped). Tolerance: relative 1e-8 on
+  beta, se, t and p; n and the residual degrees of freedom exactly.
+- Carriers: a row whose model holds fewer than ``min_carriers`` participants
+  with the feature (or 1 .. min_carriers - 1 without it) has a status, no p and
+  no q; ``n_present`` counts the carriers (MaAsLin2's N.not.0).
+- A covariate constant (a one-level categorical) among a model's participants
+  leaves that model, said by ``covariates`` and ``dropped_covariates``, or is an
+  error with ``on_constant_covariate: error``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+
+from scalable_assoc.engine.run import run_study
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.metadata import covariate_columns
+from scalable_assoc.models import factorise_covariates, fit_exposure_slopes
+from scalable_assoc.models.fits import FitStatus, SlopeFits, withhold_rare_carriers
+
+REFERENCE = Path(__file__).parent / "reference" / "aliasing"
+FEATURES = ["only_A", "no_C", "few_missing", "unexposed_only", "complete"]
+
+
+@pytest.fixture(scope="module")
+def aliasing() -> tuple[pd.DataFrame, pd.DataFrame]:
+    data = pd.read_csv(REFERENCE / "aliasing_data.tsv", sep="\t", dtype={"sample_id": str})
+    reference = pd.read_csv(REFERENCE / "aliasing_reference.tsv", sep="\t").set_index("feature")
+    return data, reference
+
+
+def _assert_equals_r(row: dict | pd.Series, expected: pd.Series, where: str) -> None:
+    assert row["n"] == expected["n"], where
+    if np.isnan(expected["beta"]):
+        assert np.isnan(row["beta"]) and np.isnan(row["p"]), where
+        return
+    for statistic in ("beta", "se", "t", "p"):
+        assert row[statistic] == pytest.approx(expected[statistic], rel=1e-8), (where, statistic)
+
+
+def test_kernel_aliases_a_covariate_constant_among_a_features_participants(aliasing) -> None:
+    data, reference = aliasing
+    rows = np.arange(len(data))
+    matrix, names = covariate_columns(data, ("age", "batch"), ("batch",), rows)
+    assert names == ("(intercept)", "age", "batch[B]", "batch[C]")
+    fits = fit_exposure_slopes(factorise_covariates(matrix, names), data["exposure"].to_numpy(float)[None], np.array([True]), data[FEATURES].to_numpy(float))
+    for j, feature in enumerate(FEATURES):
+        row = {s: getattr(fits, s)[0, j] for s in ("beta", "se", "t", "p", "n")}
+        _assert_equals_r(row, reference.loc[feature], feature)
+        expected = FitStatus.FEATURE_RANK_DEFICIENT if feature == "unexposed_only" else FitStatus.OK
+        assert fits.status[0, j] == expected, feature
+    # The mixed model's own solve needs full rank: without aliasing the old status stays.
+    plain = fit_exposure_slopes(factorise_covariates(matrix, names), data["exposure"].to_numpy(float)[None], np.array([True]), data[FEATURES].to_numpy(float), alias=False)
+    assert plain.status[0, FEATURES.index("only_A")] == FitStatus.FEATURE_RANK_DEFICIENT
+
+
+def _write_aliasing_study(folder: Path, data: pd.DataFrame, models: str, extra: str = "") -> Path:
+    metadata = data[["sample_id", "batch", "age", "exposure"]]
+    metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
+    # Missing in R = absent here (value 0): lm_nonzero leaves absent participants out as R's NA rows.
+    data[["sample_id", *FEATURES]].fillna(0.0).to_csv(folder / "layer.tsv", sep="\t", index=False)
+    plan = folder / "plan.yaml"
+    plan.write_text(
+        f"""
+name: aliasing
+data: {{metadata: metadata.tsv, layers: {{values: {{path: layer.tsv, format: wide}}}}}}
+preprocess: {{transform: none}}
+exposures: {{exposed: {{column: exposure}}}}
+covariates: {{categorical: [batch]}}
+adjustments: {{base: [age, batch]}}
+models: {models}
+min_cases: 5
+{extra}
+"""
+    )
+    return plan
+
+
+def test_lm_nonzero_aliases_like_r_in_a_run(aliasing, client, tmp_path: Path) -> None:
+    data, reference = aliasing
+    plan = _write_aliasing_study(tmp_path, data, "[lm_nonzero]")
+    results = run_study(plan, tmp_path / "out", client=client).results.set_index("feature")
+    for feature in FEATURES:
+        row = results.loc[feature]
+        _assert_equals_r(row, reference.loc[feature], feature)
+        assert row["n_present"] == reference.loc[feature, "n"]
+        assert (row["status"] == "ok") == (feature != "unexposed_only"), (feature, row["status"])
+
+
+def test_carrier_rule_withholds_rows_resting_on_few_carriers(client, tmp_path: Path) -> None:
+    """A feature carried by 1, 2 and 3 participants: withheld, withheld, estimated; absent by 1: withheld."""
+    rng = np.random.default_rng(5)
+    n = 60
+    metadata = pd.DataFrame({"sample_id": [f"P{i:02d}" for i in range(n)], "age": rng.normal(50, 8, n).round(1), "case": (np.arange(n) % 3 == 0).astype(int)})
+    layer = pd.DataFrame({"sample_id": metadata["sample_id"]})
+    for carriers in (1, 2, 3):
+        values = np.zeros(n)
+        values[rng.choice(n, carriers, replace=False)] = rng.uniform(1, 5, carriers)
+        layer[f"carried_by_{carriers}"] = values
+    layer["lacked_by_1"] = rng.uniform(1, 5, n)
+    layer.loc[7, "lacked_by_1"] = 0.0
+    layer["common"] = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
+    metadata.to_csv(tmp_path / "metadata.tsv", sep="\t", index=False)
+    layer.to_csv(tmp_path / "layer.tsv", sep="\t", index=False)
+    (tmp_path / "plan.yaml").write_text(
+        """
+data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
+preprocess: {transform: log, pseudocount: 0.5}
+exposures: {case: {column: case}}
+adjustments: {base: [age]}
+models: [lm, lm_nonzero, prevalence]
+min_cases: 5
+"""
+    )
+    results = run_study(tmp_path / "plan.yaml", tmp_path / "out", client=client).results
+    lm = results[results["model"] == "lm"].set_index("feature")
+    assert lm.loc["carried_by_1", "n_present"] == 1 and lm.loc["carried_by_3", "n_present"] == 3
+    assert lm.loc["lacked_by_1", "n_present"] == n - 1
+    for feature, withheld in (("carried_by_1", True), ("carried_by_2", True), ("carried_by_3", False), ("lacked_by_1", True), ("common", False)):
+        row = lm.loc[feature]
+        assert ("min_carriers" in row["status"]) == withheld, (feature, row["status"])
+        assert pd.isna(row["p"]) == withheld and pd.isna(row["q"]) == withheld, feature
+    # lm_nonzero's participants are the carriers: only their number counts, not the absent ones.
+    nonzero = results[results["model"] == "lm_nonzero"].set_index("feature")
+    assert (nonzero["n_present"] == nonzero["n"]).all()
+    assert nonzero.loc["lacked_by_1", "status"] == "ok"
+    assert nonzero.loc["carried_by_2", "status"] != "ok"  # too few values for the design already
+    # Withheld rows are not in their FDR family: the family has only the estimated rows.
+    family = lm[lm["p"].notna()]
+    assert len(family) == 2
+    from statsmodels.stats.multitest import multipletests
+
+    np.testing.assert_allclose(family["q"].to_numpy(float), multipletests(family["p"].to_numpy(float), method="fdr_bh")[1], rtol=1e-12)
+
+
+def test_prevalence_within_model_and_rule_off(client, tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    n = 80
+    sex = np.where(np.arange(n) < 40, "female", "male")
+    metadata = pd.DataFrame({"sample_id": [f"P{i:02d}" for i in range(n)], "sex": sex, "age": rng.normal(50, 8, n).round(1), "case": (np.arange(n) % 2).astype(int)})
+    layer = pd.DataFrame({"sample_id": metadata["sample_id"], "in_men_only": np.where((sex == "male") & (rng.random(n) < 0.6), rng.uniform(1, 5, n), 0.0)})
+    for j in range(4):
+        layer[f"everywhere_{j}"] = rng.uniform(1, 5, n)
+    metadata.to_csv(tmp_path / "metadata.tsv", sep="\t", index=False)
+    layer.to_csv(tmp_path / "layer.tsv", sep="\t", index=False)
+    text = """
+data: {{metadata: metadata.tsv, layers: {{values: {{path: layer.tsv, format: wide}}}}}}
+preprocess: {{transform: clr, min_prevalence: 0.2{within}}}
+exposures:
+  women: {{cases: "sex == 'female' and case == 1", controls: "sex == 'female' and case == 0"}}
+adjustments: {{base: [age]}}
+min_cases: 5
+{extra}
+"""
+    (tmp_path / "plan.yaml").write_text(text.format(within="", extra=""))
+    rows = run_study(tmp_path / "plan.yaml", tmp_path / "out", client=client).results.set_index("feature")
+    # Absent from every woman, the feature's CLR values still vary (the sample means do): it used to
+    # be reported with an estimate and counted in the family.
+    assert rows.loc["in_men_only", "n_present"] == 0 and "min_carriers" in rows.loc["in_men_only", "status"]
+    (tmp_path / "plan.yaml").write_text(text.format(within=", prevalence_within: model", extra="min_carriers: 0"))
+    rows = run_study(tmp_path / "plan.yaml", tmp_path / "out2", client=client).results.set_index("feature")
+    assert "prevalence_within" in rows.loc["in_men_only", "status"] and (rows.drop(index="in_men_only")["status"] == "ok").all()
+    (tmp_path / "plan.yaml").write_text(text.format(within="", extra="min_carriers: 0"))
+    rows = run_study(tmp_path / "plan.yaml", tmp_path / "out3", client=client).results.set_index("feature")
+    assert rows.loc["in_men_only", "status"] == "ok"  # the rule off: the old, misleading estimate
+
+
+def test_carrier_rule_keeps_non_estimated_statuses() -> None:
+    shape = (1, 3)
+    fits = SlopeFits(np.ones(shape), np.ones(shape), np.ones(shape), np.full(shape, 0.5), np.full(shape, 10), np.full(shape, -1), np.full(shape, -1), np.array([[0, 1, 0]], dtype=np.int8))
+    out = withhold_rare_carriers(fits, np.array([[2, 2, 5]]), 3)
+    assert out.status.tolist() == [[FitStatus.TOO_FEW_CARRIERS, FitStatus.CONSTANT_FEATURE, FitStatus.OK]]
+    assert np.isnan(out.p[0, 0]) and out.p[0, 2] == 0.5
+
+
+def _constant_covariate_study(folder: Path, on_constant: str = "") -> Path:
+    rng = np.random.default_rng(2)
+    n = 90
+    metadata = pd.DataFrame(
+        {
+            "sample_id": [f"P{i:02d}" for i in range(n)],
+            "age": rng.normal(50, 8, n).round(1),
+            "seqtech": np.where(np.arange(n) < 45, "illumina", "sanger"),
+            "site": np.where(np.arange(n) < 45, "north", "south"),
+            "case": (np.arange(n) % 3 == 0).astype(int),
+        }
+    )
+    # The subset model: the northern site's participants, all sequenced on one platform.
+    layer = pd.DataFrame({"sample_id": metadata["sample_id"], **{f"f{j}": rng.uniform(1, 5, n) for j in range(4)}})
+    metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
+    layer.to_csv(folder / "layer.tsv", sep="\t", index=False)
+    plan = folder / "plan.yaml"
+    plan.write_text(
+        f"""
+data: {{metadata: metadata.tsv, layers: {{values: {{path: layer.tsv, format: wide}}}}}}
+preprocess: {{transform: log, pseudocount: 0.5}}
+exposures:
+  north_case: {{cases: "site == 'north' and case == 1", controls: "site == 'north' and case == 0"}}
+  all_case: {{column: case}}
+covariates: {{categorical: [seqtech]}}
+adjustments: {{base: [age, seqtech]}}
+min_cases: 5
+{on_constant}
+"""
+    )
+    return plan
+
+
+def test_one_level_covariate_is_dropped_and_said(client, tmp_path: Path) -> None:
+    plan = _constant_covariate_study(tmp_path)
+    summary = run_study(plan, tmp_path / "out", client=client)
+    results = summary.results
+    subset = results[results["exposure"] == "north_case"]
+    assert (subset["covariates"] == "age").all() and (subset["dropped_covariates"] == "seqtech").all()
+    assert (subset["status"] == "ok").all()
+    everyone = results[results["exposure"] == "all_case"]
+    assert (everyone["covariates"] == "age+seqtech").all() and (everyone["dropped_covariates"] == "").all()
+    # The subset model's estimate is OLS without the covariate (statsmodels on the same participants).
+    metadata = pd.read_csv(tmp_path / "metadata.tsv", sep="\t").set_index("sample_id")
+    layer = pd.read_csv(tmp_path / "layer.tsv", sep="\t").set_index("sample_id")
+    used = metadata[metadata["site"] == "north"]
+    for feature in layer.columns:
+        fit = sm.OLS(np.log(layer.loc[used.index, feature] + 0.5), sm.add_constant(used[["case", "age"]].astype(float))).fit()
+        row = subset[subset["feature"] == feature].iloc[0]
+        assert row["beta"] == pytest.approx(fit.params["case"], rel=1e-8) and row["p"] == pytest.approx(fit.pvalues["case"], rel=1e-8)
+    entry = next(a for a in summary.manifest["analyses"] if a["exposure"] == "north_case")
+    assert entry["left_out_constant"] == ["seqtech"] and entry["covariates"] == ["age"]
+
+
+def test_one_level_covariate_can_be_an_error(tmp_path: Path) -> None:
+    plan = _constant_covariate_study(tmp_path, "on_constant_covariate: error")
+    with pytest.raises(DataError, match=r"covariate 'seqtech' takes one value \('illumina'\) among the model's 45 participants"):
+        run_study(plan, tmp_path / "out", workers=1)
