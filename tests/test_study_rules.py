@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def test_kernel_aliases_a_covariate_constant_among_a_features_participants(alias
 
 
 def _write_aliasing_study(folder: Path, data: pd.DataFrame, models: str, extra: str = "") -> Path:
-    metadata = data[["sample_id", "batch", "age", "exposure"]]
+    metadata = data[["sample_id", "batch", "age", "exposure"]].assign(older=(data["age"] > 45).astype(int))
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     # Missing in R = absent here (value 0): lm_nonzero leaves absent participants out as R's NA rows.
     data[["sample_id", *FEATURES]].fillna(0.0).to_csv(folder / "layer.tsv", sep="\t", index=False)
@@ -75,7 +76,9 @@ def _write_aliasing_study(folder: Path, data: pd.DataFrame, models: str, extra: 
 name: aliasing
 data: {{metadata: metadata.tsv, layers: {{values: {{path: layer.tsv, format: wide}}}}}}
 preprocess: {{transform: none}}
-exposures: {{exposed: {{column: exposure}}}}
+exposures:
+  exposed: {{column: exposure}}
+  exposed_over_45: {{cases: "exposure == 1 and older == 1", controls: "exposure == 0 and older == 1"}}
 covariates: {{categorical: [batch]}}
 adjustments: {{base: [age, batch]}}
 models: {models}
@@ -89,12 +92,27 @@ min_cases: 5
 def test_lm_nonzero_aliases_like_r_in_a_run(aliasing, client, tmp_path: Path) -> None:
     data, reference = aliasing
     plan = _write_aliasing_study(tmp_path, data, "[lm_nonzero]")
-    results = run_study(plan, tmp_path / "out", client=client).results.set_index("feature")
+    results = run_study(plan, tmp_path / "out", client=client).results
+    full = results[results["exposure"] == "exposed"].set_index("feature")
     for feature in FEATURES:
-        row = results.loc[feature]
+        row = full.loc[feature]
         _assert_equals_r(row, reference.loc[feature], feature)
         assert row["n_present"] == reference.loc[feature, "n"]
         assert (row["status"] == "ok") == (feature != "unexposed_only"), (feature, row["status"])
+    # A second design on the same covariates (a participant subset) takes the shared-Gram path;
+    # statsmodels' pinv solve aliases the same way (df = n - rank).
+    older = data[data["age"] > 45]
+    subset = results[results["exposure"] == "exposed_over_45"].set_index("feature")
+    for feature in ("only_A", "no_C", "few_missing"):
+        used = older[older[feature].notna()]
+        design = sm.add_constant(pd.DataFrame({"x": used["exposure"], "age": used["age"], "B": (used["batch"] == "B") * 1.0, "C": (used["batch"] == "C") * 1.0}))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # statsmodels warns of the very aliasing under test
+            fit = sm.OLS(used[feature], design).fit()
+        row = subset.loc[feature]
+        assert row["n"] == int(fit.nobs) and row["status"] == "ok"
+        for statistic, expected in (("beta", fit.params["x"]), ("se", fit.bse["x"]), ("p", fit.pvalues["x"])):
+            assert row[statistic] == pytest.approx(expected, rel=1e-8), (feature, statistic)
 
 
 def test_carrier_rule_withholds_rows_resting_on_few_carriers(client, tmp_path: Path) -> None:
