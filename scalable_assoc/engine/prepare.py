@@ -155,10 +155,10 @@ def _resolve_analysis(
         else:
             covariates.append(column)
     rows = np.flatnonzero(defined & complete_rows(aligned, tuple(covariates)))
-    matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows)
+    matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows, plan.reference)
     # Codes renumbered 0..G-1 within the design, so kernels can size per-cluster sums by G.
     design_clusters = np.unique(clusters[rows], return_inverse=True)[1] if clusters is not None else None
-    references = reference_levels(aligned, tuple(covariates), plan.categorical, rows)
+    references = reference_levels(aligned, tuple(covariates), plan.categorical, rows, plan.reference)
     design_key = _design_key(rows, matrix, names, design_clusters, references)
     designs.setdefault(design_key, DesignInput(design_key, rows, matrix, names, design_clusters, references))
     exposure_used = values[rows]
@@ -172,7 +172,7 @@ def prepare_study(
 ) -> PreparedStudy:
     """Load and check every input of ``plan``; convert tables to stores; resolve every analysis."""
     metadata = load_metadata(plan.metadata, plan.sample_id_column)
-    check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical)
+    check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical, plan.reference)
     if plan.cluster is not None and plan.cluster not in metadata.columns:
         raise PlanError(
             f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}"
