@@ -23,6 +23,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected zero or a positive whole number, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalable-assoc",
@@ -49,7 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
     run.add_argument("--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)")
     run.add_argument("--intersect-samples", action="store_true", help="analyse only samples present in both metadata and abundance tables (warns)")
-    run.add_argument("--top", type=int, default=5, help="top findings to print per layer")
+    run.add_argument(
+        "--top", type=_count, default=5, metavar="N",
+        help="when the run ends, print the N associations with the smallest q per layer (and model), each exposure under its base "
+        "adjustment set (the first set, in plan order, it ran under), with direction, beta and q (default 5; 0: none)",
+    )
 
     ingest = commands.add_parser("ingest", help="convert an abundance table into a feature-chunked Zarr store")
     ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows) or Parquet")

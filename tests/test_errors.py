@@ -307,6 +307,20 @@ def test_non_numeric_covariate_not_declared_categorical(study: Path, capsys: pyt
     assert "'female'" in message and "covariates.categorical" in message
 
 
+def test_reference_level_of_a_column_not_declared_categorical(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    replace(study / "plan.yaml", "categorical: [sex]", "categorical: [sex]\n  reference: {sex: male, bristol_stool: 4}")
+    message = fails(study, capsys)
+    assert "plan.yaml" in message and "'covariates.reference.bristol_stool'" in message
+    assert "not listed in covariates.categorical" in message and "(listed: sex)" in message
+
+
+def test_reference_level_not_in_the_metadata(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    replace(study / "plan.yaml", "categorical: [sex]", "categorical: [sex]\n  reference: {sex: Female}")
+    message = fails(study, capsys)
+    assert "'covariates.reference.sex'" in message and "'Female'" in message and "column 'sex'" in message and "metadata.tsv" in message
+    assert "levels found: 'female', 'male'" in message and "Did you mean 'female'?" in message
+
+
 # --------------------------------------------------------------------------------------
 # 5-6. Exposures without (enough) cases
 # --------------------------------------------------------------------------------------

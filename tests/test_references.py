@@ -6,6 +6,10 @@
 - tests/reference/lm_reference.R -> lm_data.tsv, lm_reference.tsv: R lm() per
   feature with a 3-level factor, a covariate with missing values (na.omit) and a
   feature with missing values. Tolerance: relative 1e-8 on estimate, se, t, p.
+- tests/reference/reference_level/make_reference.R -> metadata.tsv, features.tsv,
+  reference.tsv: R lm() with relevel(factor(sex), ref = "male") and
+  relevel(factor(site), ref = "b") (plan key covariates.reference), every
+  coefficient. Tolerance: relative 1e-8.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalable_assoc.io.metadata import complete_rows, covariate_columns
+from scalable_assoc.engine.prepare import prepare_study
+from scalable_assoc.engine.run import run_study
+from scalable_assoc.io.metadata import complete_rows, covariate_columns, reference_levels
 from scalable_assoc.models import factorise_covariates, fit_exposure_slopes
+from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.stats.multitest import benjamini_hochberg, benjamini_hochberg_grouped
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -51,3 +58,80 @@ def test_ols_equals_r_lm() -> None:
         for statistic in ("beta", "se", "t", "p"):
             assert getattr(fits, statistic)[0, j] == pytest.approx(expected[statistic], rel=1e-8), (feature, statistic)
         assert fits.n[0, j] == expected["n"]
+
+
+# --------------------------------------------------------------------------------------
+# covariates.reference: a categorical covariate's reference level chosen in the plan
+# --------------------------------------------------------------------------------------
+RELEVEL = REFERENCE / "reference_level"
+RELEVEL_PLAN = """
+name: reference-level
+data:
+  metadata: {folder}/metadata.tsv
+  layers:
+    features: {folder}/features.tsv
+preprocess: {{transform: none}}
+exposures:
+  case: {{column: case}}
+covariates:
+  categorical: [sex, site]
+  reference: {{sex: male, site: b}}
+adjustments:
+  base: [age, sex, site]
+"""
+
+
+def test_covariate_columns_name_the_levels_other_than_the_reference() -> None:
+    data = pd.DataFrame({"sex": ["male", "female", "female", "male"], "site": ["c", "a", "b", "b"]})
+    rows = np.arange(4)
+    _, names = covariate_columns(data, ("sex",), ("sex",), rows, {"sex": "female"})
+    assert names == ("(intercept)", "sex[male]")
+    matrix, names = covariate_columns(data, ("sex", "site"), ("sex", "site"), rows, {"sex": "male", "site": "b"})
+    assert names == ("(intercept)", "sex[female]", "site[a]", "site[c]")
+    np.testing.assert_array_equal(matrix[:, 1:], [[0, 0, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    assert reference_levels(data, ("sex", "site"), ("sex", "site"), rows, {"sex": "male", "site": "b"}) == ("sex[male]", "site[b]")
+    # Without a chosen reference: the first level in sorted order, as before.
+    assert covariate_columns(data, ("site",), ("site",), rows)[1] == ("(intercept)", "site[b]", "site[c]")
+    # The chosen level absent among a model's participants: the first sorted level present there.
+    without_b = np.array([0, 1])
+    assert covariate_columns(data, ("site",), ("site",), without_b, {"site": "b"})[1] == ("(intercept)", "site[c]")
+    assert reference_levels(data, ("site",), ("site",), without_b, {"site": "b"}) == ("site[a]",)
+
+
+def test_reference_level_equals_r_relevel(client, tmp_path: Path) -> None:
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(RELEVEL_PLAN.format(folder=RELEVEL))
+    reference = pd.read_csv(RELEVEL / "reference.tsv", sep="\t")
+    # R names a dummy <column><level>; ours is column[level].
+    terms = {"(Intercept)": "(intercept)", "age": "age", "sexfemale": "sex[female]", "sitea": "site[a]", "sitec": "site[c]", "case": "case"}
+
+    # The design the run uses: dummies for the levels other than the plan's references.
+    study = prepare_study(load_plan(plan_path), tmp_path / "stores", log=lambda _m: None)
+    (design,) = study.layers[0].designs.values()
+    assert design.names == ("(intercept)", "age", "sex[female]", "site[a]", "site[c]")
+    assert design.references == ("sex[male]", "site[b]")
+    # Every coefficient of the OLS on that design equals R's, the covariates' effects included.
+    metadata = pd.read_csv(RELEVEL / "metadata.tsv", sep="\t").set_index("sample_id")
+    features = pd.read_csv(RELEVEL / "features.tsv", sep="\t").set_index("sample_id")
+    (analysis,) = study.layers[0].analyses
+    x = np.column_stack([design.matrix, analysis.exposure])
+    names = [*design.names, "case"]
+    for feature in features.columns:
+        y = features.loc[metadata.index[design.rows], feature].to_numpy(float)
+        beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+        residual = y - x @ beta
+        se = np.sqrt(np.diag(np.linalg.inv(x.T @ x)) * (residual @ residual) / (len(y) - x.shape[1]))
+        expected = reference[reference["feature"] == feature].set_index("term")
+        for term, row in expected.iterrows():
+            column = names.index(terms[term])
+            assert beta[column] == pytest.approx(row["estimate"], rel=1e-8), (feature, term)
+            assert se[column] == pytest.approx(row["se"], rel=1e-8), (feature, term)
+
+    # The run's exposure estimates equal R's lm with the releveled factors.
+    results = run_study(plan_path, tmp_path / "out", client=client, log=lambda _m: None).results
+    assert set(results["covariates"]) == {"age+sex+site"}
+    for _, row in results.iterrows():
+        expected = reference[(reference["feature"] == row["feature"]) & (reference["term"] == "case")].iloc[0]
+        assert row["status"] == "ok" and row["n"] == expected["n"]
+        for statistic, column in (("beta", "estimate"), ("se", "se"), ("t", "t"), ("p", "p")):
+            assert row[statistic] == pytest.approx(expected[column], rel=1e-8), (row["feature"], statistic)

@@ -178,10 +178,10 @@ def _resolve_analysis(
             "the adjustment set, or set 'on_constant_covariate: drop' in the plan to leave it out of such models"
         )
     covariates = [c for c in covariates if c not in constant]
-    matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows)
+    matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows, plan.reference)
     # Codes renumbered 0..G-1 within the design, so kernels can size per-cluster sums by G.
     design_clusters = np.unique(clusters[rows], return_inverse=True)[1] if clusters is not None else None
-    references = reference_levels(aligned, tuple(covariates), plan.categorical, rows)
+    references = reference_levels(aligned, tuple(covariates), plan.categorical, rows, plan.reference)
     design_key = _design_key(rows, matrix, names, design_clusters, references)
     designs.setdefault(design_key, DesignInput(design_key, rows, matrix, names, design_clusters, references))
     exposure_used = values[rows]
@@ -201,7 +201,7 @@ def prepare_study(
 ) -> PreparedStudy:
     """Load and check every input of ``plan``; convert tables to stores; resolve every analysis."""
     metadata = load_metadata(plan.metadata, plan.sample_id_column)
-    check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical)
+    check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical, plan.reference)
     if plan.cluster is not None and plan.cluster not in metadata.columns:
         raise PlanError(
             f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}"

@@ -43,7 +43,7 @@ from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
-from scalable_assoc.results.gather import assemble_results, read_chunks, results_table
+from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
 from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
 from scalable_assoc.stats.transforms import needs_sample_summary, select_features
 
@@ -57,6 +57,7 @@ OUTPUT_FILES = (
     "adjustment_summary.tsv",
     "adjustment_survival.tsv",
     "features.parquet",
+    "features.tsv",
     "joint_results.parquet",
     "joint_results.tsv",
 )
@@ -459,12 +460,15 @@ def run_study(
     summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
     survival = survival_readout(summary, list(plan.adjustments))
     significant = results[results["q"].lt(plan.fdr.alpha).fillna(False).to_numpy(dtype=bool)]
+    # results.parquet keeps plan order (runs compare row by row); the TSV is for reading: by q within family.
     write_parquet(out / "results.parquet", results_table(results))
-    write_tsv(out / "all_results.tsv", results)
+    write_tsv(out / "all_results.tsv", sorted_by_family_q(results, plan.fdr.by))
     write_tsv(out / "significant_results.tsv", significant.sort_values("q", kind="stable"))
     write_tsv(out / "adjustment_summary.tsv", summary)
     write_tsv(out / "adjustment_survival.tsv", survival)
-    write_parquet(out / "features.parquet", _feature_table(study, filters))
+    features = _feature_table(study, filters)
+    write_parquet(out / "features.parquet", features)
+    write_tsv(out / "features.tsv", features)
     if all(any(model in layer.spec.models for layer in study.layers) for model in ("lm_nonzero", "prevalence")):
         joint = joint_presence_abundance(results, plan.fdr.by)
         write_parquet(out / "joint_results.parquet", joint)

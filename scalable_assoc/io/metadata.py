@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,8 +218,14 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
     return ExposureValues(spec.name, values, binary, (spec.column,))
 
 
-def check_covariates(metadata: pd.DataFrame, path: Path, adjustments: dict[str, tuple[str, ...]], categorical: tuple[str, ...]) -> None:
-    """Every adjustment column exists; non-categorical ones are numeric.
+def check_covariates(
+    metadata: pd.DataFrame,
+    path: Path,
+    adjustments: dict[str, tuple[str, ...]],
+    categorical: tuple[str, ...],
+    reference: Mapping[str, str] | None = None,
+) -> None:
+    """Every adjustment column exists; non-categorical ones are numeric; every reference level occurs.
 
     Sets arrive expanded (``ptd: [base, any_ptd]`` holds base's columns), so a
     missing column is blamed on the smallest set that holds it: the one that
@@ -234,6 +240,14 @@ def check_covariates(metadata: pd.DataFrame, path: Path, adjustments: dict[str, 
             metadata, path, [column], f"adjustment set '{holders[0]}' (plan key 'adjustments.{holders[0]}'{also})", adjustments
         )
     _require_columns(metadata, path, list(categorical), "plan key 'covariates.categorical'")
+    for column, level in (reference or {}).items():
+        found = sorted(metadata[column].dropna().astype(str).unique())
+        if level not in found:
+            shown = ", ".join(repr(v) for v in found[:20]) + (f", ... ({len(found)} levels)" if len(found) > 20 else "")
+            raise PlanError(
+                f"plan key 'covariates.reference.{column}': level {level!r} is not a value of column '{column}' in the metadata "
+                f"file {path}.{_close_match(level, found)} (levels found: {shown or 'none'})"
+            )
     used = {c for columns in adjustments.values() for c in columns}
     for column in sorted(used):
         # Every participant would be dropped from every model using it: a results table of statuses only.
@@ -251,24 +265,37 @@ def check_covariates(metadata: pd.DataFrame, path: Path, adjustments: dict[str, 
             )
 
 
-def _levels(metadata: pd.DataFrame, column: str, rows: np.ndarray) -> list[str]:
-    """A categorical covariate's levels among ``rows``, as text, sorted: the first is the reference."""
-    return sorted(metadata[column].iloc[rows].astype(str).unique())
+def _levels(metadata: pd.DataFrame, column: str, rows: np.ndarray, reference: Mapping[str, str] | None = None) -> list[str]:
+    """A categorical covariate's levels among ``rows``, as text: the reference first, then the others sorted.
+
+    The reference is the plan's ``covariates.reference`` level for ``column``
+    when it occurs among ``rows``, else the first level in sorted order.
+    """
+    levels = sorted(metadata[column].iloc[rows].astype(str).unique())
+    chosen = (reference or {}).get(column)
+    if chosen is not None and chosen in levels:
+        levels.remove(chosen)
+        levels.insert(0, chosen)
+    return levels
 
 
-def covariate_columns(metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+def covariate_columns(
+    metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray, reference: Mapping[str, str] | None = None
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Encode covariates for the given metadata ``rows`` (positions): ``(len(rows), k)`` matrix and its names.
 
     Column 0 is the intercept. A categorical covariate becomes one 0/1 dummy per
-    level present among ``rows`` except the reference, the first level in sorted
-    order; dummies are named ``column[level]``. Rows must have no missing values.
+    level present among ``rows`` except the reference level, in sorted order;
+    dummies are named ``column[level]``. The reference is ``reference[column]``
+    (the plan's ``covariates.reference``) where that level occurs among ``rows``,
+    else the first level in sorted order. Rows must have no missing values.
     """
     pieces = [np.ones((rows.size, 1))]
     names = ["(intercept)"]
     for column in columns:
         values = metadata[column].iloc[rows]
         if column in categorical:
-            levels = _levels(metadata, column, rows)
+            levels = _levels(metadata, column, rows, reference)
             text = values.astype(str).to_numpy()
             for level in levels[1:]:
                 pieces.append((text == level).astype(np.float64)[:, None])
@@ -279,7 +306,9 @@ def covariate_columns(metadata: pd.DataFrame, columns: tuple[str, ...], categori
     return np.hstack(pieces), tuple(names)
 
 
-def reference_levels(metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray) -> tuple[str, ...]:
+def reference_levels(
+    metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray, reference: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
     """Names ``column[level]`` of the reference dummies :func:`covariate_columns` leaves out, one per categorical covariate.
 
     Each equals one minus the sum of its column's other dummies. A pooled analysis
@@ -289,7 +318,7 @@ def reference_levels(metadata: pd.DataFrame, columns: tuple[str, ...], categoric
     names = []
     for column in columns:
         if column in categorical:
-            levels = _levels(metadata, column, rows)
+            levels = _levels(metadata, column, rows, reference)
             if levels:
                 names.append(f"{column}[{levels[0]}]")
     return tuple(names)

@@ -130,11 +130,15 @@ class Plan:
     #: a covariate constant (or a categorical with one level) among a model's participants:
     #: ``drop`` it from that model (said in ``dropped_covariates``) or ``error``
     on_constant_covariate: str = "drop"
+    #: categorical covariate -> its reference level (as text); others: the first level in sorted order
+    reference: dict[str, str] = field(default_factory=dict)
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
         payload = asdict(self)
         payload.pop("source")
+        if not payload["reference"]:
+            payload.pop("reference")  # plans without the key keep the hash (and resumable chunks) they had
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -264,6 +268,35 @@ def _parse_exposures(source: Path, raw: Any) -> tuple[ExposureSpec, ...]:
         else:
             raise PlanError(f"{_where(source, key)}: needs both 'cases' and 'controls' queries, or a 'column'")
     return tuple(exposures)
+
+
+def _parse_reference(source: Path, raw: Any, categorical: tuple[str, ...]) -> dict[str, str]:
+    """``covariates.reference``: column -> reference level, for columns of ``covariates.categorical``.
+
+    Levels are compared as text (metadata values are read as text for
+    categorical covariates), so ``site: 2`` names the level ``"2"``.
+    Whether the level occurs is checked against the metadata when it is loaded.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PlanError(f"{_where(source, 'covariates.reference')}: expected a mapping of categorical covariate to its reference level (e.g. {{sex: female}}), got {raw!r}")
+    reference = {}
+    for column, level in raw.items():
+        key = f"covariates.reference.{column}"
+        if column not in categorical:
+            listed = ", ".join(categorical) if categorical else "none"
+            raise PlanError(
+                f"{_where(source, key)}: '{column}' is not listed in covariates.categorical (listed: {listed}); "
+                "a reference level applies to a categorical covariate only"
+            )
+        if isinstance(level, bool):
+            # YAML reads unquoted yes/no/true/false as booleans.
+            raise PlanError(f"{_where(source, key)}: got {level!r}; quote the level as it is written in the metadata (e.g. \"no\")")
+        if isinstance(level, (int, float)):
+            level = str(level)
+        reference[str(column)] = _string(source, key, level)
+    return reference
 
 
 def _expand_adjustments(source: Path, raw: Any) -> dict[str, tuple[str, ...]]:
@@ -407,8 +440,9 @@ def parse_plan(raw: Any, source: Path) -> Plan:
                     "naming the groups (families, households) that get a random intercept"
                 )
     exposures = _parse_exposures(source, raw["exposures"])
-    covariates = _check_keys(source, "covariates", raw.get("covariates", {}), ("categorical",))
+    covariates = _check_keys(source, "covariates", raw.get("covariates", {}), ("categorical", "reference"))
     categorical = _string_list(source, "covariates.categorical", covariates.get("categorical", []))
+    reference = _parse_reference(source, covariates.get("reference", {}), categorical)
     adjustments = _expand_adjustments(source, raw["adjustments"])
     fdr = _parse_fdr(source, raw.get("fdr", {}))
     min_cases = raw.get("min_cases", 10)
@@ -439,4 +473,5 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         cluster=cluster,
         min_carriers=min_carriers,
         on_constant_covariate=on_constant,
+        reference=reference,
     )

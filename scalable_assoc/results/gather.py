@@ -69,6 +69,23 @@ def family_q(frame: pd.DataFrame, by: Sequence[str], p_column: str = "p") -> np.
     return np.where(np.isnan(p), np.nan, benjamini_hochberg_grouped(p, family))
 
 
+def sorted_by_family_q(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``frame`` (in plan order) sorted by q within each FDR family of ``by``.
+
+    Families keep the order in which they first appear (plan order); within a
+    family rows go by q, then p, and rows without a p-value come last, in their
+    plan order. Columns of ``by`` that ``frame`` lacks are ignored.
+    """
+    columns = [c for c in by if c in frame.columns]
+    family = frame.groupby(columns, sort=False).ngroup().to_numpy() if columns and len(frame) else np.zeros(len(frame), dtype=np.int64)
+    q = frame["q"].to_numpy(dtype=np.float64, na_value=np.nan)
+    p = frame["p"].to_numpy(dtype=np.float64, na_value=np.nan)
+    missing = np.isnan(p)
+    # Ties keep plan order: the row position is the last key.
+    order = np.lexsort((np.arange(len(frame)), np.where(missing, np.inf, p), np.where(np.isnan(q), np.inf, q), missing, family))
+    return frame.iloc[order].reset_index(drop=True)
+
+
 def results_table(frame: pd.DataFrame) -> pa.Table:
     """The results frame as an Arrow table with the registered schema."""
     return pa.Table.from_pandas(frame, schema=RESULT_SCHEMA, preserve_index=False)

@@ -1,4 +1,12 @@
-"""Adjustment summaries: does an association survive adjustment (for example for psychotropic drugs)?"""
+"""Adjustment summaries: does an association survive adjustment (for example for psychotropic drugs)?
+
+With ``analyses:`` blocks in the plan an exposure need not run under every
+adjustment set. Each layer x exposure x model is therefore compared with its
+own base: the first adjustment set, in plan order, under which it ran. The
+later sets compared with it are only those it ran under; a combination that
+never ran is empty in the wide summary (never counted as "not significant")
+and has no row in the survival readout.
+"""
 
 from __future__ import annotations
 
@@ -9,52 +17,122 @@ import pandas as pd
 
 from scalable_assoc.results.gather import family_q
 
+#: A layer x exposure x model: the unit whose adjustment sets are compared with its base.
+GROUP_KEYS = ["layer", "exposure", "model"]
+SURVIVAL_COLUMNS = ["layer", "exposure", "model", "adjustment", "significant_base", "still_significant", "percent"]
+
+
+def sets_run(results: pd.DataFrame, adjustment_order: Sequence[str]) -> dict[tuple[str, str, str], list[str]]:
+    """Per layer x exposure x model, in results order: the plan's adjustment sets it ran under, in plan order.
+
+    The first set of each list is that group's base.
+    """
+    rank = {name: i for i, name in enumerate(adjustment_order)}
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for layer, exposure, model, adjustment in results[[*GROUP_KEYS, "adjustment"]].drop_duplicates().itertuples(index=False):
+        if adjustment in rank:
+            groups.setdefault((layer, exposure, model), []).append(adjustment)
+    return {key: sorted(names, key=rank.__getitem__) for key, names in groups.items()}
+
+
+def base_sets(frame: pd.DataFrame, runs: dict[tuple[str, str, str], list[str]]) -> np.ndarray:
+    """Per row of ``frame`` (with the :data:`GROUP_KEYS` columns): the base set of its group, None if it never ran."""
+    if not len(frame):
+        return np.array([], dtype=object)
+    bases = pd.DataFrame([(*key, names[0]) for key, names in runs.items()], columns=[*GROUP_KEYS, "base"])
+    if not len(bases):
+        return np.full(len(frame), None, dtype=object)
+    return frame[GROUP_KEYS].merge(bases, on=GROUP_KEYS, how="left")["base"].to_numpy(dtype=object)
+
 
 def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], alpha: float) -> pd.DataFrame:
-    """One row per layer x feature x exposure x model, one column group per adjustment set.
+    """One row per layer x feature x exposure x model, one column group per adjustment set that ran.
 
     Columns: ``beta_<set>``, ``q_<set>``, ``significant_<set>`` (q < alpha) for
-    every set; ``change_pct_<set>`` for every set after the first (base):
-    ``100 * (beta_set - beta_base) / |beta_base|``; ``survives_all``: significant
-    under the base set and under every other set.
+    every set; ``change_pct_<set>`` for every set that follows a base:
+    ``100 * (beta_set - beta_base) / |beta_base|``; ``survives_all``:
+    significant under the base set and under every other set the row ran under.
+    The base of a row is the first set, in plan order, its layer x exposure x
+    model ran under. Where a row never ran under a set, that set's columns are
+    missing (``significant_<set>`` is then a nullable boolean); its base set's
+    ``change_pct_<set>`` is missing too. When exposures have different bases, a
+    ``base`` column after ``model`` names each row's.
     """
     keys = ["layer", "feature", "exposure", "model"]
-    present = [a for a in adjustment_order if a in set(results["adjustment"])]
-    wide = results.pivot_table(
-        index=keys, columns="adjustment", values=["beta", "q"], aggfunc="first", sort=False, dropna=False
-    )
+    runs = sets_run(results, adjustment_order)
+    ran_anywhere = {a for names in runs.values() for a in names}
+    present = [a for a in adjustment_order if a in ran_anywhere]
     order = results[keys].drop_duplicates()
-    wide = wide.reindex(pd.MultiIndex.from_frame(order))
     out = order.reset_index(drop=True)
-    base = present[0] if present else None
+    n = len(out)
+    base = base_sets(out, runs)
+    several_bases = len({names[0] for names in runs.values()}) > 1
+    if several_bases:
+        out["base"] = base
+    index = pd.MultiIndex.from_frame(order)
+    beta: dict[str, np.ndarray] = {}
+    q_values: dict[str, np.ndarray] = {}
+    ran: dict[str, np.ndarray] = {}
     for adjustment in present:
-        beta = wide[("beta", adjustment)].to_numpy(dtype=np.float64, na_value=np.nan) if ("beta", adjustment) in wide else np.full(len(out), np.nan)
-        q = wide[("q", adjustment)].to_numpy(dtype=np.float64, na_value=np.nan) if ("q", adjustment) in wide else np.full(len(out), np.nan)
-        out[f"beta_{adjustment}"] = beta
+        rows = results[(results["adjustment"] == adjustment).to_numpy()]
+        position = index.get_indexer(pd.MultiIndex.from_frame(rows[keys]))
+        beta[adjustment] = np.full(n, np.nan)
+        q = np.full(n, np.nan)
+        ran[adjustment] = np.zeros(n, dtype=bool)
+        beta[adjustment][position] = rows["beta"].to_numpy(dtype=np.float64, na_value=np.nan)
+        q[position] = rows["q"].to_numpy(dtype=np.float64, na_value=np.nan)
+        q_values[adjustment] = q
+        ran[adjustment][position] = True
+        significant = q < alpha
+        out[f"beta_{adjustment}"] = beta[adjustment]
         out[f"q_{adjustment}"] = q
-        out[f"significant_{adjustment}"] = q < alpha
-    for adjustment in present[1:]:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[f"change_pct_{adjustment}"] = 100.0 * (out[f"beta_{adjustment}"] - out[f"beta_{base}"]) / np.abs(out[f"beta_{base}"])
+        if ran[adjustment].all():
+            out[f"significant_{adjustment}"] = significant
+        else:
+            # Missing, not False, where the row never ran under the set: it was not tested there.
+            flags = pd.array(significant, dtype="boolean")
+            flags[~ran[adjustment]] = pd.NA
+            out[f"significant_{adjustment}"] = flags
+    base_beta = np.full(n, np.nan)
+    for adjustment in present:
+        is_base = base == adjustment
+        base_beta[is_base] = beta[adjustment][is_base]
+    for adjustment in present:
+        later = ran[adjustment] & (base != adjustment)
+        if later.any():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                change = 100.0 * (beta[adjustment] - base_beta) / np.abs(base_beta)
+            out[f"change_pct_{adjustment}"] = np.where(later, change, np.nan)
     if present:
-        out["survives_all"] = np.logical_and.reduce([out[f"significant_{a}"].to_numpy() for a in present])
+        # Over the sets each row ran under (a set it never ran under does not count against it).
+        out["survives_all"] = np.logical_and.reduce([(q_values[a] < alpha) | ~ran[a] for a in present])
     return out
 
 
 def survival_readout(summary: pd.DataFrame, adjustment_order: Sequence[str]) -> pd.DataFrame:
-    """Per layer x exposure x model x later set: associations significant under the base set and how many stay significant."""
+    """Per layer x exposure x model x later set it ran under: associations significant under its base set and how many stay significant.
+
+    The base is the group's first set, in plan order, with a result (the
+    ``base`` column of :func:`adjustment_summary`); sets the group never ran
+    under get no row. When groups have different bases, a ``base`` column after
+    ``model`` names each row's.
+    """
     present = [a for a in adjustment_order if f"significant_{a}" in summary.columns]
-    if len(present) < 2:
-        return pd.DataFrame(columns=["layer", "exposure", "model", "adjustment", "significant_base", "still_significant", "percent"])
-    base = present[0]
     rows = []
-    for (layer, exposure, model), group in summary.groupby(["layer", "exposure", "model"], sort=False):
-        significant_base = group[f"significant_{base}"].to_numpy()
-        for adjustment in present[1:]:
-            kept = int((significant_base & group[f"significant_{adjustment}"].to_numpy()).sum())
-            total = int(significant_base.sum())
-            rows.append((layer, exposure, model, adjustment, total, kept, 100.0 * kept / total if total else np.nan))
-    return pd.DataFrame(rows, columns=["layer", "exposure", "model", "adjustment", "significant_base", "still_significant", "percent"])
+    for (layer, exposure, model), group in summary.groupby(GROUP_KEYS, sort=False):
+        ran = [a for a in present if group[f"significant_{a}"].notna().any()]
+        if len(ran) < 2:
+            continue
+        base = ran[0]
+        significant_base = group[f"significant_{base}"].fillna(False).to_numpy(dtype=bool)
+        total = int(significant_base.sum())
+        for adjustment in ran[1:]:
+            kept = int((significant_base & group[f"significant_{adjustment}"].fillna(False).to_numpy(dtype=bool)).sum())
+            rows.append((layer, exposure, model, base, adjustment, total, kept, 100.0 * kept / total if total else np.nan))
+    frame = pd.DataFrame(rows, columns=[*GROUP_KEYS, "base", *SURVIVAL_COLUMNS[3:]])
+    if "base" not in summary.columns:
+        frame = frame.drop(columns="base")
+    return frame
 
 
 #: The two parts of MaAsLin3's zero-aware model that a joint p-value combines.
