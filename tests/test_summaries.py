@@ -102,20 +102,21 @@ def test_console_shows_each_exposure_under_its_base_set() -> None:
 
 
 def test_without_blocks_the_summaries_are_unchanged() -> None:
-    """Every exposure under every set: one base (the plan's first), no base column, plain booleans."""
+    """Every exposure under every set: one base (the plan's first), named in the base column, plain booleans."""
     every = {"MDD": ORDER, "any_ptd": ORDER}
     q = {(e, a): BLOCK_Q.get((e, a), [0.001, 0.2, 0.04, 0.9]) for e in every for a in ORDER}
     results = _results(every, q)
     summary = adjustment_summary(results, ORDER, ALPHA)
     assert list(summary.columns) == [
-        "layer", "feature", "exposure", "model",
+        "layer", "feature", "exposure", "model", "base",
         *[f"{part}_{a}" for a in ORDER for part in ("beta", "q", "significant")],
         "change_pct_ptd", "change_pct_ptd_only_set", "change_pct_gi", "survives_all",
     ]
     assert all(summary[f"significant_{a}"].dtype == bool for a in ORDER)
     np.testing.assert_allclose(summary["change_pct_ptd_only_set"], 0.0)
     survival = survival_readout(summary, ORDER)
-    assert list(survival.columns) == ["layer", "exposure", "model", "adjustment", "significant_base", "still_significant", "percent"]
+    assert (summary["base"] == "base").all()
+    assert list(survival.columns) == ["layer", "exposure", "model", "base", "adjustment", "significant_base", "still_significant", "percent"]
     assert survival[["exposure", "adjustment"]].values.tolist() == [[e, a] for e in every for a in ORDER[1:]]
     report = run_report(Path("out"), results, survival, ORDER, ALPHA)
     assert "associations significant under 'base' that stay significant after further adjustment:\n  + ptd: 3/4 (75%)" in report

@@ -55,8 +55,8 @@ def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], a
     The base of a row is the first set, in plan order, its layer x exposure x
     model ran under. Where a row never ran under a set, that set's columns are
     missing (``significant_<set>`` is then a nullable boolean); its base set's
-    ``change_pct_<set>`` is missing too. When exposures have different bases, a
-    ``base`` column after ``model`` names each row's.
+    ``change_pct_<set>`` is missing too. A ``base`` column after ``model`` names
+    each row's base set.
     """
     keys = ["layer", "feature", "exposure", "model"]
     runs = sets_run(results, adjustment_order)
@@ -66,9 +66,8 @@ def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], a
     out = order.reset_index(drop=True)
     n = len(out)
     base = base_sets(out, runs)
-    several_bases = len({names[0] for names in runs.values()}) > 1
-    if several_bases:
-        out["base"] = base
+    # Always written, so a pipeline reading the file sees the same columns whatever the plan.
+    out["base"] = base
     index = pd.MultiIndex.from_frame(order)
     beta: dict[str, np.ndarray] = {}
     q_values: dict[str, np.ndarray] = {}
@@ -114,8 +113,7 @@ def survival_readout(summary: pd.DataFrame, adjustment_order: Sequence[str]) -> 
 
     The base is the group's first set, in plan order, with a result (the
     ``base`` column of :func:`adjustment_summary`); sets the group never ran
-    under get no row. When groups have different bases, a ``base`` column after
-    ``model`` names each row's.
+    under get no row. A ``base`` column after ``model`` names the base set.
     """
     present = [a for a in adjustment_order if f"significant_{a}" in summary.columns]
     rows = []
@@ -129,10 +127,7 @@ def survival_readout(summary: pd.DataFrame, adjustment_order: Sequence[str]) -> 
         for adjustment in ran[1:]:
             kept = int((significant_base & group[f"significant_{adjustment}"].fillna(False).to_numpy(dtype=bool)).sum())
             rows.append((layer, exposure, model, base, adjustment, total, kept, 100.0 * kept / total if total else np.nan))
-    frame = pd.DataFrame(rows, columns=[*GROUP_KEYS, "base", *SURVIVAL_COLUMNS[3:]])
-    if "base" not in summary.columns:
-        frame = frame.drop(columns="base")
-    return frame
+    return pd.DataFrame(rows, columns=[*GROUP_KEYS, "base", *SURVIVAL_COLUMNS[3:]])
 
 
 #: The two parts of MaAsLin3's zero-aware model that a joint p-value combines.
