@@ -118,11 +118,15 @@ class Plan:
     analyses: tuple[AnalysisSelection, ...]
     #: metadata column grouping related participants (family, household), or None
     cluster: str | None = None
+    #: shared feature list (``features:``): the features every layer filters and transforms over, or None
+    features: Path | None = None
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
         payload = asdict(self)
         payload.pop("source")
+        if payload["features"] is None:
+            payload.pop("features")  # plans without the key keep the hash they had before it existed
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -368,7 +372,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         source,
         "",
         raw if raw is not None else {},
-        ("name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models", "presence_threshold", "cluster"),
+        ("name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models", "presence_threshold", "cluster", "features"),
         required=("data", "exposures", "adjustments"),
     )
     name = _string(source, "name", raw.get("name", source.stem))
@@ -396,6 +400,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
     min_cases = raw.get("min_cases", 10)
     if isinstance(min_cases, bool) or not isinstance(min_cases, int) or min_cases < 1:
         raise PlanError(f"{_where(source, 'min_cases')}: expected a positive whole number, got {min_cases!r}")
+    features = (source.parent / _string(source, "features", raw["features"])).resolve() if raw.get("features") is not None else None
     analyses = _parse_analyses(
         source, raw.get("analyses"), tuple(e.name for e in exposures), tuple(adjustments), tuple(layer.name for layer in layers)
     )
@@ -413,4 +418,5 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         min_cases=min_cases,
         analyses=analyses,
         cluster=cluster,
+        features=features,
     )
