@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)")
     run.add_argument("--intersect-samples", action="store_true", help="analyse only samples present in both metadata and abundance tables (warns)")
     run.add_argument(
+        "--features", type=Path,
+        help="shared feature list (TSV/CSV/Parquet with a 'feature' column, optional 'layer' and 'kept', e.g. a reference cohort's results/features.parquet): "
+        "the features every layer keeps and transforms over, instead of the prevalence filter; overrides the plan's 'features'",
+    )
+    run.add_argument("--min-cases", type=_positive_int, help="minimum cases and controls per binary exposure for this run only, instead of the plan's min_cases (not part of what meta/pool compare)")
+    run.add_argument(
         "--top", type=_count, default=5, metavar="N",
         help="when the run ends, print the N associations with the smallest q per layer (and model), each exposure under its base "
         "adjustment set (the first set, in plan order, it ran under), with direction, beta and q (default 5; 0: none)",
@@ -79,13 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     sumstats.add_argument("--sufficient", action="store_true", help="also export the lm cross-products (<stem>.sufficient.parquet) for 'scalable-assoc pool'")
     sumstats.add_argument("--min-cell-count", type=int, default=3, help="withhold rows with fewer cases or controls than this (DataSHIELD nfilter.tab; default 3)")
     sumstats.add_argument("--max-parameter-fraction", type=float, default=0.33, help="withhold rows whose model has more parameters than this x n (DataSHIELD nfilter.glm; default 0.33)")
+    sumstats.add_argument("--min-cases", type=int, default=0, help="also withhold rows with fewer cases or controls than this (e.g. the consortium's min_cases after 'run --min-cases'; default 0: off)")
     sumstats.add_argument("--scheduler", help="Dask scheduler for --sufficient (default: a local cluster)")
     sumstats.add_argument("--workers", type=_positive_int, help="local worker processes for --sufficient")
 
     combine_help = {
         "feature_map": "tab-separated file with columns 'from' and 'to' renaming feature spellings before matching",
         "min_cohorts": "combine a feature only when at least this many cohorts have it (default 2)",
-        "allow_mismatch": "combine cohorts even if their analyses differ (transform, models, exposures, adjustments)",
+        "allow_mismatch": "combine cohorts even if their analyses (transform, models, exposures, adjustments) or their CLR/TSS/AST feature sets differ (warnings in the manifest)",
+        "alpha": "q below this counts as significant (default: the fdr.alpha of the cohorts' plans)",
     }
     meta = commands.add_parser("meta", help="meta-analyse cohorts' summary-statistics files")
     meta.add_argument("files", nargs="+", type=Path, help="summary-statistics files written by 'scalable-assoc sumstats'")
@@ -96,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     meta.add_argument("--feature-map", type=Path, help=combine_help["feature_map"])
     meta.add_argument("--min-cohorts", type=_positive_int, default=2, help=combine_help["min_cohorts"])
     meta.add_argument("--allow-mismatch", action="store_true", help=combine_help["allow_mismatch"])
+    meta.add_argument("--alpha", type=float, help=combine_help["alpha"])
     meta.add_argument("--scheduler", help="Dask scheduler to combine the rows on (default: in this process below 2 million rows, else a local cluster)")
     meta.add_argument("--workers", type=_positive_int, help="local worker processes when a cluster is used")
 
@@ -105,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     pool.add_argument("--feature-map", type=Path, help=combine_help["feature_map"])
     pool.add_argument("--min-cohorts", type=_positive_int, default=2, help=combine_help["min_cohorts"])
     pool.add_argument("--allow-mismatch", action="store_true", help=combine_help["allow_mismatch"])
+    pool.add_argument("--alpha", type=float, help=combine_help["alpha"])
     return parser
 
 
@@ -116,6 +126,7 @@ def _simulate(args: argparse.Namespace) -> None:
         for name, cohort in several.studies.items():
             print(f"simulated {name}: {cohort.n_participants} participants, species spelled as {several.spellings[name]}, plan {cohort.plan_path}")
         print(f"  truth: {several.truth_path}; feature spellings: {several.mapping_path}")
+        print("  shared feature list: features.tsv in every cohort folder, named by each plan.yaml (features: features.tsv)")
         out = several.out_dir
         print("next, per cohort: scalable-assoc run OUT/cohort_1/plan.yaml --out OUT/cohort_1/results".replace("OUT", str(out)))
         print(f"  then: scalable-assoc sumstats {out}/cohort_1/results --cohort cohort_1 --out {out}/cohort_1.parquet --sufficient")
@@ -145,6 +156,8 @@ def _run(args: argparse.Namespace) -> None:
         workers=args.workers,
         chunk_features=args.chunk_features,
         intersect_samples=args.intersect_samples,
+        features=args.features,
+        min_cases=args.min_cases,
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")
@@ -163,7 +176,7 @@ def _ingest(args: argparse.Namespace) -> None:
 def _sumstats(args: argparse.Namespace) -> None:
     from scalable_assoc.results.sumstats import DisclosureRules, read_run, sidecar_path, write_sumstats
 
-    rules = DisclosureRules(args.min_cell_count, args.max_parameter_fraction)
+    rules = DisclosureRules(args.min_cell_count, args.max_parameter_fraction, args.min_cases)
     run = read_run(args.run_dir)
     sufficient = None
     if args.sufficient:
@@ -208,17 +221,24 @@ def _meta(args: argparse.Namespace) -> None:
         summary = meta_analyse(
             cohorts, args.out, method=args.method, hksj=args.hksj, min_cohorts=args.min_cohorts,
             leave_one_out_estimates=args.leave_one_out, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, mapper=mapper,
+            alpha=args.alpha,
         )
-    significant = int((summary.results["q"] < 0.05).sum())
-    print(f"wrote {summary.out_dir / 'meta_results.parquet'}: {len(summary.results)} rows, {significant} with q < 0.05")
+    print(f"wrote {summary.out_dir / 'meta_results.parquet'}: {len(summary.results)} rows, {_significance(summary.manifest, args.alpha)}")
 
 
 def _pool(args: argparse.Namespace) -> None:
     from scalable_assoc.results.consortium import pool_cohorts
 
-    summary = pool_cohorts(_open_cohorts(args.files, True), args.out, min_cohorts=args.min_cohorts, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch)
-    significant = int((summary.results["q"] < 0.05).sum())
-    print(f"wrote {summary.out_dir / 'pooled_results.parquet'}: {len(summary.results)} rows, {significant} with q < 0.05")
+    summary = pool_cohorts(
+        _open_cohorts(args.files, True), args.out, min_cohorts=args.min_cohorts, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, alpha=args.alpha
+    )
+    print(f"wrote {summary.out_dir / 'pooled_results.parquet'}: {len(summary.results)} rows, {_significance(summary.manifest, args.alpha)}")
+
+
+def _significance(manifest: dict, given: float | None) -> str:
+    alpha = manifest["settings"]["alpha"]
+    source = "--alpha" if given is not None else "the plan's fdr.alpha"
+    return f"{manifest['significant']} with q < {alpha:g} ({source})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,7 +122,8 @@ Several cohorts (:func:`simulate_cohorts`).  Test data for meta-analysis across
 biobanks and for a pooled analysis: ``cohorts`` (default 3) study folders that share
 one truth and differ in size, batch, effect sizes (a few), spelling and catalogue::
 
-    out_dir/cohort_1/ .. cohort_<K>/   complete study folders, as simulate_study writes
+    out_dir/cohort_1/ .. cohort_<K>/   complete study folders, as simulate_study writes,
+                                       plus features.tsv (the shared feature list)
     out_dir/truth.tsv                  shared + per-cohort truth (long, below)
     out_dir/feature_mapping.tsv        from, to: cohort spelling -> canonical species
 
@@ -155,9 +156,17 @@ one truth and differ in size, batch, effect sizes (a few), spelling and catalogu
   in the table, not in the cohort's truth.  Each is absent from exactly one cohort
   (fewer than 4 when a small catalogue runs out of such species).
 * Plan: each ``plan.yaml`` is :data:`PLAN_YAML` named
-  ``lifelines-internalizing-cohort_<k>``; a cohort with fewer than 10 participants in
-  some exposure's case or control group (small cohorts: dysthymia, ssri) also gets
-  ``min_cases: m`` with ``m`` that smallest group, so it runs as written.
+  ``lifelines-internalizing-cohort_<k>`` plus ``features: features.tsv``; a cohort with
+  fewer than 10 participants in some exposure's case or control group (small cohorts:
+  dysthymia, ssri) also gets ``min_cases: m`` with ``m`` that smallest group, so it runs
+  as written.
+* Shared feature list (the recommended practice for CLR across cohorts): every cohort
+  folder holds the same ``features.tsv`` (``layer, feature``): the shared catalogue's
+  features with simulated prevalence >= 0.05, species in canonical spelling plus the
+  renamed spelling of each renamed species.  Each cohort keeps, fits and transforms over
+  exactly the listed features it has; a listed species its table lacks (a dropped or a
+  renamed one) counts as zero in every sample, so every cohort's CLR denominator is the
+  same set and ``meta`` / ``pool`` accept the cohorts.
 
 Top-level ``truth.tsv`` columns: ``cohort, layer, feature, exposure, effect,
 presence_effect, abundance_effect, family_icc, heterogeneous, tau, n_cohorts,
@@ -183,7 +192,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -681,6 +690,14 @@ _BATCH_SD = 0.5                  # SD of a cohort's per-feature shift of log abu
 _DROPPED_PER_COHORT = 4          # species missing from each of cohorts 2..
 _COHORT_MISSING_FRACTION = 0.0005
 _PLAN_MIN_CASES = 10             # the plan's default min_cases (scalable_assoc.plan.schema)
+_LIST_MIN_PREVALENCE = 0.05      # the shared feature list: features whose simulated prevalence is at least this
+FEATURE_LIST_NAME = "features.tsv"
+"""The shared feature list :func:`simulate_cohorts` writes into every cohort folder (``layer``, ``feature``)."""
+_COHORT_PLAN_FEATURES = (
+    "# The features every cohort keeps, fits and transforms over (the CLR denominator): the same list\n"
+    "# in every cohort, so their betas are on one scale (scalable-assoc run --features overrides it).\n"
+    f"features: {FEATURE_LIST_NAME}\n"
+)
 
 
 @dataclass(frozen=True)
@@ -728,6 +745,8 @@ class SimulatedCohorts:
         dropped: cohort name -> canonical species absent from its ``species.tsv``
             (and from its ``truth.tsv``); empty for ``cohort_1``.
         n_heterogeneous: planted (term, feature) effects that deviate between cohorts.
+        feature_lists: cohort name -> its ``features.tsv`` (the same shared list in
+            every cohort, named by its ``plan.yaml``).
     """
 
     out_dir: Path
@@ -738,6 +757,7 @@ class SimulatedCohorts:
     renamed: dict[str, str]
     dropped: dict[str, tuple[str, ...]]
     n_heterogeneous: int
+    feature_lists: dict[str, Path] = field(default_factory=dict)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -910,7 +930,8 @@ def simulate_cohorts(
                 sample_prefix=f"C{k + 1}S", family_prefix=f"C{k + 1}F",
                 species_style="clade" if spelling == "clade" else "lineage",
                 plan_text=PLAN_YAML.replace("name: lifelines-internalizing\n",
-                                            f"name: lifelines-internalizing-{name}\n"),
+                                            f"name: lifelines-internalizing-{name}\n")
+                + _COHORT_PLAN_FEATURES,
                 adapt_min_cases=True,
             ),
         ))
@@ -926,6 +947,11 @@ def simulate_cohorts(
     with open(mapping_path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write("from\tto\n")
         fh.writelines(f"{a}\t{b}\n" for a, b in renamed.items())
+    shared_list = _shared_feature_list(shared, catalogue, pathways, renamed)
+    feature_lists = {}
+    for name in names:
+        feature_lists[name] = out / name / FEATURE_LIST_NAME
+        shared_list.to_csv(feature_lists[name], sep="\t", index=False, lineterminator="\n")
 
     return SimulatedCohorts(
         out_dir=out,
@@ -936,7 +962,31 @@ def simulate_cohorts(
         renamed=renamed,
         dropped=dropped,
         n_heterogeneous=int(sum(int(m.sum()) for m in hetero.values())),
+        feature_lists=feature_lists,
     )
+
+
+def _shared_feature_list(shared: dict[str, _LayerParams], catalogue: dict[str, list[str]],
+                         pathways: list[str], renamed: dict[str, str]) -> pd.DataFrame:
+    """The feature list every cohort gets: ``layer, feature`` rows, the same in every cohort.
+
+    Features of the shared catalogue whose simulated prevalence is at least the plan's
+    ``min_prevalence`` (0.05), in canonical spelling (``s__Name``; a lineage or clade name
+    in a cohort's table matches it). A species whose genus a cohort renames is listed in
+    both spellings: each cohort has one and counts the other as zero, so every cohort's
+    CLR still runs over the same set.
+    """
+    names = {"species": ["s__" + s for s in catalogue["species"]], "pathways": pathways,
+             "gbm": list(GBM_LABELS)}
+    old_spelling = {canonical: old for old, canonical in renamed.items()}
+    rows = []
+    for layer, p in shared.items():
+        for feature, prevalence in zip(names[layer], p.prev, strict=True):
+            if prevalence >= _LIST_MIN_PREVALENCE:
+                rows.append((layer, feature))
+                if layer == "species" and feature in old_spelling:
+                    rows.append((layer, old_spelling[feature]))
+    return pd.DataFrame(rows, columns=["layer", "feature"])
 
 
 def _exposure_rows() -> list[int]:

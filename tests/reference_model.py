@@ -26,9 +26,23 @@ def read_layer(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", index_col=0, dtype={0: str})
 
 
-def transformed_layer(path: Path, min_prevalence: float, transform: str = "clr") -> pd.DataFrame:
-    """Prevalence filter, half-minimum pseudocount, then CLR/log/none over the kept features."""
+def transformed_layer(path: Path, min_prevalence: float, transform: str = "clr", features: list[str] | None = None) -> pd.DataFrame:
+    """Prevalence filter, half-minimum pseudocount, then CLR/log/none over the kept features.
+
+    With ``features`` (clade names, ``s__...``) the kept features are exactly the
+    listed ones the table has (no prevalence filter), and a listed feature the
+    table lacks is a column of zeros in the CLR mean (not returned).
+    """
     layer = read_layer(path)
+    if features is not None:
+        present = [f for f in features if f in layer.columns]
+        kept = layer[present]
+        pseudocount = kept[kept > 0].min().min() / 2
+        if transform != "clr":
+            raise ValueError("a feature list is checked with CLR only")
+        everything = layer.reindex(columns=list(features), fill_value=0.0)
+        logged = np.log(everything + pseudocount)
+        return logged.sub(logged.mean(axis=1, skipna=True), axis=0)[present]
     prevalence = (layer > 0).sum() / layer.notna().sum()
     kept = layer.loc[:, prevalence >= min_prevalence]
     pseudocount = kept[kept > 0].min().min() / 2

@@ -23,7 +23,7 @@ from scalable_assoc.simulate import (
 
 SMALL = dict(cohorts=3, participants=900, n_species=120, n_pathways=40)
 NAMES = ["cohort_1", "cohort_2", "cohort_3"]
-FILES = ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv", "truth.tsv", "plan.yaml")
+FILES = ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv", "truth.tsv", "plan.yaml", "features.tsv")
 TRUTH_COLUMNS = ["cohort", "layer", "feature", "exposure", "effect", "presence_effect",
                  "abundance_effect", "family_icc", "heterogeneous", "tau", "n_cohorts",
                  "cohort_feature"]
@@ -65,9 +65,26 @@ def test_folders_and_files(sim: SimulatedCohorts) -> None:
         plan = yaml.safe_load(study.plan_path.read_text())
         reference = yaml.safe_load(PLAN_YAML)
         assert plan["name"] == f"lifelines-internalizing-{name}"
-        assert {k: v for k, v in plan.items() if k not in ("name", "min_cases")} == \
+        assert {k: v for k, v in plan.items() if k not in ("name", "min_cases", "features")} == \
             {k: v for k, v in reference.items() if k != "name"}
-        load_plan(study.plan_path)                       # valid as written
+        assert plan["features"] == "features.tsv" and sim.feature_lists[name] == study.out_dir / "features.tsv"
+        assert load_plan(study.plan_path).features == study.out_dir / "features.tsv"   # valid as written
+
+
+def test_every_cohort_gets_the_same_feature_list(sim: SimulatedCohorts, truth: pd.DataFrame) -> None:
+    """One shared list: canonical species plus the renamed spelling of each renamed species."""
+    lists = [path.read_bytes() for path in sim.feature_lists.values()]
+    assert all(content == lists[0] for content in lists)
+    table = pd.read_csv(sim.feature_lists["cohort_1"], sep="\t")
+    assert list(table.columns) == ["layer", "feature"] and not table.duplicated().any()
+    assert set(table["layer"]) == {"species", "pathways", "gbm"}
+    species = set(table.loc[table["layer"] == "species", "feature"])
+    for old, canonical in sim.renamed.items():
+        assert (old in species) == (canonical in species)
+    dropped = {f for names in sim.dropped.values() for f in names}
+    assert dropped and dropped <= species                # a cohort's missing species stay on the list
+    shared = truth[truth["cohort"] == "shared"]
+    assert set(table.loc[table["layer"] != "species", "feature"]) <= set(shared["feature"])
 
 
 def test_sizes_differ_and_ids_do_not_collide(sim: SimulatedCohorts) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from scalable_assoc.errors import DataError, PlanError
 from scalable_assoc.io.atomic import file_checksum, write_npz
+from scalable_assoc.io.feature_list import LayerFeatureList, match_feature_list, read_feature_list
 from scalable_assoc.io.ingest import layer_store
 from scalable_assoc.io.metadata import (
     ExposureValues,
@@ -88,6 +89,12 @@ class LayerWork:
     sample_positions: np.ndarray  # positions into the store's samples
     designs: dict[str, DesignInput] = field(default_factory=dict)
     analyses: list[PreparedAnalysis] = field(default_factory=list)
+    #: the shared feature list resolved against this layer (None: the prevalence filter decides)
+    listed: LayerFeatureList | None = None
+
+    def list_token(self) -> str:
+        """Part of every cached file's name and chunk id: which feature list (if any) chose the kept features."""
+        return self.listed.token if self.listed is not None else ""
 
     def samples_digest(self) -> str:
         """Short hash of the samples used: part of every cached file's name (--intersect-samples changes them, not the plan)."""
@@ -102,6 +109,10 @@ class PreparedStudy:
     plan_hash: str
     metadata_sha256: str
     layers: list[LayerWork]
+    #: the shared feature list used (``--features`` or the plan's ``features:``), or None
+    features: Path | None = None
+    #: the minimum group size enforced (the plan's ``min_cases`` unless the run overrode it)
+    min_cases: int = 10
 
 
 def write_design(folder: Path, design: DesignInput) -> Path:
@@ -197,16 +208,29 @@ def _resolve_analysis(
 
 
 def prepare_study(
-    plan: Plan, cache_dir: Path, chunk_features: int | None = None, intersect_samples: bool = False, log: Callable[[str], None] = print
+    plan: Plan,
+    cache_dir: Path,
+    chunk_features: int | None = None,
+    intersect_samples: bool = False,
+    log: Callable[[str], None] = print,
+    features: Path | None = None,
+    min_cases: int | None = None,
 ) -> PreparedStudy:
-    """Load and check every input of ``plan``; convert tables to stores; resolve every analysis."""
+    """Load and check every input of ``plan``; convert tables to stores; resolve every analysis.
+
+    ``features`` (a feature list file) overrides the plan's ``features:``;
+    ``min_cases`` the plan's ``min_cases`` (neither changes the plan's hash).
+    """
     metadata = load_metadata(plan.metadata, plan.sample_id_column)
     check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical, plan.reference)
     if plan.cluster is not None and plan.cluster not in metadata.columns:
         raise PlanError(
             f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}"
         )
-    exposures = {spec.name: exposure_values(metadata, plan.metadata, spec, plan.min_cases) for spec in plan.exposures}
+    used_min_cases = plan.min_cases if min_cases is None else min_cases
+    exposures = {spec.name: exposure_values(metadata, plan.metadata, spec, used_min_cases) for spec in plan.exposures}
+    features = Path(features).resolve() if features is not None else plan.features
+    feature_list = read_feature_list(features) if features is not None else None
     keys = expand_analyses(plan)
     intersect = intersect_samples or plan.sample_mismatch == "intersect"
     layers = []
@@ -218,6 +242,17 @@ def prepare_study(
         used_ids = [store.sample_ids[i] for i in positions]
         aligned = metadata.loc[used_ids]
         work = LayerWork(spec, store, checksum, positions)
+        if feature_list is not None:
+            listed = feature_list.for_layer(spec.name)
+            if listed is None:
+                log(f"note: the feature list {feature_list.path} has no rows for layer '{spec.name}'; its features are filtered by prevalence")
+            else:
+                work.listed = match_feature_list(feature_list.path, spec.name, listed, store.feature_ids)
+                if work.listed.n_absent:
+                    log(
+                        f"  layer '{spec.name}': {work.listed.n_absent} of {work.listed.n_listed} listed features are not in "
+                        f"{spec.path} and count as zero in every sample"
+                    )
         clusters = cluster_codes(aligned, plan.cluster) if plan.cluster is not None else None
         metadata_rows = metadata.index.get_indexer(used_ids)
         # Models of one (exposure, adjustment) share its participants and design: resolve it once.
@@ -236,7 +271,7 @@ def prepare_study(
         layers.append(work)
     if not layers:
         raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
-    return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers)
+    return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases)
 
 
 @dataclass(frozen=True)
@@ -302,6 +337,7 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]
                 text = "\x1f".join(
                     [study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, samples, str(start), str(stop), columns]
                     + [a.key.analysis_id for a in batch]
+                    + ([f"features={layer.list_token()}"] if layer.listed is not None else [])
                 )
                 chunk_id = hashlib.sha256(text.encode()).hexdigest()[:24]
                 tasks.append(ChunkTask(chunk_id, layer.spec.name, block_index, start, stop, batch))

@@ -39,13 +39,14 @@ from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, sum_block, summarise_block
-from scalable_assoc.errors import DataError
-from scalable_assoc.io.atomic import write_json, write_npz, write_parquet, write_tsv
+from scalable_assoc.errors import DataError, UserInputError
+from scalable_assoc.io.atomic import file_checksum, write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
+from scalable_assoc.results.harmonise import feature_set_digest
 from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
-from scalable_assoc.stats.transforms import needs_sample_summary, select_features
+from scalable_assoc.stats.transforms import needs_sample_summary, select_features, with_absent_zeros
 
 #: Output files, removed before a run writes new ones so that a failed run never
 #: leaves a complete-looking set behind. The manifest is written last.
@@ -98,7 +99,10 @@ def _stderr(message: str) -> None:
 
 
 def _layer_token(study: PreparedStudy, layer: LayerWork) -> str:
-    text = "\x1f".join([study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, str(layer.store.chunk_features)])
+    parts = [study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, str(layer.store.chunk_features)]
+    if layer.listed is not None:  # a feature list (plan key or --features) chooses the kept features
+        parts.append(f"features={layer.list_token()}")
+    text = "\x1f".join(parts)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -198,12 +202,14 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
         name = layer.spec.name
         summaries = all_summaries[name]
         preprocess = layer.spec.preprocess
-        try:
-            kept, pseudocount = select_features(summaries, preprocess.min_prevalence, preprocess.pseudocount)
-        except ValueError as error:
-            raise DataError(f"layer '{name}' ({layer.spec.path}): {error}") from None
-        n_kept = int(sum(k.sum() for k in kept))
         bounds = layer.store.block_bounds()
+        listed = [layer.listed.mask[start:stop] for start, stop in bounds] if layer.listed is not None else None
+        try:
+            kept, pseudocount = select_features(summaries, preprocess.min_prevalence, preprocess.pseudocount, listed)
+        except ValueError as error:
+            source = f" with the feature list {layer.listed.path}" if layer.listed is not None else ""
+            raise DataError(f"layer '{name}' ({layer.spec.path}){source}: {error}") from None
+        n_kept = int(sum(k.sum() for k in kept))
         kept_ids = _kept_ids(layer, kept)
         filters[name] = _LayerFilter(
             kept,
@@ -236,6 +242,14 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
             ]
     for (name, which), parts in client.gather(sum_futures).items():
         setattr(filters[name], which, (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)))
+    for layer in layers:
+        # Listed features the layer lacks are zeros in every sample: they enter the CLR mean of the
+        # transformed view (not the non-zero view's, which runs over present values only).
+        layer_filter = filters[layer.spec.name]
+        if layer.listed is not None and layer_filter.sample_totals is not None:
+            layer_filter.sample_totals = with_absent_zeros(
+                layer_filter.sample_totals, layer.listed.n_absent, layer.spec.preprocess.transform, layer_filter.pseudocount
+            )
     return filters
 
 
@@ -301,6 +315,26 @@ def _remove_stale_chunks(chunks_dir: Path, keep_chunks: set[str]) -> None:
                 path.unlink(missing_ok=True)
 
 
+def _layer_manifest(layer: LayerWork, f: _LayerFilter) -> dict:
+    """Filter, transform and feature set of one layer, as ``manifest.json`` records them.
+
+    ``transform_features_sha256`` identifies the features the transform ran over
+    (the list's names, absent ones included, or the kept features): cohorts whose
+    CLR/TSS/AST values are comparable have the same one.
+    """
+    listed = layer.listed
+    return {
+        "features_total": f.n_features,
+        "features_kept": f.n_kept,
+        "pseudocount": f.pseudocount,
+        "samples": int(layer.sample_positions.size),
+        "feature_list_used": listed is not None,
+        "feature_list": listed.manifest_entry() if listed is not None else None,
+        "transform_features": listed.n_listed if listed is not None else f.n_kept,
+        "transform_features_sha256": listed.digest if listed is not None else feature_set_digest(i for ids in f.kept_ids for i in ids),
+    }
+
+
 def _manifest(
     study: PreparedStudy,
     filters: dict[str, _LayerFilter],
@@ -343,15 +377,11 @@ def _manifest(
             "metadata": {"path": str(plan.metadata), "sha256": study.metadata_sha256},
             **{f"layer:{layer.spec.name}": {"path": str(layer.spec.path), "sha256": layer.input_sha256, "store": str(layer.store.path)} for layer in study.layers},
         },
-        "layers": {
-            name: {
-                "features_total": f.n_features,
-                "features_kept": f.n_kept,
-                "pseudocount": f.pseudocount,
-                "samples": int(next(layer for layer in study.layers if layer.spec.name == name).sample_positions.size),
-            }
-            for name, f in filters.items()
-        },
+        # a shared feature list (run --features or the plan's features:), else None
+        "features": {"path": str(study.features), "sha256": file_checksum(study.features)} if study.features is not None else None,
+        # the minimum group size enforced: the plan's, unless run --min-cases overrode it for this run
+        "min_cases": {"plan": plan.min_cases, "used": study.min_cases},
+        "layers": {layer.spec.name: _layer_manifest(layer, filters[layer.spec.name]) for layer in study.layers},
         "analyses": analyses,
         # as given to the run (None: automatic); a later export re-opens the same stores
         "chunk_features": chunk_features,
@@ -383,21 +413,28 @@ def run_study(
     analyses_per_task: int = 8,
     log: Callable[[str], None] = _stderr,
     on_chunk_done: Callable[[int, int], None] | None = None,
+    features: str | Path | None = None,
+    min_cases: int | None = None,
 ) -> RunSummary:
     """Run every analysis of a plan and write the outputs to ``out_dir``.
 
     Uses ``client`` if given, else connects to ``scheduler``, else starts a
     local cluster of ``workers`` processes. ``on_chunk_done(done, total)`` is
-    called after every finished chunk (progress hooks, tests).
+    called after every finished chunk (progress hooks, tests). ``features``
+    (a feature list file, see :mod:`scalable_assoc.io.feature_list`) overrides
+    the plan's ``features:``; ``min_cases`` the plan's ``min_cases`` for this
+    run only (the plan's hash, and what ``meta``/``pool`` compare, stay as they are).
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    if min_cases is not None and (isinstance(min_cases, bool) or min_cases < 1):
+        raise UserInputError(f"--min-cases must be a positive whole number, got {min_cases!r}")
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     out = Path(out_dir).resolve()
     _remove_outputs(out)
     work = out / WORK_DIR
     chunks_dir = work / "chunks"
-    study = prepare_study(plan, work / "stores", chunk_features, intersect_samples, log)
+    study = prepare_study(plan, work / "stores", chunk_features, intersect_samples, log, Path(features) if features is not None else None, min_cases)
     timings["prepare"] = time.perf_counter() - started
     tasks = chunk_tasks(study, analyses_per_task)
     _remove_stale_chunks(chunks_dir, {t.chunk_id for t in tasks})

@@ -51,6 +51,10 @@ def _check_run(run_dir: Path, study: PreparedStudy, manifest: dict) -> None:
         recorded = inputs.get(f"layer:{layer.spec.name}", {}).get("sha256")
         if recorded != layer.input_sha256:
             raise DataError(f"{run_dir}: the abundance table of layer '{layer.spec.name}' ({layer.spec.path}) changed since this run")
+        listed = (manifest.get("layers", {}).get(layer.spec.name) or {}).get("feature_list")
+        now = layer.listed.digest if layer.listed is not None else None
+        if (listed or {}).get("names_sha256") != now:
+            raise DataError(f"{run_dir}: the feature list of layer '{layer.spec.name}' ({study.features}) changed since this run; run it again before exporting")
 
 
 def sufficient_statistics(
@@ -70,7 +74,18 @@ def sufficient_statistics(
     outputs = run_dir if isinstance(run_dir, RunOutputs) else read_run(Path(run_dir))
     run, manifest, plan = outputs.run_dir.resolve(), outputs.manifest, outputs.plan
     work = run / WORK_DIR
-    study = prepare_study(plan, work / "stores", manifest.get("chunk_features"), manifest.get("intersect_samples", False), log)
+    features = (manifest.get("features") or {}).get("path")
+    if features is not None and not Path(features).is_file():
+        raise DataError(f"{run}: the run's feature list {features} no longer exists; the cross-products need the features the run transformed over")
+    study = prepare_study(
+        plan,
+        work / "stores",
+        manifest.get("chunk_features"),
+        manifest.get("intersect_samples", False),
+        log,
+        Path(features) if features is not None else None,
+        (manifest.get("min_cases") or {}).get("used"),
+    )
     _check_run(run, study, manifest)
     if not any(a.key.model == "lm" for layer in study.layers for a in layer.analyses):
         raise DataError(f"{run}: the plan fits no 'lm' model; sufficient statistics exist for linear models only")

@@ -188,7 +188,7 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
             if mask.sum() < min_cases:
                 raise PlanError(
                     f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.{label}'): only {int(mask.sum())} {label} "
-                    f"(query {query!r}), fewer than min_cases = {min_cases}; lower 'min_cases' in the plan if this is intended"
+                    f"(query {query!r}), fewer than min_cases = {min_cases}; lower 'min_cases' in the plan, or pass --min-cases to this run (for this cohort only), if this is intended"
                 )
         values = np.where(cases, 1.0, np.where(controls, 0.0, np.nan))
         columns = tuple(c for c in metadata.columns if c in spec.cases or c in spec.controls)
@@ -213,7 +213,7 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
             if count < min_cases:
                 raise PlanError(
                     f"{where}: only {count} {label} in column '{spec.column}', fewer than min_cases = {min_cases}; "
-                    "lower 'min_cases' in the plan if this is intended"
+                    "lower 'min_cases' in the plan, or pass --min-cases to this run (for this cohort only), if this is intended"
                 )
     return ExposureValues(spec.name, values, binary, (spec.column,))
 

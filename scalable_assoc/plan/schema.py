@@ -132,6 +132,8 @@ class Plan:
     on_constant_covariate: str = "drop"
     #: categorical covariate -> its reference level (as text); others: the first level in sorted order
     reference: dict[str, str] = field(default_factory=dict)
+    #: shared feature list (``features:``): the features every layer filters and transforms over, or None
+    features: Path | None = None
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
@@ -139,6 +141,8 @@ class Plan:
         payload.pop("source")
         if not payload["reference"]:
             payload.pop("reference")  # plans without the key keep the hash (and resumable chunks) they had
+        if payload["features"] is None:
+            payload.pop("features")  # plans without the key keep the hash they had before it existed
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -418,7 +422,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         raw if raw is not None else {},
         (
             "name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models",
-            "presence_threshold", "cluster", "min_carriers", "on_constant_covariate",
+            "presence_threshold", "cluster", "min_carriers", "on_constant_covariate", "features",
         ),
         required=("data", "exposures", "adjustments"),
     )
@@ -454,6 +458,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
     on_constant = raw.get("on_constant_covariate", "drop")
     if on_constant not in ON_CONSTANT_COVARIATE:
         raise PlanError(f"{_where(source, 'on_constant_covariate')}: expected one of {', '.join(ON_CONSTANT_COVARIATE)}, got {on_constant!r}")
+    features = (source.parent / _string(source, "features", raw["features"])).resolve() if raw.get("features") is not None else None
     analyses = _parse_analyses(
         source, raw.get("analyses"), tuple(e.name for e in exposures), tuple(adjustments), tuple(layer.name for layer in layers)
     )
@@ -474,4 +479,5 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         min_carriers=min_carriers,
         on_constant_covariate=on_constant,
         reference=reference,
+        features=features,
     )

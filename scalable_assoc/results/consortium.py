@@ -60,18 +60,49 @@ def _remove(out_dir: Path, names: Sequence[str]) -> None:
 
 
 def _begin(
-    cohorts: Sequence[CohortFile], min_cohorts: int, allow_mismatch: bool, out_dir: str | Path, outputs: Sequence[str]
-) -> tuple[list[CohortFile], list[str], Path]:
-    """Check the arguments and the cohorts' compatibility, then remove earlier outputs (none may outlive a failure)."""
+    cohorts: Sequence[CohortFile],
+    min_cohorts: int,
+    allow_mismatch: bool,
+    out_dir: str | Path,
+    outputs: Sequence[str],
+    alpha: float | None,
+    log: Callable[[str], None],
+) -> tuple[list[CohortFile], list[str], Path, float]:
+    """Check the arguments and the cohorts' compatibility, then remove earlier outputs (none may outlive a failure).
+
+    Returns the cohorts, the warnings (also logged), the output folder and the
+    significance level: ``alpha``, else the cohorts' plans' ``fdr.alpha``.
+    """
     if min_cohorts < 1:
         raise UserInputError(f"--min-cohorts must be at least 1, got {min_cohorts}")
+    if alpha is not None and not 0 < alpha < 1:
+        raise UserInputError(f"--alpha must be between 0 and 1, got {alpha}")
     cohorts = list(cohorts)
     if not cohorts:
         raise UserInputError("give at least one summary-statistics file")
     warnings = check_compatible(cohorts, allow_mismatch)
+    if alpha is None:
+        alpha, alpha_warning = _plan_alpha(cohorts)
+        warnings += alpha_warning
+    for warning in warnings:
+        log(f"warning: {warning}")
     out = Path(out_dir)
     _remove(out, outputs)
-    return cohorts, warnings, out
+    return cohorts, warnings, out, alpha
+
+
+#: ``fdr.alpha`` of a plan that does not set it (scalable_assoc.plan.schema.FdrSpec)
+DEFAULT_ALPHA = 0.05
+
+
+def _plan_alpha(cohorts: list[CohortFile]) -> tuple[float, list[str]]:
+    """The ``fdr.alpha`` the cohorts' plans give (the first cohort's if they differ, with a warning)."""
+    alphas = {c.cohort: float(c.sidecar.get("fdr", {}).get("alpha", DEFAULT_ALPHA)) for c in cohorts}
+    first = alphas[cohorts[0].cohort]
+    if len(set(alphas.values())) == 1:
+        return first, []
+    listed = ", ".join(f"{name} {value:g}" for name, value in alphas.items())
+    return first, [f"the cohorts' plans set different fdr.alpha ({listed}); using {first:g} (cohort {cohorts[0].cohort}); pass --alpha to choose"]
 
 
 def _with_harmonised_features(frame: pd.DataFrame, cohort: CohortFile, mapping: dict[str, str] | None, keys: Sequence[str]) -> pd.DataFrame:
@@ -124,7 +155,12 @@ class CombinedSummary:
     manifest: dict[str, Any]
 
 
-def _manifest(kind: str, cohorts: list[CohortFile], settings: dict[str, Any], warnings: list[str], rows: int) -> dict[str, Any]:
+def significant_rows(results: pd.DataFrame, alpha: float) -> int:
+    """Rows with q below ``alpha``."""
+    return int(results["q"].lt(alpha).fillna(False).sum())
+
+
+def _manifest(kind: str, cohorts: list[CohortFile], settings: dict[str, Any], warnings: list[str], rows: int, **extra: Any) -> dict[str, Any]:
     return {
         "package": "scalable_assoc",
         "version": __version__,
@@ -137,6 +173,7 @@ def _manifest(kind: str, cohorts: list[CohortFile], settings: dict[str, Any], wa
         "settings": settings,
         "warnings": warnings,
         "rows": rows,
+        **extra,
     }
 
 
@@ -152,6 +189,7 @@ def meta_analyse(
     allow_mismatch: bool = False,
     mapper: BlockMapper | None = None,
     block_rows: int = 250_000,
+    alpha: float | None = None,
     log: Callable[[str], None] = print,
 ) -> CombinedSummary:
     """Meta-analyse every (layer, feature, exposure, adjustment, model) over the cohorts' summary files.
@@ -162,10 +200,13 @@ def meta_analyse(
     over features); BH FDR per family as in the cohorts' plan (``fdr.by``).
     ``mapper`` (for example the engine's ``ClusterMapper``) spreads blocks of
     ``block_rows`` rows over a cluster when it judges the rows many enough.
+    Rows with q below ``alpha`` (default: the cohorts' plans' ``fdr.alpha``)
+    are counted as significant in the manifest. With ``hksj``, rows combined
+    from fewer than 3 cohorts are counted and warned about.
     """
     if method not in METHODS:
         raise UserInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
-    cohorts, warnings, out = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, META_FILES)
+    cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, META_FILES, alpha, log)
     frames = []
     for cohort in cohorts:
         frame = _with_harmonised_features(cohort.summary(), cohort, mapping, KEY_COLUMNS)
@@ -190,6 +231,15 @@ def meta_analyse(
     keys, beta, se, n, present = keys[enough].reset_index(drop=True), beta[enough], se[enough], n[enough], present[enough]
     log(f"meta-analysing {len(keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
     fits = _combine(beta, se, method, hksj, mapper, block_rows)
+    few = int(((fits.k > 1) & (fits.k < 3)).sum()) if hksj else 0
+    if few:
+        warning = (
+            f"--hksj: {few} of {len(keys)} rows were combined from fewer than 3 cohorts; with k = 2 the Hartung-Knapp "
+            "standard error rests on 1 degree of freedom and can be far too small or too large (treat those rows with care, "
+            "or use --min-cohorts 3)"
+        )
+        log(f"warning: {warning}")
+        warnings.append(warning)
     names_array = np.array(names, dtype=object)
     results = keys.assign(
         k=fits.k,
@@ -218,8 +268,14 @@ def meta_analyse(
         )
         write_parquet(out / "meta_leave_one_out.parquet", loo)
         write_tsv(out / "meta_leave_one_out.tsv", loo)
-    settings = {"method": method, "hksj": hksj, "min_cohorts": min_cohorts, "leave_one_out": leave_one_out_estimates, "fdr_by": list(fdr_by), "allow_mismatch": allow_mismatch}
-    manifest = _manifest("meta", cohorts, settings, warnings, len(results))
+    settings = {
+        "method": method, "hksj": hksj, "min_cohorts": min_cohorts, "leave_one_out": leave_one_out_estimates,
+        "fdr_by": list(fdr_by), "alpha": alpha, "allow_mismatch": allow_mismatch,
+    }
+    extra: dict[str, Any] = {"significant": significant_rows(results, alpha)}
+    if hksj:
+        extra["hksj_rows_below_3_cohorts"] = few
+    manifest = _manifest("meta", cohorts, settings, warnings, len(results), **extra)
     write_json(out / "meta_manifest.json", manifest)
     return CombinedSummary(out, results, coverage, manifest)
 
@@ -238,6 +294,7 @@ def pool_cohorts(
     min_cohorts: int = 2,
     mapping: dict[str, str] | None = None,
     allow_mismatch: bool = False,
+    alpha: float | None = None,
     log: Callable[[str], None] = print,
 ) -> CombinedSummary:
     """Solve ``feature ~ cohort + exposure + covariates`` over all cohorts from their cross-products.
@@ -247,7 +304,7 @@ def pool_cohorts(
     data with cohort indicators (categorical covariates share one reference
     level across cohorts: the first in sorted order).
     """
-    cohorts, warnings, out = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, POOL_FILES)
+    cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, POOL_FILES, alpha, log)
     frames = [_stack_sufficient(c, mapping) for c in cohorts]
     coverage, coverage_warnings = _coverage(frames, cohorts, log)
     warnings += coverage_warnings
@@ -315,6 +372,7 @@ def pool_cohorts(
     write_parquet(out / "pooled_results.parquet", results)
     write_tsv(out / "pooled_results.tsv", results)
     write_tsv(out / "feature_coverage.tsv", coverage)
-    manifest = _manifest("pool", cohorts, {"min_cohorts": min_cohorts, "fdr_by": list(fdr_by), "allow_mismatch": allow_mismatch}, warnings, len(results))
+    settings = {"min_cohorts": min_cohorts, "fdr_by": list(fdr_by), "alpha": alpha, "allow_mismatch": allow_mismatch}
+    manifest = _manifest("pool", cohorts, settings, warnings, len(results), significant=significant_rows(results, alpha))
     write_json(out / "pool_manifest.json", manifest)
     return CombinedSummary(out, results, coverage, manifest)

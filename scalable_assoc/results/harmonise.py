@@ -11,7 +11,9 @@ are not lineages (pathways, modules) are matched as they are.
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +29,16 @@ def canonical_name(name: str) -> str:
     if len(parts) > 1 and all(_RANK_PART.match(p) for p in parts):
         return parts[-1]
     return name
+
+
+def feature_set_digest(names: Iterable[str]) -> str:
+    """SHA-256 (hex) of a feature set: the names reduced by :func:`canonical_name`, unique, sorted, one per line.
+
+    Two cohorts whose transform ran over the same features get the same digest,
+    whichever MetaPhlAn spelling (lineage or clade name) their tables use.
+    """
+    normalised = sorted({canonical_name(str(name).strip()) for name in names})
+    return hashlib.sha256("\n".join(normalised).encode()).hexdigest()
 
 
 def read_mapping(path: Path) -> dict[str, str]:

@@ -37,6 +37,7 @@ from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, write_json, write_parquet
 from scalable_assoc.models.pooled import CrossProducts
 from scalable_assoc.plan.schema import Plan, load_plan
+from scalable_assoc.results.harmonise import feature_set_digest
 
 FORMAT = "scalable_assoc.sumstats/1"
 
@@ -66,14 +67,22 @@ SUFFICIENT_SCHEMA = pa.schema(
 
 @dataclass(frozen=True)
 class DisclosureRules:
-    """Which rows may leave the cohort; defaults are DataSHIELD's."""
+    """Which rows may leave the cohort; defaults are DataSHIELD's.
+
+    ``min_cases`` (``sumstats --min-cases``, default 0: off) also withholds rows
+    with fewer cases or controls than that: a cohort that ran with a lower
+    ``run --min-cases`` keeps its small groups out of the consortium's files.
+    """
 
     min_cell_count: int = 3
     max_parameter_fraction: float = 0.33
+    min_cases: int = 0
 
     def __post_init__(self) -> None:
         if self.min_cell_count < 0:
             raise UserInputError(f"--min-cell-count must be >= 0, got {self.min_cell_count}")
+        if self.min_cases < 0:
+            raise UserInputError(f"--min-cases must be >= 0, got {self.min_cases}")
         if not 0 < self.max_parameter_fraction <= 1:
             raise UserInputError(f"--max-parameter-fraction must be in (0, 1], got {self.max_parameter_fraction}")
 
@@ -111,17 +120,19 @@ def cross_products_table(
 
 
 def _withheld_reason(n: np.ndarray, cases: np.ndarray, controls: np.ndarray, parameters: np.ndarray, rules: DisclosureRules) -> np.ndarray:
-    """Per row: '' (may leave) or the rule it breaks, cases before controls before parameters.
+    """Per row: '' (may leave) or the rule it breaks.
 
-    ``cases``/``controls`` are -1 for continuous exposures (only the parameter rule applies).
+    Disclosure rules first (cases, then controls), then ``--min-cases`` (cases,
+    then controls), then parameters. ``cases``/``controls`` are -1 for continuous
+    exposures (only the parameter rule applies).
     """
     reason = np.full(n.shape, "", dtype=object)
     too_many = parameters > rules.max_parameter_fraction * n
-    few_controls = (controls >= 0) & (controls < rules.min_cell_count)
-    few_cases = (cases >= 0) & (cases < rules.min_cell_count)
     reason[too_many] = f"model parameters above {rules.max_parameter_fraction:g} x n"
-    reason[few_controls] = f"fewer than {rules.min_cell_count} controls"
-    reason[few_cases] = f"fewer than {rules.min_cell_count} cases"
+    reason[(controls >= 0) & (controls < rules.min_cases)] = f"fewer than {rules.min_cases} controls (--min-cases)"
+    reason[(cases >= 0) & (cases < rules.min_cases)] = f"fewer than {rules.min_cases} cases (--min-cases)"
+    reason[(controls >= 0) & (controls < rules.min_cell_count)] = f"fewer than {rules.min_cell_count} controls"
+    reason[(cases >= 0) & (cases < rules.min_cell_count)] = f"fewer than {rules.min_cell_count} cases"
     return reason
 
 
@@ -194,6 +205,20 @@ def read_run(run_dir: Path) -> RunOutputs:
     if plan.content_hash() != manifest.get("plan_hash"):
         raise DataError(f"{run_dir}: the plan {plan_file} changed since this run; run it again before exporting")
     return RunOutputs(run_dir, manifest, plan, pd.read_parquet(run_dir / "results.parquet"), pd.read_parquet(run_dir / "features.parquet"))
+
+
+def transform_feature_set(run: RunOutputs, layer: str) -> dict[str, Any]:
+    """The features a layer's transform ran over: the shared list's, or the kept ones (digest by :func:`feature_set_digest`)."""
+    info = run.manifest.get("layers", {}).get(layer, {})
+    listed = info.get("feature_list")
+    if listed:
+        return {"from": "feature list", "sha256": listed["names_sha256"], "features": listed["listed"], "absent": listed["absent"]}
+    if "transform_features_sha256" in info:
+        return {"from": "kept features", "sha256": info["transform_features_sha256"], "features": info.get("transform_features"), "absent": 0}
+    # a manifest written before the digest was recorded: the kept features of features.parquet
+    features = run.features
+    kept = features.loc[(features["layer"] == layer) & features["kept"].astype(bool), "feature"].astype(str)
+    return {"from": "kept features", "sha256": feature_set_digest(kept), "features": int(len(kept)), "absent": 0}
 
 
 def summary_table(run: RunOutputs, rules: DisclosureRules) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -271,7 +296,14 @@ def write_sumstats(run: RunOutputs, cohort: str, out: Path, rules: DisclosureRul
         sufficient_path(out).unlink(missing_ok=True)
     spec = analysis_spec(run.plan)
     layers = {
-        name: {**spec["layers"].get(name, {}), "pseudocount_used": info.get("pseudocount"), "features_total": info.get("features_total"), "features_kept": info.get("features_kept"), "samples": info.get("samples")}
+        name: {
+            **spec["layers"].get(name, {}),
+            "pseudocount_used": info.get("pseudocount"),
+            "features_total": info.get("features_total"),
+            "features_kept": info.get("features_kept"),
+            "samples": info.get("samples"),
+            "transform_features": transform_feature_set(run, name),
+        }
         for name, info in run.manifest.get("layers", {}).items()
     }
     sidecar = {
@@ -283,8 +315,11 @@ def write_sumstats(run: RunOutputs, cohort: str, out: Path, rules: DisclosureRul
         "plan_hash": run.manifest.get("plan_hash"),
         "analysis": spec,
         "analysis_hash": spec_hash(spec),
+        # reporting settings of the plan (not part of the analysis compared between cohorts)
+        "fdr": {"by": list(run.plan.fdr.by), "alpha": run.plan.fdr.alpha},
+        "min_cases": run.manifest.get("min_cases", {"plan": run.plan.min_cases, "used": run.plan.min_cases}),
         "layers": layers,
-        "disclosure": {"min_cell_count": rules.min_cell_count, "max_parameter_fraction": rules.max_parameter_fraction},
+        "disclosure": {"min_cell_count": rules.min_cell_count, "max_parameter_fraction": rules.max_parameter_fraction, "min_cases": rules.min_cases},
         "withheld": withheld,
         "files": files,
     }
@@ -340,10 +375,18 @@ def open_cohort_file(path: Path, need_sufficient: bool = False) -> CohortFile:
     return CohortFile(path, str(sidecar["cohort"]), sidecar)
 
 
-def check_compatible(cohorts: Sequence[CohortFile], allow_mismatch: bool) -> list[str]:
-    """Refuse cohorts whose analyses differ (transform, models, exposures, adjustments ...) unless allowed.
+#: Transforms whose values depend on which features they run over (a sample's CLR mean, TSS/AST total).
+SET_DEPENDENT_TRANSFORMS = ("clr", "tss", "ast")
+#: Transforms that add the pseudocount.
+PSEUDOCOUNT_TRANSFORMS = ("clr", "log")
 
-    Returns warnings (the differences) when ``allow_mismatch``.
+
+def check_compatible(cohorts: Sequence[CohortFile], allow_mismatch: bool) -> list[str]:
+    """Refuse cohorts whose analyses differ (transform, models, exposures, adjustments ...) or whose
+    set-dependent transforms (CLR, TSS, AST) ran over different feature sets, unless allowed.
+
+    Returns warnings: the differences when ``allow_mismatch``, and differing
+    realised pseudocounts (never refused).
     """
     names = [c.cohort for c in cohorts]
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -357,9 +400,75 @@ def check_compatible(cohorts: Sequence[CohortFile], allow_mismatch: bool) -> lis
         a, b = first.sidecar["analysis"], other.sidecar["analysis"]
         differing = sorted(_differences(a, b))
         problems.append(f"{other.path} (cohort {other.cohort}) differs from {first.path} (cohort {first.cohort}) in " + ", ".join(differing[:8]))
-    if problems and not allow_mismatch:
-        raise DataError("; ".join(problems) + ". Cohorts must run the same analysis (same transforms, models, exposures and adjustments); pass --allow-mismatch to combine them anyway")
+    set_problems = _feature_set_problems(cohorts)
+    if (problems or set_problems) and not allow_mismatch:
+        parts = []
+        if problems:
+            parts.append("; ".join(problems) + ". Cohorts must run the same analysis (same transforms, models, exposures and adjustments)")
+        if set_problems:
+            parts.append(
+                "; ".join(set_problems) + ". Run every cohort with the same feature list ('scalable-assoc run PLAN --features FILE', "
+                "for example one cohort's results/features.parquet, or the plan key 'features') and export again"
+            )
+        raise DataError(". ".join(parts) + "; or pass --allow-mismatch to combine them anyway")
+    return problems + set_problems + _pseudocount_warnings(cohorts)
+
+
+def _layers(cohorts: Sequence[CohortFile]) -> list[str]:
+    return list(dict.fromkeys(name for c in cohorts for name in c.sidecar.get("layers", {})))
+
+
+def _transform(cohort: CohortFile, layer: str) -> str | None:
+    return cohort.sidecar.get("analysis", {}).get("layers", {}).get(layer, {}).get("transform")
+
+
+def _feature_set_problems(cohorts: Sequence[CohortFile]) -> list[str]:
+    """One message per layer whose set-dependent transform ran over different feature sets in different cohorts."""
+    problems = []
+    for layer in _layers(cohorts):
+        having = [c for c in cohorts if layer in c.sidecar.get("layers", {})]
+        if len(having) < 2 or not any(_transform(c, layer) in SET_DEPENDENT_TRANSFORMS for c in having):
+            continue
+        groups: dict[str | None, list[CohortFile]] = {}
+        for cohort in having:
+            feature_set = cohort.sidecar["layers"][layer].get("transform_features") or {}
+            groups.setdefault(feature_set.get("sha256"), []).append(cohort)
+        if len(groups) < 2:
+            continue
+        described = []
+        for digest, members in groups.items():
+            who = ", ".join(c.cohort for c in members)
+            if digest is None:
+                described.append(f"{who}: not recorded (exported by an older version; export again)")
+                continue
+            feature_set = members[0].sidecar["layers"][layer]["transform_features"]
+            described.append(f"{who}: {feature_set.get('features')} {feature_set.get('from', 'features')}, sha256 {digest[:12]}")
+        transforms = "/".join(sorted({str(_transform(c, layer)) for c in having}))
+        problems.append(
+            f"layer '{layer}': cohorts {', '.join(c.cohort for c in having)} transformed ({transforms}) over different feature sets "
+            f"({'; '.join(described)}), so their values and betas are on different scales"
+        )
     return problems
+
+
+def _pseudocount_warnings(cohorts: Sequence[CohortFile]) -> list[str]:
+    """One warning per layer whose transform adds a pseudocount that differs between cohorts."""
+    warnings = []
+    for layer in _layers(cohorts):
+        used = {
+            c.cohort: c.sidecar["layers"][layer].get("pseudocount_used")
+            for c in cohorts
+            if layer in c.sidecar.get("layers", {}) and _transform(c, layer) in PSEUDOCOUNT_TRANSFORMS
+        }
+        values = [float(v) for v in used.values() if v is not None]
+        if len(values) < 2 or np.allclose(values, values[0], rtol=1e-12, atol=0.0):
+            continue
+        listed = ", ".join(f"{name} {value:.3g}" for name, value in used.items() if value is not None)
+        warnings.append(
+            f"layer '{layer}': the realised pseudocounts differ between cohorts ({listed}); values of zero-heavy features "
+            "depend on it, so their betas are not on one scale (a fixed number as preprocess.pseudocount in the plan makes them equal)"
+        )
+    return warnings
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -55,16 +55,25 @@ def half_min_pseudocount(min_positive_of_kept: np.ndarray) -> float:
     return smallest / 2.0
 
 
-def select_features(summaries: list[FeatureSummary], min_prevalence: float, pseudocount: float | str) -> tuple[list[np.ndarray], float]:
+def select_features(
+    summaries: list[FeatureSummary], min_prevalence: float, pseudocount: float | str, listed: list[np.ndarray] | None = None
+) -> tuple[list[np.ndarray], float]:
     """The prevalence filter and the pseudocount of a layer, from its blocks' summaries.
 
     Returns a kept mask per block and the pseudocount: the number given, or for
     ``"half_min"`` half the smallest non-zero value of the kept features.
+    ``listed`` (a mask per block: the features of a shared feature list) replaces
+    the prevalence filter: exactly those features are kept.
     Raises ValueError when no feature is kept or none has a non-zero value.
     """
-    kept = [prevalence(summary) >= min_prevalence for summary in summaries]
-    if not any(mask.any() for mask in kept):
-        raise ValueError(f"no feature is non-zero in at least {min_prevalence:.1%} of samples; lower preprocess.min_prevalence")
+    if listed is not None:
+        kept = [np.asarray(mask, dtype=bool).copy() for mask in listed]
+        if not any(mask.any() for mask in kept):
+            raise ValueError("no feature of the feature list is in this layer")
+    else:
+        kept = [prevalence(summary) >= min_prevalence for summary in summaries]
+        if not any(mask.any() for mask in kept):
+            raise ValueError(f"no feature is non-zero in at least {min_prevalence:.1%} of samples; lower preprocess.min_prevalence")
     if pseudocount != "half_min":
         return kept, float(pseudocount)
     minima = np.concatenate([summary.min_positive[mask] for summary, mask in zip(summaries, kept, strict=True)])
@@ -89,6 +98,23 @@ def sample_summaries(block: np.ndarray, transform: str, pseudocount: float) -> t
     else:
         values = np.where(observed, block, 0.0)
     return np.where(observed, values, 0.0).sum(axis=1), observed.sum(axis=1)
+
+
+def with_absent_zeros(
+    summary: tuple[np.ndarray, np.ndarray], n_absent: int, transform: str, pseudocount: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample sums with ``n_absent`` more features that are zero in every sample.
+
+    A feature of a shared feature list that the layer lacks still enters each
+    sample's CLR mean: ``(total + n_absent * log(c), count + n_absent)``. TSS/AST
+    totals are unchanged by zeros (only the count of values grows).
+    """
+    total, count = summary
+    if n_absent == 0:
+        return total, count
+    if transform == "clr":
+        total = total + n_absent * np.log(pseudocount)
+    return total, count + n_absent
 
 
 def apply_transform(
