@@ -107,8 +107,8 @@ How to score each model against it (planted = the named column is non-zero):
   conditional log odds ratio; a model that cannot adjust for the latent factors and
   family effects estimates a slightly attenuated (non-collapsible) value, with the
   same sign and the same nulls.
-* ``lmm`` / cluster-robust errors (``cluster: family_id``): same estimand as the model
-  they wrap; ``family_icc`` says which features are clustered (the disorders are not
+* ``lmm`` / cluster-robust errors (``cluster: family_id``; ``lm: {se: cluster}``): same
+  estimand as the model they wrap; ``family_icc`` says which features are clustered (the disorders are not
   clustered within families, so naive and cluster-robust SEs of a disorder slope agree
   in expectation, while a random intercept gains efficiency on high-ICC features).
 

@@ -266,6 +266,30 @@ def test_unknown_nested_key(study: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "plan.yaml" in message and "unknown key 'fdr.alpah'" in message and "Did you mean 'alpha'?" in message
 
 
+def test_cluster_robust_standard_errors_need_a_cluster_column(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    append(study / "plan.yaml", "lm: {se: cluster}\n")
+    message = fails(study, capsys)
+    assert "plan.yaml" in message and "'lm.se'" in message and "cluster: <metadata column>" in message
+
+
+def test_ols_option_keys_and_values_are_checked(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = study / "plan.yaml"
+    text = plan.read_text() + "cluster: family_id\nmodels: [lm, lm_nonzero]\n"
+    cases = {
+        "lm: {se: cluster, refrence: normal}\n": ["unknown key 'lm.refrence'", "Did you mean 'reference'?"],
+        "lm_nonzero: {se: robust}\n": ["'lm_nonzero.se'", "classical, cluster", "'robust'"],
+        "lm: {se: cluster, reference: z}\n": ["'lm.reference'", "t, normal"],
+        "lm: {reference: normal}\n": ["'lm.reference'", "cluster-robust standard errors only"],
+    }
+    for extra, expected in cases.items():
+        plan.write_text(text + extra)
+        message = fails(study, capsys)
+        assert all(part in message for part in expected), (extra, message)
+    plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [lm]") + "lm_nonzero: {se: cluster}\n")
+    message = fails(study, capsys)
+    assert "'lm_nonzero'" in message and "no layer fits" in message
+
+
 def test_adjustment_column_not_in_metadata(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
     replace(study / "plan.yaml", "base: [age, sex, bmi,", "base: [age, sex, bmii,")
     message = fails(study, capsys)

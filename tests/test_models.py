@@ -1,7 +1,10 @@
 """Models beyond lm in a real run: lm_nonzero and cluster-robust lm against statsmodels.
 
 lm_nonzero: participants with the feature only; CLR over the features a sample
-has (no pseudocount). Cluster-robust lm: statsmodels OLS(cov_type="cluster").
+has (no pseudocount). A plan's ``cluster:`` alone leaves lm / lm_nonzero
+classical (plain statsmodels OLS); ``se: cluster`` makes them cluster-robust:
+beta and se as statsmodels OLS(cov_type="cluster"), p from t with G - 1 degrees
+of freedom, or statsmodels' normal p with ``reference: normal``.
 Tolerance: relative 1e-8.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 import statsmodels.formula.api as smf
 from reference_model import read_layer
 
@@ -36,20 +40,37 @@ min_cases: 5
 """
 
 
-@pytest.fixture(scope="module")
-def run(small_study: SimulatedStudy, client, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
+#: The OLS models' options of the cluster-robust run: lm with t(G - 1) p-values (the default reference), lm_nonzero with normal ones.
+ROBUST_OPTIONS = "lm: {se: cluster}\nlm_nonzero: {se: cluster, reference: normal}\n"
+
+
+def _run_with_households(small_study: SimulatedStudy, client, folder, options: str):
     metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str})
     rng = np.random.default_rng(3)
     metadata["household"] = [f"H{h:04d}" for h in rng.integers(0, 250, len(metadata))]
     metadata.loc[rng.random(len(metadata)) < 0.02, "household"] = np.nan  # no household: a cluster of one
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     plan = folder / "plan.yaml"
-    plan.write_text(PLAN.format(metadata=folder / "metadata.tsv", species=small_study.out_dir / "species.tsv"))
-    return run_study(plan, folder / "out", client=client, chunk_features=11), metadata.set_index("sample_id")
+    plan.write_text(PLAN.format(metadata=folder / "metadata.tsv", species=small_study.out_dir / "species.tsv") + options)
+    log: list[str] = []
+    return run_study(plan, folder / "out", client=client, chunk_features=11, log=log.append), metadata.set_index("sample_id"), log
 
 
-def _reference(data: pd.DataFrame, feature: str, exposure: str, cluster: bool) -> dict[str, float]:
+@pytest.fixture(scope="module")
+def run(small_study: SimulatedStudy, client, tmp_path_factory):
+    """``cluster: household`` and no OLS options: lm and lm_nonzero stay classical."""
+    summary, metadata, _ = _run_with_households(small_study, client, tmp_path_factory.mktemp("models"), "")
+    return summary, metadata
+
+
+@pytest.fixture(scope="module")
+def robust_run(small_study: SimulatedStudy, client, tmp_path_factory):
+    """The same plan with cluster-robust lm (t reference) and lm_nonzero (normal reference)."""
+    return _run_with_households(small_study, client, tmp_path_factory.mktemp("models_robust"), ROBUST_OPTIONS)
+
+
+def _reference(data: pd.DataFrame, feature: str, exposure: str, cluster: str | None) -> dict[str, float]:
+    """statsmodels OLS of one feature: classical (``cluster`` None), or cluster-robust with ``cluster`` "t" or "normal" p-values."""
     frame = data[[feature, "exposure_value", "age", "sex", "bmi", "household"]].rename(columns={feature: "y_feature"}).dropna(
         subset=["y_feature", "exposure_value", "age", "sex", "bmi"]
     )
@@ -57,7 +78,10 @@ def _reference(data: pd.DataFrame, feature: str, exposure: str, cluster: bool) -
     groups[groups < 0] = groups.max() + 1 + np.arange((groups < 0).sum())
     model = smf.ols("y_feature ~ exposure_value + age + C(sex) + bmi", data=frame)
     fit = model.fit(cov_type="cluster", cov_kwds={"groups": groups}) if cluster else model.fit()
-    return {"beta": fit.params["exposure_value"], "se": fit.bse["exposure_value"], "p": fit.pvalues["exposure_value"], "n": int(fit.nobs)}
+    p = fit.pvalues["exposure_value"]
+    if cluster == "t":  # Stata's reference: t with G - 1 degrees of freedom, G the clusters among the rows used
+        p = 2 * scipy.stats.t.sf(abs(fit.tvalues["exposure_value"]), np.unique(groups).size - 1)
+    return {"beta": fit.params["exposure_value"], "se": fit.bse["exposure_value"], "p": p, "n": int(fit.nobs)}
 
 
 def _gbm_clr_with_most_clustered(study: SimulatedStudy) -> tuple[pd.DataFrame, pd.Series]:
@@ -80,9 +104,8 @@ def _exposure_frame(metadata: pd.DataFrame, layer: pd.DataFrame, exposure: str) 
     return data.assign(exposure_value=(data[exposure] == 1).astype(float))
 
 
-def test_lm_nonzero_and_cluster_robust_lm_equal_statsmodels(run, small_study: SimulatedStudy) -> None:
-    summary, metadata = run
-    results = summary.results
+def _check_ols_models(results: pd.DataFrame, metadata: pd.DataFrame, small_study: SimulatedStudy, references: dict[str, str | None]) -> None:
+    """lm and lm_nonzero rows equal statsmodels fits of the kinds named in ``references`` (model -> cluster argument of _reference)."""
     assert set(results["model"]) == {"lm", "lm_nonzero"}
     raw = read_layer(small_study.out_dir / "species.tsv")
     kept = raw.loc[:, (raw > 0).sum() / raw.notna().sum() >= 0.1]
@@ -97,7 +120,7 @@ def test_lm_nonzero_and_cluster_robust_lm_equal_statsmodels(run, small_study: Si
             data = _exposure_frame(metadata, layer, exposure)
             for feature in features:
                 row = results[(results["feature"] == feature) & (results["exposure"] == exposure) & (results["model"] == model)].iloc[0]
-                reference = _reference(data, feature, exposure, cluster=True)
+                reference = _reference(data, feature, exposure, references[model])
                 if row["status"] != "ok":
                     assert model == "lm_nonzero" and reference["n"] < 10, (feature, row["status"])
                     continue
@@ -108,6 +131,29 @@ def test_lm_nonzero_and_cluster_robust_lm_equal_statsmodels(run, small_study: Si
     linear = results[results["model"] == "lm"]
     assert (nonzero["n"].to_numpy() <= linear["n"].to_numpy()).all()
     assert (nonzero["n"].to_numpy() < linear["n"].to_numpy()).any(), "absent participants leave the non-zero model"
+
+
+def test_cluster_alone_leaves_lm_and_lm_nonzero_classical(run, small_study: SimulatedStudy) -> None:
+    """``cluster:`` without ``se: cluster``: plain OLS standard errors and t(n - rank) p-values."""
+    summary, metadata = run
+    _check_ols_models(summary.results, metadata, small_study, {"lm": None, "lm_nonzero": None})
+    manifest = summary.manifest
+    assert all(a["n_clusters"] is None for a in manifest["analyses"])
+    assert all(a["ols_options"] == {"se": "classical", "reference": None} for a in manifest["analyses"])
+    assert any("no model uses it" in w for w in manifest["warnings"])
+
+
+def test_cluster_robust_lm_and_lm_nonzero_equal_statsmodels(robust_run, small_study: SimulatedStudy) -> None:
+    """``se: cluster``: CR1 as statsmodels; p from t(G - 1) (lm, the default) or the normal (lm_nonzero, reference: normal)."""
+    summary, metadata, log = robust_run
+    _check_ols_models(summary.results, metadata, small_study, {"lm": "t", "lm_nonzero": "normal"})
+    # About 250 households: no warning about few clusters; each analysis records its clusters.
+    assert summary.manifest["warnings"] == [] and not any("warning" in line for line in log)
+    for entry in summary.manifest["analyses"]:
+        exposure = _exposure_frame(metadata, metadata[[]], entry["exposure"]).dropna(subset=["age", "sex", "bmi"])
+        households = exposure["household"]
+        assert entry["n_clusters"] == households.nunique() + households.isna().sum() > 200, entry
+        assert entry["ols_options"] == {"se": "cluster", "reference": "t" if entry["model"] == "lm" else "normal"}
 
 
 def test_fdr_families_separate_models(run) -> None:
@@ -304,3 +350,32 @@ def test_prevalence_tasks_keep_a_subsets_adjustment_sets_together(small_study: S
             assert all(sum(1 for a in task.analyses if rows[a.design_key] == s) == per_subset[s] for s in subsets)
     covered = [a.key.analysis_id for t in tasks for a in t.analyses]
     assert sorted(covered) == sorted(a.key.analysis_id for a in layer.analyses)  # every analysis once
+
+
+def test_cluster_labels_compared_without_surrounding_whitespace() -> None:
+    from scalable_assoc.engine import prepare
+
+    frame = pd.DataFrame({"project": ["a", "a ", " a", "b", None, "  ", "b\t", "c"]})
+    codes = prepare.cluster_codes(frame, "project")
+    assert codes[0] == codes[1] == codes[2] and codes[3] == codes[6]
+    # No value, or whitespace only: a cluster of one each.
+    assert len(set(codes)) == 5 and codes[4] != codes[5]
+    assert prepare.merged_cluster_labels(frame["project"]) == {"a": [" a", "a", "a "], "b": ["b", "b\t"]}
+    # Numeric labels are kept as they are.
+    np.testing.assert_array_equal(prepare.cluster_codes(pd.DataFrame({"family": [3, 3, 7, np.nan]}), "family"), [0, 0, 1, 2])
+
+
+def test_standard_error_options_change_chunk_ids(small_study: SimulatedStudy, tmp_path) -> None:
+    """Chunk files of one choice of standard errors are never reused by a run with another."""
+    from scalable_assoc.engine.prepare import chunk_tasks, prepare_study
+    from scalable_assoc.plan.schema import load_plan
+    from scalable_assoc.simulate import plan_yaml
+
+    ids = {}
+    for options in ("", "lm: {se: cluster}\n", "lm: {se: cluster, reference: normal}\n"):
+        plan = small_study.out_dir / "options_plan.yaml"
+        plan.write_text(plan_yaml(models=["lm"], cluster="family_id") + "min_cases: 3\n" + options)
+        study = prepare_study(load_plan(plan), tmp_path / "stores", log=lambda _: None)
+        ids[options] = {task.chunk_id for task in chunk_tasks(study, 8)}
+    first, *others = ids.values()
+    assert all(not first & other for other in others) and not others[0] & others[1]

@@ -10,17 +10,25 @@
   reference.tsv: R lm() with relevel(factor(sex), ref = "male") and
   relevel(factor(site), ref = "b") (plan key covariates.reference), every
   coefficient. Tolerance: relative 1e-8.
+- tests/reference/cluster/cluster_reference.R -> cluster_data.tsv,
+  cluster_reference.tsv: R lm() with sandwich::vcovCL(cluster = ~project,
+  type = "HC1") (our CR1) and lmtest::coeftest(df = G - 1) (Stata's t reference)
+  and df = Inf (the normal), over 6 projects of unequal size, with missing
+  covariate and feature values (one feature has no value in a whole project, so
+  G = 5 there). Tolerance: relative 1e-8 on estimate, se, t, p. Checked on the
+  kernel and through a whole run (the plan's ``lm: {se: cluster}``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from scalable_assoc.engine.prepare import prepare_study
+from scalable_assoc.engine.prepare import cluster_codes, prepare_study
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.io.metadata import complete_rows, covariate_columns, reference_levels
 from scalable_assoc.models import factorise_covariates, fit_exposure_slopes
@@ -135,3 +143,110 @@ def test_reference_level_equals_r_relevel(client, tmp_path: Path) -> None:
         assert row["status"] == "ok" and row["n"] == expected["n"]
         for statistic, column in (("beta", "estimate"), ("se", "se"), ("t", "t"), ("p", "p")):
             assert row[statistic] == pytest.approx(expected[column], rel=1e-8), (row["feature"], statistic)
+
+
+CLUSTER = REFERENCE / "cluster"
+CLUSTER_FEATURES = [f"feature{j}" for j in range(1, 7)]
+
+
+def _cluster_reference() -> tuple[pd.DataFrame, pd.DataFrame]:
+    data = pd.read_csv(CLUSTER / "cluster_data.tsv", sep="\t", dtype={"sample_id": str})
+    return data, pd.read_csv(CLUSTER / "cluster_reference.tsv", sep="\t", skipinitialspace=True)
+
+
+@pytest.mark.parametrize("reference", ["t", "normal"])
+def test_cluster_robust_ols_equals_r_sandwich(reference: str) -> None:
+    data, expected = _cluster_reference()
+    covariates = ("age", "sex", "bmi")
+    rows = np.flatnonzero(complete_rows(data, covariates))
+    matrix, names = covariate_columns(data, covariates, ("sex",), rows)
+    design = factorise_covariates(matrix, names)
+    clusters = cluster_codes(data.iloc[rows], "project")
+    block = data[CLUSTER_FEATURES].to_numpy(float)[rows]
+    for exposure, binary in (("case", True), ("score", False)):
+        values = data[exposure].to_numpy(float)[rows][None]
+        robust = fit_exposure_slopes(design, values, np.array([binary]), block, clusters=clusters, cluster_reference=reference)
+        classical = fit_exposure_slopes(design, values, np.array([binary]), block)
+        for j, feature in enumerate(CLUSTER_FEATURES):
+            row = expected[(expected["exposure"] == exposure) & (expected["feature"] == feature)].iloc[0]
+            p = row["p"] if reference == "t" else row["p_normal"]
+            for statistic, value in (("beta", row["beta"]), ("se", row["se"]), ("t", row["t"]), ("p", p)):
+                assert getattr(robust, statistic)[0, j] == pytest.approx(value, rel=1e-8), (exposure, feature, statistic)
+            assert robust.n[0, j] == row["n"]
+            assert classical.se[0, j] == pytest.approx(row["se_classical"], rel=1e-8), (exposure, feature)
+            assert classical.p[0, j] == pytest.approx(row["p_classical"], rel=1e-8), (exposure, feature)
+    assert set(expected["G"]) == {5, 6}  # feature4 lost a whole project
+
+
+CLUSTER_PLAN = """
+name: cluster-reference
+data:
+  metadata: metadata.tsv
+  layers:
+    features: features.tsv
+preprocess: {{min_prevalence: 0, transform: none, pseudocount: 0}}
+exposures:
+  case: {{cases: "case == 1", controls: "case == 0"}}
+  score: {{column: score}}
+covariates: {{categorical: [sex]}}
+adjustments:
+  base: [age, sex, bmi]
+min_cases: 5
+models: [lm, lm_nonzero]
+cluster: project
+{options}
+"""
+
+
+def _cluster_run(folder: Path, client, options: str, spaced: bool = False) -> tuple[pd.DataFrame, dict, list[str]]:
+    """The R data through a whole run; ``spaced`` adds surrounding whitespace to some project labels."""
+    data, _ = _cluster_reference()
+    folder.mkdir()
+    metadata = data.drop(columns=CLUSTER_FEATURES)
+    if spaced:
+        # The same projects, spelt with stray spaces: still six clusters.
+        metadata.loc[metadata.index[::3], "project"] = metadata["project"].iloc[::3] + " "
+        metadata.loc[metadata.index[1::7], "project"] = " " + metadata["project"].iloc[1::7]
+    metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
+    data[["sample_id", *CLUSTER_FEATURES]].to_csv(folder / "features.tsv", sep="\t", index=False)
+    (folder / "plan.yaml").write_text(CLUSTER_PLAN.format(options=options))
+    log: list[str] = []
+    summary = run_study(folder / "plan.yaml", folder / "out", client=client, log=log.append)
+    manifest = json.loads((folder / "out" / "manifest.json").read_text())
+    return summary.results, manifest, log
+
+
+def _compare_run(results: pd.DataFrame, model: str, kind: str) -> None:
+    """``model``'s rows against R: ``kind`` 't' (cluster-robust, t(G - 1)), 'normal' or 'classical'."""
+    _, expected = _cluster_reference()
+    for _, row in expected.iterrows():
+        ours = results[(results["model"] == model) & (results["exposure"] == row["exposure"]) & (results["feature"] == row["feature"])].iloc[0]
+        se, p = {"t": ("se", "p"), "normal": ("se", "p_normal"), "classical": ("se_classical", "p_classical")}[kind]
+        assert ours["status"] == "ok" and ours["n"] == row["n"]
+        for statistic, value in (("beta", row["beta"]), ("se", row[se]), ("p", row[p])):
+            assert ours[statistic] == pytest.approx(value, rel=1e-8), (model, row["exposure"], row["feature"], statistic)
+
+
+def test_cluster_robust_run_equals_r_and_warns_of_few_clusters(tmp_path: Path, client) -> None:
+    # lm cluster-robust with t(G - 1) (the default reference), lm_nonzero with the normal; every value of the
+    # features is positive, so lm_nonzero fits the same participants as lm. Labels with stray spaces are one cluster.
+    results, manifest, log = _cluster_run(tmp_path / "robust", client, "lm: {se: cluster}\nlm_nonzero: {se: cluster, reference: normal}", spaced=True)
+    _compare_run(results, "lm", "t")
+    _compare_run(results, "lm_nonzero", "normal")
+    assert [a["n_clusters"] for a in manifest["analyses"]] == [6] * 4
+    few = [w for w in manifest["warnings"] if "fewer than 30 clusters" in w]
+    assert len(few) == 2 and all("'project'" in w for w in few)  # one per model of the layer
+    assert any("model 'lm'" in w and "6 for case/base, 6 for score/base" in w for w in few)
+    merged = [w for w in manifest["warnings"] if "differ only by surrounding whitespace" in w]
+    assert len(merged) == 1 and "'kurokawa07' = 'kurokawa07 '" in merged[0]
+    for warning in manifest["warnings"]:
+        assert f"warning: {warning}" in log
+
+
+def test_cluster_without_se_option_is_classical_ols(tmp_path: Path, client) -> None:
+    results, manifest, log = _cluster_run(tmp_path / "classical", client, "")
+    _compare_run(results, "lm", "classical")
+    _compare_run(results, "lm_nonzero", "classical")
+    assert [a["n_clusters"] for a in manifest["analyses"]] == [None] * 4
+    assert not any("fewer than 30 clusters" in w for w in manifest["warnings"])
+    assert any("no model uses it" in w for w in manifest["warnings"]) and any("no model uses it" in line for line in log)

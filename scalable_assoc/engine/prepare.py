@@ -31,8 +31,12 @@ from scalable_assoc.io.metadata import (
 )
 from scalable_assoc.io.store import AbundanceStore
 from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
-from scalable_assoc.plan.schema import MODELS, LayerSpec, Plan
+from scalable_assoc.plan.schema import MODELS, LayerSpec, OlsOptions, Plan
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
+
+#: Fewer clusters than this in a model that uses them (lmm, cluster-robust OLS): a warning.
+#: Cluster-robust standard errors and between-cluster variances are unreliable with few clusters.
+FEW_CLUSTERS = 30
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,10 @@ class PreparedAnalysis:
     min_carriers: int = 0
     #: rows whose feature is present in fewer than this fraction of the model's participants get no estimate
     min_prevalence: float = 0.0
+    #: the plan's options of this analysis' OLS model (lm, lm_nonzero); None for the other models
+    ols: OlsOptions | None = None
+    #: clusters among the design's participants when the model uses clusters (lmm, se: cluster); else None
+    n_clusters: int | None = None
 
     @property
     def dropped(self) -> tuple[str, ...]:
@@ -113,6 +121,8 @@ class PreparedStudy:
     features: Path | None = None
     #: the minimum group size enforced (the plan's ``min_cases`` unless the run overrode it)
     min_cases: int = 10
+    #: what the user must know about the inputs, logged and written to the manifest
+    warnings: list[str] = field(default_factory=list)
 
 
 def write_design(folder: Path, design: DesignInput) -> Path:
@@ -147,12 +157,89 @@ def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...], cl
     return digest.hexdigest()[:20]
 
 
+def _strip_label(value: object) -> object:
+    if isinstance(value, str):
+        return value.strip() or None
+    return value
+
+
+def cluster_labels(values: pd.Series) -> pd.Series:
+    """Cluster labels as compared: text labels without surrounding whitespace.
+
+    ``'kurokawa07 '`` is the cluster ``'kurokawa07'``: a stray space in a
+    spreadsheet must not split a cluster in two. A label of whitespace only
+    counts as no value. Labels that are not text (numbers) are kept as they are.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(object)
+    if not (values.dtype == object or pd.api.types.is_string_dtype(values.dtype)):
+        return values
+    return values.map(_strip_label, na_action="ignore").astype(object)
+
+
+def merged_cluster_labels(values: pd.Series) -> dict[str, list[str]]:
+    """The labels :func:`cluster_labels` made one cluster: each merged label -> the spellings found (two or more)."""
+    spellings: dict[str, list[str]] = {}
+    for label in pd.unique(values.dropna()):
+        if isinstance(label, str) and label.strip():
+            spellings.setdefault(label.strip(), []).append(label)
+    return {label: sorted(found) for label, found in spellings.items() if len(found) > 1}
+
+
 def cluster_codes(aligned: pd.DataFrame, column: str) -> np.ndarray:
-    """Integer cluster codes per participant; a participant without a value is a cluster of its own."""
-    codes, _ = pd.factorize(aligned[column])
+    """Integer cluster codes per participant, labels compared as :func:`cluster_labels` does.
+
+    A participant without a value is a cluster of its own.
+    """
+    codes, _ = pd.factorize(cluster_labels(aligned[column]))
     missing = codes < 0
     codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
     return codes
+
+
+def _label_warnings(plan: Plan, values: pd.Series) -> list[str]:
+    """Warnings about the cluster column's labels: spellings merged, labels of whitespace only."""
+    warnings = []
+    merged = merged_cluster_labels(values)
+    if merged:
+        shown = "; ".join(" = ".join(repr(s) for s in spellings) for spellings in list(merged.values())[:10])
+        more = f" and {len(merged) - 10} more" if len(merged) > 10 else ""
+        warnings.append(
+            f"cluster column '{plan.cluster}': labels that differ only by surrounding whitespace are one cluster: {shown}{more}"
+        )
+    blank = int((cluster_labels(values).isna() & values.notna()).sum())
+    if blank:
+        warnings.append(
+            f"cluster column '{plan.cluster}': {blank} participant(s) have a label of whitespace only, "
+            "taken as no value (each a cluster of their own)"
+        )
+    return warnings
+
+
+def _few_cluster_warnings(plan: Plan, layers: list[LayerWork]) -> list[str]:
+    """One warning per layer and model whose analyses use fewer than :data:`FEW_CLUSTERS` clusters."""
+    warnings = []
+    for layer in layers:
+        by_model: dict[str, list[PreparedAnalysis]] = {}
+        for analysis in layer.analyses:
+            if analysis.n_clusters is not None and analysis.n_clusters < FEW_CLUSTERS:
+                by_model.setdefault(analysis.key.model, []).append(analysis)
+        for model, analyses in by_model.items():
+            listed = ", ".join(f"{a.n_clusters} for {a.key.exposure}/{a.key.adjustment}" for a in analyses[:6])
+            more = f", and {len(analyses) - 6} more" if len(analyses) > 6 else ""
+            if model == "lmm":
+                use, consequence = "random intercept", "the between-cluster variance is poorly estimated from so few clusters, and so are lmm's standard errors"
+            else:
+                use, consequence = "cluster-robust standard errors", (
+                    "cluster-robust standard errors are unreliable with so few clusters, even with p-values from t(G - 1); "
+                    "compare with lmm, or report classical standard errors alongside"
+                )
+            count = f"{len(analyses)} analysis has" if len(analyses) == 1 else f"{len(analyses)} analyses have"
+            warnings.append(
+                f"layer '{layer.spec.name}', model '{model}' ({use}): {count} fewer than {FEW_CLUSTERS} clusters "
+                f"of '{plan.cluster}' ({listed}{more}); {consequence}"
+            )
+    return warnings
 
 
 def _resolve_analysis(
@@ -227,6 +314,20 @@ def prepare_study(
         raise PlanError(
             f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}"
         )
+    warnings: list[str] = []
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        log(f"warning: {message}")
+
+    if plan.cluster is not None:
+        for message in _label_warnings(plan, metadata[plan.cluster]):
+            warn(message)
+        if not any(plan.uses_clusters(model) for spec in plan.layers for model in spec.models):
+            warn(
+                f"the plan names 'cluster: {plan.cluster}', but no model uses it: lm and lm_nonzero report classical "
+                "standard errors unless the plan asks for cluster-robust ones ('lm: {se: cluster}')"
+            )
     used_min_cases = plan.min_cases if min_cases is None else min_cases
     exposures = {spec.name: exposure_values(metadata, plan.metadata, spec, used_min_cases) for spec in plan.exposures}
     features = Path(features).resolve() if features is not None else plan.features
@@ -238,7 +339,7 @@ def prepare_study(
         store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features)
         positions, warning = reconcile_samples(spec.name, spec.path, store.sample_ids, metadata, plan.metadata, intersect)
         if warning:
-            log(f"warning: {warning}")
+            warn(warning)
         used_ids = [store.sample_ids[i] for i in positions]
         aligned = metadata.loc[used_ids]
         work = LayerWork(spec, store, checksum, positions)
@@ -265,13 +366,19 @@ def prepare_study(
                 exposure = exposures[key.exposure]
                 aligned_exposure = ExposureValues(exposure.name, exposure.values[metadata_rows], exposure.binary, exposure.source_columns)
                 resolved[pair] = _resolve_analysis(key, plan, aligned, aligned_exposure, work.designs, clusters)
-            work.analyses.append(replace(resolved[pair], key=key))
+            analysis = resolved[pair]
+            design_clusters = work.designs[analysis.design_key].clusters
+            # Codes run 0..G-1 within a design.
+            n_clusters = int(design_clusters.max(initial=-1)) + 1 if design_clusters is not None and plan.uses_clusters(key.model) else None
+            work.analyses.append(replace(analysis, key=key, ols=plan.ols_options(key.model), n_clusters=n_clusters))
         if not work.analyses:
             continue
         layers.append(work)
     if not layers:
         raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
-    return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases)
+    for message in _few_cluster_warnings(plan, layers):
+        warn(message)
+    return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases, warnings)
 
 
 @dataclass(frozen=True)

@@ -365,6 +365,10 @@ def _manifest(
                     "left_out_identical_to_exposure": list(a.left_out),
                     "left_out_constant": list(a.constant),
                     "design": a.design_key,
+                    # lm / lm_nonzero: standard errors (classical | cluster) and, for cluster-robust ones, the p reference
+                    "ols_options": {"se": a.ols.se, "reference": a.ols.reference if a.ols.cluster_robust else None} if a.ols is not None else None,
+                    # clusters of the plan's cluster column among the participants, where the model uses them (lmm, se: cluster)
+                    "n_clusters": a.n_clusters,
                 }
             )
     return {
@@ -382,7 +386,10 @@ def _manifest(
         # the minimum group size enforced: the plan's, unless run --min-cases overrode it for this run
         "min_cases": {"plan": plan.min_cases, "used": study.min_cases},
         "layers": {layer.spec.name: _layer_manifest(layer, filters[layer.spec.name]) for layer in study.layers},
+        "cluster": plan.cluster,
         "analyses": analyses,
+        # everything the run warned about (also in its log)
+        "warnings": list(study.warnings),
         # as given to the run (None: automatic); a later export re-opens the same stores
         "chunk_features": chunk_features,
         "intersect_samples": intersect_samples,

@@ -25,6 +25,7 @@ from scalable_assoc.models.fits import SlopeFits, withhold_rare_carriers
 from scalable_assoc.models.lmm import VarianceComponents, fit_random_intercept
 from scalable_assoc.models.logistic import fit_logistic_designs
 from scalable_assoc.models.ols import fit_design_batch, prepare_block
+from scalable_assoc.plan.schema import OlsOptions
 from scalable_assoc.results.partials import AnalysisLabels, fits_to_table
 from scalable_assoc.stats.transforms import (
     FeatureSummary,
@@ -167,16 +168,29 @@ class DesignFits:
     components: VarianceComponents | None = None
 
 
-def _fit_linear(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[DesignFits]:
-    """OLS for lm and lm_nonzero; cluster-robust standard errors where designs carry clusters."""
+def _fit_linear(
+    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray, options: OlsOptions | None
+) -> list[DesignFits]:
+    """OLS for lm and lm_nonzero: classical standard errors, or cluster-robust ones when the plan asks (``se: cluster``).
+
+    Designs carry cluster codes whenever the plan names a cluster column (the
+    designs are shared with lmm); only ``options`` decides whether OLS uses them.
+    """
+    if options is None:
+        raise ValueError("OLS models need their plan options (lm / lm_nonzero)")
+    if options.cluster_robust and any(d.clusters is None for d in designs):
+        raise ValueError("cluster-robust standard errors need cluster codes: the plan must name a cluster column")
+    clusters = [d.clusters if options.cluster_robust else None for d in designs]
     prepared = prepare_block(block)  # centred and indexed once, shared by every design
     fits = fit_design_batch(
-        [d.design for d in designs], [d.rows for d in designs], exposures, binary, prepared, [d.clusters for d in designs]
+        [d.design for d in designs], [d.rows for d in designs], exposures, binary, prepared, clusters, cluster_reference=options.reference
     )
     return [DesignFits(f) for f in fits]
 
 
-def _fit_mixed(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[DesignFits]:
+def _fit_mixed(
+    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray, options: OlsOptions | None
+) -> list[DesignFits]:
     """REML random-intercept model per design (the plan's cluster column gives the groups)."""
     prepared = prepare_block(block)
     fits = []
@@ -188,13 +202,18 @@ def _fit_mixed(designs: list[SharedDesign], exposures: list[np.ndarray], binary:
     return fits
 
 
-def _fit_presence(designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray) -> list[DesignFits]:
+def _fit_presence(
+    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray, options: OlsOptions | None
+) -> list[DesignFits]:
     """Logistic regression of presence per design (Firth's penalised likelihood where separated)."""
     return [DesignFits(f) for f in fit_logistic_designs([d.design for d in designs], [d.rows for d in designs], exposures, binary, block)]
 
 
-#: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block) -> [DesignFits per design]``.
-MODEL_FITTERS: dict[str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], np.ndarray], list[DesignFits]]] = {
+#: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block, options) -> [DesignFits per design]``,
+#: ``options`` the plan's options of an OLS model (None for the others, which have none).
+MODEL_FITTERS: dict[
+    str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], np.ndarray, OlsOptions | None], list[DesignFits]]
+] = {
     "lm": _fit_linear,
     "lm_nonzero": _fit_linear,
     "lmm": _fit_mixed,
@@ -229,6 +248,9 @@ def fit_chunk(
     models = {a.key.model for a in batch}
     if len(models) != 1:
         raise ValueError(f"a batch holds one model, got {sorted(models)}")
+    options = {a.ols for a in batch}
+    if len(options) != 1:
+        raise ValueError("a batch holds analyses of one model with one set of options")
     model = models.pop()
     fitter = MODEL_FITTERS[model]
     fits = fitter(
@@ -236,6 +258,7 @@ def fit_chunk(
         [np.stack([a.exposure for a in group]) for group in members],
         [np.array([a.binary for a in group]) for group in members],
         block.values,
+        options.pop(),
     )
     tables = []
     for key, group, fit in zip(order, members, fits, strict=True):

@@ -57,7 +57,9 @@ class SlopeFits:
     ``beta`` is the exposure coefficient (feature units per exposure unit for
     linear models, log odds for logistic ones), ``se`` its standard error,
     ``t = beta / se`` and ``p`` two-sided (Student's t with ``n - rank`` degrees
-    of freedom for OLS, the normal for Wald tests of likelihood models). Rows without an estimate have NaN statistics and a non-OK status.
+    of freedom for OLS, with ``G - 1`` (or the normal, on request) for
+    cluster-robust OLS, the normal for Wald tests of likelihood models). Rows
+    without an estimate have NaN statistics and a non-OK status.
     ``n_cases``/``n_controls`` count exposure == 1 / == 0 participants among
     those used (-1 where the exposure is not binary).
     """

@@ -49,6 +49,8 @@ _RSS_IDENTITY_FLOOR = 1e-5
 _SPARSE_MISSING = 0.02
 #: Centred sum of squares below this fraction of y'y: the feature is constant.
 _CONSTANT = 1e-12
+#: Reference distributions of cluster-robust p-values: t with G - 1 degrees of freedom, or the normal.
+CLUSTER_REFERENCES = ("t", "normal")
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ def fit_exposure_slopes(
     rows: np.ndarray | None = None,
     clusters: np.ndarray | None = None,
     alias: bool = True,
+    cluster_reference: str = "t",
 ) -> SlopeFits:
     """Fit ``feature ~ covariates + exposure`` for every exposure and feature of a block.
 
@@ -155,17 +158,22 @@ def fit_exposure_slopes(
         ``(n,)`` integer cluster codes (families, households) of the design's
         participants, or None. With clusters, ``se`` is cluster-robust (CR1:
         the sandwich times ``G/(G-1) * (n-1)/(n-p)`` over the ``G`` clusters
-        with a value of the feature) and ``p`` comes from the normal
-        distribution, as statsmodels ``OLS.fit(cov_type="cluster")`` reports.
+        with a value of the feature, as statsmodels ``OLS.fit(cov_type="cluster")``
+        and R ``sandwich::vcovCL(type="HC1")`` compute it), ``t`` is beta / se,
+        and ``p`` comes from the reference distribution ``cluster_reference``.
     alias:
         A covariate constant (or collinear) among one feature's participants is
         aliased as R's ``lm`` does (see :func:`_aliased_solve`); False gives such
         features the status ``FEATURE_RANK_DEFICIENT`` instead (for callers whose
         own solve needs a full-rank design, as the mixed model).
+    cluster_reference:
+        With clusters: ``"t"``, Student's t with ``G - 1`` degrees of freedom
+        (as Stata reports cluster-robust fits), or ``"normal"`` (as statsmodels
+        does). Without clusters ``p`` is always from t with ``n - rank`` degrees of freedom.
     """
     prepared = block if isinstance(block, PreparedBlock) else prepare_block(block)
     rows = np.arange(prepared.shape[0]) if rows is None else rows
-    return fit_design_batch([design], [rows], [exposures], [binary], prepared, [clusters], alias=alias)[0]
+    return fit_design_batch([design], [rows], [exposures], [binary], prepared, [clusters], alias=alias, cluster_reference=cluster_reference)[0]
 
 
 @dataclass(frozen=True)
@@ -199,6 +207,7 @@ def fit_design_batch(
     block: PreparedBlock,
     clusters: list[np.ndarray | None] | None = None,
     alias: bool = True,
+    cluster_reference: str = "t",
 ) -> list[SlopeFits]:
     """:func:`fit_exposure_slopes` for several designs over one block.
 
@@ -206,6 +215,8 @@ def fit_design_batch(
     designs together: the block is read twice in all, not twice per design.
     Arguments are per design, as in :func:`fit_exposure_slopes`.
     """
+    if cluster_reference not in CLUSTER_REFERENCES:
+        raise ValueError(f"cluster_reference must be one of {', '.join(CLUSTER_REFERENCES)}, got {cluster_reference!r}")
     n_total = block.shape[0]
     rows = [np.asarray(r) for r in rows]
     exposures = [np.atleast_2d(np.asarray(e, dtype=np.float64)) for e in exposures]
@@ -221,7 +232,9 @@ def fit_design_batch(
     ):
         assert found is not None
         results.append(
-            _fit_one_design(design, design_rows, design_exposures, np.asarray(design_binary), block, basis, found, cluster_codes, alias)
+            _fit_one_design(
+                design, design_rows, design_exposures, np.asarray(design_binary), block, basis, found, cluster_codes, alias, cluster_reference
+            )
         )
     return results
 
@@ -473,6 +486,7 @@ def _fit_one_design(
     products: _BlockProducts,
     clusters: np.ndarray | None,
     alias: bool = True,
+    cluster_reference: str = "t",
 ) -> SlopeFits:
     """The per-design remainder of the fit, given its products with the block."""
     projections, sum_squares, present_counts, present_gram = products.projections, products.sum_squares, products.counts, products.present_gram
@@ -653,7 +667,9 @@ def _fit_one_design(
             with np.errstate(invalid="ignore", divide="ignore"):
                 correction = groups_used / (groups_used - 1) * (n_present - 1) / df
                 se[e] = np.sqrt(np.einsum("gj,gj->j", scores, scores) * correction) / scales[e]
-        p_df = np.inf  # normal reference distribution, as statsmodels reports cluster-robust fits
+        # t with G - 1 degrees of freedom (Stata's choice: with few clusters the normal is far too
+        # liberal); the normal on request, as statsmodels reports cluster-robust fits.
+        p_df = groups_used - 1.0 if cluster_reference == "t" else np.inf
 
     for e in range(k):
         if not binary[e]:

@@ -36,6 +36,12 @@ RANK_PREFIXES = {
 FDR_BY_COLUMNS = ("layer", "exposure", "adjustment", "model")
 #: Models a layer can be analysed with (README "Models").
 MODELS = ("lm", "lm_nonzero", "prevalence", "lmm")
+#: The OLS models, each with its own top-level plan key of options (:class:`OlsOptions`).
+OLS_MODELS = ("lm", "lm_nonzero")
+#: ``se`` of an OLS model: classical OLS standard errors, or cluster-robust (CR1) over the plan's ``cluster`` column.
+STANDARD_ERRORS = ("classical", "cluster")
+#: ``reference`` of a cluster-robust OLS model: Student's t with G - 1 degrees of freedom, or the normal.
+REFERENCES = ("t", "normal")
 SAMPLE_MISMATCH = ("error", "intersect")
 #: Where ``preprocess.min_prevalence`` applies: over the layer's samples (the filter) or also per model.
 PREVALENCE_WITHIN = ("layer", "model")
@@ -98,6 +104,25 @@ class FdrSpec:
 
 
 @dataclass(frozen=True)
+class OlsOptions:
+    """How ``lm`` / ``lm_nonzero`` report uncertainty (plan keys ``lm:`` and ``lm_nonzero:``).
+
+    ``se``: ``classical`` OLS standard errors whatever the plan's ``cluster``, or
+    ``cluster``-robust ones (CR1) over it. ``reference``, for cluster-robust
+    standard errors only: p-values from Student's t with G - 1 degrees of
+    freedom (G clusters with a value of the feature), or from the ``normal``.
+    """
+
+    se: str = "classical"
+    reference: str = "t"
+
+    @property
+    def cluster_robust(self) -> bool:
+        """True when standard errors are cluster-robust."""
+        return self.se == "cluster"
+
+
+@dataclass(frozen=True)
 class AnalysisSelection:
     """A block of the ``analyses:`` list: which exposures run under which adjustments."""
 
@@ -134,6 +159,9 @@ class Plan:
     reference: dict[str, str] = field(default_factory=dict)
     #: shared feature list (``features:``): the features every layer filters and transforms over, or None
     features: Path | None = None
+    #: options of the OLS models (plan keys ``lm`` and ``lm_nonzero``)
+    lm: OlsOptions = field(default_factory=OlsOptions)
+    lm_nonzero: OlsOptions = field(default_factory=OlsOptions)
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
@@ -145,6 +173,15 @@ class Plan:
             payload.pop("features")  # plans without the key keep the hash they had before it existed
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def ols_options(self, model: str) -> OlsOptions | None:
+        """The options of an OLS model (``lm``, ``lm_nonzero``); None for the other models."""
+        return getattr(self, model) if model in OLS_MODELS else None
+
+    def uses_clusters(self, model: str) -> bool:
+        """Whether ``model``'s fits use the cluster column: ``lmm`` always, an OLS model with ``se: cluster``."""
+        options = self.ols_options(model)
+        return model == "lmm" or (options is not None and options.cluster_robust)
 
     def layer(self, name: str) -> LayerSpec:
         """The layer called ``name``."""
@@ -219,6 +256,29 @@ def _parse_models(source: Path, key: str, raw: Any) -> tuple[str, ...]:
             hint = f" Did you mean '{near[0]}'?" if near else ""
             raise PlanError(f"{_where(source, key)}: unknown model '{model}'.{hint} Models: {', '.join(MODELS)}.")
     return tuple(dict.fromkeys(models))
+
+
+def _parse_ols_options(source: Path, model: str, raw: Any, cluster: str | None, fitted: bool) -> OlsOptions:
+    raw = _check_keys(source, model, raw if raw is not None else {}, ("se", "reference"))
+    se = raw.get("se", "classical")
+    if se not in STANDARD_ERRORS:
+        raise PlanError(f"{_where(source, model + '.se')}: expected one of {', '.join(STANDARD_ERRORS)}, got {se!r}")
+    if se == "cluster" and cluster is None:
+        raise PlanError(
+            f"{_where(source, model + '.se')}: cluster-robust standard errors need 'cluster: <metadata column>' "
+            "naming the groups (families, households) whose members are correlated"
+        )
+    reference = raw.get("reference", "t")
+    if reference not in REFERENCES:
+        raise PlanError(f"{_where(source, model + '.reference')}: expected one of {', '.join(REFERENCES)}, got {reference!r}")
+    if "reference" in raw and se != "cluster":
+        raise PlanError(
+            f"{_where(source, model + '.reference')}: applies to cluster-robust standard errors only ('{model}: {{se: cluster}}'); "
+            "classical OLS p-values come from Student's t with n - rank degrees of freedom"
+        )
+    if raw and not fitted:
+        raise PlanError(f"{_where(source, model)}: options for model '{model}', which no layer fits (add it to 'models')")
+    return OlsOptions(str(se), str(reference))
 
 
 def _parse_threshold(source: Path, key: str, raw: Any) -> float:
@@ -422,7 +482,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         raw if raw is not None else {},
         (
             "name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models",
-            "presence_threshold", "cluster", "min_carriers", "on_constant_covariate", "features",
+            "presence_threshold", "cluster", "min_carriers", "on_constant_covariate", "features", *OLS_MODELS,
         ),
         required=("data", "exposures", "adjustments"),
     )
@@ -443,6 +503,8 @@ def parse_plan(raw: Any, source: Path) -> Plan:
                     f"{_where(source, 'models')}: model 'lmm' (layer '{layer.name}') needs 'cluster: <metadata column>' "
                     "naming the groups (families, households) that get a random intercept"
                 )
+    fitted = {model for layer in layers for model in layer.models}
+    ols = {model: _parse_ols_options(source, model, raw.get(model), cluster, model in fitted) for model in OLS_MODELS}
     exposures = _parse_exposures(source, raw["exposures"])
     covariates = _check_keys(source, "covariates", raw.get("covariates", {}), ("categorical", "reference"))
     categorical = _string_list(source, "covariates.categorical", covariates.get("categorical", []))
@@ -480,4 +542,6 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         on_constant_covariate=on_constant,
         reference=reference,
         features=features,
+        lm=ols["lm"],
+        lm_nonzero=ols["lm_nonzero"],
     )

@@ -31,9 +31,20 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("n_controls", pa.int64(), "participants with exposure 0 among them (null for a continuous exposure)"),
     Column("n_present", pa.int64(), "participants in this feature's model with the feature present (raw value > presence_threshold; MaAsLin2's N.not.0); n for lm_nonzero"),
     Column("beta", pa.float64(), "exposure coefficient: transformed-abundance units per exposure unit (lm, lm_nonzero, lmm); log odds ratio of presence (prevalence)"),
-    Column("se", pa.float64(), "standard error of beta (cluster-robust for lm / lm_nonzero when the plan names a cluster)"),
-    Column("t", pa.float64(), "beta / se (a Wald z for prevalence and cluster-robust fits)"),
-    Column("p", pa.float64(), "two-sided p-value: Student t with n - rank degrees of freedom for OLS and lmm, the normal for Wald z"),
+    Column(
+        "se",
+        pa.float64(),
+        "standard error of beta; lm / lm_nonzero: classical OLS, or cluster-robust (CR1) only where the plan asks for it "
+        "(lm: {se: cluster}), never because of cluster: alone",
+    ),
+    Column("t", pa.float64(), "beta / se (a Wald z for prevalence, and for cluster-robust fits with reference: normal)"),
+    Column(
+        "p",
+        pa.float64(),
+        "two-sided p-value: Student t with n - rank degrees of freedom for OLS and lmm; for cluster-robust lm / lm_nonzero, "
+        "t with G - 1 degrees of freedom (G clusters with a value of the feature), or the normal with reference: normal; "
+        "the normal for a Wald z",
+    ),
     Column("q", pa.float64(), "Benjamini-Hochberg adjusted p within the plan's fdr.by family; null where p is null"),
     Column("status", pa.string(), "'ok', or why there is no estimate (constant feature, too few values, rank-deficient design ...)"),
     Column("covariates", pa.string(), "metadata columns adjusted for, joined by '+'"),

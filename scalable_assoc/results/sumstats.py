@@ -22,7 +22,7 @@ import datetime as _dt
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from scalable_assoc import __version__
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, write_json, write_parquet
 from scalable_assoc.models.pooled import CrossProducts
-from scalable_assoc.plan.schema import Plan, load_plan
+from scalable_assoc.plan.schema import OLS_MODELS, OlsOptions, Plan, load_plan
 from scalable_assoc.results.harmonise import feature_set_digest
 
 FORMAT = "scalable_assoc.sumstats/1"
@@ -142,8 +142,12 @@ def _counts(reasons: np.ndarray) -> dict[str, int]:
 
 
 def analysis_spec(plan: Plan) -> dict[str, Any]:
-    """What must agree between cohorts for their estimates to be combined: the analysis, not the file paths."""
-    return {
+    """What must agree between cohorts for their estimates to be combined: the analysis, not the file paths.
+
+    The OLS models' options (standard errors, p reference) appear only where
+    they differ from the defaults, so cohorts that use none compare as before.
+    """
+    spec: dict[str, Any] = {
         "layers": {
             layer.name: {
                 "transform": layer.preprocess.transform,
@@ -160,6 +164,10 @@ def analysis_spec(plan: Plan) -> dict[str, Any]:
         "cluster": plan.cluster,
         "fdr_by": list(plan.fdr.by),
     }
+    chosen = {model: asdict(getattr(plan, model)) for model in OLS_MODELS if getattr(plan, model) != OlsOptions()}
+    if chosen:
+        spec["ols_options"] = chosen
+    return spec
 
 
 def spec_hash(spec: dict[str, Any]) -> str:
