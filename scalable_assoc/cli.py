@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)")
     run.add_argument("--intersect-samples", action="store_true", help="analyse only samples present in both metadata and abundance tables (warns)")
     run.add_argument("--top", type=int, default=5, help="top findings to print per layer")
+    run.add_argument(
+        "--covariate-rows", action="store_true", help="also write every covariate's coefficient in each lm model to covariate_results.parquet / .tsv"
+    )
 
     ingest = commands.add_parser("ingest", help="convert an abundance table into a feature-chunked Zarr store")
     ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows) or Parquet")
@@ -131,6 +134,7 @@ def _run(args: argparse.Namespace) -> None:
         workers=args.workers,
         chunk_features=args.chunk_features,
         intersect_samples=args.intersect_samples,
+        covariate_rows=args.covariate_rows,
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")
