@@ -237,3 +237,22 @@ def test_covariate_rows_equal_statsmodels_and_resume(small_study, client, tmp_pa
             assert rows.loc[term, "n"] == fit.nobs
             for statistic, values in (("beta", fit.params), ("se", fit.bse), ("t", fit.tvalues), ("p", fit.pvalues)):
                 _close(rows.loc[term, statistic], values[term], (feature, term, statistic))
+
+
+def test_cli_flag_and_plan_error_exit_code(data: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scalable_assoc.cli import _parser, main
+
+    assert _parser().parse_args(["run", "plan.yaml", "--covariate-rows"]).covariate_rows
+    assert not _parser().parse_args(["run", "plan.yaml"]).covariate_rows
+    plan = _write_inputs(tmp_path, data, "  seqtech: {column: seqtech, categorical: true}")
+    plan.write_text(plan.read_text().replace("models: [lm, lm_nonzero]", "models: [lmm]\ncluster: sex"))
+    assert main(["run", str(plan), "--out", str(tmp_path / "out"), "--covariate-rows"]) == 2
+    error = capsys.readouterr().err
+    assert "categorical exposure 'seqtech'" in error and "Traceback" not in error
+
+
+def test_covariate_rows_refused_with_cluster(data: pd.DataFrame, tmp_path: Path) -> None:
+    plan = _write_inputs(tmp_path, data, "  seqtech: {column: seqtech}")  # not categorical: only the cluster is at fault
+    plan.write_text(plan.read_text().replace("seqtech: {column: seqtech}", "bmi_exposure: {column: bmi}") + "cluster: sex\n")
+    with pytest.raises(PlanError, match="--covariate-rows reports classical standard errors"):
+        run_study(plan, tmp_path / "out", workers=1, covariate_rows=True, log=lambda _: None)
