@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
         help="when the run ends, print the N associations with the smallest q per layer (and model), each exposure under its base "
         "adjustment set (the first set, in plan order, it ran under), with direction, beta and q (default 5; 0: none)",
     )
+    run.add_argument(
+        "--covariate-rows", action="store_true", help="also write every covariate's coefficient in each lm model to covariate_results.parquet / .tsv"
+    )
 
     ingest = commands.add_parser("ingest", help="convert an abundance table into a feature-chunked Zarr store")
     ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows) or Parquet")
@@ -158,6 +161,7 @@ def _run(args: argparse.Namespace) -> None:
         intersect_samples=args.intersect_samples,
         features=args.features,
         min_cases=args.min_cases,
+        covariate_rows=args.covariate_rows,
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")

@@ -32,7 +32,7 @@ from scalable_assoc.io.metadata import (
 from scalable_assoc.io.store import AbundanceStore
 from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
 from scalable_assoc.plan.schema import MODELS, LayerSpec, OlsOptions, Plan
-from scalable_assoc.results.columns import PARTIAL_SCHEMA
+from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 
 #: Fewer clusters than this in a model that uses them (lmm, cluster-robust OLS): a warning.
 #: Cluster-robust standard errors and between-cluster variances are unreliable with few clusters.
@@ -70,6 +70,9 @@ class PreparedAnalysis:
     n: int
     n_cases: int | None
     n_controls: int | None
+    #: a categorical exposure's levels among the design's participants, reference first
+    #: (``exposure`` holds codes into them); empty for a binary or numeric exposure
+    levels: tuple[str, ...] = ()
     #: adjustment columns constant (one level) among the model's participants, left out
     constant: tuple[str, ...] = ()
     #: rows with fewer participants with (or without) the feature get no estimate (plan min_carriers)
@@ -285,13 +288,34 @@ def _resolve_analysis(
     exposure_used = values[rows]
     n_cases = int((exposure_used == 1).sum()) if exposure.binary else None
     n_controls = int((exposure_used == 0).sum()) if exposure.binary else None
+    levels: tuple[str, ...] = ()
+    if exposure.levels:
+        exposure_used, levels = _level_codes(key, exposure, exposure_used)
     layer = plan.layer(key.layer)
     return PreparedAnalysis(
-        key, design_key, exposure_used, exposure.binary, tuple(covariates), tuple(left_out), int(rows.size), n_cases, n_controls,
+        key, design_key, exposure_used, exposure.binary, tuple(covariates), tuple(left_out), int(rows.size), n_cases, n_controls, levels,
         constant=tuple(constant),
         min_carriers=plan.min_carriers,
         min_prevalence=layer.preprocess.min_prevalence if layer.preprocess.prevalence_within == "model" else 0.0,
     )
+
+
+def _level_codes(key: AnalysisKey, exposure: ExposureValues, codes: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A categorical exposure's codes renumbered over the levels present among a design's participants, reference (0) first."""
+    present = [exposure.levels[int(c)] for c in np.unique(codes)]
+    reference = exposure.reference if exposure.reference is not None else (present[0] if present else None)
+    where = f"layer '{key.layer}', exposure '{key.exposure}', adjustment set '{key.adjustment}'"
+    if reference not in present:
+        raise DataError(
+            f"{where}: the reference level {reference!r} (plan key 'exposures.{key.exposure}.reference') has no participant with "
+            f"complete covariates in this layer (levels present: {', '.join(map(repr, present))}); choose another reference"
+        )
+    if len(present) < 2:
+        raise DataError(f"{where}: only level {reference!r} of the categorical exposure has participants with complete covariates; a joint test needs 2")
+    levels = (reference, *[level for level in present if level != reference])
+    mapping = np.zeros(len(exposure.levels))
+    mapping[[exposure.levels.index(level) for level in levels]] = np.arange(len(levels))
+    return mapping[codes.astype(np.int64)], levels
 
 
 def prepare_study(
@@ -364,7 +388,7 @@ def prepare_study(
             pair = (key.exposure, key.adjustment)
             if pair not in resolved:
                 exposure = exposures[key.exposure]
-                aligned_exposure = ExposureValues(exposure.name, exposure.values[metadata_rows], exposure.binary, exposure.source_columns)
+                aligned_exposure = replace(exposure, values=exposure.values[metadata_rows])
                 resolved[pair] = _resolve_analysis(key, plan, aligned, aligned_exposure, work.designs, clusters)
             analysis = resolved[pair]
             design_clusters = work.designs[analysis.design_key].clusters
@@ -391,6 +415,12 @@ class ChunkTask:
     start: int
     stop: int
     analyses: tuple[PreparedAnalysis, ...]
+    #: the task also writes every covariate's coefficient rows (``<chunk id>.covariates.parquet``)
+    covariate_rows: bool = False
+
+
+#: Models whose chunks carry covariate coefficient rows when a run asks for them.
+COVARIATE_ROW_MODELS = ("lm",)
 
 
 def batch_analyses(
@@ -412,13 +442,18 @@ def batch_analyses(
         """The subset digest a prevalence analysis shares work by; '' for the other models."""
         return subsets[analysis.design_key] if analysis.key.model == "prevalence" and subsets is not None else ""
 
-    groups: dict[tuple[str, str], list[PreparedAnalysis]] = {}
-    for analysis in sorted(analyses, key=lambda a: (MODELS.index(a.key.model), shared_subset(a), a.covariates)):
-        groups.setdefault((analysis.key.model, shared_subset(analysis) or analysis.design_key), []).append(analysis)
+    groups: dict[tuple[str, str, bool], list[PreparedAnalysis]] = {}
+    # Categorical exposures (fitted jointly over their levels, by their own kernel) keep batches of their own.
+    for analysis in sorted(analyses, key=lambda a: (MODELS.index(a.key.model), bool(a.levels), shared_subset(a), a.covariates)):
+        groups.setdefault((analysis.key.model, shared_subset(analysis) or analysis.design_key, bool(analysis.levels)), []).append(analysis)
     batches: list[tuple[PreparedAnalysis, ...]] = []
     current: list[PreparedAnalysis] = []
     for group in groups.values():
-        if current and (len(current) + len(group) > analyses_per_task or current[0].key.model != group[0].key.model):
+        if current and (
+            len(current) + len(group) > analyses_per_task
+            or current[0].key.model != group[0].key.model
+            or bool(current[0].levels) != bool(group[0].levels)
+        ):
             batches.append(tuple(current))
             current = []
         current.extend(group)
@@ -427,11 +462,12 @@ def batch_analyses(
     return batches
 
 
-def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]:
+def chunk_tasks(study: PreparedStudy, analyses_per_task: int, covariate_rows: bool = False) -> list[ChunkTask]:
     """Every (feature block x analysis batch) task of the study, with ids stable across runs.
 
     The ids cover the chunk files' columns: files written with other columns (an
-    older version) are never reused by a resumed run.
+    older version) are never reused by a resumed run. With ``covariate_rows`` the
+    ids of lm chunks say so too, so a resumed run never reuses chunks without them.
     """
     columns = PARTIAL_SCHEMA.to_string(show_schema_metadata=False)
     tasks = []
@@ -446,6 +482,9 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int) -> list[ChunkTask]
                     + [a.key.analysis_id for a in batch]
                     + ([f"features={layer.list_token()}"] if layer.listed is not None else [])
                 )
+                with_covariates = covariate_rows and batch[0].key.model in COVARIATE_ROW_MODELS
+                if with_covariates:
+                    text += "\x1fcovariate rows\x1f" + COVARIATE_SCHEMA.to_string(show_schema_metadata=False)
                 chunk_id = hashlib.sha256(text.encode()).hexdigest()[:24]
-                tasks.append(ChunkTask(chunk_id, layer.spec.name, block_index, start, stop, batch))
+                tasks.append(ChunkTask(chunk_id, layer.spec.name, block_index, start, stop, batch, with_covariates))
     return tasks

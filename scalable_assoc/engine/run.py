@@ -32,6 +32,8 @@ import dask
 import distributed
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from dask.base import tokenize
 from distributed import Client, as_completed
 
@@ -39,10 +41,10 @@ from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, sum_block, summarise_block
-from scalable_assoc.errors import DataError, UserInputError
+from scalable_assoc.errors import DataError, PlanError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
-from scalable_assoc.results.columns import PARTIAL_SCHEMA
+from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
 from scalable_assoc.results.harmonise import feature_set_digest
 from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
@@ -61,6 +63,8 @@ OUTPUT_FILES = (
     "features.tsv",
     "joint_results.parquet",
     "joint_results.tsv",
+    "covariate_results.parquet",
+    "covariate_results.tsv",
 )
 WORK_DIR = ".scalable_assoc"
 
@@ -311,7 +315,7 @@ def _remove_stale_chunks(chunks_dir: Path, keep_chunks: set[str]) -> None:
     """Chunk files of other plans or inputs can never be reused; those of this run are kept for resuming."""
     if chunks_dir.is_dir():
         for path in chunks_dir.glob("*.parquet"):
-            if path.stem not in keep_chunks:
+            if path.name.split(".")[0] not in keep_chunks:  # <id>.parquet and <id>.covariates.parquet
                 path.unlink(missing_ok=True)
 
 
@@ -360,7 +364,8 @@ def _manifest(
                     "n_cases": a.n_cases,
                     "n_controls": a.n_controls,
                     # intercept + exposure + covariate columns (dummies included): the disclosure rule's p
-                    "parameters": int(next(layer for layer in study.layers if layer.spec.name == a.key.layer).designs[a.design_key].matrix.shape[1]) + 1,
+                    "parameters": int(next(layer for layer in study.layers if layer.spec.name == a.key.layer).designs[a.design_key].matrix.shape[1])
+                    + max(len(a.levels) - 1, 1),
                     "covariates": list(a.covariates),
                     "left_out_identical_to_exposure": list(a.left_out),
                     "left_out_constant": list(a.constant),
@@ -422,6 +427,7 @@ def run_study(
     on_chunk_done: Callable[[int, int], None] | None = None,
     features: str | Path | None = None,
     min_cases: int | None = None,
+    covariate_rows: bool = False,
 ) -> RunSummary:
     """Run every analysis of a plan and write the outputs to ``out_dir``.
 
@@ -430,7 +436,9 @@ def run_study(
     called after every finished chunk (progress hooks, tests). ``features``
     (a feature list file, see :mod:`scalable_assoc.io.feature_list`) overrides
     the plan's ``features:``; ``min_cases`` the plan's ``min_cases`` for this
-    run only (the plan's hash, and what ``meta``/``pool`` compare, stay as they are).
+    run only (the plan's hash, and what ``meta``/``pool`` compare, stay as they are). With
+    ``covariate_rows`` every covariate's coefficient in every lm model is also
+    written, to ``covariate_results.parquet`` / ``.tsv``.
     """
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -443,9 +451,18 @@ def run_study(
     chunks_dir = work / "chunks"
     study = prepare_study(plan, work / "stores", chunk_features, intersect_samples, log, Path(features) if features is not None else None, min_cases)
     timings["prepare"] = time.perf_counter() - started
-    tasks = chunk_tasks(study, analyses_per_task)
+    if covariate_rows and plan.cluster is not None:
+        raise PlanError(
+            f"plan {plan.source}, key 'cluster': --covariate-rows reports classical standard errors, which a plan with "
+            f"'cluster: {plan.cluster}' does not use; run without --covariate-rows or without the cluster"
+        )
+    tasks = chunk_tasks(study, analyses_per_task, covariate_rows)
     _remove_stale_chunks(chunks_dir, {t.chunk_id for t in tasks})
-    done = {t.chunk_id for t in tasks if (chunks_dir / f"{t.chunk_id}.parquet").is_file()}
+    done = {
+        t.chunk_id
+        for t in tasks
+        if (chunks_dir / f"{t.chunk_id}.parquet").is_file() and (not t.covariate_rows or (chunks_dir / f"{t.chunk_id}.covariates.parquet").is_file())
+    }
     pending = [t for t in tasks if t.chunk_id not in done]
     n_analyses = sum(len(layer.analyses) for layer in study.layers)
     log(
@@ -495,7 +512,7 @@ def run_study(
     results = assemble_results(
         partial,
         [layer.spec.name for layer in study.layers],
-        [e.name for e in plan.exposures],
+        exposure_row_order(study),
         list(plan.adjustments),
         {layer.spec.name: layer.store.feature_ids for layer in study.layers},
         plan.fdr.by,
@@ -517,11 +534,52 @@ def run_study(
         joint = joint_presence_abundance(results, plan.fdr.by)
         write_parquet(out / "joint_results.parquet", joint)
         write_tsv(out / "joint_results.tsv", joint)
+    if covariate_rows:
+        covariates = covariate_results(study, [chunks_dir / f"{t.chunk_id}.covariates.parquet" for t in tasks if t.covariate_rows])
+        write_parquet(out / "covariate_results.parquet", pa.Table.from_pandas(covariates, schema=COVARIATE_SCHEMA, preserve_index=False))
+        write_tsv(out / "covariate_results.tsv", covariates)
     timings["gather"] = time.perf_counter() - phase
     timings["total"] = time.perf_counter() - started
     manifest = _manifest(study, filters, len(tasks), len(done), timings, client_info, chunk_features, intersect_samples)
     write_json(out / "manifest.json", manifest)
     return RunSummary(out, results, summary, survival, manifest, len(tasks), len(done), timings["total"])
+
+
+def exposure_row_order(study: PreparedStudy) -> list[str]:
+    """The results' exposure values in plan order: a categorical exposure's omnibus row, then its levels."""
+    order: list[str] = []
+    for exposure in study.plan.exposures:
+        order.append(exposure.name)
+        for layer in study.layers:
+            for analysis in layer.analyses:
+                if analysis.key.exposure == exposure.name:
+                    order += [f"{exposure.name}[{level}]" for level in analysis.levels[1:]]
+    return list(dict.fromkeys(order))
+
+
+def covariate_results(study: PreparedStudy, paths: list[Path]) -> pd.DataFrame:
+    """Covariate coefficient rows of every chunk, in plan order (layer, exposure, adjustment, feature), terms in design order."""
+    tables = [pq.read_table(path, schema=COVARIATE_SCHEMA) for path in paths]
+    frame = (pa.concat_tables(tables) if tables else COVARIATE_SCHEMA.empty_table()).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    feature_rank = np.zeros(len(frame), dtype=np.int64)
+    term_rank = np.zeros(len(frame), dtype=np.int64)
+    for layer in study.layers:
+        rows = (frame["layer"] == layer.spec.name).to_numpy()
+        feature_rank[rows] = pd.Index(layer.store.feature_ids).get_indexer(frame.loc[rows, "feature"])
+        for analysis in layer.analyses:
+            names = layer.designs[analysis.design_key].names
+            these = rows & (frame["exposure"] == analysis.key.exposure).to_numpy() & (frame["adjustment"] == analysis.key.adjustment).to_numpy()
+            term_rank[these] = pd.Index(names).get_indexer(frame.loc[these, "term"])
+    codes = [
+        pd.Categorical(frame[column], categories=categories, ordered=True).codes
+        for column, categories in (
+            ("layer", [layer.spec.name for layer in study.layers]),
+            ("exposure", [e.name for e in study.plan.exposures]),
+            ("adjustment", list(study.plan.adjustments)),
+        )
+    ]
+    order = np.lexsort((term_rank, feature_rank, codes[2], codes[1], codes[0]))
+    return frame.iloc[order].reset_index(drop=True)
 
 
 def _submit_fits(
@@ -557,6 +615,8 @@ def _submit_fits(
         output = chunks_dir / f"{task.chunk_id}.parquet"
         if not kept.any():
             # Every feature of this block was filtered out: the chunk is complete and empty.
+            if task.covariate_rows:
+                write_parquet(chunks_dir / f"{task.chunk_id}.covariates.parquet", COVARIATE_SCHEMA.empty_table())
             write_parquet(output, PARTIAL_SCHEMA.empty_table())
             continue
         view = MODEL_VIEWS[task.analyses[0].key.model]
@@ -580,6 +640,7 @@ def _submit_fits(
                 [design_futures[k] for k in used],
                 batches[batch_ids],
                 output,
+                chunks_dir / f"{task.chunk_id}.covariates.parquet" if task.covariate_rows else None,
                 key=f"fit-{task.chunk_id}-{run_token}",
             )
         )

@@ -95,7 +95,7 @@ def sufficient_statistics(
         filters = filter_layers(active, study, positions, work / "filters", log)
         futures = []
         for layer in study.layers:
-            analyses = [a for a in layer.analyses if a.key.model == "lm"]
+            analyses = [a for a in layer.analyses if a.key.model == "lm" and not a.levels]  # categorical exposures: no single slope to pool
             if not analyses:
                 continue
             layer_filter = filters[layer.spec.name]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,14 @@ from scalable_assoc.engine.prepare import PreparedAnalysis, read_design
 from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
-from scalable_assoc.models.fits import SlopeFits, withhold_rare_carriers
+from scalable_assoc.models.fits import FitStatus, SlopeFits, withhold_rare_carriers
 from scalable_assoc.models.lmm import VarianceComponents, fit_random_intercept
 from scalable_assoc.models.logistic import fit_logistic_designs
-from scalable_assoc.models.ols import fit_design_batch, prepare_block
+from scalable_assoc.models.ols import PreparedBlock, fit_design_batch, prepare_block
+from scalable_assoc.models.ols_terms import fit_terms, level_dummies
 from scalable_assoc.plan.schema import OlsOptions
-from scalable_assoc.results.partials import AnalysisLabels, fits_to_table
+from scalable_assoc.results.columns import COVARIATE_SCHEMA
+from scalable_assoc.results.partials import AnalysisLabels, categorical_to_table, covariate_table, fits_to_table
 from scalable_assoc.stats.transforms import (
     FeatureSummary,
     apply_transform,
@@ -226,6 +228,60 @@ def carrier_counts(present: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.count_nonzero(present[rows], axis=0)
 
 
+def _labels(analysis: PreparedAnalysis) -> AnalysisLabels:
+    a = analysis
+    return AnalysisLabels(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary, "+".join(a.dropped))
+
+
+def _exposure_columns(analysis: PreparedAnalysis) -> np.ndarray:
+    """``(n, J)``: a categorical exposure's level dummies, or the exposure itself."""
+    return level_dummies(analysis.exposure, len(analysis.levels)) if analysis.levels else analysis.exposure[:, None]
+
+
+def _fit_categorical(
+    layer: str, feature_ids: tuple[str, ...], by_key: dict[str, SharedDesign], batch: tuple[PreparedAnalysis, ...], prepared: PreparedBlock, present: np.ndarray
+) -> pa.Table:
+    """Categorical exposures (lm, lm_nonzero): the level dummies fitted jointly, one row per level and an omnibus F row.
+
+    ``present`` ``(N, m)`` bool: where the block's features are present, for the carrier rule.
+    """
+    tables = []
+    for analysis in batch:
+        shared = by_key[analysis.design_key]
+        if shared.clusters is not None:
+            raise ValueError(f"categorical exposure '{analysis.key.exposure}': no cluster-robust joint test")
+        fits = fit_terms(shared.design, level_dummies(analysis.exposure, len(analysis.levels)), prepared, shared.rows)
+        tables.append(
+            categorical_to_table(
+                layer, feature_ids, _labels(analysis), analysis.levels, fits, shared.design.problem,
+                carrier_counts(present, shared.rows), analysis.min_carriers, analysis.min_prevalence, analysis.key.model != "lm_nonzero",
+            )
+        )
+    return pa.concat_tables(tables)
+
+
+def covariate_rows(layer: str, feature_ids: tuple[str, ...], by_key: dict[str, SharedDesign], batch: tuple[PreparedAnalysis, ...], prepared: PreparedBlock) -> pa.Table:
+    """Every covariate's coefficient in each analysis's model ``feature ~ exposure + covariates``.
+
+    The same joint kernel with an intercept-only design and the exposure's
+    columns followed by the raw covariate columns as the terms of interest.
+    """
+    tables = [COVARIATE_SCHEMA.empty_table()]
+    for analysis in batch:
+        shared = by_key[analysis.design_key]
+        design = shared.design
+        if len(design.names) < 2:
+            continue
+        exposure = _exposure_columns(analysis)
+        intercept = factorise_covariates(np.ones((design.n, 1)), ("(intercept)",))
+        columns = np.hstack([exposure, design.raw_covariates()[:, 1:]])
+        fits = fit_terms(intercept, columns, prepared, shared.rows)
+        if design.problem is not None:
+            fits = replace(fits, status=np.full_like(fits.status, FitStatus.DESIGN_RANK_DEFICIENT))
+        tables.append(covariate_table(layer, feature_ids, _labels(analysis), design.names[1:], fits, exposure.shape[1], design.problem))
+    return pa.concat_tables(tables)
+
+
 def fit_chunk(
     layer: str,
     block: ModelBlock,
@@ -233,16 +289,27 @@ def fit_chunk(
     designs: list[SharedDesign],
     batch: tuple[PreparedAnalysis, ...],
     output: Path,
+    covariate_output: Path | None = None,
 ) -> dict[str, float | int | str]:
     """Fit every analysis of ``batch`` on every feature of ``block`` and write the rows to ``output``.
 
     ``designs`` are the factorised designs the batch's analyses use. Rows
     resting on fewer carriers than the plan's ``min_carriers`` (or below
     ``min_prevalence`` among the model's participants, with ``prevalence_within:
-    model``) keep their counts but lose their estimate.
+    model``) keep their counts but lose their estimate. With
+    ``covariate_output`` every covariate's coefficient rows go there, written
+    before ``output`` so that an existing ``output`` means both are complete.
     """
     started = time.perf_counter()
     by_key = {d.key: d for d in designs}
+    if covariate_output is not None:
+        write_parquet(Path(covariate_output), covariate_rows(layer, feature_ids, by_key, batch, prepare_block(block.values)))
+    if any(a.levels for a in batch):
+        if not all(a.levels for a in batch):
+            raise ValueError("a batch holds categorical exposures only, or none")
+        table = _fit_categorical(layer, feature_ids, by_key, batch, prepare_block(block.values), block.present)
+        write_parquet(Path(output), table)
+        return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}
     order = list(dict.fromkeys(a.design_key for a in batch))
     members = [[a for a in batch if a.design_key == key] for key in order]
     models = {a.key.model for a in batch}
@@ -267,10 +334,7 @@ def fit_chunk(
         slopes = withhold_rare_carriers(
             fit.slopes, n_present, group[0].min_carriers, group[0].min_prevalence, count_absent=model != "lm_nonzero"
         )
-        labels = [
-            AnalysisLabels(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary, "+".join(a.dropped))
-            for a in group
-        ]
+        labels = [_labels(a) for a in group]
         tables.append(fits_to_table(layer, feature_ids, labels, slopes, by_key[key].design.problem, fit.components, n_present))
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)

@@ -140,12 +140,18 @@ def _require_columns(
 
 @dataclass(frozen=True)
 class ExposureValues:
-    """An exposure over all metadata rows: ``values`` ``(n,)`` with NaN where a participant is in neither group."""
+    """An exposure over all metadata rows: ``values`` ``(n,)`` with NaN where a participant is in neither group.
+
+    For a categorical exposure ``values`` are codes into ``levels`` (every level, sorted) and
+    ``reference`` is the plan's reference level (None: the first level present).
+    """
 
     name: str
     values: np.ndarray
     binary: bool
     source_columns: tuple[str, ...]
+    levels: tuple[str, ...] = ()
+    reference: str | None = None
 
 
 def _evaluate_query(metadata: pd.DataFrame, path: Path, exposure: str, part: str, query: str) -> np.ndarray:
@@ -197,6 +203,8 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
     where = f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.column')"
     _require_columns(metadata, path, [spec.column], where)
     column = metadata[spec.column]
+    if spec.categorical:
+        return _categorical_exposure(column, path, spec, where)
     if not (pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype)):
         example = column.dropna().astype(str).unique()[:3]
         raise PlanError(
@@ -216,6 +224,23 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
                     "lower 'min_cases' in the plan, or pass --min-cases to this run (for this cohort only), if this is intended"
                 )
     return ExposureValues(spec.name, values, binary, (spec.column,))
+
+
+def _categorical_exposure(column: pd.Series, path: Path, spec: ExposureSpec, where: str) -> ExposureValues:
+    """Level codes of a categorical exposure (levels as text, sorted, as for categorical covariates)."""
+    defined = column.notna().to_numpy()
+    text = column.astype(str).to_numpy()
+    levels = tuple(sorted(set(text[defined])))
+    if len(levels) < 2:
+        raise PlanError(f"{where}: the categorical column '{spec.column}' of {path} has {len(levels)} level(s) ({', '.join(map(repr, levels))}); a joint test needs at least 2")
+    if spec.reference is not None and spec.reference not in levels:
+        raise PlanError(
+            f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.reference'): the reference level {spec.reference!r} is not a value of "
+            f"column '{spec.column}' in {path}.{_close_match(spec.reference, levels)} (levels: {', '.join(map(repr, levels))})"
+        )
+    codes = np.full(len(column), np.nan)
+    codes[defined] = pd.Index(levels).get_indexer(text[defined])
+    return ExposureValues(spec.name, codes, False, (str(spec.column),), levels, spec.reference)
 
 
 def check_covariates(

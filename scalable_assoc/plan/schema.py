@@ -81,12 +81,16 @@ class LayerSpec:
 
 @dataclass(frozen=True)
 class ExposureSpec:
-    """A binary exposure (``cases``/``controls`` queries) or a numeric ``column``."""
+    """A binary exposure (``cases``/``controls`` queries) or a ``column``: numeric, or categorical (tested jointly)."""
 
     name: str
     cases: str | None = None
     controls: str | None = None
     column: str | None = None
+    #: the column's values are levels: one dummy per non-reference level, tested jointly by an F test
+    categorical: bool = False
+    #: the categorical exposure's reference level (None: the first level in sorted order)
+    reference: str | None = None
 
     @property
     def is_query(self) -> bool:
@@ -316,11 +320,19 @@ def _parse_exposures(source: Path, raw: Any) -> tuple[ExposureSpec, ...]:
     exposures = []
     for name, value in raw.items():
         key = f"exposures.{name}"
-        value = _check_keys(source, key, value, ("cases", "controls", "column"))
+        value = _check_keys(source, key, value, ("cases", "controls", "column", "categorical", "reference"))
+        categorical = value.get("categorical", False)
+        if not isinstance(categorical, bool):
+            raise PlanError(f"{_where(source, key + '.categorical')}: expected true or false, got {categorical!r}")
+        if (categorical or "reference" in value) and "column" not in value:
+            raise PlanError(f"{_where(source, key)}: 'categorical' and 'reference' apply to a 'column' exposure, not to cases/controls queries")
+        if "reference" in value and not categorical:
+            raise PlanError(f"{_where(source, key + '.reference')}: a reference level needs 'categorical: true'")
         if "column" in value:
             if "cases" in value or "controls" in value:
                 raise PlanError(f"{_where(source, key)}: give either 'column' or 'cases' and 'controls', not both")
-            exposures.append(ExposureSpec(str(name), column=_string(source, key + ".column", value["column"])))
+            reference = str(value["reference"]) if value.get("reference") is not None else None
+            exposures.append(ExposureSpec(str(name), column=_string(source, key + ".column", value["column"]), categorical=categorical, reference=reference))
         elif "cases" in value and "controls" in value:
             exposures.append(
                 ExposureSpec(
@@ -425,6 +437,39 @@ def _parse_analyses(source: Path, raw: Any, plan_exposures: tuple[str, ...], pla
     return tuple(selections)
 
 
+#: Models that fit a categorical exposure's level dummies jointly (one row per level and an F test).
+CATEGORICAL_EXPOSURE_MODELS = ("lm", "lm_nonzero")
+
+
+def _check_categorical_models(
+    source: Path, exposures: tuple[ExposureSpec, ...], layers: tuple[LayerSpec, ...], analyses: tuple[AnalysisSelection, ...], cluster: str | None
+) -> None:
+    """A categorical exposure runs under the OLS models only, with classical standard errors."""
+    for exposure in exposures:
+        if not exposure.categorical:
+            continue
+        for selection in analyses:
+            if exposure.name not in selection.exposures:
+                continue
+            for layer in layers:
+                if layer.name not in selection.layers:
+                    continue
+                for model in layer.models:
+                    if model not in CATEGORICAL_EXPOSURE_MODELS:
+                        raise PlanError(
+                            f"{_where(source, 'exposures.' + exposure.name + '.categorical')}: the categorical exposure '{exposure.name}' "
+                            f"cannot be analysed with model '{model}' (layer '{layer.name}'): its levels are tested jointly by OLS models "
+                            f"only ({', '.join(CATEGORICAL_EXPOSURE_MODELS)}). Leave '{model}' out for this exposure (an 'analyses' block "
+                            "per layer) or define one cases/controls exposure per level."
+                        )
+                if cluster is not None:
+                    raise PlanError(
+                        f"{_where(source, 'exposures.' + exposure.name + '.categorical')}: the categorical exposure '{exposure.name}' "
+                        f"cannot be combined with 'cluster: {cluster}': its joint F test assumes independent participants "
+                        "(no cluster-robust version yet)"
+                    )
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe loader that refuses a key repeated in one mapping.
 
@@ -524,6 +569,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
     analyses = _parse_analyses(
         source, raw.get("analyses"), tuple(e.name for e in exposures), tuple(adjustments), tuple(layer.name for layer in layers)
     )
+    _check_categorical_models(source, exposures, layers, analyses, cluster)
     return Plan(
         name=name,
         source=source,

@@ -43,7 +43,7 @@ RESULT_COLUMNS: tuple[Column, ...] = (
         pa.float64(),
         "two-sided p-value: Student t with n - rank degrees of freedom for OLS and lmm; for cluster-robust lm / lm_nonzero, "
         "t with G - 1 degrees of freedom (G clusters with a value of the feature), or the normal with reference: normal; "
-        "the normal for a Wald z",
+        "the normal for a Wald z; on a categorical exposure's omnibus row, the F test's p (all levels jointly, see f_statistic)",
     ),
     Column("q", pa.float64(), "Benjamini-Hochberg adjusted p within the plan's fdr.by family; null where p is null"),
     Column("status", pa.string(), "'ok', or why there is no estimate (constant feature, too few values, rank-deficient design ...)"),
@@ -53,11 +53,35 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("cluster_variance", pa.float64(), "lmm: REML between-cluster (random-intercept) variance sigma_u^2, in squared transformed-abundance units; null for other models and rows without an estimate"),
     Column("residual_variance", pa.float64(), "lmm: REML residual (within-cluster) variance sigma_e^2; null for other models and rows without an estimate"),
     Column("icc", pa.float64(), "lmm: intraclass correlation cluster_variance / (cluster_variance + residual_variance), in [0, 1] (0 at the boundary fit, which is classical OLS); null for other models and rows without an estimate"),
+    Column(
+        "f_statistic",
+        pa.float64(),
+        "categorical exposure, omnibus row (exposure = the plan name; beta, se, t null): F = ((RSS_covariates - RSS_full) / (L - 1)) / "
+        "(RSS_full / (n - rank)), the L - 1 level dummies tested jointly, p from F(L - 1, n - rank); null on every other row",
+    ),
 )
 
 RESULT_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in RESULT_COLUMNS])
 #: The partial files written by tasks carry every column but ``q`` (computed over whole families).
 PARTIAL_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in RESULT_COLUMNS if c.name != "q"])
+
+
+#: Columns of ``covariate_results.parquet`` (``run --covariate-rows``): every covariate's coefficient in each lm model.
+COVARIATE_COLUMNS: tuple[Column, ...] = (
+    Column("layer", pa.string(), "abundance layer"),
+    Column("feature", pa.string(), "feature ID"),
+    Column("exposure", pa.string(), "exposure name (plan exposures key) of the model"),
+    Column("adjustment", pa.string(), "adjustment set name of the model"),
+    Column("model", pa.string(), "lm"),
+    Column("term", pa.string(), "design column: a covariate ('age') or a categorical covariate's level dummy ('sex[male]')"),
+    Column("beta", pa.float64(), "the term's coefficient in the model feature ~ exposure + covariates (feature units per covariate unit)"),
+    Column("se", pa.float64(), "standard error of beta"),
+    Column("t", pa.float64(), "beta / se"),
+    Column("p", pa.float64(), "two-sided p-value, Student t with n - rank degrees of freedom"),
+    Column("n", pa.int64(), "participants in this feature's model"),
+    Column("status", pa.string(), "'ok', or why there is no estimate"),
+)
+COVARIATE_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in COVARIATE_COLUMNS])
 
 
 def column_reference_markdown() -> str:

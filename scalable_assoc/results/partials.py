@@ -8,9 +8,10 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from scalable_assoc.models.fits import STATUS_TEXT, FitStatus, SlopeFits
+from scalable_assoc.models.fits import STATUS_TEXT, FitStatus, SlopeFits, withhold_rare_carriers
 from scalable_assoc.models.lmm import VarianceComponents
-from scalable_assoc.results.columns import PARTIAL_SCHEMA
+from scalable_assoc.models.ols_terms import TermFits
+from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 
 
 class AnalysisLabels(NamedTuple):
@@ -33,6 +34,7 @@ def fits_to_table(
     design_problem: str | None,
     components: VarianceComponents | None = None,
     n_present: np.ndarray | None = None,
+    f_statistic: np.ndarray | None = None,
 ) -> pa.Table:
     """Rows for ``k`` analyses x ``m`` features, analysis-major.
 
@@ -42,6 +44,7 @@ def fits_to_table(
     and ``icc`` where the fit is OK; those columns are null everywhere else.
     ``n_present`` ``(k, m)`` counts each row's model participants with the feature
     present (null where not given).
+    ``f_statistic`` (``(k, m)``, categorical exposures' omnibus rows only) likewise.
     """
     k, m = fits.beta.shape
     status_lookup = np.array([STATUS_TEXT[FitStatus(code)] for code in range(len(FitStatus))], dtype=object)
@@ -85,5 +88,88 @@ def fits_to_table(
         "cluster_variance": variance_column(None if components is None else components.sigma_u2),
         "residual_variance": variance_column(None if components is None else components.sigma_e2),
         "icc": variance_column(None if components is None else components.icc),
+        "f_statistic": variance_column(f_statistic),
     }
     return pa.table(columns, schema=PARTIAL_SCHEMA)
+
+
+def _status_text(status: np.ndarray, design_problem: str | None) -> list[str]:
+    lookup = np.array([STATUS_TEXT[FitStatus(code)] for code in range(len(FitStatus))], dtype=object)
+    if design_problem is not None:
+        lookup[FitStatus.DESIGN_RANK_DEFICIENT] = design_problem
+    return lookup[status.ravel().astype(np.intp)].tolist()  # type: ignore[no-any-return]
+
+
+def categorical_to_table(
+    layer: str,
+    feature_ids: Sequence[str],
+    label: AnalysisLabels,
+    levels: Sequence[str],
+    fits: TermFits,
+    design_problem: str | None,
+    n_present: np.ndarray | None = None,
+    min_carriers: int = 0,
+    min_prevalence: float = 0.0,
+    count_absent: bool = True,
+) -> pa.Table:
+    """Rows of one categorical exposure: one per non-reference level (``exposure[level]``), then the omnibus row.
+
+    ``levels`` start with the reference; ``fits`` hold the ``L - 1`` level dummies'
+    coefficients and their joint F test. The omnibus row (exposure = the plan name)
+    has null beta, se and t, the F test's p and ``f_statistic``. With ``n_present``
+    ``(m,)`` (carriers among the model's participants) every row of a feature
+    resting on too few carriers loses its estimate (:func:`withhold_rare_carriers`).
+    """
+    n_terms, m = fits.beta.shape
+    if n_terms != len(levels) - 1:
+        raise ValueError(f"{n_terms} level coefficients for {len(levels)} levels")
+    no_cases = np.full((n_terms, m), -1, dtype=np.int64)
+    per_level = SlopeFits(
+        fits.beta, fits.se, fits.t, fits.p, np.broadcast_to(fits.n, (n_terms, m)).copy(), no_cases, no_cases.copy(),
+        np.broadcast_to(fits.status, (n_terms, m)).copy(),
+    )
+    level_labels = [label._replace(exposure=f"{label.exposure}[{level}]") for level in levels[1:]]
+    nothing = np.full((1, m), np.nan)
+    omnibus = SlopeFits(
+        nothing, nothing.copy(), nothing.copy(), fits.f_p[None].copy(), fits.n[None].copy(), no_cases[:1].copy(), no_cases[:1].copy(), fits.status[None].copy()
+    )
+    carriers = None
+    if n_present is not None:
+        carriers = np.asarray(n_present, dtype=np.int64)
+        per_level = withhold_rare_carriers(per_level, np.broadcast_to(carriers, (n_terms, m)), min_carriers, min_prevalence, count_absent)
+        omnibus = withhold_rare_carriers(omnibus, carriers[None], min_carriers, min_prevalence, count_absent)
+    return pa.concat_tables(
+        [
+            fits_to_table(layer, feature_ids, level_labels, per_level, design_problem, n_present=None if carriers is None else np.broadcast_to(carriers, (n_terms, m))),
+            fits_to_table(layer, feature_ids, [label], omnibus, design_problem, f_statistic=fits.f_statistic[None], n_present=None if carriers is None else carriers[None]),
+        ]
+    )
+
+
+def covariate_table(
+    layer: str, feature_ids: Sequence[str], label: AnalysisLabels, terms: Sequence[str], fits: TermFits, first: int, design_problem: str | None
+) -> pa.Table:
+    """Coefficient rows of ``terms`` (rows ``first:`` of ``fits``) for every feature, term-major."""
+    k, m = len(terms), len(feature_ids)
+    take = slice(first, first + k)
+    not_ok = np.broadcast_to(fits.status != FitStatus.OK, (k, m)).ravel()
+
+    def statistic(values: np.ndarray) -> pa.Array:
+        flat = values[take].ravel()
+        return pa.array(flat, pa.float64(), mask=not_ok | ~np.isfinite(flat))
+
+    columns = {
+        "layer": pa.array([layer] * (k * m), pa.string()),
+        "feature": pa.array(list(feature_ids) * k, pa.string()),
+        "exposure": pa.array([label.exposure] * (k * m), pa.string()),
+        "adjustment": pa.array([label.adjustment] * (k * m), pa.string()),
+        "model": pa.array([label.model] * (k * m), pa.string()),
+        "term": pa.array(np.repeat(list(terms), m).tolist(), pa.string()),
+        "beta": statistic(fits.beta),
+        "se": statistic(fits.se),
+        "t": statistic(fits.t),
+        "p": statistic(fits.p),
+        "n": pa.array(np.tile(fits.n, k), pa.int64()),
+        "status": pa.array(_status_text(np.tile(fits.status, k), design_problem), pa.string()),
+    }
+    return pa.table(columns, schema=COVARIATE_SCHEMA)

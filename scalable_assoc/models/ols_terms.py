@@ -1,0 +1,215 @@
+"""Batched OLS for a block of ``J`` terms of interest jointly: coefficients, covariances and an F test.
+
+Model for every feature ``j`` of one covariate design::
+
+    y_j = Z gamma_j + X theta_j + error,    error ~ N(0, sigma_j^2)
+
+over the design's participants, minus those whose value of feature ``j`` is
+missing. ``Z`` are the design's covariates (intercept first), ``X`` the ``J``
+columns of interest: the dummies of a categorical exposure's non-reference
+levels, or (with an intercept-only design) an exposure and every covariate, so
+that each covariate gets its own coefficient row.
+
+Method. ``Q`` is the orthonormal basis of ``Z`` (the design's QR); the columns
+of interest with ``Z`` projected out factor as ``X_r = U R``, so ``B = [Q, U]``
+is an orthonormal basis of the full design and ``theta = R^-1 g_U`` where ``g``
+are the coefficients on ``B``. Every feature's products ``B'y`` are one matrix
+product; a feature without missing values has Gram matrix ``I``; one with
+missing values has ``B' diag(present) B``, built for all such features by one
+sparse (or dense) product and solved as a stack of small systems. Residual sums
+of squares are computed from explicit residuals, and the extra sum of squares
+of the F test as ``|fitted_full - fitted_reduced|^2`` over the present rows (the
+two fits differ by a vector orthogonal to the full residual), so neither loses
+digits by cancellation.
+
+Pure numpy/scipy: no Dask, no files, no pandas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+import scipy.stats
+
+from scalable_assoc.models.design import CovariateDesign, project_out
+from scalable_assoc.models.fits import FitStatus, two_sided_p
+from scalable_assoc.models.ols import PreparedBlock, prepare_block
+
+#: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below which it counts as singular.
+_GRAM_SINGULAR = 1e-10
+#: A column of interest whose residual (covariates and earlier columns projected out) is below this
+#: fraction of its centred norm counts as collinear.
+_COLLINEAR = 1e-8
+#: Centred sum of squares below this fraction of y'y: the feature is constant.
+_CONSTANT = 1e-12
+#: Missing cells above this fraction of the design's cells: Gram matrices from the present rows
+#: (one dense product) rather than the identity minus a sum over the missing cells.
+_DENSE_MISSING = 0.25
+
+
+@dataclass(frozen=True)
+class TermFits:
+    """``J`` coefficients of interest for ``m`` features, and the joint F test of all of them.
+
+    ``beta``, ``se``, ``t``, ``p`` are ``(J, m)``: each column of interest's
+    coefficient in the joint model, its standard error, ``beta / se`` and the
+    two-sided p from Student's t with ``df`` degrees of freedom. ``covariance``
+    is ``(m, J, J)``. ``f_statistic`` and ``f_p`` (``(m,)``) test all ``J``
+    coefficients jointly against the covariates-only model:
+    ``F = ((rss_reduced - rss_full) / J) / (rss_full / df)`` on ``(J, df)``
+    degrees of freedom, ``df = n - rank(Z) - J``. ``status`` is ``(m,)``; every
+    statistic of a feature whose status is not OK is NaN.
+    """
+
+    beta: np.ndarray
+    se: np.ndarray
+    t: np.ndarray
+    p: np.ndarray
+    covariance: np.ndarray
+    f_statistic: np.ndarray
+    f_p: np.ndarray
+    rss_full: np.ndarray
+    rss_reduced: np.ndarray
+    df: np.ndarray
+    n: np.ndarray
+    status: np.ndarray
+
+
+def _interest_basis(q: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``(U, R, collinear)``: ``columns - Q Q'columns = U R``, U orthonormal, R upper triangular."""
+    residual = project_out(q, columns)
+    centred = np.linalg.norm(columns - columns.mean(axis=0), axis=0)
+    scale = np.where(centred > 0, centred, 1.0)
+    u, r_unit = scipy.linalg.qr(residual / scale, mode="economic")
+    collinear = bool(np.any(np.abs(np.diag(r_unit)) <= _COLLINEAR) or np.any(centred == 0))
+    return u, r_unit * scale, collinear
+
+
+def fit_terms(
+    design: CovariateDesign,
+    columns: np.ndarray,
+    block: PreparedBlock | np.ndarray,
+    rows: np.ndarray | None = None,
+) -> TermFits:
+    """Fit ``feature ~ covariates + columns`` for every feature of a block; test ``columns`` jointly.
+
+    Parameters
+    ----------
+    design:
+        The factorised covariate design of its ``n`` participants (intercept included).
+    columns:
+        ``(n, J)`` columns of interest over the design's participants, no missing values.
+    block:
+        ``(N, m)`` transformed feature values of all ``N`` participants of the layer
+        (NaN = missing: that participant is left out for that feature only), or the
+        same passed through :func:`~scalable_assoc.models.ols.prepare_block`.
+    rows:
+        ``(n,)`` positions of the design's participants among the ``N`` rows; None
+        when the block holds exactly the design's participants.
+    """
+    prepared = block if isinstance(block, PreparedBlock) else prepare_block(block)
+    rows = np.arange(prepared.shape[0]) if rows is None else np.asarray(rows)
+    columns = np.asarray(columns, dtype=np.float64)
+    if columns.ndim != 2 or columns.shape[0] != rows.size or design.n != rows.size:
+        raise ValueError(f"columns have shape {columns.shape}; the design has {design.n} participants and rows {rows.size}")
+    if not np.all(np.isfinite(columns)):
+        raise ValueError("columns of interest must be finite")
+    n_terms = columns.shape[1]
+    m = prepared.shape[1]
+    values = prepared.values[rows]  # (n, m), zero where missing
+    present = ~prepared.missing[rows]
+    n_used = present.sum(axis=0).astype(np.int64)
+    beta = np.full((n_terms, m), np.nan)
+    covariance = np.full((m, n_terms, n_terms), np.nan)
+    rss_full = np.full(m, np.nan)
+    extra = np.full(m, np.nan)
+    status = np.zeros(m, dtype=np.int8)
+    rank = design.rank
+    df = (n_used - rank - n_terms).astype(np.float64)
+
+    def finish() -> TermFits:
+        not_ok = status != FitStatus.OK
+        beta[:, not_ok] = np.nan
+        covariance[not_ok] = np.nan
+        with np.errstate(invalid="ignore", divide="ignore"):
+            se = np.sqrt(np.einsum("mjj->jm", covariance))
+            t = beta / se
+            f_statistic = np.where(not_ok, np.nan, extra / n_terms / (rss_full / df))
+        p = np.full((n_terms, m), np.nan)
+        ok = ~not_ok
+        p[:, ok] = two_sided_p(t[:, ok], np.broadcast_to(df[ok], (n_terms, int(ok.sum()))))
+        f_p = np.full(m, np.nan)
+        f_p[ok] = scipy.stats.f.sf(f_statistic[ok], n_terms, df[ok])
+        rss = np.where(ok, rss_full, np.nan)
+        return TermFits(beta, se, t, p, covariance, f_statistic, f_p, rss, rss + np.where(ok, extra, np.nan), df, n_used, status)
+
+    if design.problem is not None:
+        status[:] = FitStatus.DESIGN_RANK_DEFICIENT
+        return finish()
+    q = design.q
+    u, r_factor, collinear = _interest_basis(q, columns)
+    if collinear:
+        status[:] = FitStatus.EXPOSURE_COLLINEAR
+        return finish()
+    basis = np.hstack([q, u])  # (n, w), orthonormal
+    width = basis.shape[1]
+    projections = basis.T @ values  # (w, m)
+    sum_squares = np.einsum("ij,ij->j", values, values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred_ss = sum_squares - values.sum(axis=0) ** 2 / n_used
+    constant = ~(centred_ss > _CONSTANT * sum_squares)
+
+    gamma = projections.copy()  # coefficients on B, full model
+    reduced = projections[:rank].copy()  # coefficients on Q, covariates only
+    inverse_interest = np.broadcast_to(np.eye(n_terms), (m, n_terms, n_terms)).copy()  # [G^-1]_UU
+    missing_count = rows.size - n_used
+    masked = np.flatnonzero(missing_count > 0)
+    singular = np.zeros(m, dtype=bool)
+    if masked.size:
+        upper_r, upper_c = np.triu_indices(width)
+        pairs = basis[:, upper_r] * basis[:, upper_c]  # (n, pairs)
+        if missing_count[masked].sum() > _DENSE_MISSING * rows.size * masked.size:
+            gram_flat = (pairs.T @ present[:, masked].astype(np.float64)).T  # (masked, pairs)
+        else:
+            miss_rows, miss_cols = np.nonzero(~present[:, masked])
+            indicator = scipy.sparse.csr_matrix((np.ones(miss_rows.size), (miss_cols, miss_rows)), shape=(masked.size, rows.size))
+            gram_flat = (upper_r == upper_c).astype(np.float64) - np.asarray(indicator @ pairs)
+        gram = np.zeros((masked.size, width, width))
+        gram[:, upper_r, upper_c] = gram_flat
+        gram[:, upper_c, upper_r] = gram_flat
+        bad = np.linalg.eigvalsh(gram)[:, 0] <= _GRAM_SINGULAR
+        singular[masked] = bad
+        safe = np.where(bad[:, None, None], np.eye(width), gram)
+        inverse = np.linalg.inv(safe)
+        gamma[:, masked] = np.einsum("mij,jm->im", inverse, projections[:, masked])
+        reduced[:, masked] = np.linalg.solve(safe[:, :rank, :rank], projections[:rank, masked].T[:, :, None])[:, :, 0].T
+        inverse_interest[masked] = inverse[:, rank:, rank:]
+
+    fitted_full = basis @ gamma
+    fitted_reduced = q @ reduced
+    residual = (values - fitted_full) * present
+    rss_full[:] = np.einsum("ij,ij->j", residual, residual)
+    difference = (fitted_full - fitted_reduced) * present
+    extra[:] = np.einsum("ij,ij->j", difference, difference)
+
+    # theta = R^-1 g_U, and its covariance sigma^2 R^-1 [G^-1]_UU R^-T.
+    r_inverse = scipy.linalg.solve_triangular(r_factor, np.eye(n_terms))
+    beta[:] = r_inverse @ gamma[rank:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma2 = rss_full / df
+    covariance[:] = np.einsum("ab,mbc,dc->mad", r_inverse, inverse_interest, r_inverse) * sigma2[:, None, None]
+
+    status[singular] = FitStatus.FEATURE_RANK_DEFICIENT
+    too_few = ~(df >= 1)
+    status[too_few] = FitStatus.TOO_FEW_VALUES
+    status[constant & ~too_few] = FitStatus.CONSTANT_FEATURE
+    return finish()
+
+
+def level_dummies(codes: np.ndarray, n_levels: int) -> np.ndarray:
+    """``(n, n_levels - 1)`` 0/1 dummies of levels ``1..n_levels-1`` for integer codes (0 = reference)."""
+    codes = np.asarray(codes)
+    return (codes[:, None] == np.arange(1, n_levels)[None, :]).astype(np.float64)
