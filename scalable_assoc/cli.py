@@ -13,24 +13,23 @@ from scalable_assoc import __version__
 from scalable_assoc.errors import UserInputError
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    if value < minimum:
+        what = "a positive whole number" if minimum == 1 else f"a whole number of at least {minimum}"
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected zero or a positive whole number, got {value}")
-    return value
+    return _whole_number(text, 0)
 
 
 def _parser() -> argparse.ArgumentParser:

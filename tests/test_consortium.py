@@ -342,7 +342,7 @@ def _transformed_by_run(folder: Path, run_dir: Path, features: Path | None, clie
     """The run's transformed species values (samples x kept features), from its own cached filter and sums."""
     from scalable_assoc.engine.prepare import prepare_study
     from scalable_assoc.engine.run import WORK_DIR, _put, filter_layers
-    from scalable_assoc.engine.tasks import block_view
+    from scalable_assoc.engine.tasks import model_block
     from scalable_assoc.plan.schema import load_plan
 
     work = run_dir / WORK_DIR
@@ -354,7 +354,7 @@ def _transformed_by_run(folder: Path, run_dir: Path, features: Path | None, clie
     layer = study.layers[0]
     f = filters["species"]
     blocks = [
-        block_view(layer.store.path, start, stop, layer.sample_positions, kept, "transformed", "clr", f.pseudocount, f.sample_totals, 0.0)
+        model_block(layer.store.path, start, stop, layer.sample_positions, kept, "transformed", "clr", f.pseudocount, f.sample_totals, 0.0).values
         for (start, stop), kept in zip(layer.store.block_bounds(), f.kept, strict=True)
         if kept.any()
     ]

@@ -40,7 +40,7 @@ from distributed import Client, as_completed
 from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
-from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, sum_block, summarise_block
+from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, model_block_key, sum_block, summarise_block
 from scalable_assoc.errors import DataError, PlanError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
@@ -625,7 +625,7 @@ def _submit_fits(
             blocks[(view, task.block_index)] = client.submit(
                 model_block, layer.store.path, start, stop, positions, kept, view, preprocess.transform,
                 layer_filter.pseudocount, totals_futures[view], layer.spec.presence_threshold,
-                key=f"model-block-{view}-{token}-{task.block_index}",
+                key=model_block_key(view, token, task.block_index),
             )
         batch_ids = tuple(a.key.analysis_id for a in task.analyses)
         if batch_ids not in batches:

@@ -13,28 +13,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 from distributed import Client, as_completed
 
 from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
 from scalable_assoc.engine.run import WORK_DIR, _layer_token, _put, _stderr, filter_layers
-from scalable_assoc.engine.tasks import block_view
+from scalable_assoc.engine.tasks import ModelBlock, model_block, model_block_key
 from scalable_assoc.errors import DataError
 from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
 from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, RunOutputs, cross_products_table, read_run
 
 
-def sufficient_chunk(layer: str, block: np.ndarray, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]) -> pa.Table:
+def sufficient_chunk(layer: str, block: ModelBlock, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]) -> pa.Table:
     """Centred cross-products of every analysis of one design on every feature of one block.
 
-    ``block`` is the run's transformed view ``(n_used, m)``; ``design_path`` the
+    ``block`` holds the run's transformed view ``(n_used, m)``; ``design_path`` the
     design file written by the run (participant rows and covariate matrix).
     """
     design = read_design(Path(design_path))
     covariates, names = with_reference_dummies(design.matrix, design.names, design.references)
-    outcome = block[design.rows]
+    outcome = block.values[design.rows]
     tables = []
     for analysis in analyses:
         products = centred_cross_products(analysis.exposure, covariates, analysis.binary, outcome)
@@ -111,9 +110,9 @@ def sufficient_statistics(
                 if not kept.any():
                     continue
                 block = active.submit(
-                    block_view, layer.store.path, start, stop, positions[layer.spec.name], kept, "transformed",
+                    model_block, layer.store.path, start, stop, positions[layer.spec.name], kept, "transformed",
                     layer.spec.preprocess.transform, layer_filter.pseudocount, totals, layer.spec.presence_threshold,
-                    key=f"block-transformed-{token}-{index}",
+                    key=model_block_key("transformed", token, index),
                 )
                 for key in groups:
                     futures.append(

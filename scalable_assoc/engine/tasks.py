@@ -44,7 +44,7 @@ def summarise_block(store_path: Path, start: int, stop: int, sample_positions: n
     return feature_summary(read_block(store_path, start, stop, sample_positions))
 
 
-#: Which view of a block each model reads (see :func:`block_view`).
+#: Which view of a block each model reads (see :func:`model_block`).
 MODEL_VIEWS = {"lm": "transformed", "lmm": "transformed", "lm_nonzero": "nonzero", "prevalence": "presence"}
 
 
@@ -72,7 +72,7 @@ def sum_block(
 def _view_of(
     raw: np.ndarray, view: str, transform: str, pseudocount: float, sample_totals: tuple[np.ndarray, np.ndarray] | None, presence_threshold: float
 ) -> np.ndarray:
-    """One view of raw kept values (see :func:`block_view`)."""
+    """One view of raw kept values (see :func:`model_block`)."""
     if view == "presence":
         return presence_indicator(raw, presence_threshold)
     total, count = sample_totals if sample_totals is not None else (None, None)
@@ -81,33 +81,16 @@ def _view_of(
     return apply_transform(raw, transform, pseudocount, total, count)
 
 
-def block_view(
-    store_path: Path,
-    start: int,
-    stop: int,
-    sample_positions: np.ndarray,
-    kept: np.ndarray,
-    view: str,
-    transform: str,
-    pseudocount: float,
-    sample_totals: tuple[np.ndarray, np.ndarray] | None,
-    presence_threshold: float,
-) -> np.ndarray:
-    """One view of the block's kept features, ``(n_used, kept.sum())``.
-
-    ``transformed``: the layer's transform (lm, lmm); ``nonzero``: the transform
-    of present values only, absent ones missing (lm_nonzero; CLR and log need no
-    pseudocount); ``presence``: 1/0/NaN indicators of the raw values (prevalence).
-    """
-    raw = read_block(store_path, start, stop, sample_positions)[:, kept]
-    return _view_of(raw, view, transform, pseudocount, sample_totals, presence_threshold)
+def model_block_key(view: str, layer_token: str, block_index: int) -> str:
+    """The Dask key of :func:`model_block` for one view of one block: the run and the export share it."""
+    return f"model-block-{view}-{layer_token}-{block_index}"
 
 
 @dataclass(frozen=True)
 class ModelBlock:
     """What a fit task reads of a block: a model's view and where the features are present.
 
-    ``values`` ``(N, m)``: the view (:func:`block_view`); ``present`` ``(N, m)``
+    ``values`` ``(N, m)``: the view (:func:`model_block`); ``present`` ``(N, m)``
     bool: the raw value is above the presence threshold (False where missing),
     from which every row's carrier count is taken whatever the model's view.
     """
@@ -128,7 +111,13 @@ def model_block(
     sample_totals: tuple[np.ndarray, np.ndarray] | None,
     presence_threshold: float,
 ) -> ModelBlock:
-    """:func:`block_view` and the block's presence, from one read of the store."""
+    """One view of the block's kept features and where they are present, from one read of the store.
+
+    Views, ``(n_used, kept.sum())``: ``transformed``, the layer's transform (lm,
+    lmm); ``nonzero``, the transform of present values only, absent ones
+    missing (lm_nonzero; CLR and log need no pseudocount); ``presence``, 1/0/NaN
+    indicators of the raw values (prevalence).
+    """
     raw = read_block(store_path, start, stop, sample_positions)[:, kept]
     with np.errstate(invalid="ignore"):
         present = raw > presence_threshold
