@@ -304,17 +304,23 @@ def plan_yaml(models: Sequence[str] | None = None, cluster: str | None = None) -
 
     ``simulate_study`` always writes plain :data:`PLAN_YAML`; tests of the opt-in
     models write this text over it (e.g. ``plan_yaml(["lm", "lmm"], "family_id")``).
+    With a cluster, the OLS models among ``models`` ask for cluster-robust standard
+    errors (``lm: {se: cluster}``): families share their microbiome, and a cluster
+    column no model uses would only be warned about.
     """
     text = PLAN_YAML
     if models:
         text += f"models: [{', '.join(models)}]\n"
     if cluster:
         text += f"cluster: {cluster}\n"
+        for model in ("lm", "lm_nonzero"):
+            if model in (models or ("lm",)):
+                text += f"{model}: {{se: cluster}}\n"
     return text
 
 
 PLAN_YAML_WITH_MODELS = plan_yaml(["lm", "lm_nonzero", "prevalence"], "family_id")
-"""The plan with ``models: [lm, lm_nonzero, prevalence]`` and ``cluster: family_id``."""
+"""The plan with ``models: [lm, lm_nonzero, prevalence]``, ``cluster: family_id`` and cluster-robust OLS standard errors."""
 
 # --------------------------------------------------------------------------------------
 # Taxonomy.  MetaPhlAn 4 (mpa_vJan21) style lineages down to family.

@@ -374,7 +374,7 @@ def test_standard_error_options_change_chunk_ids(small_study: SimulatedStudy, tm
     ids = {}
     for options in ("", "lm: {se: cluster}\n", "lm: {se: cluster, reference: normal}\n"):
         plan = small_study.out_dir / "options_plan.yaml"
-        plan.write_text(plan_yaml(models=["lm"], cluster="family_id") + "min_cases: 3\n" + options)
+        plan.write_text(plan_yaml(models=["lm"]) + "cluster: family_id\nmin_cases: 3\n" + options)
         study = prepare_study(load_plan(plan), tmp_path / "stores", log=lambda _: None)
         ids[options] = {task.chunk_id for task in chunk_tasks(study, 8)}
     first, *others = ids.values()

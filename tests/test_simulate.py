@@ -169,10 +169,13 @@ def test_plan_with_models(small: SimulatedStudy) -> None:
     # plan.yaml stays the lm-only plan; the opt-in models come as extra lines.
     assert small.plan_path.read_text() == PLAN_YAML == plan_yaml()
     assert PLAN_YAML_WITH_MODELS.startswith(PLAN_YAML)
-    assert PLAN_YAML_WITH_MODELS[len(PLAN_YAML):] == "models: [lm, lm_nonzero, prevalence]\ncluster: family_id\n"
+    assert PLAN_YAML_WITH_MODELS[len(PLAN_YAML):] == (
+        "models: [lm, lm_nonzero, prevalence]\ncluster: family_id\nlm: {se: cluster}\nlm_nonzero: {se: cluster}\n"
+    )
     plan = yaml.safe_load(PLAN_YAML_WITH_MODELS)
     assert plan["models"] == ["lm", "lm_nonzero", "prevalence"] and plan["cluster"] == "family_id"
-    assert {k: v for k, v in plan.items() if k not in ("models", "cluster")} == yaml.safe_load(PLAN_YAML)
+    assert plan["lm"] == plan["lm_nonzero"] == {"se": "cluster"}
+    assert {k: v for k, v in plan.items() if k not in ("models", "cluster", "lm", "lm_nonzero")} == yaml.safe_load(PLAN_YAML)
     assert plan["cluster"] in read_meta(small.out_dir).columns
     assert yaml.safe_load(plan_yaml(["lm", "lmm"], "family_id"))["models"] == ["lm", "lmm"]
     assert "cluster" not in yaml.safe_load(plan_yaml(["lm", "prevalence"]))
