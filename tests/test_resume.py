@@ -127,3 +127,26 @@ def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Clie
     third = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
     assert third.chunks_reused == third.chunks_total
     assert_results_equal(complete, out, relative=0.0)
+
+
+def test_a_new_alpha_or_name_reuses_every_chunk(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
+    """Chunk ids hash only what changes a chunk's rows: a rerun with a new FDR threshold or study name costs no fit."""
+    out = tmp_path / "out"
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=_quiet)
+    assert first.chunks_reused == 0
+    text = small_study.plan_path.read_text()
+    changed = tmp_path / "study" / "plan.yaml"
+    changed.parent.mkdir()
+    for name in ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv"):
+        (changed.parent / name).symlink_to(small_study.out_dir / name)
+    assert "alpha: 0.05}" in text
+    changed.write_text(text.replace("name: lifelines-internalizing", "name: renamed-study").replace("alpha: 0.05}", "alpha: 0.2}"))
+    second = run_study(changed, out, client=client, chunk_features=16, log=_quiet)
+    assert second.chunks_total == first.chunks_total and second.chunks_reused == second.chunks_total
+    assert second.manifest["plan_name"] == "renamed-study"
+    # The same rows, with q thresholded at the new alpha by whoever reads them.
+    assert first.results[["feature", "beta", "p", "q"]].equals(second.results[["feature", "beta", "p", "q"]])
+    # A changed model option does change them.
+    changed.write_text(text + "min_carriers: 5\n")
+    third = run_study(changed, out, client=client, chunk_features=16, log=_quiet)
+    assert third.chunks_reused == 0

@@ -103,7 +103,8 @@ def _stderr(message: str) -> None:
 
 
 def _layer_token(study: PreparedStudy, layer: LayerWork) -> str:
-    parts = [study.plan_hash, study.metadata_sha256, layer.input_sha256, layer.spec.name, str(layer.store.chunk_features)]
+    # What the layer's filter and per-sample sums depend on: not the FDR settings, names or paths.
+    parts = [study.plan.rows_hash(), study.metadata_sha256, layer.input_sha256, layer.spec.name, str(layer.store.chunk_features)]
     if layer.listed is not None:  # a feature list (plan key or --features) chooses the kept features
         parts.append(f"features={layer.list_token()}")
     text = "\x1f".join(parts)

@@ -178,6 +178,25 @@ class Plan:
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def rows_hash(self) -> str:
+        """A hash of what the plan asks for that can change a result chunk's rows.
+
+        Left out: the study name, FDR settings (q is computed over whole families
+        after the chunks), ``min_cases`` (it refuses exposures, it changes no row),
+        the ``analyses`` selection (each chunk id names its own analyses) and file
+        paths (the files' contents are hashed into every chunk id instead), so a
+        rerun with a new alpha, name or location reuses every finished chunk.
+        """
+        payload = asdict(self)
+        for key in ("source", "name", "fdr", "min_cases", "analyses", "metadata", "features"):
+            payload.pop(key)
+        for layer in payload["layers"]:
+            layer.pop("path")
+        if not payload["reference"]:
+            payload.pop("reference")
+        text = json.dumps(payload, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def ols_options(self, model: str) -> OlsOptions | None:
         """The options of an OLS model (``lm``, ``lm_nonzero``); None for the other models."""
         return getattr(self, model) if model in OLS_MODELS else None
