@@ -464,3 +464,21 @@ def test_failed_rerun_does_not_leave_earlier_results(study: Path, capsys: pytest
     drop_last_metadata_rows(study, 7)
     fails(study, capsys)  # asserts no results.parquet / manifest.json
     assert not (study / "out" / "all_results.tsv").exists()
+
+
+@pytest.mark.parametrize(("column", "value"), [(3, "inf"), (3, "-Infinity"), (3, "1e308")])
+def test_infinite_or_huge_covariate_exits_2_naming_it(study: Path, capsys: pytest.CaptureFixture[str], column: int, value: str) -> None:
+    """bmi (column 3) = inf used to reach the QR as 'covariates must be finite' with a traceback."""
+    participant, header = set_cell(study / "metadata.tsv", "LL000002", column, value)
+    message = fails(study, capsys)
+    assert f"column '{header}'" in message and participant in message and "out-of-range" in message
+
+
+def test_infinite_or_huge_numeric_exposure_exits_2(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An inf exposure ended in a LinAlgError; 1e308 ran to exit 0 with overflow warnings and wrong statuses."""
+    replace(study / "plan.yaml", "exposures:\n", "exposures:\n  neuro: {column: neuroticism}\n")
+    for value in ("inf", "1e308"):
+        participant, header = set_cell(study / "metadata.tsv", "LL000003", 21, value)
+        assert header == "neuroticism"
+        message = fails(study, capsys)
+        assert "exposure 'neuro'" in message and participant in message and "neuroticism" in message

@@ -212,6 +212,7 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
             "use cases/controls queries for a categorical exposure"
         )
     values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    check_in_range(metadata, values, path, str(spec.column), where)
     observed = values[~np.isnan(values)]
     if observed.size == 0:
         raise PlanError(f"{where}: column '{spec.column}' of {path} has no values")
@@ -288,6 +289,29 @@ def check_covariates(
                 f"covariate '{column}' (adjustment set(s) {sets}) in {path} is not numeric (values such as "
                 f"{', '.join(map(repr, example))}); list it under covariates.categorical in the plan"
             )
+        sets = ", ".join(name for name, columns in adjustments.items() if column in columns)
+        check_in_range(metadata, metadata[column].to_numpy(dtype=np.float64, na_value=np.nan), path, column, f"covariate '{column}' (adjustment set(s) {sets})")
+
+
+#: Largest magnitude a numeric exposure or covariate may take: sums of squares over a
+#: biobank's participants must stay finite in double precision (1e308 is the limit).
+MAX_MAGNITUDE = 1e100
+
+
+def check_in_range(metadata: pd.DataFrame, values: np.ndarray, path: Path, column: str, what: str) -> None:
+    """Refuse infinite or astronomically large values (``(n,)``, NaN = missing) in a numeric column, naming participants.
+
+    An infinite covariate would reach the QR as a non-finite design and an infinite
+    exposure a singular one; a value such as 1e308 overflows every sum of squares.
+    """
+    bad = np.isinf(values) | (np.abs(np.nan_to_num(values)) >= MAX_MAGNITUDE)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        examples = ", ".join(f"{metadata.index[i]} ({values[i]:g})" for i in rows[:3])
+        raise DataError(
+            f"{what}: column '{column}' of {path} has {rows.size} infinite or out-of-range value(s) (magnitude 1e100 or more), "
+            f"e.g. participant(s) {examples}; leave them empty (missing) or rescale the column"
+        )
 
 
 def _levels(metadata: pd.DataFrame, column: str, rows: np.ndarray, reference: Mapping[str, str] | None = None) -> list[str]:
