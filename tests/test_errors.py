@@ -482,3 +482,16 @@ def test_infinite_or_huge_numeric_exposure_exits_2(study: Path, capsys: pytest.C
         assert header == "neuroticism"
         message = fails(study, capsys)
         assert "exposure 'neuro'" in message and participant in message and "neuroticism" in message
+
+
+def test_ingest_onto_an_existing_destination_exits_2_before_converting(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It used to convert the whole table, then end in an OSError traceback renaming onto the store."""
+    store = study / "gbm.zarr"
+    assert main(["ingest", str(study / "gbm.tsv"), "--out", str(store)]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in study.iterdir())
+    for destination in (store, study / "metadata.tsv"):
+        assert main(["ingest", str(study / "gbm.tsv"), "--out", str(destination)]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and f"--out {destination} already exists" in err
+    assert sorted(p.name for p in study.iterdir()) == before, "no temporary store left behind"

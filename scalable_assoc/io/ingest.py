@@ -14,6 +14,10 @@ def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str =
     """Read a MetaPhlAn / wide TSV / CSV / Parquet table and write it as a Zarr store at ``destination``."""
     if not source.exists():
         raise DataError(f"abundance file {source} does not exist")
+    # Checked before the conversion (which can take minutes), not when its result cannot be put in place.
+    if destination.exists() or destination.is_symlink():
+        what = "a store" if (destination / "zarr.json").is_file() else "a file" if destination.is_file() else "a folder"
+        raise DataError(f"--out {destination} already exists ({what}); remove it first or choose another destination: a store is never overwritten")
     checksum = file_checksum(source)
     # A wide TSV/CSV goes through a temporary file next to the store (the same disk, removed afterwards).
     return write_table_stream(destination, stream_abundance_table(source, fmt, rank, scratch=destination.parent), checksum, chunk_features)
