@@ -110,6 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     meta.add_argument("--scheduler", help="Dask scheduler to combine the rows on (default: in this process below 2 million rows, else a local cluster)")
     meta.add_argument("--workers", type=_positive_int, help="local worker processes when a cluster is used")
 
+    status = commands.add_parser(
+        "status",
+        help="whether the run in an output folder is running, finished, failed or interrupted "
+        "(exit 0 finished, 1 failed, 75 running, 130 interrupted, 2 no run there)",
+    )
+    status.add_argument("out", type=Path, help="output folder of 'scalable-assoc run'")
+    status.add_argument("--json", action="store_true", help="print the status as one JSON object (keys state, chunks_done, chunks_total, started, finished, plan_hash, error)")
+
     pool = commands.add_parser("pool", help="exact pooled linear model with a cohort fixed effect from exported cross-products")
     pool.add_argument("files", nargs="+", type=Path, help="summary-statistics files exported with --sufficient")
     pool.add_argument("--out", required=True, type=Path, help="output folder")
@@ -244,12 +252,40 @@ def _significance(manifest: dict, given: float | None) -> str:
     return f"{manifest['significant']} with q < {alpha:g} ({source})"
 
 
+#: ``scalable-assoc status`` exit codes, for schedulers (README "Scheduled runs").
+STATUS_EXIT_CODES = {"finished": 0, "failed": 1, "running": 75, "interrupted": 130}
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from scalable_assoc.io.runstate import read_status
+
+    status = read_status(args.out)
+    if status is None:
+        raise UserInputError(f"{args.out} holds no run of scalable-assoc (no {args.out}/.scalable_assoc/status.json); give the --out folder of a run")
+    if args.json:
+        print(json.dumps({k: v for k, v in asdict(status).items() if k != "extra"}, sort_keys=True))
+    else:
+        line = f"{args.out}: {status.state}, {status.chunks_done}/{status.chunks_total} chunks, started {status.started}"
+        if status.finished:
+            line += f", ended {status.finished}"
+        print(line + (f"; error: {status.error}" if status.error else ""))
+    return STATUS_EXIT_CODES[status.state]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalable-assoc`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool}
+    from scalable_assoc.io.runstate import FolderInUse
+
+    handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool, "status": _status}
     try:
-        handlers[args.command](args)
+        code = handlers[args.command](args)
+    except FolderInUse as error:
+        print(f"scalable-assoc {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
     except UserInputError as error:
         # One paragraph whatever the message carries (library errors quoted inside may span lines).
         message = " ".join(str(error).split())
@@ -258,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"scalable-assoc {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

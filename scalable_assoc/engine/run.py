@@ -43,6 +43,7 @@ from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, c
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, model_block_key, sum_block, summarise_block
 from scalable_assoc.errors import DataError, PlanError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, write_json, write_npz, write_parquet, write_tsv
+from scalable_assoc.io.runstate import RunStatus, folder_lock, remove_leftovers, timestamp
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
@@ -441,10 +442,66 @@ def run_study(
     ``covariate_rows`` every covariate's coefficient in every lm model is also
     written, to ``covariate_results.parquet`` / ``.tsv``.
     """
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
     if min_cases is not None and (isinstance(min_cases, bool) or min_cases < 1):
         raise UserInputError(f"--min-cases must be a positive whole number, got {min_cases!r}")
+    plan = plan if isinstance(plan, Plan) else load_plan(plan)
+    out = Path(out_dir).resolve()
+    work = out / WORK_DIR
+    # The lock comes first: a second run on a folder in use must change nothing in it.
+    with folder_lock(work, f"run {plan.source}", log) as holder:
+        removed = remove_leftovers(out, work)
+        if removed:
+            log(f"removed {len(removed)} temporary file(s) left by an interrupted run in {out}")
+        status = RunStatus("running", plan.content_hash(), holder["started"], host=holder["host"], pid=holder["pid"])
+        status.write(work)
+        last_write = time.monotonic()
+
+        def progress(done: int, total: int) -> None:
+            nonlocal last_write
+            status.chunks_done, status.chunks_total = done, total
+            if time.monotonic() - last_write > 1.0 or done == total:
+                status.write(work)
+                last_write = time.monotonic()
+            if on_chunk_done is not None:
+                on_chunk_done(done, total)
+
+        try:
+            summary = _run_study_locked(
+                plan, out, scheduler=scheduler, workers=workers, client=client, chunk_features=chunk_features,
+                intersect_samples=intersect_samples, analyses_per_task=analyses_per_task, log=log, on_chunk_done=progress,
+                features=features, min_cases=min_cases, covariate_rows=covariate_rows,
+            )
+        except BaseException as error:
+            status.state = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            status.error = " ".join(str(error).split()) or type(error).__name__
+            status.finished = timestamp()
+            status.write(work)
+            raise
+        status.state, status.finished = "finished", timestamp()
+        status.chunks_done = status.chunks_total = summary.chunks_total
+        status.write(work)
+        return summary
+
+
+def _run_study_locked(
+    plan: str | Path | Plan,
+    out_dir: str | Path,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    client: Client | None = None,
+    chunk_features: int | None = None,
+    intersect_samples: bool = False,
+    analyses_per_task: int = 8,
+    log: Callable[[str], None] = _stderr,
+    on_chunk_done: Callable[[int, int], None] | None = None,
+    features: str | Path | None = None,
+    min_cases: int | None = None,
+    covariate_rows: bool = False,
+) -> RunSummary:
+    """:func:`run_study`'s work, once the output folder is held."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
     out = Path(out_dir).resolve()
     _remove_outputs(out)
