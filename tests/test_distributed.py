@@ -253,7 +253,7 @@ def test_two_runs_of_one_plan_share_a_cluster(reference: Path, small_study: Simu
     first = threading.Thread(target=run, args=("A", hold_a))
     first.start()
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "A" / ".scalable_assoc" / "chunks").glob("*.parquet")):
+    while not list((tmp_path / "A" / ".scalable_assoc" / "chunks").glob("*.parquet.sha256")):
         assert first.is_alive() and time.monotonic() < deadline, f"run A made no chunk: {outcome}"
         time.sleep(0.01)
     run("B", None)

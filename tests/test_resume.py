@@ -26,7 +26,8 @@ def _quiet(message: str) -> None:
 
 
 def _chunk_files(out: Path) -> list[Path]:
-    return sorted((out / WORK_DIR / "chunks").glob("*.parquet"))
+    """Finished chunk files: those with their seal (``<chunk>.parquet.sha256``), written after the chunk."""
+    return sorted(seal.with_name(seal.name.removesuffix(".sha256")) for seal in (out / WORK_DIR / "chunks").glob("*.parquet.sha256"))
 
 
 def _cli_run(plan: Path, out: Path, scheduler: str, chunk_features: int) -> list[str]:
@@ -150,3 +151,27 @@ def test_a_new_alpha_or_name_reuses_every_chunk(small_study: SimulatedStudy, cli
     changed.write_text(text + "min_carriers: 5\n")
     third = run_study(changed, out, client=client, chunk_features=16, log=_quiet)
     assert third.chunks_reused == 0
+
+
+def test_truncated_or_edited_chunks_are_recomputed(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+    """A chunk no longer as its task wrote it (truncated by a full disk, edited by hand) is never trusted."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "run"
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
+    complete = tmp_path / "complete.parquet"
+    complete.write_bytes((out / "results.parquet").read_bytes())
+    chunks = [path for path in _chunk_files(out) if pq.read_metadata(path).num_rows > 0]
+    truncated, edited, unsealed = chunks[0], chunks[len(chunks) // 2], chunks[-1]
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    table = pq.read_table(edited).to_pandas()
+    table.loc[0, "beta"] = 99.0
+    table.to_parquet(edited, index=False)
+    unsealed.with_name(unsealed.name + ".sha256").unlink()  # its task was killed between the chunk and its seal
+    messages: list[str] = []
+    again = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=messages.append)
+    warned = [m for m in messages if "no longer matches" in m]
+    assert len(warned) == 3 and all("computing it again" in m for m in warned)
+    assert any(truncated.stem in m for m in warned) and any(edited.stem in m for m in warned)
+    assert again.chunks_reused == first.chunks_total - 3
+    assert_results_equal(complete, out, relative=0.0)

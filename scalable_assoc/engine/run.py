@@ -42,7 +42,7 @@ from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, model_block_key, sum_block, summarise_block
 from scalable_assoc.errors import DataError, PlanError, UserInputError
-from scalable_assoc.io.atomic import file_checksum, write_json, write_npz, write_parquet, write_tsv
+from scalable_assoc.io.atomic import file_checksum, remove_sealed, seal, sealed, write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.io.runstate import RunStatus, folder_lock, remove_leftovers, timestamp
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
@@ -316,9 +316,31 @@ def _remove_outputs(out_dir: Path) -> None:
 def _remove_stale_chunks(chunks_dir: Path, keep_chunks: set[str]) -> None:
     """Chunk files of other plans or inputs can never be reused; those of this run are kept for resuming."""
     if chunks_dir.is_dir():
-        for path in chunks_dir.glob("*.parquet"):
-            if path.name.split(".")[0] not in keep_chunks:  # <id>.parquet and <id>.covariates.parquet
+        for path in chunks_dir.glob("*.parquet*"):
+            if path.name.split(".")[0] not in keep_chunks:  # <id>.parquet, <id>.covariates.parquet and their seals
                 path.unlink(missing_ok=True)
+
+
+def _finished_chunks(chunks_dir: Path, tasks: list[ChunkTask], log: Callable[[str], None]) -> set[str]:
+    """Ids of the chunks an earlier run finished whose files still hold exactly what it wrote.
+
+    A chunk file without its seal (its task was killed between the two), or one
+    truncated or edited since, is removed and computed again, with a warning.
+    """
+    done = set()
+    for task in tasks:
+        files = [chunks_dir / f"{task.chunk_id}.parquet"] + ([chunks_dir / f"{task.chunk_id}.covariates.parquet"] if task.covariate_rows else [])
+        states = [sealed(path) for path in files]
+        if all(states):
+            done.add(task.chunk_id)
+        elif any(state is False for state in states):
+            log(
+                f"warning: chunk {task.chunk_id} (layer '{task.layer}', features {task.start}-{task.stop - 1}) no longer matches "
+                "what the run that wrote it recorded (truncated, edited or unfinished); computing it again"
+            )
+            for path in files:
+                remove_sealed(path)
+    return done
 
 
 def _layer_manifest(layer: LayerWork, f: _LayerFilter) -> dict:
@@ -516,11 +538,7 @@ def _run_study_locked(
         )
     tasks = chunk_tasks(study, analyses_per_task, covariate_rows)
     _remove_stale_chunks(chunks_dir, {t.chunk_id for t in tasks})
-    done = {
-        t.chunk_id
-        for t in tasks
-        if (chunks_dir / f"{t.chunk_id}.parquet").is_file() and (not t.covariate_rows or (chunks_dir / f"{t.chunk_id}.covariates.parquet").is_file())
-    }
+    done = _finished_chunks(chunks_dir, tasks, log)
     pending = [t for t in tasks if t.chunk_id not in done]
     n_analyses = sum(len(layer.analyses) for layer in study.layers)
     log(
@@ -675,7 +693,9 @@ def _submit_fits(
             # Every feature of this block was filtered out: the chunk is complete and empty.
             if task.covariate_rows:
                 write_parquet(chunks_dir / f"{task.chunk_id}.covariates.parquet", COVARIATE_SCHEMA.empty_table())
+                seal(chunks_dir / f"{task.chunk_id}.covariates.parquet")
             write_parquet(output, PARTIAL_SCHEMA.empty_table())
+            seal(output)
             continue
         view = MODEL_VIEWS[task.analyses[0].key.model]
         if (view, task.block_index) not in blocks:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from scalable_assoc.engine.prepare import PreparedAnalysis, read_design
-from scalable_assoc.io.atomic import write_parquet
+from scalable_assoc.io.atomic import seal, write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
 from scalable_assoc.models.fits import FitStatus, SlopeFits, withhold_rare_carriers
@@ -293,11 +293,13 @@ def fit_chunk(
     by_key = {d.key: d for d in designs}
     if covariate_output is not None:
         write_parquet(Path(covariate_output), covariate_rows(layer, feature_ids, by_key, batch, prepare_block(block.values)))
+        seal(Path(covariate_output))
     if any(a.levels for a in batch):
         if not all(a.levels for a in batch):
             raise ValueError("a batch holds categorical exposures only, or none")
         table = _fit_categorical(layer, feature_ids, by_key, batch, prepare_block(block.values), block.present)
         write_parquet(Path(output), table)
+        seal(Path(output))
         return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}
     order = list(dict.fromkeys(a.design_key for a in batch))
     members = [[a for a in batch if a.design_key == key] for key in order]
@@ -327,4 +329,5 @@ def fit_chunk(
         tables.append(fits_to_table(layer, feature_ids, labels, slopes, by_key[key].design.problem, fit.components, n_present))
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)
+    seal(Path(output))  # last: a chunk whose task died before this is recomputed, never trusted
     return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}

@@ -103,3 +103,38 @@ def file_checksum(path: Path, chunk_bytes: int = 1 << 20) -> str:
             while block := handle.read(chunk_bytes):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _seal_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def seal(path: Path) -> None:
+    """Record ``path``'s SHA-256 beside it (``<name>.sha256``), atomically, after the file is complete.
+
+    A file with a matching seal was written whole by this tool and not changed
+    since; a file without one (its writer was killed in between) is not trusted.
+    """
+    digest = file_checksum(path)
+
+    def write(temporary: Path) -> None:
+        temporary.write_text(digest + "\n", encoding="ascii")
+
+    write_atomically(_seal_path(path), write)
+
+
+def sealed(path: Path) -> bool | None:
+    """None when ``path`` does not exist; True when its seal matches its content; False when unsealed, unreadable or changed."""
+    if not path.is_file():
+        return None
+    try:
+        recorded = _seal_path(path).read_text(encoding="ascii").strip()
+        return recorded == file_checksum(path)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def remove_sealed(path: Path) -> None:
+    """Remove a file and its seal."""
+    path.unlink(missing_ok=True)
+    _seal_path(path).unlink(missing_ok=True)
