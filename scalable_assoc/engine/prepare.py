@@ -360,7 +360,7 @@ def prepare_study(
     intersect = intersect_samples or plan.sample_mismatch == "intersect"
     layers = []
     for spec in plan.layers:
-        store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features)
+        store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features, log)
         positions, warning = reconcile_samples(spec.name, spec.path, store.sample_ids, metadata, plan.metadata, intersect)
         if warning:
             warn(warning)

@@ -124,8 +124,8 @@ def seal(path: Path) -> None:
 
 
 def sealed(path: Path) -> bool | None:
-    """None when ``path`` does not exist; True when its seal matches its content; False when unsealed, unreadable or changed."""
-    if not path.is_file():
+    """None when ``path`` (a file, or a folder such as a store) does not exist; True when its seal matches its content; False when unsealed, unreadable or changed."""
+    if not path.exists():
         return None
     try:
         recorded = _seal_path(path).read_text(encoding="ascii").strip()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.atomic import file_checksum
+from scalable_assoc.io.atomic import file_checksum, seal, sealed
 from scalable_assoc.io.store import AbundanceStore, open_store, write_table_stream
 from scalable_assoc.io.tables import detect_format, stream_abundance_table
 
@@ -23,13 +25,19 @@ def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str =
     return write_table_stream(destination, stream_abundance_table(source, fmt, rank, scratch=destination.parent), checksum, chunk_features)
 
 
-def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None) -> tuple[AbundanceStore, str]:
+def layer_store(
+    source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None, log: Callable[[str], None] = print
+) -> tuple[AbundanceStore, str]:
     """The store for one layer and the checksum of its input.
 
-    A store given directly (``.zarr`` folder) is opened as it is. A table is
-    converted into ``cache_dir`` once; the cache name holds the table's checksum,
-    rank and chunk size, so an edited table or a new chunk size makes a new store
-    and a resumed run finds the old one.
+    A store given directly (``.zarr`` folder) is opened as it is; its checksum is
+    that of its whole content (values and attributes, sample IDs included), so
+    results computed from it are never reused once it changes. A table is
+    converted into ``cache_dir`` once and sealed (its content's SHA-256 beside
+    it); the cache name holds the table's checksum, rank and chunk size, so an
+    edited table or a new chunk size makes a new store and a resumed run finds
+    the old one. A cached store that no longer matches its seal (a damaged disk
+    block, edited attributes) is rebuilt from the table, with a warning.
     """
     if not source.exists():
         raise DataError(f"layer '{layer}' (plan key 'data.layers.{layer}'): abundance file {source} does not exist")
@@ -41,9 +49,15 @@ def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, 
                 f"layer '{layer}': store {source} has {store.chunk_features} features per chunk; "
                 f"--chunk-features {chunk_features} cannot change a store (re-ingest it instead)"
             )
-        return store, store.source_sha256 or file_checksum(source)
+        return store, file_checksum(source)
     checksum = file_checksum(source)
     destination = cache_dir / f"{layer}-{checksum[:16]}-{rank}-c{chunk_features or 'auto'}.zarr"
-    if (destination / "zarr.json").is_file():
+    state = sealed(destination)
+    if state:
         return open_store(destination), checksum
-    return write_table_stream(destination, stream_abundance_table(source, resolved, rank, scratch=cache_dir), checksum, chunk_features), checksum
+    if state is False:
+        log(f"warning: layer '{layer}': the converted store {destination} no longer matches what was written (damaged or edited); rebuilding it from {source}")
+        shutil.rmtree(destination, ignore_errors=True)
+    store = write_table_stream(destination, stream_abundance_table(source, resolved, rank, scratch=cache_dir), checksum, chunk_features)
+    seal(destination)
+    return store, checksum

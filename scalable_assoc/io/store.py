@@ -87,7 +87,16 @@ class AbundanceStore:
 def read_block(path: Path, start: int, stop: int, sample_positions: np.ndarray | None = None) -> np.ndarray:
     """Features ``start:stop`` of the store at ``path``: ``(n, stop - start)`` float64, all samples or those given."""
     array = zarr.open_array(Path(path) / "abundance", mode="r")
-    block = np.asarray(array[:, start:stop], dtype=np.float64)
+    try:
+        block = np.asarray(array[:, start:stop], dtype=np.float64)
+    except ValueError as error:
+        if "checksum" not in str(error):
+            raise
+        # zarr's crc32c per chunk: the bytes on disk are not those written.
+        raise DataError(
+            f"store {path} is damaged: the chunk holding features {start}-{stop - 1} fails its checksum ({error}); "
+            "convert its table again with 'scalable-assoc ingest' (or give the table itself as the layer)"
+        ) from None
     return block if sample_positions is None else block[sample_positions]
 
 
