@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from distributed import Client
 
 from scalable_assoc.engine.run import WORK_DIR, run_study
