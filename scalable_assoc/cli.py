@@ -278,6 +278,7 @@ def _status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalable-assoc`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    from scalable_assoc.errors import ClusterFailure
     from scalable_assoc.io.runstate import FolderInUse
 
     handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool, "status": _status}
@@ -285,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         code = handlers[args.command](args)
     except FolderInUse as error:
         print(f"scalable-assoc {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
+        return error.exit_code
+    except ClusterFailure as error:
+        print(f"scalable-assoc {args.command}: error: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
     except UserInputError as error:
         # One paragraph whatever the message carries (library errors quoted inside may span lines).

@@ -17,3 +17,13 @@ class PlanError(UserInputError):
 
 class DataError(UserInputError):
     """An input table or store has invalid contents (IDs, values, shape)."""
+
+
+class ClusterFailure(Exception):
+    """The cluster could not finish the run (a task that ends every worker running it, all workers lost).
+
+    Not the user's input: exit status 1 with this one-paragraph message, and a
+    rerun resumes from the chunks already finished.
+    """
+
+    exit_code = 1

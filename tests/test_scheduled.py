@@ -54,6 +54,12 @@ def test_a_second_run_on_a_folder_in_use_exits_75_and_changes_nothing(small_stud
     assert code == 0 and status["state"] == "finished" and status["chunks_done"] == status["chunks_total"] == summary.chunks_total
     assert status["plan_hash"] == summary.manifest["plan_hash"] and status["error"] is None
     assert not (out / WORK_DIR / "lock.json").exists()
+    # The run log: one JSON object per line, every phase, the progress messages, how it ended.
+    lines = [json.loads(line) for line in (out / "run_log.jsonl").read_text().splitlines()]
+    assert all({"time", "run", "phase", "event"} <= set(line) for line in lines)
+    assert [line["phase"] for line in lines if line["event"] == "phase"] == ["prepare", "cluster", "filter", "fit", "gather"]
+    assert any(line["event"] == "message" and line["phase"] == "fit" and "chunks" in line["message"] for line in lines)
+    assert lines[0]["event"] == "started" and lines[-1]["event"] == "finished" and lines[-1]["chunks_total"] == summary.chunks_total
 
 
 def test_a_dead_runs_lock_is_taken_over_and_its_leftovers_removed(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
@@ -100,5 +106,7 @@ def test_a_failed_run_says_so_with_its_error(small_study: SimulatedStudy, tmp_pa
     code, status = _status(out)
     assert code == 1 and status["state"] == "failed" and "missing.tsv" in status["error"] and status["finished"]
     assert not (out / WORK_DIR / "lock.json").exists()
+    last = json.loads((out / "run_log.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "failed" and last["phase"] == "prepare" and "missing.tsv" in last["error"]
     nothing = _command("status", str(tmp_path / "elsewhere"))
     assert nothing.returncode == 2 and "holds no run" in nothing.stderr

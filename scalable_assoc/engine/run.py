@@ -35,15 +35,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dask.base import tokenize
-from distributed import Client, as_completed
+from distributed import Client, KilledWorker, as_completed
 
 from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, model_block_key, sum_block, summarise_block
-from scalable_assoc.errors import DataError, PlanError, UserInputError
+from scalable_assoc.errors import ClusterFailure, DataError, PlanError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, remove_sealed, seal, sealed, write_json, write_npz, write_parquet, write_tsv
-from scalable_assoc.io.runstate import RunStatus, folder_lock, remove_leftovers, timestamp
+from scalable_assoc.io.runstate import RUN_LOG, RunLog, RunStatus, folder_lock, remove_leftovers, timestamp
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
@@ -470,7 +470,8 @@ def run_study(
     out = Path(out_dir).resolve()
     work = out / WORK_DIR
     # The lock comes first: a second run on a folder in use must change nothing in it.
-    with folder_lock(work, f"run {plan.source}", log) as holder:
+    with folder_lock(work, f"run {plan.source}", log) as holder, RunLog(out / RUN_LOG, holder) as run_log:
+        log = run_log.tee(log)
         removed = remove_leftovers(out, work)
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by an interrupted run in {out}")
@@ -491,17 +492,19 @@ def run_study(
             summary = _run_study_locked(
                 plan, out, scheduler=scheduler, workers=workers, client=client, chunk_features=chunk_features,
                 intersect_samples=intersect_samples, analyses_per_task=analyses_per_task, log=log, on_chunk_done=progress,
-                features=features, min_cases=min_cases, covariate_rows=covariate_rows,
+                features=features, min_cases=min_cases, covariate_rows=covariate_rows, on_phase=run_log.phase,
             )
         except BaseException as error:
             status.state = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             status.error = " ".join(str(error).split()) or type(error).__name__
             status.finished = timestamp()
             status.write(work)
+            run_log.event(status.state, error=status.error)
             raise
         status.state, status.finished = "finished", timestamp()
         status.chunks_done = status.chunks_total = summary.chunks_total
         status.write(work)
+        run_log.event("finished", chunks_total=summary.chunks_total, chunks_reused=summary.chunks_reused, seconds=round(summary.seconds, 3))
         return summary
 
 
@@ -520,8 +523,10 @@ def _run_study_locked(
     features: str | Path | None = None,
     min_cases: int | None = None,
     covariate_rows: bool = False,
+    on_phase: Callable[[str], None] = lambda phase: None,
 ) -> RunSummary:
-    """:func:`run_study`'s work, once the output folder is held."""
+    """:func:`run_study`'s work, once the output folder is held; ``on_phase(name)`` marks each phase's start."""
+    on_phase("prepare")
     started = time.perf_counter()
     timings: dict[str, float] = {}
     plan = plan if isinstance(plan, Plan) else load_plan(plan)
@@ -548,6 +553,7 @@ def _run_study_locked(
     )
 
     def execute(active: Client) -> tuple[dict[str, _LayerFilter], dict]:
+        on_phase("filter")
         phase = time.perf_counter()
         positions = {layer.spec.name: _put(active, layer.sample_positions, "samples") for layer in study.layers}
         filters = filter_layers(active, study, positions, work / "filters", log)
@@ -558,6 +564,7 @@ def _run_study_locked(
             layer_pending = [t for t in pending if t.layer == layer.spec.name]
             if layer_pending:
                 fit_futures += _submit_fits(active, study, layer, filters[layer.spec.name], layer_pending, positions[layer.spec.name], chunks_dir, shared)
+        on_phase("fit")
         phase = time.perf_counter()
         finished = len(done)
         last_report = 0.0
@@ -570,11 +577,21 @@ def _run_study_locked(
             if on_chunk_done is not None:
                 on_chunk_done(finished, len(tasks))
         for future in fit_futures:
-            future.result()  # re-raise a task's error here
+            try:
+                future.result()  # re-raise a task's error here
+            except KilledWorker:
+                task = next(t for t in pending if str(future.key).startswith(f"fit-{t.chunk_id}-"))
+                raise ClusterFailure(
+                    f"the task of chunk {task.chunk_id} (layer '{task.layer}', features {task.start}-{task.stop - 1}, "
+                    f"{len(task.analyses)} analyses) ended every worker that ran it, as running out of memory does; give the "
+                    "workers more memory, or fewer features per chunk (--chunk-features on a new --out); the chunks already "
+                    "finished are kept and a rerun resumes"
+                ) from None
         timings["fit"] = time.perf_counter() - phase
         info = active.scheduler_info()
         return filters, {"scheduler": info.get("address"), "workers": len(info.get("workers", {}))}
 
+    on_phase("cluster")
     phase = time.perf_counter()
     if client is not None:
         filters, client_info = execute(client)
@@ -583,6 +600,7 @@ def _run_study_locked(
             timings["cluster_start"] = time.perf_counter() - phase
             filters, client_info = execute(own)
 
+    on_phase("gather")
     phase = time.perf_counter()
     partial = read_chunks([chunks_dir / f"{t.chunk_id}.parquet" for t in tasks])
     results = assemble_results(

@@ -31,6 +31,8 @@ from scalable_assoc.io.atomic import write_json
 
 LOCK_FILE = "lock.json"
 STATUS_FILE = "status.json"
+#: The run log in the output folder: one JSON object per line (time, run, phase, event, and details).
+RUN_LOG = "run_log.jsonl"
 #: States a run's status can report (README "Scheduled runs").
 STATES = ("running", "finished", "failed", "interrupted")
 #: Exit status of a command refused because another run holds its folder (sysexits EX_TEMPFAIL).
@@ -127,6 +129,52 @@ def remove_leftovers(out_dir: Path, work_dir: Path) -> list[Path]:
                 leftover.unlink(missing_ok=True)
             removed.append(leftover)
     return removed
+
+
+class RunLog:
+    """Appends one JSON object per line to the output folder's run log, for log collectors and post-mortems.
+
+    Every line has ``time`` (ISO 8601 UTC), ``run`` (the run's start time and
+    process id), ``phase`` (``prepare``, ``cluster``, ``filter``, ``fit``,
+    ``gather``) and ``event`` (``phase``, ``message``, ``finished``, ``failed``
+    or ``interrupted``); a message line also has ``message``. Lines of every run
+    on the folder follow each other, so the file is the folder's history.
+    """
+
+    def __init__(self, path: Path, holder: dict[str, Any]) -> None:
+        self.path = path
+        self.run = f"{holder['started']} pid {holder['pid']}"
+        self.current = "start"
+        self._handle: Any = None
+
+    def __enter__(self) -> RunLog:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = self.path.open("a", encoding="utf-8")
+        self.event("started")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def event(self, event: str, **details: Any) -> None:
+        """Write one line now (flushed, so a killed run's last line is there)."""
+        record = {"time": timestamp(), "run": self.run, "phase": self.current, "event": event, **details}
+        self._handle.write(json.dumps(record, default=str) + "\n")
+        self._handle.flush()
+
+    def phase(self, name: str) -> None:
+        """Mark the start of a phase."""
+        self.current = name
+        self.event("phase")
+
+    def tee(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """``log`` that also writes each message to the run log."""
+
+        def both(message: str) -> None:
+            log(message)
+            self.event("message", message=message)
+
+        return both
 
 
 @dataclass
