@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         help="when the run ends, print the N associations with the smallest q per layer (and model), each exposure under its base "
         "adjustment set (the first set, in plan order, it ran under), with direction, beta and q (default 5; 0: none)",
     )
+    run.add_argument("--force", action="store_true", help="run even when the output folder holds a finished run of the same plan, inputs and options (else: 'up to date', exit 0)")
     run.add_argument(
         "--covariate-rows", action="store_true", help="also write every covariate's coefficient in each lm model to covariate_results.parquet / .tsv"
     )
@@ -169,6 +170,7 @@ def _run(args: argparse.Namespace) -> None:
         features=args.features,
         min_cases=args.min_cases,
         covariate_rows=args.covariate_rows,
+        force=args.force,
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")

@@ -8,6 +8,7 @@ leaves a complete-looking set of outputs behind.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -169,9 +170,33 @@ def test_truncated_or_edited_chunks_are_recomputed(small_study: SimulatedStudy, 
     table.to_parquet(edited, index=False)
     unsealed.with_name(unsealed.name + ".sha256").unlink()  # its task was killed between the chunk and its seal
     messages: list[str] = []
-    again = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=messages.append)
+    again = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=messages.append, force=True)
     warned = [m for m in messages if "no longer matches" in m]
     assert len(warned) == 3 and all("computing it again" in m for m in warned)
     assert any(truncated.stem in m for m in warned) and any(edited.stem in m for m in warned)
     assert again.chunks_reused == first.chunks_total - 3
     assert_results_equal(complete, out, relative=0.0)
+
+
+def test_an_unchanged_finished_run_is_up_to_date(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
+    """A scheduled rerun with nothing changed returns at once; an edited input (by content) or --force runs again."""
+    out = tmp_path / "out"
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=_quiet)
+    written = (out / "results.parquet").stat().st_mtime_ns
+    messages: list[str] = []
+    again = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=messages.append)
+    assert any("is up to date" in m for m in messages) and again.chunks_reused == first.chunks_total
+    assert again.results.equals(first.results) and (out / "results.parquet").stat().st_mtime_ns == written, "nothing rewritten"
+    # Another option is another run.
+    messages.clear()
+    run_study(small_study.plan_path, out, client=client, chunk_features=8, log=messages.append)
+    assert not any("is up to date" in m for m in messages)
+    messages.clear()
+    run_study(small_study.plan_path, out, client=client, chunk_features=8, log=messages.append, force=True)
+    assert not any("is up to date" in m for m in messages) and any("already done, resuming" in m for m in messages)
+    # A file touched but unchanged is still up to date; one edited is not.
+    metadata = small_study.out_dir / "metadata.tsv"
+    os.utime(metadata)
+    messages.clear()
+    run_study(small_study.plan_path, out, client=client, chunk_features=8, log=messages.append)
+    assert any("is up to date" in m for m in messages)

@@ -21,6 +21,7 @@ the same plan on the same inputs; its task is not submitted again.
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import sys
 import time
@@ -43,7 +44,7 @@ from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, c
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, model_block_key, sum_block, summarise_block
 from scalable_assoc.errors import ClusterFailure, DataError, PlanError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, remove_sealed, seal, sealed, write_json, write_npz, write_parquet, write_tsv
-from scalable_assoc.io.runstate import RUN_LOG, RunLog, RunStatus, folder_lock, remove_leftovers, timestamp
+from scalable_assoc.io.runstate import RUN_LOG, RunLog, RunStatus, folder_lock, read_status, remove_leftovers, timestamp
 from scalable_assoc.plan.schema import MODELS, Plan, load_plan
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
@@ -437,6 +438,40 @@ def _manifest(
     }
 
 
+def _up_to_date(plan: Plan, out: Path, options: dict[str, object], features: Path | None) -> RunSummary | None:
+    """The finished run in ``out`` when it was made by this version from this plan, these inputs and options; else None.
+
+    Inputs are compared by content (SHA-256), so a touched but unchanged file
+    does not count as a change, and an edited one always does.
+    """
+    status = read_status(out)
+    if status is None or status.state != "finished":
+        return None
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        results = pd.read_parquet(out / "results.parquet")
+        adjustment = pd.read_csv(out / "adjustment_summary.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+        survival = pd.read_csv(out / "adjustment_survival.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+    except (OSError, ValueError):
+        return None
+    if manifest.get("version") != __version__ or manifest.get("plan_hash") != plan.content_hash():
+        return None
+    if any(manifest.get(key) != value for key, value in options.items()):
+        return None
+    inputs = manifest.get("inputs", {})
+    expected = {"metadata": plan.metadata, **{f"layer:{layer.name}": layer.path for layer in plan.layers}}
+    if set(inputs) != set(expected):
+        return None
+    for key, path in expected.items():
+        if not path.exists() or inputs[key].get("sha256") != file_checksum(path):
+            return None
+    listed = features if features is not None else plan.features
+    recorded = manifest.get("features")
+    if (listed is None) != (recorded is None) or (listed is not None and recorded is not None and (not listed.is_file() or recorded.get("sha256") != file_checksum(listed))):
+        return None
+    return RunSummary(out, results, adjustment, survival, manifest, int(manifest.get("chunks_total", 0)), int(manifest.get("chunks_total", 0)), 0.0)
+
+
 def run_study(
     plan: str | Path | Plan,
     out_dir: str | Path,
@@ -452,8 +487,13 @@ def run_study(
     features: str | Path | None = None,
     min_cases: int | None = None,
     covariate_rows: bool = False,
+    force: bool = False,
 ) -> RunSummary:
     """Run every analysis of a plan and write the outputs to ``out_dir``.
+
+    A finished run in ``out_dir`` made by this version from the same plan,
+    inputs (by content) and options is returned as it is ("up to date"),
+    unless ``force``.
 
     Uses ``client`` if given, else connects to ``scheduler``, else starts a
     local cluster of ``workers`` processes. ``on_chunk_done(done, total)`` is
@@ -475,6 +515,17 @@ def run_study(
         removed = remove_leftovers(out, work)
         if removed:
             log(f"removed {len(removed)} temporary file(s) left by an interrupted run in {out}")
+        options: dict[str, object] = {
+            "chunk_features": chunk_features,
+            "intersect_samples": intersect_samples,
+            "covariate_rows": covariate_rows,
+            "min_cases": {"plan": plan.min_cases, "used": min_cases if min_cases is not None else plan.min_cases},
+        }
+        current = None if force else _up_to_date(plan, out, options, Path(features).resolve() if features is not None else None)
+        if current is not None:
+            log(f"{out} is up to date: finished from the same plan, inputs and options (use --force to run again)")
+            run_log.event("up to date")
+            return current
         status = RunStatus("running", plan.content_hash(), holder["started"], host=holder["host"], pid=holder["pid"])
         status.write(work)
         last_write = time.monotonic()
@@ -635,6 +686,7 @@ def _run_study_locked(
     timings["gather"] = time.perf_counter() - phase
     timings["total"] = time.perf_counter() - started
     manifest = _manifest(study, filters, len(tasks), len(done), timings, client_info, chunk_features, intersect_samples)
+    manifest["covariate_rows"] = covariate_rows
     write_json(out / "manifest.json", manifest)
     return RunSummary(out, results, summary, survival, manifest, len(tasks), len(done), timings["total"])
 
