@@ -8,6 +8,7 @@ categorical covariates expanded to treatment dummies.
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pandas as pd
 
 from scalable_assoc.errors import DataError, PlanError
 from scalable_assoc.io.tables import check_row_lengths, raw_header, table_separator
+from scalable_assoc.plan import expressions
 from scalable_assoc.plan.schema import ExposureSpec
 
 
@@ -154,33 +156,81 @@ class ExposureValues:
     reference: str | None = None
 
 
-def _evaluate_query(metadata: pd.DataFrame, path: Path, exposure: str, part: str, query: str) -> np.ndarray:
+_OPERATORS = {
+    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+}
+
+
+def _evaluate_node(node: expressions.Node, metadata: pd.DataFrame, where: str, query: str, path: Path) -> pd.Series:
+    """A boolean Series for one node of a parsed query, with pandas ``query`` semantics for missing values.
+
+    Only the operations of :mod:`scalable_assoc.plan.expressions` are applied
+    (comparisons, ``isin``, ``isna``/``notna``, ``&``/``|``/``~``): nothing of the
+    query's text is ever evaluated as code.
+    """
+    if isinstance(node, expressions.Column):
+        column = metadata[node.name]
+        if not pd.api.types.is_bool_dtype(column.dtype):
+            raise PlanError(
+                f"{where}: in the query {query!r}, column '{node.name}' of {path} stands alone but does not hold true/false values; "
+                f"compare it with a value (for example \"{node.name} == 1\")"
+            )
+        return column
+    if isinstance(node, expressions.Compare):
+        values = [metadata[o.name] if isinstance(o, expressions.Column) else o.value for o in node.operands]
+        result: pd.Series | None = None
+        for left, op, right in zip(values[:-1], node.ops, values[1:], strict=True):
+            try:
+                link = _OPERATORS[op](left, right)
+            except TypeError:
+                names = [f"column '{o.name}'" if isinstance(o, expressions.Column) else repr(o.value) for o in node.operands]
+                raise PlanError(
+                    f"{where}: the query {query!r} compares values of different kinds ({' and '.join(names[:2])}) with '{op}' "
+                    f"in {path}; quote text values and leave numbers unquoted"
+                ) from None
+            result = link if result is None else result & link
+        assert result is not None
+        return result
+    if isinstance(node, expressions.Membership):
+        found = metadata[node.column.name].isin([v.value for v in node.values])
+        return ~found if node.negated else found
+    if isinstance(node, expressions.Missing):
+        column = metadata[node.column.name]
+        return column.isna() if node.missing else column.notna()
+    if isinstance(node, expressions.Not):
+        return ~_evaluate_node(node.operand, metadata, where, query, path)
+    parts = [_evaluate_node(operand, metadata, where, query, path) for operand in node.operands]
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = combined & part if node.op == "and" else combined | part
+    return combined
+
+
+def _evaluate_query(metadata: pd.DataFrame, path: Path, exposure: str, part: str, query: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """The participants a cases/controls query selects, and the columns it names.
+
+    The query is parsed by the tool's own expression language (never evaluated
+    as Python or by pandas ``eval``); the plan was checked when it was loaded.
+    """
     where = f"exposure '{exposure}' (plan key 'exposures.{exposure}.{part}')"
-    try:
-        selected = metadata.eval(query, engine="python")
-    except pd.errors.UndefinedVariableError as error:
-        found = re.search(r"name '([^']+)' is not defined", str(error))
-        name = found.group(1) if found else None
-        if name is None:
-            raise PlanError(f"{where}: the query {query!r} names a column that is not in the metadata file {path}: {_one_line(error)}") from None
-        raise PlanError(
-            f"{where}: the query {query!r} names '{name}', which is not a column of the metadata file {path}."
-            f"{_close_match(name, metadata.columns)} (To compare with a text value, quote it: \"sex == 'female'\"; "
-            f"the metadata has: {_column_list(metadata)})"
-        ) from None
-    except Exception as error:  # pandas raises many types for a malformed expression
-        raise PlanError(f"{where}: the query {query!r} cannot be evaluated on {path}: {_one_line(error)}") from None
-    if not isinstance(selected, pd.Series) or not pd.api.types.is_bool_dtype(selected.dtype):
-        raise PlanError(f"{where}: the query {query!r} must give true/false per participant (for example \"MDD == 1\")")
-    return selected.fillna(False).to_numpy(dtype=bool)
+    parsed = expressions.parse_query(query, where)
+    for name in parsed.columns:
+        if name not in metadata.columns:
+            raise PlanError(
+                f"{where}: the query {query!r} names '{name}', which is not a column of the metadata file {path}."
+                f"{_close_match(name, metadata.columns)} (To compare with a text value, quote it: \"sex == 'female'\"; "
+                f"the metadata has: {_column_list(metadata)})"
+            )
+    selected = _evaluate_node(parsed.tree, metadata, where, query, path)
+    return selected.fillna(False).to_numpy(dtype=bool), parsed.columns
 
 
 def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_cases: int) -> ExposureValues:
     """Evaluate one exposure on the metadata, enforcing a minimum group size for binary exposures."""
     if spec.is_query:
         assert spec.cases is not None and spec.controls is not None
-        cases = _evaluate_query(metadata, path, spec.name, "cases", spec.cases)
-        controls = _evaluate_query(metadata, path, spec.name, "controls", spec.controls)
+        cases, case_columns = _evaluate_query(metadata, path, spec.name, "cases", spec.cases)
+        controls, control_columns = _evaluate_query(metadata, path, spec.name, "controls", spec.controls)
         both = cases & controls
         if both.any():
             example = ", ".join(map(str, metadata.index[both][:5]))
@@ -197,7 +247,8 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
                     f"(query {query!r}), fewer than min_cases = {min_cases}; lower 'min_cases' in the plan, or pass --min-cases to this run (for this cohort only), if this is intended"
                 )
         values = np.where(cases, 1.0, np.where(controls, 0.0, np.nan))
-        columns = tuple(c for c in metadata.columns if c in spec.cases or c in spec.controls)
+        named = set(case_columns) | set(control_columns)
+        columns = tuple(str(c) for c in metadata.columns if c in named)
         return ExposureValues(spec.name, values, True, columns)
     assert spec.column is not None
     where = f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.column')"

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from scalable_assoc.errors import PlanError
+from scalable_assoc.plan.expressions import parse_query
 
 TRANSFORMS = ("clr", "log", "ast", "tss", "none")
 LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr")
@@ -353,13 +354,11 @@ def _parse_exposures(source: Path, raw: Any) -> tuple[ExposureSpec, ...]:
             reference = str(value["reference"]) if value.get("reference") is not None else None
             exposures.append(ExposureSpec(str(name), column=_string(source, key + ".column", value["column"]), categorical=categorical, reference=reference))
         elif "cases" in value and "controls" in value:
-            exposures.append(
-                ExposureSpec(
-                    str(name),
-                    cases=_string(source, key + ".cases", value["cases"]),
-                    controls=_string(source, key + ".controls", value["controls"]),
-                )
-            )
+            queries = {part: _string(source, f"{key}.{part}", value[part]) for part in ("cases", "controls")}
+            for part, query in queries.items():
+                # Refused here, before any file is read: a plan is data, and a query outside the language never runs.
+                parse_query(query, _where(source, f"{key}.{part}"))
+            exposures.append(ExposureSpec(str(name), cases=queries["cases"], controls=queries["controls"]))
         else:
             raise PlanError(f"{_where(source, key)}: needs both 'cases' and 'controls' queries, or a 'column'")
     return tuple(exposures)
