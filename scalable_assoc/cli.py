@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--covariate-rows", action="store_true", help="also write every covariate's coefficient in each lm model to covariate_results.parquet / .tsv"
     )
+    run.add_argument(
+        "--allow-outside-paths", action="store_true",
+        help="let the plan name files outside its own folder (data.metadata, layer paths, features:); only for a plan you trust",
+    )
 
     ingest = commands.add_parser("ingest", help="convert an abundance table into a feature-chunked Zarr store")
     ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows) or Parquet")
@@ -156,7 +160,7 @@ def _run(args: argparse.Namespace) -> None:
     from scalable_assoc.plan.schema import load_plan
     from scalable_assoc.report.console import run_report
 
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, allow_outside_paths=args.allow_outside_paths)
     out = args.out or plan.source.parent / "results"
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder for the results")

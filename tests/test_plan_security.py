@@ -235,3 +235,105 @@ def test_malformed_queries_say_what_is_wrong(query: str, problem: str) -> None:
     with pytest.raises(PlanError, match="refused at character") as refused:
         parse_query(query, "plan P, key 'exposures.E.cases'")
     assert problem in str(refused.value) and "key 'exposures.E.cases'" in str(refused.value)
+
+
+# --------------------------------------------------------------------------------------
+# Paths stay inside the plan's folder unless --allow-outside-paths
+# --------------------------------------------------------------------------------------
+SMALL_ANALYSIS = [{"exposures": ["MDD"], "adjustments": ["base"], "layers": ["pathways"]}]
+
+
+def edit_plan(folder: Path, change: dict) -> Path:
+    plan = yaml.safe_load((folder / "plan.yaml").read_text())
+    for key, value in change.items():
+        target = plan
+        *parents, last = key.split(".")
+        for part in parents:
+            target = target[part]
+        target[last] = value
+    (folder / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
+    return folder / "plan.yaml"
+
+
+def run_fails(plan: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    code = main(["run", str(plan), "--out", str(plan.parent / "out"), "--workers", "1", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert not (plan.parent / "out" / "results.parquet").exists()
+    return one_paragraph(err)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("data.metadata", "../secret.tsv"),
+        ("data.metadata", "ABSOLUTE"),
+        ("data.layers.pathways", "../secret.tsv"),
+        ("features", "../secret.tsv"),
+        ("data.metadata", "sub/../../secret.tsv"),
+    ],
+)
+def test_paths_outside_the_plan_folder_are_refused(study: Path, tmp_path: Path, key: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "secret.tsv"
+    secret.write_text("sample_id\tpassword\nalice\thunter2-SECRET\n")
+    value = str(secret) if value == "ABSOLUTE" else value
+    plan = edit_plan(study, {key: value})
+    message = run_fails(plan, capsys)
+    assert f"key '{key}" in message and str(secret) in message and "outside the plan's folder" in message
+    assert "--allow-outside-paths" in message and "SECRET" not in message
+
+
+def test_a_symlink_inside_the_folder_to_a_file_outside_is_refused(study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "elsewhere.tsv"
+    secret.write_text((study / "metadata.tsv").read_text())
+    (study / "linked.tsv").symlink_to(secret)
+    plan = edit_plan(study, {"data.metadata": "linked.tsv"})
+    assert "key 'data.metadata'" in run_fails(plan, capsys)
+    # A subfolder of the plan's folder is inside it.
+    (study / "sub").mkdir()
+    (study / "metadata.tsv").rename(study / "sub" / "metadata.tsv")
+    assert load_plan(edit_plan(study, {"data.metadata": "sub/metadata.tsv"})).metadata == (study / "sub" / "metadata.tsv").resolve()
+
+
+def test_the_python_api_takes_allow_outside_paths(study: Path, tmp_path: Path) -> None:
+    (study / "metadata.tsv").rename(tmp_path / "metadata.tsv")
+    plan = edit_plan(study, {"data.metadata": "../metadata.tsv"})
+    with pytest.raises(PlanError, match="outside the plan's folder"):
+        load_plan(plan)
+    loaded = load_plan(plan, allow_outside_paths=True)
+    assert loaded.metadata == (tmp_path / "metadata.tsv").resolve() and loaded.allow_outside_paths
+    # How the plan was loaded is not what it asks for: the hash (and resumable work) stay the same.
+    assert loaded.content_hash() == load_plan(plan, allow_outside_paths=True).content_hash()
+    assert loaded.content_hash() == type(loaded)(**{**loaded.__dict__, "allow_outside_paths": False}).content_hash()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "root:$6$TOP-SECRET-HASH:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",  # one field per line
+        "a line of TOP-SECRET prose\twith a tab\nand TOP-SECRET another\n",  # ragged: field counts differ
+        "TOP-SECRET-HOST\n",
+        "\xff\xfeTOP-SECRET\tx\n",
+    ],
+)
+@pytest.mark.parametrize("key", ["data.metadata", "data.layers.pathways", "features"])
+def test_a_file_that_is_not_a_table_is_not_quoted(study: Path, tmp_path: Path, content: str, key: str, capsys: pytest.CaptureFixture[str]) -> None:
+    outside = tmp_path / "notes"
+    outside.write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
+    plan = edit_plan(study, {key: str(outside), "analyses": SMALL_ANALYSIS})
+    message = run_fails(plan, capsys, "--allow-outside-paths")
+    assert str(outside) in message and "SECRET" not in message, message
+
+
+def test_an_allowed_run_records_it_and_sumstats_reopens_the_plan_the_same_way(study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    (study / "metadata.tsv").rename(tmp_path / "metadata.tsv")
+    plan = edit_plan(study, {"data.metadata": "../metadata.tsv", "analyses": SMALL_ANALYSIS})
+    out = study / "out"
+    code = main(["run", str(plan), "--out", str(out), "--workers", "1", "--top", "0", "--allow-outside-paths"])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["allow_outside_paths"] is True
+    code = main(["sumstats", str(out), "--cohort", "c1", "--out", str(tmp_path / "c1.parquet")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "c1.parquet").is_file()

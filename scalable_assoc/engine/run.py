@@ -407,6 +407,8 @@ def _manifest(
         "plan": str(plan.source),
         "plan_name": plan.name,
         "plan_hash": study.plan_hash,
+        # the plan may name files outside its folder (run --allow-outside-paths); sumstats reopens it the same way
+        "allow_outside_paths": plan.allow_outside_paths,
         "inputs": {
             "metadata": {"path": str(plan.metadata), "sha256": study.metadata_sha256},
             **{f"layer:{layer.spec.name}": {"path": str(layer.spec.path), "sha256": layer.input_sha256, "store": str(layer.store.path)} for layer in study.layers},
@@ -488,6 +490,7 @@ def run_study(
     min_cases: int | None = None,
     covariate_rows: bool = False,
     force: bool = False,
+    allow_outside_paths: bool = False,
 ) -> RunSummary:
     """Run every analysis of a plan and write the outputs to ``out_dir``.
 
@@ -502,11 +505,12 @@ def run_study(
     the plan's ``features:``; ``min_cases`` the plan's ``min_cases`` for this
     run only (the plan's hash, and what ``meta``/``pool`` compare, stay as they are). With
     ``covariate_rows`` every covariate's coefficient in every lm model is also
-    written, to ``covariate_results.parquet`` / ``.tsv``.
+    written, to ``covariate_results.parquet`` / ``.tsv``. ``allow_outside_paths``
+    lets a plan given as a path name files outside its folder (``run --allow-outside-paths``).
     """
     if min_cases is not None and (isinstance(min_cases, bool) or min_cases < 1):
         raise UserInputError(f"--min-cases must be a positive whole number, got {min_cases!r}")
-    plan = plan if isinstance(plan, Plan) else load_plan(plan)
+    plan = plan if isinstance(plan, Plan) else load_plan(plan, allow_outside_paths=allow_outside_paths)
     out = Path(out_dir).resolve()
     work = out / WORK_DIR
     # The lock comes first: a second run on a folder in use must change nothing in it.

@@ -21,6 +21,7 @@ feature ID exactly, else by the last rank part of a MetaPhlAn lineage
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from scalable_assoc.errors import DataError
+from scalable_assoc.io.tables import check_row_lengths, reading_problem
 from scalable_assoc.results.harmonise import canonical_name, feature_set_digest
 
 _TRUE = {"true", "t", "1", "yes", "y"}
@@ -92,13 +94,17 @@ def _where(path: Path, column: str) -> str:
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"feature list {path}: no such file (given with --features or the plan key 'features')")
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    if not parquet:
+        # pandas pads a short line; and a ragged file is no table, whose header must not be quoted below.
+        check_row_lengths(path, 0, "feature")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if parquet:
             return pd.read_parquet(path)
         sep = "," if path.suffix.lower() == ".csv" else "\t"
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
     except Exception as error:  # pandas and pyarrow raise many types for a file that is not a table
-        raise DataError(f"feature list {path} cannot be read as a table (TSV, CSV or Parquet with a column 'feature'): {' '.join(str(error).split())}") from None
+        raise DataError(f"feature list {path} cannot be read as a table (TSV, CSV or Parquet with a column 'feature'): {reading_problem(error)}") from None
 
 
 def _kept_rows(path: Path, column: pd.Series) -> np.ndarray:
@@ -119,6 +125,9 @@ def read_feature_list(path: str | Path) -> FeatureList:
     table.columns = [str(c).strip() for c in table.columns]
     if "feature" not in table.columns:
         found = ", ".join(map(str, table.columns[:10])) or "none"
+        if len(table.columns) < 2 and not difflib.get_close_matches("feature", [c.lower() for c in table.columns], n=1, cutoff=0.6):
+            # One field per line is how any text file reads: its first line (perhaps a secret) is not quoted.
+            found = "a single column whose first line is not a column name like 'feature'"
         raise DataError(f"{_where(path, 'feature')}: the file has no column 'feature' (found: {found}); list one feature name per row under a header 'feature'")
     if "kept" in table.columns:
         table = table[_kept_rows(path, table["kept"])]

@@ -18,14 +18,9 @@ import numpy as np
 import pandas as pd
 
 from scalable_assoc.errors import DataError, PlanError
-from scalable_assoc.io.tables import check_row_lengths, raw_header, table_separator
+from scalable_assoc.io.tables import check_row_lengths, raw_header, reading_problem, table_separator
 from scalable_assoc.plan import expressions
 from scalable_assoc.plan.schema import ExposureSpec
-
-
-def _one_line(error: BaseException) -> str:
-    """A library error message on one line (pandas parser errors span several)."""
-    return " ".join(str(error).split())
 
 
 def _close_match(name: str, candidates: Iterable[object]) -> str:
@@ -64,7 +59,15 @@ def load_metadata(path: Path, id_column: str) -> pd.DataFrame:
             check_row_lengths(path, 0, "participant")
             frame = pd.read_csv(path, sep=table_separator(path), dtype={id_column: str})
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as error:
-        raise DataError(f"metadata file {path} cannot be read as a table: {_one_line(error)}") from None
+        raise DataError(f"metadata file {path} cannot be read as a table: {reading_problem(error)}") from None
+    if id_column not in frame.columns and frame.shape[1] < 2:
+        # One field per line is how any text file reads (a key, a password file): its first line is not quoted.
+        raise DataError(
+            f"metadata file {path} is not a table with a sample ID column '{id_column}' (plan key 'data.metadata', "
+            f"'data.sample_id_column'): its first line has a single field, no {'comma' if table_separator(path) == ',' else 'tab'}-separated "
+            f"column names.{_close_match(id_column, frame.columns)} A metadata table has one row per participant and "
+            f"tab-separated columns (comma-separated for .csv), one of them '{id_column}'."
+        )
     if id_column not in frame.columns:
         raise DataError(
             f"metadata file {path} has no sample ID column '{id_column}' (plan key 'data.sample_id_column', "

@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import lzma
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -112,9 +113,41 @@ def _open_text(path: Path) -> IO[str]:
     return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", errors="replace", newline="")
 
 
+#: Library messages about a table's shape that hold no text of the file (pandas' C parser, pyarrow, compression).
+_SHAPE_MESSAGES = (
+    re.compile(r"Expected (\d+) fields in line (\d+), saw (\d+)"),
+    re.compile(r"Parquet magic bytes not found[^\n]*"),
+    re.compile(r"Compressed file ended before the end-of-stream marker was reached"),
+    re.compile(r"Not a gzipped file[^\n]*|Invalid data stream|Input format not supported by decoder"),
+    re.compile(r"No columns to parse from file"),
+)
+
+
+def reading_problem(error: BaseException) -> str:
+    """Why a file could not be read, without quoting any of its content.
+
+    A plan may name any file (with --allow-outside-paths), and library messages
+    can echo a line of it (a secret, for a file that is not a table at all), so
+    only the error's kind, a system error's reason, or a known message about the
+    table's shape (line number and field counts) is passed on.
+    """
+    if isinstance(error, UnicodeDecodeError):
+        return f"it is not UTF-8 text (an undecodable byte at position {error.start} of a block)"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = " ".join(str(error).split())
+    for pattern in _SHAPE_MESSAGES:
+        found = pattern.search(text)
+        if found:
+            if found.lastindex == 3:
+                expected, line, saw = found.groups()
+                return f"line {line} has {saw} fields where {expected} were expected"
+            return found.group(0)
+    return f"it is not a well-formed table ({type(error).__name__})"
+
+
 def _unreadable(path: Path, error: Exception) -> DataError:
-    detail = error.strerror if isinstance(error, OSError) and error.strerror else " ".join(str(error).split())
-    return DataError(f"{path}: cannot be read: {detail}")
+    return DataError(f"{path}: cannot be read: {reading_problem(error)}")
 
 
 def _first_data_line(path: Path) -> list[str]:
@@ -191,7 +224,8 @@ def _data_rows(path: Path, skipped: int, row_word: str) -> tuple[list[str], bool
     if bad:
         number, n = bad[0]
         raise DataError(
-            f"{path}: line {number} ({row_word} '{firsts[number - 1]}') has {n} fields but the header has {header}; "
+            # Line number and counts only: the line's text may be anything (the file need not be a table at all).
+            f"{path}: line {number} ({row_word} row) has {n} fields but the header has {header}; "
             f"{len(bad)} line(s) differ. A short or long line would shift or lose values: fix the file "
             f"(write an empty cell or NA for a missing value, keeping the separators)."
         )
@@ -276,11 +310,6 @@ def validated_values(path: Path, frame: pd.DataFrame, samples_are_rows: bool) ->
     with np.errstate(invalid="ignore"):
         first_bad(values < 0, "negative")
     return values
-
-
-def _one_line(error: BaseException) -> str:
-    """A library error message on one line (pandas parser errors end with a newline)."""
-    return " ".join(str(error).split())
 
 
 def _comment_lines(path: Path) -> list[int]:
@@ -377,7 +406,7 @@ def stream_wide(path: Path, rows_per_read: int | None = None, scratch: Path | No
                     yield validated_values(path, frame, samples_are_rows=True)
                     done += len(frame)
         except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot be read as a table with samples as rows: {_one_line(error)}") from None
+            raise DataError(f"{path}: cannot be read as a table with samples as rows: {reading_problem(error)}") from None
         if done != n_samples:
             raise DataError(f"{path}: {done} sample rows read, but a first pass found {n_samples}; was the file changed while it was read?")
 
@@ -433,7 +462,7 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
     try:
         clades = pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, usecols=[0], dtype=str).iloc[:, 0].astype(str)
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {_one_line(error)}") from None
+        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None
     last = clades.str.rsplit("|", n=1).str[-1]
     keep = last.str.startswith(prefix).to_numpy()
     if not keep.any():
@@ -456,7 +485,7 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
                     selected.index = pd.Index(row_ids[rows][chosen])
                     yield validated_values(path, selected, samples_are_rows=False).T
         except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {_one_line(error)}") from None
+            raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None
 
     return TableStream(tuple(str(s) for s in sample_ids), tuple(str(f) for f in feature_ids), lambda width: _rebatch(pieces(), width), path)
 
@@ -474,7 +503,7 @@ def stream_parquet(path: Path) -> TableStream:
         id_column = index_columns[0] if index_columns else schema.names[0]
         ids = handle.read(columns=[id_column]).column(0).to_pandas()
     except (OSError, ValueError, IndexError) as error:
-        raise DataError(f"{path}: cannot be read as a table with samples as rows: {_one_line(error)}") from None
+        raise DataError(f"{path}: cannot be read as a table with samples as rows: {reading_problem(error)}") from None
     feature_names = [name for name in schema.names if name != id_column and name not in index_columns]
     if not feature_names:
         raise DataError(f"{path}: no feature columns after the sample ID column")
@@ -491,7 +520,7 @@ def stream_parquet(path: Path) -> TableStream:
             try:
                 frame = handle.read(columns=names).to_pandas()
             except (OSError, ValueError) as error:
-                raise DataError(f"{path}: cannot read columns {names[0]}..{names[-1]}: {_one_line(error)}") from None
+                raise DataError(f"{path}: cannot read columns {names[0]}..{names[-1]}: {reading_problem(error)}") from None
             frame.index = sample_index
             yield validated_values(path, frame, samples_are_rows=True)
 

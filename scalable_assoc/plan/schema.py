@@ -167,11 +167,14 @@ class Plan:
     #: options of the OLS models (plan keys ``lm`` and ``lm_nonzero``)
     lm: OlsOptions = field(default_factory=OlsOptions)
     lm_nonzero: OlsOptions = field(default_factory=OlsOptions)
+    #: the plan was loaded with ``--allow-outside-paths``: its files may lie outside its folder
+    allow_outside_paths: bool = False
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
         payload = asdict(self)
         payload.pop("source")
+        payload.pop("allow_outside_paths")  # how the plan was loaded, not what it asks for
         if not payload["reference"]:
             payload.pop("reference")  # plans without the key keep the hash (and resumable chunks) they had
         if payload["features"] is None:
@@ -239,6 +242,25 @@ def _string(source: Path, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise PlanError(f"{_where(source, key)}: expected a non-empty string, got {value!r}")
     return value
+
+
+def _plan_path(source: Path, key: str, value: Any, allow_outside: bool) -> Path:
+    """A path named by the plan, resolved (symlinks followed) against the plan's folder, which it must stay inside.
+
+    A plan may come from someone else (one plan sent to every biobank), so unless
+    ``allow_outside`` it may only name files in its own folder or below it.
+    """
+    text = _string(source, key, value)
+    folder = source.parent.resolve()
+    path = (folder / text).resolve()
+    if not allow_outside and not path.is_relative_to(folder):
+        raise PlanError(
+            f"{_where(source, key)}: {text!r} resolves to {path}, outside the plan's folder {folder}. A plan may only name "
+            "files in its own folder or below it, so that a plan written elsewhere cannot read other files on this machine. "
+            "Move (or copy) the file beside the plan, or, if you trust this plan, pass --allow-outside-paths to "
+            "'scalable-assoc run' (allow_outside_paths=True from Python)."
+        )
+    return path
 
 
 def _string_list(source: Path, key: str, value: Any) -> tuple[str, ...]:
@@ -311,7 +333,9 @@ def _parse_threshold(source: Path, key: str, raw: Any) -> float:
     return float(raw)
 
 
-def _parse_layers(source: Path, raw: Any, preprocess: Preprocess, models: tuple[str, ...], threshold: float) -> tuple[LayerSpec, ...]:
+def _parse_layers(
+    source: Path, raw: Any, preprocess: Preprocess, models: tuple[str, ...], threshold: float, allow_outside: bool = False
+) -> tuple[LayerSpec, ...]:
     if not isinstance(raw, dict) or not raw:
         raise PlanError(f"{_where(source, 'data.layers')}: expected a mapping of layer name to file, with at least one layer")
     layers = []
@@ -327,7 +351,7 @@ def _parse_layers(source: Path, raw: Any, preprocess: Preprocess, models: tuple[
         if rank not in RANK_PREFIXES:
             raise PlanError(f"{_where(source, key + '.rank')}: expected one of {', '.join(RANK_PREFIXES)}, got {rank!r}")
         layer_pre = _parse_preprocess(source, key + ".preprocess", value.get("preprocess", {}), preprocess)
-        path = (source.parent / _string(source, key + ".path", value["path"])).resolve()
+        path = _plan_path(source, key + ".path", value["path"], allow_outside)
         layer_models = _parse_models(source, key + ".models", value["models"]) if "models" in value else models
         layer_threshold = _parse_threshold(source, key + ".presence_threshold", value["presence_threshold"]) if "presence_threshold" in value else threshold
         layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre, layer_models, layer_threshold))
@@ -510,8 +534,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read and validate a plan file; raise :class:`PlanError` naming the key at fault."""
+def load_plan(path: str | Path, allow_outside_paths: bool = False) -> Plan:
+    """Read and validate a plan file; raise :class:`PlanError` naming the key at fault.
+
+    The files the plan names must lie in its folder (or below it) unless
+    ``allow_outside_paths`` (``run --allow-outside-paths``).
+    """
     source = Path(path).resolve()
     if not source.is_file():
         what = "is a folder, not a plan file" if source.is_dir() else "does not exist"
@@ -534,11 +562,14 @@ def load_plan(path: str | Path) -> Plan:
         # A repeated key is valid syntax that we refuse; everything else is a syntax error.
         kind = "invalid YAML" if isinstance(error, yaml.constructor.ConstructorError) else "YAML syntax error"
         raise PlanError(f"plan {source}: {kind}{where}: {' '.join(str(problem).split())}{shown}") from None
-    return parse_plan(raw, source)
+    return parse_plan(raw, source, allow_outside_paths)
 
 
-def parse_plan(raw: Any, source: Path) -> Plan:
-    """Validate an already-parsed plan mapping (``source`` names it in errors and anchors relative paths)."""
+def parse_plan(raw: Any, source: Path, allow_outside_paths: bool = False) -> Plan:
+    """Validate an already-parsed plan mapping (``source`` names it in errors and anchors relative paths).
+
+    Paths must stay inside ``source``'s folder unless ``allow_outside_paths``.
+    """
     raw = _check_keys(
         source,
         "",
@@ -558,7 +589,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
     models = _parse_models(source, "models", raw.get("models", ["lm"]))
     threshold = _parse_threshold(source, "presence_threshold", raw.get("presence_threshold", 0.0))
     cluster = _string(source, "cluster", raw["cluster"]) if raw.get("cluster") is not None else None
-    layers = _parse_layers(source, data["layers"], preprocess, models, threshold)
+    layers = _parse_layers(source, data["layers"], preprocess, models, threshold, allow_outside_paths)
     if cluster is None:
         for layer in layers:
             if "lmm" in layer.models:
@@ -583,7 +614,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
     on_constant = raw.get("on_constant_covariate", "drop")
     if on_constant not in ON_CONSTANT_COVARIATE:
         raise PlanError(f"{_where(source, 'on_constant_covariate')}: expected one of {', '.join(ON_CONSTANT_COVARIATE)}, got {on_constant!r}")
-    features = (source.parent / _string(source, "features", raw["features"])).resolve() if raw.get("features") is not None else None
+    features = _plan_path(source, "features", raw["features"], allow_outside_paths) if raw.get("features") is not None else None
     analyses = _parse_analyses(
         source, raw.get("analyses"), tuple(e.name for e in exposures), tuple(adjustments), tuple(layer.name for layer in layers)
     )
@@ -591,7 +622,7 @@ def parse_plan(raw: Any, source: Path) -> Plan:
     return Plan(
         name=name,
         source=source,
-        metadata=(source.parent / _string(source, "data.metadata", data["metadata"])).resolve(),
+        metadata=_plan_path(source, "data.metadata", data["metadata"], allow_outside_paths),
         sample_id_column=_string(source, "data.sample_id_column", data.get("sample_id_column", "sample_id")),
         sample_mismatch=mismatch,
         layers=layers,
@@ -608,4 +639,5 @@ def parse_plan(raw: Any, source: Path) -> Plan:
         features=features,
         lm=ols["lm"],
         lm_nonzero=ols["lm_nonzero"],
+        allow_outside_paths=allow_outside_paths,
     )

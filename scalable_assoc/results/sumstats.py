@@ -209,7 +209,7 @@ def read_run(run_dir: Path) -> RunOutputs:
     plan_file = Path(manifest["plan"])
     if not plan_file.is_file():
         raise DataError(f"{run_dir}: the run's plan {plan_file} no longer exists")
-    plan = load_plan(plan_file)
+    plan = load_plan(plan_file, allow_outside_paths=bool(manifest.get("allow_outside_paths", False)))
     if plan.content_hash() != manifest.get("plan_hash"):
         raise DataError(f"{run_dir}: the plan {plan_file} changed since this run; run it again before exporting")
     return RunOutputs(run_dir, manifest, plan, pd.read_parquet(run_dir / "results.parquet"), pd.read_parquet(run_dir / "features.parquet"))
