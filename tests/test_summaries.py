@@ -177,7 +177,7 @@ def blocks_run(small_study: SimulatedStudy, dask_cluster, tmp_path_factory: pyte
     out = folder / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["run", str(plan), "--out", str(out), "--scheduler", dask_cluster.scheduler_address, "--top", "4"])
+        code = main(["run", str(plan), "--out", str(out), "--scheduler", dask_cluster.scheduler_address, "--top", "4", "--allow-outside-paths"])
     assert code == 0
     return out, printed.getvalue()
 
