@@ -62,7 +62,7 @@ def test_a_damaged_store_given_directly_exits_2_naming_it(small_study: Simulated
     chunk = sorted(p for p in (folder / "gbm.zarr" / "abundance").rglob("*") if p.is_file() and p.name != "zarr.json")[1]
     _flip_a_byte(chunk)
     capsys.readouterr()
-    code = main(["run", str(folder / "plan.yaml"), "--out", str(tmp_path / "out"), "--workers", "1"])
+    code = main(["run", str(folder / "plan.yaml"), "--out", str(tmp_path / "out"), "--workers", "1", "--allow-outside-paths"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err and f"store {folder / 'gbm.zarr'} is damaged" in err and "features 16-31" in err

@@ -101,7 +101,7 @@ def test_a_failed_run_says_so_with_its_error(small_study: SimulatedStudy, tmp_pa
     out = tmp_path / "out"
     plan = tmp_path / "plan.yaml"
     plan.write_text(small_study.plan_path.read_text().replace("metadata: metadata.tsv", f"metadata: {small_study.out_dir / 'missing.tsv'}"))
-    failed = _command("run", str(plan), "--out", str(out), "--workers", "1")
+    failed = _command("run", str(plan), "--out", str(out), "--workers", "1", "--allow-outside-paths")
     assert failed.returncode == 2
     code, status = _status(out)
     assert code == 1 and status["state"] == "failed" and "missing.tsv" in status["error"] and status["finished"]

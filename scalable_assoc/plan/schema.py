@@ -192,7 +192,7 @@ class Plan:
         rerun with a new alpha, name or location reuses every finished chunk.
         """
         payload = asdict(self)
-        for key in ("source", "name", "fdr", "min_cases", "analyses", "metadata", "features"):
+        for key in ("source", "name", "fdr", "min_cases", "analyses", "metadata", "features", "allow_outside_paths"):
             payload.pop(key)
         for layer in payload["layers"]:
             layer.pop("path")
