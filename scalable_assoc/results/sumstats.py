@@ -46,6 +46,15 @@ from scalable_assoc.models.fits import small_presence_cells
 from scalable_assoc.models.pooled import CrossProducts
 from scalable_assoc.plan.schema import OLS_MODELS, OlsOptions, Plan, load_plan
 from scalable_assoc.results.harmonise import feature_set_digest
+from scalable_assoc.results.signing import (
+    SIGNATURE_FIELD,
+    SigningKey,
+    VerifyKey,
+    load_signing_key,
+    load_verify_key,
+    sign_sidecar,
+    verify_sidecar,
+)
 
 FORMAT = "scalable_assoc.sumstats/1"
 
@@ -349,17 +358,28 @@ def disclose_sufficient(
     return kept, report
 
 
-def write_sumstats(run: RunOutputs, cohort: str, out: Path, rules: DisclosureRules, sufficient: pa.Table | None = None) -> dict[str, Any]:
+def write_sumstats(
+    run: RunOutputs,
+    cohort: str,
+    out: Path,
+    rules: DisclosureRules,
+    sufficient: pa.Table | None = None,
+    sign_key: Path | SigningKey | None = None,
+) -> dict[str, Any]:
     """Write ``out`` (Parquet), optionally ``<stem>.sufficient.parquet``, and the sidecar ``<stem>.json``; return the sidecar.
 
     The sidecar is written last: a file without one, or whose checksum differs
-    from it, is refused by ``meta`` and ``pool``.
+    from it, is refused by ``meta`` and ``pool``. With ``sign_key`` (a key file,
+    see :mod:`scalable_assoc.results.signing`: a shared secret or an Ed25519
+    private key in PEM) the sidecar carries a signature over its content, which
+    ``meta`` / ``pool --verify-key`` check.
     """
     if not cohort or any(ch in cohort for ch in "/\\\n\t"):
         raise UserInputError(f"--cohort {cohort!r}: give a plain name (no slashes, tabs or newlines)")
     out = Path(out)
     if out.suffix != ".parquet":
         raise UserInputError(f"--out {out}: the summary statistics file must end in .parquet")
+    key = load_signing_key(sign_key) if sign_key is not None and not isinstance(sign_key, SigningKey) else sign_key
     sidecar_path(out).unlink(missing_ok=True)
     summary, summary_report = summary_table(run, rules)
     write_parquet(out, summary)
@@ -402,6 +422,8 @@ def write_sumstats(run: RunOutputs, cohort: str, out: Path, rules: DisclosureRul
         "withheld": withheld,
         "files": files,
     }
+    if key is not None:
+        sidecar[SIGNATURE_FIELD] = sign_sidecar(sidecar, key)
     write_json(sidecar_path(out), sidecar)
     return sidecar
 
@@ -426,9 +448,16 @@ class CohortFile:
         return pq.read_table(self.path.with_name(entry["name"]), schema=SUFFICIENT_SCHEMA)
 
 
-def open_cohort_file(path: Path, need_sufficient: bool = False) -> CohortFile:
-    """Open a summary-statistics file, refusing it unless its sidecar exists and every checksum matches."""
+def open_cohort_file(path: Path, need_sufficient: bool = False, verify_key: Path | VerifyKey | None = None) -> CohortFile:
+    """Open a summary-statistics file, refusing it unless its sidecar exists and every checksum matches.
+
+    With ``verify_key`` (a shared-secret file or an Ed25519 public key in PEM,
+    see :mod:`scalable_assoc.results.signing`) the sidecar must also carry a
+    signature made with that key over its current content; without it a signed
+    or unsigned file is accepted on its checksums.
+    """
     path = Path(path)
+    key = load_verify_key(verify_key) if verify_key is not None and not isinstance(verify_key, VerifyKey) else verify_key
     if not path.is_file():
         raise DataError(f"{path}: no such summary-statistics file")
     side = sidecar_path(path)
@@ -440,6 +469,8 @@ def open_cohort_file(path: Path, need_sufficient: bool = False) -> CohortFile:
         raise DataError(f"{side}: not valid JSON ({error})") from None
     if sidecar.get("format") != FORMAT:
         raise DataError(f"{side}: format {sidecar.get('format')!r} is not {FORMAT!r}")
+    if key is not None:
+        verify_sidecar(sidecar, key, path, side.name)
     files = sidecar.get("files", {})
     entries = [("summary", path)]
     if need_sufficient:
