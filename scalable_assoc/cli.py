@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         "min_cohorts": "combine a feature only when at least this many cohorts have it (default 2)",
         "allow_mismatch": "combine cohorts even if their analyses (transform, models, exposures, adjustments) or their CLR/TSS/AST feature sets differ (warnings in the manifest)",
         "alpha": "q below this counts as significant (default: the fdr.alpha of the cohorts' plans)",
-        "verify_key": "refuse every file whose sidecar is not signed with this key: the consortium's shared secret file or the cohort's Ed25519 public key (PEM)",
+        "verify_key": "refuse every file whose sidecar is not signed with this key: the consortium's shared secret file or a cohort's Ed25519 public key (PEM); "
+        "repeat it to give one public key per cohort",
     }
     meta = commands.add_parser("meta", help="meta-analyse cohorts' summary-statistics files")
     meta.add_argument("files", nargs="+", type=Path, help="summary-statistics files written by 'scalable-assoc sumstats'")
@@ -120,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     meta.add_argument("--alpha", type=float, help=combine_help["alpha"])
     meta.add_argument("--scheduler", help="Dask scheduler to combine the rows on (default: in this process below 2 million rows, else a local cluster)")
     meta.add_argument("--workers", type=_positive_int, help="local worker processes when a cluster is used")
-    meta.add_argument("--verify-key", type=Path, metavar="KEY", help=combine_help["verify_key"])
+    meta.add_argument("--verify-key", type=Path, action="append", metavar="KEY", help=combine_help["verify_key"])
 
     status = commands.add_parser(
         "status",
@@ -137,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     pool.add_argument("--min-cohorts", type=_positive_int, default=2, help=combine_help["min_cohorts"])
     pool.add_argument("--allow-mismatch", action="store_true", help=combine_help["allow_mismatch"])
     pool.add_argument("--alpha", type=float, help=combine_help["alpha"])
-    pool.add_argument("--verify-key", type=Path, metavar="KEY", help=combine_help["verify_key"])
+    pool.add_argument("--verify-key", type=Path, action="append", metavar="KEY", help=combine_help["verify_key"])
 
     keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for signing summary statistics (sumstats --sign-key, meta/pool --verify-key)")
     keygen.add_argument("--out", required=True, type=Path, help="folder to write key.pem (private, keep it in the cohort) and key.pub.pem (give it to the consortium)")
@@ -231,11 +232,11 @@ def _keygen(args: argparse.Namespace) -> None:
     print(f"  give {public} to the consortium: 'meta/pool --verify-key {public}'; fingerprint {load_signing_key(private).fingerprint}")
 
 
-def _open_cohorts(files: list[Path], need_sufficient: bool, verify_key: Path | None = None) -> list:
+def _open_cohorts(files: list[Path], need_sufficient: bool, verify_keys: list[Path] | None = None) -> list:
     from scalable_assoc.results.signing import load_verify_key
     from scalable_assoc.results.sumstats import open_cohort_file
 
-    key = load_verify_key(verify_key) if verify_key is not None else None
+    keys = [load_verify_key(path) for path in verify_keys] if verify_keys else None
     summaries = []
     given = {path.resolve() for path in files}
     for path in files:
@@ -245,7 +246,7 @@ def _open_cohorts(files: list[Path], need_sufficient: bool, verify_key: Path | N
                 continue  # matched by a glob next to its summary file, which lists it
             raise UserInputError(f"{path} holds cross-products; pass its summary file {summary} (which lists it) instead")
         summaries.append(path)
-    return [open_cohort_file(path, need_sufficient, verify_key=key) for path in summaries]
+    return [open_cohort_file(path, need_sufficient, verify_key=keys) for path in summaries]
 
 
 def _mapping(path: Path | None) -> dict[str, str] | None:

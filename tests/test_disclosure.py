@@ -200,11 +200,19 @@ def test_ed25519_signed_exports_pool_and_wrong_keys_are_refused(
     north = tmp_path / "north.parquet"
     args = ["sumstats", str(carriers_run), "--cohort", "north", "--out", str(north), "--sufficient", "--scheduler", dask_cluster.scheduler_address]
     assert main([*args, "--sign-key", str(private)]) == 0
+    # Each cohort its own pair: the coordinating site gives every cohort's public key.
+    assert main(["keygen", "--out", str(tmp_path / "south_keys")]) == 0
+    south_public = tmp_path / "south_keys" / "key.pub.pem"
     south = tmp_path / "south.parquet"
-    write_sumstats(read_run(carriers_run), "south", south, DisclosureRules(), cross_products, sign_key=private)
+    write_sumstats(read_run(carriers_run), "south", south, DisclosureRules(), cross_products, sign_key=tmp_path / "south_keys" / "key.pem")
     assert json.loads(sidecar_path(north).read_text())["signature"]["algorithm"] == "ed25519"
     assert open_cohort_file(north, need_sufficient=True, verify_key=public).cohort == "north"
-    assert main(["pool", str(north), str(south), "--out", str(tmp_path / "pooled"), "--verify-key", str(public)]) == 0
+    both = ["--verify-key", str(public), "--verify-key", str(south_public)]
+    assert main(["pool", str(north), str(south), "--out", str(tmp_path / "pooled"), *both]) == 0
+    capsys.readouterr()
+    assert main(["pool", str(north), str(south), "--out", str(tmp_path / "one_key"), "--verify-key", str(public)]) == 2
+    error = capsys.readouterr().err
+    assert str(south) in error and "signed with another key" in error
 
     # Tampered cross-products with their checksum rewritten: refused by pool with the key.
     tampered = _copy_export(north, tmp_path / "tampered")
@@ -217,13 +225,12 @@ def test_ed25519_signed_exports_pool_and_wrong_keys_are_refused(
     side.write_text(json.dumps(sidecar, indent=2))
     assert open_cohort_file(tampered, need_sufficient=True).cohort == "north"
     capsys.readouterr()
-    assert main(["pool", str(tampered), str(south), "--out", str(tmp_path / "refused"), "--verify-key", str(public)]) == 2
+    assert main(["pool", str(tampered), str(south), "--out", str(tmp_path / "refused"), *both]) == 2
     assert str(tampered) in capsys.readouterr().err
 
     # Another key pair, or the shared-secret kind: refused.
-    assert main(["keygen", "--out", str(tmp_path / "other")]) == 0
     with pytest.raises(DataError, match="signed with another key"):
-        open_cohort_file(north, verify_key=tmp_path / "other" / "key.pub.pem")
+        open_cohort_file(north, verify_key=south_public)
     secret = tmp_path / "consortium.key"
     secret.write_text(SECRET)
     with pytest.raises(DataError, match=r"signed with another key \(ed25519"):

@@ -24,6 +24,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,20 +171,26 @@ def sign_sidecar(sidecar: dict[str, Any], key: SigningKey) -> dict[str, str]:
     return {"algorithm": key.algorithm, "key_fingerprint": key.fingerprint, "value": base64.b64encode(value).decode("ascii")}
 
 
-def verify_sidecar(sidecar: dict[str, Any], key: VerifyKey, where: Path, sidecar_name: str) -> None:
-    """Refuse (:class:`DataError` naming ``where``) a sidecar that is unsigned, signed with another key, or changed since signing."""
+def verify_sidecar(sidecar: dict[str, Any], keys: VerifyKey | Sequence[VerifyKey], where: Path, sidecar_name: str) -> None:
+    """Refuse (:class:`DataError` naming ``where``) a sidecar that is unsigned, signed with none of ``keys``, or changed since signing.
+
+    With several keys (one public key per cohort) the one whose fingerprint the signature names is used.
+    """
+    keys = [keys] if isinstance(keys, VerifyKey) else list(keys)
+    given = "--verify-key " + ", ".join(f"{k.path} ({k.algorithm}, fingerprint {k.fingerprint})" for k in keys)
     block = sidecar.get(SIGNATURE_FIELD)
     if not isinstance(block, dict) or not {"algorithm", "key_fingerprint", "value"} <= set(block):
         raise DataError(
-            f"{where}: its sidecar {sidecar_name} is not signed, and --verify-key {key.path} asks for signed files; "
+            f"{where}: its sidecar {sidecar_name} is not signed, and {given} asks for signed files; "
             "ask the cohort to export again with 'scalable-assoc sumstats RUN_DIR ... --sign-key KEY'"
         )
-    if block["algorithm"] != key.algorithm or block["key_fingerprint"] != key.fingerprint:
+    matching = [k for k in keys if block["algorithm"] == k.algorithm and block["key_fingerprint"] == k.fingerprint]
+    if not matching:
         raise DataError(
             f"{where}: its sidecar {sidecar_name} is signed with another key ({block['algorithm']}, fingerprint {block['key_fingerprint']}) "
-            f"than --verify-key {key.path} ({key.algorithm}, fingerprint {key.fingerprint}); verify with the key this cohort signs with, "
-            "or ask it to export again with the consortium's key"
+            f"than {given}; verify with the key this cohort signs with, or ask it to export again with the consortium's key"
         )
+    key = matching[0]
     try:
         value = base64.b64decode(str(block["value"]), validate=True)
     except ValueError:

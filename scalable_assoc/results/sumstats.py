@@ -448,16 +448,22 @@ class CohortFile:
         return pq.read_table(self.path.with_name(entry["name"]), schema=SUFFICIENT_SCHEMA)
 
 
-def open_cohort_file(path: Path, need_sufficient: bool = False, verify_key: Path | VerifyKey | None = None) -> CohortFile:
+def open_cohort_file(
+    path: Path, need_sufficient: bool = False, verify_key: Path | VerifyKey | Sequence[Path | VerifyKey] | None = None
+) -> CohortFile:
     """Open a summary-statistics file, refusing it unless its sidecar exists and every checksum matches.
 
     With ``verify_key`` (a shared-secret file or an Ed25519 public key in PEM,
     see :mod:`scalable_assoc.results.signing`) the sidecar must also carry a
-    signature made with that key over its current content; without it a signed
-    or unsigned file is accepted on its checksums.
+    signature made with that key over its current content (with several keys,
+    e.g. one public key per cohort: with the one it names); without it a
+    signed or unsigned file is accepted on its checksums.
     """
     path = Path(path)
-    key = load_verify_key(verify_key) if verify_key is not None and not isinstance(verify_key, VerifyKey) else verify_key
+    keys = None
+    if verify_key is not None:
+        given = [verify_key] if isinstance(verify_key, str | Path | VerifyKey) else list(verify_key)
+        keys = [k if isinstance(k, VerifyKey) else load_verify_key(Path(k)) for k in given]
     if not path.is_file():
         raise DataError(f"{path}: no such summary-statistics file")
     side = sidecar_path(path)
@@ -469,8 +475,8 @@ def open_cohort_file(path: Path, need_sufficient: bool = False, verify_key: Path
         raise DataError(f"{side}: not valid JSON ({error})") from None
     if sidecar.get("format") != FORMAT:
         raise DataError(f"{side}: format {sidecar.get('format')!r} is not {FORMAT!r}")
-    if key is not None:
-        verify_sidecar(sidecar, key, path, side.name)
+    if keys is not None:
+        verify_sidecar(sidecar, keys, path, side.name)
     files = sidecar.get("files", {})
     entries = [("summary", path)]
     if need_sufficient:
