@@ -90,17 +90,28 @@ def _parser() -> argparse.ArgumentParser:
     sumstats.add_argument("--cohort", required=True, help="cohort name, e.g. lifelines")
     sumstats.add_argument("--out", required=True, type=Path, help="summary-statistics file to write (.parquet); its sidecar <stem>.json is written next to it")
     sumstats.add_argument("--sufficient", action="store_true", help="also export the lm cross-products (<stem>.sufficient.parquet) for 'scalable-assoc pool'")
-    sumstats.add_argument("--min-cell-count", type=int, default=3, help="withhold rows with fewer cases or controls than this (DataSHIELD nfilter.tab; default 3)")
+    sumstats.add_argument(
+        "--min-cell-count", type=int, default=3,
+        help="withhold rows with fewer cases or controls than this, or fewer participants with (or a non-zero number without) the feature, "
+        "overall or among the cases or the controls (DataSHIELD nfilter.tab; default 3)",
+    )
     sumstats.add_argument("--max-parameter-fraction", type=float, default=0.33, help="withhold rows whose model has more parameters than this x n (DataSHIELD nfilter.glm; default 0.33)")
     sumstats.add_argument("--min-cases", type=int, default=0, help="also withhold rows with fewer cases or controls than this (e.g. the consortium's min_cases after 'run --min-cases'; default 0: off)")
     sumstats.add_argument("--scheduler", help="Dask scheduler for --sufficient (default: a local cluster)")
     sumstats.add_argument("--workers", type=_positive_int, help="local worker processes for --sufficient")
+    sumstats.add_argument(
+        "--sign-key", type=Path, metavar="KEY",
+        help="sign the sidecar: KEY is a shared secret file (HMAC-SHA256) or an Ed25519 private key in PEM ('scalable-assoc keygen'); "
+        "meta and pool --verify-key then refuse the files if anything was changed",
+    )
 
     combine_help = {
         "feature_map": "tab-separated file with columns 'from' and 'to' renaming feature spellings before matching",
         "min_cohorts": "combine a feature only when at least this many cohorts have it (default 2)",
         "allow_mismatch": "combine cohorts even if their analyses (transform, models, exposures, adjustments) or their CLR/TSS/AST feature sets differ (warnings in the manifest)",
         "alpha": "q below this counts as significant (default: the fdr.alpha of the cohorts' plans)",
+        "verify_key": "refuse every file whose sidecar is not signed with this key: the consortium's shared secret file or a cohort's Ed25519 public key (PEM); "
+        "repeat it to give one public key per cohort",
     }
     meta = commands.add_parser("meta", help="meta-analyse cohorts' summary-statistics files")
     meta.add_argument("files", nargs="+", type=Path, help="summary-statistics files written by 'scalable-assoc sumstats'")
@@ -114,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     meta.add_argument("--alpha", type=float, help=combine_help["alpha"])
     meta.add_argument("--scheduler", help="Dask scheduler to combine the rows on (default: in this process below 2 million rows, else a local cluster)")
     meta.add_argument("--workers", type=_positive_int, help="local worker processes when a cluster is used")
+    meta.add_argument("--verify-key", type=Path, action="append", metavar="KEY", help=combine_help["verify_key"])
 
     status = commands.add_parser(
         "status",
@@ -130,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     pool.add_argument("--min-cohorts", type=_positive_int, default=2, help=combine_help["min_cohorts"])
     pool.add_argument("--allow-mismatch", action="store_true", help=combine_help["allow_mismatch"])
     pool.add_argument("--alpha", type=float, help=combine_help["alpha"])
+    pool.add_argument("--verify-key", type=Path, action="append", metavar="KEY", help=combine_help["verify_key"])
+
+    keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for signing summary statistics (sumstats --sign-key, meta/pool --verify-key)")
+    keygen.add_argument("--out", required=True, type=Path, help="folder to write key.pem (private, keep it in the cohort) and key.pub.pem (give it to the consortium)")
     return parser
 
 
@@ -191,26 +207,40 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _sumstats(args: argparse.Namespace) -> None:
+    from scalable_assoc.results.signing import load_signing_key
     from scalable_assoc.results.sumstats import DisclosureRules, read_run, sidecar_path, write_sumstats
 
     rules = DisclosureRules(args.min_cell_count, args.max_parameter_fraction, args.min_cases)
+    key = load_signing_key(args.sign_key) if args.sign_key is not None else None  # a bad key file fails before the export's work
     run = read_run(args.run_dir)
     sufficient = None
     if args.sufficient:
         from scalable_assoc.engine.sufficient import sufficient_statistics
 
         sufficient = sufficient_statistics(run, scheduler=args.scheduler, workers=args.workers)
-    sidecar = write_sumstats(run, args.cohort, args.out, rules, sufficient)
+    sidecar = write_sumstats(run, args.cohort, args.out, rules, sufficient, sign_key=key)
     withheld = sidecar["withheld"]["summary"]
     print(f"wrote {args.out} ({sidecar['files']['summary']['rows']} rows) and {sidecar_path(args.out)}")
     print(f"  withheld {withheld['rows_withheld']} rows: " + (", ".join(f"{k}: {v}" for k, v in withheld["withheld_by_reason"].items()) or "none"))
     if "sufficient" in sidecar["files"]:
         print(f"  cross-products: {sidecar['files']['sufficient']['name']} ({sidecar['files']['sufficient']['rows']} rows, {sidecar['withheld']['sufficient']['rows_withheld']} withheld)")
+    if key is not None:
+        print(f"  signed ({key.algorithm}, key fingerprint {key.fingerprint})")
 
 
-def _open_cohorts(files: list[Path], need_sufficient: bool) -> list:
+def _keygen(args: argparse.Namespace) -> None:
+    from scalable_assoc.results.signing import load_signing_key, write_key_pair
+
+    private, public = write_key_pair(args.out)
+    print(f"wrote {private} (private: keep it in the cohort, sign with 'sumstats --sign-key {private}') and {public}")
+    print(f"  give {public} to the consortium: 'meta/pool --verify-key {public}'; fingerprint {load_signing_key(private).fingerprint}")
+
+
+def _open_cohorts(files: list[Path], need_sufficient: bool, verify_keys: list[Path] | None = None) -> list:
+    from scalable_assoc.results.signing import load_verify_key
     from scalable_assoc.results.sumstats import open_cohort_file
 
+    keys = [load_verify_key(path) for path in verify_keys] if verify_keys else None
     summaries = []
     given = {path.resolve() for path in files}
     for path in files:
@@ -220,7 +250,7 @@ def _open_cohorts(files: list[Path], need_sufficient: bool) -> list:
                 continue  # matched by a glob next to its summary file, which lists it
             raise UserInputError(f"{path} holds cross-products; pass its summary file {summary} (which lists it) instead")
         summaries.append(path)
-    return [open_cohort_file(path, need_sufficient) for path in summaries]
+    return [open_cohort_file(path, need_sufficient, verify_key=keys) for path in summaries]
 
 
 def _mapping(path: Path | None) -> dict[str, str] | None:
@@ -233,7 +263,7 @@ def _meta(args: argparse.Namespace) -> None:
     from scalable_assoc.engine.mapper import ClusterMapper
     from scalable_assoc.results.consortium import meta_analyse
 
-    cohorts = _open_cohorts(args.files, False)
+    cohorts = _open_cohorts(args.files, False, args.verify_key)
     with ClusterMapper(args.scheduler, args.workers) as mapper:
         summary = meta_analyse(
             cohorts, args.out, method=args.method, hksj=args.hksj, min_cohorts=args.min_cohorts,
@@ -247,7 +277,7 @@ def _pool(args: argparse.Namespace) -> None:
     from scalable_assoc.results.consortium import pool_cohorts
 
     summary = pool_cohorts(
-        _open_cohorts(args.files, True), args.out, min_cohorts=args.min_cohorts, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, alpha=args.alpha
+        _open_cohorts(args.files, True, args.verify_key), args.out, min_cohorts=args.min_cohorts, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, alpha=args.alpha
     )
     print(f"wrote {summary.out_dir / 'pooled_results.parquet'}: {len(summary.results)} rows, {_significance(summary.manifest, args.alpha)}")
 
@@ -287,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     from scalable_assoc.errors import ClusterFailure
     from scalable_assoc.io.runstate import FolderInUse
 
-    handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool, "status": _status}
+    handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool, "status": _status, "keygen": _keygen}
     try:
         code = handlers[args.command](args)
     except FolderInUse as error:

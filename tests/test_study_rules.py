@@ -201,6 +201,73 @@ def test_carrier_rule_keeps_non_estimated_statuses() -> None:
     assert np.isnan(out.p[0, 0]) and out.p[0, 2] == 0.5
 
 
+def test_carrier_rule_covers_the_presence_by_case_table() -> None:
+    """Binary exposure, 10 cases and 10 controls: any non-zero cell of present/absent x case/control below 3 withholds."""
+    # columns: carriers (cases, controls) = (1, 9), (0, 5), (3, 3), (10, 8), (3, 0), (9, 9)
+    present_cases = np.array([[1, 0, 3, 10, 3, 9]])
+    present = np.array([[10, 5, 6, 18, 3, 18]])
+    shape = present.shape
+    fits = SlopeFits(
+        np.ones(shape), np.ones(shape), np.ones(shape), np.full(shape, 0.5), np.full(shape, 20), np.full(shape, 10), np.full(shape, 10),
+        np.zeros(shape, dtype=np.int8),
+    )
+    out = withhold_rare_carriers(fits, present, 3, n_present_cases=present_cases)
+    # (1, 9): one carrying case; (0, 5): the zero cell is fine; (3, 3) fine; (10, 8): two controls lack it;
+    # (3, 0): fine; (9, 9): one case and one control lack it
+    assert (out.status == FitStatus.TOO_FEW_CARRIERS).tolist() == [[True, False, False, True, False, True]]
+    assert np.isnan(out.p[0, 0]) and out.p[0, 1] == 0.5
+    # Without the case counts only the margins count (as before): the single carrying case passes.
+    assert (withhold_rare_carriers(fits, present, 3).status == FitStatus.TOO_FEW_CARRIERS).tolist() == [[False, False, False, True, False, True]]
+    # lm_nonzero: absent participants are not in the model; only the present x case/control cells.
+    nonzero = SlopeFits(fits.beta, fits.se, fits.t, fits.p, present, present_cases, present - present_cases, fits.status)
+    out = withhold_rare_carriers(nonzero, present, 3, count_absent=False, n_present_cases=present_cases)
+    assert (out.status == FitStatus.TOO_FEW_CARRIERS).tolist() == [[True, False, False, False, False, False]]
+    # Continuous exposures (n_cases -1) are never hit by the cell rule, only by the margins.
+    continuous = SlopeFits(fits.beta, fits.se, fits.t, fits.p, fits.n, np.full(shape, -1), np.full(shape, -1), fits.status)
+    out = withhold_rare_carriers(continuous, present, 3, n_present_cases=np.full(shape, -1))
+    assert (out.status == FitStatus.TOO_FEW_CARRIERS).tolist() == [[False, False, False, True, False, True]]
+
+
+def test_one_carrying_case_is_withheld_in_a_run(client, tmp_path: Path) -> None:
+    """A feature carried by 12 participants, only one of them a case: no estimate; n_present_cases says why."""
+    rng = np.random.default_rng(12)
+    n = 60
+    case = (np.arange(n) % 3 == 0).astype(int)
+    metadata = pd.DataFrame({"sample_id": [f"P{i:02d}" for i in range(n)], "age": rng.normal(50, 8, n).round(1), "case": case, "bmi": rng.normal(25, 3, n).round(1)})
+    layer = pd.DataFrame({"sample_id": metadata["sample_id"]})
+    controls, cases = np.flatnonzero(case == 0), np.flatnonzero(case == 1)
+    one_case = np.zeros(n)
+    one_case[np.concatenate([controls[:11], cases[:1]])] = rng.uniform(1, 5, 12)
+    layer["one_carrying_case"] = one_case
+    three_cases = np.zeros(n)
+    three_cases[np.concatenate([controls[:9], cases[:3]])] = rng.uniform(1, 5, 12)
+    layer["three_carrying_cases"] = three_cases
+    layer["common"] = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
+    metadata.to_csv(tmp_path / "metadata.tsv", sep="\t", index=False)
+    layer.to_csv(tmp_path / "layer.tsv", sep="\t", index=False)
+    (tmp_path / "plan.yaml").write_text(
+        """
+data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
+preprocess: {transform: log, pseudocount: 0.5}
+exposures: {case: {column: case}, bmi: {column: bmi}}
+adjustments: {base: [age]}
+models: [lm, prevalence]
+min_cases: 5
+"""
+    )
+    results = run_study(tmp_path / "plan.yaml", tmp_path / "out", client=client).results
+    binary = results[results["exposure"] == "case"].set_index(["model", "feature"])
+    for model in ("lm", "prevalence"):
+        assert binary.loc[(model, "one_carrying_case"), "n_present"] == 12 and binary.loc[(model, "one_carrying_case"), "n_present_cases"] == 1
+        assert "min_carriers" in binary.loc[(model, "one_carrying_case"), "status"] and pd.isna(binary.loc[(model, "one_carrying_case"), "p"])
+        assert binary.loc[(model, "three_carrying_cases"), "n_present_cases"] == 3
+        assert binary.loc[(model, "three_carrying_cases"), "status"] == "ok"
+    # A continuous exposure has no case/control table: n_present_cases is null and the margins alone count.
+    continuous = results[results["exposure"] == "bmi"].set_index(["model", "feature"])
+    assert continuous["n_present_cases"].isna().all()
+    assert continuous.loc[("lm", "one_carrying_case"), "status"] == "ok"
+
+
 def _constant_covariate_study(folder: Path, on_constant: str = "") -> Path:
     rng = np.random.default_rng(2)
     n = 90

@@ -217,6 +217,16 @@ def carrier_counts(present: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.count_nonzero(present[rows], axis=0)
 
 
+def case_carrier_counts(present: np.ndarray, rows: np.ndarray, analyses: list[PreparedAnalysis]) -> np.ndarray:
+    """``(k, m)`` carriers among each binary analysis' cases (design rows with exposure 1); -1 for other exposures."""
+    model_present = present[rows]
+    counts = np.full((len(analyses), present.shape[1]), -1, dtype=np.int64)
+    for i, analysis in enumerate(analyses):
+        if analysis.binary:
+            counts[i] = np.count_nonzero(model_present[analysis.exposure == 1], axis=0)
+    return counts
+
+
 def _labels(analysis: PreparedAnalysis) -> AnalysisLabels:
     a = analysis
     return AnalysisLabels(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary, "+".join(a.dropped))
@@ -322,11 +332,14 @@ def fit_chunk(
     for key, group, fit in zip(order, members, fits, strict=True):
         # Every analysis of a design has the same participants, hence the same carriers.
         n_present = np.broadcast_to(carrier_counts(block.present, by_key[key].rows), fit.slopes.beta.shape)
+        n_present_cases = case_carrier_counts(block.present, by_key[key].rows, group)
         slopes = withhold_rare_carriers(
-            fit.slopes, n_present, group[0].min_carriers, group[0].min_prevalence, count_absent=model != "lm_nonzero"
+            fit.slopes, n_present, group[0].min_carriers, group[0].min_prevalence, count_absent=model != "lm_nonzero", n_present_cases=n_present_cases
         )
         labels = [_labels(a) for a in group]
-        tables.append(fits_to_table(layer, feature_ids, labels, slopes, by_key[key].design.problem, fit.components, n_present))
+        tables.append(
+            fits_to_table(layer, feature_ids, labels, slopes, by_key[key].design.problem, fit.components, n_present, n_present_cases=n_present_cases)
+        )
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)
     seal(Path(output))  # last: a chunk whose task died before this is recomputed, never trusted

@@ -86,7 +86,12 @@ def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
 
 
 def withhold_rare_carriers(
-    fits: SlopeFits, n_present: np.ndarray, min_carriers: int, min_prevalence: float = 0.0, count_absent: bool = True
+    fits: SlopeFits,
+    n_present: np.ndarray,
+    min_carriers: int,
+    min_prevalence: float = 0.0,
+    count_absent: bool = True,
+    n_present_cases: np.ndarray | None = None,
 ) -> SlopeFits:
     """Withdraw the estimate of every estimated row resting on too few carriers.
 
@@ -99,6 +104,12 @@ def withhold_rare_carriers(
     participants, not only carriers), between 1 and ``min_carriers - 1`` lack it
     (DataSHIELD's rule: no non-zero cell below the threshold); and ``RARE_IN_MODEL`` when the present fraction is
     below ``min_prevalence``. Its statistics become NaN, so it leaves its FDR family.
+
+    ``n_present_cases`` ``(k, m)`` (binary exposures: carriers among the cases,
+    -1 elsewhere) extends the cell rule to the feature presence x case/control
+    table: a row is also withheld when any non-zero cell of present/absent x
+    case/control is below ``min_carriers`` (without ``count_absent`` only the
+    present x case/control cells, the absent participants not being in the model).
     """
     n_present = np.asarray(n_present, dtype=np.int64)
     if n_present.shape != fits.beta.shape:
@@ -108,6 +119,11 @@ def withhold_rare_carriers(
     # No absent participant is no cell to disclose and no problem for the fit (a pathway
     # everyone carries); one or two are both.
     few = (n_present < min_carriers) | (((n_absent > 0) & (n_absent < min_carriers)) if count_absent else False)
+    if n_present_cases is not None:
+        present_cases = np.asarray(n_present_cases, dtype=np.int64)
+        if present_cases.shape != fits.beta.shape:
+            raise ValueError(f"n_present_cases has shape {present_cases.shape}, expected {fits.beta.shape}")
+        few = few | small_presence_cells(n_present, present_cases, fits.n_cases, fits.n_controls, min_carriers, count_absent)
     with np.errstate(invalid="ignore", divide="ignore"):
         rare = n_present < min_prevalence * fits.n
     status = fits.status.copy()
@@ -121,3 +137,24 @@ def withhold_rare_carriers(
         return np.where(withdrawn, np.nan, values)
 
     return SlopeFits(blank(fits.beta), blank(fits.se), blank(fits.t), blank(fits.p), fits.n, fits.n_cases, fits.n_controls, status)
+
+
+def small_presence_cells(
+    n_present: np.ndarray, n_present_cases: np.ndarray, n_cases: np.ndarray, n_controls: np.ndarray, threshold: int, count_absent: bool = True
+) -> np.ndarray:
+    """Rows of a binary exposure with a non-zero cell of feature presence x case/control below ``threshold``.
+
+    The cells are present x case (``n_present_cases``), present x control,
+    and, with ``count_absent``, absent x case and absent x control. Rows that
+    are not binary (``n_cases`` or ``n_present_cases`` negative) are never hit.
+    All arguments broadcast together; returns a bool array.
+    """
+    binary = (np.asarray(n_cases) >= 0) & (np.asarray(n_present_cases) >= 0)
+    present_controls = n_present - n_present_cases
+    cells = [n_present_cases, present_controls]
+    if count_absent:
+        cells += [n_cases - n_present_cases, n_controls - present_controls]
+    small = np.zeros(np.broadcast(n_present, n_present_cases, n_cases, n_controls).shape, dtype=bool)
+    for cell in cells:
+        small |= (cell > 0) & (cell < threshold)
+    return binary & small

@@ -30,6 +30,7 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("n_cases", pa.int64(), "participants with exposure 1 among them (null for a continuous exposure)"),
     Column("n_controls", pa.int64(), "participants with exposure 0 among them (null for a continuous exposure)"),
     Column("n_present", pa.int64(), "participants in this feature's model with the feature present (raw value > presence_threshold; MaAsLin2's N.not.0); n for lm_nonzero"),
+    Column("n_present_cases", pa.int64(), "binary exposure: participants among n_present with exposure 1 (carriers among the cases); null for a continuous or categorical exposure"),
     Column("beta", pa.float64(), "exposure coefficient: transformed-abundance units per exposure unit (lm, lm_nonzero, lmm); log odds ratio of presence (prevalence)"),
     Column(
         "se",

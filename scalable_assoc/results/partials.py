@@ -35,6 +35,7 @@ def fits_to_table(
     components: VarianceComponents | None = None,
     n_present: np.ndarray | None = None,
     f_statistic: np.ndarray | None = None,
+    n_present_cases: np.ndarray | None = None,
 ) -> pa.Table:
     """Rows for ``k`` analyses x ``m`` features, analysis-major.
 
@@ -45,6 +46,8 @@ def fits_to_table(
     ``n_present`` ``(k, m)`` counts each row's model participants with the feature
     present (null where not given).
     ``f_statistic`` (``(k, m)``, categorical exposures' omnibus rows only) likewise.
+    ``n_present_cases`` ``(k, m)`` counts the carriers among the cases (null where
+    not given, negative, or the exposure is not binary).
     """
     k, m = fits.beta.shape
     status_lookup = np.array([STATUS_TEXT[FitStatus(code)] for code in range(len(FitStatus))], dtype=object)
@@ -77,6 +80,7 @@ def fits_to_table(
         "n_cases": pa.array(n_cases, pa.int64(), mask=~binary | (n_cases < 0)),
         "n_controls": pa.array(n_controls, pa.int64(), mask=~binary | (n_controls < 0)),
         "n_present": pa.nulls(k * m, pa.int64()) if n_present is None else pa.array(np.asarray(n_present, dtype=np.int64).ravel(), pa.int64()),
+        "n_present_cases": _present_cases_column(n_present_cases, binary, k * m),
         "beta": pa.array(fits.beta.ravel(), pa.float64(), from_pandas=True),
         "se": pa.array(fits.se.ravel(), pa.float64(), from_pandas=True),
         "t": pa.array(fits.t.ravel(), pa.float64(), from_pandas=True),
@@ -91,6 +95,13 @@ def fits_to_table(
         "f_statistic": variance_column(f_statistic),
     }
     return pa.table(columns, schema=PARTIAL_SCHEMA)
+
+
+def _present_cases_column(n_present_cases: np.ndarray | None, binary: np.ndarray, size: int) -> pa.Array:
+    if n_present_cases is None:
+        return pa.nulls(size, pa.int64())
+    flat = np.asarray(n_present_cases, dtype=np.int64).ravel()
+    return pa.array(flat, pa.int64(), mask=~binary | (flat < 0))
 
 
 def _status_text(status: np.ndarray, design_problem: str | None) -> list[str]:

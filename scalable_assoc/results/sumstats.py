@@ -11,9 +11,16 @@ What may leave a biobank (DataSHIELD-style rules, configurable):
 
 A row is withheld when its case or control count is below ``min_cell_count``
 (DataSHIELD ``nfilter.tab``, 3) or its model has more parameters than
-``max_parameter_fraction`` x n (``nfilter.glm``, 0.33). A prevalence resting on
-fewer than ``min_cell_count`` participants with or without the feature is
-blanked. The sidecar counts every withheld row by reason.
+``max_parameter_fraction`` x n (``nfilter.glm``, 0.33). It is also withheld,
+from the summary file and the cross-products alike, when among the model's
+participants fewer than ``min_cell_count`` have the feature, between 1 and
+``min_cell_count - 1`` lack it (not for ``lm_nonzero``, whose participants all
+have it) or, for a binary exposure, any non-zero cell of feature present/absent
+x case/control is below ``min_cell_count`` (the carrier counts of the run's
+results, whatever the run's own ``min_carriers``): a single carrier's row would
+disclose that person. A prevalence resting on fewer than ``min_cell_count``
+participants with or without the feature is blanked. The sidecar counts every
+withheld row by reason.
 """
 
 from __future__ import annotations
@@ -35,9 +42,19 @@ import pyarrow.parquet as pq
 from scalable_assoc import __version__
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, write_json, write_parquet
+from scalable_assoc.models.fits import small_presence_cells
 from scalable_assoc.models.pooled import CrossProducts
 from scalable_assoc.plan.schema import OLS_MODELS, OlsOptions, Plan, load_plan
 from scalable_assoc.results.harmonise import feature_set_digest
+from scalable_assoc.results.signing import (
+    SIGNATURE_FIELD,
+    SigningKey,
+    VerifyKey,
+    load_signing_key,
+    load_verify_key,
+    sign_sidecar,
+    verify_sidecar,
+)
 
 FORMAT = "scalable_assoc.sumstats/1"
 
@@ -119,18 +136,55 @@ def cross_products_table(
     )
 
 
-def _withheld_reason(n: np.ndarray, cases: np.ndarray, controls: np.ndarray, parameters: np.ndarray, rules: DisclosureRules) -> np.ndarray:
+def carrier_reason(results: pd.DataFrame, rules: DisclosureRules) -> np.ndarray:
+    """Per results row: '' or why its carrier counts keep it from leaving the cohort.
+
+    Read from the run's columns ``n, n_cases, n_controls, n_present,
+    n_present_cases`` and ``model``: fewer than ``min_cell_count`` participants
+    with the feature; 1 .. ``min_cell_count - 1`` without it (not ``lm_nonzero``,
+    whose participants all have it); for a binary exposure, a non-zero cell of
+    present/absent x case/control below ``min_cell_count``. Rows whose counts
+    were not recorded (results of an older version) are withheld too.
+    """
+    k = rules.min_cell_count
+    n = results["n"].to_numpy(dtype=np.float64, na_value=np.nan)
+    cases = results["n_cases"].to_numpy(dtype=np.float64, na_value=-1).astype(np.int64)
+    controls = results["n_controls"].to_numpy(dtype=np.float64, na_value=-1).astype(np.int64)
+    present_column = results["n_present"] if "n_present" in results else pd.Series(np.nan, index=results.index)
+    present_cases_column = results["n_present_cases"] if "n_present_cases" in results else pd.Series(np.nan, index=results.index)
+    present = present_column.to_numpy(dtype=np.float64, na_value=np.nan)
+    present_cases = present_cases_column.to_numpy(dtype=np.float64, na_value=np.nan)
+    unknown = np.isnan(present) | np.isnan(n) | ((cases >= 0) & np.isnan(present_cases))
+    present_counts = np.nan_to_num(present, nan=0).astype(np.int64)
+    absent = np.nan_to_num(n, nan=0).astype(np.int64) - present_counts
+    present_case_counts = np.nan_to_num(present_cases, nan=-1).astype(np.int64)
+    with_absent = (results["model"] != "lm_nonzero").to_numpy()
+    few = (present_counts < k) | (with_absent & (absent > 0) & (absent < k))
+    few |= small_presence_cells(present_counts, present_case_counts, cases, controls, k, count_absent=True) & with_absent
+    few |= small_presence_cells(present_counts, present_case_counts, cases, controls, k, count_absent=False) & ~with_absent
+    reason = np.full(len(results), "", dtype=object)
+    reason[few] = f"fewer than {k} participants with or without the feature (overall or among cases or controls)"
+    reason[unknown] = "carrier counts not recorded (results of an older version; run again)"
+    return reason
+
+
+def _withheld_reason(
+    n: np.ndarray, cases: np.ndarray, controls: np.ndarray, parameters: np.ndarray, rules: DisclosureRules, carriers: np.ndarray | None = None
+) -> np.ndarray:
     """Per row: '' (may leave) or the rule it breaks.
 
-    Disclosure rules first (cases, then controls), then ``--min-cases`` (cases,
-    then controls), then parameters. ``cases``/``controls`` are -1 for continuous
-    exposures (only the parameter rule applies).
+    Disclosure rules first (cases, then controls, then ``carriers``: the
+    reasons of :func:`carrier_reason`), then ``--min-cases`` (cases, then
+    controls), then parameters. ``cases``/``controls`` are -1 for continuous
+    exposures (only the parameter and carrier rules apply).
     """
     reason = np.full(n.shape, "", dtype=object)
     too_many = parameters > rules.max_parameter_fraction * n
     reason[too_many] = f"model parameters above {rules.max_parameter_fraction:g} x n"
     reason[(controls >= 0) & (controls < rules.min_cases)] = f"fewer than {rules.min_cases} controls (--min-cases)"
     reason[(cases >= 0) & (cases < rules.min_cases)] = f"fewer than {rules.min_cases} cases (--min-cases)"
+    if carriers is not None:
+        reason[carriers != ""] = carriers[carriers != ""]
     reason[(controls >= 0) & (controls < rules.min_cell_count)] = f"fewer than {rules.min_cell_count} controls"
     reason[(cases >= 0) & (cases < rules.min_cell_count)] = f"fewer than {rules.min_cell_count} cases"
     return reason
@@ -239,7 +293,7 @@ def summary_table(run: RunOutputs, rules: DisclosureRules) -> tuple[pd.DataFrame
     cases = frame["n_cases"].to_numpy(dtype=np.float64, na_value=-1).astype(np.int64)
     controls = frame["n_controls"].to_numpy(dtype=np.float64, na_value=-1).astype(np.int64)
     parameters = frame["analysis_id"].map(parameters_by_analysis).to_numpy(dtype=np.int64)
-    reasons = _withheld_reason(n, cases, controls, parameters, rules)
+    reasons = _withheld_reason(n, cases, controls, parameters, rules, carrier_reason(frame, rules))
     frame = frame[reasons == ""].reset_index(drop=True)
     features = run.features
     blank = (features["n_present"] < rules.min_cell_count) | (features["n_observed"] - features["n_present"] < rules.min_cell_count)
@@ -257,14 +311,40 @@ def summary_table(run: RunOutputs, rules: DisclosureRules) -> tuple[pd.DataFrame
     return frame[list(SUMMARY_COLUMNS)], report
 
 
-def disclose_sufficient(table: pa.Table, manifest: dict[str, Any], rules: DisclosureRules) -> tuple[pa.Table, dict[str, Any]]:
-    """The cross-product rows that may leave (same rules as the summary rows), sorted by key."""
+def sufficient_carrier_reason(table: pa.Table, results: pd.DataFrame, rules: DisclosureRules) -> np.ndarray:
+    """:func:`carrier_reason` of each cross-product row, from the run's ``lm`` row of the same (layer, analysis, feature).
+
+    A cross-product row without such a results row is withheld (its carriers are unknown).
+    """
+    keys = ["layer", "analysis_id", "feature"]
+    linear = results[results["model"] == "lm"]
+    reasons = pd.Series(carrier_reason(linear, rules), index=pd.MultiIndex.from_frame(linear[keys].astype(str)))
+    # one reason per key (a key repeated would be a categorical exposure's rows, which have no cross-products)
+    reasons = reasons[~reasons.index.duplicated(keep="first")]
+    wanted = pd.MultiIndex.from_arrays([table.column(key).to_pylist() for key in keys])
+    found = reasons.reindex(wanted)
+    return found.fillna("carrier counts not recorded (results of an older version; run again)").to_numpy(dtype=object)
+
+
+def disclose_sufficient(
+    table: pa.Table, manifest: dict[str, Any], rules: DisclosureRules, results: pd.DataFrame | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """The cross-product rows that may leave (same rules as the summary rows), sorted by key.
+
+    ``results`` (the run's ``results.parquet``) gives the carrier counts of the
+    carrier rule (:func:`carrier_reason`); without it every row is withheld,
+    since a cross-product row alone cannot show it rests on enough carriers.
+    """
     parameters_by_analysis = {a["analysis_id"]: a["parameters"] for a in manifest["analyses"]}
     n = table.column("n").to_numpy(zero_copy_only=False)
     cases = table.column("n_cases").fill_null(-1).to_numpy(zero_copy_only=False)
     controls = table.column("n_controls").fill_null(-1).to_numpy(zero_copy_only=False)
     parameters = np.array([parameters_by_analysis[a] for a in table.column("analysis_id").to_pylist()], dtype=np.int64)
-    reasons = _withheld_reason(n, cases, controls, parameters, rules)
+    if results is None:
+        carriers = np.full(table.num_rows, "carrier counts not given (pass the run's results)", dtype=object)
+    else:
+        carriers = sufficient_carrier_reason(table, results, rules)
+    reasons = _withheld_reason(n, cases, controls, parameters, rules, carriers)
     usable = ~np.isnan(pc.fill_null(table.column("yy"), np.nan).to_numpy(zero_copy_only=False))
     keep = (reasons == "") & usable
     kept = table.filter(pa.array(keep)).sort_by([("layer", "ascending"), ("exposure", "ascending"), ("adjustment", "ascending"), ("feature", "ascending")])
@@ -278,24 +358,35 @@ def disclose_sufficient(table: pa.Table, manifest: dict[str, Any], rules: Disclo
     return kept, report
 
 
-def write_sumstats(run: RunOutputs, cohort: str, out: Path, rules: DisclosureRules, sufficient: pa.Table | None = None) -> dict[str, Any]:
+def write_sumstats(
+    run: RunOutputs,
+    cohort: str,
+    out: Path,
+    rules: DisclosureRules,
+    sufficient: pa.Table | None = None,
+    sign_key: Path | SigningKey | None = None,
+) -> dict[str, Any]:
     """Write ``out`` (Parquet), optionally ``<stem>.sufficient.parquet``, and the sidecar ``<stem>.json``; return the sidecar.
 
     The sidecar is written last: a file without one, or whose checksum differs
-    from it, is refused by ``meta`` and ``pool``.
+    from it, is refused by ``meta`` and ``pool``. With ``sign_key`` (a key file,
+    see :mod:`scalable_assoc.results.signing`: a shared secret or an Ed25519
+    private key in PEM) the sidecar carries a signature over its content, which
+    ``meta`` / ``pool --verify-key`` check.
     """
     if not cohort or any(ch in cohort for ch in "/\\\n\t"):
         raise UserInputError(f"--cohort {cohort!r}: give a plain name (no slashes, tabs or newlines)")
     out = Path(out)
     if out.suffix != ".parquet":
         raise UserInputError(f"--out {out}: the summary statistics file must end in .parquet")
+    key = load_signing_key(sign_key) if sign_key is not None and not isinstance(sign_key, SigningKey) else sign_key
     sidecar_path(out).unlink(missing_ok=True)
     summary, summary_report = summary_table(run, rules)
     write_parquet(out, summary)
     files: dict[str, Any] = {"summary": {"name": out.name, "sha256": file_checksum(out), "rows": int(len(summary))}}
     withheld: dict[str, Any] = {"summary": summary_report}
     if sufficient is not None:
-        kept, sufficient_report = disclose_sufficient(sufficient, run.manifest, rules)
+        kept, sufficient_report = disclose_sufficient(sufficient, run.manifest, rules, run.results)
         path = sufficient_path(out)
         write_parquet(path, kept)
         files["sufficient"] = {"name": path.name, "sha256": file_checksum(path), "rows": int(kept.num_rows)}
@@ -331,6 +422,8 @@ def write_sumstats(run: RunOutputs, cohort: str, out: Path, rules: DisclosureRul
         "withheld": withheld,
         "files": files,
     }
+    if key is not None:
+        sidecar[SIGNATURE_FIELD] = sign_sidecar(sidecar, key)
     write_json(sidecar_path(out), sidecar)
     return sidecar
 
@@ -355,9 +448,22 @@ class CohortFile:
         return pq.read_table(self.path.with_name(entry["name"]), schema=SUFFICIENT_SCHEMA)
 
 
-def open_cohort_file(path: Path, need_sufficient: bool = False) -> CohortFile:
-    """Open a summary-statistics file, refusing it unless its sidecar exists and every checksum matches."""
+def open_cohort_file(
+    path: Path, need_sufficient: bool = False, verify_key: Path | VerifyKey | Sequence[Path | VerifyKey] | None = None
+) -> CohortFile:
+    """Open a summary-statistics file, refusing it unless its sidecar exists and every checksum matches.
+
+    With ``verify_key`` (a shared-secret file or an Ed25519 public key in PEM,
+    see :mod:`scalable_assoc.results.signing`) the sidecar must also carry a
+    signature made with that key over its current content (with several keys,
+    e.g. one public key per cohort: with the one it names); without it a
+    signed or unsigned file is accepted on its checksums.
+    """
     path = Path(path)
+    keys = None
+    if verify_key is not None:
+        given = [verify_key] if isinstance(verify_key, str | Path | VerifyKey) else list(verify_key)
+        keys = [k if isinstance(k, VerifyKey) else load_verify_key(Path(k)) for k in given]
     if not path.is_file():
         raise DataError(f"{path}: no such summary-statistics file")
     side = sidecar_path(path)
@@ -369,6 +475,8 @@ def open_cohort_file(path: Path, need_sufficient: bool = False) -> CohortFile:
         raise DataError(f"{side}: not valid JSON ({error})") from None
     if sidecar.get("format") != FORMAT:
         raise DataError(f"{side}: format {sidecar.get('format')!r} is not {FORMAT!r}")
+    if keys is not None:
+        verify_sidecar(sidecar, keys, path, side.name)
     files = sidecar.get("files", {})
     entries = [("summary", path)]
     if need_sufficient:
