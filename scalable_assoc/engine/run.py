@@ -536,8 +536,9 @@ def run_study(
 
         def progress(done: int, total: int) -> None:
             nonlocal last_write
+            first = status.chunks_total != total  # the first report says how much there is to do at once
             status.chunks_done, status.chunks_total = done, total
-            if time.monotonic() - last_write > 1.0 or done == total:
+            if first or time.monotonic() - last_write > 1.0 or done == total:
                 status.write(work)
                 last_write = time.monotonic()
             if on_chunk_done is not None:
