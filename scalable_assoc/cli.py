@@ -54,8 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run every analysis of a plan")
     run.add_argument("plan", type=Path, help="plan file (YAML)")
     run.add_argument("--out", type=Path, help="output folder (default: <plan folder>/results)")
-    run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: start a local cluster)")
+    run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tls://10.0.0.5:8786 with --tls-* options, or tcp://... (default: start a closed local cluster)")
     run.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
+    _cluster_options(run)
     run.add_argument("--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)")
     run.add_argument("--intersect-samples", action="store_true", help="analyse only samples present in both metadata and abundance tables (warns)")
     run.add_argument(
@@ -104,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
         help="sign the sidecar: KEY is a shared secret file (HMAC-SHA256) or an Ed25519 private key in PEM ('scalable-assoc keygen'); "
         "meta and pool --verify-key then refuse the files if anything was changed",
     )
+    _cluster_options(sumstats)
 
     combine_help = {
         "feature_map": "tab-separated file with columns 'from' and 'to' renaming feature spellings before matching",
@@ -126,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     meta.add_argument("--scheduler", help="Dask scheduler to combine the rows on (default: in this process below 2 million rows, else a local cluster)")
     meta.add_argument("--workers", type=_positive_int, help="local worker processes when a cluster is used")
     meta.add_argument("--verify-key", type=Path, action="append", metavar="KEY", help=combine_help["verify_key"])
+    _cluster_options(meta)
 
     status = commands.add_parser(
         "status",
@@ -147,6 +150,27 @@ def _parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for signing summary statistics (sumstats --sign-key, meta/pool --verify-key)")
     keygen.add_argument("--out", required=True, type=Path, help="folder to write key.pem (private, keep it in the cohort) and key.pub.pem (give it to the consortium)")
     return parser
+
+
+def _cluster_options(command: argparse.ArgumentParser) -> None:
+    """The options of a closed cluster, on every command that takes --scheduler."""
+    command.add_argument("--tls-ca-file", type=Path, help="with --scheduler tls://...: the certificate authority that signed the cluster's certificates (PEM)")
+    command.add_argument("--tls-cert", type=Path, help="with --scheduler tls://...: this client's certificate, signed by that authority (PEM)")
+    command.add_argument("--tls-key", type=Path, help="with --scheduler tls://...: the key of --tls-cert (unless the certificate file holds it)")
+    command.add_argument(
+        "--dashboard", nargs="?", const="127.0.0.1:8787", metavar="ADDRESS",
+        help="serve the local cluster's Dask dashboard at ADDRESS (HOST:PORT or a port; without a value 127.0.0.1:8787; default: no dashboard)",
+    )
+
+
+def _security(args: argparse.Namespace):  # -> distributed.Security | None (only the engine imports distributed)
+    from scalable_assoc.engine.cluster import tls_security
+
+    return tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
+
+
+def _stderr_line(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -191,6 +215,8 @@ def _run(args: argparse.Namespace) -> None:
         min_cases=args.min_cases,
         covariate_rows=args.covariate_rows,
         force=args.force,
+        security=_security(args),
+        dashboard=args.dashboard,
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")
@@ -217,7 +243,7 @@ def _sumstats(args: argparse.Namespace) -> None:
     if args.sufficient:
         from scalable_assoc.engine.sufficient import sufficient_statistics
 
-        sufficient = sufficient_statistics(run, scheduler=args.scheduler, workers=args.workers)
+        sufficient = sufficient_statistics(run, scheduler=args.scheduler, workers=args.workers, security=_security(args), dashboard=args.dashboard)
     sidecar = write_sumstats(run, args.cohort, args.out, rules, sufficient, sign_key=key)
     withheld = sidecar["withheld"]["summary"]
     print(f"wrote {args.out} ({sidecar['files']['summary']['rows']} rows) and {sidecar_path(args.out)}")
@@ -264,7 +290,7 @@ def _meta(args: argparse.Namespace) -> None:
     from scalable_assoc.results.consortium import meta_analyse
 
     cohorts = _open_cohorts(args.files, False, args.verify_key)
-    with ClusterMapper(args.scheduler, args.workers) as mapper:
+    with ClusterMapper(args.scheduler, args.workers, security=_security(args), dashboard=args.dashboard, log=_stderr_line) as mapper:
         summary = meta_analyse(
             cohorts, args.out, method=args.method, hksj=args.hksj, min_cohorts=args.min_cohorts,
             leave_one_out_estimates=args.leave_one_out, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, mapper=mapper,

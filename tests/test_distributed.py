@@ -72,7 +72,7 @@ def test_results_do_not_depend_on_chunk_size(reference: Path, small_study: Simul
 
 
 def test_results_do_not_depend_on_worker_count(reference: Path, small_study: SimulatedStudy, tmp_path: Path, assert_results_equal) -> None:
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as one_worker:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, Client(cluster) as one_worker:
         summary = run_study(small_study.plan_path, tmp_path, client=one_worker, chunk_features=7, log=_quiet)
         assert summary.manifest["dask"]["workers"] == 1
     assert_results_equal(reference, tmp_path)
@@ -196,7 +196,7 @@ def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, clie
     run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4, log=_quiet)
 
     killed: dict[str, int] = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.CRITICAL) as cluster, Client(cluster) as own:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as cluster, Client(cluster) as own:
         pids = own.run(os.getpid)  # worker address -> pid, learned before the run
         victim_address, victim_pid = sorted(pids.items())[0]
 

@@ -1,15 +1,42 @@
-"""Starting or connecting to a Dask cluster."""
+"""Starting or connecting to a Dask cluster, closed by default.
+
+The local cluster speaks TLS with temporary credentials made for it (in memory
+only, see :meth:`distributed.security.Security.temporary`), listens on the
+loopback interface only (scheduler, nannies and workers) and serves no HTTP:
+no dashboard, no ``/info`` pages, unless a dashboard is asked for (on loopback
+unless an address says otherwise). A process on the machine that finds its
+ports cannot submit tasks without the credentials.
+
+An existing cluster is reached by address: ``tcp://`` as it is, ``tls://``
+with a :class:`~distributed.security.Security` (built by :func:`tls_security`
+from the ``--tls-*`` options, or dask's own ``distributed.comm.tls``
+configuration). Every failure to connect is a :class:`UserInputError` naming
+the address.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from distributed import Client, LocalCluster
+import dask
+from distributed import Client, LocalCluster, Scheduler, Worker
+from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.security import Security
 
 from scalable_assoc.errors import UserInputError
+
+#: The interface every process of the local cluster listens on.
+LOOPBACK = "127.0.0.1"
+#: Where ``--dashboard`` without an address serves the dashboard.
+DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
+#: How long to try reaching an existing scheduler (refused connections are retried until then).
+CONNECT_TIMEOUT = "20s"
+_TLS_OPTIONS = "--tls-ca-file (the certificate authority that signed the scheduler's certificate), --tls-cert and --tls-key (a certificate and key signed by the cluster's authority)"
 
 
 def default_workers() -> int:
@@ -20,34 +47,200 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-@contextlib.contextmanager
-def dask_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
-    """A client of an existing scheduler (``tcp://host:port``), or of a new local cluster.
+def tls_security(ca_file: str | Path | None = None, cert: str | Path | None = None, key: str | Path | None = None) -> Security | None:
+    """The client credentials for a ``tls://`` scheduler, from the ``--tls-*`` options; ``None`` when none is given.
 
-    The local cluster runs ``workers`` single-threaded worker processes (one per
-    core by default): the kernels are BLAS-bound, and distributed's nannies pin
-    each worker's BLAS to one thread, so processes rather than threads use the
-    cores without oversubscription.
+    ``ca_file`` (the authority that signed the cluster's certificates) and
+    ``cert`` are needed together; ``key`` may be left out when ``cert`` holds
+    the key too. Files must exist (checked here, so a typo is named before any
+    work starts).
     """
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as error:
-            raise UserInputError(f"cannot connect to the Dask scheduler at {scheduler}: {error}") from None
+    given = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
+    if all(value is None for value in given.values()):
+        return None
+    missing = [option for option in ("--tls-ca-file", "--tls-cert") if given[option] is None]
+    if missing:
+        raise UserInputError(
+            f"{' and '.join(missing)} missing: a TLS connection needs the cluster's certificate authority (--tls-ca-file) "
+            "and this client's certificate (--tls-cert, with --tls-key unless the certificate file holds the key)"
+        )
+    for option, value in given.items():
+        if value is not None and not Path(value).is_file():
+            raise UserInputError(f"{option} {value}: no such file")
+    return Security(
+        tls_ca_file=str(ca_file),
+        tls_client_cert=str(cert),
+        tls_client_key=str(key) if key is not None else None,
+        require_encryption=True,
+    )
+
+
+def dashboard_address(value: str | None) -> str | None:
+    """``HOST:PORT`` for the local cluster's dashboard from ``--dashboard [ADDRESS]``; ``None``: no dashboard.
+
+    A bare ``PORT`` or ``:PORT`` means loopback (a dashboard is reachable
+    from other machines only when an address says so); port 0 picks a free one.
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    host, _, port = text.rpartition(":")
+    if not host.strip("[]"):
+        host = LOOPBACK
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535 or any(c.isspace() for c in host):
+        raise UserInputError(f"--dashboard {value!r} is not an address; give HOST:PORT (e.g. {DEFAULT_DASHBOARD}) or a port")
+    return f"{host}:{number}"
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_cluster_options(scheduler: str | None, security: Security | None = None, dashboard: str | None = None) -> str | None:
+    """Refuse option combinations that cannot work, before any work starts; returns the scheduler address to use.
+
+    ``tls://`` needs credentials (``security``, or dask's ``distributed.comm.tls``
+    configuration); credentials need a ``tls://`` address (an address without
+    a scheme then becomes one); a dashboard and credentials are for one kind
+    of cluster each (the local one makes its own credentials, an existing one
+    serves its dashboard where its scheduler was told to).
+    """
+    if scheduler is None:
+        if security is not None:
+            raise UserInputError(
+                "--tls-ca-file, --tls-cert and --tls-key are for connecting to an existing cluster with --scheduler tls://HOST:PORT; "
+                "the local cluster makes its own temporary credentials"
+            )
+        dashboard_address(dashboard)
+        return None
+    if dashboard is not None:
+        raise UserInputError(
+            f"--dashboard starts a dashboard on the local cluster; the cluster at {scheduler} serves its own where its scheduler "
+            "was started (dask scheduler --dashboard-address)"
+        )
+    if "://" not in scheduler and security is not None:
+        scheduler = f"tls://{scheduler}"
+    if scheduler.startswith("tls://"):
+        if security is None and not _configured_tls().get_tls_config_for_role("client")["cert"]:
+            raise UserInputError(f"--scheduler {scheduler} is a TLS address but no client credentials were given; add {_TLS_OPTIONS}")
+    elif security is not None:
+        raise UserInputError(f"--tls-* options given, but --scheduler {scheduler} is not a TLS address; write it as tls://HOST:PORT")
+    return scheduler
+
+
+def _configured_tls() -> Security:
+    """The client credentials of dask's configuration (``distributed.comm.tls``, e.g. ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``)."""
+    return Security()
+
+
+def _connect(scheduler: str, security: Security | None) -> Client:
+    tls = scheduler.startswith("tls://")
+    try:
+        return Client(scheduler, security=security if security is not None else (_configured_tls() if tls else None), timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        if tls:
+            hint = (
+                "check that a scheduler runs there with TLS and that --tls-ca-file is the authority that signed its certificate "
+                "and --tls-cert/--tls-key a certificate it accepts (signed by the same authority)"
+            )
+        else:
+            hint = "check that a scheduler runs there; if it uses TLS, write the address as tls://HOST:PORT and give " + _TLS_OPTIONS
+        raise UserInputError(f"cannot connect to the Dask scheduler at {scheduler}: {reason}; {hint}") from None
+
+
+class _NoHttp(WorkerPlugin):
+    """Closes a worker's HTTP server (its metrics and health pages): the closed cluster serves no HTTP. Applied to restarted workers too."""
+
+    idempotent = True
+
+    def setup(self, worker: Worker) -> None:
+        worker.http_server.stop()
+
+
+def _stop_scheduler_http(dask_scheduler: Scheduler) -> None:
+    """Run by ``client.run_on_scheduler`` (which passes the scheduler under this name)."""
+    dask_scheduler.http_server.stop()
+
+
+def local_cluster(workers: int | None = None, dashboard: str | None = None, log: Callable[[str], None] | None = None) -> tuple[LocalCluster, Client]:
+    """A closed local cluster and a client of it (see the module docstring); the caller closes both.
+
+    ``workers`` single-threaded worker processes (one per core by default):
+    the kernels are BLAS-bound, and distributed's nannies pin each worker's
+    BLAS to one thread, so processes rather than threads use the cores without
+    oversubscription. ``dashboard``: ``HOST:PORT`` (see :func:`dashboard_address`)
+    of the scheduler's dashboard, ``None`` for none.
+    """
+    address = dashboard_address(dashboard)
+    # No routes on servers nobody asked for, so nothing is served even before they are closed below.
+    routes: dict[str, list] = {"distributed.worker.http.routes": []}
+    if address is None:
+        routes["distributed.scheduler.http.routes"] = []
+    with dask.config.set(routes):
+        cluster = LocalCluster(
+            n_workers=workers or default_workers(),
+            threads_per_worker=1,
+            processes=True,
+            host=LOOPBACK,
+            protocol="tls://",
+            security=Security.temporary(),
+            # The scheduler always starts an HTTP server; a free loopback port when no dashboard is wanted (closed below).
+            dashboard_address=address or f"{LOOPBACK}:0",
+            scheduler_kwargs={"dashboard": address is not None},
+            worker_dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+    try:
+        client = Client(cluster)
+        client.register_plugin(_NoHttp(), name="scalable-assoc-no-http")
+        if address is None:
+            client.run_on_scheduler(_stop_scheduler_http)
+    except BaseException:
+        cluster.close()
+        raise
+    if address is not None and log is not None:
+        server = cluster.scheduler.http_server
+        host = f"[{server.address}]" if ":" in str(server.address) else server.address
+        log(f"dashboard: http://{host}:{server.port}/status")
+        if not _is_loopback(str(server.address)):
+            log(f"  warning: the dashboard listens on {server.address}, reachable from other machines without a password")
+    return cluster, client
+
+
+@contextlib.contextmanager
+def dask_client(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    *,
+    security: Security | None = None,
+    dashboard: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Iterator[Client]:
+    """A client of an existing scheduler (``tcp://`` or ``tls://host:port`` with ``security``), or of a new closed local cluster.
+
+    See :func:`local_cluster` for ``workers`` and ``dashboard``, and
+    :func:`check_cluster_options` for what is refused.
+    """
+    address = check_cluster_options(scheduler, security, dashboard)
+    if address is not None:
+        client = _connect(address, security)
         try:
             yield client
         finally:
             client.close()
         return
-    cluster = LocalCluster(
-        n_workers=workers or default_workers(),
-        threads_per_worker=1,
-        processes=True,
-        # Any free port: a fixed one (8787) clashes with other clusters on the machine.
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    )
-    client = Client(cluster)
+    cluster, client = local_cluster(workers, dashboard, log)
     try:
         yield client
     finally:

@@ -12,20 +12,37 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from distributed import Client
+from distributed.security import Security
 
-from scalable_assoc.engine.cluster import dask_client
+from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 
 
 class ClusterMapper:
     """``mapper(function, blocks) -> [function(*block) for block in blocks]``, computed on a Dask cluster.
 
     Use as a context manager; ``wanted(rows)`` says whether ``rows`` rows are
-    worth the cluster (always, when a scheduler was named).
+    worth the cluster (always, when a scheduler was named). ``security``
+    (credentials for a ``tls://`` scheduler) and ``dashboard`` (of the local
+    cluster, whose address goes to ``log``) are as for :func:`~scalable_assoc.engine.run.run_study`; they are
+    checked here, before any work.
     """
 
-    def __init__(self, scheduler: str | None = None, workers: int | None = None, min_rows: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        scheduler: str | None = None,
+        workers: int | None = None,
+        min_rows: int = 2_000_000,
+        *,
+        security: Security | None = None,
+        dashboard: str | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        check_cluster_options(scheduler, security, dashboard)
         self.scheduler = scheduler
         self.workers = workers
+        self.security = security
+        self.dashboard = dashboard
+        self.log = log
         self.min_rows = min_rows
         self._context: Any = None
         self._client: Client | None = None
@@ -35,7 +52,7 @@ class ClusterMapper:
 
     def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
         if self._client is None:
-            self._context = dask_client(self.scheduler, self.workers)
+            self._context = dask_client(self.scheduler, self.workers, security=self.security, dashboard=self.dashboard, log=self.log)
             self._client = self._context.__enter__()
         futures = [self._client.submit(function, *block, pure=False) for block in blocks]
         return self._client.gather(futures)

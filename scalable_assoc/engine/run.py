@@ -37,9 +37,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dask.base import tokenize
 from distributed import Client, KilledWorker, as_completed
+from distributed.security import Security
 
 from scalable_assoc import __version__
-from scalable_assoc.engine.cluster import dask_client
+from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, model_block_key, sum_block, summarise_block
 from scalable_assoc.errors import ClusterFailure, DataError, PlanError, UserInputError
@@ -491,6 +492,8 @@ def run_study(
     covariate_rows: bool = False,
     force: bool = False,
     allow_outside_paths: bool = False,
+    security: Security | None = None,
+    dashboard: str | None = None,
 ) -> RunSummary:
     """Run every analysis of a plan and write the outputs to ``out_dir``.
 
@@ -507,9 +510,18 @@ def run_study(
     ``covariate_rows`` every covariate's coefficient in every lm model is also
     written, to ``covariate_results.parquet`` / ``.tsv``. ``allow_outside_paths``
     lets a plan given as a path name files outside its folder (``run --allow-outside-paths``).
+
+    The local cluster is closed (:mod:`scalable_assoc.engine.cluster`): TLS with
+    temporary credentials, loopback only, no dashboard unless ``dashboard``
+    (``HOST:PORT``, or a port on loopback) asks for one. ``security`` holds
+    the client credentials for a ``tls://`` ``scheduler`` (see
+    :func:`~scalable_assoc.engine.cluster.tls_security`; without it dask's
+    ``distributed.comm.tls`` configuration is used).
     """
     if min_cases is not None and (isinstance(min_cases, bool) or min_cases < 1):
         raise UserInputError(f"--min-cases must be a positive whole number, got {min_cases!r}")
+    if client is None:
+        check_cluster_options(scheduler, security, dashboard)  # before any work
     plan = plan if isinstance(plan, Plan) else load_plan(plan, allow_outside_paths=allow_outside_paths)
     out = Path(out_dir).resolve()
     work = out / WORK_DIR
@@ -549,6 +561,7 @@ def run_study(
                 plan, out, scheduler=scheduler, workers=workers, client=client, chunk_features=chunk_features,
                 intersect_samples=intersect_samples, analyses_per_task=analyses_per_task, log=log, on_chunk_done=progress,
                 features=features, min_cases=min_cases, covariate_rows=covariate_rows, on_phase=run_log.phase,
+                security=security, dashboard=dashboard,
             )
         except BaseException as error:
             status.state = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
@@ -580,6 +593,8 @@ def _run_study_locked(
     min_cases: int | None = None,
     covariate_rows: bool = False,
     on_phase: Callable[[str], None] = lambda phase: None,
+    security: Security | None = None,
+    dashboard: str | None = None,
 ) -> RunSummary:
     """:func:`run_study`'s work, once the output folder is held; ``on_phase(name)`` marks each phase's start."""
     on_phase("prepare")
@@ -652,7 +667,7 @@ def _run_study_locked(
     if client is not None:
         filters, client_info = execute(client)
     else:
-        with dask_client(scheduler, workers) as own:
+        with dask_client(scheduler, workers, security=security, dashboard=dashboard, log=log) as own:
             timings["cluster_start"] = time.perf_counter() - phase
             filters, client_info = execute(own)
 

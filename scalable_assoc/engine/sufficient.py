@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pyarrow as pa
 from distributed import Client, as_completed
+from distributed.security import Security
 
-from scalable_assoc.engine.cluster import dask_client
+from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
 from scalable_assoc.engine.run import WORK_DIR, _layer_token, _put, _stderr, filter_layers
 from scalable_assoc.engine.tasks import ModelBlock, model_block, model_block_key
@@ -63,13 +64,20 @@ def sufficient_statistics(
     workers: int | None = None,
     client: Client | None = None,
     log: Callable[[str], None] = _stderr,
+    security: Security | None = None,
+    dashboard: str | None = None,
 ) -> pa.Table:
     """Cross-products of every ``lm`` analysis x kept feature of a finished run (see :data:`SUFFICIENT_SCHEMA`).
 
     Re-reads the run's inputs (refusing them if they changed since) on the
     cluster given by ``client`` / ``scheduler``, or on a new local one.
     ``run_dir`` may be the folder or what :func:`read_run` read from it.
+    ``security`` and ``dashboard`` are as for
+    :func:`~scalable_assoc.engine.run.run_study` (credentials for a ``tls://``
+    scheduler; a dashboard on the local cluster).
     """
+    if client is None:
+        check_cluster_options(scheduler, security, dashboard)  # before any work
     outputs = run_dir if isinstance(run_dir, RunOutputs) else read_run(Path(run_dir))
     run, manifest, plan = outputs.run_dir.resolve(), outputs.manifest, outputs.plan
     work = run / WORK_DIR
@@ -127,5 +135,5 @@ def sufficient_statistics(
 
     if client is not None:
         return execute(client)
-    with dask_client(scheduler, workers) as own:
+    with dask_client(scheduler, workers, security=security, dashboard=dashboard, log=log) as own:
         return execute(own)
