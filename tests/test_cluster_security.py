@@ -143,10 +143,12 @@ def _held_run(plan: Path, out: Path, folder: Path, workers: int, dashboard: str 
                 assert time.monotonic() < deadline, f"no chunk finished in 240 s:\n{log.read_text()}"
                 time.sleep(0.05)
             listening = _listening(process.pid)
+            http = {port for _, ip, port in listening if _answers_http(ip, port)}
             seen = {
                 "listening": listening,
-                "http": {port for _, ip, port in listening if _answers_http(ip, port)},
-                "plain_client": {port for _, ip, port in listening if _plain_client_connects(ip, port)},
+                "http": http,
+                # Not the HTTP port: a Dask client waits there for a handshake that never comes.
+                "plain_client": {port for _, ip, port in listening if port not in http and _plain_client_connects(ip, port)},
             }
             go.write_text("go")
             assert process.wait(timeout=240) == 0, log.read_text()
