@@ -557,12 +557,10 @@ def run_study(
                 on_chunk_done(done, total)
 
         try:
-            summary = _run_study_locked(
-                plan, out, scheduler=scheduler, workers=workers, client=client, chunk_features=chunk_features,
-                intersect_samples=intersect_samples, analyses_per_task=analyses_per_task, log=log, on_chunk_done=progress,
-                features=features, min_cases=min_cases, covariate_rows=covariate_rows, on_phase=run_log.phase,
-                security=security, dashboard=dashboard,
+            computing = _RunOptions(
+                scheduler, workers, client, chunk_features, intersect_samples, analyses_per_task, features, min_cases, covariate_rows, security, dashboard
             )
+            summary = _run_study_locked(plan, out, computing, log, progress, run_log.phase)
         except BaseException as error:
             status.state = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
             status.error = " ".join(str(error).split()) or type(error).__name__
@@ -577,31 +575,38 @@ def run_study(
         return summary
 
 
+@dataclass(frozen=True)
+class _RunOptions:
+    """How :func:`run_study` was asked to compute, passed on once the output folder is held (see its parameters)."""
+
+    scheduler: str | None
+    workers: int | None
+    client: Client | None
+    chunk_features: int | None
+    intersect_samples: bool
+    analyses_per_task: int
+    features: str | Path | None
+    min_cases: int | None
+    covariate_rows: bool
+    security: Security | None
+    dashboard: str | None
+
+
 def _run_study_locked(
-    plan: str | Path | Plan,
-    out_dir: str | Path,
-    *,
-    scheduler: str | None = None,
-    workers: int | None = None,
-    client: Client | None = None,
-    chunk_features: int | None = None,
-    intersect_samples: bool = False,
-    analyses_per_task: int = 8,
-    log: Callable[[str], None] = _stderr,
-    on_chunk_done: Callable[[int, int], None] | None = None,
-    features: str | Path | None = None,
-    min_cases: int | None = None,
-    covariate_rows: bool = False,
-    on_phase: Callable[[str], None] = lambda phase: None,
-    security: Security | None = None,
-    dashboard: str | None = None,
+    plan: Plan,
+    out: Path,
+    options: _RunOptions,
+    log: Callable[[str], None],
+    on_chunk_done: Callable[[int, int], None],
+    on_phase: Callable[[str], None],
 ) -> RunSummary:
     """:func:`run_study`'s work, once the output folder is held; ``on_phase(name)`` marks each phase's start."""
+    scheduler, workers, client, security, dashboard = options.scheduler, options.workers, options.client, options.security, options.dashboard
+    chunk_features, intersect_samples, analyses_per_task = options.chunk_features, options.intersect_samples, options.analyses_per_task
+    features, min_cases, covariate_rows = options.features, options.min_cases, options.covariate_rows
     on_phase("prepare")
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    plan = plan if isinstance(plan, Plan) else load_plan(plan)
-    out = Path(out_dir).resolve()
     _remove_outputs(out)
     work = out / WORK_DIR
     chunks_dir = work / "chunks"
@@ -645,8 +650,7 @@ def _run_study_locked(
             if now - last_report > 1.0 or finished == len(tasks):
                 log(f"  chunks {finished}/{len(tasks)} ({100 * finished / len(tasks):.0f}%), {now - started:.1f}s")
                 last_report = now
-            if on_chunk_done is not None:
-                on_chunk_done(finished, len(tasks))
+            on_chunk_done(finished, len(tasks))
         for future in fit_futures:
             try:
                 future.result()  # re-raise a task's error here
