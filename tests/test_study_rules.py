@@ -228,8 +228,11 @@ def test_carrier_rule_covers_the_presence_by_case_table() -> None:
     assert (out.status == FitStatus.TOO_FEW_CARRIERS).tolist() == [[False, False, False, True, False, True]]
 
 
-def test_one_carrying_case_is_withheld_in_a_run(client, tmp_path: Path) -> None:
-    """A feature carried by 12 participants, only one of them a case: no estimate; n_present_cases says why."""
+def test_one_carrying_case_is_withheld_in_a_run_with_carrier_cells(client, tmp_path: Path) -> None:
+    """A feature carried by 12 participants, only one of them a case: with carrier_cells, no estimate; n_present_cases says why.
+
+    By default the run counts carriers overall only (the exports always apply the cells).
+    """
     rng = np.random.default_rng(12)
     n = 60
     case = (np.arange(n) % 3 == 0).astype(int)
@@ -255,6 +258,10 @@ models: [lm, prevalence]
 min_cases: 5
 """
     )
+    default = run_study(tmp_path / "plan.yaml", tmp_path / "default", client=client).results.set_index(["exposure", "model", "feature"])
+    assert default.loc[("case", "lm", "one_carrying_case"), "status"] == "ok" and default.loc[("case", "lm", "one_carrying_case"), "n_present_cases"] == 1
+    with (tmp_path / "plan.yaml").open("a") as plan:
+        plan.write("carrier_cells: true\n")
     results = run_study(tmp_path / "plan.yaml", tmp_path / "out", client=client).results
     binary = results[results["exposure"] == "case"].set_index(["model", "feature"])
     for model in ("lm", "prevalence"):

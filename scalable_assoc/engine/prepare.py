@@ -79,6 +79,8 @@ class PreparedAnalysis:
     min_carriers: int = 0
     #: rows whose feature is present in fewer than this fraction of the model's participants get no estimate
     min_prevalence: float = 0.0
+    #: min_carriers also applies to each present/absent x case/control cell (plan carrier_cells)
+    carrier_cells: bool = False
     #: the plan's options of this analysis' OLS model (lm, lm_nonzero); None for the other models
     ols: OlsOptions | None = None
     #: clusters among the design's participants when the model uses clusters (lmm, se: cluster); else None
@@ -296,6 +298,7 @@ def _resolve_analysis(
         key, design_key, exposure_used, exposure.binary, tuple(covariates), tuple(left_out), int(rows.size), n_cases, n_controls, levels,
         constant=tuple(constant),
         min_carriers=plan.min_carriers,
+        carrier_cells=plan.carrier_cells,
         min_prevalence=layer.preprocess.min_prevalence if layer.preprocess.prevalence_within == "model" else 0.0,
     )
 

@@ -334,7 +334,8 @@ def fit_chunk(
         n_present = np.broadcast_to(carrier_counts(block.present, by_key[key].rows), fit.slopes.beta.shape)
         n_present_cases = case_carrier_counts(block.present, by_key[key].rows, group)
         slopes = withhold_rare_carriers(
-            fit.slopes, n_present, group[0].min_carriers, group[0].min_prevalence, count_absent=model != "lm_nonzero", n_present_cases=n_present_cases
+            fit.slopes, n_present, group[0].min_carriers, group[0].min_prevalence, count_absent=model != "lm_nonzero",
+            n_present_cases=n_present_cases if group[0].carrier_cells else None
         )
         labels = [_labels(a) for a in group]
         tables.append(

@@ -157,6 +157,8 @@ class Plan:
     cluster: str | None = None
     #: rows whose model has fewer participants with (or without) the feature get no estimate
     min_carriers: int = 3
+    #: also apply min_carriers to each present/absent x case/control cell of a binary exposure
+    carrier_cells: bool = False
     #: a covariate constant (or a categorical with one level) among a model's participants:
     #: ``drop`` it from that model (said in ``dropped_covariates``) or ``error``
     on_constant_covariate: str = "drop"
@@ -576,7 +578,7 @@ def parse_plan(raw: Any, source: Path, allow_outside_paths: bool = False) -> Pla
         raw if raw is not None else {},
         (
             "name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models",
-            "presence_threshold", "cluster", "min_carriers", "on_constant_covariate", "features", *OLS_MODELS,
+            "presence_threshold", "cluster", "min_carriers", "carrier_cells", "on_constant_covariate", "features", *OLS_MODELS,
         ),
         required=("data", "exposures", "adjustments"),
     )
@@ -611,6 +613,9 @@ def parse_plan(raw: Any, source: Path, allow_outside_paths: bool = False) -> Pla
     min_carriers = raw.get("min_carriers", 3)
     if isinstance(min_carriers, bool) or not isinstance(min_carriers, int) or min_carriers < 0:
         raise PlanError(f"{_where(source, 'min_carriers')}: expected a whole number of participants (0 turns the rule off), got {min_carriers!r}")
+    carrier_cells = raw.get("carrier_cells", False)
+    if not isinstance(carrier_cells, bool):
+        raise PlanError(f"{_where(source, 'carrier_cells')}: expected true or false, got {carrier_cells!r}")
     on_constant = raw.get("on_constant_covariate", "drop")
     if on_constant not in ON_CONSTANT_COVARIATE:
         raise PlanError(f"{_where(source, 'on_constant_covariate')}: expected one of {', '.join(ON_CONSTANT_COVARIATE)}, got {on_constant!r}")
@@ -634,6 +639,7 @@ def parse_plan(raw: Any, source: Path, allow_outside_paths: bool = False) -> Pla
         analyses=analyses,
         cluster=cluster,
         min_carriers=min_carriers,
+        carrier_cells=carrier_cells,
         on_constant_covariate=on_constant,
         reference=reference,
         features=features,
