@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -497,3 +498,17 @@ def test_ingest_onto_an_existing_destination_exits_2_before_converting(study: Pa
         err = capsys.readouterr().err
         assert "Traceback" not in err and f"--out {destination} already exists" in err
     assert sorted(p.name for p in study.iterdir()) == before, "no temporary store left behind"
+
+
+def test_a_layer_mixing_percent_and_fractions_is_warned_about_naming_samples(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Half the samples in percent, half in fractions used to pass silently (betas moved by up to 0.85 under log)."""
+    table = pd.read_csv(study / "pathways.tsv", sep="\t", index_col=0)
+    assert np.allclose(table.sum(axis=1), 1.0)  # pathways are fractions
+    scaled = table.index[::2][:20]
+    table.loc[scaled] *= 100
+    table.to_csv(study / "pathways.tsv", sep="\t")
+    replace(study / "plan.yaml", "name: lifelines-internalizing", "name: lifelines-internalizing\n" + SMALL_ANALYSIS.rstrip())
+    err = succeeds(study, capsys)
+    warning = next(line for line in err.splitlines() if "mixes scales" in line)
+    assert "layer 'pathways'" in warning and "20 samples sum to about 100 (percent)" in warning and str(scaled[0]) in warning
+    assert sum("mixes scales" in line for line in err.splitlines()) == 1  # the species table (all percent) is not named

@@ -33,6 +33,7 @@ from scalable_assoc.io.store import AbundanceStore
 from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
 from scalable_assoc.plan.schema import MODELS, LayerSpec, OlsOptions, Plan
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
+from scalable_assoc.stats.transforms import mixed_closure_scales
 
 #: Fewer clusters than this in a model that uses them (lmm, cluster-robust OLS): a warning.
 #: Cluster-robust standard errors and between-cluster variances are unreliable with few clusters.
@@ -321,6 +322,24 @@ def _level_codes(key: AnalysisKey, exposure: ExposureValues, codes: np.ndarray) 
     return mapping[codes.astype(np.int64)], levels
 
 
+def _warn_mixed_scales(spec: LayerSpec, store: AbundanceStore, log: Callable[[str], None]) -> None:
+    """Warn when a layer's samples sum to about 100 (percent) in part and to about 1 (fractions) in part."""
+    totals = store.stored_sample_totals()
+    if totals is None:  # a store written before per-sample totals were stored
+        return
+    mixed = mixed_closure_scales(totals)
+    if mixed is None:
+        return
+    percent, fraction = mixed
+    fewer, scale = (percent, "about 100 (percent)") if percent.size < fraction.size else (fraction, "about 1 (fractions)")
+    examples = ", ".join(f"{store.sample_ids[i]} ({totals[i]:.3g})" for i in fewer[:3])
+    log(
+        f"warning: layer '{spec.name}' ({spec.path}) mixes scales: {percent.size} samples sum to about 100 (percent) and "
+        f"{fraction.size} to about 1 (fractions); the {fewer.size} summing to {scale} include {examples}. Put every sample on "
+        "one scale before the run: log and CLR values differ by log(100) between them"
+    )
+
+
 def prepare_study(
     plan: Plan,
     cache_dir: Path,
@@ -364,6 +383,7 @@ def prepare_study(
     layers = []
     for spec in plan.layers:
         store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features, log)
+        _warn_mixed_scales(spec, store, log)
         positions, warning = reconcile_samples(spec.name, spec.path, store.sample_ids, metadata, plan.metadata, intersect)
         if warning:
             warn(warning)

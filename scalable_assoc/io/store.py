@@ -33,6 +33,8 @@ from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.stats.transforms import FeatureSummary, feature_summary
 
 SUMMARY_ARRAYS = ("feature_nonzero", "feature_observed", "feature_min_positive")
+#: Per-sample sum over every feature, stored at conversion (stores written before it lack it).
+SAMPLE_TOTALS = "sample_totals"
 
 STORE_FORMAT_VERSION = 1
 #: Target uncompressed bytes per chunk: large enough that per-task overhead is
@@ -74,6 +76,13 @@ class AbundanceStore:
     def read_block(self, start: int, stop: int, sample_positions: np.ndarray | None = None) -> np.ndarray:
         """Features ``start:stop`` for all samples (or the given sample positions): ``(n, stop - start)`` float64."""
         return read_block(self.path, start, stop, sample_positions)
+
+    def stored_sample_totals(self) -> np.ndarray | None:
+        """``(n_samples,)`` each sample's sum over every feature (missing values skipped), if the store holds it."""
+        try:
+            return np.asarray(zarr.open_array(self.path / SAMPLE_TOTALS, mode="r")[:])
+        except (KeyError, FileNotFoundError):
+            return None
 
     def stored_feature_summary(self, start: int, stop: int) -> FeatureSummary | None:
         """Per-feature counts over all samples for features ``start:stop``, if the store holds them."""
@@ -167,6 +176,7 @@ def write_store_blocks(
             compressors=[ZstdCodec(level=3), Crc32cCodec()],
         )
         summaries = {name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)}
+        sample_totals = np.zeros(n_samples)  # per sample, over every feature: says whether values are percentages or fractions
         for start in range(0, n_features, chunk):
             stop = min(start + chunk, n_features)
             values = np.asarray(block(start, stop), dtype=np.float64)
@@ -177,8 +187,10 @@ def write_store_blocks(
             summaries["feature_nonzero"][start:stop] = summary.nonzero
             summaries["feature_observed"][start:stop] = summary.observed
             summaries["feature_min_positive"][start:stop] = summary.min_positive
+            sample_totals += np.nansum(values, axis=1)
         for name, values in summaries.items():
             group.create_array(name, data=values, chunks=(max(n_features, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
+        group.create_array(SAMPLE_TOTALS, data=sample_totals, chunks=(max(n_samples, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
 
     write_atomically(path, writer)
     return open_store(path)

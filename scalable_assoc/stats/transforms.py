@@ -162,3 +162,22 @@ def nonzero_values(block: np.ndarray, threshold: float) -> np.ndarray:
     """
     with np.errstate(invalid="ignore"):
         return np.where(block > threshold, block, np.nan)
+
+
+def mixed_closure_scales(totals: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Samples of one relative-abundance table closed on two scales: ``(percent, fraction)`` positions, or None.
+
+    ``totals`` ``(n,)`` are each sample's sum over all features. A table of
+    relative abundances sums to about 100 per sample (MetaPhlAn's percent) or
+    to about 1 (fractions); a table holding both was put together from two
+    sources, and its log or CLR values differ by log(100) between them. Returns
+    the positions of the samples near each scale when both occur and together
+    they are at least 90% of the samples with a positive total; else None.
+    """
+    totals = np.asarray(totals, dtype=np.float64)
+    positive = np.isfinite(totals) & (totals > 0)
+    percent = np.flatnonzero(positive & (totals >= 50) & (totals <= 150))
+    fraction = np.flatnonzero(positive & (totals >= 0.5) & (totals <= 1.5))
+    if percent.size and fraction.size and percent.size + fraction.size >= 0.9 * positive.sum():
+        return percent, fraction
+    return None
