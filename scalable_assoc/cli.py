@@ -169,10 +169,6 @@ def _security(args: argparse.Namespace):  # -> distributed.Security | None (only
     return tls_security(args.tls_ca_file, args.tls_cert, args.tls_key)
 
 
-def _stderr_line(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
 def _simulate(args: argparse.Namespace) -> None:
     from scalable_assoc.simulate import simulate_cohorts, simulate_study
 
@@ -287,10 +283,11 @@ def _mapping(path: Path | None) -> dict[str, str] | None:
 
 def _meta(args: argparse.Namespace) -> None:
     from scalable_assoc.engine.mapper import ClusterMapper
+    from scalable_assoc.engine.run import log_to_stderr
     from scalable_assoc.results.consortium import meta_analyse
 
     cohorts = _open_cohorts(args.files, False, args.verify_key)
-    with ClusterMapper(args.scheduler, args.workers, security=_security(args), dashboard=args.dashboard, log=_stderr_line) as mapper:
+    with ClusterMapper(args.scheduler, args.workers, security=_security(args), dashboard=args.dashboard, log=log_to_stderr) as mapper:
         summary = meta_analyse(
             cohorts, args.out, method=args.method, hksj=args.hksj, min_cohorts=args.min_cohorts,
             leave_one_out_estimates=args.leave_one_out, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, mapper=mapper,

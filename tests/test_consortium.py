@@ -345,13 +345,13 @@ def test_command_line_errors_name_the_problem(cohorts: dict[str, Path], tmp_path
 def _transformed_by_run(folder: Path, run_dir: Path, features: Path | None, client) -> tuple[pd.DataFrame, object]:
     """The run's transformed species values (samples x kept features), from its own cached filter and sums."""
     from scalable_assoc.engine.prepare import prepare_study
-    from scalable_assoc.engine.run import WORK_DIR, _put, filter_layers
+    from scalable_assoc.engine.run import WORK_DIR, filter_layers, hold_on_cluster
     from scalable_assoc.engine.tasks import model_block
     from scalable_assoc.plan.schema import load_plan
 
     work = run_dir / WORK_DIR
     study = prepare_study(load_plan(folder / "plan.yaml"), work / "stores", log=_quiet, features=features)
-    positions = {layer.spec.name: _put(client, layer.sample_positions, "samples") for layer in study.layers}
+    positions = {layer.spec.name: hold_on_cluster(client, layer.sample_positions, "samples") for layer in study.layers}
     messages: list[str] = []
     filters = filter_layers(client, study, positions, work / "filters", messages.append)
     assert any("reused" in m for m in messages), "the run's filter file is found again under the same name"

@@ -101,12 +101,16 @@ class _LayerFilter:
     observed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def _stderr(message: str) -> None:
+def log_to_stderr(message: str) -> None:
+    """The default ``log`` of the engine's commands: one line to stderr, flushed (progress is seen as it happens)."""
     print(message, file=sys.stderr, flush=True)
 
 
-def _layer_token(study: PreparedStudy, layer: LayerWork) -> str:
-    # What the layer's filter and per-sample sums depend on: not the FDR settings, names or paths.
+def layer_token(study: PreparedStudy, layer: LayerWork) -> str:
+    """A short hash of what a layer's filter, per-sample sums and blocks depend on: part of their cache names and Dask keys.
+
+    Not the FDR settings, names or paths (see :meth:`Plan.rows_hash`); the feature list when one chooses the kept features.
+    """
     parts = [study.plan.rows_hash(), study.metadata_sha256, layer.input_sha256, layer.spec.name, str(layer.store.chunk_features)]
     if layer.listed is not None:  # a feature list (plan key or --features) chooses the kept features
         parts.append(f"features={layer.list_token()}")
@@ -121,7 +125,7 @@ def _kept_ids(layer: LayerWork, kept: list[np.ndarray]) -> list[tuple[str, ...]]
 
 
 def _filter_path(folder: Path, study: PreparedStudy, layer: LayerWork) -> Path:
-    return folder / f"filter-{_layer_token(study, layer)}-{layer.samples_digest()}.npz"
+    return folder / f"filter-{layer_token(study, layer)}-{layer.samples_digest()}.npz"
 
 
 def _save_filter(path: Path, layer_filter: _LayerFilter) -> None:
@@ -159,7 +163,7 @@ def _load_filter(path: Path, layer: LayerWork) -> _LayerFilter:
 
 
 def filter_layers(
-    client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], folder: Path, log: Callable[[str], None] = _stderr
+    client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], folder: Path, log: Callable[[str], None] = log_to_stderr
 ) -> dict[str, _LayerFilter]:
     """:func:`_filter_layers`, kept in ``folder`` so that a resumed run or a later export does not pass over the data again.
 
@@ -200,7 +204,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
                 all_summaries[layer.spec.name] = stored
                 continue
         summary_futures[layer.spec.name] = [
-            client.submit(summarise_block, layer.store.path, start, stop, positions[layer.spec.name], key=f"summary-{_layer_token(study, layer)}-{i}")
+            client.submit(summarise_block, layer.store.path, start, stop, positions[layer.spec.name], key=f"summary-{layer_token(study, layer)}-{i}")
             for i, (start, stop) in enumerate(bounds)
         ]
     all_summaries.update(client.gather(summary_futures))
@@ -229,7 +233,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
             observed=np.concatenate([np.asarray(s.observed, dtype=np.int64) for s in summaries]),
         )
         views = {MODEL_VIEWS[model] for model in layer.spec.models}
-        token = _layer_token(study, layer)
+        token = layer_token(study, layer)
         transform = preprocess.transform
         # TSS/AST totals serve both the transformed and the non-zero view; CLR needs its own
         # sums for the non-zero view (a geometric mean over the features a sample has).
@@ -283,7 +287,7 @@ def _feature_table(study: PreparedStudy, filters: dict[str, _LayerFilter]) -> pd
     return pd.concat(frames, ignore_index=True)
 
 
-def _put(client: Client, value: object, name: str) -> distributed.Future:
+def hold_on_cluster(client: Client, value: object, name: str) -> distributed.Future:
     """Place ``value`` on the cluster as a task (recomputable if its worker dies), keyed by content."""
     return client.submit(hold, value, key=f"{name}-{tokenize(value)}")
 
@@ -485,7 +489,7 @@ def run_study(
     chunk_features: int | None = None,
     intersect_samples: bool = False,
     analyses_per_task: int = 8,
-    log: Callable[[str], None] = _stderr,
+    log: Callable[[str], None] = log_to_stderr,
     on_chunk_done: Callable[[int, int], None] | None = None,
     features: str | Path | None = None,
     min_cases: int | None = None,
@@ -631,7 +635,7 @@ def _run_study_locked(
     def execute(active: Client) -> tuple[dict[str, _LayerFilter], dict]:
         on_phase("filter")
         phase = time.perf_counter()
-        positions = {layer.spec.name: _put(active, layer.sample_positions, "samples") for layer in study.layers}
+        positions = {layer.spec.name: hold_on_cluster(active, layer.sample_positions, "samples") for layer in study.layers}
         filters = filter_layers(active, study, positions, work / "filters", log)
         timings["filter"] = time.perf_counter() - phase
         shared = _SharedDesigns(active, work / "designs")
@@ -763,7 +767,7 @@ def _submit_fits(
     shared: _SharedDesigns,
 ) -> list[distributed.Future]:
     """Submit transformed blocks, shared design factorisations and the fit tasks of one layer."""
-    token = _layer_token(study, layer)
+    token = layer_token(study, layer)
     bounds = layer.store.block_bounds()
     preprocess = layer.spec.preprocess
     totals = {
@@ -771,7 +775,7 @@ def _submit_fits(
         "nonzero": layer_filter.nonzero_totals if preprocess.transform == "clr" else layer_filter.sample_totals,
         "presence": None,
     }
-    totals_futures = {view: _put(client, value, "totals") if value is not None else None for view, value in totals.items()}
+    totals_futures = {view: hold_on_cluster(client, value, "totals") if value is not None else None for view, value in totals.items()}
     design_futures = shared.for_layer(layer)
     # Fit keys name the output folder too: two runs of one plan into two folders on one
     # cluster must not share tasks, since each task writes into its own run's folder.
@@ -801,7 +805,7 @@ def _submit_fits(
             )
         batch_ids = tuple(a.key.analysis_id for a in task.analyses)
         if batch_ids not in batches:
-            batches[batch_ids] = _put(client, task.analyses, "batch")
+            batches[batch_ids] = hold_on_cluster(client, task.analyses, "batch")
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
         futures.append(
             client.submit(

@@ -19,7 +19,7 @@ from distributed.security import Security
 
 from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
-from scalable_assoc.engine.run import WORK_DIR, _layer_token, _put, _stderr, filter_layers
+from scalable_assoc.engine.run import WORK_DIR, filter_layers, hold_on_cluster, layer_token, log_to_stderr
 from scalable_assoc.engine.tasks import ModelBlock, model_block, model_block_key
 from scalable_assoc.errors import DataError
 from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
@@ -63,7 +63,7 @@ def sufficient_statistics(
     scheduler: str | None = None,
     workers: int | None = None,
     client: Client | None = None,
-    log: Callable[[str], None] = _stderr,
+    log: Callable[[str], None] = log_to_stderr,
     security: Security | None = None,
     dashboard: str | None = None,
 ) -> pa.Table:
@@ -98,7 +98,7 @@ def sufficient_statistics(
         raise DataError(f"{run}: the plan fits no 'lm' model; sufficient statistics exist for linear models only")
 
     def execute(active: Client) -> pa.Table:
-        positions = {layer.spec.name: _put(active, layer.sample_positions, "samples") for layer in study.layers}
+        positions = {layer.spec.name: hold_on_cluster(active, layer.sample_positions, "samples") for layer in study.layers}
         filters = filter_layers(active, study, positions, work / "filters", log)
         futures = []
         for layer in study.layers:
@@ -106,13 +106,13 @@ def sufficient_statistics(
             if not analyses:
                 continue
             layer_filter = filters[layer.spec.name]
-            token = _layer_token(study, layer)
-            totals = _put(active, layer_filter.sample_totals, "totals") if layer_filter.sample_totals is not None else None
+            token = layer_token(study, layer)
+            totals = hold_on_cluster(active, layer_filter.sample_totals, "totals") if layer_filter.sample_totals is not None else None
             groups: dict[str, tuple[PreparedAnalysis, ...]] = {}
             for analysis in analyses:
                 groups[analysis.design_key] = groups.get(analysis.design_key, ()) + (analysis,)
             paths = {key: write_design(work / "designs", layer.designs[key]) for key in groups}
-            held = {key: _put(active, group, "batch") for key, group in groups.items()}
+            held = {key: hold_on_cluster(active, group, "batch") for key, group in groups.items()}
             for index, (start, stop) in enumerate(layer.store.block_bounds()):
                 kept = layer_filter.kept[index]
                 if not kept.any():
