@@ -217,10 +217,12 @@ def carrier_counts(present: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.count_nonzero(present[rows], axis=0)
 
 
-def case_carrier_counts(present: np.ndarray, rows: np.ndarray, analyses: list[PreparedAnalysis]) -> np.ndarray:
-    """``(k, m)`` carriers among each binary analysis' cases (design rows with exposure 1); -1 for other exposures."""
-    model_present = present[rows]
-    counts = np.full((len(analyses), present.shape[1]), -1, dtype=np.int64)
+def case_carrier_counts(model_present: np.ndarray, analyses: list[PreparedAnalysis]) -> np.ndarray:
+    """``(k, m)`` carriers among each binary analysis' cases (exposure 1); -1 for other exposures.
+
+    ``model_present`` ``(n, m)`` bool: presence over the design's participants, in the order of the analyses' exposures.
+    """
+    counts = np.full((len(analyses), model_present.shape[1]), -1, dtype=np.int64)
     for i, analysis in enumerate(analyses):
         if analysis.binary:
             counts[i] = np.count_nonzero(model_present[analysis.exposure == 1], axis=0)
@@ -331,8 +333,9 @@ def fit_chunk(
     tables = []
     for key, group, fit in zip(order, members, fits, strict=True):
         # Every analysis of a design has the same participants, hence the same carriers.
-        n_present = np.broadcast_to(carrier_counts(block.present, by_key[key].rows), fit.slopes.beta.shape)
-        n_present_cases = case_carrier_counts(block.present, by_key[key].rows, group)
+        model_present = block.present[by_key[key].rows]
+        n_present = np.broadcast_to(np.count_nonzero(model_present, axis=0), fit.slopes.beta.shape)
+        n_present_cases = case_carrier_counts(model_present, group)
         slopes = withhold_rare_carriers(
             fit.slopes, n_present, group[0].min_carriers, group[0].min_prevalence, count_absent=model != "lm_nonzero",
             n_present_cases=n_present_cases if group[0].carrier_cells else None

@@ -115,15 +115,12 @@ def withhold_rare_carriers(
     if n_present.shape != fits.beta.shape:
         raise ValueError(f"n_present has shape {n_present.shape}, expected {fits.beta.shape}")
     estimated = np.isin(fits.status, [int(s) for s in ESTIMATED])
-    n_absent = fits.n - n_present
-    # No absent participant is no cell to disclose and no problem for the fit (a pathway
-    # everyone carries); one or two are both.
-    few = (n_present < min_carriers) | (((n_absent > 0) & (n_absent < min_carriers)) if count_absent else False)
+    present_cases = None
     if n_present_cases is not None:
         present_cases = np.asarray(n_present_cases, dtype=np.int64)
         if present_cases.shape != fits.beta.shape:
             raise ValueError(f"n_present_cases has shape {present_cases.shape}, expected {fits.beta.shape}")
-        few = few | small_presence_cells(n_present, present_cases, fits.n_cases, fits.n_controls, min_carriers, count_absent)
+    few = too_few_carriers(fits.n, n_present, min_carriers, count_absent, present_cases, fits.n_cases, fits.n_controls)
     with np.errstate(invalid="ignore", divide="ignore"):
         rare = n_present < min_prevalence * fits.n
     status = fits.status.copy()
@@ -139,22 +136,40 @@ def withhold_rare_carriers(
     return SlopeFits(blank(fits.beta), blank(fits.se), blank(fits.t), blank(fits.p), fits.n, fits.n_cases, fits.n_controls, status)
 
 
-def small_presence_cells(
-    n_present: np.ndarray, n_present_cases: np.ndarray, n_cases: np.ndarray, n_controls: np.ndarray, threshold: int, count_absent: bool = True
+def too_few_carriers(
+    n: np.ndarray,
+    n_present: np.ndarray,
+    threshold: int,
+    count_absent: bool | np.ndarray = True,
+    n_present_cases: np.ndarray | None = None,
+    n_cases: np.ndarray | None = None,
+    n_controls: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Rows of a binary exposure with a non-zero cell of feature presence x case/control below ``threshold``.
+    """Rows resting on fewer than ``threshold`` participants with, or without, the feature (DataSHIELD's cell rule).
 
-    The cells are present x case (``n_present_cases``), present x control,
-    and, with ``count_absent``, absent x case and absent x control. Rows that
-    are not binary (``n_cases`` or ``n_present_cases`` negative) are never hit.
-    All arguments broadcast together; returns a bool array.
+    A row is hit when fewer than ``threshold`` of its ``n`` participants have the
+    feature (none included), or, with ``count_absent`` (models of all
+    participants, not carriers only; a bool or a per-row bool array), between 1
+    and ``threshold - 1`` lack it: no one without it is no cell to disclose and
+    no problem for the fit (a pathway everyone carries). With
+    ``n_present_cases`` (carriers among the cases; negative for rows that are
+    not binary) the cells of presence x case/control count too: present x case,
+    present x control and, with ``count_absent``, absent x case and absent x
+    control; a non-zero one below ``threshold`` hits the row. All arguments
+    broadcast together; returns a bool array.
     """
-    binary = (np.asarray(n_cases) >= 0) & (np.asarray(n_present_cases) >= 0)
-    present_controls = n_present - n_present_cases
-    cells = [n_present_cases, present_controls]
-    if count_absent:
-        cells += [n_cases - n_present_cases, n_controls - present_controls]
-    small = np.zeros(np.broadcast(n_present, n_present_cases, n_cases, n_controls).shape, dtype=bool)
-    for cell in cells:
-        small |= (cell > 0) & (cell < threshold)
-    return binary & small
+    absent_counts = np.asarray(count_absent, dtype=bool)
+
+    def small(cell: np.ndarray) -> np.ndarray:
+        return (cell > 0) & (cell < threshold)
+
+    n_present = np.asarray(n_present)
+    few = (n_present < threshold) | (absent_counts & small(np.asarray(n) - n_present))
+    if n_present_cases is not None:
+        if n_cases is None or n_controls is None:
+            raise ValueError("the presence x case/control cells need n_cases and n_controls")
+        binary = (np.asarray(n_cases) >= 0) & (np.asarray(n_present_cases) >= 0)
+        present_controls = n_present - n_present_cases
+        cells = small(n_present_cases) | small(present_controls) | (absent_counts & (small(n_cases - n_present_cases) | small(n_controls - present_controls)))
+        few = few | (binary & cells)
+    return few

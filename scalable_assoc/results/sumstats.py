@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from scalable_assoc import __version__
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, write_json, write_parquet
-from scalable_assoc.models.fits import small_presence_cells
+from scalable_assoc.models.fits import too_few_carriers
 from scalable_assoc.models.pooled import CrossProducts
 from scalable_assoc.plan.schema import OLS_MODELS, OlsOptions, Plan, load_plan
 from scalable_assoc.results.harmonise import feature_set_digest
@@ -156,12 +156,11 @@ def carrier_reason(results: pd.DataFrame, rules: DisclosureRules) -> np.ndarray:
     present_cases = present_cases_column.to_numpy(dtype=np.float64, na_value=np.nan)
     unknown = np.isnan(present) | np.isnan(n) | ((cases >= 0) & np.isnan(present_cases))
     present_counts = np.nan_to_num(present, nan=0).astype(np.int64)
-    absent = np.nan_to_num(n, nan=0).astype(np.int64) - present_counts
+    participants = np.nan_to_num(n, nan=0).astype(np.int64)
     present_case_counts = np.nan_to_num(present_cases, nan=-1).astype(np.int64)
+    # lm_nonzero's participants all carry the feature: only the present cells count there.
     with_absent = (results["model"] != "lm_nonzero").to_numpy()
-    few = (present_counts < k) | (with_absent & (absent > 0) & (absent < k))
-    few |= small_presence_cells(present_counts, present_case_counts, cases, controls, k, count_absent=True) & with_absent
-    few |= small_presence_cells(present_counts, present_case_counts, cases, controls, k, count_absent=False) & ~with_absent
+    few = too_few_carriers(participants, present_counts, k, with_absent, present_case_counts, cases, controls)
     reason = np.full(len(results), "", dtype=object)
     reason[few] = f"fewer than {k} participants with or without the feature (overall or among cases or controls)"
     reason[unknown] = "carrier counts not recorded (results of an older version; run again)"
