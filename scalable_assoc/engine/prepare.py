@@ -441,6 +441,19 @@ class ChunkTask:
     #: the task also writes every covariate's coefficient rows (``<chunk id>.covariates.parquet``)
     covariate_rows: bool = False
 
+    def rows_file(self, chunks_dir: Path) -> Path:
+        """The chunk's results rows: ``<chunk id>.parquet``."""
+        return chunks_dir / f"{self.chunk_id}.parquet"
+
+    def covariates_file(self, chunks_dir: Path) -> Path | None:
+        """The chunk's covariate coefficient rows, ``<chunk id>.covariates.parquet``; None when the run asked for none."""
+        return chunks_dir / f"{self.chunk_id}.covariates.parquet" if self.covariate_rows else None
+
+    def files(self, chunks_dir: Path) -> list[Path]:
+        """Every file the task writes: all must be present and sealed for the chunk to count as done."""
+        covariates = self.covariates_file(chunks_dir)
+        return [self.rows_file(chunks_dir)] + ([covariates] if covariates is not None else [])
+
 
 #: Models whose chunks carry covariate coefficient rows when a run asks for them.
 COVARIATE_ROW_MODELS = ("lm",)

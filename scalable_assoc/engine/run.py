@@ -335,7 +335,7 @@ def _finished_chunks(chunks_dir: Path, tasks: list[ChunkTask], log: Callable[[st
     """
     done = set()
     for task in tasks:
-        files = [chunks_dir / f"{task.chunk_id}.parquet"] + ([chunks_dir / f"{task.chunk_id}.covariates.parquet"] if task.covariate_rows else [])
+        files = task.files(chunks_dir)
         states = [sealed(path) for path in files]
         if all(states):
             done.add(task.chunk_id)
@@ -639,11 +639,11 @@ def _run_study_locked(
         filters = filter_layers(active, study, positions, work / "filters", log)
         timings["filter"] = time.perf_counter() - phase
         shared = _SharedDesigns(active, work / "designs")
-        fit_futures = []
+        fit_futures: dict[distributed.Future, ChunkTask] = {}
         for layer in study.layers:
             layer_pending = [t for t in pending if t.layer == layer.spec.name]
             if layer_pending:
-                fit_futures += _submit_fits(active, study, layer, filters[layer.spec.name], layer_pending, positions[layer.spec.name], chunks_dir, shared)
+                fit_futures |= _submit_fits(active, study, layer, filters[layer.spec.name], layer_pending, positions[layer.spec.name], chunks_dir, shared)
         on_phase("fit")
         phase = time.perf_counter()
         finished = len(done)
@@ -655,11 +655,10 @@ def _run_study_locked(
                 log(f"  chunks {finished}/{len(tasks)} ({100 * finished / len(tasks):.0f}%), {now - started:.1f}s")
                 last_report = now
             on_chunk_done(finished, len(tasks))
-        for future in fit_futures:
+        for future, task in fit_futures.items():
             try:
                 future.result()  # re-raise a task's error here
             except KilledWorker:
-                task = next(t for t in pending if str(future.key).startswith(f"fit-{t.chunk_id}-"))
                 raise ClusterFailure(
                     f"the task of chunk {task.chunk_id} (layer '{task.layer}', features {task.start}-{task.stop - 1}, "
                     f"{len(task.analyses)} analyses) ended every worker that ran it, as running out of memory does; give the "
@@ -681,7 +680,7 @@ def _run_study_locked(
 
     on_phase("gather")
     phase = time.perf_counter()
-    partial = read_chunks([chunks_dir / f"{t.chunk_id}.parquet" for t in tasks])
+    partial = read_chunks([t.rows_file(chunks_dir) for t in tasks])
     results = assemble_results(
         partial,
         [layer.spec.name for layer in study.layers],
@@ -708,7 +707,7 @@ def _run_study_locked(
         write_parquet(out / "joint_results.parquet", joint)
         write_tsv(out / "joint_results.tsv", joint)
     if covariate_rows:
-        covariates = covariate_results(study, [chunks_dir / f"{t.chunk_id}.covariates.parquet" for t in tasks if t.covariate_rows])
+        covariates = covariate_results(study, [path for t in tasks if (path := t.covariates_file(chunks_dir)) is not None])
         write_parquet(out / "covariate_results.parquet", pa.Table.from_pandas(covariates, schema=COVARIATE_SCHEMA, preserve_index=False))
         write_tsv(out / "covariate_results.tsv", covariates)
     timings["gather"] = time.perf_counter() - phase
@@ -765,8 +764,8 @@ def _submit_fits(
     positions: distributed.Future,
     chunks_dir: Path,
     shared: _SharedDesigns,
-) -> list[distributed.Future]:
-    """Submit transformed blocks, shared design factorisations and the fit tasks of one layer."""
+) -> dict[distributed.Future, ChunkTask]:
+    """Submit transformed blocks, shared design factorisations and the fit tasks of one layer: each fit future with its task."""
     token = layer_token(study, layer)
     bounds = layer.store.block_bounds()
     preprocess = layer.spec.preprocess
@@ -782,16 +781,16 @@ def _submit_fits(
     run_token = hashlib.sha256(str(chunks_dir).encode()).hexdigest()[:12]
     blocks: dict[tuple[str, int], distributed.Future] = {}
     batches: dict[tuple[str, ...], distributed.Future] = {}
-    futures = []
+    futures: dict[distributed.Future, ChunkTask] = {}
     chunks_dir.mkdir(parents=True, exist_ok=True)
     for task in pending:
         kept = layer_filter.kept[task.block_index]
-        output = chunks_dir / f"{task.chunk_id}.parquet"
+        output, covariate_output = task.rows_file(chunks_dir), task.covariates_file(chunks_dir)
         if not kept.any():
             # Every feature of this block was filtered out: the chunk is complete and empty.
-            if task.covariate_rows:
-                write_parquet(chunks_dir / f"{task.chunk_id}.covariates.parquet", COVARIATE_SCHEMA.empty_table())
-                seal(chunks_dir / f"{task.chunk_id}.covariates.parquet")
+            if covariate_output is not None:
+                write_parquet(covariate_output, COVARIATE_SCHEMA.empty_table())
+                seal(covariate_output)
             write_parquet(output, PARTIAL_SCHEMA.empty_table())
             seal(output)
             continue
@@ -807,7 +806,7 @@ def _submit_fits(
         if batch_ids not in batches:
             batches[batch_ids] = hold_on_cluster(client, task.analyses, "batch")
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
-        futures.append(
+        futures[
             client.submit(
                 fit_chunk,
                 layer.spec.name,
@@ -816,8 +815,8 @@ def _submit_fits(
                 [design_futures[k] for k in used],
                 batches[batch_ids],
                 output,
-                chunks_dir / f"{task.chunk_id}.covariates.parquet" if task.covariate_rows else None,
+                covariate_output,
                 key=f"fit-{task.chunk_id}-{run_token}",
             )
-        )
+        ] = task
     return futures
