@@ -456,25 +456,29 @@ def _up_to_date(plan: Plan, out: Path, options: dict[str, object], features: Pat
         return None
     try:
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-        results = pd.read_parquet(out / "results.parquet")
-        adjustment = pd.read_csv(out / "adjustment_summary.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
-        survival = pd.read_csv(out / "adjustment_survival.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
     except (OSError, ValueError):
         return None
+    # The cheap comparisons first, the inputs' checksums next, the outputs last.
     if manifest.get("version") != __version__ or manifest.get("plan_hash") != plan.content_hash():
         return None
     if any(manifest.get(key) != value for key, value in options.items()):
         return None
     inputs = manifest.get("inputs", {})
     expected = {"metadata": plan.metadata, **{f"layer:{layer.name}": layer.path for layer in plan.layers}}
-    if set(inputs) != set(expected):
+    listed = features if features is not None else plan.features
+    recorded = manifest.get("features")
+    if set(inputs) != set(expected) or (listed is None) != (recorded is None):
+        return None
+    if listed is not None and (not listed.is_file() or recorded.get("sha256") != file_checksum(listed)):
         return None
     for key, path in expected.items():
         if not path.exists() or inputs[key].get("sha256") != file_checksum(path):
             return None
-    listed = features if features is not None else plan.features
-    recorded = manifest.get("features")
-    if (listed is None) != (recorded is None) or (listed is not None and recorded is not None and (not listed.is_file() or recorded.get("sha256") != file_checksum(listed))):
+    try:
+        results = pd.read_parquet(out / "results.parquet")
+        adjustment = pd.read_csv(out / "adjustment_summary.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+        survival = pd.read_csv(out / "adjustment_survival.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+    except (OSError, ValueError):
         return None
     return RunSummary(out, results, adjustment, survival, manifest, int(manifest.get("chunks_total", 0)), int(manifest.get("chunks_total", 0)), 0.0)
 
