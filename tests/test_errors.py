@@ -512,3 +512,5 @@ def test_a_layer_mixing_percent_and_fractions_is_warned_about_naming_samples(stu
     warning = next(line for line in err.splitlines() if "mixes scales" in line)
     assert "layer 'pathways'" in warning and "20 samples sum to about 100 (percent)" in warning and str(scaled[0]) in warning
     assert sum("mixes scales" in line for line in err.splitlines()) == 1  # the species table (all percent) is not named
+    manifest = json.loads((study / "out" / "manifest.json").read_text())
+    assert any("layer 'pathways'" in w and "mixes scales" in w for w in manifest["warnings"])

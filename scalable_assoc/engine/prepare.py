@@ -322,19 +322,19 @@ def _level_codes(key: AnalysisKey, exposure: ExposureValues, codes: np.ndarray) 
     return mapping[codes.astype(np.int64)], levels
 
 
-def _warn_mixed_scales(spec: LayerSpec, store: AbundanceStore, log: Callable[[str], None]) -> None:
-    """Warn when a layer's samples sum to about 100 (percent) in part and to about 1 (fractions) in part."""
+def _mixed_scales_warning(spec: LayerSpec, store: AbundanceStore) -> str | None:
+    """A warning when a layer's samples sum to about 100 (percent) in part and to about 1 (fractions) in part; else None."""
     totals = store.stored_sample_totals()
     if totals is None:  # a store written before per-sample totals were stored
-        return
+        return None
     mixed = mixed_closure_scales(totals)
     if mixed is None:
-        return
+        return None
     percent, fraction = mixed
     fewer, scale = (percent, "about 100 (percent)") if percent.size < fraction.size else (fraction, "about 1 (fractions)")
     examples = ", ".join(f"{store.sample_ids[i]} ({totals[i]:.3g})" for i in fewer[:3])
-    log(
-        f"warning: layer '{spec.name}' ({spec.path}) mixes scales: {percent.size} samples sum to about 100 (percent) and "
+    return (
+        f"layer '{spec.name}' ({spec.path}) mixes scales: {percent.size} samples sum to about 100 (percent) and "
         f"{fraction.size} to about 1 (fractions); the {fewer.size} summing to {scale} include {examples}. Put every sample on "
         "one scale before the run: log and CLR values differ by log(100) between them"
     )
@@ -383,7 +383,9 @@ def prepare_study(
     layers = []
     for spec in plan.layers:
         store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features, log)
-        _warn_mixed_scales(spec, store, log)
+        mixed_scales = _mixed_scales_warning(spec, store)
+        if mixed_scales is not None:
+            warn(mixed_scales)
         positions, warning = reconcile_samples(spec.name, spec.path, store.sample_ids, metadata, plan.metadata, intersect)
         if warning:
             warn(warning)
