@@ -32,7 +32,8 @@ def _count(text: str) -> int:
     return _whole_number(text, 0)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scalable-assoc`` argument parser (deployment files are checked against it: their commands and options must exist)."""
     parser = argparse.ArgumentParser(
         prog="scalable-assoc",
         description="Microbiome feature x phenotype association studies, batched and run on Dask.",
@@ -336,7 +337,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalable-assoc`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from scalable_assoc.errors import ClusterFailure
     from scalable_assoc.io.runstate import FolderInUse
 
