@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from dask_processes import DaskProcesses
 from distributed import Client, LocalCluster
 
 from scalable_assoc.engine.run import run_study
@@ -116,58 +117,13 @@ def test_analyses_per_task_does_not_change_results(reference: Path, small_study:
 # --------------------------------------------------------------------------------------
 # 3. A cluster of separate dask scheduler / dask worker processes
 # --------------------------------------------------------------------------------------
-def _dask_command(*args: str) -> list[str]:
-    script = Path(sys.executable).parent / "dask"
-    return [str(script), *args] if script.is_file() else [sys.executable, "-m", "dask", *args]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop a process started here and the processes it started (its own session)."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-
 @pytest.fixture
 def external_cluster(tmp_path: Path):
     """``dask scheduler`` and two ``dask worker`` processes; yields the scheduler address."""
-    folder = tmp_path / "cluster"
-    folder.mkdir()
-    scheduler_file = folder / "scheduler.json"
-    processes: list[subprocess.Popen] = []
-    logs = []
-
-    def start(name: str, command: list[str]) -> None:
-        log = (folder / f"{name}.log").open("wb")
-        logs.append(log)
-        processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder))
-
-    try:
-        start("scheduler", _dask_command("scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(scheduler_file), "--no-dashboard"))
-        deadline = time.monotonic() + 60
-        while not scheduler_file.is_file():
-            assert processes[0].poll() is None, (folder / "scheduler.log").read_text()
-            assert time.monotonic() < deadline, "the scheduler did not write its scheduler file in 60 s"
-            time.sleep(0.1)
-        for i in range(2):
-            start(f"worker{i}", _dask_command("worker", "--scheduler-file", str(scheduler_file), "--nworkers", "1", "--nthreads", "1", "--no-dashboard"))
-        with Client(scheduler_file=str(scheduler_file), timeout="60s") as probe:
-            probe.wait_for_workers(2, timeout=60)
-            address = probe.scheduler.address
+    with DaskProcesses(tmp_path / "cluster") as processes:
+        _, address = processes.scheduler()
+        processes.workers(2)
         yield address
-    finally:
-        for process in reversed(processes):
-            _stop(process)
-        for log in logs:
-            log.close()
 
 
 def test_cli_on_external_cluster(external_cluster: str, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:

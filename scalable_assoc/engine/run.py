@@ -36,13 +36,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from dask.base import tokenize
-from distributed import Client, KilledWorker, as_completed
+from distributed import Client, KilledWorker
 from distributed.security import Security
 
 from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, model_block_key, sum_block, summarise_block
+from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.errors import ClusterFailure, DataError, PlanError, UserInputError
 from scalable_assoc.io.atomic import file_checksum, remove_sealed, seal, sealed, write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.io.runstate import RUN_LOG, RunLog, RunStatus, folder_lock, read_status, remove_leftovers, timestamp
@@ -163,12 +164,18 @@ def _load_filter(path: Path, layer: LayerWork) -> _LayerFilter:
 
 
 def filter_layers(
-    client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], folder: Path, log: Callable[[str], None] = log_to_stderr
+    client: Client,
+    study: PreparedStudy,
+    positions: dict[str, distributed.Future],
+    folder: Path,
+    log: Callable[[str], None] = log_to_stderr,
+    watch: ClusterWatch | None = None,
 ) -> dict[str, _LayerFilter]:
     """:func:`_filter_layers`, kept in ``folder`` so that a resumed run or a later export does not pass over the data again.
 
     The file name holds the layer token (plan, inputs, layer, chunking), so a
-    changed plan or input never finds an old filter.
+    changed plan or input never finds an old filter. ``watch`` bounds the
+    waits when the cluster fails (see :mod:`scalable_assoc.engine.watch`).
     """
     filters: dict[str, _LayerFilter] = {}
     missing = []
@@ -180,14 +187,16 @@ def filter_layers(
         else:
             missing.append(layer)
     if missing:
-        computed = _filter_layers(client, study, positions, missing)
+        computed = _filter_layers(client, study, positions, missing, watch or ClusterWatch(client))
         for layer in missing:
             _save_filter(_filter_path(folder, study, layer), computed[layer.spec.name])
         filters.update(computed)
     return filters
 
 
-def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], layers: list[LayerWork]) -> dict[str, _LayerFilter]:
+def _filter_layers(
+    client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], layers: list[LayerWork], watch: ClusterWatch
+) -> dict[str, _LayerFilter]:
     """Prevalence filter, pseudocount and per-sample sums of ``layers`` (two reductions over all their blocks).
 
     All layers' blocks are submitted together so the workers never wait on the
@@ -207,7 +216,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
             client.submit(summarise_block, layer.store.path, start, stop, positions[layer.spec.name], key=f"summary-{layer_token(study, layer)}-{i}")
             for i, (start, stop) in enumerate(bounds)
         ]
-    all_summaries.update(client.gather(summary_futures))
+    all_summaries.update(watch.gather(summary_futures))
     filters: dict[str, _LayerFilter] = {}
     sum_futures: dict[tuple[str, str], list[distributed.Future]] = {}
     for layer in layers:
@@ -252,7 +261,7 @@ def _filter_layers(client: Client, study: PreparedStudy, positions: dict[str, di
                 for i, ((start, stop), k) in enumerate(zip(bounds, kept, strict=True))
                 if k.any()
             ]
-    for (name, which), parts in client.gather(sum_futures).items():
+    for (name, which), parts in watch.gather(sum_futures).items():
         setattr(filters[name], which, (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)))
     for layer in layers:
         # Listed features the layer lacks are zeros in every sample: they enter the CLR mean of the
@@ -502,6 +511,7 @@ def run_study(
     allow_outside_paths: bool = False,
     security: Security | None = None,
     dashboard: str | None = None,
+    no_workers_timeout: float = DEFAULT_NO_WORKERS_TIMEOUT,
 ) -> RunSummary:
     """Run every analysis of a plan and write the outputs to ``out_dir``.
 
@@ -525,7 +535,15 @@ def run_study(
     the client credentials for a ``tls://`` ``scheduler`` (see
     :func:`~scalable_assoc.engine.cluster.tls_security`; without it dask's
     ``distributed.comm.tls`` configuration is used).
+
+    A cluster that stops finishing the run ends it with
+    :class:`~scalable_assoc.errors.ClusterFailure` (finished chunks kept, a
+    rerun resumes): no worker for ``no_workers_timeout`` seconds, the scheduler
+    lost, or a task that ends every worker running it (see
+    :mod:`scalable_assoc.engine.watch`).
     """
+    if not no_workers_timeout > 0:
+        raise UserInputError(f"--no-workers-timeout must be a positive number of seconds, got {no_workers_timeout!r}")
     if min_cases is not None and (isinstance(min_cases, bool) or min_cases < 1):
         raise UserInputError(f"--min-cases must be a positive whole number, got {min_cases!r}")
     if client is None:
@@ -566,7 +584,8 @@ def run_study(
 
         try:
             computing = _RunOptions(
-                scheduler, workers, client, chunk_features, intersect_samples, analyses_per_task, features, min_cases, covariate_rows, security, dashboard
+                scheduler, workers, client, chunk_features, intersect_samples, analyses_per_task, features, min_cases, covariate_rows, security, dashboard,
+                no_workers_timeout,
             )
             summary = _run_study_locked(plan, out, computing, log, progress, run_log.phase)
         except BaseException as error:
@@ -598,6 +617,7 @@ class _RunOptions:
     covariate_rows: bool
     security: Security | None
     dashboard: str | None
+    no_workers_timeout: float
 
 
 def _run_study_locked(
@@ -637,10 +657,14 @@ def _run_study_locked(
     )
 
     def execute(active: Client) -> tuple[dict[str, _LayerFilter], dict]:
+        with ClusterWatch(active, options.no_workers_timeout) as watch:
+            return execute_watched(active, watch)
+
+    def execute_watched(active: Client, watch: ClusterWatch) -> tuple[dict[str, _LayerFilter], dict]:
         on_phase("filter")
         phase = time.perf_counter()
         positions = {layer.spec.name: hold_on_cluster(active, layer.sample_positions, "samples") for layer in study.layers}
-        filters = filter_layers(active, study, positions, work / "filters", log)
+        filters = filter_layers(active, study, positions, work / "filters", log, watch)
         timings["filter"] = time.perf_counter() - phase
         shared = _SharedDesigns(active, work / "designs")
         fit_futures: dict[distributed.Future, ChunkTask] = {}
@@ -652,7 +676,7 @@ def _run_study_locked(
         phase = time.perf_counter()
         finished = len(done)
         last_report = 0.0
-        for _ in as_completed(fit_futures):
+        for _ in watch.completed(fit_futures):
             finished += 1
             now = time.perf_counter()
             if now - last_report > 1.0 or finished == len(tasks):
