@@ -237,12 +237,59 @@ def dask_client(
         client = _connect(address, security)
         try:
             yield client
-        finally:
-            client.close()
+        except BaseException:
+            _close_quietly(client)
+            raise
+        client.close()
         return
     cluster, client = local_cluster(workers, dashboard, log)
     try:
         yield client
+    except BaseException:
+        _close_quietly(client, cluster)
+        raise
+    _close_quietly(client, cluster)
+
+
+def _silence_distributed_logs() -> None:
+    """Run on every worker and nanny of the local cluster just before it closes (by ``client.run``)."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+
+
+@contextlib.contextmanager
+def _distributed_logs_silenced() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in ("distributed", "distributed.client", "distributed.comm", "distributed.core")]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
     finally:
-        client.close()
-        cluster.close()
+        for each, level in zip(loggers, levels, strict=True):
+            each.setLevel(level)
+
+
+def _close_quietly(client: Client, cluster: LocalCluster | None = None) -> None:
+    """Close the client (and the local ``cluster``) without distributed's shutdown noise.
+
+    After a failed run, whose error already says what happened: a client that
+    lost its scheduler is still trying to reconnect, and closing it cancels that,
+    which distributed logs as an ERROR with a traceback. When the local cluster
+    closes, a worker whose heartbeat meets a scheduler already closing logs
+    "Failed to communicate with scheduler during heartbeat" as an ERROR. Either
+    would bury the run's one-paragraph message or trip log-based alerting on a
+    run that succeeded, so distributed's loggers are silenced while closing, in
+    this process and (just before) in the local cluster's workers and nannies;
+    during the run they log as usual.
+    """
+    if cluster is not None:
+        with contextlib.suppress(Exception):  # a cluster already failing closes below all the same
+            client.run(_silence_distributed_logs)
+            client.run(_silence_distributed_logs, nanny=True)
+    with _distributed_logs_silenced():
+        try:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        except Exception:  # the run's own error is the one to report
+            logging.getLogger(__name__).debug("closing the cluster after a failed run failed", exc_info=True)
