@@ -6,7 +6,9 @@ Bad input ends with a one-paragraph message on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from scalable_assoc import __version__
@@ -70,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--top", type=_count, default=5, metavar="N",
         help="when the run ends, print the N associations with the smallest q per layer (and model), each exposure under its base "
         "adjustment set (the first set, in plan order, it ran under), with direction, beta and q (default 5; 0: none)",
+    )
+    run.add_argument(
+        "--no-workers-timeout", type=float, default=300.0, metavar="SECONDS",
+        help="end the run (exit 1; a rerun resumes) when the cluster has had no worker for this long, e.g. all jobs ended (default 300)",
     )
     run.add_argument("--force", action="store_true", help="run even when the output folder holds a finished run of the same plan, inputs and options (else: 'up to date', exit 0)")
     run.add_argument(
@@ -214,6 +220,7 @@ def _run(args: argparse.Namespace) -> None:
         force=args.force,
         security=_security(args),
         dashboard=args.dashboard,
+        no_workers_timeout=args.no_workers_timeout,
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")
@@ -338,10 +345,11 @@ def _status(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalable-assoc`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from scalable_assoc.errors import ClusterFailure
+    from scalable_assoc.errors import ClusterFailure, Terminated
     from scalable_assoc.io.runstate import FolderInUse
 
     handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool, "status": _status, "keygen": _keygen}
+    previous = _stop_cleanly_on_sigterm()
     try:
         code = handlers[args.command](args)
     except FolderInUse as error:
@@ -355,10 +363,27 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())
         print(f"scalable-assoc {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"scalable-assoc {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        how = "stopped (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+        print(f"scalable-assoc {args.command}: {how}; run the same command again to resume", file=sys.stderr)
+        return interrupt.exit_code if isinstance(interrupt, Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return code if isinstance(code, int) else 0
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    from scalable_assoc.errors import Terminated
+
+    raise Terminated()
+
+
+def _stop_cleanly_on_sigterm():  # -> the previous handler, None when not in the main thread
+    """SIGTERM (systemd, SLURM, Kubernetes stopping the job) ends a command the way Ctrl-C does: status written, lock released, exit 143."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":

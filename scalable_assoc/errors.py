@@ -27,3 +27,13 @@ class ClusterFailure(Exception):
     """
 
     exit_code = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: systemd stop, SLURM at its time limit, Kubernetes deleting the pod).
+
+    Handled like Ctrl-C (the run is marked interrupted and a rerun resumes);
+    the command exits 143 (128 + SIGTERM) rather than 130.
+    """
+
+    exit_code = 143
