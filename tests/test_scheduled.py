@@ -110,3 +110,19 @@ def test_a_failed_run_says_so_with_its_error(small_study: SimulatedStudy, tmp_pa
     assert last["event"] == "failed" and last["phase"] == "prepare" and "missing.tsv" in last["error"]
     nothing = _command("status", str(tmp_path / "elsewhere"))
     assert nothing.returncode == 2 and "holds no run" in nothing.stderr
+
+
+def test_an_export_of_cross_products_holds_the_run_folder(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
+    """sumstats --sufficient writes stores, filters and designs into the run's work folder: it takes the run's lock, and waits for no run."""
+    from scalable_assoc.io.runstate import folder_lock
+
+    out = tmp_path / "out"
+    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=lambda _: None)
+    export = ["sumstats", str(out), "--cohort", "one", "--out", str(tmp_path / "one.parquet"), "--sufficient", "--workers", "1"]
+    with folder_lock(out / WORK_DIR, "run (a test holding the folder)", lambda _: None):
+        refused = _command(*export)
+    assert refused.returncode == 75 and "in use by another run" in refused.stderr and f"process {os.getpid()}" in refused.stderr, refused.stderr
+    assert not (tmp_path / "one.parquet").exists()
+    exported = _command(*export)
+    assert exported.returncode == 0, exported.stderr
+    assert (tmp_path / "one.sufficient.parquet").is_file() and not (out / WORK_DIR / "lock.json").exists()

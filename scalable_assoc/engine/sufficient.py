@@ -14,15 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
-from distributed import Client, as_completed
+from distributed import Client
 from distributed.security import Security
 
 from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
 from scalable_assoc.engine.run import WORK_DIR, filter_layers, hold_on_cluster, layer_token, log_to_stderr
 from scalable_assoc.engine.tasks import ModelBlock, model_block, model_block_key
+from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
+from scalable_assoc.io.runstate import folder_lock
 from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
+from scalable_assoc.plan.schema import Plan
 from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, RunOutputs, cross_products_table, read_run
 
 
@@ -74,13 +77,34 @@ def sufficient_statistics(
     ``run_dir`` may be the folder or what :func:`read_run` read from it.
     ``security`` and ``dashboard`` are as for
     :func:`~scalable_assoc.engine.run.run_study` (credentials for a ``tls://``
-    scheduler; a dashboard on the local cluster).
+    scheduler; a dashboard on the local cluster). Holds the run folder's lock
+    while it works (:class:`~scalable_assoc.io.runstate.FolderInUse`, exit 75,
+    when a run or another export holds it).
     """
     if client is None:
         check_cluster_options(scheduler, security, dashboard)  # before any work
     outputs = run_dir if isinstance(run_dir, RunOutputs) else read_run(Path(run_dir))
     run, manifest, plan = outputs.run_dir.resolve(), outputs.manifest, outputs.plan
     work = run / WORK_DIR
+    # The export writes stores, filters and designs into the run's work folder: a run
+    # starting there meanwhile would remove them as another run's leftovers.
+    with folder_lock(work, f"sumstats --sufficient {run}", log):
+        return _sufficient_statistics_locked(run, manifest, plan, work, scheduler, workers, client, log, security, dashboard)
+
+
+def _sufficient_statistics_locked(
+    run: Path,
+    manifest: dict,
+    plan: Plan,
+    work: Path,
+    scheduler: str | None,
+    workers: int | None,
+    client: Client | None,
+    log: Callable[[str], None],
+    security: Security | None,
+    dashboard: str | None,
+) -> pa.Table:
+    """:func:`sufficient_statistics`' work, once the run's folder is held."""
     features = (manifest.get("features") or {}).get("path")
     if features is not None and not Path(features).is_file():
         raise DataError(f"{run}: the run's feature list {features} no longer exists; the cross-products need the features the run transformed over")
@@ -98,8 +122,12 @@ def sufficient_statistics(
         raise DataError(f"{run}: the plan fits no 'lm' model; sufficient statistics exist for linear models only")
 
     def execute(active: Client) -> pa.Table:
+        with ClusterWatch(active) as watch:
+            return execute_watched(active, watch)
+
+    def execute_watched(active: Client, watch: ClusterWatch) -> pa.Table:
         positions = {layer.spec.name: hold_on_cluster(active, layer.sample_positions, "samples") for layer in study.layers}
-        filters = filter_layers(active, study, positions, work / "filters", log)
+        filters = filter_layers(active, study, positions, work / "filters", log, watch)
         futures = []
         for layer in study.layers:
             analyses = [a for a in layer.analyses if a.key.model == "lm" and not a.levels]  # categorical exposures: no single slope to pool
@@ -127,7 +155,7 @@ def sufficient_statistics(
                         active.submit(sufficient_chunk, layer.spec.name, block, layer_filter.kept_ids[index], paths[key], held[key], key=f"sufficient-{token}-{index}-{key}")
                     )
         tables = []
-        for done, future in enumerate(as_completed(futures), start=1):
+        for done, future in enumerate(watch.completed(futures), start=1):
             tables.append(future.result())
             if done == len(futures) or done % max(1, len(futures) // 10) == 0:
                 log(f"  sufficient statistics: {done}/{len(futures)} tasks")
