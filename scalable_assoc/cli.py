@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="output folder (default: <plan folder>/results)")
     run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tls://10.0.0.5:8786 with --tls-* options, or tcp://... (default: start a closed local cluster)")
     run.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
+    run.add_argument("--cluster", type=Path, metavar="FILE", help="a cluster profile, e.g. deploy/slurm.yaml: workers as SLURM jobs (see deploy/README.md)")
     _cluster_options(run)
     run.add_argument("--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)")
     run.add_argument("--intersect-samples", action="store_true", help="analyse only samples present in both metadata and abundance tables (warns)")
@@ -214,6 +215,7 @@ def _run(args: argparse.Namespace) -> None:
         force=args.force,
         security=_security(args),
         dashboard=args.dashboard,
+        cluster_profile=args.cluster,
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")
