@@ -240,10 +240,10 @@ def test_covariate_rows_equal_statsmodels_and_resume(small_study, client, tmp_pa
 
 
 def test_cli_flag_and_plan_error_exit_code(data: pd.DataFrame, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from scalable_assoc.cli import _parser, main
+    from scalable_assoc.cli import build_parser, main
 
-    assert _parser().parse_args(["run", "plan.yaml", "--covariate-rows"]).covariate_rows
-    assert not _parser().parse_args(["run", "plan.yaml"]).covariate_rows
+    assert build_parser().parse_args(["run", "plan.yaml", "--covariate-rows"]).covariate_rows
+    assert not build_parser().parse_args(["run", "plan.yaml"]).covariate_rows
     plan = _write_inputs(tmp_path, data, "  seqtech: {column: seqtech, categorical: true}")
     plan.write_text(plan.read_text().replace("models: [lm, lm_nonzero]", "models: [lmm]\ncluster: sex"))
     assert main(["run", str(plan), "--out", str(tmp_path / "out"), "--covariate-rows"]) == 2

@@ -32,7 +32,7 @@ import psutil
 import pytest
 from distributed import Client, Security
 
-from scalable_assoc.cli import _parser, main
+from scalable_assoc.cli import build_parser, main
 from scalable_assoc.engine.cluster import dashboard_address
 from scalable_assoc.simulate import SimulatedStudy
 
@@ -196,8 +196,8 @@ def test_dashboard_is_served_on_loopback_when_asked(small_study: SimulatedStudy,
 
 
 def test_dashboard_option() -> None:
-    assert _parser().parse_args(["run", "plan.yaml", "--dashboard"]).dashboard == "127.0.0.1:8787"
-    assert _parser().parse_args(["run", "plan.yaml"]).dashboard is None
+    assert build_parser().parse_args(["run", "plan.yaml", "--dashboard"]).dashboard == "127.0.0.1:8787"
+    assert build_parser().parse_args(["run", "plan.yaml"]).dashboard is None
     assert dashboard_address("8790") == dashboard_address(":8790") == "127.0.0.1:8790", "a bare port stays on loopback"
     assert dashboard_address("0.0.0.0:8790") == "0.0.0.0:8790", "other interfaces only when written"
 
@@ -232,7 +232,7 @@ def test_cluster_options_refused(small_study: SimulatedStudy, tmp_path: Path, ca
 
 def test_meta_and_sumstats_take_the_cluster_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for command in (["meta", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "m")], ["sumstats", str(tmp_path), "--cohort", "a", "--out", str(tmp_path / "s.parquet")]):
-        args = _parser().parse_args([*command, "--scheduler", "tls://h:1", "--tls-ca-file", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "c.key", "--dashboard"])
+        args = build_parser().parse_args([*command, "--scheduler", "tls://h:1", "--tls-ca-file", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "c.key", "--dashboard"])
         assert (args.tls_ca_file, args.tls_cert, args.tls_key, args.dashboard) == (Path("ca.pem"), Path("c.pem"), Path("c.key"), "127.0.0.1:8787")
 
 
