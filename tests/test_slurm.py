@@ -239,3 +239,16 @@ def test_jobs_without_workers_end_the_run(small_study: SimulatedStudy, tmp_path:
     assert "Traceback" not in done.stderr
     _assert_no_jobs_left(ids)
     assert json.loads((out / ".scalable_assoc" / "status.json").read_text())["state"] == "failed"
+
+
+def test_sumstats_and_meta_take_cluster_too(tmp_path: Path) -> None:
+    from scalable_assoc.cli import build_parser
+
+    profile = _profile(tmp_path, "kind: slurm\n")
+    for command in (["meta", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "m")], ["sumstats", str(tmp_path), "--cohort", "a", "--out", str(tmp_path / "s.parquet")]):
+        assert build_parser().parse_args([*command, "--cluster", str(profile)]).cluster == profile
+    from scalable_assoc.engine.mapper import ClusterMapper
+
+    with pytest.raises(UserInputError, match="cannot be combined with --workers"):
+        ClusterMapper(workers=2, profile=load_cluster_profile(profile))
+    assert ClusterMapper(profile=load_cluster_profile(profile)).wanted(1), "a profile, like a named scheduler, is always used"
