@@ -29,11 +29,18 @@ for tool in munged slurmctld slurmd sinfo srun; do
 done
 export PATH="$PATH:/usr/sbin:/sbin"
 
+running() {  # running DAEMON: its pid file names a live process of that name (no procps needed)
+  local pidfile pid
+  case "$1" in munged) pidfile=/run/munge/munged.pid ;; *) pidfile=/run/$1.pid ;; esac
+  pid=$(cat "$pidfile" 2>/dev/null || true)
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+}
+
 answers() {  # SLURM runs a job on this node within a few seconds
   timeout 20 srun --quiet -N1 -n1 -t 1 hostname >/dev/null 2>&1
 }
 
-if pgrep -x slurmctld >/dev/null && pgrep -x slurmd >/dev/null && answers; then
+if running slurmctld && running slurmd && answers; then
   echo "SLURM already running on this node: $(sinfo -h -o '%P %D %T' | tr '\n' ' ')"
   exit 0
 fi
@@ -86,7 +93,7 @@ chmod 0700 /etc/munge
 chmod 0400 /etc/munge/munge.key
 mkdir -p /run/munge /var/lib/munge /var/log/munge
 chown munge:munge /run/munge /var/lib/munge /var/log/munge
-if ! pgrep -x munged >/dev/null; then
+if ! running munged; then
   runuser -u munge -- munged
 fi
 for _ in $(seq 1 20); do
@@ -95,11 +102,11 @@ for _ in $(seq 1 20); do
 done
 
 # --- daemons ---------------------------------------------------------------------------
-if ! pgrep -x slurmctld >/dev/null; then
+if ! running slurmctld; then
   nohup slurmctld -D >>"$LOGS/slurmctld.out" 2>&1 &
   sleep 1
 fi
-if ! pgrep -x slurmd >/dev/null; then
+if ! running slurmd; then
   nohup slurmd -D >>"$LOGS/slurmd.out" 2>&1 &
 fi
 
