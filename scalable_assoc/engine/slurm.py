@@ -130,7 +130,8 @@ def _job_ids(cluster: Any) -> list[str]:
     """The SLURM ids of the jobs submitted so far (dask-jobqueue sets each job's ``job_id`` once sbatch answered)."""
     for _ in range(3):
         try:
-            return [str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
+            ids = [str(job.job_id) for job in list(cluster.workers.values()) if getattr(job, "job_id", None)]
+            return sorted(ids, key=lambda job: (len(job), job))
         except RuntimeError:  # the dict changed while being read (the cluster's event loop runs in another thread)
             continue
     return []
