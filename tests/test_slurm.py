@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from conftest import results_differences
 from scalable_assoc.cli import main
 from scalable_assoc.engine.profiles import KEYS, ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.run import run_study
-from scalable_assoc.engine.slurm import JOB_NAME, job_states, slurm_client, write_credentials
+from scalable_assoc.engine.slurm import JOB_NAME, import_jobqueue, job_states, slurm_client, write_credentials
 from scalable_assoc.errors import UserInputError
 from scalable_assoc.simulate import SimulatedStudy
 
@@ -135,6 +136,18 @@ def test_without_dask_jobqueue_the_message_says_what_to_install(tmp_path: Path, 
     with pytest.raises(UserInputError, match=r"pip install 'scalable_assoc\[slurm\]'"), slurm_client(profile):
         pass
     assert not (tmp_path / "shared").exists()
+
+
+def test_importing_dask_jobqueue_keeps_ctrl_c_an_interruption(monkeypatch: pytest.MonkeyPatch) -> None:
+    """dask-jobqueue 0.9.0 makes SIGINT call sys.exit() when imported (dask/dask-jobqueue#696); Ctrl-C must stay KeyboardInterrupt (exit 130)."""
+    for name in [name for name in sys.modules if name == "dask_jobqueue" or name.startswith("dask_jobqueue.")]:
+        monkeypatch.delitem(sys.modules, name)  # import it afresh, side effects included
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        import_jobqueue()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --------------------------------------------------------------------------------------

@@ -31,8 +31,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,13 +61,24 @@ def _quiet(log: Callable[[str], None] | None) -> Callable[[str], None]:
     return log if log is not None else (lambda message: None)
 
 
-def _jobqueue() -> Any:
+def import_jobqueue() -> Any:
+    """``dask_jobqueue``, imported without its side effect on Ctrl-C.
+
+    dask-jobqueue 0.9.0 sets a SIGINT handler calling ``sys.exit()`` when imported
+    (dask/dask-jobqueue#696, fixed after 0.9.0 by #697): Ctrl-C would then end a run
+    as a successful exit instead of an interruption (exit 130, "interrupted", jobs
+    cancelled). The handler in place before the import is put back.
+    """
+    before = signal.getsignal(signal.SIGINT)
     try:
         import dask_jobqueue
     except ImportError:
         raise UserInputError(
             "--cluster with 'kind: slurm' needs dask-jobqueue, which is not installed; install it with pip install 'scalable_assoc[slurm]'"
         ) from None
+    finally:
+        if before is not None and signal.getsignal(signal.SIGINT) is not before and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, before)
     return dask_jobqueue
 
 
@@ -220,7 +233,7 @@ def slurm_cluster(profile: ClusterProfile, credentials: Path, logs: Path, log: C
     Returns once a first worker is connected; the caller closes both (which
     cancels the jobs), also when this raises after the cluster started.
     """
-    dask_jobqueue = _jobqueue()
+    dask_jobqueue = import_jobqueue()
     loopback = is_loopback(profile.host)
     worker_args = ["--no-dashboard", "--dashboard-address", "127.0.0.1:0"]
     if profile.interface is None and loopback:
@@ -284,7 +297,7 @@ def slurm_client(profile: ClusterProfile, log: Callable[[str], None] | None = No
     A run whose workers are all gone for ``worker_timeout`` ends with a :class:`ClusterFailure`.
     """
     say = _quiet(log)
-    _jobqueue()  # a missing dask-jobqueue is named before anything is created
+    import_jobqueue()  # a missing dask-jobqueue is named before anything is created
     shared, logs = _folders(profile)
     credentials = Path(tempfile.mkdtemp(prefix=".tls-", dir=shared))  # 0700: the workers' key is written here
     try:
