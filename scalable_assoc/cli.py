@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cluster_options(command: argparse.ArgumentParser) -> None:
     """The options of a closed cluster, on every command that takes --scheduler."""
+    command.add_argument("--cluster", type=Path, metavar="FILE", help="a cluster profile, e.g. deploy/slurm.yaml: workers as SLURM jobs (see deploy/README.md)")
     command.add_argument("--tls-ca-file", type=Path, help="with --scheduler tls://...: the certificate authority that signed the cluster's certificates (PEM)")
     command.add_argument("--tls-cert", type=Path, help="with --scheduler tls://...: this client's certificate, signed by that authority (PEM)")
     command.add_argument("--tls-key", type=Path, help="with --scheduler tls://...: the key of --tls-cert (unless the certificate file holds it)")
@@ -221,6 +222,7 @@ def _run(args: argparse.Namespace) -> None:
         security=_security(args),
         dashboard=args.dashboard,
         no_workers_timeout=args.no_workers_timeout,
+        cluster_profile=args.cluster,
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")
@@ -247,7 +249,9 @@ def _sumstats(args: argparse.Namespace) -> None:
     if args.sufficient:
         from scalable_assoc.engine.sufficient import sufficient_statistics
 
-        sufficient = sufficient_statistics(run, scheduler=args.scheduler, workers=args.workers, security=_security(args), dashboard=args.dashboard)
+        sufficient = sufficient_statistics(
+            run, scheduler=args.scheduler, workers=args.workers, security=_security(args), dashboard=args.dashboard, cluster_profile=args.cluster
+        )
     sidecar = write_sumstats(run, args.cohort, args.out, rules, sufficient, sign_key=key)
     withheld = sidecar["withheld"]["summary"]
     print(f"wrote {args.out} ({sidecar['files']['summary']['rows']} rows) and {sidecar_path(args.out)}")
@@ -295,7 +299,13 @@ def _meta(args: argparse.Namespace) -> None:
     from scalable_assoc.results.consortium import meta_analyse
 
     cohorts = _open_cohorts(args.files, False, args.verify_key)
-    with ClusterMapper(args.scheduler, args.workers, security=_security(args), dashboard=args.dashboard, log=log_to_stderr) as mapper:
+    profile = None
+    if args.cluster is not None:
+        from scalable_assoc.engine.profiles import load_cluster_profile
+        from scalable_assoc.engine.run import WORK_DIR
+
+        profile = load_cluster_profile(args.cluster).with_shared_directory(args.out / WORK_DIR / "slurm")
+    with ClusterMapper(args.scheduler, args.workers, security=_security(args), dashboard=args.dashboard, log=log_to_stderr, profile=profile) as mapper:
         summary = meta_analyse(
             cohorts, args.out, method=args.method, hksj=args.hksj, min_cohorts=args.min_cohorts,
             leave_one_out_estimates=args.leave_one_out, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, mapper=mapper,

@@ -12,6 +12,9 @@ with a :class:`~distributed.security.Security` (built by :func:`tls_security`
 from the ``--tls-*`` options, or dask's own ``distributed.comm.tls``
 configuration). Every failure to connect is a :class:`UserInputError` naming
 the address.
+
+A cluster profile (``--cluster deploy/slurm.yaml``, :mod:`scalable_assoc.engine.profiles`)
+starts workers as SLURM jobs, closed the same way (:mod:`scalable_assoc.engine.slurm`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from distributed import Client, LocalCluster, Scheduler, Worker
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.security import Security
 
+from scalable_assoc.engine.profiles import ClusterProfile
 from scalable_assoc.errors import UserInputError
 
 #: The interface every process of the local cluster listens on.
@@ -36,6 +40,8 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 #: How long to try reaching an existing scheduler (refused connections are retried until then).
 CONNECT_TIMEOUT = "20s"
+#: The name under which :class:`NoHttp` is registered on a cluster's workers.
+NO_HTTP_PLUGIN = "scalable-assoc-no-http"
 _TLS_OPTIONS = "--tls-ca-file (the certificate authority that signed the scheduler's certificate), --tls-cert and --tls-key (a certificate and key signed by the cluster's authority)"
 
 
@@ -96,7 +102,7 @@ def dashboard_address(value: str | None) -> str | None:
     return f"{host}:{number}"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     host = host.strip("[]")
     if host == "localhost":
         return True
@@ -106,15 +112,34 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def check_cluster_options(scheduler: str | None, security: Security | None = None, dashboard: str | None = None) -> str | None:
+def check_cluster_options(
+    scheduler: str | None,
+    security: Security | None = None,
+    dashboard: str | None = None,
+    *,
+    workers: int | None = None,
+    profile: ClusterProfile | None = None,
+) -> str | None:
     """Refuse option combinations that cannot work, before any work starts; returns the scheduler address to use.
 
     ``tls://`` needs credentials (``security``, or dask's ``distributed.comm.tls``
     configuration); credentials need a ``tls://`` address (an address without
     a scheme then becomes one); a dashboard and credentials are for one kind
     of cluster each (the local one makes its own credentials, an existing one
-    serves its dashboard where its scheduler was told to).
+    serves its dashboard where its scheduler was told to). A cluster
+    ``profile`` (``--cluster``) starts its own workers with credentials of
+    its own and serves no dashboard: it takes none of the other options.
     """
+    if profile is not None:
+        given = {"--scheduler": scheduler, "--workers": workers, "--dashboard": dashboard, "--tls-ca-file/--tls-cert/--tls-key": security}
+        clashing = [option for option, value in given.items() if value is not None]
+        if clashing:
+            raise UserInputError(
+                f"--cluster {profile.source} cannot be combined with {' or '.join(clashing)}: the profile says where the workers run "
+                "(its 'jobs', 'cores' and 'processes'), and the cluster it starts makes its own TLS credentials and serves no dashboard; "
+                "leave out " + " and ".join(clashing) + ", or --cluster"
+            )
+        return None
     if scheduler is None:
         if security is not None:
             raise UserInputError(
@@ -159,7 +184,7 @@ def _connect(scheduler: str, security: Security | None) -> Client:
         raise UserInputError(f"cannot connect to the Dask scheduler at {scheduler}: {reason}; {hint}") from None
 
 
-class _NoHttp(WorkerPlugin):
+class NoHttp(WorkerPlugin):
     """Closes a worker's HTTP server (its metrics and health pages): the closed cluster serves no HTTP. Applied to restarted workers too."""
 
     idempotent = True
@@ -168,7 +193,7 @@ class _NoHttp(WorkerPlugin):
         worker.http_server.stop()
 
 
-def _stop_scheduler_http(dask_scheduler: Scheduler) -> None:
+def stop_scheduler_http(dask_scheduler: Scheduler) -> None:
     """Run by ``client.run_on_scheduler`` (which passes the scheduler under this name)."""
     dask_scheduler.http_server.stop()
 
@@ -203,9 +228,9 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, log:
         )
     try:
         client = Client(cluster)
-        client.register_plugin(_NoHttp(), name="scalable-assoc-no-http")
+        client.register_plugin(NoHttp(), name=NO_HTTP_PLUGIN)
         if address is None:
-            client.run_on_scheduler(_stop_scheduler_http)
+            client.run_on_scheduler(stop_scheduler_http)
     except BaseException:
         cluster.close()
         raise
@@ -213,7 +238,7 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, log:
         server = cluster.scheduler.http_server
         host = f"[{server.address}]" if ":" in str(server.address) else server.address
         log(f"dashboard: http://{host}:{server.port}/status")
-        if not _is_loopback(str(server.address)):
+        if not is_loopback(str(server.address)):
             log(f"  warning: the dashboard listens on {server.address}, reachable from other machines without a password")
     return cluster, client
 
@@ -226,13 +251,22 @@ def dask_client(
     security: Security | None = None,
     dashboard: str | None = None,
     log: Callable[[str], None] | None = None,
+    profile: ClusterProfile | None = None,
 ) -> Iterator[Client]:
-    """A client of an existing scheduler (``tcp://`` or ``tls://host:port`` with ``security``), or of a new closed local cluster.
+    """A client of an existing scheduler (``tcp://`` or ``tls://host:port`` with ``security``), of a new closed local cluster,
+    or of a new cluster described by a cluster ``profile`` (workers as SLURM jobs, see :mod:`scalable_assoc.engine.slurm`;
+    its ``shared_directory`` must be set, see :meth:`ClusterProfile.with_shared_directory`).
 
     See :func:`local_cluster` for ``workers`` and ``dashboard``, and
     :func:`check_cluster_options` for what is refused.
     """
-    address = check_cluster_options(scheduler, security, dashboard)
+    address = check_cluster_options(scheduler, security, dashboard, workers=workers, profile=profile)
+    if profile is not None:
+        from scalable_assoc.engine.slurm import slurm_client  # imports dask-jobqueue, only when asked for
+
+        with slurm_client(profile, log) as client:
+            yield client
+        return
     if address is not None:
         client = _connect(address, security)
         try:

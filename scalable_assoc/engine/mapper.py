@@ -15,6 +15,7 @@ from distributed import Client
 from distributed.security import Security
 
 from scalable_assoc.engine.cluster import check_cluster_options, dask_client
+from scalable_assoc.engine.profiles import ClusterProfile
 
 
 class ClusterMapper:
@@ -24,7 +25,9 @@ class ClusterMapper:
     worth the cluster (always, when a scheduler was named). ``security``
     (credentials for a ``tls://`` scheduler) and ``dashboard`` (of the local
     cluster, whose address goes to ``log``) are as for :func:`~scalable_assoc.engine.run.run_study`; they are
-    checked here, before any work.
+    checked here, before any work. A cluster ``profile`` (with its
+    ``shared_directory`` set) starts workers as SLURM jobs instead, and like a
+    named scheduler is always used.
     """
 
     def __init__(
@@ -36,8 +39,10 @@ class ClusterMapper:
         security: Security | None = None,
         dashboard: str | None = None,
         log: Callable[[str], None] | None = None,
+        profile: ClusterProfile | None = None,
     ) -> None:
-        check_cluster_options(scheduler, security, dashboard)
+        check_cluster_options(scheduler, security, dashboard, workers=workers, profile=profile)
+        self.profile = profile
         self.scheduler = scheduler
         self.workers = workers
         self.security = security
@@ -48,11 +53,11 @@ class ClusterMapper:
         self._client: Client | None = None
 
     def wanted(self, rows: int) -> bool:
-        return self.scheduler is not None or rows >= self.min_rows
+        return self.scheduler is not None or self.profile is not None or rows >= self.min_rows
 
     def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
         if self._client is None:
-            self._context = dask_client(self.scheduler, self.workers, security=self.security, dashboard=self.dashboard, log=self.log)
+            self._context = dask_client(self.scheduler, self.workers, security=self.security, dashboard=self.dashboard, log=self.log, profile=self.profile)
             self._client = self._context.__enter__()
         futures = [self._client.submit(function, *block, pure=False) for block in blocks]
         return self._client.gather(futures)

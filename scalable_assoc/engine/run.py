@@ -42,6 +42,7 @@ from distributed.security import Security
 from scalable_assoc import __version__
 from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 from scalable_assoc.engine.prepare import ChunkTask, LayerWork, PreparedStudy, chunk_tasks, prepare_study, write_design
+from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.tasks import MODEL_VIEWS, factorise, fit_chunk, hold, model_block, model_block_key, sum_block, summarise_block
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.errors import ClusterFailure, DataError, PlanError, UserInputError
@@ -512,6 +513,7 @@ def run_study(
     security: Security | None = None,
     dashboard: str | None = None,
     no_workers_timeout: float = DEFAULT_NO_WORKERS_TIMEOUT,
+    cluster_profile: ClusterProfile | str | Path | None = None,
 ) -> RunSummary:
     """Run every analysis of a plan and write the outputs to ``out_dir``.
 
@@ -541,16 +543,28 @@ def run_study(
     rerun resumes): no worker for ``no_workers_timeout`` seconds, the scheduler
     lost, or a task that ends every worker running it (see
     :mod:`scalable_assoc.engine.watch`).
+
+    ``cluster_profile`` (a :class:`~scalable_assoc.engine.profiles.ClusterProfile`
+    or the path of a profile file, ``run --cluster``) starts the workers as
+    SLURM jobs instead (:mod:`scalable_assoc.engine.slurm`; needs dask-jobqueue);
+    it takes none of ``scheduler``, ``workers``, ``dashboard``, ``security`` or
+    ``client``. Its ``shared_directory`` defaults to ``out_dir/.scalable_assoc/slurm``.
     """
     if not no_workers_timeout > 0:
         raise UserInputError(f"--no-workers-timeout must be a positive number of seconds, got {no_workers_timeout!r}")
+    if cluster_profile is not None and not isinstance(cluster_profile, ClusterProfile):
+        cluster_profile = load_cluster_profile(cluster_profile)
+    if cluster_profile is not None and client is not None:
+        raise UserInputError(f"a cluster profile ({cluster_profile.source}) starts its own cluster; pass either client or cluster_profile")
     if min_cases is not None and (isinstance(min_cases, bool) or min_cases < 1):
         raise UserInputError(f"--min-cases must be a positive whole number, got {min_cases!r}")
     if client is None:
-        check_cluster_options(scheduler, security, dashboard)  # before any work
+        check_cluster_options(scheduler, security, dashboard, workers=workers, profile=cluster_profile)  # before any work
     plan = plan if isinstance(plan, Plan) else load_plan(plan, allow_outside_paths=allow_outside_paths)
     out = Path(out_dir).resolve()
     work = out / WORK_DIR
+    if cluster_profile is not None:
+        cluster_profile = cluster_profile.with_shared_directory(work / "slurm")
     # The lock comes first: a second run on a folder in use must change nothing in it.
     with folder_lock(work, f"run {plan.source}", log) as holder, RunLog(out / RUN_LOG, holder) as run_log:
         log = run_log.tee(log)
@@ -586,6 +600,7 @@ def run_study(
             computing = _RunOptions(
                 scheduler, workers, client, chunk_features, intersect_samples, analyses_per_task, features, min_cases, covariate_rows, security, dashboard,
                 no_workers_timeout,
+                cluster_profile,
             )
             summary = _run_study_locked(plan, out, computing, log, progress, run_log.phase)
         except BaseException as error:
@@ -618,6 +633,7 @@ class _RunOptions:
     security: Security | None
     dashboard: str | None
     no_workers_timeout: float
+    cluster_profile: ClusterProfile | None
 
 
 def _run_study_locked(
@@ -702,7 +718,7 @@ def _run_study_locked(
     if client is not None:
         filters, client_info = execute(client)
     else:
-        with dask_client(scheduler, workers, security=security, dashboard=dashboard, log=log) as own:
+        with dask_client(scheduler, workers, security=security, dashboard=dashboard, log=log, profile=options.cluster_profile) as own:
             timings["cluster_start"] = time.perf_counter() - phase
             filters, client_info = execute(own)
 

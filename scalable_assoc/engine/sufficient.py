@@ -19,6 +19,7 @@ from distributed.security import Security
 
 from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
+from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.run import WORK_DIR, filter_layers, hold_on_cluster, layer_token, log_to_stderr
 from scalable_assoc.engine.tasks import ModelBlock, model_block, model_block_key
 from scalable_assoc.engine.watch import ClusterWatch
@@ -69,6 +70,7 @@ def sufficient_statistics(
     log: Callable[[str], None] = log_to_stderr,
     security: Security | None = None,
     dashboard: str | None = None,
+    cluster_profile: ClusterProfile | str | Path | None = None,
 ) -> pa.Table:
     """Cross-products of every ``lm`` analysis x kept feature of a finished run (see :data:`SUFFICIENT_SCHEMA`).
 
@@ -79,17 +81,22 @@ def sufficient_statistics(
     :func:`~scalable_assoc.engine.run.run_study` (credentials for a ``tls://``
     scheduler; a dashboard on the local cluster). Holds the run folder's lock
     while it works (:class:`~scalable_assoc.io.runstate.FolderInUse`, exit 75,
-    when a run or another export holds it).
+    when a run or another export holds it). ``cluster_profile`` (a
+    profile or its file, ``sumstats --cluster``) starts workers as SLURM jobs,
+    as for ``run_study``; its ``shared_directory`` defaults to the run's
+    ``.scalable_assoc/slurm``.
     """
+    if cluster_profile is not None and not isinstance(cluster_profile, ClusterProfile):
+        cluster_profile = load_cluster_profile(cluster_profile)
     if client is None:
-        check_cluster_options(scheduler, security, dashboard)  # before any work
+        check_cluster_options(scheduler, security, dashboard, workers=workers, profile=cluster_profile)  # before any work
     outputs = run_dir if isinstance(run_dir, RunOutputs) else read_run(Path(run_dir))
     run, manifest, plan = outputs.run_dir.resolve(), outputs.manifest, outputs.plan
     work = run / WORK_DIR
     # The export writes stores, filters and designs into the run's work folder: a run
     # starting there meanwhile would remove them as another run's leftovers.
     with folder_lock(work, f"sumstats --sufficient {run}", log):
-        return _sufficient_statistics_locked(run, manifest, plan, work, scheduler, workers, client, log, security, dashboard)
+        return _sufficient_statistics_locked(run, manifest, plan, work, scheduler, workers, client, log, security, dashboard, cluster_profile)
 
 
 def _sufficient_statistics_locked(
@@ -103,8 +110,11 @@ def _sufficient_statistics_locked(
     log: Callable[[str], None],
     security: Security | None,
     dashboard: str | None,
+    cluster_profile: ClusterProfile | None,
 ) -> pa.Table:
     """:func:`sufficient_statistics`' work, once the run's folder is held."""
+    if cluster_profile is not None:
+        cluster_profile = cluster_profile.with_shared_directory(work / "slurm")
     features = (manifest.get("features") or {}).get("path")
     if features is not None and not Path(features).is_file():
         raise DataError(f"{run}: the run's feature list {features} no longer exists; the cross-products need the features the run transformed over")
@@ -163,5 +173,5 @@ def _sufficient_statistics_locked(
 
     if client is not None:
         return execute(client)
-    with dask_client(scheduler, workers, security=security, dashboard=dashboard, log=log) as own:
+    with dask_client(scheduler, workers, security=security, dashboard=dashboard, log=log, profile=cluster_profile) as own:
         return execute(own)
