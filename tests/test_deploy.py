@@ -459,6 +459,6 @@ def test_the_container_file_installs_this_tree_and_runs_the_console_script() -> 
 def test_the_deploy_readme_covers_every_file() -> None:
     readme = (DEPLOY / "README.md").read_text()
     headings = re.findall(r"^## .*$", readme, re.M)
-    assert headings[-2:] == ["## Scheduled runs (systemd, cron)", "## Kubernetes"]
-    for path in [*(DEPLOY / "scheduled").iterdir(), *KUBERNETES.iterdir(), DEPLOY / "container" / "Containerfile"]:
+    assert {"## Which to choose", "## Scheduled runs (systemd, cron)", "## Kubernetes", "## SLURM"} <= set(headings)
+    for path in [*(DEPLOY / "scheduled").iterdir(), *KUBERNETES.iterdir(), DEPLOY / "container" / "Containerfile", *(DEPLOY / "slurm").iterdir(), DEPLOY / "slurm.yaml"]:
         assert path.name in readme, f"deploy/README.md does not mention {path.name}"
