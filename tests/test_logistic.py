@@ -186,7 +186,7 @@ def test_wild_steps_are_halved_whether_checked_in_the_pass_or_apart(monkeypatch:
     # start is made wild on purpose (25 times its step for three features, far beyond
     # the optimum): the halving must bring them back, whether their log-likelihoods come
     # from the pass of all features (10**6) or from a pass of their own (0).
-    from scalable_assoc.models import logistic
+    from scalable_assoc.models.logistic import newton
 
     rng = np.random.default_rng(31)
     n, m = 600, 12
@@ -195,8 +195,8 @@ def test_wild_steps_are_halved_whether_checked_in_the_pass_or_apart(monkeypatch:
     presence = _presence(rng, covariates, exposure[None], m)
     design = factorise_covariates(covariates, NAMES)
     expected = fit_logistic_slopes(design, exposure[None], np.array([True]), presence)
-    start, halved = logistic._start, []
-    evaluate = logistic._evaluate
+    start, halved = newton.start, []
+    evaluate = newton.evaluate
 
     def wild_start(*args, **kwargs):  # type: ignore[no-untyped-def]
         point = start(*args, **kwargs)
@@ -208,9 +208,9 @@ def test_wild_steps_are_halved_whether_checked_in_the_pass_or_apart(monkeypatch:
             halved.append(y.shape[1])
         return evaluate(basis, y, missing, coefficients, fisher, score, loglik, *args, **kwargs)
 
-    monkeypatch.setattr(logistic, "_start", wild_start)
-    monkeypatch.setattr(logistic, "_evaluate", counting_evaluate)
-    monkeypatch.setattr(logistic, "_CHECKED_TOGETHER", checked_together)
+    monkeypatch.setattr(newton, "start", wild_start)
+    monkeypatch.setattr(newton, "evaluate", counting_evaluate)
+    monkeypatch.setattr(newton, "CHECKED_TOGETHER", checked_together)
     fits = fit_logistic_slopes(design, exposure[None], np.array([True]), presence)
     assert halved, "no step was halved: the test lost its point"
     assert (fits.status == FitStatus.OK).all()
@@ -319,20 +319,21 @@ def test_pass_log_likelihood_matches_the_direct_formula_even_where_exp_overflows
     # The pass's log-likelihood, (1 - y)(-eta) + log mu per cell, in double and single
     # precision, against -log(1 + exp(-s eta)); the last feature's predictors reach
     # -900, where exp(-eta) overflows in either precision (the overflow-free fallback).
-    from scalable_assoc.models.logistic import _Cells, _evaluate, _make_basis
+    from scalable_assoc.models.logistic.packed import Cells, make_basis
+    from scalable_assoc.models.logistic.passes import evaluate
 
     rng = np.random.default_rng(28)
     n, m = 400, 4
-    basis = _make_basis(np.linalg.qr(np.column_stack([np.ones(n), rng.normal(size=(n, 2))]))[0])
+    basis = make_basis(np.linalg.qr(np.column_stack([np.ones(n), rng.normal(size=(n, 2))]))[0])
     coefficients = rng.normal(0, 20, size=(3, m))
     coefficients[:, -1] = [-900 * np.sqrt(n) * np.sign(basis.matrix[0, 0]), 0.0, 0.0]  # eta = -900 for everyone
     y = (rng.random((n, m)) < 0.5).astype(float)
-    missing = _Cells(np.array([3, 7]), np.array([1, 2]))
+    missing = Cells(np.array([3, 7]), np.array([1, 2]))
     y[missing.rows, missing.columns] = 0.0
     eta = basis.matrix @ coefficients
     cells = np.logaddexp(0.0, -(2 * y - 1) * eta)
     cells[missing.rows, missing.columns] = 0.0
     expected = -cells.sum(axis=0)
     for single, rtol in ((False, 1e-12), (True, 1e-6)):
-        got = _evaluate(basis, y, missing, coefficients, fisher=False, score=False, loglik=True, single=single).loglik
+        got = evaluate(basis, y, missing, coefficients, fisher=False, score=False, loglik=True, single=single).loglik
         np.testing.assert_allclose(got, expected, rtol=rtol, err_msg=f"single={single}")

@@ -293,6 +293,37 @@ def _scatter(targets: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(summing @ values)
 
 
+@dataclass(frozen=True)
+class _MissingPairs:
+    """The (feature, cluster) pairs that contain missing cells: their present size and basis sums (``P`` pairs)."""
+
+    feature: np.ndarray  # (P,)
+    cluster: np.ndarray  # (P,)
+    full: np.ndarray  # (P, w) S_c
+    present: np.ndarray  # (P, w) S_cj
+    size: np.ndarray  # (P,) present cluster size
+    t: np.ndarray  # (P,) T_cj
+
+
+def _missing_pairs(
+    indicator: scipy.sparse.csr_matrix, padded: np.ndarray, sizes: np.ndarray, basis_sums: np.ndarray, feature_sums: np.ndarray, miss_rows: np.ndarray, miss_cols: np.ndarray
+) -> _MissingPairs:
+    """Group the missing cells by (feature, cluster) pair; see :class:`_MissingPairs`."""
+    n_clusters = indicator.shape[0]
+    cluster_of = np.full(padded.shape[0], -1)
+    cluster_of[indicator.indices] = np.repeat(np.arange(n_clusters), np.diff(indicator.indptr))
+    pair_key, cell_pair = np.unique(miss_cols * n_clusters + cluster_of[miss_rows], return_inverse=True)
+    pair_feature, pair_cluster = pair_key // n_clusters, pair_key % n_clusters
+    n_pairs = pair_key.size
+    to_pair = scipy.sparse.csr_matrix((np.ones(miss_rows.size), (cell_pair, np.arange(miss_rows.size))), shape=(n_pairs, miss_rows.size))
+    missing_sums = to_pair @ padded[miss_rows]  # (pairs, w) basis sums over the missing cells
+    pair_full = basis_sums[pair_cluster]  # S_c
+    pair_present = pair_full - missing_sums  # S_cj
+    pair_size = sizes[pair_cluster] - np.asarray(to_pair.sum(axis=1)).ravel().astype(np.int64)
+    pair_t = feature_sums[pair_cluster, pair_feature]
+    return _MissingPairs(pair_feature, pair_cluster, pair_full, pair_present, pair_size, pair_t)
+
+
 def _cluster_statistics(
     indicator: scipy.sparse.csr_matrix,
     padded: np.ndarray,
@@ -313,24 +344,16 @@ def _cluster_statistics(
     feature_sums = np.asarray(indicator @ prepared.values)  # (G, m) T_cj: missing cells are zero
 
     # (feature, cluster) pairs that contain missing cells: their present size and basis sums.
-    cluster_of = np.full(n_total, -1)
-    cluster_of[indicator.indices] = np.repeat(np.arange(n_clusters), np.diff(indicator.indptr))
-    pair_key, cell_pair = np.unique(miss_cols * n_clusters + cluster_of[miss_rows], return_inverse=True)
-    pair_feature, pair_cluster = pair_key // n_clusters, pair_key % n_clusters
-    n_pairs = pair_key.size
-    to_pair = scipy.sparse.csr_matrix((np.ones(miss_rows.size), (cell_pair, np.arange(miss_rows.size))), shape=(n_pairs, miss_rows.size))
-    missing_sums = to_pair @ padded[miss_rows]  # (pairs, w) basis sums over the missing cells
-    pair_full = basis_sums[pair_cluster]  # S_c
-    pair_present = pair_full - missing_sums  # S_cj
-    pair_size = sizes[pair_cluster] - np.asarray(to_pair.sum(axis=1)).ravel().astype(np.int64)
-    pair_t = feature_sums[pair_cluster, pair_feature]
+    pairs = _missing_pairs(indicator, padded, sizes, basis_sums, feature_sums, miss_rows, miss_cols)
+    pair_feature, pair_full, pair_present, pair_size, pair_t = pairs.feature, pairs.full, pairs.present, pairs.size, pairs.t
+    n_pairs = pair_feature.size
 
     levels = np.unique(np.concatenate([sizes, pair_size]))
     levels = levels[levels > 0]
     n_levels = levels.size
     level_full = np.searchsorted(levels, sizes)  # (G,) class of each cluster's full size (empty: ignored)
     nonempty = sizes > 0
-    pair_old = np.searchsorted(levels, sizes[pair_cluster])
+    pair_old = np.searchsorted(levels, sizes[pairs.cluster])
     pair_new = np.searchsorted(levels, pair_size)
     pair_alive = pair_size > 0  # a cluster whose values are all missing leaves the model
 
@@ -366,20 +389,38 @@ def _cluster_statistics(
     outer_shared = np.asarray(onehot.T @ np.einsum("ga,gb->gab", basis_sums, basis_sums).reshape(n_clusters, width * width))
     outer_shared = outer_shared.reshape(n_levels, width, width)
     masked = np.unique(pair_feature)
-    position = np.searchsorted(masked, pair_feature)
+    outer_masked = _outer_masked(outer_shared, masked, pairs, pair_old, pair_new, pair_alive)
+    gram = _present_gram(padded, masked, m, miss_rows, miss_cols)
+    projections = (padded.T @ prepared.values).T  # (m, w)
+    in_design = np.asarray(indicator.sum(axis=0)).ravel()  # (N,) 1 on the design's rows
+    sum_squares = in_design @ prepared.squares
+    return _ClusterStatistics(levels, counts, outer_shared, outer_masked, masked, cross, squares, gram, projections, sum_squares)
+
+
+def _outer_masked(
+    outer_shared: np.ndarray, masked: np.ndarray, pairs: _MissingPairs, pair_old: np.ndarray, pair_new: np.ndarray, pair_alive: np.ndarray
+) -> np.ndarray:
+    """``(a, L, w, w)`` sums of ``S S'`` by level for the ``masked`` features (``(a,)``), from the shared ``(L, w, w)`` ones."""
+    n_levels, width = outer_shared.shape[0], outer_shared.shape[1]
+    n_pairs = pairs.feature.size
+    position = np.searchsorted(masked, pairs.feature)
     # Per masked feature and level: the shared sums, minus each pair's full-size
     # S_c S_c', plus its present-size S_cj S_cj'; a chunk of pairs at a time to bound memory.
     flat = np.tile(outer_shared.reshape(n_levels, width * width), (masked.size, 1))  # (masked * L, w * w)
     chunk = max(1, _CHUNK_FLOATS // (width * width))
     for start in range(0, n_pairs, chunk):
-        pairs = slice(start, start + chunk)
-        alive = pair_alive[pairs]
-        old = np.einsum("pa,pb->pab", pair_full[pairs], pair_full[pairs]).reshape(-1, width * width)
-        new = np.einsum("pa,pb->pab", pair_present[pairs][alive], pair_present[pairs][alive]).reshape(-1, width * width)
-        flat -= _scatter(position[pairs] * n_levels + pair_old[pairs], old, flat.shape[0])
-        flat += _scatter(position[pairs][alive] * n_levels + pair_new[pairs][alive], new, flat.shape[0])
-    outer_masked = flat.reshape(masked.size, n_levels, width, width)
-    # W'W over present rows = I - sum of v v' over the missing cells (v: basis row).
+        span = slice(start, start + chunk)
+        alive = pair_alive[span]
+        old = np.einsum("pa,pb->pab", pairs.full[span], pairs.full[span]).reshape(-1, width * width)
+        new = np.einsum("pa,pb->pab", pairs.present[span][alive], pairs.present[span][alive]).reshape(-1, width * width)
+        flat -= _scatter(position[span] * n_levels + pair_old[span], old, flat.shape[0])
+        flat += _scatter(position[span][alive] * n_levels + pair_new[span][alive], new, flat.shape[0])
+    return flat.reshape(masked.size, n_levels, width, width)
+
+
+def _present_gram(padded: np.ndarray, masked: np.ndarray, m: int, miss_rows: np.ndarray, miss_cols: np.ndarray) -> np.ndarray:
+    """``(m, w, w)`` ``W'W`` over each feature's present rows: ``I`` minus ``v v'`` summed over its missing cells (``v``: basis row)."""
+    width = padded.shape[1]
     gram = np.broadcast_to(np.eye(width), (m, width, width)).copy()
     used = np.unique(miss_rows)
     row_products = np.einsum("ra,rb->rab", padded[used], padded[used]).reshape(used.size, width * width)
@@ -387,11 +428,7 @@ def _cluster_statistics(
         (np.ones(miss_rows.size), (np.searchsorted(masked, miss_cols), np.searchsorted(used, miss_rows))), shape=(masked.size, used.size)
     )
     gram[masked] -= (cells @ row_products).reshape(masked.size, width, width)
-
-    projections = (padded.T @ prepared.values).T  # (m, w)
-    in_design = np.asarray(indicator.sum(axis=0)).ravel()  # (N,) 1 on the design's rows
-    sum_squares = in_design @ prepared.squares
-    return _ClusterStatistics(levels, counts, outer_shared, outer_masked, masked, cross, squares, gram, projections, sum_squares)
+    return gram
 
 
 class _Criterion:
