@@ -224,7 +224,7 @@ def parse_fdr(source: Path, raw: Any) -> FdrSpec:
     for column in by:
         if column not in FDR_BY_COLUMNS:
             raise PlanError(f"{location(source, 'fdr.by')}: '{column}' is not a results column to group by; use any of {', '.join(FDR_BY_COLUMNS)}")
-    alpha = raw.get("alpha", 0.05)
+    alpha = raw.get("alpha", FdrSpec().alpha)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise PlanError(f"{location(source, 'fdr.alpha')}: expected a number between 0 and 1, got {alpha!r}")
     return FdrSpec("bh", by, float(alpha))

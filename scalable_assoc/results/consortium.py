@@ -25,6 +25,7 @@ from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
 from scalable_assoc.models.fits import STATUS_TEXT, FitStatus
 from scalable_assoc.models.pooled import drop_reference_levels, solve_pooled, unpack_symmetric
+from scalable_assoc.plan.spec import FdrSpec
 from scalable_assoc.results.cohort_files import CohortFile
 from scalable_assoc.results.cohort_files import open_cohorts as open_cohorts  # the first step of meta and pool, public here too
 from scalable_assoc.results.compatibility import check_compatible
@@ -93,8 +94,8 @@ def _begin(
     return cohorts, warnings, out, alpha
 
 
-#: ``fdr.alpha`` of a plan that does not set it (scalable_assoc.plan.schema.FdrSpec)
-DEFAULT_ALPHA = 0.05
+#: ``fdr.alpha`` of a plan that does not set it; used for a sidecar that records none
+DEFAULT_ALPHA = FdrSpec().alpha
 
 
 def _plan_alpha(cohorts: list[CohortFile]) -> tuple[float, list[str]]:
