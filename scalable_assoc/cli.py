@@ -239,27 +239,22 @@ def _ingest(args: argparse.Namespace) -> None:
 
 
 def _sumstats(args: argparse.Namespace) -> None:
-    from scalable_assoc.results.signing import load_signing_key
-    from scalable_assoc.results.sumstats import DisclosureRules, read_run, sidecar_path, write_sumstats
+    from scalable_assoc.engine.export import export_sumstats
+    from scalable_assoc.results.sumstats import DisclosureRules, sidecar_path
 
     rules = DisclosureRules(args.min_cell_count, args.max_parameter_fraction, args.min_cases)
-    key = load_signing_key(args.sign_key) if args.sign_key is not None else None  # a bad key file fails before the export's work
-    run = read_run(args.run_dir)
-    sufficient = None
-    if args.sufficient:
-        from scalable_assoc.engine.sufficient import sufficient_statistics
-
-        sufficient = sufficient_statistics(
-            run, scheduler=args.scheduler, workers=args.workers, security=_security(args), dashboard=args.dashboard, cluster_profile=args.cluster
-        )
-    sidecar = write_sumstats(run, args.cohort, args.out, rules, sufficient, sign_key=key)
+    security = _security(args) if args.sufficient else None  # the cluster options matter only for the cross-products
+    sidecar = export_sumstats(
+        args.run_dir, args.cohort, args.out, rules=rules, sufficient=args.sufficient, sign_key=args.sign_key,
+        scheduler=args.scheduler, workers=args.workers, security=security, dashboard=args.dashboard, cluster_profile=args.cluster,
+    )
     withheld = sidecar["withheld"]["summary"]
     print(f"wrote {args.out} ({sidecar['files']['summary']['rows']} rows) and {sidecar_path(args.out)}")
     print(f"  withheld {withheld['rows_withheld']} rows: " + (", ".join(f"{k}: {v}" for k, v in withheld["withheld_by_reason"].items()) or "none"))
     if "sufficient" in sidecar["files"]:
         print(f"  cross-products: {sidecar['files']['sufficient']['name']} ({sidecar['files']['sufficient']['rows']} rows, {sidecar['withheld']['sufficient']['rows_withheld']} withheld)")
-    if key is not None:
-        print(f"  signed ({key.algorithm}, key fingerprint {key.fingerprint})")
+    if "signature" in sidecar:
+        print(f"  signed ({sidecar['signature']['algorithm']}, key fingerprint {sidecar['signature']['key_fingerprint']})")
 
 
 def _keygen(args: argparse.Namespace) -> None:
@@ -268,23 +263,6 @@ def _keygen(args: argparse.Namespace) -> None:
     private, public = write_key_pair(args.out)
     print(f"wrote {private} (private: keep it in the cohort, sign with 'sumstats --sign-key {private}') and {public}")
     print(f"  give {public} to the consortium: 'meta/pool --verify-key {public}'; fingerprint {load_signing_key(private).fingerprint}")
-
-
-def _open_cohorts(files: list[Path], need_sufficient: bool, verify_keys: list[Path] | None = None) -> list:
-    from scalable_assoc.results.signing import load_verify_key
-    from scalable_assoc.results.sumstats import open_cohort_file
-
-    keys = [load_verify_key(path) for path in verify_keys] if verify_keys else None
-    summaries = []
-    given = {path.resolve() for path in files}
-    for path in files:
-        if path.name.endswith(".sufficient.parquet"):
-            summary = path.with_name(path.name.removesuffix(".sufficient.parquet") + ".parquet")
-            if summary.resolve() in given:
-                continue  # matched by a glob next to its summary file, which lists it
-            raise UserInputError(f"{path} holds cross-products; pass its summary file {summary} (which lists it) instead")
-        summaries.append(path)
-    return [open_cohort_file(path, need_sufficient, verify_key=keys) for path in summaries]
 
 
 def _mapping(path: Path | None) -> dict[str, str] | None:
@@ -296,9 +274,9 @@ def _mapping(path: Path | None) -> dict[str, str] | None:
 def _meta(args: argparse.Namespace) -> None:
     from scalable_assoc.engine.mapper import ClusterMapper
     from scalable_assoc.engine.run import log_to_stderr
-    from scalable_assoc.results.consortium import meta_analyse
+    from scalable_assoc.results.consortium import meta_analyse, open_cohorts
 
-    cohorts = _open_cohorts(args.files, False, args.verify_key)
+    cohorts = open_cohorts(args.files, need_sufficient=False, verify_keys=args.verify_key)
     profile = None
     if args.cluster is not None:
         from scalable_assoc.engine.profiles import load_cluster_profile
@@ -315,10 +293,10 @@ def _meta(args: argparse.Namespace) -> None:
 
 
 def _pool(args: argparse.Namespace) -> None:
-    from scalable_assoc.results.consortium import pool_cohorts
+    from scalable_assoc.results.consortium import open_cohorts, pool_cohorts
 
     summary = pool_cohorts(
-        _open_cohorts(args.files, True, args.verify_key), args.out, min_cohorts=args.min_cohorts, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, alpha=args.alpha
+        open_cohorts(args.files, need_sufficient=True, verify_keys=args.verify_key), args.out, min_cohorts=args.min_cohorts, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, alpha=args.alpha
     )
     print(f"wrote {summary.out_dir / 'pooled_results.parquet'}: {len(summary.results)} rows, {_significance(summary.manifest, args.alpha)}")
 

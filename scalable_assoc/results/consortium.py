@@ -25,9 +25,12 @@ from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
 from scalable_assoc.models.fits import STATUS_TEXT, FitStatus
 from scalable_assoc.models.pooled import drop_reference_levels, solve_pooled, unpack_symmetric
+from scalable_assoc.plan.spec import FdrSpec
+from scalable_assoc.results.cohort_files import CohortFile
+from scalable_assoc.results.cohort_files import open_cohorts as open_cohorts  # the first step of meta and pool, public here too
+from scalable_assoc.results.compatibility import check_compatible
 from scalable_assoc.results.gather import family_q
 from scalable_assoc.results.harmonise import coverage_table, harmonised_names
-from scalable_assoc.results.sumstats import CohortFile, check_compatible
 from scalable_assoc.stats.meta import METHODS, MetaFits, combine_estimates, direction_strings, leave_one_out
 
 KEY_COLUMNS = ("layer", "feature", "exposure", "adjustment", "model")
@@ -91,8 +94,8 @@ def _begin(
     return cohorts, warnings, out, alpha
 
 
-#: ``fdr.alpha`` of a plan that does not set it (scalable_assoc.plan.schema.FdrSpec)
-DEFAULT_ALPHA = 0.05
+#: ``fdr.alpha`` of a plan that does not set it; used for a sidecar that records none
+DEFAULT_ALPHA = FdrSpec().alpha
 
 
 def _plan_alpha(cohorts: list[CohortFile]) -> tuple[float, list[str]]:
@@ -203,20 +206,91 @@ def meta_analyse(
     Rows with q below ``alpha`` (default: the cohorts' plans' ``fdr.alpha``)
     are counted as significant in the manifest. With ``hksj``, rows combined
     from fewer than 3 cohorts are counted and warned about.
+
+    Parameters
+    ----------
+    cohorts
+        Opened summary files (:func:`open_cohorts`), one per cohort.
+    out_dir
+        Output folder (created if needed); earlier outputs of ``meta`` there are removed first.
+    method
+        ``fe`` (fixed effect), or random effects by ``dl``, ``reml`` or ``pm``.
+    hksj
+        Hartung-Knapp-Sidik-Jonkman standard errors and t(k - 1) p-values.
+    min_cohorts
+        Combine a row only where at least this many cohorts have an estimate.
+    leave_one_out_estimates
+        Also write leave-one-cohort-out estimates.
+    mapping
+        Feature spelling -> matching key (:func:`~scalable_assoc.results.harmonise.read_mapping`), or None.
+    allow_mismatch
+        Combine cohorts whose analyses differ, with warnings.
+    mapper, block_rows
+        Where to combine the rows, and in blocks of how many.
+    alpha
+        Significance level for the manifest's count; None: the plans' ``fdr.alpha``.
+    log
+        Receives progress lines and warnings.
+
+    Returns
+    -------
+    CombinedSummary
+        The folder, the results (one row per combined key), the feature coverage and the manifest.
     """
     if method not in METHODS:
         raise UserInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, META_FILES, alpha, log)
-    frames = []
-    for cohort in cohorts:
-        frame = _with_harmonised_features(cohort.summary(), cohort, mapping, KEY_COLUMNS)
-        frames.append(frame.assign(cohort=cohort.cohort))
+    frames = [_with_harmonised_features(c.summary(), c, mapping, KEY_COLUMNS).assign(cohort=c.cohort) for c in cohorts]
     coverage, coverage_warnings = _coverage(frames, cohorts, log)
     warnings += coverage_warnings
-    long = pd.concat(frames, ignore_index=True)
+    names = [c.cohort for c in cohorts]
+    table = _estimates_by_cohort(pd.concat(frames, ignore_index=True), names, min_cohorts)
+    log(f"meta-analysing {len(table.keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
+    fits = _combine(table.beta, table.se, method, hksj, mapper, block_rows)
+    few = int(((fits.k > 1) & (fits.k < 3)).sum()) if hksj else 0
+    if few:
+        warning = (
+            f"--hksj: {few} of {len(table.keys)} rows were combined from fewer than 3 cohorts; with k = 2 the Hartung-Knapp "
+            "standard error rests on 1 degree of freedom and can be far too small or too large (treat those rows with care, "
+            "or use --min-cohorts 3)"
+        )
+        log(f"warning: {warning}")
+        warnings.append(warning)
+    results = _meta_results(table, fits, names)
+    fdr_by = _add_q(results, cohorts)
+    results["method"] = method + ("+hksj" if hksj else "")
+    write_parquet(out / "meta_results.parquet", results)
+    write_tsv(out / "meta_results.tsv", results)
+    write_tsv(out / "feature_coverage.tsv", coverage)
+    if leave_one_out_estimates:
+        _write_leave_one_out(out, table, names, method, hksj)
+    settings = {
+        "method": method, "hksj": hksj, "min_cohorts": min_cohorts, "leave_one_out": leave_one_out_estimates,
+        "fdr_by": list(fdr_by), "alpha": alpha, "allow_mismatch": allow_mismatch,
+    }
+    extra: dict[str, Any] = {"significant": significant_rows(results, alpha)}
+    if hksj:
+        extra["hksj_rows_below_3_cohorts"] = few
+    manifest = _manifest("meta", cohorts, settings, warnings, len(results), **extra)
+    write_json(out / "meta_manifest.json", manifest)
+    return CombinedSummary(out, results, coverage, manifest)
+
+
+@dataclass(frozen=True)
+class _CohortEstimates:
+    """The rows to combine, ``r`` keys x ``k`` cohorts: NaN (``n`` 0) where a cohort has no estimate."""
+
+    keys: pd.DataFrame  # (r, len(KEY_COLUMNS))
+    beta: np.ndarray  # (r, k)
+    se: np.ndarray  # (r, k)
+    n: np.ndarray  # (r, k)
+    present: np.ndarray  # (r, k) bool: a finite beta and a positive se
+
+
+def _estimates_by_cohort(long: pd.DataFrame, names: list[str], min_cohorts: int) -> _CohortEstimates:
+    """The cohorts' rows side by side, keeping the keys estimated in at least ``min_cohorts`` cohorts."""
     keys = long[list(KEY_COLUMNS)].drop_duplicates().reset_index(drop=True)
     row_of = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(long[list(KEY_COLUMNS)]))
-    names = [c.cohort for c in cohorts]
     column_of = pd.Index(names).get_indexer(long["cohort"])
     beta = np.full((len(keys), len(names)), np.nan)
     se = np.full((len(keys), len(names)), np.nan)
@@ -228,22 +302,15 @@ def meta_analyse(
     enough = present.sum(axis=1) >= min_cohorts
     if not enough.any():
         raise DataError(f"no feature has estimates in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to meta-analyse (see --min-cohorts)")
-    keys, beta, se, n, present = keys[enough].reset_index(drop=True), beta[enough], se[enough], n[enough], present[enough]
-    log(f"meta-analysing {len(keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
-    fits = _combine(beta, se, method, hksj, mapper, block_rows)
-    few = int(((fits.k > 1) & (fits.k < 3)).sum()) if hksj else 0
-    if few:
-        warning = (
-            f"--hksj: {few} of {len(keys)} rows were combined from fewer than 3 cohorts; with k = 2 the Hartung-Knapp "
-            "standard error rests on 1 degree of freedom and can be far too small or too large (treat those rows with care, "
-            "or use --min-cohorts 3)"
-        )
-        log(f"warning: {warning}")
-        warnings.append(warning)
+    return _CohortEstimates(keys[enough].reset_index(drop=True), beta[enough], se[enough], n[enough], present[enough])
+
+
+def _meta_results(table: _CohortEstimates, fits: MetaFits, names: list[str]) -> pd.DataFrame:
+    """One row per key: the combined estimate, heterogeneity, direction per cohort and the cohorts combined."""
     names_array = np.array(names, dtype=object)
-    results = keys.assign(
+    return table.keys.assign(
         k=fits.k,
-        n=n.sum(axis=1).astype(np.int64),
+        n=table.n.sum(axis=1).astype(np.int64),
         beta=fits.beta,
         se=fits.se,
         statistic=fits.statistic,
@@ -252,32 +319,20 @@ def meta_analyse(
         i2=fits.i2,
         q_stat=fits.q_stat,
         q_p=fits.q_p,
-        direction=direction_strings(beta),
-        cohorts=[",".join(names_array[row]) for row in present],
+        direction=direction_strings(table.beta),
+        cohorts=[",".join(names_array[row]) for row in table.present],
     )
-    fdr_by = _add_q(results, cohorts)
-    results["method"] = method + ("+hksj" if hksj else "")
-    write_parquet(out / "meta_results.parquet", results)
-    write_tsv(out / "meta_results.tsv", results)
-    write_tsv(out / "feature_coverage.tsv", coverage)
-    if leave_one_out_estimates:
-        loo_beta, loo_se, loo_p = leave_one_out(beta, se, method=method, hksj=hksj)
-        rows, columns = np.nonzero(present)
-        loo = keys.iloc[rows].reset_index(drop=True).assign(
-            left_out=names_array[columns], beta=loo_beta[rows, columns], se=loo_se[rows, columns], p=loo_p[rows, columns]
-        )
-        write_parquet(out / "meta_leave_one_out.parquet", loo)
-        write_tsv(out / "meta_leave_one_out.tsv", loo)
-    settings = {
-        "method": method, "hksj": hksj, "min_cohorts": min_cohorts, "leave_one_out": leave_one_out_estimates,
-        "fdr_by": list(fdr_by), "alpha": alpha, "allow_mismatch": allow_mismatch,
-    }
-    extra: dict[str, Any] = {"significant": significant_rows(results, alpha)}
-    if hksj:
-        extra["hksj_rows_below_3_cohorts"] = few
-    manifest = _manifest("meta", cohorts, settings, warnings, len(results), **extra)
-    write_json(out / "meta_manifest.json", manifest)
-    return CombinedSummary(out, results, coverage, manifest)
+
+
+def _write_leave_one_out(out: Path, table: _CohortEstimates, names: list[str], method: str, hksj: bool) -> None:
+    """``meta_leave_one_out.parquet`` / ``.tsv``: per key and cohort present, the estimate without that cohort."""
+    loo_beta, loo_se, loo_p = leave_one_out(table.beta, table.se, method=method, hksj=hksj)
+    rows, columns = np.nonzero(table.present)
+    loo = table.keys.iloc[rows].reset_index(drop=True).assign(
+        left_out=np.array(names, dtype=object)[columns], beta=loo_beta[rows, columns], se=loo_se[rows, columns], p=loo_p[rows, columns]
+    )
+    write_parquet(out / "meta_leave_one_out.parquet", loo)
+    write_tsv(out / "meta_leave_one_out.tsv", loo)
 
 
 def _stack_sufficient(cohort: CohortFile, mapping: dict[str, str] | None) -> pd.DataFrame:
@@ -303,6 +358,28 @@ def pool_cohorts(
     ``pool_manifest.json`` (last). Equal to an OLS on the stacked individual
     data with cohort indicators (categorical covariates share one reference
     level across cohorts: the first in sorted order).
+
+    Parameters
+    ----------
+    cohorts
+        Opened summary files exported with their cross-products (:func:`open_cohorts` with ``need_sufficient``).
+    out_dir
+        Output folder (created if needed); earlier outputs of ``pool`` there are removed first.
+    min_cohorts
+        Pool a feature only where at least this many cohorts have its cross-products.
+    mapping
+        Feature spelling -> matching key, or None.
+    allow_mismatch
+        Pool cohorts whose analyses differ, with warnings.
+    alpha
+        Significance level for the manifest's count; None: the plans' ``fdr.alpha``.
+    log
+        Receives progress lines and warnings.
+
+    Returns
+    -------
+    CombinedSummary
+        The folder, the results (one row per layer x feature x exposure x adjustment), the feature coverage and the manifest.
     """
     cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, POOL_FILES, alpha, log)
     frames = [_stack_sufficient(c, mapping) for c in cohorts]
@@ -315,55 +392,8 @@ def pool_cohorts(
     for (layer, exposure, adjustment), group in long.groupby(["layer", "exposure", "adjustment"], sort=False):
         features = group.groupby("feature", sort=False)["cohort"].nunique()
         features = features[features >= min_cohorts].index
-        if not len(features):
-            continue
-        group = group[group["feature"].isin(features)]
-        all_terms = list(dict.fromkeys(t for terms in group["terms"].drop_duplicates() for t in terms))
-        if all_terms[0] != "exposure":
-            raise DataError(f"cohort files disagree on the first term of {layer}/{exposure}/{adjustment}: {all_terms[0]!r}")
-        kept_terms = drop_reference_levels(all_terms, categorical)
-        width = len(all_terms)
-        m = len(features)
-        feature_index = pd.Index(features)
-        zz = np.zeros((m, width, width))
-        zy = np.zeros((m, width))
-        yy = np.zeros(m)
-        n = np.zeros(m, dtype=np.int64)
-        contributing = np.zeros((m, len(names)), dtype=bool)
-        for terms, rows in group.groupby("terms", sort=False):
-            position = np.array([all_terms.index(t) for t in terms])
-            where = feature_index.get_indexer(rows["feature"])
-            packed = np.stack(rows["zz"].to_numpy())
-            # add.at, not +=: a feature appears once per cohort in ``rows`` and every copy must count
-            np.add.at(zz, (where[:, None, None], position[None, :, None], position[None, None, :]), unpack_symmetric(packed))
-            np.add.at(zy, (where[:, None], position[None, :]), np.stack(rows["zy"].to_numpy()))
-            np.add.at(yy, where, rows["yy"].to_numpy(dtype=np.float64))
-            np.add.at(n, where, rows["n"].to_numpy(dtype=np.int64))
-            contributing[where, pd.Index(names).get_indexer(rows["cohort"])] = True
-        keep = np.array([all_terms.index(t) for t in kept_terms])
-        fits = solve_pooled(zz[:, keep][:, :, keep], zy[:, keep], yy, n, contributing.sum(axis=1))
-        status = np.array([STATUS_TEXT[FitStatus(code)] for code in fits.status], dtype=object)
-        pieces.append(
-            pd.DataFrame(
-                {
-                    "layer": layer,
-                    "feature": feature_index,
-                    "exposure": exposure,
-                    "adjustment": adjustment,
-                    "model": "lm",
-                    "k": contributing.sum(axis=1),
-                    "n": fits.n,
-                    "beta": fits.beta,
-                    "se": fits.se,
-                    "t": fits.t,
-                    "p": fits.p,
-                    "df": fits.df,
-                    "status": status,
-                    "covariate_terms": "+".join(kept_terms[1:]),
-                    "cohorts": [",".join(np.array(names)[row]) for row in contributing],
-                }
-            )
-        )
+        if len(features):
+            pieces.append(_pool_analysis((layer, exposure, adjustment), group[group["feature"].isin(features)], features, categorical, names))
     if not pieces:
         raise DataError(f"no feature has cross-products in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to pool (see --min-cohorts)")
     results = pd.concat(pieces, ignore_index=True)
@@ -376,3 +406,71 @@ def pool_cohorts(
     manifest = _manifest("pool", cohorts, settings, warnings, len(results), significant=significant_rows(results, alpha))
     write_json(out / "pool_manifest.json", manifest)
     return CombinedSummary(out, results, coverage, manifest)
+
+
+@dataclass(frozen=True)
+class _PooledProducts:
+    """Cross-products summed over cohorts for ``m`` features and ``c`` terms."""
+
+    zz: np.ndarray  # (m, c, c)
+    zy: np.ndarray  # (m, c)
+    yy: np.ndarray  # (m,)
+    n: np.ndarray  # (m,) int64
+    contributing: np.ndarray  # (m, k) bool: which cohorts have the feature
+
+
+def _sum_cross_products(group: pd.DataFrame, features: pd.Index, all_terms: list[str], names: list[str]) -> _PooledProducts:
+    """Add up the cohorts' cross-product rows of one analysis, each cohort's terms placed among ``all_terms``."""
+    width = len(all_terms)
+    m = len(features)
+    zz = np.zeros((m, width, width))
+    zy = np.zeros((m, width))
+    yy = np.zeros(m)
+    n = np.zeros(m, dtype=np.int64)
+    contributing = np.zeros((m, len(names)), dtype=bool)
+    for terms, rows in group.groupby("terms", sort=False):
+        position = np.array([all_terms.index(t) for t in terms])
+        where = features.get_indexer(rows["feature"])
+        packed = np.stack(rows["zz"].to_numpy())
+        # add.at, not +=: a feature appears once per cohort in ``rows`` and every copy must count
+        np.add.at(zz, (where[:, None, None], position[None, :, None], position[None, None, :]), unpack_symmetric(packed))
+        np.add.at(zy, (where[:, None], position[None, :]), np.stack(rows["zy"].to_numpy()))
+        np.add.at(yy, where, rows["yy"].to_numpy(dtype=np.float64))
+        np.add.at(n, where, rows["n"].to_numpy(dtype=np.int64))
+        contributing[where, pd.Index(names).get_indexer(rows["cohort"])] = True
+    return _PooledProducts(zz, zy, yy, n, contributing)
+
+
+def _pool_analysis(
+    analysis: tuple[str, str, str], group: pd.DataFrame, features: pd.Index, categorical: tuple[str, ...], names: list[str]
+) -> pd.DataFrame:
+    """The pooled fit of one (layer, exposure, adjustment) on each of ``features``, from the rows of ``group``."""
+    layer, exposure, adjustment = analysis
+    all_terms = list(dict.fromkeys(t for terms in group["terms"].drop_duplicates() for t in terms))
+    if all_terms[0] != "exposure":
+        raise DataError(f"cohort files disagree on the first term of {layer}/{exposure}/{adjustment}: {all_terms[0]!r}")
+    kept_terms = drop_reference_levels(all_terms, categorical)
+    feature_index = pd.Index(features)
+    summed = _sum_cross_products(group, feature_index, all_terms, names)
+    keep = np.array([all_terms.index(t) for t in kept_terms])
+    fits = solve_pooled(summed.zz[:, keep][:, :, keep], summed.zy[:, keep], summed.yy, summed.n, summed.contributing.sum(axis=1))
+    status = np.array([STATUS_TEXT[FitStatus(code)] for code in fits.status], dtype=object)
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "feature": feature_index,
+            "exposure": exposure,
+            "adjustment": adjustment,
+            "model": "lm",
+            "k": summed.contributing.sum(axis=1),
+            "n": fits.n,
+            "beta": fits.beta,
+            "se": fits.se,
+            "t": fits.t,
+            "p": fits.p,
+            "df": fits.df,
+            "status": status,
+            "covariate_terms": "+".join(kept_terms[1:]),
+            "cohorts": [",".join(np.array(names)[row]) for row in summed.contributing],
+        }
+    )

@@ -1,0 +1,66 @@
+"""Reading MetaPhlAn merged tables (features as rows, one lineage per row) a block of features at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.table_text import check_row_lengths, comment_lines, raw_header, reading_problem, table_separator
+from scalable_assoc.io.table_values import TableStream, check_ids, rebatch, validated_values
+from scalable_assoc.plan.schema import RANK_PREFIXES
+
+#: Columns of MetaPhlAn merged tables that hold taxonomy ids, not samples.
+METAPHLAN_TAXID_COLUMNS = ("NCBI_tax_id", "clade_taxid", "taxid", "clade_ncbi_taxid")
+
+
+def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512) -> TableStream:
+    """A MetaPhlAn merged table as a :class:`TableStream`: features are its rows, so blocks come straight from row chunks.
+
+    The clade column is read first (to know the features of ``rank`` and check
+    their IDs); values are then read ``rows_per_read`` rows at a time. Same
+    checks and feature IDs (the last lineage part, ``s__Ruminococcus_bromii``) as
+    every reader: duplicate IDs, non-numeric, negative or infinite values.
+    """
+    prefix = RANK_PREFIXES[rank]
+    skipped = comment_lines(path)
+    header = raw_header(path, len(skipped))
+    sample_ids = pd.Index([c for c in header[1:] if c not in METAPHLAN_TAXID_COLUMNS])
+    check_ids(path, "sample", sample_ids)
+    check_row_lengths(path, len(skipped), "clade")
+    if len(header) < 2:
+        raise DataError(f"{path}: a MetaPhlAn table needs a clade column and at least one sample column; found {len(header)} column(s)")
+    separator = table_separator(path)
+    try:
+        clades = pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, usecols=[0], dtype=str).iloc[:, 0].astype(str)
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None
+    last = clades.str.rsplit("|", n=1).str[-1]
+    keep = last.str.startswith(prefix).to_numpy()
+    if not keep.any():
+        raise DataError(f"{path}: no '{prefix}' ({rank}) rows in this MetaPhlAn table; check 'rank' in the plan")
+    feature_ids = pd.Index(last[keep])
+    check_ids(path, "feature", feature_ids)
+    row_ids = last.to_numpy()
+
+    def pieces() -> Iterator[np.ndarray]:
+        offset = 0
+        try:
+            with pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, dtype={0: str}, chunksize=rows_per_read) as reader:
+                for frame in reader:
+                    rows = slice(offset, offset + len(frame))
+                    offset += len(frame)
+                    chosen = keep[rows]
+                    if not chosen.any():
+                        continue
+                    selected = frame.loc[chosen].drop(columns=[frame.columns[0], *[c for c in frame.columns[1:] if c in METAPHLAN_TAXID_COLUMNS]])
+                    selected.index = pd.Index(row_ids[rows][chosen])
+                    yield validated_values(path, selected, samples_are_rows=False).T
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None
+
+    return TableStream(tuple(str(s) for s in sample_ids), tuple(str(f) for f in feature_ids), lambda width: rebatch(pieces(), width), path)
+

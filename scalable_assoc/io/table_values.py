@@ -1,0 +1,132 @@
+"""An abundance table in memory or as a stream of feature blocks, and the checks every reader applies to its IDs and values."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalable_assoc.errors import DataError
+
+
+@dataclass(frozen=True)
+class AbundanceTable:
+    """An abundance matrix in memory: ``values`` is ``(n_samples, n_features)`` float64, NaN = missing."""
+
+    sample_ids: tuple[str, ...]
+    feature_ids: tuple[str, ...]
+    values: np.ndarray
+    source: Path
+
+
+@dataclass(frozen=True)
+class TableStream:
+    """An abundance table read a block of features at a time, never whole.
+
+    ``blocks(width)`` yields ``(n_samples, width)`` float64 arrays (the last may
+    be narrower) covering ``feature_ids`` in order; values are validated as they
+    are read, so a bad cell raises :class:`DataError` part-way through.
+    """
+
+    sample_ids: tuple[str, ...]
+    feature_ids: tuple[str, ...]
+    blocks: Callable[[int], Iterator[np.ndarray]]
+    source: Path
+
+
+def rebatch(pieces: Iterator[np.ndarray], width: int) -> Iterator[np.ndarray]:
+    """Regroup ``(n, k_i)`` pieces into ``(n, width)`` blocks (the last narrower), holding at most one block plus one piece."""
+    pending: list[np.ndarray] = []
+    count = 0
+    for piece in pieces:
+        if piece.shape[1] == 0:
+            continue
+        pending.append(piece)
+        count += piece.shape[1]
+        while count >= width:
+            joined = np.hstack(pending) if len(pending) > 1 else pending[0]
+            yield np.ascontiguousarray(joined[:, :width])
+            rest = joined[:, width:]
+            pending, count = ([rest] if rest.shape[1] else []), rest.shape[1]
+    if count:
+        yield np.ascontiguousarray(np.hstack(pending))
+
+
+def _duplicates(values: pd.Index) -> list[str]:
+    return [str(v) for v in values[values.duplicated()].unique()[:5]]
+
+
+def check_ids(path: Path, what: str, ids: pd.Index) -> None:
+    """Refuse empty or repeated IDs; ``what`` (``sample``, ``feature``) names them in the error."""
+    missing = ids.isna() | (ids.astype(str).str.strip() == "")
+    if missing.any():
+        raise DataError(f"{path}: {int(missing.sum())} {what} ID(s) are empty; every {what} needs an ID")
+    dup = _duplicates(ids)
+    if dup:
+        raise DataError(
+            f"{path}: duplicate {what} IDs ({int(ids.duplicated().sum())} repeated), for example: {', '.join(dup)}. "
+            f"Each {what} must appear once."
+        )
+
+
+def _shown(value: object) -> str:
+    """A cell as the user wrote it: ``'abc'`` for text, ``-1.0`` / ``inf`` for numbers (not ``np.float64(-1.0)``)."""
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return str(float(value))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def validated_values(path: Path, frame: pd.DataFrame, samples_are_rows: bool) -> np.ndarray:
+    """Convert a frame of abundances to float64, naming the first bad cell if any.
+
+    Raises :class:`DataError` for non-numeric, negative or infinite values.
+    """
+    numeric = frame.apply(pd.to_numeric, errors="coerce") if any(
+        not pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes
+    ) else frame
+    values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+    originally_missing = frame.isna().to_numpy()
+    row_word, column_word = ("sample", "feature") if samples_are_rows else ("feature", "sample")
+
+    def first_bad(mask: np.ndarray, problem: str) -> None:
+        if not mask.any():
+            return
+        row, column = np.argwhere(mask)[0]
+        original = _shown(frame.iat[row, column])
+        raise DataError(
+            f"{path}: {int(mask.sum())} {problem} value(s); the first is {original} for {row_word} "
+            f"'{frame.index[row]}', {column_word} '{frame.columns[column]}'. Abundances must be non-negative numbers "
+            f"(leave a cell empty or write NA for a missing value)."
+        )
+
+    first_bad(np.isnan(values) & ~originally_missing, "non-numeric")
+    first_bad(np.isinf(values), "infinite")
+    with np.errstate(invalid="ignore"):
+        first_bad(values < 0, "negative")
+    return values
+
+
+def check_sample_id_column(path: Path, ids: pd.Index, header: object = None) -> None:
+    """Refuse a first column of abundances where sample IDs belong.
+
+    Without this, a table saved without its ID column reads "fine" with the first
+    feature's values as sample IDs, and the user only sees a puzzling sample
+    mismatch or "duplicate sample 0". Distinct whole numbers stay allowed
+    (numeric sample IDs are common); fractions or repeated numbers are not IDs.
+    """
+    numbers = pd.to_numeric(pd.Series(ids, dtype=object), errors="coerce")
+    if len(ids) and numbers.notna().all() and ((numbers % 1 != 0).any() or numbers.duplicated().any()):
+        examples = ", ".join(str(v) for v in pd.unique(np.asarray(ids, dtype=object))[:3])
+        named = f" ('{header}')" if header is not None and not pd.isna(header) else ""
+        raise DataError(
+            f"{path}: the first column{named} holds numbers such as {examples}, not sample IDs. A wide table needs the "
+            f"sample IDs in its first column (e.g. 'sample_id') and one column per feature; add the ID column, "
+            f"or give a MetaPhlAn table (features as rows) with format: metaphlan."
+        )
+

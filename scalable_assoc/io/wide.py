@@ -1,0 +1,169 @@
+"""Reading wide TSV/CSV tables (samples as rows, sample IDs in the first column) a block of features at a time.
+
+The text arrives a sample at a time but blocks are features for all samples,
+so the values go through a temporary file on disk (:func:`stream_wide`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.table_text import data_rows, raw_header, reading_problem, table_separator
+from scalable_assoc.io.table_values import TableStream, check_ids, check_sample_id_column, validated_values
+
+#: Cells in one batch of rows of a wide table (16 MiB as float64): with one block, what reading a wide table holds in memory.
+WIDE_BATCH_CELLS = 1 << 21
+
+
+def read_as_missing(values: Sequence[str]) -> np.ndarray:
+    """Which of ``values`` pandas reads as missing (its default NA strings: ``''``, ``NA``, ``NaN``, ``NULL`` ...).
+
+    Asked of ``pandas.read_csv`` itself, each value a quoted field of a one-column
+    table, so an ID counts as missing exactly when the reader would make it NaN.
+
+    Parameters
+    ----------
+    values
+        Cells as written in the file, ``k`` of them.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(k,)`` bool.
+    """
+    if not len(values):
+        return np.zeros(0, dtype=bool)
+    text = io.StringIO()
+    writer = csv.writer(text, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    writer.writerow(["value"])
+    writer.writerows([value] for value in values)
+    column = pd.read_csv(io.StringIO(text.getvalue()), dtype=str).iloc[:, 0]
+    return column.isna().to_numpy()
+
+
+def stream_wide(path: Path, rows_per_read: int | None = None, scratch: Path | None = None) -> TableStream:
+    """A wide TSV/CSV table (samples as rows, sample IDs in the first column) as a :class:`TableStream`, never read whole.
+
+    A first pass reads the sample IDs and checks every line's field count, so
+    the IDs are checked before any value is. The text arrives a sample at a
+    time but blocks are features for all samples, so ``blocks(width)`` parses
+    ``rows_per_read`` rows at a time (default: about :data:`WIDE_BATCH_CELLS`
+    cells), validates them, and writes each block's columns of them into a
+    temporary file in ``scratch`` (default: the system's temporary folder),
+    where every block lies whole (float64, 8 bytes per value); it then yields
+    the blocks read back one at a time. Memory holds one batch of rows and one
+    block; the file is removed when the blocks end, fail or are abandoned. The
+    checks and messages are those of every reader (Parquet: :func:`~scalable_assoc.io.tables.stream_parquet`).
+
+    Parameters
+    ----------
+    path
+        The table (``.csv`` comma-separated, else tab; ``.gz``, ``.bz2``, ``.xz`` compressed too).
+    rows_per_read
+        Sample rows parsed at a time; None: about :data:`WIDE_BATCH_CELLS` cells.
+    scratch
+        Folder of the temporary file; None: the system's temporary folder.
+
+    Returns
+    -------
+    TableStream
+        Its sample and feature IDs, and ``blocks(width)`` yielding ``(n_samples, width)`` float64 arrays.
+    """
+    sample_ids, feature_names = _wide_layout(path)
+    rows = rows_per_read or max(1, WIDE_BATCH_CELLS // len(feature_names))
+
+    def blocks(width: int) -> Iterator[np.ndarray]:
+        return _blocks_through_file(path, _wide_batches(path, sample_ids, feature_names, rows), len(sample_ids), len(feature_names), width, scratch)
+
+    return TableStream(sample_ids, tuple(str(f) for f in feature_names), blocks, path)
+
+
+def _wide_layout(path: Path) -> tuple[tuple[str, ...], list[str]]:
+    """The first pass: sample IDs and feature names, checked (every line's field count too)."""
+    header = raw_header(path, 0)
+    # Checked before pandas reads the file: it would rename a repeated feature 'X' to 'X.1'.
+    check_ids(path, "feature", pd.Index(header[1:]))
+    firsts, header_is_short = data_rows(path, 0, "sample")
+    if not header:
+        raise DataError(f"{path}: cannot be read as a table with samples as rows: the file is empty")
+    feature_names = header if header_is_short else header[1:]
+    if not feature_names:
+        raise DataError(f"{path}: no feature columns after the sample ID column")
+    if not firsts:
+        raise DataError(f"{path}: the table has a header but no sample rows")
+    # An ID pandas reads as missing ('', 'NA', ...) is missing here too.
+    missing = read_as_missing(firsts)
+    ids = pd.Index([None if absent else first for first, absent in zip(firsts, missing, strict=True)], dtype=object)
+    # Before the ID checks: a missing ID column shows up as "duplicate IDs 0, 0, ..." otherwise.
+    check_sample_id_column(path, ids, None if header_is_short else header[0] or None)
+    check_ids(path, "sample", ids)
+    if header_is_short:  # the first header field names a feature too (header[1:] is checked above)
+        check_ids(path, "feature", pd.Index(feature_names))
+    return tuple(str(i) for i in ids), feature_names
+
+
+def _wide_batches(path: Path, sample_ids: tuple[str, ...], feature_names: list[str], rows: int) -> Iterator[np.ndarray]:
+    """Validated ``(rows, n_features)`` values, a batch of rows at a time, in file order."""
+    n_samples, n_features = len(sample_ids), len(feature_names)
+    done = 0
+    try:
+        with pd.read_csv(path, sep=table_separator(path), index_col=0, dtype={0: str}, chunksize=rows) as reader:
+            for frame in reader:
+                expected = sample_ids[done : done + len(frame)]
+                read = tuple(None if pd.isna(v) else str(v) for v in frame.index)
+                if read != expected or frame.shape[1] != n_features:
+                    # Not expected from a file that stays as it is; never a silent misplacement if it does not.
+                    raise DataError(
+                        f"{path}: sample rows {done + 1}-{done + len(frame)} read differently from a first pass over the file "
+                        f"({frame.shape[1]} values per row, IDs from {read[0]!r}; expected {n_features}, from {expected[0] if expected else None!r}). "
+                        f"Was the file changed while it was read?"
+                    )
+                frame.index, frame.columns = pd.Index(expected, dtype=object), pd.Index(feature_names, dtype=object)
+                yield validated_values(path, frame, samples_are_rows=True)
+                done += len(frame)
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read as a table with samples as rows: {reading_problem(error)}") from None
+    if done != n_samples:
+        raise DataError(f"{path}: {done} sample rows read, but a first pass found {n_samples}; was the file changed while it was read?")
+
+
+def _blocks_through_file(
+    path: Path, batches: Iterator[np.ndarray], n_samples: int, n_features: int, width: int, scratch: Path | None
+) -> Iterator[np.ndarray]:
+    """Write ``batches`` (rows of all features) into a temporary file laid out block by block; yield the blocks read back."""
+    bounds = [(start, min(start + width, n_features)) for start in range(0, n_features, width)]
+    folder: Path | None = None
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".rows.tmp", dir=scratch))
+        with (folder / "values.f64").open("w+b") as handle:
+            done = 0
+            for values in batches:
+                # Block by block, each holding all samples: rows done..done+k of a block are one contiguous run.
+                for start, stop in bounds:
+                    handle.seek(8 * (n_samples * start + done * (stop - start)))
+                    handle.write(np.ascontiguousarray(values[:, start:stop]).data)
+                done += values.shape[0]
+            for start, stop in bounds:
+                block = np.empty((n_samples, stop - start), dtype=np.float64)
+                handle.seek(8 * n_samples * start)
+                if handle.readinto(block.data.cast("B")) != block.nbytes:
+                    raise DataError(f"{path}: the temporary file {handle.name} ended early; was it changed while it was written?")
+                yield block
+    except OSError as error:
+        place = folder or scratch or Path(tempfile.gettempdir())
+        raise DataError(
+            f"{path}: cannot write or read the temporary file in {place}: {error.strerror or error}. A wide table is converted "
+            f"through a temporary file of {8 * n_samples * n_features / 2**30:.2f} GiB there (8 bytes per value)."
+        ) from None
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)

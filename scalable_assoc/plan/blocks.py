@@ -1,0 +1,324 @@
+"""Parsing each block of a plan file (preprocess, models, layers, exposures, adjustments, fdr, analyses) into its dataclass.
+
+Every function takes the plan file's path (``source``), to name it in errors, and
+the block as YAML gave it; it raises :class:`~scalable_assoc.errors.PlanError`
+naming the key at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+from scalable_assoc.errors import PlanError
+from scalable_assoc.plan.expressions import parse_query
+from scalable_assoc.plan.spec import (
+    CATEGORICAL_EXPOSURE_MODELS,
+    FDR_BY_COLUMNS,
+    LAYER_FORMATS,
+    MODELS,
+    ON_CONSTANT_COVARIATE,
+    PREVALENCE_WITHIN,
+    RANK_PREFIXES,
+    REFERENCES,
+    STANDARD_ERRORS,
+    TRANSFORMS,
+    AnalysisSelection,
+    ExposureSpec,
+    FdrSpec,
+    LayerSpec,
+    OlsOptions,
+    Preprocess,
+)
+from scalable_assoc.plan.values import checked_mapping, location, name_list, nonempty_string, plan_path
+
+
+def parse_preprocess(source: Path, key: str, raw: Any, base: Preprocess) -> Preprocess:
+    """``preprocess`` (top level, or a layer's, whose unset keys come from ``base``) as a :class:`Preprocess`."""
+    raw = checked_mapping(source, key, raw, ("min_prevalence", "transform", "pseudocount", "prevalence_within"))
+    min_prevalence = raw.get("min_prevalence", base.min_prevalence)
+    if isinstance(min_prevalence, bool) or not isinstance(min_prevalence, (int, float)) or not 0 <= min_prevalence <= 1:
+        raise PlanError(f"{location(source, key + '.min_prevalence')}: expected a fraction between 0 and 1, got {min_prevalence!r}")
+    transform = raw.get("transform", base.transform)
+    if transform not in TRANSFORMS:
+        raise PlanError(f"{location(source, key + '.transform')}: expected one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    pseudocount = raw.get("pseudocount", base.pseudocount)
+    if pseudocount != "half_min" and (
+        isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0
+    ):
+        raise PlanError(f"{location(source, key + '.pseudocount')}: expected 'half_min' or a non-negative number, got {pseudocount!r}")
+    if transform in ("clr", "log") and pseudocount == 0:
+        raise PlanError(f"{location(source, key + '.pseudocount')}: the {transform} transform needs a positive pseudocount (zeros have no logarithm)")
+    within = raw.get("prevalence_within", base.prevalence_within)
+    if within not in PREVALENCE_WITHIN:
+        raise PlanError(f"{location(source, key + '.prevalence_within')}: expected one of {', '.join(PREVALENCE_WITHIN)}, got {within!r}")
+    return Preprocess(float(min_prevalence), str(transform), pseudocount if pseudocount == "half_min" else float(pseudocount), str(within))
+
+
+def parse_models(source: Path, key: str, raw: Any) -> tuple[str, ...]:
+    """``models``: one name or a list of :data:`MODELS`, repeats dropped, order kept."""
+    models = name_list(source, key, raw)
+    if not models:
+        raise PlanError(f"{location(source, key)}: name at least one model ({', '.join(MODELS)})")
+    for model in models:
+        if model not in MODELS:
+            near = difflib.get_close_matches(model, MODELS, n=1)
+            hint = f" Did you mean '{near[0]}'?" if near else ""
+            raise PlanError(f"{location(source, key)}: unknown model '{model}'.{hint} Models: {', '.join(MODELS)}.")
+    return tuple(dict.fromkeys(models))
+
+
+def parse_ols_options(source: Path, model: str, raw: Any, cluster: str | None, fitted: bool) -> OlsOptions:
+    """The plan key ``model`` (``lm`` / ``lm_nonzero``) as :class:`OlsOptions`; options of a model no layer fits (``fitted`` False) are refused."""
+    raw = checked_mapping(source, model, raw if raw is not None else {}, ("se", "reference"))
+    se = raw.get("se", "classical")
+    if se not in STANDARD_ERRORS:
+        raise PlanError(f"{location(source, model + '.se')}: expected one of {', '.join(STANDARD_ERRORS)}, got {se!r}")
+    if se == "cluster" and cluster is None:
+        raise PlanError(
+            f"{location(source, model + '.se')}: cluster-robust standard errors need 'cluster: <metadata column>' "
+            "naming the groups (families, households) whose members are correlated"
+        )
+    reference = raw.get("reference", "t")
+    if reference not in REFERENCES:
+        raise PlanError(f"{location(source, model + '.reference')}: expected one of {', '.join(REFERENCES)}, got {reference!r}")
+    if "reference" in raw and se != "cluster":
+        raise PlanError(
+            f"{location(source, model + '.reference')}: applies to cluster-robust standard errors only ('{model}: {{se: cluster}}'); "
+            "classical OLS p-values come from Student's t with n - rank degrees of freedom"
+        )
+    if raw and not fitted:
+        raise PlanError(f"{location(source, model)}: options for model '{model}', which no layer fits (add it to 'models')")
+    return OlsOptions(str(se), str(reference))
+
+
+def parse_threshold(source: Path, key: str, raw: Any) -> float:
+    """``presence_threshold``: a non-negative number (a feature is present where its value is above it)."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw >= 0:
+        raise PlanError(f"{location(source, key)}: expected a non-negative number (a feature is present where its value is above it), got {raw!r}")
+    return float(raw)
+
+
+def parse_layers(
+    source: Path, raw: Any, preprocess: Preprocess, models: tuple[str, ...], threshold: float, allow_outside: bool = False
+) -> tuple[LayerSpec, ...]:
+    """``data.layers``: layer name -> path or mapping, as :class:`LayerSpec` (paths resolved; top-level settings as defaults)."""
+    if not isinstance(raw, dict) or not raw:
+        raise PlanError(f"{location(source, 'data.layers')}: expected a mapping of layer name to file, with at least one layer")
+    layers = []
+    for name, value in raw.items():
+        key = f"data.layers.{name}"
+        if isinstance(value, str):
+            value = {"path": value}
+        value = checked_mapping(source, key, value, ("path", "format", "rank", "preprocess", "models", "presence_threshold"), required=("path",))
+        fmt = value.get("format", "auto")
+        if fmt not in LAYER_FORMATS:
+            raise PlanError(f"{location(source, key + '.format')}: expected one of {', '.join(LAYER_FORMATS)}, got {fmt!r}")
+        rank = value.get("rank", "species")
+        if rank not in RANK_PREFIXES:
+            raise PlanError(f"{location(source, key + '.rank')}: expected one of {', '.join(RANK_PREFIXES)}, got {rank!r}")
+        layer_pre = parse_preprocess(source, key + ".preprocess", value.get("preprocess", {}), preprocess)
+        path = plan_path(source, key + ".path", value["path"], allow_outside)
+        layer_models = parse_models(source, key + ".models", value["models"]) if "models" in value else models
+        layer_threshold = parse_threshold(source, key + ".presence_threshold", value["presence_threshold"]) if "presence_threshold" in value else threshold
+        layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre, layer_models, layer_threshold))
+    return tuple(layers)
+
+
+def parse_exposures(source: Path, raw: Any) -> tuple[ExposureSpec, ...]:
+    """``exposures``: name -> ``cases``/``controls`` queries (parsed, never run here) or a ``column``, as :class:`ExposureSpec`."""
+    if not isinstance(raw, dict) or not raw:
+        raise PlanError(f"{location(source, 'exposures')}: expected a mapping of exposure name to its definition, with at least one exposure")
+    exposures = []
+    for name, value in raw.items():
+        key = f"exposures.{name}"
+        value = checked_mapping(source, key, value, ("cases", "controls", "column", "categorical", "reference"))
+        categorical = value.get("categorical", False)
+        if not isinstance(categorical, bool):
+            raise PlanError(f"{location(source, key + '.categorical')}: expected true or false, got {categorical!r}")
+        if (categorical or "reference" in value) and "column" not in value:
+            raise PlanError(f"{location(source, key)}: 'categorical' and 'reference' apply to a 'column' exposure, not to cases/controls queries")
+        if "reference" in value and not categorical:
+            raise PlanError(f"{location(source, key + '.reference')}: a reference level needs 'categorical: true'")
+        if "column" in value:
+            if "cases" in value or "controls" in value:
+                raise PlanError(f"{location(source, key)}: give either 'column' or 'cases' and 'controls', not both")
+            reference = str(value["reference"]) if value.get("reference") is not None else None
+            exposures.append(ExposureSpec(str(name), column=nonempty_string(source, key + ".column", value["column"]), categorical=categorical, reference=reference))
+        elif "cases" in value and "controls" in value:
+            queries = {part: nonempty_string(source, f"{key}.{part}", value[part]) for part in ("cases", "controls")}
+            for part, query in queries.items():
+                # Refused here, before any file is read: a plan is data, and a query outside the language never runs.
+                parse_query(query, location(source, f"{key}.{part}"))
+            exposures.append(ExposureSpec(str(name), cases=queries["cases"], controls=queries["controls"]))
+        else:
+            raise PlanError(f"{location(source, key)}: needs both 'cases' and 'controls' queries, or a 'column'")
+    return tuple(exposures)
+
+
+def parse_reference(source: Path, raw: Any, categorical: tuple[str, ...]) -> dict[str, str]:
+    """``covariates.reference``: column -> reference level, for columns of ``covariates.categorical``.
+
+    Levels are compared as text (metadata values are read as text for
+    categorical covariates), so ``site: 2`` names the level ``"2"``.
+    Whether the level occurs is checked against the metadata when it is loaded.
+    """
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PlanError(f"{location(source, 'covariates.reference')}: expected a mapping of categorical covariate to its reference level (e.g. {{sex: female}}), got {raw!r}")
+    reference = {}
+    for column, level in raw.items():
+        key = f"covariates.reference.{column}"
+        if column not in categorical:
+            listed = ", ".join(categorical) if categorical else "none"
+            raise PlanError(
+                f"{location(source, key)}: '{column}' is not listed in covariates.categorical (listed: {listed}); "
+                "a reference level applies to a categorical covariate only"
+            )
+        if isinstance(level, bool):
+            # YAML reads unquoted yes/no/true/false as booleans.
+            raise PlanError(f"{location(source, key)}: got {level!r}; quote the level as it is written in the metadata (e.g. \"no\")")
+        if isinstance(level, (int, float)):
+            level = str(level)
+        reference[str(column)] = nonempty_string(source, key, level)
+    return reference
+
+
+def expand_adjustments(source: Path, raw: Any) -> dict[str, tuple[str, ...]]:
+    """``adjustments``: set name -> metadata columns in order, other sets named in a set expanded (cycles refused)."""
+    if not isinstance(raw, dict) or not raw:
+        raise PlanError(f"{location(source, 'adjustments')}: expected a mapping of set name to a list of covariates or set names")
+    sets = {str(name): name_list(source, f"adjustments.{name}", value if value is not None else []) for name, value in raw.items()}
+    expanded: dict[str, tuple[str, ...]] = {}
+
+    def expand(name: str, trail: tuple[str, ...]) -> tuple[str, ...]:
+        if name in trail:
+            cycle = " -> ".join(trail + (name,))
+            raise PlanError(f"{location(source, 'adjustments.' + name)}: adjustment sets name each other in a cycle ({cycle})")
+        if name in expanded:
+            return expanded[name]
+        columns: list[str] = []
+        for item in sets[name]:
+            # A set may name a column of its own name (``ssri: [base, ssri]``): that is the column.
+            is_set = item in sets and item != name
+            for column in expand(item, trail + (name,)) if is_set else (item,):
+                if column not in columns:
+                    columns.append(column)
+        expanded[name] = tuple(columns)
+        return expanded[name]
+
+    for name in sets:
+        expand(name, ())
+    return {name: expanded[name] for name in sets}
+
+
+def parse_fdr(source: Path, raw: Any) -> FdrSpec:
+    """``fdr``: method (``bh`` only), families (``by``, columns of :data:`FDR_BY_COLUMNS`) and ``alpha`` in (0, 1)."""
+    raw = checked_mapping(source, "fdr", raw, ("method", "by", "alpha"))
+    method = raw.get("method", "bh")
+    if method != "bh":
+        raise PlanError(f"{location(source, 'fdr.method')}: only 'bh' (Benjamini-Hochberg) is supported, got {method!r}")
+    by = name_list(source, "fdr.by", raw.get("by", list(FDR_BY_COLUMNS)))
+    for column in by:
+        if column not in FDR_BY_COLUMNS:
+            raise PlanError(f"{location(source, 'fdr.by')}: '{column}' is not a results column to group by; use any of {', '.join(FDR_BY_COLUMNS)}")
+    alpha = raw.get("alpha", FdrSpec().alpha)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise PlanError(f"{location(source, 'fdr.alpha')}: expected a number between 0 and 1, got {alpha!r}")
+    return FdrSpec("bh", by, float(alpha))
+
+
+def parse_analyses(source: Path, raw: Any, plan_exposures: tuple[str, ...], plan_sets: tuple[str, ...], plan_layers: tuple[str, ...]) -> tuple[AnalysisSelection, ...]:
+    """``analyses``: blocks of exposures x adjustments x layers, each name defined in the plan; absent: everything."""
+    if raw is None:
+        return (AnalysisSelection(plan_exposures, plan_sets, plan_layers),)
+    if not isinstance(raw, list) or not raw:
+        raise PlanError(f"{location(source, 'analyses')}: expected a list of {{exposures: [...], adjustments: [...]}} blocks")
+    selections = []
+    for index, block in enumerate(raw):
+        key = f"analyses[{index}]"
+        block = checked_mapping(source, key, block, ("exposures", "adjustments", "layers"))
+        picked = []
+        for part, known in (("exposures", plan_exposures), ("adjustments", plan_sets), ("layers", plan_layers)):
+            names = name_list(source, f"{key}.{part}", block[part]) if part in block else known
+            for name in names:
+                if name not in known:
+                    raise PlanError(f"{location(source, key + '.' + part)}: '{name}' is not defined under '{part}' (defined: {', '.join(known)})")
+            picked.append(names)
+        selections.append(AnalysisSelection(*picked))
+    return tuple(selections)
+
+
+
+
+def check_categorical_models(
+    source: Path, exposures: tuple[ExposureSpec, ...], layers: tuple[LayerSpec, ...], analyses: tuple[AnalysisSelection, ...], cluster: str | None
+) -> None:
+    """A categorical exposure runs under the OLS models only, with classical standard errors."""
+    for exposure in exposures:
+        if not exposure.categorical:
+            continue
+        for selection in analyses:
+            if exposure.name not in selection.exposures:
+                continue
+            for layer in layers:
+                if layer.name not in selection.layers:
+                    continue
+                for model in layer.models:
+                    if model not in CATEGORICAL_EXPOSURE_MODELS:
+                        raise PlanError(
+                            f"{location(source, 'exposures.' + exposure.name + '.categorical')}: the categorical exposure '{exposure.name}' "
+                            f"cannot be analysed with model '{model}' (layer '{layer.name}'): its levels are tested jointly by OLS models "
+                            f"only ({', '.join(CATEGORICAL_EXPOSURE_MODELS)}). Leave '{model}' out for this exposure (an 'analyses' block "
+                            "per layer) or define one cases/controls exposure per level."
+                        )
+                if cluster is not None:
+                    raise PlanError(
+                        f"{location(source, 'exposures.' + exposure.name + '.categorical')}: the categorical exposure '{exposure.name}' "
+                        f"cannot be combined with 'cluster: {cluster}': its joint F test assumes independent participants "
+                        "(no cluster-robust version yet)"
+                    )
+
+
+def check_lmm_cluster(source: Path, layers: tuple[LayerSpec, ...], cluster: str | None) -> None:
+    """Model ``lmm`` needs the plan's ``cluster`` column (its random intercept's groups)."""
+    if cluster is None:
+        for layer in layers:
+            if "lmm" in layer.models:
+                raise PlanError(
+                    f"{location(source, 'models')}: model 'lmm' (layer '{layer.name}') needs 'cluster: <metadata column>' "
+                    "naming the groups (families, households) that get a random intercept"
+                )
+
+
+def parse_model_rules(source: Path, raw: dict[str, Any]) -> tuple[int, int, bool, str]:
+    """The top-level rules of which models run and get estimates.
+
+    Parameters
+    ----------
+    source
+        The plan file (named in errors).
+    raw
+        The plan's top-level mapping.
+
+    Returns
+    -------
+    tuple
+        ``min_cases`` (default 10), ``min_carriers`` (3), ``carrier_cells``
+        (False) and ``on_constant_covariate`` (``"drop"``), checked.
+    """
+    min_cases = raw.get("min_cases", 10)
+    if isinstance(min_cases, bool) or not isinstance(min_cases, int) or min_cases < 1:
+        raise PlanError(f"{location(source, 'min_cases')}: expected a positive whole number, got {min_cases!r}")
+    min_carriers = raw.get("min_carriers", 3)
+    if isinstance(min_carriers, bool) or not isinstance(min_carriers, int) or min_carriers < 0:
+        raise PlanError(f"{location(source, 'min_carriers')}: expected a whole number of participants (0 turns the rule off), got {min_carriers!r}")
+    carrier_cells = raw.get("carrier_cells", False)
+    if not isinstance(carrier_cells, bool):
+        raise PlanError(f"{location(source, 'carrier_cells')}: expected true or false, got {carrier_cells!r}")
+    on_constant = raw.get("on_constant_covariate", "drop")
+    if on_constant not in ON_CONSTANT_COVARIATE:
+        raise PlanError(f"{location(source, 'on_constant_covariate')}: expected one of {', '.join(ON_CONSTANT_COVARIATE)}, got {on_constant!r}")
+    return min_cases, min_carriers, carrier_cells, on_constant
