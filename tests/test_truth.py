@@ -1,7 +1,7 @@
 """The engine recovers the effects planted by the simulator, at a controlled false discovery rate.
 
 ``truth.tsv`` holds, per layer x feature x exposure, the planted effect (0 for a
-null). As ``scalable_assoc/simulate.py`` documents, the truth of a disorder
+null). As the ``scalable_assoc.simulate`` package docstring documents, the truth of a disorder
 exposure is its *direct* effect, the one a model adjusted for BMI, stool
 consistency and the drugs estimates, so disorders are scored under ``gi``, the
 most adjusted set. The truth of a drug exposure is the whole drug contrast
