@@ -19,6 +19,7 @@ from distributed import Client
 from scalable_assoc.cli import main
 from scalable_assoc.engine.run import WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy
+from scalable_assoc.testing import quiet
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -38,7 +39,7 @@ def _rotate_sample_ids(store: Path) -> None:
 @pytest.mark.parametrize("damage", ["flipped byte", "rotated sample IDs"])
 def test_a_damaged_converted_store_is_rebuilt_from_its_table(small_study: SimulatedStudy, client: Client, tmp_path: Path, damage: str, assert_results_equal) -> None:
     out = tmp_path / "out"
-    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=lambda _: None)
+    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
     complete = tmp_path / "complete.parquet"
     complete.write_bytes((out / "results.parquet").read_bytes())
     store = next((out / WORK_DIR / "stores").glob("gbm-*.zarr"))
