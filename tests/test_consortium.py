@@ -26,7 +26,7 @@ from scalable_assoc.results.consortium import meta_analyse, pool_cohorts
 from scalable_assoc.results.harmonise import canonical_name, harmonised_names
 from scalable_assoc.results.sumstats import DisclosureRules, open_cohort_file, read_run, sidecar_path, write_sumstats
 from scalable_assoc.simulate import simulate_study
-from scalable_assoc.testing import quiet
+from scalable_assoc.testing import quiet, write_plan
 
 RELATIVE = 1e-8
 
@@ -79,7 +79,7 @@ def cohort_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         metadata = pd.read_csv(folder / "metadata.tsv", sep="\t")
         metadata["stool"] = _stool_type(metadata, drop_hard=name == "south")
         metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
-        (folder / "plan.yaml").write_text(PLAN)
+        write_plan(folder, PLAN)
         folders[name] = folder
     return folders
 

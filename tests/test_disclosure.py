@@ -27,7 +27,7 @@ from scalable_assoc.engine.run import run_study
 from scalable_assoc.engine.sufficient import sufficient_statistics
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.results.sumstats import DisclosureRules, open_cohort_file, read_run, sidecar_path, sufficient_path, write_sumstats
-from scalable_assoc.testing import quiet
+from scalable_assoc.testing import quiet, write_plan
 
 CARRIER_REASON = "fewer than 3 participants with or without the feature (overall or among cases or controls)"
 #: a shared secret as 'openssl rand -hex 32' writes it
@@ -58,7 +58,7 @@ def carriers_run(tmp_path_factory: pytest.TempPathFactory, client) -> Path:
     layer["common"] = common
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(folder / "layer.tsv", sep="\t", index=False)
-    (folder / "plan.yaml").write_text(
+    write_plan(folder,
         """
 data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
 preprocess: {transform: log, pseudocount: 0.5}

@@ -19,7 +19,7 @@ from distributed import Client
 from scalable_assoc.cli import main
 from scalable_assoc.engine.run import WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy
-from scalable_assoc.testing import quiet
+from scalable_assoc.testing import quiet, write_plan
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -59,7 +59,7 @@ def test_a_damaged_store_given_directly_exits_2_naming_it(small_study: Simulated
     for name in ("metadata.tsv", "species.tsv", "pathways.tsv"):
         (folder / name).symlink_to(small_study.out_dir / name)
     assert main(["ingest", str(small_study.out_dir / "gbm.tsv"), "--out", str(folder / "gbm.zarr"), "--chunk-features", "16"]) == 0
-    (folder / "plan.yaml").write_text(small_study.plan_path.read_text().replace("gbm: gbm.tsv", "gbm: gbm.zarr"))
+    write_plan(folder, small_study.plan_path.read_text().replace("gbm: gbm.tsv", "gbm: gbm.zarr"))
     chunk = sorted(p for p in (folder / "gbm.zarr" / "abundance").rglob("*") if p.is_file() and p.name != "zarr.json")[1]
     _flip_a_byte(chunk)
     capsys.readouterr()

@@ -17,7 +17,7 @@ from distributed import Client
 
 from scalable_assoc.engine.run import WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy
-from scalable_assoc.testing import quiet
+from scalable_assoc.testing import quiet, write_plan
 
 
 def _command(*args: str) -> subprocess.CompletedProcess[str]:
@@ -100,8 +100,7 @@ def test_a_live_process_on_this_host_keeps_its_lock(small_study: SimulatedStudy,
 
 def test_a_failed_run_says_so_with_its_error(small_study: SimulatedStudy, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(small_study.plan_path.read_text().replace("metadata: metadata.tsv", f"metadata: {small_study.out_dir / 'missing.tsv'}"))
+    plan = write_plan(tmp_path, small_study.plan_path.read_text().replace("metadata: metadata.tsv", f"metadata: {small_study.out_dir / 'missing.tsv'}"))
     failed = _command("run", str(plan), "--out", str(out), "--workers", "1", "--allow-outside-paths")
     assert failed.returncode == 2
     code, status = _status(out)
