@@ -26,6 +26,7 @@ from scalable_assoc.results.consortium import meta_analyse, pool_cohorts
 from scalable_assoc.results.harmonise import canonical_name, harmonised_names
 from scalable_assoc.results.sumstats import DisclosureRules, open_cohort_file, read_run, sidecar_path, write_sumstats
 from scalable_assoc.simulate import simulate_study
+from scalable_assoc.testing import quiet, write_plan
 
 RELATIVE = 1e-8
 
@@ -53,10 +54,6 @@ SIZES = {"north": 700, "south": 500, "east": 400}
 DROPPED_FROM_EAST = 3
 
 
-def _quiet(_message: str) -> None:
-    pass
-
-
 def _stool_type(metadata: pd.DataFrame, drop_hard: bool) -> pd.Series:
     """A categorical covariate whose reference level ('hard') is absent from one cohort."""
     stool = pd.cut(metadata["bristol_stool"], [0, 2, 5, 7], labels=["hard", "normal", "loose"]).astype(object)
@@ -82,14 +79,14 @@ def cohort_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         metadata = pd.read_csv(folder / "metadata.tsv", sep="\t")
         metadata["stool"] = _stool_type(metadata, drop_hard=name == "south")
         metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
-        (folder / "plan.yaml").write_text(PLAN)
+        write_plan(folder, PLAN)
         folders[name] = folder
     return folders
 
 
 def _run_and_export(folder: Path, run_dir: Path, out: Path, client, features: Path | None = None) -> Path:
-    run_study(folder / "plan.yaml", run_dir, client=client, log=_quiet, features=features)
-    write_sumstats(read_run(run_dir), folder.name, out, DisclosureRules(), sufficient_statistics(run_dir, client=client, log=_quiet))
+    run_study(folder / "plan.yaml", run_dir, client=client, log=quiet, features=features)
+    write_sumstats(read_run(run_dir), folder.name, out, DisclosureRules(), sufficient_statistics(run_dir, client=client, log=quiet))
     return out
 
 
@@ -97,7 +94,7 @@ def _run_and_export(folder: Path, run_dir: Path, out: Path, client, features: Pa
 def unlisted(cohort_dirs: dict[str, Path], client) -> dict[str, Path]:
     """Each cohort run with its own prevalence filter (no shared list): different CLR feature sets."""
     north = cohort_dirs["north"]
-    run_study(north / "plan.yaml", north / "results_unlisted", client=client, log=_quiet)
+    run_study(north / "plan.yaml", north / "results_unlisted", client=client, log=quiet)
     # 'east' lacks a few species north keeps (their rows are not in its table at all)
     kept = pd.read_parquet(north / "results_unlisted" / "features.parquet")
     kept = kept.loc[kept["kept"], "feature"].tolist()
@@ -350,7 +347,7 @@ def _transformed_by_run(folder: Path, run_dir: Path, features: Path | None, clie
     from scalable_assoc.plan.schema import load_plan
 
     work = run_dir / WORK_DIR
-    study = prepare_study(load_plan(folder / "plan.yaml"), work / "stores", log=_quiet, features=features)
+    study = prepare_study(load_plan(folder / "plan.yaml"), work / "stores", log=quiet, features=features)
     positions = {layer.spec.name: hold_on_cluster(client, layer.sample_positions, "samples") for layer in study.layers}
     messages: list[str] = []
     filters = filter_layers(client, study, positions, work / "filters", messages.append)
@@ -442,9 +439,9 @@ def test_hksj_with_fewer_than_three_cohorts_warns(cohorts: dict[str, Path], tmp_
     assert any("--hksj" in m and "fewer than 3 cohorts" in m for m in messages)
     assert any("fewer than 3 cohorts" in w for w in summary.manifest["warnings"])
     # three cohorts: only the species 'east' lacks are combined from two
-    three = meta_analyse([open_cohort_file(p) for p in cohorts.values()], tmp_path / "three", hksj=True, log=_quiet)
+    three = meta_analyse([open_cohort_file(p) for p in cohorts.values()], tmp_path / "three", hksj=True, log=quiet)
     assert three.manifest["hksj_rows_below_3_cohorts"] == int((three.results["k"] == 2).sum()) > 0
-    plain = meta_analyse(two, tmp_path / "plain", log=_quiet)
+    plain = meta_analyse(two, tmp_path / "plain", log=quiet)
     assert "hksj_rows_below_3_cohorts" not in plain.manifest and not any("hksj" in w for w in plain.manifest["warnings"])
 
 
@@ -526,13 +523,13 @@ def test_feature_list_matching_and_digest(tmp_path: Path) -> None:
 def test_a_feature_list_changes_the_cached_filter_and_chunks(cohort_dirs: dict[str, Path], shared_list: Path, tmp_path: Path, client) -> None:
     south = cohort_dirs["south"]
     out = tmp_path / "south"
-    plain = run_study(south / "plan.yaml", out, client=client, log=_quiet)
-    listed = run_study(south / "plan.yaml", out, client=client, log=_quiet, features=shared_list)
+    plain = run_study(south / "plan.yaml", out, client=client, log=quiet)
+    listed = run_study(south / "plan.yaml", out, client=client, log=quiet, features=shared_list)
     assert listed.chunks_reused == 0
     assert len(list((out / ".scalable_assoc" / "filters").glob("filter-*.npz"))) == 2
     assert plain.manifest["layers"]["species"]["features_kept"] != listed.manifest["layers"]["species"]["features_kept"]
     assert listed.manifest["layers"]["species"]["features_kept"] == len(_listed_species(shared_list))
-    again = run_study(south / "plan.yaml", out, client=client, log=_quiet, features=shared_list)
+    again = run_study(south / "plan.yaml", out, client=client, log=quiet, features=shared_list)
     assert again.chunks_reused == again.chunks_total
 
 

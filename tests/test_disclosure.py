@@ -27,14 +27,11 @@ from scalable_assoc.engine.run import run_study
 from scalable_assoc.engine.sufficient import sufficient_statistics
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.results.sumstats import DisclosureRules, open_cohort_file, read_run, sidecar_path, sufficient_path, write_sumstats
+from scalable_assoc.testing import quiet, write_plan
 
 CARRIER_REASON = "fewer than 3 participants with or without the feature (overall or among cases or controls)"
 #: a shared secret as 'openssl rand -hex 32' writes it
 SECRET = "3f1c0a9be47d25e8a6b0c3d1f2e4a5b6c7d8e9f00112233445566778899aabbcc\n"
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +58,7 @@ def carriers_run(tmp_path_factory: pytest.TempPathFactory, client) -> Path:
     layer["common"] = common
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(folder / "layer.tsv", sep="\t", index=False)
-    (folder / "plan.yaml").write_text(
+    write_plan(folder,
         """
 data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
 preprocess: {transform: log, pseudocount: 0.5}
@@ -72,13 +69,13 @@ min_cases: 5
 min_carriers: 0
 """
     )
-    run_study(folder / "plan.yaml", folder / "out", client=client, log=_quiet)
+    run_study(folder / "plan.yaml", folder / "out", client=client, log=quiet)
     return folder / "out"
 
 
 @pytest.fixture(scope="module")
 def cross_products(carriers_run: Path, client):
-    return sufficient_statistics(carriers_run, client=client, log=_quiet)
+    return sufficient_statistics(carriers_run, client=client, log=quiet)
 
 
 def test_the_run_reports_every_carrier_count(carriers_run: Path) -> None:

@@ -19,6 +19,7 @@ from distributed import Client
 from scalable_assoc.cli import main
 from scalable_assoc.engine.run import WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy
+from scalable_assoc.testing import quiet, write_plan
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -38,7 +39,7 @@ def _rotate_sample_ids(store: Path) -> None:
 @pytest.mark.parametrize("damage", ["flipped byte", "rotated sample IDs"])
 def test_a_damaged_converted_store_is_rebuilt_from_its_table(small_study: SimulatedStudy, client: Client, tmp_path: Path, damage: str, assert_results_equal) -> None:
     out = tmp_path / "out"
-    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=lambda _: None)
+    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
     complete = tmp_path / "complete.parquet"
     complete.write_bytes((out / "results.parquet").read_bytes())
     store = next((out / WORK_DIR / "stores").glob("gbm-*.zarr"))
@@ -58,7 +59,7 @@ def test_a_damaged_store_given_directly_exits_2_naming_it(small_study: Simulated
     for name in ("metadata.tsv", "species.tsv", "pathways.tsv"):
         (folder / name).symlink_to(small_study.out_dir / name)
     assert main(["ingest", str(small_study.out_dir / "gbm.tsv"), "--out", str(folder / "gbm.zarr"), "--chunk-features", "16"]) == 0
-    (folder / "plan.yaml").write_text(small_study.plan_path.read_text().replace("gbm: gbm.tsv", "gbm: gbm.zarr"))
+    write_plan(folder, small_study.plan_path.read_text().replace("gbm: gbm.tsv", "gbm: gbm.zarr"))
     chunk = sorted(p for p in (folder / "gbm.zarr" / "abundance").rglob("*") if p.is_file() and p.name != "zarr.json")[1]
     _flip_a_byte(chunk)
     capsys.readouterr()

@@ -14,6 +14,7 @@ from scalable_assoc.cli import main
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.io.store import open_store
 from scalable_assoc.simulate import SimulatedStudy
+from scalable_assoc.testing import write_plan
 
 SPECIES_ONLY = """
 name: inputs
@@ -34,8 +35,7 @@ min_cases: 5
 def _run(tmp_path, client, name: str, layer: str, study: SimulatedStudy, **options) -> pd.DataFrame:
     folder = tmp_path / name
     folder.mkdir()
-    plan = folder / "plan.yaml"
-    plan.write_text(SPECIES_ONLY.format(metadata=study.out_dir / "metadata.tsv", layer=layer))
+    plan = write_plan(folder, SPECIES_ONLY.format(metadata=study.out_dir / "metadata.tsv", layer=layer))
     return run_study(plan, folder / "out", client=client, allow_outside_paths=True, **options).results
 
 

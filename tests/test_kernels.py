@@ -13,14 +13,10 @@ import statsmodels.api as sm
 from scalable_assoc.models import FitStatus, factorise_covariates, fit_exposure_slopes
 from scalable_assoc.models.design import project_out
 from scalable_assoc.stats.transforms import apply_transform, feature_summary, prevalence, sample_summaries
+from scalable_assoc.testing import random_covariates
 
 RTOL = 1e-8
 NAMES = ("(intercept)", "age", "sex[male]", "read_depth")
-
-
-def _covariates(rng: np.random.Generator, n: int) -> np.ndarray:
-    # read_depth in raw counts (~1e7): badly scaled on purpose.
-    return np.column_stack([np.ones(n), rng.normal(50, 12, n), rng.integers(0, 2, n), rng.normal(1e7, 2e6, n)])
 
 
 def _statsmodels_loop(covariates: np.ndarray, exposure: np.ndarray, block: np.ndarray) -> dict[str, np.ndarray]:
@@ -37,7 +33,7 @@ def _statsmodels_loop(covariates: np.ndarray, exposure: np.ndarray, block: np.nd
 def test_batched_equals_statsmodels_loop(missing_fraction: float) -> None:
     rng = np.random.default_rng(3)
     n, m = 500, 40
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposure = (rng.random(n) < 0.15).astype(float)
     block = rng.normal(size=(n, m)) + 0.4 * exposure[:, None] + 1e-7 * covariates[:, 3:4]
     block[rng.random((n, m)) < missing_fraction] = np.nan
@@ -55,7 +51,7 @@ def test_batched_equals_statsmodels_loop(missing_fraction: float) -> None:
 def test_several_exposures_equal_one_at_a_time_and_chunks() -> None:
     rng = np.random.default_rng(4)
     n, m = 300, 30
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposures = np.stack([(rng.random(n) < 0.3).astype(float), rng.normal(size=n)])
     block = rng.normal(size=(n, m))
     block[rng.random((n, m)) < 0.05] = np.nan
@@ -74,7 +70,7 @@ def test_near_perfect_fit_keeps_precision() -> None:
     # R^2 ~ 1: the |y|^2 - beta^2 |x|^2 identity would lose most digits of the RSS.
     rng = np.random.default_rng(5)
     n = 400
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposure = rng.normal(size=n)
     block = (1e4 * exposure + covariates[:, 1] * 50)[:, None] + rng.normal(scale=1e-3, size=(n, 3))
     design = factorise_covariates(covariates, NAMES)
@@ -87,7 +83,7 @@ def test_near_perfect_fit_keeps_precision() -> None:
 def test_statuses_instead_of_estimates() -> None:
     rng = np.random.default_rng(6)
     n = 60
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposure = (rng.random(n) < 0.5).astype(float)
     block = rng.normal(size=(n, 4))
     block[:, 0] = 3.0  # constant feature
@@ -105,7 +101,7 @@ def test_statuses_instead_of_estimates() -> None:
 def test_rank_deficient_design_names_the_collinear_covariates() -> None:
     rng = np.random.default_rng(7)
     n = 100
-    base = _covariates(rng, n)
+    base = random_covariates(rng, n, NAMES)
     duplicated = np.column_stack([base, 2 * base[:, 1] + 3 * base[:, 2]])
     design = factorise_covariates(duplicated, NAMES + ("age_sex_mix",))
     assert design.problem is not None
@@ -119,14 +115,14 @@ def test_rank_deficient_design_names_the_collinear_covariates() -> None:
 def test_exposure_collinear_with_covariates() -> None:
     rng = np.random.default_rng(8)
     n = 80
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     fits = fit_exposure_slopes(factorise_covariates(covariates, NAMES), covariates[:, 2][None], np.array([True]), rng.normal(size=(n, 2)))
     assert (fits.status == FitStatus.EXPOSURE_COLLINEAR).all()
 
 
 def test_projection_is_orthogonal() -> None:
     rng = np.random.default_rng(9)
-    covariates = _covariates(rng, 200)
+    covariates = random_covariates(rng, 200, NAMES)
     design = factorise_covariates(covariates, NAMES)
     residual = project_out(design.q, rng.normal(size=(200, 5)) + covariates[:, 3:4])
     assert np.abs(design.covariates.T @ residual).max() < 1e-8
@@ -155,7 +151,7 @@ def test_design_on_a_subset_of_block_rows() -> None:
     block = rng.normal(size=(n_total, m)) * 3 + 7
     block[rng.random((n_total, m)) < 0.05] = np.nan
     rows = np.sort(rng.choice(n_total, size=260, replace=False))
-    covariates = _covariates(rng, rows.size)
+    covariates = random_covariates(rng, rows.size, NAMES)
     exposure = (rng.random(rows.size) < 0.2).astype(float)
     design = factorise_covariates(covariates, NAMES)
     fits = fit_exposure_slopes(design, exposure[None], np.array([True]), block, rows)
@@ -173,7 +169,7 @@ def test_cluster_robust_equals_statsmodels(missing_fraction: float, reference: s
     rng = np.random.default_rng(12)
     n_total, m = 420, 12
     rows = np.sort(rng.choice(n_total, size=380, replace=False))
-    covariates = _covariates(rng, rows.size)
+    covariates = random_covariates(rng, rows.size, NAMES)
     exposure = (rng.random(rows.size) < 0.3).astype(float)
     families = rng.integers(0, 150, size=rows.size)
     family_effect = rng.normal(size=(150, m))
@@ -199,7 +195,7 @@ def test_designs_sharing_covariates_with_many_missing_cells() -> None:
     # subsets with the same covariate columns share their Gram matrices (row atoms).
     rng = np.random.default_rng(13)
     n_total, m = 500, 20
-    covariates_all = _covariates(rng, n_total)
+    covariates_all = random_covariates(rng, n_total, NAMES)
     block = rng.normal(size=(n_total, m)) + 2.0
     block[rng.random((n_total, m)) < 0.5] = np.nan
     controls = rng.random(n_total) < 0.6

@@ -18,14 +18,10 @@ import statsmodels.api as sm
 
 from scalable_assoc.models import FitStatus, factorise_covariates
 from scalable_assoc.models.logistic import PresenceBlock, fit_logistic_designs, fit_logistic_slopes
+from scalable_assoc.testing import random_covariates
 
 RTOL = 1e-6
 NAMES = ("(intercept)", "age", "sex[male]", "read_depth", "bmi")
-
-
-def _covariates(rng: np.random.Generator, n: int) -> np.ndarray:
-    # read_depth in raw counts (~1e7): badly scaled on purpose.
-    return np.column_stack([np.ones(n), rng.normal(50, 12, n), rng.integers(0, 2, n), rng.normal(1e7, 2e6, n), rng.normal(26, 4, n)])
 
 
 def _presence(rng: np.random.Generator, covariates: np.ndarray, exposures: np.ndarray, m: int) -> np.ndarray:
@@ -60,7 +56,7 @@ def _assert_equals_statsmodels(fits, e: int, covariates: np.ndarray, exposure: n
 def test_every_estimate_equals_statsmodels(missing_fraction: float) -> None:
     rng = np.random.default_rng(21)
     n, m = 1000, 24
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposures = np.stack([(rng.random(n) < 0.3).astype(float), rng.normal(size=n)])
     presence = _presence(rng, covariates, exposures, m)
     presence[rng.random((n, m)) < missing_fraction] = np.nan
@@ -78,7 +74,7 @@ def test_design_on_a_subset_of_block_rows() -> None:
     rng = np.random.default_rng(22)
     n_total, m = 1300, 16
     rows = np.sort(rng.choice(n_total, size=900, replace=False))
-    covariates = _covariates(rng, rows.size)
+    covariates = random_covariates(rng, rows.size, NAMES)
     exposure = (rng.random(rows.size) < 0.25).astype(float)
     block = np.full((n_total, m), np.nan)
     block[rows] = _presence(rng, covariates, exposure[None], m)
@@ -119,7 +115,7 @@ def _standardised(covariates: np.ndarray) -> np.ndarray:
 def test_quasi_complete_separation_gets_firth_estimate() -> None:
     rng = np.random.default_rng(23)
     n = 600
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposure = (rng.random(n) < 0.08).astype(float)
     presence = (rng.random((n, 3)) < 0.4).astype(float)
     presence[exposure == 1, 0] = 1.0  # every case has the feature
@@ -168,7 +164,7 @@ def test_complete_separation_found_by_divergence() -> None:
     # A continuous exposure separating perfectly: no level shows it, Newton's iterations do.
     rng = np.random.default_rng(25)
     n = 500
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposure = rng.normal(size=n)
     presence = np.column_stack([(exposure > 0.3).astype(float), (rng.random(n) < 0.5).astype(float)])
     design = factorise_covariates(covariates, NAMES)
@@ -190,7 +186,7 @@ def test_wild_steps_are_halved_whether_checked_in_the_pass_or_apart(monkeypatch:
 
     rng = np.random.default_rng(31)
     n, m = 600, 12
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposure = (rng.random(n) < 0.4).astype(float)
     presence = _presence(rng, covariates, exposure[None], m)
     design = factorise_covariates(covariates, NAMES)
@@ -221,7 +217,7 @@ def test_wild_steps_are_halved_whether_checked_in_the_pass_or_apart(monkeypatch:
 def test_statuses_instead_of_estimates() -> None:
     rng = np.random.default_rng(26)
     n = 300
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposure = (rng.random(n) < 0.3).astype(float)
     presence = (rng.random((n, 6)) < 0.5).astype(float)
     presence[:, 0] = 0.0
@@ -256,7 +252,7 @@ def test_statuses_instead_of_estimates() -> None:
 def test_chunks_and_exposures_do_not_change_the_fits() -> None:
     rng = np.random.default_rng(27)
     n, m = 700, 40
-    covariates = _covariates(rng, n)
+    covariates = random_covariates(rng, n, NAMES)
     exposures = np.stack([(rng.random(n) < 0.1).astype(float), rng.normal(size=n), (rng.random(n) < 0.5).astype(float)])
     binary = np.array([True, False, True])
     presence = _presence(rng, covariates, exposures, m)
@@ -289,7 +285,7 @@ def test_designs_fitted_together_equal_each_fitted_alone() -> None:
     # subset (in its own order) and must return each design's fits in the given order.
     rng = np.random.default_rng(29)
     n_total, m = 900, 30
-    covariates = _covariates(rng, n_total)
+    covariates = random_covariates(rng, n_total, NAMES)
     exposure = (rng.random(n_total) < 0.3).astype(float)
     presence = _presence(rng, covariates, exposure[None], m)
     presence[exposure == 1, 4] = 1.0  # quasi-complete separation in every design: Firth fits,

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from scalable_assoc.cli import main
 from scalable_assoc.errors import PlanError
@@ -26,6 +25,7 @@ from scalable_assoc.io.metadata import _evaluate_query, exposure_values
 from scalable_assoc.plan.expressions import parse_query
 from scalable_assoc.plan.schema import ExposureSpec, load_plan
 from scalable_assoc.simulate import simulate_study
+from scalable_assoc.testing import write_study_plan
 
 ERROR_PREFIX = "scalable-assoc run: error: "
 
@@ -60,11 +60,8 @@ def hostile_queries(marker: Path, secret: Path) -> dict[str, str]:
 
 def write_exposure(folder: Path, cases: str, name: str = "plan.yaml") -> Path:
     """The study's plan with exposure MDD's cases query replaced (YAML-quoted whatever quotes it holds)."""
-    plan = yaml.safe_load((folder / "plan.yaml").read_text())
-    plan["exposures"] = {"MDD": {"cases": cases, "controls": "no_disorder == 1"}}
-    path = folder / name
-    path.write_text(yaml.safe_dump(plan, sort_keys=False))
-    return path
+    return write_study_plan(folder, folder / "plan.yaml", filename=name, absolute_paths=False,
+                            exposures={"MDD": {"cases": cases, "controls": "no_disorder == 1"}})
 
 
 def one_paragraph(stderr: str) -> str:
@@ -114,9 +111,7 @@ def test_each_hostile_query_names_the_key_and_position(study: Path, tmp_path: Pa
 
 
 def test_controls_queries_are_checked_too(study: Path, tmp_path: Path) -> None:
-    plan = yaml.safe_load((study / "plan.yaml").read_text())
-    plan["exposures"]["ssri"]["controls"] = "ssri.sum() == 0"
-    (study / "plan.yaml").write_text(yaml.safe_dump(plan))
+    write_study_plan(study, study / "plan.yaml", absolute_paths=False, changes={"exposures.ssri.controls": "ssri.sum() == 0"})
     with pytest.raises(PlanError, match=r"key 'exposures\.ssri\.controls'.*attribute access"):
         load_plan(study / "plan.yaml")
 
@@ -244,15 +239,8 @@ SMALL_ANALYSIS = [{"exposures": ["MDD"], "adjustments": ["base"], "layers": ["pa
 
 
 def edit_plan(folder: Path, change: dict) -> Path:
-    plan = yaml.safe_load((folder / "plan.yaml").read_text())
-    for key, value in change.items():
-        target = plan
-        *parents, last = key.split(".")
-        for part in parents:
-            target = target[part]
-        target[last] = value
-    (folder / "plan.yaml").write_text(yaml.safe_dump(plan, sort_keys=False))
-    return folder / "plan.yaml"
+    """The folder's plan with dotted keys (``data.metadata``) set, written over it."""
+    return write_study_plan(folder, folder / "plan.yaml", absolute_paths=False, changes=change)
 
 
 def run_fails(plan: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:

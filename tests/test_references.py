@@ -34,6 +34,7 @@ from scalable_assoc.io.metadata import complete_rows, covariate_columns, referen
 from scalable_assoc.models import factorise_covariates, fit_exposure_slopes
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.stats.multitest import benjamini_hochberg, benjamini_hochberg_grouped
+from scalable_assoc.testing import write_plan
 
 REFERENCE = Path(__file__).parent / "reference"
 
@@ -107,8 +108,7 @@ def test_covariate_columns_name_the_levels_other_than_the_reference() -> None:
 
 
 def test_reference_level_equals_r_relevel(client, tmp_path: Path) -> None:
-    plan_path = tmp_path / "plan.yaml"
-    plan_path.write_text(RELEVEL_PLAN.format(folder=RELEVEL))
+    plan_path = write_plan(tmp_path, RELEVEL_PLAN.format(folder=RELEVEL))
     reference = pd.read_csv(RELEVEL / "reference.tsv", sep="\t")
     # R names a dummy <column><level>; ours is column[level].
     terms = {"(Intercept)": "(intercept)", "age": "age", "sexfemale": "sex[female]", "sitea": "site[a]", "sitec": "site[c]", "case": "case"}
@@ -209,7 +209,7 @@ def _cluster_run(folder: Path, client, options: str, spaced: bool = False) -> tu
         metadata.loc[metadata.index[1::7], "project"] = " " + metadata["project"].iloc[1::7]
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     data[["sample_id", *CLUSTER_FEATURES]].to_csv(folder / "features.tsv", sep="\t", index=False)
-    (folder / "plan.yaml").write_text(CLUSTER_PLAN.format(options=options))
+    write_plan(folder, CLUSTER_PLAN.format(options=options))
     log: list[str] = []
     summary = run_study(folder / "plan.yaml", folder / "out", client=client, log=log.append)
     manifest = json.loads((folder / "out" / "manifest.json").read_text())

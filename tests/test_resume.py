@@ -20,10 +20,7 @@ from distributed import Client, LocalCluster
 
 from scalable_assoc.engine.run import OUTPUT_FILES, WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy, simulate_study
-
-
-def _quiet(message: str) -> None:
-    pass
+from scalable_assoc.testing import quiet
 
 
 def _chunk_files(out: Path) -> list[Path]:
@@ -94,7 +91,7 @@ def test_killed_cli_run_resumes(small_study: SimulatedStudy, dask_cluster: Local
     print(f"killed after {written_before_resume} chunk file(s); resumed with {manifest['chunks_reused']}/{manifest['chunks_total']} chunks reused")
 
     uninterrupted = tmp_path / "uninterrupted"
-    summary = run_study(study.plan_path, uninterrupted, client=client, chunk_features=chunk_features, log=_quiet)
+    summary = run_study(study.plan_path, uninterrupted, client=client, chunk_features=chunk_features, log=quiet)
     assert summary.chunks_reused == 0 and summary.chunks_total == manifest["chunks_total"]
     # Same plan, same chunks: the resumed results are the uninterrupted ones, bit for bit.
     assert_results_equal(uninterrupted, out, relative=0.0)
@@ -102,7 +99,7 @@ def test_killed_cli_run_resumes(small_study: SimulatedStudy, dask_cluster: Local
 
 def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
     out = tmp_path / "run"
-    first = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=quiet)
     assert first.chunks_reused == 0
     complete = tmp_path / "complete.parquet"
     complete.write_bytes((out / "results.parquet").read_bytes())
@@ -126,7 +123,7 @@ def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Clie
     assert_results_equal(complete, out, relative=0.0)
 
     # A third run with every chunk present computes nothing and changes nothing.
-    third = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
+    third = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=quiet)
     assert third.chunks_reused == third.chunks_total
     assert_results_equal(complete, out, relative=0.0)
 
@@ -134,7 +131,7 @@ def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Clie
 def test_a_new_alpha_or_name_reuses_every_chunk(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
     """Chunk ids hash only what changes a chunk's rows: a rerun with a new FDR threshold or study name costs no fit."""
     out = tmp_path / "out"
-    first = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=_quiet)
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
     assert first.chunks_reused == 0
     text = small_study.plan_path.read_text()
     changed = tmp_path / "study" / "plan.yaml"
@@ -143,14 +140,14 @@ def test_a_new_alpha_or_name_reuses_every_chunk(small_study: SimulatedStudy, cli
         (changed.parent / name).symlink_to(small_study.out_dir / name)
     assert "alpha: 0.05}" in text
     changed.write_text(text.replace("name: lifelines-internalizing", "name: renamed-study").replace("alpha: 0.05}", "alpha: 0.2}"))
-    second = run_study(changed, out, client=client, chunk_features=16, log=_quiet, allow_outside_paths=True)  # links out of its folder
+    second = run_study(changed, out, client=client, chunk_features=16, log=quiet, allow_outside_paths=True)  # links out of its folder
     assert second.chunks_total == first.chunks_total and second.chunks_reused == second.chunks_total
     assert second.manifest["plan_name"] == "renamed-study"
     # The same rows, with q thresholded at the new alpha by whoever reads them.
     assert first.results[["feature", "beta", "p", "q"]].equals(second.results[["feature", "beta", "p", "q"]])
     # A changed model option does change them.
     changed.write_text(text + "min_carriers: 5\n")
-    third = run_study(changed, out, client=client, chunk_features=16, log=_quiet, allow_outside_paths=True)
+    third = run_study(changed, out, client=client, chunk_features=16, log=quiet, allow_outside_paths=True)
     assert third.chunks_reused == 0
 
 
@@ -159,7 +156,7 @@ def test_truncated_or_edited_chunks_are_recomputed(small_study: SimulatedStudy, 
     import pyarrow.parquet as pq
 
     out = tmp_path / "run"
-    first = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=_quiet)
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=quiet)
     complete = tmp_path / "complete.parquet"
     complete.write_bytes((out / "results.parquet").read_bytes())
     chunks = [path for path in _chunk_files(out) if pq.read_metadata(path).num_rows > 0]
@@ -181,7 +178,7 @@ def test_truncated_or_edited_chunks_are_recomputed(small_study: SimulatedStudy, 
 def test_an_unchanged_finished_run_is_up_to_date(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
     """A scheduled rerun with nothing changed returns at once; an edited input (by content) or --force runs again."""
     out = tmp_path / "out"
-    first = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=_quiet)
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
     written = (out / "results.parquet").stat().st_mtime_ns
     messages: list[str] = []
     again = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=messages.append)

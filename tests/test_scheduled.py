@@ -17,6 +17,7 @@ from distributed import Client
 
 from scalable_assoc.engine.run import WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy
+from scalable_assoc.testing import quiet, write_plan
 
 
 def _command(*args: str) -> subprocess.CompletedProcess[str]:
@@ -41,7 +42,7 @@ def test_a_second_run_on_a_folder_in_use_exits_75_and_changes_nothing(small_stud
         after = {str(p.relative_to(out)) for p in out.rglob("*") if not p.name.endswith(".tmp")}  # the first run's files in flight
         seen.append((second, before, after, _status(out), lock == (out / WORK_DIR / "lock.json").read_text()))
 
-    summary = run_study(small_study.plan_path, out, client=client, chunk_features=16, on_chunk_done=while_fitting, log=lambda _: None)
+    summary = run_study(small_study.plan_path, out, client=client, chunk_features=16, on_chunk_done=while_fitting, log=quiet)
     second, before, after, (status_code, status), same_lock = seen[0]
     assert second.returncode == 75, second.stderr
     assert "Traceback" not in second.stderr and "in use by another run" in second.stderr
@@ -99,8 +100,7 @@ def test_a_live_process_on_this_host_keeps_its_lock(small_study: SimulatedStudy,
 
 def test_a_failed_run_says_so_with_its_error(small_study: SimulatedStudy, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(small_study.plan_path.read_text().replace("metadata: metadata.tsv", f"metadata: {small_study.out_dir / 'missing.tsv'}"))
+    plan = write_plan(tmp_path, small_study.plan_path.read_text().replace("metadata: metadata.tsv", f"metadata: {small_study.out_dir / 'missing.tsv'}"))
     failed = _command("run", str(plan), "--out", str(out), "--workers", "1", "--allow-outside-paths")
     assert failed.returncode == 2
     code, status = _status(out)
@@ -117,9 +117,9 @@ def test_an_export_of_cross_products_holds_the_run_folder(small_study: Simulated
     from scalable_assoc.io.runstate import folder_lock
 
     out = tmp_path / "out"
-    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=lambda _: None)
+    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
     export = ["sumstats", str(out), "--cohort", "one", "--out", str(tmp_path / "one.parquet"), "--sufficient", "--workers", "1"]
-    with folder_lock(out / WORK_DIR, "run (a test holding the folder)", lambda _: None):
+    with folder_lock(out / WORK_DIR, "run (a test holding the folder)", quiet):
         refused = _command(*export)
     assert refused.returncode == 75 and "in use by another run" in refused.stderr and f"process {os.getpid()}" in refused.stderr, refused.stderr
     assert not (tmp_path / "one.parquet").exists()

@@ -28,6 +28,7 @@ from scalable_assoc.errors import DataError
 from scalable_assoc.io.metadata import covariate_columns
 from scalable_assoc.models import factorise_covariates, fit_exposure_slopes
 from scalable_assoc.models.fits import FitStatus, SlopeFits, withhold_rare_carriers
+from scalable_assoc.testing import write_plan
 
 REFERENCE = Path(__file__).parent / "reference" / "aliasing"
 FEATURES = ["only_A", "no_C", "few_missing", "unexposed_only", "complete"]
@@ -70,8 +71,7 @@ def _write_aliasing_study(folder: Path, data: pd.DataFrame, models: str, extra: 
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     # Missing in R = absent here (value 0): lm_nonzero leaves absent participants out as R's NA rows.
     data[["sample_id", *FEATURES]].fillna(0.0).to_csv(folder / "layer.tsv", sep="\t", index=False)
-    plan = folder / "plan.yaml"
-    plan.write_text(
+    plan = write_plan(folder,
         f"""
 name: aliasing
 data: {{metadata: metadata.tsv, layers: {{values: {{path: layer.tsv, format: wide}}}}}}
@@ -130,7 +130,7 @@ def test_carrier_rule_withholds_rows_resting_on_few_carriers(client, tmp_path: P
     layer["common"] = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
     metadata.to_csv(tmp_path / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(tmp_path / "layer.tsv", sep="\t", index=False)
-    (tmp_path / "plan.yaml").write_text(
+    write_plan(tmp_path,
         """
 data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
 preprocess: {transform: log, pseudocount: 0.5}
@@ -180,15 +180,15 @@ adjustments: {{base: [age]}}
 min_cases: 5
 {extra}
 """
-    (tmp_path / "plan.yaml").write_text(text.format(within="", extra=""))
+    write_plan(tmp_path, text.format(within="", extra=""))
     rows = run_study(tmp_path / "plan.yaml", tmp_path / "out", client=client).results.set_index("feature")
     # Absent from every woman, the feature's CLR values still vary (the sample means do): it used to
     # be reported with an estimate and counted in the family.
     assert rows.loc["in_men_only", "n_present"] == 0 and "min_carriers" in rows.loc["in_men_only", "status"]
-    (tmp_path / "plan.yaml").write_text(text.format(within=", prevalence_within: model", extra="min_carriers: 0"))
+    write_plan(tmp_path, text.format(within=", prevalence_within: model", extra="min_carriers: 0"))
     rows = run_study(tmp_path / "plan.yaml", tmp_path / "out2", client=client).results.set_index("feature")
     assert "prevalence_within" in rows.loc["in_men_only", "status"] and (rows.drop(index="in_men_only")["status"] == "ok").all()
-    (tmp_path / "plan.yaml").write_text(text.format(within="", extra="min_carriers: 0"))
+    write_plan(tmp_path, text.format(within="", extra="min_carriers: 0"))
     rows = run_study(tmp_path / "plan.yaml", tmp_path / "out3", client=client).results.set_index("feature")
     assert rows.loc["in_men_only", "status"] == "ok"  # the rule off: the old, misleading estimate
 
@@ -248,7 +248,7 @@ def test_one_carrying_case_is_withheld_in_a_run_with_carrier_cells(client, tmp_p
     layer["common"] = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
     metadata.to_csv(tmp_path / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(tmp_path / "layer.tsv", sep="\t", index=False)
-    (tmp_path / "plan.yaml").write_text(
+    write_plan(tmp_path,
         """
 data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
 preprocess: {transform: log, pseudocount: 0.5}
@@ -291,8 +291,7 @@ def _constant_covariate_study(folder: Path, on_constant: str = "") -> Path:
     layer = pd.DataFrame({"sample_id": metadata["sample_id"], **{f"f{j}": rng.uniform(1, 5, n) for j in range(4)}})
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(folder / "layer.tsv", sep="\t", index=False)
-    plan = folder / "plan.yaml"
-    plan.write_text(
+    plan = write_plan(folder,
         f"""
 data: {{metadata: metadata.tsv, layers: {{values: {{path: layer.tsv, format: wide}}}}}}
 preprocess: {{transform: log, pseudocount: 0.5}}

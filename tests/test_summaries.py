@@ -23,6 +23,7 @@ from scalable_assoc.report.console import run_report
 from scalable_assoc.results.gather import sorted_by_family_q
 from scalable_assoc.results.summary import adjustment_summary, survival_readout
 from scalable_assoc.simulate import SimulatedStudy
+from scalable_assoc.testing import write_plan
 
 ALPHA = 0.05
 #: The plan's sets in order; any_ptd never runs under the first ('base') nor 'ptd'.
@@ -172,8 +173,7 @@ min_cases: 5
 @pytest.fixture(scope="module")
 def blocks_run(small_study: SimulatedStudy, dask_cluster, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("blocks")
-    plan = folder / "plan.yaml"
-    plan.write_text(BLOCKS_PLAN.format(folder=small_study.out_dir))
+    plan = write_plan(folder, BLOCKS_PLAN.format(folder=small_study.out_dir))
     out = folder / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

@@ -23,6 +23,8 @@ FORBIDDEN = {
     "io": {"dask", "distributed"},
     "results": {"dask", "distributed"},
     "report": {"dask", "distributed"},
+    # The simulator writes plain tables with numpy/pandas; it never needs the engine's stores.
+    "simulate": {"dask", "distributed", "zarr", "pyarrow"},
 }
 
 

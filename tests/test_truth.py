@@ -1,7 +1,7 @@
 """The engine recovers the effects planted by the simulator, at a controlled false discovery rate.
 
 ``truth.tsv`` holds, per layer x feature x exposure, the planted effect (0 for a
-null). As ``scalable_assoc/simulate.py`` documents, the truth of a disorder
+null). As the ``scalable_assoc.simulate`` package docstring documents, the truth of a disorder
 exposure is its *direct* effect, the one a model adjusted for BMI, stool
 consistency and the drugs estimates, so disorders are scored under ``gi``, the
 most adjusted set. The truth of a drug exposure is the whole drug contrast
@@ -25,6 +25,7 @@ from distributed import Client
 
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.simulate import HEADLINE_SIGNS, simulate_study
+from scalable_assoc.testing import quiet
 
 ALPHA = 0.05
 DRUG_EXPOSURES = ("ssri", "any_ptd")
@@ -37,7 +38,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory, client: Client) -> pd.DataF
     started = time.perf_counter()
     folder = tmp_path_factory.mktemp("truth")
     study = simulate_study(folder / "study", participants=3000, n_species=120, n_pathways=120, seed=1)
-    summary = run_study(study.plan_path, folder / "results", client=client, log=lambda message: None)
+    summary = run_study(study.plan_path, folder / "results", client=client, log=quiet)
     elapsed = time.perf_counter() - started
     print(f"\nsimulated and analysed {study.n_participants} participants ({study.n_planted} planted effects) in {elapsed:.1f}s")
     assert elapsed < 60, "the truth study should take well under a minute"
@@ -132,7 +133,7 @@ def test_prevalence_and_abundance_models_separate_the_planted_kinds(tmp_path_fac
     plan = study.plan_path.parent / "models.yaml"
     text = plan_yaml(models=["lm_nonzero", "prevalence"]).replace("    pathways: pathways.tsv\n    gbm: gbm.tsv\n", "")
     plan.write_text(text + "analyses: [{exposures: [AnyDep, AnyAnx], adjustments: [base]}]\n")
-    results = run_study(plan, folder / "results", client=client, log=lambda message: None).results
+    results = run_study(plan, folder / "results", client=client, log=quiet).results
     truth = pd.read_csv(study.out_dir / "truth.tsv", sep="\t")
     truth = truth[(truth["layer"] == "species") & truth["exposure"].isin(["AnyDep", "AnyAnx"])]
     presence_only = truth[(truth["presence_effect"].abs() >= 0.9) & (truth["abundance_effect"] == 0)]
