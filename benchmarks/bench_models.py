@@ -89,7 +89,7 @@ def main() -> None:
     simulated = simulate_study(folder / "study", participants=args.participants, n_species=args.species, n_pathways=10)
     plan_path = folder / "study" / "models.yaml"
     plan_path.write_text(plan_yaml(models=["lm"], cluster="family_id").replace("    pathways: pathways.tsv\n    gbm: gbm.tsv\n", ""))
-    study = prepare_study(load_plan(plan_path), folder / "stores", log=lambda _: None)
+    study = prepare_study(load_plan(plan_path), folder / "stores")
     layer = study.layers[0]
     views = layer_views(layer)
     designs = {key: factorise_covariates(d.matrix, d.names) for key, d in layer.designs.items()}

@@ -137,7 +137,7 @@ def main() -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     cli_warm_seconds = time.perf_counter() - started
 
-    study = prepare_study(load_plan(simulated.plan_path), folder / "out" / ".scalable_assoc" / "stores", log=lambda _: None)
+    study = prepare_study(load_plan(simulated.plan_path), folder / "out" / ".scalable_assoc" / "stores")
     layers = transformed_layers(study)
     chunk = max(layer.store.chunk_features for layer in study.layers)
     # Best of three, as timeit does: the first pass also pays for page faults and BLAS warm-up.

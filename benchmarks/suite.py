@@ -180,7 +180,7 @@ def _reference_data(folder: Path):
     from scalable_assoc.engine.prepare import prepare_study
     from scalable_assoc.plan.schema import load_plan
 
-    study = prepare_study(load_plan(folder / "study" / "plan.yaml"), folder / "out" / ".scalable_assoc" / "stores", log=lambda _: None)
+    study = prepare_study(load_plan(folder / "study" / "plan.yaml"), folder / "out" / ".scalable_assoc" / "stores")
     return study, transformed_layers(study)
 
 

@@ -29,10 +29,6 @@ from scalable_assoc.simulate import SimulatedStudy, simulate_study
 pytestmark = pytest.mark.cluster
 
 
-def _quiet(message: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
     """Large enough that a run on one worker is still fitting a few seconds after its first chunk."""
@@ -42,7 +38,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
 @pytest.fixture(scope="module")
 def reference(study: SimulatedStudy, client: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fault_reference") / "results"
-    run_study(study.plan_path, out, client=client, chunk_features=4, log=_quiet)
+    run_study(study.plan_path, out, client=client, chunk_features=4)
     return out
 
 
@@ -141,7 +137,7 @@ def test_a_killed_scheduler_ends_the_run_with_a_message_and_a_rerun_on_a_new_one
 
 def test_a_task_that_kills_every_worker_running_it_is_named(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
     uninterrupted = tmp_path / "uninterrupted"
-    run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4, log=_quiet)
+    run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4)
     marked = tmp_path / "deadly_task.txt"
 
     class DiesOnOneFitTask(WorkerPlugin):
@@ -167,14 +163,14 @@ def test_a_task_that_kills_every_worker_running_it_is_named(small_study: Simulat
     ):
         own.register_plugin(DiesOnOneFitTask(str(marked)), name="dies-on-one-fit-task")
         with pytest.raises(ClusterFailure) as failure:
-            run_study(small_study.plan_path, out, client=own, chunk_features=4, log=_quiet)
+            run_study(small_study.plan_path, out, client=own, chunk_features=4)
     # fit-<chunk id>-<run token>: the message names that chunk, its layer and features.
     chunk_id = marked.read_text().split("-")[1]
     message = str(failure.value)
     assert f"chunk {chunk_id} (layer '" in message and "features " in message and "ended every worker that ran it" in message, message
     assert "rerun resumes" in message
 
-    summary = run_study(small_study.plan_path, out, client=client, chunk_features=4, log=_quiet)
+    summary = run_study(small_study.plan_path, out, client=client, chunk_features=4)
     assert 0 < summary.chunks_reused < summary.chunks_total
     assert_results_equal(uninterrupted, out)
 

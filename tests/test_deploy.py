@@ -111,7 +111,7 @@ def test_a_rerun_is_up_to_date_and_exits_0(study: SimulatedStudy, finished: tupl
 def test_a_folder_held_by_another_run_exits_75_and_changes_nothing(study: SimulatedStudy, finished: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, first = finished
     assert first.returncode == 0
-    with folder_lock(out / WORK_DIR, "a run of the test", lambda _: None):
+    with folder_lock(out / WORK_DIR, "a run of the test"):
         before = _files(out)
         refused = _wrapper(study.plan_path, out, "--workers", "1")
         assert _files(out) == before

@@ -33,10 +33,6 @@ CARRIER_REASON = "fewer than 3 participants with or without the feature (overall
 SECRET = "3f1c0a9be47d25e8a6b0c3d1f2e4a5b6c7d8e9f00112233445566778899aabbcc\n"
 
 
-def _quiet(_message: str) -> None:
-    pass
-
-
 @pytest.fixture(scope="module")
 def carriers_run(tmp_path_factory: pytest.TempPathFactory, client) -> Path:
     """60 participants (20 cases); features carried by 1, 2 and 3 controls, by 11 controls and one case, and a common one."""
@@ -72,13 +68,13 @@ min_cases: 5
 min_carriers: 0
 """
     )
-    run_study(folder / "plan.yaml", folder / "out", client=client, log=_quiet)
+    run_study(folder / "plan.yaml", folder / "out", client=client)
     return folder / "out"
 
 
 @pytest.fixture(scope="module")
 def cross_products(carriers_run: Path, client):
-    return sufficient_statistics(carriers_run, client=client, log=_quiet)
+    return sufficient_statistics(carriers_run, client=client)
 
 
 def test_the_run_reports_every_carrier_count(carriers_run: Path) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from logged import logged_messages
 
 from scalable_assoc.engine.prepare import cluster_codes, prepare_study
 from scalable_assoc.engine.run import run_study
@@ -114,7 +115,7 @@ def test_reference_level_equals_r_relevel(client, tmp_path: Path) -> None:
     terms = {"(Intercept)": "(intercept)", "age": "age", "sexfemale": "sex[female]", "sitea": "site[a]", "sitec": "site[c]", "case": "case"}
 
     # The design the run uses: dummies for the levels other than the plan's references.
-    study = prepare_study(load_plan(plan_path, allow_outside_paths=True), tmp_path / "stores", log=lambda _m: None)
+    study = prepare_study(load_plan(plan_path, allow_outside_paths=True), tmp_path / "stores")
     (design,) = study.layers[0].designs.values()
     assert design.names == ("(intercept)", "age", "sex[female]", "site[a]", "site[c]")
     assert design.references == ("sex[male]", "site[b]")
@@ -136,7 +137,7 @@ def test_reference_level_equals_r_relevel(client, tmp_path: Path) -> None:
             assert se[column] == pytest.approx(row["se"], rel=1e-8), (feature, term)
 
     # The run's exposure estimates equal R's lm with the releveled factors.
-    results = run_study(plan_path, tmp_path / "out", client=client, allow_outside_paths=True, log=lambda _m: None).results
+    results = run_study(plan_path, tmp_path / "out", client=client, allow_outside_paths=True).results
     assert set(results["covariates"]) == {"age+sex+site"}
     for _, row in results.iterrows():
         expected = reference[(reference["feature"] == row["feature"]) & (reference["term"] == "case")].iloc[0]
@@ -210,8 +211,8 @@ def _cluster_run(folder: Path, client, options: str, spaced: bool = False) -> tu
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     data[["sample_id", *CLUSTER_FEATURES]].to_csv(folder / "features.tsv", sep="\t", index=False)
     (folder / "plan.yaml").write_text(CLUSTER_PLAN.format(options=options))
-    log: list[str] = []
-    summary = run_study(folder / "plan.yaml", folder / "out", client=client, log=log.append)
+    with logged_messages() as log:
+        summary = run_study(folder / "plan.yaml", folder / "out", client=client)
     manifest = json.loads((folder / "out" / "manifest.json").read_text())
     return summary.results, manifest, log
 

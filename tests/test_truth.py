@@ -37,7 +37,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory, client: Client) -> pd.DataF
     started = time.perf_counter()
     folder = tmp_path_factory.mktemp("truth")
     study = simulate_study(folder / "study", participants=3000, n_species=120, n_pathways=120, seed=1)
-    summary = run_study(study.plan_path, folder / "results", client=client, log=lambda message: None)
+    summary = run_study(study.plan_path, folder / "results", client=client)
     elapsed = time.perf_counter() - started
     print(f"\nsimulated and analysed {study.n_participants} participants ({study.n_planted} planted effects) in {elapsed:.1f}s")
     assert elapsed < 60, "the truth study should take well under a minute"
@@ -132,7 +132,7 @@ def test_prevalence_and_abundance_models_separate_the_planted_kinds(tmp_path_fac
     plan = study.plan_path.parent / "models.yaml"
     text = plan_yaml(models=["lm_nonzero", "prevalence"]).replace("    pathways: pathways.tsv\n    gbm: gbm.tsv\n", "")
     plan.write_text(text + "analyses: [{exposures: [AnyDep, AnyAnx], adjustments: [base]}]\n")
-    results = run_study(plan, folder / "results", client=client, log=lambda message: None).results
+    results = run_study(plan, folder / "results", client=client).results
     truth = pd.read_csv(study.out_dir / "truth.tsv", sep="\t")
     truth = truth[(truth["layer"] == "species") & truth["exposure"].isin(["AnyDep", "AnyAnx"])]
     presence_only = truth[(truth["presence_effect"].abs() >= 0.9) & (truth["abundance_effect"] == 0)]
