@@ -50,7 +50,6 @@ from scalable_assoc.models import (
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.simulate import plan_yaml, simulate_study
 from scalable_assoc.stats.transforms import apply_transform, nonzero_values, presence_indicator, sample_summaries
-from scalable_assoc.testing import quiet
 
 
 def layer_views(layer: LayerWork) -> dict[str, np.ndarray]:
@@ -90,7 +89,7 @@ def main() -> None:
     simulated = simulate_study(folder / "study", participants=args.participants, n_species=args.species, n_pathways=10)
     plan_path = folder / "study" / "models.yaml"
     plan_path.write_text(plan_yaml(models=["lm"], cluster="family_id").replace("    pathways: pathways.tsv\n    gbm: gbm.tsv\n", ""))
-    study = prepare_study(load_plan(plan_path), folder / "stores", log=quiet)
+    study = prepare_study(load_plan(plan_path), folder / "stores")
     layer = study.layers[0]
     views = layer_views(layer)
     designs = {key: factorise_covariates(d.matrix, d.names) for key, d in layer.designs.items()}

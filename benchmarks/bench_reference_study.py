@@ -45,7 +45,6 @@ from scalable_assoc.models.ols import fit_design_batch, prepare_block
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.simulate import simulate_study
 from scalable_assoc.stats.transforms import apply_transform, feature_summary, sample_summaries, select_features
-from scalable_assoc.testing import quiet
 
 
 def kept_raw(layer) -> tuple[np.ndarray, float]:
@@ -138,7 +137,7 @@ def main() -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     cli_warm_seconds = time.perf_counter() - started
 
-    study = prepare_study(load_plan(simulated.plan_path), folder / "out" / ".scalable_assoc" / "stores", log=quiet)
+    study = prepare_study(load_plan(simulated.plan_path), folder / "out" / ".scalable_assoc" / "stores")
     layers = transformed_layers(study)
     chunk = max(layer.store.chunk_features for layer in study.layers)
     # Best of three, as timeit does: the first pass also pays for page faults and BLAS warm-up.

@@ -179,9 +179,8 @@ def _reference_data(folder: Path):
 
     from scalable_assoc.engine.prepare import prepare_study
     from scalable_assoc.plan.schema import load_plan
-    from scalable_assoc.testing import quiet
 
-    study = prepare_study(load_plan(folder / "study" / "plan.yaml"), folder / "out" / ".scalable_assoc" / "stores", log=quiet)
+    study = prepare_study(load_plan(folder / "study" / "plan.yaml"), folder / "out" / ".scalable_assoc" / "stores")
     return study, transformed_layers(study)
 
 

@@ -6,6 +6,7 @@ Bad input ends with a one-paragraph message on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -273,7 +274,6 @@ def _mapping(path: Path | None) -> dict[str, str] | None:
 
 def _meta(args: argparse.Namespace) -> None:
     from scalable_assoc.engine.mapper import ClusterMapper
-    from scalable_assoc.engine.run import log_to_stderr
     from scalable_assoc.results.consortium import meta_analyse, open_cohorts
 
     cohorts = open_cohorts(args.files, need_sufficient=False, verify_keys=args.verify_key)
@@ -283,7 +283,7 @@ def _meta(args: argparse.Namespace) -> None:
         from scalable_assoc.engine.run import WORK_DIR
 
         profile = load_cluster_profile(args.cluster).with_shared_directory(args.out / WORK_DIR / "slurm")
-    with ClusterMapper(args.scheduler, args.workers, security=_security(args), dashboard=args.dashboard, log=log_to_stderr, profile=profile) as mapper:
+    with ClusterMapper(args.scheduler, args.workers, security=_security(args), dashboard=args.dashboard, profile=profile) as mapper:
         summary = meta_analyse(
             cohorts, args.out, method=args.method, hksj=args.hksj, min_cohorts=args.min_cohorts,
             leave_one_out_estimates=args.leave_one_out, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, mapper=mapper,
@@ -334,10 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``scalable-assoc`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     from scalable_assoc.errors import ClusterFailure, Terminated
-    from scalable_assoc.io.runstate import FolderInUse
+    from scalable_assoc.io.runstate import PACKAGE_LOGGER, FolderInUse
 
     handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool, "status": _status, "keygen": _keygen}
     previous = _stop_cleanly_on_sigterm()
+    package = logging.getLogger(PACKAGE_LOGGER)
+    console = _log_to_stderr(package)
     try:
         code = handlers[args.command](args)
     except FolderInUse as error:
@@ -356,9 +358,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scalable-assoc {args.command}: {how}; run the same command again to resume", file=sys.stderr)
         return interrupt.exit_code if isinstance(interrupt, Terminated) else 130
     finally:
+        package.removeHandler(console)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return code if isinstance(code, int) else 0
+
+
+class _ConsoleFormat(logging.Formatter):
+    """Messages as people read them on stderr: progress as it is, ``warning: ...`` for warnings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def _log_to_stderr(package: logging.Logger) -> logging.Handler:
+    """The package's messages (INFO and above: progress, notes, warnings) on stderr; stdout is kept for results."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ConsoleFormat())
+    package.addHandler(handler)
+    if package.getEffectiveLevel() > logging.INFO:
+        package.setLevel(logging.INFO)
+    return handler
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

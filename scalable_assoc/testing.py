@@ -9,13 +9,16 @@ The package's own tests and benchmarks use these, and so can a user's tests:
   simulated study with changes, or any plan text, written as a plan file;
 * :func:`results_differences`, :func:`assert_results_equal` - compare two results tables
   to a relative tolerance scaled to each statistic's precision;
-* :func:`quiet` - a log callable that drops every message (``log=quiet``).
+* :func:`logged_messages` - the package's log messages during a block, as the command
+  prints them (``warning: `` before warnings).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ __all__ = [
     "RESULTS_RELATIVE_TOLERANCE",
     "SimulatedBlock",
     "assert_results_equal",
-    "quiet",
+    "logged_messages",
     "random_covariates",
     "results_differences",
     "simulate_block",
@@ -43,18 +46,44 @@ __all__ = [
 ]
 
 
-def quiet(message: str) -> None:
-    """A log callable that discards every message (pass ``log=quiet``).
+class _Collect(logging.Handler):
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.messages = messages
 
-    Parameters
-    ----------
-    message
-        The message, ignored.
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.messages.append(f"warning: {message}" if record.levelno >= logging.WARNING else message)
 
-    Returns
-    -------
-    None
+
+@contextlib.contextmanager
+def logged_messages() -> Iterator[list[str]]:
+    """Collect every message (INFO and above) of the ``scalable_assoc`` loggers while the block runs.
+
+    Yields
+    ------
+    list of str
+        The messages so far, as ``scalable-assoc`` prints them on stderr: progress
+        as it is, ``warning: ...`` for warnings.
+
+    Examples
+    --------
+    >>> import logging
+    >>> with logged_messages() as messages:
+    ...     logging.getLogger("scalable_assoc.engine.run").warning("chunk %s recomputed", "abc")
+    >>> messages
+    ['warning: chunk abc recomputed']
     """
+    messages: list[str] = []
+    package = logging.getLogger("scalable_assoc")
+    handler, level = _Collect(messages), package.level
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)
 
 
 # --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from scalable_assoc.models import FitStatus, factorise_covariates
 from scalable_assoc.models.ols_terms import fit_terms, level_dummies
 from scalable_assoc.plan.expand import AnalysisKey
 from scalable_assoc.plan.schema import load_plan
-from scalable_assoc.testing import quiet, write_plan
+from scalable_assoc.testing import write_plan
 
 REFERENCE = Path(__file__).parent / "reference" / "categorical_exposure"
 FEATURES = [f"feature{j}" for j in range(1, 7)]
@@ -120,7 +120,7 @@ adjustments:
 
 def test_end_to_end_equals_r(data: pd.DataFrame, reference: pd.DataFrame, client, tmp_path: Path) -> None:
     plan = _write_inputs(tmp_path, data, "  seqtech: {column: seqtech, categorical: true, reference: Sanger}")
-    summary = run_study(plan, tmp_path / "out", client=client, covariate_rows=True, log=quiet)
+    summary = run_study(plan, tmp_path / "out", client=client, covariate_rows=True)
     results = pd.read_parquet(tmp_path / "out" / "results.parquet")
     # Plan order: the omnibus row, then one row per non-reference level, each for lm then lm_nonzero.
     expected_order = ["seqtech"] + [f"seqtech[{level}]" for level in LEVELS[1:]] + ["age_exposure"]
@@ -155,7 +155,7 @@ def test_end_to_end_equals_r(data: pd.DataFrame, reference: pd.DataFrame, client
 
 def test_default_reference_is_first_sorted_level(data: pd.DataFrame, client, tmp_path: Path) -> None:
     plan = _write_inputs(tmp_path, data, "  seqtech: {column: seqtech, categorical: true}")
-    summary = run_study(plan, tmp_path / "out", client=client, log=quiet)
+    summary = run_study(plan, tmp_path / "out", client=client)
     levels = [e for e in dict.fromkeys(summary.results["exposure"]) if e.startswith("seqtech[")]
     assert levels == ["seqtech[Nanopore]", "seqtech[PacBio]", "seqtech[Sanger]"]  # reference 'Illumina'
     assert not (tmp_path / "out" / "covariate_results.parquet").exists()
@@ -180,7 +180,7 @@ def test_plan_errors(data: pd.DataFrame, tmp_path: Path, exposure: str, models: 
 def test_unknown_reference_level_names_the_key(data: pd.DataFrame, tmp_path: Path) -> None:
     plan = _write_inputs(tmp_path, data, "  seqtech: {column: seqtech, categorical: true, reference: sanger}")
     with pytest.raises(PlanError, match=r"exposures\.seqtech\.reference.*Did you mean 'Sanger'"):
-        run_study(plan, tmp_path / "out", workers=1, log=quiet)
+        run_study(plan, tmp_path / "out", workers=1)
 
 
 def test_reference_level_without_participants(data: pd.DataFrame, tmp_path: Path) -> None:
@@ -188,7 +188,7 @@ def test_reference_level_without_participants(data: pd.DataFrame, tmp_path: Path
     data = data.assign(bmi=data["bmi"].mask(data["seqtech"] == "PacBio"))
     plan = _write_inputs(tmp_path, data, "  seqtech: {column: seqtech, categorical: true, reference: PacBio}")
     with pytest.raises(DataError, match="reference level 'PacBio'"):
-        run_study(plan, tmp_path / "out", workers=1, log=quiet)
+        run_study(plan, tmp_path / "out", workers=1)
 
 
 def test_categorical_analyses_keep_their_own_batches() -> None:
@@ -207,11 +207,11 @@ def test_covariate_rows_equal_statsmodels_and_resume(small_study, client, tmp_pa
     plan_path = small_study.plan_path.parent / "plan_covariate_rows.yaml"
     plan_path.write_text(text + "analyses:\n  - {exposures: [MDD], adjustments: [base], layers: [pathways]}\n")
     out = tmp_path / "out"
-    first = run_study(plan_path, out, client=client, log=quiet)
+    first = run_study(plan_path, out, client=client)
     assert not (out / "covariate_results.parquet").exists()
-    second = run_study(plan_path, out, client=client, covariate_rows=True, log=quiet)
+    second = run_study(plan_path, out, client=client, covariate_rows=True)
     assert second.chunks_reused == 0 < first.chunks_total  # lm chunks now also carry covariate rows
-    third = run_study(plan_path, out, client=client, covariate_rows=True, log=quiet)
+    third = run_study(plan_path, out, client=client, covariate_rows=True)
     assert third.chunks_reused == third.chunks_total
 
     plan = load_plan(plan_path)
@@ -255,4 +255,4 @@ def test_covariate_rows_refused_with_cluster(data: pd.DataFrame, tmp_path: Path)
     plan = _write_inputs(tmp_path, data, "  seqtech: {column: seqtech}")  # not categorical: only the cluster is at fault
     plan.write_text(plan.read_text().replace("seqtech: {column: seqtech}", "bmi_exposure: {column: bmi}") + "cluster: sex\n")
     with pytest.raises(PlanError, match="--covariate-rows reports classical standard errors"):
-        run_study(plan, tmp_path / "out", workers=1, covariate_rows=True, log=quiet)
+        run_study(plan, tmp_path / "out", workers=1, covariate_rows=True)

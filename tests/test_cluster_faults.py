@@ -26,7 +26,6 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.errors import ClusterFailure
 from scalable_assoc.simulate import SimulatedStudy, simulate_study
-from scalable_assoc.testing import quiet
 
 pytestmark = pytest.mark.cluster
 
@@ -40,7 +39,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
 @pytest.fixture(scope="module")
 def reference(study: SimulatedStudy, client: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fault_reference") / "results"
-    run_study(study.plan_path, out, client=client, chunk_features=4, log=quiet)
+    run_study(study.plan_path, out, client=client, chunk_features=4)
     return out
 
 
@@ -139,7 +138,7 @@ def test_a_killed_scheduler_ends_the_run_with_a_message_and_a_rerun_on_a_new_one
 
 def test_a_task_that_kills_every_worker_running_it_is_named(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
     uninterrupted = tmp_path / "uninterrupted"
-    run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4, log=quiet)
+    run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4)
     marked = tmp_path / "deadly_task.txt"
 
     class DiesOnOneFitTask(WorkerPlugin):
@@ -165,7 +164,7 @@ def test_a_task_that_kills_every_worker_running_it_is_named(small_study: Simulat
     ):
         own.register_plugin(DiesOnOneFitTask(str(marked)), name="dies-on-one-fit-task")
         with pytest.raises(ClusterFailure) as failure:
-            run_study(small_study.plan_path, out, client=own, chunk_features=4, log=quiet)
+            run_study(small_study.plan_path, out, client=own, chunk_features=4)
     # The message names a chunk, its layer and feature range. Not always the deadly one: a task
     # queued on a worker when it dies counts that death too, so a neighbour can run out first.
     message = str(failure.value)
@@ -176,7 +175,7 @@ def test_a_task_that_kills_every_worker_running_it_is_named(small_study: Simulat
     assert not (chunks / f"{deadly}.parquet").exists() and not (chunks / f"{named.group(1)}.parquet").exists()
     assert "rerun resumes" in message
 
-    summary = run_study(small_study.plan_path, out, client=client, chunk_features=4, log=quiet)
+    summary = run_study(small_study.plan_path, out, client=client, chunk_features=4)
     assert 0 < summary.chunks_reused < summary.chunks_total
     assert_results_equal(uninterrupted, out)
 

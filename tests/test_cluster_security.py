@@ -122,7 +122,7 @@ def hold(done, total):
             time.sleep(0.05)
 
 if __name__ == "__main__":
-    run_study(plan, out, workers=int(workers), dashboard=None if dashboard == "-" else dashboard, on_chunk_done=hold, log=lambda m: print(m, file=sys.stderr))
+    run_study(plan, out, workers=int(workers), dashboard=None if dashboard == "-" else dashboard, on_chunk_done=hold)
 """
 
 

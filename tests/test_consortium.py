@@ -26,7 +26,7 @@ from scalable_assoc.results.consortium import meta_analyse, pool_cohorts
 from scalable_assoc.results.harmonise import canonical_name, harmonised_names
 from scalable_assoc.results.sumstats import DisclosureRules, open_cohort_file, read_run, sidecar_path, write_sumstats
 from scalable_assoc.simulate import simulate_study
-from scalable_assoc.testing import quiet, write_plan
+from scalable_assoc.testing import logged_messages, write_plan
 
 RELATIVE = 1e-8
 
@@ -85,8 +85,8 @@ def cohort_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run_and_export(folder: Path, run_dir: Path, out: Path, client, features: Path | None = None) -> Path:
-    run_study(folder / "plan.yaml", run_dir, client=client, log=quiet, features=features)
-    write_sumstats(read_run(run_dir), folder.name, out, DisclosureRules(), sufficient_statistics(run_dir, client=client, log=quiet))
+    run_study(folder / "plan.yaml", run_dir, client=client, features=features)
+    write_sumstats(read_run(run_dir), folder.name, out, DisclosureRules(), sufficient_statistics(run_dir, client=client))
     return out
 
 
@@ -94,7 +94,7 @@ def _run_and_export(folder: Path, run_dir: Path, out: Path, client, features: Pa
 def unlisted(cohort_dirs: dict[str, Path], client) -> dict[str, Path]:
     """Each cohort run with its own prevalence filter (no shared list): different CLR feature sets."""
     north = cohort_dirs["north"]
-    run_study(north / "plan.yaml", north / "results_unlisted", client=client, log=quiet)
+    run_study(north / "plan.yaml", north / "results_unlisted", client=client)
     # 'east' lacks a few species north keeps (their rows are not in its table at all)
     kept = pd.read_parquet(north / "results_unlisted" / "features.parquet")
     kept = kept.loc[kept["kept"], "feature"].tolist()
@@ -152,7 +152,7 @@ def _pooled_reference(data: pd.DataFrame, feature: str, exposure: str, covariate
 
 def test_pooled_equals_stacked_individual_ols(cohorts: dict[str, Path], shared_list: Path, tmp_path: Path) -> None:
     opened = [open_cohort_file(path, need_sufficient=True) for path in cohorts.values()]
-    pooled = pool_cohorts(opened, tmp_path / "pooled", log=lambda _m: None).results
+    pooled = pool_cohorts(opened, tmp_path / "pooled").results
     assert (tmp_path / "pooled" / "pooled_results.parquet").is_file()
     data = _stacked([path.with_suffix("") for path in cohorts.values()], _listed_species(shared_list))
     ok = pooled[(pooled["status"] == "ok") & (pooled["k"] == 3)]
@@ -178,7 +178,7 @@ def test_pooled_equals_stacked_individual_ols(cohorts: dict[str, Path], shared_l
 
 def test_meta_combines_the_exported_rows(cohorts: dict[str, Path], tmp_path: Path) -> None:
     opened = [open_cohort_file(path) for path in cohorts.values()]
-    summary = meta_analyse(opened, tmp_path / "meta", method="fe", leave_one_out_estimates=True, log=lambda _m: None)
+    summary = meta_analyse(opened, tmp_path / "meta", method="fe", leave_one_out_estimates=True)
     results = summary.results
     for column in ("layer", "feature", "exposure", "adjustment", "k", "beta", "se", "p", "q", "tau2", "i2", "q_stat", "q_p", "direction"):
         assert column in results.columns
@@ -236,9 +236,9 @@ def test_damaged_or_mismatched_files_are_refused(cohorts: dict[str, Path], tmp_p
     sidecar_path(other).write_text(json.dumps(sidecar))
     files = [open_cohort_file(cohorts["north"]), open_cohort_file(other)]
     with pytest.raises(DataError, match=r"layers\.species\.transform"):
-        meta_analyse(files, tmp_path / "refused", log=lambda _m: None)
+        meta_analyse(files, tmp_path / "refused")
     assert not (tmp_path / "refused" / "meta_results.parquet").exists()
-    allowed = meta_analyse(files, tmp_path / "allowed", allow_mismatch=True, log=lambda _m: None)
+    allowed = meta_analyse(files, tmp_path / "allowed", allow_mismatch=True)
     assert any("transform" in w for w in allowed.manifest["warnings"])
 
     # Exit status and message from the command line; no output that looks complete.
@@ -257,8 +257,8 @@ def test_cohort_without_overlap_is_reported(cohorts: dict[str, Path], tmp_path: 
 
     sidecar["files"]["summary"]["sha256"] = file_checksum(lonely)
     sidecar_path(lonely).write_text(json.dumps(sidecar))
-    messages: list[str] = []
-    summary = meta_analyse([open_cohort_file(cohorts["north"]), open_cohort_file(cohorts["south"]), open_cohort_file(lonely)], tmp_path / "m", log=messages.append)
+    with logged_messages() as messages:
+        summary = meta_analyse([open_cohort_file(cohorts["north"]), open_cohort_file(cohorts["south"]), open_cohort_file(lonely)], tmp_path / "m")
     assert any("lonely shares no feature" in m for m in messages)
     assert any("lonely shares no feature" in w for w in summary.manifest["warnings"])
     coverage = pd.read_csv(tmp_path / "m" / "feature_coverage.tsv", sep="\t")
@@ -278,9 +278,9 @@ def test_meta_on_a_cluster_equals_in_process(cohorts: dict[str, Path], tmp_path:
     from scalable_assoc.engine.mapper import ClusterMapper
 
     opened = [open_cohort_file(path) for path in cohorts.values()]
-    local = meta_analyse(opened, tmp_path / "local", method="reml", hksj=True, log=lambda _m: None).results
+    local = meta_analyse(opened, tmp_path / "local", method="reml", hksj=True).results
     with ClusterMapper(dask_cluster.scheduler_address) as mapper:
-        spread = meta_analyse(opened, tmp_path / "spread", method="reml", hksj=True, mapper=mapper, block_rows=97, log=lambda _m: None).results
+        spread = meta_analyse(opened, tmp_path / "spread", method="reml", hksj=True, mapper=mapper, block_rows=97).results
     pd.testing.assert_frame_equal(local, spread)
 
 
@@ -341,16 +341,18 @@ def test_command_line_errors_name_the_problem(cohorts: dict[str, Path], tmp_path
 # ------------------------------------------------------------------ one CLR scale across cohorts
 def _transformed_by_run(folder: Path, run_dir: Path, features: Path | None, client) -> tuple[pd.DataFrame, object]:
     """The run's transformed species values (samples x kept features), from its own cached filter and sums."""
+    from scalable_assoc.engine.filters import filter_layers
+    from scalable_assoc.engine.graph import hold_on_cluster
     from scalable_assoc.engine.prepare import prepare_study
-    from scalable_assoc.engine.run import WORK_DIR, filter_layers, hold_on_cluster
+    from scalable_assoc.engine.run import WORK_DIR
     from scalable_assoc.engine.tasks import model_block
     from scalable_assoc.plan.schema import load_plan
 
     work = run_dir / WORK_DIR
-    study = prepare_study(load_plan(folder / "plan.yaml"), work / "stores", log=quiet, features=features)
+    study = prepare_study(load_plan(folder / "plan.yaml"), work / "stores", features=features)
     positions = {layer.spec.name: hold_on_cluster(client, layer.sample_positions, "samples") for layer in study.layers}
-    messages: list[str] = []
-    filters = filter_layers(client, study, positions, work / "filters", messages.append)
+    with logged_messages() as messages:
+        filters = filter_layers(client, study, positions, work / "filters")
     assert any("reused" in m for m in messages), "the run's filter file is found again under the same name"
     layer = study.layers[0]
     f = filters["species"]
@@ -432,16 +434,16 @@ def test_meta_and_pool_report_significance_at_the_plan_alpha(cohorts: dict[str, 
 
 def test_hksj_with_fewer_than_three_cohorts_warns(cohorts: dict[str, Path], tmp_path: Path) -> None:
     two = [open_cohort_file(cohorts["north"]), open_cohort_file(cohorts["south"])]
-    messages: list[str] = []
-    summary = meta_analyse(two, tmp_path / "two", hksj=True, log=messages.append)
+    with logged_messages() as messages:
+        summary = meta_analyse(two, tmp_path / "two", hksj=True)
     assert (summary.results["k"] == 2).all()
     assert summary.manifest["hksj_rows_below_3_cohorts"] == len(summary.results)
     assert any("--hksj" in m and "fewer than 3 cohorts" in m for m in messages)
     assert any("fewer than 3 cohorts" in w for w in summary.manifest["warnings"])
     # three cohorts: only the species 'east' lacks are combined from two
-    three = meta_analyse([open_cohort_file(p) for p in cohorts.values()], tmp_path / "three", hksj=True, log=quiet)
+    three = meta_analyse([open_cohort_file(p) for p in cohorts.values()], tmp_path / "three", hksj=True)
     assert three.manifest["hksj_rows_below_3_cohorts"] == int((three.results["k"] == 2).sum()) > 0
-    plain = meta_analyse(two, tmp_path / "plain", log=quiet)
+    plain = meta_analyse(two, tmp_path / "plain")
     assert "hksj_rows_below_3_cohorts" not in plain.manifest and not any("hksj" in w for w in plain.manifest["warnings"])
 
 
@@ -523,13 +525,13 @@ def test_feature_list_matching_and_digest(tmp_path: Path) -> None:
 def test_a_feature_list_changes_the_cached_filter_and_chunks(cohort_dirs: dict[str, Path], shared_list: Path, tmp_path: Path, client) -> None:
     south = cohort_dirs["south"]
     out = tmp_path / "south"
-    plain = run_study(south / "plan.yaml", out, client=client, log=quiet)
-    listed = run_study(south / "plan.yaml", out, client=client, log=quiet, features=shared_list)
+    plain = run_study(south / "plan.yaml", out, client=client)
+    listed = run_study(south / "plan.yaml", out, client=client, features=shared_list)
     assert listed.chunks_reused == 0
     assert len(list((out / ".scalable_assoc" / "filters").glob("filter-*.npz"))) == 2
     assert plain.manifest["layers"]["species"]["features_kept"] != listed.manifest["layers"]["species"]["features_kept"]
     assert listed.manifest["layers"]["species"]["features_kept"] == len(_listed_species(shared_list))
-    again = run_study(south / "plan.yaml", out, client=client, log=quiet, features=shared_list)
+    again = run_study(south / "plan.yaml", out, client=client, features=shared_list)
     assert again.chunks_reused == again.chunks_total
 
 

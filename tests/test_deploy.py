@@ -29,7 +29,6 @@ from scalable_assoc.cli import build_parser
 from scalable_assoc.engine.run import WORK_DIR
 from scalable_assoc.io.runstate import folder_lock
 from scalable_assoc.simulate import SimulatedStudy, simulate_study
-from scalable_assoc.testing import quiet
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -112,7 +111,7 @@ def test_a_rerun_is_up_to_date_and_exits_0(study: SimulatedStudy, finished: tupl
 def test_a_folder_held_by_another_run_exits_75_and_changes_nothing(study: SimulatedStudy, finished: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, first = finished
     assert first.returncode == 0
-    with folder_lock(out / WORK_DIR, "a run of the test", quiet):
+    with folder_lock(out / WORK_DIR, "a run of the test"):
         before = _files(out)
         refused = _wrapper(study.plan_path, out, "--workers", "1")
         assert _files(out) == before

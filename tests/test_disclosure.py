@@ -27,7 +27,7 @@ from scalable_assoc.engine.run import run_study
 from scalable_assoc.engine.sufficient import sufficient_statistics
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.results.sumstats import DisclosureRules, open_cohort_file, read_run, sidecar_path, sufficient_path, write_sumstats
-from scalable_assoc.testing import quiet, write_plan
+from scalable_assoc.testing import write_plan
 
 CARRIER_REASON = "fewer than 3 participants with or without the feature (overall or among cases or controls)"
 #: a shared secret as 'openssl rand -hex 32' writes it
@@ -69,13 +69,13 @@ min_cases: 5
 min_carriers: 0
 """
     )
-    run_study(folder / "plan.yaml", folder / "out", client=client, log=quiet)
+    run_study(folder / "plan.yaml", folder / "out", client=client)
     return folder / "out"
 
 
 @pytest.fixture(scope="module")
 def cross_products(carriers_run: Path, client):
-    return sufficient_statistics(carriers_run, client=client, log=quiet)
+    return sufficient_statistics(carriers_run, client=client)
 
 
 def test_the_run_reports_every_carrier_count(carriers_run: Path) -> None:

@@ -28,14 +28,14 @@ from distributed import Client, LocalCluster
 
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.simulate import SimulatedStudy
-from scalable_assoc.testing import quiet, write_study_plan
+from scalable_assoc.testing import write_study_plan
 
 
 @pytest.fixture(scope="module")
 def reference(small_study: SimulatedStudy, client: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The small study run once on the session cluster with the store's default chunking."""
     out = tmp_path_factory.mktemp("reference")
-    summary = run_study(small_study.plan_path, out, client=client, log=quiet)
+    summary = run_study(small_study.plan_path, out, client=client)
     assert summary.chunks_reused == 0
     status = summary.results["status"]
     # Rows of the small study's rare exposures (a handful of cases) rest on small presence x case cells (min_carriers).
@@ -48,7 +48,7 @@ def reference(small_study: SimulatedStudy, client: Client, tmp_path_factory: pyt
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("chunk_features", [7, 64])
 def test_results_do_not_depend_on_chunk_size(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal, chunk_features: int) -> None:
-    summary = run_study(small_study.plan_path, tmp_path, client=client, chunk_features=chunk_features, log=quiet)
+    summary = run_study(small_study.plan_path, tmp_path, client=client, chunk_features=chunk_features)
     default_chunks = json.loads((reference / "manifest.json").read_text())["chunks_total"]
     if chunk_features == 7:
         assert summary.chunks_total > default_chunks, "chunks of 7 features cut every layer into several blocks"
@@ -57,7 +57,7 @@ def test_results_do_not_depend_on_chunk_size(reference: Path, small_study: Simul
 
 def test_results_do_not_depend_on_worker_count(reference: Path, small_study: SimulatedStudy, tmp_path: Path, assert_results_equal) -> None:
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, Client(cluster) as one_worker:
-        summary = run_study(small_study.plan_path, tmp_path, client=one_worker, chunk_features=7, log=quiet)
+        summary = run_study(small_study.plan_path, tmp_path, client=one_worker, chunk_features=7)
         assert summary.manifest["dask"]["workers"] == 1
     assert_results_equal(reference, tmp_path)
 
@@ -76,7 +76,7 @@ SINGLE_ANALYSES = [
 @pytest.mark.parametrize("selection", SINGLE_ANALYSES, ids=lambda s: "-".join(s["exposures"] + s["adjustments"] + s.get("layers", [])))
 def test_analysis_alone_equals_analysis_in_batch(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal, selection: dict) -> None:
     plan = write_study_plan(tmp_path, small_study, filename="single.yaml", analyses=[selection])
-    summary = run_study(plan, tmp_path / "out", client=client, allow_outside_paths=True, log=quiet)
+    summary = run_study(plan, tmp_path / "out", client=client, allow_outside_paths=True)
     alone = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
     batch = pq.read_table(reference / "results.parquet").to_pandas()
     layers = selection.get("layers", sorted(batch["layer"].unique()))
@@ -90,7 +90,7 @@ def test_analysis_alone_equals_analysis_in_batch(reference: Path, small_study: S
 
 
 def test_analyses_per_task_does_not_change_results(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
-    summary = run_study(small_study.plan_path, tmp_path, client=client, analyses_per_task=1, log=quiet)
+    summary = run_study(small_study.plan_path, tmp_path, client=client, analyses_per_task=1)
     # Analyses sharing a design stay in one task, so with one analysis per task there is
     # one task per distinct design of each layer (one block per layer by default).
     assert summary.chunks_total == summary.manifest["designs"] > json.loads((reference / "manifest.json").read_text())["chunks_total"]
@@ -123,7 +123,7 @@ def test_cli_on_external_cluster(external_cluster: str, small_study: SimulatedSt
     assert manifest["dask"]["scheduler"] == external_cluster
     assert manifest["dask"]["workers"] == 2
     local = tmp_path / "session"
-    run_study(small_study.plan_path, local, client=client, chunk_features=7, log=quiet)
+    run_study(small_study.plan_path, local, client=client, chunk_features=7)
     assert_results_equal(local, out)
 
 
@@ -132,7 +132,7 @@ def test_cli_on_external_cluster(external_cluster: str, small_study: SimulatedSt
 # --------------------------------------------------------------------------------------
 def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
     uninterrupted = tmp_path / "uninterrupted"
-    run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4, log=quiet)
+    run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4)
 
     killed: dict[str, int] = {}
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as cluster, Client(cluster) as own:
@@ -146,7 +146,7 @@ def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, clie
                 killed.update(done=done, total=total, pid=victim_pid)
 
         try:
-            summary = run_study(small_study.plan_path, tmp_path / "interrupted", client=own, chunk_features=4, on_chunk_done=kill_one_worker, log=quiet)
+            summary = run_study(small_study.plan_path, tmp_path / "interrupted", client=own, chunk_features=4, on_chunk_done=kill_one_worker)
         except Exception as error:
             # Say what the scheduler lost with the worker: data that has a task can be
             # recomputed elsewhere, scattered data cannot.
@@ -184,7 +184,7 @@ def test_two_runs_of_one_plan_share_a_cluster(reference: Path, small_study: Simu
     def run(name: str, hook) -> None:
         try:
             with Client(dask_cluster.scheduler_address) as own:
-                outcome[name] = run_study(small_study.plan_path, tmp_path / name, client=own, chunk_features=7, on_chunk_done=hook, log=quiet)
+                outcome[name] = run_study(small_study.plan_path, tmp_path / name, client=own, chunk_features=7, on_chunk_done=hook)
         except Exception as error:  # reported below, with the other run's outcome
             outcome[name] = error
         finally:

@@ -19,7 +19,7 @@ from distributed import Client
 from scalable_assoc.cli import main
 from scalable_assoc.engine.run import WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy
-from scalable_assoc.testing import quiet, write_plan
+from scalable_assoc.testing import logged_messages, write_plan
 
 
 def _flip_a_byte(path: Path) -> None:
@@ -39,7 +39,7 @@ def _rotate_sample_ids(store: Path) -> None:
 @pytest.mark.parametrize("damage", ["flipped byte", "rotated sample IDs"])
 def test_a_damaged_converted_store_is_rebuilt_from_its_table(small_study: SimulatedStudy, client: Client, tmp_path: Path, damage: str, assert_results_equal) -> None:
     out = tmp_path / "out"
-    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
+    run_study(small_study.plan_path, out, client=client, chunk_features=16)
     complete = tmp_path / "complete.parquet"
     complete.write_bytes((out / "results.parquet").read_bytes())
     store = next((out / WORK_DIR / "stores").glob("gbm-*.zarr"))
@@ -47,8 +47,8 @@ def test_a_damaged_converted_store_is_rebuilt_from_its_table(small_study: Simula
         _flip_a_byte(sorted(p for p in (store / "abundance").rglob("*") if p.is_file() and p.name != "zarr.json")[0])
     else:
         _rotate_sample_ids(store)
-    messages: list[str] = []
-    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=messages.append, force=True)  # the outputs are complete: only --force reruns
+    with logged_messages() as messages:
+        run_study(small_study.plan_path, out, client=client, chunk_features=16, force=True)  # the outputs are complete: only --force reruns
     assert any("layer 'gbm'" in m and "rebuilding it from" in m for m in messages), messages
     assert_results_equal(complete, out, relative=0.0)
 

@@ -20,7 +20,7 @@ from reference_model import read_layer
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.models import factorise_covariates, fit_random_intercept
 from scalable_assoc.simulate import SimulatedStudy
-from scalable_assoc.testing import quiet, write_plan
+from scalable_assoc.testing import logged_messages, write_plan
 
 PLAN = """
 name: models
@@ -52,8 +52,9 @@ def _run_with_households(small_study: SimulatedStudy, client, folder, options: s
     metadata.loc[rng.random(len(metadata)) < 0.02, "household"] = np.nan  # no household: a cluster of one
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     plan = write_plan(folder, PLAN.format(metadata=folder / "metadata.tsv", species=small_study.out_dir / "species.tsv") + options)
-    log: list[str] = []
-    return run_study(plan, folder / "out", client=client, allow_outside_paths=True, chunk_features=11, log=log.append), metadata.set_index("sample_id"), log
+    with logged_messages() as log:
+        summary = run_study(plan, folder / "out", client=client, allow_outside_paths=True, chunk_features=11)
+    return summary, metadata.set_index("sample_id"), log
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +347,7 @@ def test_prevalence_tasks_keep_a_subsets_adjustment_sets_together(small_study: S
 
     plan = small_study.out_dir / "prevalence_plan.yaml"
     plan.write_text(plan_yaml(models=["lm", "prevalence"]) + "min_cases: 3\n")
-    study = prepare_study(load_plan(plan), tmp_path / "stores", log=quiet)
+    study = prepare_study(load_plan(plan), tmp_path / "stores")
     layer = study.layers[0]
     rows = {key: design.rows.tobytes() for key, design in layer.designs.items()}
     per_subset: dict[bytes, int] = {}
@@ -388,7 +389,7 @@ def test_standard_error_options_change_chunk_ids(small_study: SimulatedStudy, tm
     for options in ("", "lm: {se: cluster}\n", "lm: {se: cluster, reference: normal}\n"):
         plan = small_study.out_dir / "options_plan.yaml"
         plan.write_text(plan_yaml(models=["lm"]) + "cluster: family_id\nmin_cases: 3\n" + options)
-        study = prepare_study(load_plan(plan), tmp_path / "stores", log=quiet)
+        study = prepare_study(load_plan(plan), tmp_path / "stores")
         ids[options] = {task.chunk_id for task in chunk_tasks(study, 8)}
     first, *others = ids.values()
     assert all(not first & other for other in others) and not others[0] & others[1]

@@ -34,7 +34,7 @@ from scalable_assoc.io.metadata import complete_rows, covariate_columns, referen
 from scalable_assoc.models import factorise_covariates, fit_exposure_slopes
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.stats.multitest import benjamini_hochberg, benjamini_hochberg_grouped
-from scalable_assoc.testing import write_plan
+from scalable_assoc.testing import logged_messages, write_plan
 
 REFERENCE = Path(__file__).parent / "reference"
 
@@ -114,7 +114,7 @@ def test_reference_level_equals_r_relevel(client, tmp_path: Path) -> None:
     terms = {"(Intercept)": "(intercept)", "age": "age", "sexfemale": "sex[female]", "sitea": "site[a]", "sitec": "site[c]", "case": "case"}
 
     # The design the run uses: dummies for the levels other than the plan's references.
-    study = prepare_study(load_plan(plan_path, allow_outside_paths=True), tmp_path / "stores", log=lambda _m: None)
+    study = prepare_study(load_plan(plan_path, allow_outside_paths=True), tmp_path / "stores")
     (design,) = study.layers[0].designs.values()
     assert design.names == ("(intercept)", "age", "sex[female]", "site[a]", "site[c]")
     assert design.references == ("sex[male]", "site[b]")
@@ -136,7 +136,7 @@ def test_reference_level_equals_r_relevel(client, tmp_path: Path) -> None:
             assert se[column] == pytest.approx(row["se"], rel=1e-8), (feature, term)
 
     # The run's exposure estimates equal R's lm with the releveled factors.
-    results = run_study(plan_path, tmp_path / "out", client=client, allow_outside_paths=True, log=lambda _m: None).results
+    results = run_study(plan_path, tmp_path / "out", client=client, allow_outside_paths=True).results
     assert set(results["covariates"]) == {"age+sex+site"}
     for _, row in results.iterrows():
         expected = reference[(reference["feature"] == row["feature"]) & (reference["term"] == "case")].iloc[0]
@@ -210,8 +210,8 @@ def _cluster_run(folder: Path, client, options: str, spaced: bool = False) -> tu
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     data[["sample_id", *CLUSTER_FEATURES]].to_csv(folder / "features.tsv", sep="\t", index=False)
     write_plan(folder, CLUSTER_PLAN.format(options=options))
-    log: list[str] = []
-    summary = run_study(folder / "plan.yaml", folder / "out", client=client, log=log.append)
+    with logged_messages() as log:
+        summary = run_study(folder / "plan.yaml", folder / "out", client=client)
     manifest = json.loads((folder / "out" / "manifest.json").read_text())
     return summary.results, manifest, log
 

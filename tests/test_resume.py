@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from distributed import Client, LocalCluster
 
-from scalable_assoc.engine.run import OUTPUT_FILES, WORK_DIR, run_study
+from scalable_assoc.engine.outputs import OUTPUT_FILES
+from scalable_assoc.engine.run import WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy, simulate_study
-from scalable_assoc.testing import quiet
+from scalable_assoc.testing import logged_messages
 
 
 def _chunk_files(out: Path) -> list[Path]:
@@ -91,7 +92,7 @@ def test_killed_cli_run_resumes(small_study: SimulatedStudy, dask_cluster: Local
     print(f"killed after {written_before_resume} chunk file(s); resumed with {manifest['chunks_reused']}/{manifest['chunks_total']} chunks reused")
 
     uninterrupted = tmp_path / "uninterrupted"
-    summary = run_study(study.plan_path, uninterrupted, client=client, chunk_features=chunk_features, log=quiet)
+    summary = run_study(study.plan_path, uninterrupted, client=client, chunk_features=chunk_features)
     assert summary.chunks_reused == 0 and summary.chunks_total == manifest["chunks_total"]
     # Same plan, same chunks: the resumed results are the uninterrupted ones, bit for bit.
     assert_results_equal(uninterrupted, out, relative=0.0)
@@ -99,7 +100,7 @@ def test_killed_cli_run_resumes(small_study: SimulatedStudy, dask_cluster: Local
 
 def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
     out = tmp_path / "run"
-    first = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=quiet)
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=7)
     assert first.chunks_reused == 0
     complete = tmp_path / "complete.parquet"
     complete.write_bytes((out / "results.parquet").read_bytes())
@@ -110,9 +111,8 @@ def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Clie
     for path in deleted:
         path.unlink()
     (out / "results.parquet").unlink()
-
-    messages: list[str] = []
-    again = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=messages.append)
+    with logged_messages() as messages:
+        again = run_study(small_study.plan_path, out, client=client, chunk_features=7)
     # The filter and per-sample sums come from the first run's work folder, not a new pass over the data.
     assert sum("reused from an earlier pass" in m for m in messages) == 3
     assert again.chunks_total == first.chunks_total
@@ -123,7 +123,7 @@ def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Clie
     assert_results_equal(complete, out, relative=0.0)
 
     # A third run with every chunk present computes nothing and changes nothing.
-    third = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=quiet)
+    third = run_study(small_study.plan_path, out, client=client, chunk_features=7)
     assert third.chunks_reused == third.chunks_total
     assert_results_equal(complete, out, relative=0.0)
 
@@ -131,7 +131,7 @@ def test_deleted_chunks_are_recomputed(small_study: SimulatedStudy, client: Clie
 def test_a_new_alpha_or_name_reuses_every_chunk(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
     """Chunk ids hash only what changes a chunk's rows: a rerun with a new FDR threshold or study name costs no fit."""
     out = tmp_path / "out"
-    first = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=16)
     assert first.chunks_reused == 0
     text = small_study.plan_path.read_text()
     changed = tmp_path / "study" / "plan.yaml"
@@ -140,14 +140,14 @@ def test_a_new_alpha_or_name_reuses_every_chunk(small_study: SimulatedStudy, cli
         (changed.parent / name).symlink_to(small_study.out_dir / name)
     assert "alpha: 0.05}" in text
     changed.write_text(text.replace("name: lifelines-internalizing", "name: renamed-study").replace("alpha: 0.05}", "alpha: 0.2}"))
-    second = run_study(changed, out, client=client, chunk_features=16, log=quiet, allow_outside_paths=True)  # links out of its folder
+    second = run_study(changed, out, client=client, chunk_features=16, allow_outside_paths=True)  # links out of its folder
     assert second.chunks_total == first.chunks_total and second.chunks_reused == second.chunks_total
     assert second.manifest["plan_name"] == "renamed-study"
     # The same rows, with q thresholded at the new alpha by whoever reads them.
     assert first.results[["feature", "beta", "p", "q"]].equals(second.results[["feature", "beta", "p", "q"]])
     # A changed model option does change them.
     changed.write_text(text + "min_carriers: 5\n")
-    third = run_study(changed, out, client=client, chunk_features=16, log=quiet, allow_outside_paths=True)
+    third = run_study(changed, out, client=client, chunk_features=16, allow_outside_paths=True)
     assert third.chunks_reused == 0
 
 
@@ -156,7 +156,7 @@ def test_truncated_or_edited_chunks_are_recomputed(small_study: SimulatedStudy, 
     import pyarrow.parquet as pq
 
     out = tmp_path / "run"
-    first = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=quiet)
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=7)
     complete = tmp_path / "complete.parquet"
     complete.write_bytes((out / "results.parquet").read_bytes())
     chunks = [path for path in _chunk_files(out) if pq.read_metadata(path).num_rows > 0]
@@ -166,8 +166,8 @@ def test_truncated_or_edited_chunks_are_recomputed(small_study: SimulatedStudy, 
     table.loc[0, "beta"] = 99.0
     table.to_parquet(edited, index=False)
     unsealed.with_name(unsealed.name + ".sha256").unlink()  # its task was killed between the chunk and its seal
-    messages: list[str] = []
-    again = run_study(small_study.plan_path, out, client=client, chunk_features=7, log=messages.append, force=True)
+    with logged_messages() as messages:
+        again = run_study(small_study.plan_path, out, client=client, chunk_features=7, force=True)
     warned = [m for m in messages if "no longer matches" in m]
     assert len(warned) == 3 and all("computing it again" in m for m in warned)
     assert any(truncated.stem in m for m in warned) and any(edited.stem in m for m in warned)
@@ -178,22 +178,22 @@ def test_truncated_or_edited_chunks_are_recomputed(small_study: SimulatedStudy, 
 def test_an_unchanged_finished_run_is_up_to_date(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
     """A scheduled rerun with nothing changed returns at once; an edited input (by content) or --force runs again."""
     out = tmp_path / "out"
-    first = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
+    first = run_study(small_study.plan_path, out, client=client, chunk_features=16)
     written = (out / "results.parquet").stat().st_mtime_ns
-    messages: list[str] = []
-    again = run_study(small_study.plan_path, out, client=client, chunk_features=16, log=messages.append)
+    with logged_messages() as messages:
+        again = run_study(small_study.plan_path, out, client=client, chunk_features=16)
     assert any("is up to date" in m for m in messages) and again.chunks_reused == first.chunks_total
     assert again.results.equals(first.results) and (out / "results.parquet").stat().st_mtime_ns == written, "nothing rewritten"
     # Another option is another run.
-    messages.clear()
-    run_study(small_study.plan_path, out, client=client, chunk_features=8, log=messages.append)
+    with logged_messages() as messages:
+        run_study(small_study.plan_path, out, client=client, chunk_features=8)
     assert not any("is up to date" in m for m in messages)
-    messages.clear()
-    run_study(small_study.plan_path, out, client=client, chunk_features=8, log=messages.append, force=True)
+    with logged_messages() as messages:
+        run_study(small_study.plan_path, out, client=client, chunk_features=8, force=True)
     assert not any("is up to date" in m for m in messages) and any("already done, resuming" in m for m in messages)
     # A file touched but unchanged is still up to date; one edited is not.
     metadata = small_study.out_dir / "metadata.tsv"
     os.utime(metadata)
-    messages.clear()
-    run_study(small_study.plan_path, out, client=client, chunk_features=8, log=messages.append)
+    with logged_messages() as messages:
+        run_study(small_study.plan_path, out, client=client, chunk_features=8)
     assert any("is up to date" in m for m in messages)

@@ -17,7 +17,7 @@ from distributed import Client
 
 from scalable_assoc.engine.run import WORK_DIR, run_study
 from scalable_assoc.simulate import SimulatedStudy
-from scalable_assoc.testing import quiet, write_plan
+from scalable_assoc.testing import logged_messages, write_plan
 
 
 def _command(*args: str) -> subprocess.CompletedProcess[str]:
@@ -42,7 +42,7 @@ def test_a_second_run_on_a_folder_in_use_exits_75_and_changes_nothing(small_stud
         after = {str(p.relative_to(out)) for p in out.rglob("*") if not p.name.endswith(".tmp")}  # the first run's files in flight
         seen.append((second, before, after, _status(out), lock == (out / WORK_DIR / "lock.json").read_text()))
 
-    summary = run_study(small_study.plan_path, out, client=client, chunk_features=16, on_chunk_done=while_fitting, log=quiet)
+    summary = run_study(small_study.plan_path, out, client=client, chunk_features=16, on_chunk_done=while_fitting)
     second, before, after, (status_code, status), same_lock = seen[0]
     assert second.returncode == 75, second.stderr
     assert "Traceback" not in second.stderr and "in use by another run" in second.stderr
@@ -76,8 +76,8 @@ def test_a_dead_runs_lock_is_taken_over_and_its_leftovers_removed(small_study: S
     for folder in leftovers[1:]:
         folder.mkdir()
         (folder / "raw").write_bytes(b"\0" * 1024)
-    messages: list[str] = []
-    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=messages.append)
+    with logged_messages() as messages:
+        run_study(small_study.plan_path, out, client=client, chunk_features=16)
     assert any("taking over the lock" in m and "no longer running" in m for m in messages)
     assert any("removed 3 temporary file(s)" in m for m in messages)
     assert not any(path.exists() for path in leftovers)
@@ -117,9 +117,9 @@ def test_an_export_of_cross_products_holds_the_run_folder(small_study: Simulated
     from scalable_assoc.io.runstate import folder_lock
 
     out = tmp_path / "out"
-    run_study(small_study.plan_path, out, client=client, chunk_features=16, log=quiet)
+    run_study(small_study.plan_path, out, client=client, chunk_features=16)
     export = ["sumstats", str(out), "--cohort", "one", "--out", str(tmp_path / "one.parquet"), "--sufficient", "--workers", "1"]
-    with folder_lock(out / WORK_DIR, "run (a test holding the folder)", quiet):
+    with folder_lock(out / WORK_DIR, "run (a test holding the folder)"):
         refused = _command(*export)
     assert refused.returncode == 75 and "in use by another run" in refused.stderr and f"process {os.getpid()}" in refused.stderr, refused.stderr
     assert not (tmp_path / "one.parquet").exists()

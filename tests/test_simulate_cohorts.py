@@ -234,7 +234,7 @@ def test_single_study_unchanged_by_cohort_code(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- end to end
 def test_clade_name_cohort_runs_end_to_end(sim: SimulatedCohorts, tmp_path: Path) -> None:
     study = sim.studies["cohort_2"]                      # MetaPhlAn 3 clade names
-    summary = run_study(study.plan_path, tmp_path / "results", workers=1, log=lambda _m: None)
+    summary = run_study(study.plan_path, tmp_path / "results", workers=1)
     assert summary is not None
     results = pd.read_csv(tmp_path / "results" / "all_results.tsv", sep="\t")
     species = set(results.loc[results["layer"] == "species", "feature"])

@@ -208,7 +208,7 @@ def _assert_no_jobs_left(ids: list[str]) -> None:
 
 def test_run_on_slurm_equals_the_local_cluster(small_study: SimulatedStudy, client, tmp_path: Path) -> None:
     partition = _slurm_partition()
-    local = run_study(small_study.plan_path, tmp_path / "local", client=client, log=lambda message: None)
+    local = run_study(small_study.plan_path, tmp_path / "local", client=client)
     profile = _profile(
         tmp_path,
         f'kind: slurm\nqueue: "{partition}"\ncores: 1\njobs: 2\nmemory: 1GiB\nwalltime: "00:10:00"\nhost: 127.0.0.1\nworker_timeout: 90\n',

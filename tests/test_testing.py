@@ -14,7 +14,7 @@ from scalable_assoc.simulate import PLAN_YAML, SimulatedStudy
 from scalable_assoc.testing import (
     COVARIATE_NAMES,
     assert_results_equal,
-    quiet,
+    logged_messages,
     random_covariates,
     results_differences,
     simulate_block,
@@ -24,8 +24,15 @@ from scalable_assoc.testing import (
 )
 
 
-def test_quiet_accepts_and_drops_a_message() -> None:
-    assert quiet("anything") is None
+def test_logged_messages_collects_the_package_messages_as_the_command_prints_them() -> None:
+    import logging
+
+    with logged_messages() as messages:
+        logging.getLogger("scalable_assoc.io.ingest").info("converted")
+        logging.getLogger("scalable_assoc.engine.run").warning("chunk %s recomputed", "abc")
+        logging.getLogger("elsewhere").warning("not ours")
+    logging.getLogger("scalable_assoc").warning("after the block")
+    assert messages == ["converted", "warning: chunk abc recomputed"]
 
 
 def test_random_covariates_draw_columns_in_the_order_named() -> None:

@@ -25,7 +25,6 @@ from distributed import Client
 
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.simulate import HEADLINE_SIGNS, simulate_study
-from scalable_assoc.testing import quiet
 
 ALPHA = 0.05
 DRUG_EXPOSURES = ("ssri", "any_ptd")
@@ -38,7 +37,7 @@ def scored(tmp_path_factory: pytest.TempPathFactory, client: Client) -> pd.DataF
     started = time.perf_counter()
     folder = tmp_path_factory.mktemp("truth")
     study = simulate_study(folder / "study", participants=3000, n_species=120, n_pathways=120, seed=1)
-    summary = run_study(study.plan_path, folder / "results", client=client, log=quiet)
+    summary = run_study(study.plan_path, folder / "results", client=client)
     elapsed = time.perf_counter() - started
     print(f"\nsimulated and analysed {study.n_participants} participants ({study.n_planted} planted effects) in {elapsed:.1f}s")
     assert elapsed < 60, "the truth study should take well under a minute"
@@ -133,7 +132,7 @@ def test_prevalence_and_abundance_models_separate_the_planted_kinds(tmp_path_fac
     plan = study.plan_path.parent / "models.yaml"
     text = plan_yaml(models=["lm_nonzero", "prevalence"]).replace("    pathways: pathways.tsv\n    gbm: gbm.tsv\n", "")
     plan.write_text(text + "analyses: [{exposures: [AnyDep, AnyAnx], adjustments: [base]}]\n")
-    results = run_study(plan, folder / "results", client=client, log=quiet).results
+    results = run_study(plan, folder / "results", client=client).results
     truth = pd.read_csv(study.out_dir / "truth.tsv", sep="\t")
     truth = truth[(truth["layer"] == "species") & truth["exposure"].isin(["AnyDep", "AnyAnx"])]
     presence_only = truth[(truth["presence_effect"].abs() >= 0.9) & (truth["abundance_effect"] == 0)]

@@ -23,7 +23,7 @@ import contextlib
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dask
@@ -33,6 +33,8 @@ from distributed.security import Security
 
 from scalable_assoc.engine.profiles import ClusterProfile
 from scalable_assoc.errors import UserInputError
+
+logger = logging.getLogger(__name__)
 
 #: The interface every process of the local cluster listens on.
 LOOPBACK = "127.0.0.1"
@@ -198,7 +200,7 @@ def stop_scheduler_http(dask_scheduler: Scheduler) -> None:
     dask_scheduler.http_server.stop()
 
 
-def local_cluster(workers: int | None = None, dashboard: str | None = None, log: Callable[[str], None] | None = None) -> tuple[LocalCluster, Client]:
+def local_cluster(workers: int | None = None, dashboard: str | None = None) -> tuple[LocalCluster, Client]:
     """A closed local cluster and a client of it (see the module docstring); the caller closes both.
 
     ``workers`` single-threaded worker processes (one per core by default):
@@ -234,12 +236,12 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, log:
     except BaseException:
         cluster.close()
         raise
-    if address is not None and log is not None:
+    if address is not None:
         server = cluster.scheduler.http_server
         host = f"[{server.address}]" if ":" in str(server.address) else server.address
-        log(f"dashboard: http://{host}:{server.port}/status")
+        logger.info("dashboard: http://%s:%s/status", host, server.port)
         if not is_loopback(str(server.address)):
-            log(f"  warning: the dashboard listens on {server.address}, reachable from other machines without a password")
+            logger.warning("the dashboard listens on %s, reachable from other machines without a password", server.address)
     return cluster, client
 
 
@@ -250,7 +252,6 @@ def dask_client(
     *,
     security: Security | None = None,
     dashboard: str | None = None,
-    log: Callable[[str], None] | None = None,
     profile: ClusterProfile | None = None,
 ) -> Iterator[Client]:
     """A client of an existing scheduler (``tcp://`` or ``tls://host:port`` with ``security``), of a new closed local cluster,
@@ -264,7 +265,7 @@ def dask_client(
     if profile is not None:
         from scalable_assoc.engine.slurm import slurm_client  # imports dask-jobqueue, only when asked for
 
-        with slurm_client(profile, log) as client:
+        with slurm_client(profile) as client:
             yield client
         return
     if address is not None:
@@ -276,7 +277,7 @@ def dask_client(
             raise
         client.close()
         return
-    cluster, client = local_cluster(workers, dashboard, log)
+    cluster, client = local_cluster(workers, dashboard)
     try:
         yield client
     except BaseException:

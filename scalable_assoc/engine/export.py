@@ -7,14 +7,12 @@ everything else is :mod:`scalable_assoc.results.sumstats`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from distributed.security import Security
 
 from scalable_assoc.engine.profiles import ClusterProfile
-from scalable_assoc.engine.run import log_to_stderr
 from scalable_assoc.engine.sufficient import sufficient_statistics
 from scalable_assoc.results.disclosure import DisclosureRules
 from scalable_assoc.results.run_outputs import read_run
@@ -35,7 +33,6 @@ def export_sumstats(
     security: Security | None = None,
     dashboard: str | None = None,
     cluster_profile: ClusterProfile | str | Path | None = None,
-    log: Callable[[str], None] = log_to_stderr,
 ) -> dict[str, Any]:
     """Export a finished run's summary statistics, as ``scalable-assoc sumstats`` does.
 
@@ -63,8 +60,6 @@ def export_sumstats(
     scheduler, workers, security, dashboard, cluster_profile
         Where the cross-products are computed, as for
         :func:`~scalable_assoc.engine.sufficient.sufficient_statistics` (unused without ``sufficient``).
-    log
-        Receives progress lines of the cross-products' computation.
 
     Returns
     -------
@@ -77,5 +72,5 @@ def export_sumstats(
     run = read_run(Path(run_dir))
     products = None
     if sufficient:
-        products = sufficient_statistics(run, scheduler=scheduler, workers=workers, security=security, dashboard=dashboard, log=log, cluster_profile=cluster_profile)
+        products = sufficient_statistics(run, scheduler=scheduler, workers=workers, security=security, dashboard=dashboard, cluster_profile=cluster_profile)
     return write_sumstats(run, cohort, Path(out), rules, products, sign_key=key)

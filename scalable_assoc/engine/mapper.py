@@ -24,7 +24,7 @@ class ClusterMapper:
     Use as a context manager; ``wanted(rows)`` says whether ``rows`` rows are
     worth the cluster (always, when a scheduler was named). ``security``
     (credentials for a ``tls://`` scheduler) and ``dashboard`` (of the local
-    cluster, whose address goes to ``log``) are as for :func:`~scalable_assoc.engine.run.run_study`; they are
+    cluster, whose address is logged) are as for :func:`~scalable_assoc.engine.run.run_study`; they are
     checked here, before any work. A cluster ``profile`` (with its
     ``shared_directory`` set) starts workers as SLURM jobs instead, and like a
     named scheduler is always used.
@@ -38,7 +38,6 @@ class ClusterMapper:
         *,
         security: Security | None = None,
         dashboard: str | None = None,
-        log: Callable[[str], None] | None = None,
         profile: ClusterProfile | None = None,
     ) -> None:
         check_cluster_options(scheduler, security, dashboard, workers=workers, profile=profile)
@@ -47,7 +46,6 @@ class ClusterMapper:
         self.workers = workers
         self.security = security
         self.dashboard = dashboard
-        self.log = log
         self.min_rows = min_rows
         self._context: Any = None
         self._client: Client | None = None
@@ -57,7 +55,7 @@ class ClusterMapper:
 
     def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
         if self._client is None:
-            self._context = dask_client(self.scheduler, self.workers, security=self.security, dashboard=self.dashboard, log=self.log, profile=self.profile)
+            self._context = dask_client(self.scheduler, self.workers, security=self.security, dashboard=self.dashboard, profile=self.profile)
             self._client = self._context.__enter__()
         futures = [self._client.submit(function, *block, pure=False) for block in blocks]
         return self._client.gather(futures)

@@ -7,7 +7,7 @@ input error is found before a single chunk is computed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import pandas as pd
 
 from scalable_assoc.errors import DataError, PlanError
 from scalable_assoc.io.atomic import file_checksum, write_npz
-from scalable_assoc.io.feature_list import LayerFeatureList, match_feature_list, read_feature_list
+from scalable_assoc.io.feature_list import FeatureList, LayerFeatureList, match_feature_list, read_feature_list
 from scalable_assoc.io.ingest import layer_store
 from scalable_assoc.io.metadata import (
     ExposureValues,
@@ -34,6 +34,8 @@ from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
 from scalable_assoc.plan.schema import MODELS, LayerSpec, OlsOptions, Plan
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 from scalable_assoc.stats.transforms import mixed_closure_scales
+
+logger = logging.getLogger(__name__)
 
 #: Fewer clusters than this in a model that uses them (lmm, cluster-robust OLS): a warning.
 #: Cluster-robust standard errors and between-cluster variances are unreliable with few clusters.
@@ -345,7 +347,6 @@ def prepare_study(
     cache_dir: Path,
     chunk_features: int | None = None,
     intersect_samples: bool = False,
-    log: Callable[[str], None] = print,
     features: Path | None = None,
     min_cases: int | None = None,
 ) -> PreparedStudy:
@@ -353,6 +354,7 @@ def prepare_study(
 
     ``features`` (a feature list file) overrides the plan's ``features:``;
     ``min_cases`` the plan's ``min_cases`` (neither changes the plan's hash).
+    Warnings are logged and kept in :attr:`PreparedStudy.warnings` (the manifest's).
     """
     metadata = load_metadata(plan.metadata, plan.sample_id_column)
     check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical, plan.reference)
@@ -360,74 +362,103 @@ def prepare_study(
         raise PlanError(
             f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}"
         )
-    warnings: list[str] = []
-
-    def warn(message: str) -> None:
-        warnings.append(message)
-        log(f"warning: {message}")
-
+    warnings = _Warnings()
     if plan.cluster is not None:
         for message in _label_warnings(plan, metadata[plan.cluster]):
-            warn(message)
+            warnings.add(message)
         if not any(plan.uses_clusters(model) for spec in plan.layers for model in spec.models):
-            warn(
+            warnings.add(
                 f"the plan names 'cluster: {plan.cluster}', but no model uses it: lm and lm_nonzero report classical "
                 "standard errors unless the plan asks for cluster-robust ones ('lm: {se: cluster}')"
             )
     used_min_cases = plan.min_cases if min_cases is None else min_cases
-    exposures = {spec.name: exposure_values(metadata, plan.metadata, spec, used_min_cases) for spec in plan.exposures}
+    inputs = _StudyInputs(
+        plan,
+        metadata,
+        {spec.name: exposure_values(metadata, plan.metadata, spec, used_min_cases) for spec in plan.exposures},
+        expand_analyses(plan),
+        intersect_samples or plan.sample_mismatch == "intersect",
+    )
     features = Path(features).resolve() if features is not None else plan.features
     feature_list = read_feature_list(features) if features is not None else None
-    keys = expand_analyses(plan)
-    intersect = intersect_samples or plan.sample_mismatch == "intersect"
     layers = []
     for spec in plan.layers:
-        store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features, log)
-        mixed_scales = _mixed_scales_warning(spec, store)
-        if mixed_scales is not None:
-            warn(mixed_scales)
-        positions, warning = reconcile_samples(spec.name, spec.path, store.sample_ids, metadata, plan.metadata, intersect)
-        if warning:
-            warn(warning)
-        used_ids = [store.sample_ids[i] for i in positions]
-        aligned = metadata.loc[used_ids]
-        work = LayerWork(spec, store, checksum, positions)
-        if feature_list is not None:
-            listed = feature_list.for_layer(spec.name)
-            if listed is None:
-                log(f"note: the feature list {feature_list.path} has no rows for layer '{spec.name}'; its features are filtered by prevalence")
-            else:
-                work.listed = match_feature_list(feature_list.path, spec.name, listed, store.feature_ids)
-                if work.listed.n_absent:
-                    log(
-                        f"  layer '{spec.name}': {work.listed.n_absent} of {work.listed.n_listed} listed features are not in "
-                        f"{spec.path} and count as zero in every sample"
-                    )
-        clusters = cluster_codes(aligned, plan.cluster) if plan.cluster is not None else None
-        metadata_rows = metadata.index.get_indexer(used_ids)
-        # Models of one (exposure, adjustment) share its participants and design: resolve it once.
-        resolved: dict[tuple[str, str], PreparedAnalysis] = {}
-        for key in keys:
-            if key.layer != spec.name:
-                continue
-            pair = (key.exposure, key.adjustment)
-            if pair not in resolved:
-                exposure = exposures[key.exposure]
-                aligned_exposure = replace(exposure, values=exposure.values[metadata_rows])
-                resolved[pair] = _resolve_analysis(key, plan, aligned, aligned_exposure, work.designs, clusters)
-            analysis = resolved[pair]
-            design_clusters = work.designs[analysis.design_key].clusters
-            # Codes run 0..G-1 within a design.
-            n_clusters = int(design_clusters.max(initial=-1)) + 1 if design_clusters is not None and plan.uses_clusters(key.model) else None
-            work.analyses.append(replace(analysis, key=key, ols=plan.ols_options(key.model), n_clusters=n_clusters))
-        if not work.analyses:
-            continue
-        layers.append(work)
+        work = _prepare_layer(inputs, spec, cache_dir, chunk_features, feature_list, warnings)
+        if work.analyses:
+            layers.append(work)
     if not layers:
         raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
     for message in _few_cluster_warnings(plan, layers):
-        warn(message)
-    return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases, warnings)
+        warnings.add(message)
+    return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases, warnings.messages)
+
+
+class _Warnings:
+    """What the user must know about the inputs: logged as it is found, and kept for the manifest."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+        logger.warning("%s", message)
+
+
+@dataclass(frozen=True)
+class _StudyInputs:
+    """What every layer of a study is prepared against: the plan, the metadata, exposures and analysis keys."""
+
+    plan: Plan
+    metadata: pd.DataFrame
+    exposures: dict[str, ExposureValues]
+    keys: list[AnalysisKey]
+    intersect: bool
+
+
+def _prepare_layer(
+    inputs: _StudyInputs, spec: LayerSpec, cache_dir: Path, chunk_features: int | None, feature_list: FeatureList | None, warnings: _Warnings
+) -> LayerWork:
+    """One layer's store (converted if needed), participants, feature list and resolved analyses."""
+    plan, metadata = inputs.plan, inputs.metadata
+    store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features)
+    mixed_scales = _mixed_scales_warning(spec, store)
+    if mixed_scales is not None:
+        warnings.add(mixed_scales)
+    positions, warning = reconcile_samples(spec.name, spec.path, store.sample_ids, metadata, plan.metadata, inputs.intersect)
+    if warning:
+        warnings.add(warning)
+    used_ids = [store.sample_ids[i] for i in positions]
+    aligned = metadata.loc[used_ids]
+    work = LayerWork(spec, store, checksum, positions)
+    if feature_list is not None:
+        listed = feature_list.for_layer(spec.name)
+        if listed is None:
+            logger.info("note: the feature list %s has no rows for layer '%s'; its features are filtered by prevalence", feature_list.path, spec.name)
+        else:
+            work.listed = match_feature_list(feature_list.path, spec.name, listed, store.feature_ids)
+            if work.listed.n_absent:
+                logger.info(
+                    "  layer '%s': %d of %d listed features are not in %s and count as zero in every sample",
+                    spec.name, work.listed.n_absent, work.listed.n_listed, spec.path,
+                )
+    clusters = cluster_codes(aligned, plan.cluster) if plan.cluster is not None else None
+    metadata_rows = metadata.index.get_indexer(used_ids)
+    # Models of one (exposure, adjustment) share its participants and design: resolve it once.
+    resolved: dict[tuple[str, str], PreparedAnalysis] = {}
+    for key in inputs.keys:
+        if key.layer != spec.name:
+            continue
+        pair = (key.exposure, key.adjustment)
+        if pair not in resolved:
+            exposure = inputs.exposures[key.exposure]
+            aligned_exposure = replace(exposure, values=exposure.values[metadata_rows])
+            resolved[pair] = _resolve_analysis(key, plan, aligned, aligned_exposure, work.designs, clusters)
+        analysis = resolved[pair]
+        design_clusters = work.designs[analysis.design_key].clusters
+        # Codes run 0..G-1 within a design.
+        n_clusters = int(design_clusters.max(initial=-1)) + 1 if design_clusters is not None and plan.uses_clusters(key.model) else None
+        work.analyses.append(replace(analysis, key=key, ols=plan.ols_options(key.model), n_clusters=n_clusters))
+    return work
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from the finished chunks.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -36,7 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,7 @@ _COMMAND_TIMEOUT = 30
 #: How often to ask ``squeue`` whether jobs that have no worker yet still exist.
 _SQUEUE_EVERY = 5.0
 
-
-def _quiet(log: Callable[[str], None] | None) -> Callable[[str], None]:
-    return log if log is not None else (lambda message: None)
+logger = logging.getLogger(__name__)
 
 
 def import_jobqueue() -> Any:
@@ -195,7 +194,7 @@ def _describe(job_ids: list[str], logs: Path) -> str:
     return text
 
 
-def _wait_for_first_worker(client: Client, cluster: Any, profile: ClusterProfile, logs: Path, log: Callable[[str], None]) -> None:
+def _wait_for_first_worker(client: Client, cluster: Any, profile: ClusterProfile, logs: Path) -> None:
     """Until one worker is connected; logs the job ids once known; fails when the time is up or every job has ended."""
     started = time.monotonic()
     deadline = started + profile.worker_timeout
@@ -205,9 +204,9 @@ def _wait_for_first_worker(client: Client, cluster: Any, profile: ClusterProfile
         ids = _job_ids(cluster)
         if len(ids) > len(logged):
             logged = ids
-            log(f"SLURM: submitted job(s) {', '.join(ids)} to partition {profile.queue or '(default)'}; worker logs in {logs}")
+            logger.info("SLURM: submitted job(s) %s to partition %s; worker logs in %s", ", ".join(ids), profile.queue or "(default)", logs)
         if client.scheduler_info(n_workers=0).get("n_workers", 0) > 0:
-            log(f"SLURM: first worker connected after {time.monotonic() - started:.1f}s")
+            logger.info("SLURM: first worker connected after %.1fs", time.monotonic() - started)
             return
         now = time.monotonic()
         if ids and len(ids) >= profile.jobs and now - last_squeue >= _SQUEUE_EVERY:
@@ -227,7 +226,7 @@ def _wait_for_first_worker(client: Client, cluster: Any, profile: ClusterProfile
         time.sleep(0.5)
 
 
-def slurm_cluster(profile: ClusterProfile, credentials: Path, logs: Path, log: Callable[[str], None]) -> tuple[Any, Client]:
+def slurm_cluster(profile: ClusterProfile, credentials: Path, logs: Path) -> tuple[Any, Client]:
     """A dask-jobqueue ``SLURMCluster`` closed as the module docstring says, its jobs submitted, and a client of it.
 
     Returns once a first worker is connected; the caller closes both (which
@@ -278,11 +277,11 @@ def slurm_cluster(profile: ClusterProfile, credentials: Path, logs: Path, log: C
         client.run_on_scheduler(stop_scheduler_http)
         _check_submission(profile, cluster.job_script())
         cluster.scale(jobs=profile.jobs)
-        log(
-            f"SLURM: asking for {profile.jobs} job(s) of {profile.cores} core(s), {profile.processes} worker process(es) and "
-            f"{profile.memory} each, time limit {profile.walltime}, scheduler at {cluster.scheduler_address}"
+        logger.info(
+            "SLURM: asking for %d job(s) of %d core(s), %d worker process(es) and %s each, time limit %s, scheduler at %s",
+            profile.jobs, profile.cores, profile.processes, profile.memory, profile.walltime, cluster.scheduler_address,
         )
-        _wait_for_first_worker(client, cluster, profile, logs, log)
+        _wait_for_first_worker(client, cluster, profile, logs)
     except BaseException:
         client.close()
         cluster.close()
@@ -291,17 +290,16 @@ def slurm_cluster(profile: ClusterProfile, credentials: Path, logs: Path, log: C
 
 
 @contextlib.contextmanager
-def slurm_client(profile: ClusterProfile, log: Callable[[str], None] | None = None) -> Iterator[Client]:
+def slurm_client(profile: ClusterProfile) -> Iterator[Client]:
     """A client of a new SLURM cluster (see :func:`slurm_cluster`); its jobs are cancelled and its credentials removed on exit.
 
     A run whose workers are all gone for ``worker_timeout`` ends with a :class:`ClusterFailure`.
     """
-    say = _quiet(log)
     import_jobqueue()  # a missing dask-jobqueue is named before anything is created
     shared, logs = _folders(profile)
     credentials = Path(tempfile.mkdtemp(prefix=".tls-", dir=shared))  # 0700: the workers' key is written here
     try:
-        cluster, client = slurm_cluster(profile, credentials, logs, say)
+        cluster, client = slurm_cluster(profile, credentials, logs)
         try:
             yield client
         except (NoWorkerError, NoValidWorkerError):
@@ -315,6 +313,6 @@ def slurm_client(profile: ClusterProfile, log: Callable[[str], None] | None = No
             client.close()
             cluster.close()
             if ids:
-                say(f"SLURM: cancelled job(s) {', '.join(ids)}")
+                logger.info("SLURM: cancelled job(s) %s", ", ".join(ids))
     finally:
         shutil.rmtree(credentials, ignore_errors=True)

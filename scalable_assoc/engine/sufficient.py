@@ -10,24 +10,28 @@ feature and analysis) and are gathered on the client.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import pyarrow as pa
 from distributed import Client
 from distributed.security import Security
 
-from scalable_assoc.engine.cluster import check_cluster_options, dask_client
+from scalable_assoc.engine.cluster import check_cluster_options
+from scalable_assoc.engine.filters import filter_layers
+from scalable_assoc.engine.graph import ClusterRequest, hold_on_cluster, layer_on_cluster, watched_cluster
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
-from scalable_assoc.engine.run import WORK_DIR, filter_layers, hold_on_cluster, layer_token, log_to_stderr
-from scalable_assoc.engine.tasks import ModelBlock, model_block, model_block_key
+from scalable_assoc.engine.run import WORK_DIR
+from scalable_assoc.engine.tasks import ModelBlock
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.runstate import folder_lock
 from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
 from scalable_assoc.plan.schema import Plan
 from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, RunOutputs, cross_products_table, read_run
+
+logger = logging.getLogger(__name__)
 
 
 def sufficient_chunk(layer: str, block: ModelBlock, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]) -> pa.Table:
@@ -67,7 +71,6 @@ def sufficient_statistics(
     scheduler: str | None = None,
     workers: int | None = None,
     client: Client | None = None,
-    log: Callable[[str], None] = log_to_stderr,
     security: Security | None = None,
     dashboard: str | None = None,
     cluster_profile: ClusterProfile | str | Path | None = None,
@@ -91,30 +94,21 @@ def sufficient_statistics(
     if client is None:
         check_cluster_options(scheduler, security, dashboard, workers=workers, profile=cluster_profile)  # before any work
     outputs = run_dir if isinstance(run_dir, RunOutputs) else read_run(Path(run_dir))
-    run, manifest, plan = outputs.run_dir.resolve(), outputs.manifest, outputs.plan
+    run, manifest = outputs.run_dir.resolve(), outputs.manifest
     work = run / WORK_DIR
-    # The export writes stores, filters and designs into the run's work folder: a run
-    # starting there meanwhile would remove them as another run's leftovers.
-    with folder_lock(work, f"sumstats --sufficient {run}", log):
-        return _sufficient_statistics_locked(run, manifest, plan, work, scheduler, workers, client, log, security, dashboard, cluster_profile)
-
-
-def _sufficient_statistics_locked(
-    run: Path,
-    manifest: dict,
-    plan: Plan,
-    work: Path,
-    scheduler: str | None,
-    workers: int | None,
-    client: Client | None,
-    log: Callable[[str], None],
-    security: Security | None,
-    dashboard: str | None,
-    cluster_profile: ClusterProfile | None,
-) -> pa.Table:
-    """:func:`sufficient_statistics`' work, once the run's folder is held."""
     if cluster_profile is not None:
         cluster_profile = cluster_profile.with_shared_directory(work / "slurm")
+    cluster = ClusterRequest(client, scheduler, workers, security, dashboard, cluster_profile)
+    # The export writes stores, filters and designs into the run's work folder: a run
+    # starting there meanwhile would remove them as another run's leftovers.
+    with folder_lock(work, f"sumstats --sufficient {run}"):
+        study = _prepare_run_again(run, manifest, outputs.plan, work)
+        with watched_cluster(cluster) as (active, watch):
+            return _cross_products(active, watch, study, work)
+
+
+def _prepare_run_again(run: Path, manifest: dict, plan: Plan, work: Path) -> PreparedStudy:
+    """The run's study prepared as the run did (same stores, chunking, samples, feature list, min_cases); refused if an input changed."""
     features = (manifest.get("features") or {}).get("path")
     if features is not None and not Path(features).is_file():
         raise DataError(f"{run}: the run's feature list {features} no longer exists; the cross-products need the features the run transformed over")
@@ -123,55 +117,44 @@ def _sufficient_statistics_locked(
         work / "stores",
         manifest.get("chunk_features"),
         manifest.get("intersect_samples", False),
-        log,
         Path(features) if features is not None else None,
         (manifest.get("min_cases") or {}).get("used"),
     )
     _check_run(run, study, manifest)
     if not any(a.key.model == "lm" for layer in study.layers for a in layer.analyses):
         raise DataError(f"{run}: the plan fits no 'lm' model; sufficient statistics exist for linear models only")
+    return study
 
-    def execute(active: Client) -> pa.Table:
-        with ClusterWatch(active) as watch:
-            return execute_watched(active, watch)
 
-    def execute_watched(active: Client, watch: ClusterWatch) -> pa.Table:
-        positions = {layer.spec.name: hold_on_cluster(active, layer.sample_positions, "samples") for layer in study.layers}
-        filters = filter_layers(active, study, positions, work / "filters", log, watch)
-        futures = []
-        for layer in study.layers:
-            analyses = [a for a in layer.analyses if a.key.model == "lm" and not a.levels]  # categorical exposures: no single slope to pool
-            if not analyses:
+def _cross_products(client: Client, watch: ClusterWatch, study: PreparedStudy, work: Path) -> pa.Table:
+    """Submit one task per block x lm design group, over the run's own filter and transformed blocks; gather the tables."""
+    positions = {layer.spec.name: hold_on_cluster(client, layer.sample_positions, "samples") for layer in study.layers}
+    filters = filter_layers(client, study, positions, work / "filters", watch)
+    futures = []
+    for layer in study.layers:
+        analyses = [a for a in layer.analyses if a.key.model == "lm" and not a.levels]  # categorical exposures: no single slope to pool
+        if not analyses:
+            continue
+        held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name])
+        groups: dict[str, tuple[PreparedAnalysis, ...]] = {}
+        for analysis in analyses:
+            groups[analysis.design_key] = groups.get(analysis.design_key, ()) + (analysis,)
+        paths = {key: write_design(work / "designs", layer.designs[key]) for key in groups}
+        batches = {key: hold_on_cluster(client, group, "batch") for key, group in groups.items()}
+        for index, kept in enumerate(held.layer_filter.kept):
+            if not kept.any():
                 continue
-            layer_filter = filters[layer.spec.name]
-            token = layer_token(study, layer)
-            totals = hold_on_cluster(active, layer_filter.sample_totals, "totals") if layer_filter.sample_totals is not None else None
-            groups: dict[str, tuple[PreparedAnalysis, ...]] = {}
-            for analysis in analyses:
-                groups[analysis.design_key] = groups.get(analysis.design_key, ()) + (analysis,)
-            paths = {key: write_design(work / "designs", layer.designs[key]) for key in groups}
-            held = {key: hold_on_cluster(active, group, "batch") for key, group in groups.items()}
-            for index, (start, stop) in enumerate(layer.store.block_bounds()):
-                kept = layer_filter.kept[index]
-                if not kept.any():
-                    continue
-                block = active.submit(
-                    model_block, layer.store.path, start, stop, positions[layer.spec.name], kept, "transformed",
-                    layer.spec.preprocess.transform, layer_filter.pseudocount, totals, layer.spec.presence_threshold,
-                    key=model_block_key("transformed", token, index),
-                )
-                for key in groups:
-                    futures.append(
-                        active.submit(sufficient_chunk, layer.spec.name, block, layer_filter.kept_ids[index], paths[key], held[key], key=f"sufficient-{token}-{index}-{key}")
+            block = held.submit_block(client, index, "transformed")
+            for key in groups:
+                futures.append(
+                    client.submit(
+                        sufficient_chunk, layer.spec.name, block, held.layer_filter.kept_ids[index], paths[key], batches[key],
+                        key=f"sufficient-{held.token}-{index}-{key}",
                     )
-        tables = []
-        for done, future in enumerate(watch.completed(futures), start=1):
-            tables.append(future.result())
-            if done == len(futures) or done % max(1, len(futures) // 10) == 0:
-                log(f"  sufficient statistics: {done}/{len(futures)} tasks")
-        return pa.concat_tables(tables) if tables else SUFFICIENT_SCHEMA.empty_table()
-
-    if client is not None:
-        return execute(client)
-    with dask_client(scheduler, workers, security=security, dashboard=dashboard, log=log, profile=cluster_profile) as own:
-        return execute(own)
+                )
+    tables = []
+    for done, future in enumerate(watch.completed(futures), start=1):
+        tables.append(future.result())
+        if done == len(futures) or done % max(1, len(futures) // 10) == 0:
+            logger.info("  sufficient statistics: %d/%d tasks", done, len(futures))
+    return pa.concat_tables(tables) if tables else SUFFICIENT_SCHEMA.empty_table()

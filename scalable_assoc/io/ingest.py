@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import file_checksum, seal, sealed
 from scalable_assoc.io.store import AbundanceStore, open_store, write_table_stream
 from scalable_assoc.io.tables import detect_format, stream_abundance_table
+
+logger = logging.getLogger(__name__)
 
 
 def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None) -> AbundanceStore:
@@ -26,7 +28,7 @@ def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str =
 
 
 def layer_store(
-    source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None, log: Callable[[str], None] = print
+    source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None
 ) -> tuple[AbundanceStore, str]:
     """The store for one layer and the checksum of its input.
 
@@ -56,7 +58,7 @@ def layer_store(
     if state:
         return open_store(destination), checksum
     if state is False:
-        log(f"warning: layer '{layer}': the converted store {destination} no longer matches what was written (damaged or edited); rebuilding it from {source}")
+        logger.warning("layer '%s': the converted store %s no longer matches what was written (damaged or edited); rebuilding it from %s", layer, destination, source)
         shutil.rmtree(destination, ignore_errors=True)
     store = write_table_stream(destination, stream_abundance_table(source, resolved, rank, scratch=cache_dir), checksum, chunk_features)
     seal(destination)

@@ -17,10 +17,11 @@ Files only; no Dask.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from scalable_assoc.io.atomic import write_json
+
+logger = logging.getLogger(__name__)
+#: The logger every module of the package logs under (``logging.getLogger(__name__)``).
+PACKAGE_LOGGER = "scalable_assoc"
 
 LOCK_FILE = "lock.json"
 STATUS_FILE = "status.json"
@@ -73,7 +78,7 @@ def _describe(holder: dict[str, Any]) -> str:
 
 
 @contextmanager
-def folder_lock(work_dir: Path, command: str, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+def folder_lock(work_dir: Path, command: str) -> Iterator[dict[str, Any]]:
     """Hold ``work_dir`` for one run; raise :class:`FolderInUse` if another live run holds it.
 
     Yields the lock record (host, pid, started, command).
@@ -89,7 +94,7 @@ def folder_lock(work_dir: Path, command: str, log: Callable[[str], None]) -> Ite
             same_host = holder.get("host") == record["host"]
             pid = holder.get("pid")
             if same_host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
-                log(f"warning: taking over the lock of {work_dir.parent}: {_describe(holder)} is no longer running")
+                logger.warning("taking over the lock of %s: %s is no longer running", work_dir.parent, _describe(holder))
                 path.unlink(missing_ok=True)
                 continue
             if not holder:
@@ -137,8 +142,10 @@ class RunLog:
     Every line has ``time`` (ISO 8601 UTC), ``run`` (the run's start time and
     process id), ``phase`` (``prepare``, ``cluster``, ``filter``, ``fit``,
     ``gather``) and ``event`` (``phase``, ``message``, ``finished``, ``failed``
-    or ``interrupted``); a message line also has ``message``. Lines of every run
-    on the folder follow each other, so the file is the folder's history.
+    or ``interrupted``); a message line also has ``message`` and ``level``:
+    while the run log is open, every message of the ``scalable_assoc`` loggers
+    (INFO and above) is written to it too. Lines of every run on the folder
+    follow each other, so the file is the folder's history.
     """
 
     def __init__(self, path: Path, holder: dict[str, Any]) -> None:
@@ -146,14 +153,24 @@ class RunLog:
         self.run = f"{holder['started']} pid {holder['pid']}"
         self.current = "start"
         self._handle: Any = None
+        self._package = logging.getLogger(PACKAGE_LOGGER)
+        self._handler = _RunLogHandler(self)
+        self._level = logging.NOTSET
 
     def __enter__(self) -> RunLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self.path.open("a", encoding="utf-8")
         self.event("started")
+        self._package.addHandler(self._handler)
+        # INFO messages (progress) reach the file even where nobody configured logging.
+        self._level = self._package.level
+        if self._package.getEffectiveLevel() > logging.INFO:
+            self._package.setLevel(logging.INFO)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._package.removeHandler(self._handler)
+        self._package.setLevel(self._level)
         self._handle.close()
 
     def event(self, event: str, **details: Any) -> None:
@@ -167,14 +184,20 @@ class RunLog:
         self.current = name
         self.event("phase")
 
-    def tee(self, log: Callable[[str], None]) -> Callable[[str], None]:
-        """``log`` that also writes each message to the run log."""
 
-        def both(message: str) -> None:
-            log(message)
-            self.event("message", message=message)
 
-        return both
+class _RunLogHandler(logging.Handler):
+    """Writes each message of the package's loggers to the run log as a ``message`` event."""
+
+    def __init__(self, run_log: RunLog) -> None:
+        super().__init__(logging.INFO)
+        self.run_log = run_log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.run_log.event("message", message=record.getMessage(), level=record.levelname.lower())
+        except Exception:  # a full disk must not end the run over a log line
+            self.handleError(record)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from scalable_assoc.stats.meta import METHODS, MetaFits, combine_estimates, dire
 KEY_COLUMNS = ("layer", "feature", "exposure", "adjustment", "model")
 META_FILES = ("meta_manifest.json", "meta_results.parquet", "meta_results.tsv", "meta_leave_one_out.parquet", "meta_leave_one_out.tsv", "feature_coverage.tsv")
 POOL_FILES = ("pool_manifest.json", "pooled_results.parquet", "pooled_results.tsv", "feature_coverage.tsv")
+
+logger = logging.getLogger(__name__)
 
 
 class BlockMapper(Protocol):
@@ -69,7 +72,6 @@ def _begin(
     out_dir: str | Path,
     outputs: Sequence[str],
     alpha: float | None,
-    log: Callable[[str], None],
 ) -> tuple[list[CohortFile], list[str], Path, float]:
     """Check the arguments and the cohorts' compatibility, then remove earlier outputs (none may outlive a failure).
 
@@ -88,7 +90,7 @@ def _begin(
         alpha, alpha_warning = _plan_alpha(cohorts)
         warnings += alpha_warning
     for warning in warnings:
-        log(f"warning: {warning}")
+        logger.warning("%s", warning)
     out = Path(out_dir)
     _remove(out, outputs)
     return cohorts, warnings, out, alpha
@@ -122,7 +124,7 @@ def _with_harmonised_features(frame: pd.DataFrame, cohort: CohortFile, mapping: 
     return frame
 
 
-def _coverage(frames: list[pd.DataFrame], cohorts: list[CohortFile], log: Callable[[str], None]) -> tuple[pd.DataFrame, list[str]]:
+def _coverage(frames: list[pd.DataFrame], cohorts: list[CohortFile]) -> tuple[pd.DataFrame, list[str]]:
     present = pd.concat([f[["layer", "feature", "cohort"]] for f in frames], ignore_index=True)
     names = [c.cohort for c in cohorts]
     coverage = coverage_table(present, names)
@@ -137,7 +139,7 @@ def _coverage(frames: list[pd.DataFrame], cohorts: list[CohortFile], log: Callab
     if partial:
         warnings.append(f"{partial} of {len(coverage)} features are present in only some cohorts (see feature_coverage.tsv)")
     for warning in warnings:
-        log(f"warning: {warning}")
+        logger.warning("%s", warning)
     return coverage, warnings
 
 
@@ -193,7 +195,6 @@ def meta_analyse(
     mapper: BlockMapper | None = None,
     block_rows: int = 250_000,
     alpha: float | None = None,
-    log: Callable[[str], None] = print,
 ) -> CombinedSummary:
     """Meta-analyse every (layer, feature, exposure, adjustment, model) over the cohorts' summary files.
 
@@ -229,8 +230,6 @@ def meta_analyse(
         Where to combine the rows, and in blocks of how many.
     alpha
         Significance level for the manifest's count; None: the plans' ``fdr.alpha``.
-    log
-        Receives progress lines and warnings.
 
     Returns
     -------
@@ -239,13 +238,13 @@ def meta_analyse(
     """
     if method not in METHODS:
         raise UserInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
-    cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, META_FILES, alpha, log)
+    cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, META_FILES, alpha)
     frames = [_with_harmonised_features(c.summary(), c, mapping, KEY_COLUMNS).assign(cohort=c.cohort) for c in cohorts]
-    coverage, coverage_warnings = _coverage(frames, cohorts, log)
+    coverage, coverage_warnings = _coverage(frames, cohorts)
     warnings += coverage_warnings
     names = [c.cohort for c in cohorts]
     table = _estimates_by_cohort(pd.concat(frames, ignore_index=True), names, min_cohorts)
-    log(f"meta-analysing {len(table.keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
+    logger.info(f"meta-analysing {len(table.keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
     fits = _combine(table.beta, table.se, method, hksj, mapper, block_rows)
     few = int(((fits.k > 1) & (fits.k < 3)).sum()) if hksj else 0
     if few:
@@ -254,7 +253,7 @@ def meta_analyse(
             "standard error rests on 1 degree of freedom and can be far too small or too large (treat those rows with care, "
             "or use --min-cohorts 3)"
         )
-        log(f"warning: {warning}")
+        logger.warning("%s", warning)
         warnings.append(warning)
     results = _meta_results(table, fits, names)
     fdr_by = _add_q(results, cohorts)
@@ -350,7 +349,6 @@ def pool_cohorts(
     mapping: dict[str, str] | None = None,
     allow_mismatch: bool = False,
     alpha: float | None = None,
-    log: Callable[[str], None] = print,
 ) -> CombinedSummary:
     """Solve ``feature ~ cohort + exposure + covariates`` over all cohorts from their cross-products.
 
@@ -373,17 +371,15 @@ def pool_cohorts(
         Pool cohorts whose analyses differ, with warnings.
     alpha
         Significance level for the manifest's count; None: the plans' ``fdr.alpha``.
-    log
-        Receives progress lines and warnings.
 
     Returns
     -------
     CombinedSummary
         The folder, the results (one row per layer x feature x exposure x adjustment), the feature coverage and the manifest.
     """
-    cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, POOL_FILES, alpha, log)
+    cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, POOL_FILES, alpha)
     frames = [_stack_sufficient(c, mapping) for c in cohorts]
-    coverage, coverage_warnings = _coverage(frames, cohorts, log)
+    coverage, coverage_warnings = _coverage(frames, cohorts)
     warnings += coverage_warnings
     long = pd.concat(frames, ignore_index=True)
     categorical = tuple(cohorts[0].sidecar["analysis"].get("categorical", []))
@@ -398,7 +394,7 @@ def pool_cohorts(
         raise DataError(f"no feature has cross-products in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to pool (see --min-cohorts)")
     results = pd.concat(pieces, ignore_index=True)
     fdr_by = _add_q(results, cohorts)
-    log(f"pooled {len(results)} rows over {len(names)} cohorts")
+    logger.info(f"pooled {len(results)} rows over {len(names)} cohorts")
     write_parquet(out / "pooled_results.parquet", results)
     write_tsv(out / "pooled_results.tsv", results)
     write_tsv(out / "feature_coverage.tsv", coverage)

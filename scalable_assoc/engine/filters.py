@@ -1,0 +1,237 @@
+"""Each layer's prevalence filter, pseudocount and per-sample sums: one pass over its blocks, kept for resumed runs and exports.
+
+The sums are what the transforms need for every sample (CLR means, TSS/AST
+totals) over the kept features; they are computed once per layer and sample
+set and kept in ``filters/filter-<layer token>-<samples>.npz``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import distributed
+import numpy as np
+import pandas as pd
+from distributed import Client
+
+from scalable_assoc.engine.graph import layer_token
+from scalable_assoc.engine.prepare import LayerWork, PreparedStudy
+from scalable_assoc.engine.tasks import MODEL_VIEWS, sum_block, summarise_block
+from scalable_assoc.engine.watch import ClusterWatch
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.atomic import write_npz
+from scalable_assoc.stats.transforms import needs_sample_summary, select_features, with_absent_zeros
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerFilter:
+    """A layer's prevalence filter, pseudocount and per-sample sums over the samples a run uses."""
+
+    kept: list[np.ndarray]  # per block, bool (m_block,)
+    pseudocount: float
+    n_features: int
+    n_kept: int
+    sample_totals: tuple[np.ndarray, np.ndarray] | None = None
+    #: per-sample sums over present values only (the CLR of the non-zero view)
+    nonzero_totals: tuple[np.ndarray, np.ndarray] | None = None
+    kept_ids: list[tuple[str, ...]] = field(default_factory=list)
+    #: per feature of the layer (all blocks): values > 0 and values present, over the samples used
+    nonzero: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    observed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+
+def _kept_ids(layer: LayerWork, kept: list[np.ndarray]) -> list[tuple[str, ...]]:
+    """Per block, the IDs of the features the filter kept."""
+    ids = layer.store.feature_ids
+    return [tuple(ids[start + j] for j in np.flatnonzero(k)) for (start, _), k in zip(layer.store.block_bounds(), kept, strict=True)]
+
+
+def _filter_path(folder: Path, study: PreparedStudy, layer: LayerWork) -> Path:
+    return folder / f"filter-{layer_token(study, layer)}-{layer.samples_digest()}.npz"
+
+
+def _save_filter(path: Path, layer_filter: LayerFilter) -> None:
+    arrays = {
+        "kept": np.concatenate(layer_filter.kept),
+        "pseudocount": np.array(layer_filter.pseudocount),
+        "nonzero": layer_filter.nonzero,
+        "observed": layer_filter.observed,
+    }
+    for which in ("sample_totals", "nonzero_totals"):
+        value = getattr(layer_filter, which)
+        if value is not None:
+            arrays[f"{which}_0"], arrays[f"{which}_1"] = value
+    write_npz(path, arrays)
+
+
+def _load_filter(path: Path, layer: LayerWork) -> LayerFilter:
+    with np.load(path, allow_pickle=False) as data:
+        bounds = layer.store.block_bounds()
+        kept = [data["kept"][start:stop].copy() for start, stop in bounds]
+        totals = {
+            which: (data[f"{which}_0"], data[f"{which}_1"]) if f"{which}_0" in data.files else None for which in ("sample_totals", "nonzero_totals")
+        }
+        return LayerFilter(
+            kept,
+            float(data["pseudocount"]),
+            layer.store.n_features,
+            int(data["kept"].sum()),
+            sample_totals=totals["sample_totals"],
+            nonzero_totals=totals["nonzero_totals"],
+            kept_ids=_kept_ids(layer, kept),
+            nonzero=data["nonzero"],
+            observed=data["observed"],
+        )
+
+
+def filter_layers(
+    client: Client,
+    study: PreparedStudy,
+    positions: dict[str, distributed.Future],
+    folder: Path,
+    watch: ClusterWatch | None = None,
+) -> dict[str, LayerFilter]:
+    """:func:`_filter_layers`, kept in ``folder`` so that a resumed run or a later export does not pass over the data again.
+
+    The file name holds the layer token (plan, inputs, layer, chunking), so a
+    changed plan or input never finds an old filter. ``watch`` bounds the
+    waits when the cluster fails (see :mod:`scalable_assoc.engine.watch`).
+    """
+    filters: dict[str, LayerFilter] = {}
+    missing = []
+    for layer in study.layers:
+        path = _filter_path(folder, study, layer)
+        if path.is_file():
+            filters[layer.spec.name] = _load_filter(path, layer)
+            logger.info("  layer '%s': filter and per-sample sums reused from an earlier pass", layer.spec.name)
+        else:
+            missing.append(layer)
+    if missing:
+        computed = _filter_layers(client, study, positions, missing, watch or ClusterWatch(client))
+        for layer in missing:
+            _save_filter(_filter_path(folder, study, layer), computed[layer.spec.name])
+        filters.update(computed)
+    return filters
+
+
+def _filter_layers(
+    client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], layers: list[LayerWork], watch: ClusterWatch
+) -> dict[str, LayerFilter]:
+    """Prevalence filter, pseudocount and per-sample sums of ``layers`` (two reductions over all their blocks).
+
+    All layers' blocks are submitted together so the workers never wait on the
+    client between layers.
+    """
+    summaries = _feature_summaries(client, study, positions, layers, watch)
+    filters = {layer.spec.name: _select(layer, summaries[layer.spec.name]) for layer in layers}
+    sum_futures: dict[tuple[str, str], list[distributed.Future]] = {}
+    for layer in layers:
+        sum_futures |= _submit_sample_sums(client, study, layer, filters[layer.spec.name], positions[layer.spec.name])
+    for (name, which), parts in watch.gather(sum_futures).items():
+        setattr(filters[name], which, (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)))
+    for layer in layers:
+        # Listed features the layer lacks are zeros in every sample: they enter the CLR mean of the
+        # transformed view (not the non-zero view's, which runs over present values only).
+        layer_filter = filters[layer.spec.name]
+        if layer.listed is not None and layer_filter.sample_totals is not None:
+            layer_filter.sample_totals = with_absent_zeros(
+                layer_filter.sample_totals, layer.listed.n_absent, layer.spec.preprocess.transform, layer_filter.pseudocount
+            )
+    return filters
+
+
+def _feature_summaries(
+    client: Client, study: PreparedStudy, positions: dict[str, distributed.Future], layers: list[LayerWork], watch: ClusterWatch
+) -> dict[str, list]:
+    """Per layer, each block's prevalence counts over the samples used: stored with the store when they cover them, else a pass."""
+    summaries: dict[str, list] = {}
+    futures = {}
+    for layer in layers:
+        bounds = layer.store.block_bounds()
+        # A run on all samples of a store uses the counts stored with it: no pass over the data.
+        if np.array_equal(layer.sample_positions, np.arange(layer.store.n_samples)):
+            stored = [layer.store.stored_feature_summary(start, stop) for start, stop in bounds]
+            if all(s is not None for s in stored):
+                summaries[layer.spec.name] = stored
+                continue
+        futures[layer.spec.name] = [
+            client.submit(summarise_block, layer.store.path, start, stop, positions[layer.spec.name], key=f"summary-{layer_token(study, layer)}-{i}")
+            for i, (start, stop) in enumerate(bounds)
+        ]
+    summaries.update(watch.gather(futures))
+    return summaries
+
+
+def _select(layer: LayerWork, summaries: list) -> LayerFilter:
+    """The kept features and pseudocount of one layer from its block summaries (or its feature list)."""
+    preprocess = layer.spec.preprocess
+    bounds = layer.store.block_bounds()
+    listed = [layer.listed.mask[start:stop] for start, stop in bounds] if layer.listed is not None else None
+    try:
+        kept, pseudocount = select_features(summaries, preprocess.min_prevalence, preprocess.pseudocount, listed)
+    except ValueError as error:
+        source = f" with the feature list {layer.listed.path}" if layer.listed is not None else ""
+        raise DataError(f"layer '{layer.spec.name}' ({layer.spec.path}){source}: {error}") from None
+    return LayerFilter(
+        kept,
+        pseudocount,
+        layer.store.n_features,
+        int(sum(k.sum() for k in kept)),
+        kept_ids=_kept_ids(layer, kept),
+        nonzero=np.concatenate([np.asarray(s.nonzero, dtype=np.int64) for s in summaries]),
+        observed=np.concatenate([np.asarray(s.observed, dtype=np.int64) for s in summaries]),
+    )
+
+
+def _submit_sample_sums(
+    client: Client, study: PreparedStudy, layer: LayerWork, layer_filter: LayerFilter, positions: distributed.Future
+) -> dict[tuple[str, str], list[distributed.Future]]:
+    """The per-sample sum tasks one layer's views need, by ``(layer, "sample_totals" | "nonzero_totals")``."""
+    name, preprocess = layer.spec.name, layer.spec.preprocess
+    views = {MODEL_VIEWS[model] for model in layer.spec.models}
+    token = layer_token(study, layer)
+    transform = preprocess.transform
+    bounds, kept = layer.store.block_bounds(), layer_filter.kept
+    futures: dict[tuple[str, str], list[distributed.Future]] = {}
+    # TSS/AST totals serve both the transformed and the non-zero view; CLR needs its own
+    # sums for the non-zero view (a geometric mean over the features a sample has).
+    if needs_sample_summary(transform) and ("transformed" in views or ("nonzero" in views and transform != "clr")):
+        futures[(name, "sample_totals")] = [
+            client.submit(sum_block, layer.store.path, start, stop, positions, k, transform, layer_filter.pseudocount, key=f"sums-{token}-{i}")
+            for i, ((start, stop), k) in enumerate(zip(bounds, kept, strict=True))
+            if k.any()
+        ]
+    if "nonzero" in views and transform == "clr":
+        threshold = layer.spec.presence_threshold
+        futures[(name, "nonzero_totals")] = [
+            client.submit(sum_block, layer.store.path, start, stop, positions, k, transform, 0.0, threshold, key=f"nonzero-sums-{token}-{i}")
+            for i, ((start, stop), k) in enumerate(zip(bounds, kept, strict=True))
+            if k.any()
+        ]
+    return futures
+
+
+def feature_table(study: PreparedStudy, filters: dict[str, LayerFilter]) -> pd.DataFrame:
+    """Per layer and feature: participants observed, with the feature present (> 0), prevalence, kept by the filter."""
+    frames = []
+    for layer in study.layers:
+        f = filters[layer.spec.name]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fraction = np.where(f.observed > 0, f.nonzero / np.maximum(f.observed, 1), np.nan)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer.spec.name,
+                    "feature": list(layer.store.feature_ids),
+                    "n_observed": f.observed,
+                    "n_present": f.nonzero,
+                    "prevalence": fraction,
+                    "kept": np.concatenate(f.kept),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,172 @@
+"""A run's output files: what they are, writing them from the finished chunks, and reading a finished run back ("up to date")."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scalable_assoc import __version__
+from scalable_assoc.engine.filters import LayerFilter, feature_table
+from scalable_assoc.engine.prepare import ChunkTask, PreparedStudy
+from scalable_assoc.io.atomic import file_checksum, write_parquet, write_tsv
+from scalable_assoc.io.runstate import read_status
+from scalable_assoc.plan.schema import MODELS, Plan
+from scalable_assoc.results.columns import COVARIATE_SCHEMA
+from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
+from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
+
+OUTPUT_FILES = (
+    "manifest.json",
+    "results.parquet",
+    "all_results.tsv",
+    "significant_results.tsv",
+    "adjustment_summary.tsv",
+    "adjustment_survival.tsv",
+    "features.parquet",
+    "features.tsv",
+    "joint_results.parquet",
+    "joint_results.tsv",
+    "covariate_results.parquet",
+    "covariate_results.tsv",
+)
+WORK_DIR = ".scalable_assoc"
+
+
+@dataclass
+class RunSummary:
+    """What a finished run produced (paths are inside ``out_dir``)."""
+
+    out_dir: Path
+    results: pd.DataFrame
+    adjustment: pd.DataFrame
+    survival: pd.DataFrame
+    manifest: dict
+    chunks_total: int
+    chunks_reused: int
+    seconds: float
+
+
+def remove_outputs(out_dir: Path) -> None:
+    """An earlier run's results must not outlive a run that then fails: they would look like its answer."""
+    for name in OUTPUT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def up_to_date(plan: Plan, out: Path, options: dict[str, object], features: Path | None) -> RunSummary | None:
+    """The finished run in ``out`` when it was made by this version from this plan, these inputs and options; else None.
+
+    Inputs are compared by content (SHA-256), so a touched but unchanged file
+    does not count as a change, and an edited one always does.
+    """
+    status = read_status(out)
+    if status is None or status.state != "finished":
+        return None
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    # The cheap comparisons first, the inputs' checksums next, the outputs last.
+    if manifest.get("version") != __version__ or manifest.get("plan_hash") != plan.content_hash():
+        return None
+    if any(manifest.get(key) != value for key, value in options.items()):
+        return None
+    inputs = manifest.get("inputs", {})
+    expected = {"metadata": plan.metadata, **{f"layer:{layer.name}": layer.path for layer in plan.layers}}
+    listed = features if features is not None else plan.features
+    recorded = manifest.get("features")
+    if set(inputs) != set(expected) or (listed is None) != (recorded is None):
+        return None
+    if listed is not None and (not listed.is_file() or recorded.get("sha256") != file_checksum(listed)):
+        return None
+    for key, path in expected.items():
+        if not path.exists() or inputs[key].get("sha256") != file_checksum(path):
+            return None
+    try:
+        results = pd.read_parquet(out / "results.parquet")
+        adjustment = pd.read_csv(out / "adjustment_summary.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+        survival = pd.read_csv(out / "adjustment_survival.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
+    except (OSError, ValueError):
+        return None
+    return RunSummary(out, results, adjustment, survival, manifest, int(manifest.get("chunks_total", 0)), int(manifest.get("chunks_total", 0)), 0.0)
+
+
+def exposure_row_order(study: PreparedStudy) -> list[str]:
+    """The results' exposure values in plan order: a categorical exposure's omnibus row, then its levels."""
+    order: list[str] = []
+    for exposure in study.plan.exposures:
+        order.append(exposure.name)
+        for layer in study.layers:
+            for analysis in layer.analyses:
+                if analysis.key.exposure == exposure.name:
+                    order += [f"{exposure.name}[{level}]" for level in analysis.levels[1:]]
+    return list(dict.fromkeys(order))
+
+
+def covariate_results(study: PreparedStudy, paths: list[Path]) -> pd.DataFrame:
+    """Covariate coefficient rows of every chunk, in plan order (layer, exposure, adjustment, feature), terms in design order."""
+    tables = [pq.read_table(path, schema=COVARIATE_SCHEMA) for path in paths]
+    frame = (pa.concat_tables(tables) if tables else COVARIATE_SCHEMA.empty_table()).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    feature_rank = np.zeros(len(frame), dtype=np.int64)
+    term_rank = np.zeros(len(frame), dtype=np.int64)
+    for layer in study.layers:
+        rows = (frame["layer"] == layer.spec.name).to_numpy()
+        feature_rank[rows] = pd.Index(layer.store.feature_ids).get_indexer(frame.loc[rows, "feature"])
+        for analysis in layer.analyses:
+            names = layer.designs[analysis.design_key].names
+            these = rows & (frame["exposure"] == analysis.key.exposure).to_numpy() & (frame["adjustment"] == analysis.key.adjustment).to_numpy()
+            term_rank[these] = pd.Index(names).get_indexer(frame.loc[these, "term"])
+    codes = [
+        pd.Categorical(frame[column], categories=categories, ordered=True).codes
+        for column, categories in (
+            ("layer", [layer.spec.name for layer in study.layers]),
+            ("exposure", [e.name for e in study.plan.exposures]),
+            ("adjustment", list(study.plan.adjustments)),
+        )
+    ]
+    order = np.lexsort((term_rank, feature_rank, codes[2], codes[1], codes[0]))
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def write_outputs(study: PreparedStudy, tasks: list[ChunkTask], chunks_dir: Path, filters: dict[str, LayerFilter], out: Path, covariate_rows: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Gather every chunk into the results (FDR per family), write every output file but the manifest; returns results, summary, survival.
+
+    ``results.parquet`` keeps plan order (runs compare row by row); the TSV is
+    for reading: by q within family.
+    """
+    plan = study.plan
+    partial = read_chunks([t.rows_file(chunks_dir) for t in tasks])
+    results = assemble_results(
+        partial,
+        [layer.spec.name for layer in study.layers],
+        exposure_row_order(study),
+        list(plan.adjustments),
+        {layer.spec.name: layer.store.feature_ids for layer in study.layers},
+        plan.fdr.by,
+        MODELS,
+    )
+    summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
+    survival = survival_readout(summary, list(plan.adjustments))
+    significant = results[results["q"].lt(plan.fdr.alpha).fillna(False).to_numpy(dtype=bool)]
+    write_parquet(out / "results.parquet", results_table(results))
+    write_tsv(out / "all_results.tsv", sorted_by_family_q(results, plan.fdr.by))
+    write_tsv(out / "significant_results.tsv", significant.sort_values("q", kind="stable"))
+    write_tsv(out / "adjustment_summary.tsv", summary)
+    write_tsv(out / "adjustment_survival.tsv", survival)
+    features = feature_table(study, filters)
+    write_parquet(out / "features.parquet", features)
+    write_tsv(out / "features.tsv", features)
+    if all(any(model in layer.spec.models for layer in study.layers) for model in ("lm_nonzero", "prevalence")):
+        joint = joint_presence_abundance(results, plan.fdr.by)
+        write_parquet(out / "joint_results.parquet", joint)
+        write_tsv(out / "joint_results.tsv", joint)
+    if covariate_rows:
+        covariates = covariate_results(study, [path for t in tasks if (path := t.covariates_file(chunks_dir)) is not None])
+        write_parquet(out / "covariate_results.parquet", pa.Table.from_pandas(covariates, schema=COVARIATE_SCHEMA, preserve_index=False))
+        write_tsv(out / "covariate_results.tsv", covariates)
+    return results, summary, survival
