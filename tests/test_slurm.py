@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import results_differences
 
 from scalable_assoc.cli import main
 from scalable_assoc.engine.profiles import KEYS, ClusterProfile, load_cluster_profile
@@ -36,6 +35,7 @@ from scalable_assoc.engine.run import run_study
 from scalable_assoc.engine.slurm import JOB_NAME, import_jobqueue, job_states, slurm_client, write_credentials
 from scalable_assoc.errors import UserInputError
 from scalable_assoc.simulate import SimulatedStudy
+from scalable_assoc.testing import results_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "slurm.yaml"
