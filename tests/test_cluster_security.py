@@ -108,9 +108,11 @@ def _stop(process: subprocess.Popen) -> None:
 
 #: A run in its own process that waits after its first chunk until ``go`` exists (``ready`` says it waits).
 HELD_RUN = """
-import sys, time
+import logging, sys, time
 from pathlib import Path
 from scalable_assoc.engine.run import run_study
+
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # as a library user sees the messages
 
 plan, out, workers, dashboard, ready, go = sys.argv[1:]
 
