@@ -66,6 +66,15 @@ def export_sumstats(
     dict
         The sidecar as written: ``files`` (name, sha256, rows per file),
         ``withheld`` (rows withheld by reason per file), ``signature`` when signed, ...
+
+    Examples
+    --------
+    >>> from scalable_assoc import export_sumstats, run_study
+    >>> for name, cohort in biobanks.studies.items():  # each biobank runs and exports at home
+    ...     _ = run_study(cohort.plan_path, cohort.out_dir / "results", workers=1, min_cases=3)
+    ...     sidecar = export_sumstats(cohort.out_dir / "results", name, tmp / f"{name}.parquet", sufficient=True, workers=1)
+    >>> sorted(sidecar["files"])
+    ['sufficient', 'summary']
     """
     rules = DisclosureRules() if rules is None else rules
     key = sign_key if sign_key is None or isinstance(sign_key, SigningKey) else load_signing_key(Path(sign_key))

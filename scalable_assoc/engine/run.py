@@ -141,11 +141,12 @@ def run_study(
 
     Examples
     --------
-    >>> from scalable_assoc import run_study, simulate_study
-    >>> study = simulate_study(tmp / "study", participants=400, n_species=60, n_pathways=40)  # doctest: +SKIP
-    >>> summary = run_study(study.plan_path, tmp / "results", workers=1, min_cases=3)  # doctest: +SKIP
-    >>> summary.results.columns[:4].tolist()  # doctest: +SKIP
-    ['layer', 'feature', 'exposure', 'adjustment']
+    >>> from scalable_assoc import run_study
+    >>> summary = run_study(study.plan_path, tmp / "results", workers=1, min_cases=3)
+    >>> list(summary.results.columns[:5])
+    ['layer', 'feature', 'exposure', 'adjustment', 'model']
+    >>> run_study(study.plan_path, tmp / "results", workers=1, min_cases=3).chunks_reused == summary.chunks_total  # up to date
+    True
     """
     if not no_workers_timeout > 0:
         raise UserInputError(f"--no-workers-timeout must be a positive number of seconds, got {no_workers_timeout!r}")

@@ -15,7 +15,44 @@ logger = logging.getLogger(__name__)
 
 
 def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None) -> AbundanceStore:
-    """Read a MetaPhlAn / wide TSV / CSV / Parquet table and write it as a Zarr store at ``destination``."""
+    """Read a MetaPhlAn / wide TSV / CSV / Parquet table and write it as a Zarr store at ``destination``.
+
+    The table streams into the store a block of features at a time (a wide
+    TSV/CSV through a temporary file beside the store), so memory stays at a
+    few blocks whatever the table's size.
+
+    Parameters
+    ----------
+    source
+        The table: a MetaPhlAn merged table (relative abundances, percent), a wide
+        TSV/CSV (samples as rows, a sample ID column first) or Parquet.
+    destination
+        The store to write, a folder ending in ``.zarr``; refused if it exists.
+    fmt
+        ``auto`` (detected from the file), ``metaphlan``, ``wide`` or ``parquet``.
+    rank
+        For MetaPhlAn tables, the rank kept (``species``, ``genus``, ...).
+    chunk_features
+        Features per store chunk; None: chunks of about 32 MiB.
+
+    Returns
+    -------
+    AbundanceStore
+        The store: ``(samples, features)`` float64, feature-chunked, with sample and
+        feature IDs, per-feature counts and per-sample totals.
+
+    Raises
+    ------
+    DataError
+        The table is missing or malformed (the message names file, row and column), or ``destination`` exists.
+
+    Examples
+    --------
+    >>> from scalable_assoc import ingest_table
+    >>> store = ingest_table(study.out_dir / "species.tsv", tmp / "species.zarr")
+    >>> store.n_samples
+    600
+    """
     if not source.exists():
         raise DataError(f"abundance file {source} does not exist")
     # Checked before the conversion (which can take minutes), not when its result cannot be put in place.

@@ -225,6 +225,26 @@ def read_status(out_dir: Path) -> RunStatus | None:
 
     A status that says ``running`` while no live process holds the lock on this
     host is reported as ``interrupted`` (the run was killed).
+
+    Parameters
+    ----------
+    out_dir
+        The output folder of a run.
+
+    Returns
+    -------
+    RunStatus or None
+        ``state`` (``running``, ``finished``, ``failed`` or ``interrupted``),
+        ``chunks_done``, ``chunks_total``, ``started``, ``finished`` (ISO 8601
+        UTC), ``plan_hash`` and the ``error`` of a failed run; None when no run
+        ever started in ``out_dir``.
+
+    Examples
+    --------
+    >>> from scalable_assoc import read_status
+    >>> status = read_status(tmp / "results")
+    >>> status.state, status.chunks_done == status.chunks_total
+    ('finished', True)
     """
     work_dir = out_dir / ".scalable_assoc"
     recorded = _read_json(work_dir / STATUS_FILE)

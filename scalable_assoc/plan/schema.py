@@ -118,6 +118,13 @@ def load_plan(path: str | Path, allow_outside_paths: bool = False) -> Plan:
     -------
     Plan
         The validated plan, paths absolute.
+
+    Examples
+    --------
+    >>> from scalable_assoc import load_plan
+    >>> plan = load_plan(study.plan_path)  # the plan simulate_study wrote
+    >>> [layer.name for layer in plan.layers], plan.fdr.alpha
+    (['species', 'pathways', 'gbm'], 0.05)
     """
     source = Path(path).resolve()
     if not source.is_file():

@@ -164,6 +164,13 @@ def open_cohorts(files: Sequence[Path], need_sufficient: bool = False, verify_ke
         A key file is unusable or a cross-products file was given alone.
     DataError
         A file is missing, changed since export or not signed with the keys.
+
+    Examples
+    --------
+    >>> from scalable_assoc import open_cohorts
+    >>> opened = open_cohorts([tmp / f"cohort_{k}.parquet" for k in (1, 2, 3)], need_sufficient=True)
+    >>> [cohort.cohort for cohort in opened]
+    ['cohort_1', 'cohort_2', 'cohort_3']
     """
     keys = [key if isinstance(key, VerifyKey) else load_verify_key(Path(key)) for key in verify_keys] if verify_keys else None
     return [open_cohort_file(path, need_sufficient, verify_key=keys) for path in summary_files(files)]

@@ -235,6 +235,13 @@ def meta_analyse(
     -------
     CombinedSummary
         The folder, the results (one row per combined key), the feature coverage and the manifest.
+
+    Examples
+    --------
+    >>> from scalable_assoc import meta_analyse
+    >>> meta = meta_analyse(opened, tmp / "meta", mapping=mapping)
+    >>> int(meta.results["k"].max())
+    3
     """
     if method not in METHODS:
         raise UserInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
@@ -376,6 +383,13 @@ def pool_cohorts(
     -------
     CombinedSummary
         The folder, the results (one row per layer x feature x exposure x adjustment), the feature coverage and the manifest.
+
+    Examples
+    --------
+    >>> from scalable_assoc import pool_cohorts
+    >>> pooled = pool_cohorts(opened, tmp / "pooled", mapping=mapping)
+    >>> (pooled.out_dir / "pooled_results.parquet").is_file()
+    True
     """
     cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, POOL_FILES, alpha)
     frames = [_stack_sufficient(c, mapping) for c in cohorts]

@@ -42,7 +42,32 @@ def feature_set_digest(names: Iterable[str]) -> str:
 
 
 def read_mapping(path: Path) -> dict[str, str]:
-    """A two-column mapping file (``from``, ``to``; tab-separated, header required)."""
+    """A two-column mapping file (``from``, ``to``; tab-separated, header required).
+
+    Parameters
+    ----------
+    path
+        The mapping file: one row per feature spelling, ``from`` (as a cohort spells
+        it) and ``to`` (the name shared by every cohort).
+
+    Returns
+    -------
+    dict of str to str
+        ``from`` -> ``to``.
+
+    Raises
+    ------
+    DataError
+        The file is missing, lacks the columns or maps one spelling to two names.
+
+    Examples
+    --------
+    >>> from scalable_assoc import read_mapping
+    >>> mapping = read_mapping(biobanks.mapping_path)  # each cohort's feature spellings -> one name
+    >>> mapping["s__Bacteroides_vulgatus"]  # a renamed genus: one name for all cohorts
+    's__Phocaeicola_vulgatus'
+
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"feature mapping {path}: no such file")

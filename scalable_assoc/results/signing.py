@@ -217,6 +217,24 @@ def write_key_pair(folder: Path) -> tuple[Path, Path]:
     """Write a new Ed25519 key pair, ``folder/key.pem`` (private, readable by the owner only) and ``folder/key.pub.pem``.
 
     Refuses to overwrite an existing key.
+
+    Parameters
+    ----------
+    folder
+        Where to write the two files (created if missing).
+
+    Returns
+    -------
+    tuple of Path
+        The private key (sign exports with it: :func:`export_sumstats` ``sign_key``)
+        and the public key (give it to the consortium: :func:`open_cohorts` ``verify_keys``).
+
+    Examples
+    --------
+    >>> from scalable_assoc import write_key_pair
+    >>> private, public = write_key_pair(tmp / "keys")
+    >>> private.name, public.name
+    ('key.pem', 'key.pub.pem')
     """
     folder = Path(folder)
     private_path, public_path = folder / "key.pem", folder / "key.pub.pem"

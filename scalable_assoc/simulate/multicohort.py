@@ -169,6 +169,13 @@ def simulate_cohorts(
     ------
     UserInputError
         If an argument is out of range.
+
+    Examples
+    --------
+    >>> from scalable_assoc import simulate_cohorts
+    >>> biobanks = simulate_cohorts(tmp / "biobanks", cohorts=3, participants=1500, n_species=60, n_pathways=40, seed=2)
+    >>> sorted(biobanks.studies)
+    ['cohort_1', 'cohort_2', 'cohort_3']
     """
     sizes = _cohort_sizes(cohorts, participants, n_species, n_pathways)
     out = Path(out_dir)

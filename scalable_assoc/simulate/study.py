@@ -112,6 +112,13 @@ def simulate_study(
     ------
     UserInputError
         If an argument is out of range.
+
+    Examples
+    --------
+    >>> from scalable_assoc import simulate_study
+    >>> study = simulate_study(tmp / "study", participants=600, n_species=60, n_pathways=40, seed=1)
+    >>> study.n_participants, sorted(study.n_features)
+    (600, ['gbm', 'pathways', 'species'])
     """
     check_catalogue_sizes(n_species, n_pathways)
     if not 0.0 <= missing_abundance_fraction < 0.5:
