@@ -43,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"scalable-assoc {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_simulate(commands)
+    _add_run(commands)
+    _add_ingest(commands)
+    _add_sumstats(commands)
+    _add_meta_and_pool(commands)
+    _add_status(commands)
+    _add_keygen(commands)
+    return parser
 
+
+def _add_simulate(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc simulate``."""
     simulate = commands.add_parser("simulate", help="write a Lifelines-shaped cohort with known truth and a ready plan.yaml")
     simulate.add_argument("--out", required=True, type=Path, help="folder to write metadata.tsv, species.tsv, ..., plan.yaml")
     simulate.add_argument("--participants", type=_positive_int, default=7656)
@@ -55,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="several biobanks (cohort_1..cohort_K folders of participants/k each, shared truth with heterogeneity, batch shifts, different feature spellings)",
     )
 
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc run``."""
     run = commands.add_parser("run", help="run every analysis of a plan")
     run.add_argument("plan", type=Path, help="plan file (YAML)")
     run.add_argument("--out", type=Path, help="output folder (default: <plan folder>/results)")
@@ -87,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the plan name files outside its own folder (data.metadata, layer paths, features:); only for a plan you trust",
     )
 
+
+def _add_ingest(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc ingest``."""
     ingest = commands.add_parser("ingest", help="convert an abundance table into a feature-chunked Zarr store")
     ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows) or Parquet")
     ingest.add_argument("--out", required=True, type=Path, help="store to write (a folder ending in .zarr)")
@@ -94,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--rank", default="species", help="MetaPhlAn rank to keep (species, genus, ...)")
     ingest.add_argument("--chunk-features", type=_positive_int)
 
+
+def _add_sumstats(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc sumstats``."""
     sumstats = commands.add_parser("sumstats", help="export a run's summary statistics under disclosure control (what may leave a biobank)")
     sumstats.add_argument("run_dir", type=Path, help="output folder of a finished 'scalable-assoc run'")
     sumstats.add_argument("--cohort", required=True, help="cohort name, e.g. lifelines")
@@ -115,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _cluster_options(sumstats)
 
+
+def _add_meta_and_pool(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc meta`` and ``pool``, which share their options on combining cohorts."""
     combine_help = {
         "feature_map": "tab-separated file with columns 'from' and 'to' renaming feature spellings before matching",
         "min_cohorts": "combine a feature only when at least this many cohorts have it (default 2)",
@@ -138,14 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
     meta.add_argument("--verify-key", type=Path, action="append", metavar="KEY", help=combine_help["verify_key"])
     _cluster_options(meta)
 
-    status = commands.add_parser(
-        "status",
-        help="whether the run in an output folder is running, finished, failed or interrupted "
-        "(exit 0 finished, 1 failed, 75 running, 130 interrupted, 2 no run there)",
-    )
-    status.add_argument("out", type=Path, help="output folder of 'scalable-assoc run'")
-    status.add_argument("--json", action="store_true", help="print the status as one JSON object (keys state, chunks_done, chunks_total, started, finished, plan_hash, error)")
-
     pool = commands.add_parser("pool", help="exact pooled linear model with a cohort fixed effect from exported cross-products")
     pool.add_argument("files", nargs="+", type=Path, help="summary-statistics files exported with --sufficient")
     pool.add_argument("--out", required=True, type=Path, help="output folder")
@@ -155,9 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     pool.add_argument("--alpha", type=float, help=combine_help["alpha"])
     pool.add_argument("--verify-key", type=Path, action="append", metavar="KEY", help=combine_help["verify_key"])
 
+
+def _add_status(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc status``."""
+    status = commands.add_parser(
+        "status",
+        help="whether the run in an output folder is running, finished, failed or interrupted "
+        "(exit 0 finished, 1 failed, 75 running, 130 interrupted, 2 no run there)",
+    )
+    status.add_argument("out", type=Path, help="output folder of 'scalable-assoc run'")
+    status.add_argument("--json", action="store_true", help="print the status as one JSON object (keys state, chunks_done, chunks_total, started, finished, plan_hash, error)")
+
+
+def _add_keygen(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc keygen``."""
     keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for signing summary statistics (sumstats --sign-key, meta/pool --verify-key)")
     keygen.add_argument("--out", required=True, type=Path, help="folder to write key.pem (private, keep it in the cohort) and key.pub.pem (give it to the consortium)")
-    return parser
 
 
 def _cluster_options(command: argparse.ArgumentParser) -> None:

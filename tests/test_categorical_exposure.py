@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from scalable_assoc.engine.prepare import PreparedAnalysis, batch_analyses
+from scalable_assoc.engine.chunks import batch_analyses
+from scalable_assoc.engine.prepare import PreparedAnalysis
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.errors import DataError, PlanError
 from scalable_assoc.io.metadata import complete_rows, covariate_columns

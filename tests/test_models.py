@@ -341,7 +341,8 @@ def test_prevalence_tasks_keep_a_subsets_adjustment_sets_together(small_study: S
     # The prevalence kernel shares work between the designs of one participant subset (an
     # exposure's adjustment sets): tasks must hold them together, the linear models
     # keep packing designs with the same covariates.
-    from scalable_assoc.engine.prepare import chunk_tasks, prepare_study
+    from scalable_assoc.engine.chunks import chunk_tasks
+    from scalable_assoc.engine.prepare import prepare_study
     from scalable_assoc.plan.schema import load_plan
     from scalable_assoc.simulate import plan_yaml
 
@@ -367,7 +368,7 @@ def test_prevalence_tasks_keep_a_subsets_adjustment_sets_together(small_study: S
 
 
 def test_cluster_labels_compared_without_surrounding_whitespace() -> None:
-    from scalable_assoc.engine import prepare
+    from scalable_assoc.engine import clusters as prepare
 
     frame = pd.DataFrame({"project": ["a", "a ", " a", "b", None, "  ", "b\t", "c"]})
     codes = prepare.cluster_codes(frame, "project")
@@ -381,7 +382,8 @@ def test_cluster_labels_compared_without_surrounding_whitespace() -> None:
 
 def test_standard_error_options_change_chunk_ids(small_study: SimulatedStudy, tmp_path) -> None:
     """Chunk files of one choice of standard errors are never reused by a run with another."""
-    from scalable_assoc.engine.prepare import chunk_tasks, prepare_study
+    from scalable_assoc.engine.chunks import chunk_tasks
+    from scalable_assoc.engine.prepare import prepare_study
     from scalable_assoc.plan.schema import load_plan
     from scalable_assoc.simulate import plan_yaml
 

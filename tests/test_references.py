@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scalable_assoc.engine.prepare import cluster_codes, prepare_study
+from scalable_assoc.engine.clusters import cluster_codes
+from scalable_assoc.engine.prepare import prepare_study
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.io.metadata import complete_rows, covariate_columns, reference_levels
 from scalable_assoc.models import factorise_covariates, fit_exposure_slopes

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scalable_assoc import __version__
+from scalable_assoc.engine.chunks import ChunkTask
 from scalable_assoc.engine.filters import LayerFilter, feature_table
-from scalable_assoc.engine.prepare import ChunkTask, PreparedStudy
+from scalable_assoc.engine.prepare import PreparedStudy
 from scalable_assoc.io.atomic import file_checksum, write_parquet, write_tsv
 from scalable_assoc.io.runstate import read_status
 from scalable_assoc.plan.schema import MODELS, Plan

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scalable_assoc.engine.clusters import cluster_codes, few_cluster_warnings, label_warnings
 from scalable_assoc.errors import DataError, PlanError
 from scalable_assoc.io.atomic import file_checksum, write_npz
 from scalable_assoc.io.feature_list import FeatureList, LayerFeatureList, match_feature_list, read_feature_list
@@ -31,15 +32,10 @@ from scalable_assoc.io.metadata import (
 )
 from scalable_assoc.io.store import AbundanceStore
 from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
-from scalable_assoc.plan.schema import MODELS, LayerSpec, OlsOptions, Plan
-from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
+from scalable_assoc.plan.schema import LayerSpec, OlsOptions, Plan
 from scalable_assoc.stats.transforms import mixed_closure_scales
 
 logger = logging.getLogger(__name__)
-
-#: Fewer clusters than this in a model that uses them (lmm, cluster-robust OLS): a warning.
-#: Cluster-robust standard errors and between-cluster variances are unreliable with few clusters.
-FEW_CLUSTERS = 30
 
 
 @dataclass(frozen=True)
@@ -165,89 +161,6 @@ def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...], cl
     return digest.hexdigest()[:20]
 
 
-def _strip_label(value: object) -> object:
-    if isinstance(value, str):
-        return value.strip() or None
-    return value
-
-
-def cluster_labels(values: pd.Series) -> pd.Series:
-    """Cluster labels as compared: text labels without surrounding whitespace.
-
-    ``'kurokawa07 '`` is the cluster ``'kurokawa07'``: a stray space in a
-    spreadsheet must not split a cluster in two. A label of whitespace only
-    counts as no value. Labels that are not text (numbers) are kept as they are.
-    """
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        values = values.astype(object)
-    if not (values.dtype == object or pd.api.types.is_string_dtype(values.dtype)):
-        return values
-    return values.map(_strip_label, na_action="ignore").astype(object)
-
-
-def merged_cluster_labels(values: pd.Series) -> dict[str, list[str]]:
-    """The labels :func:`cluster_labels` made one cluster: each merged label -> the spellings found (two or more)."""
-    spellings: dict[str, list[str]] = {}
-    for label in pd.unique(values.dropna()):
-        if isinstance(label, str) and label.strip():
-            spellings.setdefault(label.strip(), []).append(label)
-    return {label: sorted(found) for label, found in spellings.items() if len(found) > 1}
-
-
-def cluster_codes(aligned: pd.DataFrame, column: str) -> np.ndarray:
-    """Integer cluster codes per participant, labels compared as :func:`cluster_labels` does.
-
-    A participant without a value is a cluster of its own.
-    """
-    codes, _ = pd.factorize(cluster_labels(aligned[column]))
-    missing = codes < 0
-    codes[missing] = codes.max(initial=-1) + 1 + np.arange(int(missing.sum()))
-    return codes
-
-
-def _label_warnings(plan: Plan, values: pd.Series) -> list[str]:
-    """Warnings about the cluster column's labels: spellings merged, labels of whitespace only."""
-    warnings = []
-    merged = merged_cluster_labels(values)
-    if merged:
-        shown = "; ".join(" = ".join(repr(s) for s in spellings) for spellings in list(merged.values())[:10])
-        more = f" and {len(merged) - 10} more" if len(merged) > 10 else ""
-        warnings.append(
-            f"cluster column '{plan.cluster}': labels that differ only by surrounding whitespace are one cluster: {shown}{more}"
-        )
-    blank = int((cluster_labels(values).isna() & values.notna()).sum())
-    if blank:
-        warnings.append(
-            f"cluster column '{plan.cluster}': {blank} participant(s) have a label of whitespace only, "
-            "taken as no value (each a cluster of their own)"
-        )
-    return warnings
-
-
-def _few_cluster_warnings(plan: Plan, layers: list[LayerWork]) -> list[str]:
-    """One warning per layer and model whose analyses use fewer than :data:`FEW_CLUSTERS` clusters."""
-    warnings = []
-    for layer in layers:
-        by_model: dict[str, list[PreparedAnalysis]] = {}
-        for analysis in layer.analyses:
-            if analysis.n_clusters is not None and analysis.n_clusters < FEW_CLUSTERS:
-                by_model.setdefault(analysis.key.model, []).append(analysis)
-        for model, analyses in by_model.items():
-            listed = ", ".join(f"{a.n_clusters} for {a.key.exposure}/{a.key.adjustment}" for a in analyses[:6])
-            more = f", and {len(analyses) - 6} more" if len(analyses) > 6 else ""
-            if model == "lmm":
-                use, consequence = "random intercept", "the between-cluster variance is poorly estimated from so few clusters, and so are lmm's standard errors"
-            else:
-                use, consequence = "cluster-robust standard errors", (
-                    "cluster-robust standard errors are unreliable with so few clusters, even with p-values from t(G - 1); "
-                    "compare with lmm, or report classical standard errors alongside"
-                )
-            count = f"{len(analyses)} analysis has" if len(analyses) == 1 else f"{len(analyses)} analyses have"
-            warnings.append(
-                f"layer '{layer.spec.name}', model '{model}' ({use}): {count} fewer than {FEW_CLUSTERS} clusters "
-                f"of '{plan.cluster}' ({listed}{more}); {consequence}"
-            )
-    return warnings
 
 
 def _resolve_analysis(
@@ -364,7 +277,7 @@ def prepare_study(
         )
     warnings = _Warnings()
     if plan.cluster is not None:
-        for message in _label_warnings(plan, metadata[plan.cluster]):
+        for message in label_warnings(plan, metadata[plan.cluster]):
             warnings.add(message)
         if not any(plan.uses_clusters(model) for spec in plan.layers for model in spec.models):
             warnings.add(
@@ -388,7 +301,7 @@ def prepare_study(
             layers.append(work)
     if not layers:
         raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
-    for message in _few_cluster_warnings(plan, layers):
+    for message in few_cluster_warnings(plan, layers):
         warnings.add(message)
     return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases, warnings.messages)
 
@@ -459,101 +372,3 @@ def _prepare_layer(
         n_clusters = int(design_clusters.max(initial=-1)) + 1 if design_clusters is not None and plan.uses_clusters(key.model) else None
         work.analyses.append(replace(analysis, key=key, ols=plan.ols_options(key.model), n_clusters=n_clusters))
     return work
-
-
-@dataclass(frozen=True)
-class ChunkTask:
-    """One task: a block of a layer's features x a batch of analyses (whole design groups)."""
-
-    chunk_id: str
-    layer: str
-    block_index: int
-    start: int
-    stop: int
-    analyses: tuple[PreparedAnalysis, ...]
-    #: the task also writes every covariate's coefficient rows (``<chunk id>.covariates.parquet``)
-    covariate_rows: bool = False
-
-    def rows_file(self, chunks_dir: Path) -> Path:
-        """The chunk's results rows: ``<chunk id>.parquet``."""
-        return chunks_dir / f"{self.chunk_id}.parquet"
-
-    def covariates_file(self, chunks_dir: Path) -> Path | None:
-        """The chunk's covariate coefficient rows, ``<chunk id>.covariates.parquet``; None when the run asked for none."""
-        return chunks_dir / f"{self.chunk_id}.covariates.parquet" if self.covariate_rows else None
-
-    def files(self, chunks_dir: Path) -> list[Path]:
-        """Every file the task writes: all must be present and sealed for the chunk to count as done."""
-        covariates = self.covariates_file(chunks_dir)
-        return [self.rows_file(chunks_dir)] + ([covariates] if covariates is not None else [])
-
-
-#: Models whose chunks carry covariate coefficient rows when a run asks for them.
-COVARIATE_ROW_MODELS = ("lm",)
-
-
-def batch_analyses(
-    analyses: list[PreparedAnalysis], analyses_per_task: int, subsets: dict[str, str] | None = None
-) -> list[tuple[PreparedAnalysis, ...]]:
-    """Group analyses by model and design, then pack whole groups of one model into batches of about ``analyses_per_task``.
-
-    A batch holds one model only: each model reads its own view of the block
-    (transformed, non-zero values, presence). Within a model, the analyses that
-    share work inside a task are packed together: for the linear models,
-    designs with the same covariates (one product over the block; row atoms for
-    lm_nonzero's Gram matrices); for ``prevalence``, the designs on one
-    participant subset (``subsets`` maps a design key to its subset's digest),
-    that is the adjustment sets of an exposure, which share the block's
-    presence view and start each other's Firth fits.
-    """
-
-    def shared_subset(analysis: PreparedAnalysis) -> str:
-        """The subset digest a prevalence analysis shares work by; '' for the other models."""
-        return subsets[analysis.design_key] if analysis.key.model == "prevalence" and subsets is not None else ""
-
-    groups: dict[tuple[str, str, bool], list[PreparedAnalysis]] = {}
-    # Categorical exposures (fitted jointly over their levels, by their own kernel) keep batches of their own.
-    for analysis in sorted(analyses, key=lambda a: (MODELS.index(a.key.model), bool(a.levels), shared_subset(a), a.covariates)):
-        groups.setdefault((analysis.key.model, shared_subset(analysis) or analysis.design_key, bool(analysis.levels)), []).append(analysis)
-    batches: list[tuple[PreparedAnalysis, ...]] = []
-    current: list[PreparedAnalysis] = []
-    for group in groups.values():
-        if current and (
-            len(current) + len(group) > analyses_per_task
-            or current[0].key.model != group[0].key.model
-            or bool(current[0].levels) != bool(group[0].levels)
-        ):
-            batches.append(tuple(current))
-            current = []
-        current.extend(group)
-    if current:
-        batches.append(tuple(current))
-    return batches
-
-
-def chunk_tasks(study: PreparedStudy, analyses_per_task: int, covariate_rows: bool = False) -> list[ChunkTask]:
-    """Every (feature block x analysis batch) task of the study, with ids stable across runs.
-
-    The ids cover the chunk files' columns: files written with other columns (an
-    older version) are never reused by a resumed run. With ``covariate_rows`` the
-    ids of lm chunks say so too, so a resumed run never reuses chunks without them.
-    """
-    columns = PARTIAL_SCHEMA.to_string(show_schema_metadata=False)
-    tasks = []
-    for layer in study.layers:
-        subsets = {key: hashlib.sha256(design.rows.tobytes()).hexdigest() for key, design in layer.designs.items()}
-        batches = batch_analyses(layer.analyses, analyses_per_task, subsets)
-        samples = layer.samples_digest()
-        for block_index, (start, stop) in enumerate(layer.store.block_bounds()):
-            for batch in batches:
-                text = "\x1f".join(
-                    [study.plan.rows_hash(), study.metadata_sha256, layer.input_sha256, layer.spec.name, samples, str(start), str(stop), columns]
-                    + [a.key.analysis_id for a in batch]
-                    + ([f"features={layer.list_token()}"] if layer.listed is not None else [])
-                )
-                with_covariates = covariate_rows and batch[0].key.model in COVARIATE_ROW_MODELS
-                if with_covariates:
-                    text += "\x1fcovariate rows\x1f" + COVARIATE_SCHEMA.to_string(show_schema_metadata=False)
-                chunk_id = hashlib.sha256(text.encode()).hexdigest()[:24]
-                tasks.append(ChunkTask(chunk_id, layer.spec.name, block_index, start, stop, batch, with_covariates))
-    return tasks

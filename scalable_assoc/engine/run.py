@@ -25,12 +25,13 @@ import distributed
 from distributed import Client, KilledWorker
 from distributed.security import Security
 
+from scalable_assoc.engine.chunks import ChunkTask, chunk_tasks
 from scalable_assoc.engine.cluster import check_cluster_options
 from scalable_assoc.engine.filters import LayerFilter, filter_layers
 from scalable_assoc.engine.graph import ClusterRequest, LayerOnCluster, SharedDesigns, hold_on_cluster, layer_on_cluster, watched_cluster
 from scalable_assoc.engine.manifest import run_manifest
 from scalable_assoc.engine.outputs import RunSummary, remove_outputs, up_to_date, write_outputs
-from scalable_assoc.engine.prepare import ChunkTask, PreparedStudy, chunk_tasks, prepare_study
+from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
