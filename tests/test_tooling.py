@@ -6,8 +6,6 @@ Kernels (models/, stats/) stay pure numpy/scipy; only engine/ imports Dask.
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
