@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Iterable
+
 
 class UserInputError(Exception):
     """Bad input: a file, plan key, column or value the user must fix.
@@ -37,3 +41,15 @@ class Terminated(KeyboardInterrupt):
     """
 
     exit_code = 143
+
+
+def did_you_mean(name: str, candidates: Iterable[object]) -> str:
+    """`` Did you mean 'x'?`` for a near-miss name (typo, wrong case), else an empty string: for messages naming a key or column."""
+    pool = [str(c) for c in candidates]
+    near = difflib.get_close_matches(str(name), pool, n=1, cutoff=0.6)
+    if not near:
+        # Case and punctuation differences ('mdd' for 'MDD', 'SampleID' for 'sample_id') score low
+        # in difflib but are the commonest slips.
+        folded = re.sub(r"[^0-9a-z]", "", str(name).lower())
+        near = [c for c in pool if re.sub(r"[^0-9a-z]", "", c.lower()) == folded][:1]
+    return f" Did you mean '{near[0]}'?" if near else ""

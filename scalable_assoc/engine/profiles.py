@@ -10,7 +10,6 @@ key. ``deploy/slurm.yaml`` documents every key. One kind so far: ``slurm``
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import sys
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from typing import Any
 import yaml
 from dask.utils import parse_bytes
 
-from scalable_assoc.errors import UserInputError
+from scalable_assoc.errors import UserInputError, did_you_mean
 
 #: The kinds of cluster a profile can describe.
 KINDS = ("slurm",)
@@ -107,8 +106,7 @@ def parse_cluster_profile(raw: Any, source: Path) -> ClusterProfile:
         raise UserInputError(f"cluster profile {source}: expected a mapping of keys (kind: slurm, queue: ..., see deploy/slurm.yaml), got {type(raw).__name__}")
     for key in raw:
         if key not in KEYS:
-            near = difflib.get_close_matches(str(key), KEYS, n=1)
-            hint = f" Did you mean '{near[0]}'?" if near else ""
+            hint = did_you_mean(str(key), KEYS)
             raise UserInputError(f"cluster profile {source}: unknown key '{key}'.{hint} Allowed: {', '.join(KEYS)} (see deploy/slurm.yaml).")
     if "kind" not in raw:
         raise UserInputError(f"cluster profile {source}: missing required key 'kind'; write 'kind: slurm' (known kinds: {', '.join(KINDS)})")

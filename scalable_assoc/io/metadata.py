@@ -7,9 +7,7 @@ categorical covariates expanded to treatment dummies.
 
 from __future__ import annotations
 
-import difflib
 import operator
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,22 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scalable_assoc.errors import DataError, PlanError
+from scalable_assoc.errors import DataError, PlanError, did_you_mean
 from scalable_assoc.io.tables import check_row_lengths, raw_header, reading_problem, table_separator
 from scalable_assoc.plan import expressions
 from scalable_assoc.plan.schema import ExposureSpec
-
-
-def _close_match(name: str, candidates: Iterable[object]) -> str:
-    """`` Did you mean 'x'?`` for a near-miss name (typo, wrong case), else an empty string."""
-    pool = [str(c) for c in candidates]
-    near = difflib.get_close_matches(name, pool, n=1, cutoff=0.6)
-    if not near:
-        # Case and punctuation differences ('mdd' for 'MDD', 'SampleID' for 'sample_id') score low
-        # in difflib but are the commonest slips.
-        folded = re.sub(r"[^0-9a-z]", "", name.lower())
-        near = [c for c in pool if re.sub(r"[^0-9a-z]", "", c.lower()) == folded][:1]
-    return f" Did you mean '{near[0]}'?" if near else ""
 
 
 def _column_list(metadata: pd.DataFrame, limit: int = 15) -> str:
@@ -65,13 +51,13 @@ def load_metadata(path: Path, id_column: str) -> pd.DataFrame:
         raise DataError(
             f"metadata file {path} is not a table with a sample ID column '{id_column}' (plan key 'data.metadata', "
             f"'data.sample_id_column'): its first line has a single field, no {'comma' if table_separator(path) == ',' else 'tab'}-separated "
-            f"column names.{_close_match(id_column, frame.columns)} A metadata table has one row per participant and "
+            f"column names.{did_you_mean(id_column, frame.columns)} A metadata table has one row per participant and "
             f"tab-separated columns (comma-separated for .csv), one of them '{id_column}'."
         )
     if id_column not in frame.columns:
         raise DataError(
             f"metadata file {path} has no sample ID column '{id_column}' (plan key 'data.sample_id_column', "
-            f"default 'sample_id').{_close_match(id_column, frame.columns)} (The metadata has: {_column_list(frame, 10)})"
+            f"default 'sample_id').{did_you_mean(id_column, frame.columns)} (The metadata has: {_column_list(frame, 10)})"
         )
     ids = frame[id_column]
     if ids.isna().any():
@@ -136,7 +122,7 @@ def _require_columns(
     """
     missing = [c for c in columns if c not in metadata.columns]
     if missing:
-        hint = _close_match(missing[0], list(metadata.columns) + list(also_known))
+        hint = did_you_mean(missing[0], list(metadata.columns) + list(also_known))
         raise PlanError(
             f"{where} names column(s) {', '.join(repr(c) for c in missing)} that are not in the metadata file {path}.{hint} "
             f"(the metadata has: {_column_list(metadata)})"
@@ -221,7 +207,7 @@ def _evaluate_query(metadata: pd.DataFrame, path: Path, exposure: str, part: str
         if name not in metadata.columns:
             raise PlanError(
                 f"{where}: the query {query!r} names '{name}', which is not a column of the metadata file {path}."
-                f"{_close_match(name, metadata.columns)} (To compare with a text value, quote it: \"sex == 'female'\"; "
+                f"{did_you_mean(name, metadata.columns)} (To compare with a text value, quote it: \"sex == 'female'\"; "
                 f"the metadata has: {_column_list(metadata)})"
             )
     selected = _evaluate_node(parsed.tree, metadata, where, query, path)
@@ -291,7 +277,7 @@ def _categorical_exposure(column: pd.Series, path: Path, spec: ExposureSpec, whe
     if spec.reference is not None and spec.reference not in levels:
         raise PlanError(
             f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.reference'): the reference level {spec.reference!r} is not a value of "
-            f"column '{spec.column}' in {path}.{_close_match(spec.reference, levels)} (levels: {', '.join(map(repr, levels))})"
+            f"column '{spec.column}' in {path}.{did_you_mean(spec.reference, levels)} (levels: {', '.join(map(repr, levels))})"
         )
     codes = np.full(len(column), np.nan)
     codes[defined] = pd.Index(levels).get_indexer(text[defined])
@@ -326,7 +312,7 @@ def check_covariates(
             shown = ", ".join(repr(v) for v in found[:20]) + (f", ... ({len(found)} levels)" if len(found) > 20 else "")
             raise PlanError(
                 f"plan key 'covariates.reference.{column}': level {level!r} is not a value of column '{column}' in the metadata "
-                f"file {path}.{_close_match(level, found)} (levels found: {shown or 'none'})"
+                f"file {path}.{did_you_mean(level, found)} (levels found: {shown or 'none'})"
             )
     used = {c for columns in adjustments.values() for c in columns}
     for column in sorted(used):

@@ -7,11 +7,10 @@ naming the key at fault.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
-from scalable_assoc.errors import PlanError
+from scalable_assoc.errors import PlanError, did_you_mean
 from scalable_assoc.plan.expressions import parse_query
 from scalable_assoc.plan.spec import (
     CATEGORICAL_EXPOSURE_MODELS,
@@ -63,8 +62,7 @@ def parse_models(source: Path, key: str, raw: Any) -> tuple[str, ...]:
         raise PlanError(f"{location(source, key)}: name at least one model ({', '.join(MODELS)})")
     for model in models:
         if model not in MODELS:
-            near = difflib.get_close_matches(model, MODELS, n=1)
-            hint = f" Did you mean '{near[0]}'?" if near else ""
+            hint = did_you_mean(model, MODELS)
             raise PlanError(f"{location(source, key)}: unknown model '{model}'.{hint} Models: {', '.join(MODELS)}.")
     return tuple(dict.fromkeys(models))
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
-from scalable_assoc.errors import PlanError
+from scalable_assoc.errors import PlanError, did_you_mean
 
 
 def location(source: Path, key: str) -> str:
@@ -20,8 +19,7 @@ def checked_mapping(source: Path, key: str, mapping: Any, allowed: tuple[str, ..
         raise PlanError(f"{location(source, key)}: expected a mapping (key: value), got {type(mapping).__name__}")
     for name in mapping:
         if name not in allowed:
-            near = difflib.get_close_matches(str(name), allowed, n=1)
-            hint = f" Did you mean '{near[0]}'?" if near else ""
+            hint = did_you_mean(str(name), allowed)
             path = f"{key}.{name}" if key else str(name)
             raise PlanError(f"plan {source}: unknown key '{path}'.{hint} Allowed here: {', '.join(allowed)}.")
     for name in required:
