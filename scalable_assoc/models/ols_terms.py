@@ -37,14 +37,8 @@ import scipy.stats
 from scalable_assoc.models.design import CovariateDesign, project_out
 from scalable_assoc.models.fits import FitStatus, two_sided_p
 from scalable_assoc.models.ols import PreparedBlock, prepare_block
+from scalable_assoc.models.thresholds import CONSTANT_FEATURE, EXPOSURE_COLLINEAR, GRAM_SINGULAR
 
-#: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below which it counts as singular.
-_GRAM_SINGULAR = 1e-10
-#: A column of interest whose residual (covariates and earlier columns projected out) is below this
-#: fraction of its centred norm counts as collinear.
-_COLLINEAR = 1e-8
-#: Centred sum of squares below this fraction of y'y: the feature is constant.
-_CONSTANT = 1e-12
 #: Missing cells above this fraction of the design's cells: Gram matrices from the present rows
 #: (one dense product) rather than the identity minus a sum over the missing cells.
 _DENSE_MISSING = 0.25
@@ -84,7 +78,7 @@ def _interest_basis(q: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.
     centred = np.linalg.norm(columns - columns.mean(axis=0), axis=0)
     scale = np.where(centred > 0, centred, 1.0)
     u, r_unit = scipy.linalg.qr(residual / scale, mode="economic")
-    collinear = bool(np.any(np.abs(np.diag(r_unit)) <= _COLLINEAR) or np.any(centred == 0))
+    collinear = bool(np.any(np.abs(np.diag(r_unit)) <= EXPOSURE_COLLINEAR) or np.any(centred == 0))
     return u, r_unit * scale, collinear
 
 
@@ -231,7 +225,7 @@ def _coefficients(basis: np.ndarray, data: _TermData, rank: int) -> _Coefficient
     singular = np.zeros(m, dtype=bool)
     if masked.size:
         gram = _masked_grams(basis, data.present, masked, missing_count)
-        bad = np.linalg.eigvalsh(gram)[:, 0] <= _GRAM_SINGULAR
+        bad = np.linalg.eigvalsh(gram)[:, 0] <= GRAM_SINGULAR
         singular[masked] = bad
         safe = np.where(bad[:, None, None], np.eye(width), gram)
         inverse = np.linalg.inv(safe)
@@ -284,12 +278,12 @@ def _store_fits(estimates: _TermEstimates, basis: np.ndarray, q: np.ndarray, r_f
 
 
 def _constant_features(data: _TermData) -> np.ndarray:
-    """``(m,)`` bool: a centred sum of squares below :data:`_CONSTANT` of ``y'y`` over the present rows."""
+    """``(m,)`` bool: a centred sum of squares below :data:`~scalable_assoc.models.thresholds.CONSTANT_FEATURE` of ``y'y`` over the present rows."""
     values = data.values
     sum_squares = np.einsum("ij,ij->j", values, values)
     with np.errstate(invalid="ignore", divide="ignore"):
         centred_ss = sum_squares - values.sum(axis=0) ** 2 / data.n_used
-    return ~(centred_ss > _CONSTANT * sum_squares)
+    return ~(centred_ss > CONSTANT_FEATURE * sum_squares)
 
 
 def _flag_features(estimates: _TermEstimates, singular: np.ndarray, constant: np.ndarray) -> None:
