@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from scalable_assoc.models.thresholds import EXPOSURE_COLLINEAR
+
 #: Relative tolerance on the pivoted-QR diagonal (columns scaled to unit norm)
 #: below which a column counts as a linear combination of the others. Matches the
 #: spirit of ``numpy.linalg.matrix_rank``: ``max(n, p) * eps`` relative to the
@@ -80,6 +82,43 @@ def standardise_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     scale = np.sqrt((centred**2).mean(axis=0))
     scale = np.where(scale > 0, scale, 1.0)
     return centred / scale, mean, scale
+
+
+@dataclass(frozen=True)
+class ExposureDirections:
+    """Orthonormal exposure directions ``b_e = x_r / s_e`` (``(n, k)``), the scales ``s_e`` and which are collinear (``(k,)``).
+
+    A collinear exposure keeps its (tiny) residual unscaled as its direction.
+    """
+
+    directions: np.ndarray
+    scales: np.ndarray
+    collinear: np.ndarray
+
+
+def exposure_directions(design: CovariateDesign, exposures: np.ndarray) -> ExposureDirections:
+    """Project the covariates out of every exposure and normalise it.
+
+    Parameters
+    ----------
+    design:
+        A full-rank factorised covariate design of ``n`` participants.
+    exposures:
+        ``(k, n)`` exposure values over the design's participants.
+
+    Returns
+    -------
+    directions:
+        :class:`ExposureDirections`: ``(n, k)`` directions, ``(k,)`` scales
+        ``|x_r|`` and ``(k,)`` collinear flags (residual norm at most
+        :data:`~scalable_assoc.models.thresholds.EXPOSURE_COLLINEAR` of the
+        centred exposure's norm).
+    """
+    exposure_residuals = project_out(design.q, exposures.T)  # (n, k)
+    scales = np.linalg.norm(exposure_residuals, axis=0)
+    centred_norms = np.linalg.norm(exposures - exposures.mean(axis=1, keepdims=True), axis=1)
+    collinear = scales <= EXPOSURE_COLLINEAR * np.maximum(centred_norms, np.finfo(float).tiny)
+    return ExposureDirections(exposure_residuals / np.where(collinear, 1.0, scales), scales, collinear)
 
 
 def _dependency_sentence(scaled: np.ndarray, names: tuple[str, ...], kept: np.ndarray, dropped: np.ndarray) -> str:

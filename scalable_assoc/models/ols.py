@@ -42,14 +42,13 @@ from scalable_assoc.models.design import CovariateDesign
 from scalable_assoc.models.fits import FitStatus, SlopeFits, two_sided_p
 from scalable_assoc.models.ols_masked import masked_downdates, solve_masked
 from scalable_assoc.models.ols_products import BlockProducts, DesignTask, direct_products, exposure_basis, grouped_products
+from scalable_assoc.models.thresholds import CONSTANT_FEATURE
 
 #: RSS below this fraction of y'y: recompute residuals explicitly (identity unsafe).
 _RSS_IDENTITY_FLOOR = 1e-5
 #: Missing cells above this fraction of (participants x masked features): Gram matrices
 #: from the present rows by one dense product rather than a sparse sum over missing cells.
 _SPARSE_MISSING = 0.02
-#: Centred sum of squares below this fraction of y'y: the feature is constant.
-_CONSTANT = 1e-12
 #: Reference distributions of cluster-robust p-values: t with G - 1 degrees of freedom, or the normal.
 CLUSTER_REFERENCES = ("t", "normal")
 
@@ -276,7 +275,7 @@ def _solve(task: DesignTask, prepared: PreparedBlock, products: BlockProducts, m
     n_present = (n - missing.count).astype(np.float64)  # exact integers
     with np.errstate(invalid="ignore", divide="ignore"):
         centred_ss = sum_squares - sums**2 / n_present
-    constant = ~(centred_ss > _CONSTANT * sum_squares)
+    constant = ~(centred_ss > CONSTANT_FEATURE * sum_squares)
     complete = ~(missing.count > 0)
 
     # Complete features: the Gram matrix is the identity.

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 
-#: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below
-#: which its design counts as singular (design condition number above ~1e5).
-GRAM_SINGULAR = 1e-10
+from scalable_assoc.models.thresholds import GRAM_SINGULAR
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.linalg
 
-from scalable_assoc.models.design import CovariateDesign, project_out, standardise_columns
+from scalable_assoc.models.design import CovariateDesign, exposure_directions, standardise_columns
 
 if TYPE_CHECKING:  # the OLS module imports this one
     from scalable_assoc.models.ols import PreparedBlock
-
-#: Exposure residual norm, relative to the centred exposure's norm, below which
-#: the exposure counts as explained by the covariates.
-EXPOSURE_COLLINEAR = 1e-8
-
 
 @dataclass(frozen=True)
 class ExposureBasis:
@@ -47,13 +42,9 @@ def exposure_basis(design: CovariateDesign, rows: np.ndarray, exposures: np.ndar
     if design.problem is not None:
         return ExposureBasis(np.zeros((n_total, 0)), np.ones(k), np.zeros(k, dtype=bool))
     # Orthonormal exposure directions b_e = x_r / s_e, one per exposure.
-    exposure_residuals = project_out(design.q, exposures.T)  # (n, k)
-    scales = np.linalg.norm(exposure_residuals, axis=0)
-    centred_norms = np.linalg.norm(exposures - exposures.mean(axis=1, keepdims=True), axis=1)
-    collinear = scales <= EXPOSURE_COLLINEAR * np.maximum(centred_norms, np.finfo(float).tiny)
-    directions = exposure_residuals / np.where(collinear, 1.0, scales)
-    basis = np.hstack([np.ones((rows.size, 1)), design.q, directions])
-    return ExposureBasis(padded(rows, n_total, basis), scales, collinear)
+    directions = exposure_directions(design, exposures)
+    basis = np.hstack([np.ones((rows.size, 1)), design.q, directions.directions])
+    return ExposureBasis(padded(rows, n_total, basis), directions.scales, directions.collinear)
 
 
 @dataclass(frozen=True)

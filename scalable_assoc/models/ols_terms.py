@@ -37,14 +37,8 @@ import scipy.stats
 from scalable_assoc.models.design import CovariateDesign, project_out
 from scalable_assoc.models.fits import FitStatus, two_sided_p
 from scalable_assoc.models.ols import PreparedBlock, prepare_block
+from scalable_assoc.models.thresholds import CONSTANT_FEATURE, EXPOSURE_COLLINEAR, GRAM_SINGULAR
 
-#: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below which it counts as singular.
-_GRAM_SINGULAR = 1e-10
-#: A column of interest whose residual (covariates and earlier columns projected out) is below this
-#: fraction of its centred norm counts as collinear.
-_COLLINEAR = 1e-8
-#: Centred sum of squares below this fraction of y'y: the feature is constant.
-_CONSTANT = 1e-12
 #: Missing cells above this fraction of the design's cells: Gram matrices from the present rows
 #: (one dense product) rather than the identity minus a sum over the missing cells.
 _DENSE_MISSING = 0.25
@@ -84,7 +78,7 @@ def _interest_basis(q: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.
     centred = np.linalg.norm(columns - columns.mean(axis=0), axis=0)
     scale = np.where(centred > 0, centred, 1.0)
     u, r_unit = scipy.linalg.qr(residual / scale, mode="economic")
-    collinear = bool(np.any(np.abs(np.diag(r_unit)) <= _COLLINEAR) or np.any(centred == 0))
+    collinear = bool(np.any(np.abs(np.diag(r_unit)) <= EXPOSURE_COLLINEAR) or np.any(centred == 0))
     return u, r_unit * scale, collinear
 
 
@@ -109,7 +103,44 @@ def fit_terms(
     rows:
         ``(n,)`` positions of the design's participants among the ``N`` rows; None
         when the block holds exactly the design's participants.
+
+    Returns
+    -------
+    fits:
+        :class:`TermFits`: ``(J, m)`` coefficients, standard errors, ``t`` and
+        ``p``; ``(m, J, J)`` covariances; ``(m,)`` joint F statistics and their
+        p-values, residual sums of squares of the full and covariates-only
+        models, residual df, numbers of values used and statuses.
     """
+    data = _checked_data(design, columns, block, rows)
+    estimates = _TermEstimates.empty(data, design.rank)
+    if design.problem is not None:
+        estimates.status[:] = FitStatus.DESIGN_RANK_DEFICIENT
+        return estimates.finish()
+    q = design.q
+    u, r_factor, collinear = _interest_basis(q, data.columns)
+    if collinear:
+        estimates.status[:] = FitStatus.EXPOSURE_COLLINEAR
+        return estimates.finish()
+    basis = np.hstack([q, u])  # (n, w), orthonormal
+    coefficients = _coefficients(basis, data, design.rank)
+    _store_fits(estimates, basis, q, r_factor, data, coefficients)
+    _flag_features(estimates, coefficients.singular, _constant_features(data))
+    return estimates.finish()
+
+
+@dataclass(frozen=True)
+class _TermData:
+    """The block over the design's ``n`` rows and the ``J`` columns of interest, checked."""
+
+    values: np.ndarray  # (n, m) zero where missing
+    present: np.ndarray  # (n, m) bool
+    n_used: np.ndarray  # (m,) int64 values present per feature
+    columns: np.ndarray  # (n, J) float64
+
+
+def _checked_data(design: CovariateDesign, columns: np.ndarray, block: PreparedBlock | np.ndarray, rows: np.ndarray | None) -> _TermData:
+    """Convert the arguments of :func:`fit_terms`, check their shapes, and select the design's rows."""
     prepared = block if isinstance(block, PreparedBlock) else prepare_block(block)
     rows = np.arange(prepared.shape[0]) if rows is None else np.asarray(rows)
     columns = np.asarray(columns, dtype=np.float64)
@@ -117,20 +148,43 @@ def fit_terms(
         raise ValueError(f"columns have shape {columns.shape}; the design has {design.n} participants and rows {rows.size}")
     if not np.all(np.isfinite(columns)):
         raise ValueError("columns of interest must be finite")
-    n_terms = columns.shape[1]
-    m = prepared.shape[1]
     values = prepared.values[rows]  # (n, m), zero where missing
     present = ~prepared.missing[rows]
     n_used = present.sum(axis=0).astype(np.int64)
-    beta = np.full((n_terms, m), np.nan)
-    covariance = np.full((m, n_terms, n_terms), np.nan)
-    rss_full = np.full(m, np.nan)
-    extra = np.full(m, np.nan)
-    status = np.zeros(m, dtype=np.int8)
-    rank = design.rank
-    df = (n_used - rank - n_terms).astype(np.float64)
+    return _TermData(values, present, n_used, columns)
 
-    def finish() -> TermFits:
+
+@dataclass(frozen=True)
+class _TermEstimates:
+    """Arrays filled in place (NaN until fitted, status OK until flagged) and finished into :class:`TermFits`."""
+
+    beta: np.ndarray  # (J, m)
+    covariance: np.ndarray  # (m, J, J)
+    rss_full: np.ndarray  # (m,)
+    extra: np.ndarray  # (m,) extra sum of squares of the columns of interest
+    status: np.ndarray  # (m,) int8
+    df: np.ndarray  # (m,) float64 residual df n - rank(Z) - J
+    n_used: np.ndarray  # (m,) int64
+
+    @classmethod
+    def empty(cls, data: _TermData, rank: int) -> _TermEstimates:
+        """Unfitted estimates for the features of ``data`` with a covariate design of rank ``rank``."""
+        n_terms = data.columns.shape[1]
+        m = data.values.shape[1]
+        return cls(
+            beta=np.full((n_terms, m), np.nan),
+            covariance=np.full((m, n_terms, n_terms), np.nan),
+            rss_full=np.full(m, np.nan),
+            extra=np.full(m, np.nan),
+            status=np.zeros(m, dtype=np.int8),
+            df=(data.n_used - rank - n_terms).astype(np.float64),
+            n_used=data.n_used,
+        )
+
+    def finish(self) -> TermFits:
+        """NaN every statistic of a feature that is not OK; standard errors, t, p and the F test."""
+        beta, covariance, rss_full, extra, status, df = self.beta, self.covariance, self.rss_full, self.extra, self.status, self.df
+        n_terms, m = beta.shape
         not_ok = status != FitStatus.OK
         beta[:, not_ok] = np.nan
         covariance[not_ok] = np.nan
@@ -144,69 +198,101 @@ def fit_terms(
         f_p = np.full(m, np.nan)
         f_p[ok] = scipy.stats.f.sf(f_statistic[ok], n_terms, df[ok])
         rss = np.where(ok, rss_full, np.nan)
-        return TermFits(beta, se, t, p, covariance, f_statistic, f_p, rss, rss + np.where(ok, extra, np.nan), df, n_used, status)
+        return TermFits(beta, se, t, p, covariance, f_statistic, f_p, rss, rss + np.where(ok, extra, np.nan), df, self.n_used, status)
 
-    if design.problem is not None:
-        status[:] = FitStatus.DESIGN_RANK_DEFICIENT
-        return finish()
-    q = design.q
-    u, r_factor, collinear = _interest_basis(q, columns)
-    if collinear:
-        status[:] = FitStatus.EXPOSURE_COLLINEAR
-        return finish()
-    basis = np.hstack([q, u])  # (n, w), orthonormal
+
+@dataclass(frozen=True)
+class _Coefficients:
+    """Coefficients on the orthonormal basis ``B = [Q, U]`` (``w`` columns, ``rank`` of them ``Q``)."""
+
+    gamma: np.ndarray  # (w, m) full model
+    reduced: np.ndarray  # (rank, m) covariates-only model
+    inverse_interest: np.ndarray  # (m, J, J) [G^-1]_UU
+    singular: np.ndarray  # (m,) bool: a singular Gram matrix over the present rows
+
+
+def _coefficients(basis: np.ndarray, data: _TermData, rank: int) -> _Coefficients:
+    """Solve every feature on ``basis`` (``(n, w)``): ``B'y`` without missing values, a stack of small systems with."""
+    n_terms = data.columns.shape[1]
+    m = data.values.shape[1]
     width = basis.shape[1]
-    projections = basis.T @ values  # (w, m)
-    sum_squares = np.einsum("ij,ij->j", values, values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        centred_ss = sum_squares - values.sum(axis=0) ** 2 / n_used
-    constant = ~(centred_ss > _CONSTANT * sum_squares)
-
+    projections = basis.T @ data.values  # (w, m)
     gamma = projections.copy()  # coefficients on B, full model
     reduced = projections[:rank].copy()  # coefficients on Q, covariates only
     inverse_interest = np.broadcast_to(np.eye(n_terms), (m, n_terms, n_terms)).copy()  # [G^-1]_UU
-    missing_count = rows.size - n_used
+    missing_count = data.values.shape[0] - data.n_used
     masked = np.flatnonzero(missing_count > 0)
     singular = np.zeros(m, dtype=bool)
     if masked.size:
-        upper_r, upper_c = np.triu_indices(width)
-        pairs = basis[:, upper_r] * basis[:, upper_c]  # (n, pairs)
-        if missing_count[masked].sum() > _DENSE_MISSING * rows.size * masked.size:
-            gram_flat = (pairs.T @ present[:, masked].astype(np.float64)).T  # (masked, pairs)
-        else:
-            miss_rows, miss_cols = np.nonzero(~present[:, masked])
-            indicator = scipy.sparse.csr_matrix((np.ones(miss_rows.size), (miss_cols, miss_rows)), shape=(masked.size, rows.size))
-            gram_flat = (upper_r == upper_c).astype(np.float64) - np.asarray(indicator @ pairs)
-        gram = np.zeros((masked.size, width, width))
-        gram[:, upper_r, upper_c] = gram_flat
-        gram[:, upper_c, upper_r] = gram_flat
-        bad = np.linalg.eigvalsh(gram)[:, 0] <= _GRAM_SINGULAR
+        gram = _masked_grams(basis, data.present, masked, missing_count)
+        bad = np.linalg.eigvalsh(gram)[:, 0] <= GRAM_SINGULAR
         singular[masked] = bad
         safe = np.where(bad[:, None, None], np.eye(width), gram)
         inverse = np.linalg.inv(safe)
         gamma[:, masked] = np.einsum("mij,jm->im", inverse, projections[:, masked])
         reduced[:, masked] = np.linalg.solve(safe[:, :rank, :rank], projections[:rank, masked].T[:, :, None])[:, :, 0].T
         inverse_interest[masked] = inverse[:, rank:, rank:]
+    return _Coefficients(gamma, reduced, inverse_interest, singular)
 
-    fitted_full = basis @ gamma
-    fitted_reduced = q @ reduced
-    residual = (values - fitted_full) * present
-    rss_full[:] = np.einsum("ij,ij->j", residual, residual)
+
+def _masked_grams(basis: np.ndarray, present: np.ndarray, masked: np.ndarray, missing_count: np.ndarray) -> np.ndarray:
+    """``(a, w, w)`` Gram matrices ``B' diag(present) B`` of the ``masked`` features (``(a,)``, with missing values).
+
+    From the present rows (one dense product) when many cells are missing, else
+    the identity minus a sparse sum over the missing cells.
+    """
+    n = basis.shape[0]
+    width = basis.shape[1]
+    upper_r, upper_c = np.triu_indices(width)
+    pairs = basis[:, upper_r] * basis[:, upper_c]  # (n, pairs)
+    if missing_count[masked].sum() > _DENSE_MISSING * n * masked.size:
+        gram_flat = (pairs.T @ present[:, masked].astype(np.float64)).T  # (masked, pairs)
+    else:
+        miss_rows, miss_cols = np.nonzero(~present[:, masked])
+        indicator = scipy.sparse.csr_matrix((np.ones(miss_rows.size), (miss_cols, miss_rows)), shape=(masked.size, n))
+        gram_flat = (upper_r == upper_c).astype(np.float64) - np.asarray(indicator @ pairs)
+    gram = np.zeros((masked.size, width, width))
+    gram[:, upper_r, upper_c] = gram_flat
+    gram[:, upper_c, upper_r] = gram_flat
+    return gram
+
+
+def _store_fits(estimates: _TermEstimates, basis: np.ndarray, q: np.ndarray, r_factor: np.ndarray, data: _TermData, coefficients: _Coefficients) -> None:
+    """Residual and extra sums of squares from explicit fits, ``theta = R^-1 g_U`` and its covariance, into ``estimates``."""
+    rank = q.shape[1]
+    n_terms = r_factor.shape[0]
+    present = data.present
+    fitted_full = basis @ coefficients.gamma
+    fitted_reduced = q @ coefficients.reduced
+    residual = (data.values - fitted_full) * present
+    estimates.rss_full[:] = np.einsum("ij,ij->j", residual, residual)
     difference = (fitted_full - fitted_reduced) * present
-    extra[:] = np.einsum("ij,ij->j", difference, difference)
+    estimates.extra[:] = np.einsum("ij,ij->j", difference, difference)
 
     # theta = R^-1 g_U, and its covariance sigma^2 R^-1 [G^-1]_UU R^-T.
     r_inverse = scipy.linalg.solve_triangular(r_factor, np.eye(n_terms))
-    beta[:] = r_inverse @ gamma[rank:]
+    estimates.beta[:] = r_inverse @ coefficients.gamma[rank:]
     with np.errstate(invalid="ignore", divide="ignore"):
-        sigma2 = rss_full / df
-    covariance[:] = np.einsum("ab,mbc,dc->mad", r_inverse, inverse_interest, r_inverse) * sigma2[:, None, None]
+        sigma2 = estimates.rss_full / estimates.df
+    estimates.covariance[:] = np.einsum("ab,mbc,dc->mad", r_inverse, coefficients.inverse_interest, r_inverse) * sigma2[:, None, None]
 
+
+def _constant_features(data: _TermData) -> np.ndarray:
+    """``(m,)`` bool: a centred sum of squares below :data:`~scalable_assoc.models.thresholds.CONSTANT_FEATURE` of ``y'y`` over the present rows."""
+    values = data.values
+    sum_squares = np.einsum("ij,ij->j", values, values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centred_ss = sum_squares - values.sum(axis=0) ** 2 / data.n_used
+    return ~(centred_ss > CONSTANT_FEATURE * sum_squares)
+
+
+def _flag_features(estimates: _TermEstimates, singular: np.ndarray, constant: np.ndarray) -> None:
+    """Feature statuses, later ones overriding: singular Gram, too few values, constant (when not too few)."""
+    status = estimates.status
     status[singular] = FitStatus.FEATURE_RANK_DEFICIENT
-    too_few = ~(df >= 1)
+    too_few = ~(estimates.df >= 1)
     status[too_few] = FitStatus.TOO_FEW_VALUES
     status[constant & ~too_few] = FitStatus.CONSTANT_FEATURE
-    return finish()
 
 
 def level_dummies(codes: np.ndarray, n_levels: int) -> np.ndarray:

@@ -8,12 +8,12 @@ import numpy as np
 import scipy.sparse
 import scipy.special
 
-from scalable_assoc.models.design import CovariateDesign, project_out
+from scalable_assoc.models.design import CovariateDesign, ExposureDirections, exposure_directions
 from scalable_assoc.models.fits import FitStatus, SlopeFits
 from scalable_assoc.models.logistic.newton import Known, Settings, newton
 from scalable_assoc.models.logistic.packed import Basis, Cells, make_basis
 from scalable_assoc.models.logistic.separation import level_separated, lower_levels, singular_features, used_sums
-from scalable_assoc.models.logistic.tuning import EXACT_SINGLE_COUNTS, EXPOSURE_COLLINEAR, MAX_ITERATIONS, MIN_EVENTS, TOLERANCE
+from scalable_assoc.models.logistic.tuning import EXACT_SINGLE_COUNTS, MAX_ITERATIONS, MIN_EVENTS, TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -213,24 +213,6 @@ class _Estimates:
 
 
 @dataclass(frozen=True)
-class _Directions:
-    """Orthonormal exposure directions ``b_e = x_r / s_e`` (``(n, k)``), the scales ``s_e`` and which are collinear (``(k,)``)."""
-
-    directions: np.ndarray
-    scales: np.ndarray
-    collinear: np.ndarray
-
-
-def _exposure_directions(design: CovariateDesign, exposures: np.ndarray) -> _Directions:
-    """The exposures ``(k, n)`` with the covariates projected out and normalised (as in the OLS kernel)."""
-    exposure_residuals = project_out(design.q, exposures.T)  # (n, k)
-    scales = np.linalg.norm(exposure_residuals, axis=0)
-    centred_norms = np.linalg.norm(exposures - exposures.mean(axis=1, keepdims=True), axis=1)
-    collinear = scales <= EXPOSURE_COLLINEAR * np.maximum(centred_norms, np.finfo(float).tiny)
-    return _Directions(exposure_residuals / np.where(collinear, 1.0, scales), scales, collinear)
-
-
-@dataclass(frozen=True)
 class _LevelCounts:
     """Used participants and those present per level (rows) and feature, ``B'y`` for the start, and the events.
 
@@ -284,7 +266,7 @@ class _Design:
 
     q: np.ndarray  # (n, rank) the covariates' orthonormal basis
     outcome: _Outcome
-    directions: _Directions
+    directions: ExposureDirections
     counts: _LevelCounts
     too_few: np.ndarray  # (m,) bool: fewer than min_events with, or without, the feature
     covariate_separated: np.ndarray  # (m,) bool
@@ -336,7 +318,7 @@ def _fit_design(
         cases = used_sums(np.column_stack([exposures[index] == 1.0, exposures[index] == 0.0]).astype(np.float64), outcome.missing_indicator)
         fits.n_cases[index], fits.n_controls[index] = np.rint(cases).astype(np.int64)
 
-    directions = _exposure_directions(design, exposures)
+    directions = exposure_directions(design, exposures)
     counts = _level_counts(design, exposures, directions.directions, outcome)
     too_few = np.minimum(counts.events, outcome.n_used - counts.events) < options.min_events
     data = _Design(design.q, outcome, directions, counts, too_few, counts.covariate_separated())

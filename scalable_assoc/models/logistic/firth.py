@@ -6,7 +6,7 @@ import numpy as np
 
 from scalable_assoc.models.logistic.packed import Basis, Cells, row_chunks
 from scalable_assoc.models.logistic.passes import stacked_inverse
-from scalable_assoc.models.logistic.tuning import GRAM_SINGULAR
+from scalable_assoc.models.thresholds import GRAM_SINGULAR
 
 
 def firth_pass(

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse
 
 from scalable_assoc.models.logistic.packed import Basis
-from scalable_assoc.models.logistic.tuning import GRAM_SINGULAR
+from scalable_assoc.models.thresholds import GRAM_SINGULAR
 
 
 def lower_levels(columns: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Tuning constants of the logistic kernel: defaults, thresholds and the precision rules of Newton's passes.
 
 Each value says why it is what it is; the modules of the kernel import them from here.
+The thresholds shared with the OLS kernels live in :mod:`scalable_assoc.models.thresholds`.
 """
 
 #: Defaults of :func:`fit_logistic_slopes` (and of :func:`fit_logistic_designs`, which uses them):
@@ -9,12 +10,6 @@ Each value says why it is what it is; the modules of the kernel import them from
 MIN_EVENTS = 5
 MAX_ITERATIONS = 100
 TOLERANCE = 1e-10
-#: Smallest eigenvalue of a feature's Gram matrix in the orthonormal basis below
-#: which its design counts as singular (as in the OLS kernel).
-GRAM_SINGULAR = 1e-10
-#: Exposure residual norm, relative to the centred exposure's norm, below which
-#: the exposure counts as explained by the covariates (as in the OLS kernel).
-EXPOSURE_COLLINEAR = 1e-8
 #: |linear predictor| beyond which a fitted probability is numerically 0 or 1
 #: (1 - expit(30) ~ 1e-13, about R's "fitted probabilities numerically 0 or 1").
 ETA_DIVERGED = 30.0
