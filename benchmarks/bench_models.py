@@ -181,14 +181,22 @@ def main() -> None:
             "reference_sampled": sample,
             "ratio": round(scaled / ours, 1),
         }
-        print(f"  {name:<11} ours {ours:7.2f} s   statsmodels loop {scaled:9.1f} s ({per_reference * 1e3:.2f} ms x {regressions})   ratio {scaled / ours:7.0f}x")
+        print(
+            f"  {name:<11} ours {ours:7.2f} s   statsmodels loop {scaled:9.1f} s ({per_reference * 1e3:.2f} ms x {regressions})   ratio "
+            f"{scaled / ours:7.0f}x"
+        )
     result = {
         "benchmark": "models",
         "date": date.today().isoformat(),
         "host": socket.gethostname(),
         "machine": {"platform": platform.platform(), "cores": len(os.sched_getaffinity(0))},
         "versions": {"scalable_assoc": __version__, "python": platform.python_version(), "numpy": np.__version__},
-        "shape": {"participants": args.participants, "families": simulated.n_families, "features": views["transformed"].shape[1], "analyses": len(layer.analyses)},
+        "shape": {
+            "participants": args.participants,
+            "families": simulated.n_families,
+            "features": views["transformed"].shape[1],
+            "analyses": len(layer.analyses),
+        },
         "models": report,
     }
     out = args.out or Path(__file__).parent / "results" / f"{date.today().isoformat()}-{socket.gethostname()}-models.json"

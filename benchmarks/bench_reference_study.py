@@ -150,8 +150,19 @@ def main() -> None:
         "date": date.today().isoformat(),
         "host": socket.gethostname(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": len(os.sched_getaffinity(0))},
-        "versions": {"scalable_assoc": __version__, "python": platform.python_version(), "numpy": np.__version__, "statsmodels": sm.__version__ if hasattr(sm, "__version__") else ""},
-        "shape": {"participants": args.participants, "features": n_features, "features_kept": sum(v["features_kept"] for v in manifest["layers"].values()), "analyses": len(manifest["analyses"]), "regressions": regressions},
+        "versions": {
+            "scalable_assoc": __version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "statsmodels": sm.__version__ if hasattr(sm, "__version__") else "",
+        },
+        "shape": {
+            "participants": args.participants,
+            "features": n_features,
+            "features_kept": sum(v["features_kept"] for v in manifest["layers"].values()),
+            "analyses": len(manifest["analyses"]),
+            "regressions": regressions,
+        },
         "seconds": {
             "cli_run_cold": round(cli_seconds, 2),
             "cli_run_stores_ready": round(cli_warm_seconds, 2),
@@ -166,14 +177,22 @@ def main() -> None:
         },
         "run_timings": manifest["timings_seconds"],
     }
-    print(f"reference study: {args.participants} participants, {n_features} features ({result['shape']['features_kept']} kept), "
-          f"{result['shape']['analyses']} analyses, {regressions} regressions")
+    print(
+        f"reference study: {args.participants} participants, {n_features} features ({result['shape']['features_kept']} kept), "
+        f"{result['shape']['analyses']} analyses, {regressions} regressions"
+    )
     print(f"  scalable-assoc run (CLI, cold: Dask start + conversion): {cli_seconds:8.2f} s")
     print(f"  scalable-assoc run (CLI, stores ready):                  {cli_warm_seconds:8.2f} s")
     print(f"  our kernel, one process:                                 {kernel_seconds:8.3f} s")
-    print(f"  statsmodels OLS loop (scaled from {sampled}):             {statsmodels_seconds:8.1f} s  ({per_regression * 1e3:.2f} ms per regression)")
+    print(
+        f"  statsmodels OLS loop (scaled from {sampled}):             {statsmodels_seconds:8.1f} s  ({per_regression * 1e3:.2f} ms per "
+        "regression)"
+    )
     print(f"  ratio statsmodels / kernel:   {result['ratios']['statsmodels_over_kernel']:.0f}x  (aim >= 100x)")
-    print(f"  ratio statsmodels / CLI run:  {result['ratios']['statsmodels_over_cli_cold']:.1f}x; CLI run aim < 15 s: {'met' if cli_seconds < 15 else 'missed'}")
+    print(
+        f"  ratio statsmodels / CLI run:  {result['ratios']['statsmodels_over_cli_cold']:.1f}x; CLI run aim < 15 s: "
+        f"{'met' if cli_seconds < 15 else 'missed'}"
+    )
     out = Path(__file__).parent / "results" / f"{date.today().isoformat()}-{socket.gethostname()}-reference.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

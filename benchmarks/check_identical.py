@@ -38,8 +38,18 @@ TABLES = ("results.parquet", "features.parquet", "joint_results.parquet")
 def _run(code: Path, folder: Path, participants: int) -> None:
     env = dict(os.environ, PYTHONPATH=str(code))
     cli = [sys.executable, "-m", "scalable_assoc.cli"]
-    subprocess.run([*cli, "simulate", "--out", str(folder / "study"), "--participants", str(participants), "--seed", "0"], env=env, check=True, capture_output=True)
-    subprocess.run([*cli, "run", str(folder / "study" / "plan.yaml"), "--out", str(folder / "results"), "--workers", "2", "--top", "0"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*cli, "simulate", "--out", str(folder / "study"), "--participants", str(participants), "--seed", "0"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*cli, "run", str(folder / "study" / "plan.yaml"), "--out", str(folder / "results"), "--workers", "2", "--top", "0"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 def _differences(baseline: Path, current: Path) -> list[str]:
@@ -68,7 +78,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         where = args.keep or Path(scratch)
         checkout = Path(scratch) / "baseline-code"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(checkout), args.baseline], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(checkout), args.baseline], check=True, capture_output=True
+        )
         try:
             _run(checkout, where / "baseline", args.participants)
             _run(ROOT, where / "current", args.participants)

@@ -44,15 +44,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         baseline = folder / "baseline-code"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline], check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline), args.baseline], check=True, capture_output=True
+        )
         codes = {"baseline": baseline, "current": ROOT}
         times: dict[str, list[float]] = {name: [] for name in codes}
         try:
             study = folder / "study"
             _cli(ROOT, "simulate", "--out", str(study), "--participants", str(args.participants), "--seed", "0")
             for round_ in range(args.rounds):
-                for name, code in (codes.items() if round_ % 2 == 0 else reversed(codes.items())):
-                    seconds = _cli(code, "run", str(study / "plan.yaml"), "--out", str(folder / f"{name}-{round_}"), "--workers", str(args.workers), "--top", "0")
+                for name, code in codes.items() if round_ % 2 == 0 else reversed(codes.items()):
+                    seconds = _cli(
+                        code,
+                        "run",
+                        str(study / "plan.yaml"),
+                        "--out",
+                        str(folder / f"{name}-{round_}"),
+                        "--workers",
+                        str(args.workers),
+                        "--top",
+                        "0",
+                    )
                     times[name].append(seconds)
                     print(f"round {round_ + 1} {name}: {seconds:.2f} s", flush=True)
             if args.models:

@@ -36,7 +36,9 @@ def simulated_chunk(seed: int, start: int, n_samples: int, n_features: int) -> n
     return values
 
 
-def write_simulated_store(path: Path, sample_ids: list[str], n_features: int, seed: int = 0, chunk_features: int | None = None) -> AbundanceStore:
+def write_simulated_store(
+    path: Path, sample_ids: list[str], n_features: int, seed: int = 0, chunk_features: int | None = None
+) -> AbundanceStore:
     """Write (or reuse, if one with the same parameters exists) a simulated store at ``path``."""
     n_samples = len(sample_ids)
     chunk = default_chunk_features(n_samples, n_features, chunk_features)

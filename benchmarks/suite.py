@@ -131,7 +131,11 @@ def measure(command: list[str], log: Path, interval: float = 0.05) -> dict:
     # Other processes on the machine share its cores: the CPU they used during the case, in
     # cores (busy CPU time of the whole machine minus the case's own, over the wall time).
     machine_after = psutil.cpu_times()
-    busy = sum(getattr(machine_after, f) - getattr(machine_before, f) for f in ("user", "nice", "system", "irq", "softirq", "steal") if hasattr(machine_after, f))
+    busy = sum(
+        getattr(machine_after, f) - getattr(machine_before, f)
+        for f in ("user", "nice", "system", "irq", "softirq", "steal")
+        if hasattr(machine_after, f)
+    )
     children = [p for p in peak_of if p != process.pid]
     return {
         "wall_s": round(wall, 3),
@@ -235,7 +239,13 @@ def export_for_r(layer, values: np.ndarray, chunk: int, folder: Path) -> dict:
     se = np.empty_like(beta)
     for index, analysis in enumerate(layer.analyses):
         design = layer.designs[analysis.design_key]
-        fit = fit_design_batch([factorise_covariates(design.matrix, design.names)], [design.rows], [analysis.exposure[None, :]], [np.array([analysis.binary])], block)[0]
+        fit = fit_design_batch(
+            [factorise_covariates(design.matrix, design.names)],
+            [design.rows],
+            [analysis.exposure[None, :]],
+            [np.array([analysis.binary])],
+            block,
+        )[0]
         beta[:, index], se[:, index] = fit.beta[0], fit.se[0]
     np.save(folder / "ours_beta.npy", beta)
     np.save(folder / "ours_se.npy", se)
@@ -340,15 +350,24 @@ def versions() -> dict:
             found[package] = "not installed"
     if shutil.which("Rscript"):
         text = subprocess.run(
-            ["Rscript", "-e", 'cat(R.version$major, ".", R.version$minor, " ", tryCatch(as.character(packageVersion("limma")), error = function(e) "absent"), sep = "")'],
-            capture_output=True, text=True, check=False,
+            [
+                "Rscript",
+                "-e",
+                'cat(R.version$major, ".", R.version$minor, " ", tryCatch(as.character(packageVersion("limma")), error = function(e) '
+                '"absent"), sep = "")',
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.split()
         found["R"] = text[0] if text else "unknown"
         found["limma"] = text[1] if len(text) > 1 else "absent"
     else:
         found["R"] = found["limma"] = "not installed"
     try:
-        found["blas"] = next(i["internal_api"] + " " + i.get("version", "") for i in __import__("threadpoolctl").threadpool_info() if i["user_api"] == "blas")
+        found["blas"] = next(
+            i["internal_api"] + " " + i.get("version", "") for i in __import__("threadpoolctl").threadpool_info() if i["user_api"] == "blas"
+        )
     except Exception:  # noqa: BLE001  (informational only)
         pass
     return found
@@ -372,8 +391,11 @@ def scale_case(data: Path, log: Path, participants: int, features: int, workers:
     plan.write_text(SCALE_PLAN.format(label=label, metadata=metadata, store=store))
     measured = run_cli(plan, data / f"out-{label}-w{workers or 'default'}", log, workers=workers)
     measured.update(
-        participants=participants, features=features, chunk_features=written["result"]["chunk_features"],
-        matrix_mb=round(participants * features * 8 / 2**20, 1), store_write_s=None if written["result"]["reused"] else round(written["result"]["seconds"], 1),
+        participants=participants,
+        features=features,
+        chunk_features=written["result"]["chunk_features"],
+        matrix_mb=round(participants * features * 8 / 2**20, 1),
+        store_write_s=None if written["result"]["reused"] else round(written["result"]["seconds"], 1),
         ms_per_feature=round(1e3 * measured["wall_s"] / features, 4),
         ns_per_value=round(1e9 * measured["wall_s"] / (features * participants), 2),
     )
@@ -383,7 +405,15 @@ def scale_case(data: Path, log: Path, participants: int, features: int, workers:
 
 def aim(key: str, label: str, value: float, target: float, higher_is_better: bool, unit: str = "x") -> dict:
     met = value >= target if higher_is_better else value <= target
-    return {"key": key, "aim": label, "value": round(value, 2), "unit": unit, "target": target, "at_least": higher_is_better, "met": bool(met)}
+    return {
+        "key": key,
+        "aim": label,
+        "value": round(value, 2),
+        "unit": unit,
+        "target": target,
+        "at_least": higher_is_better,
+        "met": bool(met),
+    }
 
 
 def run_suite(args: argparse.Namespace) -> dict:
@@ -392,7 +422,15 @@ def run_suite(args: argparse.Namespace) -> dict:
     data = (args.data_dir or Path(tempfile.mkdtemp(prefix="scalable-assoc-suite-"))).resolve()
     data.mkdir(parents=True, exist_ok=True)
     log = data / "suite.log"
-    report: dict = {"benchmark": "suite", "quick": args.quick, "date": date.today().isoformat(), "machine": machine(), "versions": versions(), "cases": {}, "aims": []}
+    report: dict = {
+        "benchmark": "suite",
+        "quick": args.quick,
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "versions": versions(),
+        "cases": {},
+        "aims": [],
+    }
     cases, aims = report["cases"], report["aims"]
     suite_started = time.perf_counter()
 
@@ -451,7 +489,9 @@ def run_suite(args: argparse.Namespace) -> dict:
             ratios["limma_over_kernel_species"] = r["limma_seconds"] / kernel["kernel_species_s"]
             ratios["r_lm_over_kernel_species"] = r_lm_s / kernel["kernel_species_s"]
             ratios["limma_over_floor_species"] = r["limma_seconds"] / floor["floor_species_s"]
-            aims.append(aim("limma", "kernel >= 10x limma lmFit (species layer, same designs)", ratios["limma_over_kernel_species"], 10, True))
+            aims.append(
+                aim("limma", "kernel >= 10x limma lmFit (species layer, same designs)", ratios["limma_over_kernel_species"], 10, True)
+            )
         report["reference_ratios"] = {k: round(v, 2) for k, v in ratios.items()}
         say("reference: " + ", ".join(f"{k} {v:.1f}" for k, v in ratios.items()))
 
@@ -464,9 +504,19 @@ def run_suite(args: argparse.Namespace) -> dict:
             cases["features"].append(scale_case(scale_dir, log, spec["participants"], features, workers=2))
         for previous, case in zip(cases["features"], cases["features"][1:], strict=False):
             # The fixed cost (start-up, one pass over a chunk's worth) cancels in the difference.
-            case["marginal_ms_per_feature"] = round(1e3 * (case["wall_s"] - previous["wall_s"]) / (case["features"] - previous["features"]), 4)
+            case["marginal_ms_per_feature"] = round(
+                1e3 * (case["wall_s"] - previous["wall_s"]) / (case["features"] - previous["features"]), 4
+            )
         first, last = cases["features"][0], cases["features"][-1]
-        aims.append(aim("memory_features", f"peak memory at {last['features']:,} features within 1.5x of {first['features']:,}", last["peak_rss_mb"] / first["peak_rss_mb"], 1.5, False))
+        aims.append(
+            aim(
+                "memory_features",
+                f"peak memory at {last['features']:,} features within 1.5x of {first['features']:,}",
+                last["peak_rss_mb"] / first["peak_rss_mb"],
+                1.5,
+                False,
+            )
+        )
         say("features: " + ", ".join(f"{c['features']}: {c['wall_s']:.1f} s, {c['peak_rss_mb']:.0f} MB" for c in cases["features"]))
     if "participants" in only:
         spec = sizes["participants"]
@@ -475,8 +525,19 @@ def run_suite(args: argparse.Namespace) -> dict:
             say(f"participants: {participants} participants x {spec['features']} features, 2 workers")
             cases["participants"].append(scale_case(scale_dir, log, participants, spec["features"], workers=2))
         last = cases["participants"][-1]
-        aims.append(aim("memory_participants", f"peak memory at {last['participants']:,} participants below the matrix size ({last['matrix_mb']:,.0f} MB)", last["peak_rss_mb"] / last["matrix_mb"], 1.0, False))
-        say("participants: " + ", ".join(f"{c['participants']}: {c['wall_s']:.1f} s, {c['peak_rss_mb']:.0f} MB" for c in cases["participants"]))
+        aims.append(
+            aim(
+                "memory_participants",
+                f"peak memory at {last['participants']:,} participants below the matrix size ({last['matrix_mb']:,.0f} MB)",
+                last["peak_rss_mb"] / last["matrix_mb"],
+                1.0,
+                False,
+            )
+        )
+        say(
+            "participants: "
+            + ", ".join(f"{c['participants']}: {c['wall_s']:.1f} s, {c['peak_rss_mb']:.0f} MB" for c in cases["participants"])
+        )
     if "workers" in only:
         spec = sizes["features"]
         largest = spec["sizes"][-1]
@@ -490,7 +551,10 @@ def run_suite(args: argparse.Namespace) -> dict:
         cases["workers"] = {
             "one": one,
             "two": two,
-            "all_runs": {str(w): [{k: r[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "other_processes_cores", "run_timings")} for r in runs[w]] for w in runs},
+            "all_runs": {
+                str(w): [{k: r[k] for k in ("wall_s", "cpu_s", "peak_rss_mb", "other_processes_cores", "run_timings")} for r in runs[w]]
+                for w in runs
+            },
         }
         speedup = one["wall_s"] / two["wall_s"]
         fit_speedup = one["run_timings"].get("fit", np.nan) / two["run_timings"].get("fit", np.nan)
@@ -521,12 +585,15 @@ def markdown(report: dict) -> str:
         found = aims.get(key)
         if found is None:
             return ""
-        return f"{'met' if found['met'] else 'missed'} ({found['value']:g}{found['unit']}, aim {'>=' if found['at_least'] else '<='} {found['target']:g}{found['unit']})"
+        verdict = "met" if found["met"] else "missed"
+        bound = ">=" if found["at_least"] else "<="
+        return f"{verdict} ({found['value']:g}{found['unit']}, aim {bound} {found['target']:g}{found['unit']})"
 
     lines = [
         f"# Benchmark suite, {report['date']}, {m['host']}{' (quick)' if report['quick'] else ''}",
         "",
-        f"Machine: {m['cores_usable']} cores ({m['cpu_model']}), {m['memory_gb']} GB, {m['os']}; load average at start {m['load_average_at_start']}.",
+        f"Machine: {m['cores_usable']} cores ({m['cpu_model']}), {m['memory_gb']} GB, {m['os']}; load average at start "
+        f"{m['load_average_at_start']}.",
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
         "Wall, CPU (user + system) and peak memory are of the whole process tree of each case (the process, Dask scheduler,",
@@ -543,37 +610,99 @@ def markdown(report: dict) -> str:
         if case is None:
             return
         memory = f"{case['peak_rss_mb']:,.0f} ({case.get('peak_rss_main_mb', 0):,.0f}, {case.get('peak_rss_largest_child_mb', 0):,.0f})"
-        lines.append(f"| {name} | {what} | {case['wall_s']:.2f} | {case['cpu_s']:.1f} | {memory} | {case.get('other_processes_cores', float('nan')):.2f} | {inner} | {aim_text} |")
+        lines.append(
+            f"| {name} | {what} | {case['wall_s']:.2f} | {case['cpu_s']:.1f} | {memory} | "
+            f"{case.get('other_processes_cores', float('nan')):.2f} | {inner} | {aim_text} |"
+        )
 
     if "ref_kernel" in c:
         k, f, r = c["ref_kernel"]["result"], c["ref_floor"]["result"], report["reference_ratios"]
-        lines.insert(-2, f"Reference study: {k['features']:,} features kept, {k['regressions']:,} regressions (lm, 7 exposures x 5 adjustment sets x 3 layers).\n")
-        row("reference", "`scalable-assoc run`, cold (start-up, TSV -> Zarr, fits, FDR, outputs), 2 workers", c["ref_cli_cold"], f"statsmodels loop / this: {r['statsmodels_over_cli_cold']:.1f}x")
-        row("reference", "`scalable-assoc run`, stores ready (best of 2)", c["ref_cli_warm"], f"fit phase {c['ref_cli_warm']['run_timings'].get('fit', 0):.2f} s")
-        row("reference", "our kernel, one process, one core", c["ref_kernel"], f"{k['kernel_s']:.3f} s all; {k['kernel_species_s']:.3f} s species", aim_cell("statsmodels"))
-        row("reference", f"numpy floor: one X'Y per participant subset ({f['participant_subsets']}) and block", c["ref_floor"], f"{f['floor_s']:.3f} s (kernel / floor {r['kernel_over_floor']:.2f}x); read+sum {f['read_sum_s']:.3f} s", aim_cell("floor"))
-        row("reference", f"statsmodels OLS loop, {c['ref_statsmodels']['result']['sampled']} sampled, scaled", c["ref_statsmodels"], f"{c['ref_statsmodels']['scaled_s']:.1f} s ({1e3 * c['ref_statsmodels']['result']['per_regression_s']:.2f} ms each); / kernel {r['statsmodels_over_kernel']:.0f}x")
+        lines.insert(
+            -2,
+            f"Reference study: {k['features']:,} features kept, {k['regressions']:,} regressions (lm, 7 exposures x 5 adjustment sets x 3 "
+            "layers).\n",
+        )
+        row(
+            "reference",
+            "`scalable-assoc run`, cold (start-up, TSV -> Zarr, fits, FDR, outputs), 2 workers",
+            c["ref_cli_cold"],
+            f"statsmodels loop / this: {r['statsmodels_over_cli_cold']:.1f}x",
+        )
+        row(
+            "reference",
+            "`scalable-assoc run`, stores ready (best of 2)",
+            c["ref_cli_warm"],
+            f"fit phase {c['ref_cli_warm']['run_timings'].get('fit', 0):.2f} s",
+        )
+        row(
+            "reference",
+            "our kernel, one process, one core",
+            c["ref_kernel"],
+            f"{k['kernel_s']:.3f} s all; {k['kernel_species_s']:.3f} s species",
+            aim_cell("statsmodels"),
+        )
+        row(
+            "reference",
+            f"numpy floor: one X'Y per participant subset ({f['participant_subsets']}) and block",
+            c["ref_floor"],
+            f"{f['floor_s']:.3f} s (kernel / floor {r['kernel_over_floor']:.2f}x); read+sum {f['read_sum_s']:.3f} s",
+            aim_cell("floor"),
+        )
+        row(
+            "reference",
+            f"statsmodels OLS loop, {c['ref_statsmodels']['result']['sampled']} sampled, scaled",
+            c["ref_statsmodels"],
+            f"{c['ref_statsmodels']['scaled_s']:.1f} s ({1e3 * c['ref_statsmodels']['result']['per_regression_s']:.2f} ms each); / kernel "
+            f"{r['statsmodels_over_kernel']:.0f}x",
+        )
         if "ref_r" in c:
             rr = c["ref_r"]["result"]
-            row("reference", f"Rscript: limma lmFit x {rr['analyses']} designs (species, {rr['features']} features) + R lm() loop", c["ref_r"],
-                f"lmFit {rr['limma_seconds']:.3f} s (/ our kernel {r['limma_over_kernel_species']:.1f}x); lm loop {c['ref_r']['lm_scaled_s']:.1f} s scaled (/ kernel {r['r_lm_over_kernel_species']:.0f}x)",
-                aim_cell("limma"))
+            row(
+                "reference",
+                f"Rscript: limma lmFit x {rr['analyses']} designs (species, {rr['features']} features) + R lm() loop",
+                c["ref_r"],
+                f"lmFit {rr['limma_seconds']:.3f} s (/ our kernel {r['limma_over_kernel_species']:.1f}x); lm loop "
+                f"{c['ref_r']['lm_scaled_s']:.1f} s scaled (/ kernel {r['r_lm_over_kernel_species']:.0f}x)",
+                aim_cell("limma"),
+            )
     for group, key, unit in (("features", "features", "features"), ("participants", "participants", "participants")):
         for case in c.get(group, []):
             last = case is c[group][-1]
-            row(group, f"{case[key]:,} {unit} ({case['participants']:,} x {case['features']:,}, {case['matrix_mb']:,.0f} MB, chunks of {case['chunk_features']}), CLI, 2 workers", case,
-                f"{case['ms_per_feature']:.3f} ms/feature" + (f" ({case['marginal_ms_per_feature']:.3f} marginal)" if "marginal_ms_per_feature" in case else "") + f", {case['ns_per_value']:.1f} ns/value; phases: filter {case['run_timings'].get('filter', 0):.1f} s, fit {case['run_timings'].get('fit', 0):.1f} s, gather {case['run_timings'].get('gather', 0):.1f} s",
-                aim_cell(f"memory_{group}") if last else "")
+            row(
+                group,
+                f"{case[key]:,} {unit} ({case['participants']:,} x {case['features']:,}, {case['matrix_mb']:,.0f} MB, chunks of "
+                f"{case['chunk_features']}), CLI, 2 workers",
+                case,
+                f"{case['ms_per_feature']:.3f} ms/feature"
+                + (f" ({case['marginal_ms_per_feature']:.3f} marginal)" if "marginal_ms_per_feature" in case else "")
+                + f", {case['ns_per_value']:.1f} ns/value; phases: filter {case['run_timings'].get('filter', 0):.1f} s, fit "
+                f"{case['run_timings'].get('fit', 0):.1f} s, gather {case['run_timings'].get('gather', 0):.1f} s",
+                aim_cell(f"memory_{group}") if last else "",
+            )
     if "workers" in c:
         w = c["workers"]
         row("workers", f"1 worker, {w['one']['features']:,} features", w["one"], f"fit phase {w['one']['run_timings'].get('fit', 0):.1f} s")
-        row("workers", f"2 workers, {w['two']['features']:,} features", w["two"], f"speed-up {w['speedup_wall']:.2f}x whole run, {w['speedup_fit_phase']:.2f}x fit phase", aim_cell("workers"))
+        row(
+            "workers",
+            f"2 workers, {w['two']['features']:,} features",
+            w["two"],
+            f"speed-up {w['speedup_wall']:.2f}x whole run, {w['speedup_fit_phase']:.2f}x fit phase",
+            aim_cell("workers"),
+        )
     if "models" in c:
         mr = c["models"]["result"]
-        row("models", f"`bench_models.py` (species layer, {mr['shape']['features']} features, {mr['shape']['analyses']} analyses, whole script)", c["models"], "see below")
+        row(
+            "models",
+            f"`bench_models.py` (species layer, {mr['shape']['features']} features, {mr['shape']['analyses']} analyses, whole script)",
+            c["models"],
+            "see below",
+        )
         lines += ["", "| model | fits | ours s | statsmodels loop s (scaled) | ratio |", "|---|---|---|---|---|"]
         for name, model in mr["models"].items():
-            lines.append(f"| {name} | {model['regressions']:,} | {model['ours_seconds']:.2f} | {model['reference_scaled_seconds']:,.1f} | {model['ratio']:,.0f}x |")
+            lines.append(
+                f"| {name} | {model['regressions']:,} | {model['ours_seconds']:.2f} | {model['reference_scaled_seconds']:,.1f} | "
+                f"{model['ratio']:,.0f}x |"
+            )
     lines += ["", "| aim | measured | met |", "|---|---|---|"]
     lines += [f"| {a['aim']} | {a['value']:g}{a['unit']} | {'met' if a['met'] else 'missed'} |" for a in report["aims"]]
     return "\n".join(lines) + "\n"

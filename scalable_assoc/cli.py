@@ -62,8 +62,11 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:
     simulate.add_argument("--species", type=_positive_int, default=400, help="number of species")
     simulate.add_argument("--pathways", type=_positive_int, default=650, help="number of pathways")
     simulate.add_argument(
-        "--cohorts", type=_positive_int, default=1,
-        help="several biobanks (cohort_1..cohort_K folders of participants/k each, shared truth with heterogeneity, batch shifts, different feature spellings)",
+        "--cohorts",
+        type=_positive_int,
+        default=1,
+        help="several biobanks (cohort_1..cohort_K folders of participants/k each, shared truth with heterogeneity, batch shifts, "
+        "different feature spellings)",
     )
 
 
@@ -72,32 +75,60 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run every analysis of a plan")
     run.add_argument("plan", type=Path, help="plan file (YAML)")
     run.add_argument("--out", type=Path, help="output folder (default: <plan folder>/results)")
-    run.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tls://10.0.0.5:8786 with --tls-* options, or tcp://... (default: start a closed local cluster)")
+    run.add_argument(
+        "--scheduler",
+        help="address of an existing Dask scheduler, e.g. tls://10.0.0.5:8786 with --tls-* options, or tcp://... (default: start a closed "
+        "local cluster)",
+    )
     run.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
     _cluster_options(run)
-    run.add_argument("--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)")
-    run.add_argument("--intersect-samples", action="store_true", help="analyse only samples present in both metadata and abundance tables (warns)")
     run.add_argument(
-        "--features", type=Path,
-        help="shared feature list (TSV/CSV/Parquet with a 'feature' column, optional 'layer' and 'kept', e.g. a reference cohort's results/features.parquet): "
+        "--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)"
+    )
+    run.add_argument(
+        "--intersect-samples", action="store_true", help="analyse only samples present in both metadata and abundance tables (warns)"
+    )
+    run.add_argument(
+        "--features",
+        type=Path,
+        help="shared feature list (TSV/CSV/Parquet with a 'feature' column, optional 'layer' and 'kept', e.g. a reference cohort's "
+        "results/features.parquet): "
         "the features every layer keeps and transforms over, instead of the prevalence filter; overrides the plan's 'features'",
     )
-    run.add_argument("--min-cases", type=_positive_int, help="minimum cases and controls per binary exposure for this run only, instead of the plan's min_cases (not part of what meta/pool compare)")
     run.add_argument(
-        "--top", type=_count, default=5, metavar="N",
+        "--min-cases",
+        type=_positive_int,
+        help="minimum cases and controls per binary exposure for this run only, instead of the plan's min_cases (not part of what "
+        "meta/pool compare)",
+    )
+    run.add_argument(
+        "--top",
+        type=_count,
+        default=5,
+        metavar="N",
         help="when the run ends, print the N associations with the smallest q per layer (and model), each exposure under its base "
         "adjustment set (the first set, in plan order, it ran under), with direction, beta and q (default 5; 0: none)",
     )
     run.add_argument(
-        "--no-workers-timeout", type=float, default=300.0, metavar="SECONDS",
+        "--no-workers-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
         help="end the run (exit 1; a rerun resumes) when the cluster has had no worker for this long, e.g. all jobs ended (default 300)",
     )
-    run.add_argument("--force", action="store_true", help="run even when the output folder holds a finished run of the same plan, inputs and options (else: 'up to date', exit 0)")
     run.add_argument(
-        "--covariate-rows", action="store_true", help="also write every covariate's coefficient in each lm model to covariate_results.parquet / .tsv"
+        "--force",
+        action="store_true",
+        help="run even when the output folder holds a finished run of the same plan, inputs and options (else: 'up to date', exit 0)",
     )
     run.add_argument(
-        "--allow-outside-paths", action="store_true",
+        "--covariate-rows",
+        action="store_true",
+        help="also write every covariate's coefficient in each lm model to covariate_results.parquet / .tsv",
+    )
+    run.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
         help="let the plan name files outside its own folder (data.metadata, layer paths, features:); only for a plan you trust",
     )
 
@@ -117,19 +148,38 @@ def _add_sumstats(commands: argparse._SubParsersAction) -> None:
     sumstats = commands.add_parser("sumstats", help="export a run's summary statistics under disclosure control (what may leave a biobank)")
     sumstats.add_argument("run_dir", type=Path, help="output folder of a finished 'scalable-assoc run'")
     sumstats.add_argument("--cohort", required=True, help="cohort name, e.g. lifelines")
-    sumstats.add_argument("--out", required=True, type=Path, help="summary-statistics file to write (.parquet); its sidecar <stem>.json is written next to it")
-    sumstats.add_argument("--sufficient", action="store_true", help="also export the lm cross-products (<stem>.sufficient.parquet) for 'scalable-assoc pool'")
     sumstats.add_argument(
-        "--min-cell-count", type=int, default=3,
+        "--out", required=True, type=Path, help="summary-statistics file to write (.parquet); its sidecar <stem>.json is written next to it"
+    )
+    sumstats.add_argument(
+        "--sufficient", action="store_true", help="also export the lm cross-products (<stem>.sufficient.parquet) for 'scalable-assoc pool'"
+    )
+    sumstats.add_argument(
+        "--min-cell-count",
+        type=int,
+        default=3,
         help="withhold rows with fewer cases or controls than this, or fewer participants with (or a non-zero number without) the feature, "
         "overall or among the cases or the controls (DataSHIELD nfilter.tab; default 3)",
     )
-    sumstats.add_argument("--max-parameter-fraction", type=float, default=0.33, help="withhold rows whose model has more parameters than this x n (DataSHIELD nfilter.glm; default 0.33)")
-    sumstats.add_argument("--min-cases", type=int, default=0, help="also withhold rows with fewer cases or controls than this (e.g. the consortium's min_cases after 'run --min-cases'; default 0: off)")
+    sumstats.add_argument(
+        "--max-parameter-fraction",
+        type=float,
+        default=0.33,
+        help="withhold rows whose model has more parameters than this x n (DataSHIELD nfilter.glm; default 0.33)",
+    )
+    sumstats.add_argument(
+        "--min-cases",
+        type=int,
+        default=0,
+        help="also withhold rows with fewer cases or controls than this (e.g. the consortium's min_cases after 'run --min-cases'; default "
+        "0: off)",
+    )
     sumstats.add_argument("--scheduler", help="Dask scheduler for --sufficient (default: a local cluster)")
     sumstats.add_argument("--workers", type=_positive_int, help="local worker processes for --sufficient")
     sumstats.add_argument(
-        "--sign-key", type=Path, metavar="KEY",
+        "--sign-key",
+        type=Path,
+        metavar="KEY",
         help="sign the sidecar: KEY is a shared secret file (HMAC-SHA256) or an Ed25519 private key in PEM ('scalable-assoc keygen'); "
         "meta and pool --verify-key then refuse the files if anything was changed",
     )
@@ -141,22 +191,31 @@ def _add_meta_and_pool(commands: argparse._SubParsersAction) -> None:
     combine_help = {
         "feature_map": "tab-separated file with columns 'from' and 'to' renaming feature spellings before matching",
         "min_cohorts": "combine a feature only when at least this many cohorts have it (default 2)",
-        "allow_mismatch": "combine cohorts even if their analyses (transform, models, exposures, adjustments) or their CLR/TSS/AST feature sets differ (warnings in the manifest)",
+        "allow_mismatch": "combine cohorts even if their analyses (transform, models, exposures, adjustments) or their CLR/TSS/AST "
+        "feature sets differ (warnings in the manifest)",
         "alpha": "q below this counts as significant (default: the fdr.alpha of the cohorts' plans)",
-        "verify_key": "refuse every file whose sidecar is not signed with this key: the consortium's shared secret file or a cohort's Ed25519 public key (PEM); "
+        "verify_key": "refuse every file whose sidecar is not signed with this key: the consortium's shared secret file or a cohort's "
+        "Ed25519 public key (PEM); "
         "repeat it to give one public key per cohort",
     }
     meta = commands.add_parser("meta", help="meta-analyse cohorts' summary-statistics files")
     meta.add_argument("files", nargs="+", type=Path, help="summary-statistics files written by 'scalable-assoc sumstats'")
     meta.add_argument("--out", required=True, type=Path, help="output folder")
-    meta.add_argument("--method", default="reml", choices=["fe", "dl", "reml", "pm"], help="fixed effect, or random effects by DerSimonian-Laird, REML (default) or Paule-Mandel")
+    meta.add_argument(
+        "--method",
+        default="reml",
+        choices=["fe", "dl", "reml", "pm"],
+        help="fixed effect, or random effects by DerSimonian-Laird, REML (default) or Paule-Mandel",
+    )
     meta.add_argument("--hksj", action="store_true", help="Hartung-Knapp-Sidik-Jonkman standard errors and t(k-1) p-values")
     meta.add_argument("--leave-one-out", action="store_true", help="also write leave-one-cohort-out estimates")
     meta.add_argument("--feature-map", type=Path, help=combine_help["feature_map"])
     meta.add_argument("--min-cohorts", type=_positive_int, default=2, help=combine_help["min_cohorts"])
     meta.add_argument("--allow-mismatch", action="store_true", help=combine_help["allow_mismatch"])
     meta.add_argument("--alpha", type=float, help=combine_help["alpha"])
-    meta.add_argument("--scheduler", help="Dask scheduler to combine the rows on (default: in this process below 2 million rows, else a local cluster)")
+    meta.add_argument(
+        "--scheduler", help="Dask scheduler to combine the rows on (default: in this process below 2 million rows, else a local cluster)"
+    )
     meta.add_argument("--workers", type=_positive_int, help="local worker processes when a cluster is used")
     meta.add_argument("--verify-key", type=Path, action="append", metavar="KEY", help=combine_help["verify_key"])
     _cluster_options(meta)
@@ -179,24 +238,52 @@ def _add_status(commands: argparse._SubParsersAction) -> None:
         "(exit 0 finished, 1 failed, 75 running, 130 interrupted, 2 no run there)",
     )
     status.add_argument("out", type=Path, help="output folder of 'scalable-assoc run'")
-    status.add_argument("--json", action="store_true", help="print the status as one JSON object (keys state, chunks_done, chunks_total, started, finished, plan_hash, error)")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print the status as one JSON object (keys state, chunks_done, chunks_total, started, finished, plan_hash, error)",
+    )
 
 
 def _add_keygen(commands: argparse._SubParsersAction) -> None:
     """``scalable-assoc keygen``."""
-    keygen = commands.add_parser("keygen", help="write an Ed25519 key pair for signing summary statistics (sumstats --sign-key, meta/pool --verify-key)")
-    keygen.add_argument("--out", required=True, type=Path, help="folder to write key.pem (private, keep it in the cohort) and key.pub.pem (give it to the consortium)")
+    keygen = commands.add_parser(
+        "keygen", help="write an Ed25519 key pair for signing summary statistics (sumstats --sign-key, meta/pool --verify-key)"
+    )
+    keygen.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="folder to write key.pem (private, keep it in the cohort) and key.pub.pem (give it to the consortium)",
+    )
 
 
 def _cluster_options(command: argparse.ArgumentParser) -> None:
     """The options of a closed cluster, on every command that takes --scheduler."""
-    command.add_argument("--cluster", type=Path, metavar="FILE", help="a cluster profile, e.g. deploy/slurm.yaml: workers as SLURM jobs (see deploy/README.md)")
-    command.add_argument("--tls-ca-file", type=Path, help="with --scheduler tls://...: the certificate authority that signed the cluster's certificates (PEM)")
-    command.add_argument("--tls-cert", type=Path, help="with --scheduler tls://...: this client's certificate, signed by that authority (PEM)")
-    command.add_argument("--tls-key", type=Path, help="with --scheduler tls://...: the key of --tls-cert (unless the certificate file holds it)")
     command.add_argument(
-        "--dashboard", nargs="?", const="127.0.0.1:8787", metavar="ADDRESS",
-        help="serve the local cluster's Dask dashboard at ADDRESS (HOST:PORT or a port; without a value 127.0.0.1:8787; default: no dashboard)",
+        "--cluster",
+        type=Path,
+        metavar="FILE",
+        help="a cluster profile, e.g. deploy/slurm.yaml: workers as SLURM jobs (see deploy/README.md)",
+    )
+    command.add_argument(
+        "--tls-ca-file",
+        type=Path,
+        help="with --scheduler tls://...: the certificate authority that signed the cluster's certificates (PEM)",
+    )
+    command.add_argument(
+        "--tls-cert", type=Path, help="with --scheduler tls://...: this client's certificate, signed by that authority (PEM)"
+    )
+    command.add_argument(
+        "--tls-key", type=Path, help="with --scheduler tls://...: the key of --tls-cert (unless the certificate file holds it)"
+    )
+    command.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1:8787",
+        metavar="ADDRESS",
+        help="serve the local cluster's Dask dashboard at ADDRESS (HOST:PORT or a port; without a value 127.0.0.1:8787; default: no "
+        "dashboard)",
     )
 
 
@@ -210,9 +297,14 @@ def _simulate(args: argparse.Namespace) -> None:
     from scalable_assoc.simulate import simulate_cohorts, simulate_study
 
     if args.cohorts > 1:
-        several = simulate_cohorts(args.out, cohorts=args.cohorts, participants=args.participants, seed=args.seed, n_species=args.species, n_pathways=args.pathways)
+        several = simulate_cohorts(
+            args.out, cohorts=args.cohorts, participants=args.participants, seed=args.seed, n_species=args.species, n_pathways=args.pathways
+        )
         for name, cohort in several.studies.items():
-            print(f"simulated {name}: {cohort.n_participants} participants, species spelled as {several.spellings[name]}, plan {cohort.plan_path}")
+            print(
+                f"simulated {name}: {cohort.n_participants} participants, species spelled as {several.spellings[name]}, plan "
+                f"{cohort.plan_path}"
+            )
         print(f"  truth: {several.truth_path}; feature spellings: {several.mapping_path}")
         print("  shared feature list: features.tsv in every cohort folder, named by each plan.yaml (features: features.tsv)")
         out = several.out_dir
@@ -274,14 +366,29 @@ def _sumstats(args: argparse.Namespace) -> None:
     rules = DisclosureRules(args.min_cell_count, args.max_parameter_fraction, args.min_cases)
     security = _security(args) if args.sufficient else None  # the cluster options matter only for the cross-products
     sidecar = export_sumstats(
-        args.run_dir, args.cohort, args.out, rules=rules, sufficient=args.sufficient, sign_key=args.sign_key,
-        scheduler=args.scheduler, workers=args.workers, security=security, dashboard=args.dashboard, cluster_profile=args.cluster,
+        args.run_dir,
+        args.cohort,
+        args.out,
+        rules=rules,
+        sufficient=args.sufficient,
+        sign_key=args.sign_key,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        security=security,
+        dashboard=args.dashboard,
+        cluster_profile=args.cluster,
     )
     withheld = sidecar["withheld"]["summary"]
     print(f"wrote {args.out} ({sidecar['files']['summary']['rows']} rows) and {sidecar_path(args.out)}")
-    print(f"  withheld {withheld['rows_withheld']} rows: " + (", ".join(f"{k}: {v}" for k, v in withheld["withheld_by_reason"].items()) or "none"))
+    print(
+        f"  withheld {withheld['rows_withheld']} rows: "
+        + (", ".join(f"{k}: {v}" for k, v in withheld["withheld_by_reason"].items()) or "none")
+    )
     if "sufficient" in sidecar["files"]:
-        print(f"  cross-products: {sidecar['files']['sufficient']['name']} ({sidecar['files']['sufficient']['rows']} rows, {sidecar['withheld']['sufficient']['rows_withheld']} withheld)")
+        print(
+            f"  cross-products: {sidecar['files']['sufficient']['name']} ({sidecar['files']['sufficient']['rows']} rows, "
+            f"{sidecar['withheld']['sufficient']['rows_withheld']} withheld)"
+        )
     if "signature" in sidecar:
         print(f"  signed ({sidecar['signature']['algorithm']}, key fingerprint {sidecar['signature']['key_fingerprint']})")
 
@@ -313,8 +420,15 @@ def _meta(args: argparse.Namespace) -> None:
         profile = load_cluster_profile(args.cluster).with_shared_directory(args.out / WORK_DIR / "slurm")
     with ClusterMapper(args.scheduler, args.workers, security=_security(args), dashboard=args.dashboard, profile=profile) as mapper:
         summary = meta_analyse(
-            cohorts, args.out, method=args.method, hksj=args.hksj, min_cohorts=args.min_cohorts,
-            leave_one_out_estimates=args.leave_one_out, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, mapper=mapper,
+            cohorts,
+            args.out,
+            method=args.method,
+            hksj=args.hksj,
+            min_cohorts=args.min_cohorts,
+            leave_one_out_estimates=args.leave_one_out,
+            mapping=_mapping(args.feature_map),
+            allow_mismatch=args.allow_mismatch,
+            mapper=mapper,
             alpha=args.alpha,
         )
     print(f"wrote {summary.out_dir / 'meta_results.parquet'}: {len(summary.results)} rows, {_significance(summary.manifest, args.alpha)}")
@@ -324,7 +438,12 @@ def _pool(args: argparse.Namespace) -> None:
     from scalable_assoc.results.consortium import open_cohorts, pool_cohorts
 
     summary = pool_cohorts(
-        open_cohorts(args.files, need_sufficient=True, verify_keys=args.verify_key), args.out, min_cohorts=args.min_cohorts, mapping=_mapping(args.feature_map), allow_mismatch=args.allow_mismatch, alpha=args.alpha
+        open_cohorts(args.files, need_sufficient=True, verify_keys=args.verify_key),
+        args.out,
+        min_cohorts=args.min_cohorts,
+        mapping=_mapping(args.feature_map),
+        allow_mismatch=args.allow_mismatch,
+        alpha=args.alpha,
     )
     print(f"wrote {summary.out_dir / 'pooled_results.parquet'}: {len(summary.results)} rows, {_significance(summary.manifest, args.alpha)}")
 
@@ -347,7 +466,9 @@ def _status(args: argparse.Namespace) -> int:
 
     status = read_status(args.out)
     if status is None:
-        raise UserInputError(f"{args.out} holds no run of scalable-assoc (no {args.out}/.scalable_assoc/status.json); give the --out folder of a run")
+        raise UserInputError(
+            f"{args.out} holds no run of scalable-assoc (no {args.out}/.scalable_assoc/status.json); give the --out folder of a run"
+        )
     if args.json:
         print(json.dumps({k: v for k, v in asdict(status).items() if k != "extra"}, sort_keys=True))
     else:
@@ -364,7 +485,16 @@ def main(argv: list[str] | None = None) -> int:
     from scalable_assoc.errors import ClusterFailure, Terminated
     from scalable_assoc.io.runstate import PACKAGE_LOGGER, FolderInUse
 
-    handlers = {"simulate": _simulate, "run": _run, "ingest": _ingest, "sumstats": _sumstats, "meta": _meta, "pool": _pool, "status": _status, "keygen": _keygen}
+    handlers = {
+        "simulate": _simulate,
+        "run": _run,
+        "ingest": _ingest,
+        "sumstats": _sumstats,
+        "meta": _meta,
+        "pool": _pool,
+        "status": _status,
+        "keygen": _keygen,
+    }
     previous = _stop_cleanly_on_sigterm()
     package = logging.getLogger(PACKAGE_LOGGER)
     console = _log_to_stderr(package)

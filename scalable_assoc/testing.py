@@ -171,8 +171,15 @@ class SimulatedBlock:
 _BLOCK_EXPOSURES = ("AnyDep", "MDD", "AnyAnx", "ssri", "any_ptd", "ppi", "laxatives", "metformin")
 
 
-def simulate_block(n_samples: int = 300, n_features: int = 40, *, seed: int = 0, exposure: str = "AnyDep",
-                   missing_fraction: float = 0.0, families: bool = False) -> SimulatedBlock:
+def simulate_block(
+    n_samples: int = 300,
+    n_features: int = 40,
+    *,
+    seed: int = 0,
+    exposure: str = "AnyDep",
+    missing_fraction: float = 0.0,
+    families: bool = False,
+) -> SimulatedBlock:
     """Simulate one abundance block with its metadata, in memory.
 
     The participants, covariates and abundances follow the model of
@@ -235,7 +242,6 @@ def simulate_block(n_samples: int = 300, n_features: int = 40, *, seed: int = 0,
     )
 
 
-
 # --------------------------------------------------------------------------------------
 # Plans
 # --------------------------------------------------------------------------------------
@@ -263,8 +269,14 @@ def write_plan(folder: str | Path, plan: str | Mapping[str, Any], filename: str 
     return path
 
 
-def study_plan(plan: SimulatedStudy | str | Path, *, absolute_paths: bool = True, layers: Sequence[str] | None = None,
-               changes: Mapping[str, Any] | None = None, **keys: Any) -> dict[str, Any]:
+def study_plan(
+    plan: SimulatedStudy | str | Path,
+    *,
+    absolute_paths: bool = True,
+    layers: Sequence[str] | None = None,
+    changes: Mapping[str, Any] | None = None,
+    **keys: Any,
+) -> dict[str, Any]:
     """The plan of a simulated study (or any plan file) as a mapping, with changes.
 
     Parameters

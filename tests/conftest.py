@@ -20,7 +20,13 @@ from scalable_assoc.simulate import SimulatedStudy, simulate_study
 def dask_cluster() -> LocalCluster:
     # Loopback only and no dashboard (its HTTP server on a free loopback port); plain tcp://, so tests can connect by address.
     cluster = LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", scheduler_kwargs={"dashboard": False}, silence_logs=logging.ERROR
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": False},
+        silence_logs=logging.ERROR,
     )
     yield cluster
     cluster.close()

@@ -63,7 +63,10 @@ class DaskProcesses:
     def scheduler(self) -> tuple[subprocess.Popen, str]:
         """Start a scheduler; returns it and its address once it listens."""
         scheduler_file = self.folder / f"scheduler-{self._count + 1}.json"
-        process = self._start("scheduler", dask_command("scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(scheduler_file), "--no-dashboard"))
+        process = self._start(
+            "scheduler",
+            dask_command("scheduler", "--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(scheduler_file), "--no-dashboard"),
+        )
         deadline = time.monotonic() + 60
         while not scheduler_file.is_file():
             assert process.poll() is None, "the scheduler ended at start"
@@ -74,11 +77,17 @@ class DaskProcesses:
             return process, str(probe.scheduler.address)
 
     def workers(self, count: int) -> subprocess.Popen:
-        """Start ``count`` single-threaded worker processes (one ``dask worker`` command with its nannies) on the last scheduler; waits until they joined."""
+        """Start ``count`` single-threaded worker processes on the last scheduler; waits until they joined.
+
+        One ``dask worker`` command with its nannies.
+        """
         with Client(scheduler_file=str(self.scheduler_file), timeout="60s") as probe:
             before = probe.scheduler_info(n_workers=0)["n_workers"]
             process = self._start(
-                "workers", dask_command("worker", "--scheduler-file", str(self.scheduler_file), "--nworkers", str(count), "--nthreads", "1", "--no-dashboard")
+                "workers",
+                dask_command(
+                    "worker", "--scheduler-file", str(self.scheduler_file), "--nworkers", str(count), "--nthreads", "1", "--no-dashboard"
+                ),
             )
             probe.wait_for_workers(before + count, timeout=60)
         return process

@@ -167,7 +167,7 @@ def test_default_reference_is_first_sorted_level(data: pd.DataFrame, client, tmp
     [
         ("  seqtech: {column: seqtech, categorical: true}", "[lm, prevalence]", "cannot be analysed with model 'prevalence'"),
         ("  seqtech: {column: seqtech, reference: Sanger}", "[lm]", "needs 'categorical: true'"),
-        ("  seqtech: {cases: \"age > 50\", controls: \"age <= 50\", categorical: true}", "[lm]", "apply to a 'column' exposure"),
+        ('  seqtech: {cases: "age > 50", controls: "age <= 50", categorical: true}', "[lm]", "apply to a 'column' exposure"),
         ("  seqtech: {column: seqtech, categorical: yes please}", "[lm]", "expected true or false"),
     ],
 )
@@ -219,10 +219,28 @@ def test_covariate_rows_equal_statsmodels_and_resume(small_study, client, tmp_pa
     metadata = pd.read_csv(plan.metadata, sep="\t", dtype={"sample_id": str}).set_index("sample_id")
     layer = transformed_layer(plan.layer("pathways").path, plan.layer("pathways").preprocess.min_prevalence)
     covariates = pd.read_parquet(out / "covariate_results.parquet")
-    assert list(covariates.columns) == ["layer", "feature", "exposure", "adjustment", "model", "term", "beta", "se", "t", "p", "n", "status"]
+    assert list(covariates.columns) == [
+        "layer",
+        "feature",
+        "exposure",
+        "adjustment",
+        "model",
+        "term",
+        "beta",
+        "se",
+        "t",
+        "p",
+        "n",
+        "status",
+    ]
     mdd = np.where(metadata["MDD"] == 1, 1.0, np.where(metadata["no_disorder"] == 1, 0.0, np.nan))
     frame = pd.DataFrame(
-        {"MDD": mdd, "age": metadata["age"], "sex[male]": (metadata["sex"] == "male").astype(float), **{c: metadata[c] for c in ("bmi", "bristol_stool", "read_depth")}},
+        {
+            "MDD": mdd,
+            "age": metadata["age"],
+            "sex[male]": (metadata["sex"] == "male").astype(float),
+            **{c: metadata[c] for c in ("bmi", "bristol_stool", "read_depth")},
+        },
         index=metadata.index,
     )
     frame.loc[metadata["sex"].isna(), "sex[male]"] = np.nan

@@ -45,8 +45,20 @@ def reference(study: SimulatedStudy, client: Client, tmp_path_factory: pytest.Te
 
 def _run_command(study: SimulatedStudy, out: Path, scheduler: str, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "scalable_assoc.cli", "run", str(study.plan_path), "--out", str(out),
-        "--scheduler", scheduler, "--chunk-features", "4", "--top", "0", *extra,
+        sys.executable,
+        "-m",
+        "scalable_assoc.cli",
+        "run",
+        str(study.plan_path),
+        "--out",
+        str(out),
+        "--scheduler",
+        scheduler,
+        "--chunk-features",
+        "4",
+        "--top",
+        "0",
+        *extra,
     ]
 
 
@@ -70,7 +82,9 @@ def _start_and_wait_for_chunks(command: list[str], out: Path, log: Path) -> subp
 
 
 def _status(out: Path) -> dict:
-    completed = subprocess.run([sys.executable, "-m", "scalable_assoc.cli", "status", str(out), "--json"], capture_output=True, text=True, timeout=60)
+    completed = subprocess.run(
+        [sys.executable, "-m", "scalable_assoc.cli", "status", str(out), "--json"], capture_output=True, text=True, timeout=60
+    )
     assert completed.returncode == 1, completed.stdout + completed.stderr
     return json.loads(completed.stdout)
 
@@ -136,7 +150,9 @@ def test_a_killed_scheduler_ends_the_run_with_a_message_and_a_rerun_on_a_new_one
     assert_results_equal(reference, out)
 
 
-def test_a_task_that_kills_every_worker_running_it_is_named(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+def test_a_task_that_kills_every_worker_running_it_is_named(
+    small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal
+) -> None:
     uninterrupted = tmp_path / "uninterrupted"
     run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4)
     marked = tmp_path / "deadly_task.txt"
@@ -159,7 +175,14 @@ def test_a_task_that_kills_every_worker_running_it_is_named(small_study: Simulat
     out = tmp_path / "results"
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 1}),
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as cluster,
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
         Client(cluster) as own,
     ):
         own.register_plugin(DiesOnOneFitTask(str(marked)), name="dies-on-one-fit-task")
@@ -168,7 +191,9 @@ def test_a_task_that_kills_every_worker_running_it_is_named(small_study: Simulat
     # The message names a chunk, its layer and feature range. Not always the deadly one: a task
     # queued on a worker when it dies counts that death too, so a neighbour can run out first.
     message = str(failure.value)
-    named = re.search(r"the task of chunk ([0-9a-f]{24}) \(layer '(\w+)', features (\d+)-(\d+), \d+ analyses\) ended every worker that ran it", message)
+    named = re.search(
+        r"the task of chunk ([0-9a-f]{24}) \(layer '(\w+)', features (\d+)-(\d+), \d+ analyses\) ended every worker that ran it", message
+    )
     assert named is not None, message
     deadly = marked.read_text().split("-")[1]  # fit-<chunk id>-<run token>
     chunks = out / ".scalable_assoc" / "chunks"
@@ -180,10 +205,26 @@ def test_a_task_that_kills_every_worker_running_it_is_named(small_study: Simulat
     assert_results_equal(uninterrupted, out)
 
 
-def test_sigterm_stops_a_run_cleanly_and_the_same_command_resumes(study: SimulatedStudy, reference: Path, tmp_path: Path, assert_results_equal) -> None:
+def test_sigterm_stops_a_run_cleanly_and_the_same_command_resumes(
+    study: SimulatedStudy, reference: Path, tmp_path: Path, assert_results_equal
+) -> None:
     """What systemd, SLURM (time limit) and Kubernetes send: the run ends as on Ctrl-C, with its own exit code."""
     out = tmp_path / "results"
-    command = [sys.executable, "-m", "scalable_assoc.cli", "run", str(study.plan_path), "--out", str(out), "--workers", "1", "--chunk-features", "4", "--top", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "scalable_assoc.cli",
+        "run",
+        str(study.plan_path),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--chunk-features",
+        "4",
+        "--top",
+        "0",
+    ]
     run = _start_and_wait_for_chunks(command, out, tmp_path / "run.log")
     run.send_signal(signal.SIGTERM)
     run.wait(timeout=60)
@@ -192,7 +233,9 @@ def test_sigterm_stops_a_run_cleanly_and_the_same_command_resumes(study: Simulat
     assert "stopped (SIGTERM); run the same command again to resume" in stderr
     assert "Traceback" not in stderr and " ERROR " not in stderr, stderr
     assert not (out / ".scalable_assoc" / "lock.json").exists(), "the lock is released"
-    status = subprocess.run([sys.executable, "-m", "scalable_assoc.cli", "status", str(out), "--json"], capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "scalable_assoc.cli", "status", str(out), "--json"], capture_output=True, text=True, timeout=60
+    )
     assert status.returncode == 130 and json.loads(status.stdout)["state"] == "interrupted"
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     _assert_resumed(resumed)

@@ -136,7 +136,10 @@ def _held_run(plan: Path, out: Path, folder: Path, workers: int, dashboard: str 
     with log.open("wb") as stderr:
         process = subprocess.Popen(
             [sys.executable, str(script), str(plan), str(out), str(workers), dashboard or "-", str(ready), str(go)],
-            stdout=stderr, stderr=subprocess.STDOUT, env=_env(), start_new_session=True,
+            stdout=stderr,
+            stderr=subprocess.STDOUT,
+            env=_env(),
+            start_new_session=True,
         )
         try:
             deadline = time.monotonic() + 240
@@ -210,17 +213,36 @@ def test_dashboard_option() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--tls-cert", "{cert}", "--tls-ca-file", "{cert}"], "--tls-ca-file, --tls-cert and --tls-key are for connecting to an existing cluster"),
+        (
+            ["--tls-cert", "{cert}", "--tls-ca-file", "{cert}"],
+            "--tls-ca-file, --tls-cert and --tls-key are for connecting to an existing cluster",
+        ),
         (["--scheduler", "tls://127.0.0.1:1"], "is a TLS address but no client credentials were given; add --tls-ca-file"),
         (["--scheduler", "tls://127.0.0.1:1", "--tls-cert", "{cert}"], "--tls-ca-file missing"),
-        (["--scheduler", "tls://127.0.0.1:1", "--tls-cert", "{cert}", "--tls-ca-file", "{missing}"], "--tls-ca-file {missing}: no such file"),
-        (["--scheduler", "tcp://127.0.0.1:1", "--tls-cert", "{cert}", "--tls-ca-file", "{cert}"], "is not a TLS address; write it as tls://HOST:PORT"),
+        (
+            ["--scheduler", "tls://127.0.0.1:1", "--tls-cert", "{cert}", "--tls-ca-file", "{missing}"],
+            "--tls-ca-file {missing}: no such file",
+        ),
+        (
+            ["--scheduler", "tcp://127.0.0.1:1", "--tls-cert", "{cert}", "--tls-ca-file", "{cert}"],
+            "is not a TLS address; write it as tls://HOST:PORT",
+        ),
         (["--scheduler", "tcp://127.0.0.1:1", "--dashboard"], "--dashboard starts a dashboard on the local cluster"),
         (["--dashboard", "127.0.0.1:http"], "--dashboard '127.0.0.1:http' is not an address"),
     ],
-    ids=["tls-without-scheduler", "tls-without-credentials", "cert-without-ca", "missing-file", "tls-options-tcp-address", "dashboard-with-scheduler", "bad-dashboard"],
+    ids=[
+        "tls-without-scheduler",
+        "tls-without-credentials",
+        "cert-without-ca",
+        "missing-file",
+        "tls-options-tcp-address",
+        "dashboard-with-scheduler",
+        "bad-dashboard",
+    ],
 )
-def test_cluster_options_refused(small_study: SimulatedStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str) -> None:
+def test_cluster_options_refused(
+    small_study: SimulatedStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
     cert = tmp_path / "cert.pem"
     cert.write_text("not used")
     names = {"cert": str(cert), "missing": str(tmp_path / "missing.pem")}
@@ -233,9 +255,19 @@ def test_cluster_options_refused(small_study: SimulatedStudy, tmp_path: Path, ca
 
 
 def test_meta_and_sumstats_take_the_cluster_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for command in (["meta", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "m")], ["sumstats", str(tmp_path), "--cohort", "a", "--out", str(tmp_path / "s.parquet")]):
-        args = build_parser().parse_args([*command, "--scheduler", "tls://h:1", "--tls-ca-file", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "c.key", "--dashboard"])
-        assert (args.tls_ca_file, args.tls_cert, args.tls_key, args.dashboard) == (Path("ca.pem"), Path("c.pem"), Path("c.key"), "127.0.0.1:8787")
+    for command in (
+        ["meta", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "m")],
+        ["sumstats", str(tmp_path), "--cohort", "a", "--out", str(tmp_path / "s.parquet")],
+    ):
+        args = build_parser().parse_args(
+            [*command, "--scheduler", "tls://h:1", "--tls-ca-file", "ca.pem", "--tls-cert", "c.pem", "--tls-key", "c.key", "--dashboard"]
+        )
+        assert (args.tls_ca_file, args.tls_cert, args.tls_key, args.dashboard) == (
+            Path("ca.pem"),
+            Path("c.pem"),
+            Path("c.key"),
+            "127.0.0.1:8787",
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -270,22 +302,35 @@ def _certificates(folder: Path) -> None:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca = (
-        x509.CertificateBuilder().subject_name(name("CA")).issuer_name(name("CA")).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+        x509.CertificateBuilder()
+        .subject_name(name("CA"))
+        .issuer_name(name("CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
     )
     (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     for leaf in ("cluster", "client"):
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         cert = (
-            x509.CertificateBuilder().subject_name(name(leaf)).issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            x509.CertificateBuilder()
+            .subject_name(name(leaf))
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         (folder / f"{leaf}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (folder / f"{leaf}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (folder / f"{leaf}.key").write_bytes(
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
 
 
 def _free_port() -> int:
@@ -309,11 +354,20 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory):
             log = (folder / f"{name}.log").open("wb")
             logs.append(log)
             command = _documented(name).replace("8786", port)
-            processes.append(subprocess.Popen(["bash", "-euc", command], cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
+            processes.append(
+                subprocess.Popen(
+                    ["bash", "-euc", command], cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+            )
             if name == "scheduler":
                 time.sleep(1)
         address = f"tls://127.0.0.1:{port}"
-        security = Security(tls_ca_file=str(folder / "ca.pem"), tls_client_cert=str(folder / "client.pem"), tls_client_key=str(folder / "client.key"), require_encryption=True)
+        security = Security(
+            tls_ca_file=str(folder / "ca.pem"),
+            tls_client_cert=str(folder / "client.pem"),
+            tls_client_key=str(folder / "client.key"),
+            require_encryption=True,
+        )
         deadline = time.monotonic() + 90
         while True:
             for process, name in zip(processes, ("scheduler", "worker"), strict=True):
@@ -334,10 +388,14 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cli(arguments: list[str], cwd: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "scalable_assoc.cli", *arguments], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(**env))
+    return subprocess.run(
+        [sys.executable, "-m", "scalable_assoc.cli", *arguments], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(**env)
+    )
 
 
-def test_documented_tls_cluster_gives_the_default_results(tls_cluster, default_run: tuple[Path, dict], small_study: SimulatedStudy, tmp_path: Path, assert_results_equal) -> None:
+def test_documented_tls_cluster_gives_the_default_results(
+    tls_cluster, default_run: tuple[Path, dict], small_study: SimulatedStudy, tmp_path: Path, assert_results_equal
+) -> None:
     folder, address, processes = tls_cluster
     out = tmp_path / "tls"
     command = (
@@ -347,7 +405,9 @@ def test_documented_tls_cluster_gives_the_default_results(tls_cluster, default_r
         .replace("/shared/results", str(out))
         .replace("8786", address.rsplit(":", 1)[1])
     )
-    done = subprocess.run(["bash", "-euc", command], cwd=folder, capture_output=True, text=True, timeout=300, env=_env(SCHEDULER_IP="127.0.0.1"))
+    done = subprocess.run(
+        ["bash", "-euc", command], cwd=folder, capture_output=True, text=True, timeout=300, env=_env(SCHEDULER_IP="127.0.0.1")
+    )
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dask"]["scheduler"] == address
@@ -362,7 +422,8 @@ def test_dask_tls_configuration_instead_of_options(tls_cluster, default_run: tup
     folder, address, _ = tls_cluster
     out = tmp_path / "cohort.parquet"
     done = _cli(
-        ["sumstats", str(default_run[0]), "--cohort", "a", "--out", str(out), "--sufficient", "--scheduler", address], folder,
+        ["sumstats", str(default_run[0]), "--cohort", "a", "--out", str(out), "--sufficient", "--scheduler", address],
+        folder,
         DASK_DISTRIBUTED__COMM__TLS__CA_FILE=str(folder / "ca.pem"),
         DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT=str(folder / "client.pem"),
         DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY=str(folder / "client.key"),
@@ -376,7 +437,16 @@ def test_tls_cluster_refuses_clients_with_exit_2(tls_cluster, small_study: Simul
     folder, address, _ = tls_cluster
     options = {
         "no-credentials": ["--scheduler", address],
-        "other-authority": ["--scheduler", address, "--tls-ca-file", "other/ca.pem", "--tls-cert", "other/client.pem", "--tls-key", "other/client.key"],
+        "other-authority": [
+            "--scheduler",
+            address,
+            "--tls-ca-file",
+            "other/ca.pem",
+            "--tls-cert",
+            "other/client.pem",
+            "--tls-key",
+            "other/client.key",
+        ],
         "plain-tcp": ["--scheduler", address.replace("tls://", "tcp://")],
     }[client]
     out = tmp_path / "out"

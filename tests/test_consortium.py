@@ -146,7 +146,9 @@ def _pooled_reference(data: pd.DataFrame, feature: str, exposure: str, covariate
         frame["x"] = np.where(frame[cases] == 1, 1.0, np.where(frame[controls] == 1, 0.0, np.nan))
     frame = frame.rename(columns={feature: "y_feature"})
     terms = [f"C({c})" if c in ("sex", "stool") else c for c in covariates]
-    fit = smf.ols("y_feature ~ x + C(cohort) + " + " + ".join(terms), data=frame[["y_feature", "x", "cohort", *covariates]], missing="drop").fit()
+    fit = smf.ols(
+        "y_feature ~ x + C(cohort) + " + " + ".join(terms), data=frame[["y_feature", "x", "cohort", *covariates]], missing="drop"
+    ).fit()
     return {"beta": fit.params["x"], "se": fit.bse["x"], "p": fit.pvalues["x"], "n": int(fit.nobs)}
 
 
@@ -156,7 +158,11 @@ def test_pooled_equals_stacked_individual_ols(cohorts: dict[str, Path], shared_l
     assert (tmp_path / "pooled" / "pooled_results.parquet").is_file()
     data = _stacked([path.with_suffix("") for path in cohorts.values()], _listed_species(shared_list))
     ok = pooled[(pooled["status"] == "ok") & (pooled["k"] == 3)]
-    analyses = {("MDD", "base"): ["age", "sex", "bmi"], ("MDD", "stool"): ["age", "sex", "stool"], ("ssri", "stool"): ["age", "sex", "stool"]}
+    analyses = {
+        ("MDD", "base"): ["age", "sex", "bmi"],
+        ("MDD", "stool"): ["age", "sex", "stool"],
+        ("ssri", "stool"): ["age", "sex", "stool"],
+    }
     # features every cohort exported for each of these analyses (the carrier rule withholds some rows of small cohorts)
     exported = ok[[pair in analyses for pair in zip(ok["exposure"], ok["adjustment"], strict=True)]].groupby("feature", sort=False).size()
     complete = exported.index[exported == len(analyses)]
@@ -182,7 +188,9 @@ def test_meta_combines_the_exported_rows(cohorts: dict[str, Path], tmp_path: Pat
     results = summary.results
     for column in ("layer", "feature", "exposure", "adjustment", "k", "beta", "se", "p", "q", "tau2", "i2", "q_stat", "q_p", "direction"):
         assert column in results.columns
-    frames = {name: pd.read_parquet(path).set_index(["layer", "feature", "exposure", "adjustment", "model"]) for name, path in cohorts.items()}
+    frames = {
+        name: pd.read_parquet(path).set_index(["layer", "feature", "exposure", "adjustment", "model"]) for name, path in cohorts.items()
+    }
     row = results[results["k"] == 3].iloc[5]
     key = tuple(row[c] for c in ("layer", "feature", "exposure", "adjustment", "model"))
     betas = np.array([frames[name].loc[key, "beta"] for name in SIZES])
@@ -199,7 +207,20 @@ def test_meta_combines_the_exported_rows(cohorts: dict[str, Path], tmp_path: Pat
 
 def test_sumstats_holds_only_aggregates_and_sidecar_counts_withheld(cohorts: dict[str, Path], tmp_path: Path) -> None:
     exported = pd.read_parquet(cohorts["east"])
-    assert list(exported.columns) == ["layer", "feature", "exposure", "adjustment", "model", "beta", "se", "p", "n", "n_cases", "n_controls", "prevalence"]
+    assert list(exported.columns) == [
+        "layer",
+        "feature",
+        "exposure",
+        "adjustment",
+        "model",
+        "beta",
+        "se",
+        "p",
+        "n",
+        "n_cases",
+        "n_controls",
+        "prevalence",
+    ]
     assert (exported["n_cases"] >= 3).all() and (exported["n_controls"] >= 3).all()
     sidecar = json.loads(sidecar_path(cohorts["east"]).read_text())
     assert sidecar["cohort"] == "east" and sidecar["analysis"]["layers"]["species"]["transform"] == "clr"
@@ -258,7 +279,9 @@ def test_cohort_without_overlap_is_reported(cohorts: dict[str, Path], tmp_path: 
     sidecar["files"]["summary"]["sha256"] = file_checksum(lonely)
     sidecar_path(lonely).write_text(json.dumps(sidecar))
     with logged_messages() as messages:
-        summary = meta_analyse([open_cohort_file(cohorts["north"]), open_cohort_file(cohorts["south"]), open_cohort_file(lonely)], tmp_path / "m")
+        summary = meta_analyse(
+            [open_cohort_file(cohorts["north"]), open_cohort_file(cohorts["south"]), open_cohort_file(lonely)], tmp_path / "m"
+        )
     assert any("lonely shares no feature" in m for m in messages)
     assert any("lonely shares no feature" in w for w in summary.manifest["warnings"])
     coverage = pd.read_csv(tmp_path / "m" / "feature_coverage.tsv", sep="\t")
@@ -294,7 +317,22 @@ def test_several_biobanks_end_to_end_from_the_command_line(tmp_path: Path, dask_
         folder = out / f"cohort_{k}"
         assert main(["run", str(folder / "plan.yaml"), "--out", str(folder / "results"), "--scheduler", address]) == 0
         files.append(out / f"cohort_{k}.parquet")
-        assert main(["sumstats", str(folder / "results"), "--cohort", f"cohort_{k}", "--out", str(files[-1]), "--sufficient", "--scheduler", address]) == 0
+        assert (
+            main(
+                [
+                    "sumstats",
+                    str(folder / "results"),
+                    "--cohort",
+                    f"cohort_{k}",
+                    "--out",
+                    str(files[-1]),
+                    "--sufficient",
+                    "--scheduler",
+                    address,
+                ]
+            )
+            == 0
+        )
     mapping = out / "feature_mapping.tsv"
     with_sufficient = [str(p) for p in sorted(out.glob("cohort_*.parquet"))]  # a shell glob also matches the cross-product files
     assert main(["meta", *with_sufficient, "--out", str(out / "meta"), "--feature-map", str(mapping), "--hksj"]) == 0
@@ -357,7 +395,9 @@ def _transformed_by_run(folder: Path, run_dir: Path, features: Path | None, clie
     layer = study.layers[0]
     f = filters["species"]
     blocks = [
-        model_block(layer.store.path, start, stop, layer.sample_positions, kept, "transformed", "clr", f.pseudocount, f.sample_totals, 0.0).values
+        model_block(
+            layer.store.path, start, stop, layer.sample_positions, kept, "transformed", "clr", f.pseudocount, f.sample_totals, 0.0
+        ).values
         for (start, stop), kept in zip(layer.store.block_bounds(), f.kept, strict=True)
         if kept.any()
     ]
@@ -365,7 +405,9 @@ def _transformed_by_run(folder: Path, run_dir: Path, features: Path | None, clie
     return pd.DataFrame(np.hstack(blocks), index=samples, columns=[i for ids in f.kept_ids for i in ids]), f
 
 
-def test_without_a_shared_list_meta_and_pool_refuse_naming_the_layer(unlisted: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_a_shared_list_meta_and_pool_refuse_naming_the_layer(
+    unlisted: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sidecars = {name: json.loads(sidecar_path(path).read_text()) for name, path in unlisted.items()}
     digests = {name: s["layers"]["species"]["transform_features"]["sha256"] for name, s in sidecars.items()}
     assert len(set(digests.values())) == 3  # each cohort's own prevalence filter kept its own set
@@ -385,7 +427,9 @@ def test_without_a_shared_list_meta_and_pool_refuse_naming_the_layer(unlisted: d
     assert (tmp_path / "allowed" / "meta_results.parquet").is_file()
 
 
-def test_shared_list_gives_every_cohort_one_clr_denominator(cohorts: dict[str, Path], cohort_dirs: dict[str, Path], shared_list: Path, client) -> None:
+def test_shared_list_gives_every_cohort_one_clr_denominator(
+    cohorts: dict[str, Path], cohort_dirs: dict[str, Path], shared_list: Path, client
+) -> None:
     listed = _listed_species(shared_list)
     manifests = {name: json.loads((folder / "results" / "manifest.json").read_text()) for name, folder in cohort_dirs.items()}
     layers = {name: m["layers"]["species"] for name, m in manifests.items()}
@@ -413,7 +457,9 @@ def test_shared_list_gives_every_cohort_one_clr_denominator(cohorts: dict[str, P
     pd.testing.assert_frame_equal(with_list, without)
 
 
-def test_meta_and_pool_report_significance_at_the_plan_alpha(cohorts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_meta_and_pool_report_significance_at_the_plan_alpha(
+    cohorts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     files = [str(path) for path in cohorts.values()]
     assert main(["meta", *files, "--out", str(tmp_path / "meta")]) == 0
     printed = capsys.readouterr().out
@@ -448,7 +494,12 @@ def test_hksj_with_fewer_than_three_cohorts_warns(cohorts: dict[str, Path], tmp_
 
 
 def test_min_cases_per_cohort_leaves_the_shared_analysis_alone(
-    cohorts: dict[str, Path], cohort_dirs: dict[str, Path], shared_list: Path, tmp_path: Path, dask_cluster, capsys: pytest.CaptureFixture[str]
+    cohorts: dict[str, Path],
+    cohort_dirs: dict[str, Path],
+    shared_list: Path,
+    tmp_path: Path,
+    dask_cluster,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     east = cohort_dirs["east"]
     strict = east / "plan_strict.yaml"  # the consortium's plan: more cases than this small cohort has
@@ -522,7 +573,9 @@ def test_feature_list_matching_and_digest(tmp_path: Path) -> None:
     assert read_feature_list(layered).for_layer("species") == ("s__A",) and read_feature_list(layered).for_layer("gbm") is None
 
 
-def test_a_feature_list_changes_the_cached_filter_and_chunks(cohort_dirs: dict[str, Path], shared_list: Path, tmp_path: Path, client) -> None:
+def test_a_feature_list_changes_the_cached_filter_and_chunks(
+    cohort_dirs: dict[str, Path], shared_list: Path, tmp_path: Path, client
+) -> None:
     south = cohort_dirs["south"]
     out = tmp_path / "south"
     plain = run_study(south / "plan.yaml", out, client=client)
@@ -535,13 +588,23 @@ def test_a_feature_list_changes_the_cached_filter_and_chunks(cohort_dirs: dict[s
     assert again.chunks_reused == again.chunks_total
 
 
-def test_features_option_overrides_the_plan_key(cohort_dirs: dict[str, Path], shared_list: Path, tmp_path: Path, dask_cluster, capsys: pytest.CaptureFixture[str]) -> None:
+def test_features_option_overrides_the_plan_key(
+    cohort_dirs: dict[str, Path], shared_list: Path, tmp_path: Path, dask_cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
     south = cohort_dirs["south"]
     plan = south / "plan_with_list.yaml"
     plan.write_text(PLAN + "features: no_such_list.tsv\n")  # relative to the plan's folder
     assert main(["run", str(plan), "--out", str(tmp_path / "a")]) == 2
     assert str(south / "no_such_list.tsv") in capsys.readouterr().err
-    assert main(["run", str(plan), "--out", str(tmp_path / "b"), "--features", str(shared_list), "--scheduler", dask_cluster.scheduler_address]) == 0
+    assert (
+        main(
+            ["run", str(plan), "--out", str(tmp_path / "b"), "--features", str(shared_list), "--scheduler", dask_cluster.scheduler_address]
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["features"]["path"] == str(shared_list.resolve())
-    assert manifest["layers"]["species"]["feature_list"]["names_sha256"] == json.loads((south / "results" / "manifest.json").read_text())["layers"]["species"]["feature_list"]["names_sha256"]
+    assert (
+        manifest["layers"]["species"]["feature_list"]["names_sha256"]
+        == json.loads((south / "results" / "manifest.json").read_text())["layers"]["species"]["feature_list"]["names_sha256"]
+    )

@@ -52,7 +52,13 @@ REAL = f"{shlex.quote(sys.executable)} -m scalable_assoc.cli"
 
 def _wrapper(*args: str | Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(WRAPPER), *map(str, args)], env=env or _env(REAL), capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
+        [str(WRAPPER), *map(str, args)],
+        env=env or _env(REAL),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -108,7 +114,9 @@ def test_a_rerun_is_up_to_date_and_exits_0(study: SimulatedStudy, finished: tupl
     assert {k: v for k, v in _files(out).items() if k != "run_log.jsonl"} == {k: v for k, v in before.items() if k != "run_log.jsonl"}
 
 
-def test_a_folder_held_by_another_run_exits_75_and_changes_nothing(study: SimulatedStudy, finished: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_a_folder_held_by_another_run_exits_75_and_changes_nothing(
+    study: SimulatedStudy, finished: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
     out, first = finished
     assert first.returncode == 0
     with folder_lock(out / WORK_DIR, "a run of the test"):
@@ -135,7 +143,9 @@ def test_a_bad_plan_exits_2(study: SimulatedStudy, tmp_path: Path) -> None:
 
 def _interrupt_after_first_chunk(command: list[str], env: dict[str, str], out: Path) -> subprocess.CompletedProcess[str] | None:
     """Start the wrapper, send it SIGTERM once a chunk is done; None if the run ended first."""
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 90
         while process.poll() is None and time.monotonic() < deadline:
@@ -460,5 +470,11 @@ def test_the_deploy_readme_covers_every_file() -> None:
     readme = (DEPLOY / "README.md").read_text()
     headings = re.findall(r"^## .*$", readme, re.M)
     assert {"## Which to choose", "## Scheduled runs (systemd, cron)", "## Kubernetes", "## SLURM"} <= set(headings)
-    for path in [*(DEPLOY / "scheduled").iterdir(), *KUBERNETES.iterdir(), DEPLOY / "container" / "Containerfile", *(DEPLOY / "slurm").iterdir(), DEPLOY / "slurm.yaml"]:
+    for path in [
+        *(DEPLOY / "scheduled").iterdir(),
+        *KUBERNETES.iterdir(),
+        DEPLOY / "container" / "Containerfile",
+        *(DEPLOY / "slurm").iterdir(),
+        DEPLOY / "slurm.yaml",
+    ]:
         assert path.name in readme, f"deploy/README.md does not mention {path.name}"

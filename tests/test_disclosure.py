@@ -42,7 +42,12 @@ def carriers_run(tmp_path_factory: pytest.TempPathFactory, client) -> Path:
     n = 60
     case = (np.arange(n) % 3 == 0).astype(int)
     metadata = pd.DataFrame(
-        {"sample_id": [f"P{i:02d}" for i in range(n)], "age": rng.normal(50, 8, n).round(1), "bmi": rng.normal(25, 3, n).round(1), "case": case}
+        {
+            "sample_id": [f"P{i:02d}" for i in range(n)],
+            "age": rng.normal(50, 8, n).round(1),
+            "bmi": rng.normal(25, 3, n).round(1),
+            "case": case,
+        }
     )
     controls, cases = np.flatnonzero(case == 0), np.flatnonzero(case == 1)
     layer = pd.DataFrame({"sample_id": metadata["sample_id"]})
@@ -58,7 +63,8 @@ def carriers_run(tmp_path_factory: pytest.TempPathFactory, client) -> Path:
     layer["common"] = common
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(folder / "layer.tsv", sep="\t", index=False)
-    write_plan(folder,
+    write_plan(
+        folder,
         """
 data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
 preprocess: {transform: log, pseudocount: 0.5}
@@ -67,7 +73,7 @@ adjustments: {base: [age]}
 models: [lm]
 min_cases: 5
 min_carriers: 0
-"""
+""",
     )
     run_study(folder / "plan.yaml", folder / "out", client=client)
     return folder / "out"
@@ -92,8 +98,11 @@ def test_carriers_1_2_3_are_withheld_withheld_exported(carriers_run: Path, cross
     summary = pd.read_parquet(tmp_path / "north.parquet")
     exported = set(zip(summary["exposure"], summary["feature"], strict=True))
     assert exported == {
-        ("case", "carried_by_3"), ("case", "common"),  # three carrying controls: every non-zero cell at least 3
-        ("bmi", "carried_by_3"), ("bmi", "one_carrying_case"), ("bmi", "common"),  # no case/control table for a continuous exposure
+        ("case", "carried_by_3"),
+        ("case", "common"),  # three carrying controls: every non-zero cell at least 3
+        ("bmi", "carried_by_3"),
+        ("bmi", "one_carrying_case"),
+        ("bmi", "common"),  # no case/control table for a continuous exposure
     }
     report = sidecar["withheld"]["summary"]
     # carried_by_1, carried_by_2 under both exposures, one_carrying_case under the binary one
@@ -116,7 +125,9 @@ def test_results_without_carrier_counts_are_withheld(carriers_run: Path, tmp_pat
     """Results of an older version (no n_present_cases) cannot show a row is safe: withheld, saying why."""
     run = read_run(carriers_run)
     older = run.results.drop(columns=["n_present_cases"])
-    sidecar = write_sumstats(type(run)(run.run_dir, run.manifest, run.plan, older, run.features), "north", tmp_path / "old.parquet", DisclosureRules())
+    sidecar = write_sumstats(
+        type(run)(run.run_dir, run.manifest, run.plan, older, run.features), "north", tmp_path / "old.parquet", DisclosureRules()
+    )
     reasons = sidecar["withheld"]["summary"]["withheld_by_reason"]
     # binary rows lack their cell counts; continuous rows still have their margins
     assert reasons["carrier counts not recorded (results of an older version; run again)"] == 5
@@ -145,7 +156,9 @@ def _copy_export(source: Path, folder: Path) -> Path:
     return target
 
 
-def test_hmac_signed_exports_verify_and_tampering_is_refused(carriers_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_hmac_signed_exports_verify_and_tampering_is_refused(
+    carriers_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     secret = tmp_path / "consortium.key"
     secret.write_text(SECRET)
     files = []
@@ -195,7 +208,17 @@ def test_ed25519_signed_exports_pool_and_wrong_keys_are_refused(
     assert private.stat().st_mode & 0o077 == 0, "the private key is readable by its owner only"
     assert main(["keygen", "--out", str(tmp_path / "keys")]) == 2  # never overwrites a key
     north = tmp_path / "north.parquet"
-    args = ["sumstats", str(carriers_run), "--cohort", "north", "--out", str(north), "--sufficient", "--scheduler", dask_cluster.scheduler_address]
+    args = [
+        "sumstats",
+        str(carriers_run),
+        "--cohort",
+        "north",
+        "--out",
+        str(north),
+        "--sufficient",
+        "--scheduler",
+        dask_cluster.scheduler_address,
+    ]
     assert main([*args, "--sign-key", str(private)]) == 0
     # Each cohort its own pair: the coordinating site gives every cohort's public key.
     assert main(["keygen", "--out", str(tmp_path / "south_keys")]) == 0
@@ -252,7 +275,9 @@ def test_unusable_keys_are_refused_before_any_work(carriers_run: Path, tmp_path:
     from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
 
     rsa.write_bytes(
-        rsa_keys.generate_private_key(65537, 2048).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        rsa_keys.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     with pytest.raises(UserInputError, match="only Ed25519 keys"):
         write_sumstats(read_run(carriers_run), "x", out, DisclosureRules(), sign_key=rsa)

@@ -39,7 +39,9 @@ def reference(small_study: SimulatedStudy, client: Client, tmp_path_factory: pyt
     assert summary.chunks_reused == 0
     status = summary.results["status"]
     # Rows of the small study's rare exposures (a handful of cases) rest on small presence x case cells (min_carriers).
-    assert ((status == "ok") | status.str.contains("min_carriers")).mean() > 0.9 and (status == "ok").mean() > 0.5, "the reference run estimates most rows"
+    assert ((status == "ok") | status.str.contains("min_carriers")).mean() > 0.9 and (status == "ok").mean() > 0.5, (
+        "the reference run estimates most rows"
+    )
     return out
 
 
@@ -47,7 +49,9 @@ def reference(small_study: SimulatedStudy, client: Client, tmp_path_factory: pyt
 # 1. Chunk size and worker count
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("chunk_features", [7, 64])
-def test_results_do_not_depend_on_chunk_size(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal, chunk_features: int) -> None:
+def test_results_do_not_depend_on_chunk_size(
+    reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal, chunk_features: int
+) -> None:
     summary = run_study(small_study.plan_path, tmp_path, client=client, chunk_features=chunk_features)
     default_chunks = json.loads((reference / "manifest.json").read_text())["chunks_total"]
     if chunk_features == 7:
@@ -56,7 +60,12 @@ def test_results_do_not_depend_on_chunk_size(reference: Path, small_study: Simul
 
 
 def test_results_do_not_depend_on_worker_count(reference: Path, small_study: SimulatedStudy, tmp_path: Path, assert_results_equal) -> None:
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, Client(cluster) as one_worker:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
+        ) as cluster,
+        Client(cluster) as one_worker,
+    ):
         summary = run_study(small_study.plan_path, tmp_path, client=one_worker, chunk_features=7)
         assert summary.manifest["dask"]["workers"] == 1
     assert_results_equal(reference, tmp_path)
@@ -74,13 +83,17 @@ SINGLE_ANALYSES = [
 
 
 @pytest.mark.parametrize("selection", SINGLE_ANALYSES, ids=lambda s: "-".join(s["exposures"] + s["adjustments"] + s.get("layers", [])))
-def test_analysis_alone_equals_analysis_in_batch(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal, selection: dict) -> None:
+def test_analysis_alone_equals_analysis_in_batch(
+    reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal, selection: dict
+) -> None:
     plan = write_study_plan(tmp_path, small_study, filename="single.yaml", analyses=[selection])
     summary = run_study(plan, tmp_path / "out", client=client, allow_outside_paths=True)
     alone = pq.read_table(tmp_path / "out" / "results.parquet").to_pandas()
     batch = pq.read_table(reference / "results.parquet").to_pandas()
     layers = selection.get("layers", sorted(batch["layer"].unique()))
-    wanted = batch["exposure"].isin(selection["exposures"]) & batch["adjustment"].isin(selection["adjustments"]) & batch["layer"].isin(layers)
+    wanted = (
+        batch["exposure"].isin(selection["exposures"]) & batch["adjustment"].isin(selection["adjustments"]) & batch["layer"].isin(layers)
+    )
     expected = batch[wanted].reset_index(drop=True)
     assert len(expected) > 0
     assert set(alone["analysis_id"]) == set(expected["analysis_id"])
@@ -89,7 +102,9 @@ def test_analysis_alone_equals_analysis_in_batch(reference: Path, small_study: S
     assert_results_equal(expected, alone)
 
 
-def test_analyses_per_task_does_not_change_results(reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+def test_analyses_per_task_does_not_change_results(
+    reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal
+) -> None:
     summary = run_study(small_study.plan_path, tmp_path, client=client, analyses_per_task=1)
     # Analyses sharing a design stay in one task, so with one analysis per task there is
     # one task per distinct design of each layer (one block per layer by default).
@@ -109,11 +124,25 @@ def external_cluster(tmp_path: Path):
         yield address
 
 
-def test_cli_on_external_cluster(external_cluster: str, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+def test_cli_on_external_cluster(
+    external_cluster: str, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal
+) -> None:
     assert external_cluster.startswith("tcp://127.0.0.1:")
     out = tmp_path / "external"
     completed = subprocess.run(
-        [sys.executable, "-m", "scalable_assoc.cli", "run", str(small_study.plan_path), "--out", str(out), "--scheduler", external_cluster, "--chunk-features", "7"],
+        [
+            sys.executable,
+            "-m",
+            "scalable_assoc.cli",
+            "run",
+            str(small_study.plan_path),
+            "--out",
+            str(out),
+            "--scheduler",
+            external_cluster,
+            "--chunk-features",
+            "7",
+        ],
         capture_output=True,
         text=True,
         timeout=180,
@@ -135,7 +164,17 @@ def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, clie
     run_study(small_study.plan_path, uninterrupted, client=client, chunk_features=4)
 
     killed: dict[str, int] = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as cluster, Client(cluster) as own:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.CRITICAL,
+        ) as cluster,
+        Client(cluster) as own,
+    ):
         pids = own.run(os.getpid)  # worker address -> pid, learned before the run
         victim_address, victim_pid = sorted(pids.items())[0]
 
@@ -146,7 +185,9 @@ def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, clie
                 killed.update(done=done, total=total, pid=victim_pid)
 
         try:
-            summary = run_study(small_study.plan_path, tmp_path / "interrupted", client=own, chunk_features=4, on_chunk_done=kill_one_worker)
+            summary = run_study(
+                small_study.plan_path, tmp_path / "interrupted", client=own, chunk_features=4, on_chunk_done=kill_one_worker
+            )
         except Exception as error:
             # Say what the scheduler lost with the worker: data that has a task can be
             # recomputed elsewhere, scattered data cannot.
@@ -168,7 +209,9 @@ def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, clie
 # --------------------------------------------------------------------------------------
 # 5. Two runs of one plan at the same time on one cluster (two users, two folders)
 # --------------------------------------------------------------------------------------
-def test_two_runs_of_one_plan_share_a_cluster(reference: Path, small_study: SimulatedStudy, dask_cluster: LocalCluster, tmp_path: Path, assert_results_equal) -> None:
+def test_two_runs_of_one_plan_share_a_cluster(
+    reference: Path, small_study: SimulatedStudy, dask_cluster: LocalCluster, tmp_path: Path, assert_results_equal
+) -> None:
     """Run A is held after its first chunk while run B, another client, runs the same plan to another folder.
 
     Each run must write its own chunk files: the shared cluster may share work

@@ -104,9 +104,7 @@ def succeeds(folder: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> s
 
 def run_command(*args: str) -> subprocess.CompletedProcess[str]:
     """The real command in a fresh interpreter, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "scalable_assoc.cli", *args], capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run([sys.executable, "-m", "scalable_assoc.cli", *args], capture_output=True, text=True, timeout=120, check=False)
 
 
 def command_fails(plan: Path, out: Path) -> str:

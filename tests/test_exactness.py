@@ -18,7 +18,13 @@ from scalable_assoc.simulate import SimulatedStudy
 
 RELATIVE_TOLERANCE = 1e-8
 BASE = ["age", "sex", "bmi", "bristol_stool", "read_depth"]
-ADJUSTMENTS = {"base": BASE, "ssri": BASE + ["ssri"], "ptd": BASE + ["any_ptd"], "meds": BASE + ["any_ptd", "ppi", "laxatives", "metformin"], "gi": BASE + ["any_ptd", "ppi", "laxatives", "metformin", "ibs", "fgid"]}
+ADJUSTMENTS = {
+    "base": BASE,
+    "ssri": BASE + ["ssri"],
+    "ptd": BASE + ["any_ptd"],
+    "meds": BASE + ["any_ptd", "ppi", "laxatives", "metformin"],
+    "gi": BASE + ["any_ptd", "ppi", "laxatives", "metformin", "ibs", "fgid"],
+}
 CASES = {"dysthymia": "dysthymia", "MDD": "MDD", "AnyDep": "AnyDep", "GAD": "GAD", "AnyAnx": "AnyAnx"}
 
 
@@ -72,7 +78,9 @@ def test_rows_equal_statsmodels(run, small_study: SimulatedStudy, layer_name: st
                 cases = data.loc[used, exposure_column] == 1
                 carrying_cases = int(present.loc[used[cases.to_numpy()], feature].sum())
                 assert row["n_present_cases"] == carrying_cases
-                cells = np.array([carrying_cases, carriers - carrying_cases, cases.sum() - carrying_cases, (~cases).sum() - carriers + carrying_cases])
+                cells = np.array(
+                    [carrying_cases, carriers - carrying_cases, cases.sum() - carrying_cases, (~cases).sum() - carriers + carrying_cases]
+                )
                 assert (cells >= 0).all()
                 # The run's rule counts carriers overall (carrier_cells, off by default, would add the cells).
                 if carriers < 3 or 0 < reference["n"] - carriers < 3:
@@ -81,7 +89,12 @@ def test_rows_equal_statsmodels(run, small_study: SimulatedStudy, layer_name: st
                     continue
                 assert row["status"] == "ok"
                 for statistic in ("beta", "se", "t", "p"):
-                    assert row[statistic] == pytest.approx(reference[statistic], rel=RELATIVE_TOLERANCE), (feature, exposure, adjustment, statistic)
+                    assert row[statistic] == pytest.approx(reference[statistic], rel=RELATIVE_TOLERANCE), (
+                        feature,
+                        exposure,
+                        adjustment,
+                        statistic,
+                    )
                 checked += 1
     assert checked >= 4 * 3 * 8 - withheld and checked >= 4 * 3 * 4
 

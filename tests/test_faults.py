@@ -37,7 +37,9 @@ def _rotate_sample_ids(store: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "rotated sample IDs"])
-def test_a_damaged_converted_store_is_rebuilt_from_its_table(small_study: SimulatedStudy, client: Client, tmp_path: Path, damage: str, assert_results_equal) -> None:
+def test_a_damaged_converted_store_is_rebuilt_from_its_table(
+    small_study: SimulatedStudy, client: Client, tmp_path: Path, damage: str, assert_results_equal
+) -> None:
     out = tmp_path / "out"
     run_study(small_study.plan_path, out, client=client, chunk_features=16)
     complete = tmp_path / "complete.parquet"
@@ -53,7 +55,9 @@ def test_a_damaged_converted_store_is_rebuilt_from_its_table(small_study: Simula
     assert_results_equal(complete, out, relative=0.0)
 
 
-def test_a_damaged_store_given_directly_exits_2_naming_it(small_study: SimulatedStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_damaged_store_given_directly_exits_2_naming_it(
+    small_study: SimulatedStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder = tmp_path / "study"
     folder.mkdir()
     for name in ("metadata.tsv", "species.tsv", "pathways.tsv"):

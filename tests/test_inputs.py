@@ -75,7 +75,9 @@ def test_other_transforms_equal_their_definition(tmp_path, client, small_study: 
     plan = folder / "plan.yaml"
     text = SPECIES_ONLY.format(metadata=small_study.out_dir / "metadata.tsv", layer=small_study.out_dir / "gbm.tsv")
     # The transforms under test, not the carrier rule (few MDD cases: small presence x case cells): min_carriers 0.
-    plan.write_text(text.replace("transform: clr, pseudocount: half_min", f"transform: {transform}, pseudocount: 0.5") + "min_carriers: 0\n")
+    plan.write_text(
+        text.replace("transform: clr, pseudocount: half_min", f"transform: {transform}, pseudocount: 0.5") + "min_carriers: 0\n"
+    )
     results = run_study(plan, folder / "out", client=client, allow_outside_paths=True).results
     layer = read_layer(small_study.out_dir / "gbm.tsv")
     kept = layer.loc[:, (layer > 0).sum() / layer.notna().sum() >= 0.05]
@@ -266,7 +268,9 @@ def test_error_in_a_late_row_batch_of_a_wide_table_leaves_no_store_and_no_tempor
     monkeypatch.setattr(store_module, "feature_summary", failing_summary)
     good = write("good.tsv", {})
     with pytest.raises(OSError, match="disk full") as failure:
-        store_module.write_table_stream(tmp_path / "out" / "good.zarr", stream_wide(good, rows_per_read=500, scratch=tmp_path / "out"), "x", chunk_features=2)
+        store_module.write_table_stream(
+            tmp_path / "out" / "good.zarr", stream_wide(good, rows_per_read=500, scratch=tmp_path / "out"), "x", chunk_features=2
+        )
     # Checked while the traceback (and so the half-read stream) is still alive: removal must not wait for garbage collection.
     assert failure.traceback and len(calls) == 2
     assert not (tmp_path / "out" / "good.zarr").exists() and _leftovers(tmp_path / "out") == []

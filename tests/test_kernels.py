@@ -182,7 +182,9 @@ def test_cluster_robust_equals_statsmodels(missing_fraction: float, reference: s
     for j in range(m):
         present = ~np.isnan(block[rows, j])
         fit = sm.OLS(block[rows, j][present], exog[present]).fit(cov_type="cluster", cov_kwds={"groups": families[present]})
-        expected_p = fit.pvalues[-1] if reference == "normal" else 2 * scipy.stats.t.sf(abs(fit.tvalues[-1]), np.unique(families[present]).size - 1)
+        expected_p = (
+            fit.pvalues[-1] if reference == "normal" else 2 * scipy.stats.t.sf(abs(fit.tvalues[-1]), np.unique(families[present]).size - 1)
+        )
         assert fits.beta[0, j] == pytest.approx(fit.params[-1], rel=RTOL)
         assert fits.se[0, j] == pytest.approx(fit.bse[-1], rel=RTOL)
         assert fits.t[0, j] == pytest.approx(fit.tvalues[-1], rel=RTOL)

@@ -99,7 +99,9 @@ def _penalised_reference(design: np.ndarray, y: np.ndarray) -> np.ndarray:
         step = 1e-5
         return np.array([(negative(b + step * e) - negative(b - step * e)) / (2 * step) for e in np.eye(b.size)])
 
-    result = scipy.optimize.minimize(negative, np.zeros(design.shape[1]), jac=gradient, method="BFGS", options={"gtol": 1e-9, "maxiter": 5000})
+    result = scipy.optimize.minimize(
+        negative, np.zeros(design.shape[1]), jac=gradient, method="BFGS", options={"gtol": 1e-9, "maxiter": 5000}
+    )
     assert np.abs(gradient(result.x)).max() < 1e-6, result.message
     return result.x
 

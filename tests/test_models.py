@@ -72,8 +72,10 @@ def robust_run(small_study: SimulatedStudy, client, tmp_path_factory):
 
 def _reference(data: pd.DataFrame, feature: str, exposure: str, cluster: str | None) -> dict[str, float]:
     """statsmodels OLS of one feature: classical (``cluster`` None), or cluster-robust with ``cluster`` "t" or "normal" p-values."""
-    frame = data[[feature, "exposure_value", "age", "sex", "bmi", "household"]].rename(columns={feature: "y_feature"}).dropna(
-        subset=["y_feature", "exposure_value", "age", "sex", "bmi"]
+    frame = (
+        data[[feature, "exposure_value", "age", "sex", "bmi", "household"]]
+        .rename(columns={feature: "y_feature"})
+        .dropna(subset=["y_feature", "exposure_value", "age", "sex", "bmi"])
     )
     groups = pd.factorize(frame["household"])[0]
     groups[groups < 0] = groups.max() + 1 + np.arange((groups < 0).sum())
@@ -116,7 +118,9 @@ def _exposure_frame(metadata: pd.DataFrame, layer: pd.DataFrame, exposure: str) 
     return data.assign(exposure_value=(data[exposure] == 1).astype(float))
 
 
-def _check_ols_models(results: pd.DataFrame, metadata: pd.DataFrame, small_study: SimulatedStudy, references: dict[str, str | None]) -> None:
+def _check_ols_models(
+    results: pd.DataFrame, metadata: pd.DataFrame, small_study: SimulatedStudy, references: dict[str, str | None]
+) -> None:
     """lm and lm_nonzero rows equal statsmodels fits of the kinds named in ``references`` (model -> cluster argument of _reference)."""
     assert set(results["model"]) == {"lm", "lm_nonzero"}
     raw = read_layer(small_study.out_dir / "species.tsv")
@@ -135,7 +139,10 @@ def _check_ols_models(results: pd.DataFrame, metadata: pd.DataFrame, small_study
                 reference = _reference(data, feature, exposure, references[model])
                 if row["status"] != "ok":
                     few_values = model == "lm_nonzero" and reference["n"] < 10
-                    assert few_values or ("min_carriers" in row["status"] and _small_presence_cell(data, kept, feature, model)), (feature, row["status"])
+                    assert few_values or ("min_carriers" in row["status"] and _small_presence_cell(data, kept, feature, model)), (
+                        feature,
+                        row["status"],
+                    )
                     continue
                 assert row["n"] == reference["n"], (model, feature)
                 for statistic in ("beta", "se", "p"):
@@ -175,7 +182,9 @@ def test_fdr_families_separate_models(run) -> None:
 
     for _, family in results.groupby(["layer", "exposure", "adjustment", "model"]):
         estimated = family[family["p"].notna()]
-        np.testing.assert_allclose(estimated["q"].to_numpy(float), multipletests(estimated["p"].to_numpy(float), method="fdr_bh")[1], rtol=1e-12)
+        np.testing.assert_allclose(
+            estimated["q"].to_numpy(float), multipletests(estimated["p"].to_numpy(float), method="fdr_bh")[1], rtol=1e-12
+        )
 
 
 def test_lmm_in_a_run_equals_statsmodels_mixedlm(small_study: SimulatedStudy, client, tmp_path) -> None:
@@ -184,13 +193,17 @@ def test_lmm_in_a_run_equals_statsmodels_mixedlm(small_study: SimulatedStudy, cl
     plan = tmp_path / "plan.yaml"
     text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "gbm.tsv")
     # The numerics under test, not the carrier rule (tests/test_study_rules.py): min_carriers 0.
-    plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [lmm]").replace("cluster: household", "cluster: family_id") + "min_carriers: 0\n")
+    plan.write_text(
+        text.replace("models: [lm, lm_nonzero]", "models: [lmm]").replace("cluster: household", "cluster: family_id") + "min_carriers: 0\n"
+    )
     results = run_study(plan, tmp_path / "out", client=client, allow_outside_paths=True).results
     assert set(results["model"]) == {"lmm"} and (results["status"] == "ok").mean() > 0.9
     data, clustered = _gbm_clr_with_most_clustered(small_study)
     for feature in clustered:
         frame = data[[feature, "exposure_value", "age", "sex", "bmi", "family_id"]].dropna(subset=[feature, "age", "bmi"])
-        exog = np.column_stack([np.ones(len(frame)), frame["exposure_value"], frame["age"], frame["sex"] == "male", frame["bmi"]]).astype(float)
+        exog = np.column_stack([np.ones(len(frame)), frame["exposure_value"], frame["age"], frame["sex"] == "male", frame["bmi"]]).astype(
+            float
+        )
         fit = sm.MixedLM(frame[feature].to_numpy(float), exog, groups=pd.factorize(frame["family_id"])[0]).fit(reml=True, method="bfgs")
         row = results[(results["feature"] == feature) & (results["exposure"] == "any_ptd")].iloc[0]
         assert row["status"] == "ok" and row["n"] == len(frame)
@@ -225,7 +238,10 @@ def test_lmm_rows_carry_variance_components(small_study: SimulatedStudy, client,
     components = ["cluster_variance", "residual_variance", "icc"]
     plan = tmp_path / "plan.yaml"
     text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "gbm.tsv")
-    plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [lm, lmm]").replace("cluster: household", "cluster: family_id") + "min_carriers: 0\n")
+    plan.write_text(
+        text.replace("models: [lm, lm_nonzero]", "models: [lm, lmm]").replace("cluster: household", "cluster: family_id")
+        + "min_carriers: 0\n"
+    )
     results = run_study(plan, tmp_path / "out", client=client, allow_outside_paths=True).results
     assert set(results["model"]) == {"lm", "lmm"}
     # The written table has the registry's schema; the components are nulls, never NaN, where absent.
@@ -252,7 +268,9 @@ def test_lmm_rows_carry_variance_components(small_study: SimulatedStudy, client,
         covariates = np.column_stack([np.ones(len(frame)), frame["age"], frame["sex"] == "male", frame["bmi"]]).astype(float)
         design = factorise_covariates(covariates, ("(intercept)", "age", "sex[male]", "bmi"))
         exposure = frame["exposure_value"].to_numpy(float)[None]
-        _, direct = fit_random_intercept(design, exposure, np.array([True]), frame[[feature]].to_numpy(float), pd.factorize(frame["family_id"])[0])
+        _, direct = fit_random_intercept(
+            design, exposure, np.array([True]), frame[[feature]].to_numpy(float), pd.factorize(frame["family_id"])[0]
+        )
         row = lmm[(lmm["feature"] == feature) & (lmm["exposure"] == "any_ptd")].iloc[0]
         assert row["cluster_variance"] == pytest.approx(direct.sigma_u2[0, 0], rel=1e-7, abs=1e-12), feature
         assert row["residual_variance"] == pytest.approx(direct.sigma_e2[0, 0], rel=1e-8), feature
@@ -269,7 +287,9 @@ def test_prevalence_in_a_run_equals_statsmodels_logit(small_study: SimulatedStud
 
     plan = tmp_path / "plan.yaml"
     text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "species.tsv")
-    plan.write_text(text.replace("models: [lm, lm_nonzero]", "models: [prevalence]\npresence_threshold: 0.001").replace("cluster: household\n", ""))
+    plan.write_text(
+        text.replace("models: [lm, lm_nonzero]", "models: [prevalence]\npresence_threshold: 0.001").replace("cluster: household\n", "")
+    )
     results = run_study(plan, tmp_path / "out", client=client, allow_outside_paths=True).results
     assert set(results["model"]) == {"prevalence"}
     metadata = pd.read_csv(small_study.out_dir / "metadata.tsv", sep="\t", dtype={"sample_id": str}).set_index("sample_id")
@@ -295,16 +315,22 @@ def test_prevalence_in_a_run_equals_statsmodels_logit(small_study: SimulatedStud
 
 def test_all_models_invariant_to_chunk_size(small_study: SimulatedStudy, client, tmp_path) -> None:
     text = PLAN.format(metadata=small_study.out_dir / "metadata.tsv", species=small_study.out_dir / "species.tsv")
-    text = text.replace("models: [lm, lm_nonzero]", "models: [lm, lm_nonzero, prevalence, lmm]").replace("cluster: household", "cluster: family_id")
+    text = text.replace("models: [lm, lm_nonzero]", "models: [lm, lm_nonzero, prevalence, lmm]").replace(
+        "cluster: household", "cluster: family_id"
+    )
     frames = []
     for chunk in (5, 64):
         folder = tmp_path / f"chunk{chunk}"
         folder.mkdir()
         write_plan(folder, text)
-        frames.append(run_study(folder / "plan.yaml", folder / "out", client=client, chunk_features=chunk, allow_outside_paths=True).results)
+        frames.append(
+            run_study(folder / "plan.yaml", folder / "out", client=client, chunk_features=chunk, allow_outside_paths=True).results
+        )
     small, large = frames
     assert set(small["model"]) == {"lm", "lm_nonzero", "prevalence", "lmm"}
-    pd.testing.assert_frame_equal(small[["layer", "feature", "exposure", "model", "n", "status"]], large[["layer", "feature", "exposure", "model", "n", "status"]])
+    pd.testing.assert_frame_equal(
+        small[["layer", "feature", "exposure", "model", "n", "status"]], large[["layer", "feature", "exposure", "model", "n", "status"]]
+    )
     for statistic in ("beta", "se", "p", "q"):
         a, b = small[statistic].to_numpy(float), large[statistic].to_numpy(float)
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.nanmax(np.abs(b)))
@@ -334,7 +360,9 @@ def test_joint_p_of_abundance_and_presence_as_maaslin3(small_study: SimulatedStu
     np.testing.assert_array_equal(indexed["p_joint"].to_numpy()[only_presence], p_presence[only_presence])
     for _, family in joint.groupby(["layer", "exposure", "adjustment"]):
         defined = family["p_joint"].notna()
-        np.testing.assert_allclose(family.loc[defined, "q_joint"], multipletests(family.loc[defined, "p_joint"], method="fdr_bh")[1], rtol=1e-12)
+        np.testing.assert_allclose(
+            family.loc[defined, "q_joint"], multipletests(family.loc[defined, "p_joint"], method="fdr_bh")[1], rtol=1e-12
+        )
 
 
 def test_prevalence_tasks_keep_a_subsets_adjustment_sets_together(small_study: SimulatedStudy, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -60,8 +60,13 @@ def hostile_queries(marker: Path, secret: Path) -> dict[str, str]:
 
 def write_exposure(folder: Path, cases: str, name: str = "plan.yaml") -> Path:
     """The study's plan with exposure MDD's cases query replaced (YAML-quoted whatever quotes it holds)."""
-    return write_study_plan(folder, folder / "plan.yaml", filename=name, absolute_paths=False,
-                            exposures={"MDD": {"cases": cases, "controls": "no_disorder == 1"}})
+    return write_study_plan(
+        folder,
+        folder / "plan.yaml",
+        filename=name,
+        absolute_paths=False,
+        exposures={"MDD": {"cases": cases, "controls": "no_disorder == 1"}},
+    )
 
 
 def one_paragraph(stderr: str) -> str:
@@ -85,7 +90,9 @@ def test_hostile_queries_exit_2_in_real_processes_without_side_effects(study: Pa
         plan = write_exposure(study, query, f"plan_{index}.yaml")
         processes[label] = subprocess.Popen(
             [sys.executable, "-m", "scalable_assoc.cli", "run", str(plan), "--out", str(study / f"out_{index}"), "--workers", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
     for label, process in processes.items():
         _, stderr = process.communicate(timeout=120)
@@ -118,12 +125,19 @@ def test_controls_queries_are_checked_too(study: Path, tmp_path: Path) -> None:
 
 def test_yaml_python_tags_are_refused_without_side_effects(study: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned-by-yaml"
-    text = (study / "plan.yaml").read_text().replace("name: lifelines-internalizing", f"name: !!python/object/apply:os.system ['touch {marker}']")
+    text = (
+        (study / "plan.yaml")
+        .read_text()
+        .replace("name: lifelines-internalizing", f"name: !!python/object/apply:os.system ['touch {marker}']")
+    )
     assert "!!python" in text
     (study / "plan.yaml").write_text(text)
     finished = subprocess.run(
         [sys.executable, "-m", "scalable_assoc.cli", "run", str(study / "plan.yaml"), "--out", str(study / "out")],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert finished.returncode == 2, finished.stderr
     message = one_paragraph(finished.stderr)
@@ -261,7 +275,9 @@ def run_fails(plan: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> st
         ("data.metadata", "sub/../../secret.tsv"),
     ],
 )
-def test_paths_outside_the_plan_folder_are_refused(study: Path, tmp_path: Path, key: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_paths_outside_the_plan_folder_are_refused(
+    study: Path, tmp_path: Path, key: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     secret = tmp_path / "secret.tsv"
     secret.write_text("sample_id\tpassword\nalice\thunter2-SECRET\n")
     value = str(secret) if value == "ABSOLUTE" else value
@@ -306,7 +322,9 @@ def test_the_python_api_takes_allow_outside_paths(study: Path, tmp_path: Path) -
     ],
 )
 @pytest.mark.parametrize("key", ["data.metadata", "data.layers.pathways", "features"])
-def test_a_file_that_is_not_a_table_is_not_quoted(study: Path, tmp_path: Path, content: str, key: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_file_that_is_not_a_table_is_not_quoted(
+    study: Path, tmp_path: Path, content: str, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     outside = tmp_path / "notes"
     outside.write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
     plan = edit_plan(study, {key: str(outside), "analyses": SMALL_ANALYSIS})
@@ -314,7 +332,9 @@ def test_a_file_that_is_not_a_table_is_not_quoted(study: Path, tmp_path: Path, c
     assert str(outside) in message and "SECRET" not in message, message
 
 
-def test_an_allowed_run_records_it_and_sumstats_reopens_the_plan_the_same_way(study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_allowed_run_records_it_and_sumstats_reopens_the_plan_the_same_way(
+    study: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     (study / "metadata.tsv").rename(tmp_path / "metadata.tsv")

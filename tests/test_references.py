@@ -221,7 +221,9 @@ def _compare_run(results: pd.DataFrame, model: str, kind: str) -> None:
     """``model``'s rows against R: ``kind`` 't' (cluster-robust, t(G - 1)), 'normal' or 'classical'."""
     _, expected = _cluster_reference()
     for _, row in expected.iterrows():
-        ours = results[(results["model"] == model) & (results["exposure"] == row["exposure"]) & (results["feature"] == row["feature"])].iloc[0]
+        ours = results[
+            (results["model"] == model) & (results["exposure"] == row["exposure"]) & (results["feature"] == row["feature"])
+        ].iloc[0]
         se, p = {"t": ("se", "p"), "normal": ("se", "p_normal"), "classical": ("se_classical", "p_classical")}[kind]
         assert ours["status"] == "ok" and ours["n"] == row["n"]
         for statistic, value in (("beta", row["beta"]), ("se", row[se]), ("p", row[p])):
@@ -231,7 +233,9 @@ def _compare_run(results: pd.DataFrame, model: str, kind: str) -> None:
 def test_cluster_robust_run_equals_r_and_warns_of_few_clusters(tmp_path: Path, client) -> None:
     # lm cluster-robust with t(G - 1) (the default reference), lm_nonzero with the normal; every value of the
     # features is positive, so lm_nonzero fits the same participants as lm. Labels with stray spaces are one cluster.
-    results, manifest, log = _cluster_run(tmp_path / "robust", client, "lm: {se: cluster}\nlm_nonzero: {se: cluster, reference: normal}", spaced=True)
+    results, manifest, log = _cluster_run(
+        tmp_path / "robust", client, "lm: {se: cluster}\nlm_nonzero: {se: cluster, reference: normal}", spaced=True
+    )
     _compare_run(results, "lm", "t")
     _compare_run(results, "lm_nonzero", "normal")
     assert [a["n_clusters"] for a in manifest["analyses"]] == [6] * 4

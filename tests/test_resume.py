@@ -30,7 +30,19 @@ def _chunk_files(out: Path) -> list[Path]:
 
 
 def _cli_run(plan: Path, out: Path, scheduler: str, chunk_features: int) -> list[str]:
-    return [sys.executable, "-m", "scalable_assoc.cli", "run", str(plan), "--out", str(out), "--scheduler", scheduler, "--chunk-features", str(chunk_features)]
+    return [
+        sys.executable,
+        "-m",
+        "scalable_assoc.cli",
+        "run",
+        str(plan),
+        "--out",
+        str(out),
+        "--scheduler",
+        scheduler,
+        "--chunk-features",
+        str(chunk_features),
+    ]
 
 
 def _kill_after_first_chunk(command: list[str], out: Path, log: Path, timeout: float = 120.0) -> bool:
@@ -62,7 +74,14 @@ def slow_study(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
     return study
 
 
-def test_killed_cli_run_resumes(small_study: SimulatedStudy, dask_cluster: LocalCluster, client: Client, request: pytest.FixtureRequest, tmp_path: Path, assert_results_equal) -> None:
+def test_killed_cli_run_resumes(
+    small_study: SimulatedStudy,
+    dask_cluster: LocalCluster,
+    client: Client,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    assert_results_equal,
+) -> None:
     scheduler = dask_cluster.scheduler_address
     # Small chunks give hundreds of tasks, so the run is still going when its first chunk
     # file appears. Should a run ever finish before the kill lands, try a slower setting.
@@ -89,7 +108,10 @@ def test_killed_cli_run_resumes(small_study: SimulatedStudy, dask_cluster: Local
     assert manifest["chunks_reused"] > 0
     assert manifest["chunks_reused"] <= manifest["chunks_total"]
     assert len(_chunk_files(out)) == manifest["chunks_total"]
-    print(f"killed after {written_before_resume} chunk file(s); resumed with {manifest['chunks_reused']}/{manifest['chunks_total']} chunks reused")
+    print(
+        f"killed after {written_before_resume} chunk file(s); resumed with {manifest['chunks_reused']}/{manifest['chunks_total']} chunks "
+        "reused"
+    )
 
     uninterrupted = tmp_path / "uninterrupted"
     summary = run_study(study.plan_path, uninterrupted, client=client, chunk_features=chunk_features)
@@ -151,7 +173,9 @@ def test_a_new_alpha_or_name_reuses_every_chunk(small_study: SimulatedStudy, cli
     assert third.chunks_reused == 0
 
 
-def test_truncated_or_edited_chunks_are_recomputed(small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal) -> None:
+def test_truncated_or_edited_chunks_are_recomputed(
+    small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal
+) -> None:
     """A chunk no longer as its task wrote it (truncated by a full disk, edited by hand) is never trusted."""
     import pyarrow.parquet as pq
 

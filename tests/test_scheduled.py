@@ -68,10 +68,16 @@ def test_a_dead_runs_lock_is_taken_over_and_its_leftovers_removed(small_study: S
     work = out / WORK_DIR
     (work / "stores").mkdir(parents=True)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    (work / "lock.json").write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": "2026-01-01T00:00:00+00:00"}))
+    (work / "lock.json").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": "2026-01-01T00:00:00+00:00"})
+    )
     (work / "status.json").write_text(json.dumps({"state": "running", "chunks_done": 3, "chunks_total": 9}))
     assert _status(out) == (130, {**_status(out)[1], "state": "interrupted"})
-    leftovers = [out / ".results.parquet.1a2b3c4d.tmp", work / "stores" / ".gbm.tsv.x1y2.rows.tmp", work / "stores" / ".gbm-0123.zarr.5e6f7a8b.tmp"]
+    leftovers = [
+        out / ".results.parquet.1a2b3c4d.tmp",
+        work / "stores" / ".gbm.tsv.x1y2.rows.tmp",
+        work / "stores" / ".gbm-0123.zarr.5e6f7a8b.tmp",
+    ]
     leftovers[0].write_text("partial")
     for folder in leftovers[1:]:
         folder.mkdir()
@@ -89,7 +95,9 @@ def test_a_live_process_on_this_host_keeps_its_lock(small_study: SimulatedStudy,
     (out / WORK_DIR).mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (out / WORK_DIR / "lock.json").write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "started": "2026-12-05T10:00:00+00:00"}))
+        (out / WORK_DIR / "lock.json").write_text(
+            json.dumps({"host": socket.gethostname(), "pid": holder.pid, "started": "2026-12-05T10:00:00+00:00"})
+        )
         refused = _command("run", str(small_study.plan_path), "--out", str(out), "--workers", "1")
         assert refused.returncode == 75 and f"process {holder.pid}" in refused.stderr and "2026-12-05T10:00:00" in refused.stderr
         assert not (out / WORK_DIR / "status.json").exists()
@@ -100,7 +108,9 @@ def test_a_live_process_on_this_host_keeps_its_lock(small_study: SimulatedStudy,
 
 def test_a_failed_run_says_so_with_its_error(small_study: SimulatedStudy, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    plan = write_plan(tmp_path, small_study.plan_path.read_text().replace("metadata: metadata.tsv", f"metadata: {small_study.out_dir / 'missing.tsv'}"))
+    plan = write_plan(
+        tmp_path, small_study.plan_path.read_text().replace("metadata: metadata.tsv", f"metadata: {small_study.out_dir / 'missing.tsv'}")
+    )
     failed = _command("run", str(plan), "--out", str(out), "--workers", "1", "--allow-outside-paths")
     assert failed.returncode == 2
     code, status = _status(out)
@@ -113,7 +123,10 @@ def test_a_failed_run_says_so_with_its_error(small_study: SimulatedStudy, tmp_pa
 
 
 def test_an_export_of_cross_products_holds_the_run_folder(small_study: SimulatedStudy, client: Client, tmp_path: Path) -> None:
-    """sumstats --sufficient writes stores, filters and designs into the run's work folder: it takes the run's lock, and waits for no run."""
+    """sumstats --sufficient writes stores, filters and designs into the run's work folder.
+
+    It takes the run's lock, and waits for no run.
+    """
     from scalable_assoc.io.runstate import folder_lock
 
     out = tmp_path / "out"
@@ -121,7 +134,9 @@ def test_an_export_of_cross_products_holds_the_run_folder(small_study: Simulated
     export = ["sumstats", str(out), "--cohort", "one", "--out", str(tmp_path / "one.parquet"), "--sufficient", "--workers", "1"]
     with folder_lock(out / WORK_DIR, "run (a test holding the folder)"):
         refused = _command(*export)
-    assert refused.returncode == 75 and "in use by another run" in refused.stderr and f"process {os.getpid()}" in refused.stderr, refused.stderr
+    assert refused.returncode == 75 and "in use by another run" in refused.stderr and f"process {os.getpid()}" in refused.stderr, (
+        refused.stderr
+    )
     assert not (tmp_path / "one.parquet").exists()
     exported = _command(*export)
     assert exported.returncode == 0, exported.stderr

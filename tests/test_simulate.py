@@ -32,14 +32,32 @@ WELL_POWERED = ("MDD", "AnyDep", "AnyAnx")
 SMALL = dict(participants=600, n_species=60, n_pathways=40)
 FILES = ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv", "truth.tsv", "plan.yaml")
 META_COLUMNS = [
-    "sample_id", "age", "sex", "bmi", "bristol_stool", "read_depth", "ppi", "laxatives",
-    "metformin", "ibs", "fgid", "ssri", "any_ptd", "dysthymia", "MDD", "AnyDep", "GAD",
-    "social_phobia", "panic", "AnyAnx", "no_disorder", "neuroticism", "family_id",
+    "sample_id",
+    "age",
+    "sex",
+    "bmi",
+    "bristol_stool",
+    "read_depth",
+    "ppi",
+    "laxatives",
+    "metformin",
+    "ibs",
+    "fgid",
+    "ssri",
+    "any_ptd",
+    "dysthymia",
+    "MDD",
+    "AnyDep",
+    "GAD",
+    "social_phobia",
+    "panic",
+    "AnyAnx",
+    "no_disorder",
+    "neuroticism",
+    "family_id",
 ]
-TRUTH_COLUMNS = ["layer", "feature", "exposure", "effect", "presence_effect", "abundance_effect",
-                 "family_icc"]
-BINARY = ["ppi", "laxatives", "metformin", "ibs", "fgid", "ssri", "any_ptd",
-          *DISORDERS, "no_disorder"]
+TRUTH_COLUMNS = ["layer", "feature", "exposure", "effect", "presence_effect", "abundance_effect", "family_icc"]
+BINARY = ["ppi", "laxatives", "metformin", "ibs", "fgid", "ssri", "any_ptd", *DISORDERS, "no_disorder"]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -77,7 +95,7 @@ def family_pairs(family_id: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     first, second = [], []
     for size in range(2, int(sizes.max()) + 1):
-        members = order[starts[sizes == size][:, None] + np.arange(size)]   # (families, size)
+        members = order[starts[sizes == size][:, None] + np.arange(size)]  # (families, size)
         i, k = np.nonzero(~np.eye(size, dtype=bool))
         first.append(members[:, i].ravel())
         second.append(members[:, k].ravel())
@@ -138,10 +156,16 @@ def test_feature_tables_shape_and_names(small: SimulatedStudy) -> None:
     gb = read_wide(d, "gbm.tsv")
     assert small.n_features == {"species": 60, "pathways": 40, "gbm": 56}
     assert sp.shape[0] == 60 and sp.index.is_unique
-    for name in ("s__Ruminococcus_bromii", "s__Bifidobacterium_bifidum",
-                 "s__Faecalibacterium_prausnitzii", "s__Eggerthella_lenta",
-                 "s__Coprococcus_comes", "s__Dialister_invisus",
-                 "s__Streptococcus_salivarius", "s__Escherichia_coli"):
+    for name in (
+        "s__Ruminococcus_bromii",
+        "s__Bifidobacterium_bifidum",
+        "s__Faecalibacterium_prausnitzii",
+        "s__Eggerthella_lenta",
+        "s__Coprococcus_comes",
+        "s__Dialister_invisus",
+        "s__Streptococcus_salivarius",
+        "s__Escherichia_coli",
+    ):
         assert name in sp.index, name
     assert pw.shape[1] == 40 and pw.columns.is_unique
     assert "PWY-5097: L-lysine biosynthesis VI" in pw.columns
@@ -152,13 +176,11 @@ def test_feature_tables_shape_and_names(small: SimulatedStudy) -> None:
 def test_plan_yaml(small: SimulatedStudy) -> None:
     plan = yaml.safe_load(small.plan_path.read_text())
     assert plan["name"] == "lifelines-internalizing"
-    assert plan["preprocess"] == {"min_prevalence": 0.05, "transform": "clr",
-                                  "pseudocount": "half_min"}
+    assert plan["preprocess"] == {"min_prevalence": 0.05, "transform": "clr", "pseudocount": "half_min"}
     assert list(plan["exposures"]) == list(PLAN_EXPOSURES)
     assert plan["exposures"]["ssri"] == {"cases": "ssri == 1", "controls": "ssri == 0"}
     assert plan["adjustments"]["gi"] == ["meds", "ibs", "fgid"]
-    assert plan["fdr"] == {"method": "bh", "by": ["layer", "exposure", "adjustment"],
-                           "alpha": 0.05}
+    assert plan["fdr"] == {"method": "bh", "by": ["layer", "exposure", "adjustment"], "alpha": 0.05}
     base = small.plan_path.parent
     assert (base / plan["data"]["metadata"]).is_file()
     for path in plan["data"]["layers"].values():
@@ -169,7 +191,7 @@ def test_plan_with_models(small: SimulatedStudy) -> None:
     # plan.yaml stays the lm-only plan; the opt-in models come as extra lines.
     assert small.plan_path.read_text() == PLAN_YAML == plan_yaml()
     assert PLAN_YAML_WITH_MODELS.startswith(PLAN_YAML)
-    assert PLAN_YAML_WITH_MODELS[len(PLAN_YAML):] == (
+    assert PLAN_YAML_WITH_MODELS[len(PLAN_YAML) :] == (
         "models: [lm, lm_nonzero, prevalence]\ncluster: family_id\nlm: {se: cluster}\nlm_nonzero: {se: cluster}\n"
     )
     plan = yaml.safe_load(PLAN_YAML_WITH_MODELS)
@@ -207,7 +229,7 @@ def test_default_cohort_shape(full: SimulatedStudy) -> None:
         assert 70 <= int(meta[col].sum()) <= 385, col
     assert (meta["AnyDep"] == (meta["dysthymia"] | meta["MDD"])).all()
     assert (meta["AnyAnx"] == (meta["GAD"] | meta["social_phobia"] | meta["panic"])).all()
-    assert ((meta["AnyDep"] == 1) & (meta["AnyAnx"] == 1)).sum() > 0   # comorbidity
+    assert ((meta["AnyDep"] == 1) & (meta["AnyAnx"] == 1)).sum() > 0  # comorbidity
     assert (meta["any_ptd"] >= meta["ssri"]).all()
     controls = meta["no_disorder"] == 1
     for drug in ("any_ptd", "ssri"):
@@ -235,10 +257,10 @@ def test_covariate_missingness(full: SimulatedStudy) -> None:
 def test_family_structure(full: SimulatedStudy) -> None:
     fam = read_meta(full.out_dir)["family_id"]
     assert fam.notna().all() and fam.str.fullmatch(r"F\d{5}").all()
-    assert fam.iloc[0] == "F00001"                 # numbered in order of first appearance
+    assert fam.iloc[0] == "F00001"  # numbered in order of first appearance
     sizes = fam.value_counts()
     assert full.n_families == len(sizes)
-    assert 3000 <= full.n_families <= 4000         # 7,656 participants, mean size ~2.1
+    assert 3000 <= full.n_families <= 4000  # 7,656 participants, mean size ~2.1
     assert sizes.between(1, 5).all()
     share = sizes.value_counts(normalize=True)
     assert set(share.index) == set(FAMILY_SIZE_PROBABILITIES)
@@ -264,7 +286,7 @@ def test_family_random_effect_visible(full: SimulatedStudy) -> None:
     sp = species_level(read_species(d))
     truth = read_truth(d)
     icc_all = truth[(truth["layer"] == "species") & (truth["exposure"] == "MDD")].set_index("feature")["family_icc"][sp.index]
-    logx = np.log(sp.T.where(sp.T > 0)).to_numpy()          # samples x species, NaN if absent
+    logx = np.log(sp.T.where(sp.T > 0)).to_numpy()  # samples x species, NaN if absent
     i, k = family_pairs(meta["family_id"])
     a, b = logx[i], logx[k]
     r = {}
@@ -296,8 +318,7 @@ def test_without_families(small: SimulatedStudy, tmp_path: Path) -> None:
     assert (read_truth(s.out_dir)["family_icc"] == 0).all()
     # Families draw from their own stream: the cohort of a seed is the same either way.
     pd.testing.assert_frame_equal(meta, read_meta(small.out_dir).drop(columns="family_id"))
-    assert s == SimulatedStudy(**{**small.__dict__, "out_dir": s.out_dir, "plan_path": s.plan_path,
-                                  "n_families": 0})
+    assert s == SimulatedStudy(**{**small.__dict__, "out_dir": s.out_dir, "plan_path": s.plan_path, "n_families": 0})
 
 
 def test_small_cohort_families(small: SimulatedStudy) -> None:
@@ -318,11 +339,10 @@ def test_species_compositional_and_hierarchical(full: SimulatedStudy) -> None:
     higher = tab.index[~is_species]
     below = np.array([[c.startswith(clade + "|") for c in sp.index] for clade in higher])
     assert below.any(axis=1).all()
-    np.testing.assert_allclose(tab.loc[higher].to_numpy(), below @ sp_values, rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(tab.loc[higher].to_numpy(), below @ sp_values, rtol=1e-4, atol=1e-4)
     assert np.allclose(tab.loc[["k__Archaea", "k__Bacteria"]].sum(axis=0), 100.0, atol=1e-3)
     prevalence = (sp > 0).mean(axis=1)
-    assert (prevalence < 0.05).any()          # a prevalence filter removes some species
+    assert (prevalence < 0.05).any()  # a prevalence filter removes some species
     assert (prevalence > 0.9).any()
     assert (sp == 0).to_numpy().mean() > 0.1  # zero-inflated
 
@@ -338,8 +358,7 @@ def test_missing_abundance_cells(small: SimulatedStudy, tmp_path: Path) -> None:
 
 
 def test_missing_fraction_is_respected(tmp_path: Path) -> None:
-    s = simulate_study(tmp_path, participants=400, n_species=50, n_pathways=200,
-                       missing_abundance_fraction=0.05)
+    s = simulate_study(tmp_path, participants=400, n_species=50, n_pathways=200, missing_abundance_fraction=0.05)
     frac = read_wide(s.out_dir, "pathways.tsv").isna().to_numpy().mean()
     assert 0.04 < frac < 0.06
 
@@ -364,8 +383,7 @@ def test_truth_table(small: SimulatedStudy) -> None:
 
 
 def test_headline_effects_planted(full: SimulatedStudy) -> None:
-    truth = pd.read_csv(full.out_dir / "truth.tsv", sep="\t").set_index(
-        ["layer", "feature", "exposure"])["effect"]
+    truth = pd.read_csv(full.out_dir / "truth.tsv", sep="\t").set_index(["layer", "feature", "exposure"])["effect"]
     assert len(HEADLINE_SIGNS) == sum(len(v) for v in HEADLINE_FEATURES.values())
     for key, sign in HEADLINE_SIGNS.items():
         assert np.sign(truth[key]) == sign, key
@@ -398,8 +416,7 @@ def species_kinds(truth: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Species truth rows of each planted kind."""
     sp = truth[truth["layer"] == "species"]
     pe, ae = sp["presence_effect"], sp["abundance_effect"]
-    return {"presence_only": sp[(ae == 0) & (pe != 0)], "abundance_only": sp[(pe == 0) & (ae != 0)],
-            "ordinary": sp[(pe != 0) & (ae != 0)]}
+    return {"presence_only": sp[(ae == 0) & (pe != 0)], "abundance_only": sp[(pe == 0) & (ae != 0)], "ordinary": sp[(pe != 0) & (ae != 0)]}
 
 
 def test_truth_effect_kinds_consistent(full: SimulatedStudy) -> None:
@@ -425,7 +442,7 @@ def test_truth_effect_kinds_consistent(full: SimulatedStudy) -> None:
     assert not presence_only & abundance_only
     assert not (presence_only | abundance_only) & set(kinds["ordinary"]["feature"])
     named = {"s__" + name for name in ("Ruminococcus_bromii", "Bifidobacterium_bifidum")}
-    assert not named & (presence_only | abundance_only)       # named taxa keep their effects
+    assert not named & (presence_only | abundance_only)  # named taxa keep their effects
     for exposure in DISORDER_EXPOSURES:
         for rows in (kinds["presence_only"], kinds["abundance_only"]):
             assert (rows["exposure"] == exposure).sum() >= 3, exposure
@@ -449,7 +466,7 @@ def case_control_contrasts(d: Path, exposure: str) -> pd.DataFrame:
     case_col, case_val, ctrl_col, ctrl_val = PLAN_EXPOSURES[exposure]
     cases = (meta[case_col] == case_val).to_numpy()
     controls = (meta[ctrl_col] == ctrl_val).to_numpy()
-    x = sp.T.to_numpy()                                     # samples x species
+    x = sp.T.to_numpy()  # samples x species
     present = x > 0
     p1, p0 = present[cases].mean(axis=0), present[controls].mean(axis=0)
     pooled = present[cases | controls].mean(axis=0)
@@ -457,8 +474,7 @@ def case_control_contrasts(d: Path, exposure: str) -> pd.DataFrame:
     logx = np.log(np.where(present, x, np.nan))
     a, b = logx[cases], logx[controls]
     diff = np.nanmean(a, axis=0) - np.nanmean(b, axis=0)
-    se = np.sqrt(np.nanvar(a, axis=0, ddof=1) / present[cases].sum(axis=0)
-                 + np.nanvar(b, axis=0, ddof=1) / present[controls].sum(axis=0))
+    se = np.sqrt(np.nanvar(a, axis=0, ddof=1) / present[cases].sum(axis=0) + np.nanvar(b, axis=0, ddof=1) / present[controls].sum(axis=0))
     t = (diff - np.median(diff)) / se
     return pd.DataFrame({"z_prevalence": z, "t_present": t}, index=sp.index)
 
@@ -494,8 +510,7 @@ def test_deterministic(small: SimulatedStudy, tmp_path: Path) -> None:
         assert (again.out_dir / f).read_bytes() == (small.out_dir / f).read_bytes(), f
     for f in ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv"):
         assert (other.out_dir / f).read_bytes() != (small.out_dir / f).read_bytes(), f
-    assert again == SimulatedStudy(**{**small.__dict__, "out_dir": again.out_dir,
-                                      "plan_path": again.plan_path})
+    assert again == SimulatedStudy(**{**small.__dict__, "out_dir": again.out_dir, "plan_path": again.plan_path})
 
 
 def test_rejects_bad_arguments(tmp_path: Path) -> None:

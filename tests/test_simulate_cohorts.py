@@ -24,9 +24,20 @@ from scalable_assoc.simulate import (
 SMALL = dict(cohorts=3, participants=900, n_species=120, n_pathways=40)
 NAMES = ["cohort_1", "cohort_2", "cohort_3"]
 FILES = ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv", "truth.tsv", "plan.yaml", "features.tsv")
-TRUTH_COLUMNS = ["cohort", "layer", "feature", "exposure", "effect", "presence_effect",
-                 "abundance_effect", "family_icc", "heterogeneous", "tau", "n_cohorts",
-                 "cohort_feature"]
+TRUTH_COLUMNS = [
+    "cohort",
+    "layer",
+    "feature",
+    "exposure",
+    "effect",
+    "presence_effect",
+    "abundance_effect",
+    "family_icc",
+    "heterogeneous",
+    "tau",
+    "n_cohorts",
+    "cohort_feature",
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +76,11 @@ def test_folders_and_files(sim: SimulatedCohorts) -> None:
         plan = yaml.safe_load(study.plan_path.read_text())
         reference = yaml.safe_load(PLAN_YAML)
         assert plan["name"] == f"lifelines-internalizing-{name}"
-        assert {k: v for k, v in plan.items() if k not in ("name", "min_cases", "features")} == \
-            {k: v for k, v in reference.items() if k != "name"}
+        assert {k: v for k, v in plan.items() if k not in ("name", "min_cases", "features")} == {
+            k: v for k, v in reference.items() if k != "name"
+        }
         assert plan["features"] == "features.tsv" and sim.feature_lists[name] == study.out_dir / "features.tsv"
-        assert load_plan(study.plan_path).features == study.out_dir / "features.tsv"   # valid as written
+        assert load_plan(study.plan_path).features == study.out_dir / "features.tsv"  # valid as written
 
 
 def test_every_cohort_gets_the_same_feature_list(sim: SimulatedCohorts, truth: pd.DataFrame) -> None:
@@ -82,7 +94,7 @@ def test_every_cohort_gets_the_same_feature_list(sim: SimulatedCohorts, truth: p
     for old, canonical in sim.renamed.items():
         assert (old in species) == (canonical in species)
     dropped = {f for names in sim.dropped.values() for f in names}
-    assert dropped and dropped <= species                # a cohort's missing species stay on the list
+    assert dropped and dropped <= species  # a cohort's missing species stay on the list
     shared = truth[truth["cohort"] == "shared"]
     assert set(table.loc[table["layer"] != "species", "feature"]) <= set(shared["feature"])
 
@@ -120,7 +132,7 @@ def test_species_spellings(sim: SimulatedCohorts) -> None:
     second = species_rows(d["cohort_2"])
     assert all("|" not in c for c in second)
     assert set(second) == canonical - set(sim.dropped["cohort_2"])
-    table = read_abundance_table(d["cohort_2"])          # format auto, rank species
+    table = read_abundance_table(d["cohort_2"])  # format auto, rank species
     assert set(table.feature_ids) == set(second)
     np.testing.assert_allclose(table.values.sum(axis=1), 100.0, rtol=1e-4)
 
@@ -134,8 +146,10 @@ def test_species_spellings(sim: SimulatedCohorts) -> None:
     assert sorted(renamed) == sorted(sim.renamed)
     assert set(sim.renamed.values()) <= canonical
     assert {sim.renamed.get(s, s) for s in third} == canonical - set(sim.dropped["cohort_3"])
-    assert "k__Bacteria|p__Bacteroidetes|c__Bacteroidia|o__Bacteroidales|f__Bacteroidaceae|" \
-           "g__Bacteroides|s__Bacteroides_vulgatus" in species_rows(d["cohort_3"])
+    assert (
+        "k__Bacteria|p__Bacteroidetes|c__Bacteroidia|o__Bacteroidales|f__Bacteroidaceae|"
+        "g__Bacteroides|s__Bacteroides_vulgatus" in species_rows(d["cohort_3"])
+    )
 
 
 def test_dropped_species(sim: SimulatedCohorts, truth: pd.DataFrame) -> None:
@@ -162,9 +176,12 @@ def test_truth_layout(sim: SimulatedCohorts, truth: pd.DataFrame) -> None:
         own = pd.read_csv(study.out_dir / "truth.tsv", sep="\t")
         rows = truth[truth["cohort"] == name].reset_index(drop=True)
         pd.testing.assert_frame_equal(
-            rows[["layer", "cohort_feature", "exposure", "effect", "presence_effect",
-                  "abundance_effect", "family_icc"]].rename(columns={"cohort_feature": "feature"}),
-            own, check_exact=True)
+            rows[["layer", "cohort_feature", "exposure", "effect", "presence_effect", "abundance_effect", "family_icc"]].rename(
+                columns={"cohort_feature": "feature"}
+            ),
+            own,
+            check_exact=True,
+        )
         assert study.n_planted == int((own["effect"] != 0).sum())
     third = truth[truth["cohort"] == "cohort_3"]
     moved = third[third["feature"] != third["cohort_feature"]]
@@ -208,14 +225,13 @@ def test_batch_shift(sim: SimulatedCohorts) -> None:
         gbm = pd.read_csv(sim.studies[name].out_dir / "gbm.tsv", sep="\t", index_col=0)
         means[name] = np.log(gbm.where(gbm > 0)).median()
     shift = means["cohort_1"] - means["cohort_2"]
-    assert 0.25 < float(shift.std()) < 1.0           # batch SD 0.5 per cohort -> ~0.7
+    assert 0.25 < float(shift.std()) < 1.0  # batch SD 0.5 per cohort -> ~0.7
 
 
 # ---------------------------------------------------------------------------- reproducibility
 def test_same_seed_same_bytes(sim: SimulatedCohorts, tmp_path: Path) -> None:
     again = simulate_cohorts(tmp_path / "again", seed=5, **SMALL)
-    files = sorted(p.relative_to(sim.out_dir) for p in sim.out_dir.rglob("*") if p.is_file()
-                   and "results" not in p.parts)
+    files = sorted(p.relative_to(sim.out_dir) for p in sim.out_dir.rglob("*") if p.is_file() and "results" not in p.parts)
     assert files == sorted(p.relative_to(again.out_dir) for p in again.out_dir.rglob("*") if p.is_file())
     for rel in files:
         assert (sim.out_dir / rel).read_bytes() == (again.out_dir / rel).read_bytes(), rel
@@ -233,7 +249,7 @@ def test_single_study_unchanged_by_cohort_code(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------- end to end
 def test_clade_name_cohort_runs_end_to_end(sim: SimulatedCohorts, tmp_path: Path) -> None:
-    study = sim.studies["cohort_2"]                      # MetaPhlAn 3 clade names
+    study = sim.studies["cohort_2"]  # MetaPhlAn 3 clade names
     summary = run_study(study.plan_path, tmp_path / "results", workers=1)
     assert summary is not None
     results = pd.read_csv(tmp_path / "results" / "all_results.tsv", sep="\t")

@@ -69,9 +69,24 @@ def _profile(folder: Path, text: str) -> Path:
         ("- kind: slurm\n", "expected a mapping of keys"),
         ("kind: slurm\nqueue: debug\n  cores: 1\n", "YAML syntax error at line 3"),
     ],
-    ids=["unknown-key", "wrong-type", "missing-kind", "unknown-kind", "non-positive", "memory", "walltime", "processes", "timeout", "directives", "not-a-mapping", "syntax"],
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "missing-kind",
+        "unknown-kind",
+        "non-positive",
+        "memory",
+        "walltime",
+        "processes",
+        "timeout",
+        "directives",
+        "not-a-mapping",
+        "syntax",
+    ],
 )
-def test_bad_profiles_are_named(small_study: SimulatedStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str) -> None:
+def test_bad_profiles_are_named(
+    small_study: SimulatedStudy, tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
     profile = _profile(tmp_path, text)
     out = tmp_path / "out"
     code = main(["run", str(small_study.plan_path), "--out", str(out), "--cluster", str(profile)])
@@ -139,7 +154,10 @@ def test_without_dask_jobqueue_the_message_says_what_to_install(tmp_path: Path, 
 
 
 def test_importing_dask_jobqueue_keeps_ctrl_c_an_interruption(monkeypatch: pytest.MonkeyPatch) -> None:
-    """dask-jobqueue 0.9.0 makes SIGINT call sys.exit() when imported (dask/dask-jobqueue#696); Ctrl-C must stay KeyboardInterrupt (exit 130)."""
+    """dask-jobqueue 0.9.0 makes SIGINT call sys.exit() when imported (dask/dask-jobqueue#696).
+
+    Ctrl-C must stay KeyboardInterrupt (exit 130).
+    """
     for name in [name for name in sys.modules if name == "dask_jobqueue" or name.startswith("dask_jobqueue.")]:
         monkeypatch.delitem(sys.modules, name)  # import it afresh, side effects included
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -167,7 +185,11 @@ def _slurm_partition() -> str:
             reason = "SLURM does not answer (sinfo: " + (" ".join(done.stderr.split()) if done is not None else "no answer in 20 s") + ")"
         else:
             rows = [line.split() for line in done.stdout.splitlines() if line.strip()]
-            usable = [row for row in rows if len(row) == 3 and row[1] == "up" and row[2].rstrip("*~#") in ("idle", "mixed", "allocated", "completing")]
+            usable = [
+                row
+                for row in rows
+                if len(row) == 3 and row[1] == "up" and row[2].rstrip("*~#") in ("idle", "mixed", "allocated", "completing")
+            ]
             default = [row[0].rstrip("*") for row in usable if row[0].endswith("*")]
             if default or usable:
                 return (default or [usable[0][0].rstrip("*")])[0]
@@ -248,7 +270,9 @@ def test_jobs_without_workers_end_the_run(small_study: SimulatedStudy, tmp_path:
     assert done.returncode == 1, done.stderr
     error = done.stderr.splitlines()[-1]
     ids = _submitted_jobs(out)
-    assert ids and message in error and f"squeue --jobs {','.join(ids)}" in error and str(out / ".scalable_assoc" / "slurm" / "logs") in error, error
+    assert (
+        ids and message in error and f"squeue --jobs {','.join(ids)}" in error and str(out / ".scalable_assoc" / "slurm" / "logs") in error
+    ), error
     assert "Traceback" not in done.stderr
     _assert_no_jobs_left(ids)
     assert json.loads((out / ".scalable_assoc" / "status.json").read_text())["state"] == "failed"
@@ -258,7 +282,10 @@ def test_sumstats_and_meta_take_cluster_too(tmp_path: Path) -> None:
     from scalable_assoc.cli import build_parser
 
     profile = _profile(tmp_path, "kind: slurm\n")
-    for command in (["meta", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "m")], ["sumstats", str(tmp_path), "--cohort", "a", "--out", str(tmp_path / "s.parquet")]):
+    for command in (
+        ["meta", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "m")],
+        ["sumstats", str(tmp_path), "--cohort", "a", "--out", str(tmp_path / "s.parquet")],
+    ):
         assert build_parser().parse_args([*command, "--cluster", str(profile)]).cluster == profile
     from scalable_assoc.engine.mapper import ClusterMapper
 

@@ -55,14 +55,22 @@ def test_kernel_aliases_a_covariate_constant_among_a_features_participants(alias
     rows = np.arange(len(data))
     matrix, names = covariate_columns(data, ("age", "batch"), ("batch",), rows)
     assert names == ("(intercept)", "age", "batch[B]", "batch[C]")
-    fits = fit_exposure_slopes(factorise_covariates(matrix, names), data["exposure"].to_numpy(float)[None], np.array([True]), data[FEATURES].to_numpy(float))
+    fits = fit_exposure_slopes(
+        factorise_covariates(matrix, names), data["exposure"].to_numpy(float)[None], np.array([True]), data[FEATURES].to_numpy(float)
+    )
     for j, feature in enumerate(FEATURES):
         row = {s: getattr(fits, s)[0, j] for s in ("beta", "se", "t", "p", "n")}
         _assert_equals_r(row, reference.loc[feature], feature)
         expected = FitStatus.FEATURE_RANK_DEFICIENT if feature == "unexposed_only" else FitStatus.OK
         assert fits.status[0, j] == expected, feature
     # The mixed model's own solve needs full rank: without aliasing the old status stays.
-    plain = fit_exposure_slopes(factorise_covariates(matrix, names), data["exposure"].to_numpy(float)[None], np.array([True]), data[FEATURES].to_numpy(float), alias=False)
+    plain = fit_exposure_slopes(
+        factorise_covariates(matrix, names),
+        data["exposure"].to_numpy(float)[None],
+        np.array([True]),
+        data[FEATURES].to_numpy(float),
+        alias=False,
+    )
     assert plain.status[0, FEATURES.index("only_A")] == FitStatus.FEATURE_RANK_DEFICIENT
 
 
@@ -71,7 +79,8 @@ def _write_aliasing_study(folder: Path, data: pd.DataFrame, models: str, extra: 
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     # Missing in R = absent here (value 0): lm_nonzero leaves absent participants out as R's NA rows.
     data[["sample_id", *FEATURES]].fillna(0.0).to_csv(folder / "layer.tsv", sep="\t", index=False)
-    plan = write_plan(folder,
+    plan = write_plan(
+        folder,
         f"""
 name: aliasing
 data: {{metadata: metadata.tsv, layers: {{values: {{path: layer.tsv, format: wide}}}}}}
@@ -84,7 +93,7 @@ adjustments: {{base: [age, batch]}}
 models: {models}
 min_cases: 5
 {extra}
-"""
+""",
     )
     return plan
 
@@ -105,7 +114,9 @@ def test_lm_nonzero_aliases_like_r_in_a_run(aliasing, client, tmp_path: Path) ->
     subset = results[results["exposure"] == "exposed_over_45"].set_index("feature")
     for feature in ("only_A", "no_C", "few_missing"):
         used = older[older[feature].notna()]
-        design = sm.add_constant(pd.DataFrame({"x": used["exposure"], "age": used["age"], "B": (used["batch"] == "B") * 1.0, "C": (used["batch"] == "C") * 1.0}))
+        design = sm.add_constant(
+            pd.DataFrame({"x": used["exposure"], "age": used["age"], "B": (used["batch"] == "B") * 1.0, "C": (used["batch"] == "C") * 1.0})
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # statsmodels warns of the very aliasing under test
             fit = sm.OLS(used[feature], design).fit()
@@ -119,7 +130,9 @@ def test_carrier_rule_withholds_rows_resting_on_few_carriers(client, tmp_path: P
     """A feature carried by 1, 2 and 3 participants: withheld, withheld, estimated; absent by 1: withheld."""
     rng = np.random.default_rng(5)
     n = 60
-    metadata = pd.DataFrame({"sample_id": [f"P{i:02d}" for i in range(n)], "age": rng.normal(50, 8, n).round(1), "case": (np.arange(n) % 3 == 0).astype(int)})
+    metadata = pd.DataFrame(
+        {"sample_id": [f"P{i:02d}" for i in range(n)], "age": rng.normal(50, 8, n).round(1), "case": (np.arange(n) % 3 == 0).astype(int)}
+    )
     layer = pd.DataFrame({"sample_id": metadata["sample_id"]})
     for carriers in (1, 2, 3):
         values = np.zeros(n)
@@ -130,7 +143,8 @@ def test_carrier_rule_withholds_rows_resting_on_few_carriers(client, tmp_path: P
     layer["common"] = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
     metadata.to_csv(tmp_path / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(tmp_path / "layer.tsv", sep="\t", index=False)
-    write_plan(tmp_path,
+    write_plan(
+        tmp_path,
         """
 data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
 preprocess: {transform: log, pseudocount: 0.5}
@@ -138,13 +152,19 @@ exposures: {case: {column: case}}
 adjustments: {base: [age]}
 models: [lm, lm_nonzero, prevalence]
 min_cases: 5
-"""
+""",
     )
     results = run_study(tmp_path / "plan.yaml", tmp_path / "out", client=client).results
     lm = results[results["model"] == "lm"].set_index("feature")
     assert lm.loc["carried_by_1", "n_present"] == 1 and lm.loc["carried_by_3", "n_present"] == 3
     assert lm.loc["lacked_by_1", "n_present"] == n - 1
-    for feature, withheld in (("carried_by_1", True), ("carried_by_2", True), ("carried_by_3", False), ("lacked_by_1", True), ("common", False)):
+    for feature, withheld in (
+        ("carried_by_1", True),
+        ("carried_by_2", True),
+        ("carried_by_3", False),
+        ("lacked_by_1", True),
+        ("common", False),
+    ):
         row = lm.loc[feature]
         assert ("min_carriers" in row["status"]) == withheld, (feature, row["status"])
         assert pd.isna(row["p"]) == withheld and pd.isna(row["q"]) == withheld, feature
@@ -165,8 +185,17 @@ def test_prevalence_within_model_and_rule_off(client, tmp_path: Path) -> None:
     rng = np.random.default_rng(8)
     n = 80
     sex = np.where(np.arange(n) < 40, "female", "male")
-    metadata = pd.DataFrame({"sample_id": [f"P{i:02d}" for i in range(n)], "sex": sex, "age": rng.normal(50, 8, n).round(1), "case": (np.arange(n) % 2).astype(int)})
-    layer = pd.DataFrame({"sample_id": metadata["sample_id"], "in_men_only": np.where((sex == "male") & (rng.random(n) < 0.6), rng.uniform(1, 5, n), 0.0)})
+    metadata = pd.DataFrame(
+        {
+            "sample_id": [f"P{i:02d}" for i in range(n)],
+            "sex": sex,
+            "age": rng.normal(50, 8, n).round(1),
+            "case": (np.arange(n) % 2).astype(int),
+        }
+    )
+    layer = pd.DataFrame(
+        {"sample_id": metadata["sample_id"], "in_men_only": np.where((sex == "male") & (rng.random(n) < 0.6), rng.uniform(1, 5, n), 0.0)}
+    )
     for j in range(4):
         layer[f"everywhere_{j}"] = rng.uniform(1, 5, n)
     metadata.to_csv(tmp_path / "metadata.tsv", sep="\t", index=False)
@@ -195,7 +224,16 @@ min_cases: 5
 
 def test_carrier_rule_keeps_non_estimated_statuses() -> None:
     shape = (1, 3)
-    fits = SlopeFits(np.ones(shape), np.ones(shape), np.ones(shape), np.full(shape, 0.5), np.full(shape, 10), np.full(shape, -1), np.full(shape, -1), np.array([[0, 1, 0]], dtype=np.int8))
+    fits = SlopeFits(
+        np.ones(shape),
+        np.ones(shape),
+        np.ones(shape),
+        np.full(shape, 0.5),
+        np.full(shape, 10),
+        np.full(shape, -1),
+        np.full(shape, -1),
+        np.array([[0, 1, 0]], dtype=np.int8),
+    )
     out = withhold_rare_carriers(fits, np.array([[2, 2, 5]]), 3)
     assert out.status.tolist() == [[FitStatus.TOO_FEW_CARRIERS, FitStatus.CONSTANT_FEATURE, FitStatus.OK]]
     assert np.isnan(out.p[0, 0]) and out.p[0, 2] == 0.5
@@ -208,7 +246,13 @@ def test_carrier_rule_covers_the_presence_by_case_table() -> None:
     present = np.array([[10, 5, 6, 18, 3, 18]])
     shape = present.shape
     fits = SlopeFits(
-        np.ones(shape), np.ones(shape), np.ones(shape), np.full(shape, 0.5), np.full(shape, 20), np.full(shape, 10), np.full(shape, 10),
+        np.ones(shape),
+        np.ones(shape),
+        np.ones(shape),
+        np.full(shape, 0.5),
+        np.full(shape, 20),
+        np.full(shape, 10),
+        np.full(shape, 10),
         np.zeros(shape, dtype=np.int8),
     )
     out = withhold_rare_carriers(fits, present, 3, n_present_cases=present_cases)
@@ -217,7 +261,9 @@ def test_carrier_rule_covers_the_presence_by_case_table() -> None:
     assert (out.status == FitStatus.TOO_FEW_CARRIERS).tolist() == [[True, False, False, True, False, True]]
     assert np.isnan(out.p[0, 0]) and out.p[0, 1] == 0.5
     # Without the case counts only the margins count (as before): the single carrying case passes.
-    assert (withhold_rare_carriers(fits, present, 3).status == FitStatus.TOO_FEW_CARRIERS).tolist() == [[False, False, False, True, False, True]]
+    assert (withhold_rare_carriers(fits, present, 3).status == FitStatus.TOO_FEW_CARRIERS).tolist() == [
+        [False, False, False, True, False, True]
+    ]
     # lm_nonzero: absent participants are not in the model; only the present x case/control cells.
     nonzero = SlopeFits(fits.beta, fits.se, fits.t, fits.p, present, present_cases, present - present_cases, fits.status)
     out = withhold_rare_carriers(nonzero, present, 3, count_absent=False, n_present_cases=present_cases)
@@ -236,7 +282,14 @@ def test_one_carrying_case_is_withheld_in_a_run_with_carrier_cells(client, tmp_p
     rng = np.random.default_rng(12)
     n = 60
     case = (np.arange(n) % 3 == 0).astype(int)
-    metadata = pd.DataFrame({"sample_id": [f"P{i:02d}" for i in range(n)], "age": rng.normal(50, 8, n).round(1), "case": case, "bmi": rng.normal(25, 3, n).round(1)})
+    metadata = pd.DataFrame(
+        {
+            "sample_id": [f"P{i:02d}" for i in range(n)],
+            "age": rng.normal(50, 8, n).round(1),
+            "case": case,
+            "bmi": rng.normal(25, 3, n).round(1),
+        }
+    )
     layer = pd.DataFrame({"sample_id": metadata["sample_id"]})
     controls, cases = np.flatnonzero(case == 0), np.flatnonzero(case == 1)
     one_case = np.zeros(n)
@@ -248,7 +301,8 @@ def test_one_carrying_case_is_withheld_in_a_run_with_carrier_cells(client, tmp_p
     layer["common"] = np.where(rng.random(n) < 0.5, rng.uniform(1, 5, n), 0.0)
     metadata.to_csv(tmp_path / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(tmp_path / "layer.tsv", sep="\t", index=False)
-    write_plan(tmp_path,
+    write_plan(
+        tmp_path,
         """
 data: {metadata: metadata.tsv, layers: {values: {path: layer.tsv, format: wide}}}
 preprocess: {transform: log, pseudocount: 0.5}
@@ -256,17 +310,24 @@ exposures: {case: {column: case}, bmi: {column: bmi}}
 adjustments: {base: [age]}
 models: [lm, prevalence]
 min_cases: 5
-"""
+""",
     )
     default = run_study(tmp_path / "plan.yaml", tmp_path / "default", client=client).results.set_index(["exposure", "model", "feature"])
-    assert default.loc[("case", "lm", "one_carrying_case"), "status"] == "ok" and default.loc[("case", "lm", "one_carrying_case"), "n_present_cases"] == 1
+    assert (
+        default.loc[("case", "lm", "one_carrying_case"), "status"] == "ok"
+        and default.loc[("case", "lm", "one_carrying_case"), "n_present_cases"] == 1
+    )
     with (tmp_path / "plan.yaml").open("a") as plan:
         plan.write("carrier_cells: true\n")
     results = run_study(tmp_path / "plan.yaml", tmp_path / "out", client=client).results
     binary = results[results["exposure"] == "case"].set_index(["model", "feature"])
     for model in ("lm", "prevalence"):
-        assert binary.loc[(model, "one_carrying_case"), "n_present"] == 12 and binary.loc[(model, "one_carrying_case"), "n_present_cases"] == 1
-        assert "min_carriers" in binary.loc[(model, "one_carrying_case"), "status"] and pd.isna(binary.loc[(model, "one_carrying_case"), "p"])
+        assert (
+            binary.loc[(model, "one_carrying_case"), "n_present"] == 12 and binary.loc[(model, "one_carrying_case"), "n_present_cases"] == 1
+        )
+        assert "min_carriers" in binary.loc[(model, "one_carrying_case"), "status"] and pd.isna(
+            binary.loc[(model, "one_carrying_case"), "p"]
+        )
         assert binary.loc[(model, "three_carrying_cases"), "n_present_cases"] == 3
         assert binary.loc[(model, "three_carrying_cases"), "status"] == "ok"
     # A continuous exposure has no case/control table: n_present_cases is null and the margins alone count.
@@ -291,7 +352,8 @@ def _constant_covariate_study(folder: Path, on_constant: str = "") -> Path:
     layer = pd.DataFrame({"sample_id": metadata["sample_id"], **{f"f{j}": rng.uniform(1, 5, n) for j in range(4)}})
     metadata.to_csv(folder / "metadata.tsv", sep="\t", index=False)
     layer.to_csv(folder / "layer.tsv", sep="\t", index=False)
-    plan = write_plan(folder,
+    plan = write_plan(
+        folder,
         f"""
 data: {{metadata: metadata.tsv, layers: {{values: {{path: layer.tsv, format: wide}}}}}}
 preprocess: {{transform: log, pseudocount: 0.5}}
@@ -302,7 +364,7 @@ covariates: {{categorical: [seqtech]}}
 adjustments: {{base: [age, seqtech]}}
 min_cases: 5
 {on_constant}
-"""
+""",
     )
     return plan
 

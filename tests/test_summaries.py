@@ -91,13 +91,15 @@ def test_console_shows_each_exposure_under_its_base_set() -> None:
     assert "no association reached" not in report
     assert "base + ptd: 1/2 (50%)" in report and "ptd_only_set + gi: 2/3 (67%)" in report
     assert "+ ptd_only_set" not in report and "base + gi" not in report
-    findings = report[report.index("top findings in gbm"):].splitlines()[1:]
+    findings = report[report.index("top findings in gbm") :].splitlines()[1:]
     assert len(findings) == 5  # MDD: 2 under base; any_ptd: 3 under ptd_only_set
     assert sum("in any_ptd" in line and line.endswith("(ptd_only_set)") for line in findings) == 3
     assert sum("in MDD" in line and line.endswith("(base)") for line in findings) == 2
     # Significant only under later sets: said so, not "nothing reached the threshold".
     later_only = results[results["adjustment"].isin(["ptd", "gi"])]
-    report = run_report(Path("out"), pd.concat([results[~results.index.isin(later_only.index)].assign(q=0.9), later_only]), survival.iloc[:0], ORDER, ALPHA)
+    report = run_report(
+        Path("out"), pd.concat([results[~results.index.isin(later_only.index)].assign(q=0.9), later_only]), survival.iloc[:0], ORDER, ALPHA
+    )
     assert "no association reached the FDR threshold under its base adjustment set; 5 did under later sets" in report
     assert "top findings" not in run_report(Path("out"), results, survival, ORDER, ALPHA, top=0)
 
@@ -109,15 +111,31 @@ def test_without_blocks_the_summaries_are_unchanged() -> None:
     results = _results(every, q)
     summary = adjustment_summary(results, ORDER, ALPHA)
     assert list(summary.columns) == [
-        "layer", "feature", "exposure", "model", "base",
+        "layer",
+        "feature",
+        "exposure",
+        "model",
+        "base",
         *[f"{part}_{a}" for a in ORDER for part in ("beta", "q", "significant")],
-        "change_pct_ptd", "change_pct_ptd_only_set", "change_pct_gi", "survives_all",
+        "change_pct_ptd",
+        "change_pct_ptd_only_set",
+        "change_pct_gi",
+        "survives_all",
     ]
     assert all(summary[f"significant_{a}"].dtype == bool for a in ORDER)
     np.testing.assert_allclose(summary["change_pct_ptd_only_set"], 0.0)
     survival = survival_readout(summary, ORDER)
     assert (summary["base"] == "base").all()
-    assert list(survival.columns) == ["layer", "exposure", "model", "base", "adjustment", "significant_base", "still_significant", "percent"]
+    assert list(survival.columns) == [
+        "layer",
+        "exposure",
+        "model",
+        "base",
+        "adjustment",
+        "significant_base",
+        "still_significant",
+        "percent",
+    ]
     assert survival[["exposure", "adjustment"]].values.tolist() == [[e, a] for e in every for a in ORDER[1:]]
     report = run_report(Path("out"), results, survival, ORDER, ALPHA)
     assert "associations significant under 'base' that stay significant after further adjustment:\n  + ptd: 3/4 (75%)" in report
@@ -177,7 +195,9 @@ def blocks_run(small_study: SimulatedStudy, dask_cluster, tmp_path_factory: pyte
     out = folder / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main(["run", str(plan), "--out", str(out), "--scheduler", dask_cluster.scheduler_address, "--top", "4", "--allow-outside-paths"])
+        code = main(
+            ["run", str(plan), "--out", str(out), "--scheduler", dask_cluster.scheduler_address, "--top", "4", "--allow-outside-paths"]
+        )
     assert code == 0
     return out, printed.getvalue()
 
@@ -190,8 +210,10 @@ def test_run_with_blocks_summaries_cover_exactly_what_ran(blocks_run: tuple[Path
 
     survival = pd.read_csv(out / "adjustment_survival.tsv", sep="\t")
     assert survival[["layer", "exposure", "base", "adjustment"]].values.tolist() == [
-        ["species", "MDD", "base", "ptd"], ["species", "any_ptd", "ptd_only_set", "gi"],
-        ["gbm", "MDD", "base", "ptd"], ["gbm", "any_ptd", "ptd_only_set", "gi"],
+        ["species", "MDD", "base", "ptd"],
+        ["species", "any_ptd", "ptd_only_set", "gi"],
+        ["gbm", "MDD", "base", "ptd"],
+        ["gbm", "any_ptd", "ptd_only_set", "gi"],
     ]
     for row in survival.itertuples():
         rows = results[(results["layer"] == row.layer) & (results["exposure"] == row.exposure)]

@@ -61,7 +61,9 @@ def test_simulated_block_is_reproducible_and_consistent() -> None:
 def test_simulated_block_feeds_the_kernel() -> None:
     block = simulate_block(300, 20, seed=2)
     logged = np.log(block.values + 1e-6)
-    fits = fit_exposure_slopes(factorise_covariates(block.covariates, block.covariate_names), block.exposure[None], np.array([True]), logged)
+    fits = fit_exposure_slopes(
+        factorise_covariates(block.covariates, block.covariate_names), block.exposure[None], np.array([True]), logged
+    )
     assert (fits.status == FitStatus.OK).all() and np.isfinite(fits.p).all()
 
 
@@ -76,7 +78,9 @@ def test_study_plan_with_changes_loads(small_study: SimulatedStudy, tmp_path: Pa
 
 
 def test_results_differences_name_what_differs() -> None:
-    table = pd.DataFrame({"feature": ["a", "b"], "n": [10, 12], "beta": [0.5, -1e-6], "se": [0.1, 0.2], "t": [5.0, -5e-6], "p": [1e-6, np.nan]})
+    table = pd.DataFrame(
+        {"feature": ["a", "b"], "n": [10, 12], "beta": [0.5, -1e-6], "se": [0.1, 0.2], "t": [5.0, -5e-6], "p": [1e-6, np.nan]}
+    )
     assert results_differences(table, table.copy(), relative=0) == []
     nudged = table.assign(beta=[0.5, -1e-6 * (1 + 1e-9)])  # 5e-16 of its standard error
     assert results_differences(table, nudged) == []

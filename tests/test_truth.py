@@ -55,7 +55,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory, client: Client) -> pd.DataF
     # Everything else is scored under the adjustment whose estimand truth.tsv describes;
     # the drug exposures under gi are printed for information only.
     drugs_gi = _rates(frame[(frame["kind"] == "drug") & (frame["adjustment"] == "gi")])
-    print(f"(drugs under gi, not scored: power {drugs_gi['power']:.3f}, FDR {drugs_gi['fdr']:.3f}; gi adjusts ssri for any_ptd, its superset)")
+    print(
+        f"(drugs under gi, not scored: power {drugs_gi['power']:.3f}, FDR {drugs_gi['fdr']:.3f}; gi adjusts ssri for any_ptd, its superset)"
+    )
     wanted = frame["adjustment"] == frame["kind"].map(SCORED_ADJUSTMENT)
     return frame[wanted].reset_index(drop=True)
 
@@ -75,7 +77,9 @@ def _rates(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def test_power_and_false_discovery_rate(scored: pd.DataFrame) -> None:
-    per_exposure = pd.DataFrame.from_dict({exposure: _rates(group) for exposure, group in scored.groupby("exposure", sort=False)}, orient="index")
+    per_exposure = pd.DataFrame.from_dict(
+        {exposure: _rates(group) for exposure, group in scored.groupby("exposure", sort=False)}, orient="index"
+    )
     per_exposure.insert(0, "adjustment", [SCORED_ADJUSTMENT["drug" if e in DRUG_EXPOSURES else "disorder"] for e in per_exposure.index])
     overall = _rates(scored)
     disorders = _rates(scored[scored["kind"] == "disorder"])
@@ -84,7 +88,8 @@ def test_power_and_false_discovery_rate(scored: pd.DataFrame) -> None:
     print(per_exposure.to_string(float_format=lambda v: f"{v:.3f}"))
     print(
         f"overall: power {overall['power']:.3f}, FDR {overall['fdr']:.3f} ({overall['false']}/{overall['discoveries']}); "
-        f"disorders@gi: power {disorders['power']:.3f}, FDR {disorders['fdr']:.3f}; drugs@base: power {drugs['power']:.3f}, FDR {drugs['fdr']:.3f}"
+        f"disorders@gi: power {disorders['power']:.3f}, FDR {disorders['fdr']:.3f}; drugs@base: power {drugs['power']:.3f}, FDR "
+        f"{drugs['fdr']:.3f}"
     )
     sys.__stderr__.write(
         f"[test_truth] power {overall['power']:.3f} FDR {overall['fdr']:.3f} ({overall['false']}/{overall['discoveries']} false) "
@@ -110,11 +115,25 @@ def test_headline_effects_recovered_with_their_sign(scored: pd.DataFrame) -> Non
         assert triple in indexed.index, f"headline {triple} was analysed (kept by the prevalence filter)"
         row = indexed.loc[triple]
         assert row["effect"] != 0 and np.sign(row["effect"]) == sign, f"truth.tsv agrees with HEADLINE_SIGNS for {triple}"
-        rows.append({"layer": triple[0], "feature": triple[1], "exposure": triple[2], "planted": row["effect"], "beta": row["beta"], "q": row["q"], "right_sign": np.sign(row["beta"]) == sign, "detected": bool(row["significant"]) and np.sign(row["beta"]) == sign})
+        rows.append(
+            {
+                "layer": triple[0],
+                "feature": triple[1],
+                "exposure": triple[2],
+                "planted": row["effect"],
+                "beta": row["beta"],
+                "q": row["q"],
+                "right_sign": np.sign(row["beta"]) == sign,
+                "detected": bool(row["significant"]) and np.sign(row["beta"]) == sign,
+            }
+        )
     table = pd.DataFrame(rows)
     print("headline effects:")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
-    print(f"headline: {int(table['right_sign'].sum())}/{len(table)} with the planted sign, {int(table['detected'].sum())}/{len(table)} also at q < {ALPHA}")
+    print(
+        f"headline: {int(table['right_sign'].sum())}/{len(table)} with the planted sign, {int(table['detected'].sum())}/{len(table)} also "
+        f"at q < {ALPHA}"
+    )
     assert table["right_sign"].mean() >= 0.9, "most headline estimates point the planted way"
     # 3,000 participants give ~30 dysthymia cases: not every headline is detectable,
     # but the well-powered ones (AnyDep, MDD, drugs) must show up.

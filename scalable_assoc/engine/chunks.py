@@ -102,7 +102,16 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int, covariate_rows: bo
         for block_index, (start, stop) in enumerate(layer.store.block_bounds()):
             for batch in batches:
                 text = "\x1f".join(
-                    [study.plan.rows_hash(), study.metadata_sha256, layer.input_sha256, layer.spec.name, samples, str(start), str(stop), columns]
+                    [
+                        study.plan.rows_hash(),
+                        study.metadata_sha256,
+                        layer.input_sha256,
+                        layer.spec.name,
+                        samples,
+                        str(start),
+                        str(stop),
+                        columns,
+                    ]
                     + [a.key.analysis_id for a in batch]
                     + ([f"features={layer.list_token()}"] if layer.listed is not None else [])
                 )

@@ -44,7 +44,10 @@ DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 CONNECT_TIMEOUT = "20s"
 #: The name under which :class:`NoHttp` is registered on a cluster's workers.
 NO_HTTP_PLUGIN = "scalable-assoc-no-http"
-_TLS_OPTIONS = "--tls-ca-file (the certificate authority that signed the scheduler's certificate), --tls-cert and --tls-key (a certificate and key signed by the cluster's authority)"
+_TLS_OPTIONS = (
+    "--tls-ca-file (the certificate authority that signed the scheduler's certificate), "
+    "--tls-cert and --tls-key (a certificate and key signed by the cluster's authority)"
+)
 
 
 def default_workers() -> int:
@@ -173,7 +176,9 @@ def _configured_tls() -> Security:
 def _connect(scheduler: str, security: Security | None) -> Client:
     tls = scheduler.startswith("tls://")
     try:
-        return Client(scheduler, security=security if security is not None else (_configured_tls() if tls else None), timeout=CONNECT_TIMEOUT)
+        return Client(
+            scheduler, security=security if security is not None else (_configured_tls() if tls else None), timeout=CONNECT_TIMEOUT
+        )
     except (OSError, TimeoutError, ValueError) as error:
         reason = " ".join(str(error).split()) or type(error).__name__
         if tls:

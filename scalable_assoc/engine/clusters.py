@@ -88,11 +88,17 @@ def few_cluster_warnings(plan: Plan, layers: list[LayerWork]) -> list[str]:
             listed = ", ".join(f"{a.n_clusters} for {a.key.exposure}/{a.key.adjustment}" for a in analyses[:6])
             more = f", and {len(analyses) - 6} more" if len(analyses) > 6 else ""
             if model == "lmm":
-                use, consequence = "random intercept", "the between-cluster variance is poorly estimated from so few clusters, and so are lmm's standard errors"
+                use, consequence = (
+                    "random intercept",
+                    "the between-cluster variance is poorly estimated from so few clusters, and so are lmm's standard errors",
+                )
             else:
-                use, consequence = "cluster-robust standard errors", (
-                    "cluster-robust standard errors are unreliable with so few clusters, even with p-values from t(G - 1); "
-                    "compare with lmm, or report classical standard errors alongside"
+                use, consequence = (
+                    "cluster-robust standard errors",
+                    (
+                        "cluster-robust standard errors are unreliable with so few clusters, even with p-values from t(G - 1); "
+                        "compare with lmm, or report classical standard errors alongside"
+                    ),
                 )
             count = f"{len(analyses)} analysis has" if len(analyses) == 1 else f"{len(analyses)} analyses have"
             warnings.append(

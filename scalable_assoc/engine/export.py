@@ -81,5 +81,7 @@ def export_sumstats(
     run = read_run(Path(run_dir))
     products = None
     if sufficient:
-        products = sufficient_statistics(run, scheduler=scheduler, workers=workers, security=security, dashboard=dashboard, cluster_profile=cluster_profile)
+        products = sufficient_statistics(
+            run, scheduler=scheduler, workers=workers, security=security, dashboard=dashboard, cluster_profile=cluster_profile
+        )
     return write_sumstats(run, cohort, Path(out), rules, products, sign_key=key)

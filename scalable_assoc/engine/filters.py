@@ -73,7 +73,8 @@ def _load_filter(path: Path, layer: LayerWork) -> LayerFilter:
         bounds = layer.store.block_bounds()
         kept = [data["kept"][start:stop].copy() for start, stop in bounds]
         totals = {
-            which: (data[f"{which}_0"], data[f"{which}_1"]) if f"{which}_0" in data.files else None for which in ("sample_totals", "nonzero_totals")
+            which: (data[f"{which}_0"], data[f"{which}_1"]) if f"{which}_0" in data.files else None
+            for which in ("sample_totals", "nonzero_totals")
         }
         return LayerFilter(
             kept,
@@ -159,7 +160,9 @@ def _feature_summaries(
                 summaries[layer.spec.name] = stored
                 continue
         futures[layer.spec.name] = [
-            client.submit(summarise_block, layer.store.path, start, stop, positions[layer.spec.name], key=f"summary-{layer_token(study, layer)}-{i}")
+            client.submit(
+                summarise_block, layer.store.path, start, stop, positions[layer.spec.name], key=f"summary-{layer_token(study, layer)}-{i}"
+            )
             for i, (start, stop) in enumerate(bounds)
         ]
     summaries.update(watch.gather(futures))
@@ -201,14 +204,18 @@ def _submit_sample_sums(
     # sums for the non-zero view (a geometric mean over the features a sample has).
     if needs_sample_summary(transform) and ("transformed" in views or ("nonzero" in views and transform != "clr")):
         futures[(name, "sample_totals")] = [
-            client.submit(sum_block, layer.store.path, start, stop, positions, k, transform, layer_filter.pseudocount, key=f"sums-{token}-{i}")
+            client.submit(
+                sum_block, layer.store.path, start, stop, positions, k, transform, layer_filter.pseudocount, key=f"sums-{token}-{i}"
+            )
             for i, ((start, stop), k) in enumerate(zip(bounds, kept, strict=True))
             if k.any()
         ]
     if "nonzero" in views and transform == "clr":
         threshold = layer.spec.presence_threshold
         futures[(name, "nonzero_totals")] = [
-            client.submit(sum_block, layer.store.path, start, stop, positions, k, transform, 0.0, threshold, key=f"nonzero-sums-{token}-{i}")
+            client.submit(
+                sum_block, layer.store.path, start, stop, positions, k, transform, 0.0, threshold, key=f"nonzero-sums-{token}-{i}"
+            )
             for i, ((start, stop), k) in enumerate(zip(bounds, kept, strict=True))
             if k.any()
         ]

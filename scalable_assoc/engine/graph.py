@@ -110,13 +110,24 @@ class LayerOnCluster:
         start, stop = self.layer.store.block_bounds()[index]
         preprocess = self.layer.spec.preprocess
         return client.submit(
-            model_block, self.layer.store.path, start, stop, self.positions, self.layer_filter.kept[index], view, preprocess.transform,
-            self.layer_filter.pseudocount, self.totals[view], self.layer.spec.presence_threshold,
+            model_block,
+            self.layer.store.path,
+            start,
+            stop,
+            self.positions,
+            self.layer_filter.kept[index],
+            view,
+            preprocess.transform,
+            self.layer_filter.pseudocount,
+            self.totals[view],
+            self.layer.spec.presence_threshold,
             key=model_block_key(view, self.token, index),
         )
 
 
-def layer_on_cluster(client: Client, study: PreparedStudy, layer: LayerWork, layer_filter: LayerFilter, positions: distributed.Future) -> LayerOnCluster:
+def layer_on_cluster(
+    client: Client, study: PreparedStudy, layer: LayerWork, layer_filter: LayerFilter, positions: distributed.Future
+) -> LayerOnCluster:
     """What the block tasks of ``layer`` need, held on the cluster once."""
     return LayerOnCluster(layer, layer_filter, layer_token(study, layer), positions, held_totals(client, layer, layer_filter))
 
@@ -142,7 +153,9 @@ def watched_cluster(request: ClusterRequest) -> Iterator[tuple[Client, ClusterWa
             client = request.client
         else:
             client = stack.enter_context(
-                dask_client(request.scheduler, request.workers, security=request.security, dashboard=request.dashboard, profile=request.profile)
+                dask_client(
+                    request.scheduler, request.workers, security=request.security, dashboard=request.dashboard, profile=request.profile
+                )
             )
         watch = stack.enter_context(ClusterWatch(client, request.no_workers_timeout))
         yield client, watch

@@ -46,7 +46,10 @@ def run_manifest(
     chunk_features: int | None = None,
     intersect_samples: bool = False,
 ) -> dict:
-    """What ``manifest.json`` records of a run: version, plan, inputs and their checksums, filters, analyses, chunks, timings, cluster, environment."""
+    """What ``manifest.json`` records of a run.
+
+    Version, plan, inputs and their checksums, filters, analyses, chunks, timings, cluster, environment.
+    """
     plan = study.plan
     analyses = [_analysis_manifest(study, a) for layer in study.layers for a in layer.analyses]
     return {
@@ -59,7 +62,10 @@ def run_manifest(
         "allow_outside_paths": plan.allow_outside_paths,
         "inputs": {
             "metadata": {"path": str(plan.metadata), "sha256": study.metadata_sha256},
-            **{f"layer:{layer.spec.name}": {"path": str(layer.spec.path), "sha256": layer.input_sha256, "store": str(layer.store.path)} for layer in study.layers},
+            **{
+                f"layer:{layer.spec.name}": {"path": str(layer.spec.path), "sha256": layer.input_sha256, "store": str(layer.store.path)}
+                for layer in study.layers
+            },
         },
         # a shared feature list (run --features or the plan's features:), else None
         "features": {"path": str(study.features), "sha256": file_checksum(study.features)} if study.features is not None else None,
@@ -101,8 +107,7 @@ def _analysis_manifest(study: PreparedStudy, a: PreparedAnalysis) -> dict:
         "n_cases": a.n_cases,
         "n_controls": a.n_controls,
         # intercept + exposure + covariate columns (dummies included): the disclosure rule's p
-        "parameters": int(layer.designs[a.design_key].matrix.shape[1])
-        + max(len(a.levels) - 1, 1),
+        "parameters": int(layer.designs[a.design_key].matrix.shape[1]) + max(len(a.levels) - 1, 1),
         "covariates": list(a.covariates),
         "left_out_identical_to_exposure": list(a.left_out),
         "left_out_constant": list(a.constant),

@@ -55,7 +55,9 @@ class ClusterMapper:
 
     def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
         if self._client is None:
-            self._context = dask_client(self.scheduler, self.workers, security=self.security, dashboard=self.dashboard, profile=self.profile)
+            self._context = dask_client(
+                self.scheduler, self.workers, security=self.security, dashboard=self.dashboard, profile=self.profile
+            )
             self._client = self._context.__enter__()
         futures = [self._client.submit(function, *block, pure=False) for block in blocks]
         return self._client.gather(futures)

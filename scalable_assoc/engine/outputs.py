@@ -94,7 +94,9 @@ def up_to_date(plan: Plan, out: Path, options: dict[str, object], features: Path
         survival = pd.read_csv(out / "adjustment_survival.tsv", sep="\t", keep_default_na=False, na_values=["NA"])
     except (OSError, ValueError):
         return None
-    return RunSummary(out, results, adjustment, survival, manifest, int(manifest.get("chunks_total", 0)), int(manifest.get("chunks_total", 0)), 0.0)
+    return RunSummary(
+        out, results, adjustment, survival, manifest, int(manifest.get("chunks_total", 0)), int(manifest.get("chunks_total", 0)), 0.0
+    )
 
 
 def exposure_row_order(study: PreparedStudy) -> list[str]:
@@ -112,7 +114,9 @@ def exposure_row_order(study: PreparedStudy) -> list[str]:
 def covariate_results(study: PreparedStudy, paths: list[Path]) -> pd.DataFrame:
     """Covariate coefficient rows of every chunk, in plan order (layer, exposure, adjustment, feature), terms in design order."""
     tables = [pq.read_table(path, schema=COVARIATE_SCHEMA) for path in paths]
-    frame = (pa.concat_tables(tables) if tables else COVARIATE_SCHEMA.empty_table()).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+    frame = (pa.concat_tables(tables) if tables else COVARIATE_SCHEMA.empty_table()).to_pandas(
+        types_mapper={pa.int64(): pd.Int64Dtype()}.get
+    )
     feature_rank = np.zeros(len(frame), dtype=np.int64)
     term_rank = np.zeros(len(frame), dtype=np.int64)
     for layer in study.layers:
@@ -120,7 +124,9 @@ def covariate_results(study: PreparedStudy, paths: list[Path]) -> pd.DataFrame:
         feature_rank[rows] = pd.Index(layer.store.feature_ids).get_indexer(frame.loc[rows, "feature"])
         for analysis in layer.analyses:
             names = layer.designs[analysis.design_key].names
-            these = rows & (frame["exposure"] == analysis.key.exposure).to_numpy() & (frame["adjustment"] == analysis.key.adjustment).to_numpy()
+            these = (
+                rows & (frame["exposure"] == analysis.key.exposure).to_numpy() & (frame["adjustment"] == analysis.key.adjustment).to_numpy()
+            )
             term_rank[these] = pd.Index(names).get_indexer(frame.loc[these, "term"])
     codes = [
         pd.Categorical(frame[column], categories=categories, ordered=True).codes
@@ -134,7 +140,9 @@ def covariate_results(study: PreparedStudy, paths: list[Path]) -> pd.DataFrame:
     return frame.iloc[order].reset_index(drop=True)
 
 
-def write_outputs(study: PreparedStudy, tasks: list[ChunkTask], chunks_dir: Path, filters: dict[str, LayerFilter], out: Path, covariate_rows: bool) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def write_outputs(
+    study: PreparedStudy, tasks: list[ChunkTask], chunks_dir: Path, filters: dict[str, LayerFilter], out: Path, covariate_rows: bool
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Gather every chunk into the results (FDR per family), write every output file but the manifest; returns results, summary, survival.
 
     ``results.parquet`` keeps plan order (runs compare row by row); the TSV is

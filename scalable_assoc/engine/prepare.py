@@ -150,7 +150,9 @@ def read_design(path: Path) -> DesignInput:
         return DesignInput(path.stem, data["rows"], data["matrix"], tuple(str(n) for n in data["names"]), clusters, references)
 
 
-def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...], clusters: np.ndarray | None, references: tuple[str, ...]) -> str:
+def _design_key(
+    rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...], clusters: np.ndarray | None, references: tuple[str, ...]
+) -> str:
     digest = hashlib.sha256()
     digest.update("\x1f".join(references).encode())
     digest.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
@@ -159,8 +161,6 @@ def _design_key(rows: np.ndarray, matrix: np.ndarray, names: tuple[str, ...], cl
     if clusters is not None:
         digest.update(np.ascontiguousarray(clusters, dtype=np.int64).tobytes())
     return digest.hexdigest()[:20]
-
-
 
 
 def _resolve_analysis(
@@ -211,7 +211,16 @@ def _resolve_analysis(
         exposure_used, levels = _level_codes(key, exposure, exposure_used)
     layer = plan.layer(key.layer)
     return PreparedAnalysis(
-        key, design_key, exposure_used, exposure.binary, tuple(covariates), tuple(left_out), int(rows.size), n_cases, n_controls, levels,
+        key,
+        design_key,
+        exposure_used,
+        exposure.binary,
+        tuple(covariates),
+        tuple(left_out),
+        int(rows.size),
+        n_cases,
+        n_controls,
+        levels,
         constant=tuple(constant),
         min_carriers=plan.min_carriers,
         carrier_cells=plan.carrier_cells,
@@ -230,7 +239,9 @@ def _level_codes(key: AnalysisKey, exposure: ExposureValues, codes: np.ndarray) 
             f"complete covariates in this layer (levels present: {', '.join(map(repr, present))}); choose another reference"
         )
     if len(present) < 2:
-        raise DataError(f"{where}: only level {reference!r} of the categorical exposure has participants with complete covariates; a joint test needs 2")
+        raise DataError(
+            f"{where}: only level {reference!r} of the categorical exposure has participants with complete covariates; a joint test needs 2"
+        )
     levels = (reference, *[level for level in present if level != reference])
     mapping = np.zeros(len(exposure.levels))
     mapping[[exposure.levels.index(level) for level in levels]] = np.arange(len(levels))
@@ -272,9 +283,7 @@ def prepare_study(
     metadata = load_metadata(plan.metadata, plan.sample_id_column)
     check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical, plan.reference)
     if plan.cluster is not None and plan.cluster not in metadata.columns:
-        raise PlanError(
-            f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}"
-        )
+        raise PlanError(f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}")
     warnings = _Warnings()
     if plan.cluster is not None:
         for message in label_warnings(plan, metadata[plan.cluster]):
@@ -329,7 +338,12 @@ class _StudyInputs:
 
 
 def _prepare_layer(
-    inputs: _StudyInputs, spec: LayerSpec, cache_dir: Path, chunk_features: int | None, feature_list: FeatureList | None, warnings: _Warnings
+    inputs: _StudyInputs,
+    spec: LayerSpec,
+    cache_dir: Path,
+    chunk_features: int | None,
+    feature_list: FeatureList | None,
+    warnings: _Warnings,
 ) -> LayerWork:
     """One layer's store (converted if needed), participants, feature list and resolved analyses."""
     plan, metadata = inputs.plan, inputs.metadata
@@ -346,13 +360,20 @@ def _prepare_layer(
     if feature_list is not None:
         listed = feature_list.for_layer(spec.name)
         if listed is None:
-            logger.info("note: the feature list %s has no rows for layer '%s'; its features are filtered by prevalence", feature_list.path, spec.name)
+            logger.info(
+                "note: the feature list %s has no rows for layer '%s'; its features are filtered by prevalence",
+                feature_list.path,
+                spec.name,
+            )
         else:
             work.listed = match_feature_list(feature_list.path, spec.name, listed, store.feature_ids)
             if work.listed.n_absent:
                 logger.info(
                     "  layer '%s': %d of %d listed features are not in %s and count as zero in every sample",
-                    spec.name, work.listed.n_absent, work.listed.n_listed, spec.path,
+                    spec.name,
+                    work.listed.n_absent,
+                    work.listed.n_listed,
+                    spec.path,
                 )
     clusters = cluster_codes(aligned, plan.cluster) if plan.cluster is not None else None
     metadata_rows = metadata.index.get_indexer(used_ids)

@@ -103,13 +103,20 @@ def _lines(source: Path, key: str, value: Any) -> tuple[str, ...]:
 def parse_cluster_profile(raw: Any, source: Path) -> ClusterProfile:
     """Validate an already-parsed profile mapping (``source`` names it in errors and anchors a relative ``shared_directory``)."""
     if not isinstance(raw, dict):
-        raise UserInputError(f"cluster profile {source}: expected a mapping of keys (kind: slurm, queue: ..., see deploy/slurm.yaml), got {type(raw).__name__}")
+        raise UserInputError(
+            f"cluster profile {source}: expected a mapping of keys (kind: slurm, queue: ..., see deploy/slurm.yaml), got "
+            f"{type(raw).__name__}"
+        )
     for key in raw:
         if key not in KEYS:
             hint = did_you_mean(str(key), KEYS)
-            raise UserInputError(f"cluster profile {source}: unknown key '{key}'.{hint} Allowed: {', '.join(KEYS)} (see deploy/slurm.yaml).")
+            raise UserInputError(
+                f"cluster profile {source}: unknown key '{key}'.{hint} Allowed: {', '.join(KEYS)} (see deploy/slurm.yaml)."
+            )
     if "kind" not in raw:
-        raise UserInputError(f"cluster profile {source}: missing required key 'kind'; write 'kind: slurm' (known kinds: {', '.join(KINDS)})")
+        raise UserInputError(
+            f"cluster profile {source}: missing required key 'kind'; write 'kind: slurm' (known kinds: {', '.join(KINDS)})"
+        )
     kind = raw["kind"]
     if kind not in KINDS:
         raise _fail(source, "kind", f"unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")
@@ -124,7 +131,9 @@ def parse_cluster_profile(raw: Any, source: Path) -> ClusterProfile:
     processes = values.setdefault("processes", cores)
     if processes > cores:
         raise _fail(
-            source, "processes", f"{processes} single-threaded worker processes need as many cores, but 'cores' is {cores}; raise 'cores' or lower 'processes'"
+            source,
+            "processes",
+            f"{processes} single-threaded worker processes need as many cores, but 'cores' is {cores}; raise 'cores' or lower 'processes'",
         )
     if "memory" in raw:
         memory = raw["memory"]
@@ -133,12 +142,12 @@ def parse_cluster_profile(raw: Any, source: Path) -> ClusterProfile:
         except (ValueError, TypeError):
             amount = -1
         if amount <= 0:
-            raise _fail(source, "memory", f"expected an amount of memory per job such as \"4GiB\" or \"16GB\", got {memory!r}")
+            raise _fail(source, "memory", f'expected an amount of memory per job such as "4GiB" or "16GB", got {memory!r}')
         values["memory"] = memory.strip()
     if "walltime" in raw:
         walltime = raw["walltime"]
         if not isinstance(walltime, str) or not _WALLTIME.match(walltime.strip()):
-            raise _fail(source, "walltime", f"expected a SLURM time limit in quotes such as \"HH:MM:SS\" or \"D-HH:MM:SS\", got {walltime!r}")
+            raise _fail(source, "walltime", f'expected a SLURM time limit in quotes such as "HH:MM:SS" or "D-HH:MM:SS", got {walltime!r}')
         values["walltime"] = walltime.strip()
     for key in ("job_directives", "prologue"):
         if key in raw:
@@ -163,7 +172,9 @@ def load_cluster_profile(path: str | Path) -> ClusterProfile:
     try:
         raw = yaml.safe_load(source.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
-        raise UserInputError(f"cluster profile {source} is not a UTF-8 text file (byte {error.start}); save it as plain UTF-8 YAML") from None
+        raise UserInputError(
+            f"cluster profile {source} is not a UTF-8 text file (byte {error.start}); save it as plain UTF-8 YAML"
+        ) from None
     except OSError as error:
         raise UserInputError(f"cluster profile {source} cannot be read: {error.strerror or error}") from None
     except yaml.YAMLError as error:

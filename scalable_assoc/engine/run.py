@@ -165,7 +165,9 @@ def run_study(
     if cluster_profile is not None:
         cluster_profile = cluster_profile.with_shared_directory(work / "slurm")
     cluster = ClusterRequest(client, scheduler, workers, security, dashboard, cluster_profile, no_workers_timeout)
-    options = _RunOptions(chunk_features, intersect_samples, analyses_per_task, Path(features) if features is not None else None, min_cases, covariate_rows)
+    options = _RunOptions(
+        chunk_features, intersect_samples, analyses_per_task, Path(features) if features is not None else None, min_cases, covariate_rows
+    )
     # The lock comes first: a second run on a folder in use must change nothing in it.
     with folder_lock(work, f"run {plan.source}") as holder, RunLog(out / RUN_LOG, holder) as run_log:
         removed = remove_leftovers(out, work)
@@ -176,12 +178,16 @@ def run_study(
             logger.info("%s is up to date: finished from the same plan, inputs and options (use --force to run again)", out)
             run_log.event("up to date")
             return current
-        status = _StatusWriter(RunStatus("running", plan.content_hash(), holder["started"], host=holder["host"], pid=holder["pid"]), work, on_chunk_done)
+        status = _StatusWriter(
+            RunStatus("running", plan.content_hash(), holder["started"], host=holder["host"], pid=holder["pid"]), work, on_chunk_done
+        )
         status.write()
         try:
             summary = _run_study_locked(plan, out, options, cluster, status.progress, run_log.phase)
         except BaseException as error:
-            status.ended("interrupted" if isinstance(error, KeyboardInterrupt) else "failed", " ".join(str(error).split()) or type(error).__name__)
+            status.ended(
+                "interrupted" if isinstance(error, KeyboardInterrupt) else "failed", " ".join(str(error).split()) or type(error).__name__
+            )
             run_log.event(status.status.state, error=status.status.error)
             raise
         status.ended("finished", None, summary.chunks_total)
@@ -263,8 +269,12 @@ def _run_study_locked(
     done = _finished_chunks(chunks_dir, tasks)
     logger.info(
         "%s: %d analyses over %d layer(s), %d distinct designs, %d chunks%s",
-        plan.name, sum(len(layer.analyses) for layer in study.layers), len(study.layers),
-        sum(len(layer.designs) for layer in study.layers), len(tasks), f" ({len(done)} already done, resuming)" if done else "",
+        plan.name,
+        sum(len(layer.analyses) for layer in study.layers),
+        len(study.layers),
+        sum(len(layer.designs) for layer in study.layers),
+        len(tasks),
+        f" ({len(done)} already done, resuming)" if done else "",
     )
     on_phase("cluster")
     phase = time.perf_counter()
@@ -369,7 +379,10 @@ def _finished_chunks(chunks_dir: Path, tasks: list[ChunkTask]) -> set[str]:
             logger.warning(
                 "chunk %s (layer '%s', features %d-%d) no longer matches what the run that wrote it recorded "
                 "(truncated, edited or unfinished); computing it again",
-                task.chunk_id, task.layer, task.start, task.stop - 1,
+                task.chunk_id,
+                task.layer,
+                task.start,
+                task.stop - 1,
             )
             for path in files:
                 remove_sealed(path)
@@ -387,7 +400,9 @@ def _write_empty_chunk(task: ChunkTask, chunks_dir: Path) -> None:
     seal(output)
 
 
-def _submit_fits(client: Client, held: LayerOnCluster, pending: list[ChunkTask], chunks_dir: Path, shared: SharedDesigns) -> dict[distributed.Future, ChunkTask]:
+def _submit_fits(
+    client: Client, held: LayerOnCluster, pending: list[ChunkTask], chunks_dir: Path, shared: SharedDesigns
+) -> dict[distributed.Future, ChunkTask]:
     """Submit the model blocks, shared design factorisations and fit tasks of one layer: each fit future with its task."""
     layer, layer_filter = held.layer, held.layer_filter
     design_futures = shared.for_layer(layer)

@@ -101,13 +101,18 @@ def _folders(profile: ClusterProfile) -> tuple[Path, Path]:
 def _check_submission(profile: ClusterProfile, script: str) -> None:
     """``sbatch --test-only`` on the job script: a queue, account or size SLURM refuses is named before anything is submitted."""
     try:
-        done = subprocess.run(["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT, check=False)
+        done = subprocess.run(
+            ["sbatch", "--test-only"], input=script, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT, check=False
+        )
     except FileNotFoundError:
         raise UserInputError(
-            f"--cluster {profile.source} (kind: slurm) needs SLURM's sbatch on this machine's PATH; run on a node that submits jobs (a login node)"
+            f"--cluster {profile.source} (kind: slurm) needs SLURM's sbatch on this machine's PATH; run on a node that submits jobs (a "
+            "login node)"
         ) from None
     except subprocess.TimeoutExpired:
-        raise UserInputError(f"--cluster {profile.source}: 'sbatch --test-only' did not answer in {_COMMAND_TIMEOUT} s; is the SLURM controller up (sinfo)?") from None
+        raise UserInputError(
+            f"--cluster {profile.source}: 'sbatch --test-only' did not answer in {_COMMAND_TIMEOUT} s; is the SLURM controller up (sinfo)?"
+        ) from None
     if done.returncode != 0:
         reason = " ".join((done.stderr or done.stdout).split()) or f"exit status {done.returncode}"
         raise UserInputError(
@@ -117,10 +122,17 @@ def _check_submission(profile: ClusterProfile, script: str) -> None:
 
 
 def write_credentials(folder: Path) -> Security:
-    """Temporary credentials of a new cluster: in memory for the scheduler and the client, as owner-only files in ``folder`` for the workers."""
+    """Temporary credentials of a new cluster.
+
+    In memory for the scheduler and the client, as owner-only files in ``folder`` for the workers.
+    """
     temporary = Security.temporary()
     paths = {}
-    for name, text in (("ca.pem", temporary.tls_ca_file), ("worker.pem", temporary.tls_worker_cert), ("worker.key", temporary.tls_worker_key)):
+    for name, text in (
+        ("ca.pem", temporary.tls_ca_file),
+        ("worker.pem", temporary.tls_worker_cert),
+        ("worker.key", temporary.tls_worker_key),
+    ):
         path = folder / name
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(handle, "w") as file:
@@ -156,7 +168,10 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     try:
         done = subprocess.run(
             ["squeue", "--noheader", "--jobs", ",".join(job_ids), "--format", "%i %T %R"],
-            capture_output=True, text=True, timeout=_COMMAND_TIMEOUT, check=False,
+            capture_output=True,
+            text=True,
+            timeout=_COMMAND_TIMEOUT,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return {job: "unknown (squeue did not answer)" for job in job_ids}
@@ -279,7 +294,12 @@ def slurm_cluster(profile: ClusterProfile, credentials: Path, logs: Path) -> tup
         cluster.scale(jobs=profile.jobs)
         logger.info(
             "SLURM: asking for %d job(s) of %d core(s), %d worker process(es) and %s each, time limit %s, scheduler at %s",
-            profile.jobs, profile.cores, profile.processes, profile.memory, profile.walltime, cluster.scheduler_address,
+            profile.jobs,
+            profile.cores,
+            profile.processes,
+            profile.memory,
+            profile.walltime,
+            cluster.scheduler_address,
         )
         _wait_for_first_worker(client, cluster, profile, logs)
     except BaseException:

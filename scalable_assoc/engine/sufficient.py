@@ -34,7 +34,9 @@ from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, RunOutputs, cross
 logger = logging.getLogger(__name__)
 
 
-def sufficient_chunk(layer: str, block: ModelBlock, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]) -> pa.Table:
+def sufficient_chunk(
+    layer: str, block: ModelBlock, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]
+) -> pa.Table:
     """Centred cross-products of every analysis of one design on every feature of one block.
 
     ``block`` holds the run's transformed view ``(n_used, m)``; ``design_path`` the
@@ -46,7 +48,17 @@ def sufficient_chunk(layer: str, block: ModelBlock, feature_ids: tuple[str, ...]
     tables = []
     for analysis in analyses:
         products = centred_cross_products(analysis.exposure, covariates, analysis.binary, outcome)
-        tables.append(cross_products_table(layer, feature_ids, analysis.key.exposure, analysis.key.adjustment, analysis.key.analysis_id, ("exposure",) + names, products))
+        tables.append(
+            cross_products_table(
+                layer,
+                feature_ids,
+                analysis.key.exposure,
+                analysis.key.adjustment,
+                analysis.key.analysis_id,
+                ("exposure",) + names,
+                products,
+            )
+        )
     return pa.concat_tables(tables) if tables else SUFFICIENT_SCHEMA.empty_table()
 
 
@@ -62,7 +74,10 @@ def _check_run(run_dir: Path, study: PreparedStudy, manifest: dict) -> None:
         listed = (manifest.get("layers", {}).get(layer.spec.name) or {}).get("feature_list")
         now = layer.listed.digest if layer.listed is not None else None
         if (listed or {}).get("names_sha256") != now:
-            raise DataError(f"{run_dir}: the feature list of layer '{layer.spec.name}' ({study.features}) changed since this run; run it again before exporting")
+            raise DataError(
+                f"{run_dir}: the feature list of layer '{layer.spec.name}' ({study.features}) changed since this run; run it again before "
+                "exporting"
+            )
 
 
 def sufficient_statistics(
@@ -111,7 +126,9 @@ def _prepare_run_again(run: Path, manifest: dict, plan: Plan, work: Path) -> Pre
     """The run's study prepared as the run did (same stores, chunking, samples, feature list, min_cases); refused if an input changed."""
     features = (manifest.get("features") or {}).get("path")
     if features is not None and not Path(features).is_file():
-        raise DataError(f"{run}: the run's feature list {features} no longer exists; the cross-products need the features the run transformed over")
+        raise DataError(
+            f"{run}: the run's feature list {features} no longer exists; the cross-products need the features the run transformed over"
+        )
     study = prepare_study(
         plan,
         work / "stores",
@@ -148,7 +165,12 @@ def _cross_products(client: Client, watch: ClusterWatch, study: PreparedStudy, w
             for key in groups:
                 futures.append(
                     client.submit(
-                        sufficient_chunk, layer.spec.name, block, held.layer_filter.kept_ids[index], paths[key], batches[key],
+                        sufficient_chunk,
+                        layer.spec.name,
+                        block,
+                        held.layer_filter.kept_ids[index],
+                        paths[key],
+                        batches[key],
                         key=f"sufficient-{held.token}-{index}-{key}",
                     )
                 )

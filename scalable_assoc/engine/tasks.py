@@ -70,7 +70,12 @@ def sum_block(
 
 
 def _view_of(
-    raw: np.ndarray, view: str, transform: str, pseudocount: float, sample_totals: tuple[np.ndarray, np.ndarray] | None, presence_threshold: float
+    raw: np.ndarray,
+    view: str,
+    transform: str,
+    pseudocount: float,
+    sample_totals: tuple[np.ndarray, np.ndarray] | None,
+    presence_threshold: float,
 ) -> np.ndarray:
     """One view of raw kept values (see :func:`model_block`)."""
     if view == "presence":
@@ -231,7 +236,9 @@ def case_carrier_counts(model_present: np.ndarray, analyses: list[PreparedAnalys
 
 def _labels(analysis: PreparedAnalysis) -> AnalysisLabels:
     a = analysis
-    return AnalysisLabels(a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary, "+".join(a.dropped))
+    return AnalysisLabels(
+        a.key.exposure, a.key.adjustment, a.key.model, "+".join(a.covariates), a.key.analysis_id, a.binary, "+".join(a.dropped)
+    )
 
 
 def _exposure_columns(analysis: PreparedAnalysis) -> np.ndarray:
@@ -240,7 +247,12 @@ def _exposure_columns(analysis: PreparedAnalysis) -> np.ndarray:
 
 
 def _fit_categorical(
-    layer: str, feature_ids: tuple[str, ...], by_key: dict[str, SharedDesign], batch: tuple[PreparedAnalysis, ...], prepared: PreparedBlock, present: np.ndarray
+    layer: str,
+    feature_ids: tuple[str, ...],
+    by_key: dict[str, SharedDesign],
+    batch: tuple[PreparedAnalysis, ...],
+    prepared: PreparedBlock,
+    present: np.ndarray,
 ) -> pa.Table:
     """Categorical exposures (lm, lm_nonzero): the level dummies fitted jointly, one row per level and an omnibus F row.
 
@@ -254,14 +266,24 @@ def _fit_categorical(
         fits = fit_terms(shared.design, level_dummies(analysis.exposure, len(analysis.levels)), prepared, shared.rows)
         tables.append(
             categorical_to_table(
-                layer, feature_ids, _labels(analysis), analysis.levels, fits, shared.design.problem,
-                carrier_counts(present, shared.rows), analysis.min_carriers, analysis.min_prevalence, analysis.key.model != "lm_nonzero",
+                layer,
+                feature_ids,
+                _labels(analysis),
+                analysis.levels,
+                fits,
+                shared.design.problem,
+                carrier_counts(present, shared.rows),
+                analysis.min_carriers,
+                analysis.min_prevalence,
+                analysis.key.model != "lm_nonzero",
             )
         )
     return pa.concat_tables(tables)
 
 
-def covariate_rows(layer: str, feature_ids: tuple[str, ...], by_key: dict[str, SharedDesign], batch: tuple[PreparedAnalysis, ...], prepared: PreparedBlock) -> pa.Table:
+def covariate_rows(
+    layer: str, feature_ids: tuple[str, ...], by_key: dict[str, SharedDesign], batch: tuple[PreparedAnalysis, ...], prepared: PreparedBlock
+) -> pa.Table:
     """Every covariate's coefficient in each analysis's model ``feature ~ exposure + covariates``.
 
     The same joint kernel with an intercept-only design and the exposure's
@@ -337,12 +359,18 @@ def fit_chunk(
         n_present = np.broadcast_to(np.count_nonzero(model_present, axis=0), fit.slopes.beta.shape)
         n_present_cases = case_carrier_counts(model_present, group)
         slopes = withhold_rare_carriers(
-            fit.slopes, n_present, group[0].min_carriers, group[0].min_prevalence, count_absent=model != "lm_nonzero",
-            n_present_cases=n_present_cases if group[0].carrier_cells else None
+            fit.slopes,
+            n_present,
+            group[0].min_carriers,
+            group[0].min_prevalence,
+            count_absent=model != "lm_nonzero",
+            n_present_cases=n_present_cases if group[0].carrier_cells else None,
         )
         labels = [_labels(a) for a in group]
         tables.append(
-            fits_to_table(layer, feature_ids, labels, slopes, by_key[key].design.problem, fit.components, n_present, n_present_cases=n_present_cases)
+            fits_to_table(
+                layer, feature_ids, labels, slopes, by_key[key].design.problem, fit.components, n_present, n_present_cases=n_present_cases
+            )
         )
     table = pa.concat_tables(tables)
     write_parquet(Path(output), table)

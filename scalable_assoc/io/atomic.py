@@ -65,7 +65,9 @@ def write_tsv(path: Path, frame: pd.DataFrame) -> Path:
     def writer(temporary: Path) -> None:
         try:
             table = pa.Table.from_pandas(shown, preserve_index=False)
-            pa_csv.write_csv(table, temporary, pa_csv.WriteOptions(delimiter="\t", null_string="NA", quoting_style="none", quoting_header="none"))
+            pa_csv.write_csv(
+                table, temporary, pa_csv.WriteOptions(delimiter="\t", null_string="NA", quoting_style="none", quoting_header="none")
+            )
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             shown.to_csv(temporary, sep="\t", index=False, na_rep="NA")
 
@@ -124,7 +126,10 @@ def seal(path: Path) -> None:
 
 
 def sealed(path: Path) -> bool | None:
-    """None when ``path`` (a file, or a folder such as a store) does not exist; True when its seal matches its content; False when unsealed, unreadable or changed."""
+    """Whether ``path`` (a file, or a folder such as a store) holds what was sealed.
+
+    None when it does not exist; True when its seal matches its content; False when unsealed, unreadable or changed.
+    """
     if not path.exists():
         return None
     try:

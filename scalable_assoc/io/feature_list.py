@@ -104,7 +104,9 @@ def _read_table(path: Path) -> pd.DataFrame:
         sep = "," if path.suffix.lower() == ".csv" else "\t"
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
     except Exception as error:  # pandas and pyarrow raise many types for a file that is not a table
-        raise DataError(f"feature list {path} cannot be read as a table (TSV, CSV or Parquet with a column 'feature'): {reading_problem(error)}") from None
+        raise DataError(
+            f"feature list {path} cannot be read as a table (TSV, CSV or Parquet with a column 'feature'): {reading_problem(error)}"
+        ) from None
 
 
 def _kept_rows(path: Path, column: pd.Series) -> np.ndarray:
@@ -128,7 +130,10 @@ def read_feature_list(path: str | Path) -> FeatureList:
         if len(table.columns) < 2 and not difflib.get_close_matches("feature", [c.lower() for c in table.columns], n=1, cutoff=0.6):
             # One field per line is how any text file reads: its first line (perhaps a secret) is not quoted.
             found = "a single column whose first line is not a column name like 'feature'"
-        raise DataError(f"{_where(path, 'feature')}: the file has no column 'feature' (found: {found}); list one feature name per row under a header 'feature'")
+        raise DataError(
+            f"{_where(path, 'feature')}: the file has no column 'feature' (found: {found}); list one feature name per row under a header "
+            "'feature'"
+        )
     if "kept" in table.columns:
         table = table[_kept_rows(path, table["kept"])]
     names = table["feature"].astype(object)
@@ -161,7 +166,9 @@ def match_feature_list(path: Path, layer: str, listed: tuple[str, ...], feature_
         candidates = [exact[name]] if name in exact else by_canonical.get(key, [])
         if len(candidates) > 1:
             examples = ", ".join(repr(feature_ids[c]) for c in candidates[:3])
-            raise DataError(f"{_where(path, 'feature')}: {name!r} matches several features of layer '{layer}' ({examples}); list the full name")
+            raise DataError(
+                f"{_where(path, 'feature')}: {name!r} matches several features of layer '{layer}' ({examples}); list the full name"
+            )
         if not candidates:
             continue
         j = candidates[0]
@@ -176,7 +183,8 @@ def match_feature_list(path: Path, layer: str, listed: tuple[str, ...], feature_
     if not matched:
         raise DataError(
             f"{_where(path, 'feature')}: none of its {len(unique)} feature(s) for layer '{layer}' is among the layer's "
-            f"{len(feature_ids)} features (listed e.g. {unique[0]!r}; the layer has e.g. {feature_ids[0] if feature_ids else 'nothing'!r}); "
+            f"{len(feature_ids)} features (listed e.g. {unique[0]!r}; the layer has e.g. "
+            f"{feature_ids[0] if feature_ids else 'nothing'!r}); "
             "check that the list belongs to this layer (a 'layer' column picks rows per layer)"
         )
     mask = np.zeros(len(feature_ids), dtype=bool)

@@ -14,7 +14,9 @@ from scalable_assoc.io.tables import detect_format, stream_abundance_table
 logger = logging.getLogger(__name__)
 
 
-def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None) -> AbundanceStore:
+def ingest_table(
+    source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None
+) -> AbundanceStore:
     """Read a MetaPhlAn / wide TSV / CSV / Parquet table and write it as a Zarr store at ``destination``.
 
     The table streams into the store a block of features at a time (a wide
@@ -58,15 +60,15 @@ def ingest_table(source: Path, destination: Path, fmt: str = "auto", rank: str =
     # Checked before the conversion (which can take minutes), not when its result cannot be put in place.
     if destination.exists() or destination.is_symlink():
         what = "a store" if (destination / "zarr.json").is_file() else "a file" if destination.is_file() else "a folder"
-        raise DataError(f"--out {destination} already exists ({what}); remove it first or choose another destination: a store is never overwritten")
+        raise DataError(
+            f"--out {destination} already exists ({what}); remove it first or choose another destination: a store is never overwritten"
+        )
     checksum = file_checksum(source)
     # A wide TSV/CSV goes through a temporary file next to the store (the same disk, removed afterwards).
     return write_table_stream(destination, stream_abundance_table(source, fmt, rank, scratch=destination.parent), checksum, chunk_features)
 
 
-def layer_store(
-    source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None
-) -> tuple[AbundanceStore, str]:
+def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None) -> tuple[AbundanceStore, str]:
     """The store for one layer and the checksum of its input.
 
     A store given directly (``.zarr`` folder) is opened as it is; its checksum is
@@ -95,7 +97,12 @@ def layer_store(
     if state:
         return open_store(destination), checksum
     if state is False:
-        logger.warning("layer '%s': the converted store %s no longer matches what was written (damaged or edited); rebuilding it from %s", layer, destination, source)
+        logger.warning(
+            "layer '%s': the converted store %s no longer matches what was written (damaged or edited); rebuilding it from %s",
+            layer,
+            destination,
+            source,
+        )
         shutil.rmtree(destination, ignore_errors=True)
     store = write_table_stream(destination, stream_abundance_table(source, resolved, rank, scratch=cache_dir), checksum, chunk_features)
     seal(destination)

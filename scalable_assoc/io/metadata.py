@@ -50,7 +50,8 @@ def load_metadata(path: Path, id_column: str) -> pd.DataFrame:
         # One field per line is how any text file reads (a key, a password file): its first line is not quoted.
         raise DataError(
             f"metadata file {path} is not a table with a sample ID column '{id_column}' (plan key 'data.metadata', "
-            f"'data.sample_id_column'): its first line has a single field, no {'comma' if table_separator(path) == ',' else 'tab'}-separated "
+            "'data.sample_id_column'): its first line has a single field, no "
+            f"{'comma' if table_separator(path) == ',' else 'tab'}-separated "
             f"column names.{did_you_mean(id_column, frame.columns)} A metadata table has one row per participant and "
             f"tab-separated columns (comma-separated for .csv), one of them '{id_column}'."
         )
@@ -92,9 +93,15 @@ def reconcile_samples(
     if len(only_layer) or len(only_metadata):
         detail = []
         if len(only_layer):
-            detail.append(f"{len(only_layer)} sample(s) of layer '{layer}' ({layer_path}) are not in the metadata ({metadata_path}), e.g. {', '.join(map(str, only_layer[:5]))}")
+            detail.append(
+                f"{len(only_layer)} sample(s) of layer '{layer}' ({layer_path}) are not in the metadata ({metadata_path}), e.g. "
+                f"{', '.join(map(str, only_layer[:5]))}"
+            )
         if len(only_metadata):
-            detail.append(f"{len(only_metadata)} metadata sample(s) ({metadata_path}) are not in layer '{layer}', e.g. {', '.join(map(str, only_metadata[:5]))}")
+            detail.append(
+                f"{len(only_metadata)} metadata sample(s) ({metadata_path}) are not in layer '{layer}', e.g. "
+                f"{', '.join(map(str, only_metadata[:5]))}"
+            )
         message = "; ".join(detail)
         if not in_metadata.any():
             # Nothing shared at all is rarely a few bad IDs but a transposed table or the wrong ID
@@ -113,9 +120,7 @@ def reconcile_samples(
     return np.flatnonzero(in_metadata), None
 
 
-def _require_columns(
-    metadata: pd.DataFrame, path: Path, columns: list[str], where: str, also_known: Iterable[str] = ()
-) -> None:
+def _require_columns(metadata: pd.DataFrame, path: Path, columns: list[str], where: str, also_known: Iterable[str] = ()) -> None:
     """Raise a :class:`PlanError` naming ``where`` (the plan key) and the first missing column, with a suggestion.
 
     ``also_known`` are other names the item could have meant (adjustment set names).
@@ -146,7 +151,12 @@ class ExposureValues:
 
 
 _OPERATORS = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 
 
@@ -162,7 +172,7 @@ def _evaluate_node(node: expressions.Node, metadata: pd.DataFrame, where: str, q
         if not pd.api.types.is_bool_dtype(column.dtype):
             raise PlanError(
                 f"{where}: in the query {query!r}, column '{node.name}' of {path} stands alone but does not hold true/false values; "
-                f"compare it with a value (for example \"{node.name} == 1\")"
+                f'compare it with a value (for example "{node.name} == 1")'
             )
         return column
     if isinstance(node, expressions.Compare):
@@ -223,7 +233,9 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
         both = cases & controls
         if both.any():
             example = ", ".join(map(str, metadata.index[both][:5]))
-            raise PlanError(f"exposure '{spec.name}': {int(both.sum())} participant(s) match both the cases and the controls query, e.g. {example}")
+            raise PlanError(
+                f"exposure '{spec.name}': {int(both.sum())} participant(s) match both the cases and the controls query, e.g. {example}"
+            )
         for label, mask, query in (("cases", cases, spec.cases), ("controls", controls, spec.controls)):
             if not mask.any():
                 raise PlanError(
@@ -233,7 +245,8 @@ def exposure_values(metadata: pd.DataFrame, path: Path, spec: ExposureSpec, min_
             if mask.sum() < min_cases:
                 raise PlanError(
                     f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.{label}'): only {int(mask.sum())} {label} "
-                    f"(query {query!r}), fewer than min_cases = {min_cases}; lower 'min_cases' in the plan, or pass --min-cases to this run (for this cohort only), if this is intended"
+                    f"(query {query!r}), fewer than min_cases = {min_cases}; lower 'min_cases' in the plan, or pass --min-cases to this "
+                    "run (for this cohort only), if this is intended"
                 )
         values = np.where(cases, 1.0, np.where(controls, 0.0, np.nan))
         named = set(case_columns) | set(control_columns)
@@ -273,10 +286,14 @@ def _categorical_exposure(column: pd.Series, path: Path, spec: ExposureSpec, whe
     text = column.astype(str).to_numpy()
     levels = tuple(sorted(set(text[defined])))
     if len(levels) < 2:
-        raise PlanError(f"{where}: the categorical column '{spec.column}' of {path} has {len(levels)} level(s) ({', '.join(map(repr, levels))}); a joint test needs at least 2")
+        raise PlanError(
+            f"{where}: the categorical column '{spec.column}' of {path} has {len(levels)} level(s) ({', '.join(map(repr, levels))}); a "
+            "joint test needs at least 2"
+        )
     if spec.reference is not None and spec.reference not in levels:
         raise PlanError(
-            f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.reference'): the reference level {spec.reference!r} is not a value of "
+            f"exposure '{spec.name}' (plan key 'exposures.{spec.name}.reference'): the reference level {spec.reference!r} is not a value "
+            "of "
             f"column '{spec.column}' in {path}.{did_you_mean(spec.reference, levels)} (levels: {', '.join(map(repr, levels))})"
         )
     codes = np.full(len(column), np.nan)
@@ -330,7 +347,13 @@ def check_covariates(
                 f"{', '.join(map(repr, example))}); list it under covariates.categorical in the plan"
             )
         sets = ", ".join(name for name, columns in adjustments.items() if column in columns)
-        check_in_range(metadata, metadata[column].to_numpy(dtype=np.float64, na_value=np.nan), path, column, f"covariate '{column}' (adjustment set(s) {sets})")
+        check_in_range(
+            metadata,
+            metadata[column].to_numpy(dtype=np.float64, na_value=np.nan),
+            path,
+            column,
+            f"covariate '{column}' (adjustment set(s) {sets})",
+        )
 
 
 #: Largest magnitude a numeric exposure or covariate may take: sums of squares over a
@@ -369,7 +392,11 @@ def _levels(metadata: pd.DataFrame, column: str, rows: np.ndarray, reference: Ma
 
 
 def covariate_columns(
-    metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray, reference: Mapping[str, str] | None = None
+    metadata: pd.DataFrame,
+    columns: tuple[str, ...],
+    categorical: tuple[str, ...],
+    rows: np.ndarray,
+    reference: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Encode covariates for the given metadata ``rows`` (positions): ``(len(rows), k)`` matrix and its names.
 
@@ -396,7 +423,11 @@ def covariate_columns(
 
 
 def reference_levels(
-    metadata: pd.DataFrame, columns: tuple[str, ...], categorical: tuple[str, ...], rows: np.ndarray, reference: Mapping[str, str] | None = None
+    metadata: pd.DataFrame,
+    columns: tuple[str, ...],
+    categorical: tuple[str, ...],
+    rows: np.ndarray,
+    reference: Mapping[str, str] | None = None,
 ) -> tuple[str, ...]:
     """Names ``column[level]`` of the reference dummies :func:`covariate_columns` leaves out, one per categorical covariate.
 

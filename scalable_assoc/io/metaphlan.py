@@ -56,11 +56,12 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
                     chosen = keep[rows]
                     if not chosen.any():
                         continue
-                    selected = frame.loc[chosen].drop(columns=[frame.columns[0], *[c for c in frame.columns[1:] if c in METAPHLAN_TAXID_COLUMNS]])
+                    selected = frame.loc[chosen].drop(
+                        columns=[frame.columns[0], *[c for c in frame.columns[1:] if c in METAPHLAN_TAXID_COLUMNS]]
+                    )
                     selected.index = pd.Index(row_ids[rows][chosen])
                     yield validated_values(path, selected, samples_are_rows=False).T
         except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
             raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None
 
     return TableStream(tuple(str(s) for s in sample_ids), tuple(str(f) for f in feature_ids), lambda width: rebatch(pieces(), width), path)
-

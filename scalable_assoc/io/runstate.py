@@ -123,7 +123,11 @@ def remove_leftovers(out_dir: Path, work_dir: Path) -> list[Path]:
     Returns what was removed.
     """
     removed = []
-    folders = [out_dir, work_dir, *(p for p in work_dir.iterdir() if p.is_dir() and not p.name.startswith("."))] if work_dir.is_dir() else [out_dir]
+    folders = (
+        [out_dir, work_dir, *(p for p in work_dir.iterdir() if p.is_dir() and not p.name.startswith("."))]
+        if work_dir.is_dir()
+        else [out_dir]
+    )
     for folder in folders:
         if not folder.is_dir():
             continue
@@ -183,7 +187,6 @@ class RunLog:
         """Mark the start of a phase."""
         self.current = name
         self.event("phase")
-
 
 
 class _RunLogHandler(logging.Handler):

@@ -112,7 +112,13 @@ def read_block(path: Path, start: int, stop: int, sample_positions: np.ndarray |
 def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_features: int | None = None) -> AbundanceStore:
     """Write ``table`` as a feature-chunked, checksummed Zarr v3 store (atomically)."""
     return write_store_blocks(
-        path, table.sample_ids, table.feature_ids, lambda start, stop: table.values[:, start:stop], str(table.source), source_sha256, chunk_features
+        path,
+        table.sample_ids,
+        table.feature_ids,
+        lambda start, stop: table.values[:, start:stop],
+        str(table.source),
+        source_sha256,
+        chunk_features,
     )
 
 
@@ -175,7 +181,9 @@ def write_store_blocks(
             fill_value=np.nan,
             compressors=[ZstdCodec(level=3), Crc32cCodec()],
         )
-        summaries = {name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)}
+        summaries = {
+            name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)
+        }
         sample_totals = np.zeros(n_samples)  # per sample, over every feature: says whether values are percentages or fractions
         for start in range(0, n_features, chunk):
             stop = min(start + chunk, n_features)

@@ -160,7 +160,9 @@ def data_rows(path: Path, skipped: int, row_word: str) -> tuple[list[str], bool]
     if len(lengths) <= skipped + 1:
         return [], False
     header = lengths[skipped]
-    data = [(number, n) for number, n in enumerate(lengths[skipped + 1 :], start=skipped + 2) if n]  # blank lines are skipped, as pandas does
+    data = [
+        (number, n) for number, n in enumerate(lengths[skipped + 1 :], start=skipped + 2) if n
+    ]  # blank lines are skipped, as pandas does
     if not data:
         return [], False
     expected = header + 1 if all(n == header + 1 for _, n in data) else header
@@ -198,7 +200,6 @@ def detect_format(path: Path) -> str:
     if header and header[0] in METAPHLAN_CLADE_COLUMNS:
         return "metaphlan"
     return "wide"
-
 
 
 def comment_lines(path: Path) -> list[int]:

@@ -87,9 +87,9 @@ def validated_values(path: Path, frame: pd.DataFrame, samples_are_rows: bool) ->
 
     Raises :class:`DataError` for non-numeric, negative or infinite values.
     """
-    numeric = frame.apply(pd.to_numeric, errors="coerce") if any(
-        not pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes
-    ) else frame
+    numeric = (
+        frame.apply(pd.to_numeric, errors="coerce") if any(not pd.api.types.is_numeric_dtype(dtype) for dtype in frame.dtypes) else frame
+    )
     values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
     originally_missing = frame.isna().to_numpy()
     row_word, column_word = ("sample", "feature") if samples_are_rows else ("feature", "sample")
@@ -129,4 +129,3 @@ def check_sample_id_column(path: Path, ids: pd.Index, header: object = None) -> 
             f"sample IDs in its first column (e.g. 'sample_id') and one column per feature; add the ID column, "
             f"or give a MetaPhlAn table (features as rows) with format: metaphlan."
         )
-

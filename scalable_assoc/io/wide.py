@@ -82,7 +82,9 @@ def stream_wide(path: Path, rows_per_read: int | None = None, scratch: Path | No
     rows = rows_per_read or max(1, WIDE_BATCH_CELLS // len(feature_names))
 
     def blocks(width: int) -> Iterator[np.ndarray]:
-        return _blocks_through_file(path, _wide_batches(path, sample_ids, feature_names, rows), len(sample_ids), len(feature_names), width, scratch)
+        return _blocks_through_file(
+            path, _wide_batches(path, sample_ids, feature_names, rows), len(sample_ids), len(feature_names), width, scratch
+        )
 
     return TableStream(sample_ids, tuple(str(f) for f in feature_names), blocks, path)
 
@@ -124,7 +126,8 @@ def _wide_batches(path: Path, sample_ids: tuple[str, ...], feature_names: list[s
                     # Not expected from a file that stays as it is; never a silent misplacement if it does not.
                     raise DataError(
                         f"{path}: sample rows {done + 1}-{done + len(frame)} read differently from a first pass over the file "
-                        f"({frame.shape[1]} values per row, IDs from {read[0]!r}; expected {n_features}, from {expected[0] if expected else None!r}). "
+                        f"({frame.shape[1]} values per row, IDs from {read[0]!r}; expected {n_features}, from "
+                        f"{expected[0] if expected else None!r}). "
                         f"Was the file changed while it was read?"
                     )
                 frame.index, frame.columns = pd.Index(expected, dtype=object), pd.Index(feature_names, dtype=object)

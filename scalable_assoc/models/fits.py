@@ -170,6 +170,10 @@ def too_few_carriers(
             raise ValueError("the presence x case/control cells need n_cases and n_controls")
         binary = (np.asarray(n_cases) >= 0) & (np.asarray(n_present_cases) >= 0)
         present_controls = n_present - n_present_cases
-        cells = small(n_present_cases) | small(present_controls) | (absent_counts & (small(n_cases - n_present_cases) | small(n_controls - present_controls)))
+        cells = (
+            small(n_present_cases)
+            | small(present_controls)
+            | (absent_counts & (small(n_cases - n_present_cases) | small(n_controls - present_controls)))
+        )
         few = few | (binary & cells)
     return few

@@ -155,7 +155,16 @@ def fit_random_intercept(
     ok = estimates.status == FitStatus.OK
     if not ok.any():
         return (
-            SlopeFits(estimates.beta, estimates.se, estimates.beta.copy(), estimates.beta.copy(), ols.n, ols.n_cases, ols.n_controls, estimates.status),
+            SlopeFits(
+                estimates.beta,
+                estimates.se,
+                estimates.beta.copy(),
+                estimates.beta.copy(),
+                ols.n,
+                ols.n_cases,
+                ols.n_controls,
+                estimates.status,
+            ),
             VarianceComponents(estimates.sigma_u2, estimates.sigma_e2),
         )
 

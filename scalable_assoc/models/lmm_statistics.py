@@ -88,7 +88,13 @@ class _MissingPairs:
 
 
 def _missing_pairs(
-    indicator: scipy.sparse.csr_matrix, padded: np.ndarray, sizes: np.ndarray, basis_sums: np.ndarray, feature_sums: np.ndarray, miss_rows: np.ndarray, miss_cols: np.ndarray
+    indicator: scipy.sparse.csr_matrix,
+    padded: np.ndarray,
+    sizes: np.ndarray,
+    basis_sums: np.ndarray,
+    feature_sums: np.ndarray,
+    miss_rows: np.ndarray,
+    miss_cols: np.ndarray,
 ) -> _MissingPairs:
     """Group the missing cells by (feature, cluster) pair; see :class:`_MissingPairs`."""
     n_clusters = indicator.shape[0]
@@ -227,5 +233,3 @@ def _present_gram(padded: np.ndarray, masked: np.ndarray, m: int, miss_rows: np.
     )
     gram[masked] -= (cells @ row_products).reshape(masked.size, width, width)
     return gram
-
-

@@ -166,8 +166,9 @@ def fit_exposure_slopes(
     """
     prepared = block if isinstance(block, PreparedBlock) else prepare_block(block)
     rows = np.arange(prepared.shape[0]) if rows is None else rows
-    return fit_design_batch([design], [rows], [exposures], [binary], prepared, [clusters], alias=alias, cluster_reference=cluster_reference)[0]
-
+    return fit_design_batch(
+        [design], [rows], [exposures], [binary], prepared, [clusters], alias=alias, cluster_reference=cluster_reference
+    )[0]
 
 
 def fit_design_batch(
@@ -207,7 +208,9 @@ def fit_design_batch(
     n_total = block.shape[0]
     design_clusters = clusters if clusters is not None else [None] * len(designs)
     tasks = []
-    for design, design_rows, design_exposures, design_binary, cluster_codes in zip(designs, rows, exposures, binary, design_clusters, strict=True):
+    for design, design_rows, design_exposures, design_binary, cluster_codes in zip(
+        designs, rows, exposures, binary, design_clusters, strict=True
+    ):
         design_rows = np.asarray(design_rows)
         design_exposures = np.atleast_2d(np.asarray(design_exposures, dtype=np.float64))
         basis = exposure_basis(design, design_rows, design_exposures, n_total)
@@ -308,7 +311,9 @@ def _solve(task: DesignTask, prepared: PreparedBlock, products: BlockProducts, m
             rss[e, masked] = sum_squares[masked] - np.einsum("ij,ij->i", solution.coefficients, right)
             full_coefficients[e] = solution.coefficients
             exposure_rows[e] = solution.exposure_rows
-    return _Solution(coefficient, variance_factor, rss, singular, covariate_rank, constant, complete, n_present, masked, full_coefficients, exposure_rows)
+    return _Solution(
+        coefficient, variance_factor, rss, singular, covariate_rank, constant, complete, n_present, masked, full_coefficients, exposure_rows
+    )
 
 
 @dataclass(frozen=True)
@@ -350,7 +355,9 @@ def _present_in_design(prepared: PreparedBlock, missing: _DesignMissing) -> np.n
     return present_in_design
 
 
-def _fit_one_design(task: DesignTask, prepared: PreparedBlock, products: BlockProducts, alias: bool = True, cluster_reference: str = "t") -> SlopeFits:
+def _fit_one_design(
+    task: DesignTask, prepared: PreparedBlock, products: BlockProducts, alias: bool = True, cluster_reference: str = "t"
+) -> SlopeFits:
     """The per-design remainder of the fit, given its products with the block."""
     design, rows, exposures = task.design, task.rows, task.exposures
     n_total, m = prepared.shape
@@ -442,7 +449,12 @@ def _cluster_robust_se(task: DesignTask, model: _Model, df: np.ndarray, se: np.n
 
 
 def _count_cases(
-    task: DesignTask, prepared: PreparedBlock, missing: _DesignMissing, present_counts: np.ndarray | None, n_cases: np.ndarray, n_controls: np.ndarray
+    task: DesignTask,
+    prepared: PreparedBlock,
+    missing: _DesignMissing,
+    present_counts: np.ndarray | None,
+    n_cases: np.ndarray,
+    n_controls: np.ndarray,
 ) -> None:
     """Write the cases and controls with a value of each binary exposure into ``n_cases`` / ``n_controls`` (``(k, m)``)."""
     n_total, m = prepared.shape

@@ -72,7 +72,9 @@ def masked_downdates(
     missing_cells: tuple[np.ndarray, np.ndarray] | None,
     present_gram: np.ndarray | None,
 ) -> np.ndarray:
-    """``(a, w, w)`` ``D_j = I - G_j`` for the ``masked`` features (``(a,)`` of ``m``), ``G_j`` the Gram matrix of ``vectors`` over their present rows.
+    """``(a, w, w)`` ``D_j = I - G_j`` for the ``masked`` features (``(a,)`` of ``m``).
+
+    ``G_j`` is the Gram matrix of ``vectors`` over their present rows.
 
     ``vectors`` ``(N, w)`` is the design's ``[Q, b_1..b_k]`` padded with zeros
     outside its rows. One of three sources: ``present_gram`` ``(m, w, w)``, built

@@ -20,6 +20,7 @@ from scalable_assoc.models.design import CovariateDesign, exposure_directions, s
 if TYPE_CHECKING:  # the OLS module imports this one
     from scalable_assoc.models.ols import PreparedBlock
 
+
 @dataclass(frozen=True)
 class ExposureBasis:
     """``[1 | Q | b_1..b_k]`` of one design, padded to the block's ``N`` rows, with exposure scales."""
@@ -136,6 +137,7 @@ class BlockProducts:
     sum_squares: np.ndarray
     counts: np.ndarray | None = None
     present_gram: np.ndarray | None = None
+
 
 @dataclass(frozen=True)
 class _Atoms:

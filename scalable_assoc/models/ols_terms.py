@@ -257,7 +257,9 @@ def _masked_grams(basis: np.ndarray, present: np.ndarray, masked: np.ndarray, mi
     return gram
 
 
-def _store_fits(estimates: _TermEstimates, basis: np.ndarray, q: np.ndarray, r_factor: np.ndarray, data: _TermData, coefficients: _Coefficients) -> None:
+def _store_fits(
+    estimates: _TermEstimates, basis: np.ndarray, q: np.ndarray, r_factor: np.ndarray, data: _TermData, coefficients: _Coefficients
+) -> None:
     """Residual and extra sums of squares from explicit fits, ``theta = R^-1 g_U`` and its covariance, into ``estimates``."""
     rank = q.shape[1]
     n_terms = r_factor.shape[0]
@@ -278,7 +280,10 @@ def _store_fits(estimates: _TermEstimates, basis: np.ndarray, q: np.ndarray, r_f
 
 
 def _constant_features(data: _TermData) -> np.ndarray:
-    """``(m,)`` bool: a centred sum of squares below :data:`~scalable_assoc.models.thresholds.CONSTANT_FEATURE` of ``y'y`` over the present rows."""
+    """``(m,)`` bool: features constant over their present rows.
+
+    A centred sum of squares below :data:`~scalable_assoc.models.thresholds.CONSTANT_FEATURE` of ``y'y``.
+    """
     values = data.values
     sum_squares = np.einsum("ij,ij->j", values, values)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -43,12 +43,12 @@ def parse_preprocess(source: Path, key: str, raw: Any, base: Preprocess) -> Prep
     if transform not in TRANSFORMS:
         raise PlanError(f"{location(source, key + '.transform')}: expected one of {', '.join(TRANSFORMS)}, got {transform!r}")
     pseudocount = raw.get("pseudocount", base.pseudocount)
-    if pseudocount != "half_min" and (
-        isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0
-    ):
+    if pseudocount != "half_min" and (isinstance(pseudocount, bool) or not isinstance(pseudocount, (int, float)) or not pseudocount >= 0):
         raise PlanError(f"{location(source, key + '.pseudocount')}: expected 'half_min' or a non-negative number, got {pseudocount!r}")
     if transform in ("clr", "log") and pseudocount == 0:
-        raise PlanError(f"{location(source, key + '.pseudocount')}: the {transform} transform needs a positive pseudocount (zeros have no logarithm)")
+        raise PlanError(
+            f"{location(source, key + '.pseudocount')}: the {transform} transform needs a positive pseudocount (zeros have no logarithm)"
+        )
     within = raw.get("prevalence_within", base.prevalence_within)
     if within not in PREVALENCE_WITHIN:
         raise PlanError(f"{location(source, key + '.prevalence_within')}: expected one of {', '.join(PREVALENCE_WITHIN)}, got {within!r}")
@@ -68,7 +68,10 @@ def parse_models(source: Path, key: str, raw: Any) -> tuple[str, ...]:
 
 
 def parse_ols_options(source: Path, model: str, raw: Any, cluster: str | None, fitted: bool) -> OlsOptions:
-    """The plan key ``model`` (``lm`` / ``lm_nonzero``) as :class:`OlsOptions`; options of a model no layer fits (``fitted`` False) are refused."""
+    """The plan key ``model`` (``lm`` / ``lm_nonzero``) as :class:`OlsOptions`.
+
+    Options of a model no layer fits (``fitted`` False) are refused.
+    """
     raw = checked_mapping(source, model, raw if raw is not None else {}, ("se", "reference"))
     se = raw.get("se", "classical")
     if se not in STANDARD_ERRORS:
@@ -94,7 +97,9 @@ def parse_ols_options(source: Path, model: str, raw: Any, cluster: str | None, f
 def parse_threshold(source: Path, key: str, raw: Any) -> float:
     """``presence_threshold``: a non-negative number (a feature is present where its value is above it)."""
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw >= 0:
-        raise PlanError(f"{location(source, key)}: expected a non-negative number (a feature is present where its value is above it), got {raw!r}")
+        raise PlanError(
+            f"{location(source, key)}: expected a non-negative number (a feature is present where its value is above it), got {raw!r}"
+        )
     return float(raw)
 
 
@@ -109,7 +114,9 @@ def parse_layers(
         key = f"data.layers.{name}"
         if isinstance(value, str):
             value = {"path": value}
-        value = checked_mapping(source, key, value, ("path", "format", "rank", "preprocess", "models", "presence_threshold"), required=("path",))
+        value = checked_mapping(
+            source, key, value, ("path", "format", "rank", "preprocess", "models", "presence_threshold"), required=("path",)
+        )
         fmt = value.get("format", "auto")
         if fmt not in LAYER_FORMATS:
             raise PlanError(f"{location(source, key + '.format')}: expected one of {', '.join(LAYER_FORMATS)}, got {fmt!r}")
@@ -119,7 +126,11 @@ def parse_layers(
         layer_pre = parse_preprocess(source, key + ".preprocess", value.get("preprocess", {}), preprocess)
         path = plan_path(source, key + ".path", value["path"], allow_outside)
         layer_models = parse_models(source, key + ".models", value["models"]) if "models" in value else models
-        layer_threshold = parse_threshold(source, key + ".presence_threshold", value["presence_threshold"]) if "presence_threshold" in value else threshold
+        layer_threshold = (
+            parse_threshold(source, key + ".presence_threshold", value["presence_threshold"])
+            if "presence_threshold" in value
+            else threshold
+        )
         layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre, layer_models, layer_threshold))
     return tuple(layers)
 
@@ -127,7 +138,9 @@ def parse_layers(
 def parse_exposures(source: Path, raw: Any) -> tuple[ExposureSpec, ...]:
     """``exposures``: name -> ``cases``/``controls`` queries (parsed, never run here) or a ``column``, as :class:`ExposureSpec`."""
     if not isinstance(raw, dict) or not raw:
-        raise PlanError(f"{location(source, 'exposures')}: expected a mapping of exposure name to its definition, with at least one exposure")
+        raise PlanError(
+            f"{location(source, 'exposures')}: expected a mapping of exposure name to its definition, with at least one exposure"
+        )
     exposures = []
     for name, value in raw.items():
         key = f"exposures.{name}"
@@ -136,14 +149,23 @@ def parse_exposures(source: Path, raw: Any) -> tuple[ExposureSpec, ...]:
         if not isinstance(categorical, bool):
             raise PlanError(f"{location(source, key + '.categorical')}: expected true or false, got {categorical!r}")
         if (categorical or "reference" in value) and "column" not in value:
-            raise PlanError(f"{location(source, key)}: 'categorical' and 'reference' apply to a 'column' exposure, not to cases/controls queries")
+            raise PlanError(
+                f"{location(source, key)}: 'categorical' and 'reference' apply to a 'column' exposure, not to cases/controls queries"
+            )
         if "reference" in value and not categorical:
             raise PlanError(f"{location(source, key + '.reference')}: a reference level needs 'categorical: true'")
         if "column" in value:
             if "cases" in value or "controls" in value:
                 raise PlanError(f"{location(source, key)}: give either 'column' or 'cases' and 'controls', not both")
             reference = str(value["reference"]) if value.get("reference") is not None else None
-            exposures.append(ExposureSpec(str(name), column=nonempty_string(source, key + ".column", value["column"]), categorical=categorical, reference=reference))
+            exposures.append(
+                ExposureSpec(
+                    str(name),
+                    column=nonempty_string(source, key + ".column", value["column"]),
+                    categorical=categorical,
+                    reference=reference,
+                )
+            )
         elif "cases" in value and "controls" in value:
             queries = {part: nonempty_string(source, f"{key}.{part}", value[part]) for part in ("cases", "controls")}
             for part, query in queries.items():
@@ -165,7 +187,10 @@ def parse_reference(source: Path, raw: Any, categorical: tuple[str, ...]) -> dic
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise PlanError(f"{location(source, 'covariates.reference')}: expected a mapping of categorical covariate to its reference level (e.g. {{sex: female}}), got {raw!r}")
+        raise PlanError(
+            f"{location(source, 'covariates.reference')}: expected a mapping of categorical covariate to its reference level (e.g. {{sex: "
+            f"female}}), got {raw!r}"
+        )
     reference = {}
     for column, level in raw.items():
         key = f"covariates.reference.{column}"
@@ -177,7 +202,7 @@ def parse_reference(source: Path, raw: Any, categorical: tuple[str, ...]) -> dic
             )
         if isinstance(level, bool):
             # YAML reads unquoted yes/no/true/false as booleans.
-            raise PlanError(f"{location(source, key)}: got {level!r}; quote the level as it is written in the metadata (e.g. \"no\")")
+            raise PlanError(f'{location(source, key)}: got {level!r}; quote the level as it is written in the metadata (e.g. "no")')
         if isinstance(level, (int, float)):
             level = str(level)
         reference[str(column)] = nonempty_string(source, key, level)
@@ -221,14 +246,18 @@ def parse_fdr(source: Path, raw: Any) -> FdrSpec:
     by = name_list(source, "fdr.by", raw.get("by", list(FDR_BY_COLUMNS)))
     for column in by:
         if column not in FDR_BY_COLUMNS:
-            raise PlanError(f"{location(source, 'fdr.by')}: '{column}' is not a results column to group by; use any of {', '.join(FDR_BY_COLUMNS)}")
+            raise PlanError(
+                f"{location(source, 'fdr.by')}: '{column}' is not a results column to group by; use any of {', '.join(FDR_BY_COLUMNS)}"
+            )
     alpha = raw.get("alpha", FdrSpec().alpha)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
         raise PlanError(f"{location(source, 'fdr.alpha')}: expected a number between 0 and 1, got {alpha!r}")
     return FdrSpec("bh", by, float(alpha))
 
 
-def parse_analyses(source: Path, raw: Any, plan_exposures: tuple[str, ...], plan_sets: tuple[str, ...], plan_layers: tuple[str, ...]) -> tuple[AnalysisSelection, ...]:
+def parse_analyses(
+    source: Path, raw: Any, plan_exposures: tuple[str, ...], plan_sets: tuple[str, ...], plan_layers: tuple[str, ...]
+) -> tuple[AnalysisSelection, ...]:
     """``analyses``: blocks of exposures x adjustments x layers, each name defined in the plan; absent: everything."""
     if raw is None:
         return (AnalysisSelection(plan_exposures, plan_sets, plan_layers),)
@@ -243,16 +272,20 @@ def parse_analyses(source: Path, raw: Any, plan_exposures: tuple[str, ...], plan
             names = name_list(source, f"{key}.{part}", block[part]) if part in block else known
             for name in names:
                 if name not in known:
-                    raise PlanError(f"{location(source, key + '.' + part)}: '{name}' is not defined under '{part}' (defined: {', '.join(known)})")
+                    raise PlanError(
+                        f"{location(source, key + '.' + part)}: '{name}' is not defined under '{part}' (defined: {', '.join(known)})"
+                    )
             picked.append(names)
         selections.append(AnalysisSelection(*picked))
     return tuple(selections)
 
 
-
-
 def check_categorical_models(
-    source: Path, exposures: tuple[ExposureSpec, ...], layers: tuple[LayerSpec, ...], analyses: tuple[AnalysisSelection, ...], cluster: str | None
+    source: Path,
+    exposures: tuple[ExposureSpec, ...],
+    layers: tuple[LayerSpec, ...],
+    analyses: tuple[AnalysisSelection, ...],
+    cluster: str | None,
 ) -> None:
     """A categorical exposure runs under the OLS models only, with classical standard errors."""
     for exposure in exposures:
@@ -267,7 +300,8 @@ def check_categorical_models(
                 for model in layer.models:
                     if model not in CATEGORICAL_EXPOSURE_MODELS:
                         raise PlanError(
-                            f"{location(source, 'exposures.' + exposure.name + '.categorical')}: the categorical exposure '{exposure.name}' "
+                            f"{location(source, 'exposures.' + exposure.name + '.categorical')}: the categorical exposure "
+                            f"'{exposure.name}' "
                             f"cannot be analysed with model '{model}' (layer '{layer.name}'): its levels are tested jointly by OLS models "
                             f"only ({', '.join(CATEGORICAL_EXPOSURE_MODELS)}). Leave '{model}' out for this exposure (an 'analyses' block "
                             "per layer) or define one cases/controls exposure per level."
@@ -312,11 +346,15 @@ def parse_model_rules(source: Path, raw: dict[str, Any]) -> tuple[int, int, bool
         raise PlanError(f"{location(source, 'min_cases')}: expected a positive whole number, got {min_cases!r}")
     min_carriers = raw.get("min_carriers", 3)
     if isinstance(min_carriers, bool) or not isinstance(min_carriers, int) or min_carriers < 0:
-        raise PlanError(f"{location(source, 'min_carriers')}: expected a whole number of participants (0 turns the rule off), got {min_carriers!r}")
+        raise PlanError(
+            f"{location(source, 'min_carriers')}: expected a whole number of participants (0 turns the rule off), got {min_carriers!r}"
+        )
     carrier_cells = raw.get("carrier_cells", False)
     if not isinstance(carrier_cells, bool):
         raise PlanError(f"{location(source, 'carrier_cells')}: expected true or false, got {carrier_cells!r}")
     on_constant = raw.get("on_constant_covariate", "drop")
     if on_constant not in ON_CONSTANT_COVARIATE:
-        raise PlanError(f"{location(source, 'on_constant_covariate')}: expected one of {', '.join(ON_CONSTANT_COVARIATE)}, got {on_constant!r}")
+        raise PlanError(
+            f"{location(source, 'on_constant_covariate')}: expected one of {', '.join(ON_CONSTANT_COVARIATE)}, got {on_constant!r}"
+        )
     return min_cases, min_carriers, carrier_cells, on_constant

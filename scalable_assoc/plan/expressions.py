@@ -187,7 +187,9 @@ def _tokenize(text: str) -> list[_Token]:
         if name:
             word = name.group(0)
             if keyword.iskeyword(word) and word not in _WORDS and word not in _BOOLEANS:
-                raise _Refused(start, f"the Python keyword '{word}' is not part of the query language (backquote it if it is a column name: `{word}`)")
+                raise _Refused(
+                    start, f"the Python keyword '{word}' is not part of the query language (backquote it if it is a column name: `{word}`)"
+                )
             tokens.append(_Token("word" if word in _WORDS else "name", word, start))
             i = name.end()
             continue

@@ -153,8 +153,23 @@ def load_plan(path: str | Path, allow_outside_paths: bool = False) -> Plan:
 
 #: Keys a plan file may have at its top level.
 TOP_LEVEL_KEYS = (
-    "name", "data", "preprocess", "exposures", "covariates", "adjustments", "fdr", "min_cases", "analyses", "models",
-    "presence_threshold", "cluster", "min_carriers", "carrier_cells", "on_constant_covariate", "features", *OLS_MODELS,
+    "name",
+    "data",
+    "preprocess",
+    "exposures",
+    "covariates",
+    "adjustments",
+    "fdr",
+    "min_cases",
+    "analyses",
+    "models",
+    "presence_threshold",
+    "cluster",
+    "min_carriers",
+    "carrier_cells",
+    "on_constant_covariate",
+    "features",
+    *OLS_MODELS,
 )
 
 
@@ -179,7 +194,9 @@ def parse_plan(raw: Any, source: Path, allow_outside_paths: bool = False) -> Pla
     """
     raw = checked_mapping(source, "", raw if raw is not None else {}, TOP_LEVEL_KEYS, required=("data", "exposures", "adjustments"))
     name = nonempty_string(source, "name", raw.get("name", source.stem))
-    data = checked_mapping(source, "data", raw["data"], ("metadata", "layers", "sample_id_column", "sample_mismatch"), required=("metadata", "layers"))
+    data = checked_mapping(
+        source, "data", raw["data"], ("metadata", "layers", "sample_id_column", "sample_mismatch"), required=("metadata", "layers")
+    )
     mismatch = data.get("sample_mismatch", "error")
     if mismatch not in SAMPLE_MISMATCH:
         raise PlanError(f"{location(source, 'data.sample_mismatch')}: expected one of {', '.join(SAMPLE_MISMATCH)}, got {mismatch!r}")

@@ -212,6 +212,4 @@ class Plan:
         raise PlanError(f"plan {self.source}: no layer called '{name}'")
 
 
-
 CATEGORICAL_EXPOSURE_MODELS = ("lm", "lm_nonzero")
-

@@ -62,4 +62,3 @@ def name_list(source: Path, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise PlanError(f"{location(source, key)}: expected a list of names, got {value!r}")
     return tuple(value)
-

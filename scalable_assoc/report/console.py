@@ -14,7 +14,9 @@ def _format_p(value: float) -> str:
     return f"{value:.2e}" if value < 1e-3 else f"{value:.4f}"
 
 
-def run_report(out_dir: Path, results: pd.DataFrame, survival: pd.DataFrame, adjustment_order: Sequence[str], alpha: float, top: int = 5) -> str:
+def run_report(
+    out_dir: Path, results: pd.DataFrame, survival: pd.DataFrame, adjustment_order: Sequence[str], alpha: float, top: int = 5
+) -> str:
     """A short plain-text report of a finished run: files, survival of adjustment, top findings per layer (and model).
 
     Each layer x exposure x model is read under its own base set, the first
@@ -39,7 +41,10 @@ def run_report(out_dir: Path, results: pd.DataFrame, survival: pd.DataFrame, adj
         if len(bases) == 1:
             lines.append(f"associations significant under '{bases[0]}' that stay significant after further adjustment:")
         else:
-            lines.append("associations significant under each exposure's base set (the first it ran under) that stay significant after further adjustment:")
+            lines.append(
+                "associations significant under each exposure's base set (the first it ran under) that stay significant after further "
+                "adjustment:"
+            )
         for (base_set, adjustment), row in totals.iterrows():
             total, kept = int(row["significant_base"]), int(row["still_significant"])
             share = f"{100 * kept / total:.0f}%" if total else "n/a"

@@ -137,7 +137,9 @@ def summary_files(files: Sequence[Path]) -> list[Path]:
     return summaries
 
 
-def open_cohorts(files: Sequence[Path], need_sufficient: bool = False, verify_keys: Sequence[Path | VerifyKey] | None = None) -> list[CohortFile]:
+def open_cohorts(
+    files: Sequence[Path], need_sufficient: bool = False, verify_keys: Sequence[Path | VerifyKey] | None = None
+) -> list[CohortFile]:
     """Open every cohort's summary-statistics file, as ``meta`` and ``pool`` do.
 
     The keys are loaded first (a bad key file fails before any file is read),

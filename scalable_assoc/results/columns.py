@@ -25,13 +25,32 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("feature", pa.string(), "feature ID (species as 's__Genus_species', pathway or module name)"),
     Column("exposure", pa.string(), "exposure name (plan exposures key)"),
     Column("adjustment", pa.string(), "adjustment set name (plan adjustments key)"),
-    Column("model", pa.string(), "lm, lm_nonzero (participants with the feature only), prevalence (logistic, presence) or lmm (random intercept)"),
+    Column(
+        "model",
+        pa.string(),
+        "lm, lm_nonzero (participants with the feature only), prevalence (logistic, presence) or lmm (random intercept)",
+    ),
     Column("n", pa.int64(), "participants in this feature's model (covariates complete, feature value present)"),
     Column("n_cases", pa.int64(), "participants with exposure 1 among them (null for a continuous exposure)"),
     Column("n_controls", pa.int64(), "participants with exposure 0 among them (null for a continuous exposure)"),
-    Column("n_present", pa.int64(), "participants in this feature's model with the feature present (raw value > presence_threshold; MaAsLin2's N.not.0); n for lm_nonzero"),
-    Column("n_present_cases", pa.int64(), "binary exposure: participants among n_present with exposure 1 (carriers among the cases); null for a continuous or categorical exposure"),
-    Column("beta", pa.float64(), "exposure coefficient: transformed-abundance units per exposure unit (lm, lm_nonzero, lmm); log odds ratio of presence (prevalence)"),
+    Column(
+        "n_present",
+        pa.int64(),
+        "participants in this feature's model with the feature present (raw value > presence_threshold; MaAsLin2's N.not.0); n for "
+        "lm_nonzero",
+    ),
+    Column(
+        "n_present_cases",
+        pa.int64(),
+        "binary exposure: participants among n_present with exposure 1 (carriers among the cases); null for a continuous or categorical "
+        "exposure",
+    ),
+    Column(
+        "beta",
+        pa.float64(),
+        "exposure coefficient: transformed-abundance units per exposure unit (lm, lm_nonzero, lmm); log odds ratio of presence "
+        "(prevalence)",
+    ),
     Column(
         "se",
         pa.float64(),
@@ -49,11 +68,30 @@ RESULT_COLUMNS: tuple[Column, ...] = (
     Column("q", pa.float64(), "Benjamini-Hochberg adjusted p within the plan's fdr.by family; null where p is null"),
     Column("status", pa.string(), "'ok', or why there is no estimate (constant feature, too few values, rank-deficient design ...)"),
     Column("covariates", pa.string(), "metadata columns adjusted for, joined by '+'"),
-    Column("dropped_covariates", pa.string(), "columns of the adjustment set left out of this model, joined by '+': identical to the exposure, or constant (one level) among its participants; empty when none"),
+    Column(
+        "dropped_covariates",
+        pa.string(),
+        "columns of the adjustment set left out of this model, joined by '+': identical to the exposure, or constant (one level) among "
+        "its participants; empty when none",
+    ),
     Column("analysis_id", pa.string(), "stable id of the (layer, exposure, adjustment) analysis"),
-    Column("cluster_variance", pa.float64(), "lmm: REML between-cluster (random-intercept) variance sigma_u^2, in squared transformed-abundance units; null for other models and rows without an estimate"),
-    Column("residual_variance", pa.float64(), "lmm: REML residual (within-cluster) variance sigma_e^2; null for other models and rows without an estimate"),
-    Column("icc", pa.float64(), "lmm: intraclass correlation cluster_variance / (cluster_variance + residual_variance), in [0, 1] (0 at the boundary fit, which is classical OLS); null for other models and rows without an estimate"),
+    Column(
+        "cluster_variance",
+        pa.float64(),
+        "lmm: REML between-cluster (random-intercept) variance sigma_u^2, in squared transformed-abundance units; null for other models "
+        "and rows without an estimate",
+    ),
+    Column(
+        "residual_variance",
+        pa.float64(),
+        "lmm: REML residual (within-cluster) variance sigma_e^2; null for other models and rows without an estimate",
+    ),
+    Column(
+        "icc",
+        pa.float64(),
+        "lmm: intraclass correlation cluster_variance / (cluster_variance + residual_variance), in [0, 1] (0 at the boundary fit, which "
+        "is classical OLS); null for other models and rows without an estimate",
+    ),
     Column(
         "f_statistic",
         pa.float64(),

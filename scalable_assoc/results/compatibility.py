@@ -95,7 +95,9 @@ def check_compatible(cohorts: Sequence[CohortFile], allow_mismatch: bool) -> lis
     names = [c.cohort for c in cohorts]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise DataError(f"cohort name(s) {', '.join(duplicated)} appear in more than one file; export each cohort under its own --cohort name")
+        raise DataError(
+            f"cohort name(s) {', '.join(duplicated)} appear in more than one file; export each cohort under its own --cohort name"
+        )
     first = cohorts[0]
     problems = []
     for other in cohorts[1:]:
@@ -103,7 +105,9 @@ def check_compatible(cohorts: Sequence[CohortFile], allow_mismatch: bool) -> lis
             continue
         a, b = first.sidecar["analysis"], other.sidecar["analysis"]
         differing = sorted(_differences(a, b))
-        problems.append(f"{other.path} (cohort {other.cohort}) differs from {first.path} (cohort {first.cohort}) in " + ", ".join(differing[:8]))
+        problems.append(
+            f"{other.path} (cohort {other.cohort}) differs from {first.path} (cohort {first.cohort}) in " + ", ".join(differing[:8])
+        )
     set_problems = _feature_set_problems(cohorts)
     if (problems or set_problems) and not allow_mismatch:
         parts = []

@@ -35,7 +35,14 @@ from scalable_assoc.results.harmonise import coverage_table, harmonised_names
 from scalable_assoc.stats.meta import METHODS, MetaFits, combine_estimates, direction_strings, leave_one_out
 
 KEY_COLUMNS = ("layer", "feature", "exposure", "adjustment", "model")
-META_FILES = ("meta_manifest.json", "meta_results.parquet", "meta_results.tsv", "meta_leave_one_out.parquet", "meta_leave_one_out.tsv", "feature_coverage.tsv")
+META_FILES = (
+    "meta_manifest.json",
+    "meta_results.parquet",
+    "meta_results.tsv",
+    "meta_leave_one_out.parquet",
+    "meta_leave_one_out.tsv",
+    "feature_coverage.tsv",
+)
 POOL_FILES = ("pool_manifest.json", "pooled_results.parquet", "pooled_results.tsv", "feature_coverage.tsv")
 
 logger = logging.getLogger(__name__)
@@ -107,7 +114,9 @@ def _plan_alpha(cohorts: list[CohortFile]) -> tuple[float, list[str]]:
     if len(set(alphas.values())) == 1:
         return first, []
     listed = ", ".join(f"{name} {value:g}" for name, value in alphas.items())
-    return first, [f"the cohorts' plans set different fdr.alpha ({listed}); using {first:g} (cohort {cohorts[0].cohort}); pass --alpha to choose"]
+    return first, [
+        f"the cohorts' plans set different fdr.alpha ({listed}); using {first:g} (cohort {cohorts[0].cohort}); pass --alpha to choose"
+    ]
 
 
 def _with_harmonised_features(frame: pd.DataFrame, cohort: CohortFile, mapping: dict[str, str] | None, keys: Sequence[str]) -> pd.DataFrame:
@@ -165,14 +174,22 @@ def significant_rows(results: pd.DataFrame, alpha: float) -> int:
     return int(results["q"].lt(alpha).fillna(False).sum())
 
 
-def _manifest(kind: str, cohorts: list[CohortFile], settings: dict[str, Any], warnings: list[str], rows: int, **extra: Any) -> dict[str, Any]:
+def _manifest(
+    kind: str, cohorts: list[CohortFile], settings: dict[str, Any], warnings: list[str], rows: int, **extra: Any
+) -> dict[str, Any]:
     return {
         "package": "scalable_assoc",
         "version": __version__,
         "kind": kind,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "cohorts": [
-            {"cohort": c.cohort, "file": str(c.path), "sha256": c.sidecar["files"]["summary"]["sha256"], "analysis_hash": c.sidecar["analysis_hash"], "plan_name": c.sidecar.get("plan_name")}
+            {
+                "cohort": c.cohort,
+                "file": str(c.path),
+                "sha256": c.sidecar["files"]["summary"]["sha256"],
+                "analysis_hash": c.sidecar["analysis_hash"],
+                "plan_name": c.sidecar.get("plan_name"),
+            }
             for c in cohorts
         ],
         "settings": settings,
@@ -271,8 +288,13 @@ def meta_analyse(
     if leave_one_out_estimates:
         _write_leave_one_out(out, table, names, method, hksj)
     settings = {
-        "method": method, "hksj": hksj, "min_cohorts": min_cohorts, "leave_one_out": leave_one_out_estimates,
-        "fdr_by": list(fdr_by), "alpha": alpha, "allow_mismatch": allow_mismatch,
+        "method": method,
+        "hksj": hksj,
+        "min_cohorts": min_cohorts,
+        "leave_one_out": leave_one_out_estimates,
+        "fdr_by": list(fdr_by),
+        "alpha": alpha,
+        "allow_mismatch": allow_mismatch,
     }
     extra: dict[str, Any] = {"significant": significant_rows(results, alpha)}
     if hksj:
@@ -307,7 +329,9 @@ def _estimates_by_cohort(long: pd.DataFrame, names: list[str], min_cohorts: int)
     present = np.isfinite(beta) & np.isfinite(se) & (se > 0)
     enough = present.sum(axis=1) >= min_cohorts
     if not enough.any():
-        raise DataError(f"no feature has estimates in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to meta-analyse (see --min-cohorts)")
+        raise DataError(
+            f"no feature has estimates in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to meta-analyse (see --min-cohorts)"
+        )
     return _CohortEstimates(keys[enough].reset_index(drop=True), beta[enough], se[enough], n[enough], present[enough])
 
 
@@ -334,8 +358,12 @@ def _write_leave_one_out(out: Path, table: _CohortEstimates, names: list[str], m
     """``meta_leave_one_out.parquet`` / ``.tsv``: per key and cohort present, the estimate without that cohort."""
     loo_beta, loo_se, loo_p = leave_one_out(table.beta, table.se, method=method, hksj=hksj)
     rows, columns = np.nonzero(table.present)
-    loo = table.keys.iloc[rows].reset_index(drop=True).assign(
-        left_out=np.array(names, dtype=object)[columns], beta=loo_beta[rows, columns], se=loo_se[rows, columns], p=loo_p[rows, columns]
+    loo = (
+        table.keys.iloc[rows]
+        .reset_index(drop=True)
+        .assign(
+            left_out=np.array(names, dtype=object)[columns], beta=loo_beta[rows, columns], se=loo_se[rows, columns], p=loo_p[rows, columns]
+        )
     )
     write_parquet(out / "meta_leave_one_out.parquet", loo)
     write_tsv(out / "meta_leave_one_out.tsv", loo)
@@ -403,9 +431,13 @@ def pool_cohorts(
         features = group.groupby("feature", sort=False)["cohort"].nunique()
         features = features[features >= min_cohorts].index
         if len(features):
-            pieces.append(_pool_analysis((layer, exposure, adjustment), group[group["feature"].isin(features)], features, categorical, names))
+            pieces.append(
+                _pool_analysis((layer, exposure, adjustment), group[group["feature"].isin(features)], features, categorical, names)
+            )
     if not pieces:
-        raise DataError(f"no feature has cross-products in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to pool (see --min-cohorts)")
+        raise DataError(
+            f"no feature has cross-products in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to pool (see --min-cohorts)"
+        )
     results = pd.concat(pieces, ignore_index=True)
     fdr_by = _add_q(results, cohorts)
     logger.info(f"pooled {len(results)} rows over {len(names)} cohorts")

@@ -88,7 +88,12 @@ def carrier_reason(results: pd.DataFrame, rules: DisclosureRules) -> np.ndarray:
 
 
 def _withheld_reason(
-    n: np.ndarray, cases: np.ndarray, controls: np.ndarray, parameters: np.ndarray, rules: DisclosureRules, carriers: np.ndarray | None = None
+    n: np.ndarray,
+    cases: np.ndarray,
+    controls: np.ndarray,
+    parameters: np.ndarray,
+    rules: DisclosureRules,
+    carriers: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per row: '' (may leave) or the rule it breaks.
 
@@ -227,7 +232,9 @@ def disclose_sufficient(
     reasons = _withheld_reason(n, cases, controls, parameters, rules, carriers)
     usable = ~np.isnan(pc.fill_null(table.column("yy"), np.nan).to_numpy(zero_copy_only=False))
     keep = (reasons == "") & usable
-    kept = table.filter(pa.array(keep)).sort_by([("layer", "ascending"), ("exposure", "ascending"), ("adjustment", "ascending"), ("feature", "ascending")])
+    kept = table.filter(pa.array(keep)).sort_by(
+        [("layer", "ascending"), ("exposure", "ascending"), ("adjustment", "ascending"), ("feature", "ascending")]
+    )
     report = {
         "rows": int(table.num_rows),
         "rows_without_estimate": int((~usable).sum()),

@@ -77,7 +77,10 @@ def read_mapping(path: Path) -> dict[str, str]:
         raise DataError(f"feature mapping {path}: not a tab-separated table ({' '.join(str(error).split())})") from None
     missing = [c for c in ("from", "to") if c not in table.columns]
     if missing:
-        raise DataError(f"feature mapping {path}: needs columns 'from' and 'to' (missing {', '.join(missing)}; found {', '.join(map(str, table.columns))})")
+        raise DataError(
+            f"feature mapping {path}: needs columns 'from' and 'to' (missing {', '.join(missing)}; found "
+            f"{', '.join(map(str, table.columns))})"
+        )
     if table[["from", "to"]].isna().any().any():
         row = int(table[["from", "to"]].isna().any(axis=1).to_numpy().argmax()) + 2
         raise DataError(f"feature mapping {path}, line {row}: empty 'from' or 'to'")

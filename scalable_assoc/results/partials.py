@@ -79,7 +79,9 @@ def fits_to_table(
         "n": pa.array(fits.n.ravel(), pa.int64()),
         "n_cases": pa.array(n_cases, pa.int64(), mask=~binary | (n_cases < 0)),
         "n_controls": pa.array(n_controls, pa.int64(), mask=~binary | (n_controls < 0)),
-        "n_present": pa.nulls(k * m, pa.int64()) if n_present is None else pa.array(np.asarray(n_present, dtype=np.int64).ravel(), pa.int64()),
+        "n_present": pa.nulls(k * m, pa.int64())
+        if n_present is None
+        else pa.array(np.asarray(n_present, dtype=np.int64).ravel(), pa.int64()),
         "n_present_cases": _present_cases_column(n_present_cases, binary, k * m),
         "beta": pa.array(fits.beta.ravel(), pa.float64(), from_pandas=True),
         "se": pa.array(fits.se.ravel(), pa.float64(), from_pandas=True),
@@ -136,13 +138,26 @@ def categorical_to_table(
         raise ValueError(f"{n_terms} level coefficients for {len(levels)} levels")
     no_cases = np.full((n_terms, m), -1, dtype=np.int64)
     per_level = SlopeFits(
-        fits.beta, fits.se, fits.t, fits.p, np.broadcast_to(fits.n, (n_terms, m)).copy(), no_cases, no_cases.copy(),
+        fits.beta,
+        fits.se,
+        fits.t,
+        fits.p,
+        np.broadcast_to(fits.n, (n_terms, m)).copy(),
+        no_cases,
+        no_cases.copy(),
         np.broadcast_to(fits.status, (n_terms, m)).copy(),
     )
     level_labels = [label._replace(exposure=f"{label.exposure}[{level}]") for level in levels[1:]]
     nothing = np.full((1, m), np.nan)
     omnibus = SlopeFits(
-        nothing, nothing.copy(), nothing.copy(), fits.f_p[None].copy(), fits.n[None].copy(), no_cases[:1].copy(), no_cases[:1].copy(), fits.status[None].copy()
+        nothing,
+        nothing.copy(),
+        nothing.copy(),
+        fits.f_p[None].copy(),
+        fits.n[None].copy(),
+        no_cases[:1].copy(),
+        no_cases[:1].copy(),
+        fits.status[None].copy(),
     )
     carriers = None
     if n_present is not None:
@@ -151,14 +166,35 @@ def categorical_to_table(
         omnibus = withhold_rare_carriers(omnibus, carriers[None], min_carriers, min_prevalence, count_absent)
     return pa.concat_tables(
         [
-            fits_to_table(layer, feature_ids, level_labels, per_level, design_problem, n_present=None if carriers is None else np.broadcast_to(carriers, (n_terms, m))),
-            fits_to_table(layer, feature_ids, [label], omnibus, design_problem, f_statistic=fits.f_statistic[None], n_present=None if carriers is None else carriers[None]),
+            fits_to_table(
+                layer,
+                feature_ids,
+                level_labels,
+                per_level,
+                design_problem,
+                n_present=None if carriers is None else np.broadcast_to(carriers, (n_terms, m)),
+            ),
+            fits_to_table(
+                layer,
+                feature_ids,
+                [label],
+                omnibus,
+                design_problem,
+                f_statistic=fits.f_statistic[None],
+                n_present=None if carriers is None else carriers[None],
+            ),
         ]
     )
 
 
 def covariate_table(
-    layer: str, feature_ids: Sequence[str], label: AnalysisLabels, terms: Sequence[str], fits: TermFits, first: int, design_problem: str | None
+    layer: str,
+    feature_ids: Sequence[str],
+    label: AnalysisLabels,
+    terms: Sequence[str],
+    fits: TermFits,
+    first: int,
+    design_problem: str | None,
 ) -> pa.Table:
     """Coefficient rows of ``terms`` (rows ``first:`` of ``fits``) for every feature, term-major."""
     k, m = len(terms), len(feature_ids)

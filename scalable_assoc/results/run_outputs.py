@@ -83,7 +83,12 @@ def transform_feature_set(run: RunOutputs, layer: str) -> dict[str, Any]:
     if listed:
         return {"from": "feature list", "sha256": listed["names_sha256"], "features": listed["listed"], "absent": listed["absent"]}
     if "transform_features_sha256" in info:
-        return {"from": "kept features", "sha256": info["transform_features_sha256"], "features": info.get("transform_features"), "absent": 0}
+        return {
+            "from": "kept features",
+            "sha256": info["transform_features_sha256"],
+            "features": info.get("transform_features"),
+            "absent": 0,
+        }
     # a manifest written before the digest was recorded: the kept features of features.parquet
     features = run.features
     kept = features.loc[(features["layer"] == layer) & features["kept"].astype(bool), "feature"].astype(str)

@@ -112,7 +112,9 @@ def load_signing_key(path: Path, option: str = "--sign-key") -> SigningKey:
         secret = _secret(data, path, option)
         return SigningKey(path, HMAC_SHA256, _secret_fingerprint(secret), secret=secret)
     if b"-----BEGIN PUBLIC KEY" in data:
-        raise UserInputError(f"{option} {path}: a public key cannot sign; sign with the private key (key.pem) and verify with the public one (key.pub.pem)")
+        raise UserInputError(
+            f"{option} {path}: a public key cannot sign; sign with the private key (key.pem) and verify with the public one (key.pub.pem)"
+        )
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -187,7 +189,8 @@ def verify_sidecar(sidecar: dict[str, Any], keys: VerifyKey | Sequence[VerifyKey
     matching = [k for k in keys if block["algorithm"] == k.algorithm and block["key_fingerprint"] == k.fingerprint]
     if not matching:
         raise DataError(
-            f"{where}: its sidecar {sidecar_name} is signed with another key ({block['algorithm']}, fingerprint {block['key_fingerprint']}) "
+            f"{where}: its sidecar {sidecar_name} is signed with another key ({block['algorithm']}, fingerprint "
+            f"{block['key_fingerprint']}) "
             f"than {given}; verify with the key this cohort signs with, or ask it to export again with the consortium's key"
         )
     key = matching[0]

@@ -152,7 +152,9 @@ def _write_tables(run: RunOutputs, out: Path, rules: DisclosureRules, sufficient
     return files, withheld
 
 
-def sidecar_content(run: RunOutputs, cohort: str, rules: DisclosureRules, files: dict[str, Any], withheld: dict[str, Any]) -> dict[str, Any]:
+def sidecar_content(
+    run: RunOutputs, cohort: str, rules: DisclosureRules, files: dict[str, Any], withheld: dict[str, Any]
+) -> dict[str, Any]:
     """The sidecar of an export, unsigned: what ran, what was withheld, and the files with their checksums.
 
     Parameters
@@ -198,7 +200,11 @@ def sidecar_content(run: RunOutputs, cohort: str, rules: DisclosureRules, files:
         "fdr": {"by": list(run.plan.fdr.by), "alpha": run.plan.fdr.alpha},
         "min_cases": run.manifest.get("min_cases", {"plan": run.plan.min_cases, "used": run.plan.min_cases}),
         "layers": layers,
-        "disclosure": {"min_cell_count": rules.min_cell_count, "max_parameter_fraction": rules.max_parameter_fraction, "min_cases": rules.min_cases},
+        "disclosure": {
+            "min_cell_count": rules.min_cell_count,
+            "max_parameter_fraction": rules.max_parameter_fraction,
+            "min_cases": rules.min_cases,
+        },
         "withheld": withheld,
         "files": files,
     }

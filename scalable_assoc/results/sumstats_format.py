@@ -44,7 +44,13 @@ SUFFICIENT_SCHEMA = pa.schema(
 
 
 def cross_products_table(
-    layer: str, feature_ids: Sequence[str], exposure: str, adjustment: str, analysis_id: str, terms: tuple[str, ...], products: CrossProducts
+    layer: str,
+    feature_ids: Sequence[str],
+    exposure: str,
+    adjustment: str,
+    analysis_id: str,
+    terms: tuple[str, ...],
+    products: CrossProducts,
 ) -> pa.Table:
     """One analysis' cross-products for ``m`` features as rows of :data:`SUFFICIENT_SCHEMA`.
 

@@ -21,10 +21,18 @@ from scalable_assoc.simulate.participants import DISORDER_TERMS, DRUG_TERMS, TER
 # prevalence filter and are detectable; the sets of the different term groups are
 # disjoint so that "drug-driven" and "disorder-driven" stay distinguishable.
 _RANDOM_EFFECT_FRACTIONS: dict[str, float] = {
-    "AnyDep": 0.035, "MDD": 0.012, "AnyAnx": 0.03,
-    "ssri": 0.02, "any_ptd": 0.02,
-    "ppi": 0.02, "laxatives": 0.01, "metformin": 0.01,
-    "bmi": 0.05, "bristol_stool": 0.05, "age": 0.08, "sex": 0.08,
+    "AnyDep": 0.035,
+    "MDD": 0.012,
+    "AnyAnx": 0.03,
+    "ssri": 0.02,
+    "any_ptd": 0.02,
+    "ppi": 0.02,
+    "laxatives": 0.01,
+    "metformin": 0.01,
+    "bmi": 0.05,
+    "bristol_stool": 0.05,
+    "age": 0.08,
+    "sex": 0.08,
 }
 N_FACTORS = 3  # latent community axes (enterotype-like), shared by all layers
 
@@ -42,8 +50,8 @@ SPLIT_EFFECTS: dict[str, int] = {"AnyDep": 3, "MDD": 2, "AnyAnx": 3}
 
 Fewer when a small catalogue has too few synthetic species with prevalence 0.45-0.8."""
 _SPLIT_PREVALENCE = (0.45, 0.8)
-_PRESENCE_ONLY_MAGNITUDE = (1.0, 1.5)     # log odds of presence per unit term
-_ABUNDANCE_ONLY_MAGNITUDE = (0.8, 1.2)    # log fold change of abundance when present
+_PRESENCE_ONLY_MAGNITUDE = (1.0, 1.5)  # log odds of presence per unit term
+_ABUNDANCE_ONLY_MAGNITUDE = (0.8, 1.2)  # log fold change of abundance when present
 
 _MAX_FAMILY_ICC = 0.3
 # Species presence (carriage, shared within households) gets a family effect with this
@@ -79,10 +87,17 @@ class LayerParams:
     def subset(self, keep: np.ndarray) -> LayerParams:
         """The parameters of features ``keep`` (integer positions) only."""
         coupling = self.coupling[keep] if isinstance(self.coupling, np.ndarray) else self.coupling
-        return replace(self, mu=self.mu[keep], sigma=self.sigma[keep], prev=self.prev[keep],
-                       loadings=self.loadings[keep], B=self.B[:, keep],
-                       P=None if self.P is None else self.P[:, keep], coupling=coupling,
-                       icc=self.icc[keep])
+        return replace(
+            self,
+            mu=self.mu[keep],
+            sigma=self.sigma[keep],
+            prev=self.prev[keep],
+            loadings=self.loadings[keep],
+            B=self.B[:, keep],
+            P=None if self.P is None else self.P[:, keep],
+            coupling=coupling,
+            icc=self.icc[keep],
+        )
 
 
 def species_params(rng: np.random.Generator, extra: np.random.Generator, n_species: int, families: bool) -> LayerParams:
@@ -119,7 +134,7 @@ def species_params(rng: np.random.Generator, extra: np.random.Generator, n_speci
     loadings = rng.normal(0.0, 0.35, (n_species, N_FACTORS))
     n_terms = len(TERMS)
     B = np.zeros((n_terms, n_species))
-    P = np.zeros((n_terms, n_species))                   # presence-only effects (log odds)
+    P = np.zeros((n_terms, n_species))  # presence-only effects (log odds)
     coupling = np.full(n_species, _PRESENCE_COUPLING)
     name_to_idx = {s: j for j, s in enumerate(names)}
     for species, term, coef in NAMED_SPECIES_EFFECTS:
@@ -127,8 +142,7 @@ def species_params(rng: np.random.Generator, extra: np.random.Generator, n_speci
     # Disorder effects on one part only (presence or abundance), on synthetic species.
     _plant_split(extra, B, P, coupling, eligible=np.arange(n_named, n_species), prevalence=prev)
     # Named species keep only their documented effects; random ones go elsewhere.
-    _plant_random(rng, B, eligible=np.arange(n_named, n_species), prevalence=prev,
-                  magnitude=(0.4, 1.2), presence_effects=P)
+    _plant_random(rng, B, eligible=np.arange(n_named, n_species), prevalence=prev, magnitude=(0.4, 1.2), presence_effects=P)
     icc = _family_icc(extra, sigma, loadings, families)
     return LayerParams(mu, sigma, prev, loadings, B, P, coupling, icc, _PRESENCE_ICC_SHARE)
 
@@ -154,9 +168,11 @@ def pathway_params(rng: np.random.Generator, extra: np.random.Generator, n_pathw
     """
     u = rng.random(n_pathways)
     # "Mostly prevalent, few zeros": 80 % near-universal, 15 % common, 5 % rare.
-    prev = np.where(u < 0.80, rng.uniform(0.97, 0.999, n_pathways),
-                    np.where(u < 0.95, rng.uniform(0.30, 0.97, n_pathways),
-                             rng.uniform(0.02, 0.30, n_pathways)))
+    prev = np.where(
+        u < 0.80,
+        rng.uniform(0.97, 0.999, n_pathways),
+        np.where(u < 0.95, rng.uniform(0.30, 0.97, n_pathways), rng.uniform(0.02, 0.30, n_pathways)),
+    )
     mu = rng.normal(0.0, 1.2, n_pathways)
     sigma = rng.uniform(0.5, 0.9, n_pathways)
     loadings = rng.normal(0.0, 0.25, (n_pathways, N_FACTORS))
@@ -186,9 +202,8 @@ def gbm_params(rng: np.random.Generator, extra: np.random.Generator, families: b
     """
     gbm_names = list(GBM_LABELS)
     n_gbm = len(gbm_names)
-    prev = np.where(rng.random(n_gbm) < 0.85, rng.uniform(0.95, 0.999, n_gbm),
-                    rng.uniform(0.40, 0.95, n_gbm))
-    mu = rng.normal(5.0, 1.0, n_gbm)                     # log CPM ~ 150 on average
+    prev = np.where(rng.random(n_gbm) < 0.85, rng.uniform(0.95, 0.999, n_gbm), rng.uniform(0.40, 0.95, n_gbm))
+    mu = rng.normal(5.0, 1.0, n_gbm)  # log CPM ~ 150 on average
     sigma = rng.uniform(0.35, 0.6, n_gbm)
     loadings = rng.normal(0.0, 0.2, (n_gbm, N_FACTORS))
     B = np.zeros((len(TERMS), n_gbm))
@@ -198,9 +213,15 @@ def gbm_params(rng: np.random.Generator, extra: np.random.Generator, families: b
     return LayerParams(mu, sigma, prev, loadings, B, None, _PRESENCE_COUPLING, icc)
 
 
-def layer_abundance(rng: np.random.Generator, extra: np.random.Generator, p: LayerParams,
-                    terms: np.ndarray, factors: np.ndarray, log_depth: np.ndarray,
-                    family: np.ndarray | None) -> np.ndarray:
+def layer_abundance(
+    rng: np.random.Generator,
+    extra: np.random.Generator,
+    p: LayerParams,
+    terms: np.ndarray,
+    factors: np.ndarray,
+    log_depth: np.ndarray,
+    family: np.ndarray | None,
+) -> np.ndarray:
     """Unnormalised abundances ``(n, F)`` of one layer (see :func:`_simulate_abundance`).
 
     Parameters
@@ -225,15 +246,33 @@ def layer_abundance(rng: np.random.Generator, extra: np.random.Generator, p: Lay
     numpy.ndarray
         Abundances ``>= 0`` (0 where absent), shape ``(n, F)``.
     """
-    return _simulate_abundance(rng, p.mu, p.sigma, p.prev, p.loadings, p.B, terms, factors,
-                               log_depth, family=family, icc=p.icc, family_rng=extra,
-                               presence_icc_share=p.presence_icc_share,
-                               presence_effects=p.P, coupling=p.coupling)
+    return _simulate_abundance(
+        rng,
+        p.mu,
+        p.sigma,
+        p.prev,
+        p.loadings,
+        p.B,
+        terms,
+        factors,
+        log_depth,
+        family=family,
+        icc=p.icc,
+        family_rng=extra,
+        presence_icc_share=p.presence_icc_share,
+        presence_effects=p.P,
+        coupling=p.coupling,
+    )
 
 
-def _plant_random(rng: np.random.Generator, B: np.ndarray, eligible: np.ndarray,
-                  prevalence: np.ndarray, magnitude: tuple[float, float],
-                  presence_effects: np.ndarray | None = None) -> None:
+def _plant_random(
+    rng: np.random.Generator,
+    B: np.ndarray,
+    eligible: np.ndarray,
+    prevalence: np.ndarray,
+    magnitude: tuple[float, float],
+    presence_effects: np.ndarray | None = None,
+) -> None:
     """Give random features effects for every term in ``_RANDOM_EFFECT_FRACTIONS``.
 
     ``B`` (terms x features) is modified in place.  Each feature gets at most one
@@ -265,8 +304,9 @@ def _plant_random(rng: np.random.Generator, B: np.ndarray, eligible: np.ndarray,
         B[TERM_INDEX[term], pick] = sign * size
 
 
-def _plant_split(rng: np.random.Generator, B: np.ndarray, P: np.ndarray,
-                 coupling: np.ndarray, eligible: np.ndarray, prevalence: np.ndarray) -> None:
+def _plant_split(
+    rng: np.random.Generator, B: np.ndarray, P: np.ndarray, coupling: np.ndarray, eligible: np.ndarray, prevalence: np.ndarray
+) -> None:
     """Plant one-part disorder effects (``SPLIT_EFFECTS``) in place.
 
     Presence-only features get ``P[term, j] = +-U(_PRESENCE_ONLY_MAGNITUDE)`` (log odds);
@@ -289,8 +329,7 @@ def _plant_split(rng: np.random.Generator, B: np.ndarray, P: np.ndarray,
     k = len(rows)
     pick = pool[:k]
     is_p = np.array(presence, dtype=bool)
-    size = np.where(is_p, rng.uniform(*_PRESENCE_ONLY_MAGNITUDE, k),
-                    rng.uniform(*_ABUNDANCE_ONLY_MAGNITUDE, k))
+    size = np.where(is_p, rng.uniform(*_PRESENCE_ONLY_MAGNITUDE, k), rng.uniform(*_ABUNDANCE_ONLY_MAGNITUDE, k))
     signed = np.where(rng.random(k) < 0.5, -1.0, 1.0) * size
     term_rows = np.array(rows, dtype=np.int64)
     P[term_rows[is_p], pick[is_p]] = signed[is_p]
@@ -298,8 +337,7 @@ def _plant_split(rng: np.random.Generator, B: np.ndarray, P: np.ndarray,
     coupling[pick] = 0.0
 
 
-def _family_icc(rng: np.random.Generator, sigma: np.ndarray, loadings: np.ndarray,
-                families: bool) -> np.ndarray:
+def _family_icc(rng: np.random.Generator, sigma: np.ndarray, loadings: np.ndarray, families: bool) -> np.ndarray:
     """Per-feature intraclass correlation of the residual log abundance within families.
 
     ``_MAX_FAMILY_ICC * Beta(0.7, 1.4)`` (mean 0.1, median 0.08; 36 % below 0.05, 15 %
@@ -313,14 +351,23 @@ def _family_icc(rng: np.random.Generator, sigma: np.ndarray, loadings: np.ndarra
     return np.minimum(icc, 0.8 * s2 / (s2 + (loadings**2).sum(axis=1)))
 
 
-def _simulate_abundance(rng: np.random.Generator, mu: np.ndarray, sigma: np.ndarray,
-                        prev: np.ndarray, loadings: np.ndarray, B: np.ndarray,
-                        terms: np.ndarray, factors: np.ndarray, log_depth: np.ndarray,
-                        family: np.ndarray | None = None, icc: np.ndarray | None = None,
-                        family_rng: np.random.Generator | None = None,
-                        presence_icc_share: float = 0.0,
-                        presence_effects: np.ndarray | None = None,
-                        coupling: np.ndarray | float = _PRESENCE_COUPLING) -> np.ndarray:
+def _simulate_abundance(
+    rng: np.random.Generator,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    prev: np.ndarray,
+    loadings: np.ndarray,
+    B: np.ndarray,
+    terms: np.ndarray,
+    factors: np.ndarray,
+    log_depth: np.ndarray,
+    family: np.ndarray | None = None,
+    icc: np.ndarray | None = None,
+    family_rng: np.random.Generator | None = None,
+    presence_icc_share: float = 0.0,
+    presence_effects: np.ndarray | None = None,
+    coupling: np.ndarray | float = _PRESENCE_COUPLING,
+) -> np.ndarray:
     """Zero-inflated log-normal abundances, shape ``(n, F)``, unnormalised (>= 0).
 
     ``mu, sigma, prev`` are per feature (F,), ``loadings`` (F, K), ``B`` (terms, F),
@@ -335,7 +382,7 @@ def _simulate_abundance(rng: np.random.Generator, mu: np.ndarray, sigma: np.ndar
     ``presence_effects`` (terms, F) are extra log-odds effects on presence only;
     ``coupling`` (scalar or F,) is how strongly presence follows ``eta``.
     """
-    eta = factors @ loadings.T + terms @ B                       # systematic part (n, F)
+    eta = factors @ loadings.T + terms @ B  # systematic part (n, F)
     noise_sd = sigma
     v = None
     if family is not None and icc is not None:

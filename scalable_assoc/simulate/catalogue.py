@@ -94,10 +94,22 @@ NAMED_SPECIES: tuple[tuple[str, str, str, float, float], ...] = (
 # Synthetic genera ("g__Genus12") are spread over these families; repeats weight the
 # draw towards the families that dominate a real adult gut.
 _SYNTHETIC_FAMILY_CYCLE = (
-    "Lachnospiraceae", "Oscillospiraceae", "Ruminococcaceae", "Lachnospiraceae",
-    "Bacteroidaceae", "Oscillospiraceae", "Lachnospiraceae", "Eubacteriaceae",
-    "Rikenellaceae", "Erysipelotrichaceae", "Lachnospiraceae", "Veillonellaceae",
-    "Christensenellaceae", "Coriobacteriaceae", "Prevotellaceae", "Enterobacteriaceae",
+    "Lachnospiraceae",
+    "Oscillospiraceae",
+    "Ruminococcaceae",
+    "Lachnospiraceae",
+    "Bacteroidaceae",
+    "Oscillospiraceae",
+    "Lachnospiraceae",
+    "Eubacteriaceae",
+    "Rikenellaceae",
+    "Erysipelotrichaceae",
+    "Lachnospiraceae",
+    "Veillonellaceae",
+    "Christensenellaceae",
+    "Coriobacteriaceae",
+    "Prevotellaceae",
+    "Enterobacteriaceae",
 )
 _SPECIES_PER_SYNTHETIC_GENUS = 4
 
@@ -136,49 +148,85 @@ NAMED_SPECIES_EFFECTS: tuple[tuple[str, str, float], ...] = (
 # official numbering is not reproduced here).
 # --------------------------------------------------------------------------------------
 _GBM_LABEL_LIST = (
-    "Acetate synthesis I", "Acetate synthesis II", "Acetate synthesis III",
-    "Acetate degradation", "Propionate synthesis I", "Propionate synthesis II",
-    "Propionate synthesis III", "Propionate degradation", "Butyrate synthesis I",
-    "Butyrate synthesis II", "Butyrate degradation", "Isovaleric acid synthesis I",
-    "Isovaleric acid synthesis II", "Isovaleric acid degradation", "GABA synthesis I",
-    "GABA synthesis II", "GABA synthesis III", "GABA degradation",
-    "Glutamate synthesis I", "Glutamate synthesis II", "Glutamate degradation I",
-    "Glutamate degradation II", "Tryptophan synthesis", "Tryptophan degradation",
-    "Kynurenine synthesis", "Kynurenine degradation", "Quinolinic acid synthesis",
-    "Quinolinic acid degradation", "DOPAC synthesis", "Dopamine synthesis",
-    "Dopamine degradation", "Histamine synthesis", "Histamine degradation",
-    "Nitric oxide synthesis I", "Nitric oxide synthesis II", "Nitric oxide degradation I",
-    "Nitric oxide degradation II", "Acetylcholine synthesis", "Acetylcholine degradation",
-    "Menaquinone synthesis I", "Menaquinone synthesis II", "Inositol synthesis",
-    "Inositol degradation", "p-Cresol synthesis", "p-Cresol degradation",
-    "S-Adenosylmethionine synthesis", "S-Adenosylmethionine degradation I",
-    "S-Adenosylmethionine degradation II", "17-beta-Estradiol synthesis",
-    "17-beta-Estradiol degradation", "Cortisol degradation", "Testosterone degradation",
-    "Melatonin synthesis", "Serotonin synthesis", "Tryptamine synthesis",
+    "Acetate synthesis I",
+    "Acetate synthesis II",
+    "Acetate synthesis III",
+    "Acetate degradation",
+    "Propionate synthesis I",
+    "Propionate synthesis II",
+    "Propionate synthesis III",
+    "Propionate degradation",
+    "Butyrate synthesis I",
+    "Butyrate synthesis II",
+    "Butyrate degradation",
+    "Isovaleric acid synthesis I",
+    "Isovaleric acid synthesis II",
+    "Isovaleric acid degradation",
+    "GABA synthesis I",
+    "GABA synthesis II",
+    "GABA synthesis III",
+    "GABA degradation",
+    "Glutamate synthesis I",
+    "Glutamate synthesis II",
+    "Glutamate degradation I",
+    "Glutamate degradation II",
+    "Tryptophan synthesis",
+    "Tryptophan degradation",
+    "Kynurenine synthesis",
+    "Kynurenine degradation",
+    "Quinolinic acid synthesis",
+    "Quinolinic acid degradation",
+    "DOPAC synthesis",
+    "Dopamine synthesis",
+    "Dopamine degradation",
+    "Histamine synthesis",
+    "Histamine degradation",
+    "Nitric oxide synthesis I",
+    "Nitric oxide synthesis II",
+    "Nitric oxide degradation I",
+    "Nitric oxide degradation II",
+    "Acetylcholine synthesis",
+    "Acetylcholine degradation",
+    "Menaquinone synthesis I",
+    "Menaquinone synthesis II",
+    "Inositol synthesis",
+    "Inositol degradation",
+    "p-Cresol synthesis",
+    "p-Cresol degradation",
+    "S-Adenosylmethionine synthesis",
+    "S-Adenosylmethionine degradation I",
+    "S-Adenosylmethionine degradation II",
+    "17-beta-Estradiol synthesis",
+    "17-beta-Estradiol degradation",
+    "Cortisol degradation",
+    "Testosterone degradation",
+    "Melatonin synthesis",
+    "Serotonin synthesis",
+    "Tryptamine synthesis",
     "ClpB (ATP-dependent chaperone)",
 )
 GBM_LABELS: dict[str, str] = {f"MGB{k + 1:03d}": lab for k, lab in enumerate(_GBM_LABEL_LIST)}
 """``MGB001``..``MGB056`` -> module description (column names of ``gbm.tsv``)."""
 
 GBM_HEADLINE_MODULES: dict[str, str] = {
-    "tryptophan": "MGB023",   # Tryptophan synthesis
-    "glutamate": "MGB019",    # Glutamate synthesis I
-    "dopac": "MGB029",        # DOPAC synthesis
+    "tryptophan": "MGB023",  # Tryptophan synthesis
+    "glutamate": "MGB019",  # Glutamate synthesis I
+    "dopac": "MGB029",  # DOPAC synthesis
 }
 """The gut-brain modules planted lower in depression (MDD/dysthymia, hence AnyDep)."""
 
 NAMED_GBM_EFFECTS: tuple[tuple[str, str, float], ...] = (
-    ("MGB023", "AnyDep", -0.6),    # tryptophan synthesis
-    ("MGB019", "AnyDep", -0.5),    # glutamate synthesis I
-    ("MGB029", "AnyDep", -0.6),    # DOPAC synthesis
-    ("MGB015", "AnyAnx", -0.4),    # GABA synthesis I
-    ("MGB053", "MDD", -0.35),      # melatonin synthesis
-    ("MGB024", "ssri", 0.5),       # tryptophan degradation
-    ("MGB027", "any_ptd", 0.4),    # quinolinic acid synthesis
-    ("MGB034", "ppi", 0.5),        # nitric oxide synthesis I
-    ("MGB005", "bmi", 0.3),        # propionate synthesis I
+    ("MGB023", "AnyDep", -0.6),  # tryptophan synthesis
+    ("MGB019", "AnyDep", -0.5),  # glutamate synthesis I
+    ("MGB029", "AnyDep", -0.6),  # DOPAC synthesis
+    ("MGB015", "AnyAnx", -0.4),  # GABA synthesis I
+    ("MGB053", "MDD", -0.35),  # melatonin synthesis
+    ("MGB024", "ssri", 0.5),  # tryptophan degradation
+    ("MGB027", "any_ptd", 0.4),  # quinolinic acid synthesis
+    ("MGB034", "ppi", 0.5),  # nitric oxide synthesis I
+    ("MGB005", "bmi", 0.3),  # propionate synthesis I
     ("MGB009", "bristol_stool", -0.35),  # butyrate synthesis I
-    ("MGB044", "bristol_stool", 0.3),    # p-Cresol synthesis
+    ("MGB044", "bristol_stool", 0.3),  # p-Cresol synthesis
 )
 
 # --------------------------------------------------------------------------------------
@@ -243,14 +291,51 @@ _REAL_PATHWAYS = (
     "RIBOSYN2-PWY: flavin biosynthesis I (bacteria and plants)",
 )
 _PWY_COMPOUNDS = (
-    "L-serine", "L-threonine", "L-alanine", "glycine", "L-cysteine", "L-leucine",
-    "L-tyrosine", "L-phenylalanine", "L-asparagine", "L-aspartate", "L-glutamine",
-    "putrescine", "spermidine", "biotin", "cobalamin", "thiamine", "riboflavin",
-    "pyridoxal 5'-phosphate", "NAD", "heme", "ubiquinol-8", "menaquinol-8", "lipid IVA",
-    "CMP-legionaminate", "UDP-N-acetyl-D-glucosamine", "GDP-mannose", "dTDP-L-rhamnose",
-    "trehalose", "sucrose", "lactose", "galactose", "mannan", "xylan", "pectin",
-    "fucose", "rhamnose", "L-arabinose", "D-galacturonate", "glycerol", "ethanolamine",
-    "urate", "allantoin", "4-hydroxyphenylacetate", "myo-inositol", "sulfoquinovose",
+    "L-serine",
+    "L-threonine",
+    "L-alanine",
+    "glycine",
+    "L-cysteine",
+    "L-leucine",
+    "L-tyrosine",
+    "L-phenylalanine",
+    "L-asparagine",
+    "L-aspartate",
+    "L-glutamine",
+    "putrescine",
+    "spermidine",
+    "biotin",
+    "cobalamin",
+    "thiamine",
+    "riboflavin",
+    "pyridoxal 5'-phosphate",
+    "NAD",
+    "heme",
+    "ubiquinol-8",
+    "menaquinol-8",
+    "lipid IVA",
+    "CMP-legionaminate",
+    "UDP-N-acetyl-D-glucosamine",
+    "GDP-mannose",
+    "dTDP-L-rhamnose",
+    "trehalose",
+    "sucrose",
+    "lactose",
+    "galactose",
+    "mannan",
+    "xylan",
+    "pectin",
+    "fucose",
+    "rhamnose",
+    "L-arabinose",
+    "D-galacturonate",
+    "glycerol",
+    "ethanolamine",
+    "urate",
+    "allantoin",
+    "4-hydroxyphenylacetate",
+    "myo-inositol",
+    "sulfoquinovose",
 )
 _PWY_PROCESSES = ("biosynthesis", "degradation", "salvage", "fermentation")
 _ROMAN = ("I", "II", "III", "IV", "V", "VI")
@@ -273,11 +358,7 @@ HEADLINE_FEATURES: dict[str, list[tuple[str, str, str]]] = {
         ("species", "s__Bifidobacterium_bifidum", "AnyAnx"),
     ],
     # Tryptophan / glutamate / DOPAC synthesis modules lower in depression.
-    "depression_gbm": [
-        ("gbm", mgb, exp)
-        for mgb in GBM_HEADLINE_MODULES.values()
-        for exp in ("MDD", "dysthymia", "AnyDep")
-    ],
+    "depression_gbm": [("gbm", mgb, exp) for mgb in GBM_HEADLINE_MODULES.values() for exp in ("MDD", "dysthymia", "AnyDep")],
     # Drug-driven: E. lenta up with SSRIs (and hence with any psychotropic).
     "drug_species": [
         ("species", "s__Eggerthella_lenta", "ssri"),
@@ -288,9 +369,7 @@ HEADLINE_FEATURES: dict[str, list[tuple[str, str, str]]] = {
 """Theme -> (layer, feature, exposure) triples whose truth is non-zero and detectable."""
 
 HEADLINE_SIGNS: dict[tuple[str, str, str], int] = {
-    triple: (1 if theme == "drug_species" else -1)
-    for theme, triples in HEADLINE_FEATURES.items()
-    for triple in triples
+    triple: (1 if theme == "drug_species" else -1) for theme, triples in HEADLINE_FEATURES.items() for triple in triples
 }
 """(layer, feature, exposure) -> planted sign (+1 / -1) of each headline effect."""
 

@@ -50,12 +50,12 @@ _SPECIES_RENAMES: dict[str, tuple[str, str]] = {
     "Ruminococcus_torques": ("Mediterraneibacter_torques", "Lachnospiraceae"),
 }
 _MIN_COHORT_PARTICIPANTS = 300
-_HETEROGENEOUS_FRACTION = 0.2    # of the planted disorder/drug effects of each layer
-_HETEROGENEITY_TAU = 0.5         # SD of a cohort's deviation, as a multiple of |effect|
-_BATCH_SD = 0.5                  # SD of a cohort's per-feature shift of log abundance
-_DROPPED_PER_COHORT = 4          # species missing from each of cohorts 2..
+_HETEROGENEOUS_FRACTION = 0.2  # of the planted disorder/drug effects of each layer
+_HETEROGENEITY_TAU = 0.5  # SD of a cohort's deviation, as a multiple of |effect|
+_BATCH_SD = 0.5  # SD of a cohort's per-feature shift of log abundance
+_DROPPED_PER_COHORT = 4  # species missing from each of cohorts 2..
 _COHORT_MISSING_FRACTION = 0.0005
-_LIST_MIN_PREVALENCE = 0.05      # the shared feature list: features whose simulated prevalence is at least this
+_LIST_MIN_PREVALENCE = 0.05  # the shared feature list: features whose simulated prevalence is at least this
 
 
 @dataclass(frozen=True)
@@ -120,10 +120,10 @@ class _Cohort:
 class _Shared:
     """What every cohort shares: parameters, which effects vary, which species each lacks."""
 
-    params: dict[str, LayerParams]       # layer -> shared parameters (species, pathways, gbm)
-    hetero: dict[str, np.ndarray]        # layer -> (terms, F) mask of effects that vary
-    dropped: list[np.ndarray]            # per cohort, in order: species positions it lacks
-    catalogue: dict[str, list[str]]      # the shared species catalogue (canonical spelling)
+    params: dict[str, LayerParams]  # layer -> shared parameters (species, pathways, gbm)
+    hetero: dict[str, np.ndarray]  # layer -> (terms, F) mask of effects that vary
+    dropped: list[np.ndarray]  # per cohort, in order: species positions it lacks
+    catalogue: dict[str, list[str]]  # the shared species catalogue (canonical spelling)
     pathways: list[str]
 
 
@@ -182,14 +182,16 @@ def simulate_cohorts(
     out.mkdir(parents=True, exist_ok=True)
     streams = np.random.SeedSequence(seed).spawn(cohorts + 1)
     shared, between = _draw_shared(streams[0], cohorts, n_species, n_pathways)
-    plan = [_Cohort(f"cohort_{k}", k, sizes[k - 1], COHORT_SPELLINGS[(k - 1) % len(COHORT_SPELLINGS)], streams[k])
-            for k in range(1, cohorts + 1)]
+    plan = [
+        _Cohort(f"cohort_{k}", k, sizes[k - 1], COHORT_SPELLINGS[(k - 1) % len(COHORT_SPELLINGS)], streams[k])
+        for k in range(1, cohorts + 1)
+    ]
     written = [_write_cohort(out, cohort, shared, between) for cohort in plan]
 
-    renamed = {f"s__{new}": f"s__{old}" for old, (new, _) in _SPECIES_RENAMES.items()
-               if any(cohort.spelling == "renamed" for cohort in plan)}
-    dropped = {cohort.name: tuple("s__" + shared.catalogue["species"][j] for j in shared.dropped[cohort.number - 1])
-               for cohort in plan}
+    renamed = {
+        f"s__{new}": f"s__{old}" for old, (new, _) in _SPECIES_RENAMES.items() if any(cohort.spelling == "renamed" for cohort in plan)
+    }
+    dropped = {cohort.name: tuple("s__" + shared.catalogue["species"][j] for j in shared.dropped[cohort.number - 1]) for cohort in plan}
     truth_path = out / "truth.tsv"
     write_frame(truth_path, _cohorts_truth(plan, written, shared, renamed, dropped))
     mapping_path = out / "feature_mapping.tsv"
@@ -228,8 +230,7 @@ def _cohort_sizes(cohorts: int, participants: int, n_species: int, n_pathways: i
     return sizes
 
 
-def _draw_shared(stream: np.random.SeedSequence, cohorts: int, n_species: int,
-                 n_pathways: int) -> tuple[_Shared, np.random.Generator]:
+def _draw_shared(stream: np.random.SeedSequence, cohorts: int, n_species: int, n_pathways: int) -> tuple[_Shared, np.random.Generator]:
     """The shared parameters and between-cohort choices, plus the generator of the per-cohort deviations.
 
     The same parameter draws as a single study (families on), then the between-cohort
@@ -256,15 +257,24 @@ def _write_cohort(out: Path, cohort: _Cohort, shared: _Shared, between: np.rando
     rng = np.random.default_rng(cohort.seed)
     extra = rng.spawn(1)[0]
     spelling = StudySpelling(
-        sample_prefix=f"C{cohort.number}S", family_prefix=f"C{cohort.number}F",
+        sample_prefix=f"C{cohort.number}S",
+        family_prefix=f"C{cohort.number}F",
         species_style="clade" if cohort.spelling == "clade" else "lineage",
         plan_text=cohort_plan_text(cohort.name),
         adapt_min_cases=True,
     )
-    return write_study(out / cohort.name, rng, extra, cohort.size, params.__getitem__, families=True,
-                       missing_abundance_fraction=_COHORT_MISSING_FRACTION,
-                       species=_cohort_catalogue(shared.catalogue, keep, renamed=cohort.spelling == "renamed"),
-                       pathways=shared.pathways, spelling=spelling)
+    return write_study(
+        out / cohort.name,
+        rng,
+        extra,
+        cohort.size,
+        params.__getitem__,
+        families=True,
+        missing_abundance_fraction=_COHORT_MISSING_FRACTION,
+        species=_cohort_catalogue(shared.catalogue, keep, renamed=cohort.spelling == "renamed"),
+        pathways=shared.pathways,
+        spelling=spelling,
+    )
 
 
 def _write_feature_lists(out: Path, plan: list[_Cohort], shared_list: pd.DataFrame) -> dict[str, Path]:
@@ -338,7 +348,7 @@ def _pick_dropped(rng: np.random.Generator, p: LayerParams, cohorts: int) -> lis
     n_null = _DROPPED_PER_COHORT - 1
     out = [np.empty(0, dtype=np.int64)]
     for k in range(1, cohorts):
-        picks = np.concatenate([pool_planted[k - 1:k], pool_null[(k - 1) * n_null:k * n_null]])
+        picks = np.concatenate([pool_planted[k - 1 : k], pool_null[(k - 1) * n_null : k * n_null]])
         out.append(np.sort(picks).astype(np.int64))
     return out
 
@@ -371,8 +381,9 @@ def _cohort_catalogue(catalogue: dict[str, list[str]], keep: np.ndarray, renamed
     return {"species": species, "lineage": lineage}
 
 
-def _cohorts_truth(plan: list[_Cohort], written: list[WrittenStudy], shared: _Shared,
-                   renamed: dict[str, str], dropped: dict[str, tuple[str, ...]]) -> pd.DataFrame:
+def _cohorts_truth(
+    plan: list[_Cohort], written: list[WrittenStudy], shared: _Shared, renamed: dict[str, str], dropped: dict[str, tuple[str, ...]]
+) -> pd.DataFrame:
     """The top-level ``truth.tsv`` (long: ``cohort == "shared"`` rows, then each cohort's)."""
     base = _shared_truth(written, shared, dropped)
     keys = ["layer", "feature", "exposure"]
@@ -406,8 +417,7 @@ def _shared_truth(written: list[WrittenStudy], shared: _Shared, dropped: dict[st
     return base
 
 
-def _heterogeneity(pooled: dict[str, np.ndarray], terms: np.ndarray,
-                   shared: _Shared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _heterogeneity(pooled: dict[str, np.ndarray], terms: np.ndarray, shared: _Shared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per truth row: the heterogeneity flag and the SD of a cohort's deviation of both effects.
 
     Rows in the order of :func:`truth_frame` (exposure, then layer, then feature);

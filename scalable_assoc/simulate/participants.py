@@ -30,7 +30,13 @@ _REF_COMORBID = 129
 _MIN_CASES = 5
 
 DISORDERS: tuple[str, ...] = (
-    "dysthymia", "MDD", "AnyDep", "GAD", "social_phobia", "panic", "AnyAnx",
+    "dysthymia",
+    "MDD",
+    "AnyDep",
+    "GAD",
+    "social_phobia",
+    "panic",
+    "AnyAnx",
 )
 """The seven 0/1 disorder columns of ``metadata.tsv``."""
 
@@ -51,10 +57,18 @@ DISORDER_EXPOSURES = ("dysthymia", "MDD", "AnyDep", "GAD", "AnyAnx")
 
 # Latent drivers of the microbiome (columns of the term matrix, rows of B).
 TERMS: tuple[str, ...] = (
-    "AnyDep", "MDD", "AnyAnx",                       # disorder terms
-    "ssri", "any_ptd",                               # psychotropic drug terms
-    "ppi", "laxatives", "metformin",                 # other medication
-    "bmi", "bristol_stool", "age", "sex",            # covariates (standardised)
+    "AnyDep",
+    "MDD",
+    "AnyAnx",  # disorder terms
+    "ssri",
+    "any_ptd",  # psychotropic drug terms
+    "ppi",
+    "laxatives",
+    "metformin",  # other medication
+    "bmi",
+    "bristol_stool",
+    "age",
+    "sex",  # covariates (standardised)
 )
 TERM_INDEX = {name: k for k, name in enumerate(TERMS)}
 DISORDER_TERMS = ("AnyDep", "MDD", "AnyAnx")
@@ -107,8 +121,16 @@ def _cohort_counts(participants: int) -> dict[str, int]:
             f"participants={participants} is too small to hold the minimum of "
             f"{_MIN_CASES} cases per disorder plus controls; use at least 100."
         )
-    return {**dep, **anx, "n_dep": n_dep, "n_anx": n_anx, "comorbid": comorbid,
-            "n_cases": n_cases, "n_controls": n_controls, "n_other": n_other}
+    return {
+        **dep,
+        **anx,
+        "n_dep": n_dep,
+        "n_anx": n_anx,
+        "comorbid": comorbid,
+        "n_cases": n_cases,
+        "n_controls": n_controls,
+        "n_other": n_other,
+    }
 
 
 def simulate_participants(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -153,17 +175,16 @@ def _disorders(rng: np.random.Generator, n: int) -> tuple[dict[str, np.ndarray],
     # Depression labels per depression slot: 1 dys only, 2 MDD only, 3 both.
     dep_lab = rng.permutation(np.repeat([1, 2, 3], [c["dys_only"], c["mdd_only"], c["dys_mdd"]]))
     # Anxiety labels: 1 GAD, 2 social phobia, 3 panic, 4 GAD+SP, 5 GAD+panic.
-    anx_lab = rng.permutation(np.repeat([1, 2, 3, 4, 5],
-                                        [c["gad"], c["sp"], c["panic"], c["gad_sp"], c["gad_panic"]]))
+    anx_lab = rng.permutation(np.repeat([1, 2, 3, 4, 5], [c["gad"], c["sp"], c["panic"], c["gad_sp"], c["gad_panic"]]))
     slot_dep = np.zeros(n, dtype=np.int64)
     slot_anx = np.zeros(n, dtype=np.int64)
     slot_dep[:n_dep] = dep_lab
-    slot_anx[n_dep - c["comorbid"]:n_cases] = anx_lab
-    slot_role = np.full(n, 2, dtype=np.int64)           # 0 case, 1 control, 2 other
+    slot_anx[n_dep - c["comorbid"] : n_cases] = anx_lab
+    slot_role = np.full(n, 2, dtype=np.int64)  # 0 case, 1 control, 2 other
     slot_role[:n_cases] = 0
-    slot_role[n_cases:n_cases + c["n_controls"]] = 1
+    slot_role[n_cases : n_cases + c["n_controls"]] = 1
 
-    order = rng.permutation(n)                           # slot order[i] -> participant i
+    order = rng.permutation(n)  # slot order[i] -> participant i
     dep = slot_dep[order]
     anx = slot_anx[order]
     role = slot_role[order]
@@ -190,8 +211,7 @@ def _add_covariates(rng: np.random.Generator, d: dict[str, np.ndarray], case: np
     female = rng.random(n) < np.where(case, 0.68, 0.575)
     d["sex_female"] = female.astype(np.int64)
     d["age"] = np.round(np.clip(rng.normal(49.0, 13.0, n) - 4.0 * case, 18.0, 80.0), 1)
-    d["bmi"] = np.round(np.clip(26.0 + 4.0 * rng.standard_normal(n) + 1.2 * case
-                                + 0.3 * other - 0.6 * female, 15.0, 55.0), 1)
+    d["bmi"] = np.round(np.clip(26.0 + 4.0 * rng.standard_normal(n) + 1.2 * case + 0.3 * other - 0.6 * female, 15.0, 55.0), 1)
     stool_latent = rng.standard_normal(n) + 0.45 * case
     d["bristol_stool"] = np.clip(np.rint(4.0 + 1.3 * stool_latent), 1, 7).astype(np.int64)
     d["read_depth"] = np.round(np.clip(np.exp(rng.normal(math.log(11.0), 0.3, n)), 4.0, 25.0), 3)
@@ -206,13 +226,12 @@ def _add_medication(rng: np.random.Generator, d: dict[str, np.ndarray], case: np
     d["metformin"] = (rng.random(n) < 1.0 / (1.0 + np.exp(-met_logit))).astype(np.int64)
     ibs = rng.random(n) < np.where(case, 0.22, np.where(other, 0.14, 0.08))
     d["ibs"] = ibs.astype(np.int64)
-    d["fgid"] = (ibs | (rng.random(n) < 0.06)).astype(np.int64)   # IBS is an FGID
+    d["fgid"] = (ibs | (rng.random(n) < 0.06)).astype(np.int64)  # IBS is an FGID
     # Psychotropics: ~25 % of cases vs ~4 % of others; about half are SSRIs.
     ptd = rng.random(n) < np.where(case, 0.25, np.where(other, 0.05, 0.035))
     d["any_ptd"] = ptd.astype(np.int64)
-    d["ssri"] = (ptd & (rng.random(n) < 0.5)).astype(np.int64)     # SSRI is a psychotropic
-    d["neuroticism"] = np.round(np.clip(3.5 + 2.3 * rng.standard_normal(n) + 3.0 * case
-                                        + 0.5 * other, 0.0, 12.0), 1)
+    d["ssri"] = (ptd & (rng.random(n) < 0.5)).astype(np.int64)  # SSRI is a psychotropic
+    d["neuroticism"] = np.round(np.clip(3.5 + 2.3 * rng.standard_normal(n) + 3.0 * case + 0.5 * other, 0.0, 12.0), 1)
 
 
 def simulate_families(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -240,13 +259,13 @@ def simulate_families(rng: np.random.Generator, n: int) -> np.ndarray:
     sizes_v = np.array(list(FAMILY_SIZE_PROBABILITIES), dtype=np.int64)
     mean = float(sizes_p @ sizes_v)
     sizes = np.empty(0, dtype=np.int64)
-    while sizes.sum() < n:                               # one draw unless n is tiny
+    while sizes.sum() < n:  # one draw unless n is tiny
         more = int(n / mean * 1.2) + 20
         sizes = np.concatenate([sizes, sizes_v[rng.choice(sizes_v.size, more, p=sizes_p)]])
     ends = np.cumsum(sizes)
-    m = int(np.searchsorted(ends, n)) + 1                # families needed to reach n
+    m = int(np.searchsorted(ends, n)) + 1  # families needed to reach n
     sizes = sizes[:m].copy()
-    sizes[-1] -= int(ends[m - 1]) - n                    # cut the last family to fit
+    sizes[-1] -= int(ends[m - 1]) - n  # cut the last family to fit
     slot_family = np.repeat(np.arange(m), sizes)
     codes, _ = pd.factorize(slot_family[rng.permutation(n)])
     return codes.astype(np.int64)
@@ -266,9 +285,14 @@ def term_matrix(c: dict[str, np.ndarray]) -> np.ndarray:
         float64 ``(n, len(TERMS))``, columns in the order of :data:`TERMS`.
     """
     cols = {
-        "AnyDep": c["AnyDep"], "MDD": c["MDD"], "AnyAnx": c["AnyAnx"],
-        "ssri": c["ssri"], "any_ptd": c["any_ptd"], "ppi": c["ppi"],
-        "laxatives": c["laxatives"], "metformin": c["metformin"],
+        "AnyDep": c["AnyDep"],
+        "MDD": c["MDD"],
+        "AnyAnx": c["AnyAnx"],
+        "ssri": c["ssri"],
+        "any_ptd": c["any_ptd"],
+        "ppi": c["ppi"],
+        "laxatives": c["laxatives"],
+        "metformin": c["metformin"],
         "bmi": (c["bmi"] - 26.0) / 4.0,
         "bristol_stool": (c["bristol_stool"] - 4.0) / 1.3,
         "age": (c["age"] - 49.0) / 13.0,
@@ -277,8 +301,9 @@ def term_matrix(c: dict[str, np.ndarray]) -> np.ndarray:
     return np.column_stack([np.asarray(cols[t], dtype=np.float64) for t in TERMS])
 
 
-def metadata_frame(rng: np.random.Generator, c: dict[str, np.ndarray], sample_ids: list[str],
-                   family: np.ndarray | None = None, family_prefix: str = "F") -> pd.DataFrame:
+def metadata_frame(
+    rng: np.random.Generator, c: dict[str, np.ndarray], sample_ids: list[str], family: np.ndarray | None = None, family_prefix: str = "F"
+) -> pd.DataFrame:
     """``metadata.tsv`` content with ~2 % of bmi and ~3 % of bristol_stool missing.
 
     With ``family`` (codes per participant) a last column ``family_id`` (``F00001``...,
@@ -315,8 +340,7 @@ def metadata_frame(rng: np.random.Generator, c: dict[str, np.ndarray], sample_id
         "bristol_stool": bristol,
         "read_depth": c["read_depth"],
     }
-    for k in ("ppi", "laxatives", "metformin", "ibs", "fgid", "ssri", "any_ptd",
-              *DISORDERS, "no_disorder"):
+    for k in ("ppi", "laxatives", "metformin", "ibs", "fgid", "ssri", "any_ptd", *DISORDERS, "no_disorder"):
         cols[k] = c[k]
     cols["neuroticism"] = c["neuroticism"]
     if family is not None:

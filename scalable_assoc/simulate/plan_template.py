@@ -83,7 +83,7 @@ def plan_yaml(models: Sequence[str] | None = None, cluster: str | None = None) -
 PLAN_YAML_WITH_MODELS = plan_yaml(["lm", "lm_nonzero", "prevalence"], "family_id")
 """The plan with ``models: [lm, lm_nonzero, prevalence]``, ``cluster: family_id`` and cluster-robust OLS standard errors."""
 
-PLAN_MIN_CASES = 10             # the plan's default min_cases (scalable_assoc.plan.schema)
+PLAN_MIN_CASES = 10  # the plan's default min_cases (scalable_assoc.plan.schema)
 
 FEATURE_LIST_NAME = "features.tsv"
 """The shared feature list :func:`simulate_cohorts` writes into every cohort folder (``layer``, ``feature``)."""
@@ -128,9 +128,11 @@ def with_min_cases(plan_text: str, cohort: dict[str, np.ndarray]) -> str:
         has at least :data:`PLAN_MIN_CASES` participants, else with ``min_cases`` the
         smallest group (at least 1), so the study runs as written.
     """
-    fewest = min(int((cohort[column] == value).sum())
-                 for case_col, case_val, ctrl_col, ctrl_val in PLAN_EXPOSURES.values()
-                 for column, value in ((case_col, case_val), (ctrl_col, ctrl_val)))
+    fewest = min(
+        int((cohort[column] == value).sum())
+        for case_col, case_val, ctrl_col, ctrl_val in PLAN_EXPOSURES.values()
+        for column, value in ((case_col, case_val), (ctrl_col, ctrl_val))
+    )
     if fewest < PLAN_MIN_CASES:
         return plan_text + f"min_cases: {max(1, fewest)}\n"
     return plan_text

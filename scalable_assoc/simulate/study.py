@@ -122,9 +122,7 @@ def simulate_study(
     """
     check_catalogue_sizes(n_species, n_pathways)
     if not 0.0 <= missing_abundance_fraction < 0.5:
-        raise UserInputError(
-            f"missing_abundance_fraction={missing_abundance_fraction} must be in [0, 0.5)."
-        )
+        raise UserInputError(f"missing_abundance_fraction={missing_abundance_fraction} must be in [0, 0.5).")
     check_sample_id_space(participants)
 
     rng = np.random.default_rng(seed)
@@ -140,10 +138,17 @@ def simulate_study(
             return pathway_params(rng, extra, n_pathways, families)
         return gbm_params(rng, extra, families)
 
-    written = write_study(Path(out_dir), rng, extra, participants, draw, families=families,
-                          missing_abundance_fraction=missing_abundance_fraction,
-                          species=species_catalogue(n_species),
-                          pathways=pathway_names(n_pathways))
+    written = write_study(
+        Path(out_dir),
+        rng,
+        extra,
+        participants,
+        draw,
+        families=families,
+        missing_abundance_fraction=missing_abundance_fraction,
+        species=species_catalogue(n_species),
+        pathways=pathway_names(n_pathways),
+    )
     return written.study
 
 
@@ -194,20 +199,18 @@ def check_sample_id_space(participants: int) -> None:
         If ``participants`` exceeds 999,999.
     """
     if participants > 999_999:
-        raise UserInputError(
-            f"participants={participants} exceeds the 6-digit sample id space (999,999)."
-        )
+        raise UserInputError(f"participants={participants} exceeds the 6-digit sample id space (999,999).")
 
 
 @dataclass(frozen=True)
 class StudySpelling:
     """How one study folder spells its ids, species table and plan (defaults: a single study)."""
 
-    sample_prefix: str = "LL"          # sample ids LL000001...
-    family_prefix: str = "F"           # family ids F00001...
-    species_style: str = "lineage"     # "lineage": MetaPhlAn 4 full lineages; "clade": MetaPhlAn 3 clade names
+    sample_prefix: str = "LL"  # sample ids LL000001...
+    family_prefix: str = "F"  # family ids F00001...
+    species_style: str = "lineage"  # "lineage": MetaPhlAn 4 full lineages; "clade": MetaPhlAn 3 clade names
     plan_text: str = PLAN_YAML
-    adapt_min_cases: bool = False      # append "min_cases: m" when an exposure group has m < 10
+    adapt_min_cases: bool = False  # append "min_cases: m" when an exposure group has m < 10
 
 
 @dataclass(frozen=True)
@@ -224,11 +227,11 @@ class WrittenStudy:
 class _Participants:
     """One cohort's participants and the latent structure every layer shares."""
 
-    cohort: dict[str, np.ndarray]      # participant-level arrays (simulate_participants)
-    terms: np.ndarray                  # (n, len(TERMS)) latent drivers
-    factors: np.ndarray                # (n, N_FACTORS) latent community axes
-    log_depth: np.ndarray              # (n,) centred log read depth
-    family: np.ndarray | None          # (n,) family codes, None without families
+    cohort: dict[str, np.ndarray]  # participant-level arrays (simulate_participants)
+    terms: np.ndarray  # (n, len(TERMS)) latent drivers
+    factors: np.ndarray  # (n, N_FACTORS) latent community axes
+    log_depth: np.ndarray  # (n,) centred log read depth
+    family: np.ndarray | None  # (n,) family codes, None without families
 
 
 @dataclass(frozen=True)
@@ -239,10 +242,19 @@ class _Layer:
     values: np.ndarray
 
 
-def write_study(out: Path, rng: np.random.Generator, extra: np.random.Generator,
-                participants: int, params: Callable[[str], LayerParams], *, families: bool,
-                missing_abundance_fraction: float, species: dict[str, list[str]],
-                pathways: list[str], spelling: StudySpelling = StudySpelling()) -> WrittenStudy:
+def write_study(
+    out: Path,
+    rng: np.random.Generator,
+    extra: np.random.Generator,
+    participants: int,
+    params: Callable[[str], LayerParams],
+    *,
+    families: bool,
+    missing_abundance_fraction: float,
+    species: dict[str, list[str]],
+    pathways: list[str],
+    spelling: StudySpelling = StudySpelling(),
+) -> WrittenStudy:
     """Simulate one cohort and write its study folder to ``out``.
 
     ``params(layer)`` gives the parameters of ``"species"``, ``"pathways"`` and ``"gbm"``;
@@ -318,12 +330,18 @@ def _draw_participants(rng: np.random.Generator, extra: np.random.Generator, n: 
     return _Participants(cohort, terms, factors, log_depth, family)
 
 
-def _draw_layers(rng: np.random.Generator, extra: np.random.Generator, params: Callable[[str], LayerParams],
-                 drawn: _Participants, missing_abundance_fraction: float) -> dict[str, _Layer]:
+def _draw_layers(
+    rng: np.random.Generator,
+    extra: np.random.Generator,
+    params: Callable[[str], LayerParams],
+    drawn: _Participants,
+    missing_abundance_fraction: float,
+) -> dict[str, _Layer]:
     """Species (percent), pathways (proportions) and GBM values, in that order of draws.
 
     Pathway and GBM cells are then set missing with ``missing_abundance_fraction``.
     """
+
     def abundance(p: LayerParams) -> np.ndarray:
         return layer_abundance(rng, extra, p, drawn.terms, drawn.factors, drawn.log_depth, drawn.family)
 

@@ -29,9 +29,9 @@ class TruthLayer:
     """What ``truth.tsv`` needs of one layer: names, effect matrices, family ICCs."""
 
     features: list[str]
-    abundance: np.ndarray    # (terms, F) effects on the latent log abundance
-    presence: np.ndarray     # (terms, F) effects on the log odds of presence
-    icc: np.ndarray          # (F,) family intraclass correlation of log abundance
+    abundance: np.ndarray  # (terms, F) effects on the latent log abundance
+    presence: np.ndarray  # (terms, F) effects on the log odds of presence
+    icc: np.ndarray  # (F,) family intraclass correlation of log abundance
 
 
 def truth_feature_names(species: dict[str, list[str]], pathways: list[str]) -> dict[str, list[str]]:
@@ -143,10 +143,17 @@ def truth_frame(c: dict[str, np.ndarray], terms: np.ndarray, layers: dict[str, T
         for layer, tl in layers.items():
             abundance = round6(delta @ tl.abundance[idx])
             presence = round6(delta @ tl.presence[idx])
-            frames.append(pd.DataFrame({
-                "layer": layer, "feature": tl.features, "exposure": exposure,
-                "effect": np.where(abundance != 0, abundance, presence),
-                "presence_effect": presence, "abundance_effect": abundance,
-                "family_icc": round6(tl.icc),
-            }))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "layer": layer,
+                        "feature": tl.features,
+                        "exposure": exposure,
+                        "effect": np.where(abundance != 0, abundance, presence),
+                        "presence_effect": presence,
+                        "abundance_effect": abundance,
+                        "family_icc": round6(tl.icc),
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)

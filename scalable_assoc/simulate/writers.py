@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 _MPA_HEADER = "#mpa_vJan21_CHOCOPhlAnSGB_202103"
-_MPA3_HEADER = "#mpa_v30_CHOCOPhlAn_201901"   # clade-name-only tables (simulate_cohorts)
-_TAXID_BASE = 900001                            # this simulator's own NCBI_tax_id numbers
+_MPA3_HEADER = "#mpa_v30_CHOCOPhlAn_201901"  # clade-name-only tables (simulate_cohorts)
+_TAXID_BASE = 900001  # this simulator's own NCBI_tax_id numbers
 
 
 def _format_rows(values: np.ndarray, labels: list[str]) -> str:
@@ -92,25 +92,23 @@ def write_species(path: Path, sp: dict[str, list[str]], pct: np.ndarray, sample_
     clades = [f"{lin}|s__{s}" for lin, s in zip(sp["lineage"], sp["species"], strict=True)]
     parts = [c.split("|") for c in clades]
     rows: dict[str, np.ndarray] = {}
-    for depth in range(1, 7):                            # k, p, c, o, f, g
+    for depth in range(1, 7):  # k, p, c, o, f, g
         prefixes = ["|".join(p[:depth]) for p in parts]
         codes, uniques = pd.factorize(pd.Index(prefixes))
         onehot = np.zeros((len(clades), len(uniques)))
         onehot[np.arange(len(clades)), codes] = 1.0
-        sums = pct @ onehot                              # (n, n_groups)
+        sums = pct @ onehot  # (n, n_groups)
         for g, name in enumerate(uniques):
             rows[name] = sums[:, g]
     for j, name in enumerate(clades):
         rows[name] = pct[:, j]
     order = sorted(rows, key=lambda name: name.split("|"))
-    values = np.vstack([rows[name] for name in order])   # (n clades, n samples)
+    values = np.vstack([rows[name] for name in order])  # (n clades, n samples)
     if style == "lineage":
         header, labels, columns = _MPA_HEADER, order, ["clade_name"]
     elif style == "clade":
-        ids = {name: str(_TAXID_BASE + k)
-               for k, name in enumerate(sorted({c for name in order for c in name.split("|")}))}
-        labels = [f"{name.rsplit('|', 1)[-1]}\t{'|'.join(ids[c] for c in name.split('|'))}"
-                  for name in order]
+        ids = {name: str(_TAXID_BASE + k) for k, name in enumerate(sorted({c for name in order for c in name.split("|")}))}
+        labels = [f"{name.rsplit('|', 1)[-1]}\t{'|'.join(ids[c] for c in name.split('|'))}" for name in order]
         header, columns = _MPA3_HEADER, ["clade_name", "NCBI_tax_id"]
     else:
         raise ValueError(f"unknown species table style {style!r}")

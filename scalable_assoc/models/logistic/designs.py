@@ -25,6 +25,7 @@ class _Options:
     max_iter: int
     tol: float
 
+
 @dataclass(frozen=True)
 class _Outcome:
     """Presence over one participant subset: ``(n, m)`` with 0 in the missing cells, and those cells."""
@@ -162,7 +163,6 @@ def fit_logistic_slopes(
     participants used, ``n_cases``/``n_controls`` for binary exposures.
     """
     return _fit_design(design, exposures, binary, presence, rows, _Options(firth, min_events, max_iter, tol))[0]
-
 
 
 #: Per exposure of a design: its basis ``(n, p)`` and the Firth estimates ``(p, m)`` on it

@@ -96,7 +96,6 @@ class Point:
         )
 
 
-
 def start(basis: Basis, y: np.ndarray, missing: Cells, firth: bool, fitted: np.ndarray, known: Known = NOTHING_KNOWN) -> Point:
     """Newton's start: the constant fit ``eta = logit(prevalence)`` of every feature.
 
@@ -196,7 +195,9 @@ class _PassPlan:
     bend_along: np.ndarray | None  # (p, w) directions along which the variance's bend is measured
 
 
-def newton(basis: Basis, y: np.ndarray, missing: Cells, settings: Settings, known: Known = NOTHING_KNOWN, fitted: np.ndarray | None = None) -> NewtonResult:
+def newton(
+    basis: Basis, y: np.ndarray, missing: Cells, settings: Settings, known: Known = NOTHING_KNOWN, fitted: np.ndarray | None = None
+) -> NewtonResult:
     """(Penalised) maximum likelihood for ``s`` features at once, by Newton's method with step halving.
 
     Parameters
@@ -298,7 +299,9 @@ def _take_final_steps(basis: Basis, state: _Working, bound: np.ndarray, tol: flo
     if (done & point.rough_variance).any():
         # That information came from a single-precision product: recompute it exactly.
         columns = np.flatnonzero(done & point.rough_variance)
-        exact = evaluate(basis, state.y[:, columns], state.missing.restrict(columns, live.size), point.coefficients[:, columns], score=False)
+        exact = evaluate(
+            basis, state.y[:, columns], state.missing.restrict(columns, live.size), point.coefficients[:, columns], score=False
+        )
         assert exact.fisher is not None
         point.variance[columns] = stacked_inverse(exact.fisher)[:, -1, -1]
     position = state.position
@@ -357,7 +360,9 @@ def _run_pass(basis: Basis, state: _Working, plan: _PassPlan, trial: np.ndarray,
     assert evaluation.fisher is not None
     objective = np.full(live.size, np.nan) if evaluation.loglik is None else evaluation.loglik
     if check.size and not plan.whole:
-        alone = evaluate(basis, state.y[:, check], state.missing.restrict(check, live.size), trial[:, check], False, False, True, single=plan.single)
+        alone = evaluate(
+            basis, state.y[:, check], state.missing.restrict(check, live.size), trial[:, check], False, False, True, single=plan.single
+        )
         assert alone.loglik is not None
         objective[check] = alone.loglik
     if firth:
@@ -375,7 +380,9 @@ def _objective_before(basis: Basis, state: _Working, check: np.ndarray) -> np.nd
     if unknown.any():
         # A long step after short unchecked ones: its starting value is needed now.
         columns = check[unknown]
-        again = evaluate(basis, state.y[:, columns], state.missing.restrict(columns, state.live.size), point.coefficients[:, columns], False, False, True)
+        again = evaluate(
+            basis, state.y[:, columns], state.missing.restrict(columns, state.live.size), point.coefficients[:, columns], False, False, True
+        )
         assert again.loglik is not None
         before[unknown] = again.loglik
     return before
@@ -427,7 +434,9 @@ def _halve_worse_steps(
     live[check[worse]] = False
 
 
-def _next_point(basis: Basis, state: _Working, plan: _PassPlan, trial: np.ndarray, evaluation: Evaluation, objective: np.ndarray, firth: bool) -> Point:
+def _next_point(
+    basis: Basis, state: _Working, plan: _PassPlan, trial: np.ndarray, evaluation: Evaluation, objective: np.ndarray, firth: bool
+) -> Point:
     """The state at ``trial``: its next steps (Newton's, or Firth's), variances and objective."""
     fisher, score = evaluation.fisher, evaluation.score
     assert fisher is not None
@@ -439,7 +448,17 @@ def _next_point(basis: Basis, state: _Working, plan: _PassPlan, trial: np.ndarra
         assert score is not None
         delta, variance, direction = newton_step(fisher, score)
     w = state.live.size
-    return Point(trial, delta, variance, objective, np.full(w, plan.single_fisher), np.full(w, plan.single), direction, evaluation.bend, plan.bend_along)
+    return Point(
+        trial,
+        delta,
+        variance,
+        objective,
+        np.full(w, plan.single_fisher),
+        np.full(w, plan.single),
+        direction,
+        evaluation.bend,
+        plan.bend_along,
+    )
 
 
 def _count_divergence(state: _Working, result: NewtonResult) -> None:

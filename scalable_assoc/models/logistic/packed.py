@@ -49,7 +49,11 @@ def row_chunks(n: int, w: int, missing: Cells) -> list[tuple[int, int, tuple[np.
     starts = np.arange(0, n, size)
     bounds = np.searchsorted(missing.rows, np.append(starts, n))  # missing.rows is sorted
     return [
-        (int(first), min(int(first) + size, n), (missing.rows[bounds[i] : bounds[i + 1]] - first, missing.columns[bounds[i] : bounds[i + 1]]))
+        (
+            int(first),
+            min(int(first) + size, n),
+            (missing.rows[bounds[i] : bounds[i + 1]] - first, missing.columns[bounds[i] : bounds[i + 1]]),
+        )
         for i, first in enumerate(starts)
     ]
 

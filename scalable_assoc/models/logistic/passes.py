@@ -170,7 +170,9 @@ def _accumulate_chunk(
         score_sum += rows.T @ np.subtract(observed, mu, out=mu)
 
 
-def _accumulate_bend(rows32: np.ndarray, along32: np.ndarray, mu: np.ndarray, weights: np.ndarray, bend_sum: np.ndarray, work: _WorkArrays) -> None:
+def _accumulate_bend(
+    rows32: np.ndarray, along32: np.ndarray, mu: np.ndarray, weights: np.ndarray, bend_sum: np.ndarray, work: _WorkArrays
+) -> None:
     """Add ``sum_i w'_i (B_i u)^2 B_i`` over a chunk's rows (``(c, p)``, single precision) to ``bend_sum`` (``(p, w)``)."""
     assert work.along is not None and work.slope is not None
     size = rows32.shape[0]
@@ -223,7 +225,10 @@ def stacked_inverse(matrices: np.ndarray) -> np.ndarray:
 
 
 def newton_step(fisher: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(delta (p, w), variance (w,), u (p, w))``: ``I^-1 U``, the last diagonal entry of ``I^-1`` and its last column, one stacked solve."""
+    """``(delta (p, w), variance (w,), u (p, w))`` from one stacked solve.
+
+    ``I^-1 U``, the last diagonal entry of ``I^-1`` and its last column.
+    """
     w, p, _ = fisher.shape
     right = np.zeros((w, p, 2))
     right[:, :, 0] = score.T
