@@ -281,3 +281,13 @@ def test_unusable_keys_are_refused_before_any_work(carriers_run: Path, tmp_path:
     )
     with pytest.raises(UserInputError, match="only Ed25519 keys"):
         write_sumstats(read_run(carriers_run), "x", out, DisclosureRules(), sign_key=rsa)
+
+
+@pytest.mark.parametrize(("cohort", "out", "named"), [("north/east", "north.parquet", "--cohort"), ("north", "north.csv", "--out")])
+def test_export_names_are_checked_before_any_work(tmp_path: Path, cohort: str, out: str, named: str) -> None:
+    """A bad cohort name or file is refused before the run is read and before the cross-products' cluster work."""
+    from scalable_assoc import export_sumstats
+
+    with pytest.raises(UserInputError, match=named):
+        export_sumstats(tmp_path / "not-a-run", cohort, tmp_path / out, sufficient=True, scheduler="tcp://127.0.0.1:1")
+    assert list(tmp_path.iterdir()) == []

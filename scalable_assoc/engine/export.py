@@ -17,7 +17,7 @@ from scalable_assoc.engine.sufficient import sufficient_statistics
 from scalable_assoc.results.disclosure import DisclosureRules
 from scalable_assoc.results.run_outputs import read_run
 from scalable_assoc.results.signing import SigningKey, load_signing_key
-from scalable_assoc.results.sumstats import write_sumstats
+from scalable_assoc.results.sumstats import check_export_names, write_sumstats
 
 
 def export_sumstats(
@@ -77,6 +77,7 @@ def export_sumstats(
     ['sufficient', 'summary']
     """
     rules = DisclosureRules() if rules is None else rules
+    check_export_names(cohort, out)  # before the cross-products' cluster work, not after it
     key = sign_key if sign_key is None or isinstance(sign_key, SigningKey) else load_signing_key(Path(sign_key))
     run = read_run(Path(run_dir))
     products = None

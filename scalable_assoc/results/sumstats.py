@@ -83,6 +83,34 @@ __all__ = [
 ]
 
 
+def check_export_names(cohort: str, out: str | Path) -> Path:
+    """The export's cohort name and file, checked before any work: a plain name, a ``.parquet`` file; returns ``out`` as a path.
+
+    Parameters
+    ----------
+    cohort
+        The cohort's name.
+    out
+        The summary-statistics file to write.
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    UserInputError
+        The name holds slashes, tabs or newlines, or the file does not end in ``.parquet``.
+    """
+    if not cohort or any(ch in cohort for ch in "/\\\n\t"):
+        raise UserInputError(f"--cohort {cohort!r}: give a plain name (no slashes, tabs or newlines)")
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise UserInputError(f"--out {out}: the summary statistics file must end in .parquet")
+    return out
+
+
 def write_sumstats(
     run: RunOutputs,
     cohort: str,
@@ -120,11 +148,7 @@ def write_sumstats(
     dict
         The sidecar as written (:func:`sidecar_content`, plus the signature).
     """
-    if not cohort or any(ch in cohort for ch in "/\\\n\t"):
-        raise UserInputError(f"--cohort {cohort!r}: give a plain name (no slashes, tabs or newlines)")
-    out = Path(out)
-    if out.suffix != ".parquet":
-        raise UserInputError(f"--out {out}: the summary statistics file must end in .parquet")
+    out = check_export_names(cohort, out)
     key = load_signing_key(sign_key) if sign_key is not None and not isinstance(sign_key, SigningKey) else sign_key
     sidecar_path(out).unlink(missing_ok=True)
     files, withheld = _write_tables(run, out, rules, sufficient)
