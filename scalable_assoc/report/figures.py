@@ -92,8 +92,8 @@ def inflation_factors(results: pd.DataFrame) -> pd.DataFrame:
 def _render(figure: Figure) -> tuple[bytes, bytes]:
     FigureCanvasAgg(figure)
     svg, png = io.BytesIO(), io.BytesIO()
-    figure.savefig(svg, format="svg", bbox_inches="tight", metadata={"Date": None})
-    figure.savefig(png, format="png", dpi=PNG_DPI, bbox_inches="tight")
+    figure.savefig(svg, format="svg", metadata={"Date": None})
+    figure.savefig(png, format="png", dpi=PNG_DPI)
     return svg.getvalue(), png.getvalue()
 
 
