@@ -370,9 +370,12 @@ def _run(args: argparse.Namespace) -> None:
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")
     if not args.no_report:
-        from scalable_assoc.report.html import write_report
+        from scalable_assoc.report.html import report_is_current, write_report
 
-        print(f"report: {write_report(summary.out_dir)}")
+        if report_is_current(summary.out_dir):  # an up-to-date run keeps its report
+            print(f"report: {summary.out_dir / 'report.html'} (up to date)")
+        else:
+            print(f"report: {write_report(summary.out_dir)}")
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -35,6 +35,7 @@ class Reported:
     report: Path
     alpha: float
     adjustments: list[str]
+    plan_path: Path
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def reported(tmp_path_factory: pytest.TempPathFactory, client) -> Reported:
     out = folder / "results"
     run_study(plan, out, client=client, min_cases=3)
     report = write_report(out, top=TOP)
-    return Reported(out, report, plan.fdr.alpha, list(plan.adjustments))
+    return Reported(out, report, plan.fdr.alpha, list(plan.adjustments), study.plan_path)
 
 
 def _marks(report: Path) -> pd.DataFrame:
@@ -147,3 +148,11 @@ def test_report_on_a_folder_that_is_not_a_finished_run_exits_2_and_writes_nothin
     error = capsys.readouterr().err
     assert str(tmp_path) in error and "manifest.json" in error
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_run_that_is_up_to_date_keeps_its_report(reported: Reported, client, capsys) -> None:
+    written = reported.report.stat().st_mtime_ns
+    command = ["run", str(reported.plan_path), "--out", str(reported.run_dir), "--scheduler", client.scheduler.address, "--min-cases", "3"]
+    assert main(command) == 0
+    assert "(up to date)" in capsys.readouterr().out
+    assert reported.report.stat().st_mtime_ns == written

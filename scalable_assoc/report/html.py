@@ -198,6 +198,15 @@ def _relative(path: Path, report: Path) -> str:
     return Path(os.path.relpath(path.resolve(), report.parent.resolve())).as_posix()
 
 
+def report_is_current(run_dir: Path) -> bool:
+    """Whether ``run_dir/report.html`` and its figures were written after the run's ``manifest.json`` (the run did not change since)."""
+    report, manifest, inflation = run_dir / "report.html", run_dir / "manifest.json", run_dir / "figures" / "inflation.tsv"
+    if not (report.is_file() and manifest.is_file() and inflation.is_file()):
+        return False
+    written = manifest.stat().st_mtime_ns
+    return report.stat().st_mtime_ns >= written and inflation.stat().st_mtime_ns >= written
+
+
 def write_report(run_dir: Path, out: Path | None = None, *, top: int = 30) -> Path:
     """Write a finished run's figures and a self-contained HTML report of it.
 
