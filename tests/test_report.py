@@ -156,3 +156,13 @@ def test_a_run_that_is_up_to_date_keeps_its_report(reported: Reported, client, c
     assert main(command) == 0
     assert "(up to date)" in capsys.readouterr().out
     assert reported.report.stat().st_mtime_ns == written
+
+
+def test_a_run_removes_an_earlier_report_with_the_other_outputs(tmp_path: Path) -> None:
+    from scalable_assoc.engine.outputs import remove_outputs
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "qq_species_lm.svg").write_text("<svg/>")
+    (tmp_path / "report.html").write_text("<html></html>")
+    remove_outputs(tmp_path)  # what a run does first, so a failing run leaves no earlier answer behind
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "figures").exists()
