@@ -190,7 +190,8 @@ def volcano(base: pd.DataFrame, alpha: float) -> Figure:
         axes.set_title(f"{exposure} ({these['adjustment'].iat[0] if len(these) else ''})", fontsize=9)
         axes.set_xlabel("beta", fontsize=8)
         axes.set_ylabel("-log10 p", fontsize=8)
-        axes.legend(fontsize=6, frameon=False, loc="upper left")
+        axes.set_ylim(0, 1.3 * max(float(y.max()) if y.size else 1.0, 1.0))  # room above the points for the legend
+        axes.legend(fontsize=6, frameon=False, loc="upper center", ncols=2)
     return figure
 
 
