@@ -10,6 +10,7 @@ The library API (the ``scalable-assoc`` command calls the same functions)::
     ingest_table                        an abundance table as a feature-chunked Zarr store
     run_study                           every analysis of a plan, on a Dask cluster
     read_status                         how the run in an output folder stands
+    write_report                        a finished run's figures and self-contained HTML report
     export_sumstats                     a run's summary statistics under disclosure control
     open_cohorts, read_mapping          cohorts' exported files, and a feature mapping, for combining
     meta_analyse, pool_cohorts          combine cohorts: meta-analysis, or an exact pooled lm
@@ -44,6 +45,7 @@ _EXPORTS = {
     "RunSummary": "scalable_assoc.engine.outputs",
     "read_status": "scalable_assoc.io.runstate",
     "RunStatus": "scalable_assoc.io.runstate",
+    "write_report": "scalable_assoc.report.html",
     "export_sumstats": "scalable_assoc.engine.export",
     "DisclosureRules": "scalable_assoc.results.disclosure",
     "open_cohorts": "scalable_assoc.results.cohort_files",
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from scalable_assoc.io.runstate import read_status as read_status
     from scalable_assoc.plan.schema import Plan as Plan
     from scalable_assoc.plan.schema import load_plan as load_plan
+    from scalable_assoc.report.html import write_report as write_report
     from scalable_assoc.results.cohort_files import open_cohorts as open_cohorts
     from scalable_assoc.results.consortium import CombinedSummary as CombinedSummary
     from scalable_assoc.results.consortium import meta_analyse as meta_analyse

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_meta_and_pool(commands)
     _add_status(commands)
     _add_keygen(commands)
+    _add_report(commands)
     return parser
 
 
@@ -125,6 +126,11 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         "--covariate-rows",
         action="store_true",
         help="also write every covariate's coefficient in each lm model to covariate_results.parquet / .tsv",
+    )
+    run.add_argument(
+        "--no-report",
+        action="store_true",
+        help="do not write figures/ and report.html at the end (write them later with 'scalable-assoc report OUT')",
     )
     run.add_argument(
         "--allow-outside-paths",
@@ -258,6 +264,22 @@ def _add_keygen(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc report``."""
+    report = commands.add_parser(
+        "report", help="write a finished run's figures (RUN_DIR/figures) and a self-contained HTML report (RUN_DIR/report.html)"
+    )
+    report.add_argument("run_dir", type=Path, help="output folder of a finished 'scalable-assoc run'")
+    report.add_argument("--out", type=Path, metavar="FILE.html", help="where to write the page (default RUN_DIR/report.html)")
+    report.add_argument(
+        "--top",
+        type=_positive_int,
+        default=30,
+        metavar="N",
+        help="features in each layer's heatmap: the N with the smallest q (default 30)",
+    )
+
+
 def _cluster_options(command: argparse.ArgumentParser) -> None:
     """The options of a closed cluster, on every command that takes --scheduler."""
     command.add_argument(
@@ -347,6 +369,20 @@ def _run(args: argparse.Namespace) -> None:
     )
     print(run_report(summary.out_dir, summary.results, summary.survival, list(plan.adjustments), plan.fdr.alpha, args.top))
     print(f"done in {summary.seconds:.1f}s ({summary.chunks_total} chunks, {summary.chunks_reused} reused)")
+    if not args.no_report:
+        from scalable_assoc.report.html import report_is_current, write_report
+
+        if report_is_current(summary.out_dir):  # an up-to-date run keeps its report
+            print(f"report: {summary.out_dir / 'report.html'} (up to date)")
+        else:
+            print(f"report: {write_report(summary.out_dir)}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from scalable_assoc.report.html import write_report
+
+    path = write_report(args.run_dir, args.out, top=args.top)
+    print(f"wrote {path} and the figures in {args.run_dir / 'figures'}")
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -494,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         "pool": _pool,
         "status": _status,
         "keygen": _keygen,
+        "report": _report,
     }
     previous = _stop_cleanly_on_sigterm()
     package = logging.getLogger(PACKAGE_LOGGER)

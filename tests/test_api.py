@@ -26,6 +26,7 @@ STORY = [
     "ingest_table",
     "run_study",
     "read_status",
+    "write_report",
     "simulate_cohorts",
     "export_sumstats",
     "open_cohorts",

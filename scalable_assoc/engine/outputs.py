@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from scalable_assoc.results.columns import COVARIATE_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
 from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
 
+#: The report's figures (scalable_assoc.report), drawn from the output files; removed with them.
+FIGURES_DIR = "figures"
 OUTPUT_FILES = (
     "manifest.json",
     "results.parquet",
@@ -35,6 +38,8 @@ OUTPUT_FILES = (
     "joint_results.tsv",
     "covariate_results.parquet",
     "covariate_results.tsv",
+    # written after the run by the command (scalable_assoc.report), from the files above
+    "report.html",
 )
 WORK_DIR = ".scalable_assoc"
 
@@ -57,6 +62,7 @@ def remove_outputs(out_dir: Path) -> None:
     """An earlier run's results must not outlive a run that then fails: they would look like its answer."""
     for name in OUTPUT_FILES:
         (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / FIGURES_DIR, ignore_errors=True)
 
 
 def up_to_date(plan: Plan, out: Path, options: dict[str, object], features: Path | None) -> RunSummary | None:

@@ -1,0 +1,338 @@
+"""A run's figures, drawn from its output files only (no statistics are recomputed but the inflation factor).
+
+Per layer and model: a heatmap of beta (features x exposures, base adjustment set),
+QQ plots with the genomic inflation factor, volcano plots, an adjustment forest and
+the survival of associations under further adjustment. Each figure is drawn with
+:class:`matplotlib.figure.Figure` (no pyplot, no global state, the Agg canvas) and
+rendered to SVG and PNG bytes in memory; :func:`write_figures` writes them.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from scipy import stats
+
+from scalable_assoc.io.atomic import write_atomically, write_tsv
+from scalable_assoc.results.summary import base_sets, sets_run
+
+logger = logging.getLogger(__name__)
+
+#: The median of the chi-squared distribution with one degree of freedom, as the genomic inflation factor is usually defined.
+CHI2_1_MEDIAN = 0.4549
+#: Nominal significance marked ``*`` in the heatmap (``**``: also q < the plan's alpha).
+NOMINAL_P = 0.05
+#: Associations shown in the adjustment forest, per layer and model.
+FOREST_ROWS = 12
+#: PNG resolution.
+PNG_DPI = 200
+
+_DIVERGING = "RdBu_r"
+_HIGHLIGHT = "#c0392b"
+_MUTED = "#9aa5b1"
+
+
+@dataclass(frozen=True)
+class RenderedFigure:
+    """One figure rendered in memory: where it belongs and its SVG and PNG bytes."""
+
+    name: str  # file stem inside figures/, e.g. "heatmap_species_lm"
+    kind: str  # heatmap, qq, volcano, forest, survival
+    layer: str
+    model: str
+    title: str
+    svg: bytes
+    png: bytes
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    """Every figure of a run, the inflation table and the heatmaps' marks (what each cell shows)."""
+
+    figures: list[RenderedFigure] = field(default_factory=list)
+    inflation: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: layer, model, feature, exposure, adjustment, beta, p, q, mark ('', '*' or '**') for every heatmap cell
+    marks: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def short_label(feature: str, width: int = 48) -> str:
+    """A feature's name for an axis: a MetaPhlAn lineage's last rank without its prefix (``k__...|s__Name`` -> ``Name``), shortened."""
+    name = str(feature).split("|")[-1]
+    if len(name) > 3 and name[1:3] == "__":
+        name = name[3:]
+    name = name.replace("_", " ")
+    return name if len(name) <= width else name[: width - 1] + "\u2026"
+
+
+def inflation_factors(results: pd.DataFrame) -> pd.DataFrame:
+    """Genomic inflation factor per layer x model x exposure x adjustment.
+
+    lambda = median over non-missing p of ``chi2.isf(p, 1)``, divided by
+    :data:`CHI2_1_MEDIAN`; missing where no p-value is present.
+    """
+    keys = ["layer", "model", "exposure", "adjustment"]
+    rows = []
+    for key, group in results.groupby(keys, sort=False):
+        p = group["p"].to_numpy(dtype=float)
+        p = p[~np.isnan(p)]
+        value = float(np.median(stats.chi2.isf(p, 1)) / CHI2_1_MEDIAN) if p.size else float("nan")
+        rows.append((*key, int(p.size), value))
+    return pd.DataFrame(rows, columns=[*keys, "n_p", "lambda"])
+
+
+def _render(figure: Figure) -> tuple[bytes, bytes]:
+    FigureCanvasAgg(figure)
+    svg, png = io.BytesIO(), io.BytesIO()
+    figure.savefig(svg, format="svg", metadata={"Date": None})
+    figure.savefig(png, format="png", dpi=PNG_DPI)
+    return svg.getvalue(), png.getvalue()
+
+
+def _empty(figure: Figure, text: str) -> None:
+    axes = figure.add_subplot()
+    axes.set_axis_off()
+    axes.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, wrap=True)
+
+
+def heatmap(base: pd.DataFrame, significant_anywhere: pd.DataFrame, alpha: float, top: int) -> tuple[Figure, pd.DataFrame]:
+    """Beta of the ``top`` features with the smallest q anywhere (features x exposures, base set), with marks.
+
+    Returns the figure and its cells (feature, exposure, adjustment, beta, p, q, mark).
+    """
+    best = significant_anywhere.groupby("feature", sort=False)["q"].min().sort_values(kind="stable").head(top)
+    features = list(best.index)
+    exposures = list(dict.fromkeys(base["exposure"]))
+    cells = base[base["feature"].isin(features)][["feature", "exposure", "adjustment", "beta", "p", "q"]].copy()
+    p, q = cells["p"].to_numpy(dtype=float), cells["q"].to_numpy(dtype=float)
+    nominal = np.nan_to_num(p, nan=1.0) < NOMINAL_P
+    cells["mark"] = np.where(nominal & (np.nan_to_num(q, nan=1.0) < alpha), "**", np.where(nominal, "*", ""))
+    figure = Figure(figsize=(max(4.0, 1.0 + 0.7 * len(exposures)), max(2.5, 1.2 + 0.28 * len(features))), layout="constrained")
+    if not features:
+        _empty(figure, f"no association with q < {alpha:g}")
+        return figure, cells.iloc[0:0]
+    beta = cells.pivot_table(index="feature", columns="exposure", values="beta", aggfunc="first", dropna=False)
+    beta = beta.reindex(index=features, columns=exposures)
+    marks = cells.pivot_table(index="feature", columns="exposure", values="mark", aggfunc="first").reindex(
+        index=features, columns=exposures
+    )
+    finite = beta.to_numpy(dtype=float)
+    limit = float(np.nanmax(np.abs(finite))) if np.isfinite(finite).any() else 1.0
+    limit = limit if limit > 0 else 1.0
+    axes = figure.add_subplot()
+    axes.set_facecolor("#e5e5e5")  # no estimate
+    image = axes.imshow(np.ma.masked_invalid(finite), aspect="auto", cmap=_DIVERGING, norm=TwoSlopeNorm(0.0, -limit, limit))
+    for i in range(len(features)):
+        for j in range(len(exposures)):
+            mark = marks.iat[i, j]
+            if isinstance(mark, str) and mark:
+                axes.text(j, i, mark, ha="center", va="center", fontsize=8, color="black")
+    axes.set_xticks(range(len(exposures)), exposures, rotation=45, ha="right")
+    axes.set_yticks(range(len(features)), [short_label(f) for f in features], fontsize=7)
+    figure.colorbar(image, ax=axes, label="beta", shrink=0.8)
+    axes.set_title(f"* p < {NOMINAL_P:g}   ** also q < {alpha:g}", fontsize=8, loc="left")
+    return figure, cells
+
+
+def _grid(figure: Figure, panels: int, columns: int = 4):  # -> list of Axes
+    columns = min(columns, max(panels, 1))
+    rows = -(-max(panels, 1) // columns)
+    figure.set_size_inches(3.2 * columns, 3.0 * rows)
+    return [figure.add_subplot(rows, columns, i + 1) for i in range(panels)]
+
+
+def qq_plot(rows: pd.DataFrame, inflation: pd.DataFrame, adjustment_order: Sequence[str]) -> Figure:
+    """Observed against expected -log10 p, one panel per exposure, one series per adjustment set (lambda in the legend)."""
+    figure = Figure(layout="constrained")
+    exposures = list(dict.fromkeys(rows["exposure"]))
+    lambdas = {(e, a): v for e, a, v in inflation[["exposure", "adjustment", "lambda"]].itertuples(index=False)}
+    for axes, exposure in zip(_grid(figure, len(exposures)), exposures, strict=True):
+        these = rows[rows["exposure"] == exposure]
+        top = 1.0
+        for adjustment in [a for a in adjustment_order if a in set(these["adjustment"])]:
+            p = np.sort(these.loc[these["adjustment"] == adjustment, "p"].dropna().to_numpy(dtype=float))
+            if not p.size:
+                continue
+            expected = -np.log10((np.arange(1, p.size + 1) - 0.5) / p.size)
+            observed = -np.log10(np.clip(p, 1e-300, 1.0))
+            top = max(top, float(expected.max()), float(observed.max()))
+            axes.plot(
+                expected, observed, ".", markersize=3, label=f"{adjustment}  \u03bb = {lambdas.get((exposure, adjustment), np.nan):.3f}"
+            )
+        axes.plot([0, top], [0, top], color=_MUTED, linewidth=0.8)
+        axes.set_title(exposure, fontsize=9)
+        axes.set_xlabel("expected -log10 p", fontsize=8)
+        axes.set_ylabel("observed -log10 p", fontsize=8)
+        axes.legend(fontsize=6, frameon=False, loc="upper left")
+    return figure
+
+
+def volcano(base: pd.DataFrame, alpha: float) -> Figure:
+    """Beta against -log10 p under the base set, one panel per exposure; q < alpha highlighted."""
+    figure = Figure(layout="constrained")
+    exposures = list(dict.fromkeys(base["exposure"]))
+    for axes, exposure in zip(_grid(figure, len(exposures)), exposures, strict=True):
+        these = base[(base["exposure"] == exposure) & base["p"].notna() & base["beta"].notna()]
+        hit = these["q"].lt(alpha).fillna(False).to_numpy(dtype=bool)
+        y = -np.log10(np.clip(these["p"].to_numpy(dtype=float), 1e-300, 1.0))
+        x = these["beta"].to_numpy(dtype=float)
+        axes.scatter(x[~hit], y[~hit], s=6, color=_MUTED, label="q \u2265 " + f"{alpha:g}")
+        axes.scatter(x[hit], y[hit], s=10, color=_HIGHLIGHT, label=f"q < {alpha:g} ({int(hit.sum())})")
+        axes.axvline(0.0, color=_MUTED, linewidth=0.6)
+        axes.set_title(f"{exposure} ({these['adjustment'].iat[0] if len(these) else ''})", fontsize=9)
+        axes.set_xlabel("beta", fontsize=8)
+        axes.set_ylabel("-log10 p", fontsize=8)
+        axes.set_ylim(0, 1.3 * max(float(y.max()) if y.size else 1.0, 1.0))  # room above the points for the legend
+        axes.legend(fontsize=6, frameon=False, loc="upper center", ncols=2)
+    return figure
+
+
+def forest(rows: pd.DataFrame, base: pd.DataFrame, alpha: float, adjustment_order: Sequence[str]) -> Figure:
+    """Beta with 95% CI (beta +/- 1.96 se) under every adjustment set, for the top significant associations under the base set."""
+    chosen = base[base["q"].lt(alpha).fillna(False).to_numpy(dtype=bool)].sort_values(["q", "p"], kind="stable").head(FOREST_ROWS)
+    figure = Figure(figsize=(7.0, max(2.5, 1.2 + 0.45 * len(chosen))), layout="constrained")
+    if not len(chosen):
+        _empty(figure, f"no association with q < {alpha:g} under the base adjustment set")
+        return figure
+    sets = [a for a in adjustment_order if a in set(rows["adjustment"])]
+    indexed = rows.set_index(["feature", "exposure", "adjustment"])
+    axes = figure.add_subplot()
+    step = 0.7 / max(len(sets), 1)
+    colours = [f"C{i}" for i in range(len(sets))]
+    for i, (feature, exposure) in enumerate(chosen[["feature", "exposure"]].itertuples(index=False)):
+        for k, adjustment in enumerate(sets):
+            key = (feature, exposure, adjustment)
+            if key not in indexed.index:
+                continue
+            row = indexed.loc[key]
+            row = row.iloc[0] if isinstance(row, pd.DataFrame) else row
+            beta, se = float(row["beta"]), float(row["se"])
+            if not np.isfinite(beta):
+                continue
+            y = i + (k - (len(sets) - 1) / 2) * step
+            half = 1.96 * se if np.isfinite(se) else 0.0
+            axes.errorbar(beta, y, xerr=half, fmt="o", markersize=3, color=colours[k], label=adjustment if i == 0 else None)
+    axes.axvline(0.0, color=_MUTED, linewidth=0.6)
+    axes.set_yticks(
+        range(len(chosen)), [f"{short_label(f, 36)} \u00b7 {e}" for f, e in chosen[["feature", "exposure"]].itertuples(index=False)]
+    )
+    axes.tick_params(axis="y", labelsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("beta (95% CI)")
+    axes.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5), title="adjustment", title_fontsize=7)
+    return figure
+
+
+def survival_chart(survival: pd.DataFrame) -> Figure:
+    """Share of base-set significant associations still significant under each further adjustment set, per exposure."""
+    figure = Figure(figsize=(7.0, 3.5), layout="constrained")
+    shown = survival[survival["significant_base"].fillna(0).astype(int) > 0]
+    if not len(shown):
+        _empty(figure, "no association significant under the base set, so none to follow under further adjustment")
+        return figure
+    exposures = list(dict.fromkeys(shown["exposure"]))
+    sets = list(dict.fromkeys(shown["adjustment"]))
+    axes = figure.add_subplot()
+    width = 0.8 / len(sets)
+    for k, adjustment in enumerate(sets):
+        part = shown[shown["adjustment"] == adjustment].set_index("exposure").reindex(exposures)
+        total = part["significant_base"].to_numpy(dtype=float)
+        kept = part["still_significant"].to_numpy(dtype=float)
+        share = np.divide(100.0 * kept, total, out=np.full_like(total, np.nan), where=total > 0)
+        x = np.arange(len(exposures)) + (k - (len(sets) - 1) / 2) * width
+        bars = axes.bar(x, np.nan_to_num(share), width=width, label=f"+ {adjustment}", color=f"C{k}")
+        for bar, n, m in zip(bars, kept, total, strict=True):
+            if np.isfinite(m):
+                axes.annotate(
+                    f"{int(n)}/{int(m)}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=6
+                )
+    axes.set_xticks(range(len(exposures)), exposures, rotation=30, ha="right")
+    axes.set_ylim(0, 115)
+    axes.set_ylabel("% still significant")
+    axes.legend(fontsize=7, frameon=False, ncols=min(len(sets), 4), loc="upper center")
+    return figure
+
+
+def run_figures(results: pd.DataFrame, survival: pd.DataFrame, adjustment_order: Sequence[str], alpha: float, top: int = 30) -> RunFigures:
+    """Every figure of a run, in memory, per layer and model (nothing is written).
+
+    Parameters
+    ----------
+    results
+        ``results.parquet`` of the run.
+    survival
+        ``adjustment_survival.tsv`` of the run.
+    adjustment_order
+        The plan's adjustment sets in plan order (the first a group ran under is its base).
+    alpha
+        The plan's FDR threshold (``fdr.alpha``).
+    top
+        Features in each heatmap: those with the smallest q anywhere among those with q < alpha.
+
+    Returns
+    -------
+    RunFigures
+        The rendered figures, the inflation table and the heatmap marks.
+    """
+    inflation = inflation_factors(results)
+    results = results.reset_index(drop=True)
+    flags = results.assign(
+        _base=results["adjustment"].to_numpy(dtype=object) == base_sets(results, sets_run(results, adjustment_order)),
+        _significant=results["q"].lt(alpha).fillna(False).to_numpy(dtype=bool),
+    )
+    figures: list[RenderedFigure] = []
+    marks: list[pd.DataFrame] = []
+    several_models = results["model"].nunique() > 1
+    for (layer, model), rows in flags.groupby(["layer", "model"], sort=False):
+        label = f"{layer}, {model}" if several_models else str(layer)
+        base, anywhere = rows[rows["_base"]], rows[rows["_significant"]]
+        heat, cells = heatmap(base, anywhere, alpha, top)
+        marks.append(cells.assign(layer=layer, model=model))
+        these_lambdas = inflation[(inflation["layer"] == layer) & (inflation["model"] == model)]
+        drawn = {
+            "heatmap": (heat, f"beta under the base adjustment set, top {top} features by q: {label}"),
+            "qq": (qq_plot(rows, these_lambdas, adjustment_order), f"QQ plots with the inflation factor \u03bb: {label}"),
+            "volcano": (volcano(base, alpha), f"volcano plots under the base adjustment set: {label}"),
+            "forest": (forest(rows, base, alpha, adjustment_order), f"top associations under every adjustment set: {label}"),
+            "survival": (
+                survival_chart(survival[(survival["layer"] == layer) & (survival["model"] == model)]),
+                f"associations still significant after further adjustment: {label}",
+            ),
+        }
+        for kind, (figure, title) in drawn.items():
+            figure.suptitle(title, fontsize=10)
+            svg, png = _render(figure)
+            figures.append(RenderedFigure(f"{kind}_{_slug(layer)}_{_slug(model)}", kind, str(layer), str(model), title, svg, png))
+        logger.info("drew the figures of %s", label)
+    columns = ["layer", "model", "feature", "exposure", "adjustment", "beta", "p", "q", "mark"]
+    all_marks = pd.concat(marks, ignore_index=True)[columns] if marks else pd.DataFrame(columns=columns)
+    return RunFigures(figures, inflation, all_marks)
+
+
+def _slug(text: object) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(text))
+
+
+def _bytes_writer(data: bytes) -> Callable[[Path], None]:
+    def write(temporary: Path) -> None:
+        temporary.write_bytes(data)
+
+    return write
+
+
+def write_figures(figures: RunFigures, folder: Path) -> list[Path]:
+    """Write every figure as SVG and PNG, and ``inflation.tsv``, into ``folder`` (each file atomically)."""
+    written = []
+    for figure in figures.figures:
+        for suffix, data in ((".svg", figure.svg), (".png", figure.png)):
+            written.append(write_atomically(folder / f"{figure.name}{suffix}", _bytes_writer(data)))
+    written.append(write_tsv(folder / "inflation.tsv", figures.inflation))
+    return written

@@ -1,0 +1,168 @@
+"""The run report: figures and report.html from a run's output files, checked in a real browser and against independent numbers.
+
+The browser test drives Debian's chromium (``/usr/bin/chromium``) through
+playwright. It is skipped when either is missing, unless
+``SCALABLE_ASSOC_REQUIRE_BROWSER=1`` (CI), which makes that a failure.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from scalable_assoc import load_plan, run_study, simulate_study, write_report
+from scalable_assoc.cli import main
+
+pytestmark = pytest.mark.cluster
+
+CHROMIUM = Path("/usr/bin/chromium")
+REQUIRE = os.environ.get("SCALABLE_ASSOC_REQUIRE_BROWSER") == "1"
+TOP = 10
+
+
+@dataclass(frozen=True)
+class Reported:
+    run_dir: Path
+    report: Path
+    alpha: float
+    adjustments: list[str]
+    plan_path: Path
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory: pytest.TempPathFactory, client) -> Reported:
+    folder = tmp_path_factory.mktemp("report")
+    study = simulate_study(folder, participants=600, n_species=60, n_pathways=40, seed=1)
+    plan = load_plan(study.plan_path)
+    out = folder / "results"
+    run_study(plan, out, client=client, min_cases=3)
+    report = write_report(out, top=TOP)
+    return Reported(out, report, plan.fdr.alpha, list(plan.adjustments), study.plan_path)
+
+
+def _marks(report: Path) -> pd.DataFrame:
+    page = report.read_text(encoding="utf-8")
+    found = re.search(r'<script type="application/json" id="heatmap-marks">(.*?)</script>', page, re.S)
+    assert found, "report.html carries the heatmap marks"
+    return pd.DataFrame(json.loads(found.group(1)))
+
+
+def test_inflation_factors_match_an_independent_computation(reported: Reported) -> None:
+    results = pd.read_parquet(reported.run_dir / "results.parquet")
+    written = pd.read_csv(reported.run_dir / "figures" / "inflation.tsv", sep="\t")
+    keys = ["layer", "model", "exposure", "adjustment"]
+    expected = {}
+    for key, group in results.groupby(keys):
+        p = group["p"].dropna().to_numpy(dtype=float)
+        expected[key] = np.median(stats.chi2.isf(p, 1)) / 0.4549
+    assert len(written) == len(expected)
+    for *key, value in written[[*keys, "lambda"]].itertuples(index=False, name=None):
+        assert np.isclose(value, expected[tuple(key)], rtol=1e-12, atol=1e-12, equal_nan=True), key
+
+
+def test_heatmap_marks_are_the_base_set_associations_significant_by_both_p_and_q(reported: Reported) -> None:
+    results = pd.read_parquet(reported.run_dir / "results.parquet")
+    marks = _marks(reported.report)
+    base = results[results["adjustment"] == reported.adjustments[0]]  # every exposure of the simulated plan runs under the first set
+    significant = results[results["q"] < reported.alpha]
+    for layer, rows in base.groupby("layer"):
+        shown = marks[marks["layer"] == layer]
+        # the plotted features: the TOP with the smallest q anywhere, among those with q < alpha
+        best = significant[significant["layer"] == layer].groupby("feature")["q"].min().sort_values().head(TOP)
+        assert set(shown["feature"]) == set(best.index), layer
+        plotted = rows[rows["feature"].isin(best.index)]
+        both = plotted[(plotted["q"] < reported.alpha) & (plotted["p"] < 0.05)]
+        assert set(shown.loc[shown["mark"] == "**", ["feature", "exposure"]].itertuples(index=False, name=None)) == set(
+            both[["feature", "exposure"]].itertuples(index=False, name=None)
+        ), layer
+        nominal = plotted[(plotted["p"] < 0.05) & ~(plotted["q"] < reported.alpha)]
+        assert set(shown.loc[shown["mark"] == "*", ["feature", "exposure"]].itertuples(index=False, name=None)) == set(
+            nominal[["feature", "exposure"]].itertuples(index=False, name=None)
+        ), layer
+    assert (marks["mark"] == "**").any(), "the simulated study has significant associations to mark"
+
+
+def _browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if REQUIRE:
+            pytest.fail("SCALABLE_ASSOC_REQUIRE_BROWSER=1 but playwright is not installed (pip install playwright)")
+        pytest.skip("playwright is not installed")
+    if not CHROMIUM.is_file():
+        if REQUIRE:
+            pytest.fail(f"SCALABLE_ASSOC_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing")
+    return sync_playwright()
+
+
+def test_the_report_in_a_browser(reported: Reported) -> None:
+    from PIL import Image
+
+    significant_rows = len(pd.read_csv(reported.run_dir / "significant_results.tsv", sep="\t"))
+    with _browser() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            outside: list[str] = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
+            page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(("file:", "data:")) else None)
+            page.goto(reported.report.as_uri(), wait_until="load")
+            assert int(page.inner_text("#significant-count")) == significant_rows
+            figures = page.query_selector_all("img.report-figure")
+            layers = len(pd.read_parquet(reported.run_dir / "results.parquet", columns=["layer"])["layer"].unique())
+            assert len(figures) == 5 * layers  # heatmap, qq, volcano, forest, survival per layer (one model)
+            for figure in figures:
+                assert figure.evaluate("img => img.complete && img.naturalWidth > 0"), figure.get_attribute("alt")
+                box = figure.bounding_box()
+                assert box and box["width"] > 0 and box["height"] > 0
+                pixels = np.asarray(Image.open(io.BytesIO(figure.screenshot())).convert("L"), dtype=float)
+                assert pixels.var() > 0, f"blank figure: {figure.get_attribute('alt')}"
+            links = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert not outside, outside
+    for link in links:  # every output file, relative to the report
+        assert not re.match(r"^[a-z]+:", link), link
+        assert (reported.report.parent / link).is_file(), link
+    assert {"results.parquet", "significant_results.tsv", "manifest.json", "figures/inflation.tsv"} <= set(links)
+
+
+def test_report_on_a_folder_that_is_not_a_finished_run_exits_2_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    (tmp_path / "results.parquet").write_bytes(b"")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert str(tmp_path) in error and "manifest.json" in error
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_run_that_is_up_to_date_keeps_its_report(reported: Reported, client, capsys) -> None:
+    written = reported.report.stat().st_mtime_ns
+    command = ["run", str(reported.plan_path), "--out", str(reported.run_dir), "--scheduler", client.scheduler.address, "--min-cases", "3"]
+    assert main(command) == 0
+    assert "(up to date)" in capsys.readouterr().out
+    assert reported.report.stat().st_mtime_ns == written
+
+
+def test_a_run_removes_an_earlier_report_with_the_other_outputs(tmp_path: Path) -> None:
+    from scalable_assoc.engine.outputs import remove_outputs
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "qq_species_lm.svg").write_text("<svg/>")
+    (tmp_path / "report.html").write_text("<html></html>")
+    remove_outputs(tmp_path)  # what a run does first, so a failing run leaves no earlier answer behind
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "figures").exists()
