@@ -58,6 +58,7 @@ def _run_command(study: SimulatedStudy, out: Path, scheduler: str, *extra: str) 
         "4",
         "--top",
         "0",
+        "--no-report",  # the report has its own tests; here it would only cost time
         *extra,
     ]
 
@@ -224,6 +225,7 @@ def test_sigterm_stops_a_run_cleanly_and_the_same_command_resumes(
         "4",
         "--top",
         "0",
+        "--no-report",
     ]
     run = _start_and_wait_for_chunks(command, out, tmp_path / "run.log")
     run.send_signal(signal.SIGTERM)

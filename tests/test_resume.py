@@ -42,6 +42,7 @@ def _cli_run(plan: Path, out: Path, scheduler: str, chunk_features: int) -> list
         scheduler,
         "--chunk-features",
         str(chunk_features),
+        "--no-report",  # the report has its own tests; here it would only cost time
     ]
 
 
