@@ -517,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         return interrupt.exit_code if isinstance(interrupt, Terminated) else 130
     finally:
         package.removeHandler(console)
+        console.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return code if isinstance(code, int) else 0
@@ -531,8 +532,13 @@ class _ConsoleFormat(logging.Formatter):
 
 
 def _log_to_stderr(package: logging.Logger) -> logging.Handler:
-    """The package's messages (INFO and above: progress, notes, warnings) on stderr; stdout is kept for results."""
-    handler = logging.StreamHandler(sys.stderr)
+    """The package's messages (INFO and above: progress, notes, warnings) on stderr; stdout is kept for results.
+
+    Progress is a live bar when stderr is a terminal, plain lines at least every 10 s otherwise (see ``report.progress_console``).
+    """
+    from scalable_assoc.report.progress_console import ConsoleHandler
+
+    handler = ConsoleHandler(sys.stderr)
     handler.setFormatter(_ConsoleFormat())
     package.addHandler(handler)
     if package.getEffectiveLevel() > logging.INFO:
