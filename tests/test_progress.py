@@ -207,3 +207,14 @@ def test_a_run_whose_stderr_is_a_log_shows_every_phase_from_0_to_100_percent(tmp
         r"^  chunks (\d+)/\1 \(100%\)",
     ):
         assert any(re.match(pattern, line) for line in lines), (pattern, done.stderr)
+
+
+def test_the_progress_module_needs_only_the_standard_library() -> None:
+    import ast
+
+    import scalable_assoc.progress as module
+
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
