@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     package = logging.getLogger(PACKAGE_LOGGER)
     console = _log_to_stderr(package)
     try:
-        code = handlers[args.command](args)
+        code = _on_fresh_line(console, handlers[args.command], args)
     except FolderInUse as error:
         print(f"scalable-assoc {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
@@ -544,6 +544,16 @@ def _log_to_stderr(package: logging.Logger) -> logging.Handler:
     if package.getEffectiveLevel() > logging.INFO:
         package.setLevel(logging.INFO)
     return handler
+
+
+def _on_fresh_line(console: logging.Handler, command, args: argparse.Namespace):  # -> what command returns
+    """``command(args)``, after which an error message or the results start on a line of their own, not after a live bar."""
+    try:
+        return command(args)
+    finally:
+        end_line = getattr(console, "end_line", None)
+        if end_line is not None:
+            end_line()
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -218,3 +218,14 @@ def test_the_progress_module_needs_only_the_standard_library() -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported
+
+
+def test_an_unfinished_bar_ends_its_line_before_an_error_is_printed() -> None:
+    stream = FakeTerminal()
+    console = ConsoleHandler(stream, heartbeat=None)
+    console.handle(_record(_progress("fit", 3, 40, 1.0)))
+    assert not stream.getvalue().endswith("\n")
+    console.end_line()
+    assert stream.getvalue().endswith("\n") and stream.getvalue().count("\n") == 1
+    console.close()
+    assert stream.getvalue().count("\n") == 1

@@ -141,18 +141,22 @@ class ConsoleHandler(logging.Handler):
         finally:
             self.release()
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
+    def end_line(self) -> None:
+        """Leave the terminal on a fresh line (a live line of an unfinished phase stays as it is), for text printed past the handler."""
         self.acquire()
         try:
-            if self._live:  # leave the terminal on a fresh line
+            if self._live:
                 self.stream.write("\n")
                 self._live = ""
                 self.flush()
         finally:
             self.release()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2.0)
+        self.end_line()
         super().close()
 
     def flush(self) -> None:
