@@ -5,8 +5,9 @@ are drawn as one live line (``\\r``, bar, percent, rate, ETA) when the stream is
 a terminal; other messages get lines of their own above it. When the stream is
 not a terminal (the log of a scheduled job), progress messages are plain lines:
 the first and last of each phase always, others at most every ``plain_interval``
-seconds. Either way, ``heartbeat`` seconds without output print what is going
-on (``  still fitting: 3/10 chunks, 25s``), so a run is never silent for long.
+seconds. Either way, once the command has said something, ``heartbeat`` seconds
+without output print what is going on (``  still fitting: 3/10 chunks, 25s``), so
+a run is never silent for long.
 """
 
 from __future__ import annotations
@@ -83,10 +84,11 @@ class ConsoleHandler(logging.Handler):
         self.plain_interval = plain_interval
         self.heartbeat = heartbeat
         self.clock = clock
-        self.started = self.last_output = clock()
+        self.last_output = clock()
         self._printed: dict[tuple[str, str], float] = {}  # last plain line of each unfinished phase
         self._current: tuple[Progress, float] | None = None  # the latest progress of an unfinished phase, when it came
         self._live = ""  # the live line now on the terminal
+        self._spoken = False  # written anything yet
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if heartbeat is not None:
@@ -124,12 +126,12 @@ class ConsoleHandler(logging.Handler):
         self.acquire()
         try:
             now = self.clock()
-            if now - self.last_output < self.heartbeat:
+            # Quiet before the first message is a command checking its inputs (a refusal is then its only line).
+            if not self._spoken or now - self.last_output < self.heartbeat:
                 return
             current = self._current
             if current is None:
-                since = "the last message" if self.last_output > self.started else "the start"
-                self._line(f"  still working, {now - self.last_output:.0f}s since {since}", now)
+                self._line(f"  still working, {now - self.last_output:.0f}s since the last message", now)
                 return
             progress, received = current
             elapsed = progress.elapsed + (now - received)
@@ -172,6 +174,7 @@ class ConsoleHandler(logging.Handler):
         if live:
             self.stream.write("\r" + " " * len(live) + "\r")
         self.stream.write(text + "\n")
+        self._spoken = True
         if live:
             self.stream.write(live)
         self.flush()
@@ -183,6 +186,7 @@ class ConsoleHandler(logging.Handler):
         pad = " " * max(len(self._live) - len(text), 0)
         self.stream.write("\r" + text + pad + ("" if keep else "\n"))
         self._live = text if keep else ""
+        self._spoken = True
         self.flush()
         self.last_output = now
 
