@@ -536,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     package = logging.getLogger(PACKAGE_LOGGER)
     console = _log_to_stderr(package)
     try:
-        code = handlers[args.command](args)
+        code = _on_fresh_line(console, handlers[args.command], args)
     except FolderInUse as error:
         print(f"scalable-assoc {args.command}: {' '.join(str(error).split())}", file=sys.stderr)
         return error.exit_code
@@ -554,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         return interrupt.exit_code if isinstance(interrupt, Terminated) else 130
     finally:
         package.removeHandler(console)
+        console.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return code if isinstance(code, int) else 0
@@ -568,13 +569,28 @@ class _ConsoleFormat(logging.Formatter):
 
 
 def _log_to_stderr(package: logging.Logger) -> logging.Handler:
-    """The package's messages (INFO and above: progress, notes, warnings) on stderr; stdout is kept for results."""
-    handler = logging.StreamHandler(sys.stderr)
+    """The package's messages (INFO and above: progress, notes, warnings) on stderr; stdout is kept for results.
+
+    Progress is a live bar when stderr is a terminal, plain lines at least every 10 s otherwise (see ``report.progress_console``).
+    """
+    from scalable_assoc.report.progress_console import ConsoleHandler
+
+    handler = ConsoleHandler(sys.stderr)
     handler.setFormatter(_ConsoleFormat())
     package.addHandler(handler)
     if package.getEffectiveLevel() > logging.INFO:
         package.setLevel(logging.INFO)
     return handler
+
+
+def _on_fresh_line(console: logging.Handler, command, args: argparse.Namespace):  # -> what command returns
+    """``command(args)``, after which an error message or the results start on a line of their own, not after a live bar."""
+    try:
+        return command(args)
+    finally:
+        end_line = getattr(console, "end_line", None)
+        if end_line is not None:
+            end_line()
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -11,6 +11,7 @@ create does not appear. The valid language is checked against pandas' own
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,7 +72,8 @@ def write_exposure(folder: Path, cases: str, name: str = "plan.yaml") -> Path:
 
 def one_paragraph(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
-    lines = stderr.strip().splitlines()
+    # The other layers' tables may have been converted first, which shows its progress (0% and 100%).
+    lines = [line for line in stderr.strip().splitlines() if not re.match(r"\s*converting \S+: \d+/\d+ feature blocks \(\d+%\)", line)]
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), stderr
     return lines[0][len(ERROR_PREFIX) :]
 

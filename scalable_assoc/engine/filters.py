@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import distributed
 import numpy as np
@@ -22,6 +23,7 @@ from scalable_assoc.engine.tasks import MODEL_VIEWS, sum_block, summarise_block
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_npz
+from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.stats.transforms import needs_sample_summary, select_features, with_absent_zeros
 
 logger = logging.getLogger(__name__)
@@ -132,7 +134,7 @@ def _filter_layers(
     sum_futures: dict[tuple[str, str], list[distributed.Future]] = {}
     for layer in layers:
         sum_futures |= _submit_sample_sums(client, study, layer, filters[layer.spec.name], positions[layer.spec.name])
-    for (name, which), parts in watch.gather(sum_futures).items():
+    for (name, which), parts in _gather_counting(watch, sum_futures, "sums", "filtering (per-sample sums)").items():
         setattr(filters[name], which, (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)))
     for layer in layers:
         # Listed features the layer lacks are zeros in every sample: they enter the CLR mean of the
@@ -165,8 +167,19 @@ def _feature_summaries(
             )
             for i, (start, stop) in enumerate(bounds)
         ]
-    summaries.update(watch.gather(futures))
+    summaries.update(_gather_counting(watch, futures, "filter", "filtering (prevalence)"))
     return summaries
+
+
+def _gather_counting(watch: ClusterWatch, futures: dict[Any, list[distributed.Future]], phase: str, label: str) -> dict[Any, list[Any]]:
+    """``watch.gather(futures)``, with a progress message as the tasks finish (none when there is nothing to wait for)."""
+    waiting = [f for parts in futures.values() for f in parts]
+    if waiting:
+        progress = ProgressReporter(logger, phase, len(waiting), "blocks", label=label)
+        progress.start()
+        for _ in watch.completed(waiting):  # erred tasks count too; gather re-raises their errors
+            progress.advance()
+    return watch.gather(futures)
 
 
 def _select(layer: LayerWork, summaries: list) -> LayerFilter:

@@ -39,6 +39,7 @@ from scalable_assoc.errors import ClusterFailure, PlanError, UserInputError
 from scalable_assoc.io.atomic import remove_sealed, seal, sealed, write_json, write_parquet
 from scalable_assoc.io.runstate import RUN_LOG, RunLog, RunStatus, folder_lock, remove_leftovers, timestamp
 from scalable_assoc.plan.schema import Plan, load_plan
+from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ def _run_study_locked(
         on_phase("fit")
         phase = time.perf_counter()
         pending = [t for t in tasks if t.chunk_id not in done]
-        _fit_chunks(client, watch, study, filters, positions, pending, _Progress(len(done), len(tasks), started, on_chunk_done), work)
+        _fit_chunks(client, watch, study, filters, positions, pending, _Progress(len(done), len(tasks), on_chunk_done), work)
         timings["fit"] = time.perf_counter() - phase
         info = client.scheduler_info()
         client_info = {"scheduler": info.get("address"), "workers": len(info.get("workers", {}))}
@@ -304,23 +305,23 @@ def _run_study_locked(
     return RunSummary(out, results, summary, survival, manifest, len(tasks), len(done), timings["total"])
 
 
-@dataclass
-class _Progress:
-    """Counts finished chunks; a progress line at most once a second, and the hook at every chunk."""
+#: The fit phase's progress message (its text predates the other phases' and logs and tests read it).
+FIT_TEMPLATE = "  chunks %(done)d/%(total)d (%(percent).0f%%), %(elapsed).1fs"
 
-    finished: int
-    total: int
-    started: float
-    on_chunk_done: Callable[[int, int], None]
-    last_report: float = 0.0
+
+class _Progress:
+    """Counts finished chunks: a progress message at the start, the end and at most once a second between; the hook at every chunk."""
+
+    def __init__(self, finished: int, total: int, on_chunk_done: Callable[[int, int], None]) -> None:
+        self.reporter = ProgressReporter(logger, "fit", total, "chunks", label="fitting", template=FIT_TEMPLATE, initial=finished)
+        self.on_chunk_done = on_chunk_done
+
+    def start(self) -> None:
+        self.reporter.start()
 
     def chunk_done(self) -> None:
-        self.finished += 1
-        now = time.perf_counter()
-        if now - self.last_report > 1.0 or self.finished == self.total:
-            logger.info("  chunks %d/%d (%.0f%%), %.1fs", self.finished, self.total, 100 * self.finished / self.total, now - self.started)
-            self.last_report = now
-        self.on_chunk_done(self.finished, self.total)
+        self.reporter.advance()
+        self.on_chunk_done(self.reporter.done, self.reporter.total)
 
 
 def _fit_chunks(
@@ -334,6 +335,7 @@ def _fit_chunks(
     work: Path,
 ) -> None:
     """Submit the fit tasks of every pending chunk and wait for them; a task that kills its workers is named."""
+    progress.start()
     shared = SharedDesigns(client, work / "designs")
     fit_futures: dict[distributed.Future, ChunkTask] = {}
     for layer in study.layers:

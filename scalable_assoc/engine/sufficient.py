@@ -29,6 +29,7 @@ from scalable_assoc.errors import DataError
 from scalable_assoc.io.runstate import folder_lock
 from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
 from scalable_assoc.plan.schema import Plan
+from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, RunOutputs, cross_products_table, read_run
 
 logger = logging.getLogger(__name__)
@@ -175,8 +176,9 @@ def _cross_products(client: Client, watch: ClusterWatch, study: PreparedStudy, w
                     )
                 )
     tables = []
-    for done, future in enumerate(watch.completed(futures), start=1):
+    progress = ProgressReporter(logger, "sufficient", len(futures), "tasks", label="computing sufficient statistics")
+    progress.start()
+    for future in watch.completed(futures):
         tables.append(future.result())
-        if done == len(futures) or done % max(1, len(futures) // 10) == 0:
-            logger.info("  sufficient statistics: %d/%d tasks", done, len(futures))
+        progress.advance()
     return pa.concat_tables(tables) if tables else SUFFICIENT_SCHEMA.empty_table()

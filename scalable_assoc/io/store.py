@@ -18,6 +18,7 @@ is never mistaken for a complete one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,10 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_atomically
 from scalable_assoc.io.tables import AbundanceTable, TableStream
+from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.stats.transforms import FeatureSummary, feature_summary
+
+logger = logging.getLogger(__name__)
 
 SUMMARY_ARRAYS = ("feature_nonzero", "feature_observed", "feature_min_positive")
 #: Per-sample sum over every feature, stored at conversion (stores written before it lack it).
@@ -136,7 +140,16 @@ def write_table_stream(path: Path, stream: TableStream, source_sha256: str, chun
             raise ValueError(f"{stream.source}: the table ended before feature {start}") from None
 
     try:
-        return write_store_blocks(path, stream.sample_ids, stream.feature_ids, next_block, str(stream.source), source_sha256, chunk)
+        return write_store_blocks(
+            path,
+            stream.sample_ids,
+            stream.feature_ids,
+            next_block,
+            str(stream.source),
+            source_sha256,
+            chunk,
+            progress=f"converting {Path(str(stream.source)).name}",
+        )
     finally:
         # A stream that failed or stopped part-way removes its temporary files now, not when it is garbage-collected.
         close = getattr(blocks, "close", None)
@@ -152,12 +165,15 @@ def write_store_blocks(
     source: str,
     source_sha256: str,
     chunk_features: int | None = None,
+    progress: str | None = None,
 ) -> AbundanceStore:
     """Write a store whose values come one chunk at a time: ``block(start, stop)`` -> ``(n_samples, stop - start)``.
 
     Only one chunk is in memory at once, so a table larger than memory can be
     written from a generator or a streaming reader. Writes are whole chunks
     (never two writers on one chunk) into a temporary folder renamed at the end.
+    ``progress`` (a label such as ``converting x.tsv``) logs progress messages
+    (phase ``convert``) as the blocks are written.
     """
     n_samples, n_features = len(sample_ids), len(feature_ids)
     chunk = default_chunk_features(n_samples, n_features, chunk_features)
@@ -185,6 +201,10 @@ def write_store_blocks(
             name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)
         }
         sample_totals = np.zeros(n_samples)  # per sample, over every feature: says whether values are percentages or fractions
+        reporter = None
+        if progress is not None:
+            reporter = ProgressReporter(logger, "convert", -(-n_features // chunk), "feature blocks", label=progress)
+            reporter.start()
         for start in range(0, n_features, chunk):
             stop = min(start + chunk, n_features)
             values = np.asarray(block(start, stop), dtype=np.float64)
@@ -196,6 +216,8 @@ def write_store_blocks(
             summaries["feature_observed"][start:stop] = summary.observed
             summaries["feature_min_positive"][start:stop] = summary.min_positive
             sample_totals += np.nansum(values, axis=1)
+            if reporter is not None:
+                reporter.advance()
         for name, values in summaries.items():
             group.create_array(name, data=values, chunks=(max(n_features, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
         group.create_array(SAMPLE_TOTALS, data=sample_totals, chunks=(max(n_samples, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])

@@ -27,6 +27,7 @@ from scalable_assoc.io.atomic import write_json, write_parquet, write_tsv
 from scalable_assoc.models.fits import STATUS_TEXT, FitStatus
 from scalable_assoc.models.pooled import drop_reference_levels, solve_pooled, unpack_symmetric
 from scalable_assoc.plan.spec import FdrSpec
+from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.results.cohort_files import CohortFile
 from scalable_assoc.results.cohort_files import open_cohorts as open_cohorts  # the first step of meta and pool, public here too
 from scalable_assoc.results.compatibility import check_compatible
@@ -269,7 +270,10 @@ def meta_analyse(
     names = [c.cohort for c in cohorts]
     table = _estimates_by_cohort(pd.concat(frames, ignore_index=True), names, min_cohorts)
     logger.info(f"meta-analysing {len(table.keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
+    progress = ProgressReporter(logger, "meta", len(table.keys), "rows", label="meta-analysing")
+    progress.start()
     fits = _combine(table.beta, table.se, method, hksj, mapper, block_rows)
+    progress.finish()
     few = int(((fits.k > 1) & (fits.k < 3)).sum()) if hksj else 0
     if few:
         warning = (
