@@ -560,23 +560,15 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
-class _ConsoleFormat(logging.Formatter):
-    """Messages as people read them on stderr: progress as it is, ``warning: ...`` for warnings."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        message = record.getMessage()
-        return f"warning: {message}" if record.levelno >= logging.WARNING else message
-
-
 def _log_to_stderr(package: logging.Logger) -> logging.Handler:
     """The package's messages (INFO and above: progress, notes, warnings) on stderr; stdout is kept for results.
 
     Progress is a live bar when stderr is a terminal, plain lines at least every 10 s otherwise (see ``report.progress_console``).
     """
-    from scalable_assoc.report.progress_console import ConsoleHandler
+    from scalable_assoc.report.progress_console import ConsoleFormat, ConsoleHandler
 
     handler = ConsoleHandler(sys.stderr)
-    handler.setFormatter(_ConsoleFormat())
+    handler.setFormatter(ConsoleFormat())
     package.addHandler(handler)
     if package.getEffectiveLevel() > logging.INFO:
         package.setLevel(logging.INFO)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from scalable_assoc.report.progress_console import ConsoleFormat
 from scalable_assoc.simulate import SimulatedStudy
 from scalable_assoc.simulate.abundance import N_FACTORS, closure, layer_abundance, pathway_params, punch_missing
 from scalable_assoc.simulate.participants import TERM_INDEX, metadata_frame, simulate_families, simulate_participants, term_matrix
@@ -47,13 +48,15 @@ __all__ = [
 
 
 class _Collect(logging.Handler):
+    """Keeps each message as the command's console prints it."""
+
     def __init__(self, messages: list[str]) -> None:
         super().__init__(logging.INFO)
         self.messages = messages
+        self.setFormatter(ConsoleFormat())
 
     def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        self.messages.append(f"warning: {message}" if record.levelno >= logging.WARNING else message)
+        self.messages.append(self.format(record))
 
 
 @contextlib.contextmanager

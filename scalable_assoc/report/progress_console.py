@@ -51,6 +51,14 @@ def live_line(progress: Progress, elapsed: float | None = None) -> str:
     return f"{progress.label} [{bar}] {progress.percent:3.0f}% {progress.done}/{progress.total} {progress.unit}, {tail}"
 
 
+class ConsoleFormat(logging.Formatter):
+    """Messages as people read them on stderr: progress and notes as they are, ``warning: ...`` for warnings."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
 class ConsoleHandler(logging.Handler):
     """Writes the package's messages to ``stream``; see the module's description.
 
