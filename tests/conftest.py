@@ -8,6 +8,7 @@ serialisation and transfer at the cost of one start-up.
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 from distributed import Client, LocalCluster
@@ -56,3 +57,8 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> SimulatedStudy:
 def assert_results_equal():
     """``assert_results_equal(expected, actual)``: results tables identical (floats to relative 1e-12)."""
     return testing.assert_results_equal
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` but the progress of converting the tables (0% and 100%), which may come before a refusal."""
+    return [line for line in stderr.strip().splitlines() if not re.match(r"\s*converting \S+: \d+/\d+ feature blocks \(\d+%\)", line)]

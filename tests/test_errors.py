@@ -12,7 +12,6 @@ analysis so that a cluster with one worker finishes in a few seconds.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import error_lines
 
 from scalable_assoc.cli import main
 from scalable_assoc.simulate import simulate_study
@@ -76,11 +76,6 @@ def assert_no_results(out: Path) -> None:
     """A failed run leaves nothing that looks like a finished study."""
     for name in RESULT_FILES:
         assert not (out / name).exists(), f"a failed run left {out / name}"
-
-
-def error_lines(stderr: str) -> list[str]:
-    """The lines of ``stderr`` but the progress of converting the tables (0% and 100%), which may come before a refusal."""
-    return [line for line in stderr.strip().splitlines() if not re.match(r"\s*converting \S+: \d+/\d+ feature blocks \(\d+%\)", line)]
 
 
 def fails(folder: Path, capsys: pytest.CaptureFixture[str], *extra: str, plan: Path | None = None) -> str:

@@ -11,7 +11,6 @@ create does not appear. The valid language is checked against pandas' own
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import error_lines
 
 from scalable_assoc.cli import main
 from scalable_assoc.errors import PlanError
@@ -73,7 +73,7 @@ def write_exposure(folder: Path, cases: str, name: str = "plan.yaml") -> Path:
 def one_paragraph(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     # The other layers' tables may have been converted first, which shows its progress (0% and 100%).
-    lines = [line for line in stderr.strip().splitlines() if not re.match(r"\s*converting \S+: \d+/\d+ feature blocks \(\d+%\)", line)]
+    lines = error_lines(stderr)
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), stderr
     return lines[0][len(ERROR_PREFIX) :]
 
