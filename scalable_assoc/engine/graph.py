@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,8 +80,8 @@ class SharedDesigns:
         return self.futures
 
 
-def held_totals(client: Client, layer: LayerWork, layer_filter: LayerFilter) -> dict[str, distributed.Future | None]:
-    """Per model view, the per-sample sums its transform needs, held on the cluster (None: the view needs none).
+def held_totals(client: Client, layer: LayerWork, layer_filter: LayerFilter, views: Iterable[str]) -> dict[str, distributed.Future | None]:
+    """Per model view in ``views``, the per-sample sums its transform needs, held on the cluster (None: the view needs none).
 
     The non-zero view of a CLR layer has its own sums (a geometric mean over the
     features a sample has); TSS/AST totals serve both views.
@@ -92,7 +92,7 @@ def held_totals(client: Client, layer: LayerWork, layer_filter: LayerFilter) -> 
         "nonzero": layer_filter.nonzero_totals if clr else layer_filter.sample_totals,
         "presence": None,
     }
-    return {view: hold_on_cluster(client, value, "totals") if value is not None else None for view, value in totals.items()}
+    return {view: hold_on_cluster(client, totals[view], "totals") if totals[view] is not None else None for view in views}
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,10 @@ class LayerOnCluster:
 
 
 def layer_on_cluster(
-    client: Client, study: PreparedStudy, layer: LayerWork, layer_filter: LayerFilter, positions: distributed.Future
+    client: Client, study: PreparedStudy, layer: LayerWork, layer_filter: LayerFilter, positions: distributed.Future, views: Iterable[str]
 ) -> LayerOnCluster:
-    """What the block tasks of ``layer`` need, held on the cluster once."""
-    return LayerOnCluster(layer, layer_filter, layer_token(study, layer), positions, held_totals(client, layer, layer_filter))
+    """What the block tasks of ``layer`` need for the model ``views`` they read, held on the cluster once."""
+    return LayerOnCluster(layer, layer_filter, layer_token(study, layer), positions, held_totals(client, layer, layer_filter, views))
 
 
 @dataclass(frozen=True)

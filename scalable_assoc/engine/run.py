@@ -341,7 +341,8 @@ def _fit_chunks(
     for layer in study.layers:
         layer_pending = [t for t in pending if t.layer == layer.spec.name]
         if layer_pending:
-            held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name])
+            views = {MODEL_VIEWS[task.analyses[0].key.model] for task in layer_pending}
+            held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], views)
             fit_futures |= _submit_fits(client, held, layer_pending, work / "chunks", shared)
     for _ in watch.completed(fit_futures):
         progress.chunk_done()

@@ -153,7 +153,7 @@ def _cross_products(client: Client, watch: ClusterWatch, study: PreparedStudy, w
         analyses = [a for a in layer.analyses if a.key.model == "lm" and not a.levels]  # categorical exposures: no single slope to pool
         if not analyses:
             continue
-        held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name])
+        held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], ["transformed"])
         groups: dict[str, tuple[PreparedAnalysis, ...]] = {}
         for analysis in analyses:
             groups[analysis.design_key] = groups.get(analysis.design_key, ()) + (analysis,)
