@@ -297,14 +297,33 @@ def test_feature_names_match_across_metaphlan_spellings() -> None:
     assert mapped.tolist() == ["s__Phocaeicola_vulgatus", "s__Phocaeicola_vulgatus", "s__Other"]
 
 
-def test_meta_on_a_cluster_equals_in_process(cohorts: dict[str, Path], tmp_path: Path, dask_cluster) -> None:
+def test_meta_on_a_cluster_equals_in_process_and_reports_each_block(
+    cohorts: dict[str, Path], tmp_path: Path, dask_cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from scalable_assoc.engine.mapper import ClusterMapper
+    from scalable_assoc.progress import ProgressReporter
 
+    updates: dict[str, list[int]] = {}
+    original = ProgressReporter.update
+
+    def spy(self: ProgressReporter, done: int) -> None:  # every update, before the console's once-a-second limit
+        updates.setdefault(self.phase, []).append(int(done))
+        original(self, done)
+
+    monkeypatch.setattr(ProgressReporter, "update", spy)
     opened = [open_cohort_file(path) for path in cohorts.values()]
-    local = meta_analyse(opened, tmp_path / "local", method="reml", hksj=True).results
+    local = meta_analyse(opened, tmp_path / "local", method="reml", hksj=True, block_rows=40).results
+    in_process, updates = updates.pop("meta"), {}
+    whole = meta_analyse(opened, tmp_path / "whole", method="reml", hksj=True).results
+    updates.clear()
     with ClusterMapper(dask_cluster.scheduler_address) as mapper:
-        spread = meta_analyse(opened, tmp_path / "spread", method="reml", hksj=True, mapper=mapper, block_rows=97).results
+        spread = meta_analyse(opened, tmp_path / "spread", method="reml", hksj=True, mapper=mapper, block_rows=40).results
     pd.testing.assert_frame_equal(local, spread)
+    pd.testing.assert_frame_equal(local, whole)  # blocks do not change a row's result
+    rows = len(local)
+    assert rows > 3 * 40
+    for seen in (in_process, updates["meta"]):  # progress as each block of 40 rows finishes, up to every row
+        assert len(seen) >= -(-rows // 40) and seen == sorted(seen) and seen[-1] == rows, seen
 
 
 def test_several_biobanks_end_to_end_from_the_command_line(tmp_path: Path, dask_cluster) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from distributed import Client
+from distributed import Client, as_completed
 from distributed.security import Security
 
 from scalable_assoc.engine.cluster import check_cluster_options, dask_client
@@ -53,14 +53,22 @@ class ClusterMapper:
     def wanted(self, rows: int) -> bool:
         return self.scheduler is not None or self.profile is not None or rows >= self.min_rows
 
-    def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
+    def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple], done: Callable[[int], None] | None = None) -> list[Any]:
+        """``[function(*block) for block in blocks]`` on the cluster; ``done(i)`` is called as block ``i`` arrives (for progress)."""
         if self._client is None:
             self._context = dask_client(
                 self.scheduler, self.workers, security=self.security, dashboard=self.dashboard, profile=self.profile
             )
             self._client = self._context.__enter__()
         futures = [self._client.submit(function, *block, pure=False) for block in blocks]
-        return self._client.gather(futures)
+        index = {future.key: i for i, future in enumerate(futures)}
+        results: list[Any] = [None] * len(futures)
+        for future, result in as_completed(futures, with_results=True):
+            i = index[future.key]
+            results[i] = result
+            if done is not None:
+                done(i)
+        return results
 
     def __enter__(self) -> ClusterMapper:
         return self

@@ -56,15 +56,34 @@ class BlockMapper(Protocol):
         """Whether ``rows`` rows are worth sending out in blocks."""
         ...
 
-    def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]: ...
+    def __call__(self, function: Callable[..., Any], blocks: Sequence[tuple], done: Callable[[int], None] | None = None) -> list[Any]:
+        """``[function(*block) for block in blocks]``, calling ``done(i)`` as block ``i`` finishes (in any order)."""
+        ...
 
 
-def _combine(beta: np.ndarray, se: np.ndarray, method: str, hksj: bool, mapper: BlockMapper | None, block_rows: int) -> MetaFits:
-    """All rows at once in this process, or in blocks of ``block_rows`` through ``mapper`` when it wants them."""
-    if mapper is None or not mapper.wanted(beta.shape[0]):
-        return combine_estimates(beta, se, method=method, hksj=hksj)
+def _combine(
+    beta: np.ndarray, se: np.ndarray, method: str, hksj: bool, mapper: BlockMapper | None, block_rows: int, progress: ProgressReporter
+) -> MetaFits:
+    """Every row, in blocks of ``block_rows``: in this process, or through ``mapper`` when it wants them.
+
+    Blocks give progress as they finish. They do not change a row's result: the
+    kernel iterates each row on its own (a converged row is frozen).
+    """
     starts = range(0, beta.shape[0], block_rows)
-    parts = mapper(combine_estimates, [(beta[s : s + block_rows], se[s : s + block_rows], method, hksj) for s in starts])
+    blocks = [(beta[s : s + block_rows], se[s : s + block_rows], method, hksj) for s in starts]
+
+    def finished(i: int) -> None:
+        progress.advance(blocks[i][0].shape[0])
+
+    if mapper is not None and mapper.wanted(beta.shape[0]):
+        parts = mapper(combine_estimates, blocks, finished)
+    else:
+        parts = []
+        for i, block in enumerate(blocks):
+            parts.append(combine_estimates(*block))
+            finished(i)
+    if not parts:
+        return combine_estimates(beta, se, method=method, hksj=hksj)
     return MetaFits(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(MetaFits)})
 
 
@@ -272,7 +291,7 @@ def meta_analyse(
     logger.info(f"meta-analysing {len(table.keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
     progress = ProgressReporter(logger, "meta", len(table.keys), "rows", label="meta-analysing")
     progress.start()
-    fits = _combine(table.beta, table.se, method, hksj, mapper, block_rows)
+    fits = _combine(table.beta, table.se, method, hksj, mapper, block_rows, progress)
     progress.finish()
     few = int(((fits.k > 1) & (fits.k < 3)).sum()) if hksj else 0
     if few:
