@@ -278,6 +278,14 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
         metavar="N",
         help="features in each layer's heatmap: the N with the smallest q (default 30)",
     )
+    report.add_argument(
+        "--features-top",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="associations drawn as per-feature plots per layer and model: the N with the smallest q among q < alpha under the base "
+        "adjustment set, with the values each model saw (default 10; 0 draws none)",
+    )
 
 
 def _cluster_options(command: argparse.ArgumentParser) -> None:
@@ -381,7 +389,7 @@ def _run(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from scalable_assoc.report.html import write_report
 
-    path = write_report(args.run_dir, args.out, top=args.top)
+    path = write_report(args.run_dir, args.out, top=args.top, features_top=args.features_top)
     print(f"wrote {path} and the figures in {args.run_dir / 'figures'}")
 
 

@@ -122,8 +122,13 @@ def test_the_report_in_a_browser(reported: Reported) -> None:
             page.goto(reported.report.as_uri(), wait_until="load")
             assert int(page.inner_text("#significant-count")) == significant_rows
             figures = page.query_selector_all("img.report-figure")
-            layers = len(pd.read_parquet(reported.run_dir / "results.parquet", columns=["layer"])["layer"].unique())
-            assert len(figures) == 5 * layers  # heatmap, qq, volcano, forest, survival per layer (one model)
+            results = pd.read_parquet(reported.run_dir / "results.parquet", columns=["layer", "adjustment", "q"])
+            layers = results["layer"].nunique()
+            # per-feature plots where the base set (the first: every exposure of the simulated plan runs under it) has q < alpha
+            with_hits = results[(results["adjustment"] == reported.adjustments[0]) & (results["q"] < reported.alpha)]["layer"].nunique()
+            assert with_hits > 0
+            # heatmap, qq, volcano, forest, survival per layer (one model), and the per-feature plots
+            assert len(figures) == 5 * layers + with_hits
             for figure in figures:
                 assert figure.evaluate("img => img.complete && img.naturalWidth > 0"), figure.get_attribute("alt")
                 box = figure.bounding_box()

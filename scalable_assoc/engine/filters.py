@@ -22,7 +22,7 @@ from scalable_assoc.engine.prepare import LayerWork, PreparedStudy
 from scalable_assoc.engine.tasks import MODEL_VIEWS, sum_block, summarise_block
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.atomic import write_npz
+from scalable_assoc.io.run_cache import FilterFile, filter_path, read_filter_file, write_filter_file
 from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.stats.transforms import needs_sample_summary, select_features, with_absent_zeros
 
@@ -53,42 +53,35 @@ def _kept_ids(layer: LayerWork, kept: list[np.ndarray]) -> list[tuple[str, ...]]
 
 
 def _filter_path(folder: Path, study: PreparedStudy, layer: LayerWork) -> Path:
-    return folder / f"filter-{layer_token(study, layer)}-{layer.samples_digest()}.npz"
+    return filter_path(folder, layer_token(study, layer), layer.samples_digest())
 
 
 def _save_filter(path: Path, layer_filter: LayerFilter) -> None:
-    arrays = {
-        "kept": np.concatenate(layer_filter.kept),
-        "pseudocount": np.array(layer_filter.pseudocount),
-        "nonzero": layer_filter.nonzero,
-        "observed": layer_filter.observed,
-    }
-    for which in ("sample_totals", "nonzero_totals"):
-        value = getattr(layer_filter, which)
-        if value is not None:
-            arrays[f"{which}_0"], arrays[f"{which}_1"] = value
-    write_npz(path, arrays)
+    saved = FilterFile(
+        np.concatenate(layer_filter.kept),
+        layer_filter.pseudocount,
+        layer_filter.nonzero,
+        layer_filter.observed,
+        layer_filter.sample_totals,
+        layer_filter.nonzero_totals,
+    )
+    write_filter_file(path, saved)
 
 
 def _load_filter(path: Path, layer: LayerWork) -> LayerFilter:
-    with np.load(path, allow_pickle=False) as data:
-        bounds = layer.store.block_bounds()
-        kept = [data["kept"][start:stop].copy() for start, stop in bounds]
-        totals = {
-            which: (data[f"{which}_0"], data[f"{which}_1"]) if f"{which}_0" in data.files else None
-            for which in ("sample_totals", "nonzero_totals")
-        }
-        return LayerFilter(
-            kept,
-            float(data["pseudocount"]),
-            layer.store.n_features,
-            int(data["kept"].sum()),
-            sample_totals=totals["sample_totals"],
-            nonzero_totals=totals["nonzero_totals"],
-            kept_ids=_kept_ids(layer, kept),
-            nonzero=data["nonzero"],
-            observed=data["observed"],
-        )
+    saved = read_filter_file(path)
+    kept = [saved.kept[start:stop].copy() for start, stop in layer.store.block_bounds()]
+    return LayerFilter(
+        kept,
+        saved.pseudocount,
+        layer.store.n_features,
+        int(saved.kept.sum()),
+        sample_totals=saved.sample_totals,
+        nonzero_totals=saved.nonzero_totals,
+        kept_ids=_kept_ids(layer, kept),
+        nonzero=saved.nonzero,
+        observed=saved.observed,
+    )
 
 
 def filter_layers(

@@ -20,7 +20,6 @@ once and means the same thing in both::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from scalable_assoc.engine.prepare import LayerWork, PreparedStudy, write_design
 from scalable_assoc.engine.profiles import ClusterProfile
 from scalable_assoc.engine.tasks import factorise, hold, model_block, model_block_key
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
+from scalable_assoc.io.run_cache import layer_cache_token
 
 if TYPE_CHECKING:  # filters.py uses layer_token from here
     from scalable_assoc.engine.filters import LayerFilter
@@ -46,11 +46,9 @@ def layer_token(study: PreparedStudy, layer: LayerWork) -> str:
 
     Not the FDR settings, names or paths (see :meth:`Plan.rows_hash`); the feature list when one chooses the kept features.
     """
-    parts = [study.plan.rows_hash(), study.metadata_sha256, layer.input_sha256, layer.spec.name, str(layer.store.chunk_features)]
-    if layer.listed is not None:  # a feature list (plan key or --features) chooses the kept features
-        parts.append(f"features={layer.list_token()}")
-    text = "\x1f".join(parts)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return layer_cache_token(
+        study.plan.rows_hash(), study.metadata_sha256, layer.input_sha256, layer.spec.name, layer.store.chunk_features, layer.list_token()
+    )
 
 
 def hold_on_cluster(client: Client, value: object, name: str) -> distributed.Future:

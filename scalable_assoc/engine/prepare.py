@@ -30,6 +30,7 @@ from scalable_assoc.io.metadata import (
     reconcile_samples,
     reference_levels,
 )
+from scalable_assoc.io.run_cache import samples_digest
 from scalable_assoc.io.store import AbundanceStore
 from scalable_assoc.plan.expand import AnalysisKey, expand_analyses
 from scalable_assoc.plan.schema import LayerSpec, OlsOptions, Plan
@@ -110,7 +111,7 @@ class LayerWork:
 
     def samples_digest(self) -> str:
         """Short hash of the samples used: part of every cached file's name (--intersect-samples changes them, not the plan)."""
-        return hashlib.sha256(np.ascontiguousarray(self.sample_positions, dtype=np.int64).tobytes()).hexdigest()[:12]
+        return samples_digest(self.sample_positions)
 
 
 @dataclass

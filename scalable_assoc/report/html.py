@@ -18,6 +18,7 @@ import pandas as pd
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import write_atomically
 from scalable_assoc.io.runstate import read_status
+from scalable_assoc.report.feature_figures import FEATURES_TOP, run_feature_figures
 from scalable_assoc.report.figures import RunFigures, run_figures, write_figures
 from scalable_assoc.results.run_outputs import read_run
 
@@ -85,7 +86,7 @@ def _output_links(run_dir: Path, report: Path, figures_dir: Path, figure_files: 
     return "<ul>" + "".join(items) + "</ul>"
 
 
-def render_report(run_dir: Path, report: Path, top: int = 30) -> tuple[str, RunFigures]:
+def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int = FEATURES_TOP) -> tuple[str, RunFigures]:
     """The report's HTML and the figures it shows (nothing written).
 
     Parameters
@@ -96,6 +97,8 @@ def render_report(run_dir: Path, report: Path, top: int = 30) -> tuple[str, RunF
         Where the HTML will be written (links to the run's files are relative to it).
     top
         Features in each heatmap.
+    features_top
+        Associations drawn per layer x model in the per-feature figures (0: none).
 
     Returns
     -------
@@ -110,6 +113,10 @@ def render_report(run_dir: Path, report: Path, top: int = 30) -> tuple[str, RunF
     significant_rows = pd.read_csv(run_dir / "significant_results.tsv", sep="\t", usecols=["layer", "model"])
     survival = pd.read_csv(run_dir / "adjustment_survival.tsv", sep="\t")
     figures = run_figures(results, survival, list(plan.adjustments), alpha, top)
+    feature_notes: dict[tuple[str, str], str] = {}
+    if features_top > 0:  # per-feature plots of the top associations, and the joint presence/abundance figure
+        extra, feature_notes = run_feature_figures(run, features_top)
+        figures.figures.extend(extra)
 
     title = f"{_escape(manifest.get('plan_name') or plan.name)}: association study report"
     parts = [
@@ -178,6 +185,9 @@ def render_report(run_dir: Path, report: Path, top: int = 30) -> tuple[str, RunF
     parts.append("<h2>Figures</h2>")
     for layer in dict.fromkeys(f.layer for f in figures.figures):
         parts.append(f"<h3>{_escape(layer)}</h3>")
+        parts += [
+            f'<p class="note figure-note">{_escape(model)}: {_escape(n)}</p>' for (lay, model), n in feature_notes.items() if lay == layer
+        ]
         for figure in (f for f in figures.figures if f.layer == layer):
             data = base64.b64encode(figure.svg).decode("ascii")
             parts.append(
@@ -207,7 +217,7 @@ def report_is_current(run_dir: Path) -> bool:
     return report.stat().st_mtime_ns >= written and inflation.stat().st_mtime_ns >= written
 
 
-def write_report(run_dir: Path, out: Path | None = None, *, top: int = 30) -> Path:
+def write_report(run_dir: Path, out: Path | None = None, *, top: int = 30, features_top: int = FEATURES_TOP) -> Path:
     """Write a finished run's figures and a self-contained HTML report of it.
 
     The figures (SVG and PNG) and ``inflation.tsv`` go to ``run_dir/figures``;
@@ -225,6 +235,9 @@ def write_report(run_dir: Path, out: Path | None = None, *, top: int = 30) -> Pa
         Where to write the page (default ``run_dir/report.html``).
     top
         Features in each layer's heatmap: those significant (q < alpha) somewhere with the smallest q.
+    features_top
+        Associations drawn per layer x model as per-feature plots (the values each model saw, by group or
+        against the exposure): those with the smallest q among q < alpha under the base adjustment set; 0 draws none.
 
     Returns
     -------
@@ -237,7 +250,7 @@ def write_report(run_dir: Path, out: Path | None = None, *, top: int = 30) -> Pa
         ``run_dir`` is not a finished run (a file is missing, the run is not
         finished, or its plan changed since); nothing is written.
     UserInputError
-        ``top`` is not positive.
+        ``top`` is not positive, or ``features_top`` is negative.
 
     Examples
     --------
@@ -248,9 +261,11 @@ def write_report(run_dir: Path, out: Path | None = None, *, top: int = 30) -> Pa
     """
     if top < 1:
         raise UserInputError(f"top={top}: give a positive number of features for the heatmaps")
+    if features_top < 0:
+        raise UserInputError(f"features_top={features_top}: give the number of associations to plot per layer and model (0: none)")
     run_dir = Path(run_dir)
     report = Path(out) if out is not None else run_dir / "report.html"
-    page, figures = render_report(run_dir, report, top)
+    page, figures = render_report(run_dir, report, top, features_top)
     write_figures(figures, run_dir / "figures")
 
     def write(temporary: Path) -> None:
