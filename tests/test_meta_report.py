@@ -171,3 +171,13 @@ def test_report_on_a_folder_of_no_kind_exits_2_naming_what_is_missing(tmp_path: 
     error = capsys.readouterr().err
     assert str(tmp_path) in error and "meta_results.parquet" in error and "feature_coverage.tsv" in error
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_meta_again_removes_the_report_of_its_earlier_outputs(combined: Combined, tmp_path: Path) -> None:
+    folder = tmp_path / "again"
+    shutil.copytree(combined.meta, folder)
+    write_report(folder, top=1)
+    assert (folder / "report.html").is_file() and (folder / "figures").is_dir()
+    meta_analyse(open_cohorts(combined.cohort_files), folder, mapping=combined.mapping, method="fe")
+    assert not (folder / "report.html").exists() and not (folder / "figures").exists()
+    assert (folder / "meta_forest_estimates.parquet").is_file()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ META_FILES = (
 )
 #: Keys per layer x model whose cohort estimates ``meta_forest_estimates`` keeps (those with the smallest p), for the report's forests.
 FOREST_KEYS = 30
+#: What ``scalable-assoc report`` writes into a meta or pool folder (besides ``figures/``); removed with the outputs it describes.
+REPORT_FILES = ("report.html",)
 POOL_FILES = ("pool_manifest.json", "pooled_results.parquet", "pooled_results.tsv", "feature_coverage.tsv")
 
 logger = logging.getLogger(__name__)
@@ -105,6 +108,8 @@ def _begin(
         logger.warning("%s", warning)
     out = Path(out_dir)
     _remove(out, outputs)
+    _remove(out, REPORT_FILES)  # a report of earlier outputs would describe results that are gone
+    shutil.rmtree(out / "figures", ignore_errors=True)
     return cohorts, warnings, out, alpha
 
 
