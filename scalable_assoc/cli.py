@@ -267,16 +267,18 @@ def _add_keygen(commands: argparse._SubParsersAction) -> None:
 def _add_report(commands: argparse._SubParsersAction) -> None:
     """``scalable-assoc report``."""
     report = commands.add_parser(
-        "report", help="write a finished run's figures (RUN_DIR/figures) and a self-contained HTML report (RUN_DIR/report.html)"
+        "report",
+        help="write the figures (DIR/figures) and a self-contained HTML report (DIR/report.html) of a finished run, meta or pool folder",
     )
-    report.add_argument("run_dir", type=Path, help="output folder of a finished 'scalable-assoc run'")
-    report.add_argument("--out", type=Path, metavar="FILE.html", help="where to write the page (default RUN_DIR/report.html)")
+    report.add_argument("run_dir", type=Path, metavar="DIR", help="output folder of a finished run, meta or pool")
+    report.add_argument("--out", type=Path, metavar="FILE.html", help="where to write the page (default DIR/report.html)")
     report.add_argument(
         "--top",
         type=_positive_int,
         default=30,
         metavar="N",
-        help="features in each layer's heatmap: the N with the smallest q (default 30)",
+        help="features in each layer's heatmap: the N with the smallest q (default 30); for a meta folder, forest plots per layer "
+        "and model (at most 30)",
     )
     report.add_argument(
         "--features-top",

@@ -336,3 +336,7 @@ def write_figures(figures: RunFigures, folder: Path) -> list[Path]:
             written.append(write_atomically(folder / f"{figure.name}{suffix}", _bytes_writer(data)))
     written.append(write_tsv(folder / "inflation.tsv", figures.inflation))
     return written
+
+
+#: Render a figure to (SVG bytes, PNG bytes at PNG_DPI) in memory; public for the other report modules.
+render_figure = _render

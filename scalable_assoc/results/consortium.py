@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,14 @@ META_FILES = (
     "meta_results.tsv",
     "meta_leave_one_out.parquet",
     "meta_leave_one_out.tsv",
+    "meta_forest_estimates.parquet",
+    "meta_forest_estimates.tsv",
     "feature_coverage.tsv",
 )
+#: Keys per layer x model whose cohort estimates ``meta_forest_estimates`` keeps (those with the smallest p), for the report's forests.
+FOREST_KEYS = 30
+#: What ``scalable-assoc report`` writes into a meta or pool folder (besides ``figures/``); removed with the outputs it describes.
+REPORT_FILES = ("report.html",)
 POOL_FILES = ("pool_manifest.json", "pooled_results.parquet", "pooled_results.tsv", "feature_coverage.tsv")
 
 logger = logging.getLogger(__name__)
@@ -120,6 +127,8 @@ def _begin(
         logger.warning("%s", warning)
     out = Path(out_dir)
     _remove(out, outputs)
+    _remove(out, REPORT_FILES)  # a report of earlier outputs would describe results that are gone
+    shutil.rmtree(out / "figures", ignore_errors=True)
     return cohorts, warnings, out, alpha
 
 
@@ -209,6 +218,7 @@ def _manifest(
                 "sha256": c.sidecar["files"]["summary"]["sha256"],
                 "analysis_hash": c.sidecar["analysis_hash"],
                 "plan_name": c.sidecar.get("plan_name"),
+                "samples": {layer: info.get("samples") for layer, info in c.sidecar.get("layers", {}).items()},
             }
             for c in cohorts
         ],
@@ -307,6 +317,9 @@ def meta_analyse(
     results["method"] = method + ("+hksj" if hksj else "")
     write_parquet(out / "meta_results.parquet", results)
     write_tsv(out / "meta_results.tsv", results)
+    forest = forest_estimates(table.keys, results["p"].to_numpy(dtype=np.float64), table.beta, table.se, table.n, table.present, names)
+    write_parquet(out / "meta_forest_estimates.parquet", forest)
+    write_tsv(out / "meta_forest_estimates.tsv", forest)
     write_tsv(out / "feature_coverage.tsv", coverage)
     if leave_one_out_estimates:
         _write_leave_one_out(out, table, names, method, hksj)
@@ -374,6 +387,79 @@ def _meta_results(table: _CohortEstimates, fits: MetaFits, names: list[str]) -> 
         q_p=fits.q_p,
         direction=direction_strings(table.beta),
         cohorts=[",".join(names_array[row]) for row in table.present],
+    )
+
+
+def smallest_p_rows(keys: pd.DataFrame, p: np.ndarray, per_group: int) -> np.ndarray:
+    """Positions of the ``per_group`` rows with the smallest ``p`` in each layer x model of ``keys`` (rows without a p left out).
+
+    Parameters
+    ----------
+    keys
+        ``(r, ...)`` frame with ``layer`` and ``model`` columns.
+    p
+        ``(r,)`` p-values, NaN where there is none.
+    per_group
+        Rows kept per layer x model.
+
+    Returns
+    -------
+    np.ndarray
+        ``(s,)`` int64 positions into ``keys``, grouped by layer x model in order of first appearance, by p within each.
+    """
+    groups = keys.groupby(["layer", "model"], sort=False, observed=True).ngroup().to_numpy()
+    chosen = []
+    finite = np.isfinite(p)
+    for group in range(int(groups.max()) + 1 if len(groups) else 0):  # a few layer x model groups, each handled whole
+        rows = np.flatnonzero((groups == group) & finite)
+        if rows.size > per_group:
+            rows = rows[np.argpartition(p[rows], per_group - 1)[:per_group]]
+        chosen.append(rows[np.argsort(p[rows], kind="stable")])
+    return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def forest_estimates(
+    keys: pd.DataFrame,
+    p: np.ndarray,
+    beta: np.ndarray,
+    se: np.ndarray,
+    n: np.ndarray,
+    present: np.ndarray,
+    names: list[str],
+    per_group: int = FOREST_KEYS,
+) -> pd.DataFrame:
+    """Each cohort's estimate as combined, for the :data:`FOREST_KEYS` keys with the smallest p per layer x model.
+
+    Parameters
+    ----------
+    keys
+        ``(r, len(KEY_COLUMNS))`` the combined keys.
+    p
+        ``(r,)`` the combined p-values.
+    beta, se, n, present
+        ``(r, k)`` each cohort's estimate, its se, participants and whether it was combined.
+    names
+        The ``k`` cohorts.
+    per_group
+        Keys kept per layer x model.
+
+    Returns
+    -------
+    pd.DataFrame
+        One row per kept key x cohort combined: the key columns, ``cohort, beta, se, n``.
+    """
+    chosen = smallest_p_rows(keys, p, per_group)
+    rows, columns = np.nonzero(present[chosen])
+    picked = chosen[rows]
+    return (
+        keys.iloc[picked]
+        .reset_index(drop=True)
+        .assign(
+            cohort=np.array(names, dtype=object)[columns],
+            beta=beta[picked, columns],
+            se=se[picked, columns],
+            n=n[picked, columns].astype(np.int64),
+        )
     )
 
 
