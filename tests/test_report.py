@@ -136,6 +136,9 @@ def test_the_report_in_a_browser(reported: Reported) -> None:
                 pixels = np.asarray(Image.open(io.BytesIO(figure.screenshot())).convert("L"), dtype=float)
                 assert pixels.var() > 0, f"blank figure: {figure.get_attribute('alt')}"
             links = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
+            anchors = [link for link in links if link.startswith("#")]
+            assert anchors and all(page.query_selector(link) for link in anchors), anchors  # the contents lead to sections
+            links = [link for link in links if not link.startswith("#")]
         finally:
             browser.close()
     assert not errors, errors

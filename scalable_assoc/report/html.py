@@ -6,7 +6,6 @@ from anywhere, so it can be mailed or archived with the run.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from pathlib import Path
@@ -19,7 +18,7 @@ from scalable_assoc.io.runstate import read_status
 from scalable_assoc.report.feature_figures import FEATURES_TOP, run_feature_figures
 from scalable_assoc.report.figures import RunFigures, run_figures, write_figures
 from scalable_assoc.report.meta_html import folder_kind, render_combined_report
-from scalable_assoc.report.page import REPORT_CSS, escape, html_table, output_links, relative_href
+from scalable_assoc.report.page import REPORT_CSS, escape, figure_element, html_table, output_links, relative_href
 from scalable_assoc.results.run_outputs import read_run
 
 logger = logging.getLogger(__name__)
@@ -86,26 +85,108 @@ def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int 
         f'<p class="muted">plan hash <code id="plan-hash">{escape(manifest.get("plan_hash"))}</code>, '
         f"scalable_assoc {escape(manifest.get('version'))}, plan <code>{escape(manifest.get('plan'))}</code>, "
         f"FDR: {escape(plan.fdr.method)} by {escape(' x '.join(plan.fdr.by))}, q &lt; {alpha:g}</p>",
+        _contents(),
     ]
+    # What a reader came for first (findings, then the pictures), then how it was obtained.
+    parts += _findings_section(results, significant_rows, survival, alpha)
+    parts += _figures_section(run_dir, report, figures, feature_notes)
+    parts += _inflation_section(figures.inflation)
+    parts += _analyses_section(manifest)
+    parts += _inputs_section(manifest)
+    parts += _run_section(manifest)
+    figure_files = [f"{f.name}{suffix}" for f in figures.figures for suffix in (".svg", ".png")] + ["inflation.tsv"]
+    parts += ['<h2 id="outputs">Output files</h2>', output_links(run_dir, report, run_dir / "figures", figure_files)]
+    # The heatmaps' marks as data, for readers who want the cells and for checks.
+    marks = figures.marks.astype(object).where(figures.marks.notna(), None).to_dict(orient="records")
+    marks_json = json.dumps(marks).replace("</", "<\\/")  # no "</script>" inside the data
+    parts.append(f'<script type="application/json" id="heatmap-marks">{marks_json}</script>')
+    parts.append("</body></html>")
+    return "\n".join(parts), figures
 
-    # Findings first: significant associations per layer and model.
+
+#: The page's sections: anchor and heading, in page order.
+SECTIONS = (
+    ("findings", "Findings"),
+    ("figures", "Figures"),
+    ("inflation", "Inflation"),
+    ("analyses", "Analyses"),
+    ("inputs", "Inputs"),
+    ("run", "Run"),
+    ("outputs", "Output files"),
+)
+
+
+def _contents() -> str:
+    links = " \u00b7 ".join(f'<a href="#{anchor}">{heading}</a>' for anchor, heading in SECTIONS)
+    return f'<nav class="contents">{links}</nav>'
+
+
+def _findings_section(results: pd.DataFrame, significant_rows: pd.DataFrame, survival: pd.DataFrame, alpha: float) -> list[str]:
+    """Associations with q < alpha per layer and model, and how many of the base set's survive each further adjustment."""
     counts = significant_rows.groupby(["layer", "model"], sort=False).size().rename("significant (q < alpha)").reset_index()
     tested = results.groupby(["layer", "model"], sort=False).agg(rows=("p", "size"), estimated=("p", "count")).reset_index()
     findings = tested.merge(counts, on=["layer", "model"], how="left").fillna({"significant (q < alpha)": 0})
     findings["significant (q < alpha)"] = findings["significant (q < alpha)"].astype(int)
-    parts += [
-        "<h2>Findings</h2>",
+    parts = [
+        '<h2 id="findings">Findings</h2>',
         f'<p>Associations with q &lt; {alpha:g}: <strong id="significant-count">{len(significant_rows)}</strong> '
         "(the rows of <code>significant_results.tsv</code>), per layer and model:</p>",
         html_table(findings, "significant-table", numeric=("rows", "estimated", "significant (q < alpha)")),
     ]
+    followed = survival[survival["significant_base"].fillna(0) > 0]
+    if len(followed):
+        totals = followed.groupby(["layer", "model", "adjustment"], sort=False)[["significant_base", "still_significant"]].sum()
+        totals = totals.reset_index()
+        totals["percent"] = (100.0 * totals["still_significant"] / totals["significant_base"]).round(1)
+        parts += [
+            "<p>Under further adjustment: of the associations significant under each exposure's base set, "
+            "those still significant under each later set (all exposures together; per exposure in "
+            "<code>adjustment_survival.tsv</code> and the survival figures):</p>",
+            html_table(totals, "survival-table", numeric=("significant_base", "still_significant", "percent")),
+        ]
+    return parts
 
-    parts.append("<h2>Inputs</h2>")
+
+def _figures_section(run_dir: Path, report: Path, figures: RunFigures, notes: dict[tuple[str, str], str]) -> list[str]:
+    parts = ['<h2 id="figures">Figures</h2>']
+    for layer in dict.fromkeys([f.layer for f in figures.figures] + [layer for layer, _ in notes]):
+        parts.append(f"<h3>{escape(layer)}</h3>")
+        parts += [f'<p class="note figure-note">{escape(model)}: {escape(n)}</p>' for (lay, model), n in notes.items() if lay == layer]
+        parts += [
+            figure_element(figure, relative_href(run_dir / "figures" / (figure.name + ".png"), report))
+            for figure in figures.figures
+            if figure.layer == layer
+        ]
+    return parts
+
+
+def _inflation_section(inflation: pd.DataFrame) -> list[str]:
+    return [
+        '<h2 id="inflation">Inflation</h2><p>Genomic inflation factor \u03bb = median(\u03c7\u00b2\u2081 quantile of p) / 0.4549, '
+        "per analysis (also <code>figures/inflation.tsv</code>).</p>",
+        html_table(inflation, "inflation-table", numeric=("n_p", "lambda")),
+    ]
+
+
+def _analyses_section(manifest: dict) -> list[str]:
+    analyses = pd.DataFrame(manifest.get("analyses", []))
+    parts = ['<h2 id="analyses">Analyses</h2>']
+    if not len(analyses):
+        return [*parts, "<p>none recorded in the manifest</p>"]
+    columns = [c for c in ("layer", "exposure", "adjustment", "model", "n", "n_cases", "n_controls") if c in analyses.columns]
+    shown = analyses[columns].astype(object).where(analyses[columns].notna(), None)
+    return [
+        *parts,
+        "<p>Participants, cases and controls of every analysis.</p>",
+        html_table(shown, "analyses-table", numeric=("n", "n_cases", "n_controls")),
+    ]
+
+
+def _inputs_section(manifest: dict) -> list[str]:
     inputs = pd.DataFrame(
         [(name, info.get("path"), info.get("sha256")) for name, info in manifest.get("inputs", {}).items()],
         columns=["input", "path", "sha256"],
     )
-    parts.append(html_table(inputs, "inputs-table"))
     layers = pd.DataFrame(
         [
             (name, info.get("features_total"), info.get("features_kept"), info.get("samples"))
@@ -113,54 +194,19 @@ def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int 
         ],
         columns=["layer", "features", "features kept", "samples"],
     )
-    parts += ["<h3>Features kept per layer</h3>", html_table(layers, "layers-table", numeric=("features", "features kept", "samples"))]
+    return [
+        '<h2 id="inputs">Inputs</h2>',
+        html_table(inputs, "inputs-table"),
+        "<h3>Features kept per layer</h3>",
+        html_table(layers, "layers-table", numeric=("features", "features kept", "samples")),
+    ]
 
-    analyses = pd.DataFrame(manifest.get("analyses", []))
-    if len(analyses):
-        columns = [c for c in ("layer", "exposure", "adjustment", "model", "n", "n_cases", "n_controls") if c in analyses.columns]
-        shown = analyses[columns].astype(object).where(analyses[columns].notna(), None)
-        parts += [
-            "<h2>Analyses</h2><p>Participants, cases and controls of every analysis.</p>",
-            html_table(shown, "analyses-table", numeric=("n", "n_cases", "n_controls")),
-        ]
 
-    parts.append(
-        "<h2>Inflation</h2><p>Genomic inflation factor \u03bb = median(\u03c7\u00b2\u2081 quantile of p) / 0.4549, per analysis "
-        "(also <code>figures/inflation.tsv</code>).</p>"
-    )
-    parts.append(html_table(figures.inflation, "inflation-table", numeric=("n_p", "lambda")))
-
+def _run_section(manifest: dict) -> list[str]:
     timings = pd.DataFrame(list(manifest.get("timings_seconds", {}).items()), columns=["step", "seconds"])
-    parts += ["<h2>Run</h2><h3>Timings</h3>", html_table(timings, "timings-table", numeric=("seconds",))]
     warnings = manifest.get("warnings") or []
-    parts.append("<h3>Warnings</h3>")
-    parts.append(
-        '<ul id="warnings">' + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul>" if warnings else '<p id="warnings">none</p>'
-    )
-
-    figure_files = [f"{f.name}{suffix}" for f in figures.figures for suffix in (".svg", ".png")] + ["inflation.tsv"]
-    parts += ["<h2>Output files</h2>", output_links(run_dir, report, run_dir / "figures", figure_files)]
-
-    parts.append("<h2>Figures</h2>")
-    for layer in dict.fromkeys(f.layer for f in figures.figures):
-        parts.append(f"<h3>{escape(layer)}</h3>")
-        parts += [
-            f'<p class="note figure-note">{escape(model)}: {escape(n)}</p>' for (lay, model), n in feature_notes.items() if lay == layer
-        ]
-        for figure in (f for f in figures.figures if f.layer == layer):
-            data = base64.b64encode(figure.svg).decode("ascii")
-            parts.append(
-                f'<figure id="figure-{escape(figure.name)}" data-kind="{figure.kind}" data-layer="{escape(figure.layer)}" '
-                f'data-model="{escape(figure.model)}"><img class="report-figure" alt="{escape(figure.title)}" '
-                f'src="data:image/svg+xml;base64,{data}"><figcaption>{escape(figure.title)} '
-                f'(<a href="{escape(relative_href(run_dir / "figures" / (figure.name + ".png"), report))}">PNG</a>)</figcaption></figure>'
-            )
-    # The heatmaps' marks as data, for readers who want the cells and for checks.
-    marks = figures.marks.astype(object).where(figures.marks.notna(), None).to_dict(orient="records")
-    marks_json = json.dumps(marks).replace("</", "<\\/")  # no "</script>" inside the data
-    parts.append(f'<script type="application/json" id="heatmap-marks">{marks_json}</script>')
-    parts.append("</body></html>")
-    return "\n".join(parts), figures
+    shown = '<ul id="warnings">' + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul>" if warnings else '<p id="warnings">none</p>'
+    return ['<h2 id="run">Run</h2><h3>Timings</h3>', html_table(timings, "timings-table", numeric=("seconds",)), "<h3>Warnings</h3>", shown]
 
 
 def report_is_current(run_dir: Path) -> bool:

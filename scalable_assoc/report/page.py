@@ -21,6 +21,7 @@ th { background: #f0f4f8; } td.num { text-align: right; font-variant-numeric: ta
 code { font-size: 0.9em; word-break: break-all; } .muted { color: #616e7c; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #e4e7eb; }
 figcaption { font-size: 0.85em; color: #52606d; }
+nav.contents { font-size: 0.9em; margin: 0.5em 0 1em; } nav.contents a { color: #2c5282; }
 .note { border-left: 4px solid #f0b429; background: #fffbea; padding: 0.5em 1em; }
 """
 
