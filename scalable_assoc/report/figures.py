@@ -160,22 +160,29 @@ def heatmap(base: pd.DataFrame, significant_anywhere: pd.DataFrame, alpha: float
 
 
 def _grid(figure: Figure, panels: int, columns: int = 4):  # -> list of Axes
+    # Fixed margins in inches instead of constrained layout: the panels' labels are short numbers and
+    # exposure names, and solving the layout of many panels cost more than drawing them.
     columns = min(columns, max(panels, 1))
     rows = -(-max(panels, 1) // columns)
-    figure.set_size_inches(3.2 * columns, 3.0 * rows)
+    width, height = 3.2 * columns, 3.0 * rows + 0.35  # 0.35 in for the suptitle
+    figure.set_size_inches(width, height)
+    figure.subplots_adjust(
+        left=0.65 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.65 / height, wspace=0.75 / 2.4, hspace=0.95 / 2.05
+    )
     return [figure.add_subplot(rows, columns, i + 1) for i in range(panels)]
 
 
 def qq_plot(rows: pd.DataFrame, inflation: pd.DataFrame, adjustment_order: Sequence[str]) -> Figure:
     """Observed against expected -log10 p, one panel per exposure, one series per adjustment set (lambda in the legend)."""
-    figure = Figure(layout="constrained")
+    figure = Figure()  # laid out by _grid
     exposures = list(dict.fromkeys(rows["exposure"]))
     lambdas = {(e, a): v for e, a, v in inflation[["exposure", "adjustment", "lambda"]].itertuples(index=False)}
+    series = {key: group.to_numpy(dtype=float) for key, group in rows.groupby(["exposure", "adjustment"], sort=False)["p"]}
     for axes, exposure in zip(_grid(figure, len(exposures)), exposures, strict=True):
-        these = rows[rows["exposure"] == exposure]
         top = 1.0
-        for adjustment in [a for a in adjustment_order if a in set(these["adjustment"])]:
-            p = np.sort(these.loc[these["adjustment"] == adjustment, "p"].dropna().to_numpy(dtype=float))
+        for adjustment in [a for a in adjustment_order if (exposure, a) in series]:
+            p = series[(exposure, adjustment)]
+            p = np.sort(p[~np.isnan(p)])
             if not p.size:
                 continue
             expected = -np.log10((np.arange(1, p.size + 1) - 0.5) / p.size)
@@ -200,7 +207,7 @@ def qq_plot(rows: pd.DataFrame, inflation: pd.DataFrame, adjustment_order: Seque
 
 def volcano(base: pd.DataFrame, alpha: float) -> Figure:
     """Beta against -log10 p under the base set, one panel per exposure; q < alpha highlighted."""
-    figure = Figure(layout="constrained")
+    figure = Figure()  # laid out by _grid
     exposures = list(dict.fromkeys(base["exposure"]))
     for axes, exposure in zip(_grid(figure, len(exposures)), exposures, strict=True):
         these = base[(base["exposure"] == exposure) & base["p"].notna() & base["beta"].notna()]
@@ -226,8 +233,10 @@ def forest(rows: pd.DataFrame, base: pd.DataFrame, alpha: float, adjustment_orde
     if not len(chosen):
         _empty(figure, f"no association with q < {alpha:g} under the base adjustment set")
         return figure
-    sets = [a for a in adjustment_order if a in set(rows["adjustment"])]
-    indexed = rows.set_index(["feature", "exposure", "adjustment"])
+    present = set(rows["adjustment"].unique())  # once, not per adjustment set (a Python pass over every row)
+    sets = [a for a in adjustment_order if a in present]
+    shown = rows[rows["feature"].isin(set(chosen["feature"])).to_numpy(dtype=bool)]  # index the shown features' rows, not every row
+    indexed = shown.set_index(["feature", "exposure", "adjustment"])
     axes = figure.add_subplot()
     step = 0.7 / max(len(sets), 1)
     colours = [f"C{i}" for i in range(len(sets))]

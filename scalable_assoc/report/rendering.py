@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 #: PNG resolution (print resolution).
 PNG_DPI = 200
+#: zlib level of the PNGs: 2 encodes in a third of the time of PIL's default 6, for files ~15% larger.
+PNG_COMPRESSION = 2
 #: Resolution of the rasterized parts of an SVG (dense scatters drawn with ``rasterized=True``).
 SVG_RASTER_DPI = 150
 #: Fixed seed of the element ids in an SVG (matplotlib draws random ones otherwise), so a figure renders to the same bytes.
@@ -41,14 +43,14 @@ def render_figure(figure: Figure) -> tuple[bytes, bytes]:
     the figure is left with no layout engine. The SVG carries no date and fixed element
     ids (``svg.hashsalt``), so the same figure gives the same bytes; artists drawn with
     ``rasterized=True`` (dense scatters) are embedded in it as images at
-    :data:`SVG_RASTER_DPI`. The PNG is drawn at :data:`PNG_DPI`.
+    :data:`SVG_RASTER_DPI`. The PNG is drawn at :data:`PNG_DPI`, compressed at :data:`PNG_COMPRESSION`.
     """
     FigureCanvasAgg(figure)
     svg, png = io.BytesIO(), io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT}):
         figure.savefig(svg, format="svg", dpi=SVG_RASTER_DPI, metadata={"Date": None})
     figure.set_layout_engine("none")
-    figure.savefig(png, format="png", dpi=PNG_DPI)
+    figure.savefig(png, format="png", dpi=PNG_DPI, pil_kwargs={"compress_level": PNG_COMPRESSION})
     return svg.getvalue(), png.getvalue()
 
 
