@@ -95,7 +95,7 @@ class _Helper:
     def __init__(self, figures: list[Figure]) -> None:
         self._out: bytes | None = None
         self._error = ""
-        payload = pickle.dumps(figures, protocol=pickle.HIGHEST_PROTOCOL)
+        self._thread: threading.Thread | None = None
         package_root = str(Path(__file__).resolve().parents[2])  # the scalable_assoc this process runs, not another installed one
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
         try:
@@ -105,10 +105,17 @@ class _Helper:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=env,
+                cwd=package_root,  # python -m puts the working folder first on sys.path
             )
         except OSError as error:
             self._error = str(error)
-            self._thread = None
+            return
+        try:  # the helper imports matplotlib meanwhile
+            payload = pickle.dumps(figures, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:  # an artist that does not pickle: render here
+            self._process.kill()
+            self._process.wait()
+            self._error = f"the figures do not pickle: {error}"
             return
         self._thread = threading.Thread(target=self._talk, args=(payload,), daemon=True)
         self._thread.start()
