@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from scalable_assoc.io.metadata import complete_rows, exposure_values, load_metadata, reconcile_samples
 from scalable_assoc.io.run_cache import WORK_DIR, FilterFile, design_rows, filter_path, layer_cache_token, read_filter_file, samples_digest
 from scalable_assoc.io.store import AbundanceStore, open_store
-from scalable_assoc.report.figures import RenderedFigure, short_label
+from scalable_assoc.report.figures import RenderedFigure, file_stem, render_figures, short_label
 from scalable_assoc.results.run_outputs import RunOutputs
 from scalable_assoc.results.summary import base_sets, sets_run
 from scalable_assoc.stats.transforms import apply_transform, nonzero_values, presence_indicator
@@ -212,10 +212,6 @@ def feature_panels(run: RunOutputs, top: int = FEATURES_TOP) -> FeaturePanels:
     return FeaturePanels(panels, notes)
 
 
-def _slug(text: object) -> str:  # as figures' file stems
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(text))
-
-
 def _axis_label(panel: FeaturePanel) -> str:
     if panel.view == "presence":
         return "share present"
@@ -311,19 +307,14 @@ def run_feature_figures(run: RunOutputs, top: int = FEATURES_TOP) -> tuple[list[
     """The per-feature figures (kind ``features``) of every layer x model, and the joint figure (model ``joint``) of every layer
     that has ``joint_results.parquet`` rows; with a note per layer x model whose values could not be rebuilt (store or filter gone).
     """
-    # TODO: figures.render_figure once figures._render is renamed (in progress on another branch).
-    from scalable_assoc.report.figures import _render
-
     found = feature_panels(run, top)
     several_models = run.results["model"].nunique() > 1
-    rendered: list[RenderedFigure] = []
+    drawn: list[tuple[str, str, str, str, str, Figure]] = []  # name, kind, layer, model, title, figure
     for (layer, model), panels in found.panels.items():
         label = f"{layer}, {model}" if several_models else layer
         figure = feature_figure(panels)
-        title = feature_caption(panels, label)
         figure.suptitle(f"top {len(panels)} associations by q, base adjustment set: {label}", fontsize=9)
-        svg, png = _render(figure)
-        rendered.append(RenderedFigure(f"features_{_slug(layer)}_{_slug(model)}", "features", layer, model, title, svg, png))
+        drawn.append((f"features_{file_stem(layer)}_{file_stem(model)}", "features", layer, model, feature_caption(panels, label), figure))
     joint_path = run.run_dir / "joint_results.parquet"
     if joint_path.is_file():
         joint = pd.read_parquet(joint_path)
@@ -331,7 +322,10 @@ def run_feature_figures(run: RunOutputs, top: int = FEATURES_TOP) -> tuple[list[
             figure = joint_figure(rows, list(run.plan.adjustments), run.plan.fdr.alpha, top)
             title = f"joint presence/abundance p (lm_nonzero and prevalence) under the base adjustment set: {layer}"
             figure.suptitle(title, fontsize=9)
-            svg, png = _render(figure)
-            rendered.append(RenderedFigure(f"joint_{_slug(layer)}", "joint", str(layer), "joint", title, svg, png))
+            drawn.append((f"joint_{file_stem(layer)}", "joint", str(layer), "joint", title, figure))
+    rendered = [
+        RenderedFigure(name, kind, layer, model, title, svg, png)
+        for (name, kind, layer, model, title, _), (svg, png) in zip(drawn, render_figures([d[-1] for d in drawn]), strict=True)
+    ]
     logger.info("drew %d per-feature and joint figures", len(rendered))
     return rendered, found.notes

@@ -19,6 +19,7 @@ from matplotlib.patches import Polygon
 from scalable_assoc.report.figures import (
     RenderedFigure,
     RunFigures,
+    file_stem,
     forest,
     heatmap,
     inflation_factors,
@@ -40,10 +41,6 @@ _COHORT = "#3e4c59"
 _POOLED = "#c0392b"
 _MUTED = "#9aa5b1"
 KEYS = ["layer", "feature", "exposure", "adjustment", "model"]
-
-
-def _slug(text: object) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in str(text))
 
 
 def _note(figure: Figure, text: str) -> None:
@@ -201,7 +198,7 @@ def direction_consistency(shares: pd.DataFrame, alpha: float) -> Figure:
 def _rendered(kind: str, layer: object, model: object, figure: Figure, title: str) -> RenderedFigure:
     figure.suptitle(title, fontsize=10)
     svg, png = render_figure(figure)
-    return RenderedFigure(f"{kind}_{_slug(layer)}_{_slug(model)}", kind, str(layer), str(model), title, svg, png)
+    return RenderedFigure(f"{kind}_{file_stem(layer)}_{file_stem(model)}", kind, str(layer), str(model), title, svg, png)
 
 
 def meta_figures(results: pd.DataFrame, estimates: pd.DataFrame | None, alpha: float, top: int) -> RunFigures:
