@@ -9,6 +9,7 @@ statsmodels OLS on the R values (the run's OLS solves differently from statsmode
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import pytest
 import statsmodels.api as sm
 
 from scalable_assoc import load_plan, run_study
+from scalable_assoc.engine.chunks import chunk_tasks
 from scalable_assoc.engine.filters import filter_layers
-from scalable_assoc.engine.graph import hold_on_cluster
+from scalable_assoc.engine.graph import hold_on_cluster, layer_token
 from scalable_assoc.engine.prepare import prepare_study
 from scalable_assoc.engine.tasks import model_block
 from scalable_assoc.errors import PlanError
@@ -94,6 +96,9 @@ def test_clr_reference_equals_the_groups_r_function(tmp_path: Path, client, orde
 
     # The fitted slopes equal statsmodels OLS on the R-transformed values.
     results = run_study(plan_path, tmp_path / "out", client=client).results
+    recorded = json.loads((tmp_path / "out" / "manifest.json").read_text())["layers"]["pathways"]
+    assert recorded["clr_reference"] == "species" and recorded.get("filter") == (order or None)
+    assert recorded["transform_features"] == (raw.shape[1] if order else len(kept))
     metadata = pd.read_csv(REFERENCE / "metadata.tsv", sep="\t", index_col=0).loc[ours.index].dropna()  # complete cases, as the run
     expected = expected.loc[metadata.index]
     male = (metadata["sex"] == sorted(metadata["sex"].unique())[1]).astype(float)
@@ -177,3 +182,18 @@ def test_defaults_keep_the_plan_hashes(tmp_path: Path) -> None:
         hashes[label] = load_plan(path).rows_hash()
     assert hashes["none"] == hashes["defaults"] and hashes["after"] != hashes["none"]
     assert hashes["self"] != hashes["none"]  # species names itself (None) but pathways takes species' denominator
+
+
+def test_a_changed_reference_table_changes_the_layer_token_and_chunk_ids(tmp_path: Path) -> None:
+    # The pathways' CLR rests on the species table: editing it must not let a resumed run reuse pathway chunks or filters.
+    plan_path = _study(tmp_path / "study", "after_transform")
+    before = prepare_study(load_plan(plan_path), tmp_path / "stores")
+    species = pd.read_csv(plan_path.parent / "species.tsv", sep="\t", index_col=0)
+    species.iloc[0, 0] += 1.0
+    species.to_csv(plan_path.parent / "species.tsv", sep="\t", float_format="%.17g")
+    after = prepare_study(load_plan(plan_path), tmp_path / "stores")
+    pathways = [study.layer_work("pathways") for study in (before, after)]
+    assert pathways[0].input_sha256 == pathways[1].input_sha256
+    assert layer_token(before, pathways[0]) != layer_token(after, pathways[1])
+    ids = [{t.chunk_id for t in chunk_tasks(study, 8) if t.layer == "pathways"} for study in (before, after)]
+    assert ids[0] and not ids[0] & ids[1]
