@@ -112,6 +112,17 @@ def test_clr_reference_equals_the_groups_r_function(tmp_path: Path, client, orde
         assert rows.loc[feature, "se"] == pytest.approx(fit.bse[1], rel=1e-8), feature
 
 
+def test_a_reference_layer_without_analyses_still_gives_the_denominator(tmp_path: Path, client) -> None:
+    # Only pathways are analysed: species is prepared and filtered for its per-sample sums, nothing of it is fitted.
+    plan_path = _study(tmp_path / "study", "after_transform")
+    plan_path.write_text(plan_path.read_text() + "analyses:\n  - {layers: [pathways]}\n")
+    ours = _transformed(client, plan_path, tmp_path / "work")
+    expected = pd.read_csv(REFERENCE / "clr_after.tsv", sep="\t", index_col=0).loc[ours.index, list(ours.columns)]
+    np.testing.assert_allclose(ours.to_numpy(), expected.to_numpy(), rtol=0, atol=1e-12)
+    summary = run_study(plan_path, tmp_path / "out", client=client)
+    assert set(summary.results["layer"]) == {"pathways"}
+
+
 def test_filter_after_transform_without_reference_uses_all_features(tmp_path: Path, client) -> None:
     # The species layer's own CLR after_transform: c and the per-sample mean over all 30 species.
     plan_path = _study(tmp_path / "study", "after_transform")
