@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from scalable_assoc.engine.graph import layer_token
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy
 from scalable_assoc.plan.schema import MODELS
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
@@ -99,6 +100,9 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int, covariate_rows: bo
         subsets = {key: hashlib.sha256(design.rows.tobytes()).hexdigest() for key, design in layer.designs.items()}
         batches = batch_analyses(layer.analyses, analyses_per_task, subsets)
         samples = layer.samples_digest()
+        # A CLR reference's table (and its samples) change this layer's rows: its token is in the id.
+        name = layer.spec.preprocess.clr_reference
+        reference = [f"clr_reference={layer_token(study, study.layer_work(name))}"] if name is not None else []
         for block_index, (start, stop) in enumerate(layer.store.block_bounds()):
             for batch in batches:
                 text = "\x1f".join(
@@ -114,6 +118,7 @@ def chunk_tasks(study: PreparedStudy, analyses_per_task: int, covariate_rows: bo
                     ]
                     + [a.key.analysis_id for a in batch]
                     + ([f"features={layer.list_token()}"] if layer.listed is not None else [])
+                    + reference
                 )
                 with_covariates = covariate_rows and batch[0].key.model in COVARIATE_ROW_MODELS
                 if with_covariates:

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from distributed import Client
 
-from scalable_assoc.engine.graph import layer_token
-from scalable_assoc.engine.prepare import LayerWork, PreparedStudy
+from scalable_assoc.engine.graph import hold_on_cluster, layer_token
+from scalable_assoc.engine.prepare import LayerWork, PreparedStudy, reference_order
 from scalable_assoc.engine.tasks import MODEL_VIEWS, sum_block, summarise_block
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
@@ -99,7 +99,9 @@ def filter_layers(
     """
     filters: dict[str, LayerFilter] = {}
     missing = []
-    for layer in study.layers:
+    if study.references:  # layers only named as CLR references: their samples are not held yet
+        positions = positions | {ref.spec.name: hold_on_cluster(client, ref.sample_positions, "samples") for ref in study.references}
+    for layer in [*study.layers, *study.references]:
         path = _filter_path(folder, study, layer)
         if path.is_file():
             filters[layer.spec.name] = _load_filter(path, layer)
@@ -108,10 +110,25 @@ def filter_layers(
             missing.append(layer)
     if missing:
         computed = _filter_layers(client, study, positions, missing, watch or ClusterWatch(client))
-        for layer in missing:
-            _save_filter(_filter_path(folder, study, layer), computed[layer.spec.name])
         filters.update(computed)
-    return filters
+        for layer in missing:
+            _use_reference_sums(study, layer, filters)
+            _save_filter(_filter_path(folder, study, layer), computed[layer.spec.name])
+    return {layer.spec.name: filters[layer.spec.name] for layer in study.layers}
+
+
+def _use_reference_sums(study: PreparedStudy, layer: LayerWork, filters: dict[str, LayerFilter]) -> None:
+    """A layer with a ``clr_reference`` takes its CLR per-sample sums (both views) from the reference layer, in its own sample order."""
+    name = layer.spec.preprocess.clr_reference
+    if name is None:
+        return
+    reference = filters[name]
+    order = reference_order(layer, study.layer_work(name))
+    layer_filter = filters[layer.spec.name]
+    if reference.sample_totals is not None:
+        layer_filter.sample_totals = (reference.sample_totals[0][order], reference.sample_totals[1][order])
+    if reference.nonzero_totals is not None:
+        layer_filter.nonzero_totals = (reference.nonzero_totals[0][order], reference.nonzero_totals[1][order])
 
 
 def _filter_layers(
@@ -126,14 +143,17 @@ def _filter_layers(
     filters = {layer.spec.name: _select(layer, summaries[layer.spec.name]) for layer in layers}
     sum_futures: dict[tuple[str, str], list[distributed.Future]] = {}
     for layer in layers:
-        sum_futures |= _submit_sample_sums(client, study, layer, filters[layer.spec.name], positions[layer.spec.name])
+        sum_futures |= _submit_sample_sums(
+            client, study, layer, filters[layer.spec.name], positions[layer.spec.name], _sum_views(study, layer)
+        )
     for (name, which), parts in _gather_counting(watch, sum_futures, "sums", "filtering (per-sample sums)").items():
         setattr(filters[name], which, (np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)))
     for layer in layers:
         # Listed features the layer lacks are zeros in every sample: they enter the CLR mean of the
         # transformed view (not the non-zero view's, which runs over present values only).
+        # After the transform, the CLR runs over the layer's own features only: the list just chooses the fitted ones.
         layer_filter = filters[layer.spec.name]
-        if layer.listed is not None and layer_filter.sample_totals is not None:
+        if layer.listed is not None and layer_filter.sample_totals is not None and not layer.spec.preprocess.transform_all_features:
             layer_filter.sample_totals = with_absent_zeros(
                 layer_filter.sample_totals, layer.listed.n_absent, layer.spec.preprocess.transform, layer_filter.pseudocount
             )
@@ -181,7 +201,9 @@ def _select(layer: LayerWork, summaries: list) -> LayerFilter:
     bounds = layer.store.block_bounds()
     listed = [layer.listed.mask[start:stop] for start, stop in bounds] if layer.listed is not None else None
     try:
-        kept, pseudocount = select_features(summaries, preprocess.min_prevalence, preprocess.pseudocount, listed)
+        kept, pseudocount = select_features(
+            summaries, preprocess.min_prevalence, preprocess.pseudocount, listed, pseudocount_over_all=preprocess.transform_all_features
+        )
     except ValueError as error:
         source = f" with the feature list {layer.listed.path}" if layer.listed is not None else ""
         raise DataError(f"layer '{layer.spec.name}' ({layer.spec.path}){source}: {error}") from None
@@ -196,15 +218,30 @@ def _select(layer: LayerWork, summaries: list) -> LayerFilter:
     )
 
 
+def _sum_views(study: PreparedStudy, layer: LayerWork) -> set[str]:
+    """The model views whose per-sample sums are computed from ``layer``'s blocks.
+
+    Its own views, unless a ``clr_reference`` supplies its sums; and those of every layer naming it as CLR reference.
+    """
+    views = set() if layer.spec.preprocess.clr_reference is not None else {MODEL_VIEWS[model] for model in layer.spec.models}
+    for other in study.layers:
+        if other.spec.preprocess.clr_reference == layer.spec.name:
+            views |= {MODEL_VIEWS[model] for model in other.spec.models}
+    return views
+
+
 def _submit_sample_sums(
-    client: Client, study: PreparedStudy, layer: LayerWork, layer_filter: LayerFilter, positions: distributed.Future
+    client: Client, study: PreparedStudy, layer: LayerWork, layer_filter: LayerFilter, positions: distributed.Future, views: set[str]
 ) -> dict[tuple[str, str], list[distributed.Future]]:
-    """The per-sample sum tasks one layer's views need, by ``(layer, "sample_totals" | "nonzero_totals")``."""
+    """The per-sample sum tasks of the model ``views`` that read them from this layer, by ``(layer, "sample_totals" | "nonzero_totals")``.
+
+    The sums run over the kept features, or over all features with ``filter: after_transform``.
+    """
     name, preprocess = layer.spec.name, layer.spec.preprocess
-    views = {MODEL_VIEWS[model] for model in layer.spec.models}
     token = layer_token(study, layer)
     transform = preprocess.transform
-    bounds, kept = layer.store.block_bounds(), layer_filter.kept
+    bounds = layer.store.block_bounds()
+    kept = [np.ones(stop - start, dtype=bool) for start, stop in bounds] if preprocess.transform_all_features else layer_filter.kept
     futures: dict[tuple[str, str], list[distributed.Future]] = {}
     # TSS/AST totals serve both the transformed and the non-zero view; CLR needs its own
     # sums for the non-zero view (a geometric mean over the features a sample has).

@@ -44,11 +44,16 @@ if TYPE_CHECKING:  # filters.py uses layer_token from here
 def layer_token(study: PreparedStudy, layer: LayerWork) -> str:
     """A short hash of what a layer's filter, per-sample sums and blocks depend on: part of their cache names and Dask keys.
 
-    Not the FDR settings, names or paths (see :meth:`Plan.rows_hash`); the feature list when one chooses the kept features.
+    Not the FDR settings, names or paths (see :meth:`Plan.rows_hash`); the feature list when one chooses the kept features;
+    the reference layer's token when a ``clr_reference`` supplies the CLR denominator (its table changes this layer's rows).
     """
-    return layer_cache_token(
+    token = layer_cache_token(
         study.plan.rows_hash(), study.metadata_sha256, layer.input_sha256, layer.spec.name, layer.store.chunk_features, layer.list_token()
     )
+    reference = layer.spec.preprocess.clr_reference
+    if reference is None:
+        return token
+    return layer_cache_token(token, layer_token(study, study.layer_work(reference)), reference, "clr_reference", 0, "")
 
 
 def hold_on_cluster(client: Client, value: object, name: str) -> distributed.Future:

@@ -21,10 +21,13 @@ def layer_manifest(layer: LayerWork, f: LayerFilter) -> dict:
 
     ``transform_features_sha256`` identifies the features the transform ran over
     (the list's names, absent ones included, or the kept features): cohorts whose
-    CLR/TSS/AST values are comparable have the same one.
+    CLR/TSS/AST values are comparable have the same one. With ``filter: after_transform``
+    the transform ran over all the layer's features (``filter`` is then recorded);
+    ``clr_reference`` names the layer whose features gave the CLR denominator.
     """
     listed = layer.listed
-    return {
+    preprocess = layer.spec.preprocess
+    entry = {
         "features_total": f.n_features,
         "features_kept": f.n_kept,
         "pseudocount": f.pseudocount,
@@ -34,6 +37,14 @@ def layer_manifest(layer: LayerWork, f: LayerFilter) -> dict:
         "transform_features": listed.n_listed if listed is not None else f.n_kept,
         "transform_features_sha256": listed.digest if listed is not None else feature_set_digest(i for ids in f.kept_ids for i in ids),
     }
+    if preprocess.transform_all_features:
+        # the CLR/TSS/AST ran over every feature of the layer; a feature list only chose what was fitted
+        entry["filter"] = preprocess.filter
+        entry["transform_features"] = f.n_features
+        entry["transform_features_sha256"] = feature_set_digest(layer.store.feature_ids)
+    if preprocess.clr_reference is not None:
+        entry["clr_reference"] = preprocess.clr_reference
+    return entry
 
 
 def run_manifest(

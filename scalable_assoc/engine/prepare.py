@@ -128,6 +128,16 @@ class PreparedStudy:
     min_cases: int = 10
     #: what the user must know about the inputs, logged and written to the manifest
     warnings: list[str] = field(default_factory=list)
+    #: layers named by another layer's ``preprocess.clr_reference`` that have no analyses of their own
+    #: (their filter and per-sample sums are computed, nothing is fitted)
+    references: list[LayerWork] = field(default_factory=list)
+
+    def layer_work(self, name: str) -> LayerWork:
+        """The prepared layer called ``name`` (an analysed layer or a CLR reference)."""
+        for work in [*self.layers, *self.references]:
+            if work.spec.name == name:
+                return work
+        raise KeyError(name)
 
 
 def write_design(folder: Path, design: DesignInput) -> Path:
@@ -304,16 +314,37 @@ def prepare_study(
     )
     features = Path(features).resolve() if features is not None else plan.features
     feature_list = read_feature_list(features) if features is not None else None
-    layers = []
-    for spec in plan.layers:
-        work = _prepare_layer(inputs, spec, cache_dir, chunk_features, feature_list, warnings)
-        if work.analyses:
-            layers.append(work)
+    prepared = {spec.name: _prepare_layer(inputs, spec, cache_dir, chunk_features, feature_list, warnings) for spec in plan.layers}
+    layers = [work for work in prepared.values() if work.analyses]
     if not layers:
         raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
+    named = {work.spec.preprocess.clr_reference for work in layers} - {None}
+    references = [work for name, work in prepared.items() if name in named and not work.analyses]
+    for work in layers:
+        if work.spec.preprocess.clr_reference is not None:
+            reference_order(work, prepared[work.spec.preprocess.clr_reference])
     for message in few_cluster_warnings(plan, layers):
         warnings.add(message)
-    return PreparedStudy(plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases, warnings.messages)
+    return PreparedStudy(
+        plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases, warnings.messages, references
+    )
+
+
+def reference_order(layer: LayerWork, reference: LayerWork) -> np.ndarray:
+    """For each sample ``layer`` uses, its position among the samples ``reference`` uses (tables may order samples differently).
+
+    A layer's CLR denominator comes from its reference layer per sample, so both must use the same samples (DataError if not).
+    """
+    used = [layer.store.sample_ids[i] for i in layer.sample_positions]
+    index = {sample: position for position, sample in enumerate(reference.store.sample_ids[i] for i in reference.sample_positions)}
+    if len(index) != len(used) or any(sample not in index for sample in used):
+        missing = sorted(set(used) - set(index))
+        raise DataError(
+            f"layer '{layer.spec.name}' ({layer.spec.path}) takes its CLR denominator from layer '{reference.spec.name}' "
+            f"({reference.spec.path}), which does not use the same samples ({len(used)} vs {len(index)}; "
+            f"missing there: {', '.join(missing[:3]) or 'none'}). Give both tables the same samples."
+        )
+    return np.array([index[sample] for sample in used], dtype=np.int64)
 
 
 class _Warnings:

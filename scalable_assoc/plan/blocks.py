@@ -7,6 +7,7 @@ naming the key at fault.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from scalable_assoc.plan.expressions import parse_query
 from scalable_assoc.plan.spec import (
     CATEGORICAL_EXPOSURE_MODELS,
     FDR_BY_COLUMNS,
+    FILTER_ORDERS,
     LAYER_FORMATS,
     MODELS,
     ON_CONSTANT_COVARIATE,
@@ -35,7 +37,7 @@ from scalable_assoc.plan.values import checked_mapping, location, name_list, non
 
 def parse_preprocess(source: Path, key: str, raw: Any, base: Preprocess) -> Preprocess:
     """``preprocess`` (top level, or a layer's, whose unset keys come from ``base``) as a :class:`Preprocess`."""
-    raw = checked_mapping(source, key, raw, ("min_prevalence", "transform", "pseudocount", "prevalence_within"))
+    raw = checked_mapping(source, key, raw, ("min_prevalence", "transform", "pseudocount", "prevalence_within", "filter", "clr_reference"))
     min_prevalence = raw.get("min_prevalence", base.min_prevalence)
     if isinstance(min_prevalence, bool) or not isinstance(min_prevalence, (int, float)) or not 0 <= min_prevalence <= 1:
         raise PlanError(f"{location(source, key + '.min_prevalence')}: expected a fraction between 0 and 1, got {min_prevalence!r}")
@@ -52,7 +54,58 @@ def parse_preprocess(source: Path, key: str, raw: Any, base: Preprocess) -> Prep
     within = raw.get("prevalence_within", base.prevalence_within)
     if within not in PREVALENCE_WITHIN:
         raise PlanError(f"{location(source, key + '.prevalence_within')}: expected one of {', '.join(PREVALENCE_WITHIN)}, got {within!r}")
-    return Preprocess(float(min_prevalence), str(transform), pseudocount if pseudocount == "half_min" else float(pseudocount), str(within))
+    order = raw.get("filter", base.filter)
+    if order not in FILTER_ORDERS:
+        raise PlanError(f"{location(source, key + '.filter')}: expected one of {', '.join(FILTER_ORDERS)}, got {order!r}")
+    reference = raw.get("clr_reference", base.clr_reference)
+    if reference is not None and (not isinstance(reference, str) or not reference.strip()):
+        raise PlanError(f"{location(source, key + '.clr_reference')}: expected the name of a layer of the plan, got {reference!r}")
+    return Preprocess(
+        float(min_prevalence),
+        str(transform),
+        pseudocount if pseudocount == "half_min" else float(pseudocount),
+        str(within),
+        str(order),
+        reference,
+    )
+
+
+def resolve_clr_references(source: Path, raw_layers: dict, layers: tuple[LayerSpec, ...]) -> tuple[LayerSpec, ...]:
+    """Check every layer's ``preprocess.clr_reference`` against the plan's layers; a layer naming itself is stored as None.
+
+    The reference must be a layer of the plan with transform ``clr`` whose own CLR uses its own features (no chains),
+    and the layer naming it must have transform ``clr`` too. Errors name the layer's key (or the top-level
+    ``preprocess.clr_reference`` the layer inherited).
+    """
+    by_name = {layer.name: layer for layer in layers}
+    resolved = []
+    for layer in layers:
+        reference = layer.preprocess.clr_reference
+        if reference is None or reference == layer.name:
+            resolved.append(replace(layer, preprocess=replace(layer.preprocess, clr_reference=None)))
+            continue
+        own = isinstance(raw_layers.get(layer.name), dict) and "clr_reference" in (raw_layers[layer.name].get("preprocess") or {})
+        key = location(source, f"data.layers.{layer.name}.preprocess.clr_reference" if own else "preprocess.clr_reference")
+        if reference not in by_name:
+            hint = did_you_mean(reference, tuple(by_name))
+            raise PlanError(f"{key}: no layer called '{reference}' in the plan.{hint} Layers: {', '.join(by_name)}.")
+        if layer.preprocess.transform != "clr":
+            raise PlanError(
+                f"{key}: layer '{layer.name}' has transform '{layer.preprocess.transform}'; a CLR reference applies to transform clr only"
+            )
+        target = by_name[reference]
+        if target.preprocess.transform != "clr":
+            raise PlanError(
+                f"{key}: the reference layer '{reference}' has transform '{target.preprocess.transform}'; "
+                "it must have transform clr (its per-sample mean log is the denominator)"
+            )
+        if target.preprocess.clr_reference not in (None, reference):
+            raise PlanError(
+                f"{key}: the reference layer '{reference}' itself takes its CLR denominator from "
+                f"'{target.preprocess.clr_reference}'; a reference layer must use its own features"
+            )
+        resolved.append(layer)
+    return tuple(resolved)
 
 
 def parse_models(source: Path, key: str, raw: Any) -> tuple[str, ...]:

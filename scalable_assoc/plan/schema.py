@@ -29,6 +29,7 @@ from scalable_assoc.plan.blocks import (
     parse_preprocess,
     parse_reference,
     parse_threshold,
+    resolve_clr_references,
 )
 from scalable_assoc.plan.spec import (
     CATEGORICAL_EXPOSURE_MODELS,
@@ -205,6 +206,7 @@ def parse_plan(raw: Any, source: Path, allow_outside_paths: bool = False) -> Pla
     threshold = parse_threshold(source, "presence_threshold", raw.get("presence_threshold", 0.0))
     cluster = nonempty_string(source, "cluster", raw["cluster"]) if raw.get("cluster") is not None else None
     layers = parse_layers(source, data["layers"], preprocess, models, threshold, allow_outside_paths)
+    layers = resolve_clr_references(source, data["layers"], layers)
     check_lmm_cluster(source, layers, cluster)
     fitted = {model for layer in layers for model in layer.models}
     ols = {model: parse_ols_options(source, model, raw.get(model), cluster, model in fitted) for model in OLS_MODELS}

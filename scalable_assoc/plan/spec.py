@@ -40,6 +40,10 @@ SAMPLE_MISMATCH = ("error", "intersect")
 PREVALENCE_WITHIN = ("layer", "model")
 #: What a covariate constant among a model's participants does to that model.
 ON_CONSTANT_COVARIATE = ("drop", "error")
+#: When ``preprocess.filter`` applies the prevalence filter: before the transform (the transform runs over the
+#: kept features) or after it (the transform, its pseudocount and per-sample sums run over all features; the
+#: filter only chooses which features are fitted).
+FILTER_ORDERS = ("before_transform", "after_transform")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,16 @@ class Preprocess:
     #: ``layer``: the filter over the layer's samples only; ``model``: also withhold rows
     #: whose feature is present in fewer than ``min_prevalence`` of the model's participants
     prevalence_within: str = "layer"
+    #: ``before_transform`` or ``after_transform`` (:data:`FILTER_ORDERS`)
+    filter: str = "before_transform"
+    #: CLR only: the layer whose per-sample CLR denominator (mean log over its features, its own pseudocount)
+    #: this layer's CLR subtracts; None: the layer itself (a layer naming itself is stored as None)
+    clr_reference: str | None = None
+
+    @property
+    def transform_all_features(self) -> bool:
+        """True when the transform's pseudocount and per-sample sums run over all features (``filter: after_transform``)."""
+        return self.filter == "after_transform"
 
 
 @dataclass(frozen=True)
@@ -166,7 +180,7 @@ class Plan:
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
-        payload = asdict(self)
+        payload = _without_default_preprocess(asdict(self))
         payload.pop("source")
         payload.pop("allow_outside_paths")  # how the plan was loaded, not what it asks for
         if not payload["reference"]:
@@ -185,7 +199,7 @@ class Plan:
         paths (the files' contents are hashed into every chunk id instead), so a
         rerun with a new alpha, name or location reuses every finished chunk.
         """
-        payload = asdict(self)
+        payload = _without_default_preprocess(asdict(self))
         for key in ("source", "name", "fdr", "min_cases", "analyses", "metadata", "features", "allow_outside_paths"):
             payload.pop(key)
         for layer in payload["layers"]:
@@ -210,6 +224,20 @@ class Plan:
             if spec.name == name:
                 return spec
         raise PlanError(f"plan {self.source}: no layer called '{name}'")
+
+
+def _without_default_preprocess(payload: dict) -> dict:
+    """``payload`` (a plan as a dict) without the preprocess keys left at the defaults they had before they existed.
+
+    Plans that do not use ``filter`` or ``clr_reference`` keep their hashes, so their finished chunks are reused.
+    """
+    for layer in payload["layers"]:
+        preprocess = layer["preprocess"]
+        if preprocess.get("filter") == "before_transform":
+            preprocess.pop("filter")
+        if preprocess.get("clr_reference") is None:
+            preprocess.pop("clr_reference", None)
+    return payload
 
 
 CATEGORICAL_EXPOSURE_MODELS = ("lm", "lm_nonzero")

@@ -5,7 +5,10 @@ Transforms that need a whole sample (CLR's geometric mean, TSS's total) take
 per-sample summaries computed over *all kept features* of the layer, which the
 engine accumulates block by block (:func:`sample_summaries`) before any block is
 transformed (:func:`apply_transform`). Order: filter, then transform over the
-features kept.
+features kept; or (``preprocess.filter: after_transform``) the pseudocount and
+per-sample summaries over all features, the filter then only choosing which
+transformed features are fitted. A CLR's per-sample summaries may come from
+another layer (``preprocess.clr_reference``): the engine passes them in.
 
 Pure numpy: no Dask, no files, no pandas.
 """
@@ -56,12 +59,17 @@ def half_min_pseudocount(min_positive_of_kept: np.ndarray) -> float:
 
 
 def select_features(
-    summaries: list[FeatureSummary], min_prevalence: float, pseudocount: float | str, listed: list[np.ndarray] | None = None
+    summaries: list[FeatureSummary],
+    min_prevalence: float,
+    pseudocount: float | str,
+    listed: list[np.ndarray] | None = None,
+    pseudocount_over_all: bool = False,
 ) -> tuple[list[np.ndarray], float]:
     """The prevalence filter and the pseudocount of a layer, from its blocks' summaries.
 
     Returns a kept mask per block and the pseudocount: the number given, or for
-    ``"half_min"`` half the smallest non-zero value of the kept features.
+    ``"half_min"`` half the smallest non-zero value of the kept features (of all
+    features with ``pseudocount_over_all``: the filter after the transform).
     ``listed`` (a mask per block: the features of a shared feature list) replaces
     the prevalence filter: exactly those features are kept.
     Raises ValueError when no feature is kept or none has a non-zero value.
@@ -76,7 +84,10 @@ def select_features(
             raise ValueError(f"no feature is non-zero in at least {min_prevalence:.1%} of samples; lower preprocess.min_prevalence")
     if pseudocount != "half_min":
         return kept, float(pseudocount)
-    minima = np.concatenate([summary.min_positive[mask] for summary, mask in zip(summaries, kept, strict=True)])
+    if pseudocount_over_all:
+        minima = np.concatenate([summary.min_positive for summary in summaries])
+    else:
+        minima = np.concatenate([summary.min_positive[mask] for summary, mask in zip(summaries, kept, strict=True)])
     return kept, half_min_pseudocount(minima)
 
 
