@@ -98,6 +98,32 @@ def test_biom_hdf5_and_json_give_the_metaphlan_store_bit_for_bit(tmp_path: Path,
             _assert_same_store(expected, store.path)
 
 
+def test_biom_hdf5_streams_blocks_without_biom_format_loading_it(tmp_path: Path, metaphlan: pd.DataFrame, monkeypatch) -> None:
+    """An HDF5 BIOM is read a block of observations at a time with h5py; biom-format's whole-table load gives the same blocks."""
+    import biom
+
+    path = _write_biom(metaphlan, tmp_path / "species.biom", hdf5=True)
+    whole = stream_abundance_table(path, rank="genus")
+    expected = [block.copy() for block in whole.blocks(4)]
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole table was loaded")
+
+    monkeypatch.setattr(biom.Table, "from_hdf5", refuse)
+    monkeypatch.setattr("scalable_assoc.io.biom_table._load", refuse)
+    streamed = stream_abundance_table(path, rank="genus")
+    assert streamed.feature_ids == whole.feature_ids and streamed.sample_ids == whole.sample_ids
+    for got, want in zip(streamed.blocks(4), expected, strict=True):
+        np.testing.assert_array_equal(got, want, strict=True)
+    monkeypatch.undo()
+
+    monkeypatch.setattr("scalable_assoc.io.biom_table._hdf5_layout", lambda path: None)  # biom-format reads it whole instead
+    loaded = stream_abundance_table(path, rank="genus")
+    assert loaded.feature_ids == whole.feature_ids
+    for got, want in zip(loaded.blocks(4), expected, strict=True):
+        np.testing.assert_array_equal(got, want, strict=True)
+
+
 def test_h5ad_written_by_anndata_gives_the_metaphlan_store_bit_for_bit(tmp_path: Path, metaphlan: pd.DataFrame, monkeypatch) -> None:
     anndata = pytest.importorskip("anndata")
     import scipy.sparse as sp

@@ -1,15 +1,19 @@
-"""Reading BIOM tables (HDF5 BIOM 2.x and JSON BIOM 1.0) through biom-format: observations are features, samples are columns.
+"""Reading BIOM tables (HDF5 BIOM 2.x and JSON BIOM 1.0): observations are features, samples are columns.
 
-The table is parsed by biom-format (imported here, on first use, so importing the
-package stays fast), which knows every BIOM version's layout and metadata
-encodings. It is read whole: biom-format's ``Table.from_hdf5(ids=...)`` can load a
-subset of observations, but it drops the samples that are empty in that subset and
-looks every requested ID up in a Python loop, so blocks of observations would lose
-samples and cost O(observations) each. Memory is therefore that of the sparse table:
-about 12 bytes per non-zero value (float64 value + int32 index), twice while it is
-turned observation-major, plus the IDs and metadata; a JSON BIOM additionally holds
-the parsed JSON text (Python lists: roughly 100 bytes per non-zero) while it is read.
-The blocks handed on are dense ``(n_samples, width)`` arrays, one at a time.
+An HDF5 BIOM is streamed: its IDs, taxonomies and the observation-major ``indptr``
+are read first with h5py (8 bytes per observation, plus IDs and lineages), then each
+block reads only the span of ``observation/matrix/data`` and ``indices`` that its
+observations lie in, densified to ``(n_samples, width)``, so memory holds one block.
+The layout is BIOM 2.x's own (the matrix stored observation-major, the taxonomy a 2-D
+string array, parsed by biom-format's ``vlen_list_of_str_parser``). biom-format's
+``Table.from_hdf5(ids=...)`` is not used for blocks: it drops the samples that are
+empty in the subset and looks every requested ID up in a Python loop.
+
+Any other BIOM (JSON BIOM 1.0, or an HDF5 file laid out otherwise) is parsed whole by
+biom-format (imported on first use, so importing the package stays fast): memory is
+the sparse table, about 12 bytes per non-zero value (float64 value + int32 index),
+twice while it is made observation-major, plus IDs and metadata; a JSON BIOM also
+holds its parsed JSON (Python lists, roughly 100 bytes per non-zero) while it is read.
 
 Features and ``rank`` (:func:`stream_biom`): with a ``taxonomy`` observation
 metadata, the features are the observations whose taxonomy ends at ``rank``, named
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,13 +150,18 @@ def stream_biom(path: Path, rank: str = "species") -> TableStream:
     kind = biom_kind(path)
     if kind is None:
         raise DataError(f"{path}: not a BIOM table: a BIOM file is HDF5 (BIOM 2.x) or JSON (BIOM 1.0), and this one is neither")
-    table = _load(path, kind)
-    sample_ids = pd.Index([str(s) for s in table.ids(axis="sample")], dtype=object)
-    observation_ids = [str(o) for o in table.ids(axis="observation")]
+    layout = _hdf5_layout(path) if kind == "hdf5" else None
+    table: Any = None if layout is not None else _load(path, kind)
+    if layout is not None:
+        sample_list, observation_ids, taxonomies, indptr = layout
+    else:
+        sample_list = [str(s) for s in table.ids(axis="sample")]
+        observation_ids = [str(o) for o in table.ids(axis="observation")]
+        taxonomies = [next((m[k] for k in TAXONOMY_KEYS if m and k in m), None) for m in table.metadata(axis="observation") or ()]
+    sample_ids = pd.Index(sample_list, dtype=object)
     check_ids(path, "sample", sample_ids)
     check_ids(path, "observation", pd.Index(observation_ids, dtype=object))
-    metadata = table.metadata(axis="observation") or ()
-    lineages = [_lineage(next((m[k] for k in TAXONOMY_KEYS if m and k in m), None)) for m in metadata]
+    lineages = [_lineage(taxonomy) for taxonomy in taxonomies]
     if any(lineages):
         prefix = RANK_PREFIXES[rank]
         rows = np.array([i for i, levels in enumerate(lineages) if levels and levels[-1].startswith(prefix)], dtype=np.int64)
@@ -173,14 +182,87 @@ def stream_biom(path: Path, rank: str = "species") -> TableStream:
         rows = np.arange(len(observation_ids), dtype=np.int64)
         feature_ids = pd.Index(observation_ids, dtype=object)
     check_ids(path, "feature", feature_ids)
+
+    def checked(values: np.ndarray, start: int) -> np.ndarray:
+        frame = pd.DataFrame(values, index=sample_ids, columns=feature_ids[start : start + values.shape[1]])
+        # C order, as every reader's blocks: the store's per-sample sums then add in the same order, bit for bit.
+        return np.ascontiguousarray(validated_values(path, frame, samples_are_rows=True))
+
+    if layout is not None:
+        return TableStream(
+            tuple(sample_ids), tuple(str(f) for f in feature_ids), _hdf5_blocks(path, rows, indptr, len(sample_ids), checked), path
+        )
     matrix = table.matrix_data.tocsr()  # observations x samples, rows contiguous
     del table
 
     def blocks(width: int) -> Iterator[np.ndarray]:
         for start in range(0, len(rows), width):
-            chosen = rows[start : start + width]
-            frame = pd.DataFrame(matrix[chosen].toarray().T, index=sample_ids, columns=feature_ids[start : start + width])
-            # C order, as every reader's blocks: the store's per-sample sums then add in the same order, bit for bit.
-            yield np.ascontiguousarray(validated_values(path, frame, samples_are_rows=True))
+            yield checked(matrix[rows[start : start + width]].toarray().T, start)
 
     return TableStream(tuple(sample_ids), tuple(str(f) for f in feature_ids), blocks, path)
+
+
+#: The datasets of a BIOM 2.x HDF5 file read directly (the observation-major copy of the matrix and both axes' IDs).
+_HDF5_DATASETS = ("sample/ids", "observation/ids", "observation/matrix/data", "observation/matrix/indices", "observation/matrix/indptr")
+
+
+def _hdf5_layout(path: Path) -> tuple[list[str], list[str], list[Any], np.ndarray] | None:
+    """Sample IDs, observation IDs, taxonomies and the observation-major ``indptr`` of a BIOM 2.x HDF5 file, read with h5py.
+
+    None where the file lacks a dataset of :data:`_HDF5_DATASETS` or holds its taxonomy other than as
+    biom-format writes it (a 2-D array of strings): such a file is read whole by biom-format instead.
+    """
+    import h5py
+    from biom.table import vlen_list_of_str_parser
+
+    try:
+        with h5py.File(path, "r") as handle:
+            if not all(isinstance(handle.get(name), h5py.Dataset) for name in _HDF5_DATASETS):
+                return None
+            ids = {
+                axis: [str(v) for v in handle[f"{axis}/ids"].asstr()[:]] if handle[f"{axis}/ids"].size else []
+                for axis in ("sample", "observation")
+            }
+            metadata = handle.get("observation/metadata")
+            stored = next((metadata[k] for k in TAXONOMY_KEYS if isinstance(metadata, h5py.Group) and k in metadata), None)
+            if stored is not None and stored.ndim != 2:
+                return None
+            taxonomies = [vlen_list_of_str_parser(row) for row in stored[:]] if stored is not None else [None] * len(ids["observation"])
+            indptr = np.asarray(handle["observation/matrix/indptr"][:], dtype=np.int64)
+    except (*_READ_ERRORS, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot be read as a BIOM table (HDF5): {reading_problem(error)}") from None
+    if len(indptr) != len(ids["observation"]) + 1 or len(taxonomies) != len(ids["observation"]):
+        raise DataError(
+            f"{path}: cannot be read as a BIOM table (HDF5): {len(ids['observation'])} observation IDs, but "
+            f"{len(indptr) - 1} matrix rows and {len(taxonomies)} taxonomies"
+        )
+    return ids["sample"], ids["observation"], taxonomies, indptr
+
+
+def _hdf5_blocks(
+    path: Path, rows: np.ndarray, indptr: np.ndarray, n_samples: int, checked: Callable[[np.ndarray, int], np.ndarray]
+) -> Callable[[int], Iterator[np.ndarray]]:
+    """``blocks(width)`` of a BIOM HDF5 file: each block reads the span of ``data``/``indices`` its observations lie in."""
+
+    def blocks(width: int) -> Iterator[np.ndarray]:
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                matrix = handle["observation/matrix"]
+                for start in range(0, len(rows), width):
+                    chosen = rows[start : start + width]
+                    low, high = int(indptr[chosen[0]]), int(indptr[chosen[-1] + 1])
+                    data = np.asarray(matrix["data"][low:high], dtype=np.float64)
+                    samples = np.asarray(matrix["indices"][low:high], dtype=np.int64)
+                    if len(samples) and (samples.min() < 0 or samples.max() >= n_samples):
+                        raise DataError(f"{path}: the BIOM matrix refers to a sample beyond its {n_samples} sample IDs")
+                    values = np.zeros((n_samples, len(chosen)))
+                    for column, row in enumerate(chosen):
+                        cells = slice(int(indptr[row]) - low, int(indptr[row + 1]) - low)
+                        values[samples[cells], column] = data[cells]
+                    yield checked(values, start)
+        except (*_READ_ERRORS, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: cannot read the BIOM matrix (HDF5): {reading_problem(error)}") from None
+
+    return blocks
