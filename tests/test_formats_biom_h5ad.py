@@ -124,6 +124,38 @@ def test_biom_hdf5_streams_blocks_without_biom_format_loading_it(tmp_path: Path,
         np.testing.assert_array_equal(got, want, strict=True)
 
 
+def test_a_run_on_the_biom_layer_gives_the_results_of_the_metaphlan_layer(tmp_path: Path, metaphlan: pd.DataFrame, client) -> None:
+    """The whole route (plan ``format: auto``, conversion into the run's cache, fits): identical results, not only stores."""
+    from scalable_assoc.engine.run import run_study
+    from scalable_assoc.testing import write_plan
+
+    source = metaphlan.attrs["path"]
+    biom_file = _write_biom(metaphlan, tmp_path / "species.biom", hdf5=True)
+    results = []
+    for name, layer in [("metaphlan", source), ("biom", biom_file)]:
+        folder = tmp_path / name
+        folder.mkdir()
+        plan = write_plan(
+            folder,
+            f"""
+name: formats
+data:
+  metadata: {source.parent / "metadata.tsv"}
+  layers:
+    species: {layer}
+preprocess: {{min_prevalence: 0.05, transform: clr, pseudocount: half_min}}
+exposures:
+  score: {{column: age}}
+adjustments:
+  base: [bmi]
+min_cases: 3
+""",
+        )
+        results.append(run_study(plan, folder / "out", client=client, allow_outside_paths=True).results)
+    assert len(results[0]) > 10
+    pd.testing.assert_frame_equal(results[1], results[0])
+
+
 def test_h5ad_written_by_anndata_gives_the_metaphlan_store_bit_for_bit(tmp_path: Path, metaphlan: pd.DataFrame, monkeypatch) -> None:
     anndata = pytest.importorskip("anndata")
     import scipy.sparse as sp
