@@ -142,10 +142,10 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
 def _add_ingest(commands: argparse._SubParsersAction) -> None:
     """``scalable-assoc ingest``."""
     ingest = commands.add_parser("ingest", help="convert an abundance table into a feature-chunked Zarr store")
-    ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows) or Parquet")
+    ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows), Parquet, BIOM or AnnData .h5ad")
     ingest.add_argument("--out", required=True, type=Path, help="store to write (a folder ending in .zarr)")
-    ingest.add_argument("--format", default="auto", choices=["auto", "metaphlan", "wide", "parquet"])
-    ingest.add_argument("--rank", default="species", help="MetaPhlAn rank to keep (species, genus, ...)")
+    ingest.add_argument("--format", default="auto", choices=["auto", "metaphlan", "wide", "parquet", "biom", "h5ad"])
+    ingest.add_argument("--rank", default="species", help="MetaPhlAn (or BIOM taxonomy) rank to keep (species, genus, ...)")
     ingest.add_argument("--chunk-features", type=_positive_int)
 
 

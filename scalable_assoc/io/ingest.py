@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 def ingest_table(
     source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None
 ) -> AbundanceStore:
-    """Read a MetaPhlAn / wide TSV / CSV / Parquet table and write it as a Zarr store at ``destination``.
+    """Read a MetaPhlAn / wide TSV / CSV / Parquet / BIOM / h5ad table and write it as a Zarr store at ``destination``.
 
     The table streams into the store a block of features at a time (a wide
     TSV/CSV through a temporary file beside the store), so memory stays at a
@@ -31,7 +31,7 @@ def ingest_table(
     destination
         The store to write, a folder ending in ``.zarr``; refused if it exists.
     fmt
-        ``auto`` (detected from the file), ``metaphlan``, ``wide`` or ``parquet``.
+        ``auto`` (detected from the file), ``metaphlan``, ``wide``, ``parquet``, ``biom`` or ``h5ad``.
     rank
         For MetaPhlAn tables, the rank kept (``species``, ``genus``, ...).
     chunk_features

@@ -191,11 +191,16 @@ def check_row_lengths(path: Path, skipped: int = 0, row_word: str = "row") -> No
 
 
 def detect_format(path: Path) -> str:
-    """Guess ``zarr``, ``parquet``, ``metaphlan`` or ``wide`` from a path and its first line."""
+    """Guess ``zarr``, ``parquet``, ``biom``, ``h5ad``, ``metaphlan`` or ``wide`` from a path and its first line.
+
+    A ``.biom`` file's content (HDF5 or JSON) is told apart by its reader (:func:`~scalable_assoc.io.biom_table.biom_kind`).
+    """
     if path.is_dir() or path.suffix == ".zarr":
         return "zarr"
     if table_suffix(path) in (".parquet", ".pq"):
         return "parquet"
+    if table_suffix(path) in (".biom", ".h5ad"):
+        return table_suffix(path)[1:]
     header = _first_data_line(path)
     if header and header[0] in METAPHLAN_CLADE_COLUMNS:
         return "metaphlan"

@@ -1,4 +1,4 @@
-"""Reading abundance tables: MetaPhlAn merged tables, wide TSV/CSV, Parquet.
+"""Reading abundance tables: MetaPhlAn merged tables, wide TSV/CSV, Parquet, BIOM, AnnData .h5ad.
 
 Every format is read as a :class:`TableStream` (a block of features at a time,
 never whole; :func:`read_abundance_table` gathers one into an :class:`AbundanceTable`)
@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from scalable_assoc.errors import DataError
+from scalable_assoc.io.biom_table import stream_biom
+from scalable_assoc.io.h5ad_table import stream_h5ad
 from scalable_assoc.io.metaphlan import METAPHLAN_TAXID_COLUMNS, stream_metaphlan
 from scalable_assoc.io.table_text import (
     METAPHLAN_CLADE_COLUMNS,
@@ -31,7 +33,7 @@ from scalable_assoc.io.table_values import AbundanceTable, TableStream, check_id
 from scalable_assoc.io.wide import WIDE_BATCH_CELLS, stream_wide
 
 # Each format's reader lives in its own module (text checks: io.table_text; IDs and values:
-# io.table_values; io.wide, io.metaphlan); their names stay importable from here.
+# io.table_values; io.wide, io.metaphlan, io.biom_table, io.h5ad_table); their names stay importable from here.
 __all__ = [
     "METAPHLAN_CLADE_COLUMNS",
     "METAPHLAN_TAXID_COLUMNS",
@@ -44,6 +46,8 @@ __all__ = [
     "read_abundance_table",
     "reading_problem",
     "stream_abundance_table",
+    "stream_biom",
+    "stream_h5ad",
     "stream_metaphlan",
     "stream_parquet",
     "stream_wide",
@@ -100,6 +104,10 @@ def stream_abundance_table(path: Path, fmt: str = "auto", rank: str = "species",
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "metaphlan":
         return stream_metaphlan(path, rank)
+    if fmt == "biom":
+        return stream_biom(path, rank)
+    if fmt == "h5ad":
+        return stream_h5ad(path, scratch=scratch)
     if fmt == "parquet" or (fmt == "wide" and table_suffix(path) in (".parquet", ".pq")):
         return stream_parquet(path)
     if fmt != "wide":

@@ -82,7 +82,7 @@ def stream_wide(path: Path, rows_per_read: int | None = None, scratch: Path | No
     rows = rows_per_read or max(1, WIDE_BATCH_CELLS // len(feature_names))
 
     def blocks(width: int) -> Iterator[np.ndarray]:
-        return _blocks_through_file(
+        return blocks_through_file(
             path, _wide_batches(path, sample_ids, feature_names, rows), len(sample_ids), len(feature_names), width, scratch
         )
 
@@ -139,7 +139,7 @@ def _wide_batches(path: Path, sample_ids: tuple[str, ...], feature_names: list[s
         raise DataError(f"{path}: {done} sample rows read, but a first pass found {n_samples}; was the file changed while it was read?")
 
 
-def _blocks_through_file(
+def blocks_through_file(
     path: Path, batches: Iterator[np.ndarray], n_samples: int, n_features: int, width: int, scratch: Path | None
 ) -> Iterator[np.ndarray]:
     """Write ``batches`` (rows of all features) into a temporary file laid out block by block; yield the blocks read back."""
@@ -164,7 +164,7 @@ def _blocks_through_file(
     except OSError as error:
         place = folder or scratch or Path(tempfile.gettempdir())
         raise DataError(
-            f"{path}: cannot write or read the temporary file in {place}: {error.strerror or error}. A wide table is converted "
+            f"{path}: cannot write or read the temporary file in {place}: {error.strerror or error}. The table is converted "
             f"through a temporary file of {8 * n_samples * n_features / 2**30:.2f} GiB there (8 bytes per value)."
         ) from None
     finally:

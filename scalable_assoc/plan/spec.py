@@ -14,7 +14,7 @@ from pathlib import Path
 from scalable_assoc.errors import PlanError
 
 TRANSFORMS = ("clr", "log", "ast", "tss", "none")
-LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr")
+LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr", "biom", "h5ad")
 #: MetaPhlAn rank names and the clade prefix that marks them.
 RANK_PREFIXES = {
     "kingdom": "k__",
