@@ -14,7 +14,9 @@ from pathlib import Path
 from scalable_assoc.errors import PlanError
 
 TRANSFORMS = ("clr", "log", "ast", "tss", "none")
-LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr")
+LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr", "humann", "long")
+#: What a pair missing from a long table means: a zero, or an unknown value (NaN).
+LONG_MISSING = ("zero", "na")
 #: MetaPhlAn rank names and the clade prefix that marks them.
 RANK_PREFIXES = {
     "kingdom": "k__",
@@ -70,6 +72,23 @@ class LayerSpec:
     models: tuple[str, ...] = ("lm",)
     #: a feature counts as present where its raw value is above this
     presence_threshold: float = 0.0
+    #: HUMAnN tables: the per-species rows (``PWY|g__...s__...``) instead of the community totals
+    stratified: bool = False
+    #: long tables: the names of the (sample, feature, value) columns; None: sample_id, feature, value
+    columns: tuple[str, str, str] | None = None
+    #: long tables: a (sample, feature) pair that is not in the table is a ``zero`` or unknown (``na``)
+    missing: str = "zero"
+
+    def read_options(self) -> dict:
+        """The reader options that are not at their defaults (keyword arguments of ``io.ingest.layer_store``)."""
+        options: dict = {}
+        if self.stratified:
+            options["stratified"] = True
+        if self.columns is not None:
+            options["columns"] = self.columns
+        if self.missing != "zero":
+            options["missing"] = self.missing
+        return options
 
 
 @dataclass(frozen=True)
@@ -190,6 +209,11 @@ class Plan:
             payload.pop(key)
         for layer in payload["layers"]:
             layer.pop("path")
+            # Reader options change the store's values (rows kept, what a missing pair means); at their
+            # defaults they are left out, so plans written before these keys existed keep their chunk ids.
+            for key, default in (("stratified", False), ("columns", None), ("missing", "zero")):
+                if layer[key] == default:
+                    layer.pop(key)
         if not payload["reference"]:
             payload.pop("reference")
         text = json.dumps(payload, sort_keys=True, default=str)
