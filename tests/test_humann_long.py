@@ -253,3 +253,47 @@ def test_reader_keys_change_rows_hash_and_the_cached_store(tmp_path: Path) -> No
     per_species, _ = layer_store(PATHWAYS, "auto", "species", tmp_path / "cache", "L", None, stratified=True)
     assert community.path != per_species.path and community.feature_ids != per_species.feature_ids
     assert layer_store(PATHWAYS, "auto", "species", tmp_path / "cache", "L", None)[0].path == community.path
+
+
+# --------------------------------------------------------------------------------------
+# Sample-ID mismatches: the likely cause
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("layer_ids", "metadata_ids", "cause"),
+    [
+        (
+            ["S1_Abundance", "S11_Abundance", "S2_Abundance"],
+            ["S1", "S11", "S2"],
+            r"the IDs of layer 'L' end in '_Abundance' .* \(e\.g\. 'S1_Abundance' vs 'S1'\)",
+        ),
+        (
+            ["a", "b", "c"],
+            ["a_profile", "b_profile", "c_profile"],
+            r"the IDs of the metadata end in '_profile' .* \(e\.g\. 'a_profile' vs 'a'\)",
+        ),
+        (["a.kraken", "b.kraken"], ["a", "b"], r"the IDs of layer 'L' end in '\.kraken'"),
+        (
+            ["s1", "s2"],
+            ["S1", "S2"],
+            r"upper/lower case: 2 of the first 2 unmatched IDs of layer 'L' .* ignoring case \(e\.g\. 's1' vs 'S1'\)",
+        ),
+        (["007", "8"], ["7", "8"], r"leading zeros: .* \(e\.g\. '007' vs '7'\)"),
+        (["S1 ", "S2"], ["S1", "S2"], r"white space around the IDs: .* \(e\.g\. 'S1 ' vs 'S1'\)"),
+    ],
+)
+def test_sample_mismatch_names_the_likely_cause(layer_ids: list[str], metadata_ids: list[str], cause: str) -> None:
+    from scalable_assoc.io.metadata import reconcile_samples
+
+    metadata = pd.DataFrame({"x": range(len(metadata_ids))}, index=pd.Index(metadata_ids))
+    with pytest.raises(DataError, match=r"sample IDs do not match: .*e\.g\. .*Likely cause: " + cause):
+        reconcile_samples("L", Path("t.tsv"), tuple(layer_ids), metadata, Path("m.tsv"), False)
+
+
+def test_sample_mismatch_without_a_pattern_names_no_cause() -> None:
+    from scalable_assoc.io.metadata import reconcile_samples
+
+    # Numeric IDs: '294' is not sample '29' with a suffix '4'.
+    metadata = pd.DataFrame({"x": range(293)}, index=pd.Index([str(i) for i in range(1, 294)]))
+    with pytest.raises(DataError) as refused:
+        reconcile_samples("L", Path("t.tsv"), tuple(str(i) for i in range(1, 297)), metadata, Path("m.tsv"), False)
+    assert "Likely cause" not in str(refused.value) and "294, 295, 296" in str(refused.value)
