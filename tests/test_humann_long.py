@@ -297,3 +297,29 @@ def test_sample_mismatch_without_a_pattern_names_no_cause() -> None:
     with pytest.raises(DataError) as refused:
         reconcile_samples("L", Path("t.tsv"), tuple(str(i) for i in range(1, 297)), metadata, Path("m.tsv"), False)
     assert "Likely cause" not in str(refused.value) and "294, 295, 296" in str(refused.value)
+
+
+def test_run_on_a_humann_layer_records_its_notes_and_renamed_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A study's pathways as HUMAnN writes them (features as rows, suffixed samples, UNMAPPED) run, and the manifest says what was done."""
+    import json
+
+    study = simulate_study(tmp_path / "study", participants=300, n_species=50, n_pathways=10)
+    folder = study.out_dir
+    pathways = read_layer(folder / "pathways.tsv").fillna(0.0)
+    table = pathways.T
+    table.columns = [f"{s}_Abundance" for s in table.columns]
+    table.loc["UNMAPPED"] = 1.0
+    table.index.name = "# Pathway"
+    table.to_csv(folder / "pathabundance.tsv", sep="\t", float_format="%.17g")
+    plan = (folder / "plan.yaml").read_text().replace("    pathways: pathways.tsv\n", "    pathways: pathabundance.tsv\n")
+    (folder / "plan.yaml").write_text(plan + "min_cases: 3\nanalyses: [{exposures: [MDD], adjustments: [base], layers: [pathways]}]\n")
+    code = main(["run", str(folder / "plan.yaml"), "--out", str(folder / "out"), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "HUMAnN sample column(s) renamed to match metadata IDs, e.g. LL000001_Abundance -> LL000001" in err
+    entry = json.loads((folder / "out" / "manifest.json").read_text())["layers"]["pathways"]
+    assert entry["notes"] == [
+        "1 HUMAnN row(s) left out (UNMAPPED: reads or abundance HUMAnN could not assign to a gene family or pathway, not features)"
+    ]
+    assert len(entry["renamed_samples"]) == 300 and entry["renamed_samples"]["LL000001_Abundance"] == "LL000001"
+    assert entry["features_total"] == pathways.shape[1]
