@@ -240,6 +240,7 @@ def test_reader_keys_change_rows_hash_and_the_cached_store(tmp_path: Path) -> No
     default = load_plan(_plan(tmp_path, {}))
     assert default.layers[0].read_options() == {}
     hashes = {default.rows_hash()}
+    contents = {default.content_hash()}
     for layer in (
         {"format": "humann", "stratified": True},
         {"format": "long", "missing": "na"},
@@ -247,7 +248,13 @@ def test_reader_keys_change_rows_hash_and_the_cached_store(tmp_path: Path) -> No
     ):
         plan = load_plan(_plan(tmp_path, layer))
         hashes.add(plan.rows_hash())
-    assert len(hashes) == 4
+        contents.add(plan.content_hash())
+    assert len(hashes) == len(contents) == 4
+    # Keys at their defaults leave the hashes as they were before the keys existed (chunks of earlier runs are reused).
+    assert (
+        load_plan(_plan(tmp_path, {"format": "long", "missing": "zero"})).rows_hash()
+        == load_plan(_plan(tmp_path, {"format": "long"})).rows_hash()
+    )
     # The converted store's cache name says how the table was read: stratified rows never reuse the community rows' store.
     community, _ = layer_store(PATHWAYS, "auto", "species", tmp_path / "cache", "L", None)
     per_species, _ = layer_store(PATHWAYS, "auto", "species", tmp_path / "cache", "L", None, stratified=True)

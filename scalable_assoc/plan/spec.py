@@ -192,6 +192,7 @@ class Plan:
             payload.pop("reference")  # plans without the key keep the hash (and resumable chunks) they had
         if payload["features"] is None:
             payload.pop("features")  # plans without the key keep the hash they had before it existed
+        _drop_default_read_options(payload)
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -209,11 +210,8 @@ class Plan:
             payload.pop(key)
         for layer in payload["layers"]:
             layer.pop("path")
-            # Reader options change the store's values (rows kept, what a missing pair means); at their
-            # defaults they are left out, so plans written before these keys existed keep their chunk ids.
-            for key, default in (("stratified", False), ("columns", None), ("missing", "zero")):
-                if layer[key] == default:
-                    layer.pop(key)
+        # Reader options change the store's values (rows kept, what a missing pair means), so they are in.
+        _drop_default_read_options(payload)
         if not payload["reference"]:
             payload.pop("reference")
         text = json.dumps(payload, sort_keys=True, default=str)
@@ -237,3 +235,11 @@ class Plan:
 
 
 CATEGORICAL_EXPOSURE_MODELS = ("lm", "lm_nonzero")
+
+
+def _drop_default_read_options(payload: dict) -> None:
+    """Leave the layers' reader keys at their defaults out of a hash payload: plans written before they existed keep their hashes."""
+    for layer in payload["layers"]:
+        for key, default in (("stratified", False), ("columns", None), ("missing", "zero")):
+            if layer[key] == default:
+                layer.pop(key)
