@@ -144,7 +144,9 @@ def _add_ingest(commands: argparse._SubParsersAction) -> None:
     ingest = commands.add_parser("ingest", help="convert an abundance table into a feature-chunked Zarr store")
     ingest.add_argument("table", type=Path, help="MetaPhlAn merged table, wide TSV/CSV (samples as rows), Parquet, BIOM or AnnData .h5ad")
     ingest.add_argument("--out", required=True, type=Path, help="store to write (a folder ending in .zarr)")
-    ingest.add_argument("--format", default="auto", choices=["auto", "metaphlan", "wide", "parquet", "biom", "h5ad"])
+    ingest.add_argument("--format", default="auto", choices=["auto", "metaphlan", "wide", "parquet", "humann", "long", "biom", "h5ad"])
+    ingest.add_argument("--stratified", action="store_true", help="HUMAnN tables: the per-species rows instead of the community totals")
+    ingest.add_argument("--missing", choices=["zero", "na"], default="zero", help="long tables: what a pair the table does not list is")
     ingest.add_argument("--rank", default="species", help="MetaPhlAn (or BIOM taxonomy) rank to keep (species, genus, ...)")
     ingest.add_argument("--chunk-features", type=_positive_int)
 
@@ -401,7 +403,8 @@ def _ingest(args: argparse.Namespace) -> None:
 
     if args.rank not in RANK_PREFIXES:
         raise UserInputError(f"--rank {args.rank!r} is not a MetaPhlAn rank; use one of {', '.join(RANK_PREFIXES)}")
-    store = ingest_table(args.table, args.out, args.format, args.rank, args.chunk_features)
+    options = {key: value for key, value in (("stratified", args.stratified), ("missing", args.missing)) if value not in (False, "zero")}
+    store = ingest_table(args.table, args.out, args.format, args.rank, args.chunk_features, **options)
     print(f"wrote {store.path}: {store.n_samples} samples x {store.n_features} features, {store.chunk_features} features per chunk")
 
 

@@ -36,6 +36,9 @@ def layer_manifest(layer: LayerWork, f: LayerFilter) -> dict:
         "feature_list": listed.manifest_entry() if listed is not None else None,
         "transform_features": listed.n_listed if listed is not None else f.n_kept,
         "transform_features_sha256": listed.digest if listed is not None else feature_set_digest(i for ids in f.kept_ids for i in ids),
+        # What the table's reader left out (HUMAnN's UNMAPPED rows, ...) and sample IDs as written -> as used.
+        "notes": list(layer.store.notes),
+        "renamed_samples": dict(layer.store.renamed_samples),
     }
     if preprocess.transform_all_features:
         # the CLR/TSS/AST ran over every feature of the layer; a feature list only chose what was fitted

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import file_checksum, seal, sealed
@@ -15,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def ingest_table(
-    source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None
+    source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None, **read_options: Any
 ) -> AbundanceStore:
     """Read a MetaPhlAn / wide TSV / CSV / Parquet / BIOM / h5ad table and write it as a Zarr store at ``destination``.
 
@@ -36,6 +39,8 @@ def ingest_table(
         For MetaPhlAn tables, the rank kept (``species``, ``genus``, ...).
     chunk_features
         Features per store chunk; None: chunks of about 32 MiB.
+    read_options
+        ``stratified`` (HUMAnN tables), ``columns`` and ``missing`` (long tables), as the plan's layer keys.
 
     Returns
     -------
@@ -65,10 +70,14 @@ def ingest_table(
         )
     checksum = file_checksum(source)
     # A wide TSV/CSV goes through a temporary file next to the store (the same disk, removed afterwards).
-    return write_table_stream(destination, stream_abundance_table(source, fmt, rank, scratch=destination.parent), checksum, chunk_features)
+    return write_table_stream(
+        destination, stream_abundance_table(source, fmt, rank, scratch=destination.parent, **read_options), checksum, chunk_features
+    )
 
 
-def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None) -> tuple[AbundanceStore, str]:
+def layer_store(
+    source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None, **read_options: Any
+) -> tuple[AbundanceStore, str]:
     """The store for one layer and the checksum of its input.
 
     A store given directly (``.zarr`` folder) is opened as it is; its checksum is
@@ -79,11 +88,17 @@ def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, 
     edited table or a new chunk size makes a new store and a resumed run finds
     the old one. A cached store that no longer matches its seal (a damaged disk
     block, edited attributes) is rebuilt from the table, with a warning.
+    ``read_options`` (``stratified``, ``columns``, ``missing``: :meth:`LayerSpec.read_options`, only
+    those not at their defaults) change the store's values, so they are part of the cache name too.
     """
     if not source.exists():
         raise DataError(f"layer '{layer}' (plan key 'data.layers.{layer}'): abundance file {source} does not exist")
     resolved = detect_format(source) if fmt == "auto" else fmt
     if resolved == "zarr":
+        if read_options:
+            raise DataError(
+                f"layer '{layer}': the keys {', '.join(sorted(read_options))} do not apply to a store ({source}); they apply to tables"
+            )
         store = open_store(source)
         if chunk_features and chunk_features != store.chunk_features:
             raise DataError(
@@ -92,7 +107,7 @@ def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, 
             )
         return store, file_checksum(source)
     checksum = file_checksum(source)
-    destination = cache_dir / f"{layer}-{checksum[:16]}-{rank}-c{chunk_features or 'auto'}.zarr"
+    destination = cache_dir / f"{layer}-{checksum[:16]}-{rank}{_options_tag(read_options)}-c{chunk_features or 'auto'}.zarr"
     state = sealed(destination)
     if state:
         return open_store(destination), checksum
@@ -104,6 +119,16 @@ def layer_store(source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, 
             source,
         )
         shutil.rmtree(destination, ignore_errors=True)
-    store = write_table_stream(destination, stream_abundance_table(source, resolved, rank, scratch=cache_dir), checksum, chunk_features)
+    store = write_table_stream(
+        destination, stream_abundance_table(source, resolved, rank, scratch=cache_dir, **read_options), checksum, chunk_features
+    )
     seal(destination)
     return store, checksum
+
+
+def _options_tag(read_options: dict[str, Any]) -> str:
+    """The part of a cached store's name that says how the table was read ('' at the defaults, so older caches stay valid)."""
+    if not read_options:
+        return ""
+    text = json.dumps(read_options, sort_keys=True, default=list)
+    return "-o" + hashlib.sha256(text.encode()).hexdigest()[:8]

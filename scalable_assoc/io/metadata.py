@@ -8,6 +8,7 @@ categorical covariates expanded to treatment dummies.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,9 @@ def reconcile_samples(
                 f"{', '.join(map(str, only_metadata[:5]))}"
             )
         message = "; ".join(detail)
+        cause = mismatch_cause(only_layer, metadata.index, only_metadata, layer_index, layer)
+        if cause:
+            message += f". Likely cause: {cause}"
         if not in_metadata.any():
             # Nothing shared at all is rarely a few bad IDs but a transposed table or the wrong ID
             # column, and intersecting cannot help, so the message says so instead of offering it.
@@ -118,6 +122,74 @@ def reconcile_samples(
             )
         return np.flatnonzero(in_metadata), f"layer '{layer}': analysing the {int(in_metadata.sum())} shared samples only: {message}"
     return np.flatnonzero(in_metadata), None
+
+
+#: How many unmatched IDs of each side the causes of a mismatch are looked for in (enough to see a pattern, cheap on a million).
+_CAUSE_SAMPLE = 200
+
+
+def _digits_unpadded(value: str) -> str:
+    """``value`` with the leading zeros of each run of digits removed (``LL007`` -> ``LL7``, ``007`` -> ``7``)."""
+    return re.sub(r"(?<![0-9])0+(?=[0-9])", "", value)
+
+
+def _common_suffix(unmatched: pd.Index, other: pd.Index) -> tuple[str, int, str] | None:
+    """The suffix most ``unmatched`` IDs carry beyond an ID of ``other`` (``S1_Abundance`` vs ``S1``): (suffix, count, example)."""
+    known = set(map(str, other))
+    found: dict[str, list[str]] = {}
+    shown = [str(v) for v in unmatched[:_CAUSE_SAMPLE]]
+    for value in shown:
+        for cut in range(len(value) - 1, 0, -1):  # the longest ID it extends: 'S11_x' is 'S11' + '_x', not 'S1' + '1_x'
+            if value[:cut] in known and _word_boundary(value[cut - 1], value[cut]):
+                found.setdefault(value[cut:], []).append(value)
+                break
+    if not found:
+        return None
+    suffix, examples = max(found.items(), key=lambda item: len(item[1]))
+    # Most unmatched IDs carry it: '294' is not '29' + '4' because the metadata happens to have sample 29.
+    return (suffix, len(examples), examples[0]) if 2 * len(examples) >= len(shown) else None
+
+
+def _word_boundary(before: str, after: str) -> bool:
+    """Whether a suffix can start between these two characters: at a separator, or where letters and digits meet."""
+    return not after.isalnum() or before.isdigit() != after.isdigit()
+
+
+def mismatch_cause(only_layer: pd.Index, metadata_ids: pd.Index, only_metadata: pd.Index, layer_ids: pd.Index, layer: str) -> str | None:
+    """Why a layer's sample IDs and the metadata's likely differ, with an example; None when no pattern is found.
+
+    Looked for in the first unmatched IDs of each side: a suffix on one side only
+    (``_Abundance``, ``_profile``, ``.kraken``), white space around IDs, upper/lower
+    case, leading zeros (``007`` vs ``7``).
+    """
+    if not len(only_layer) and not len(only_metadata):
+        return None
+    sides = ((f"layer '{layer}'", only_layer, metadata_ids, "the metadata"), ("the metadata", only_metadata, layer_ids, f"layer '{layer}'"))
+    for name, unmatched, other, other_name in sides:
+        if not len(unmatched):
+            continue
+        shown = [str(v) for v in unmatched[:_CAUSE_SAMPLE]]
+        for problem, ignoring, normal in (
+            ("white space around the IDs", "without the spaces around them", str.strip),
+            ("upper/lower case", "ignoring case", str.casefold),
+            ("leading zeros", "ignoring leading zeros", _digits_unpadded),
+        ):
+            normalised = {normal(str(v)): str(v) for v in other}
+            hits = [(v, normalised[normal(v)]) for v in shown if normal(v) in normalised]
+            if hits:
+                mine, theirs = hits[0]
+                return (
+                    f"{problem}: {len(hits)} of the first {len(shown)} unmatched IDs of {name} match an ID of {other_name} "
+                    f"{ignoring} (e.g. {mine!r} vs {theirs!r})"
+                )
+        suffix = _common_suffix(pd.Index(shown), other)
+        if suffix is not None:
+            text, count, example = suffix
+            return (
+                f"the IDs of {name} end in {text!r} where those of {other_name} do not: {count} of the first {len(shown)} unmatched "
+                f"IDs match once it is removed (e.g. {example!r} vs {example[: -len(text)]!r}); remove the suffix from one side"
+            )
+    return None
 
 
 def _require_columns(metadata: pd.DataFrame, path: Path, columns: list[str], where: str, also_known: Iterable[str] = ()) -> None:

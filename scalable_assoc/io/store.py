@@ -61,6 +61,9 @@ class AbundanceStore:
     feature_ids: tuple[str, ...]
     chunk_features: int
     source_sha256: str
+    #: what the reader left out or changed (TableStream.notes), and sample IDs as written -> as used
+    notes: tuple[str, ...] = ()
+    renamed_samples: tuple[tuple[str, str], ...] = ()
 
     @property
     def n_samples(self) -> int:
@@ -149,6 +152,7 @@ def write_table_stream(path: Path, stream: TableStream, source_sha256: str, chun
             source_sha256,
             chunk,
             progress=f"converting {Path(str(stream.source)).name}",
+            extra_attrs=_stream_attrs(stream),
         )
     finally:
         # A stream that failed or stopped part-way removes its temporary files now, not when it is garbage-collected.
@@ -166,6 +170,7 @@ def write_store_blocks(
     source_sha256: str,
     chunk_features: int | None = None,
     progress: str | None = None,
+    extra_attrs: dict | None = None,
 ) -> AbundanceStore:
     """Write a store whose values come one chunk at a time: ``block(start, stop)`` -> ``(n_samples, stop - start)``.
 
@@ -173,7 +178,8 @@ def write_store_blocks(
     written from a generator or a streaming reader. Writes are whole chunks
     (never two writers on one chunk) into a temporary folder renamed at the end.
     ``progress`` (a label such as ``converting x.tsv``) logs progress messages
-    (phase ``convert``) as the blocks are written.
+    (phase ``convert``) as the blocks are written. ``extra_attrs`` (``notes``,
+    ``renamed_samples``) are stored with the other attributes.
     """
     n_samples, n_features = len(sample_ids), len(feature_ids)
     chunk = default_chunk_features(n_samples, n_features, chunk_features)
@@ -187,6 +193,7 @@ def write_store_blocks(
                 "feature_ids": list(feature_ids),
                 "source": source,
                 "source_sha256": source_sha256,
+                **(extra_attrs or {}),
             }
         )
         array = group.create_array(
@@ -253,4 +260,16 @@ def open_store(path: Path) -> AbundanceStore:
         feature_ids=feature_ids,
         chunk_features=int(chunks[1]) if shape[1] else 1,
         source_sha256=str(attrs.get("source_sha256", "")),
+        notes=tuple(str(n) for n in cast(list, attrs.get("notes", []))),
+        renamed_samples=tuple((str(a), str(b)) for a, b in cast(list, attrs.get("renamed_samples", []))),
     )
+
+
+def _stream_attrs(stream: TableStream) -> dict:
+    """The store attributes a stream adds (only those it has, so other stores keep their attributes)."""
+    attrs: dict = {}
+    if stream.notes:
+        attrs["notes"] = list(stream.notes)
+    if stream.renamed_samples:
+        attrs["renamed_samples"] = [list(pair) for pair in stream.renamed_samples]
+    return attrs

@@ -191,20 +191,43 @@ def check_row_lengths(path: Path, skipped: int = 0, row_word: str = "row") -> No
 
 
 def detect_format(path: Path) -> str:
-    """Guess ``zarr``, ``parquet``, ``biom``, ``h5ad``, ``metaphlan`` or ``wide`` from a path and its first line.
+    """Guess ``zarr``, ``parquet``, ``long``, ``biom``, ``h5ad``, ``metaphlan``, ``humann`` or ``wide`` from a path and its first line.
 
     A ``.biom`` file's content (HDF5 or JSON) is told apart by its reader (:func:`~scalable_assoc.io.biom_table.biom_kind`).
     """
     if path.is_dir() or path.suffix == ".zarr":
         return "zarr"
     if table_suffix(path) in (".parquet", ".pq"):
-        return "parquet"
+        return "long" if is_long_header(_parquet_names(path)) else "parquet"
     if table_suffix(path) in (".biom", ".h5ad"):
         return table_suffix(path)[1:]
     header = _first_data_line(path)
     if header and header[0] in METAPHLAN_CLADE_COLUMNS:
         return "metaphlan"
+    if header and any(header[0].startswith(first) for first in HUMANN_HEADERS):
+        return "humann"
+    if is_long_header(header):
+        return "long"
     return "wide"
+
+
+#: First header cells of HUMAnN tables (``# Pathway HUMAnN v3`` too); :mod:`scalable_assoc.io.humann` reads them.
+HUMANN_HEADERS = ("# Pathway", "# Gene Family")
+
+
+def is_long_header(names: list[str]) -> bool:
+    """Whether a header is exactly a long table's: ``sample_id``, ``feature``, ``value`` (any order)."""
+    return len(names) == 3 and set(names) == {"sample_id", "feature", "value"}
+
+
+def _parquet_names(path: Path) -> list[str]:
+    """A Parquet file's column names ([] if it cannot be read: the reader then says why)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, ValueError):
+        return []
 
 
 def comment_lines(path: Path) -> list[int]:

@@ -29,12 +29,17 @@ class TableStream:
     ``blocks(width)`` yields ``(n_samples, width)`` float64 arrays (the last may
     be narrower) covering ``feature_ids`` in order; values are validated as they
     are read, so a bad cell raises :class:`DataError` part-way through.
+    ``notes`` say what a reader left out or changed (rows it skipped); they are
+    stored with the store and reach the run's manifest. ``renamed_samples`` maps
+    each sample ID as written to the ID used (a reader that strips suffixes).
     """
 
     sample_ids: tuple[str, ...]
     feature_ids: tuple[str, ...]
     blocks: Callable[[int], Iterator[np.ndarray]]
     source: Path
+    notes: tuple[str, ...] = ()
+    renamed_samples: tuple[tuple[str, str], ...] = ()
 
 
 def rebatch(pieces: Iterator[np.ndarray], width: int) -> Iterator[np.ndarray]:

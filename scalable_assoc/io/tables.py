@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.biom_table import stream_biom
 from scalable_assoc.io.h5ad_table import stream_h5ad
+from scalable_assoc.io.humann import stream_humann
+from scalable_assoc.io.long_table import stream_long
 from scalable_assoc.io.metaphlan import METAPHLAN_TAXID_COLUMNS, stream_metaphlan
 from scalable_assoc.io.table_text import (
     METAPHLAN_CLADE_COLUMNS,
@@ -93,26 +95,50 @@ def stream_parquet(path: Path) -> TableStream:
     return TableStream(tuple(sample_index), tuple(str(n) for n in feature_names), blocks, path)
 
 
-def stream_abundance_table(path: Path, fmt: str = "auto", rank: str = "species", scratch: Path | None = None) -> TableStream:
+def stream_abundance_table(
+    path: Path,
+    fmt: str = "auto",
+    rank: str = "species",
+    scratch: Path | None = None,
+    stratified: bool = False,
+    columns: tuple[str, str, str] | None = None,
+    missing: str = "zero",
+) -> TableStream:
     """Any supported table as a :class:`TableStream`, block by block, never whole.
 
     ``scratch`` is the folder for the temporary file a wide TSV/CSV goes through
-    (:func:`stream_wide`; default: the system's temporary folder).
+    (:func:`stream_wide`; default: the system's temporary folder). ``stratified``
+    applies to HUMAnN tables, ``columns`` and ``missing`` to long tables; given
+    for a table detected as another format, they are refused.
     """
     if not path.exists():
         raise DataError(f"abundance file {path} does not exist")
     fmt = detect_format(path) if fmt == "auto" else fmt
+    check_read_options(path, fmt, stratified, columns, missing)
     if fmt == "metaphlan":
         return stream_metaphlan(path, rank)
     if fmt == "biom":
         return stream_biom(path, rank)
     if fmt == "h5ad":
         return stream_h5ad(path, scratch=scratch)
+    if fmt == "humann":
+        return stream_humann(path, stratified)
+    if fmt == "long":
+        return stream_long(path, columns, missing)
     if fmt == "parquet" or (fmt == "wide" and table_suffix(path) in (".parquet", ".pq")):
         return stream_parquet(path)
     if fmt != "wide":
         raise DataError(f"{path}: format {fmt!r} is not a table format")
     return stream_wide(path, scratch=scratch)
+
+
+def check_read_options(path: Path, fmt: str, stratified: bool, columns: tuple[str, str, str] | None, missing: str) -> None:
+    """Refuse a reader key for a table of another format (with ``format: auto``, the plan could not check it)."""
+    given = [key for key, used in (("stratified", stratified), ("columns", columns is not None), ("missing", missing != "zero")) if used]
+    wrong = [key for key in given if fmt != ("humann" if key == "stratified" else "long")]
+    if wrong:
+        wanted = "a HUMAnN table (format: humann)" if wrong[0] == "stratified" else "a long table (format: long)"
+        raise DataError(f"{path}: the layer key '{wrong[0]}' applies to {wanted}, but this table is read as format '{fmt}'")
 
 
 def read_abundance_table(path: Path, fmt: str = "auto", rank: str = "species") -> AbundanceTable:

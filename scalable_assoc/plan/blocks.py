@@ -18,6 +18,7 @@ from scalable_assoc.plan.spec import (
     FDR_BY_COLUMNS,
     FILTER_ORDERS,
     LAYER_FORMATS,
+    LONG_MISSING,
     MODELS,
     ON_CONSTANT_COVARIATE,
     PREVALENCE_WITHIN,
@@ -168,7 +169,11 @@ def parse_layers(
         if isinstance(value, str):
             value = {"path": value}
         value = checked_mapping(
-            source, key, value, ("path", "format", "rank", "preprocess", "models", "presence_threshold"), required=("path",)
+            source,
+            key,
+            value,
+            ("path", "format", "rank", "preprocess", "models", "presence_threshold", "stratified", "columns", "missing"),
+            required=("path",),
         )
         fmt = value.get("format", "auto")
         if fmt not in LAYER_FORMATS:
@@ -184,8 +189,43 @@ def parse_layers(
             if "presence_threshold" in value
             else threshold
         )
-        layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre, layer_models, layer_threshold))
+        stratified, columns, missing = _parse_read_options(source, key, value, fmt)
+        layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre, layer_models, layer_threshold, stratified, columns, missing))
     return tuple(layers)
+
+
+def _parse_read_options(source: Path, key: str, value: dict, fmt: str) -> tuple[bool, tuple[str, str, str] | None, str]:
+    """A layer's reader keys: ``stratified`` (HUMAnN), ``columns`` and ``missing`` (long tables), each refused for another format.
+
+    With ``format: auto`` the format is known only once the file is read: ``stratified``
+    and ``missing`` are then checked against the detected format; ``columns`` needs ``format: long``.
+    """
+    stratified = value.get("stratified", False)
+    if not isinstance(stratified, bool):
+        raise PlanError(f"{location(source, key + '.stratified')}: expected true or false, got {stratified!r}")
+    if "stratified" in value and fmt not in ("auto", "humann"):
+        raise PlanError(f"{location(source, key + '.stratified')}: applies to HUMAnN tables (format: humann), not to format '{fmt}'")
+    columns = None
+    if "columns" in value:
+        if fmt != "long":
+            raise PlanError(
+                f"{location(source, key + '.columns')}: applies to long tables only; set 'format: long' (the format is '{fmt}')"
+            )
+        raw = checked_mapping(source, key + ".columns", value["columns"], ("sample", "feature", "value"))
+        names = {part: nonempty_string(source, f"{key}.columns.{part}", raw.get(part, default)) for part, default in LONG_DEFAULTS}
+        if len(set(names.values())) < 3:
+            raise PlanError(f"{location(source, key + '.columns')}: sample, feature and value must be three different columns, got {raw!r}")
+        columns = (names["sample"], names["feature"], names["value"])
+    missing = value.get("missing", "zero")
+    if missing not in LONG_MISSING:
+        raise PlanError(f"{location(source, key + '.missing')}: expected one of {', '.join(LONG_MISSING)}, got {missing!r}")
+    if "missing" in value and fmt not in ("auto", "long"):
+        raise PlanError(f"{location(source, key + '.missing')}: applies to long tables (format: long), not to format '{fmt}'")
+    return stratified, columns, str(missing)
+
+
+#: The columns of a long table when ``columns`` does not name them.
+LONG_DEFAULTS = (("sample", "sample_id"), ("feature", "feature"), ("value", "value"))
 
 
 def parse_exposures(source: Path, raw: Any) -> tuple[ExposureSpec, ...]:

@@ -14,7 +14,9 @@ from pathlib import Path
 from scalable_assoc.errors import PlanError
 
 TRANSFORMS = ("clr", "log", "ast", "tss", "none")
-LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr", "biom", "h5ad")
+LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr", "humann", "long", "biom", "h5ad")
+#: What a pair missing from a long table means: a zero, or an unknown value (NaN).
+LONG_MISSING = ("zero", "na")
 #: MetaPhlAn rank names and the clade prefix that marks them.
 RANK_PREFIXES = {
     "kingdom": "k__",
@@ -84,6 +86,23 @@ class LayerSpec:
     models: tuple[str, ...] = ("lm",)
     #: a feature counts as present where its raw value is above this
     presence_threshold: float = 0.0
+    #: HUMAnN tables: the per-species rows (``PWY|g__...s__...``) instead of the community totals
+    stratified: bool = False
+    #: long tables: the names of the (sample, feature, value) columns; None: sample_id, feature, value
+    columns: tuple[str, str, str] | None = None
+    #: long tables: a (sample, feature) pair that is not in the table is a ``zero`` or unknown (``na``)
+    missing: str = "zero"
+
+    def read_options(self) -> dict:
+        """The reader options that are not at their defaults (keyword arguments of ``io.ingest.layer_store``)."""
+        options: dict = {}
+        if self.stratified:
+            options["stratified"] = True
+        if self.columns is not None:
+            options["columns"] = self.columns
+        if self.missing != "zero":
+            options["missing"] = self.missing
+        return options
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,7 @@ class Plan:
             payload.pop("reference")  # plans without the key keep the hash (and resumable chunks) they had
         if payload["features"] is None:
             payload.pop("features")  # plans without the key keep the hash they had before it existed
+        _drop_default_read_options(payload)
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -204,6 +224,8 @@ class Plan:
             payload.pop(key)
         for layer in payload["layers"]:
             layer.pop("path")
+        # Reader options change the store's values (rows kept, what a missing pair means), so they are in.
+        _drop_default_read_options(payload)
         if not payload["reference"]:
             payload.pop("reference")
         text = json.dumps(payload, sort_keys=True, default=str)
@@ -241,3 +263,11 @@ def _without_default_preprocess(payload: dict) -> dict:
 
 
 CATEGORICAL_EXPOSURE_MODELS = ("lm", "lm_nonzero")
+
+
+def _drop_default_read_options(payload: dict) -> None:
+    """Leave the layers' reader keys at their defaults out of a hash payload: plans written before they existed keep their hashes."""
+    for layer in payload["layers"]:
+        for key, default in (("stratified", False), ("columns", None), ("missing", "zero")):
+            if layer[key] == default:
+                layer.pop(key)

@@ -1,0 +1,147 @@
+"""Reading HUMAnN 3/4 merged tables (gene families, pathway abundance or coverage) a block of features at a time.
+
+``humann_join_tables`` writes features as rows: the header is ``# Pathway`` or
+``# Gene Family`` and one column per sample (``S1_Abundance``, ``S1_Abundance-RPKs``,
+``S1_Coverage``, ...); a row is a community total (``PWY-101: name``) or one
+species' share of it (``PWY-101: name|g__Genus.s__Species``, ``...|unclassified``).
+HUMAnN's bookkeeping rows (``UNMAPPED``, ``UNINTEGRATED`` and its per-species rows,
+``UNGROUPED``) are not features of a study: they are left out, and a note says so.
+
+Memory: the first column (one string per row of the file) and a batch of
+``rows_per_read`` rows with one block, as :func:`scalable_assoc.io.metaphlan.stream_metaphlan`;
+never the whole table.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scalable_assoc.errors import DataError
+from scalable_assoc.io.table_text import HUMANN_HEADERS, check_row_lengths, raw_header, reading_problem, table_separator
+from scalable_assoc.io.table_values import TableStream, check_ids, rebatch, validated_values
+
+logger = logging.getLogger(__name__)
+
+#: Rows HUMAnN adds for reads or abundance it could not assign: not features.
+HUMANN_SPECIAL_ROWS = ("UNMAPPED", "UNINTEGRATED", "UNGROUPED")
+
+#: Suffixes HUMAnN appends to sample names in its column headers, longest first (so ``_Abundance-RPKs`` goes whole).
+HUMANN_SAMPLE_SUFFIXES = (
+    "_Abundance-RPKs",
+    "_Abundance-CPM",
+    "_Abundance-RELAB",
+    "_Abundance",
+    "_Coverage",
+    "-RPKs",
+    "-CPM",
+    "-RELAB",
+)
+
+
+def is_humann_header(first_cell: str) -> bool:
+    """Whether a table's first header cell is HUMAnN's (``# Pathway``, ``# Gene Family``, also with a version after it)."""
+    return any(first_cell.startswith(header) for header in HUMANN_HEADERS)
+
+
+def strip_sample_suffix(name: str) -> str:
+    """A HUMAnN column name without its suffix (``S1_Abundance-RPKs`` -> ``S1``); unchanged if it has none (or is only a suffix)."""
+    for suffix in HUMANN_SAMPLE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _special(row: str) -> bool:
+    """``UNMAPPED``, ``UNINTEGRATED|g__...``, ``UNMAPPED: NO_NAME`` (a renamed table), ..."""
+    return row.split("|", 1)[0].split(":", 1)[0].strip() in HUMANN_SPECIAL_ROWS
+
+
+def stream_humann(path: Path, stratified: bool = False, rows_per_read: int = 512) -> TableStream:
+    """A HUMAnN merged table as a :class:`TableStream`: the community rows, or with ``stratified`` the per-species rows.
+
+    Feature IDs are the rows' names as written (``PWY-101: name``, or
+    ``PWY-101: name|g__Genus.s__Species``). Sample IDs lose HUMAnN's suffixes
+    (:data:`HUMANN_SAMPLE_SUFFIXES`) so they match the metadata; the stream's
+    ``renamed_samples`` holds each change and an INFO line shows the first ones.
+    The rows left out (:data:`HUMANN_SPECIAL_ROWS`) are counted in the stream's
+    ``notes``, which reach the run's manifest. Values are checked as every
+    reader checks them (:func:`~scalable_assoc.io.table_values.validated_values`).
+
+    Memory: the row names (one string per line of the file) and ``rows_per_read``
+    rows with one block at a time; the file is read twice, never held whole.
+    """
+    header = raw_header(path, 0)
+    if len(header) < 2 or not is_humann_header(header[0]):
+        raise DataError(
+            f"{path}: not a HUMAnN table: its first header cell should be '# Pathway' or '# Gene Family', "
+            f"followed by one column per sample (found {len(header)} column(s))"
+        )
+    written = header[1:]
+    check_ids(path, "sample", pd.Index(written))
+    sample_ids = [strip_sample_suffix(name) for name in written]
+    # Two columns such as S1_Abundance and S1_Coverage would become one sample: refused, naming them.
+    check_ids(path, "sample (after removing HUMAnN's suffixes such as _Abundance)", pd.Index(sample_ids))
+    renamed = tuple((old, new) for old, new in zip(written, sample_ids, strict=True) if old != new)
+    if renamed:
+        shown = ", ".join(f"{old} -> {new}" for old, new in renamed[:3])
+        logger.info("%s: %d HUMAnN sample column(s) renamed to match metadata IDs, e.g. %s", path, len(renamed), shown)
+    check_row_lengths(path, 0, "feature")
+    separator = table_separator(path)
+    # Pathway names hold quotes and commas ("5'-phosphate"): no quoting, tab-separated fields as written.
+    options = {"sep": separator, "comment": None, "quoting": csv.QUOTE_NONE}
+    try:
+        names = pd.read_csv(path, usecols=[0], dtype=str, **options).iloc[:, 0].fillna("").astype(str)  # type: ignore[call-overload]
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read as a HUMAnN table: {reading_problem(error)}") from None
+    special = names.map(_special).to_numpy(dtype=bool)
+    per_species = names.str.contains("|", regex=False).to_numpy(dtype=bool)
+    keep = ~special & (per_species if stratified else ~per_species)
+    if not keep.any():
+        kind = "per-species ('|')" if stratified else "community (without '|')"
+        raise DataError(f"{path}: no {kind} rows besides UNMAPPED/UNINTEGRATED/UNGROUPED in this HUMAnN table; check 'stratified'")
+    feature_ids = pd.Index(names[keep])
+    check_ids(path, "feature", feature_ids)
+    left_out = sorted({row.split("|", 1)[0].split(":", 1)[0].strip() for row in names[special]})
+    notes = (
+        (
+            f"{int(special.sum())} HUMAnN row(s) left out ({', '.join(left_out)}: reads or abundance HUMAnN could not assign "
+            f"to a gene family or pathway, not features)",
+        )
+        if special.any()
+        else ()
+    )
+    row_names = names.to_numpy()
+
+    def pieces() -> Iterator[np.ndarray]:
+        offset = 0
+        try:
+            with pd.read_csv(path, dtype={0: str}, chunksize=rows_per_read, **options) as reader:  # type: ignore[call-overload]
+                for frame in reader:
+                    rows = slice(offset, offset + len(frame))
+                    offset += len(frame)
+                    chosen = keep[rows]
+                    if not chosen.any():
+                        continue
+                    selected = frame.loc[chosen].drop(columns=[frame.columns[0]])
+                    selected.index = pd.Index(row_names[rows][chosen])
+                    selected.columns = pd.Index(sample_ids)
+                    yield validated_values(path, selected, samples_are_rows=False).T
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot be read as a HUMAnN table: {reading_problem(error)}") from None
+        if offset != len(row_names):
+            raise DataError(f"{path}: {offset} rows read, but a first pass found {len(row_names)}; was the file changed while it was read?")
+
+    return TableStream(
+        tuple(sample_ids),
+        tuple(str(f) for f in feature_ids),
+        lambda width: rebatch(pieces(), width),
+        path,
+        notes=notes,
+        renamed_samples=renamed,
+    )
