@@ -190,7 +190,8 @@ def test_a_task_that_kills_every_worker_running_it_is_named(
         with pytest.raises(ClusterFailure) as failure:
             run_study(small_study.plan_path, out, client=own, chunk_features=4)
     # The message names a chunk, its layer and feature range. Not always the deadly one: a task
-    # queued on a worker when it dies counts that death too, so a neighbour can run out first.
+    # queued on a worker when it dies counts that death too, so a neighbour can run out first;
+    # that neighbour may even have written its sealed file just before its worker died unreported.
     message = str(failure.value)
     named = re.search(
         r"the task of chunk ([0-9a-f]{24}) \(layer '(\w+)', features (\d+)-(\d+), \d+ analyses\) ended every worker that ran it", message
@@ -198,7 +199,7 @@ def test_a_task_that_kills_every_worker_running_it_is_named(
     assert named is not None, message
     deadly = marked.read_text().split("-")[1]  # fit-<chunk id>-<run token>
     chunks = out / ".scalable_assoc" / "chunks"
-    assert not (chunks / f"{deadly}.parquet").exists() and not (chunks / f"{named.group(1)}.parquet").exists()
+    assert not (chunks / f"{deadly}.parquet").exists()
     assert "rerun resumes" in message
 
     summary = run_study(small_study.plan_path, out, client=client, chunk_features=4)
