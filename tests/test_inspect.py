@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import scalable_assoc
 from scalable_assoc.cli import main
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.inspect import classify_scale, inspect_table
+from scalable_assoc.io.store import open_store
 
 DATA = Path(__file__).parent / "data"
 QUANTILES = {"min": 0.0, "25%": 0.25, "50%": 0.5, "75%": 0.75, "max": 1.0}
@@ -133,6 +135,15 @@ def test_a_store_made_by_ingest_reads_as_its_table(study: Path, tmp_path: Path, 
         assert getattr(stored, key) == getattr(table, key), key
     assert stored.sample_totals == pytest.approx(table.sample_totals)
     assert yaml.safe_load(stored.plan_snippet) == {"species": {"path": str(store), "format": "zarr"}}
+    # A store written before the stored summaries existed: the same from its chunks.
+    older = tmp_path / "older.zarr"
+    shutil.copytree(store, older)
+    for name in ("feature_nonzero", "feature_observed", "feature_min_positive", "sample_totals"):
+        shutil.rmtree(older / name)
+    assert open_store(older).stored_feature_summary(0, 1) is None
+    again = inspect_table(older)
+    assert (again.prevalence, again.n_missing, again.scale) == (stored.prevalence, stored.n_missing, stored.scale)
+    assert again.sample_totals == pytest.approx(stored.sample_totals)
 
 
 def test_cli_text_and_json(study: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,9 +1,10 @@
 """What a table or store holds, before a plan reads it: ``scalable-assoc inspect`` and :func:`inspect_table`.
 
 One pass over the table's feature blocks (:class:`~scalable_assoc.io.table_values.TableStream`,
-never the whole matrix; a store's stored per-feature counts and per-sample totals are used where
-it has them) gives the samples, features, missing values, prevalence, value range, per-sample
-totals and so the scale the values look like; the format-specific counts (MetaPhlAn clades per
+never the whole matrix) gives the samples, features, missing values, prevalence, value range,
+per-sample totals and so the scale the values look like. A store's stored per-feature counts and
+per-sample totals (written by ``ingest``) are used where it has them; its chunks are still read
+once, for the value range and the whole-number check, which no summary holds; the format-specific counts (MetaPhlAn clades per
 rank, BIOM taxonomies per rank, HUMAnN community and per-species rows) come from the ID column
 only. The result says which ``data.layers`` entry of a plan reads the table.
 """
