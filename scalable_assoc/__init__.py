@@ -7,6 +7,7 @@ The library API (the ``scalable-assoc`` command calls the same functions)::
 
     simulate_study, simulate_cohorts    a Lifelines-shaped cohort (or several) with known truth
     load_plan                           read and check a plan file
+    inspect_table                       what a table or store holds (format, ranks, prevalence, scale) and its plan entry
     ingest_table                        an abundance table as a feature-chunked Zarr store
     run_study                           every analysis of a plan, on a Dask cluster
     read_status                         how the run in an output folder stands
@@ -41,6 +42,8 @@ _EXPORTS = {
     "load_plan": "scalable_assoc.plan.schema",
     "Plan": "scalable_assoc.plan.schema",
     "ingest_table": "scalable_assoc.io.ingest",
+    "inspect_table": "scalable_assoc.io.inspect",
+    "TableInspection": "scalable_assoc.io.inspect",
     "run_study": "scalable_assoc.engine.run",
     "RunSummary": "scalable_assoc.engine.outputs",
     "read_status": "scalable_assoc.io.runstate",
@@ -72,6 +75,8 @@ if TYPE_CHECKING:
     from scalable_assoc.errors import PlanError as PlanError
     from scalable_assoc.errors import UserInputError as UserInputError
     from scalable_assoc.io.ingest import ingest_table as ingest_table
+    from scalable_assoc.io.inspect import TableInspection as TableInspection
+    from scalable_assoc.io.inspect import inspect_table as inspect_table
     from scalable_assoc.io.runstate import FolderInUse as FolderInUse
     from scalable_assoc.io.runstate import RunStatus as RunStatus
     from scalable_assoc.io.runstate import read_status as read_status

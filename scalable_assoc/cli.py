@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_run(commands)
     _add_ingest(commands)
+    _add_inspect(commands)
     _add_sumstats(commands)
     _add_meta_and_pool(commands)
     _add_status(commands)
@@ -149,6 +150,21 @@ def _add_ingest(commands: argparse._SubParsersAction) -> None:
     ingest.add_argument("--missing", choices=["zero", "na"], default="zero", help="long tables: what a pair the table does not list is")
     ingest.add_argument("--rank", default="species", help="MetaPhlAn (or BIOM taxonomy) rank to keep (species, genus, ...)")
     ingest.add_argument("--chunk-features", type=_positive_int)
+
+
+def _add_inspect(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc inspect``."""
+    inspect = commands.add_parser(
+        "inspect", help="what a table or store holds: format, samples, features per rank, prevalence, scale, and its plan entry"
+    )
+    inspect.add_argument("path", type=Path, help="an abundance table in any layer format, or a store made by 'scalable-assoc ingest'")
+    inspect.add_argument(
+        "--format", default="auto", choices=["auto", "metaphlan", "wide", "parquet", "humann", "long", "biom", "h5ad", "zarr"]
+    )
+    inspect.add_argument("--rank", help="MetaPhlAn (or BIOM taxonomy) rank to summarise (default species)")
+    inspect.add_argument("--stratified", action="store_true", help="HUMAnN tables: the per-species rows instead of the community totals")
+    inspect.add_argument("--missing", choices=["zero", "na"], default="zero", help="long tables: what a pair the table does not list is")
+    inspect.add_argument("--json", action="store_true", help="print the summary as one JSON object (the fields of TableInspection)")
 
 
 def _add_sumstats(commands: argparse._SubParsersAction) -> None:
@@ -408,6 +424,13 @@ def _ingest(args: argparse.Namespace) -> None:
     print(f"wrote {store.path}: {store.n_samples} samples x {store.n_features} features, {store.chunk_features} features per chunk")
 
 
+def _inspect(args: argparse.Namespace) -> None:
+    from scalable_assoc.io.inspect import inspect_table
+
+    summary = inspect_table(args.path, format=args.format, rank=args.rank, stratified=args.stratified, missing=args.missing)
+    print(summary.to_json() if args.json else summary.to_text())
+
+
 def _sumstats(args: argparse.Namespace) -> None:
     from scalable_assoc.engine.export import export_sumstats
     from scalable_assoc.results.sumstats import DisclosureRules, sidecar_path
@@ -538,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         "simulate": _simulate,
         "run": _run,
         "ingest": _ingest,
+        "inspect": _inspect,
         "sumstats": _sumstats,
         "meta": _meta,
         "pool": _pool,

@@ -1,7 +1,7 @@
 """The library API: exactly what ``scalable_assoc.__all__`` says, each function documented (numpydoc) with an Example that runs.
 
 The Examples form one story, run here in order with shared names (as a
-notebook would): a simulated study is planned, ingested, run and its status
+notebook would): a simulated study is inspected, planned, ingested, run and its status
 read; two simulated biobanks run and export their summary statistics, which
 are opened, meta-analysed and pooled; a key pair is made.
 """
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.cluster
 #: The order the Examples build on each other.
 STORY = [
     "simulate_study",
+    "inspect_table",
     "load_plan",
     "ingest_table",
     "run_study",

@@ -202,6 +202,23 @@ def stream_biom(path: Path, rank: str = "species") -> TableStream:
     return TableStream(tuple(sample_ids), tuple(str(f) for f in feature_ids), blocks, path)
 
 
+def biom_taxonomy_ends(path: Path) -> list[str]:
+    """Each observation's last named taxonomy level (``s__Species``, ``g__Genus``; "" without a taxonomy), in file order.
+
+    What ``rank`` chooses among (:func:`stream_biom`); ``scalable-assoc inspect`` counts them per rank.
+    """
+    kind = biom_kind(path)
+    if kind is None:
+        raise DataError(f"{path}: not a BIOM table: a BIOM file is HDF5 (BIOM 2.x) or JSON (BIOM 1.0), and this one is neither")
+    layout = _hdf5_layout(path) if kind == "hdf5" else None
+    if layout is not None:
+        taxonomies = layout[2]
+    else:
+        table = _load(path, kind)
+        taxonomies = [next((m[k] for k in TAXONOMY_KEYS if m and k in m), None) for m in table.metadata(axis="observation") or ()]
+    return [levels[-1] if levels else "" for levels in (_lineage(taxonomy) for taxonomy in taxonomies)]
+
+
 #: The datasets of a BIOM 2.x HDF5 file read directly (the observation-major copy of the matrix and both axes' IDs).
 _HDF5_DATASETS = ("sample/ids", "observation/ids", "observation/matrix/data", "observation/matrix/indices", "observation/matrix/indptr")
 
