@@ -121,6 +121,9 @@ def test_the_report_in_a_browser(reported: Reported) -> None:
             page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(("file:", "data:")) else None)
             page.goto(reported.report.as_uri(), wait_until="load")
             assert int(page.inner_text("#significant-count")) == significant_rows
+            survival_rows = page.eval_on_selector_all(
+                "#survival-table tr", "rows => rows.map(r => Array.from(r.children).map(c => c.textContent))"
+            )
             figures = page.query_selector_all("img.report-figure")
             results = pd.read_parquet(reported.run_dir / "results.parquet", columns=["layer", "adjustment", "q"])
             layers = results["layer"].nunique()
@@ -143,10 +146,27 @@ def test_the_report_in_a_browser(reported: Reported) -> None:
             browser.close()
     assert not errors, errors
     assert not outside, outside
+    _assert_survival_table_equals_the_file(survival_rows, reported.run_dir)
     for link in links:  # every output file, relative to the report
         assert not re.match(r"^[a-z]+:", link), link
         assert (reported.report.parent / link).is_file(), link
     assert {"results.parquet", "significant_results.tsv", "manifest.json", "figures/inflation.tsv"} <= set(links)
+
+
+def _assert_survival_table_equals_the_file(shown: list[list[str]], run_dir: Path) -> None:
+    """Each cell 'kept/base (pct%)' equals the sums of adjustment_survival.tsv over exposures."""
+    survival = pd.read_csv(run_dir / "adjustment_survival.tsv", sep="\t")
+    survival = survival[survival["significant_base"] > 0]
+    sums = survival.groupby(["layer", "model", "adjustment"])[["still_significant", "significant_base"]].sum()
+    header, body = shown[0], shown[1:]
+    assert header[:2] == ["layer", "model"] and len(body) == survival[["layer", "model"]].drop_duplicates().shape[0]
+    checked = 0
+    for layer, model, *cells in body:
+        for adjustment, cell in zip(header[2:], cells, strict=True):
+            kept, base = sums.loc[(layer, model, adjustment)]
+            assert cell == f"{kept}/{base} ({100 * kept / base:.1f}%)", (layer, adjustment, cell)
+            checked += 1
+    assert checked == len(sums) > 0  # the simulated study has associations that survive, or not
 
 
 def test_report_on_a_folder_that_is_not_a_finished_run_exits_2_and_writes_nothing(tmp_path: Path, capsys) -> None:

@@ -136,13 +136,15 @@ def _findings_section(results: pd.DataFrame, significant_rows: pd.DataFrame, sur
     followed = survival[survival["significant_base"].fillna(0) > 0]
     if len(followed):
         totals = followed.groupby(["layer", "model", "adjustment"], sort=False)[["significant_base", "still_significant"]].sum()
-        totals = totals.reset_index()
-        totals["percent"] = (100.0 * totals["still_significant"] / totals["significant_base"]).round(1)
+        share = (100.0 * totals["still_significant"] / totals["significant_base"]).map("{:.1f}%".format)
+        cells = totals["still_significant"].astype(int).astype(str) + "/" + totals["significant_base"].astype(int).astype(str)
+        table = (cells + " (" + share + ")").unstack("adjustment")
+        table = table[list(dict.fromkeys(followed["adjustment"]))]  # the plan's order of the sets
+        table = table.reindex(list(dict.fromkeys(zip(followed["layer"], followed["model"], strict=True)))).reset_index()
         parts += [
-            "<p>Under further adjustment: of the associations significant under each exposure's base set, "
-            "those still significant under each later set (all exposures together; per exposure in "
-            "<code>adjustment_survival.tsv</code> and the survival figures):</p>",
-            html_table(totals, "survival-table", numeric=("significant_base", "still_significant", "percent")),
+            "<p>Under further adjustment: still significant / significant under each exposure's base set, all exposures "
+            "together, per later adjustment set (per exposure in <code>adjustment_survival.tsv</code> and the survival figures):</p>",
+            html_table(table.astype(object).where(table.notna(), "-"), "survival-table", numeric=tuple(table.columns[2:])),
         ]
     return parts
 
