@@ -151,7 +151,8 @@ def heatmap(base: pd.DataFrame, significant_anywhere: pd.DataFrame, alpha: float
         for j in range(len(exposures)):
             mark = marks.iat[i, j]
             if isinstance(mark, str) and mark:
-                axes.text(j, i, mark, ha="center", va="center", fontsize=8, color="black")
+                dark = abs(finite[i, j]) > 0.6 * limit  # white marks stay readable on the scale's dark ends
+                axes.text(j, i, mark, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     axes.set_xticks(range(len(exposures)), exposures, rotation=45, ha="right")
     axes.set_yticks(range(len(features)), [short_label(f) for f in features], fontsize=7)
     figure.colorbar(image, ax=axes, label="beta", shrink=0.8)
