@@ -148,7 +148,8 @@ def _add_ingest(commands: argparse._SubParsersAction) -> None:
     ingest.add_argument("--format", default="auto", choices=["auto", "metaphlan", "wide", "parquet", "humann", "long", "biom", "h5ad"])
     ingest.add_argument("--stratified", action="store_true", help="HUMAnN tables: the per-species rows instead of the community totals")
     ingest.add_argument("--missing", choices=["zero", "na"], default="zero", help="long tables: what a pair the table does not list is")
-    ingest.add_argument("--rank", default="species", help="MetaPhlAn (or BIOM taxonomy) rank to keep (species, genus, ...)")
+    ingest.add_argument("--rank", help="MetaPhlAn (or BIOM taxonomy) rank to keep (species, genus, ...; default species)")
+    ingest.add_argument("--h5ad-layer", help=".h5ad files: the layer (layers/NAME) to read instead of X")
     ingest.add_argument("--chunk-features", type=_positive_int)
 
 
@@ -417,10 +418,12 @@ def _ingest(args: argparse.Namespace) -> None:
     from scalable_assoc.io.ingest import ingest_table
     from scalable_assoc.plan.schema import RANK_PREFIXES
 
-    if args.rank not in RANK_PREFIXES:
+    if args.rank is not None and args.rank not in RANK_PREFIXES:
         raise UserInputError(f"--rank {args.rank!r} is not a MetaPhlAn rank; use one of {', '.join(RANK_PREFIXES)}")
-    options = {key: value for key, value in (("stratified", args.stratified), ("missing", args.missing)) if value not in (False, "zero")}
-    store = ingest_table(args.table, args.out, args.format, args.rank, args.chunk_features, **options)
+    given = (("stratified", args.stratified), ("missing", args.missing), ("h5ad_layer", args.h5ad_layer))
+    options = {key: value for key, value in given if value not in (False, "zero", None)}
+    rank, rank_given = args.rank or "species", args.rank is not None
+    store = ingest_table(args.table, args.out, args.format, rank, args.chunk_features, rank_given=rank_given, **options)
     print(f"wrote {store.path}: {store.n_samples} samples x {store.n_features} features, {store.chunk_features} features per chunk")
 
 

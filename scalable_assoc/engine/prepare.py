@@ -379,7 +379,9 @@ def _prepare_layer(
 ) -> LayerWork:
     """One layer's store (converted if needed), participants, feature list and resolved analyses."""
     plan, metadata = inputs.plan, inputs.metadata
-    store, checksum = layer_store(spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features, **spec.read_options())
+    store, checksum = layer_store(
+        spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features, rank_given=spec.rank_given, **spec.read_options()
+    )
     for note in store.notes:
         logger.info("layer '%s': %s", spec.name, note)
     mixed_scales = _mixed_scales_warning(spec, store)

@@ -21,7 +21,8 @@ by that last level (``s__Ruminococcus_bromii``), exactly as the rows of a MetaPh
 merged table are chosen and named (:func:`~scalable_assoc.io.metaphlan.stream_metaphlan`),
 so a MetaPhlAn table stored as BIOM (one observation per clade, its lineage as
 taxonomy) gives the same feature IDs and values. Without taxonomy, the observation
-IDs are the features and ``rank`` is ignored (said in a log line).
+IDs are the features and the default ``rank`` is ignored (said in a log line); a ``rank``
+the user wrote is refused there, naming the file.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _check_raw_ids(path: Path, kind: str) -> None:
     check_ids(path, "observation", pd.Index(observations, dtype=object))
 
 
-def stream_biom(path: Path, rank: str = "species") -> TableStream:
+def stream_biom(path: Path, rank: str = "species", rank_given: bool = False) -> TableStream:
     """A BIOM table (HDF5 BIOM 2.x or JSON BIOM 1.0) as a :class:`TableStream`; read whole (see the module docstring).
 
     Parameters
@@ -134,7 +135,10 @@ def stream_biom(path: Path, rank: str = "species") -> TableStream:
     rank
         With a ``taxonomy`` observation metadata: the rank whose observations are the features
         (those whose taxonomy ends at it, trailing unnamed levels such as ``s__`` ignored),
-        named by their last level as MetaPhlAn rows are. Without taxonomy: ignored.
+        named by their last level as MetaPhlAn rows are. Without taxonomy: ignored, unless ``rank_given``.
+    rank_given
+        ``rank`` was written by the user (plan key ``rank``, ``ingest --rank``): a table without taxonomy is then
+        refused, as the rank asked for cannot be chosen, rather than read with its observation IDs as features.
 
     Returns
     -------
@@ -145,7 +149,8 @@ def stream_biom(path: Path, rank: str = "species") -> TableStream:
     Raises
     ------
     DataError
-        Not a BIOM table, repeated IDs, no observation at ``rank``, or a bad value (naming file, sample and feature).
+        Not a BIOM table, repeated IDs, no observation at ``rank``, no taxonomy with ``rank_given``, or a bad value
+        (naming file, sample and feature).
     """
     kind = biom_kind(path)
     if kind is None:
@@ -177,6 +182,11 @@ def stream_biom(path: Path, rank: str = "species") -> TableStream:
                 f"{repeated}. Each {rank} must be one observation (as in a MetaPhlAn table); a table with several observations "
                 f"per taxon (OTUs, ASVs) must be collapsed to one observation per {rank} first."
             )
+    elif rank_given:
+        raise DataError(
+            f"{path}: the BIOM table has no taxonomy metadata (observation metadata 'taxonomy'), so rank '{rank}' cannot be "
+            f"chosen; drop 'rank' (plan key 'rank', or --rank) to use its {len(observation_ids)} observation IDs as the features"
+        )
     else:
         logger.info("%s: the BIOM table has no taxonomy; its observation IDs are the features and rank '%s' is ignored", path, rank)
         rows = np.arange(len(observation_ids), dtype=np.int64)

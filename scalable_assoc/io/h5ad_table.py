@@ -18,7 +18,8 @@ Memory, by the layout of ``X``:
   :func:`~scalable_assoc.io.wide.blocks_through_file`, 8 bytes per value on disk);
   memory holds one batch of rows and one block.
 
-``obs`` as a metadata table is not read (give the metadata as TSV/CSV).
+A layer (``layers/<name>``, plan key ``h5ad_layer``) is read instead of ``X`` when named; it is
+laid out as ``X`` is. ``obs`` as a metadata table is not read (give the metadata as TSV/CSV).
 """
 
 from __future__ import annotations
@@ -74,8 +75,16 @@ def _index(path: Path, handle: Any, axis: str) -> pd.Index:
     return pd.Index(values, dtype=object)
 
 
-def stream_h5ad(path: Path, scratch: Path | None = None) -> TableStream:
-    """An AnnData ``.h5ad`` file's ``X`` as a :class:`TableStream`: samples are ``obs_names``, features ``var_names``.
+def _layer_names(handle: Any) -> list[str]:
+    """The names under ``layers/`` (empty without the group)."""
+    import h5py
+
+    layers = handle.get("layers")
+    return sorted(layers) if isinstance(layers, h5py.Group) else []
+
+
+def stream_h5ad(path: Path, scratch: Path | None = None, layer: str | None = None) -> TableStream:
+    """An ``.h5ad`` file's ``X`` (or ``layers/<layer>``) as a :class:`TableStream` (samples: ``obs_names``, features: ``var_names``).
 
     Parameters
     ----------
@@ -84,6 +93,8 @@ def stream_h5ad(path: Path, scratch: Path | None = None) -> TableStream:
     scratch
         Folder of the temporary file a ``csr_matrix`` X goes through (see the module docstring);
         None: the system's temporary folder.
+    layer
+        The name of a layer under ``layers/`` read instead of ``X`` (plan key ``h5ad_layer``); None: ``X``.
 
     Returns
     -------
@@ -93,24 +104,33 @@ def stream_h5ad(path: Path, scratch: Path | None = None) -> TableStream:
     Raises
     ------
     DataError
-        Not an ``.h5ad`` file, an X layout other than dense, CSR or CSC, repeated IDs, or a bad value.
+        Not an ``.h5ad`` file, no ``X`` or no such layer (the layers present are listed), an X layout other than
+        dense, CSR or CSC, repeated IDs, or a bad value.
     """
     import h5py
 
+    where, what = ("X", "X") if layer is None else (f"layers/{layer}", f"layer '{layer}' (layers/{layer})")
     with _open(path) as handle:
         sample_ids, feature_ids = _index(path, handle, "obs"), _index(path, handle, "var")
-        x = handle.get("X")
-        kind = _encoding(x) if x is not None else ""
+        x = handle.get(where)
+        if x is None:
+            present = _layer_names(handle)
+            listed = f"the layers present are: {', '.join(present)}" if present else "it has no layers"
+            hint = "; name one with the layer key 'h5ad_layer'" if present and layer is None else ""
+            raise DataError(f"{path}: {what} is missing; {listed}{hint}")
+        kind = _encoding(x)
         if kind not in _MATRIX_ENCODINGS or isinstance(x, h5py.Dataset) != (kind == "array"):
             raise DataError(
-                f"{path}: X is {'missing' if x is None else repr(kind or 'of an unknown layout')}; "
-                f"a dense array or a CSR/CSC sparse matrix is expected"
+                f"{path}: {what} is {repr(kind or 'of an unknown layout')}; a dense array or a CSR/CSC sparse matrix is expected"
             )
         shape = tuple(int(n) for n in (x.shape if kind == "array" else x.attrs["shape"]))
+        stored = x.dtype if kind == "array" else x["data"].dtype if isinstance(x.get("data"), h5py.Dataset) else None
+        if stored is not None and stored.kind not in "biuf":
+            raise DataError(f"{path}: {what} holds {stored} values, not numbers; abundances must be non-negative numbers")
     check_ids(path, "sample", sample_ids)
     check_ids(path, "feature", feature_ids)
     if shape != (len(sample_ids), len(feature_ids)):
-        raise DataError(f"{path}: X has shape {shape}, but there are {len(sample_ids)} obs_names and {len(feature_ids)} var_names")
+        raise DataError(f"{path}: {what} has shape {shape}, but there are {len(sample_ids)} obs_names and {len(feature_ids)} var_names")
     n_samples, n_features = shape
 
     def checked(values: np.ndarray, columns: slice, rows: slice = slice(None)) -> np.ndarray:
@@ -119,12 +139,12 @@ def stream_h5ad(path: Path, scratch: Path | None = None) -> TableStream:
         return np.ascontiguousarray(validated_values(path, frame, samples_are_rows=True))
 
     def read_failed(error: Exception) -> DataError:
-        return DataError(f"{path}: cannot read X: {reading_problem(error)}")
+        return DataError(f"{path}: cannot read {what}: {reading_problem(error)}")
 
     def column_blocks(width: int) -> Iterator[np.ndarray]:
         try:
             with _open(path) as handle:
-                x = handle["X"]
+                x = handle[where]
                 indptr = x["indptr"] if kind == "csc_matrix" else None
                 for start in range(0, n_features, width):
                     stop = min(start + width, n_features)
@@ -144,7 +164,7 @@ def stream_h5ad(path: Path, scratch: Path | None = None) -> TableStream:
         rows_per_read = max(1, WIDE_BATCH_CELLS // max(1, n_features))
         try:
             with _open(path) as handle:
-                x = handle["X"]
+                x = handle[where]
                 indptr = x["indptr"][:].astype(np.int64)
                 for start in range(0, n_samples, rows_per_read):
                     stop = min(start + rows_per_read, n_samples)

@@ -62,6 +62,24 @@ def _special(row: str) -> bool:
     return row.split("|", 1)[0].split(":", 1)[0].strip() in HUMANN_SPECIAL_ROWS
 
 
+def _refuse_other_kind(path: Path, names: pd.Series, other: np.ndarray, stratified: bool) -> None:
+    """No row of the kind asked for: say which kind the table holds (a split table read with the wrong ``stratified``)."""
+    if not other.any():
+        kind = "per-species ('|')" if stratified else "community (without '|')"
+        raise DataError(f"{path}: no {kind} rows besides UNMAPPED/UNINTEGRATED/UNGROUPED in this HUMAnN table; check 'stratified'")
+    first = int(np.argmax(other))
+    where = f"the first, '{names.iat[first]}', on line {first + 2}"
+    if stratified:
+        raise DataError(
+            f"{path}: this HUMAnN table has only community rows (without '|'; {where}), no per-species (stratified) rows; "
+            f"drop 'stratified: true' (or --stratified) to read them"
+        )
+    raise DataError(
+        f"{path}: this HUMAnN table has only per-species (stratified) rows ('PWY|g__Genus.s__species'; {where}), no community "
+        f"rows; set 'stratified: true' (or --stratified) to read them, or give the unstratified table"
+    )
+
+
 def stream_humann(path: Path, stratified: bool = False, rows_per_read: int = 512) -> TableStream:
     """A HUMAnN merged table as a :class:`TableStream`: the community rows, or with ``stratified`` the per-species rows.
 
@@ -103,8 +121,7 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int = 512
     per_species = names.str.contains("|", regex=False).to_numpy(dtype=bool)
     keep = ~special & (per_species if stratified else ~per_species)
     if not keep.any():
-        kind = "per-species ('|')" if stratified else "community (without '|')"
-        raise DataError(f"{path}: no {kind} rows besides UNMAPPED/UNINTEGRATED/UNGROUPED in this HUMAnN table; check 'stratified'")
+        _refuse_other_kind(path, names, ~special & (~per_species if stratified else per_species), stratified)
     feature_ids = pd.Index(names[keep])
     check_ids(path, "feature", feature_ids)
     left_out = sorted({row.split("|", 1)[0].split(":", 1)[0].strip() for row in names[special]})

@@ -18,7 +18,13 @@ logger = logging.getLogger(__name__)
 
 
 def ingest_table(
-    source: Path, destination: Path, fmt: str = "auto", rank: str = "species", chunk_features: int | None = None, **read_options: Any
+    source: Path,
+    destination: Path,
+    fmt: str = "auto",
+    rank: str = "species",
+    chunk_features: int | None = None,
+    rank_given: bool = False,
+    **read_options: Any,
 ) -> AbundanceStore:
     """Read a MetaPhlAn / wide TSV / CSV / Parquet / BIOM / h5ad table and write it as a Zarr store at ``destination``.
 
@@ -39,8 +45,10 @@ def ingest_table(
         For MetaPhlAn tables, the rank kept (``species``, ``genus``, ...).
     chunk_features
         Features per store chunk; None: chunks of about 32 MiB.
+    rank_given
+        ``rank`` was given by the user (not the default): a BIOM table without taxonomy is then refused.
     read_options
-        ``stratified`` (HUMAnN tables), ``columns`` and ``missing`` (long tables), as the plan's layer keys.
+        ``stratified`` (HUMAnN tables), ``columns`` and ``missing`` (long tables), ``h5ad_layer`` (.h5ad files), as the plan's layer keys.
 
     Returns
     -------
@@ -71,12 +79,22 @@ def ingest_table(
     checksum = file_checksum(source)
     # A wide TSV/CSV goes through a temporary file next to the store (the same disk, removed afterwards).
     return write_table_stream(
-        destination, stream_abundance_table(source, fmt, rank, scratch=destination.parent, **read_options), checksum, chunk_features
+        destination,
+        stream_abundance_table(source, fmt, rank, scratch=destination.parent, rank_given=rank_given, **read_options),
+        checksum,
+        chunk_features,
     )
 
 
 def layer_store(
-    source: Path, fmt: str, rank: str, cache_dir: Path, layer: str, chunk_features: int | None, **read_options: Any
+    source: Path,
+    fmt: str,
+    rank: str,
+    cache_dir: Path,
+    layer: str,
+    chunk_features: int | None,
+    rank_given: bool = False,
+    **read_options: Any,
 ) -> tuple[AbundanceStore, str]:
     """The store for one layer and the checksum of its input.
 
@@ -88,8 +106,9 @@ def layer_store(
     edited table or a new chunk size makes a new store and a resumed run finds
     the old one. A cached store that no longer matches its seal (a damaged disk
     block, edited attributes) is rebuilt from the table, with a warning.
-    ``read_options`` (``stratified``, ``columns``, ``missing``: :meth:`LayerSpec.read_options`, only
-    those not at their defaults) change the store's values, so they are part of the cache name too.
+    ``read_options`` (``stratified``, ``columns``, ``missing``, ``h5ad_layer``: :meth:`LayerSpec.read_options`, only
+    those not at their defaults) change the store's values, so they are part of the cache name too;
+    ``rank_given`` (the plan wrote ``rank``) only refuses a BIOM table without taxonomy, so it is not.
     """
     if not source.exists():
         raise DataError(f"layer '{layer}' (plan key 'data.layers.{layer}'): abundance file {source} does not exist")
@@ -120,7 +139,10 @@ def layer_store(
         )
         shutil.rmtree(destination, ignore_errors=True)
     store = write_table_stream(
-        destination, stream_abundance_table(source, resolved, rank, scratch=cache_dir, **read_options), checksum, chunk_features
+        destination,
+        stream_abundance_table(source, resolved, rank, scratch=cache_dir, rank_given=rank_given, **read_options),
+        checksum,
+        chunk_features,
     )
     seal(destination)
     return store, checksum

@@ -9,6 +9,7 @@ missing value (NaN), not an error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.biom_table import stream_biom
 from scalable_assoc.io.h5ad_table import stream_h5ad
-from scalable_assoc.io.humann import stream_humann
+from scalable_assoc.io.humann import is_humann_header, stream_humann
 from scalable_assoc.io.long_table import stream_long
 from scalable_assoc.io.metaphlan import METAPHLAN_TAXID_COLUMNS, stream_metaphlan
 from scalable_assoc.io.table_text import (
@@ -103,24 +104,80 @@ def stream_abundance_table(
     stratified: bool = False,
     columns: tuple[str, str, str] | None = None,
     missing: str = "zero",
+    h5ad_layer: str | None = None,
+    rank_given: bool = False,
 ) -> TableStream:
     """Any supported table as a :class:`TableStream`, block by block, never whole.
 
     ``scratch`` is the folder for the temporary file a wide TSV/CSV goes through
     (:func:`stream_wide`; default: the system's temporary folder). ``stratified``
-    applies to HUMAnN tables, ``columns`` and ``missing`` to long tables; given
-    for a table detected as another format, they are refused.
+    applies to HUMAnN tables, ``columns`` and ``missing`` to long tables, ``h5ad_layer``
+    (``layers/<name>`` instead of ``X``) to .h5ad files; given for a table detected as
+    another format, they are refused. ``rank_given``: the user wrote ``rank`` (a BIOM
+    table without taxonomy is then refused rather than read with the rank ignored).
     """
     if not path.exists():
         raise DataError(f"abundance file {path} does not exist")
     fmt = detect_format(path) if fmt == "auto" else fmt
-    check_read_options(path, fmt, stratified, columns, missing)
+    check_read_options(path, fmt, stratified, columns, missing, h5ad_layer)
+    if fmt in ("metaphlan", "wide") and table_suffix(path) not in (".parquet", ".pq"):
+        check_not_humann(path, fmt)
+    stream = _stream(path, fmt, rank, scratch, stratified, columns, missing, h5ad_layer, rank_given)
+    if fmt != "humann":
+        check_not_stratified(path, stream.feature_ids)
+    return stream
+
+
+def check_not_humann(path: Path, fmt: str) -> None:
+    """Refuse a HUMAnN merged table read as a MetaPhlAn or wide table (its pathways would become samples, or nothing)."""
+    first = raw_header(path, 0)[:1]
+    if first and is_humann_header(first[0]):
+        raise DataError(
+            f"{path}: this is a HUMAnN table (its first header cell, row 1 column 1, is '{first[0]}'), not a {fmt} table; "
+            f"read it with format: humann (or auto)"
+        )
+
+
+#: A HUMAnN per-species row name: ``PWY-101: name|g__Genus.s__species`` or ``...|unclassified``.
+_STRATIFIED_NAME = re.compile(r"^(?P<community>[^|]+)\|(g__[^|]*\.s__[^|]*|unclassified)$")
+
+
+def check_not_stratified(path: Path, feature_ids: tuple[str, ...]) -> None:
+    """Refuse features that hold HUMAnN per-species rows beside their community totals (each abundance counted twice).
+
+    A HUMAnN table converted to a wide, Parquet, long, BIOM or h5ad table keeps its row names; read as
+    features, both a pathway's total and its per-species shares would enter the same analysis.
+    """
+    names = set(feature_ids)
+    for position, name in enumerate(feature_ids):
+        found = _STRATIFIED_NAME.match(name)
+        if found and found.group("community") in names:
+            raise DataError(
+                f"{path}: feature '{name}' (feature column/row {position + 1}) is a HUMAnN per-species (stratified) row of the "
+                f"feature '{found.group('community')}', which is in the table too: each abundance would be counted twice. "
+                f"Keep one kind: the community rows, or only the per-species rows (a HUMAnN merged table: format humann, "
+                f"with 'stratified: true' for the per-species rows)"
+            )
+
+
+def _stream(
+    path: Path,
+    fmt: str,
+    rank: str,
+    scratch: Path | None,
+    stratified: bool,
+    columns: tuple[str, str, str] | None,
+    missing: str,
+    h5ad_layer: str | None,
+    rank_given: bool,
+) -> TableStream:
+    """The reader of format ``fmt``."""
     if fmt == "metaphlan":
         return stream_metaphlan(path, rank)
     if fmt == "biom":
-        return stream_biom(path, rank)
+        return stream_biom(path, rank, rank_given)
     if fmt == "h5ad":
-        return stream_h5ad(path, scratch=scratch)
+        return stream_h5ad(path, scratch=scratch, layer=h5ad_layer)
     if fmt == "humann":
         return stream_humann(path, stratified)
     if fmt == "long":
@@ -132,13 +189,25 @@ def stream_abundance_table(
     return stream_wide(path, scratch=scratch)
 
 
-def check_read_options(path: Path, fmt: str, stratified: bool, columns: tuple[str, str, str] | None, missing: str) -> None:
+#: Each reader key and the format it applies to (with how the message names that format).
+_READ_OPTION_FORMATS = {
+    "stratified": ("humann", "a HUMAnN table (format: humann)"),
+    "columns": ("long", "a long table (format: long)"),
+    "missing": ("long", "a long table (format: long)"),
+    "h5ad_layer": ("h5ad", "an AnnData .h5ad file (format: h5ad)"),
+}
+
+
+def check_read_options(
+    path: Path, fmt: str, stratified: bool, columns: tuple[str, str, str] | None, missing: str, h5ad_layer: str | None = None
+) -> None:
     """Refuse a reader key for a table of another format (with ``format: auto``, the plan could not check it)."""
-    given = [key for key, used in (("stratified", stratified), ("columns", columns is not None), ("missing", missing != "zero")) if used]
-    wrong = [key for key in given if fmt != ("humann" if key == "stratified" else "long")]
+    used = {"stratified": stratified, "columns": columns is not None, "missing": missing != "zero", "h5ad_layer": h5ad_layer is not None}
+    wrong = [key for key, given in used.items() if given and fmt != _READ_OPTION_FORMATS[key][0]]
     if wrong:
-        wanted = "a HUMAnN table (format: humann)" if wrong[0] == "stratified" else "a long table (format: long)"
-        raise DataError(f"{path}: the layer key '{wrong[0]}' applies to {wanted}, but this table is read as format '{fmt}'")
+        raise DataError(
+            f"{path}: the layer key '{wrong[0]}' applies to {_READ_OPTION_FORMATS[wrong[0]][1]}, but this table is read as format '{fmt}'"
+        )
 
 
 def read_abundance_table(path: Path, fmt: str = "auto", rank: str = "species") -> AbundanceTable:

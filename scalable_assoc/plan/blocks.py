@@ -172,7 +172,7 @@ def parse_layers(
             source,
             key,
             value,
-            ("path", "format", "rank", "preprocess", "models", "presence_threshold", "stratified", "columns", "missing"),
+            ("path", "format", "rank", "preprocess", "models", "presence_threshold", "stratified", "columns", "missing", "h5ad_layer"),
             required=("path",),
         )
         fmt = value.get("format", "auto")
@@ -190,7 +190,23 @@ def parse_layers(
             else threshold
         )
         stratified, columns, missing = _parse_read_options(source, key, value, fmt)
-        layers.append(LayerSpec(str(name), path, fmt, rank, layer_pre, layer_models, layer_threshold, stratified, columns, missing))
+        h5ad_layer = _parse_h5ad_layer(source, key, value, fmt, path)
+        layers.append(
+            LayerSpec(
+                str(name),
+                path,
+                fmt,
+                rank,
+                layer_pre,
+                layer_models,
+                layer_threshold,
+                stratified,
+                columns,
+                missing,
+                h5ad_layer,
+                rank_given="rank" in value,
+            )
+        )
     return tuple(layers)
 
 
@@ -222,6 +238,20 @@ def _parse_read_options(source: Path, key: str, value: dict, fmt: str) -> tuple[
     if "missing" in value and fmt not in ("auto", "long"):
         raise PlanError(f"{location(source, key + '.missing')}: applies to long tables (format: long), not to format '{fmt}'")
     return stratified, columns, str(missing)
+
+
+def _parse_h5ad_layer(source: Path, key: str, value: dict, fmt: str, path: Path) -> str | None:
+    """``h5ad_layer``: the AnnData layer read instead of ``X``; only for an .h5ad file (``format: h5ad``, or ``auto`` and a .h5ad name)."""
+    if "h5ad_layer" not in value:
+        return None
+    name = nonempty_string(source, key + ".h5ad_layer", value["h5ad_layer"])
+    if fmt != "h5ad" and not (fmt == "auto" and path.name.lower().endswith(".h5ad")):
+        raise PlanError(
+            f"{location(source, key + '.h5ad_layer')}: applies to AnnData .h5ad files (format: h5ad), not to format '{fmt}' ({path.name})"
+        )
+    if "/" in name:
+        raise PlanError(f"{location(source, key + '.h5ad_layer')}: a layer name, without '/', got {name!r}")
+    return name
 
 
 #: The columns of a long table when ``columns`` does not name them.

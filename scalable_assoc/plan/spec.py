@@ -92,6 +92,11 @@ class LayerSpec:
     columns: tuple[str, str, str] | None = None
     #: long tables: a (sample, feature) pair that is not in the table is a ``zero`` or unknown (``na``)
     missing: str = "zero"
+    #: .h5ad files: the layer read (``layers/<name>``) instead of ``X``; None: ``X``
+    h5ad_layer: str | None = None
+    #: whether the plan wrote ``rank`` (a BIOM table without taxonomy is then refused); how a table is read, not what it
+    #: holds, so it is in no hash
+    rank_given: bool = False
 
     def read_options(self) -> dict:
         """The reader options that are not at their defaults (keyword arguments of ``io.ingest.layer_store``)."""
@@ -102,6 +107,8 @@ class LayerSpec:
             options["columns"] = self.columns
         if self.missing != "zero":
             options["missing"] = self.missing
+        if self.h5ad_layer is not None:
+            options["h5ad_layer"] = self.h5ad_layer
         return options
 
 
@@ -268,6 +275,7 @@ CATEGORICAL_EXPOSURE_MODELS = ("lm", "lm_nonzero")
 def _drop_default_read_options(payload: dict) -> None:
     """Leave the layers' reader keys at their defaults out of a hash payload: plans written before they existed keep their hashes."""
     for layer in payload["layers"]:
-        for key, default in (("stratified", False), ("columns", None), ("missing", "zero")):
+        for key, default in (("stratified", False), ("columns", None), ("missing", "zero"), ("h5ad_layer", None)):
             if layer[key] == default:
                 layer.pop(key)
+        layer.pop("rank_given")  # whether ``rank`` was written: the rank used is hashed already
