@@ -80,7 +80,11 @@ def _refuse_other_kind(path: Path, names: pd.Series, other: np.ndarray, stratifi
     )
 
 
-def stream_humann(path: Path, stratified: bool = False, rows_per_read: int = 512) -> TableStream:
+#: Cells per batch of rows read (about 32 MB as float64): pandas' cost per column and batch dominates at 512 rows of a wide table.
+HUMANN_BATCH_CELLS = 1 << 22
+
+
+def stream_humann(path: Path, stratified: bool = False, rows_per_read: int | None = None) -> TableStream:
     """A HUMAnN merged table as a :class:`TableStream`: the community rows, or with ``stratified`` the per-species rows.
 
     Feature IDs are the rows' names as written (``PWY-101: name``, or
@@ -92,7 +96,8 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int = 512
     reader checks them (:func:`~scalable_assoc.io.table_values.validated_values`).
 
     Memory: the row names (one string per line of the file) and ``rows_per_read``
-    rows with one block at a time; the file is read twice, never held whole.
+    rows (default: at least 512, about :data:`HUMANN_BATCH_CELLS` cells) with one
+    block at a time; the file is read twice, never held whole.
     """
     header = raw_header(path, 0)
     if len(header) < 2 or not is_humann_header(header[0]):
@@ -134,16 +139,21 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int = 512
         else ()
     )
     row_names = names.to_numpy()
+    batch_rows = rows_per_read or max(512, HUMANN_BATCH_CELLS // len(sample_ids))
 
     def pieces() -> Iterator[np.ndarray]:
         offset = 0
         try:
-            with pd.read_csv(path, dtype={0: str}, chunksize=rows_per_read, **options) as reader:  # type: ignore[call-overload]
+            with pd.read_csv(path, dtype={0: str}, chunksize=batch_rows, **options) as reader:  # type: ignore[call-overload]
                 for frame in reader:
                     rows = slice(offset, offset + len(frame))
                     offset += len(frame)
                     chosen = keep[rows]
                     if not chosen.any():
+                        continue
+                    values = _plain_values(frame, chosen)
+                    if values is not None:
+                        yield values.T
                         continue
                     selected = frame.loc[chosen].drop(columns=[frame.columns[0]])
                     selected.index = pd.Index(row_names[rows][chosen])
@@ -162,3 +172,19 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int = 512
         notes=notes,
         renamed_samples=renamed,
     )
+
+
+def _plain_values(frame: pd.DataFrame, chosen: np.ndarray) -> np.ndarray | None:
+    """The chosen rows' values, ``(rows, samples)`` float64, when every value column parsed as numbers with none infinite
+    or negative (the usual case: what :func:`validated_values` returns for them, without its per-cell frame work); else None.
+
+    A numeric column's NaN was an empty or NA cell, which :func:`validated_values` also keeps as missing.
+    """
+    columns = frame.iloc[:, 1:]
+    if not all(pd.api.types.is_numeric_dtype(dtype) for dtype in columns.dtypes):
+        return None
+    values = columns.to_numpy(dtype=np.float64, na_value=np.nan)[chosen]
+    with np.errstate(invalid="ignore"):
+        if np.isinf(values).any() or (values < 0).any():
+            return None
+    return values
