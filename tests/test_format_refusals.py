@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import error_lines
+from table_files import write_biom
 from test_format_round_trips import write_h5ad
 
 from scalable_assoc.cli import main
@@ -70,20 +71,11 @@ def write_metaphlan(path: Path, rows: dict[str, list[object]]) -> Path:
     return path
 
 
-def write_biom(path: Path, values: np.ndarray, observations: list[str], taxonomy: bool, hdf5: bool = True) -> Path:
-    import biom
-    import h5py
-
+def write_test_biom(path: Path, values: np.ndarray, observations: list[str], taxonomy: bool, hdf5: bool = True) -> Path:
     # With taxonomy the features are the lineages' last levels: the observations get IDs of their own (OTU_1, ...).
-    metadata = [{"taxonomy": ["k__Bacteria", name]} for name in observations] if taxonomy else None
+    lineages = [["k__Bacteria", name] for name in observations] if taxonomy else None
     ids = [f"OTU_{i + 1}" for i in range(len(observations))] if taxonomy else observations
-    table = biom.Table(values.T, ids, SAMPLES, metadata)
-    if hdf5:
-        with h5py.File(path, "w") as handle:
-            table.to_hdf5(handle, "scalable_assoc tests")
-    else:
-        path.write_text(table.to_json("scalable_assoc tests"))
-    return path
+    return write_biom(path, values.T, ids, SAMPLES, lineages, hdf5)
 
 
 STRATIFIED_ROWS = {"PWY-1: a|g__A.s__A_x": [1.0, 2.0, 0.0], "PWY-1: a|unclassified": [0.5, 0.0, 1.0], "PWY-2: b|g__B.s__B_y": [0, 1, 1]}
@@ -129,7 +121,7 @@ def _community_and_stratified(folder: Path, kind: str) -> Path:
         return folder / "long.tsv"
     if kind == "h5ad":
         return write_h5ad(folder / "table.h5ad", frame.to_numpy(), SAMPLES, names)
-    return write_biom(folder / "table.biom", frame.to_numpy(), names, taxonomy=False)
+    return write_test_biom(folder / "table.biom", frame.to_numpy(), names, taxonomy=False)
 
 
 @pytest.mark.parametrize("kind", ["wide", "parquet", "long", "h5ad", "biom"])
@@ -178,7 +170,7 @@ def _table(folder: Path, kind: str, values: object = None, features: list[str] |
         return folder / "long.parquet"
     if kind == "h5ad":
         return write_h5ad(folder / "table.h5ad", frame.to_numpy(dtype=float), SAMPLES, features)
-    return write_biom(folder / f"{kind}.biom", frame.to_numpy(dtype=float), features, taxonomy=True, hdf5=kind == "biom_hdf5")
+    return write_test_biom(folder / f"{kind}.biom", frame.to_numpy(dtype=float), features, taxonomy=True, hdf5=kind == "biom_hdf5")
 
 
 ALL_KINDS = ["metaphlan", "humann", "wide", "parquet", "long_tsv", "long_parquet", "h5ad", "biom_hdf5", "biom_json"]
@@ -314,14 +306,14 @@ def test_a_run_refuses_a_missing_h5ad_layer(tmp_path: Path, capsys: pytest.Captu
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("hdf5", [True, False])
 def test_biom_without_taxonomy_and_a_given_rank(tmp_path: Path, capsys: pytest.CaptureFixture[str], hdf5: bool) -> None:
-    path = write_biom(tmp_path / "otus.biom", VALUES, ["OTU_1", "OTU_2"], taxonomy=False, hdf5=hdf5)
+    path = write_test_biom(tmp_path / "otus.biom", VALUES, ["OTU_1", "OTU_2"], taxonomy=False, hdf5=hdf5)
     message = refused(path, tmp_path, capsys, "--rank", "species")
     assert "has no taxonomy metadata" in message and "rank 'species' cannot be chosen; drop 'rank'" in message
     assert main(["ingest", str(path), "--out", str(tmp_path / "ok.zarr")]) == 0  # rank not given: the observation IDs
 
 
 def test_a_run_refuses_a_rank_written_for_a_biom_table_without_taxonomy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write_biom(tmp_path / "otus.biom", VALUES, ["OTU_1", "OTU_2"], taxonomy=False)
+    path = write_test_biom(tmp_path / "otus.biom", VALUES, ["OTU_1", "OTU_2"], taxonomy=False)
     plan = _plan(tmp_path, "{path: otus.biom, rank: genus}")
     code = main(["run", str(plan), "--out", str(tmp_path / "out"), "--workers", "1"])
     err = capsys.readouterr().err
@@ -331,7 +323,7 @@ def test_a_run_refuses_a_rank_written_for_a_biom_table_without_taxonomy(tmp_path
 
 def test_writing_the_default_rank_changes_no_hash(tmp_path: Path) -> None:
     """``rank_given`` says how a table is read, not what it holds: plans keep their hashes (and finished chunks)."""
-    write_biom(tmp_path / "otus.biom", VALUES, ["OTU_1", "OTU_2"], taxonomy=True)
+    write_test_biom(tmp_path / "otus.biom", VALUES, ["OTU_1", "OTU_2"], taxonomy=True)
     implicit = load_plan(_plan(tmp_path, "otus.biom"))
     explicit = load_plan(_plan(tmp_path, "{path: otus.biom, rank: species}"))
     assert not implicit.layers[0].rank_given and explicit.layers[0].rank_given

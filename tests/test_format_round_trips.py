@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
+from table_files import store_content, write_biom
 
 from scalable_assoc.io.ingest import ingest_table
 from scalable_assoc.io.tables import detect_format
@@ -73,8 +73,6 @@ def write_h5ad(
 
 def write_formats(folder: Path, clades: pd.DataFrame) -> dict[str, Path]:
     """``clades`` (a MetaPhlAn table: lineages x samples) written as every format of :data:`FILES`, in ``folder``."""
-    import biom
-    import h5py
 
     species = clades.loc[[c for c in clades.index if c.rsplit("|", 1)[-1].startswith("s__")]]
     species = species.set_axis([c.rsplit("|", 1)[-1] for c in species.index], axis=0)
@@ -93,10 +91,9 @@ def write_formats(folder: Path, clades: pd.DataFrame) -> dict[str, Path]:
     special = pd.DataFrame(1.0, index=["UNMAPPED", "UNINTEGRATED", "UNINTEGRATED|g__Genus.s__Species"], columns=humann.columns)
     pd.concat([special, humann, stratified]).rename_axis("# Pathway").to_csv(paths["humann.tsv"], sep="\t")
 
-    table = biom.Table(clades.to_numpy(), list(clades.index), list(clades.columns), [{"taxonomy": c.split("|")} for c in clades.index])
-    with h5py.File(paths["hdf5.biom"], "w") as handle:
-        table.to_hdf5(handle, "scalable_assoc round trip")
-    paths["json.biom"].write_text(table.to_json("scalable_assoc round trip"))
+    lineages = [c.split("|") for c in clades.index]
+    for name, hdf5 in (("hdf5.biom", True), ("json.biom", False)):
+        write_biom(paths[name], clades.to_numpy(), list(clades.index), list(clades.columns), lineages, hdf5)
 
     write_h5ad(paths["dense.h5ad"], wide.to_numpy(), samples, features)
 
@@ -107,15 +104,6 @@ def write_formats(folder: Path, clades: pd.DataFrame) -> dict[str, Path]:
     long.to_parquet(paths["long.parquet"], index=False)
     long.to_csv(paths["long.tsv"], sep="\t", index=False)
     return paths
-
-
-def store_content(path: Path) -> dict[str, object]:
-    """Every array of a store and its sample and feature IDs (not its source's name, checksum or notes, which differ by file)."""
-    group = zarr.open_group(path, mode="r")
-    content: dict[str, object] = {name: np.asarray(array[...]) for name, array in group.arrays()}
-    content["sample_ids"] = list(group.attrs["sample_ids"])
-    content["feature_ids"] = list(group.attrs["feature_ids"])
-    return content
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import zarr
 from conftest import error_lines
+from table_files import store_content, write_biom
 
 from scalable_assoc.cli import main
 from scalable_assoc.errors import DataError
@@ -47,30 +47,12 @@ def metaphlan(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 
 
 def _write_biom(frame: pd.DataFrame, path: Path, hdf5: bool, taxonomy: bool = True) -> Path:
-    import biom
-    import h5py
-
-    metadata = [{"taxonomy": clade.split("|")} for clade in frame.index] if taxonomy else None
-    table = biom.Table(frame.to_numpy(), list(frame.index), list(frame.columns), metadata)
-    if hdf5:
-        with h5py.File(path, "w") as handle:
-            table.to_hdf5(handle, "scalable_assoc tests")
-    else:
-        path.write_text(table.to_json("scalable_assoc tests"))
-    return path
-
-
-def _store_content(path: Path) -> dict[str, object]:
-    """Every array of a store and its IDs (not its source's name or checksum, which differ by file)."""
-    group = zarr.open_group(path, mode="r")
-    content: dict[str, object] = {name: np.asarray(array[...]) for name, array in group.arrays()}
-    content["sample_ids"] = list(group.attrs["sample_ids"])
-    content["feature_ids"] = list(group.attrs["feature_ids"])
-    return content
+    lineages = [clade.split("|") for clade in frame.index] if taxonomy else None
+    return write_biom(path, frame.to_numpy(), list(frame.index), list(frame.columns), lineages, hdf5)
 
 
 def _assert_same_store(a: Path, b: Path) -> None:
-    first, second = _store_content(a), _store_content(b)
+    first, second = store_content(a), store_content(b)
     assert first.keys() == second.keys()
     for key, value in first.items():
         if isinstance(value, np.ndarray):

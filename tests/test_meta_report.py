@@ -6,9 +6,7 @@ does (skipped when either is missing, unless ``SCALABLE_ASSOC_REQUIRE_BROWSER=1`
 
 from __future__ import annotations
 
-import io
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_report import CHROMIUM, _browser
+from browser import check_report_in_browser
 
 from scalable_assoc import meta_analyse, open_cohorts, pool_cohorts, read_mapping, run_study, simulate_cohorts, write_report
 from scalable_assoc.cli import main
@@ -81,41 +79,6 @@ def test_forest_estimates_are_the_cohorts_rows_of_the_smallest_p_keys(combined: 
     assert all(entry["samples"] and all(v > 0 for v in entry["samples"].values()) for entry in manifest["cohorts"])
 
 
-def _check_in_browser(report: Path, figures: int, significant: int) -> list[str]:
-    """Open ``report`` headless: no failed or outside request, no console error; every figure drawn; returns the links."""
-    from PIL import Image
-
-    with _browser() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            outside: list[str] = []
-            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
-            page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(("file:", "data:")) else None)
-            page.goto(report.as_uri(), wait_until="load")
-            assert int(page.inner_text("#significant-count")) == significant
-            shown = page.query_selector_all("img.report-figure")
-            assert len(shown) == figures
-            for figure in shown:
-                assert figure.evaluate("img => img.complete && img.naturalWidth > 0"), figure.get_attribute("alt")
-                box = figure.bounding_box()
-                assert box and box["width"] > 0 and box["height"] > 0
-                pixels = np.asarray(Image.open(io.BytesIO(figure.screenshot())).convert("L"), dtype=float)
-                assert pixels.var() > 0, f"blank figure: {figure.get_attribute('alt')}"
-            links = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
-        finally:
-            browser.close()
-    assert not errors, errors
-    assert not outside, outside
-    for link in links:  # every output file, relative to the report
-        assert not re.match(r"^[a-z]+:", link), link
-        assert (report.parent / link).is_file(), link
-    return links
-
-
 def test_the_meta_report_in_a_browser(combined: Combined) -> None:
     report = write_report(combined.meta, top=TOP)
     assert report == combined.meta / "report.html"
@@ -124,7 +87,7 @@ def test_the_meta_report_in_a_browser(combined: Combined) -> None:
     significant = int((results["q"] < alpha).sum())
     assert significant > 0, "the simulated cohorts share associations to find"
     groups = results.groupby(["layer", "model"]).ngroups
-    links = _check_in_browser(report, 3 * groups, significant)  # forests, heterogeneity, direction per layer x model
+    links, _ = check_report_in_browser(report, 3 * groups, significant)  # forests, heterogeneity, direction per layer x model
     assert {"meta_results.parquet", "meta_forest_estimates.parquet", "meta_manifest.json", "figures/inflation.tsv"} <= set(links)
     for layer in results["layer"].unique():
         for suffix in (".svg", ".png"):
@@ -143,7 +106,7 @@ def test_the_pool_report_in_a_browser(combined: Combined) -> None:
     alpha = json.loads((combined.pooled / "pool_manifest.json").read_text())["settings"]["alpha"]
     groups = results.groupby(["layer", "model"]).ngroups
     several_sets = results["adjustment"].nunique() > 1
-    links = _check_in_browser(report, (4 if several_sets else 3) * groups, int((results["q"] < alpha).sum()))
+    links, _ = check_report_in_browser(report, (4 if several_sets else 3) * groups, int((results["q"] < alpha).sum()))
     assert {"pooled_results.parquet", "pool_manifest.json", "figures/inflation.tsv"} <= set(links)
 
 

@@ -7,9 +7,7 @@ playwright. It is skipped when either is missing, unless
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from browser import check_report_in_browser
 from scipy import stats
 
 from scalable_assoc import load_plan, run_study, simulate_study, write_report
@@ -24,8 +23,6 @@ from scalable_assoc.cli import main
 
 pytestmark = pytest.mark.cluster
 
-CHROMIUM = Path("/usr/bin/chromium")
-REQUIRE = os.environ.get("SCALABLE_ASSOC_REQUIRE_BROWSER") == "1"
 TOP = 10
 
 
@@ -91,65 +88,23 @@ def test_heatmap_marks_are_the_base_set_associations_significant_by_both_p_and_q
     assert (marks["mark"] == "**").any(), "the simulated study has significant associations to mark"
 
 
-def _browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if REQUIRE:
-            pytest.fail("SCALABLE_ASSOC_REQUIRE_BROWSER=1 but playwright is not installed (pip install playwright)")
-        pytest.skip("playwright is not installed")
-    if not CHROMIUM.is_file():
-        if REQUIRE:
-            pytest.fail(f"SCALABLE_ASSOC_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing")
-    return sync_playwright()
-
-
 def test_the_report_in_a_browser(reported: Reported) -> None:
-    from PIL import Image
-
     significant_rows = len(pd.read_csv(reported.run_dir / "significant_results.tsv", sep="\t"))
-    with _browser() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        try:
-            page = browser.new_page()
-            errors: list[str] = []
-            outside: list[str] = []
-            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.on("requestfailed", lambda request: errors.append(f"failed: {request.url}"))
-            page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(("file:", "data:")) else None)
-            page.goto(reported.report.as_uri(), wait_until="load")
-            assert int(page.inner_text("#significant-count")) == significant_rows
-            survival_rows = page.eval_on_selector_all(
-                "#survival-table tr", "rows => rows.map(r => Array.from(r.children).map(c => c.textContent))"
-            )
-            figures = page.query_selector_all("img.report-figure")
-            results = pd.read_parquet(reported.run_dir / "results.parquet", columns=["layer", "adjustment", "q"])
-            layers = results["layer"].nunique()
-            # per-feature plots where the base set (the first: every exposure of the simulated plan runs under it) has q < alpha
-            with_hits = results[(results["adjustment"] == reported.adjustments[0]) & (results["q"] < reported.alpha)]["layer"].nunique()
-            assert with_hits > 0
-            # heatmap, qq, volcano, forest, survival per layer (one model), and the per-feature plots
-            assert len(figures) == 5 * layers + with_hits
-            for figure in figures:
-                assert figure.evaluate("img => img.complete && img.naturalWidth > 0"), figure.get_attribute("alt")
-                box = figure.bounding_box()
-                assert box and box["width"] > 0 and box["height"] > 0
-                pixels = np.asarray(Image.open(io.BytesIO(figure.screenshot())).convert("L"), dtype=float)
-                assert pixels.var() > 0, f"blank figure: {figure.get_attribute('alt')}"
-            links = page.eval_on_selector_all("a[href]", "links => links.map(a => a.getAttribute('href'))")
-            anchors = [link for link in links if link.startswith("#")]
-            assert anchors and all(page.query_selector(link) for link in anchors), anchors  # the contents lead to sections
-            links = [link for link in links if not link.startswith("#")]
-        finally:
-            browser.close()
-    assert not errors, errors
-    assert not outside, outside
+    results = pd.read_parquet(reported.run_dir / "results.parquet", columns=["layer", "adjustment", "q"])
+    layers = results["layer"].nunique()
+    # per-feature plots where the base set (the first: every exposure of the simulated plan runs under it) has q < alpha
+    with_hits = results[(results["adjustment"] == reported.adjustments[0]) & (results["q"] < reported.alpha)]["layer"].nunique()
+    assert with_hits > 0
+
+    def read(page) -> tuple[list[list[str]], list[str]]:
+        rows = page.eval_on_selector_all("#survival-table tr", "rows => rows.map(r => Array.from(r.children).map(c => c.textContent))")
+        contents = page.eval_on_selector_all("nav.contents a", "links => links.map(a => a.getAttribute('href'))")
+        return rows, contents
+
+    # heatmap, qq, volcano, forest, survival per layer (one model), and the per-feature plots
+    links, (survival_rows, contents) = check_report_in_browser(reported.report, 5 * layers + with_hits, significant_rows, read)
+    assert contents and all(link.startswith("#") for link in contents)  # the contents line leads to the sections
     _assert_survival_table_equals_the_file(survival_rows, reported.run_dir)
-    for link in links:  # every output file, relative to the report
-        assert not re.match(r"^[a-z]+:", link), link
-        assert (reported.report.parent / link).is_file(), link
     assert {"results.parquet", "significant_results.tsv", "manifest.json", "figures/inflation.tsv"} <= set(links)
 
 
