@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +150,27 @@ def test_a_run_removes_an_earlier_report_with_the_other_outputs(tmp_path: Path) 
     (tmp_path / "report.html").write_text("<html></html>")
     remove_outputs(tmp_path)  # what a run does first, so a failing run leaves no earlier answer behind
     assert not (tmp_path / "report.html").exists() and not (tmp_path / "figures").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "dropped"), [("results.parquet", "q"), ("adjustment_survival.tsv", "still_significant"), ("manifest.json", "analyses")]
+)
+def test_report_on_a_run_of_an_older_format_exits_2_naming_what_it_lacks_and_writes_nothing(
+    reported: Reported, tmp_path: Path, capsys, name: str, dropped: str
+) -> None:
+    older = tmp_path / "older"
+    shutil.copytree(reported.run_dir, older, ignore=shutil.ignore_patterns("figures", "report.html"))
+    path = older / name
+    if name.endswith(".parquet"):
+        pd.read_parquet(path).drop(columns=[dropped]).to_parquet(path)
+    elif name.endswith(".tsv"):
+        pd.read_csv(path, sep="\t").drop(columns=[dropped]).to_csv(path, sep="\t", index=False)
+    else:
+        manifest = json.loads(path.read_text())
+        del manifest[dropped]
+        path.write_text(json.dumps(manifest))
+    before = sorted(p.relative_to(older) for p in older.rglob("*"))
+    assert main(["report", str(older)]) == 2
+    error = capsys.readouterr().err
+    assert str(path) in error and dropped in error and "older" in error
+    assert sorted(p.relative_to(older) for p in older.rglob("*")) == before

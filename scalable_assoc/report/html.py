@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import write_atomically
@@ -41,6 +43,40 @@ def check_run_folder(run_dir: Path) -> None:
     if status is not None and status.state != "finished":
         raise DataError(
             f"{run_dir}: the run there is {status.state}, not finished; report on it once 'scalable-assoc status' says finished"
+        )
+    _check_run_format(run_dir)
+
+
+#: What the report reads of each file; a run written by an older version may lack some.
+REPORTED_COLUMNS = {
+    "results.parquet": ("layer", "feature", "exposure", "adjustment", "model", "beta", "se", "p", "q"),
+    "adjustment_survival.tsv": ("layer", "exposure", "model", "adjustment", "significant_base", "still_significant"),
+}
+REPORTED_MANIFEST_KEYS = ("plan_hash", "inputs", "layers", "analyses")
+
+
+def _check_run_format(run_dir: Path) -> None:
+    """Refuse a run written in an older format (naming the file and what it lacks) instead of failing halfway through."""
+    try:
+        columns = {
+            "results.parquet": set(pq.read_schema(run_dir / "results.parquet").names),
+            "adjustment_survival.tsv": set(pd.read_csv(run_dir / "adjustment_survival.tsv", sep="\t", nrows=0).columns),
+        }
+        manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, pa.ArrowException) as error:
+        raise DataError(f"{run_dir}: its output files cannot be read ({type(error).__name__}); rerun 'scalable-assoc run'") from None
+    for name, wanted in REPORTED_COLUMNS.items():
+        lacking = [c for c in wanted if c not in columns[name]]
+        if lacking:
+            raise DataError(
+                f"{run_dir / name} lacks the column(s) {', '.join(lacking)}: the run was written by an older scalable_assoc; "
+                "rerun 'scalable-assoc run' into this folder (finished chunks are reused) and report again"
+            )
+    lacking = [key for key in REPORTED_MANIFEST_KEYS if key not in manifest]
+    if lacking:
+        raise DataError(
+            f"{run_dir / 'manifest.json'} lacks {', '.join(lacking)}: the run was written by an older scalable_assoc; "
+            "rerun 'scalable-assoc run' into this folder and report again"
         )
 
 
