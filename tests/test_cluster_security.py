@@ -247,7 +247,7 @@ def test_cluster_options_refused(
     cert.write_text("not used")
     names = {"cert": str(cert), "missing": str(tmp_path / "missing.pem")}
     out = tmp_path / "out"
-    code = main(["run", str(small_study.plan_path), "--out", str(out), *[e.format(**names) for e in extra]])
+    code = main(["run", str(small_study.plan_path), "--out", str(out), "--no-report", *[e.format(**names) for e in extra]])
     error = capsys.readouterr().err
     assert code == 2, error
     assert message.format(**names) in error
@@ -451,7 +451,7 @@ def test_tls_cluster_refuses_clients_with_exit_2(tls_cluster, small_study: Simul
     }[client]
     out = tmp_path / "out"
     started = time.monotonic()
-    done = _cli(["run", str(small_study.plan_path), "--out", str(out), *options], folder, timeout=120)
+    done = _cli(["run", str(small_study.plan_path), "--out", str(out), "--no-report", *options], folder, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("scalable-assoc run: error: ")]

@@ -334,7 +334,7 @@ def test_several_biobanks_end_to_end_from_the_command_line(tmp_path: Path, dask_
     files = []
     for k in (1, 2, 3):
         folder = out / f"cohort_{k}"
-        assert main(["run", str(folder / "plan.yaml"), "--out", str(folder / "results"), "--scheduler", address]) == 0
+        assert main(["run", str(folder / "plan.yaml"), "--out", str(folder / "results"), "--no-report", "--scheduler", address]) == 0
         files.append(out / f"cohort_{k}.parquet")
         assert (
             main(
@@ -525,7 +525,7 @@ def test_min_cases_per_cohort_leaves_the_shared_analysis_alone(
     strict.write_text(PLAN.replace("min_cases: 5", "min_cases: 40"))
     address = dask_cluster.scheduler_address
     run_dir = tmp_path / "east_run"
-    common = ["run", str(strict), "--out", str(run_dir), "--features", str(shared_list), "--scheduler", address]
+    common = ["run", str(strict), "--out", str(run_dir), "--no-report", "--features", str(shared_list), "--scheduler", address]
     assert main(common) == 2
     assert "--min-cases" in capsys.readouterr().err
     assert main([*common, "--min-cases", "5"]) == 0
@@ -617,7 +617,17 @@ def test_features_option_overrides_the_plan_key(
     assert str(south / "no_such_list.tsv") in capsys.readouterr().err
     assert (
         main(
-            ["run", str(plan), "--out", str(tmp_path / "b"), "--features", str(shared_list), "--scheduler", dask_cluster.scheduler_address]
+            [
+                "run",
+                str(plan),
+                "--out",
+                str(tmp_path / "b"),
+                "--no-report",
+                "--features",
+                str(shared_list),
+                "--scheduler",
+                dask_cluster.scheduler_address,
+            ]
         )
         == 0
     )

@@ -260,7 +260,7 @@ def edit_plan(folder: Path, change: dict) -> Path:
 
 
 def run_fails(plan: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
-    code = main(["run", str(plan), "--out", str(plan.parent / "out"), "--workers", "1", *extra])
+    code = main(["run", str(plan), "--out", str(plan.parent / "out"), "--no-report", "--workers", "1", *extra])
     err = capsys.readouterr().err
     assert code == 2, err
     assert not (plan.parent / "out" / "results.parquet").exists()
@@ -342,7 +342,7 @@ def test_an_allowed_run_records_it_and_sumstats_reopens_the_plan_the_same_way(
     (study / "metadata.tsv").rename(tmp_path / "metadata.tsv")
     plan = edit_plan(study, {"data.metadata": "../metadata.tsv", "analyses": SMALL_ANALYSIS})
     out = study / "out"
-    code = main(["run", str(plan), "--out", str(out), "--workers", "1", "--top", "0", "--allow-outside-paths"])
+    code = main(["run", str(plan), "--out", str(out), "--no-report", "--workers", "1", "--top", "0", "--allow-outside-paths"])
     assert code == 0, capsys.readouterr().err
     assert json.loads((out / "manifest.json").read_text())["allow_outside_paths"] is True
     code = main(["sumstats", str(out), "--cohort", "c1", "--out", str(tmp_path / "c1.parquet")])

@@ -89,7 +89,7 @@ def test_bad_profiles_are_named(
 ) -> None:
     profile = _profile(tmp_path, text)
     out = tmp_path / "out"
-    code = main(["run", str(small_study.plan_path), "--out", str(out), "--cluster", str(profile)])
+    code = main(["run", str(small_study.plan_path), "--out", str(out), "--no-report", "--cluster", str(profile)])
     error = capsys.readouterr().err
     assert code == 2, error
     assert message in error and str(profile) in error, error
@@ -106,7 +106,7 @@ def test_cluster_refuses_the_options_of_other_clusters(
 ) -> None:
     profile = _profile(tmp_path, "kind: slurm\n")
     out = tmp_path / "out"
-    code = main(["run", str(small_study.plan_path), "--out", str(out), "--cluster", str(profile), *extra])
+    code = main(["run", str(small_study.plan_path), "--out", str(out), "--no-report", "--cluster", str(profile), *extra])
     error = capsys.readouterr().err
     assert code == 2, error
     assert f"--cluster {profile} cannot be combined with {named}" in error, error
@@ -207,7 +207,20 @@ def _env() -> dict[str, str]:
 
 
 def _run_with_profile(plan: Path, out: Path, profile: Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "scalable_assoc.cli", "run", str(plan), "--out", str(out), "--cluster", str(profile), "--top", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "scalable_assoc.cli",
+        "run",
+        str(plan),
+        "--out",
+        str(out),
+        "--no-report",
+        "--cluster",
+        str(profile),
+        "--top",
+        "0",
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=240, env=_env(), check=False)
 
 

@@ -196,7 +196,18 @@ def blocks_run(small_study: SimulatedStudy, dask_cluster, tmp_path_factory: pyte
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(
-            ["run", str(plan), "--out", str(out), "--scheduler", dask_cluster.scheduler_address, "--top", "4", "--allow-outside-paths"]
+            [
+                "run",
+                str(plan),
+                "--out",
+                str(out),
+                "--no-report",
+                "--scheduler",
+                dask_cluster.scheduler_address,
+                "--top",
+                "4",
+                "--allow-outside-paths",
+            ]
         )
     assert code == 0
     return out, printed.getvalue()
