@@ -295,21 +295,32 @@ def survival_chart(survival: pd.DataFrame) -> Figure:
     return figure
 
 
-def run_figures(results: pd.DataFrame, survival: pd.DataFrame, adjustment_order: Sequence[str], alpha: float, top: int = 30) -> RunFigures:
-    """Every figure of a run, in memory, per layer and model (nothing is written).
+def run_figures(
+    results: pd.DataFrame,
+    survival: pd.DataFrame | None,
+    adjustment_order: Sequence[str],
+    alpha: float,
+    top: int = 30,
+    *,
+    estimate: str = "beta",
+) -> RunFigures:
+    """Every figure of a run (or of a pooled folder), in memory, per layer and model (nothing is written).
 
     Parameters
     ----------
     results
         ``results.parquet`` of the run.
     survival
-        ``adjustment_survival.tsv`` of the run.
+        ``adjustment_survival.tsv`` of the run; None for results without one (a pooled folder): then no
+        survival chart, and the adjustment forest only for a layer and model fitted under several sets.
     adjustment_order
         The plan's adjustment sets in plan order (the first a group ran under is its base).
     alpha
         The plan's FDR threshold (``fdr.alpha``).
     top
         Features in each heatmap: those with the smallest q anywhere among those with q < alpha.
+    estimate
+        What the heatmap's title calls the estimates (``pooled beta`` for a pooled folder).
 
     Returns
     -------
@@ -332,15 +343,17 @@ def run_figures(results: pd.DataFrame, survival: pd.DataFrame, adjustment_order:
         marks.append(cells.assign(layer=layer, model=model))
         these_lambdas = inflation[(inflation["layer"] == layer) & (inflation["model"] == model)]
         drawn = {
-            "heatmap": (heat, f"beta under the base adjustment set, top {top} features by q: {label}"),
+            "heatmap": (heat, f"{estimate} under the base adjustment set, top {top} features by q: {label}"),
             "qq": (qq_plot(rows, these_lambdas, adjustment_order), f"QQ plots with the inflation factor \u03bb: {label}"),
             "volcano": (volcano(base, alpha), f"volcano plots under the base adjustment set: {label}"),
-            "forest": (forest(rows, base, alpha, adjustment_order), f"top associations under every adjustment set: {label}"),
-            "survival": (
+        }
+        if survival is not None or rows["adjustment"].nunique() > 1:
+            drawn["forest"] = (forest(rows, base, alpha, adjustment_order), f"top associations under every adjustment set: {label}")
+        if survival is not None:
+            drawn["survival"] = (
                 survival_chart(survival[(survival["layer"] == layer) & (survival["model"] == model)]),
                 f"associations still significant after further adjustment: {label}",
-            ),
-        }
+            )
         for kind, (figure, title) in drawn.items():
             figure.suptitle(title, fontsize=10)
             drawn_figures.append((f"{kind}_{file_stem(layer)}_{file_stem(model)}", kind, str(layer), str(model), title, figure))

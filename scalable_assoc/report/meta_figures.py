@@ -20,15 +20,11 @@ from scalable_assoc.report.figures import (
     RenderedFigure,
     RunFigures,
     file_stem,
-    forest,
-    heatmap,
     inflation_factors,
-    qq_plot,
     render_figure,
+    run_figures,
     short_label,
-    volcano,
 )
-from scalable_assoc.results.summary import base_sets, sets_run
 
 logger = logging.getLogger(__name__)
 
@@ -266,31 +262,5 @@ def pool_figures(results: pd.DataFrame, alpha: float, top: int) -> RunFigures:
     RunFigures
         The figures, the inflation factors and the heatmaps' marks.
     """
-    results = results.reset_index(drop=True)
-    order = list(dict.fromkeys(results["adjustment"]))
-    inflation = inflation_factors(results)
-    flags = results.assign(
-        _base=results["adjustment"].to_numpy(dtype=object) == base_sets(results, sets_run(results, order)),
-        _significant=results["q"].lt(alpha).fillna(False).to_numpy(dtype=bool),
-    )
-    figures: list[RenderedFigure] = []
-    marks: list[pd.DataFrame] = []
-    several_models = results["model"].nunique() > 1
-    for (layer, model), rows in flags.groupby(["layer", "model"], sort=False):
-        label = f"{layer}, {model}" if several_models else str(layer)
-        base, anywhere = rows[rows["_base"]], rows[rows["_significant"]]
-        heat, cells = heatmap(base, anywhere, alpha, top)
-        marks.append(cells.assign(layer=layer, model=model))
-        lambdas = inflation[(inflation["layer"] == layer) & (inflation["model"] == model)]
-        drawn = [
-            ("heatmap", heat, f"pooled beta under the base adjustment set, top {top} features by q: {label}"),
-            ("qq", qq_plot(rows, lambdas, order), f"QQ plots with the inflation factor \u03bb: {label}"),
-            ("volcano", volcano(base, alpha), f"volcano plots under the base adjustment set: {label}"),
-        ]
-        if rows["adjustment"].nunique() > 1:
-            drawn.append(("forest", forest(rows, base, alpha, order), f"top associations under every adjustment set: {label}"))
-        figures += [_rendered(kind, layer, model, figure, title) for kind, figure, title in drawn]
-        logger.info("drew the figures of %s", label)
-    columns = ["layer", "model", "feature", "exposure", "adjustment", "beta", "p", "q", "mark"]
-    all_marks = pd.concat(marks, ignore_index=True)[columns] if marks else pd.DataFrame(columns=columns)
-    return RunFigures(figures, inflation, all_marks)
+    order = list(dict.fromkeys(results["adjustment"]))  # as pooled: the first set a group ran under is its base
+    return run_figures(results, None, order, alpha, top, estimate="pooled beta")
