@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from distributed import Client
+from distributed import Client, LocalCluster
 
 
 def dask_command(*args: str) -> list[str]:
@@ -91,3 +94,23 @@ class DaskProcesses:
             )
             probe.wait_for_workers(before + count, timeout=60)
         return process
+
+
+@contextmanager
+def own_local_cluster(workers: int = 2, quiet: int = logging.CRITICAL) -> Iterator[Client]:
+    """A client of a cluster of its own (worker processes, one thread each, on loopback), for a test that kills or counts workers.
+
+    ``quiet``: the level below which the cluster's log messages are dropped (worker deaths are expected).
+    """
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=quiet,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client

@@ -8,7 +8,6 @@ with SIGKILL (their whole process group: a nanny and its worker), the run as the
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import dask
 import pytest
-from dask_processes import DaskProcesses, stop
-from distributed import Client, LocalCluster
+from dask_processes import DaskProcesses, own_local_cluster, stop
+from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from scalable_assoc.engine.run import run_study
@@ -176,15 +175,7 @@ def test_a_task_that_kills_every_worker_running_it_is_named(
     out = tmp_path / "results"
     with (
         dask.config.set({"distributed.scheduler.allowed-failures": 1}),
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as own,
+        own_local_cluster() as own,
     ):
         own.register_plugin(DiesOnOneFitTask(str(marked)), name="dies-on-one-fit-task")
         with pytest.raises(ClusterFailure) as failure:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from dask_processes import DaskProcesses
+from dask_processes import DaskProcesses, own_local_cluster
 from distributed import Client, LocalCluster
 
 from scalable_assoc.engine.run import run_study
@@ -61,10 +61,7 @@ def test_results_do_not_depend_on_chunk_size(
 
 def test_results_do_not_depend_on_worker_count(reference: Path, small_study: SimulatedStudy, tmp_path: Path, assert_results_equal) -> None:
     with (
-        LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR
-        ) as cluster,
-        Client(cluster) as one_worker,
+        own_local_cluster(workers=1, quiet=logging.ERROR) as one_worker,
     ):
         summary = run_study(small_study.plan_path, tmp_path, client=one_worker, chunk_features=7)
         assert summary.manifest["dask"]["workers"] == 1
@@ -165,15 +162,7 @@ def test_killed_worker_gives_identical_results(small_study: SimulatedStudy, clie
 
     killed: dict[str, int] = {}
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=logging.CRITICAL,
-        ) as cluster,
-        Client(cluster) as own,
+        own_local_cluster() as own,
     ):
         pids = own.run(os.getpid)  # worker address -> pid, learned before the run
         victim_address, victim_pid = sorted(pids.items())[0]
