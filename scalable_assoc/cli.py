@@ -150,6 +150,7 @@ def _add_ingest(commands: argparse._SubParsersAction) -> None:
     ingest.add_argument("--missing", choices=["zero", "na"], default="zero", help="long tables: what a pair the table does not list is")
     ingest.add_argument("--rank", help="MetaPhlAn (or BIOM taxonomy) rank to keep (species, genus, ...; default species)")
     ingest.add_argument("--h5ad-layer", help=".h5ad files: the layer (layers/NAME) to read instead of X")
+    ingest.add_argument("--layer", help="add the table as this layer of a store holding several (created if absent; one ingest per layer)")
     ingest.add_argument("--chunk-features", type=_positive_int)
 
 
@@ -423,7 +424,7 @@ def _ingest(args: argparse.Namespace) -> None:
     given = (("stratified", args.stratified), ("missing", args.missing), ("h5ad_layer", args.h5ad_layer))
     options = {key: value for key, value in given if value not in (False, "zero", None)}
     rank, rank_given = args.rank or "species", args.rank is not None
-    store = ingest_table(args.table, args.out, args.format, rank, args.chunk_features, rank_given=rank_given, **options)
+    store = ingest_table(args.table, args.out, args.format, rank, args.chunk_features, rank_given=rank_given, layer=args.layer, **options)
     print(f"wrote {store.path}: {store.n_samples} samples x {store.n_features} features, {store.chunk_features} features per chunk")
 
 

@@ -380,7 +380,15 @@ def _prepare_layer(
     """One layer's store (converted if needed), participants, feature list and resolved analyses."""
     plan, metadata = inputs.plan, inputs.metadata
     store, checksum = layer_store(
-        spec.path, spec.format, spec.rank, cache_dir, spec.name, chunk_features, rank_given=spec.rank_given, **spec.read_options()
+        spec.path,
+        spec.format,
+        spec.rank,
+        cache_dir,
+        spec.name,
+        chunk_features,
+        rank_given=spec.rank_given,
+        store_layer=spec.store_layer,
+        **spec.read_options(),
     )
     for note in store.notes:
         logger.info("layer '%s': %s", spec.name, note)

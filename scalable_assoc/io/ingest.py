@@ -11,7 +11,7 @@ from typing import Any
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import file_checksum, seal, sealed
-from scalable_assoc.io.store import AbundanceStore, open_store, write_table_stream
+from scalable_assoc.io.store import AbundanceStore, check_layer_name, create_layered_store, open_store, store_layers, write_table_stream
 from scalable_assoc.io.tables import detect_format, stream_abundance_table
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ def ingest_table(
     rank: str = "species",
     chunk_features: int | None = None,
     rank_given: bool = False,
+    layer: str | None = None,
     **read_options: Any,
 ) -> AbundanceStore:
     """Read a MetaPhlAn / wide TSV / CSV / Parquet / BIOM / h5ad table and write it as a Zarr store at ``destination``.
@@ -38,7 +39,7 @@ def ingest_table(
         The table: a MetaPhlAn merged table (relative abundances, percent), a wide
         TSV/CSV (samples as rows, a sample ID column first) or Parquet.
     destination
-        The store to write, a folder ending in ``.zarr``; refused if it exists.
+        The store to write, a folder ending in ``.zarr``; refused if it exists (unless ``layer`` is given).
     fmt
         ``auto`` (detected from the file), ``metaphlan``, ``wide``, ``parquet``, ``biom`` or ``h5ad``.
     rank
@@ -47,6 +48,9 @@ def ingest_table(
         Features per store chunk; None: chunks of about 32 MiB.
     rank_given
         ``rank`` was given by the user (not the default): a BIOM table without taxonomy is then refused.
+    layer
+        Write the table as this layer of a store holding several (``destination`` is created as one if it does
+        not exist); the other layers are left as they are. A layer already in the store is refused.
     read_options
         ``stratified`` (HUMAnN tables), ``columns`` and ``missing`` (long tables), ``h5ad_layer`` (.h5ad files), as the plan's layer keys.
 
@@ -70,6 +74,8 @@ def ingest_table(
     """
     if not source.exists():
         raise DataError(f"abundance file {source} does not exist")
+    if layer is not None:
+        destination = _new_layer_folder(destination, layer)
     # Checked before the conversion (which can take minutes), not when its result cannot be put in place.
     if destination.exists() or destination.is_symlink():
         what = "a store" if (destination / "zarr.json").is_file() else "a file" if destination.is_file() else "a folder"
@@ -86,6 +92,19 @@ def ingest_table(
     )
 
 
+def _new_layer_folder(store: Path, layer: str) -> Path:
+    """Where layer ``layer`` of the store of several layers at ``store`` is written (the store is created if absent)."""
+    check_layer_name(layer, f"--layer for {store}")
+    if store.exists() and store_layers(store) is None:
+        what = "a single-layer store" if (store / "zarr.json").is_file() else "a file" if store.is_file() else "a folder, not a store"
+        raise DataError(f"--out {store} is {what}; a layer can be added only to a store made by 'ingest --layer' (choose another --out)")
+    layers = store_layers(store) or ()
+    if layer in layers:
+        raise DataError(f"{store} already holds layer '{layer}'; a layer is never overwritten (choose another --layer name)")
+    create_layered_store(store)
+    return store / layer
+
+
 def layer_store(
     source: Path,
     fmt: str,
@@ -94,6 +113,7 @@ def layer_store(
     layer: str,
     chunk_features: int | None,
     rank_given: bool = False,
+    store_layer: str | None = None,
     **read_options: Any,
 ) -> tuple[AbundanceStore, str]:
     """The store for one layer and the checksum of its input.
@@ -109,15 +129,27 @@ def layer_store(
     ``read_options`` (``stratified``, ``columns``, ``missing``, ``h5ad_layer``: :meth:`LayerSpec.read_options`, only
     those not at their defaults) change the store's values, so they are part of the cache name too;
     ``rank_given`` (the plan wrote ``rank``) only refuses a BIOM table without taxonomy, so it is not.
+
+    A store holding several layers gives the layer named ``store_layer`` (default: the plan's
+    layer name ``layer``); its checksum is that layer's alone, so adding another layer to the
+    store later leaves earlier results valid.
     """
     if not source.exists():
         raise DataError(f"layer '{layer}' (plan key 'data.layers.{layer}'): abundance file {source} does not exist")
     resolved = detect_format(source) if fmt == "auto" else fmt
+    if store_layer is not None and resolved != "zarr":
+        raise DataError(f"layer '{layer}': 'store_layer' applies to a store made by 'ingest --layer', not to {source} (format {resolved})")
     if resolved == "zarr":
         if read_options:
             raise DataError(
                 f"layer '{layer}': the keys {', '.join(sorted(read_options))} do not apply to a store ({source}); they apply to tables"
             )
+        if rank_given:
+            raise DataError(
+                f"layer '{layer}' (plan key 'data.layers.{layer}.rank'): {source} is a store, whose rank was chosen when it was "
+                "ingested; remove 'rank'"
+            )
+        source = _layer_of_store(source, layer, store_layer)
         store = open_store(source)
         if chunk_features and chunk_features != store.chunk_features:
             raise DataError(
@@ -146,6 +178,26 @@ def layer_store(
     )
     seal(destination)
     return store, checksum
+
+
+def _layer_of_store(source: Path, layer: str, store_layer: str | None) -> Path:
+    """The folder of the plan layer ``layer`` in the store ``source``: the store itself, or one of its layers."""
+    layers = store_layers(source)
+    if layers is None:
+        if store_layer is not None:
+            raise DataError(
+                f"layer '{layer}' (plan key 'data.layers.{layer}.store_layer'): {source} is a single-layer store; "
+                "'store_layer' names a layer of a store made by 'ingest --layer'"
+            )
+        return source
+    name = store_layer or layer
+    if name not in layers:
+        how = f"'store_layer: {store_layer}'" if store_layer else "the plan's layer name (set 'store_layer' to read another)"
+        raise DataError(
+            f"layer '{layer}' (plan key 'data.layers.{layer}'): {source} holds layers {', '.join(layers) or '(none yet)'}, "
+            f"not '{name}' named by {how}"
+        )
+    return source / name
 
 
 def _options_tag(read_options: dict[str, Any]) -> str:

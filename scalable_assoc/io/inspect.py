@@ -27,7 +27,7 @@ from scalable_assoc.io.biom_table import biom_taxonomy_ends
 from scalable_assoc.io.humann import stream_humann
 from scalable_assoc.io.store import AbundanceStore, open_store
 from scalable_assoc.io.table_text import comment_lines, reading_problem, table_separator
-from scalable_assoc.io.tables import TableStream, detect_format, stream_abundance_table
+from scalable_assoc.io.tables import RANKED_FORMATS, TableStream, detect_format, stream_abundance_table
 from scalable_assoc.plan.schema import RANK_PREFIXES
 
 #: What :func:`inspect_table` accepts as ``format``.
@@ -39,7 +39,6 @@ INSPECT_BLOCK_FEATURES = 256
 #: How many sample and feature IDs are shown.
 EXAMPLES = 3
 #: Readers that know ranks (the ``rank`` layer key).
-_RANKED_FORMATS = ("metaphlan", "biom")
 _QUANTILES = {"min": 0.0, "25%": 0.25, "50%": 0.5, "75%": 0.75, "max": 1.0}
 _DESCRIPTIONS = {
     "metaphlan": "MetaPhlAn merged table",
@@ -287,7 +286,7 @@ def inspect_table(
         used_rank = None
         blocks = _store_blocks(store)
     else:
-        used_rank = (rank or "species") if fmt in _RANKED_FORMATS else None
+        used_rank = (rank or "species") if fmt in RANKED_FORMATS else None
         read_options: dict[str, Any] = {}
         if stratified:
             read_options["stratified"] = True

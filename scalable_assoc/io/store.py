@@ -14,11 +14,18 @@ Samples are never split across chunks: every regression needs all samples of a
 feature, so a task reads whole chunks and never communicates with another.
 Stores are written to a temporary folder and renamed, so a half-written store
 is never mistaken for a complete one.
+
+A store can also hold several layers (``scalable-assoc ingest --layer NAME``, once
+per layer): its root group is marked ``scalable_assoc_store: layers`` and each
+layer is a sub-group ``<name>/`` laid out as above, written and renamed into place
+on its own, so adding a layer never touches the others (nor their checksums).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +48,10 @@ SUMMARY_ARRAYS = ("feature_nonzero", "feature_observed", "feature_min_positive")
 SAMPLE_TOTALS = "sample_totals"
 
 STORE_FORMAT_VERSION = 1
+#: The root attribute (and its value) that marks a store holding several layers.
+LAYERED_STORE_KEY, LAYERED_STORE_VALUE = "scalable_assoc_store", "layers"
+#: A layer's name in such a store is a folder name: no separators, no hidden folders (temporary layers are hidden).
+LAYER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 #: Target uncompressed bytes per chunk: large enough that per-task overhead is
 #: negligible, small enough that a worker holds a few chunks comfortably.
 TARGET_CHUNK_BYTES = 32 * 2**20
@@ -233,8 +244,68 @@ def write_store_blocks(
     return open_store(path)
 
 
-def open_store(path: Path) -> AbundanceStore:
-    """Open a store written by :func:`write_store`, checking its layout."""
+def store_layers(path: Path) -> tuple[str, ...] | None:
+    """The layers of a store holding several (sorted), or None for a single-layer store or anything else."""
+    try:
+        attrs = json.loads((path / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
+    except (OSError, ValueError):
+        return None
+    if not isinstance(attrs, dict) or attrs.get(LAYERED_STORE_KEY) != LAYERED_STORE_VALUE:
+        return None
+    # A layer being written is a hidden temporary folder until it is renamed into place.
+    return tuple(sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").is_file()))
+
+
+def check_layer_name(name: str, what: str) -> str:
+    """``name`` if it can name a layer of a store (a folder inside it), else a :class:`DataError` naming ``what``."""
+    if not LAYER_NAME.fullmatch(name):
+        raise DataError(f"{what}: a layer name is letters, digits, '_', '-' and '.', not starting with '.', got {name!r}")
+    return name
+
+
+def create_layered_store(path: Path) -> None:
+    """Make ``path`` an empty store for several layers (atomically); nothing is done if it already is one."""
+    if store_layers(path) is not None:
+        return
+
+    def writer(temporary: Path) -> None:
+        group = zarr.open_group(temporary, mode="w", zarr_format=3)
+        group.attrs.update({LAYERED_STORE_KEY: LAYERED_STORE_VALUE, "format_version": STORE_FORMAT_VERSION})
+
+    try:
+        write_atomically(path, writer)
+    except OSError:
+        # Another ingest created it between the check and the rename: fine if it made the same kind of store.
+        if store_layers(path) is None:
+            raise
+
+
+def layer_path(path: Path, layer: str | None) -> Path:
+    """The folder of one layer's store: ``path`` itself for a single-layer store, ``path/layer`` for a store of several.
+
+    Raises :class:`DataError` naming the layers held when ``layer`` is missing from (or needed by) a store of several,
+    and when a layer is named for a single-layer store.
+    """
+    layers = store_layers(path)
+    if layers is None:
+        if layer is not None:
+            raise DataError(
+                f"{path}: a single-layer store; it holds no layer '{layer}' (name a layer only for a store made by 'ingest --layer')"
+            )
+        return path
+    if layer is None:
+        raise DataError(
+            f"{path}: a store of several layers ({', '.join(layers) or 'none yet'}); name the layer to read "
+            f"({path}/<layer>, or 'store_layer' in a plan)"
+        )
+    if layer not in layers:
+        raise DataError(f"{path}: no layer '{layer}' in this store; it holds {', '.join(layers) or 'no layer yet'}")
+    return path / layer
+
+
+def open_store(path: Path, layer: str | None = None) -> AbundanceStore:
+    """Open a store written by :func:`write_store` (``layer``: one layer of a store holding several), checking its layout."""
+    path = layer_path(path, layer) if (path / "zarr.json").is_file() else path
     if not (path / "zarr.json").is_file():
         raise DataError(f"{path}: not a scalable-assoc store (no zarr.json); create one with 'scalable-assoc ingest'")
     try:

@@ -120,12 +120,21 @@ def stream_abundance_table(
         raise DataError(f"abundance file {path} does not exist")
     fmt = detect_format(path) if fmt == "auto" else fmt
     check_read_options(path, fmt, stratified, columns, missing, h5ad_layer)
+    if rank_given and fmt not in RANKED_FORMATS:
+        raise DataError(
+            f"{path}: 'rank: {rank}' applies to MetaPhlAn tables and BIOM tables with taxonomy, not to a {fmt} table "
+            "(its features are kept as they are); remove 'rank' (or --rank)"
+        )
     if fmt in ("metaphlan", "wide") and table_suffix(path) not in (".parquet", ".pq"):
         check_not_humann(path, fmt)
     stream = _stream(path, fmt, rank, scratch, stratified, columns, missing, h5ad_layer, rank_given)
     if fmt != "humann":
         check_not_stratified(path, stream.feature_ids)
     return stream
+
+
+#: The formats whose features carry a rank to choose (MetaPhlAn lineages, BIOM taxonomy); others are read as they are.
+RANKED_FORMATS = ("metaphlan", "biom")
 
 
 def check_not_humann(path: Path, fmt: str) -> None:

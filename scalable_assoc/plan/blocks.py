@@ -7,6 +7,7 @@ naming the key at fault.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,19 @@ def parse_layers(
             source,
             key,
             value,
-            ("path", "format", "rank", "preprocess", "models", "presence_threshold", "stratified", "columns", "missing", "h5ad_layer"),
+            (
+                "path",
+                "format",
+                "rank",
+                "preprocess",
+                "models",
+                "presence_threshold",
+                "stratified",
+                "columns",
+                "missing",
+                "h5ad_layer",
+                "store_layer",
+            ),
             required=("path",),
         )
         fmt = value.get("format", "auto")
@@ -191,6 +204,7 @@ def parse_layers(
         )
         stratified, columns, missing = _parse_read_options(source, key, value, fmt)
         h5ad_layer = _parse_h5ad_layer(source, key, value, fmt, path)
+        store_layer = _parse_store_layer(source, key, value, fmt)
         layers.append(
             LayerSpec(
                 str(name),
@@ -205,6 +219,7 @@ def parse_layers(
                 missing,
                 h5ad_layer,
                 rank_given="rank" in value,
+                store_layer=store_layer,
             )
         )
     return tuple(layers)
@@ -253,6 +268,23 @@ def _parse_h5ad_layer(source: Path, key: str, value: dict, fmt: str, path: Path)
         raise PlanError(f"{location(source, key + '.h5ad_layer')}: a layer name, without '/', got {name!r}")
     return name
 
+
+def _parse_store_layer(source: Path, key: str, value: dict, fmt: str) -> str | None:
+    """``store_layer``: the layer read from a store holding several (default: the plan's layer name); only for stores."""
+    if "store_layer" not in value:
+        return None
+    name = nonempty_string(source, key + ".store_layer", value["store_layer"])
+    if fmt not in ("auto", "zarr"):
+        raise PlanError(
+            f"{location(source, key + '.store_layer')}: applies to stores made by 'ingest --layer' (format: zarr), not to format '{fmt}'"
+        )
+    if not STORE_LAYER_NAME.fullmatch(name):
+        raise PlanError(f"{location(source, key + '.store_layer')}: a layer name (letters, digits, '_', '-', '.'; no '/'), got {name!r}")
+    return name
+
+
+#: What names a layer of a store (the same rule as io.store.LAYER_NAME; plan/ does not import io/).
+STORE_LAYER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 #: The columns of a long table when ``columns`` does not name them.
 LONG_DEFAULTS = (("sample", "sample_id"), ("feature", "feature"), ("value", "value"))

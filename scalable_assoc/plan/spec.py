@@ -97,6 +97,8 @@ class LayerSpec:
     #: whether the plan wrote ``rank`` (a BIOM table without taxonomy is then refused); how a table is read, not what it
     #: holds, so it is in no hash
     rank_given: bool = False
+    #: a store holding several layers: the layer read; None: the one named as this plan layer
+    store_layer: str | None = None
 
     def read_options(self) -> dict:
         """The reader options that are not at their defaults (keyword arguments of ``io.ingest.layer_store``)."""
@@ -275,7 +277,7 @@ CATEGORICAL_EXPOSURE_MODELS = ("lm", "lm_nonzero")
 def _drop_default_read_options(payload: dict) -> None:
     """Leave the layers' reader keys at their defaults out of a hash payload: plans written before they existed keep their hashes."""
     for layer in payload["layers"]:
-        for key, default in (("stratified", False), ("columns", None), ("missing", "zero"), ("h5ad_layer", None)):
+        for key, default in (("stratified", False), ("columns", None), ("missing", "zero"), ("h5ad_layer", None), ("store_layer", None)):
             if layer[key] == default:
                 layer.pop(key)
         layer.pop("rank_given")  # whether ``rank`` was written: the rank used is hashed already
