@@ -19,7 +19,7 @@ Memory, by the layout of ``X``:
   memory holds one batch of rows and one block.
 
 A layer (``layers/<name>``, plan key ``h5ad_layer``) is read instead of ``X`` when named; it is
-laid out as ``X`` is. ``obs`` as a metadata table is not read (give the metadata as TSV/CSV).
+laid out as ``X`` is. ``obs`` can be the metadata table (``data.metadata: file.h5ad``; :func:`read_h5ad_obs`).
 """
 
 from __future__ import annotations
@@ -183,3 +183,65 @@ def stream_h5ad(path: Path, scratch: Path | None = None, layer: str | None = Non
         return column_blocks(width)
 
     return TableStream(tuple(str(s) for s in sample_ids), tuple(str(f) for f in feature_ids), blocks, path)
+
+
+def read_h5ad_obs(path: Path, id_column: str) -> pd.DataFrame:
+    """An ``.h5ad`` file's ``obs`` as a metadata table: ``obs_names`` in column ``id_column``, then obs's columns in order.
+
+    Columns follow AnnData's encodings: ``array`` (numbers, booleans), ``string-array``,
+    ``categorical`` (its categories; code -1 is missing), ``nullable-integer``,
+    ``nullable-boolean`` and ``nullable-string-array`` (masked values are missing). A
+    categorical column becomes its category values (strings or numbers), as a TSV column
+    would read, so plan queries and covariates treat it the same.
+
+    Raises
+    ------
+    DataError
+        Not an ``.h5ad`` file, ``obs`` not an AnnData dataframe, a column of another encoding
+        (named, with its encoding), or an obs column already called ``id_column``.
+    """
+    import h5py
+
+    with _open(path) as handle:
+        names = _index(path, handle, "obs")
+        obs = handle["obs"]
+        order = [c.decode() if isinstance(c, bytes) else str(c) for c in np.atleast_1d(obs.attrs.get("column-order", []))]
+        if id_column in order:
+            raise DataError(
+                f"{path}: obs has a column '{id_column}' beside obs_names, which are the sample IDs of an .h5ad file; "
+                "rename the column, or set data.sample_id_column to a name obs does not use"
+            )
+        columns: dict[str, Any] = {id_column: names.astype(str)}
+        for name in order:
+            node = obs.get(name)
+            try:
+                columns[name] = _obs_column(node, h5py)
+            except (KeyError, ValueError, TypeError) as error:
+                kind = _encoding(node) if node is not None else "missing"
+                raise DataError(
+                    f"{path}: obs column '{name}' (encoding {kind!r}) cannot be read as a metadata column: {reading_problem(error)}"
+                ) from None
+    return pd.DataFrame(columns)
+
+
+def _obs_column(node: Any, h5py: Any) -> Any:
+    """One obs column as numpy/pandas values (missing as NaN/None), by its AnnData encoding."""
+    kind = _encoding(node)
+    if isinstance(node, h5py.Dataset) and kind == "array":
+        return node[:]
+    if isinstance(node, h5py.Dataset) and kind == "string-array":
+        return np.asarray(node.asstr()[:], dtype=object)
+    if isinstance(node, h5py.Group) and kind == "categorical":
+        categories = node["categories"]
+        levels = np.asarray(categories.asstr()[:] if categories.dtype.kind in "OS" else categories[:], dtype=object)
+        codes = node["codes"][:].astype(np.int64)
+        values = np.where(codes >= 0, levels[np.clip(codes, 0, max(len(levels) - 1, 0))] if len(levels) else None, None)
+        return pd.Series(values, dtype=object).infer_objects()
+    if isinstance(node, h5py.Group) and kind in ("nullable-integer", "nullable-boolean", "nullable-string-array"):
+        stored, mask = node["values"], node["mask"][:].astype(bool)
+        if kind == "nullable-integer":  # as a TSV column of integers with an empty cell reads: floats, NaN missing
+            return np.where(mask, np.nan, stored[:].astype(np.float64))
+        values = np.asarray(stored.asstr()[:] if kind == "nullable-string-array" else stored[:], dtype=object)
+        values[mask] = None
+        return values
+    raise TypeError(f"an obs column encoded as {kind!r} is not a table column (expected a number, string or categorical column)")

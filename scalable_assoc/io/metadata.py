@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from scalable_assoc.errors import DataError, PlanError, did_you_mean
+from scalable_assoc.io.h5ad_table import read_h5ad_obs
 from scalable_assoc.io.tables import check_row_lengths, raw_header, reading_problem, table_separator
 from scalable_assoc.plan import expressions
 from scalable_assoc.plan.schema import ExposureSpec
@@ -27,11 +28,16 @@ def _column_list(metadata: pd.DataFrame, limit: int = 15) -> str:
 
 
 def load_metadata(path: Path, id_column: str) -> pd.DataFrame:
-    """Read a TSV/CSV/Parquet metadata table indexed by ``id_column`` (as strings)."""
+    """Read a TSV/CSV/Parquet metadata table, or an AnnData ``.h5ad`` file's ``obs``, indexed by ``id_column`` (as strings).
+
+    In an ``.h5ad`` file the sample IDs are ``obs_names`` (the IDs its ``X`` is read with), given the name ``id_column``.
+    """
     if not path.is_file():
         raise DataError(f"metadata file {path} does not exist (plan key 'data.metadata')")
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if path.suffix.lower() == ".h5ad":
+            frame = read_h5ad_obs(path, id_column)
+        elif path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
             # The header as written: pandas would silently rename a repeated column 'age' to 'age.1'.
