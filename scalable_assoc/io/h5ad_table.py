@@ -241,7 +241,7 @@ def _obs_column(node: Any, h5py: Any) -> Any:
         stored, mask = node["values"], node["mask"][:].astype(bool)
         if kind == "nullable-integer":  # as a TSV column of integers with an empty cell reads: floats, NaN missing
             return np.where(mask, np.nan, stored[:].astype(np.float64))
-        values = np.asarray(stored.asstr()[:] if kind == "nullable-string-array" else stored[:], dtype=object)
-        values[mask] = None
-        return values
+        masked = np.asarray(stored.asstr()[:] if kind == "nullable-string-array" else stored[:], dtype=object)
+        masked[mask] = None
+        return masked
     raise TypeError(f"an obs column encoded as {kind!r} is not a table column (expected a number, string or categorical column)")
