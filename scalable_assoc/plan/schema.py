@@ -31,6 +31,7 @@ from scalable_assoc.plan.blocks import (
     parse_threshold,
     resolve_clr_references,
 )
+from scalable_assoc.plan.diversity import parse_diversity
 from scalable_assoc.plan.spec import (
     CATEGORICAL_EXPOSURE_MODELS,
     FDR_BY_COLUMNS,
@@ -170,6 +171,7 @@ TOP_LEVEL_KEYS = (
     "carrier_cells",
     "on_constant_covariate",
     "features",
+    "diversity",
     *OLS_MODELS,
 )
 
@@ -222,6 +224,7 @@ def parse_plan(raw: Any, source: Path, allow_outside_paths: bool = False) -> Pla
         source, raw.get("analyses"), tuple(e.name for e in exposures), tuple(adjustments), tuple(layer.name for layer in layers)
     )
     check_categorical_models(source, exposures, layers, analyses, cluster)
+    diversity = parse_diversity(source, raw.get("diversity"), tuple(layer.name for layer in layers))
     return Plan(
         name=name,
         source=source,
@@ -244,4 +247,5 @@ def parse_plan(raw: Any, source: Path, allow_outside_paths: bool = False) -> Pla
         lm=ols["lm"],
         lm_nonzero=ols["lm_nonzero"],
         allow_outside_paths=allow_outside_paths,
+        diversity=diversity,
     )

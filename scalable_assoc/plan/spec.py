@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scalable_assoc.errors import PlanError
+from scalable_assoc.plan.diversity import DiversitySpec
 
 TRANSFORMS = ("clr", "log", "ast", "tss", "none")
 LAYER_FORMATS = ("auto", "metaphlan", "wide", "parquet", "zarr", "humann", "long", "biom", "h5ad")
@@ -205,6 +206,8 @@ class Plan:
     lm_nonzero: OlsOptions = field(default_factory=OlsOptions)
     #: the plan was loaded with ``--allow-outside-paths``: its files may lie outside its folder
     allow_outside_paths: bool = False
+    #: community-level analyses (plan key ``diversity``): alpha diversity rows and PERMANOVA, or None
+    diversity: DiversitySpec | None = None
 
     def content_hash(self) -> str:
         """A stable hash of what the plan asks for (not where the plan file lies)."""
@@ -215,6 +218,8 @@ class Plan:
             payload.pop("reference")  # plans without the key keep the hash (and resumable chunks) they had
         if payload["features"] is None:
             payload.pop("features")  # plans without the key keep the hash they had before it existed
+        if payload["diversity"] is None:
+            payload.pop("diversity")
         _drop_default_read_options(payload)
         text = json.dumps(payload, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -229,7 +234,8 @@ class Plan:
         rerun with a new alpha, name or location reuses every finished chunk.
         """
         payload = _without_default_preprocess(asdict(self))
-        for key in ("source", "name", "fdr", "min_cases", "analyses", "metadata", "features", "allow_outside_paths"):
+        # diversity: its rows are computed apart from the feature chunks, which it does not change
+        for key in ("source", "name", "fdr", "min_cases", "analyses", "metadata", "features", "allow_outside_paths", "diversity"):
             payload.pop(key)
         for layer in payload["layers"]:
             layer.pop("path")
