@@ -133,3 +133,5 @@ def test_bray_curtis_above_the_memory_limit_is_refused(
     assert "layer 'species'" in message and f"{n} x {n}" in message
     assert f"({8 * n * n} bytes)" in message and "(1000 bytes)" in message
     assert not (out / "permanova.parquet").exists() and not (out / "permanova.tsv").exists()
+    # refused before any feature fit was computed
+    assert not list((out / ".scalable_assoc").glob("chunks/*.parquet"))

@@ -377,6 +377,22 @@ def _sample_sums(
     return tuple(np.sum([p[k] for p in parts], axis=0) for k in range(3))  # type: ignore[return-value]
 
 
+def _asked(study: PreparedStudy) -> tuple[BetaSpec | None, list[LayerWork]]:
+    """The plan's PERMANOVA settings (None: none asked for) and the layers they cover."""
+    spec = study.plan.diversity
+    if spec is None or spec.beta is None:
+        return None, []
+    covered = spec.layers_of(tuple(layer.spec.name for layer in study.layers))
+    return spec.beta, [layer for layer in study.layers if layer.spec.name in covered]
+
+
+def check_permanova(client: Client, study: PreparedStudy) -> None:
+    """Refuse (DataError) what :func:`run_permanova` could not compute, before any task of the run: a Bray-Curtis matrix above the limit."""
+    beta, layers = _asked(study)
+    if beta is not None and "bray_curtis" in beta.distances:
+        check_bray_curtis_memory(study, layers, bray_curtis_limit(client))
+
+
 def run_permanova(
     client: Client,
     watch: ClusterWatch,
@@ -397,14 +413,10 @@ def run_permanova(
     """
     for name in PERMANOVA_FILES:
         (out / name).unlink(missing_ok=True)
-    spec = study.plan.diversity
-    if spec is None or spec.beta is None:
+    beta, layers = _asked(study)
+    if beta is None:
         return None
-    beta = spec.beta
-    covered = spec.layers_of(tuple(layer.spec.name for layer in study.layers))
-    layers = [layer for layer in study.layers if layer.spec.name in covered]
-    if "bray_curtis" in beta.distances:
-        check_bray_curtis_memory(study, layers, bray_curtis_limit(client))
+    check_permanova(client, study)
     rows: list[dict[str, object]] = []
     for layer in layers:
         layer_filter = filters[layer.spec.name]

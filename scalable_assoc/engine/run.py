@@ -31,7 +31,7 @@ from scalable_assoc.engine.filters import LayerFilter, filter_layers
 from scalable_assoc.engine.graph import ClusterRequest, LayerOnCluster, SharedDesigns, hold_on_cluster, layer_on_cluster, watched_cluster
 from scalable_assoc.engine.manifest import run_manifest
 from scalable_assoc.engine.outputs import RunSummary, remove_outputs, up_to_date, write_outputs
-from scalable_assoc.engine.permanova import run_permanova
+from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk
@@ -283,6 +283,7 @@ def _run_study_locked(
     with watched_cluster(cluster) as (client, watch):
         if cluster.client is None:
             timings["cluster_start"] = time.perf_counter() - phase
+        check_permanova(client, study)  # PERMANOVA (plan diversity.beta): refuse a too-large Bray-Curtis matrix before any work
         on_phase("filter")
         phase = time.perf_counter()
         positions = {layer.spec.name: hold_on_cluster(client, layer.sample_positions, "samples") for layer in study.layers}
