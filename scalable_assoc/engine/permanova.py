@@ -215,7 +215,7 @@ def _row(layer: str, distance: str, a: _Analysis, n: int, permutations: int, **v
 
 
 def _designs(
-    layer: LayerWork, distance: str, analyses: list[_Analysis], usable: np.ndarray, beta: BetaSpec, rows_out: list[dict[str, object]]
+    layer: LayerWork, distance: str, analyses: list[_Analysis], usable: np.ndarray, rows_out: list[dict[str, object]]
 ) -> list[tuple[_Analysis, HeldDesign]]:
     """Factorise each analysis on its usable participants; one without an estimate gets its row with a status now."""
     ready = []
@@ -447,7 +447,7 @@ def run_permanova(
                         layer.spec.name,
                         zero,
                     )
-            ready = _designs(layer, distance, analyses, usable, beta, rows)
+            ready = _designs(layer, distance, analyses, usable, rows)
             if not ready:
                 continue
             logger.info(
