@@ -27,6 +27,8 @@ from scalable_assoc.results.summary import adjustment_summary, joint_presence_ab
 FIGURES_DIR = "figures"
 OUTPUT_FILES = (
     "manifest.json",
+    "permanova.parquet",  # engine/permanova.py (plan diversity.beta)
+    "permanova.tsv",
     "results.parquet",
     "all_results.tsv",
     "significant_results.tsv",

@@ -31,6 +31,7 @@ from scalable_assoc.engine.filters import LayerFilter, filter_layers
 from scalable_assoc.engine.graph import ClusterRequest, LayerOnCluster, SharedDesigns, hold_on_cluster, layer_on_cluster, watched_cluster
 from scalable_assoc.engine.manifest import run_manifest
 from scalable_assoc.engine.outputs import RunSummary, remove_outputs, up_to_date, write_outputs
+from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk
@@ -282,6 +283,7 @@ def _run_study_locked(
     with watched_cluster(cluster) as (client, watch):
         if cluster.client is None:
             timings["cluster_start"] = time.perf_counter() - phase
+        check_permanova(client, study)  # PERMANOVA (plan diversity.beta): refuse a too-large Bray-Curtis matrix before any work
         on_phase("filter")
         phase = time.perf_counter()
         positions = {layer.spec.name: hold_on_cluster(client, layer.sample_positions, "samples") for layer in study.layers}
@@ -292,6 +294,11 @@ def _run_study_locked(
         pending = [t for t in tasks if t.chunk_id not in done]
         _fit_chunks(client, watch, study, filters, positions, pending, _Progress(len(done), len(tasks), on_chunk_done), work)
         timings["fit"] = time.perf_counter() - phase
+        # --- PERMANOVA (plan diversity.beta): engine/permanova.py writes permanova.parquet/.tsv; None when not asked for ---
+        phase = time.perf_counter()
+        permanova = run_permanova(client, watch, study, filters, positions, out)
+        if permanova is not None:
+            timings["permanova"] = time.perf_counter() - phase
         info = client.scheduler_info()
         client_info = {"scheduler": info.get("address"), "workers": len(info.get("workers", {}))}
     on_phase("gather")
@@ -301,6 +308,8 @@ def _run_study_locked(
     timings["total"] = time.perf_counter() - started
     manifest = run_manifest(study, filters, len(tasks), len(done), timings, client_info, options.chunk_features, options.intersect_samples)
     manifest["covariate_rows"] = options.covariate_rows
+    if permanova is not None:  # PERMANOVA (plan diversity.beta)
+        manifest["permanova"] = permanova
     write_json(out / "manifest.json", manifest)  # last: a complete set of outputs has a manifest
     return RunSummary(out, results, summary, survival, manifest, len(tasks), len(done), timings["total"])
 

@@ -123,6 +123,29 @@ COVARIATE_COLUMNS: tuple[Column, ...] = (
 COVARIATE_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in COVARIATE_COLUMNS])
 
 
+#: Columns of ``permanova.parquet`` / ``permanova.tsv`` (plan ``diversity.beta``): the exposure's marginal PERMANOVA term
+#: (vegan ``adonis2(distance ~ covariates + exposure, by = "margin")``) per layer x distance x exposure x adjustment set.
+PERMANOVA_COLUMNS: tuple[Column, ...] = (
+    Column("layer", pa.string(), "abundance layer"),
+    Column("distance", pa.string(), "aitchison (Euclidean on CLR values of the kept features) or bray_curtis (raw kept abundances)"),
+    Column("exposure", pa.string(), "exposure name (plan exposures key)"),
+    Column("adjustment", pa.string(), "adjustment set name (plan adjustments key)"),
+    Column(
+        "n",
+        pa.int64(),
+        "participants: covariates and exposure complete, no missing abundance among the kept features (bray_curtis: and not all zero)",
+    ),
+    Column("df", pa.int64(), "degrees of freedom of the exposure term (rank it adds to the covariates); null without an estimate"),
+    Column("sum_of_squares", pa.float64(), "the exposure's marginal sum of squares"),
+    Column("r2", pa.float64(), "sum_of_squares / total sum of squares"),
+    Column("f", pa.float64(), "pseudo-F of the marginal term"),
+    Column("p", pa.float64(), "permutation p-value (1 + #{F* >= F}) / (1 + permutations), seeded (plan diversity.beta.seed)"),
+    Column("permutations", pa.int64(), "permutations drawn"),
+    Column("status", pa.string(), "'ok', or why there is no estimate"),
+)
+PERMANOVA_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in PERMANOVA_COLUMNS])
+
+
 def column_reference_markdown() -> str:
     """The results columns as a Markdown table (used to keep the README in step)."""
     lines = ["| column | type | meaning |", "|---|---|---|"]
