@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scalable_assoc import __version__
+from scalable_assoc.engine.alpha import assemble_alpha_results
 from scalable_assoc.engine.chunks import ChunkTask
 from scalable_assoc.engine.filters import LayerFilter, feature_table
 from scalable_assoc.engine.prepare import PreparedStudy
@@ -149,12 +150,19 @@ def covariate_results(study: PreparedStudy, paths: list[Path]) -> pd.DataFrame:
 
 
 def write_outputs(
-    study: PreparedStudy, tasks: list[ChunkTask], chunks_dir: Path, filters: dict[str, LayerFilter], out: Path, covariate_rows: bool
+    study: PreparedStudy,
+    tasks: list[ChunkTask],
+    chunks_dir: Path,
+    filters: dict[str, LayerFilter],
+    out: Path,
+    covariate_rows: bool,
+    alpha_rows: pa.Table | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Gather every chunk into the results (FDR per family), write every output file but the manifest; returns results, summary, survival.
 
     ``results.parquet`` keeps plan order (runs compare row by row); the TSV is
-    for reading: by q within family.
+    for reading: by q within family. ``alpha_rows`` (:mod:`scalable_assoc.engine.alpha`)
+    follow the feature rows, with q-values from families of their own.
     """
     plan = study.plan
     partial = read_chunks([t.rows_file(chunks_dir) for t in tasks])
@@ -167,6 +175,9 @@ def write_outputs(
         plan.fdr.by,
         MODELS,
     )
+    if alpha_rows is not None:  # alpha diversity rows: their own FDR families, after the feature rows
+        alpha = assemble_alpha_results(study, alpha_rows, exposure_row_order(study), MODELS)
+        results = pd.concat([results, alpha], ignore_index=True) if len(alpha) else results
     summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
     survival = survival_readout(summary, list(plan.adjustments))
     significant = results[results["q"].lt(plan.fdr.alpha).fillna(False).to_numpy(dtype=bool)]

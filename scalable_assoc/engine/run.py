@@ -25,6 +25,7 @@ import distributed
 from distributed import Client, KilledWorker
 from distributed.security import Security
 
+from scalable_assoc.engine.alpha import alpha_rows
 from scalable_assoc.engine.chunks import ChunkTask, chunk_tasks
 from scalable_assoc.engine.cluster import check_cluster_options
 from scalable_assoc.engine.filters import LayerFilter, filter_layers
@@ -299,11 +300,12 @@ def _run_study_locked(
         permanova = run_permanova(client, watch, study, filters, positions, out)
         if permanova is not None:
             timings["permanova"] = time.perf_counter() - phase
+        alpha = alpha_rows(client, watch, study, positions, work / "alpha")  # diversity: alpha metrics as result rows
         info = client.scheduler_info()
         client_info = {"scheduler": info.get("address"), "workers": len(info.get("workers", {}))}
     on_phase("gather")
     phase = time.perf_counter()
-    results, summary, survival = write_outputs(study, tasks, chunks_dir, filters, out, options.covariate_rows)
+    results, summary, survival = write_outputs(study, tasks, chunks_dir, filters, out, options.covariate_rows, alpha)
     timings["gather"] = time.perf_counter() - phase
     timings["total"] = time.perf_counter() - started
     manifest = run_manifest(study, filters, len(tasks), len(done), timings, client_info, options.chunk_features, options.intersect_samples)

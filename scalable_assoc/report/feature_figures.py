@@ -165,8 +165,11 @@ def feature_panels(run: RunOutputs, top: int = FEATURES_TOP) -> FeaturePanels:
     specs = {spec.name: spec for spec in plan.exposures}
     analyses = {(a["layer"], a["exposure"], a["adjustment"], a["model"]): a for a in manifest.get("analyses", [])}
     exposures: dict[str, object] = {}
+    stored = {spec.name for spec in plan.layers}
     for layer_name, rows in chosen.groupby("layer", sort=False):
         layer_name = str(layer_name)
+        if layer_name not in stored:  # rows of no stored layer (alpha diversity, 'alpha:<layer>'): no feature to plot
+            continue
         try:
             layer = _Layer(run, metadata, layer_name)
         except (FileNotFoundError, KeyError, OSError) as error:
