@@ -30,6 +30,7 @@ OUTPUT_FILES = (
     "manifest.json",
     "permanova.parquet",  # engine/permanova.py (plan diversity.beta)
     "permanova.tsv",
+    "alpha_diversity.parquet",  # engine/alpha.py (plan diversity.alpha): per-sample metrics, for the report
     "results.parquet",
     "all_results.tsv",
     "significant_results.tsv",
