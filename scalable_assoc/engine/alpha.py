@@ -47,32 +47,16 @@ from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import factorise_covariates
+from scalable_assoc.results.alpha_names import ALPHA_LAYER_PREFIX as ALPHA_LAYER_PREFIX
+from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE, alpha_column, alpha_layer_name
+from scalable_assoc.results.alpha_names import is_alpha_layer as is_alpha_layer
 from scalable_assoc.results.gather import assemble_results, read_chunks
 from scalable_assoc.stats.diversity import alpha_from_sums, alpha_partial_sums
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of the ``layer`` value of alpha diversity rows: ``alpha:<layer>``.
-ALPHA_LAYER_PREFIX = "alpha:"
 #: The model alpha diversity rows are fitted with.
 ALPHA_MODEL = "lm"
-#: The run's per-sample alpha metrics (output folder): ``sample_id`` and one column ``<layer>:<metric>`` per layer x metric.
-ALPHA_VALUES_FILE = "alpha_diversity.parquet"
-
-
-def alpha_column(layer: str, metric: str) -> str:
-    """The column of ``alpha_diversity.parquet`` holding one layer's metric."""
-    return f"{layer}:{metric}"
-
-
-def alpha_layer_name(layer: str) -> str:
-    """The ``layer`` value of a layer's alpha diversity rows."""
-    return f"{ALPHA_LAYER_PREFIX}{layer}"
-
-
-def is_alpha_layer(layer: str) -> bool:
-    """True for the ``layer`` value of alpha diversity rows (no store of its own)."""
-    return layer.startswith(ALPHA_LAYER_PREFIX)
 
 
 def alpha_sums_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray, presence_threshold: float) -> np.ndarray:
@@ -158,7 +142,7 @@ def fit_alpha(study: PreparedStudy, layer: LayerWork, metrics: dict[str, np.ndar
 
 
 def alpha_values(study: PreparedStudy, metrics: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
-    """The per-sample metrics as one table: ``sample_id`` (every layer's used samples, first seen first) and ``<layer>:<metric>`` columns."""
+    """The per-sample metrics: ``sample_id`` (every layer's used samples, first seen first) and ``<layer>:<metric>`` columns."""
     columns: dict[str, pd.Series] = {}
     for layer in alpha_layers(study):
         ids = [str(layer.store.sample_ids[i]) for i in layer.sample_positions]
