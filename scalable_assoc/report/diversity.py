@@ -137,7 +137,11 @@ def permanova_figure(permanova: pd.DataFrame) -> Figure:
             part = these[these["adjustment"] == adjustment].set_index("exposure").reindex(exposures)
             y = np.arange(len(exposures)) + (j - (len(sets) - 1) / 2) * step
             r2 = part["r2"].to_numpy(dtype=float)
-            axes.barh(y, np.nan_to_num(r2), height=step, color=f"C{j}", label=adjustment if k == 0 else None)
+            bars = axes.barh(y, np.nan_to_num(r2), height=step, color=f"C{j}", label=adjustment if k == 0 else None)
+            for bar, p in zip(bars, part["p"].to_numpy(dtype=float), strict=True):
+                if np.isfinite(p):
+                    axes.annotate(f" p = {p:.2g}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=6)
+        axes.margins(x=0.25)  # room for the p labels
         axes.set_yticks(range(len(exposures)), exposures, fontsize=7)
         axes.invert_yaxis()
         axes.set_xlabel("R\u00b2", fontsize=8)
@@ -176,7 +180,7 @@ def diversity_report(run: RunOutputs, report: Path) -> DiversityReport:
                 subtitles = {e: _base_p(results, layer, metric, e, adjustments) for e in groups}  # type: ignore[union-attr]
                 figure = alpha_figure(values[column].to_numpy(dtype=float), groups, subtitles, metric)  # type: ignore[arg-type]
                 title = f"alpha diversity ({metric}) of {layer} by control/case of each binary exposure (every sample with the metric)"
-                figure.suptitle(title, fontsize=9)
+                figure.suptitle(f"{metric} of {layer} by control/case", fontsize=9)
                 name = f"alpha_{file_stem(layer)}_{file_stem(metric)}"
                 drawn.append((name, "alpha", alpha_layer_name(layer), metric, title, figure))
     permanova_path = run_dir / "permanova.parquet"
