@@ -105,6 +105,7 @@ def test_the_report_in_a_browser(reported: Reported) -> None:
     # heatmap, qq, volcano, forest, survival per layer (one model), and the per-feature plots
     links, (survival_rows, contents) = check_report_in_browser(reported.report, 5 * layers + with_hits, significant_rows, read)
     assert contents and all(link.startswith("#") for link in contents)  # the contents line leads to the sections
+    assert "#diversity" not in contents  # no diversity block: no such section
     _assert_survival_table_equals_the_file(survival_rows, reported.run_dir)
     assert {"results.parquet", "significant_results.tsv", "manifest.json", "figures/inflation.tsv"} <= set(links)
 

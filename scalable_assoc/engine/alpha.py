@@ -18,6 +18,11 @@ left out of that metric's fits only: the masked OLS path handles it as it
 handles a feature's missing values. No carrier rule applies (a metric is no
 feature one carries).
 
+The per-sample metrics are also written to ``alpha_diversity.parquet`` in the
+output folder (:data:`ALPHA_VALUES_FILE`: ``sample_id`` and one column
+``<layer>:<metric>`` per covered layer x metric, missing where a sample is not
+among the layer's used samples or its metric is missing), for the report.
+
 The rows name the layer ``alpha:<layer>`` and the metric as ``feature``, with
 model ``lm``; :func:`assemble_alpha_results` gives them their own FDR families,
 apart from the feature rows, whatever ``fdr.by`` says.
@@ -39,27 +44,19 @@ from scalable_assoc.engine.graph import layer_token
 from scalable_assoc.engine.prepare import LayerWork, PreparedAnalysis, PreparedStudy
 from scalable_assoc.engine.tasks import ModelBlock, SharedDesign, fit_chunk
 from scalable_assoc.engine.watch import ClusterWatch
+from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import factorise_covariates
+from scalable_assoc.results.alpha_names import ALPHA_LAYER_PREFIX as ALPHA_LAYER_PREFIX
+from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE, alpha_column, alpha_layer_name
+from scalable_assoc.results.alpha_names import is_alpha_layer as is_alpha_layer
 from scalable_assoc.results.gather import assemble_results, read_chunks
 from scalable_assoc.stats.diversity import alpha_from_sums, alpha_partial_sums
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of the ``layer`` value of alpha diversity rows: ``alpha:<layer>``.
-ALPHA_LAYER_PREFIX = "alpha:"
 #: The model alpha diversity rows are fitted with.
 ALPHA_MODEL = "lm"
-
-
-def alpha_layer_name(layer: str) -> str:
-    """The ``layer`` value of a layer's alpha diversity rows."""
-    return f"{ALPHA_LAYER_PREFIX}{layer}"
-
-
-def is_alpha_layer(layer: str) -> bool:
-    """True for the ``layer`` value of alpha diversity rows (no store of its own)."""
-    return layer.startswith(ALPHA_LAYER_PREFIX)
 
 
 def alpha_sums_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray, presence_threshold: float) -> np.ndarray:
@@ -144,18 +141,38 @@ def fit_alpha(study: PreparedStudy, layer: LayerWork, metrics: dict[str, np.ndar
     return read_chunks(paths)
 
 
+def alpha_values(study: PreparedStudy, metrics: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """The per-sample metrics: ``sample_id`` (every layer's used samples, first seen first) and ``<layer>:<metric>`` columns."""
+    columns: dict[str, pd.Series] = {}
+    for layer in alpha_layers(study):
+        ids = [str(layer.store.sample_ids[i]) for i in layer.sample_positions]
+        for metric, values in metrics[layer.spec.name].items():
+            columns[alpha_column(layer.spec.name, metric)] = pd.Series(np.asarray(values, dtype=np.float64), index=ids)
+    ids = list(dict.fromkeys(i for series in columns.values() for i in series.index))
+    frame = pd.DataFrame({name: series.reindex(ids) for name, series in columns.items()}, index=pd.Index(ids, name="sample_id"))
+    return frame.reset_index()
+
+
 def alpha_rows(
-    client: Client, watch: ClusterWatch, study: PreparedStudy, positions: dict[str, distributed.Future], folder: Path
+    client: Client,
+    watch: ClusterWatch,
+    study: PreparedStudy,
+    positions: dict[str, distributed.Future],
+    folder: Path,
+    out: Path | None = None,
 ) -> pa.Table | None:
     """The alpha diversity rows of the run (partial schema), or None when the plan asks for none.
 
-    ``folder`` receives the fitted rows' files (one per layer and kind of exposure).
+    ``folder`` receives the fitted rows' files (one per layer and kind of exposure); ``out``, when
+    given, the per-sample metrics (:data:`ALPHA_VALUES_FILE`).
     """
     layers = alpha_layers(study)
     if not layers:
         return None
     logger.info("alpha diversity: %s over %d layer(s)", ", ".join(study.plan.diversity.alpha), len(layers))  # type: ignore[union-attr]
     metrics = alpha_metrics(client, watch, study, positions)
+    if out is not None:
+        write_parquet(out / ALPHA_VALUES_FILE, alpha_values(study, metrics))
     return pa.concat_tables([fit_alpha(study, layer, metrics[layer.spec.name], folder) for layer in layers])
 
 

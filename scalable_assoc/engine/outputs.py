@@ -20,6 +20,7 @@ from scalable_assoc.engine.prepare import PreparedStudy
 from scalable_assoc.io.atomic import file_checksum, write_parquet, write_tsv
 from scalable_assoc.io.runstate import read_status
 from scalable_assoc.plan.schema import MODELS, Plan
+from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE
 from scalable_assoc.results.columns import COVARIATE_SCHEMA
 from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
 from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
@@ -30,6 +31,7 @@ OUTPUT_FILES = (
     "manifest.json",
     "permanova.parquet",  # engine/permanova.py (plan diversity.beta)
     "permanova.tsv",
+    ALPHA_VALUES_FILE,  # engine/alpha.py (plan diversity.alpha): per-sample metrics, for the report
     "results.parquet",
     "all_results.tsv",
     "significant_results.tsv",

@@ -300,7 +300,7 @@ def _run_study_locked(
         permanova = run_permanova(client, watch, study, filters, positions, out)
         if permanova is not None:
             timings["permanova"] = time.perf_counter() - phase
-        alpha = alpha_rows(client, watch, study, positions, work / "alpha")  # diversity: alpha metrics as result rows
+        alpha = alpha_rows(client, watch, study, positions, work / "alpha", out)  # diversity: alpha metrics as result rows
         info = client.scheduler_info()
         client_info = {"scheduler": info.get("address"), "workers": len(info.get("workers", {}))}
     on_phase("gather")

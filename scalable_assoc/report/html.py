@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import write_atomically
 from scalable_assoc.io.runstate import read_status
+from scalable_assoc.report.diversity import diversity_report
 from scalable_assoc.report.feature_figures import FEATURES_TOP, run_feature_figures
 from scalable_assoc.report.figures import RunFigures, run_figures, write_figures
 from scalable_assoc.report.meta_html import folder_kind, render_combined_report
@@ -111,6 +112,7 @@ def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int 
     if features_top > 0:  # per-feature plots of the top associations, and the joint presence/abundance figure
         extra, feature_notes = run_feature_figures(run, features_top)
         figures.figures.extend(extra)
+    diversity = diversity_report(run, report)  # plan diversity: alpha by case/control, PERMANOVA (empty without)
 
     title = f"{escape(manifest.get('plan_name') or plan.name)}: association study report"
     parts = [
@@ -121,11 +123,13 @@ def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int 
         f'<p class="muted">plan hash <code id="plan-hash">{escape(manifest.get("plan_hash"))}</code>, '
         f"scalable_assoc {escape(manifest.get('version'))}, plan <code>{escape(manifest.get('plan'))}</code>, "
         f"FDR: {escape(plan.fdr.method)} by {escape(' x '.join(plan.fdr.by))}, q &lt; {alpha:g}</p>",
-        _contents(),
+        _contents(bool(diversity.parts)),
     ]
     # What a reader came for first (findings, then the pictures), then how it was obtained.
     parts += _findings_section(results, significant_rows, survival, alpha)
     parts += _figures_section(run_dir, report, figures, feature_notes)
+    parts += diversity.parts
+    figures.figures.extend(diversity.figures)  # written and linked with the others; shown in their own section
     parts += _inflation_section(figures.inflation)
     parts += _analyses_section(manifest)
     parts += _inputs_section(manifest)
@@ -144,6 +148,7 @@ def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int 
 SECTIONS = (
     ("findings", "Findings"),
     ("figures", "Figures"),
+    ("diversity", "Community diversity"),  # only for a run with alpha diversity rows or PERMANOVA
     ("inflation", "Inflation"),
     ("analyses", "Analyses"),
     ("inputs", "Inputs"),
@@ -152,8 +157,9 @@ SECTIONS = (
 )
 
 
-def _contents() -> str:
-    links = " \u00b7 ".join(f'<a href="#{anchor}">{heading}</a>' for anchor, heading in SECTIONS)
+def _contents(diversity: bool) -> str:
+    shown = [(anchor, heading) for anchor, heading in SECTIONS if diversity or anchor != "diversity"]
+    links = " \u00b7 ".join(f'<a href="#{anchor}">{heading}</a>' for anchor, heading in shown)
     return f'<nav class="contents">{links}</nav>'
 
 
