@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_atomically
 from scalable_assoc.io.tables import AbundanceTable, TableStream
+from scalable_assoc.plan.blocks import STORE_LAYER_NAME
 from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.stats.transforms import FeatureSummary, feature_summary
 
@@ -50,8 +50,6 @@ SAMPLE_TOTALS = "sample_totals"
 STORE_FORMAT_VERSION = 1
 #: The root attribute (and its value) that marks a store holding several layers.
 LAYERED_STORE_KEY, LAYERED_STORE_VALUE = "scalable_assoc_store", "layers"
-#: A layer's name in such a store is a folder name: no separators, no hidden folders (temporary layers are hidden).
-LAYER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 #: Target uncompressed bytes per chunk: large enough that per-task overhead is
 #: negligible, small enough that a worker holds a few chunks comfortably.
 TARGET_CHUNK_BYTES = 32 * 2**20
@@ -258,7 +256,7 @@ def store_layers(path: Path) -> tuple[str, ...] | None:
 
 def check_layer_name(name: str, what: str) -> str:
     """``name`` if it can name a layer of a store (a folder inside it), else a :class:`DataError` naming ``what``."""
-    if not LAYER_NAME.fullmatch(name):
+    if not STORE_LAYER_NAME.fullmatch(name):
         raise DataError(f"{what}: a layer name is letters, digits, '_', '-' and '.', not starting with '.', got {name!r}")
     return name
 

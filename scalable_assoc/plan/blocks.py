@@ -283,7 +283,8 @@ def _parse_store_layer(source: Path, key: str, value: dict, fmt: str) -> str | N
     return name
 
 
-#: What names a layer of a store (the same rule as io.store.LAYER_NAME; plan/ does not import io/).
+#: What names a layer of a store holding several (a folder name: no separators, no hidden folders, as temporary
+#: layers are hidden); io.store checks ``ingest --layer`` by it too.
 STORE_LAYER_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 #: The columns of a long table when ``columns`` does not name them.
