@@ -45,19 +45,23 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from suite_whole_run import SCRIPT_GROUPS, ingested_plan, limma_check, limma_study, script_group  # noqa: E402
+
 FULL = {
     "reference": {"participants": 7656, "species": 400, "pathways": 650, "statsmodels_sample": 1000, "lm_sample": 8},
     "features": {"participants": 7656, "sizes": [1_000, 10_000, 100_000]},
     "participants": {"features": 2_000, "sizes": [7_656, 50_000, 200_000]},
     "models": ["--participants", "7656", "--species", "400", "--sample", "100"],
+    "limma_cli": {"participants": 7656, "species": 5000},
 }
 QUICK = {
     "reference": {"participants": 2000, "species": 100, "pathways": 100, "statsmodels_sample": 100, "lm_sample": 3},
     "features": {"participants": 2000, "sizes": [1_000, 2_000, 5_000]},
     "participants": {"features": 500, "sizes": [2_000, 5_000, 10_000]},
     "models": ["--participants", "2000", "--species", "100", "--sample", "10"],
+    "limma_cli": {"participants": 2000, "species": 500},
 }
-GROUPS = ("reference", "features", "participants", "workers", "models")
+GROUPS = ("reference", "limma_cli", "features", "participants", "workers", "models", *SCRIPT_GROUPS)
 #: The scaling plans: 2 exposures x 2 adjustment sets (4 analyses per feature), lm.
 SCALE_PLAN = """\
 name: scale-{label}
@@ -156,14 +160,13 @@ def run_case(name: str, params: dict, log: Path, scratch: Path) -> dict:
     return {**measured, "result": json.loads(result_path.read_text())}
 
 
-def run_cli(plan: Path, out: Path, log: Path, workers: int | None = None, keep_stores: bool = False) -> dict:
-    """``scalable-assoc run`` into a fresh output folder (or one with only its converted stores kept)."""
+def run_cli(plan: Path, out: Path, log: Path, workers: int | None = None, report: bool = False) -> dict:
+    """``scalable-assoc run`` into a fresh output folder; without the HTML report unless ``report`` (its time is in bench_report.py)."""
     if out.exists():
-        if keep_stores:
-            shutil.rmtree(out / ".scalable_assoc" / "chunks", ignore_errors=True)
-        else:
-            shutil.rmtree(out)
+        shutil.rmtree(out)
     command = [shutil.which("scalable-assoc") or "scalable-assoc", "run", str(plan), "--out", str(out)]
+    if not report:
+        command.append("--no-report")
     if workers:
         command += ["--workers", str(workers)]
     measured = measure(command, log)
@@ -178,13 +181,13 @@ def run_cli(plan: Path, out: Path, log: Path, workers: int | None = None, keep_s
 # ---------------------------------------------------------------------------------------
 # Python cases (each in its own process)
 # ---------------------------------------------------------------------------------------
-def _reference_data(folder: Path):
+def _reference_data(folder: Path, plan: str = "plan.yaml"):
     from bench_reference_study import transformed_layers
 
     from scalable_assoc.engine.prepare import prepare_study
     from scalable_assoc.plan.schema import load_plan
 
-    study = prepare_study(load_plan(folder / "study" / "plan.yaml"), folder / "out" / ".scalable_assoc" / "stores")
+    study = prepare_study(load_plan(folder / "study" / plan), folder / "out" / ".scalable_assoc" / "stores")
     return study, transformed_layers(study)
 
 
@@ -314,7 +317,21 @@ def case_write_store(params: dict) -> dict:
     return {"seconds": time.perf_counter() - started, "chunk_features": store.chunk_features, "samples": store.n_samples, "reused": reused}
 
 
-CASES = {"kernel": case_kernel, "floor": case_floor, "statsmodels": case_statsmodels, "write_store": case_write_store}
+def case_limma_export(params: dict) -> dict:
+    """The limma comparison's transformed matrix and designs for suite_r.R, with our estimates beside them."""
+    folder = Path(params["folder"])
+    study, layers = _reference_data(folder, "plan-limma.yaml")
+    layer = study.layers[0]
+    return export_for_r(layer, layers[layer.spec.name], layer.store.chunk_features, folder / "r")
+
+
+CASES = {
+    "limma_export": case_limma_export,
+    "kernel": case_kernel,
+    "floor": case_floor,
+    "statsmodels": case_statsmodels,
+    "write_store": case_write_store,
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -447,8 +464,13 @@ def run_suite(args: argparse.Namespace) -> dict:
         plan = folder / "study" / "plan.yaml"
         say("reference: CLI run, cold (TSV -> Zarr conversion included)")
         cases["ref_cli_cold"] = run_cli(plan, folder / "out", log)
-        say("reference: CLI run, stores ready")
-        warm = [run_cli(plan, folder / "out", log, keep_stores=True) for _ in range(2)]
+        say("reference: CLI run, cold, with the HTML report")
+        cases["ref_cli_cold_report"] = run_cli(plan, folder / "out", log, report=True)
+        say("reference: the three tables into one store (ingest --layer), then a second plan on it")
+        stores_plan, cases["ref_ingest"] = ingested_plan(
+            folder / "study", folder / "study.zarr", folder / "plan-stores.yaml", lambda command: measure(command, log)
+        )
+        warm = [run_cli(stores_plan, folder / "out-stores", log) for _ in range(2)]
         cases["ref_cli_warm"] = min(warm, key=lambda r: r["wall_s"])
         say("reference: our kernel, one process")
         cases["ref_kernel"] = run_case("kernel", {"folder": str(folder)}, log, data)
@@ -469,6 +491,20 @@ def run_suite(args: argparse.Namespace) -> dict:
             "kernel_over_read_sum": kernel["kernel_s"] / floor["read_sum_s"],
         }
         aims.append(aim("statsmodels", "kernel >= 100x the statsmodels loop", ratios["statsmodels_over_kernel"], 100, True))
+        aims.append(aim("cold", "reference study, cold run (TSV inputs) <= 4 s", cases["ref_cli_cold"]["wall_s"], 4, False, " s"))
+        aims.append(
+            aim("cold_statsmodels", "reference study, cold run >= 20x the statsmodels loop", ratios["statsmodels_over_cli_cold"], 20, True)
+        )
+        aims.append(
+            aim(
+                "warm",
+                "reference study, stores already converted (second plan) <= 2.5 s",
+                cases["ref_cli_warm"]["wall_s"],
+                2.5,
+                False,
+                " s",
+            )
+        )
         aims.append(aim("floor", "kernel within 3x of the numpy floor (X'Y per participant subset)", ratios["kernel_over_floor"], 3, False))
         if shutil.which("Rscript"):
             say("reference: R lm loop and limma lmFit (species layer)")
@@ -494,6 +530,37 @@ def run_suite(args: argparse.Namespace) -> dict:
             )
         report["reference_ratios"] = {k: round(v, 2) for k, v in ratios.items()}
         say("reference: " + ", ".join(f"{k} {v:.1f}" for k, v in ratios.items()))
+
+    if "limma_cli" in only:
+        spec = sizes["limma_cli"]
+        folder = data / "limma_cli"
+        say(f"limma_cli: simulating {spec['species']:,} species x {spec['participants']:,} participants, no missing values")
+        plan = limma_study(folder, spec["participants"], spec["species"])
+        say("limma_cli: our CLI, cold (TSV in, every output written)")
+        cases["limma_cli_ours"] = run_cli(plan, folder / "out", log)
+        cases["limma_cli_export"] = run_case("limma_export", {"folder": str(folder)}, log, data)
+        if shutil.which("Rscript"):
+            say("limma_cli: limma lmFit alone on the same matrix and designs")
+            r_out = folder / "r" / "result.json"
+            cases["limma_cli_r"] = measure(["Rscript", str(HERE / "suite_r.R"), str(folder / "r"), str(r_out), "1"], log)
+            r = json.loads(r_out.read_text())
+            cases["limma_cli_r"]["result"] = r
+            exported = cases["limma_cli_export"]["result"]
+            cases["limma_cli_r"]["limma_vs_ours_max_rel_diff"] = limma_check(folder / "r", exported["r_features"], exported["r_analyses"])
+            ratio = r["limma_seconds"] / cases["limma_cli_ours"]["wall_s"]
+            cases["limma_cli_r"]["limma_over_cli"] = round(ratio, 2)
+            aims.append(
+                aim(
+                    "limma_cli",
+                    f"whole CLI >= 3x limma lmFit alone ({exported['r_features']:,} features x {exported['r_analyses']} analyses)",
+                    ratio,
+                    3,
+                    True,
+                )
+            )
+            say(f"limma_cli: lmFit {r['limma_seconds']:.2f} s, our CLI {cases['limma_cli_ours']['wall_s']:.2f} s: {ratio:.2f}x")
+        else:
+            say("limma_cli: Rscript not found, limma not measured")
 
     scale_dir = data / "scale"
     if "features" in only:
@@ -567,6 +634,15 @@ def run_suite(args: argparse.Namespace) -> dict:
         out = data / "models.json"
         cases["models"] = measure([sys.executable, str(HERE / "bench_models.py"), *sizes["models"], "--out", str(out)], log)
         cases["models"]["result"] = json.loads(out.read_text())
+    for name in SCRIPT_GROUPS:
+        if name in only:
+            say(f"{name}: benchmarks/{SCRIPT_GROUPS[name][0]}")
+            measured = script_group(name, args.quick, data / name, measure, log)
+            if measured is not None:
+                cases[f"script_{name}"] = measured
+                aims.extend(
+                    dict(found, key=f"{name}_{found['key']}", at_least=found.get("at_least")) for found in measured["result"]["aims"]
+                )
     report["suite_seconds"] = round(time.perf_counter() - suite_started, 1)
     report["data_dir"] = str(data) if args.data_dir else "(temporary, removed)"
     if not args.data_dir:
@@ -606,6 +682,10 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
 
+    def phases(case: dict) -> str:
+        timings = case.get("run_timings", {})
+        return "phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items() if k != "total")
+
     def row(name: str, what: str, case: dict | None, inner: str, aim_text: str = "") -> None:
         if case is None:
             return
@@ -624,15 +704,29 @@ def markdown(report: dict) -> str:
         )
         row(
             "reference",
-            "`scalable-assoc run`, cold (start-up, TSV -> Zarr, fits, FDR, outputs), 2 workers",
+            "`scalable-assoc run --no-report`, cold (start-up, TSV -> Zarr, fits, FDR, outputs), 2 workers",
             c["ref_cli_cold"],
-            f"statsmodels loop / this: {r['statsmodels_over_cli_cold']:.1f}x",
+            f"statsmodels loop / this: {r['statsmodels_over_cli_cold']:.1f}x; {phases(c['ref_cli_cold'])}",
+            aim_cell("cold") + "; " + aim_cell("cold_statsmodels"),
         )
         row(
             "reference",
-            "`scalable-assoc run`, stores ready (best of 2)",
+            "the same with the HTML report (`run` without `--no-report`)",
+            c.get("ref_cli_cold_report"),
+            phases(c["ref_cli_cold_report"]) if "ref_cli_cold_report" in c else "",
+        )
+        row(
+            "reference",
+            "`scalable-assoc ingest --layer`: the three tables into one store (3 commands, summed)",
+            c.get("ref_ingest"),
+            "once per study; the next row's plan reads this store",
+        )
+        row(
+            "reference",
+            "`scalable-assoc run`, a second plan on the converted store, new output folder (best of 2)",
             c["ref_cli_warm"],
-            f"fit phase {c['ref_cli_warm']['run_timings'].get('fit', 0):.2f} s",
+            phases(c["ref_cli_warm"]),
+            aim_cell("warm"),
         )
         row(
             "reference",
@@ -664,6 +758,25 @@ def markdown(report: dict) -> str:
                 f"lmFit {rr['limma_seconds']:.3f} s (/ our kernel {r['limma_over_kernel_species']:.1f}x); lm loop "
                 f"{c['ref_r']['lm_scaled_s']:.1f} s scaled (/ kernel {r['r_lm_over_kernel_species']:.0f}x)",
                 aim_cell("limma"),
+            )
+    if "limma_cli_ours" in c:
+        exported = c["limma_cli_export"]["result"]
+        row(
+            "limma_cli",
+            f"`scalable-assoc run`, cold, species layer ({exported['r_features']:,} features kept, no missing values), "
+            f"{exported['r_analyses']} analyses, 2 workers",
+            c["limma_cli_ours"],
+            phases(c["limma_cli_ours"]),
+        )
+        if "limma_cli_r" in c:
+            lr = c["limma_cli_r"]
+            row(
+                "limma_cli",
+                f"Rscript: limma lmFit x {lr['result']['analyses']} designs on the same transformed matrix (fitting only timed)",
+                lr,
+                f"lmFit {lr['result']['limma_seconds']:.2f} s; / our whole CLI {lr['limma_over_cli']:.2f}x; beta, se max rel. diff "
+                f"{lr['limma_vs_ours_max_rel_diff']['beta']:.1e}, {lr['limma_vs_ours_max_rel_diff']['se']:.1e}",
+                aim_cell("limma_cli"),
             )
     for group, key, unit in (("features", "features", "features"), ("participants", "participants", "participants")):
         for case in c.get(group, []):
@@ -703,6 +816,25 @@ def markdown(report: dict) -> str:
                 f"| {name} | {model['regressions']:,} | {model['ours_seconds']:.2f} | {model['reference_scaled_seconds']:,.1f} | "
                 f"{model['ratio']:,.0f}x |"
             )
+    for name, (script, what) in SCRIPT_GROUPS.items():
+        if f"script_{name}" not in c:
+            continue
+        measured = c[f"script_{name}"]
+        lines += [
+            "",
+            f"**{name}**: {what} (`benchmarks/{script}`, whole script: {measured['wall_s']:.1f} s wall, "
+            f"{measured['peak_rss_mb']:,.0f} MB peak).",
+            "",
+        ]
+        lines += ["| case | what | wall s | CPU s | peak MB | details |", "|---|---|---|---|---|---|"]
+        for case in measured["result"]["cases"]:
+            shown = {"case", "what", "wall_s", "cpu_s", "peak_rss_mb"}
+            details = "; ".join(f"{k} {v}" for k, v in case.items() if k not in shown)
+            cells = [
+                f"{case[k]:,.2f}" if isinstance(case.get(k), float | int) else str(case.get(k, ""))
+                for k in ("wall_s", "cpu_s", "peak_rss_mb")
+            ]
+            lines.append(f"| {case.get('case', '')} | {case.get('what', '')} | {' | '.join(cells)} | {details} |")
     lines += ["", "| aim | measured | met |", "|---|---|---|"]
     lines += [f"| {a['aim']} | {a['value']:g}{a['unit']} | {'met' if a['met'] else 'missed'} |" for a in report["aims"]]
     return "\n".join(lines) + "\n"
