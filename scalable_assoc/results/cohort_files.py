@@ -33,12 +33,26 @@ class CohortFile:
         """The summary rows (:data:`~scalable_assoc.results.sumstats_format.SUMMARY_COLUMNS`)."""
         return pd.read_parquet(self.path)
 
-    def sufficient(self) -> pa.Table:
-        """The cross-product rows; a clear error if this file was exported without ``--sufficient``."""
+    def summary_table(self, columns: Sequence[str], keys: Sequence[str] = ()) -> pa.Table:
+        """``columns`` of the summary rows as Arrow, the ``keys`` columns dictionary-encoded (read so, no text per row)."""
+        schema_names = pq.read_schema(self.path).names
+        missing = [c for c in columns if c not in schema_names]
+        if missing:
+            raise DataError(f"{self.path}: lacks column(s) {', '.join(missing)} of a summary-statistics file")
+        return pq.read_table(self.path, columns=list(columns), read_dictionary=list(keys))
+
+    def sufficient(self, read_dictionary: Sequence[str] = ()) -> pa.Table:
+        """The cross-product rows (``read_dictionary`` columns dictionary-encoded); a clear error if exported without ``--sufficient``."""
         entry = self.sidecar["files"].get("sufficient")
         if entry is None:
             raise DataError(f"{self.path}: exported without --sufficient; re-export with 'scalable-assoc sumstats RUN_DIR --sufficient'")
-        return pq.read_table(self.path.with_name(entry["name"]), schema=SUFFICIENT_SCHEMA)
+        path = self.path.with_name(entry["name"])
+        if not read_dictionary:
+            return pq.read_table(path, schema=SUFFICIENT_SCHEMA)
+        schema = pa.schema(
+            [pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in read_dictionary else f for f in SUFFICIENT_SCHEMA]
+        )
+        return pq.read_table(path, schema=schema)
 
 
 def open_cohort_file(
