@@ -20,7 +20,7 @@ Times as subprocesses (wall, CPU of the process tree, peak RSS of the tree sampl
 FILE... --out DIR``, whole commands (reading, checks, combining, writing). The aims: meta
 REML of 5 cohorts x 10 million rows in at most 60 s, the pooled model at 100,000 features in
 at most 30 s, on 2 cores. ``--before REV`` also times the same commands from a git revision
-(checked out into a temporary worktree), side by side. R's ``metafor::rma.uni`` (REML, one
+(its package extracted by ``git archive``), side by side. R's ``metafor::rma.uni`` (REML, one
 row per call, as a per-row loop would) is timed on 2,000 rows and scaled to the meta size
 when R has metafor; otherwise skipped with a message.
 """
@@ -231,7 +231,8 @@ def write_sidecar(summary: Path, cohort: int, rows: int, sufficient_rows: int | 
 
 def make_cohorts(folder: Path, meta_features: int, pool_features: int, seed: int = 0) -> tuple[list[Path], list[Path]]:
     """Write the meta cohorts (``folder/meta``) and the pool cohorts (``folder/pool``); returns their summary files."""
-    meta_files, pool_files = [], []
+    meta_files: list[Path] = []
+    pool_files: list[Path] = []
     for kind, features in (("meta", meta_features), ("pool", pool_features)):
         (folder / kind).mkdir(parents=True, exist_ok=True)
         for k in range(1, COHORTS + 1):
@@ -245,11 +246,11 @@ def make_cohorts(folder: Path, meta_features: int, pool_features: int, seed: int
     return meta_files, pool_files
 
 
-def measure(command: list[str], env: dict[str, str], label: str) -> dict:
+def measure(command: list[str], env: dict[str, str], label: str, cwd: Path = ROOT) -> dict:
     """Run ``command``; wall and CPU seconds (user + sys of the tree) and peak RSS (MB) of its process tree."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    process = psutil.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = psutil.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0
     while process.poll() is None:
         rss = 0
@@ -289,10 +290,13 @@ def _commands(files_meta: list[Path], files_pool: list[Path], out: Path) -> dict
     }
 
 
-def _before_worktree(revision: str, scratch: Path) -> Path:
+def _before_source(revision: str, scratch: Path) -> Path:
+    """The package as it was at ``revision`` (``git archive``, no worktree), to time side by side."""
     target = scratch / "before"
     if not target.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(target), revision], check=True, capture_output=True)
+        target.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "scalable_assoc"], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target
 
 
@@ -330,7 +334,7 @@ def main() -> None:
     args = parser.parse_args()
     meta_features = args.meta_features or (2_500 if args.quick else 125_000)
     pool_features = args.pool_features or (5_000 if args.quick else 100_000)
-    folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_meta_"))
+    folder = (Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench_meta_"))).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     try:
         start = time.perf_counter()
@@ -340,12 +344,12 @@ def main() -> None:
         print(f"wrote the cohorts in {time.perf_counter() - start:.1f} s: meta {meta_rows:,} rows, pool {pool_rows:,} cross-product rows")
         sources = {"ours": ROOT}
         if args.before:
-            sources["before"] = _before_worktree(args.before, folder)
+            sources["before"] = _before_source(args.before, folder)
         cases = []
         for who, source in sources.items():
             commands = _commands(meta_files, pool_files, folder / f"out_{who}")
             for kind, command in commands.items():
-                result = measure(command, _environment(source), f"{who} {kind}")
+                result = measure(command, _environment(source), f"{who} {kind}", cwd=source)  # python -m imports from the folder it runs in
                 what = (
                     f"scalable-assoc meta --method reml, {COHORTS} cohorts x {meta_rows // COHORTS:,} rows ({meta_features:,} features)"
                     if kind == "meta"
@@ -394,8 +398,6 @@ def main() -> None:
         args.json.write_text(json.dumps({"cases": cases, "aims": aims}, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(aims, indent=2))
     finally:
-        if args.before and (folder / "before").exists():
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder / "before")], capture_output=True)
         if not args.keep and not args.dir:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import file_checksum
+from scalable_assoc.results.coded_keys import thread_map
 from scalable_assoc.results.signing import VerifyKey, load_verify_key, verify_sidecar
 from scalable_assoc.results.sumstats_format import FORMAT, SUFFICIENT_SCHEMA, sidecar_path
 
@@ -189,4 +190,5 @@ def open_cohorts(
     ['cohort_1', 'cohort_2', 'cohort_3']
     """
     keys = [key if isinstance(key, VerifyKey) else load_verify_key(Path(key)) for key in verify_keys] if verify_keys else None
-    return [open_cohort_file(path, need_sufficient, verify_key=keys) for path in summary_files(files)]
+    # Checksumming is most of the work (hashlib releases the GIL): one thread per CPU; the first failing file in order raises.
+    return thread_map(lambda path: open_cohort_file(path, need_sufficient, verify_key=keys), summary_files(files))
