@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import file_checksum
+from scalable_assoc.results.coded_keys import thread_map
 from scalable_assoc.results.signing import VerifyKey, load_verify_key, verify_sidecar
 from scalable_assoc.results.sumstats_format import FORMAT, SUFFICIENT_SCHEMA, sidecar_path
 
@@ -33,12 +34,26 @@ class CohortFile:
         """The summary rows (:data:`~scalable_assoc.results.sumstats_format.SUMMARY_COLUMNS`)."""
         return pd.read_parquet(self.path)
 
-    def sufficient(self) -> pa.Table:
-        """The cross-product rows; a clear error if this file was exported without ``--sufficient``."""
+    def summary_table(self, columns: Sequence[str], keys: Sequence[str] = ()) -> pa.Table:
+        """``columns`` of the summary rows as Arrow, the ``keys`` columns dictionary-encoded (read so, no text per row)."""
+        schema_names = pq.read_schema(self.path).names
+        missing = [c for c in columns if c not in schema_names]
+        if missing:
+            raise DataError(f"{self.path}: lacks column(s) {', '.join(missing)} of a summary-statistics file")
+        return pq.read_table(self.path, columns=list(columns), read_dictionary=list(keys))
+
+    def sufficient(self, read_dictionary: Sequence[str] = ()) -> pa.Table:
+        """The cross-product rows (``read_dictionary`` columns dictionary-encoded); a clear error if exported without ``--sufficient``."""
         entry = self.sidecar["files"].get("sufficient")
         if entry is None:
             raise DataError(f"{self.path}: exported without --sufficient; re-export with 'scalable-assoc sumstats RUN_DIR --sufficient'")
-        return pq.read_table(self.path.with_name(entry["name"]), schema=SUFFICIENT_SCHEMA)
+        path = self.path.with_name(entry["name"])
+        if not read_dictionary:
+            return pq.read_table(path, schema=SUFFICIENT_SCHEMA)
+        schema = pa.schema(
+            [pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in read_dictionary else f for f in SUFFICIENT_SCHEMA]
+        )
+        return pq.read_table(path, schema=schema)
 
 
 def open_cohort_file(
@@ -175,4 +190,5 @@ def open_cohorts(
     ['cohort_1', 'cohort_2', 'cohort_3']
     """
     keys = [key if isinstance(key, VerifyKey) else load_verify_key(Path(key)) for key in verify_keys] if verify_keys else None
-    return [open_cohort_file(path, need_sufficient, verify_key=keys) for path in summary_files(files)]
+    # Checksumming is most of the work (hashlib releases the GIL): one thread per CPU; the first failing file in order raises.
+    return thread_map(lambda path: open_cohort_file(path, need_sufficient, verify_key=keys), summary_files(files))

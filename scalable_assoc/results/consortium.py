@@ -14,6 +14,7 @@ import datetime as _dt
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scalable_assoc import __version__
 from scalable_assoc.errors import DataError, UserInputError
@@ -29,12 +31,27 @@ from scalable_assoc.models.fits import STATUS_TEXT, FitStatus
 from scalable_assoc.models.pooled import drop_reference_levels, solve_pooled, unpack_symmetric
 from scalable_assoc.plan.spec import FdrSpec
 from scalable_assoc.progress import ProgressReporter
+from scalable_assoc.results.coded_keys import (
+    Dictionary,
+    code_keys,
+    composite,
+    decompose,
+    dictionary_column,
+    duplicated_rows,
+    key_space,
+    line_up,
+    pattern_codes,
+    text_column,
+    thread_map,
+    worker_threads,
+)
 from scalable_assoc.results.cohort_files import CohortFile
 from scalable_assoc.results.cohort_files import open_cohorts as open_cohorts  # the first step of meta and pool, public here too
 from scalable_assoc.results.compatibility import check_compatible
-from scalable_assoc.results.gather import family_q
-from scalable_assoc.results.harmonise import coverage_table, harmonised_names
+from scalable_assoc.results.harmonise import feature_coverage
+from scalable_assoc.results.table_files import write_table_tsv
 from scalable_assoc.stats.meta import METHODS, MetaFits, combine_estimates, direction_strings, leave_one_out
+from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
 
 KEY_COLUMNS = ("layer", "feature", "exposure", "adjustment", "model")
 META_FILES = (
@@ -71,10 +88,12 @@ class BlockMapper(Protocol):
 def _combine(
     beta: np.ndarray, se: np.ndarray, method: str, hksj: bool, mapper: BlockMapper | None, block_rows: int, progress: ProgressReporter
 ) -> MetaFits:
-    """Every row, in blocks of ``block_rows``: in this process, or through ``mapper`` when it wants them.
+    """Every row, in blocks of ``block_rows``: on this process's threads, or through ``mapper`` when it wants them.
 
     Blocks give progress as they finish. They do not change a row's result: the
-    kernel iterates each row on its own (a converged row is frozen).
+    kernel iterates each row on its own (a converged row is frozen). In process,
+    blocks run on one thread per CPU: the kernel's time is in NumPy loops over
+    whole blocks, which release the GIL.
     """
     starts = range(0, beta.shape[0], block_rows)
     blocks = [(beta[s : s + block_rows], se[s : s + block_rows], method, hksj) for s in starts]
@@ -84,6 +103,14 @@ def _combine(
 
     if mapper is not None and mapper.wanted(beta.shape[0]):
         parts = mapper(combine_estimates, blocks, finished)
+    elif worker_threads() > 1 and len(blocks) > 1:
+        parts = [None] * len(blocks)
+        with ThreadPoolExecutor(max_workers=min(worker_threads(), len(blocks))) as pool:
+            futures = {pool.submit(combine_estimates, *block): i for i, block in enumerate(blocks)}
+            for future in as_completed(futures):
+                i = futures[future]
+                parts[i] = future.result()
+                finished(i)
     else:
         parts = []
         for i, block in enumerate(blocks):
@@ -148,46 +175,6 @@ def _plan_alpha(cohorts: list[CohortFile]) -> tuple[float, list[str]]:
     ]
 
 
-def _with_harmonised_features(frame: pd.DataFrame, cohort: CohortFile, mapping: dict[str, str] | None, keys: Sequence[str]) -> pd.DataFrame:
-    """Replace ``feature`` by its matching key; refuse two spellings of one cohort that become the same feature."""
-    original = frame["feature"].astype(str)
-    frame = frame.assign(feature=harmonised_names(original, mapping).to_numpy(), source_feature=original.to_numpy())
-    clash = frame.duplicated(list(keys), keep=False)
-    if clash.any():
-        names = sorted(set(frame.loc[clash, "source_feature"]))[:4]
-        raise DataError(
-            f"{cohort.path} (cohort {cohort.cohort}): features {', '.join(names)} become the same feature after matching names; "
-            "give a --feature-map that tells them apart"
-        )
-    return frame
-
-
-def _coverage(frames: list[pd.DataFrame], cohorts: list[CohortFile]) -> tuple[pd.DataFrame, list[str]]:
-    present = pd.concat([f[["layer", "feature", "cohort"]] for f in frames], ignore_index=True)
-    names = [c.cohort for c in cohorts]
-    coverage = coverage_table(present, names)
-    warnings = []
-    for cohort in names:
-        own = coverage[coverage["present_in"].str.split(",").map(lambda cs, c=cohort: c in cs)]
-        if len(own) and (own["cohorts"] == 1).all() and len(names) > 1:
-            warnings.append(f"cohort {cohort} shares no feature with any other cohort (check feature spellings or --feature-map)")
-        elif not len(own):
-            warnings.append(f"cohort {cohort} has no rows to combine (everything was withheld or failed)")
-    partial = int((coverage["cohorts"] < len(names)).sum())
-    if partial:
-        warnings.append(f"{partial} of {len(coverage)} features are present in only some cohorts (see feature_coverage.tsv)")
-    for warning in warnings:
-        logger.warning("%s", warning)
-    return coverage, warnings
-
-
-def _add_q(results: pd.DataFrame, cohorts: list[CohortFile]) -> list[str]:
-    """Insert ``q`` after ``p``: BH within the families of the cohorts' plan (``fdr.by``); returns those columns."""
-    fdr_by = list(cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"]))
-    results.insert(results.columns.get_loc("p") + 1, "q", family_q(results, fdr_by))
-    return fdr_by
-
-
 @dataclass
 class CombinedSummary:
     """What ``meta`` or ``pool`` wrote."""
@@ -240,7 +227,7 @@ def meta_analyse(
     mapping: dict[str, str] | None = None,
     allow_mismatch: bool = False,
     mapper: BlockMapper | None = None,
-    block_rows: int = 250_000,
+    block_rows: int = 50_000,
     alpha: float | None = None,
 ) -> CombinedSummary:
     """Meta-analyse every (layer, feature, exposure, adjustment, model) over the cohorts' summary files.
@@ -293,31 +280,39 @@ def meta_analyse(
     if method not in METHODS:
         raise UserInputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, META_FILES, alpha)
-    frames = [_with_harmonised_features(c.summary(), c, mapping, KEY_COLUMNS).assign(cohort=c.cohort) for c in cohorts]
-    coverage, coverage_warnings = _coverage(frames, cohorts)
-    warnings += coverage_warnings
     names = [c.cohort for c in cohorts]
-    table = _estimates_by_cohort(pd.concat(frames, ignore_index=True), names, min_cohorts)
-    logger.info(f"meta-analysing {len(table.keys)} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
-    progress = ProgressReporter(logger, "meta", len(table.keys), "rows", label="meta-analysing")
+    read = _read_estimates(cohorts, mapping)
+    coverage, coverage_warnings = _coverage_of(read.pairs, read.values, names)
+    warnings += coverage_warnings
+    table = _estimates_by_cohort(read, names, min_cohorts)
+    rows = table.rows
+    logger.info(f"meta-analysing {rows} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
+    progress = ProgressReporter(logger, "meta", rows, "rows", label="meta-analysing")
     progress.start()
     fits = _combine(table.beta, table.se, method, hksj, mapper, block_rows, progress)
     progress.finish()
     few = int(((fits.k > 1) & (fits.k < 3)).sum()) if hksj else 0
     if few:
         warning = (
-            f"--hksj: {few} of {len(table.keys)} rows were combined from fewer than 3 cohorts; with k = 2 the Hartung-Knapp "
+            f"--hksj: {few} of {rows} rows were combined from fewer than 3 cohorts; with k = 2 the Hartung-Knapp "
             "standard error rests on 1 degree of freedom and can be far too small or too large (treat those rows with care, "
             "or use --min-cohorts 3)"
         )
         logger.warning("%s", warning)
         warnings.append(warning)
-    results = _meta_results(table, fits, names)
-    fdr_by = _add_q(results, cohorts)
-    results["method"] = method + ("+hksj" if hksj else "")
-    write_parquet(out / "meta_results.parquet", results)
-    write_tsv(out / "meta_results.tsv", results)
-    forest = forest_estimates(table.keys, results["p"].to_numpy(dtype=np.float64), table.beta, table.se, table.n, table.present, names)
+    fdr_by = list(cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"]))
+    result_table = _meta_results(table, fits, names, fdr_by, method + ("+hksj" if hksj else ""))
+    written = thread_map(
+        lambda job: job(),
+        [
+            lambda: write_parquet(out / "meta_results.parquet", result_table),
+            lambda: write_table_tsv(out / "meta_results.tsv", result_table),
+        ],
+    )
+    del written
+    p = result_table.column("p").to_numpy(zero_copy_only=False)
+    p = np.where(pd.isna(p), np.nan, p).astype(np.float64) if p.dtype == object else p.astype(np.float64)
+    forest = _forest_of(table, p, names)
     write_parquet(out / "meta_forest_estimates.parquet", forest)
     write_tsv(out / "meta_forest_estimates.tsv", forest)
     write_tsv(out / "feature_coverage.tsv", coverage)
@@ -332,157 +327,278 @@ def meta_analyse(
         "alpha": alpha,
         "allow_mismatch": allow_mismatch,
     }
-    extra: dict[str, Any] = {"significant": significant_rows(results, alpha)}
+    q = result_table.column("q").to_numpy(zero_copy_only=False)
+    extra: dict[str, Any] = {"significant": int(np.count_nonzero(np.nan_to_num(q.astype(np.float64), nan=np.inf) < alpha))}
     if hksj:
         extra["hksj_rows_below_3_cohorts"] = few
-    manifest = _manifest("meta", cohorts, settings, warnings, len(results), **extra)
+    manifest = _manifest("meta", cohorts, settings, warnings, result_table.num_rows, **extra)
     write_json(out / "meta_manifest.json", manifest)
-    return CombinedSummary(out, results, coverage, manifest)
+    return CombinedSummary(out, result_table.to_pandas(), coverage, manifest)
+
+
+@dataclass(frozen=True)
+class _ReadEstimates:
+    """Every cohort's summary rows, keys as shared codes (:mod:`scalable_assoc.results.coded_keys`)."""
+
+    values: dict[str, list[str]]  # per key column, the text of each code
+    sizes: list[int]  # dictionary sizes, in KEY_COLUMNS order
+    keys: np.ndarray  # (r,) the distinct composite keys, in order of first appearance
+    rows: list[np.ndarray]  # per cohort (rows_j,) positions into ``keys``
+    beta: list[np.ndarray]  # per cohort (rows_j,)
+    se: list[np.ndarray]
+    n: list[np.ndarray]
+    pairs: list[np.ndarray]  # per cohort, the distinct (layer, feature) composite codes it has rows for
+
+
+def _read_estimates(cohorts: list[CohortFile], mapping: dict[str, str] | None) -> _ReadEstimates:
+    """Read each cohort's keys (dictionary-encoded), estimates and n; match features; line the rows up."""
+    dictionaries = {column: Dictionary() for column in KEY_COLUMNS}
+    coded, beta, se, n = [], [], [], []
+    for cohort in cohorts:
+        table = cohort.summary_table([*KEY_COLUMNS, "beta", "se", "n"], KEY_COLUMNS)
+        coded.append(code_keys(table, KEY_COLUMNS, dictionaries, mapping, f"{cohort.path} (cohort {cohort.cohort})"))
+        beta.append(_floats(table.column("beta")))
+        se.append(_floats(table.column("se")))
+        n.append(_floats(table.column("n")))
+        del table
+    sizes = [len(dictionaries[column]) for column in KEY_COLUMNS]
+    space = key_space(sizes)
+    keys = []
+    for cohort, codes in zip(cohorts, coded, strict=True):
+        key = composite(codes.codes, KEY_COLUMNS, sizes)
+        clash = duplicated_rows(key, space)
+        if clash.size:
+            spelled = sorted({codes.source_names[i] for i in np.unique(codes.source_feature[clash])})[:4]
+            raise DataError(
+                f"{cohort.path} (cohort {cohort.cohort}): features {', '.join(spelled)} become the same feature after matching names; "
+                "give a --feature-map that tells them apart"
+            )
+        keys.append(key)
+    distinct, rows = line_up(keys, space)
+    pair_sizes = sizes[:2]
+    pairs = [np.unique(composite(codes.codes, KEY_COLUMNS[:2], pair_sizes)) for codes in coded]
+    values = {column: dictionaries[column].values for column in KEY_COLUMNS}
+    return _ReadEstimates(values, sizes, distinct, rows, beta, se, n, pairs)
+
+
+def _floats(column: pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as float64, NaN where empty."""
+    return column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def _coverage_of(pairs: list[np.ndarray], values: dict[str, list[str]], names: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`feature_coverage` of the (layer, feature) codes each cohort has, and the warnings about it."""
+    sizes = [len(values["layer"]), len(values["feature"])]
+    distinct, rows = line_up(pairs, key_space(sizes))
+    presence = np.zeros((distinct.size, len(names)), dtype=bool)
+    for j, where in enumerate(rows):
+        presence[where, j] = True
+    layer, feature = decompose(distinct, sizes)
+    coverage = feature_coverage(
+        np.asarray(values["layer"], dtype=object)[layer], np.asarray(values["feature"], dtype=object)[feature], presence, names
+    )
+    return coverage, _coverage_warnings(coverage, presence, names)
+
+
+def _coverage_warnings(coverage: pd.DataFrame, presence: np.ndarray, names: list[str]) -> list[str]:
+    """Cohorts that share no feature with another, or have no rows; features some cohorts lack. Logged too."""
+    warnings = []
+    count = presence.sum(axis=1)
+    for j, cohort in enumerate(names):
+        own = presence[:, j]
+        if own.any() and (count[own] == 1).all() and len(names) > 1:
+            warnings.append(f"cohort {cohort} shares no feature with any other cohort (check feature spellings or --feature-map)")
+        elif not own.any():
+            warnings.append(f"cohort {cohort} has no rows to combine (everything was withheld or failed)")
+    partial = int((count < len(names)).sum())
+    if partial:
+        warnings.append(f"{partial} of {len(coverage)} features are present in only some cohorts (see feature_coverage.tsv)")
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return warnings
 
 
 @dataclass(frozen=True)
 class _CohortEstimates:
     """The rows to combine, ``r`` keys x ``k`` cohorts: NaN (``n`` 0) where a cohort has no estimate."""
 
-    keys: pd.DataFrame  # (r, len(KEY_COLUMNS))
+    codes: dict[str, np.ndarray]  # per key column (r,) codes into ``values``
+    values: dict[str, list[str]]
     beta: np.ndarray  # (r, k)
     se: np.ndarray  # (r, k)
     n: np.ndarray  # (r, k)
     present: np.ndarray  # (r, k) bool: a finite beta and a positive se
 
+    @property
+    def rows(self) -> int:
+        return int(self.beta.shape[0])
 
-def _estimates_by_cohort(long: pd.DataFrame, names: list[str], min_cohorts: int) -> _CohortEstimates:
+    def key_columns(self, rows: np.ndarray | None = None) -> dict[str, pa.Array]:
+        """The key columns (of ``rows``, default all) as text columns."""
+        return {
+            column: text_column(self.codes[column] if rows is None else self.codes[column][rows], self.values[column])
+            for column in KEY_COLUMNS
+        }
+
+    def key_frame(self, rows: np.ndarray) -> pd.DataFrame:
+        """The keys of ``rows`` as a small frame (forest plots)."""
+        return pd.DataFrame({column: np.asarray(self.values[column], dtype=object)[self.codes[column][rows]] for column in KEY_COLUMNS})
+
+
+def _estimates_by_cohort(read: _ReadEstimates, names: list[str], min_cohorts: int) -> _CohortEstimates:
     """The cohorts' rows side by side, keeping the keys estimated in at least ``min_cohorts`` cohorts."""
-    keys = long[list(KEY_COLUMNS)].drop_duplicates().reset_index(drop=True)
-    row_of = pd.MultiIndex.from_frame(keys).get_indexer(pd.MultiIndex.from_frame(long[list(KEY_COLUMNS)]))
-    column_of = pd.Index(names).get_indexer(long["cohort"])
-    beta = np.full((len(keys), len(names)), np.nan)
-    se = np.full((len(keys), len(names)), np.nan)
-    n = np.zeros((len(keys), len(names)))
-    beta[row_of, column_of] = long["beta"].to_numpy(dtype=np.float64)
-    se[row_of, column_of] = long["se"].to_numpy(dtype=np.float64)
-    n[row_of, column_of] = long["n"].to_numpy(dtype=np.float64)
-    present = np.isfinite(beta) & np.isfinite(se) & (se > 0)
+    r, k = read.keys.size, len(names)
+    beta = np.full((r, k), np.nan)
+    se = np.full((r, k), np.nan)
+    n = np.zeros((r, k))
+    for j in range(k):
+        beta[read.rows[j], j] = read.beta[j]
+        se[read.rows[j], j] = read.se[j]
+        n[read.rows[j], j] = read.n[j]
+    with np.errstate(invalid="ignore"):
+        present = np.isfinite(beta) & np.isfinite(se) & (se > 0)
     enough = present.sum(axis=1) >= min_cohorts
     if not enough.any():
         raise DataError(
             f"no feature has estimates in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to meta-analyse (see --min-cohorts)"
         )
-    return _CohortEstimates(keys[enough].reset_index(drop=True), beta[enough], se[enough], n[enough], present[enough])
+    keep = None if enough.all() else np.flatnonzero(enough)
+    codes = dict(zip(KEY_COLUMNS, decompose(read.keys if keep is None else read.keys[keep], read.sizes), strict=True))
+    if keep is None:
+        return _CohortEstimates(codes, read.values, beta, se, n, present)
+    return _CohortEstimates(codes, read.values, beta[keep], se[keep], n[keep], present[keep])
 
 
-def _meta_results(table: _CohortEstimates, fits: MetaFits, names: list[str]) -> pd.DataFrame:
-    """One row per key: the combined estimate, heterogeneity, direction per cohort and the cohorts combined."""
+def _floats_column(values: np.ndarray) -> pa.Array:
+    """float64 with NaN as empty (as pandas writes a frame)."""
+    return pa.array(values, pa.float64(), from_pandas=True)
+
+
+def _pattern_text(flags: np.ndarray, base: int, text_of: Callable[[np.ndarray], np.ndarray]) -> pa.Array:
+    """A per-row text that depends only on a row of small integers: computed once per distinct row, as a text column.
+
+    ``flags`` is ``(r, k)`` with values below ``base``; ``text_of`` maps a ``(u, k)``
+    matrix of distinct rows to their ``(u,)`` texts.
+    """
+    code = pattern_codes(flags, base)
+    if code is None:  # too many cohorts for one int64 per pattern: one text per row
+        return pa.array(text_of(flags), pa.large_string())
+    distinct, inverse = (
+        np.unique(code, return_inverse=True) if base ** flags.shape[1] > 1 << 22 else _dense_unique(code, base ** flags.shape[1])
+    )
+    digits = np.stack(decompose(distinct, [base] * flags.shape[1]), axis=1) if distinct.size else np.zeros((0, flags.shape[1]), np.int64)
+    return text_column(inverse, list(text_of(digits)))
+
+
+def _dense_unique(code: np.ndarray, space: int) -> tuple[np.ndarray, np.ndarray]:
+    used = np.flatnonzero(np.bincount(code, minlength=space))
+    lookup = np.zeros(space, dtype=np.int64)
+    lookup[used] = np.arange(used.size)
+    return used, lookup[code]
+
+
+_SIGN_VALUES = np.array([np.nan, 1.0, -1.0, 0.0])  # direction digits: 0 missing, 1 positive, 2 negative, 3 zero
+
+
+def _meta_results(table: _CohortEstimates, fits: MetaFits, names: list[str], fdr_by: list[str], method: str) -> pa.Table:
+    """One row per key: the combined estimate, q, heterogeneity, direction per cohort and the cohorts combined."""
+    with np.errstate(invalid="ignore"):
+        signs = np.where(np.isnan(table.beta), 0, np.where(table.beta > 0, 1, np.where(table.beta < 0, 2, 3))).astype(np.int64)
     names_array = np.array(names, dtype=object)
-    return table.keys.assign(
-        k=fits.k,
-        n=table.n.sum(axis=1).astype(np.int64),
-        beta=fits.beta,
-        se=fits.se,
-        statistic=fits.statistic,
-        p=fits.p,
-        tau2=fits.tau2,
-        i2=fits.i2,
-        q_stat=fits.q_stat,
-        q_p=fits.q_p,
-        direction=direction_strings(table.beta),
-        cohorts=[",".join(names_array[row]) for row in table.present],
+    direction = _pattern_text(signs, 4, lambda digits: direction_strings(_SIGN_VALUES[digits]))
+    cohorts = _pattern_text(
+        table.present.astype(np.int64), 2, lambda bits: np.array([",".join(names_array[row > 0]) for row in bits], dtype=object)
+    )
+    columns: dict[str, pa.Array] = {
+        **table.key_columns(),
+        "k": pa.array(fits.k.astype(np.int64)),
+        "n": pa.array(table.n.sum(axis=1).astype(np.int64)),
+        "beta": _floats_column(fits.beta),
+        "se": _floats_column(fits.se),
+        "statistic": _floats_column(fits.statistic),
+        "p": _floats_column(fits.p),
+        "q": _floats_column(_family_q(table, fits.p, fdr_by)),
+        "tau2": _floats_column(fits.tau2),
+        "i2": _floats_column(fits.i2),
+        "q_stat": _floats_column(fits.q_stat),
+        "q_p": _floats_column(fits.q_p),
+        "direction": direction,
+        "cohorts": cohorts,
+    }
+    columns["method"] = text_column(np.zeros(table.rows, dtype=np.int32), [method])
+    return pa.table(columns)
+
+
+def _family_q(table: _CohortEstimates, p: np.ndarray, fdr_by: list[str]) -> np.ndarray:
+    """BH q within the families of ``fdr_by`` (key columns; others are not in the results and ignored, as :func:`family_q` does)."""
+    columns = [c for c in fdr_by if c in KEY_COLUMNS]
+    if columns:
+        sizes = [len(table.values[c]) for c in columns]
+        family = composite(table.codes, columns, sizes)
+    else:
+        family = np.zeros(table.rows, dtype=np.int64)
+    return np.where(np.isnan(p), np.nan, benjamini_hochberg_grouped(p, family))
+
+
+def _forest_of(table: _CohortEstimates, p: np.ndarray, names: list[str], per_group: int = FOREST_KEYS) -> pd.DataFrame:
+    """:func:`forest_estimates` of the combined rows, grouping on codes."""
+    groups = composite(table.codes, ["layer", "model"], [len(table.values["layer"]), len(table.values["model"])])
+    chosen = smallest_p_rows(groups, p, per_group)
+    rows, columns = np.nonzero(table.present[chosen])
+    picked = chosen[rows]
+    return table.key_frame(picked).assign(
+        cohort=np.array(names, dtype=object)[columns],
+        beta=table.beta[picked, columns],
+        se=table.se[picked, columns],
+        n=table.n[picked, columns].astype(np.int64),
     )
 
 
-def smallest_p_rows(keys: pd.DataFrame, p: np.ndarray, per_group: int) -> np.ndarray:
-    """Positions of the ``per_group`` rows with the smallest ``p`` in each layer x model of ``keys`` (rows without a p left out).
+def smallest_p_rows(groups: np.ndarray, p: np.ndarray, per_group: int) -> np.ndarray:
+    """Positions of the ``per_group`` rows with the smallest ``p`` in each group (rows without a p left out).
 
     Parameters
     ----------
-    keys
-        ``(r, ...)`` frame with ``layer`` and ``model`` columns.
+    groups
+        ``(r,)`` integer group of each row (layer x model).
     p
         ``(r,)`` p-values, NaN where there is none.
     per_group
-        Rows kept per layer x model.
+        Rows kept per group.
 
     Returns
     -------
     np.ndarray
-        ``(s,)`` int64 positions into ``keys``, grouped by layer x model in order of first appearance, by p within each.
+        ``(s,)`` int64 positions, grouped in order of each group's first row, by p within each (ties in row order).
     """
-    groups = keys.groupby(["layer", "model"], sort=False, observed=True).ngroup().to_numpy()
+    if groups.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    distinct, first = np.unique(groups, return_index=True)
     chosen = []
     finite = np.isfinite(p)
-    for group in range(int(groups.max()) + 1 if len(groups) else 0):  # a few layer x model groups, each handled whole
+    for group in distinct[np.argsort(first)]:  # a few layer x model groups, each handled whole
         rows = np.flatnonzero((groups == group) & finite)
         if rows.size > per_group:
             rows = rows[np.argpartition(p[rows], per_group - 1)[:per_group]]
         chosen.append(rows[np.argsort(p[rows], kind="stable")])
-    return np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
-
-
-def forest_estimates(
-    keys: pd.DataFrame,
-    p: np.ndarray,
-    beta: np.ndarray,
-    se: np.ndarray,
-    n: np.ndarray,
-    present: np.ndarray,
-    names: list[str],
-    per_group: int = FOREST_KEYS,
-) -> pd.DataFrame:
-    """Each cohort's estimate as combined, for the :data:`FOREST_KEYS` keys with the smallest p per layer x model.
-
-    Parameters
-    ----------
-    keys
-        ``(r, len(KEY_COLUMNS))`` the combined keys.
-    p
-        ``(r,)`` the combined p-values.
-    beta, se, n, present
-        ``(r, k)`` each cohort's estimate, its se, participants and whether it was combined.
-    names
-        The ``k`` cohorts.
-    per_group
-        Keys kept per layer x model.
-
-    Returns
-    -------
-    pd.DataFrame
-        One row per kept key x cohort combined: the key columns, ``cohort, beta, se, n``.
-    """
-    chosen = smallest_p_rows(keys, p, per_group)
-    rows, columns = np.nonzero(present[chosen])
-    picked = chosen[rows]
-    return (
-        keys.iloc[picked]
-        .reset_index(drop=True)
-        .assign(
-            cohort=np.array(names, dtype=object)[columns],
-            beta=beta[picked, columns],
-            se=se[picked, columns],
-            n=n[picked, columns].astype(np.int64),
-        )
-    )
+    return np.concatenate(chosen).astype(np.int64)
 
 
 def _write_leave_one_out(out: Path, table: _CohortEstimates, names: list[str], method: str, hksj: bool) -> None:
     """``meta_leave_one_out.parquet`` / ``.tsv``: per key and cohort present, the estimate without that cohort."""
     loo_beta, loo_se, loo_p = leave_one_out(table.beta, table.se, method=method, hksj=hksj)
     rows, columns = np.nonzero(table.present)
-    loo = (
-        table.keys.iloc[rows]
-        .reset_index(drop=True)
-        .assign(
-            left_out=np.array(names, dtype=object)[columns], beta=loo_beta[rows, columns], se=loo_se[rows, columns], p=loo_p[rows, columns]
-        )
+    loo = pa.table(
+        {
+            **table.key_columns(rows),
+            "left_out": text_column(columns, names),
+            "beta": _floats_column(loo_beta[rows, columns]),
+            "se": _floats_column(loo_se[rows, columns]),
+            "p": _floats_column(loo_p[rows, columns]),
+        }
     )
     write_parquet(out / "meta_leave_one_out.parquet", loo)
-    write_tsv(out / "meta_leave_one_out.tsv", loo)
-
-
-def _stack_sufficient(cohort: CohortFile, mapping: dict[str, str] | None) -> pd.DataFrame:
-    table: pa.Table = cohort.sufficient()
-    frame = table.to_pandas()
-    frame["terms"] = frame["terms"].map(tuple)
-    return _with_harmonised_features(frame, cohort, mapping, ("layer", "feature", "exposure", "adjustment")).assign(cohort=cohort.cohort)
+    write_table_tsv(out / "meta_leave_one_out.tsv", loo)
 
 
 def pool_cohorts(
@@ -529,99 +645,243 @@ def pool_cohorts(
     True
     """
     cohorts, warnings, out, alpha = _begin(cohorts, min_cohorts, allow_mismatch, out_dir, POOL_FILES, alpha)
-    frames = [_stack_sufficient(c, mapping) for c in cohorts]
-    coverage, coverage_warnings = _coverage(frames, cohorts)
-    warnings += coverage_warnings
-    long = pd.concat(frames, ignore_index=True)
-    categorical = tuple(cohorts[0].sidecar["analysis"].get("categorical", []))
     names = [c.cohort for c in cohorts]
-    pieces = []
-    for (layer, exposure, adjustment), group in long.groupby(["layer", "exposure", "adjustment"], sort=False):
-        features = group.groupby("feature", sort=False)["cohort"].nunique()
-        features = features[features >= min_cohorts].index
-        if len(features):
-            pieces.append(
-                _pool_analysis((layer, exposure, adjustment), group[group["feature"].isin(features)], features, categorical, names)
-            )
-    if not pieces:
+    read = _read_cross_products(cohorts, mapping)
+    coverage, coverage_warnings = _coverage_of(read.pairs, read.values, names)
+    warnings += coverage_warnings
+    categorical = tuple(cohorts[0].sidecar["analysis"].get("categorical", []))
+    plan = _pool_plan(read, min_cohorts)
+    if not plan:
         raise DataError(
             f"no feature has cross-products in at least {min_cohorts} cohorts ({', '.join(names)}); nothing to pool (see --min-cohorts)"
         )
-    results = pd.concat(pieces, ignore_index=True)
-    fdr_by = _add_q(results, cohorts)
-    logger.info(f"pooled {len(results)} rows over {len(names)} cohorts")
-    write_parquet(out / "pooled_results.parquet", results)
-    write_tsv(out / "pooled_results.tsv", results)
+    pieces = thread_map(lambda analysis: _pool_analysis(read, analysis, categorical), plan)
+    fdr_by = list(cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"]))
+    results = _pooled_table(read, pieces, names, fdr_by)
+    logger.info(f"pooled {results.num_rows} rows over {len(names)} cohorts")
+    thread_map(
+        lambda job: job(),
+        [lambda: write_parquet(out / "pooled_results.parquet", results), lambda: write_table_tsv(out / "pooled_results.tsv", results)],
+    )
     write_tsv(out / "feature_coverage.tsv", coverage)
     settings = {"min_cohorts": min_cohorts, "fdr_by": list(fdr_by), "alpha": alpha, "allow_mismatch": allow_mismatch}
-    manifest = _manifest("pool", cohorts, settings, warnings, len(results), significant=significant_rows(results, alpha))
+    q = results.column("q").to_numpy(zero_copy_only=False).astype(np.float64)
+    significant = int(np.count_nonzero(np.nan_to_num(q, nan=np.inf) < alpha))
+    manifest = _manifest("pool", cohorts, settings, warnings, results.num_rows, significant=significant)
     write_json(out / "pool_manifest.json", manifest)
-    return CombinedSummary(out, results, coverage, manifest)
+    return CombinedSummary(out, results.to_pandas(), coverage, manifest)
+
+
+#: Key columns of a cross-products row (one ``lm`` analysis x feature).
+POOL_KEYS = ("layer", "feature", "exposure", "adjustment")
+_TERM_SEPARATOR = "\x1f"
 
 
 @dataclass(frozen=True)
-class _PooledProducts:
-    """Cross-products summed over cohorts for ``m`` features and ``c`` terms."""
+class _CohortProducts:
+    """One cohort's cross-product rows: positions among the distinct keys, term-set codes and the flat sums."""
 
-    zz: np.ndarray  # (m, c, c)
-    zy: np.ndarray  # (m, c)
-    yy: np.ndarray  # (m,)
-    n: np.ndarray  # (m,) int64
-    contributing: np.ndarray  # (m, k) bool: which cohorts have the feature
+    rows: np.ndarray  # (rows,) position of each row among the distinct (analysis, feature) keys
+    terms: np.ndarray  # (rows,) code of the row's term set
+    zz_offsets: np.ndarray  # (rows + 1,) into zz_values
+    zz_values: np.ndarray
+    zy_offsets: np.ndarray
+    zy_values: np.ndarray
+    yy: np.ndarray
+    n: np.ndarray
 
 
-def _sum_cross_products(group: pd.DataFrame, features: pd.Index, all_terms: list[str], names: list[str]) -> _PooledProducts:
-    """Add up the cohorts' cross-product rows of one analysis, each cohort's terms placed among ``all_terms``."""
+@dataclass(frozen=True)
+class _ReadProducts:
+    """Every cohort's cross-products, keyed by shared codes."""
+
+    values: dict[str, list[str]]
+    sizes: list[int]  # of POOL_KEYS
+    keys: np.ndarray  # (r,) distinct composite keys (layer, feature, exposure, adjustment), first appearance first
+    term_sets: list[tuple[str, ...]]  # per term-set code
+    cohorts: list[_CohortProducts]
+    pairs: list[np.ndarray]
+
+
+def _list_parts(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and flat values of a list-of-float64 column."""
+    combined = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = combined.offsets.to_numpy().astype(np.int64)
+    return offsets, combined.values.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def _read_cross_products(cohorts: list[CohortFile], mapping: dict[str, str] | None) -> _ReadProducts:
+    """Read each cohort's cross-products, keys and term sets as shared codes; line the rows up."""
+    dictionaries = {column: Dictionary() for column in POOL_KEYS}
+    term_dictionary = Dictionary()
+    coded, parts = [], []
+    for cohort in cohorts:
+        table = cohort.sufficient(read_dictionary=POOL_KEYS)
+        source = f"{cohort.path} (cohort {cohort.cohort})"
+        coded.append(code_keys(table, POOL_KEYS, dictionaries, mapping, source))
+        joined = pc.binary_join(table.column("terms"), _TERM_SEPARATOR)
+        term_indices, term_values = dictionary_column(pa.table({"terms": joined}), "terms", source)
+        zz_offsets, zz_values = _list_parts(table.column("zz"))
+        zy_offsets, zy_values = _list_parts(table.column("zy"))
+        parts.append(
+            (
+                term_dictionary.codes([str(v) for v in term_values])[term_indices],
+                zz_offsets,
+                zz_values,
+                zy_offsets,
+                zy_values,
+                _floats(table.column("yy")),
+                table.column("n").to_numpy(zero_copy_only=False).astype(np.int64),
+            )
+        )
+        del table
+    sizes = [len(dictionaries[column]) for column in POOL_KEYS]
+    space = key_space(sizes)
+    keys = []
+    for cohort, codes in zip(cohorts, coded, strict=True):
+        key = composite(codes.codes, POOL_KEYS, sizes)
+        clash = duplicated_rows(key, space)
+        if clash.size:
+            spelled = sorted({codes.source_names[i] for i in np.unique(codes.source_feature[clash])})[:4]
+            raise DataError(
+                f"{cohort.path} (cohort {cohort.cohort}): features {', '.join(spelled)} become the same feature after matching names; "
+                "give a --feature-map that tells them apart"
+            )
+        keys.append(key)
+    distinct, rows = line_up(keys, space)
+    products = [_CohortProducts(where, *part) for where, part in zip(rows, parts, strict=True)]
+    pairs = [np.unique(composite(codes.codes, POOL_KEYS[:2], sizes[:2])) for codes in coded]
+    term_sets = [tuple(text.split(_TERM_SEPARATOR)) if text else () for text in term_dictionary.values]
+    return _ReadProducts({c: dictionaries[c].values for c in POOL_KEYS}, sizes, distinct, term_sets, products, pairs)
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """One (layer, exposure, adjustment) to pool: its output rows (positions among the distinct keys), in order."""
+
+    keys: np.ndarray  # (m,) positions into ``_ReadProducts.keys``
+
+
+def _pool_plan(read: _ReadProducts, min_cohorts: int) -> list[_Analysis]:
+    """The analyses in order of first appearance, each with its features present in at least ``min_cohorts`` cohorts.
+
+    Within an analysis the features keep their order of first appearance (as grouping the stacked rows did).
+    """
+    r = read.keys.size
+    count = np.zeros(r, dtype=np.int64)
+    for cohort in read.cohorts:
+        count[cohort.rows] += 1
+    layer, _, exposure, adjustment = decompose(read.keys, read.sizes)
+    analysis = composite({"l": layer, "e": exposure, "a": adjustment}, ["l", "e", "a"], [read.sizes[0], read.sizes[2], read.sizes[3]])
+    distinct, first = np.unique(analysis, return_index=True)
+    plan = []
+    for code in distinct[np.argsort(first)]:
+        members = np.flatnonzero((analysis == code) & (count >= min_cohorts))
+        if members.size:
+            plan.append(_Analysis(members))
+    return plan
+
+
+def _pool_analysis(read: _ReadProducts, analysis: _Analysis, categorical: tuple[str, ...]) -> tuple[_Analysis, Any, np.ndarray, str]:
+    """The pooled fit of one analysis' features: ``(analysis, PooledFits, contributing (m, k), covariate terms)``."""
+    m, k = analysis.keys.size, len(read.cohorts)
+    position = np.full(read.keys.size, -1, dtype=np.int64)
+    position[analysis.keys] = np.arange(m)
+    # each cohort's rows of this analysis, and the term sets in order of first appearance over the cohorts
+    selected = []
+    term_order: dict[int, None] = {}
+    for cohort in read.cohorts:
+        where = position[cohort.rows]
+        mine = np.flatnonzero(where >= 0)
+        selected.append((mine, where[mine]))
+        term_order.update(dict.fromkeys(pd.unique(cohort.terms[mine]).tolist()))
+    layer, exposure, adjustment = (read.values[c][_key_code(read, int(analysis.keys[0]), c)] for c in ("layer", "exposure", "adjustment"))
+    all_terms = list(dict.fromkeys(t for code in term_order for t in read.term_sets[code]))
+    if not all_terms or all_terms[0] != "exposure":
+        raise DataError(f"cohort files disagree on the first term of {layer}/{exposure}/{adjustment}: {(all_terms or [''])[0]!r}")
     width = len(all_terms)
-    m = len(features)
-    zz = np.zeros((m, width, width))
+    upper_rows, upper_cols = np.triu_indices(width)
+    packed_index = np.full((width, width), -1, dtype=np.int64)
+    packed_index[upper_rows, upper_cols] = np.arange(upper_rows.size)
+    zz = np.zeros((m, upper_rows.size))
     zy = np.zeros((m, width))
     yy = np.zeros(m)
     n = np.zeros(m, dtype=np.int64)
-    contributing = np.zeros((m, len(names)), dtype=bool)
-    for terms, rows in group.groupby("terms", sort=False):
-        position = np.array([all_terms.index(t) for t in terms])
-        where = features.get_indexer(rows["feature"])
-        packed = np.stack(rows["zz"].to_numpy())
-        # add.at, not +=: a feature appears once per cohort in ``rows`` and every copy must count
-        np.add.at(zz, (where[:, None, None], position[None, :, None], position[None, None, :]), unpack_symmetric(packed))
-        np.add.at(zy, (where[:, None], position[None, :]), np.stack(rows["zy"].to_numpy()))
-        np.add.at(yy, where, rows["yy"].to_numpy(dtype=np.float64))
-        np.add.at(n, where, rows["n"].to_numpy(dtype=np.int64))
-        contributing[where, pd.Index(names).get_indexer(rows["cohort"])] = True
-    return _PooledProducts(zz, zy, yy, n, contributing)
-
-
-def _pool_analysis(
-    analysis: tuple[str, str, str], group: pd.DataFrame, features: pd.Index, categorical: tuple[str, ...], names: list[str]
-) -> pd.DataFrame:
-    """The pooled fit of one (layer, exposure, adjustment) on each of ``features``, from the rows of ``group``."""
-    layer, exposure, adjustment = analysis
-    all_terms = list(dict.fromkeys(t for terms in group["terms"].drop_duplicates() for t in terms))
-    if all_terms[0] != "exposure":
-        raise DataError(f"cohort files disagree on the first term of {layer}/{exposure}/{adjustment}: {all_terms[0]!r}")
+    contributing = np.zeros((m, k), dtype=bool)
+    # term sets outside, cohorts inside: the order in which each feature's sums are added up
+    for code in term_order:
+        terms = read.term_sets[code]
+        place = np.array([all_terms.index(t) for t in terms], dtype=np.int64)
+        c = len(terms)
+        own_rows, own_cols = np.triu_indices(c)
+        low, high = np.minimum(place[own_rows], place[own_cols]), np.maximum(place[own_rows], place[own_cols])
+        target = packed_index[low, high]
+        for j, (cohort, (mine, where)) in enumerate(zip(read.cohorts, selected, strict=True)):
+            rows = mine[cohort.terms[mine] == code]
+            if rows.size == 0:
+                continue
+            at = where[cohort.terms[mine] == code]
+            zz[at[:, None], target[None, :]] += _gather(cohort.zz_offsets, cohort.zz_values, rows, own_rows.size, layer)
+            zy[at[:, None], place[None, :]] += _gather(cohort.zy_offsets, cohort.zy_values, rows, c, layer)
+            yy[at] += cohort.yy[rows]
+            n[at] += cohort.n[rows]
+            contributing[at, j] = True
     kept_terms = drop_reference_levels(all_terms, categorical)
-    feature_index = pd.Index(features)
-    summed = _sum_cross_products(group, feature_index, all_terms, names)
     keep = np.array([all_terms.index(t) for t in kept_terms])
-    fits = solve_pooled(summed.zz[:, keep][:, :, keep], summed.zy[:, keep], summed.yy, summed.n, summed.contributing.sum(axis=1))
-    status = np.array([STATUS_TEXT[FitStatus(code)] for code in fits.status], dtype=object)
-    return pd.DataFrame(
+    full = unpack_symmetric(zz)
+    fits = solve_pooled(full[:, keep][:, :, keep], zy[:, keep], yy, n, contributing.sum(axis=1))
+    return analysis, fits, contributing, "+".join(kept_terms[1:])
+
+
+def _key_code(read: _ReadProducts, position: int, column: str) -> int:
+    """The code of ``column`` in the distinct key at ``position``."""
+    parts = decompose(read.keys[position : position + 1], read.sizes)
+    return int(parts[POOL_KEYS.index(column)][0])
+
+
+def _gather(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray, width: int, layer: str) -> np.ndarray:
+    """``(len(rows), width)``: the list cells of ``rows``, each of ``width`` values."""
+    starts = offsets[rows]
+    if not np.all(offsets[rows + 1] - starts == width):
+        raise DataError(f"layer {layer}: cross-product rows hold a number of values that does not fit their terms")
+    return values[starts[:, None] + np.arange(width)[None, :]]
+
+
+def _pooled_table(read: _ReadProducts, pieces: list, names: list[str], fdr_by: list[str]) -> pa.Table:
+    """The pooled results of every analysis as one Arrow table (README columns), with q per family."""
+    keys = np.concatenate([analysis.keys for analysis, *_ in pieces])
+    codes = dict(zip(POOL_KEYS, decompose(read.keys[keys], read.sizes), strict=True))
+    codes["model"] = np.zeros(keys.size, dtype=np.int64)
+    values = {**read.values, "model": ["lm"]}
+
+    def stacked(name: str) -> np.ndarray:
+        return np.concatenate([getattr(fits, name) for _, fits, *_ in pieces])
+
+    contributing = np.concatenate([piece[2] for piece in pieces])
+    p = stacked("p").astype(np.float64)
+    columns = [c for c in fdr_by if c in KEY_COLUMNS]
+    family = composite(codes, columns, [len(values[c]) for c in columns]) if columns else np.zeros(keys.size, dtype=np.int64)
+    q = np.where(np.isnan(p), np.nan, benjamini_hochberg_grouped(p, family))
+    status_codes = stacked("status").astype(np.int64)
+    status_values = sorted(set(status_codes.tolist()))
+    status_index = np.searchsorted(np.array(status_values, dtype=np.int64), status_codes)
+    covariates = np.concatenate([np.full(analysis.keys.size, i) for i, (analysis, *_) in enumerate(pieces)])
+    names_array = np.array(names, dtype=object)
+    return pa.table(
         {
-            "layer": layer,
-            "feature": feature_index,
-            "exposure": exposure,
-            "adjustment": adjustment,
-            "model": "lm",
-            "k": summed.contributing.sum(axis=1),
-            "n": fits.n,
-            "beta": fits.beta,
-            "se": fits.se,
-            "t": fits.t,
-            "p": fits.p,
-            "df": fits.df,
-            "status": status,
-            "covariate_terms": "+".join(kept_terms[1:]),
-            "cohorts": [",".join(np.array(names)[row]) for row in summed.contributing],
+            **{column: text_column(codes[column], values[column]) for column in KEY_COLUMNS},
+            "k": pa.array(contributing.sum(axis=1).astype(np.int64)),
+            "n": pa.array(stacked("n")),
+            "beta": _floats_column(stacked("beta")),
+            "se": _floats_column(stacked("se")),
+            "t": _floats_column(stacked("t")),
+            "p": _floats_column(p),
+            "q": _floats_column(q),
+            "df": _floats_column(stacked("df")),
+            "status": text_column(status_index, [STATUS_TEXT[FitStatus(code)] for code in status_values]),
+            "covariate_terms": text_column(covariates, [piece[3] for piece in pieces]),
+            "cohorts": _pattern_text(
+                contributing.astype(np.int64), 2, lambda bits: np.array([",".join(names_array[row > 0]) for row in bits], dtype=object)
+            ),
         }
     )

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from scalable_assoc.errors import DataError
@@ -117,3 +118,41 @@ def coverage_table(present: pd.DataFrame, cohorts: list[str]) -> pd.DataFrame:
     table = grouped.agg(cohorts="count", present_in=lambda s: ",".join(s)).reset_index()
     table["missing_from"] = table["present_in"].map(lambda text: ",".join(c for c in cohorts if c not in text.split(",")))
     return table
+
+
+def feature_coverage(layers: np.ndarray, features: np.ndarray, presence: np.ndarray, cohorts: list[str]) -> pd.DataFrame:
+    """:func:`coverage_table` from a presence matrix: one row per distinct (layer, feature), sorted by them.
+
+    Parameters
+    ----------
+    layers, features
+        ``(f,)`` text of each distinct (layer, harmonised feature).
+    presence
+        ``(f, k)`` bool: whether cohort ``j`` has rows for it.
+    cohorts
+        The ``k`` cohort names, in file order.
+
+    Returns
+    -------
+    pd.DataFrame
+        ``layer, feature, cohorts, present_in, missing_from`` as :func:`coverage_table` gives them.
+    """
+    names = np.array(cohorts, dtype=object)
+    order = pd.DataFrame({"layer": layers, "feature": features}).sort_values(["layer", "feature"], kind="stable").index.to_numpy()
+    presence = presence[order]
+    # one text per distinct pattern of cohorts (at most 2^k, few in practice)
+    patterns, inverse = (
+        np.unique(presence, axis=0, return_inverse=True) if len(presence) else (np.zeros((0, len(cohorts)), bool), np.zeros(0, np.int64))
+    )
+    inverse = np.asarray(inverse).reshape(-1)
+    present_in = np.array([",".join(names[row]) for row in patterns], dtype=object)
+    missing_from = np.array([",".join(names[~row]) for row in patterns], dtype=object)
+    return pd.DataFrame(
+        {
+            "layer": np.asarray(layers, dtype=object)[order],
+            "feature": np.asarray(features, dtype=object)[order],
+            "cohorts": presence.sum(axis=1).astype(np.int64),
+            "present_in": present_in[inverse],
+            "missing_from": missing_from[inverse],
+        }
+    )
