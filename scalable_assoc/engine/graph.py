@@ -167,18 +167,22 @@ class ClusterStart:
     Starting scheduler and workers takes seconds (processes, imports, TLS), as
     do converting tables and building designs; the two overlap. Its workers
     import the task modules (:data:`WORKER_PRELOAD`) while starting, not at
-    their first task. :meth:`client`
-    waits for the start and raises what it raised; :meth:`close` (idempotent)
-    waits for it too and closes the cluster, so a run that fails or is
-    interrupted before it needs the cluster leaves none behind.
+    their first task. :meth:`client` waits for the start and raises what it
+    raised; :meth:`close` (idempotent) waits for it too and closes the cluster.
+    :meth:`abandon` closes it without waiting: a run whose preparation fails
+    or is interrupted reports that at once, and its cluster is closed by the
+    starting thread once started. The threads are not daemons: the process
+    waits for them at exit, so no cluster outlives it.
     """
 
     def __init__(self, request: ClusterRequest) -> None:
         self._stack = contextlib.ExitStack()
         self._client: Client | None = None
         self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._started = self._abandoned = False
         self.seconds: float | None = None  # how long the start took, in its thread
-        self._thread = threading.Thread(target=self._start, args=(request,), name="scalable-assoc-cluster-start", daemon=True)
+        self._thread = threading.Thread(target=self._start, args=(request,), name="scalable-assoc-cluster-start")
         self._thread.start()
 
     def _start(self, request: ClusterRequest) -> None:
@@ -190,6 +194,11 @@ class ClusterStart:
         except BaseException as error:  # re-raised by client(), in the thread that asks for it
             self._error = error
         self.seconds = time.perf_counter() - started
+        with self._lock:
+            self._started = True
+            abandoned = self._abandoned
+        if abandoned:
+            self._stack.close()
 
     def client(self) -> Client:
         """The client of the started cluster, once started; the start's error if it failed."""
@@ -204,15 +213,25 @@ class ClusterStart:
         self._thread.join()
         self._stack.close()
 
+    def abandon(self) -> None:
+        """Close the cluster without waiting here: in a thread if it has started, else by its starting thread once started."""
+        with self._lock:
+            self._abandoned = True
+            started = self._started
+        if started:
+            threading.Thread(target=self._stack.close, name="scalable-assoc-cluster-close").start()
+
 
 @contextlib.contextmanager
 def cluster_starting(request: ClusterRequest) -> Iterator[ClusterRequest]:
     """The ``request``, with its local cluster starting in the background when it asks for one; closed on leaving.
 
     :func:`watched_cluster` of the request returned takes the started cluster
-    (and closes it when it closes); a request for a given client, a scheduler
-    or a cluster profile is returned as it is (a profile's cluster is started
-    in the main thread, where dask-jobqueue's import can be kept from Ctrl-C).
+    (and closes it when it closes); leaving on an error (or an interruption)
+    abandons it (:meth:`ClusterStart.abandon`). A request for a given client,
+    a scheduler or a cluster profile is returned as it is (a profile's cluster
+    is started in the main thread, where dask-jobqueue's import can be kept
+    from Ctrl-C).
     """
     if not request.starts_local_cluster() or request.starting is not None:
         yield request
@@ -220,8 +239,10 @@ def cluster_starting(request: ClusterRequest) -> Iterator[ClusterRequest]:
     start = ClusterStart(request)
     try:
         yield dataclasses.replace(request, starting=start)
-    finally:
-        start.close()
+    except BaseException:
+        start.abandon()
+        raise
+    start.close()
 
 
 @contextlib.contextmanager
