@@ -189,6 +189,16 @@ def test_default_cluster_listens_on_loopback_only_without_http(default_run: tupl
     assert "dashboard" not in seen["log"]
 
 
+def test_the_default_run_records_command_to_first_task(default_run: tuple[Path, dict]) -> None:
+    """The cluster started in the background while the study was prepared; the manifest says when the first task came back."""
+    _, seen = default_run
+    timings = seen["manifest"]["timings_seconds"]
+    assert timings["cluster_start_background"] > 0
+    # From the process start: the imports and preparing come before the first task, the fit after it.
+    assert timings["prepare"] < timings["first_task"] < timings["total"] + 60
+    assert "first task result" in seen["log"]
+
+
 def test_dashboard_is_served_on_loopback_when_asked(small_study: SimulatedStudy, tmp_path: Path) -> None:
     seen = _held_run(small_study.plan_path, tmp_path / "out", tmp_path, 1, "127.0.0.1:0")
     listening = seen["listening"]

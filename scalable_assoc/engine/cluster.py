@@ -1,7 +1,7 @@
 """Starting or connecting to a Dask cluster, closed by default.
 
 The local cluster speaks TLS with temporary credentials made for it (in memory
-only, see :meth:`distributed.security.Security.temporary`), listens on the
+only, see :func:`temporary_security`), listens on the
 loopback interface only (scheduler, nannies and workers) and serves no HTTP:
 no dashboard, no ``/info`` pages, unless a dashboard is asked for (on loopback
 unless an address says otherwise). A process on the machine that finds its
@@ -20,10 +20,11 @@ starts workers as SLURM jobs, closed the same way (:mod:`scalable_assoc.engine.s
 from __future__ import annotations
 
 import contextlib
+import datetime
 import ipaddress
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dask
@@ -205,16 +206,62 @@ def stop_scheduler_http(dask_scheduler: Scheduler) -> None:
     dask_scheduler.http_server.stop()
 
 
-def local_cluster(workers: int | None = None, dashboard: str | None = None) -> tuple[LocalCluster, Client]:
+def temporary_security() -> Security:
+    """Credentials for one local cluster, as :meth:`Security.temporary` makes them but with an EC (P-256) key rather than RSA-2048.
+
+    Generating an RSA-2048 key takes 30-100 ms of CPU (a random search for
+    primes) and every TLS handshake signs with it; a P-256 key takes well under
+    a millisecond and signs faster, at a strength above RSA-2048's. One
+    self-signed certificate (``dask-internal``, valid for a year) serves every
+    role; key and certificate exist only in memory.
+    """
+    from cryptography import x509  # what distributed's Security.temporary uses too
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_text = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dask-internal")])
+    now = datetime.datetime.now(tz=datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), critical=False)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    cert_text = certificate.public_bytes(serialization.Encoding.PEM).decode()
+    return Security(
+        require_encryption=True,
+        tls_ca_file=cert_text,
+        tls_client_key=key_text,
+        tls_client_cert=cert_text,
+        tls_scheduler_key=key_text,
+        tls_scheduler_cert=cert_text,
+        tls_worker_key=key_text,
+        tls_worker_cert=cert_text,
+    )
+
+
+def local_cluster(workers: int | None = None, dashboard: str | None = None, preload: Sequence[str] = ()) -> tuple[LocalCluster, Client]:
     """A closed local cluster and a client of it (see the module docstring); the caller closes both.
 
     ``workers`` single-threaded worker processes (one per core by default):
     the kernels are BLAS-bound, and distributed's nannies pin each worker's
     BLAS to one thread, so processes rather than threads use the cores without
     oversubscription. ``dashboard``: ``HOST:PORT`` (see :func:`dashboard_address`)
-    of the scheduler's dashboard, ``None`` for none.
+    of the scheduler's dashboard, ``None`` for none. ``preload``: modules every
+    worker imports as it starts (before it counts as started), e.g. the task
+    modules, so that the first tasks do not wait for their imports.
     """
     address = dashboard_address(dashboard)
+    # Only when asked: an empty list would replace dask's own distributed.worker.preload setting.
+    preloads = {"preload": list(preload)} if preload else {}
     # No routes on servers nobody asked for, so nothing is served even before they are closed below.
     routes: dict[str, list] = {"distributed.worker.http.routes": []}
     if address is None:
@@ -226,12 +273,13 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None) -> t
             processes=True,
             host=LOOPBACK,
             protocol="tls://",
-            security=Security.temporary(),
+            security=temporary_security(),
             # The scheduler always starts an HTTP server; a free loopback port when no dashboard is wanted (closed below).
             dashboard_address=address or f"{LOOPBACK}:0",
             scheduler_kwargs={"dashboard": address is not None},
             worker_dashboard_address=None,
             silence_logs=logging.ERROR,
+            **preloads,
         )
     try:
         client = Client(cluster)
@@ -258,12 +306,13 @@ def dask_client(
     security: Security | None = None,
     dashboard: str | None = None,
     profile: ClusterProfile | None = None,
+    preload: Sequence[str] = (),
 ) -> Iterator[Client]:
     """A client of an existing scheduler (``tcp://`` or ``tls://host:port`` with ``security``), of a new closed local cluster,
     or of a new cluster described by a cluster ``profile`` (workers as SLURM jobs, see :mod:`scalable_assoc.engine.slurm`;
     its ``shared_directory`` must be set, see :meth:`ClusterProfile.with_shared_directory`).
 
-    See :func:`local_cluster` for ``workers`` and ``dashboard``, and
+    See :func:`local_cluster` for ``workers``, ``dashboard`` and ``preload`` (a new local cluster's only), and
     :func:`check_cluster_options` for what is refused.
     """
     address = check_cluster_options(scheduler, security, dashboard, workers=workers, profile=profile)
@@ -282,7 +331,7 @@ def dask_client(
             raise
         client.close()
         return
-    cluster, client = local_cluster(workers, dashboard)
+    cluster, client = local_cluster(workers, dashboard, preload)
     try:
         yield client
     except BaseException:

@@ -20,6 +20,9 @@ once and means the same thing in both::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +149,100 @@ class ClusterRequest:
     dashboard: str | None = None
     profile: ClusterProfile | None = None
     no_workers_timeout: float = DEFAULT_NO_WORKERS_TIMEOUT
+    #: The local cluster, already starting in the background (see :func:`cluster_starting`).
+    starting: ClusterStart | None = None
+
+    def starts_local_cluster(self) -> bool:
+        """Whether :func:`watched_cluster` would start a new local cluster (not given a client, scheduler or profile)."""
+        return self.client is None and self.scheduler is None and self.profile is None
+
+
+#: What the workers of a cluster started in the background import as they start: the task functions and their kernels.
+WORKER_PRELOAD = ("scalable_assoc.engine.tasks",)
+
+
+class ClusterStart:
+    """A local cluster started by ``dask_client`` in a background thread, so its processes start while the caller works.
+
+    Starting scheduler and workers takes seconds (processes, imports, TLS), as
+    do converting tables and building designs; the two overlap. Its workers
+    import the task modules (:data:`WORKER_PRELOAD`) while starting, not at
+    their first task. :meth:`client` waits for the start and raises what it
+    raised; :meth:`close` (idempotent) waits for it too and closes the cluster.
+    :meth:`abandon` closes it without waiting: a run whose preparation fails
+    or is interrupted reports that at once, and its cluster is closed by the
+    starting thread once started. The threads are not daemons: the process
+    waits for them at exit, so no cluster outlives it.
+    """
+
+    def __init__(self, request: ClusterRequest) -> None:
+        self._stack = contextlib.ExitStack()
+        self._client: Client | None = None
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._started = self._abandoned = False
+        self.seconds: float | None = None  # how long the start took, in its thread
+        self._thread = threading.Thread(target=self._start, args=(request,), name="scalable-assoc-cluster-start")
+        self._thread.start()
+
+    def _start(self, request: ClusterRequest) -> None:
+        started = time.perf_counter()
+        try:
+            self._client = self._stack.enter_context(
+                dask_client(None, request.workers, security=request.security, dashboard=request.dashboard, preload=WORKER_PRELOAD)
+            )
+        except BaseException as error:  # re-raised by client(), in the thread that asks for it
+            self._error = error
+        self.seconds = time.perf_counter() - started
+        with self._lock:
+            self._started = True
+            abandoned = self._abandoned
+        if abandoned:
+            self._stack.close()
+
+    def client(self) -> Client:
+        """The client of the started cluster, once started; the start's error if it failed."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._client is not None
+        return self._client
+
+    def close(self) -> None:
+        """Close the cluster (after its start has ended); nothing when already closed."""
+        self._thread.join()
+        self._stack.close()
+
+    def abandon(self) -> None:
+        """Close the cluster without waiting here: in a thread if it has started, else by its starting thread once started."""
+        with self._lock:
+            self._abandoned = True
+            started = self._started
+        if started:
+            threading.Thread(target=self._stack.close, name="scalable-assoc-cluster-close").start()
+
+
+@contextlib.contextmanager
+def cluster_starting(request: ClusterRequest) -> Iterator[ClusterRequest]:
+    """The ``request``, with its local cluster starting in the background when it asks for one; closed on leaving.
+
+    :func:`watched_cluster` of the request returned takes the started cluster
+    (and closes it when it closes); leaving on an error (or an interruption)
+    abandons it (:meth:`ClusterStart.abandon`). A request for a given client,
+    a scheduler or a cluster profile is returned as it is (a profile's cluster
+    is started in the main thread, where dask-jobqueue's import can be kept
+    from Ctrl-C).
+    """
+    if not request.starts_local_cluster() or request.starting is not None:
+        yield request
+        return
+    start = ClusterStart(request)
+    try:
+        yield dataclasses.replace(request, starting=start)
+    except BaseException:
+        start.abandon()
+        raise
+    start.close()
 
 
 @contextlib.contextmanager
@@ -154,6 +251,9 @@ def watched_cluster(request: ClusterRequest) -> Iterator[tuple[Client, ClusterWa
     with contextlib.ExitStack() as stack:
         if request.client is not None:
             client = request.client
+        elif request.starting is not None:
+            stack.callback(request.starting.close)
+            client = request.starting.client()
         else:
             client = stack.enter_context(
                 dask_client(

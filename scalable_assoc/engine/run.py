@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import distributed
+import psutil
 from distributed import Client, KilledWorker
 from distributed.security import Security
 
@@ -29,7 +30,15 @@ from scalable_assoc.engine.alpha import alpha_rows
 from scalable_assoc.engine.chunks import ChunkTask, chunk_tasks
 from scalable_assoc.engine.cluster import check_cluster_options
 from scalable_assoc.engine.filters import LayerFilter, filter_layers
-from scalable_assoc.engine.graph import ClusterRequest, LayerOnCluster, SharedDesigns, hold_on_cluster, layer_on_cluster, watched_cluster
+from scalable_assoc.engine.graph import (
+    ClusterRequest,
+    LayerOnCluster,
+    SharedDesigns,
+    cluster_starting,
+    hold_on_cluster,
+    layer_on_cluster,
+    watched_cluster,
+)
 from scalable_assoc.engine.manifest import run_manifest
 from scalable_assoc.engine.outputs import RunSummary, remove_outputs, up_to_date, write_outputs
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
@@ -259,14 +268,32 @@ def _run_study_locked(
     timings: dict[str, float] = {}
     remove_outputs(out)
     work = out / WORK_DIR
-    chunks_dir = work / "chunks"
-    study = prepare_study(plan, work / "stores", options.chunk_features, options.intersect_samples, options.features, options.min_cases)
-    timings["prepare"] = time.perf_counter() - started
     if options.covariate_rows and plan.cluster is not None:
         raise PlanError(
             f"plan {plan.source}, key 'cluster': --covariate-rows reports classical standard errors, which a plan with "
             f"'cluster: {plan.cluster}' does not use; run without --covariate-rows or without the cluster"
         )
+    # A new local cluster starts in the background while the tables are converted and the designs built.
+    with cluster_starting(cluster) as cluster:
+        study = prepare_study(plan, work / "stores", options.chunk_features, options.intersect_samples, options.features, options.min_cases)
+        timings["prepare"] = time.perf_counter() - started
+        return _run_prepared(plan, out, options, cluster, study, started, timings, on_chunk_done, on_phase)
+
+
+def _run_prepared(
+    plan: Plan,
+    out: Path,
+    options: _RunOptions,
+    cluster: ClusterRequest,
+    study: PreparedStudy,
+    started: float,
+    timings: dict[str, float],
+    on_chunk_done: Callable[[int, int], None],
+    on_phase: Callable[[str], None],
+) -> RunSummary:
+    """The rest of :func:`_run_study_locked` once the study is prepared: tasks, cluster, filter, fit, gather."""
+    work = out / WORK_DIR
+    chunks_dir = work / "chunks"
     tasks = chunk_tasks(study, options.analyses_per_task, options.covariate_rows)
     _remove_stale_chunks(chunks_dir, {t.chunk_id for t in tasks})
     done = _finished_chunks(chunks_dir, tasks)
@@ -283,13 +310,18 @@ def _run_study_locked(
     phase = time.perf_counter()
     with watched_cluster(cluster) as (client, watch):
         if cluster.client is None:
+            # The wait for the cluster after preparing (all of its start unless it started in the background).
             timings["cluster_start"] = time.perf_counter() - phase
+            if cluster.starting is not None and cluster.starting.seconds is not None:
+                timings["cluster_start_background"] = cluster.starting.seconds
         check_permanova(client, study)  # PERMANOVA (plan diversity.beta): refuse a too-large Bray-Curtis matrix before any work
         on_phase("filter")
         phase = time.perf_counter()
         positions = {layer.spec.name: hold_on_cluster(client, layer.sample_positions, "samples") for layer in study.layers}
+        first_task = _FirstResult(positions.values())
         filters = filter_layers(client, study, positions, work / "filters", watch)
         timings["filter"] = time.perf_counter() - phase
+        first_task.record(timings)
         on_phase("fit")
         phase = time.perf_counter()
         pending = [t for t in tasks if t.chunk_id not in done]
@@ -314,6 +346,34 @@ def _run_study_locked(
         manifest["permanova"] = permanova
     write_json(out / "manifest.json", manifest)  # last: a complete set of outputs has a manifest
     return RunSummary(out, results, summary, survival, manifest, len(tasks), len(done), timings["total"])
+
+
+class _FirstResult:
+    """When the run's first task came back from the cluster, as seconds since the process started: "command to first task".
+
+    The process start is the operating system's (``psutil``; 10 ms resolution),
+    so the seconds include the interpreter's start, the imports, preparing the
+    study, the cluster's start (the part not overlapping the preparation) and
+    one task's round trip; the first task is the first of the sample positions
+    held on the cluster, submitted as the filter phase starts. In a long-lived
+    Python process calling :func:`run_study`, it counts from that process's start.
+    """
+
+    def __init__(self, futures: Iterable[distributed.Future]) -> None:
+        self.at: float | None = None
+        for future in futures:
+            future.add_done_callback(self._done)  # called in the client's event loop thread
+
+    def _done(self, _future: distributed.Future) -> None:
+        if self.at is None:
+            self.at = time.time()
+
+    def record(self, timings: dict[str, float]) -> None:
+        """Add ``first_task`` to ``timings`` (when a task came back) and log it."""
+        if self.at is None:
+            return
+        timings["first_task"] = self.at - psutil.Process().create_time()
+        logger.info("first task result %.2fs after the command started", timings["first_task"])
 
 
 #: The fit phase's progress message (its text predates the other phases' and logs and tests read it).

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 import numpy as np
-import scipy.stats
+
+from scalable_assoc.stats.tails import t_sf
 
 
 class FitStatus(IntEnum):
@@ -82,7 +83,7 @@ class SlopeFits:
 
 def two_sided_p(t: np.ndarray, df: np.ndarray) -> np.ndarray:
     """Two-sided Student-t p-values, ``2 * P(T_df > |t|)``, elementwise."""
-    return 2.0 * scipy.stats.t.sf(np.abs(t), df)
+    return 2.0 * t_sf(np.abs(t), df)
 
 
 def withhold_rare_carriers(

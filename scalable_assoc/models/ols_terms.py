@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 import scipy.sparse
-import scipy.stats
 
 from scalable_assoc.models.design import CovariateDesign, project_out
 from scalable_assoc.models.fits import FitStatus, two_sided_p
 from scalable_assoc.models.ols import PreparedBlock, prepare_block
 from scalable_assoc.models.thresholds import CONSTANT_FEATURE, EXPOSURE_COLLINEAR, GRAM_SINGULAR
+from scalable_assoc.stats.tails import f_sf
 
 #: Missing cells above this fraction of the design's cells: Gram matrices from the present rows
 #: (one dense product) rather than the identity minus a sum over the missing cells.
@@ -196,7 +196,7 @@ class _TermEstimates:
         ok = ~not_ok
         p[:, ok] = two_sided_p(t[:, ok], np.broadcast_to(df[ok], (n_terms, int(ok.sum()))))
         f_p = np.full(m, np.nan)
-        f_p[ok] = scipy.stats.f.sf(f_statistic[ok], n_terms, df[ok])
+        f_p[ok] = f_sf(f_statistic[ok], n_terms, df[ok])
         rss = np.where(ok, rss_full, np.nan)
         return TermFits(beta, se, t, p, covariance, f_statistic, f_p, rss, rss + np.where(ok, extra, np.nan), df, self.n_used, status)
 

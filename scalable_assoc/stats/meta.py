@@ -78,7 +78,8 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
+
+from scalable_assoc.stats.tails import chi2_sf, norm_sf, t_sf
 
 #: The between-cohort variance estimators, named as in metafor (lower case).
 METHODS = ("fe", "dl", "reml", "pm")
@@ -438,11 +439,11 @@ def combine_estimates(
         else:
             i2 = 100.0 * tau2 / (s2 + tau2)
     i2[~several] = np.nan
-    p = 2.0 * scipy.stats.norm.sf(np.abs(statistic))
+    p = 2.0 * norm_sf(np.abs(statistic))
     if hksj and multi.size:
-        p[multi] = 2.0 * scipy.stats.t.sf(np.abs(statistic[multi]), c.k[multi] - 1)
+        p[multi] = 2.0 * t_sf(np.abs(statistic[multi]), c.k[multi] - 1)
     q_p = np.full(rows, np.nan)
-    q_p[multi] = scipy.stats.chi2.sf(q_stat[multi], c.k[multi] - 1)
+    q_p[multi] = chi2_sf(q_stat[multi], c.k[multi] - 1)
     return MetaFits(c.k, mu, se_mu, statistic, p, tau2, i2, q_stat, q_p, converged)
 
 

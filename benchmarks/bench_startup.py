@@ -1,0 +1,261 @@
+"""Start-up: what each dependency's import costs, the engine's import, the local cluster's start, and command to first task.
+
+Every case runs in a fresh process (imports are cached within a process), so
+each number is what a new ``scalable-assoc`` command pays:
+
+1. ``import X`` for numpy, pandas, scipy.special, scipy.stats, dask, distributed,
+   zarr, pyarrow and matplotlib: the module's own cumulative time from
+   ``python -X importtime`` (``import_us`` of its top line), beside the wall and
+   CPU time of the whole process (interpreter start included; ``python -c pass``
+   is the baseline case);
+2. ``import scalable_assoc.engine.run`` (what ``scalable-assoc run`` imports),
+   beside the same plus ``scipy.stats`` (what the engine imported before its
+   p-values moved to ``scipy.special``);
+3. the local cluster alone (``engine.cluster.local_cluster``: scheduler, two
+   worker processes, TLS credentials) started and closed in a fresh process;
+   the temporary TLS credentials alone (RSA, as ``Security.temporary``, against
+   the EC key ``engine.cluster.temporary_security`` makes);
+4. a cold ``scalable-assoc run`` of the reference study (simulated into a
+   scratch folder; 7,656 participants, ``--quick``: 1,500): its manifest's
+   ``first_task`` (seconds from the process start to the first task result,
+   see ``engine/run.py``), and the phases around it.
+
+Aims: command to first task <= 1.5 s (``first_task`` of the cold run), and the
+same without the ``prepare`` phase (table conversion, metadata, designs: timed
+elsewhere), i.e. what imports, the cluster's start and the first task add.
+
+    python benchmarks/bench_startup.py --json OUT.json [--quick] [--data-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+#: The dependencies whose import is timed, each in a fresh process.
+DEPENDENCIES = ("numpy", "pandas", "scipy.special", "scipy.stats", "dask", "distributed", "zarr", "pyarrow", "matplotlib")
+#: Aim 7 of the speed issue.
+FIRST_TASK_TARGET = 1.5
+
+CLUSTER_START = """
+import sys, time
+from scalable_assoc.engine.cluster import _close_quietly, local_cluster
+started = time.perf_counter()
+cluster, client = local_cluster(2)
+up = time.perf_counter() - started
+_close_quietly(client, cluster)
+print(f"{up:.6f}")
+"""
+
+CREDENTIALS = """
+import time
+from distributed.security import Security
+from scalable_assoc.engine.cluster import temporary_security
+def best(make, n=5):
+    times = []
+    for _ in range(n):
+        started = time.perf_counter(); make(); times.append(time.perf_counter() - started)
+    return min(times)
+print(f"{best(Security.temporary):.6f} {best(temporary_security):.6f}")
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_process(command: list[str], cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, float, float, float]:
+    """Run ``command`` to its end: the result, wall seconds, CPU seconds (user + sys of it and its waited-for children), peak RSS (MB).
+
+    The peak RSS is that of the largest single process (``ru_maxrss`` of the children), not their sum.
+    """
+    before = os.times()
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=cwd)
+    wall = time.perf_counter() - started
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result, wall, cpu, peak
+
+
+def import_case(module: str, repeats: int, what: str, statement: str | None = None) -> dict:
+    """The best of ``repeats`` fresh processes importing ``module`` (or running ``statement``)."""
+    code = statement or f"import {module}"
+    best: dict | None = None
+    for _ in range(repeats):
+        result, wall, cpu, peak = run_process([sys.executable, "-X", "importtime", "-c", code])
+        import_us = _import_us(result.stderr, module)
+        case = {
+            "case": f"import {module}" if statement is None else module,
+            "what": what,
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "peak_rss_mb": peak,
+        }
+        case["import_s"] = import_us / 1e6 if import_us is not None else None
+        if best is None or wall < best["wall_s"]:
+            best = case
+    assert best is not None
+    return best
+
+
+def _import_us(importtime: str, module: str) -> int | None:
+    """Cumulative microseconds of ``module``'s line in ``-X importtime`` output; for a statement, the sum of the top-level lines."""
+    total, found = 0, False
+    for line in importtime.splitlines():
+        match = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if match is None:
+            continue
+        cumulative, indent, name = int(match[1]), len(match[2]), match[3]
+        if name == module:
+            return cumulative
+        if indent == 1:  # a top-level import of a statement
+            total, found = total + cumulative, True
+    return total if found else None
+
+
+def cluster_case(repeats: int) -> dict:
+    best: dict | None = None
+    for _ in range(repeats):
+        result, wall, cpu, peak = run_process([sys.executable, "-c", CLUSTER_START])
+        up = float(result.stdout.split()[-1])
+        case = {
+            "case": "cluster start",
+            "what": "local_cluster(2) in a fresh process: scheduler, 2 worker processes, TLS; seconds until the client is ready",
+            "wall_s": up,
+            "cpu_s": cpu,
+            "peak_rss_mb": peak,
+            "process_wall_s": wall,
+        }
+        if best is None or up < best["wall_s"]:
+            best = case
+    assert best is not None
+    return best
+
+
+def credentials_cases() -> list[dict]:
+    result, _, _, _ = run_process([sys.executable, "-c", CREDENTIALS])
+    rsa, ec = (float(v) for v in result.stdout.split())
+    what = "temporary TLS key and self-signed certificate, best of 5"
+    return [
+        {
+            "case": "TLS credentials RSA-2048 (distributed Security.temporary)",
+            "what": what,
+            "wall_s": rsa,
+            "cpu_s": rsa,
+            "peak_rss_mb": None,
+        },
+        {"case": "TLS credentials EC P-256 (temporary_security)", "what": what, "wall_s": ec, "cpu_s": ec, "peak_rss_mb": None},
+    ]
+
+
+def cold_run_case(data: Path, scratch: Path, participants: int, repeats: int) -> dict:
+    """A cold ``scalable-assoc run --no-report`` of the reference study (a new output folder each time); the best first_task."""
+    plan = data / "plan.yaml"
+    if not plan.is_file():
+        simulate = [sys.executable, "-m", "scalable_assoc.cli", "simulate", "--out", str(data), "--participants", str(participants)]
+        run_process(simulate)
+    best: dict | None = None
+    for attempt in range(repeats):
+        out = scratch / f"run-{attempt}"
+        shutil.rmtree(out, ignore_errors=True)
+        _, wall, cpu, peak = run_process([sys.executable, "-m", "scalable_assoc.cli", "run", str(plan), "--out", str(out), "--no-report"])
+        timings = json.loads((out / "manifest.json").read_text())["timings_seconds"]
+        shutil.rmtree(out, ignore_errors=True)
+        case = {
+            "case": "cold run: command to first task",
+            "what": f"scalable-assoc run of the reference study ({participants} participants), new output folder; "
+            "wall_s is the manifest's first_task (process start to first task result)",
+            "wall_s": timings.get("first_task"),
+            "cpu_s": cpu,
+            "peak_rss_mb": peak,
+            "process_wall_s": wall,
+            "timings_seconds": timings,
+        }
+        if best is None or (case["wall_s"] or 1e9) < (best["wall_s"] or 1e9):
+            best = case
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, required=True, help="write the cases and aims here")
+    parser.add_argument("--quick", action="store_true", help="one repeat each and a small study (checks that every case runs)")
+    parser.add_argument("--data-dir", type=Path, help="the simulated study (kept and reused); default: a temporary folder")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else 3
+    participants = 1500 if args.quick else 7656
+    cases = [import_case("pass", repeats, "interpreter start alone (baseline of every process below)", statement="pass")]
+    for module in DEPENDENCIES:
+        cases.append(import_case(module, repeats, f"import {module} in a fresh process; import_s: its -X importtime cumulative time"))
+    cases.append(import_case("scalable_assoc.engine.run", repeats, "what 'scalable-assoc run' imports (ours)"))
+    cases.append(
+        import_case(
+            "scipy.stats + scalable_assoc.engine.run",
+            repeats,
+            "before: the engine with scipy.stats imported, as its p-values needed it (the alternative)",
+            statement="import scipy.stats, scalable_assoc.engine.run",
+        )
+    )
+    cases.append(import_case("scalable_assoc.cli", repeats, "the CLI module alone (imports the engine lazily)"))
+    cases.append(cluster_case(repeats))
+    cases.extend(credentials_cases())
+    with tempfile.TemporaryDirectory(prefix="bench-startup-", dir=args.data_dir.parent if args.data_dir else None) as tmp:
+        data = args.data_dir or Path(tmp) / "study"
+        cold = cold_run_case(data, Path(tmp), participants, repeats)
+    cases.append(cold)
+    first = cold["wall_s"]
+    aims = [
+        {
+            "key": "startup_first_task",
+            "aim": f"command to first task <= {FIRST_TASK_TARGET} s (cold 'scalable-assoc run' of the reference study)",
+            "value": float(first) if first is not None else float("nan"),
+            "target": FIRST_TASK_TARGET,
+            "unit": "s",
+            "met": first is not None and first <= FIRST_TASK_TARGET,
+        }
+    ]
+    # The start-up's own share: imports, plan and lock, the cluster's wait and the first task's round trip, without
+    # preparing the study (table conversion, metadata, designs), which other cases of the suite time.
+    prepare = cold["timings_seconds"].get("prepare")
+    overhead = first - prepare if first is not None and prepare is not None else None
+    cold["startup_without_prepare_s"] = overhead
+    aims.append(
+        {
+            "key": "startup_without_prepare",
+            "aim": f"command to first task minus preparing the study <= {FIRST_TASK_TARGET} s (imports, cluster start, first task)",
+            "value": float(overhead) if overhead is not None else float("nan"),
+            "target": FIRST_TASK_TARGET,
+            "unit": "s",
+            "met": overhead is not None and overhead <= FIRST_TASK_TARGET,
+        }
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"cases": cases, "aims": aims}, indent=2))
+    for case in cases:
+        extra = f"  import {case['import_s']:.3f}s" if case.get("import_s") is not None else ""
+        wall = f"{case['wall_s']:.3f}s" if case["wall_s"] is not None else "-"
+        print(f"{case['case']:60s} wall {wall:>9s}  cpu {case['cpu_s']:.3f}s{extra}")
+    for aim in aims:
+        print(f"aim {aim['key']}: {aim['value']:.2f} {aim['unit']} (target {aim['target']}) {'met' if aim['met'] else 'missed'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Start-up: p-values without scipy.stats, the local cluster's credentials, the cluster started while a study is prepared.
+
+- ``stats.tails`` gives scipy.stats' upper tails bit for bit, edge cases included
+  (it exists so that no kernel imports scipy.stats, which costs half a second);
+- the local cluster's temporary credentials are an EC key and a certificate for
+  every role, TLS required;
+- a run whose preparation fails, with its local cluster starting in the
+  background meanwhile, raises the preparation's error and leaves no cluster
+  (closed in the background once started).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+import scipy.stats
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from scalable_assoc.engine import graph
+from scalable_assoc.engine import run as engine_run
+from scalable_assoc.engine.cluster import temporary_security
+from scalable_assoc.errors import UserInputError
+from scalable_assoc.simulate import SimulatedStudy
+from scalable_assoc.stats import tails
+
+EDGES = np.array([0.0, -0.0, 1e-300, 0.5, 1.96, 40.0, 1e5, -1.0, -1e-9, np.inf, -np.inf, np.nan])
+DFS = np.array([0.0, -1.0, np.nan, 0.5, 1.0, 2.0, 7.0, 1e4, 1e10, np.inf, 3.0, 4.0])
+
+
+def _same(ours: np.ndarray, theirs: np.ndarray) -> None:
+    np.testing.assert_array_equal(ours, theirs)  # NaN where NaN, every other value equal bit for bit
+
+
+@pytest.mark.parametrize("df", [DFS, 5, np.arange(-1, 11)])
+def test_tails_equal_scipy_stats(df) -> None:
+    x = np.concatenate([EDGES, np.random.default_rng(1).standard_normal(12) * 5])
+    dfs = np.resize(df, x.size) if np.ndim(df) else df
+    _same(tails.t_sf(x, dfs), scipy.stats.t.sf(x, dfs))
+    _same(tails.f_sf(x, 3, dfs), scipy.stats.f.sf(x, 3, dfs))
+    _same(tails.f_sf(x, dfs, 50), scipy.stats.f.sf(x, dfs, 50))
+    _same(tails.chi2_sf(x, dfs), scipy.stats.chi2.sf(x, dfs))
+    _same(tails.norm_sf(x), scipy.stats.norm.sf(x))
+    _same(tails.t_sf(x.astype(np.float32), dfs), scipy.stats.t.sf(x.astype(np.float32), dfs))
+
+
+def test_the_engine_does_not_import_scipy_stats() -> None:
+    code = "import sys, scalable_assoc.engine.run, scalable_assoc.engine.tasks; print('scipy.stats' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "False"
+
+
+def test_local_cluster_credentials_are_an_ec_key_for_every_role() -> None:
+    security: Any = temporary_security()  # its tls_* attributes are set dynamically
+    assert security.require_encryption
+    certificate = x509.load_pem_x509_certificate(security.tls_scheduler_cert.encode())
+    assert isinstance(certificate.public_key(), ec.EllipticCurvePublicKey)
+    assert security.tls_ca_file == security.tls_worker_cert == security.tls_client_cert == security.tls_scheduler_cert
+    assert security.tls_worker_key == security.tls_client_key == security.tls_scheduler_key
+
+
+def _live_children() -> set[str]:
+    """Live descendants, but multiprocessing's resource tracker (started by the first worker, kept for the process's life)."""
+    live = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            command = " ".join(child.cmdline())
+            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in command:
+                live.add(f"{child.pid} {command}")
+    return live
+
+
+def test_a_failed_preparation_leaves_no_cluster(small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _live_children()
+    opened: list[str] = []
+    real = graph.dask_client
+
+    @contextlib.contextmanager
+    def recorded(*args, **kwargs) -> Iterator:
+        with real(*args, **kwargs) as client:
+            opened.append("started")
+            yield client
+        opened.append("closed")
+
+    def failing_prepare(*args, **kwargs):
+        time.sleep(0.5)  # the cluster is still starting
+        raise UserInputError("the metadata has no column 'age'")
+
+    monkeypatch.setattr(graph, "dask_client", recorded)
+    monkeypatch.setattr(engine_run, "prepare_study", failing_prepare)
+    with pytest.raises(UserInputError, match="no column 'age'"):
+        engine_run.run_study(small_study.plan_path, tmp_path / "out", workers=1)
+    # The error comes at once; the cluster, abandoned, is closed in the background once started.
+    deadline = time.monotonic() + 60
+    while (opened != ["started", "closed"] or _live_children() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert opened == ["started", "closed"], "the cluster started in the background and was closed"
+    assert _live_children() - before == set(), "no process of the cluster is left"
