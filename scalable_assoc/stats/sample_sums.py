@@ -61,24 +61,18 @@ def block_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     The sum of ``x`` is the store's ``sample_totals``, summed beside these.
     """
     positive = block > 0  # NaN compares False
-    logs = np.zeros(block.shape)
-    np.log(block, out=logs, where=positive)  # logs of present values only: most cells of a microbiome table are zero
+    logs = np.where(positive, block, 1.0)  # log 1 = 0 where not positive
+    np.log(logs, out=logs)  # in place; a masked ufunc (where=) is 3-4x slower than logs of every cell
     return (~np.isnan(block)).sum(axis=1), positive.sum(axis=1), logs.sum(axis=1)
 
 
 def block_log_pseudo(block: np.ndarray, pseudocount: float) -> np.ndarray:
-    """``(n,)`` per-sample sum of ``log(x + pseudocount)`` over a block's observed values.
-
-    Logs are taken at the non-zero cells only; each zero adds ``log(pseudocount)``.
-    """
-    observed = ~np.isnan(block)
-    nonzero = observed & (block != 0)
-    shifted = np.zeros(block.shape)
-    np.add(block, pseudocount, out=shifted, where=nonzero)
+    """``(n,)`` per-sample sum of ``log(x + pseudocount)`` over a block's observed values (as the CLR pass sums them)."""
+    shifted = block + pseudocount
+    shifted[np.isnan(block)] = 1.0  # log 1 = 0: missing values add nothing
     with np.errstate(divide="ignore", invalid="ignore"):
-        np.log(shifted, out=shifted, where=nonzero)
-        zero_term = np.log(pseudocount)
-    return shifted.sum(axis=1) + (observed.sum(axis=1) - nonzero.sum(axis=1)) * zero_term
+        np.log(shifted, out=shifted)
+    return shifted.sum(axis=1)
 
 
 def rare_features(nonzero: np.ndarray, observed: np.ndarray, cap: float = RARE_PREVALENCE_CAP) -> np.ndarray:
