@@ -30,9 +30,8 @@ def _store(tmp_path, values: np.ndarray, chunk: int = 3):
 def _composed(store, kept: np.ndarray, which: str, pseudocount: float | None):
     sums, _ = store.stored_sample_sums()
     parts = np.zeros((6, store.n_samples))
-    for features, samples, values in store.rare_cells():
-        chosen = ~kept[features]
-        parts += removed_cell_sums(samples[chosen], values[chosen], store.n_samples, pseudocount)
+    for samples, values in store.rare_cells(~kept):
+        parts += removed_cell_sums(samples, values, store.n_samples, pseudocount)
     return kept_sums(sums, parts, int((~kept).sum()), which, pseudocount)
 
 

@@ -291,9 +291,8 @@ def _stored_sums(layer: LayerWork, layer_filter: LayerFilter, views: set[str]) -
     pseudocount = layer_filter.pseudocount if "clr" in needed.values() else None
     parts = np.zeros((6, store.n_samples))
     if removed.any():
-        for features, samples, values in store.rare_cells():
-            chosen = removed[features]
-            parts += removed_cell_sums(samples[chosen], values[chosen], store.n_samples, pseudocount)
+        for samples, values in store.rare_cells(removed):
+            parts += removed_cell_sums(samples, values, store.n_samples, pseudocount)
     logger.info("  layer '%s': per-sample sums from those stored with the store (%d features removed)", name, int(removed.sum()))
     return {which: kept_sums(sums, parts, int(removed.sum()), kind, pseudocount) for which, kind in needed.items()}
 

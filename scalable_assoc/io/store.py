@@ -144,15 +144,21 @@ class AbundanceStore:
         )
         return sums, float(attrs["rare_prevalence_cap"])
 
-    def rare_cells(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The sparse copy of the rare features, one chunk of cells at a time: ``(feature index, sample index, value)`` per cell."""
+    def rare_cells(self, chosen: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The cells of the ``chosen`` features (bool ``(n_features,)``) in the sparse copy of the rare features.
+
+        Yields ``(sample index, value)`` arrays one stored chunk of cells at a time (chunks holding
+        none of them are not read); features without a sparse copy have no cells here.
+        """
         indptr = np.asarray(zarr.open_array(self.path / "rare_indptr", mode="r")[:])
+        cell_chosen = np.repeat(np.asarray(chosen, dtype=bool), np.diff(indptr))
         samples = zarr.open_array(self.path / "rare_samples", mode="r")
         values = zarr.open_array(self.path / "rare_values", mode="r")
-        for start in range(0, int(indptr[-1]), RARE_CHUNK_CELLS):
-            stop = min(start + RARE_CHUNK_CELLS, int(indptr[-1]))
-            features = np.searchsorted(indptr, np.arange(start, stop), side="right") - 1
-            yield features, np.asarray(samples[start:stop]), np.asarray(values[start:stop])
+        for start in range(0, cell_chosen.size, RARE_CHUNK_CELLS):
+            stop = min(start + RARE_CHUNK_CELLS, cell_chosen.size)
+            mask = cell_chosen[start:stop]
+            if mask.any():
+                yield np.asarray(samples[start:stop])[mask], np.asarray(values[start:stop])[mask]
 
     def stored_feature_summary(self, start: int, stop: int) -> FeatureSummary | None:
         """Per-feature counts over all samples for features ``start:stop``, if the store holds them."""
