@@ -33,7 +33,7 @@ from scalable_assoc.errors import DataError
 from scalable_assoc.io.run_cache import FilterFile, filter_path, read_filter_file, write_filter_file
 from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.stats.sample_sums import kept_sums, rare_features, removed_cell_sums
-from scalable_assoc.stats.transforms import needs_sample_summary, select_features, with_absent_zeros
+from scalable_assoc.stats.transforms import FeatureSummary, needs_sample_summary, select_features, with_absent_zeros
 
 logger = logging.getLogger(__name__)
 
@@ -183,9 +183,13 @@ def _feature_summaries(
         bounds = layer.store.block_bounds()
         # A run on all samples of a store uses the counts stored with it: no pass over the data.
         if np.array_equal(layer.sample_positions, np.arange(layer.store.n_samples)):
-            stored = [layer.store.stored_feature_summary(start, stop) for start, stop in bounds]
-            if all(s is not None for s in stored):
-                summaries[layer.spec.name] = stored
+            # read whole, then cut per block: opening the arrays once per block cost 6 ms a block (1 s at 100,000 features)
+            stored = layer.store.stored_feature_summary(0, layer.store.n_features)
+            if stored is not None:
+                summaries[layer.spec.name] = [
+                    FeatureSummary(stored.nonzero[start:stop], stored.observed[start:stop], stored.min_positive[start:stop])
+                    for start, stop in bounds
+                ]
                 continue
         futures[layer.spec.name] = [
             client.submit(
