@@ -8,6 +8,19 @@ Layout of ``<name>.zarr`` (a Zarr v3 group)::
                    (n_features,) per-feature counts over all samples, computed while
                    writing, so a run on all samples needs no separate pass for its
                    prevalence filter and pseudocount
+    sample_totals  (n_samples,) each sample's sum over every feature
+    sample_observed, sample_positive, sample_log_positive, sample_log_pseudo
+                   (n_samples,) per-sample sums over every feature (observed values,
+                   values > 0, sum of log x over them, sum of log(x + c) with c half
+                   the layer's smallest positive value; attribute ``sample_sums``
+                   holds c and the rare-feature cap)
+    rare_indptr, rare_samples, rare_values
+                   a sparse copy (CSC-like: (n_features + 1,) int64 offsets, int32
+                   sample indices, float64 values) of the non-zero and missing cells
+                   of the features with prevalence below the cap; with the sums, a
+                   run on all samples composes the per-sample sums of any prevalence
+                   filter up to the cap without reading the store again
+                   (:mod:`scalable_assoc.stats.sample_sums`)
     attributes     sample_ids, feature_ids, source, source_sha256, format_version
 
 Samples are never split across chunks: every regression needs all samples of a
@@ -25,7 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -39,6 +52,14 @@ from scalable_assoc.io.atomic import write_atomically
 from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.plan.blocks import STORE_LAYER_NAME
 from scalable_assoc.progress import ProgressReporter
+from scalable_assoc.stats.sample_sums import (
+    RARE_PREVALENCE_CAP,
+    AllFeatureSums,
+    block_log_pseudo,
+    block_sums,
+    rare_features,
+    sparse_cells,
+)
 from scalable_assoc.stats.transforms import FeatureSummary, feature_summary
 
 logger = logging.getLogger(__name__)
@@ -46,6 +67,13 @@ logger = logging.getLogger(__name__)
 SUMMARY_ARRAYS = ("feature_nonzero", "feature_observed", "feature_min_positive")
 #: Per-sample sum over every feature, stored at conversion (stores written before it lack it).
 SAMPLE_TOTALS = "sample_totals"
+#: Per-sample sums over every feature besides SAMPLE_TOTALS, and the sparse copy of the rare
+#: features (stores written before them lack them: a run then sums in a pass over the blocks).
+SAMPLE_SUM_ARRAYS = ("sample_observed", "sample_positive", "sample_log_positive", "sample_log_pseudo")
+RARE_ARRAYS = ("rare_indptr", "rare_samples", "rare_values")
+SAMPLE_SUMS_KEY = "sample_sums"
+#: Cells per chunk of the rare-feature arrays.
+RARE_CHUNK_CELLS = 1 << 20
 
 STORE_FORMAT_VERSION = 1
 #: The root attribute (and its value) that marks a store holding several layers.
@@ -99,6 +127,38 @@ class AbundanceStore:
             return np.asarray(zarr.open_array(self.path / SAMPLE_TOTALS, mode="r")[:])
         except (KeyError, FileNotFoundError):
             return None
+
+    def stored_sample_sums(self) -> tuple[AllFeatureSums, float] | None:
+        """Per-sample sums over every feature and the prevalence cap of the rare-feature copy, if the store holds them."""
+        try:
+            attrs = dict(zarr.open_group(self.path, mode="r").attrs).get(SAMPLE_SUMS_KEY)
+            if not isinstance(attrs, dict):
+                return None
+            arrays = [np.asarray(zarr.open_array(self.path / name, mode="r")[:]) for name in (*SAMPLE_SUM_ARRAYS, SAMPLE_TOTALS)]
+        except (KeyError, FileNotFoundError):  # a store written before the sums existed
+            return None
+        observed, positive, log_positive, log_pseudo, total = arrays
+        pseudocount = attrs.get("pseudocount")
+        sums = AllFeatureSums(
+            observed, total, positive, log_positive, log_pseudo, float(pseudocount) if pseudocount is not None else float("nan")
+        )
+        return sums, float(attrs["rare_prevalence_cap"])
+
+    def rare_cells(self, chosen: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The cells of the ``chosen`` features (bool ``(n_features,)``) in the sparse copy of the rare features.
+
+        Yields ``(sample index, value)`` arrays one stored chunk of cells at a time (chunks holding
+        none of them are not read); features without a sparse copy have no cells here.
+        """
+        indptr = np.asarray(zarr.open_array(self.path / "rare_indptr", mode="r")[:])
+        cell_chosen = np.repeat(np.asarray(chosen, dtype=bool), np.diff(indptr))
+        samples = zarr.open_array(self.path / "rare_samples", mode="r")
+        values = zarr.open_array(self.path / "rare_values", mode="r")
+        for start in range(0, cell_chosen.size, RARE_CHUNK_CELLS):
+            stop = min(start + RARE_CHUNK_CELLS, cell_chosen.size)
+            mask = cell_chosen[start:stop]
+            if mask.any():
+                yield np.asarray(samples[start:stop])[mask], np.asarray(values[start:stop])[mask]
 
     def stored_feature_summary(self, start: int, stop: int) -> FeatureSummary | None:
         """Per-feature counts over all samples for features ``start:stop``, if the store holds them."""
@@ -217,6 +277,7 @@ def write_store_blocks(
             name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)
         }
         sample_totals = np.zeros(n_samples)  # per sample, over every feature: says whether values are percentages or fractions
+        sums = _SampleSumsWriter(group, array, n_samples, n_features)
         reporter = None
         if progress is not None:
             reporter = ProgressReporter(logger, "convert", -(-n_features // chunk), "feature blocks", label=progress)
@@ -232,14 +293,92 @@ def write_store_blocks(
             summaries["feature_observed"][start:stop] = summary.observed
             summaries["feature_min_positive"][start:stop] = summary.min_positive
             sample_totals += np.nansum(values, axis=1)
+            sums.add_block(start, values, summary)
             if reporter is not None:
                 reporter.advance()
         for name, values in summaries.items():
             group.create_array(name, data=values, chunks=(max(n_features, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
         group.create_array(SAMPLE_TOTALS, data=sample_totals, chunks=(max(n_samples, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
+        sums.finish()
 
     write_atomically(path, writer)
     return open_store(path)
+
+
+class _SampleSumsWriter:
+    """Accumulates, while a store is written, its per-sample sums and the sparse copy of its rare features.
+
+    The half-minimum pseudocount ``c`` of the whole layer is known only after
+    the last block. Each block's ``log(x + c)`` sums use the running candidate
+    (half the smallest positive value so far); at the end, only the blocks
+    summed with a candidate other than the final ``c`` are read back from the
+    store being written and summed again. Tables floored at a print precision
+    (MetaPhlAn, HUMAnN) meet their minimum in the first block, so none is.
+    """
+
+    def __init__(self, group: zarr.Group, array: zarr.Array, n_samples: int, n_features: int) -> None:
+        self.group, self.array, self.n_samples = group, array, n_samples
+        self.sums = [np.zeros(n_samples, dtype=np.int64), np.zeros(n_samples, dtype=np.int64), np.zeros(n_samples)]
+        self.by_candidate: dict[float, tuple[np.ndarray, list[tuple[int, int]]]] = {}  # candidate c -> (sum, its blocks)
+        self.smallest = np.inf
+        self.indptr = np.zeros(n_features + 1, dtype=np.int64)
+        compressors = [ZstdCodec(level=3), Crc32cCodec()]
+        self.cells = [
+            group.create_array(name, shape=(0,), chunks=(RARE_CHUNK_CELLS,), dtype=dtype, compressors=compressors)
+            for name, dtype in (("rare_samples", "int32"), ("rare_values", "float64"))
+        ]
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self.n_pending = 0
+
+    def add_block(self, start: int, values: np.ndarray, summary: FeatureSummary) -> None:
+        """Add the sums of features ``start:start + m`` (``values`` ``(n, m)``, ``summary`` their counts)."""
+        observed, positive, log_positive = block_sums(values)
+        self.sums[0] += observed
+        self.sums[1] += positive
+        self.sums[2] += log_positive
+        self.smallest = min(self.smallest, float(np.min(summary.min_positive, initial=np.inf)))
+        candidate = self.smallest / 2.0
+        if np.isfinite(candidate):
+            total, blocks = self.by_candidate.get(candidate, (np.zeros(self.n_samples), []))
+            self.by_candidate[candidate] = (total + block_log_pseudo(values, candidate), [*blocks, (start, start + values.shape[1])])
+        lengths, samples, cells = sparse_cells(values, rare_features(summary.nonzero, summary.observed))
+        self.indptr[start + 1 : start + 1 + lengths.size] = lengths
+        self.pending.append((samples, cells))
+        self.n_pending += samples.size
+        if self.n_pending >= RARE_CHUNK_CELLS:
+            self._flush(whole_chunks=True)
+
+    def _flush(self, whole_chunks: bool) -> None:
+        """Append the pending cells (only whole chunks of them unless at the end): a chunk is written once."""
+        samples = np.concatenate([p[0] for p in self.pending]) if self.pending else np.zeros(0, dtype=np.int32)
+        values = np.concatenate([p[1] for p in self.pending]) if self.pending else np.zeros(0)
+        n = samples.size - samples.size % RARE_CHUNK_CELLS if whole_chunks else samples.size
+        if n:
+            self.cells[0].append(samples[:n])
+            self.cells[1].append(values[:n])
+        self.pending = [(samples[n:], values[n:])]
+        self.n_pending = samples.size - n
+
+    def finish(self) -> None:
+        """Write the sums, the offsets of the sparse copy and the attribute describing them."""
+        self._flush(whole_chunks=False)
+        pseudocount = self.smallest / 2.0 if np.isfinite(self.smallest) else None
+        log_pseudo = np.full(self.n_samples, np.nan)
+        recomputed = 0
+        if pseudocount is not None:
+            log_pseudo, _ = self.by_candidate.pop(pseudocount)
+            for _, blocks in self.by_candidate.values():
+                for start, stop in blocks:
+                    log_pseudo = log_pseudo + block_log_pseudo(np.asarray(self.array[:, start:stop], dtype=np.float64), pseudocount)
+                    recomputed += 1
+        compressors = [ZstdCodec(level=3), Crc32cCodec()]
+        for name, data in zip(SAMPLE_SUM_ARRAYS, [*self.sums, log_pseudo], strict=True):
+            self.group.create_array(name, data=data, chunks=(max(self.n_samples, 1),), compressors=compressors)
+        self.group.create_array("rare_indptr", data=np.cumsum(self.indptr), chunks=(self.indptr.size,), compressors=compressors)
+        self.group.attrs.update(
+            {SAMPLE_SUMS_KEY: {"pseudocount": pseudocount, "rare_prevalence_cap": RARE_PREVALENCE_CAP, "blocks_summed_again": recomputed}}
+        )
+        logger.debug("per-sample sums: %d blocks summed again for the final pseudocount %s", recomputed, pseudocount)
 
 
 def store_layers(path: Path) -> tuple[str, ...] | None:

@@ -1,0 +1,110 @@
+"""Per-sample sums stored at ingest (stats.sample_sums, io.store) equal the pass over the blocks (stats.transforms)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from scalable_assoc.io.store import write_store_blocks
+from scalable_assoc.stats.sample_sums import kept_sums, removed_cell_sums
+from scalable_assoc.stats.transforms import feature_summary, half_min_pseudocount, nonzero_values, prevalence, sample_summaries
+
+
+def _table(seed: int = 1, n: int = 40, m: int = 23) -> np.ndarray:
+    """Continuous values, zeros (feature prevalences from 3% to 100%) and missing cells."""
+    rng = np.random.default_rng(seed)
+    values = np.exp(rng.normal(0.0, 2.0, (n, m)))
+    values[rng.random((n, m)) >= np.linspace(0.03, 1.0, m)] = 0.0
+    values[rng.random((n, m)) < 0.05] = np.nan
+    return values
+
+
+def _store(tmp_path, values: np.ndarray, chunk: int = 3):
+    n, m = values.shape
+    return write_store_blocks(
+        tmp_path / "s.zarr", [f"S{i}" for i in range(n)], [f"F{j}" for j in range(m)], lambda a, b: values[:, a:b], "t", "x", chunk
+    )
+
+
+def _composed(store, kept: np.ndarray, which: str, pseudocount: float | None):
+    sums, _ = store.stored_sample_sums()
+    parts = np.zeros((6, store.n_samples))
+    for samples, values in store.rare_cells(~kept):
+        parts += removed_cell_sums(samples, values, store.n_samples, pseudocount)
+    return kept_sums(sums, parts, int((~kept).sum()), which, pseudocount)
+
+
+@pytest.mark.parametrize("min_prevalence", [0.0, 0.2])
+def test_stored_sums_equal_the_pass(tmp_path, min_prevalence):
+    """CLR (half-min over all), TSS/AST and the non-zero view, with a filter removing features across chunks."""
+    values = _table()
+    store = _store(tmp_path, values)
+    kept = prevalence(feature_summary(values)) >= min_prevalence
+    assert (~kept).sum() == (0 if min_prevalence == 0 else 5)  # chunks of 3: two chunks lose features
+    pc = half_min_pseudocount(feature_summary(values).min_positive)
+    sums, cap = store.stored_sample_sums()
+    assert sums.pseudocount == pc and cap == 0.25
+    for which, block, pseudocount in (
+        ("clr", values[:, kept], pc),
+        ("tss", values[:, kept], None),
+        ("nonzero", nonzero_values(values[:, kept], 0.0), None),
+    ):
+        expected = sample_summaries(block, "clr" if which != "tss" else "tss", pseudocount or 0.0)
+        got = _composed(store, kept, which, pseudocount)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_allclose(got[0], expected[0], rtol=1e-12, atol=0)
+
+
+def test_pseudocount_summed_again_and_checked(tmp_path):
+    """The smallest value in the last chunk: earlier chunks are summed again; another pseudocount is refused."""
+    values = _table(seed=2)
+    values[3, -1] = 1e-9
+    store = _store(tmp_path, values)
+    sums, _ = store.stored_sample_sums()
+    assert zarr.open_group(store.path, mode="r").attrs["sample_sums"]["blocks_summed_again"] == 7  # all chunks but the last
+    np.testing.assert_allclose(sums.log_pseudo, sample_summaries(values, "clr", 5e-10)[0], rtol=1e-12)
+    with pytest.raises(ValueError, match="pseudocount"):
+        _composed(store, np.ones(values.shape[1], dtype=bool), "clr", 1e-3)
+
+
+def test_filter_phase_uses_stored_sums_only_when_exact(tmp_path, caplog):
+    """engine.filters: stored sums when they apply (equal to the pass), else None and the reason logged."""
+    from types import SimpleNamespace
+
+    from scalable_assoc.engine.filters import LayerFilter, _stored_sums
+    from scalable_assoc.stats.transforms import select_features
+
+    values = _table(seed=3)
+    store = _store(tmp_path, values)
+    summaries = [store.stored_feature_summary(a, b) for a, b in store.block_bounds()]
+
+    def layer(pseudocount="half_min", positions=None, threshold=0.0, after=False, min_prevalence=0.2):
+        preprocess = SimpleNamespace(transform="clr", transform_all_features=after, clr_reference=None)
+        spec = SimpleNamespace(name="x", preprocess=preprocess, presence_threshold=threshold, models=["lm", "lm_nonzero"])
+        work = SimpleNamespace(
+            spec=spec, store=store, listed=None, sample_positions=np.arange(store.n_samples) if positions is None else positions
+        )
+        kept, pc = select_features(summaries, min_prevalence, pseudocount, pseudocount_over_all=after)
+        nonzero = np.concatenate([s.nonzero for s in summaries])
+        observed = np.concatenate([s.observed for s in summaries])
+        return work, LayerFilter(kept, pc, store.n_features, 0, nonzero=nonzero, observed=observed)
+
+    views = {"transformed", "nonzero"}
+    work, f = layer()
+    kept = np.concatenate(f.kept)
+    assert 0 < (~kept).sum() and f.pseudocount == store.stored_sample_sums()[0].pseudocount
+    got = _stored_sums(work, f, views)
+    expected = sample_summaries(values[:, kept], "clr", f.pseudocount)
+    np.testing.assert_allclose(got["sample_totals"][0], expected[0], rtol=1e-12)
+    np.testing.assert_array_equal(got["nonzero_totals"][1], (values[:, kept] > 0).sum(axis=1))
+    for why, args in (
+        ("pseudocount", {"pseudocount": 1e-3}),
+        ("some of the store's samples", {"positions": np.arange(store.n_samples - 1)}),
+        ("presence threshold", {"threshold": 0.5}),
+        ("no sparse copy", {"min_prevalence": 0.5}),
+    ):
+        work, f = layer(**args)
+        with caplog.at_level("INFO"):
+            assert _stored_sums(work, f, views) is None
+        assert why in caplog.text
