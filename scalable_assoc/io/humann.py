@@ -154,7 +154,7 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int | Non
         done = 0
         if fast:
             try:
-                for values in row_values(layout, 1):
+                for _, values in row_values(layout, 1):
                     rows = slice(done, done + len(values))
                     if rows.stop > len(keep):
                         raise Declined("more rows than the first pass")

@@ -65,7 +65,7 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
         done = 0
         if fast:
             try:
-                for values in row_values(layout, first):
+                for _, values in row_values(layout, first):
                     rows = slice(done, done + len(values))
                     if rows.stop > len(keep):
                         raise Declined("more rows than the first pass")

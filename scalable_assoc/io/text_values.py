@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import lzma
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -60,8 +60,9 @@ PANDAS_NA_STRINGS = (
 #: False: every text table is read by pandas, as before this path existed (benchmarks and tests compare the two).
 FAST_PATH = True
 
-#: Bytes of text parsed at a time (at least 64 bytes per field of a row): with the values parsed from them, what reading holds.
-TEXT_BLOCK_BYTES = 8 * 2**20
+#: Bytes of text read and parsed at a time (whole lines; a longer line whole): 1 MiB, as larger blocks were no faster
+#: and each holds ~10x its size while parsed (at 8 MiB the 50,000-sample MetaPhlAn table peaked 70 MB higher).
+TEXT_BLOCK_BYTES = 2**20
 
 #: File name endings pandas opens as archives or with codecs this path does not use (it declines them).
 _DECLINED_ENDINGS = (".tar", ".tar.gz", ".tar.bz2", ".tar.xz", ".zip", ".zst")
@@ -127,20 +128,23 @@ def row_ids(table: TextTable) -> list[str]:
     return ids
 
 
-def row_values(table: TextTable, first: int) -> Iterator[np.ndarray]:
-    """Fields ``first..`` of the data rows as ``(rows, n_fields - first)`` float64, a block of text at a time.
+def row_values(table: TextTable, first: int, with_ids: bool = False) -> Iterator[tuple[list[str] | None, np.ndarray]]:
+    """Fields ``first..`` of the data rows, a block of text at a time: ``(ids, values)``.
 
-    For tables with a column per sample (MetaPhlAn, HUMAnN: tens of thousands of columns):
-    pyarrow's reader holds some 12 kB per column (600 MB at 50,000 samples), so the
-    fields of a block's rows are handed to it as one column (each separator made a
-    newline) and the values reshaped. The rows' field counts are the first pass's
+    ``values`` is ``(rows, n_fields - first)`` float64, what :func:`~scalable_assoc.io.table_values.validated_values`
+    returns for the same cells (NaN where a cell is empty or an NA string); ``ids`` the
+    rows' first fields with ``with_ids`` (else None). The fields of a block's rows are
+    handed to pyarrow as one column (each separator made a newline) and the values
+    reshaped: pyarrow's reader holds some 12 kB per column (600 MB for a MetaPhlAn
+    table of 50,000 samples), and one column parses faster than 650 (a wide table). The rows' field counts are the first pass's
     (:func:`~scalable_assoc.io.table_text.check_row_lengths`, which counts every line's
     separators as here); the block's total is checked again.
 
     Raises
     ------
     Declined
-        As :func:`arrow_values`, before yielding the block concerned.
+        Before yielding a block holding anything pandas might read differently or
+        refuse: the blocks yielded before are exact, the rest is pandas' to read.
     """
     sep = table.separator.encode()
     width = table.n_fields - first
@@ -150,6 +154,7 @@ def row_values(table: TextTable, first: int) -> Iterator[np.ndarray]:
             del text
             if not lines:
                 continue
+            ids = [(line[: line.find(sep)] if sep in line else line).decode("utf-8") for line in lines] if with_ids else None
             parts = []
             for line in lines:
                 start = 0
@@ -163,7 +168,7 @@ def row_values(table: TextTable, first: int) -> Iterator[np.ndarray]:
             del payload
             if len(values) != len(lines) * width:
                 raise Declined(f"{table.path.name}: {len(values)} values in {len(lines)} rows")
-            yield _checked(values.reshape(len(lines), width), missing, table.path)
+            yield ids, _checked(values.reshape(len(lines), width), missing, table.path)
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
 
@@ -215,53 +220,6 @@ def _data_lines(text: bytes, path: Path) -> list[bytes]:
     if any(line.isspace() for line in lines):
         raise Declined(f"{path.name}: a line of blanks")
     return [line.removesuffix(b"\r") for line in lines]
-
-
-def arrow_values(
-    table: TextTable, columns: Sequence[int], id_column: int | None = None, row_major: bool = True
-) -> Iterator[tuple[list[str] | None, np.ndarray]]:
-    """The data rows a block of text at a time: ``(ids, values)`` with ``values`` ``(rows, len(columns))`` float64.
-
-    Values are what :func:`~scalable_assoc.io.table_values.validated_values` returns
-    for the same cells (NaN where the cell is empty or an NA string); ``ids`` are the
-    ``id_column`` strings (None for a missing one), or None when not asked for.
-    ``row_major``: C-ordered values, else Fortran-ordered (``values.T`` C-ordered).
-
-    Raises
-    ------
-    Declined
-        Before yielding a block holding anything pandas might read differently or
-        refuse: the blocks yielded before are exact, the rest is pandas' to read.
-    """
-    names = [f"f{i}" for i in range(table.n_fields)]
-    kinds = {names[c]: pa.float64() for c in columns}
-    if id_column is not None:
-        kinds[names[id_column]] = pa.string()
-    value_names = [names[c] for c in columns]
-    # No quoting (a quote was declined); blank lines skipped as pandas skips them (a line of blanks fails to convert).
-    parse = pa_csv.ParseOptions(delimiter=table.separator, quote_char=False, ignore_empty_lines=True)
-    convert = pa_csv.ConvertOptions(
-        column_types=kinds,
-        include_columns=([] if id_column is None else [names[id_column]]) + value_names,
-        null_values=list(PANDAS_NA_STRINGS),
-        strings_can_be_null=True,
-    )
-    try:
-        for text in _text_blocks(table):
-            # One block, one thread: threads did not lower the CPU time (2 cores), and the text is already bounded.
-            read = pa_csv.ReadOptions(column_names=names, block_size=len(text) + 1, use_threads=False)
-            batch = pa_csv.read_csv(pa.py_buffer(text), read_options=read, parse_options=parse, convert_options=convert)
-            del text
-            if batch.num_rows == 0:
-                continue
-            ids = None if id_column is None else batch.column(names[id_column]).to_pylist()
-            numbers = batch.select(value_names).combine_chunks()
-            values = numbers.to_tensor(null_to_nan=True, row_major=row_major).to_numpy()
-            missing = sum(column.null_count for column in numbers.columns)
-            del batch, numbers
-            yield ids, _checked(values, missing, table.path)
-    except _READ_ERRORS as error:
-        raise Declined(f"{table.path.name}: {type(error).__name__}") from None
 
 
 def _checked(values: np.ndarray, missing: int, path: Path) -> np.ndarray:

@@ -20,7 +20,7 @@ import pandas as pd
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import data_rows, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, check_sample_id_column, validated_values
-from scalable_assoc.io.text_values import Declined, TextTable, arrow_values
+from scalable_assoc.io.text_values import Declined, TextTable, row_values
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _wide_batches(path: Path, sample_ids: tuple[str, ...], feature_names: list[s
     layout = TextTable(path, table_separator(path), 1, n_features + 1)
     done = 0
     try:
-        for ids, values in arrow_values(layout, range(1, n_features + 1), id_column=0):
+        for ids, values in row_values(layout, 1, with_ids=True):
             if tuple(ids or ()) != sample_ids[done : done + len(values)]:
                 raise Declined("sample IDs other than the first pass's")
             yield values
