@@ -228,10 +228,9 @@ def _checked(values: np.ndarray, missing: int, path: Path) -> np.ndarray:
     # pyarrow reads 'NAN', '+nan', 'nan(1)' as NaN; pandas calls them non-numeric.
     if int(np.count_nonzero(nan)) != missing:
         raise Declined(f"{path.name}: NaN written as a number")
+    # The sign bit: negative numbers, -inf, and -0 (pandas reads a column of whole numbers as integers: '-0' becomes
+    # +0.0). From 2**63: +inf, and whole numbers pandas may read as text (past 2**64) or as unsigned integers.
     with np.errstate(invalid="ignore"):
-        if np.isinf(values).any() or (values < 0).any():
-            raise Declined(f"{path.name}: an infinite or negative value")
-        # pandas reads a column of whole numbers as integers: '-0' becomes +0.0, and past 2**64 a column of text.
         if np.signbit(values).any() or (values >= 2.0**63).any():
-            raise Declined(f"{path.name}: -0 or a whole number past 2**63")
+            raise Declined(f"{path.name}: a negative or infinite value, -0, or a number from 2**63")
     return values
