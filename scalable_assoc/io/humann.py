@@ -25,6 +25,7 @@ import pandas as pd
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import HUMANN_HEADERS, check_row_lengths, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, rebatch, validated_values
+from scalable_assoc.io.text_values import Declined, TextTable, row_ids, row_values
 
 logger = logging.getLogger(__name__)
 
@@ -118,10 +119,18 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int | Non
     separator = table_separator(path)
     # Pathway names hold quotes and commas ("5'-phosphate"): no quoting, tab-separated fields as written.
     options = {"sep": separator, "comment": None, "quoting": csv.QUOTE_NONE}
+    # pyarrow reads the names and values where it reads them as pandas does; pandas reads the rest (and words every error).
+    layout = TextTable(path, separator, 1, len(header))
     try:
-        names = pd.read_csv(path, usecols=[0], dtype=str, **options).iloc[:, 0].fillna("").astype(str)  # type: ignore[call-overload]
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot be read as a HUMAnN table: {reading_problem(error)}") from None
+        names = pd.Series(row_ids(layout), dtype=str)
+        fast = True
+    except Declined as why:
+        logger.debug("%s: row names read by pandas (%s)", path, why)
+        fast = False
+        try:
+            names = pd.read_csv(path, usecols=[0], dtype=str, **options).iloc[:, 0].fillna("").astype(str)  # type: ignore[call-overload]
+        except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+            raise DataError(f"{path}: cannot be read as a HUMAnN table: {reading_problem(error)}") from None
     special = names.map(_special).to_numpy(dtype=bool)
     per_species = names.str.contains("|", regex=False).to_numpy(dtype=bool)
     keep = ~special & (per_species if stratified else ~per_species)
@@ -142,27 +151,26 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int | Non
     batch_rows = rows_per_read or max(512, HUMANN_BATCH_CELLS // len(sample_ids))
 
     def pieces() -> Iterator[np.ndarray]:
-        offset = 0
-        try:
-            with pd.read_csv(path, dtype={0: str}, chunksize=batch_rows, **options) as reader:  # type: ignore[call-overload]
-                for frame in reader:
-                    rows = slice(offset, offset + len(frame))
-                    offset += len(frame)
+        done = 0
+        if fast:
+            try:
+                for _, values in row_values(layout, 1):
+                    rows = slice(done, done + len(values))
+                    if rows.stop > len(keep):
+                        raise Declined("more rows than the first pass")
+                    done = rows.stop
                     chosen = keep[rows]
-                    if not chosen.any():
-                        continue
-                    values = _plain_values(frame, chosen)
-                    if values is not None:
-                        yield values.T
-                        continue
-                    selected = frame.loc[chosen].drop(columns=[frame.columns[0]])
-                    selected.index = pd.Index(row_names[rows][chosen])
-                    selected.columns = pd.Index(sample_ids)
-                    yield validated_values(path, selected, samples_are_rows=False).T
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot be read as a HUMAnN table: {reading_problem(error)}") from None
-        if offset != len(row_names):
-            raise DataError(f"{path}: {offset} rows read, but a first pass found {len(row_names)}; was the file changed while it was read?")
+                    if chosen.any():
+                        yield np.compress(chosen, values, axis=0).T
+            except Declined as why:
+                logger.debug("%s: rows %d on read by pandas (%s)", path, done + 1, why)
+            else:
+                if done != len(row_names):
+                    raise DataError(
+                        f"{path}: {done} rows read, but a first pass found {len(row_names)}; was the file changed while it was read?"
+                    )
+                return
+        yield from _pandas_pieces(path, options, keep, row_names, sample_ids, batch_rows, done)
 
     return TableStream(
         tuple(sample_ids),
@@ -172,6 +180,34 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int | Non
         notes=notes,
         renamed_samples=renamed,
     )
+
+
+def _pandas_pieces(
+    path: Path, options: dict, keep: np.ndarray, row_names: np.ndarray, sample_ids: list[str], batch_rows: int, start: int
+) -> Iterator[np.ndarray]:
+    """``(samples, rows)`` values of the kept rows from row ``start`` on, read and checked by pandas ``batch_rows`` rows at a time."""
+    offset = 0
+    try:
+        with pd.read_csv(path, dtype={0: str}, chunksize=batch_rows, **options) as reader:
+            for frame in reader:
+                rows = slice(offset, offset + len(frame))
+                offset += len(frame)
+                chosen = keep[rows].copy()
+                chosen[: max(0, start - rows.start)] = False  # rows the fast path yielded already
+                if not chosen.any():
+                    continue
+                values = _plain_values(frame, chosen)
+                if values is not None:
+                    yield values.T
+                    continue
+                selected = frame.loc[chosen].drop(columns=[frame.columns[0]])
+                selected.index = pd.Index(row_names[rows][chosen])
+                selected.columns = pd.Index(sample_ids)
+                yield validated_values(path, selected, samples_are_rows=False).T
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read as a HUMAnN table: {reading_problem(error)}") from None
+    if offset != len(row_names):
+        raise DataError(f"{path}: {offset} rows read, but a first pass found {len(row_names)}; was the file changed while it was read?")
 
 
 def _plain_values(frame: pd.DataFrame, chosen: np.ndarray) -> np.ndarray | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,10 @@ import pandas as pd
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import check_row_lengths, comment_lines, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, rebatch, validated_values
+from scalable_assoc.io.text_values import Declined, TextTable, row_ids, row_values
 from scalable_assoc.plan.schema import RANK_PREFIXES
+
+logger = logging.getLogger(__name__)
 
 #: Columns of MetaPhlAn merged tables that hold taxonomy ids, not samples.
 METAPHLAN_TAXID_COLUMNS = ("NCBI_tax_id", "clade_taxid", "taxid", "clade_ncbi_taxid")
@@ -34,34 +38,80 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
     if len(header) < 2:
         raise DataError(f"{path}: a MetaPhlAn table needs a clade column and at least one sample column; found {len(header)} column(s)")
     separator = table_separator(path)
-    try:
-        clades = pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, usecols=[0], dtype=str).iloc[:, 0].astype(str)
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None
+    layout = TextTable(path, separator, len(skipped) + 1, len(header))
+    # pyarrow reads the values where it reads them as pandas does (text_values); pandas reads the rest and words every error.
+    taxids = [i for i, name in enumerate(header) if name in METAPHLAN_TAXID_COLUMNS]
+    first = 1 + len(taxids)
+    # The fast path takes the taxonomy id columns only right after the clades; pandas would rename a repeated column name.
+    fast = taxids == list(range(1, first)) and len(set(header)) == len(header)
+    clades = None
+    if fast:
+        try:
+            clades = pd.Series(row_ids(layout), dtype=str)
+        except Declined as why:
+            logger.debug("%s: clades read by pandas (%s)", path, why)
+    if clades is None:
+        fast = False
+        clades = _pandas_clades(path, separator, skipped)
     last = clades.str.rsplit("|", n=1).str[-1]
-    keep = last.str.startswith(prefix).to_numpy()
+    keep = last.str.startswith(prefix).to_numpy(dtype=bool)
     if not keep.any():
         raise DataError(f"{path}: no '{prefix}' ({rank}) rows in this MetaPhlAn table; check 'rank' in the plan")
     feature_ids = pd.Index(last[keep])
     check_ids(path, "feature", feature_ids)
-    row_ids = last.to_numpy()
+    clade_ids = last.to_numpy()
 
     def pieces() -> Iterator[np.ndarray]:
-        offset = 0
-        try:
-            with pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, dtype={0: str}, chunksize=rows_per_read) as reader:
-                for frame in reader:
-                    rows = slice(offset, offset + len(frame))
-                    offset += len(frame)
+        done = 0
+        if fast:
+            try:
+                for _, values in row_values(layout, first):
+                    rows = slice(done, done + len(values))
+                    if rows.stop > len(keep):
+                        raise Declined("more rows than the first pass")
+                    done = rows.stop
                     chosen = keep[rows]
-                    if not chosen.any():
-                        continue
-                    selected = frame.loc[chosen].drop(
-                        columns=[frame.columns[0], *[c for c in frame.columns[1:] if c in METAPHLAN_TAXID_COLUMNS]]
+                    if chosen.any():
+                        yield np.compress(chosen, values, axis=0).T
+            except Declined as why:
+                logger.debug("%s: rows %d on read by pandas (%s)", path, done + 1, why)
+            else:
+                if done != len(keep):
+                    raise DataError(
+                        f"{path}: {done} rows read, but a first pass found {len(keep)}; was the file changed while it was read?"
                     )
-                    selected.index = pd.Index(row_ids[rows][chosen])
-                    yield validated_values(path, selected, samples_are_rows=False).T
-        except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None
+                return
+        yield from _pandas_pieces(path, separator, skipped, keep, clade_ids, rows_per_read, done)
 
     return TableStream(tuple(str(s) for s in sample_ids), tuple(str(f) for f in feature_ids), lambda width: rebatch(pieces(), width), path)
+
+
+def _pandas_clades(path: Path, separator: str, skipped: list[int]) -> pd.Series:
+    """The clade column as pandas reads it (the reference: quoted fields, missing clades as 'nan')."""
+    try:
+        return pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, usecols=[0], dtype=str).iloc[:, 0].astype(str)
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None
+
+
+def _pandas_pieces(
+    path: Path, separator: str, skipped: list[int], keep: np.ndarray, row_ids: np.ndarray, rows_per_read: int, start: int
+) -> Iterator[np.ndarray]:
+    """``(samples, rows)`` values of the kept rows from row ``start`` on, read and checked by pandas ``rows_per_read`` rows at a time."""
+    offset = 0
+    try:
+        with pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, dtype={0: str}, chunksize=rows_per_read) as reader:
+            for frame in reader:
+                rows = slice(offset, offset + len(frame))
+                offset += len(frame)
+                chosen = keep[rows].copy()
+                chosen[: max(0, start - rows.start)] = False  # rows the fast path yielded already
+                if not chosen.any():
+                    continue
+                selected = frame.loc[chosen].drop(
+                    columns=[frame.columns[0], *[c for c in frame.columns[1:] if c in METAPHLAN_TAXID_COLUMNS]]
+                )
+                selected.index = pd.Index(row_ids[rows][chosen])
+                yield validated_values(path, selected, samples_are_rows=False).T
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot be read as a MetaPhlAn table: {reading_problem(error)}") from None

@@ -17,6 +17,8 @@ import re
 from pathlib import Path
 from typing import IO, cast
 
+import numpy as np
+
 from scalable_assoc.errors import DataError
 
 #: Header names of the clade column in MetaPhlAn merged tables (versions 2-4).
@@ -141,7 +143,7 @@ def _line_fields(path: Path) -> tuple[list[int], list[str]]:
                 if b'"' in raw:
                     break
                 line = raw.removesuffix(b"\n") if lengths else raw.removesuffix(b"\n").removeprefix(b"\xef\xbb\xbf")
-                lengths.append(line.count(sep) + 1 if line.strip() else 0)
+                lengths.append(_count_byte(line, sep[0]) + 1 if line.strip() else 0)
                 end = line.find(sep)
                 firsts.append((line if end < 0 else line[:end]).decode("utf-8", errors="replace"))
             else:
@@ -151,6 +153,14 @@ def _line_fields(path: Path) -> tuple[list[int], list[str]]:
     except (OSError, EOFError, lzma.LZMAError, csv.Error) as error:
         raise unreadable(path, error) from None
     return [n for n, _ in rows], [first for _, first in rows]
+
+
+def _count_byte(line: bytes, byte: int) -> int:
+    """How many times ``byte`` occurs in ``line``: numpy's vectorised compare for long lines (a MetaPhlAn row of 50,000
+    samples), several times faster than ``bytes.count``, which loops byte by byte; ``bytes.count`` for short ones."""
+    if len(line) < 512:
+        return line.count(byte)
+    return int(np.count_nonzero(np.frombuffer(line, dtype=np.uint8) == byte))
 
 
 def data_rows(path: Path, skipped: int, row_word: str) -> tuple[list[str], bool]:

@@ -43,21 +43,26 @@ class TableStream:
 
 
 def rebatch(pieces: Iterator[np.ndarray], width: int) -> Iterator[np.ndarray]:
-    """Regroup ``(n, k_i)`` pieces into ``(n, width)`` blocks (the last narrower), holding at most one block plus one piece."""
-    pending: list[np.ndarray] = []
-    count = 0
+    """Regroup ``(n, k_i)`` pieces into ``(n, width)`` blocks (the last narrower), holding at most one block plus one piece.
+
+    Each block is filled in place as the pieces come (no joined copy of pending pieces),
+    so converting holds one block being filled, one piece, and the block last yielded.
+    """
+    block: np.ndarray | None = None
+    filled = 0
     for piece in pieces:
-        if piece.shape[1] == 0:
-            continue
-        pending.append(piece)
-        count += piece.shape[1]
-        while count >= width:
-            joined = np.hstack(pending) if len(pending) > 1 else pending[0]
-            yield np.ascontiguousarray(joined[:, :width])
-            rest = joined[:, width:]
-            pending, count = ([rest] if rest.shape[1] else []), rest.shape[1]
-    if count:
-        yield np.ascontiguousarray(np.hstack(pending))
+        used = 0
+        while used < piece.shape[1]:
+            if block is None:
+                block, filled = np.empty((piece.shape[0], width), dtype=np.float64), 0
+            take = min(width - filled, piece.shape[1] - used)
+            block[:, filled : filled + take] = piece[:, used : used + take]
+            filled, used = filled + take, used + take
+            if filled == width:
+                yield block
+                block = None
+    if block is not None and filled:
+        yield np.ascontiguousarray(block[:, :filled])
 
 
 def _duplicates(values: pd.Index) -> list[str]:

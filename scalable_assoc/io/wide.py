@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -19,6 +20,9 @@ import pandas as pd
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import data_rows, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, check_sample_id_column, validated_values
+from scalable_assoc.io.text_values import Declined, TextTable, row_values
+
+logger = logging.getLogger(__name__)
 
 #: Cells in one batch of rows of a wide table (16 MiB as float64): with one block, what reading a wide table holds in memory.
 WIDE_BATCH_CELLS = 1 << 21
@@ -114,7 +118,28 @@ def _wide_layout(path: Path) -> tuple[tuple[str, ...], list[str]]:
 
 
 def _wide_batches(path: Path, sample_ids: tuple[str, ...], feature_names: list[str], rows: int) -> Iterator[np.ndarray]:
-    """Validated ``(rows, n_features)`` values, a batch of rows at a time, in file order."""
+    """Validated ``(rows, n_features)`` values, a batch of rows at a time, in file order.
+
+    pyarrow reads the rows while it reads them as pandas does (:mod:`~scalable_assoc.io.text_values`),
+    each batch's IDs checked against the first pass; pandas reads the rest (and words every error).
+    """
+    n_features = len(feature_names)
+    layout = TextTable(path, table_separator(path), 1, n_features + 1)
+    done = 0
+    try:
+        for ids, values in row_values(layout, 1, with_ids=True):
+            if tuple(ids or ()) != sample_ids[done : done + len(values)]:
+                raise Declined("sample IDs other than the first pass's")
+            yield values
+            done += len(values)
+    except Declined as why:
+        logger.debug("%s: sample rows %d on read by pandas (%s)", path, done + 1, why)
+    if done < len(sample_ids):
+        yield from _pandas_wide_batches(path, sample_ids, feature_names, rows, done)
+
+
+def _pandas_wide_batches(path: Path, sample_ids: tuple[str, ...], feature_names: list[str], rows: int, start: int) -> Iterator[np.ndarray]:
+    """:func:`_wide_batches` by pandas, from sample row ``start`` on (the rows before it are read but not yielded)."""
     n_samples, n_features = len(sample_ids), len(feature_names)
     done = 0
     try:
@@ -130,9 +155,13 @@ def _wide_batches(path: Path, sample_ids: tuple[str, ...], feature_names: list[s
                         f"{expected[0] if expected else None!r}). "
                         f"Was the file changed while it was read?"
                     )
-                frame.index, frame.columns = pd.Index(expected, dtype=object), pd.Index(feature_names, dtype=object)
-                yield validated_values(path, frame, samples_are_rows=True)
+                skip = max(0, start - done)
                 done += len(frame)
+                if skip >= len(frame):
+                    continue
+                frame = frame.iloc[skip:]
+                frame.index, frame.columns = pd.Index(expected[skip:], dtype=object), pd.Index(feature_names, dtype=object)
+                yield validated_values(path, frame, samples_are_rows=True)
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
         raise DataError(f"{path}: cannot be read as a table with samples as rows: {reading_problem(error)}") from None
     if done != n_samples:

@@ -1,0 +1,143 @@
+"""The fast path of the TSV/CSV readers (pyarrow, io.text_values) against pandas' reader: the same values, bit for bit, and
+pandas' words for every error, also when pyarrow hands over to pandas part-way through a table."""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scalable_assoc.errors import DataError
+from scalable_assoc.io import text_values
+from scalable_assoc.io.store import read_block, write_table_stream
+from scalable_assoc.io.tables import stream_abundance_table
+
+HUMANN = Path(__file__).parent / "data" / "humann" / "pathabundance_joined.tsv"
+
+#: Cells as written: decimals, exponents, signs, pandas' NA strings and empty cells (missing), whitespace around numbers.
+CELLS = ["0", "1.5", "2e-3", "1E+2", "+3", "0.1", ".5", "7.", "NA", "", "nan", "N/A", " 4 ", "1e-320", "9007199254740993"]
+
+
+def test_na_strings_are_pandas_defaults() -> None:
+    """The cells the fast path reads as missing are exactly those pandas reads as missing."""
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    assert set(text_values.PANDAS_NA_STRINGS) == set(STR_NA_VALUES)
+
+
+def _metaphlan(path: Path, rows: int, samples: int, rng: np.random.Generator, line_end: str = "\n") -> Path:
+    header = "clade_name\t" + "\t".join(f"S{j}" for j in range(samples))
+    lines = ["#mpa_vJan21", header]
+    for i in range(rows):
+        clade = f"k__B|s__Sp{i}" if i % 3 else f"k__B|g__G{i}"
+        lines.append(clade + "\t" + "\t".join(rng.choice(CELLS, samples)))
+    path.write_text(line_end.join(lines) + line_end)
+    return path
+
+
+def _wide(path: Path, samples: int, features: int, rng: np.random.Generator, separator: str = "\t") -> Path:
+    lines = [separator.join(["sample_id", *(f"F{j}" for j in range(features))])]
+    lines += [separator.join([f"S{i}", *rng.choice(CELLS, features)]) for i in range(samples)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _both(path: Path, tmp_path: Path, monkeypatch, caplog, **options) -> tuple[np.ndarray, np.ndarray]:
+    """The values of ``path`` read by the fast path (never handing over) and by pandas alone."""
+    out = []
+    for fast in (True, False):
+        monkeypatch.setattr(text_values, "FAST_PATH", fast)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="scalable_assoc.io"):
+            stream = stream_abundance_table(path, scratch=tmp_path, **options)
+            store = write_table_stream(tmp_path / f"{path.name}-{fast}.zarr", stream, "x", chunk_features=3)
+        handed_over = [r.getMessage() for r in caplog.records if "by pandas" in r.getMessage()]
+        assert bool(handed_over) != fast, handed_over  # the fast path read everything; pandas, with it off
+        out.append(read_block(store.path, 0, store.n_features))
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("block", [300, 1 << 20])  # many text blocks (a few lines each), or one
+def test_fast_path_values_are_pandas_values_bit_for_bit(tmp_path, monkeypatch, caplog, block) -> None:
+    """MetaPhlAn (also with CRLF ends and gzip), wide TSV and CSV, HUMAnN: identical stores with and without the fast path."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", block)
+    rng = np.random.default_rng(5)
+    tables = [
+        _metaphlan(tmp_path / "mpa.tsv", 40, 9, rng),
+        _metaphlan(tmp_path / "crlf.tsv", 40, 9, rng, line_end="\r\n"),
+        _wide(tmp_path / "wide.tsv", 50, 7, rng),
+        _wide(tmp_path / "wide.csv", 50, 7, rng, separator=","),
+    ]
+    gz = tmp_path / "mpa_gz.tsv.gz"
+    gz.write_bytes(gzip.compress(tables[0].read_bytes()))
+    for table in [*tables, gz]:
+        fast, pandas = _both(table, tmp_path, monkeypatch, caplog)
+        np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
+        assert np.isnan(fast).any()
+    fast, pandas = _both(HUMANN, tmp_path, monkeypatch, caplog)
+    np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
+
+
+@pytest.mark.parametrize("bad", ["abc", "-1", "inf", "NAN", '"2"'])
+def test_a_bad_cell_late_in_the_table_is_named_in_pandas_words(tmp_path, monkeypatch, bad) -> None:
+    """pyarrow hands over at the block holding the cell; the message is the one pandas alone gives."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", 300)
+    rng = np.random.default_rng(6)
+    mpa = _metaphlan(tmp_path / "mpa.tsv", 40, 9, rng)
+    lines = mpa.read_text().splitlines()
+    lines[-2] = lines[-2].rsplit("\t", 1)[0] + "\t" + bad  # a species row (the last row is a genus row)
+    mpa.write_text("\n".join(lines) + "\n")
+    wide = _wide(tmp_path / "wide.tsv", 60, 7, rng)
+    lines = wide.read_text().splitlines()
+    lines[-3] = lines[-3].rsplit("\t", 1)[0] + "\t" + bad
+    wide.write_text("\n".join(lines) + "\n")
+    for table in (mpa, wide):
+        fast, pandas = (_outcome(table, tmp_path, monkeypatch, on) for on in (True, False))
+        if isinstance(pandas, str):
+            assert fast == pandas and not (tmp_path / "out.zarr").exists()
+        else:  # a quoted number is a number to pandas
+            assert bad == '"2"'
+            np.testing.assert_array_equal(fast, pandas)
+
+
+def _outcome(table: Path, tmp_path: Path, monkeypatch, fast: bool) -> str | np.ndarray:
+    """The store's values (as int64 bits), or the error's message."""
+    monkeypatch.setattr(text_values, "FAST_PATH", fast)
+    shutil.rmtree(tmp_path / "out.zarr", ignore_errors=True)
+    try:
+        store = write_table_stream(tmp_path / "out.zarr", stream_abundance_table(table, scratch=tmp_path), "x", chunk_features=3)
+    except DataError as error:
+        return str(error)
+    return read_block(store.path, 0, store.n_features).view(np.int64)
+
+
+@pytest.mark.parametrize("cell", ["-0", "123456789012345678901", "NAN", "1e400"])
+def test_cells_pandas_reads_its_own_way_go_to_pandas(tmp_path, monkeypatch, cell) -> None:
+    """'-0' in a column of whole numbers is +0.0 for pandas, a 21-digit number makes a column of text: the same as pandas alone."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", 300)
+    table = tmp_path / "t.tsv"
+    rows = [f"S{i}\t{i}\t{cell if i == 30 else i + 1}\t{'' if i == 31 else 2}" for i in range(40)]
+    table.write_text("sample_id\tF1\tF2\tF3\n" + "\n".join(rows) + "\n")
+    fast, pandas = (_outcome(table, tmp_path, monkeypatch, on) for on in (True, False))
+    if isinstance(pandas, str):
+        assert fast == pandas
+    else:
+        np.testing.assert_array_equal(fast, pandas)
+
+
+def test_quoted_and_missing_ids_go_to_pandas(tmp_path, monkeypatch) -> None:
+    """A quoted sample ID (unquoted by pandas) and an NA clade (refused by pandas): as pandas alone reads them."""
+    wide = tmp_path / "quoted.tsv"
+    wide.write_text('sample_id\tF1\tF2\n"S1"\t1\t2\nS2\t3\t4\n')
+    stream = stream_abundance_table(wide, scratch=tmp_path)
+    assert stream.sample_ids == ("S1", "S2")
+    np.testing.assert_array_equal(np.hstack(list(stream.blocks(2))), [[1, 2], [3, 4]])
+    mpa = tmp_path / "na.tsv"
+    pd.DataFrame({"clade_name": ["k__B|s__A", "NA"], "S1": [1.0, 2.0], "S2": [3.0, 4.0]}).to_csv(mpa, sep="\t", index=False)
+    fast, pandas = (_outcome(mpa, tmp_path, monkeypatch, on) for on in (True, False))
+    assert isinstance(pandas, str) and fast == pandas
