@@ -118,7 +118,7 @@ def prepare_block(block: np.ndarray) -> PreparedBlock:
     # Without missing cells (most blocks of a transformed layer) the zero-filled copy is the block
     # itself: one pass and one block-sized allocation fewer, the same sums and values.
     filled = np.where(missing, 0.0, block) if any_missing else block
-    counts = block.shape[0] - missing.sum(axis=0)
+    counts = block.shape[0] - missing.sum(axis=0) if any_missing else np.full(block.shape[1], block.shape[0])
     means = np.divide(filled.sum(axis=0), counts, out=np.zeros(block.shape[1]), where=counts > 0)
     values = np.subtract(filled, means, out=filled if any_missing else None)
     if any_missing:
