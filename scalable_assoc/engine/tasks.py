@@ -39,6 +39,15 @@ from scalable_assoc.stats.transforms import (
 )
 
 
+def kept_columns(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``block[:, kept]`` (``kept`` ``(m,)`` bool): the block itself when every feature is kept, else a copy.
+
+    ``np.compress`` gathers the same columns several times faster than boolean
+    indexing of a row-major block; callers never write into the result.
+    """
+    return block if kept.all() else np.compress(kept, block, axis=1)
+
+
 def summarise_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray) -> FeatureSummary:
     """Prevalence counts and smallest positive value per feature of one block."""
     return feature_summary(read_block(store_path, start, stop, sample_positions))
@@ -63,7 +72,7 @@ def sum_block(
     With ``nonzero_threshold`` the sums run over present values only (the CLR of
     the non-zero view, whose geometric mean is over the features a sample has).
     """
-    raw = read_block(store_path, start, stop, sample_positions)[:, kept]
+    raw = kept_columns(read_block(store_path, start, stop, sample_positions), kept)
     if nonzero_threshold is not None:
         raw = nonzero_values(raw, nonzero_threshold)
     return sample_summaries(raw, transform, pseudocount)
@@ -123,7 +132,7 @@ def model_block(
     missing (lm_nonzero; CLR and log need no pseudocount); ``presence``, 1/0/NaN
     indicators of the raw values (prevalence).
     """
-    raw = read_block(store_path, start, stop, sample_positions)[:, kept]
+    raw = kept_columns(read_block(store_path, start, stop, sample_positions), kept)
     with np.errstate(invalid="ignore"):
         present = raw > presence_threshold
     return ModelBlock(_view_of(raw, view, transform, pseudocount, sample_totals, presence_threshold), present)

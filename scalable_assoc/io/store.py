@@ -182,7 +182,15 @@ def read_block(path: Path, start: int, stop: int, sample_positions: np.ndarray |
             f"store {path} is damaged: the chunk holding features {start}-{stop - 1} fails its checksum ({error}); "
             "convert its table again with 'scalable-assoc ingest' (or give the table itself as the layer)"
         ) from None
-    return block if sample_positions is None else block[sample_positions]
+    if sample_positions is None or _all_rows(sample_positions, block.shape[0]):
+        return block  # a run on every sample (the usual case) needs no block-sized copy
+    return block[sample_positions]
+
+
+def _all_rows(positions: np.ndarray, n: int) -> bool:
+    """Whether ``positions`` are exactly ``0..n-1`` in order (selecting them would copy the block unchanged)."""
+    positions = np.asarray(positions)
+    return positions.shape == (n,) and bool(np.array_equal(positions, np.arange(n)))
 
 
 def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_features: int | None = None) -> AbundanceStore:

@@ -82,6 +82,9 @@ class PreparedBlock:
 
     @cached_property
     def _missing_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.n_missing == 0:  # the usual CLR block: np.nonzero would still scan every cell twice
+            empty = np.zeros(0, dtype=np.intp)
+            return empty, empty.copy()
         return np.nonzero(self.missing)  # type: ignore[return-value]
 
     @property
@@ -111,11 +114,15 @@ def prepare_block(block: np.ndarray) -> PreparedBlock:
     """Centre and zero-fill a ``(N, m)`` block (NaN = missing)."""
     block = np.asarray(block, dtype=np.float64)
     missing = np.isnan(block)
-    values = np.where(missing, 0.0, block)
-    counts = block.shape[0] - missing.sum(axis=0)
-    means = np.divide(values.sum(axis=0), counts, out=np.zeros(block.shape[1]), where=counts > 0)
-    values -= means
-    values[missing] = 0.0
+    any_missing = bool(missing.any())
+    # Without missing cells (most blocks of a transformed layer) the zero-filled copy is the block
+    # itself: one pass and one block-sized allocation fewer, the same sums and values.
+    filled = np.where(missing, 0.0, block) if any_missing else block
+    counts = block.shape[0] - missing.sum(axis=0) if any_missing else np.full(block.shape[1], block.shape[0])
+    means = np.divide(filled.sum(axis=0), counts, out=np.zeros(block.shape[1]), where=counts > 0)
+    values = np.subtract(filled, means, out=filled if any_missing else None)
+    if any_missing:
+        values[missing] = 0.0
     return PreparedBlock(values, missing)
 
 

@@ -103,12 +103,18 @@ def sample_summaries(block: np.ndarray, transform: str, pseudocount: float) -> t
     ``log(x + pseudocount)``, for TSS/AST the sum of ``x``; ``count`` is the
     number of non-missing values. Sums of blocks add up to the layer's summary.
     """
-    observed = ~np.isnan(block)
-    if transform == "clr":
-        values = np.log(np.where(observed, block, 1.0) + pseudocount)  # masked below; 1.0 keeps log finite
-    else:
-        values = np.where(observed, block, 0.0)
-    return np.where(observed, values, 0.0).sum(axis=1), observed.sum(axis=1)
+    missing = np.isnan(block)
+    count = block.shape[1] - missing.sum(axis=1)
+    if transform != "clr":
+        return np.where(missing, 0.0, block).sum(axis=1), count
+    # One temporary, logged in place: this runs over every value of a layer, so each pass and each
+    # fresh block-sized allocation shows. Missing cells stay NaN through the log and are zeroed after,
+    # which gives the same values, hence the same sums, as masking before the log.
+    values = np.add(block, pseudocount)
+    np.log(values, out=values)
+    if missing.any():
+        values[missing] = 0.0
+    return values.sum(axis=1), count
 
 
 def with_absent_zeros(
@@ -148,7 +154,11 @@ def apply_transform(
     if transform == "clr":
         with np.errstate(invalid="ignore", divide="ignore"):
             geometric_log_mean = sample_total / sample_count
-        return np.log(block + pseudocount) - geometric_log_mean[:, None]
+        # One block-sized temporary, transformed in place (same operations, same values, as log(x + c) - mean).
+        values = np.add(block, pseudocount)
+        np.log(values, out=values)
+        values -= geometric_log_mean[:, None]
+        return values
     with np.errstate(invalid="ignore", divide="ignore"):
         proportions = block / sample_total[:, None]
     if transform == "tss":
