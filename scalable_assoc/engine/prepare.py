@@ -220,7 +220,6 @@ def _resolve_analysis(
     levels: tuple[str, ...] = ()
     if exposure.levels:
         exposure_used, levels = _level_codes(key, exposure, exposure_used)
-    layer = plan.layer(key.layer)
     return PreparedAnalysis(
         key,
         design_key,
@@ -235,7 +234,6 @@ def _resolve_analysis(
         constant=tuple(constant),
         min_carriers=plan.min_carriers,
         carrier_cells=plan.carrier_cells,
-        min_prevalence=layer.preprocess.min_prevalence if layer.preprocess.prevalence_within == "model" else 0.0,
     )
 
 
@@ -367,6 +365,9 @@ class _StudyInputs:
     exposures: dict[str, ExposureValues]
     keys: list[AnalysisKey]
     intersect: bool
+    #: analyses resolved for a sample list, by (samples digest, exposure, adjustment), with their design: layers of the
+    #: same samples share them (resolving one takes milliseconds of pandas work; a study has hundreds)
+    resolved: dict[tuple[str, str, str], tuple[PreparedAnalysis, DesignInput]] = field(default_factory=dict)
 
 
 def _prepare_layer(
@@ -421,19 +422,24 @@ def _prepare_layer(
                 )
     clusters = cluster_codes(aligned, plan.cluster) if plan.cluster is not None else None
     metadata_rows = metadata.index.get_indexer(used_ids)
-    # Models of one (exposure, adjustment) share its participants and design: resolve it once.
-    resolved: dict[tuple[str, str], PreparedAnalysis] = {}
+    samples = hashlib.sha256("\x1f".join(used_ids).encode()).hexdigest()
+    min_prevalence = spec.preprocess.min_prevalence if spec.preprocess.prevalence_within == "model" else 0.0
+    # Models of one (exposure, adjustment) share its participants and design: resolve it once (for every layer of these samples).
     for key in inputs.keys:
         if key.layer != spec.name:
             continue
-        pair = (key.exposure, key.adjustment)
-        if pair not in resolved:
+        shared = (samples, key.exposure, key.adjustment)
+        if shared not in inputs.resolved:
             exposure = inputs.exposures[key.exposure]
             aligned_exposure = replace(exposure, values=exposure.values[metadata_rows])
-            resolved[pair] = _resolve_analysis(key, plan, aligned, aligned_exposure, work.designs, clusters)
-        analysis = resolved[pair]
-        design_clusters = work.designs[analysis.design_key].clusters
+            designs: dict[str, DesignInput] = {}
+            resolved = _resolve_analysis(key, plan, aligned, aligned_exposure, designs, clusters)
+            inputs.resolved[shared] = (resolved, designs[resolved.design_key])
+        analysis, design = inputs.resolved[shared]
+        work.designs.setdefault(design.key, design)
         # Codes run 0..G-1 within a design.
-        n_clusters = int(design_clusters.max(initial=-1)) + 1 if design_clusters is not None and plan.uses_clusters(key.model) else None
-        work.analyses.append(replace(analysis, key=key, ols=plan.ols_options(key.model), n_clusters=n_clusters))
+        n_clusters = int(design.clusters.max(initial=-1)) + 1 if design.clusters is not None and plan.uses_clusters(key.model) else None
+        work.analyses.append(
+            replace(analysis, key=key, ols=plan.ols_options(key.model), n_clusters=n_clusters, min_prevalence=min_prevalence)
+        )
     return work
