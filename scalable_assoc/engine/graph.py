@@ -171,8 +171,11 @@ class ClusterStart:
     raised; :meth:`close` (idempotent) waits for it too and closes the cluster.
     :meth:`abandon` closes it without waiting: a run whose preparation fails
     or is interrupted reports that at once, and its cluster is closed by the
-    starting thread once started. The threads are not daemons: the process
-    waits for them at exit, so no cluster outlives it.
+    starting thread once started. :meth:`close_behind` starts closing it in a
+    thread once the run no longer needs it (closing scheduler and workers takes
+    most of a second, spent while the outputs are written); :meth:`close` then
+    waits for that. The threads are not daemons: the process waits for them at
+    exit, so no cluster outlives it.
     """
 
     def __init__(self, request: ClusterRequest) -> None:
@@ -181,6 +184,7 @@ class ClusterStart:
         self._error: BaseException | None = None
         self._lock = threading.Lock()
         self._started = self._abandoned = False
+        self._closing: threading.Thread | None = None
         self.seconds: float | None = None  # how long the start took, in its thread
         self._thread = threading.Thread(target=self._start, args=(request,), name="scalable-assoc-cluster-start")
         self._thread.start()
@@ -209,9 +213,14 @@ class ClusterStart:
         return self._client
 
     def close(self) -> None:
-        """Close the cluster (after its start has ended); nothing when already closed."""
+        """Close the cluster (after its start has ended), or wait for :meth:`close_behind`'s close; nothing when already closed."""
         self._thread.join()
-        self._stack.close()
+        self._close_in_thread().join()
+
+    def close_behind(self) -> None:
+        """Start closing the cluster in a thread (after its start has ended) and return; :meth:`close` waits for it."""
+        self._thread.join()
+        self._close_in_thread()
 
     def abandon(self) -> None:
         """Close the cluster without waiting here: in a thread if it has started, else by its starting thread once started."""
@@ -219,7 +228,15 @@ class ClusterStart:
             self._abandoned = True
             started = self._started
         if started:
-            threading.Thread(target=self._stack.close, name="scalable-assoc-cluster-close").start()
+            self._close_in_thread()
+
+    def _close_in_thread(self) -> threading.Thread:
+        """The one thread closing the cluster, started at the first call (closing twice at once would close twice)."""
+        with self._lock:
+            if self._closing is None:
+                self._closing = threading.Thread(target=self._stack.close, name="scalable-assoc-cluster-close")
+                self._closing.start()
+            return self._closing
 
 
 @contextlib.contextmanager
@@ -252,7 +269,8 @@ def watched_cluster(request: ClusterRequest) -> Iterator[tuple[Client, ClusterWa
         if request.client is not None:
             client = request.client
         elif request.starting is not None:
-            stack.callback(request.starting.close)
+            # Closed behind the caller: cluster_starting, around the whole run, waits for the close at its end.
+            stack.callback(request.starting.close_behind)
             client = request.starting.client()
         else:
             client = stack.enter_context(
