@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -262,6 +262,26 @@ def cluster_starting(request: ClusterRequest) -> Iterator[ClusterRequest]:
     start.close()
 
 
+def _closing_after(start: ClusterStart) -> Callable[..., bool]:
+    """How a started cluster is closed on leaving :func:`watched_cluster`: behind the caller after success, here after an error.
+
+    After success the run only writes its outputs, so the cluster closes meanwhile
+    (:func:`cluster_starting`, around the whole run, waits for the close at its
+    end). After an error or an interruption it closes at once, as the error is
+    reported: futures still held by the unwinding run must not meet a scheduler
+    that is half closed, which distributed reports as ERROR lines.
+    """
+
+    def close(error_type: type[BaseException] | None, *_: object) -> bool:
+        if error_type is None:
+            start.close_behind()
+        else:
+            start.close()
+        return False  # never swallows the error
+
+    return close
+
+
 @contextlib.contextmanager
 def watched_cluster(request: ClusterRequest) -> Iterator[tuple[Client, ClusterWatch]]:
     """A client (the given one, or of a cluster opened here and closed after) and the watch that bounds every wait on it."""
@@ -269,8 +289,7 @@ def watched_cluster(request: ClusterRequest) -> Iterator[tuple[Client, ClusterWa
         if request.client is not None:
             client = request.client
         elif request.starting is not None:
-            # Closed behind the caller: cluster_starting, around the whole run, waits for the close at its end.
-            stack.callback(request.starting.close_behind)
+            stack.push(_closing_after(request.starting))
             client = request.starting.client()
         else:
             client = stack.enter_context(
