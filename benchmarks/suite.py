@@ -816,7 +816,7 @@ def markdown(report: dict) -> str:
                 f"| {name} | {model['regressions']:,} | {model['ours_seconds']:.2f} | {model['reference_scaled_seconds']:,.1f} | "
                 f"{model['ratio']:,.0f}x |"
             )
-    for name, (script, what) in SCRIPT_GROUPS.items():
+    for name, (script, what, _, _) in SCRIPT_GROUPS.items():
         if f"script_{name}" not in c:
             continue
         measured = c[f"script_{name}"]
