@@ -105,3 +105,22 @@ def test_a_failed_preparation_leaves_no_cluster(small_study: SimulatedStudy, tmp
         time.sleep(0.1)
     assert opened == ["started", "closed"], "the cluster started in the background and was closed"
     assert _live_children() - before == set(), "no process of the cluster is left"
+
+
+def test_local_cluster_workers_keep_block_sized_memory_on_the_heap() -> None:
+    import os
+
+    import dask
+
+    from scalable_assoc.engine.cluster import WORKER_MALLOC, local_cluster, worker_environ
+
+    # A threshold the user configured is kept; distributed's own trim default is replaced.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1}}):
+        assert worker_environ() == {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1, "MALLOC_MMAP_THRESHOLD_": 64 * 2**20}
+    cluster, client = local_cluster(1)
+    try:
+        seen = next(iter(client.run(lambda: {name: os.environ.get(name) for name in (*WORKER_MALLOC, "OMP_NUM_THREADS")}).values()))
+    finally:
+        client.close()
+        cluster.close()
+    assert seen == {**{name: str(value) for name, value in WORKER_MALLOC.items()}, "OMP_NUM_THREADS": "1"}
