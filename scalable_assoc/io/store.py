@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -290,20 +291,10 @@ def write_store_blocks(
         if progress is not None:
             reporter = ProgressReporter(logger, "convert", -(-n_features // chunk), "feature blocks", label=progress)
             reporter.start()
-        for start in range(0, n_features, chunk):
-            stop = min(start + chunk, n_features)
-            values = np.asarray(block(start, stop), dtype=np.float64)
-            if values.shape != (n_samples, stop - start):
-                raise ValueError(f"block({start}, {stop}) has shape {values.shape}, expected {(n_samples, stop - start)}")
-            array[:, start:stop] = values
-            summary = feature_summary(values)
-            summaries["feature_nonzero"][start:stop] = summary.nonzero
-            summaries["feature_observed"][start:stop] = summary.observed
-            summaries["feature_min_positive"][start:stop] = summary.min_positive
-            sample_totals += np.nansum(values, axis=1)
-            sums.add_block(start, values, summary)
-            if reporter is not None:
-                reporter.advance()
+        # One block is compressed and written in a thread while the next is read (parsed, for a text table): zstd
+        # and the checksum release the GIL, so the two overlap; at most two blocks are held.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalable-assoc-store-write") as writing:
+            _write_blocks(writing, array, block, n_samples, n_features, chunk, summaries, sample_totals, sums, reporter)
         for name, values in summaries.items():
             group.create_array(name, data=values, chunks=(max(n_features, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
         group.create_array(SAMPLE_TOTALS, data=sample_totals, chunks=(max(n_samples, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
@@ -311,6 +302,40 @@ def write_store_blocks(
 
     write_atomically(path, writer)
     return open_store(path)
+
+
+def _write_blocks(
+    writing: ThreadPoolExecutor,
+    array: zarr.Array,
+    block: Callable[[int, int], np.ndarray],
+    n_samples: int,
+    n_features: int,
+    chunk: int,
+    summaries: dict[str, np.ndarray],
+    sample_totals: np.ndarray,
+    sums: _SampleSumsWriter,
+    reporter: ProgressReporter | None,
+) -> None:
+    """Write every ``(n_samples, chunk)`` block into ``array`` (in ``writing``'s thread) and add up its summaries here."""
+    pending: Future | None = None
+    for start in range(0, n_features, chunk):
+        stop = min(start + chunk, n_features)
+        values = np.asarray(block(start, stop), dtype=np.float64)
+        if values.shape != (n_samples, stop - start):
+            raise ValueError(f"block({start}, {stop}) has shape {values.shape}, expected {(n_samples, stop - start)}")
+        if pending is not None:
+            pending.result()  # the previous block is written (or its error raised) before the next is handed over
+        pending = writing.submit(array.__setitem__, (slice(None), slice(start, stop)), values)
+        summary = feature_summary(values)
+        summaries["feature_nonzero"][start:stop] = summary.nonzero
+        summaries["feature_observed"][start:stop] = summary.observed
+        summaries["feature_min_positive"][start:stop] = summary.min_positive
+        sample_totals += np.nansum(values, axis=1)
+        sums.add_block(start, values, summary)
+        if reporter is not None:
+            reporter.advance()
+    if pending is not None:
+        pending.result()
 
 
 class _SampleSumsWriter:
