@@ -123,7 +123,9 @@ class Setup:
         store = write_simulated_store(self.store_path, ids, features)
         self.store_seconds = time.perf_counter() - started
         self.plan = data / f"plan-{PARTICIPANTS}x{features}.yaml"
-        self.plan.write_text(SCALE_PLAN.format(label=f"{PARTICIPANTS}x{features}", metadata=metadata, store=self.store_path))
+        self.plan.write_text(
+            SCALE_PLAN.format(label=f"{PARTICIPANTS}x{features}", metadata=metadata, store=self.store_path, min_prevalence=0.05)
+        )
         work = data / f"chunks-work-{features}"
         shutil.rmtree(work, ignore_errors=True)
         self.study = prepare_study(load_plan(self.plan), work / "stores")

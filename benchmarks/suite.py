@@ -62,14 +62,14 @@ QUICK = {
     "limma_cli": {"participants": 2000, "species": 500},
 }
 GROUPS = ("reference", "limma_cli", "features", "participants", "workers", "models", *SCRIPT_GROUPS)
-#: The scaling plans: 2 exposures x 2 adjustment sets (4 analyses per feature), lm.
+#: The scaling plans: 2 exposures x 2 adjustment sets (4 analyses per feature), lm (``min_prevalence`` 0.05 here).
 SCALE_PLAN = """\
 name: scale-{label}
 data:
   metadata: {metadata}
   layers:
     wide: {{path: {store}}}
-preprocess: {{min_prevalence: 0.05, transform: clr, pseudocount: half_min}}
+preprocess: {{min_prevalence: {min_prevalence}, transform: clr, pseudocount: half_min}}
 exposures:
   MDD:  {{cases: "MDD == 1", controls: "no_disorder == 1"}}
   ssri: {{cases: "ssri == 1", controls: "ssri == 0"}}
@@ -405,7 +405,7 @@ def scale_case(data: Path, log: Path, participants: int, features: int, workers:
     written = run_case("write_store", {"metadata": str(metadata), "store": str(store), "features": features}, log, data)
     label = f"{participants}x{features}"
     plan = data / f"plan-{label}.yaml"
-    plan.write_text(SCALE_PLAN.format(label=label, metadata=metadata, store=store))
+    plan.write_text(SCALE_PLAN.format(label=label, metadata=metadata, store=store, min_prevalence=0.05))
     measured = run_cli(plan, data / f"out-{label}-w{workers or 'default'}", log, workers=workers)
     measured.update(
         participants=participants,

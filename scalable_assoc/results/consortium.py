@@ -32,6 +32,7 @@ from scalable_assoc.models.pooled import drop_reference_levels, solve_pooled, un
 from scalable_assoc.plan.spec import FdrSpec
 from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.results.coded_keys import (
+    CodedKeys,
     Dictionary,
     code_keys,
     composite,
@@ -362,10 +363,25 @@ def _read_estimates(cohorts: list[CohortFile], mapping: dict[str, str] | None) -
         n.append(_floats(table.column("n")))
         del table
     sizes = [len(dictionaries[column]) for column in KEY_COLUMNS]
+    keys, space = _cohort_keys(cohorts, coded, KEY_COLUMNS, sizes)
+    distinct, rows = line_up(keys, space)
+    pair_sizes = sizes[:2]
+    pairs = [np.unique(composite(codes.codes, KEY_COLUMNS[:2], pair_sizes)) for codes in coded]
+    values = {column: dictionaries[column].values for column in KEY_COLUMNS}
+    return _ReadEstimates(values, sizes, distinct, rows, beta, se, n, pairs)
+
+
+def _cohort_keys(
+    cohorts: list[CohortFile], coded: list[CodedKeys], columns: Sequence[str], sizes: list[int]
+) -> tuple[list[np.ndarray], int]:
+    """Each cohort's rows as one integer key over ``columns`` (``sizes`` distinct values each), and the size of that key space.
+
+    Raises DataError naming the file when two of a cohort's rows get one key: feature names that matching made equal.
+    """
     space = key_space(sizes)
     keys = []
     for cohort, codes in zip(cohorts, coded, strict=True):
-        key = composite(codes.codes, KEY_COLUMNS, sizes)
+        key = composite(codes.codes, columns, sizes)
         clash = duplicated_rows(key, space)
         if clash.size:
             spelled = sorted({codes.source_names[i] for i in np.unique(codes.source_feature[clash])})[:4]
@@ -374,11 +390,7 @@ def _read_estimates(cohorts: list[CohortFile], mapping: dict[str, str] | None) -
                 "give a --feature-map that tells them apart"
             )
         keys.append(key)
-    distinct, rows = line_up(keys, space)
-    pair_sizes = sizes[:2]
-    pairs = [np.unique(composite(codes.codes, KEY_COLUMNS[:2], pair_sizes)) for codes in coded]
-    values = {column: dictionaries[column].values for column in KEY_COLUMNS}
-    return _ReadEstimates(values, sizes, distinct, rows, beta, se, n, pairs)
+    return keys, space
 
 
 def _floats(column: pa.ChunkedArray) -> np.ndarray:
@@ -736,18 +748,7 @@ def _read_cross_products(cohorts: list[CohortFile], mapping: dict[str, str] | No
         )
         del table
     sizes = [len(dictionaries[column]) for column in POOL_KEYS]
-    space = key_space(sizes)
-    keys = []
-    for cohort, codes in zip(cohorts, coded, strict=True):
-        key = composite(codes.codes, POOL_KEYS, sizes)
-        clash = duplicated_rows(key, space)
-        if clash.size:
-            spelled = sorted({codes.source_names[i] for i in np.unique(codes.source_feature[clash])})[:4]
-            raise DataError(
-                f"{cohort.path} (cohort {cohort.cohort}): features {', '.join(spelled)} become the same feature after matching names; "
-                "give a --feature-map that tells them apart"
-            )
-        keys.append(key)
+    keys, space = _cohort_keys(cohorts, coded, POOL_KEYS, sizes)
     distinct, rows = line_up(keys, space)
     products = [_CohortProducts(where, *part) for where, part in zip(rows, parts, strict=True)]
     pairs = [np.unique(composite(codes.codes, POOL_KEYS[:2], sizes[:2])) for codes in coded]
