@@ -25,7 +25,7 @@ import pandas as pd
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import HUMANN_HEADERS, check_row_lengths, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, rebatch, validated_values
-from scalable_assoc.io.text_values import Declined, TextTable, row_ids, row_values
+from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids
 
 logger = logging.getLogger(__name__)
 
@@ -153,23 +153,10 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int | Non
     def pieces() -> Iterator[np.ndarray]:
         done = 0
         if fast:
-            try:
-                for _, values in row_values(layout, 1):
-                    rows = slice(done, done + len(values))
-                    if rows.stop > len(keep):
-                        raise Declined("more rows than the first pass")
-                    done = rows.stop
-                    chosen = keep[rows]
-                    if chosen.any():
-                        yield np.compress(chosen, values, axis=0).T
-            except Declined as why:
-                logger.debug("%s: rows %d on read by pandas (%s)", path, done + 1, why)
-            else:
-                if done != len(row_names):
-                    raise DataError(
-                        f"{path}: {done} rows read, but a first pass found {len(row_names)}; was the file changed while it was read?"
-                    )
+            declined_at = yield from kept_rows(path, layout, 1, keep)
+            if declined_at is None:
                 return
+            done = declined_at
         yield from _pandas_pieces(path, options, keep, row_names, sample_ids, batch_rows, done)
 
     return TableStream(

@@ -12,7 +12,7 @@ import pandas as pd
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import check_row_lengths, comment_lines, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, rebatch, validated_values
-from scalable_assoc.io.text_values import Declined, TextTable, row_ids, row_values
+from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids
 from scalable_assoc.plan.schema import RANK_PREFIXES
 
 logger = logging.getLogger(__name__)
@@ -64,23 +64,10 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
     def pieces() -> Iterator[np.ndarray]:
         done = 0
         if fast:
-            try:
-                for _, values in row_values(layout, first):
-                    rows = slice(done, done + len(values))
-                    if rows.stop > len(keep):
-                        raise Declined("more rows than the first pass")
-                    done = rows.stop
-                    chosen = keep[rows]
-                    if chosen.any():
-                        yield np.compress(chosen, values, axis=0).T
-            except Declined as why:
-                logger.debug("%s: rows %d on read by pandas (%s)", path, done + 1, why)
-            else:
-                if done != len(keep):
-                    raise DataError(
-                        f"{path}: {done} rows read, but a first pass found {len(keep)}; was the file changed while it was read?"
-                    )
+            declined_at = yield from kept_rows(path, layout, first, keep)
+            if declined_at is None:
                 return
+            done = declined_at
         yield from _pandas_pieces(path, separator, skipped, keep, clade_ids, rows_per_read, done)
 
     return TableStream(tuple(str(s) for s in sample_ids), tuple(str(f) for f in feature_ids), lambda width: rebatch(pieces(), width), path)

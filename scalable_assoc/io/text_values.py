@@ -21,9 +21,10 @@ while converting).
 
 from __future__ import annotations
 
+import logging
 import lzma
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -32,7 +33,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import _open_binary
+
+logger = logging.getLogger(__name__)
 
 #: pandas' default NA strings (``pandas.read_csv``'s ``na_values``): cells read as missing (a test checks them against pandas).
 PANDAS_NA_STRINGS = (
@@ -126,6 +130,31 @@ def row_ids(table: TextTable) -> list[str]:
     if _NA.intersection(ids):
         raise Declined(f"{table.path.name}: a missing ID")
     return ids
+
+
+def kept_rows(path: Path, table: TextTable, first: int, keep: np.ndarray) -> Generator[np.ndarray, None, int | None]:
+    """The rows ``keep`` (``(n_rows,)`` bool) selects, as ``(n_samples, k)`` pieces, for tables with features as rows.
+
+    Returns None once every row is read, or the number of rows read when the fast
+    path declines (the caller's pandas reader goes on from there). Raises
+    :class:`DataError` when the file holds other rows than the first pass found.
+    """
+    done = 0
+    try:
+        for _, values in row_values(table, first):
+            rows = slice(done, done + len(values))
+            if rows.stop > len(keep):
+                raise Declined("more rows than the first pass")
+            done = rows.stop
+            chosen = keep[rows]
+            if chosen.any():
+                yield np.compress(chosen, values, axis=0).T
+    except Declined as why:
+        logger.debug("%s: rows %d on read by pandas (%s)", path, done + 1, why)
+        return done
+    if done != len(keep):
+        raise DataError(f"{path}: {done} rows read, but a first pass found {len(keep)}; was the file changed while it was read?")
+    return None
 
 
 def row_values(table: TextTable, first: int, with_ids: bool = False) -> Iterator[tuple[list[str] | None, np.ndarray]]:
