@@ -107,16 +107,20 @@ def test_a_failed_preparation_leaves_no_cluster(small_study: SimulatedStudy, tmp
     assert _live_children() - before == set(), "no process of the cluster is left"
 
 
-def test_local_cluster_workers_keep_block_sized_memory_on_the_heap() -> None:
+def test_local_cluster_workers_keep_block_sized_memory_on_the_heap(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     import dask
 
     from scalable_assoc.engine.cluster import WORKER_MALLOC, local_cluster, worker_environ
 
+    for name in WORKER_MALLOC:
+        monkeypatch.delenv(name, raising=False)
     # A threshold the user configured is kept; distributed's own trim default is replaced.
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1}}):
         assert worker_environ() == {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1, "MALLOC_MMAP_THRESHOLD_": 64 * 2**20}
+    # What an earlier default cluster's nannies leave in this process's environment does not win.
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     cluster, client = local_cluster(1)
     try:
         seen = next(iter(client.run(lambda: {name: os.environ.get(name) for name in (*WORKER_MALLOC, "OMP_NUM_THREADS")}).values()))

@@ -260,12 +260,16 @@ _DISTRIBUTED_TRIM_DEFAULT = 65536
 def worker_environ() -> dict:
     """The environment a local cluster's nannies set before starting each worker: dask's setting with :data:`WORKER_MALLOC`.
 
-    A threshold the user set in dask's ``distributed.nanny.pre-spawn-environ`` is kept.
+    A threshold the user set (in the environment or in dask's ``distributed.nanny.pre-spawn-environ``;
+    the environment first, as distributed reads them) is kept, except distributed's own trim default.
     """
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    environ.setdefault("MALLOC_MMAP_THRESHOLD_", WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"])
-    if int(environ.get("MALLOC_TRIM_THRESHOLD_", _DISTRIBUTED_TRIM_DEFAULT)) == _DISTRIBUTED_TRIM_DEFAULT:
-        environ["MALLOC_TRIM_THRESHOLD_"] = WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"]
+    for name, ours in WORKER_MALLOC.items():
+        given = os.environ.get(name, environ.get(name))
+        if given is None or (name == "MALLOC_TRIM_THRESHOLD_" and int(given) == _DISTRIBUTED_TRIM_DEFAULT):
+            environ[name] = ours
+        else:
+            environ[name] = given
     return environ
 
 
@@ -287,7 +291,12 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
     routes: dict[str, list] = {"distributed.worker.http.routes": []}
     if address is None:
         routes["distributed.scheduler.http.routes"] = []
-    with dask.config.set({**routes, "distributed.nanny.pre-spawn-environ": worker_environ()}):
+    environ = worker_environ()
+    # A nanny copies its pre-spawn environment into this process's (distributed's way of passing it on), and the
+    # environment outranks dask's configuration: after an earlier cluster's nannies (in a long-lived session) ours
+    # would lose to distributed's trim default left behind. Set here, as the nannies would.
+    os.environ.update({name: str(environ[name]) for name in WORKER_MALLOC})
+    with dask.config.set({**routes, "distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(
             n_workers=workers or default_workers(),
             threads_per_worker=1,
