@@ -24,7 +24,7 @@ import pandas as pd
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import HUMANN_HEADERS, check_row_lengths, raw_header, reading_problem, table_separator
-from scalable_assoc.io.table_values import TableStream, check_ids, rebatch, validated_values
+from scalable_assoc.io.table_values import TableStream, check_ids, chosen_rows, rebatch, validated_values
 from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids
 
 logger = logging.getLogger(__name__)
@@ -176,11 +176,8 @@ def _pandas_pieces(
     offset = 0
     try:
         with pd.read_csv(path, dtype={0: str}, chunksize=batch_rows, **options) as reader:
-            for frame in reader:
-                rows = slice(offset, offset + len(frame))
-                offset += len(frame)
-                chosen = keep[rows].copy()
-                chosen[: max(0, start - rows.start)] = False  # rows the fast path yielded already
+            for frame, rows, chosen in chosen_rows(reader, keep, start):
+                offset = rows.stop
                 if not chosen.any():
                     continue
                 values = _plain_values(frame, chosen)

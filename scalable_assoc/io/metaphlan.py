@@ -11,7 +11,7 @@ import pandas as pd
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import check_row_lengths, comment_lines, raw_header, reading_problem, table_separator
-from scalable_assoc.io.table_values import TableStream, check_ids, rebatch, validated_values
+from scalable_assoc.io.table_values import TableStream, check_ids, chosen_rows, rebatch, validated_values
 from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids
 from scalable_assoc.plan.schema import RANK_PREFIXES
 
@@ -85,14 +85,9 @@ def _pandas_pieces(
     path: Path, separator: str, skipped: list[int], keep: np.ndarray, row_ids: np.ndarray, rows_per_read: int, start: int
 ) -> Iterator[np.ndarray]:
     """``(samples, rows)`` values of the kept rows from row ``start`` on, read and checked by pandas ``rows_per_read`` rows at a time."""
-    offset = 0
     try:
         with pd.read_csv(path, sep=separator, comment=None, skiprows=skipped, dtype={0: str}, chunksize=rows_per_read) as reader:
-            for frame in reader:
-                rows = slice(offset, offset + len(frame))
-                offset += len(frame)
-                chosen = keep[rows].copy()
-                chosen[: max(0, start - rows.start)] = False  # rows the fast path yielded already
+            for frame, rows, chosen in chosen_rows(reader, keep, start):
                 if not chosen.any():
                     continue
                 selected = frame.loc[chosen].drop(

@@ -41,7 +41,7 @@ def table_separator(path: Path) -> str:
     return "," if table_suffix(path) == ".csv" else "\t"
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def open_binary(path: Path) -> IO[bytes]:
     """Open a (possibly compressed) table for reading bytes, as pandas would decompress it."""
     suffix = path.suffix.lower()
     if suffix == ".gz":
@@ -55,7 +55,7 @@ def _open_binary(path: Path) -> IO[bytes]:
 
 def _open_text(path: Path) -> IO[str]:
     # utf-8-sig: spreadsheet exports often start with a byte order mark that would hide 'clade_name'.
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", errors="replace", newline="")
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="replace", newline="")
 
 
 #: Library messages about a table's shape that hold no text of the file (pandas' C parser, pyarrow, compression).
@@ -138,7 +138,7 @@ def _line_fields(path: Path) -> tuple[list[int], list[str]]:
     lengths: list[int] = []
     firsts: list[str] = []
     try:
-        with _open_binary(path) as handle:
+        with open_binary(path) as handle:
             for raw in handle:
                 if b'"' in raw:
                     break

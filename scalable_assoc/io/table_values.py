@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +63,21 @@ def rebatch(pieces: Iterator[np.ndarray], width: int) -> Iterator[np.ndarray]:
                 block = None
     if block is not None and filled:
         yield np.ascontiguousarray(block[:, :filled])
+
+
+def chosen_rows(frames: Iterable[pd.DataFrame], keep: np.ndarray, start: int) -> Iterator[tuple[pd.DataFrame, slice, np.ndarray]]:
+    """Each batch of a table read a batch of rows at a time (features as rows), its rows' positions and which to use.
+
+    ``chosen`` (bool, one per row of the batch) marks the rows ``keep`` (``(n_rows,)`` bool) selects from row
+    ``start`` on: the rows before were read already (by a fast path that handed over there).
+    """
+    offset = 0
+    for frame in frames:
+        rows = slice(offset, offset + len(frame))
+        offset += len(frame)
+        chosen = keep[rows].copy()
+        chosen[: max(0, start - rows.start)] = False
+        yield frame, rows, chosen
 
 
 def _duplicates(values: pd.Index) -> list[str]:

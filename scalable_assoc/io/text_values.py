@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.table_text import _open_binary
+from scalable_assoc.io.table_text import open_binary
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _source(path: Path) -> IO[bytes]:
     if name.endswith(_DECLINED_ENDINGS):
         raise Declined(f"{path.name}: compression read by pandas only")
     # Opened here, not by name: pyarrow would read ahead into its memory pool, as much as the whole file.
-    return _open_binary(path)
+    return open_binary(path)
 
 
 def row_ids(table: TextTable) -> list[str]:
