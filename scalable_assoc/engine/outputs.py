@@ -17,12 +17,20 @@ from scalable_assoc.engine.alpha import assemble_alpha_results
 from scalable_assoc.engine.chunks import ChunkTask
 from scalable_assoc.engine.filters import LayerFilter, feature_table
 from scalable_assoc.engine.prepare import PreparedStudy
-from scalable_assoc.io.atomic import file_checksum, write_parquet, write_tsv
+from scalable_assoc.io.atomic import file_checksum, write_parquet, write_tsv, write_tsv_table
 from scalable_assoc.io.runstate import read_status
 from scalable_assoc.plan.schema import MODELS, Plan
 from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE
 from scalable_assoc.results.columns import COVARIATE_SCHEMA
-from scalable_assoc.results.gather import assemble_results, read_chunks, results_table, sorted_by_family_q
+from scalable_assoc.results.gather import (
+    assemble_table,
+    read_chunks,
+    results_frame,
+    results_table,
+    significant_table,
+    sorted_by_family_q,
+    sorted_table_by_family_q,
+)
 from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
 
 #: The report's figures (scalable_assoc.report), drawn from the output files; removed with them.
@@ -168,7 +176,7 @@ def write_outputs(
     """
     plan = study.plan
     partial = read_chunks([t.rows_file(chunks_dir) for t in tasks])
-    results = assemble_results(
+    table = assemble_table(
         partial,
         [layer.spec.name for layer in study.layers],
         exposure_row_order(study),
@@ -177,15 +185,19 @@ def write_outputs(
         plan.fdr.by,
         MODELS,
     )
+    results = results_frame(table)
     if alpha_rows is not None:  # alpha diversity rows: their own FDR families, after the feature rows
         alpha = assemble_alpha_results(study, alpha_rows, exposure_row_order(study), MODELS)
-        results = pd.concat([results, alpha], ignore_index=True) if len(alpha) else results
+        if len(alpha):
+            results = pd.concat([results, alpha], ignore_index=True)
+            table = pa.concat_tables([table, results_table(alpha).replace_schema_metadata(None)])
+    # The files come from the Arrow table (no conversion of the whole frame back), the same bytes as from the frame.
+    write_parquet(out / "results.parquet", table.replace_schema_metadata(results_table(results.iloc[:0]).schema.metadata))
+    write_tsv_table(out / "all_results.tsv", sorted_table_by_family_q(table, plan.fdr.by), lambda: sorted_by_family_q(results, plan.fdr.by))
+    significant = significant_table(table, plan.fdr.alpha)
+    write_tsv_table(out / "significant_results.tsv", significant, lambda: results_frame(significant))
     summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
     survival = survival_readout(summary, list(plan.adjustments))
-    significant = results[results["q"].lt(plan.fdr.alpha).fillna(False).to_numpy(dtype=bool)]
-    write_parquet(out / "results.parquet", results_table(results))
-    write_tsv(out / "all_results.tsv", sorted_by_family_q(results, plan.fdr.by))
-    write_tsv(out / "significant_results.tsv", significant.sort_values("q", kind="stable"))
     write_tsv(out / "adjustment_summary.tsv", summary)
     write_tsv(out / "adjustment_survival.tsv", survival)
     features = feature_table(study, filters)

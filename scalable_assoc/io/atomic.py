@@ -64,14 +64,33 @@ def write_tsv(path: Path, frame: pd.DataFrame) -> Path:
 
     def writer(temporary: Path) -> None:
         try:
-            table = pa.Table.from_pandas(shown, preserve_index=False)
-            pa_csv.write_csv(
-                table, temporary, pa_csv.WriteOptions(delimiter="\t", null_string="NA", quoting_style="none", quoting_header="none")
-            )
+            _write_arrow_tsv(pa.Table.from_pandas(shown, preserve_index=False), temporary)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             shown.to_csv(temporary, sep="\t", index=False, na_rep="NA")
 
     return write_atomically(path, writer)
+
+
+def write_tsv_table(path: Path, table: pa.Table, frame: Callable[[], pd.DataFrame]) -> Path:
+    """:func:`write_tsv` of an Arrow table (no boolean columns) that is ``frame()`` in pandas, without converting it.
+
+    The same bytes as ``write_tsv(path, frame())``: Arrow writes strings,
+    integers and floats of either alike. ``frame`` is called only when text
+    needs quoting (the pandas fallback of :func:`write_tsv`).
+    """
+
+    def writer(temporary: Path) -> None:
+        try:
+            _write_arrow_tsv(table, temporary)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            write_tsv(temporary, frame())
+
+    return write_atomically(path, writer)
+
+
+def _write_arrow_tsv(table: pa.Table, path: Path) -> None:
+    """Tab-separated, missing values as ``NA``, no quoting (Arrow refuses text that would need it)."""
+    pa_csv.write_csv(table, path, pa_csv.WriteOptions(delimiter="\t", null_string="NA", quoting_style="none", quoting_header="none"))
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:

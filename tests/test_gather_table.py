@@ -1,0 +1,70 @@
+"""The Arrow gather (results/gather.py) against the pandas operations it replaced, and TSVs written from Arrow tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from scalable_assoc.io.atomic import write_tsv, write_tsv_table
+from scalable_assoc.results.columns import PARTIAL_SCHEMA
+from scalable_assoc.results.gather import (
+    assemble_results,
+    first_seen_groups,
+    results_frame,
+    results_table,
+    significant_table,
+    sorted_by_family_q,
+    sorted_table_by_family_q,
+)
+
+
+def _partial() -> pa.Table:
+    rows = {
+        "layer": ["b", "a", "a", "b", "a", "a"],
+        "feature": ["x", "z", "y", "y", "x", "w"],
+        "exposure": ["e", "e", "f", "e", "e", "f"],
+        "adjustment": ["base"] * 6,
+        "model": ["lm"] * 6,
+        "n": [10, 11, None, 13, 14, 15],
+        "p": [0.01, np.nan, 0.2, 0.001, 0.03, 0.04],
+        "beta": [1.0, np.nan, 2.0, 3.0, 4.0, 5.0],
+        "status": ["ok", "constant feature", "ok", "ok", "ok", "ok"],
+    }
+    columns = {f.name: pa.array(rows.get(f.name, [None] * 6), type=f.type, from_pandas=True) for f in PARTIAL_SCHEMA}
+    # a NaN that is not null: the frame reads it as missing, the file must have a null as from the frame
+    columns["se"] = pa.array([np.nan, 1.0, 2.0, 3.0, 4.0, 5.0], type=pa.float64())
+    return pa.table(columns, schema=PARTIAL_SCHEMA)
+
+
+def test_first_seen_groups_match_pandas_ngroup():
+    table = pa.table({"a": ["u", "v", "u", None, "w", "v"], "b": ["1", "1", "1", "2", "2", "2"], "c": ["k"] * 6})
+    frame = table.to_pandas()
+    for by in (["a"], ["b", "a"], ["b"], ["c", "b"], ["missing"], []):
+        columns = [c for c in by if c in frame.columns]
+        expected = frame.groupby(columns, sort=False).ngroup().to_numpy() if columns else np.zeros(6, dtype=np.int64)
+        np.testing.assert_array_equal(first_seen_groups(table, by), expected)
+
+
+def test_results_orders_and_files_as_from_the_frame(tmp_path):
+    results = assemble_results(_partial(), ["a", "b"], ["e", "f"], ["base"], {"a": ["w", "x", "y", "z"], "b": ["x", "y"]}, ["layer"])
+    assert list(results["layer"] + results["feature"]) == ["ax", "az", "aw", "ay", "bx", "by"]
+    assert results["q"].dtype == "Float64" and results["n"].dtype == "Int64"
+    assert results["q"].isna().tolist() == [False, True, False, False, False, False]
+    table = results_table(results)
+    assert table["se"].null_count == 1
+    from_arrow = results_table(results_frame(table))
+    assert from_arrow.equals(table)
+    write_tsv(tmp_path / "frame.tsv", sorted_by_family_q(results, ["layer"]))
+    write_tsv_table(tmp_path / "table.tsv", sorted_table_by_family_q(table, ["layer"]), lambda: sorted_by_family_q(results, ["layer"]))
+    assert (tmp_path / "table.tsv").read_bytes() == (tmp_path / "frame.tsv").read_bytes()
+    significant = results[results["q"].lt(0.05).fillna(False).to_numpy(dtype=bool)].sort_values("q", kind="stable")
+    assert results_frame(significant_table(table, 0.05))["feature"].tolist() == significant["feature"].tolist()
+
+
+def test_tsv_table_falls_back_to_pandas_for_text_that_needs_quoting(tmp_path):
+    frame = pd.DataFrame({"feature": ["tab\there", "plain"], "beta": [1.5, None]})
+    write_tsv(tmp_path / "frame.tsv", frame)
+    write_tsv_table(tmp_path / "table.tsv", pa.Table.from_pandas(frame, preserve_index=False), lambda: frame)
+    assert (tmp_path / "table.tsv").read_bytes() == (tmp_path / "frame.tsv").read_bytes()
+    assert b'"tab\there"' in (tmp_path / "table.tsv").read_bytes()
