@@ -29,7 +29,9 @@ def sets_run(results: pd.DataFrame, adjustment_order: Sequence[str]) -> dict[tup
     """
     rank = {name: i for i, name in enumerate(adjustment_order)}
     groups: dict[tuple[str, str, str], list[str]] = {}
-    for layer, exposure, model, adjustment in results[[*GROUP_KEYS, "adjustment"]].drop_duplicates().itertuples(index=False):
+    columns = [*GROUP_KEYS, "adjustment"]
+    first = np.unique(_row_keys(results, columns), return_index=True)[1]  # drop_duplicates, on integer codes
+    for layer, exposure, model, adjustment in results[columns].iloc[np.sort(first)].itertuples(index=False):
         if adjustment in rank:
             groups.setdefault((layer, exposure, model), []).append(adjustment)
     return {key: sorted(names, key=rank.__getitem__) for key, names in groups.items()}
@@ -43,6 +45,16 @@ def base_sets(frame: pd.DataFrame, runs: dict[tuple[str, str, str], list[str]]) 
     if not len(bases):
         return np.full(len(frame), None, dtype=object)
     return frame[GROUP_KEYS].merge(bases, on=GROUP_KEYS, how="left")["base"].to_numpy(dtype=object)
+
+
+def _row_keys(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """``(len(frame),)`` int64: one code per distinct combination of ``columns`` (missing values alike, as ``drop_duplicates`` has them)."""
+    key = np.zeros(len(frame), dtype=np.int64)
+    for column in columns:
+        codes, uniques = pd.factorize(frame[column], use_na_sentinel=False)
+        # compacted after each column, so the combined key never overflows
+        key = np.unique(key * (len(uniques) + 1) + codes, return_inverse=True)[1].reshape(-1)
+    return key
 
 
 def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], alpha: float) -> pd.DataFrame:
@@ -62,24 +74,29 @@ def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], a
     runs = sets_run(results, adjustment_order)
     ran_anywhere = {a for names in runs.values() for a in names}
     present = [a for a in adjustment_order if a in ran_anywhere]
-    order = results[keys].drop_duplicates()
-    out = order.reset_index(drop=True)
+    # Each row's output row: integer codes of its keys, not a MultiIndex of strings (400,000 rows at 100,000 features).
+    _, first, row_of = np.unique(_row_keys(results, keys), return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)  # output rows in order of first appearance
+    row_of = rank[row_of.reshape(-1)]
+    out = results[keys].iloc[np.sort(first)].reset_index(drop=True)
     n = len(out)
     base = base_sets(out, runs)
     # Always written, so a pipeline reading the file sees the same columns whatever the plan.
     out["base"] = base
-    index = pd.MultiIndex.from_frame(order)
     beta: dict[str, np.ndarray] = {}
     q_values: dict[str, np.ndarray] = {}
     ran: dict[str, np.ndarray] = {}
+    all_beta = results["beta"].to_numpy(dtype=np.float64, na_value=np.nan)
+    all_q = results["q"].to_numpy(dtype=np.float64, na_value=np.nan)
     for adjustment in present:
-        rows = results[(results["adjustment"] == adjustment).to_numpy()]
-        position = index.get_indexer(pd.MultiIndex.from_frame(rows[keys]))
+        selected = (results["adjustment"] == adjustment).to_numpy()
+        position = row_of[selected]
         beta[adjustment] = np.full(n, np.nan)
         q = np.full(n, np.nan)
         ran[adjustment] = np.zeros(n, dtype=bool)
-        beta[adjustment][position] = rows["beta"].to_numpy(dtype=np.float64, na_value=np.nan)
-        q[position] = rows["q"].to_numpy(dtype=np.float64, na_value=np.nan)
+        beta[adjustment][position] = all_beta[selected]
+        q[position] = all_q[selected]
         q_values[adjustment] = q
         ran[adjustment][position] = True
         significant = q < alpha
