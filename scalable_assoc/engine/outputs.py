@@ -21,6 +21,7 @@ from scalable_assoc.engine.filters import LayerFilter, feature_table
 from scalable_assoc.engine.prepare import PreparedStudy
 from scalable_assoc.io.atomic import file_checksum, write_parquet, write_tsv, write_tsv_table
 from scalable_assoc.io.runstate import read_status
+from scalable_assoc.io.store import store_checksum
 from scalable_assoc.plan.schema import MODELS, Plan
 from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE
 from scalable_assoc.results.columns import COVARIATE_SCHEMA
@@ -107,7 +108,7 @@ def up_to_date(plan: Plan, out: Path, options: dict[str, object], features: Path
     if listed is not None and (not listed.is_file() or recorded.get("sha256") != file_checksum(listed)):
         return None
     for key, path in expected.items():
-        if not path.exists() or inputs[key].get("sha256") != file_checksum(path):
+        if not path.exists() or inputs[key].get("sha256") != (store_checksum(path) if path.is_dir() else file_checksum(path)):
             return None
     try:
         results = pd.read_parquet(out / "results.parquet")

@@ -11,7 +11,15 @@ from typing import Any
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import file_checksum, seal, sealed
-from scalable_assoc.io.store import AbundanceStore, check_layer_name, create_layered_store, open_store, store_layers, write_table_stream
+from scalable_assoc.io.store import (  # [client] store_checksum
+    AbundanceStore,
+    check_layer_name,
+    create_layered_store,
+    open_store,
+    store_checksum,
+    store_layers,
+    write_table_stream,
+)
 from scalable_assoc.io.tables import detect_format, stream_abundance_table
 
 logger = logging.getLogger(__name__)
@@ -119,8 +127,8 @@ def layer_store(
     """The store for one layer and the checksum of its input.
 
     A store given directly (``.zarr`` folder) is opened as it is; its checksum is
-    that of its whole content (values and attributes, sample IDs included), so
-    results computed from it are never reused once it changes. A table is
+    that of its whole content (values and attributes, sample IDs included; chunks
+    by their stored CRC-32C, :func:`store_checksum`), so results computed from it are never reused once it changes. A table is
     converted into ``cache_dir`` once and sealed (its content's SHA-256 beside
     it); the cache name holds the table's checksum, rank and chunk size, so an
     edited table or a new chunk size makes a new store and a resumed run finds
@@ -156,7 +164,7 @@ def layer_store(
                 f"layer '{layer}': store {source} has {store.chunk_features} features per chunk; "
                 f"--chunk-features {chunk_features} cannot change a store (re-ingest it instead)"
             )
-        return store, file_checksum(source)
+        return store, store_checksum(source)  # [client] a few bytes per chunk, not the whole store (io/store.py)
     checksum = file_checksum(source)
     destination = cache_dir / f"{layer}-{checksum[:16]}-{rank}{_options_tag(read_options)}-c{chunk_features or 'auto'}.zarr"
     state = sealed(destination)

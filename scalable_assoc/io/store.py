@@ -36,6 +36,7 @@ on its own, so adding a layer never touches the others (nor their checksums).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -412,6 +413,43 @@ class _SampleSumsWriter:
             {SAMPLE_SUMS_KEY: {"pseudocount": pseudocount, "rare_prevalence_cap": RARE_PREVALENCE_CAP, "blocks_summed_again": recomputed}}
         )
         logger.debug("per-sample sums: %d blocks summed again for the final pseudocount %s", recomputed, pseudocount)
+
+
+def store_checksum(path: Path) -> str:
+    """SHA-256 identifying a store's content, for deciding whether results computed from it still hold.
+
+    Every metadata file (``zarr.json``: attributes, sample and feature IDs) is
+    hashed whole; a chunk of an array whose codecs end with ``crc32c`` (every
+    array this tool writes) by its size and the CRC-32C stored in its last 4
+    bytes, which Zarr checks against the chunk on every read: a chunk whose
+    values changed has another checksum, or fails to read. Other files are
+    hashed whole. Hashing every byte (``file_checksum``) read the whole store at
+    every run: 2.8 s of CPU, the most of the client's preparation, for a 3.3 GB
+    store of 100,000 features; this reads a few bytes per chunk.
+    """
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    checked = {file.parent for file in files if file.name == "zarr.json" and _ends_with_crc32c(file)}
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode())
+        if file.name != "zarr.json" and any(parent in checked for parent in file.parents):
+            size = file.stat().st_size
+            with file.open("rb") as handle:
+                handle.seek(max(size - 4, 0))
+                digest.update(size.to_bytes(8, "little") + handle.read())
+        else:
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _ends_with_crc32c(metadata: Path) -> bool:
+    """Whether the Zarr v3 metadata file describes an array whose chunks end with a CRC-32C of the rest."""
+    try:
+        node = json.loads(metadata.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    codecs = node.get("codecs") if isinstance(node, dict) and node.get("node_type") == "array" else None
+    return isinstance(codecs, list) and bool(codecs) and isinstance(codecs[-1], dict) and codecs[-1].get("name") == "crc32c"
 
 
 def store_layers(path: Path) -> tuple[str, ...] | None:

@@ -1,0 +1,40 @@
+"""A store's checksum (io.store.store_checksum): its metadata whole, its chunks by their stored CRC-32C."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+
+from scalable_assoc.io.store import store_checksum, write_store_blocks
+
+
+def _store(path, values: np.ndarray, samples: list[str] | None = None):
+    n, m = values.shape
+    ids = samples or [f"S{i}" for i in range(n)]
+    return write_store_blocks(path, ids, [f"F{j}" for j in range(m)], lambda a, b: values[:, a:b], "t", "x", 3)
+
+
+def test_store_checksum_follows_values_and_ids_not_the_folder(tmp_path):
+    values = np.random.default_rng(0).exponential(size=(12, 7))
+    values[values < 0.5] = 0.0
+    _store(tmp_path / "a.zarr", values)
+    _store(tmp_path / "b.zarr", values)
+    assert store_checksum(tmp_path / "a.zarr") == store_checksum(tmp_path / "b.zarr")
+    changed = values.copy()
+    changed[4, 5] += 1e-12  # one value, in its last bits
+    _store(tmp_path / "c.zarr", changed)
+    assert store_checksum(tmp_path / "c.zarr") != store_checksum(tmp_path / "a.zarr")
+    _store(tmp_path / "d.zarr", values, [f"T{i}" for i in range(12)])
+    assert store_checksum(tmp_path / "d.zarr") != store_checksum(tmp_path / "a.zarr")
+
+
+def test_store_checksum_hashes_whole_files_of_arrays_without_crc32c(tmp_path):
+    values = np.ones((4, 3))
+    _store(tmp_path / "a.zarr", values)
+    before = store_checksum(tmp_path / "a.zarr")
+    # an array written by another tool, without per-chunk checksums: a changed value must change the checksum
+    extra = zarr.create_array(tmp_path / "a.zarr" / "extra", shape=(4,), chunks=(4,), dtype="float64", compressors=None)
+    extra[:] = 1.0
+    first = store_checksum(tmp_path / "a.zarr")
+    extra[0] = 2.0  # same size, no CRC at its end
+    assert len({before, first, store_checksum(tmp_path / "a.zarr")}) == 3
