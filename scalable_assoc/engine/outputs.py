@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,14 +192,18 @@ def write_outputs(
         if len(alpha):
             results = pd.concat([results, alpha], ignore_index=True)
             table = pa.concat_tables([table, results_table(alpha).replace_schema_metadata(None)])
-    # The results files come from the Arrow table (no conversion of the whole frame back; the same bytes as from the
-    # frame), written in a thread: Arrow's sort, take and writers release the GIL, so they overlap the summaries' pandas work.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="results-files") as writer:
-        # (the pandas schema metadata that results.parquet has always carried: from the frame, before the thread starts)
-        metadata = results_table(results.iloc[:0]).schema.metadata
-        written = writer.submit(_write_results_files, table.replace_schema_metadata(metadata), results, plan.fdr.by, plan.fdr.alpha, out)
-        summary, survival = _write_summaries(study, filters, results, out)
-        written.result()  # a writer's error is the run's
+    # The files come from the Arrow table (no conversion of the whole frame back), the same bytes as from the frame.
+    write_parquet(out / "results.parquet", table.replace_schema_metadata(results_table(results.iloc[:0]).schema.metadata))
+    write_tsv_table(out / "all_results.tsv", sorted_table_by_family_q(table, plan.fdr.by), lambda: sorted_by_family_q(results, plan.fdr.by))
+    significant = significant_table(table, plan.fdr.alpha)
+    write_tsv_table(out / "significant_results.tsv", significant, lambda: results_frame(significant))
+    summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
+    survival = survival_readout(summary, list(plan.adjustments))
+    write_tsv(out / "adjustment_summary.tsv", summary)
+    write_tsv(out / "adjustment_survival.tsv", survival)
+    features = feature_table(study, filters)
+    write_parquet(out / "features.parquet", features)
+    write_tsv(out / "features.tsv", features)
     if all(any(model in layer.spec.models for layer in study.layers) for model in ("lm_nonzero", "prevalence")):
         joint = joint_presence_abundance(results, plan.fdr.by)
         write_parquet(out / "joint_results.parquet", joint)
@@ -211,30 +213,3 @@ def write_outputs(
         write_parquet(out / "covariate_results.parquet", pa.Table.from_pandas(covariates, schema=COVARIATE_SCHEMA, preserve_index=False))
         write_tsv(out / "covariate_results.tsv", covariates)
     return results, summary, survival
-
-
-def _write_results_files(table: pa.Table, frame: pd.DataFrame, fdr_by: Sequence[str], alpha: float, out: Path) -> None:
-    """``results.parquet`` (plan order), ``all_results.tsv`` (by q within family) and ``significant_results.tsv`` (q < alpha, by q).
-
-    ``table`` is the results (:data:`RESULT_SCHEMA`, with the frame's pandas
-    metadata), ``frame`` the same in pandas: the TSV writer's fallback for text that needs quotes.
-    """
-    write_parquet(out / "results.parquet", table)
-    write_tsv_table(out / "all_results.tsv", sorted_table_by_family_q(table, fdr_by), lambda: sorted_by_family_q(frame, fdr_by))
-    significant = significant_table(table, alpha)
-    write_tsv_table(out / "significant_results.tsv", significant, lambda: results_frame(significant))
-
-
-def _write_summaries(
-    study: PreparedStudy, filters: dict[str, LayerFilter], results: pd.DataFrame, out: Path
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The adjustment summary and survival readout (written and returned), and the feature table (written)."""
-    plan = study.plan
-    summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
-    survival = survival_readout(summary, list(plan.adjustments))
-    write_tsv(out / "adjustment_summary.tsv", summary)
-    write_tsv(out / "adjustment_survival.tsv", survival)
-    features = feature_table(study, filters)
-    write_parquet(out / "features.parquet", features)
-    write_tsv(out / "features.tsv", features)
-    return summary, survival
