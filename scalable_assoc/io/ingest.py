@@ -11,7 +11,7 @@ from typing import Any
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import file_checksum, seal, sealed
-from scalable_assoc.io.store import (  # [client] store_checksum
+from scalable_assoc.io.store import (
     AbundanceStore,
     check_layer_name,
     create_layered_store,
@@ -164,7 +164,7 @@ def layer_store(
                 f"layer '{layer}': store {source} has {store.chunk_features} features per chunk; "
                 f"--chunk-features {chunk_features} cannot change a store (re-ingest it instead)"
             )
-        return store, store_checksum(source)  # [client] a few bytes per chunk, not the whole store (io/store.py)
+        return store, store_checksum(source)  # a few bytes per chunk, not the whole store (io/store.py)
     checksum = file_checksum(source)
     destination = cache_dir / f"{layer}-{checksum[:16]}-{rank}{_options_tag(read_options)}-c{chunk_features or 'auto'}.zarr"
     state = sealed(destination)
