@@ -52,6 +52,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_atomically
+from scalable_assoc.io.table_values import SmallestPositive
 from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.plan.blocks import STORE_LAYER_NAME
 from scalable_assoc.progress import ProgressReporter
@@ -76,6 +77,8 @@ SAMPLE_TOTALS = "sample_totals"
 SAMPLE_SUM_ARRAYS = ("sample_observed", "sample_positive", "sample_log_positive", "sample_log_pseudo")
 RARE_ARRAYS = ("rare_indptr", "rare_samples", "rare_values")
 SAMPLE_SUMS_KEY = "sample_sums"
+#: At most this many bytes of per-sample sums taken ahead with a reader's final pseudocount (beyond: blocks read back).
+SUMMED_AHEAD_BYTES = 64 * 2**20
 #: Cells per chunk of the rare-feature arrays.
 RARE_CHUNK_CELLS = 1 << 20
 
@@ -240,6 +243,7 @@ def write_table_stream(path: Path, stream: TableStream, source_sha256: str, chun
             chunk,
             progress=f"converting {Path(str(stream.source)).name}",
             extra_attrs=_stream_attrs(stream),
+            smallest_positive=stream.smallest_positive,
         )
     finally:
         # A stream that failed or stopped part-way removes its temporary files now, not when it is garbage-collected.
@@ -258,6 +262,7 @@ def write_store_blocks(
     chunk_features: int | None = None,
     progress: str | None = None,
     extra_attrs: dict | None = None,
+    smallest_positive: SmallestPositive | None = None,
 ) -> AbundanceStore:
     """Write a store whose values come one chunk at a time: ``block(start, stop)`` -> ``(n_samples, stop - start)``.
 
@@ -266,7 +271,8 @@ def write_store_blocks(
     (never two writers on one chunk) into a temporary folder renamed at the end.
     ``progress`` (a label such as ``converting x.tsv``) logs progress messages
     (phase ``convert``) as the blocks are written. ``extra_attrs`` (``notes``,
-    ``renamed_samples``) are stored with the other attributes.
+    ``renamed_samples``) are stored with the other attributes. ``smallest_positive``: the values' smallest
+    value > 0 once a reader knows it (the half-minimum sums then read no block back).
     """
     n_samples, n_features = len(sample_ids), len(feature_ids)
     chunk = default_chunk_features(n_samples, n_features, chunk_features)
@@ -295,7 +301,7 @@ def write_store_blocks(
             name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)
         }
         sample_totals = np.zeros(n_samples)  # per sample, over every feature: says whether values are percentages or fractions
-        sums = _SampleSumsWriter(group, array, n_samples, n_features)
+        sums = _SampleSumsWriter(group, array, n_samples, n_features, smallest_positive)
         reporter = None
         if progress is not None:
             reporter = ProgressReporter(logger, "convert", -(-n_features // chunk), "feature blocks", label=progress)
@@ -405,12 +411,17 @@ class _SampleSumsWriter:
     the last block. Each block's ``log(x + c)`` sums use the running candidate
     (half the smallest positive value so far); at the end, only the blocks
     summed with a candidate other than the final ``c`` are read back from the
-    store being written and summed again. Tables floored at a print precision
-    (MetaPhlAn, HUMAnN) meet their minimum in the first block, so none is.
+    store being written and summed again. A reader that knows the table's
+    smallest value before its first block (:class:`~scalable_assoc.io.table_values.SmallestPositive`:
+    wide tables) gives the final ``c`` from the start: those blocks are summed with it
+    as they pass (up to :data:`SUMMED_AHEAD_BYTES`) and none is read back. Tables floored at a print precision
+    (MetaPhlAn, HUMAnN) often meet their minimum in an early block.
     """
 
-    def __init__(self, group: zarr.Group, array: zarr.Array, n_samples: int, n_features: int) -> None:
-        self.group, self.array, self.n_samples = group, array, n_samples
+    def __init__(
+        self, group: zarr.Group, array: zarr.Array, n_samples: int, n_features: int, known: SmallestPositive | None = None
+    ) -> None:
+        self.group, self.array, self.n_samples, self.known = group, array, n_samples, known
         self.sums = [np.zeros(n_samples, dtype=np.int64), np.zeros(n_samples, dtype=np.int64), np.zeros(n_samples)]
         self.by_candidate: dict[float, tuple[np.ndarray, list[tuple[int, int]]]] = {}  # candidate c -> (sum, its blocks)
         self.smallest = np.inf
@@ -422,6 +433,7 @@ class _SampleSumsWriter:
         ]
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.n_pending = 0
+        self.with_final: dict[tuple[int, int], np.ndarray] = {}  # (start, stop) -> its log(x + c) sums with the final c
 
     def add_block(self, start: int, values: np.ndarray, summary: FeatureSummary) -> None:
         """Add the sums of features ``start:start + m`` (``values`` ``(n, m)``, ``summary`` their counts)."""
@@ -432,8 +444,16 @@ class _SampleSumsWriter:
         self.smallest = min(self.smallest, float(np.min(summary.min_positive, initial=np.inf)))
         candidate = self.smallest / 2.0
         if np.isfinite(candidate):
+            bounds = (start, start + values.shape[1])
             total, blocks = self.by_candidate.get(candidate, (np.zeros(self.n_samples), []))
-            self.by_candidate[candidate] = (total + block_log_pseudo(values, candidate), [*blocks, (start, start + values.shape[1])])
+            self.by_candidate[candidate] = (total + block_log_pseudo(values, candidate), [*blocks, bounds])
+            # The reader's smallest value of the whole table, when it knows it (a wide table): the block's sums with the
+            # final pseudocount are taken now, while the block is here, instead of reading it back in finish(). Added in
+            # the same order as blocks read back, so the store has the same bits whichever reader wrote it.
+            known = self.known.value if self.known is not None else None
+            final = known / 2.0 if known is not None and np.isfinite(known) else None
+            if final is not None and candidate != final and (len(self.with_final) + 1) * 8 * self.n_samples <= SUMMED_AHEAD_BYTES:
+                self.with_final[bounds] = block_log_pseudo(values, final)
         lengths, samples, cells = sparse_cells(values, rare_features(summary.nonzero, summary.observed))
         self.indptr[start + 1 : start + 1 + lengths.size] = lengths
         self.pending.append((samples, cells))
@@ -457,14 +477,20 @@ class _SampleSumsWriter:
         self._flush(whole_chunks=False)
         pseudocount = self.smallest / 2.0 if np.isfinite(self.smallest) else None
         log_pseudo = np.full(self.n_samples, np.nan)
-        recomputed = 0
+        recomputed = read_back = 0
         if pseudocount is not None:
             log_pseudo, _ = self.by_candidate.pop(pseudocount)
+            known = self.known.value if self.known is not None else None
+            summed_ahead = self.with_final if known is not None and known / 2.0 == pseudocount else {}
             for _, blocks in self.by_candidate.values():
                 for start, stop in blocks:
-                    log_pseudo = log_pseudo + block_log_pseudo(np.asarray(self.array[:, start:stop], dtype=np.float64), pseudocount)
+                    ahead = summed_ahead.get((start, stop))
+                    if ahead is None:
+                        ahead = block_log_pseudo(np.asarray(self.array[:, start:stop], dtype=np.float64), pseudocount)
+                        read_back += 1
+                        release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
+                    log_pseudo = log_pseudo + ahead
                     recomputed += 1
-                    release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
         compressors = [ZstdCodec(level=3), Crc32cCodec()]
         for name, data in zip(SAMPLE_SUM_ARRAYS, [*self.sums, log_pseudo], strict=True):
             self.group.create_array(name, data=data, chunks=(max(self.n_samples, 1),), compressors=compressors)
@@ -472,7 +498,9 @@ class _SampleSumsWriter:
         self.group.attrs.update(
             {SAMPLE_SUMS_KEY: {"pseudocount": pseudocount, "rare_prevalence_cap": RARE_PREVALENCE_CAP, "blocks_summed_again": recomputed}}
         )
-        logger.debug("per-sample sums: %d blocks summed again for the final pseudocount %s", recomputed, pseudocount)
+        logger.debug(
+            "per-sample sums: %d blocks summed again for the final pseudocount %s, %d of them read back", recomputed, pseudocount, read_back
+        )
 
 
 def store_layers(path: Path) -> tuple[str, ...] | None:
