@@ -302,3 +302,28 @@ def test_tsv_outputs_read_back_exactly_in_pandas_and_r(tmp_path) -> None:
         script = f'x <- read.delim("{tmp_path / "out.tsv"}"); cat(class(x$significant), class(x$beta), sum(is.na(x$n)))'
         printed = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, check=True).stdout
         assert printed == "logical numeric 1"
+
+
+def test_stream_run_to_its_end_after_the_last_block(tmp_path) -> None:
+    """After the last block the stream is read to its end (its last checks run): a block too many is refused."""
+    from scalable_assoc.io.store import write_table_stream
+    from scalable_assoc.io.table_values import TableStream
+
+    values = np.arange(12.0).reshape(3, 4)
+    ended = []
+
+    def blocks(width: int, extra: bool):
+        for start in range(0, 4, width):
+            yield values[:, start : start + width]
+        if extra:
+            yield values[:, :1]
+        ended.append(width)
+
+    def stream(extra: bool) -> TableStream:
+        return TableStream(("a", "b", "c"), ("f1", "f2", "f3", "f4"), lambda width: blocks(width, extra), tmp_path / "t.tsv")
+
+    store = write_table_stream(tmp_path / "ok.zarr", stream(False), "x", chunk_features=2)
+    assert ended == [2] and store.n_features == 4
+    with pytest.raises(ValueError, match="more than its 4 features"):
+        write_table_stream(tmp_path / "extra.zarr", stream(True), "x", chunk_features=2)
+    assert not (tmp_path / "extra.zarr").exists()

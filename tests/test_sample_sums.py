@@ -108,3 +108,49 @@ def test_filter_phase_uses_stored_sums_only_when_exact(tmp_path, caplog):
         with caplog.at_level("INFO"):
             assert _stored_sums(work, f, views) is None
         assert why in caplog.text
+
+
+def test_store_summed_a_slab_at_a_time_is_bit_identical(tmp_path, monkeypatch):
+    """Slabs of a few rows (features, for the sparse copy) give every stored array the bits of whole-block sums."""
+    import scalable_assoc.stats.sample_sums as sample_sums
+
+    values = _table(seed=3, n=41, m=17)
+
+    def arrays(name: str) -> dict[str, bytes]:
+        store = write_store_blocks(
+            tmp_path / name, [f"S{i}" for i in range(41)], [f"F{j}" for j in range(17)], lambda a, b: values[:, a:b], "t", "x", 5
+        )
+        group = zarr.open_group(store.path, mode="r")
+        return {key: np.asarray(array[...]).tobytes() for key, array in group.arrays()}
+
+    whole = arrays("whole.zarr")
+    monkeypatch.setattr(sample_sums, "SLAB_CELLS", 7)  # 1 row of a 5-feature block; 1 feature of 41 samples
+    slabs = arrays("slabs.zarr")
+    assert sorted(whole) == sorted(slabs) and len(whole) > 8
+    assert all(whole[key] == slabs[key] for key in whole), [key for key in whole if whole[key] != slabs[key]]
+
+
+def test_wide_table_gives_its_smallest_value_first(tmp_path, caplog):
+    """A wide table is read whole before its first block: chunks are summed with the final pseudocount as they pass
+    (none read back), with the bits of a store whose chunks are read back."""
+    import logging
+
+    import pandas as pd
+
+    from scalable_assoc.io.ingest import ingest_table
+
+    values = _table(seed=2)
+    values[3, -1] = 1e-9  # the smallest value, in the last chunk
+    frame = pd.DataFrame(values, index=[f"S{i}" for i in range(values.shape[0])], columns=[f"F{j}" for j in range(values.shape[1])])
+    frame.rename_axis("sample_id").to_csv(tmp_path / "wide.tsv", sep="\t", float_format="%.17g", na_rep="NA")
+    with caplog.at_level(logging.DEBUG, logger="scalable_assoc.io.store"):
+        wide = ingest_table(tmp_path / "wide.tsv", tmp_path / "wide.zarr", chunk_features=3)
+    assert "7 blocks summed again for the final pseudocount 5e-10, 0 of them read back" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="scalable_assoc.io.store"):
+        read_back = _store(tmp_path, values)  # chunks of 3 as well
+    assert "7 blocks summed again for the final pseudocount 5e-10, 7 of them read back" in caplog.text
+    first, second = zarr.open_group(wide.path, mode="r"), zarr.open_group(read_back.path, mode="r")
+    assert first.attrs["sample_sums"] == second.attrs["sample_sums"]
+    assert np.asarray(first["sample_log_pseudo"][...]).tobytes() == np.asarray(second["sample_log_pseudo"][...]).tobytes()
+    np.testing.assert_allclose(wide.stored_sample_sums()[0].log_pseudo, sample_summaries(values, "clr", 5e-10)[0], rtol=1e-12)

@@ -36,9 +36,11 @@ on its own, so adding a layer never touches the others (nor their checksums).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_atomically
+from scalable_assoc.io.table_values import SmallestPositive
 from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.plan.blocks import STORE_LAYER_NAME
 from scalable_assoc.progress import ProgressReporter
@@ -60,6 +63,7 @@ from scalable_assoc.stats.sample_sums import (
     block_log_pseudo,
     block_sums,
     rare_features,
+    row_slabs,
     sparse_cells,
 )
 from scalable_assoc.stats.transforms import FeatureSummary, feature_summary
@@ -74,6 +78,8 @@ SAMPLE_TOTALS = "sample_totals"
 SAMPLE_SUM_ARRAYS = ("sample_observed", "sample_positive", "sample_log_positive", "sample_log_pseudo")
 RARE_ARRAYS = ("rare_indptr", "rare_samples", "rare_values")
 SAMPLE_SUMS_KEY = "sample_sums"
+#: At most this many bytes of per-sample sums taken ahead with a reader's final pseudocount (beyond: blocks read back).
+SUMMED_AHEAD_BYTES = 64 * 2**20
 #: Cells per chunk of the rare-feature arrays.
 RARE_CHUNK_CELLS = 1 << 20
 
@@ -217,9 +223,15 @@ def write_table_stream(path: Path, stream: TableStream, source_sha256: str, chun
     def next_block(start: int, stop: int) -> np.ndarray:
         # write_store_blocks asks for the chunks in order, which is the order the stream yields them
         try:
-            return next(blocks)
+            block = next(blocks)
         except StopIteration:
             raise ValueError(f"{stream.source}: the table ended before feature {start}") from None
+        if stop == n_features:
+            # Run the reader to its end now: its last checks run, and it lets go of the text and the block it held
+            # (a chunk) before the store's sums are finished, rather than when the stream is closed.
+            for _ in blocks:
+                raise ValueError(f"{stream.source}: the table holds more than its {n_features} features")
+        return block
 
     try:
         return write_store_blocks(
@@ -232,6 +244,7 @@ def write_table_stream(path: Path, stream: TableStream, source_sha256: str, chun
             chunk,
             progress=f"converting {Path(str(stream.source)).name}",
             extra_attrs=_stream_attrs(stream),
+            smallest_positive=stream.smallest_positive,
         )
     finally:
         # A stream that failed or stopped part-way removes its temporary files now, not when it is garbage-collected.
@@ -250,6 +263,7 @@ def write_store_blocks(
     chunk_features: int | None = None,
     progress: str | None = None,
     extra_attrs: dict | None = None,
+    smallest_positive: SmallestPositive | None = None,
 ) -> AbundanceStore:
     """Write a store whose values come one chunk at a time: ``block(start, stop)`` -> ``(n_samples, stop - start)``.
 
@@ -258,7 +272,8 @@ def write_store_blocks(
     (never two writers on one chunk) into a temporary folder renamed at the end.
     ``progress`` (a label such as ``converting x.tsv``) logs progress messages
     (phase ``convert``) as the blocks are written. ``extra_attrs`` (``notes``,
-    ``renamed_samples``) are stored with the other attributes.
+    ``renamed_samples``) are stored with the other attributes. ``smallest_positive``: the values' smallest
+    value > 0 once a reader knows it (the half-minimum sums then read no block back).
     """
     n_samples, n_features = len(sample_ids), len(feature_ids)
     chunk = default_chunk_features(n_samples, n_features, chunk_features)
@@ -287,7 +302,7 @@ def write_store_blocks(
             name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)
         }
         sample_totals = np.zeros(n_samples)  # per sample, over every feature: says whether values are percentages or fractions
-        sums = _SampleSumsWriter(group, array, n_samples, n_features)
+        sums = _SampleSumsWriter(group, array, n_samples, n_features, smallest_positive)
         reporter = None
         if progress is not None:
             reporter = ProgressReporter(logger, "convert", -(-n_features // chunk), "feature blocks", label=progress)
@@ -296,6 +311,7 @@ def write_store_blocks(
         # and the checksum release the GIL, so the two overlap; at most two blocks are held.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalable-assoc-store-write") as writing:
             _write_blocks(writing, array, block, n_samples, n_features, chunk, summaries, sample_totals, sums, reporter)
+        release_freed_memory()  # before the sums are finished, which may read blocks back
         for name, values in summaries.items():
             group.create_array(name, data=values, chunks=(max(n_features, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
         group.create_array(SAMPLE_TOTALS, data=sample_totals, chunks=(max(n_samples, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
@@ -303,6 +319,33 @@ def write_store_blocks(
 
     write_atomically(path, writer)
     return open_store(path)
+
+
+def release_freed_memory() -> None:
+    """Give the memory freed since the last call back to the system (glibc only; elsewhere nothing is done).
+
+    Converting frees a few chunk-sized arrays and many text buffers of 1-30 MB per block; glibc raises its mmap
+    threshold as large ones are freed, so later ones come from its heaps (one per thread: reader, zarr's writers)
+    and stay there once freed. Without this, converting the 50,000-participant MetaPhlAn table peaked some 60 MB
+    higher. ``malloc_trim`` costs a walk over the free lists, once per chunk written.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return cast(Callable[[int], int], trim)
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 def _write_blocks(
@@ -327,16 +370,39 @@ def _write_blocks(
         if pending is not None:
             pending.result()  # the previous block is written (or its error raised) before the next is handed over
         pending = writing.submit(array.__setitem__, (slice(None), slice(start, stop)), values)
-        summary = feature_summary(values)
+        summary = _summary_and_totals(values, sample_totals)
         summaries["feature_nonzero"][start:stop] = summary.nonzero
         summaries["feature_observed"][start:stop] = summary.observed
         summaries["feature_min_positive"][start:stop] = summary.min_positive
-        sample_totals += np.nansum(values, axis=1)
         sums.add_block(start, values, summary)
+        del values, summary
+        release_freed_memory()
         if reporter is not None:
             reporter.advance()
     if pending is not None:
         pending.result()
+
+
+def _summary_and_totals(values: np.ndarray, sample_totals: np.ndarray) -> FeatureSummary:
+    """The block's feature summary; each sample's sum of its values is added to ``sample_totals`` (``(n_samples,)``).
+
+    A slab of rows at a time (:func:`~scalable_assoc.stats.sample_sums.row_slabs`): the temporaries of both (a
+    float copy for the minimum, one for the NaN-less sum, masks) stay a few MiB instead of a copy of the block each.
+    The counts and minimums combine exactly and each sample's total is its own row's sum, so the bits are those of
+    the whole block at once.
+    """
+    parts = []
+    for rows in row_slabs(*values.shape):
+        slab = values[rows]
+        parts.append(feature_summary(slab))
+        sample_totals[rows] += np.nansum(slab, axis=1)
+    if len(parts) == 1:
+        return parts[0]
+    return FeatureSummary(
+        nonzero=np.sum([p.nonzero for p in parts], axis=0),
+        observed=np.sum([p.observed for p in parts], axis=0),
+        min_positive=np.min([p.min_positive for p in parts], axis=0),
+    )
 
 
 class _SampleSumsWriter:
@@ -346,12 +412,17 @@ class _SampleSumsWriter:
     the last block. Each block's ``log(x + c)`` sums use the running candidate
     (half the smallest positive value so far); at the end, only the blocks
     summed with a candidate other than the final ``c`` are read back from the
-    store being written and summed again. Tables floored at a print precision
-    (MetaPhlAn, HUMAnN) meet their minimum in the first block, so none is.
+    store being written and summed again. A reader that knows the table's
+    smallest value before its first block (:class:`~scalable_assoc.io.table_values.SmallestPositive`:
+    wide tables) gives the final ``c`` from the start: those blocks are summed with it
+    as they pass (up to :data:`SUMMED_AHEAD_BYTES`) and none is read back. Tables floored at a print precision
+    (MetaPhlAn, HUMAnN) often meet their minimum in an early block.
     """
 
-    def __init__(self, group: zarr.Group, array: zarr.Array, n_samples: int, n_features: int) -> None:
-        self.group, self.array, self.n_samples = group, array, n_samples
+    def __init__(
+        self, group: zarr.Group, array: zarr.Array, n_samples: int, n_features: int, known: SmallestPositive | None = None
+    ) -> None:
+        self.group, self.array, self.n_samples, self.known = group, array, n_samples, known
         self.sums = [np.zeros(n_samples, dtype=np.int64), np.zeros(n_samples, dtype=np.int64), np.zeros(n_samples)]
         self.by_candidate: dict[float, tuple[np.ndarray, list[tuple[int, int]]]] = {}  # candidate c -> (sum, its blocks)
         self.smallest = np.inf
@@ -363,6 +434,7 @@ class _SampleSumsWriter:
         ]
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.n_pending = 0
+        self.with_final: dict[tuple[int, int], np.ndarray] = {}  # (start, stop) -> its log(x + c) sums with the final c
 
     def add_block(self, start: int, values: np.ndarray, summary: FeatureSummary) -> None:
         """Add the sums of features ``start:start + m`` (``values`` ``(n, m)``, ``summary`` their counts)."""
@@ -373,8 +445,16 @@ class _SampleSumsWriter:
         self.smallest = min(self.smallest, float(np.min(summary.min_positive, initial=np.inf)))
         candidate = self.smallest / 2.0
         if np.isfinite(candidate):
+            bounds = (start, start + values.shape[1])
             total, blocks = self.by_candidate.get(candidate, (np.zeros(self.n_samples), []))
-            self.by_candidate[candidate] = (total + block_log_pseudo(values, candidate), [*blocks, (start, start + values.shape[1])])
+            self.by_candidate[candidate] = (total + block_log_pseudo(values, candidate), [*blocks, bounds])
+            # The reader's smallest value of the whole table, when it knows it (a wide table): the block's sums with the
+            # final pseudocount are taken now, while the block is here, instead of reading it back in finish(). Added in
+            # the same order as blocks read back, so the store has the same bits whichever reader wrote it.
+            known = self.known.value if self.known is not None else None
+            final = known / 2.0 if known is not None and np.isfinite(known) else None
+            if final is not None and candidate != final and (len(self.with_final) + 1) * 8 * self.n_samples <= SUMMED_AHEAD_BYTES:
+                self.with_final[bounds] = block_log_pseudo(values, final)
         lengths, samples, cells = sparse_cells(values, rare_features(summary.nonzero, summary.observed))
         self.indptr[start + 1 : start + 1 + lengths.size] = lengths
         self.pending.append((samples, cells))
@@ -398,12 +478,19 @@ class _SampleSumsWriter:
         self._flush(whole_chunks=False)
         pseudocount = self.smallest / 2.0 if np.isfinite(self.smallest) else None
         log_pseudo = np.full(self.n_samples, np.nan)
-        recomputed = 0
+        recomputed = read_back = 0
         if pseudocount is not None:
             log_pseudo, _ = self.by_candidate.pop(pseudocount)
+            known = self.known.value if self.known is not None else None
+            summed_ahead = self.with_final if known is not None and known / 2.0 == pseudocount else {}
             for _, blocks in self.by_candidate.values():
                 for start, stop in blocks:
-                    log_pseudo = log_pseudo + block_log_pseudo(np.asarray(self.array[:, start:stop], dtype=np.float64), pseudocount)
+                    ahead = summed_ahead.get((start, stop))
+                    if ahead is None:
+                        ahead = block_log_pseudo(np.asarray(self.array[:, start:stop], dtype=np.float64), pseudocount)
+                        read_back += 1
+                        release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
+                    log_pseudo = log_pseudo + ahead
                     recomputed += 1
         compressors = [ZstdCodec(level=3), Crc32cCodec()]
         for name, data in zip(SAMPLE_SUM_ARRAYS, [*self.sums, log_pseudo], strict=True):
@@ -412,7 +499,9 @@ class _SampleSumsWriter:
         self.group.attrs.update(
             {SAMPLE_SUMS_KEY: {"pseudocount": pseudocount, "rare_prevalence_cap": RARE_PREVALENCE_CAP, "blocks_summed_again": recomputed}}
         )
-        logger.debug("per-sample sums: %d blocks summed again for the final pseudocount %s", recomputed, pseudocount)
+        logger.debug(
+            "per-sample sums: %d blocks summed again for the final pseudocount %s, %d of them read back", recomputed, pseudocount, read_back
+        )
 
 
 def store_checksum(path: Path) -> str:

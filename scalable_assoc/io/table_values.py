@@ -22,6 +22,18 @@ class AbundanceTable:
     source: Path
 
 
+class SmallestPositive:
+    """The smallest value > 0 of a whole table (inf if none), once a reader knows it (``value`` is None until then).
+
+    A reader that sees every value before it yields its first block (a wide table goes through a temporary
+    file) sets it, so the store's half-minimum sums are taken with the final pseudocount from the first
+    block on and no block is read back (:class:`~scalable_assoc.io.store._SampleSumsWriter`).
+    """
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+
 @dataclass(frozen=True)
 class TableStream:
     """An abundance table read a block of features at a time, never whole.
@@ -40,6 +52,8 @@ class TableStream:
     source: Path
     notes: tuple[str, ...] = ()
     renamed_samples: tuple[tuple[str, str], ...] = ()
+    #: set by readers that know it before their first block (None: the store finds it block by block)
+    smallest_positive: SmallestPositive | None = None
 
 
 def rebatch(pieces: Iterator[np.ndarray], width: int) -> Iterator[np.ndarray]:

@@ -19,7 +19,7 @@ import pandas as pd
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import data_rows, raw_header, reading_problem, table_separator
-from scalable_assoc.io.table_values import TableStream, check_ids, check_sample_id_column, validated_values
+from scalable_assoc.io.table_values import SmallestPositive, TableStream, check_ids, check_sample_id_column, validated_values
 from scalable_assoc.io.text_values import Declined, TextTable, row_values
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,14 @@ def stream_wide(path: Path, rows_per_read: int | None = None, scratch: Path | No
     sample_ids, feature_names = _wide_layout(path)
     rows = rows_per_read or max(1, WIDE_BATCH_CELLS // len(feature_names))
 
+    smallest = SmallestPositive()
+
     def blocks(width: int) -> Iterator[np.ndarray]:
         return blocks_through_file(
-            path, _wide_batches(path, sample_ids, feature_names, rows), len(sample_ids), len(feature_names), width, scratch
+            path, _wide_batches(path, sample_ids, feature_names, rows), len(sample_ids), len(feature_names), width, scratch, smallest
         )
 
-    return TableStream(sample_ids, tuple(str(f) for f in feature_names), blocks, path)
+    return TableStream(sample_ids, tuple(str(f) for f in feature_names), blocks, path, smallest_positive=smallest)
 
 
 def _wide_layout(path: Path) -> tuple[tuple[str, ...], list[str]]:
@@ -169,9 +171,19 @@ def _pandas_wide_batches(path: Path, sample_ids: tuple[str, ...], feature_names:
 
 
 def blocks_through_file(
-    path: Path, batches: Iterator[np.ndarray], n_samples: int, n_features: int, width: int, scratch: Path | None
+    path: Path,
+    batches: Iterator[np.ndarray],
+    n_samples: int,
+    n_features: int,
+    width: int,
+    scratch: Path | None,
+    smallest: SmallestPositive | None = None,
 ) -> Iterator[np.ndarray]:
-    """Write ``batches`` (rows of all features) into a temporary file laid out block by block; yield the blocks read back."""
+    """Write ``batches`` (rows of all features) into a temporary file laid out block by block; yield the blocks read back.
+
+    ``smallest`` is given the table's smallest value > 0 before the first block is yielded: every value has been read by then.
+    """
+    least = np.inf
     bounds = [(start, min(start + width, n_features)) for start in range(0, n_features, width)]
     folder: Path | None = None
     try:
@@ -184,6 +196,10 @@ def blocks_through_file(
                     handle.seek(8 * (n_samples * start + done * (stop - start)))
                     handle.write(np.ascontiguousarray(values[:, start:stop]).data)
                 done += values.shape[0]
+                if smallest is not None:
+                    least = min(least, float(np.min(values, where=values > 0, initial=np.inf)))  # NaN > 0 is False
+            if smallest is not None:
+                smallest.value = least
             for start, stop in bounds:
                 block = np.empty((n_samples, stop - start), dtype=np.float64)
                 handle.seek(8 * n_samples * start)

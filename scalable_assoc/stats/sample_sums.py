@@ -55,24 +55,51 @@ class AllFeatureSums:
     pseudocount: float
 
 
+#: Cells of a block summed at a time (2 MiB of float64): the temporaries of a block's sums stay a few MiB, not
+#: a few copies of the block (a store chunk is 32 MiB). Each sum is over one sample's row (or one feature's column),
+#: so summing a slab of rows at a time gives the same bits as the whole block.
+SLAB_CELLS = 1 << 18
+
+
+def row_slabs(n_rows: int, n_columns: int, cells: int | None = None) -> list[slice]:
+    """Consecutive row ranges of an ``(n_rows, n_columns)`` block, each about ``cells`` cells (default :data:`SLAB_CELLS`)."""
+    step = max(1, (cells or SLAB_CELLS) // max(n_columns, 1))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)] or [slice(0, 0)]
+
+
 def block_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A block's per-sample ``(observed, positive, log_positive)`` (see :class:`AllFeatureSums`), each ``(n,)``.
 
-    The sum of ``x`` is the store's ``sample_totals``, summed beside these.
+    The sum of ``x`` is the store's ``sample_totals``, summed beside these. Summed a slab of rows at a time
+    (:data:`SLAB_CELLS`): each sum is over one row, so the bits are those of the whole block at once.
     """
-    positive = block > 0  # NaN compares False
-    logs = np.where(positive, block, 1.0)  # log 1 = 0 where not positive
-    np.log(logs, out=logs)  # in place; a masked ufunc (where=) is 3-4x slower than logs of every cell
-    return (~np.isnan(block)).sum(axis=1), positive.sum(axis=1), logs.sum(axis=1)
+    n = block.shape[0]
+    observed, positive, log_positive = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64), np.zeros(n)
+    for rows in row_slabs(*block.shape):
+        slab = block[rows]
+        above = slab > 0  # NaN compares False
+        logs = np.where(above, slab, 1.0)  # log 1 = 0 where not positive
+        np.log(logs, out=logs)  # in place; a masked ufunc (where=) is 3-4x slower than logs of every cell
+        observed[rows] = (~np.isnan(slab)).sum(axis=1)
+        positive[rows] = above.sum(axis=1)
+        log_positive[rows] = logs.sum(axis=1)
+    return observed, positive, log_positive
 
 
 def block_log_pseudo(block: np.ndarray, pseudocount: float) -> np.ndarray:
-    """``(n,)`` per-sample sum of ``log(x + pseudocount)`` over a block's observed values (as the CLR pass sums them)."""
-    shifted = block + pseudocount
-    shifted[np.isnan(block)] = 1.0  # log 1 = 0: missing values add nothing
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.log(shifted, out=shifted)
-    return shifted.sum(axis=1)
+    """``(n,)`` per-sample sum of ``log(x + pseudocount)`` over a block's observed values (as the CLR pass sums them).
+
+    A slab of rows at a time, as :func:`block_sums`.
+    """
+    out = np.zeros(block.shape[0])
+    for rows in row_slabs(*block.shape):
+        slab = block[rows]
+        shifted = slab + pseudocount
+        shifted[np.isnan(slab)] = 1.0  # log 1 = 0: missing values add nothing
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.log(shifted, out=shifted)
+        out[rows] = shifted.sum(axis=1)
+    return out
 
 
 def rare_features(nonzero: np.ndarray, observed: np.ndarray, cap: float = RARE_PREVALENCE_CAP) -> np.ndarray:
@@ -87,14 +114,21 @@ def sparse_cells(block: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, n
 
     Returns ``(lengths, samples, values)``: per feature of the block the number
     of its cells kept (0 for features not chosen), ``(m,)`` int64; and per cell
-    its sample index (int32) and value (float64, NaN where missing).
+    its sample index (int32) and value (float64, NaN where missing). The chosen
+    features are copied a few at a time (about :data:`SLAB_CELLS` cells), not all at once.
     """
     lengths = np.zeros(block.shape[1], dtype=np.int64)
-    chosen = block[:, features].T  # (r, n): cells of one feature are contiguous
-    kept = chosen != 0  # NaN != 0: missing cells are kept
-    lengths[features] = kept.sum(axis=1)
-    samples = np.nonzero(kept)[1].astype(np.int32)
-    return lengths, samples, chosen[kept]
+    chosen_columns = np.flatnonzero(features)
+    step = max(1, SLAB_CELLS // max(block.shape[0], 1))
+    samples, values = [np.zeros(0, dtype=np.int32)], [np.zeros(0)]
+    for first in range(0, chosen_columns.size, step):
+        columns = chosen_columns[first : first + step]
+        chosen = block[:, columns].T  # (r, n): cells of one feature are contiguous
+        kept = chosen != 0  # NaN != 0: missing cells are kept
+        lengths[columns] = kept.sum(axis=1)
+        samples.append(np.nonzero(kept)[1].astype(np.int32))
+        values.append(chosen[kept])
+    return lengths, np.concatenate(samples), np.concatenate(values)
 
 
 def removed_cell_sums(samples: np.ndarray, values: np.ndarray, n_samples: int, pseudocount: float | None) -> np.ndarray:
