@@ -98,28 +98,39 @@ def _combine(
     """
     starts = range(0, beta.shape[0], block_rows)
     blocks = [(beta[s : s + block_rows], se[s : s + block_rows], method, hksj) for s in starts]
+    if not blocks:
+        return combine_estimates(beta, se, method=method, hksj=hksj)
+    # Each block's fits go straight into whole-size arrays (not a list of parts concatenated at the end,
+    # which held every row's fits twice at the peak).
+    fields = [f.name for f in dataclasses.fields(MetaFits)]
+    out: dict[str, np.ndarray] = {}
 
     def finished(i: int) -> None:
         progress.advance(blocks[i][0].shape[0])
 
+    def store(i: int, part: MetaFits) -> None:
+        begin = starts[i]
+        for name in fields:
+            values = getattr(part, name)
+            if name not in out:
+                out[name] = np.empty(beta.shape[0], dtype=values.dtype)
+            out[name][begin : begin + values.shape[0]] = values
+
     if mapper is not None and mapper.wanted(beta.shape[0]):
-        parts = mapper(combine_estimates, blocks, finished)
+        for i, part in enumerate(mapper(combine_estimates, blocks, finished)):
+            store(i, part)
     elif worker_threads() > 1 and len(blocks) > 1:
-        parts = [None] * len(blocks)
         with ThreadPoolExecutor(max_workers=min(worker_threads(), len(blocks))) as pool:
             futures = {pool.submit(combine_estimates, *block): i for i, block in enumerate(blocks)}
             for future in as_completed(futures):
-                i = futures[future]
-                parts[i] = future.result()
+                i = futures.pop(future)
+                store(i, future.result())
                 finished(i)
     else:
-        parts = []
         for i, block in enumerate(blocks):
-            parts.append(combine_estimates(*block))
+            store(i, combine_estimates(*block))
             finished(i)
-    if not parts:
-        return combine_estimates(beta, se, method=method, hksj=hksj)
-    return MetaFits(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(MetaFits)})
+    return MetaFits(**out)
 
 
 def _remove(out_dir: Path, names: Sequence[str]) -> None:
@@ -286,6 +297,7 @@ def meta_analyse(
     coverage, coverage_warnings = _coverage_of(read.pairs, read.values, names)
     warnings += coverage_warnings
     table = _estimates_by_cohort(read, names, min_cohorts)
+    del read  # the rows are in ``table`` now; the cohorts' own arrays would only raise the peak
     rows = table.rows
     logger.info(f"meta-analysing {rows} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
     progress = ProgressReporter(logger, "meta", rows, "rows", label="meta-analysing")
@@ -303,6 +315,15 @@ def meta_analyse(
         warnings.append(warning)
     fdr_by = list(cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"]))
     result_table = _meta_results(table, fits, names, fdr_by, method + ("+hksj" if hksj else ""))
+    del fits  # in ``result_table`` now
+    p = result_table.column("p").to_numpy(zero_copy_only=False)
+    p = np.where(pd.isna(p), np.nan, p).astype(np.float64) if p.dtype == object else p.astype(np.float64)
+    forest = _forest_of(table, p, names)
+    del p
+    if leave_one_out_estimates:
+        _write_leave_one_out(out, table, names, method, hksj)
+    # Every row's cohort estimates are no longer needed: freed before the largest outputs are written.
+    del table
     written = thread_map(
         lambda job: job(),
         [
@@ -311,14 +332,9 @@ def meta_analyse(
         ],
     )
     del written
-    p = result_table.column("p").to_numpy(zero_copy_only=False)
-    p = np.where(pd.isna(p), np.nan, p).astype(np.float64) if p.dtype == object else p.astype(np.float64)
-    forest = _forest_of(table, p, names)
     write_parquet(out / "meta_forest_estimates.parquet", forest)
     write_tsv(out / "meta_forest_estimates.tsv", forest)
     write_tsv(out / "feature_coverage.tsv", coverage)
-    if leave_one_out_estimates:
-        _write_leave_one_out(out, table, names, method, hksj)
     settings = {
         "method": method,
         "hksj": hksj,
