@@ -703,6 +703,8 @@ def pool_cohorts(
 #: Key columns of a cross-products row (one ``lm`` analysis x feature).
 POOL_KEYS = ("layer", "feature", "exposure", "adjustment")
 _TERM_SEPARATOR = "\x1f"
+#: The cross-product columns the pool reads (not ``analysis_id``, ``n_cases``, ``n_controls``).
+POOL_COLUMNS = (*POOL_KEYS, "n", "terms", "zz", "zy", "yy")
 
 
 @dataclass(frozen=True)
@@ -744,7 +746,7 @@ def _read_cross_products(cohorts: list[CohortFile], mapping: dict[str, str] | No
     term_dictionary = Dictionary()
     coded, parts = [], []
     for cohort in cohorts:
-        table = cohort.sufficient(read_dictionary=POOL_KEYS)
+        table = cohort.sufficient(read_dictionary=POOL_KEYS, columns=POOL_COLUMNS)
         source = f"{cohort.path} (cohort {cohort.cohort})"
         coded.append(code_keys(table, POOL_KEYS, dictionaries, mapping, source))
         joined = pc.binary_join(table.column("terms"), _TERM_SEPARATOR)
@@ -833,13 +835,20 @@ def _pool_analysis(read: _ReadProducts, analysis: _Analysis, categorical: tuple[
         own_rows, own_cols = np.triu_indices(c)
         low, high = np.minimum(place[own_rows], place[own_cols]), np.maximum(place[own_rows], place[own_cols])
         target = packed_index[low, high]
+        # the usual case: this term set is all the terms, in order; whole rows are added (same sums, fewer index passes)
+        whole = target.size == zz.shape[1] and np.array_equal(target, np.arange(target.size))
         for j, (cohort, (mine, where)) in enumerate(zip(read.cohorts, selected, strict=True)):
-            rows = mine[cohort.terms[mine] == code]
+            chosen = cohort.terms[mine] == code
+            rows = mine[chosen]
             if rows.size == 0:
                 continue
-            at = where[cohort.terms[mine] == code]
-            zz[at[:, None], target[None, :]] += _gather(cohort.zz_offsets, cohort.zz_values, rows, own_rows.size, layer)
-            zy[at[:, None], place[None, :]] += _gather(cohort.zy_offsets, cohort.zy_values, rows, c, layer)
+            at = where[chosen]
+            if whole:
+                zz[at] += _gather(cohort.zz_offsets, cohort.zz_values, rows, own_rows.size, layer)
+                zy[at] += _gather(cohort.zy_offsets, cohort.zy_values, rows, c, layer)
+            else:
+                zz[at[:, None], target[None, :]] += _gather(cohort.zz_offsets, cohort.zz_values, rows, own_rows.size, layer)
+                zy[at[:, None], place[None, :]] += _gather(cohort.zy_offsets, cohort.zy_values, rows, c, layer)
             yy[at] += cohort.yy[rows]
             n[at] += cohort.n[rows]
             contributing[at, j] = True
