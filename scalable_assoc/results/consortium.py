@@ -382,9 +382,17 @@ def _read_estimates(cohorts: list[CohortFile], mapping: dict[str, str] | None) -
     keys, space = _cohort_keys(cohorts, coded, KEY_COLUMNS, sizes)
     distinct, rows = line_up(keys, space)
     pair_sizes = sizes[:2]
-    pairs = [np.unique(composite(codes.codes, KEY_COLUMNS[:2], pair_sizes)) for codes in coded]
+    pairs = [_distinct(composite(codes.codes, KEY_COLUMNS[:2], pair_sizes), key_space(pair_sizes)) for codes in coded]
     values = {column: dictionaries[column].values for column in KEY_COLUMNS}
     return _ReadEstimates(values, sizes, distinct, rows, beta, se, n, pairs)
+
+
+def _distinct(keys: np.ndarray, space: int) -> np.ndarray:
+    """``np.unique(keys)`` (sorted int64) for keys in ``[0, space)``: counted in a dense table when ``space`` is not much
+    larger than the rows (a (layer, feature) key space is the features), instead of sorting millions of rows."""
+    if space <= 4 * keys.size + 1_000_000:
+        return np.flatnonzero(np.bincount(keys, minlength=space)).astype(np.int64)
+    return np.unique(keys)
 
 
 def _cohort_keys(
@@ -769,7 +777,7 @@ def _read_cross_products(cohorts: list[CohortFile], mapping: dict[str, str] | No
     keys, space = _cohort_keys(cohorts, coded, POOL_KEYS, sizes)
     distinct, rows = line_up(keys, space)
     products = [_CohortProducts(where, *part) for where, part in zip(rows, parts, strict=True)]
-    pairs = [np.unique(composite(codes.codes, POOL_KEYS[:2], sizes[:2])) for codes in coded]
+    pairs = [_distinct(composite(codes.codes, POOL_KEYS[:2], sizes[:2]), key_space(sizes[:2])) for codes in coded]
     term_sets = [tuple(text.split(_TERM_SEPARATOR)) if text else () for text in term_dictionary.values]
     return _ReadProducts({c: dictionaries[c].values for c in POOL_KEYS}, sizes, distinct, term_sets, products, pairs)
 
