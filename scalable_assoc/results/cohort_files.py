@@ -42,18 +42,18 @@ class CohortFile:
             raise DataError(f"{self.path}: lacks column(s) {', '.join(missing)} of a summary-statistics file")
         return pq.read_table(self.path, columns=list(columns), read_dictionary=list(keys))
 
-    def sufficient(self, read_dictionary: Sequence[str] = ()) -> pa.Table:
-        """The cross-product rows (``read_dictionary`` columns dictionary-encoded); a clear error if exported without ``--sufficient``."""
+    def sufficient(self, read_dictionary: Sequence[str] = (), columns: Sequence[str] | None = None) -> pa.Table:
+        """The cross-product rows (``read_dictionary`` columns dictionary-encoded); a clear error if exported without ``--sufficient``.
+
+        ``columns``: only these columns (default all), so that columns nobody uses are not decoded.
+        """
         entry = self.sidecar["files"].get("sufficient")
         if entry is None:
             raise DataError(f"{self.path}: exported without --sufficient; re-export with 'scalable-assoc sumstats RUN_DIR --sufficient'")
         path = self.path.with_name(entry["name"])
-        if not read_dictionary:
-            return pq.read_table(path, schema=SUFFICIENT_SCHEMA)
-        schema = pa.schema(
-            [pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in read_dictionary else f for f in SUFFICIENT_SCHEMA]
-        )
-        return pq.read_table(path, schema=schema)
+        fields = [f for f in SUFFICIENT_SCHEMA if columns is None or f.name in columns]
+        schema = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in read_dictionary else f for f in fields])
+        return pq.read_table(path, columns=None if columns is None else schema.names, schema=schema)
 
 
 def open_cohort_file(

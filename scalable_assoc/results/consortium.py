@@ -98,28 +98,39 @@ def _combine(
     """
     starts = range(0, beta.shape[0], block_rows)
     blocks = [(beta[s : s + block_rows], se[s : s + block_rows], method, hksj) for s in starts]
+    if not blocks:
+        return combine_estimates(beta, se, method=method, hksj=hksj)
+    # Each block's fits go straight into whole-size arrays (not a list of parts concatenated at the end,
+    # which held every row's fits twice at the peak).
+    fields = [f.name for f in dataclasses.fields(MetaFits)]
+    out: dict[str, np.ndarray] = {}
 
     def finished(i: int) -> None:
         progress.advance(blocks[i][0].shape[0])
 
+    def store(i: int, part: MetaFits) -> None:
+        begin = starts[i]
+        for name in fields:
+            values = getattr(part, name)
+            if name not in out:
+                out[name] = np.empty(beta.shape[0], dtype=values.dtype)
+            out[name][begin : begin + values.shape[0]] = values
+
     if mapper is not None and mapper.wanted(beta.shape[0]):
-        parts = mapper(combine_estimates, blocks, finished)
+        for i, part in enumerate(mapper(combine_estimates, blocks, finished)):
+            store(i, part)
     elif worker_threads() > 1 and len(blocks) > 1:
-        parts = [None] * len(blocks)
         with ThreadPoolExecutor(max_workers=min(worker_threads(), len(blocks))) as pool:
             futures = {pool.submit(combine_estimates, *block): i for i, block in enumerate(blocks)}
             for future in as_completed(futures):
-                i = futures[future]
-                parts[i] = future.result()
+                i = futures.pop(future)
+                store(i, future.result())
                 finished(i)
     else:
-        parts = []
         for i, block in enumerate(blocks):
-            parts.append(combine_estimates(*block))
+            store(i, combine_estimates(*block))
             finished(i)
-    if not parts:
-        return combine_estimates(beta, se, method=method, hksj=hksj)
-    return MetaFits(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(MetaFits)})
+    return MetaFits(**out)
 
 
 def _remove(out_dir: Path, names: Sequence[str]) -> None:
@@ -286,6 +297,7 @@ def meta_analyse(
     coverage, coverage_warnings = _coverage_of(read.pairs, read.values, names)
     warnings += coverage_warnings
     table = _estimates_by_cohort(read, names, min_cohorts)
+    del read  # the rows are in ``table`` now; the cohorts' own arrays would only raise the peak
     rows = table.rows
     logger.info(f"meta-analysing {rows} rows over {len(names)} cohorts ({method}{' + HKSJ' if hksj else ''})")
     progress = ProgressReporter(logger, "meta", rows, "rows", label="meta-analysing")
@@ -303,6 +315,15 @@ def meta_analyse(
         warnings.append(warning)
     fdr_by = list(cohorts[0].sidecar["analysis"].get("fdr_by", ["layer", "exposure", "adjustment", "model"]))
     result_table = _meta_results(table, fits, names, fdr_by, method + ("+hksj" if hksj else ""))
+    del fits  # in ``result_table`` now
+    p = result_table.column("p").to_numpy(zero_copy_only=False)
+    p = np.where(pd.isna(p), np.nan, p).astype(np.float64) if p.dtype == object else p.astype(np.float64)
+    forest = _forest_of(table, p, names)
+    del p
+    if leave_one_out_estimates:
+        _write_leave_one_out(out, table, names, method, hksj)
+    # Every row's cohort estimates are no longer needed: freed before the largest outputs are written.
+    del table
     written = thread_map(
         lambda job: job(),
         [
@@ -311,14 +332,9 @@ def meta_analyse(
         ],
     )
     del written
-    p = result_table.column("p").to_numpy(zero_copy_only=False)
-    p = np.where(pd.isna(p), np.nan, p).astype(np.float64) if p.dtype == object else p.astype(np.float64)
-    forest = _forest_of(table, p, names)
     write_parquet(out / "meta_forest_estimates.parquet", forest)
     write_tsv(out / "meta_forest_estimates.tsv", forest)
     write_tsv(out / "feature_coverage.tsv", coverage)
-    if leave_one_out_estimates:
-        _write_leave_one_out(out, table, names, method, hksj)
     settings = {
         "method": method,
         "hksj": hksj,
@@ -366,9 +382,17 @@ def _read_estimates(cohorts: list[CohortFile], mapping: dict[str, str] | None) -
     keys, space = _cohort_keys(cohorts, coded, KEY_COLUMNS, sizes)
     distinct, rows = line_up(keys, space)
     pair_sizes = sizes[:2]
-    pairs = [np.unique(composite(codes.codes, KEY_COLUMNS[:2], pair_sizes)) for codes in coded]
+    pairs = [_distinct(composite(codes.codes, KEY_COLUMNS[:2], pair_sizes), key_space(pair_sizes)) for codes in coded]
     values = {column: dictionaries[column].values for column in KEY_COLUMNS}
     return _ReadEstimates(values, sizes, distinct, rows, beta, se, n, pairs)
+
+
+def _distinct(keys: np.ndarray, space: int) -> np.ndarray:
+    """``np.unique(keys)`` (sorted int64) for keys in ``[0, space)``: counted in a dense table when ``space`` is not much
+    larger than the rows (a (layer, feature) key space is the features), instead of sorting millions of rows."""
+    if space <= 4 * keys.size + 1_000_000:
+        return np.flatnonzero(np.bincount(keys, minlength=space)).astype(np.int64)
+    return np.unique(keys)
 
 
 def _cohort_keys(
@@ -687,6 +711,8 @@ def pool_cohorts(
 #: Key columns of a cross-products row (one ``lm`` analysis x feature).
 POOL_KEYS = ("layer", "feature", "exposure", "adjustment")
 _TERM_SEPARATOR = "\x1f"
+#: The cross-product columns the pool reads (not ``analysis_id``, ``n_cases``, ``n_controls``).
+POOL_COLUMNS = (*POOL_KEYS, "n", "terms", "zz", "zy", "yy")
 
 
 @dataclass(frozen=True)
@@ -728,7 +754,7 @@ def _read_cross_products(cohorts: list[CohortFile], mapping: dict[str, str] | No
     term_dictionary = Dictionary()
     coded, parts = [], []
     for cohort in cohorts:
-        table = cohort.sufficient(read_dictionary=POOL_KEYS)
+        table = cohort.sufficient(read_dictionary=POOL_KEYS, columns=POOL_COLUMNS)
         source = f"{cohort.path} (cohort {cohort.cohort})"
         coded.append(code_keys(table, POOL_KEYS, dictionaries, mapping, source))
         joined = pc.binary_join(table.column("terms"), _TERM_SEPARATOR)
@@ -751,7 +777,7 @@ def _read_cross_products(cohorts: list[CohortFile], mapping: dict[str, str] | No
     keys, space = _cohort_keys(cohorts, coded, POOL_KEYS, sizes)
     distinct, rows = line_up(keys, space)
     products = [_CohortProducts(where, *part) for where, part in zip(rows, parts, strict=True)]
-    pairs = [np.unique(composite(codes.codes, POOL_KEYS[:2], sizes[:2])) for codes in coded]
+    pairs = [_distinct(composite(codes.codes, POOL_KEYS[:2], sizes[:2]), key_space(sizes[:2])) for codes in coded]
     term_sets = [tuple(text.split(_TERM_SEPARATOR)) if text else () for text in term_dictionary.values]
     return _ReadProducts({c: dictionaries[c].values for c in POOL_KEYS}, sizes, distinct, term_sets, products, pairs)
 
@@ -817,13 +843,20 @@ def _pool_analysis(read: _ReadProducts, analysis: _Analysis, categorical: tuple[
         own_rows, own_cols = np.triu_indices(c)
         low, high = np.minimum(place[own_rows], place[own_cols]), np.maximum(place[own_rows], place[own_cols])
         target = packed_index[low, high]
+        # the usual case: this term set is all the terms, in order; whole rows are added (same sums, fewer index passes)
+        whole = target.size == zz.shape[1] and np.array_equal(target, np.arange(target.size))
         for j, (cohort, (mine, where)) in enumerate(zip(read.cohorts, selected, strict=True)):
-            rows = mine[cohort.terms[mine] == code]
+            chosen = cohort.terms[mine] == code
+            rows = mine[chosen]
             if rows.size == 0:
                 continue
-            at = where[cohort.terms[mine] == code]
-            zz[at[:, None], target[None, :]] += _gather(cohort.zz_offsets, cohort.zz_values, rows, own_rows.size, layer)
-            zy[at[:, None], place[None, :]] += _gather(cohort.zy_offsets, cohort.zy_values, rows, c, layer)
+            at = where[chosen]
+            if whole:
+                zz[at] += _gather(cohort.zz_offsets, cohort.zz_values, rows, own_rows.size, layer)
+                zy[at] += _gather(cohort.zy_offsets, cohort.zy_values, rows, c, layer)
+            else:
+                zz[at[:, None], target[None, :]] += _gather(cohort.zz_offsets, cohort.zz_values, rows, own_rows.size, layer)
+                zy[at[:, None], place[None, :]] += _gather(cohort.zy_offsets, cohort.zy_values, rows, c, layer)
             yy[at] += cohort.yy[rows]
             n[at] += cohort.n[rows]
             contributing[at, j] = True
