@@ -48,6 +48,18 @@ def kept_columns(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return block if kept.all() else np.compress(kept, block, axis=1)
 
 
+def array_bytes(*arrays: np.ndarray | None) -> int:
+    """Bytes held by ``arrays`` (None counts 0), plus a little for the object holding them.
+
+    The ``__sizeof__`` of the task results below, which Dask's ``sizeof`` reads
+    (it counts a dataclass as its bare object, a few dozen bytes). The scheduler
+    places a task on the worker holding most of its inputs' bytes and weighs
+    moving it by them: with a 33 MB model block counted as 56 bytes, it ran fits
+    away from their blocks and moved the blocks between workers.
+    """
+    return 64 + sum(a.nbytes for a in arrays if a is not None)
+
+
 def summarise_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray) -> FeatureSummary:
     """Prevalence counts and smallest positive value per feature of one block."""
     return feature_summary(read_block(store_path, start, stop, sample_positions))
@@ -112,6 +124,10 @@ class ModelBlock:
     values: np.ndarray
     present: np.ndarray
 
+    def __sizeof__(self) -> int:
+        # What Dask's ``sizeof`` reports to the scheduler (see :func:`array_bytes`).
+        return array_bytes(self.values, self.present)
+
 
 def model_block(
     store_path: Path,
@@ -153,6 +169,12 @@ class SharedDesign:
     rows: np.ndarray
     design: CovariateDesign
     clusters: np.ndarray | None
+
+    def __sizeof__(self) -> int:
+        d = self.design
+        return array_bytes(
+            self.rows, self.clusters, d.covariates, d.q, d.column_means, d.column_scales, d.pivot, d.r_factor, d.column_norms
+        )
 
 
 def factorise(path: Path) -> SharedDesign:
