@@ -111,12 +111,11 @@ class LayerOnCluster:
     positions: distributed.Future
     totals: dict[str, distributed.Future | None]
 
-    def submit_block(self, client: Client, index: int, view: str) -> distributed.Future:
-        """The ``view`` ("transformed", "nonzero" or "presence") of block ``index``'s kept features, as a task."""
+    def block_arguments(self, index: int, view: str) -> tuple[object, ...]:
+        """The arguments of :func:`~scalable_assoc.engine.tasks.model_block` for the ``view`` of block ``index``."""
         start, stop = self.layer.store.block_bounds()[index]
         preprocess = self.layer.spec.preprocess
-        return client.submit(
-            model_block,
+        return (
             self.layer.store.path,
             start,
             stop,
@@ -127,8 +126,11 @@ class LayerOnCluster:
             self.layer_filter.pseudocount,
             self.totals[view],
             self.layer.spec.presence_threshold,
-            key=model_block_key(view, self.token, index),
         )
+
+    def submit_block(self, client: Client, index: int, view: str) -> distributed.Future:
+        """The ``view`` ("transformed", "nonzero" or "presence") of block ``index``'s kept features, as a task."""
+        return client.submit(model_block, *self.block_arguments(index, view), key=model_block_key(view, self.token, index))
 
 
 def layer_on_cluster(

@@ -6,6 +6,9 @@ inputs, shared designs, model views of blocks, the filter of
 
     fit-<chunk id>-<run> block i x a batch of analyses -> chunks/<chunk id>.parquet (atomic, sealed)
 
+whose model block (a task of its own, kept on the worker that computed it)
+is read by the fit task itself when the chunk is the block view's only reader.
+
 A chunk file that already exists, sealed, was finished by an earlier,
 interrupted run of the same plan on the same inputs; its task is not submitted
 again. Progress and messages go to the ``scalable_assoc`` loggers (the CLI
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +48,7 @@ from scalable_assoc.engine.outputs import RunSummary, remove_outputs, up_to_date
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
-from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk
+from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk, read_and_fit_chunk
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.errors import ClusterFailure, PlanError, UserInputError
 from scalable_assoc.io.atomic import remove_sealed, seal, sealed, write_json, write_parquet
@@ -477,7 +481,13 @@ def _write_empty_chunk(task: ChunkTask, chunks_dir: Path) -> None:
 def _submit_fits(
     client: Client, held: LayerOnCluster, pending: list[ChunkTask], chunks_dir: Path, shared: SharedDesigns
 ) -> dict[distributed.Future, ChunkTask]:
-    """Submit the model blocks, shared design factorisations and fit tasks of one layer: each fit future with its task."""
+    """Submit the model blocks, shared design factorisations and fit tasks of one layer: each fit future with its task.
+
+    A block view read by several chunks is a task of its own, which the fits
+    follow to its worker (the scheduler knows its size, see
+    :func:`~scalable_assoc.engine.tasks.array_bytes`); one read by a single chunk
+    is read by that chunk's task (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`).
+    """
     layer, layer_filter = held.layer, held.layer_filter
     design_futures = shared.for_layer(layer)
     # Fit keys name the output folder too: two runs of one plan into two folders on one
@@ -487,27 +497,32 @@ def _submit_fits(
     batches: dict[tuple[str, ...], distributed.Future] = {}
     futures: dict[distributed.Future, ChunkTask] = {}
     chunks_dir.mkdir(parents=True, exist_ok=True)
+    readers = Counter((MODEL_VIEWS[t.analyses[0].key.model], t.block_index) for t in pending)
     for task in pending:
         if not layer_filter.kept[task.block_index].any():
             _write_empty_chunk(task, chunks_dir)
             continue
         view = MODEL_VIEWS[task.analyses[0].key.model]
-        if (view, task.block_index) not in blocks:
-            blocks[(view, task.block_index)] = held.submit_block(client, task.block_index, view)
         batch_ids = tuple(a.key.analysis_id for a in task.analyses)
         if batch_ids not in batches:
             batches[batch_ids] = hold_on_cluster(client, task.analyses, "batch")
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
-        future = client.submit(
-            fit_chunk,
-            layer.spec.name,
-            blocks[(view, task.block_index)],
+        # fit_chunk's arguments after the layer's name and the block
+        after_block = (
             layer_filter.kept_ids[task.block_index],
             [design_futures[k] for k in used],
             batches[batch_ids],
             task.rows_file(chunks_dir),
             task.covariates_file(chunks_dir),
-            key=f"fit-{task.chunk_id}-{run_token}",
         )
+        key = f"fit-{task.chunk_id}-{run_token}"
+        if readers[(view, task.block_index)] == 1:
+            # The block view's only reader reads it itself: one task instead of two, and no block held between them.
+            block_arguments = held.block_arguments(task.block_index, view)
+            future = client.submit(read_and_fit_chunk, block_arguments, layer.spec.name, *after_block, key=key)
+        else:
+            if (view, task.block_index) not in blocks:
+                blocks[(view, task.block_index)] = held.submit_block(client, task.block_index, view)
+            future = client.submit(fit_chunk, layer.spec.name, blocks[(view, task.block_index)], *after_block, key=key)
         futures[future] = task
     return futures

@@ -48,6 +48,18 @@ def kept_columns(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return block if kept.all() else np.compress(kept, block, axis=1)
 
 
+def array_bytes(*arrays: np.ndarray | None) -> int:
+    """Bytes held by ``arrays`` (None counts 0), plus a little for the object holding them.
+
+    The ``__sizeof__`` of the task results below, which Dask's ``sizeof`` reads
+    (it counts a dataclass as its bare object, a few dozen bytes). The scheduler
+    places a task on the worker holding most of its inputs' bytes and weighs
+    moving it by them: with a 33 MB model block counted as 56 bytes, it ran fits
+    away from their blocks and moved the blocks between workers.
+    """
+    return 64 + sum(a.nbytes for a in arrays if a is not None)
+
+
 def summarise_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray) -> FeatureSummary:
     """Prevalence counts and smallest positive value per feature of one block."""
     return feature_summary(read_block(store_path, start, stop, sample_positions))
@@ -112,6 +124,10 @@ class ModelBlock:
     values: np.ndarray
     present: np.ndarray
 
+    def __sizeof__(self) -> int:
+        # What Dask's ``sizeof`` reports to the scheduler (see :func:`array_bytes`).
+        return array_bytes(self.values, self.present)
+
 
 def model_block(
     store_path: Path,
@@ -153,6 +169,12 @@ class SharedDesign:
     rows: np.ndarray
     design: CovariateDesign
     clusters: np.ndarray | None
+
+    def __sizeof__(self) -> int:
+        d = self.design
+        return array_bytes(
+            self.rows, self.clusters, d.covariates, d.q, d.column_means, d.column_scales, d.pivot, d.r_factor, d.column_norms
+        )
 
 
 def factorise(path: Path) -> SharedDesign:
@@ -385,3 +407,21 @@ def fit_chunk(
     write_parquet(Path(output), table)
     seal(Path(output))  # last: a chunk whose task died before this is recomputed, never trusted
     return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}
+
+
+def read_and_fit_chunk(
+    block_arguments: tuple,
+    layer: str,
+    feature_ids: tuple[str, ...],
+    designs: list[SharedDesign],
+    batch: tuple[PreparedAnalysis, ...],
+    output: Path,
+    covariate_output: Path | None = None,
+) -> dict[str, float | int | str]:
+    """:func:`model_block` (of ``block_arguments``) then :func:`fit_chunk`, in one task: for a block view only one chunk reads.
+
+    A separate block task would cost a second task (a scheduler round trip, its
+    bookkeeping on the worker) and keep the block in the worker's memory until the
+    scheduler releases it; here it is freed as the fit ends.
+    """
+    return fit_chunk(layer, model_block(*block_arguments), feature_ids, designs, batch, output, covariate_output)
