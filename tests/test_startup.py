@@ -69,41 +69,51 @@ def test_local_cluster_credentials_are_an_ec_key_for_every_role() -> None:
 
 
 def _live_children() -> set[str]:
-    """Live descendants, but multiprocessing's resource tracker (started by the first worker, kept for the process's life)."""
+    """Live descendants, but multiprocessing's resource tracker and fork server (started by the first worker, kept for the
+    process's life; the workers of later clusters are forked from that server)."""
     live = set()
     for child in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             command = " ".join(child.cmdline())
-            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in command:
+            if child.status() != psutil.STATUS_ZOMBIE and not any(kept in command for kept in ("resource_tracker", "forkserver")):
                 live.add(f"{child.pid} {command}")
     return live
 
 
-def test_a_failed_preparation_leaves_no_cluster(small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = _live_children()
+@contextlib.contextmanager
+def _recording_clusters(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """``"asked"``, ``"started"`` and ``"closed"`` for each local cluster asked for while inside (in any thread)."""
     opened: list[str] = []
     real = graph.dask_client
 
     @contextlib.contextmanager
     def recorded(*args, **kwargs) -> Iterator:
+        opened.append("asked")
         with real(*args, **kwargs) as client:
             opened.append("started")
             yield client
         opened.append("closed")
 
-    def failing_prepare(*args, **kwargs):
-        time.sleep(0.5)  # the cluster is still starting
-        raise UserInputError("the metadata has no column 'age'")
-
     monkeypatch.setattr(graph, "dask_client", recorded)
+    yield opened
+
+
+def test_a_failed_preparation_leaves_no_cluster(small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _live_children()
+
+    def failing_prepare(*args, on_checked, **kwargs):
+        on_checked()  # the metadata passed its checks: the cluster starts
+        time.sleep(0.5)  # the cluster is still starting
+        raise UserInputError("layer 'species' cannot be read")
+
     monkeypatch.setattr(engine_run, "prepare_study", failing_prepare)
-    with pytest.raises(UserInputError, match="no column 'age'"):
+    with _recording_clusters(monkeypatch) as opened, pytest.raises(UserInputError, match="cannot be read"):
         engine_run.run_study(small_study.plan_path, tmp_path / "out", workers=1)
     # The error comes at once; the cluster, abandoned, is closed in the background once started.
     deadline = time.monotonic() + 60
-    while (opened != ["started", "closed"] or _live_children() - before) and time.monotonic() < deadline:
+    while (opened != ["asked", "started", "closed"] or _live_children() - before) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert opened == ["started", "closed"], "the cluster started in the background and was closed"
+    assert opened == ["asked", "started", "closed"], "the cluster started in the background and was closed"
     assert _live_children() - before == set(), "no process of the cluster is left"
 
 
@@ -128,3 +138,30 @@ def test_local_cluster_workers_keep_block_sized_memory_on_the_heap(monkeypatch: 
         client.close()
         cluster.close()
     assert seen == {**{name: str(value) for name, value in WORKER_MALLOC.items()}, "OMP_NUM_THREADS": "1"}
+
+
+def test_a_plan_naming_a_missing_column_starts_no_cluster(
+    small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = small_study.plan_path.read_text()
+    assert "base: [age, " in text
+    bad = small_study.plan_path.with_name("bad_plan.yaml")
+    bad.write_text(text.replace("base: [age, ", "base: [agex, "))
+    with _recording_clusters(monkeypatch) as opened, pytest.raises(UserInputError, match="agex"):
+        engine_run.run_study(bad, tmp_path / "out", workers=1)
+    assert opened == [], "the metadata check failed before any cluster started"
+
+
+def test_the_worker_fork_server_starts_with_the_workers_environment_and_leaves_ours() -> None:
+    import os
+
+    from scalable_assoc.engine.cluster import WORKER_MALLOC, start_worker_server
+
+    before = dict(os.environ)
+    start_worker_server()
+    assert dict(os.environ) == before, "this process's environment is as it was"
+    servers = [child for child in psutil.Process().children() if "forkserver" in " ".join(child.cmdline())]
+    assert len(servers) == 1
+    environ = servers[0].environ()
+    assert {name: environ.get(name) for name in WORKER_MALLOC} == {name: str(value) for name, value in WORKER_MALLOC.items()}
+    assert environ.get("OPENBLAS_NUM_THREADS") == environ.get("OMP_NUM_THREADS") == "1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -282,11 +283,16 @@ def prepare_study(
     intersect_samples: bool = False,
     features: Path | None = None,
     min_cases: int | None = None,
+    *,
+    on_checked: Callable[[], None] | None = None,
 ) -> PreparedStudy:
     """Load and check every input of ``plan``; convert tables to stores; resolve every analysis.
 
     ``features`` (a feature list file) overrides the plan's ``features:``;
     ``min_cases`` the plan's ``min_cases`` (neither changes the plan's hash).
+    ``on_checked()`` is called once the metadata, the plan's columns, exposures
+    and feature list are checked, before the tables are read (a run starts its
+    cluster then: most bad inputs fail before, in well under a second).
     Warnings are logged and kept in :attr:`PreparedStudy.warnings` (the manifest's).
     """
     metadata = load_metadata(plan.metadata, plan.sample_id_column)
@@ -312,6 +318,8 @@ def prepare_study(
     )
     features = Path(features).resolve() if features is not None else plan.features
     feature_list = read_feature_list(features) if features is not None else None
+    if on_checked is not None:  # start-up (engine/run.py): the cluster starts once the cheap checks passed
+        on_checked()
     prepared = {spec.name: _prepare_layer(inputs, spec, cache_dir, chunk_features, feature_list, warnings) for spec in plan.layers}
     layers = [work for work in prepared.values() if work.analyses]
     if not layers:

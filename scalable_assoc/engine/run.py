@@ -17,6 +17,7 @@ prints them on stderr) and to ``OUT/run_log.jsonl``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -277,11 +278,27 @@ def _run_study_locked(
             f"plan {plan.source}, key 'cluster': --covariate-rows reports classical standard errors, which a plan with "
             f"'cluster: {plan.cluster}' does not use; run without --covariate-rows or without the cluster"
         )
-    # A new local cluster starts in the background while the tables are converted and the designs built.
-    with cluster_starting(cluster) as cluster:
-        study = prepare_study(plan, work / "stores", options.chunk_features, options.intersect_samples, options.features, options.min_cases)
+    # A new local cluster starts in the background while the tables are converted and the designs built, once the
+    # metadata and the plan's columns are checked: a run failing those (most bad inputs) starts no cluster.
+    with contextlib.ExitStack() as stack:
+        starting: list[ClusterRequest] = []
+
+        def start_cluster() -> None:
+            if not starting:
+                starting.append(stack.enter_context(cluster_starting(cluster)))
+
+        study = prepare_study(
+            plan,
+            work / "stores",
+            options.chunk_features,
+            options.intersect_samples,
+            options.features,
+            options.min_cases,
+            on_checked=start_cluster,
+        )
         timings["prepare"] = time.perf_counter() - started
-        return _run_prepared(plan, out, options, cluster, study, started, timings, on_chunk_done, on_phase)
+        start_cluster()  # when preparing did not call it
+        return _run_prepared(plan, out, options, starting[0], study, started, timings, on_chunk_done, on_phase)
 
 
 def _run_prepared(
@@ -331,6 +348,7 @@ def _run_prepared(
         pending = [t for t in tasks if t.chunk_id not in done]
         _fit_chunks(client, watch, study, filters, positions, pending, _Progress(len(done), len(tasks), on_chunk_done), work)
         timings["fit"] = time.perf_counter() - phase
+        first_task.record(timings)  # when it came back after the filter phase (stored prevalence counts: no task to wait for)
         # --- PERMANOVA (plan diversity.beta): engine/permanova.py writes permanova.parquet/.tsv; None when not asked for ---
         phase = time.perf_counter()
         permanova = run_permanova(client, watch, study, filters, positions, out)
@@ -373,8 +391,8 @@ class _FirstResult:
             self.at = time.time()
 
     def record(self, timings: dict[str, float]) -> None:
-        """Add ``first_task`` to ``timings`` (when a task came back) and log it."""
-        if self.at is None:
+        """Add ``first_task`` to ``timings`` (when a task came back, and not added before) and log it."""
+        if self.at is None or "first_task" in timings:
             return
         timings["first_task"] = self.at - psutil.Process().create_time()
         logger.info("first task result %.2fs after the command started", timings["first_task"])

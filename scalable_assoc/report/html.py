@@ -246,11 +246,31 @@ def _inputs_section(manifest: dict) -> list[str]:
     ]
 
 
+#: Timings that are not phases of the run (they overlap the phases): shown in a note below the phases' table.
+_NOT_PHASES = ("first_task", "cluster_start_background")
+
+
+def _timings_note(timings: dict) -> str:
+    """The moments of :data:`_NOT_PHASES` as a sentence ("" when the run recorded none)."""
+    parts = []
+    if timings.get("first_task") is not None:
+        parts.append(f"first task result {timings['first_task']:.2f} s after the command started")
+    if timings.get("cluster_start_background") is not None:
+        parts.append(
+            f"the local cluster started in the background, while the study was prepared, in {timings['cluster_start_background']:.2f} s"
+        )
+    text = "; ".join(parts)
+    return f'<p id="timings-note">{escape(text[:1].upper() + text[1:])}.</p>' if parts else ""
+
+
 def _run_section(manifest: dict) -> list[str]:
-    timings = pd.DataFrame(list(manifest.get("timings_seconds", {}).items()), columns=["step", "seconds"])
+    recorded = manifest.get("timings_seconds", {})
+    phases = [(step, seconds) for step, seconds in recorded.items() if step not in _NOT_PHASES]
+    timings = pd.DataFrame(phases, columns=["step", "seconds"])
     warnings = manifest.get("warnings") or []
     shown = '<ul id="warnings">' + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul>" if warnings else '<p id="warnings">none</p>'
-    return ['<h2 id="run">Run</h2><h3>Timings</h3>', html_table(timings, "timings-table", numeric=("seconds",)), "<h3>Warnings</h3>", shown]
+    table = html_table(timings, "timings-table", numeric=("seconds",))
+    return ['<h2 id="run">Run</h2><h3>Timings</h3>', table, _timings_note(recorded), "<h3>Warnings</h3>", shown]
 
 
 def report_is_current(run_dir: Path) -> bool:
