@@ -373,19 +373,14 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    from scalable_assoc.engine.run import run_study
     from scalable_assoc.plan.schema import load_plan
+    from scalable_assoc.report.console import run_report
 
     plan = load_plan(args.plan, allow_outside_paths=args.allow_outside_paths)
     out = args.out or plan.source.parent / "results"
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder for the results")
-    if args.scheduler is None and args.cluster is None:  # a local cluster: its workers' fork server imports meanwhile
-        from scalable_assoc.engine.cluster import start_worker_server
-
-        start_worker_server()
-    from scalable_assoc.engine.run import run_study
-    from scalable_assoc.report.console import run_report
-
     summary = run_study(
         plan,
         out,

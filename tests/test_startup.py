@@ -150,18 +150,3 @@ def test_a_plan_naming_a_missing_column_starts_no_cluster(
     with _recording_clusters(monkeypatch) as opened, pytest.raises(UserInputError, match="agex"):
         engine_run.run_study(bad, tmp_path / "out", workers=1)
     assert opened == [], "the metadata check failed before any cluster started"
-
-
-def test_the_worker_fork_server_starts_with_the_workers_environment_and_leaves_ours() -> None:
-    import os
-
-    from scalable_assoc.engine.cluster import WORKER_MALLOC, start_worker_server
-
-    before = dict(os.environ)
-    start_worker_server()
-    assert dict(os.environ) == before, "this process's environment is as it was"
-    servers = [child for child in psutil.Process().children() if "forkserver" in " ".join(child.cmdline())]
-    assert len(servers) == 1
-    environ = servers[0].environ()
-    assert {name: environ.get(name) for name in WORKER_MALLOC} == {name: str(value) for name, value in WORKER_MALLOC.items()}
-    assert environ.get("OPENBLAS_NUM_THREADS") == environ.get("OMP_NUM_THREADS") == "1"

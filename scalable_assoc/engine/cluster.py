@@ -303,37 +303,6 @@ def worker_start_method(preload: Sequence[str] = ()) -> dict[str, str]:
     return setting
 
 
-#: The modules the workers of a run's local cluster import as they start: the task functions and their kernels.
-TASK_MODULES = ("scalable_assoc.engine.tasks",)
-
-
-def start_worker_server(preload: Sequence[str] = TASK_MODULES) -> None:
-    """Start now the fork server a local cluster's workers will be forked from (see :func:`worker_start_method`).
-
-    Called by ``scalable-assoc run`` once the plan has loaded, before the engine's
-    imports: the server imports distributed and ``preload`` on the other core
-    meanwhile, so the cluster, started once the metadata is checked, waits for
-    none of it. Its environment is this process's with the nannies' pre-spawn
-    environment (:func:`worker_environ`), set only while it starts: this
-    process's BLAS, imported after, keeps its threads.
-    """
-    import multiprocessing.forkserver
-
-    if not worker_start_method(preload):
-        return
-    environ = {name: str(value) for name, value in worker_environ().items()}
-    saved = {name: os.environ.get(name) for name in environ}
-    os.environ.update(environ)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def local_cluster(workers: int | None = None, dashboard: str | None = None, preload: Sequence[str] = ()) -> tuple[LocalCluster, Client]:
     """A closed local cluster and a client of it (see the module docstring); the caller closes both.
 

@@ -33,7 +33,7 @@ from dask.base import tokenize
 from distributed import Client
 from distributed.security import Security
 
-from scalable_assoc.engine.cluster import TASK_MODULES, dask_client
+from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.prepare import LayerWork, PreparedStudy, write_design
 from scalable_assoc.engine.profiles import ClusterProfile
 from scalable_assoc.engine.tasks import factorise, hold, model_block, model_block_key
@@ -160,7 +160,7 @@ class ClusterRequest:
 
 
 #: What the workers of a cluster started in the background import as they start: the task functions and their kernels.
-WORKER_PRELOAD = TASK_MODULES
+WORKER_PRELOAD = ("scalable_assoc.engine.tasks",)
 
 
 class ClusterStart:
