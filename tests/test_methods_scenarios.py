@@ -169,7 +169,10 @@ def test_drug_confounder(base: Scenario) -> None:
     shift -= np.median(shift[~drugged])
     assert np.all(shift[drugged] * np.sign(data.truth["drug_effect"][drugged]) > 0.5)
     unconfounded = simulate_scenario(base, 0).metadata
-    assert abs(unconfounded.loc[unconfounded.disorder == 1, "drug"].mean() - unconfounded.loc[unconfounded.disorder == 0, "drug"].mean()) < 0.05
+    assert (
+        abs(unconfounded.loc[unconfounded.disorder == 1, "drug"].mean() - unconfounded.loc[unconfounded.disorder == 0, "drug"].mean())
+        < 0.05
+    )
 
 
 def test_families_cluster_abundance_and_disorder(base: Scenario) -> None:

@@ -4,7 +4,8 @@
 replicate of every scenario of a scenario file
 (:mod:`scalable_assoc.simulate.scenarios`) as a study of its own::
 
-    out_dir/replicates/<scenario>-<hash>/r0001/study/   abundance.parquet (wide, percent), metadata.tsv, plan.yaml,
+    out_dir/replicates/<scenario>-<hash>/r0001/study/   abundance.parquet (wide, percent) and its store abundance.zarr,
+                                                         metadata.tsv, plan.yaml,
                                                          truth.parquet (and counts.npz when limma runs)
     out_dir/replicates/<scenario>-<hash>/r0001/run/     what run_study writes for it
     out_dir/replicates/<scenario>-<hash>/r0001/fits.parquet, metrics.parquet (and limma_*.parquet)
@@ -65,7 +66,7 @@ from scalable_assoc.engine.cluster import dask_client
 from scalable_assoc.engine.graph import WORKER_PRELOAD
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.errors import UserInputError
-from scalable_assoc.io.atomic import write_json, write_npz, write_parquet, write_tsv
+from scalable_assoc.io.atomic import write_atomically, write_json, write_npz, write_parquet, write_tsv
 from scalable_assoc.simulate.scenarios import Scenario, ScenarioGrid, load_scenarios, simulate_scenario
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ OUTPUT_FILES = (
     "manifest.json",
 )
 REPLICATES_DIR = "replicates"
+#: The replicate's abundance store, read by every layer of its plan.
+ABUNDANCE_STORE = "abundance.zarr"
 FITS_COLUMNS = ["method", "model", "transform", "adjustment", "feature", "beta", "p", "q"]
 
 
@@ -146,6 +149,10 @@ class _Replicate:
     @property
     def limma(self) -> Path:
         return self.folder / "limma_fits.parquet"
+
+    @property
+    def limma_metrics(self) -> Path:
+        return self.folder / "limma_metrics.parquet"
 
 
 def scenario_hash(scenario: Scenario) -> str:
@@ -230,7 +237,9 @@ def benchmark_methods(
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     all_replicates = [
-        _Replicate(s, r, out / REPLICATES_DIR / f"{s.name}-{scenario_hash(s)}" / f"r{r + 1:04d}") for s in grid.scenarios for r in range(s.replicates)
+        _Replicate(s, r, out / REPLICATES_DIR / f"{s.name}-{scenario_hash(s)}" / f"r{r + 1:04d}")
+        for s in grid.scenarios
+        for r in range(s.replicates)
     ]
     pending = [rep for rep in all_replicates if not rep.metrics.exists()]
     reused = len(all_replicates) - len(pending)
@@ -246,7 +255,9 @@ def benchmark_methods(
         f" ({reused} already finished, resuming)" if reused else "",
     )
     with _engine_quiet(), _cluster(client, scheduler, workers, security) as dask:
-        _run_replicates(dask, pending, len(all_replicates), reused, on_progress, concurrent_runs, keep_runs, with_counts=limma_reason is None)
+        _run_replicates(
+            dask, pending, len(all_replicates), reused, on_progress, concurrent_runs, keep_runs, with_counts=limma_reason is None
+        )
         if limma_reason is None:
             _run_limma(dask, grid, all_replicates)
     return _write_outputs(out, grid, all_replicates, len(pending), reused, started, limma_reason)
@@ -270,7 +281,9 @@ def _engine_quiet() -> Iterator[None]:
     concurrent runs each raise and restore it (their run logs) in overlapping order.
     """
     package = logging.getLogger("scalable_assoc")
-    quiet = [logging.getLogger(name) for name in ("scalable_assoc.engine", "scalable_assoc.io", "scalable_assoc.plan", "scalable_assoc.results")]
+    quiet = [
+        logging.getLogger(name) for name in ("scalable_assoc.engine", "scalable_assoc.io", "scalable_assoc.plan", "scalable_assoc.results")
+    ]
     levels = [each.level for each in quiet]
     own, package_level = logger.level, package.level
     for each in quiet:
@@ -288,29 +301,37 @@ def _engine_quiet() -> Iterator[None]:
 def write_replicate_study(scenario: Scenario, replicate: int, folder: str, with_counts: bool) -> str:
     """Simulate replicate ``replicate`` of ``scenario`` and write its study folder (a Dask task; idempotent).
 
-    Writes ``abundance.parquet`` (samples as rows, ``sample_id`` first, percent),
-    ``metadata.tsv``, ``truth.parquet``, ``counts.npz`` (with ``with_counts``) and,
-    last, ``plan.yaml``; a folder whose ``plan.yaml`` exists is complete and is kept.
+    Writes ``abundance.parquet`` (samples as rows, ``sample_id`` first, percent) and its
+    store ``abundance.zarr`` (:func:`~scalable_assoc.io.ingest.ingest_table`, converted once
+    here on the worker rather than once per layer by the run), ``metadata.tsv``,
+    ``truth.parquet``, ``counts.npz`` (with ``with_counts``) and, last, ``plan.yaml``; a
+    folder whose ``plan.yaml`` exists is complete and is kept, any other is written anew.
     Returns the plan's path.
     """
+    from scalable_assoc.io.ingest import ingest_table
+
     study = Path(folder)
     plan_path = study / "plan.yaml"
     if plan_path.exists():
         return str(plan_path)
-    study.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(study, ignore_errors=True)  # an earlier attempt that did not finish
+    study.mkdir(parents=True)
     data = simulate_scenario(scenario, replicate)
     table = pd.DataFrame(data.abundance, columns=data.feature_names)
     table.insert(0, "sample_id", data.metadata["sample_id"].to_numpy())
     write_parquet(study / "abundance.parquet", table)
+    ingest_table(study / "abundance.parquet", study / ABUNDANCE_STORE, fmt="parquet")
     write_tsv(study / "metadata.tsv", data.metadata)
     write_parquet(study / "truth.parquet", data.truth)
     if with_counts:
         write_npz(study / "counts.npz", {"counts": data.counts})
-    from scalable_assoc.io.atomic import write_atomically
-
     text = replicate_plan(scenario)
-    write_atomically(plan_path, lambda path: path.write_text(text, encoding="utf-8"))
+    write_atomically(plan_path, lambda path: _write_text(path, text))
     return str(plan_path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
 
 
 def replicate_plan(scenario: Scenario) -> str:
@@ -324,7 +345,7 @@ def replicate_plan(scenario: Scenario) -> str:
     ]
     for transform in TRANSFORMS:
         models = [*LAYER_MODELS, "lmm"] if scenario.has_families and transform == LMM_TRANSFORM else list(LAYER_MODELS)
-        lines.append(f"    {transform}: {{path: abundance.parquet, preprocess: {{transform: {transform}}}, models: [{', '.join(models)}]}}")
+        lines.append(f"    {transform}: {{path: {ABUNDANCE_STORE}, preprocess: {{transform: {transform}}}, models: [{', '.join(models)}]}}")
     lines += [
         "preprocess: {min_prevalence: 0, pseudocount: half_min}",
         "exposures:",
@@ -382,9 +403,10 @@ def _run_replicates(
                     if on_progress is not None:
                         on_progress(done, total)
         except BaseException:
-            queue.clear()  # runs in flight finish (their replicate stays consistent); nothing new starts
-            for future in simulated.values():
-                future.cancel()
+            # Runs in flight finish (each replicate stays consistent); nothing new starts.
+            for rep in queue:
+                simulated[rep].cancel()
+            queue.clear()
             raise
 
 
@@ -398,12 +420,12 @@ def _score_replicate(client: Client, rep: _Replicate, simulated: Any, keep_runs:
     truth = pd.read_parquet(rep.study / "truth.parquet")
     metrics = replicate_metrics(fits, truth, rep.scenario.alpha)
     write_parquet(rep.fits, fits)
+    write_parquet(rep.folder / "truth.parquet", truth)
     if (rep.study / "counts.npz").exists():
         # limma needs the counts and design after the study folder is gone.
         shutil.copyfile(rep.study / "counts.npz", rep.folder / "counts.npz")
         meta = pd.read_csv(rep.study / "metadata.tsv", sep="\t")
         write_parquet(rep.folder / "design.parquet", meta[["disorder", "drug", "age", "sex", "log_depth"]])
-        write_json(rep.folder / "features.json", list(truth["feature"]))
     write_parquet(rep.metrics, metrics)
     if not keep_runs:
         shutil.rmtree(rep.study, ignore_errors=True)
@@ -468,35 +490,70 @@ def _ordered_fits(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[index, FITS_COLUMNS].reset_index(drop=True)
 
 
+def _in_order(frame: pd.DataFrame, scenarios: list[str]) -> pd.DataFrame:
+    """Rows by scenario (file order), replicate (where there is one), then model, transform and adjustment order."""
+    keys = pd.DataFrame(
+        {
+            "scenario": frame["scenario"].map({name: i for i, name in enumerate(scenarios)}),
+            "replicate": frame["replicate"] if "replicate" in frame.columns else 0,
+            "model": frame["model"].map({m: i for i, m in enumerate(MODEL_ORDER)}).fillna(len(MODEL_ORDER)),
+            "transform": frame["transform"].map({t: i for i, t in enumerate(("-", *TRANSFORMS))}).fillna(len(TRANSFORMS) + 1),
+            "adjustment": frame["adjustment"].map({a: i for i, a in enumerate(ADJUSTMENTS)}).fillna(len(ADJUSTMENTS)),
+            "method": frame["method"],
+        },
+        index=frame.index,
+    )
+    order = keys.sort_values(list(keys.columns), kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
+
+
 def _run_limma(client: Client, grid: ScenarioGrid, replicates: list[_Replicate]) -> None:
     """One Dask task per scenario fits limma-voom and limma-trend to its replicates without limma fits yet."""
     futures = []
     for scenario in grid.scenarios:
-        todo = [rep for rep in replicates if rep.scenario is scenario and not rep.limma.exists()]
+        # Replicates run before limma was available have no counts kept: they stay without limma rows.
+        todo = [
+            rep
+            for rep in replicates
+            if rep.scenario is scenario and not rep.limma_metrics.exists() and (rep.folder / "counts.npz").exists()
+        ]
         if todo:
             futures.append(
                 client.submit(
-                    limma_replicates, [str(rep.folder) for rep in todo], key=f"methods-limma-{scenario.name}-{scenario_hash(scenario)}-{len(todo)}", pure=False
+                    limma_replicates,
+                    [str(rep.folder) for rep in todo],
+                    scenario.alpha,
+                    key=f"methods-limma-{scenario.name}-{scenario_hash(scenario)}-{len(todo)}",
+                    pure=False,
                 )
             )
     client.gather(futures)
 
 
-def limma_replicates(folders: list[str]) -> None:
-    """Fit limma-voom and limma-trend (one Rscript) to each replicate folder's counts; writes ``limma_fits.parquet`` (a Dask task)."""
+def limma_replicates(folders: list[str], alpha: float) -> None:
+    """Fit limma-voom and limma-trend (one Rscript) to each replicate folder's counts (a Dask task).
+
+    Writes ``limma_fits.parquet`` (q: BH within each method) and, last, ``limma_metrics.parquet``
+    (scored against the folder's ``truth.parquet`` at ``alpha``).
+    """
     from scalable_assoc.io.limma_r import LimmaJob, run_limma
+    from scalable_assoc.results.methods_metrics import replicate_metrics
+    from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
 
     jobs, where = [], []
     for folder in folders:
         path = Path(folder)
         counts = np.load(path / "counts.npz")["counts"]
-        names = json.loads((path / "features.json").read_text(encoding="utf-8"))
+        names = list(pd.read_parquet(path / "truth.parquet", columns=["feature"])["feature"])
         design = pd.read_parquet(path / "design.parquet")
-        for adjustment, columns in (("unadjusted", ["disorder", "age", "sex", "log_depth"]), ("adjusted", ["disorder", "age", "sex", "log_depth", "drug"])):
+        for adjustment, columns in (
+            ("unadjusted", ["disorder", "age", "sex", "log_depth"]),
+            ("adjusted", ["disorder", "age", "sex", "log_depth", "drug"]),
+        ):
             jobs.append(LimmaJob(counts, names, design[columns].astype(np.float64), "disorder"))
             where.append((path, adjustment))
-    work = Path(folders[0]).parent / ".limma"
-    work.mkdir(exist_ok=True)
+    work = Path(folders[0]).parent / f".limma-{len(folders)}"
+    shutil.rmtree(work, ignore_errors=True)  # left by a run of this task that did not finish
     frames = run_limma(jobs, work)
     by_folder: dict[Path, list[pd.DataFrame]] = {}
     for (path, adjustment), frame in zip(where, frames, strict=True):
@@ -506,38 +563,25 @@ def limma_replicates(folders: list[str]) -> None:
         by_folder.setdefault(path, []).append(frame)
     for path, parts in by_folder.items():
         fits = pd.concat(parts, ignore_index=True)
-        q = np.full(len(fits), np.nan)
-        from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
-
         fits["method"] = fits["model"] + "/-/" + fits["adjustment"]
-        q = benjamini_hochberg_grouped(fits["p"].to_numpy(dtype=np.float64), fits["method"].to_numpy())
-        fits["q"] = q
-        write_parquet(path / "limma_fits.parquet", _ordered_fits(fits))
+        fits["q"] = benjamini_hochberg_grouped(fits["p"].to_numpy(dtype=np.float64), fits["method"].to_numpy())
+        fits = _ordered_fits(fits)
+        write_parquet(path / "limma_fits.parquet", fits)
+        write_parquet(path / "limma_metrics.parquet", replicate_metrics(fits, pd.read_parquet(path / "truth.parquet"), alpha))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _replicate_rows(rep: _Replicate) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A finished replicate's metrics (limma's included when fitted) and its fits, with scenario and replicate columns."""
-    from scalable_assoc.results.methods_metrics import replicate_metrics
-
     metrics = pd.read_parquet(rep.metrics)
     fits = pd.read_parquet(rep.fits)
-    if rep.limma.exists():
-        limma = pd.read_parquet(rep.limma)
-        truth = _truth_of(rep)
-        metrics = pd.concat([metrics, replicate_metrics(limma, truth, rep.scenario.alpha)], ignore_index=True)
-        fits = pd.concat([fits, limma], ignore_index=True)
+    if rep.limma_metrics.exists():
+        metrics = pd.concat([metrics, pd.read_parquet(rep.limma_metrics)], ignore_index=True)
+        fits = pd.concat([fits, pd.read_parquet(rep.limma)], ignore_index=True)
     for frame in (metrics, fits):
         frame.insert(0, "replicate", rep.index + 1)
         frame.insert(0, "scenario", rep.scenario.name)
     return metrics, fits
-
-
-def _truth_of(rep: _Replicate) -> pd.DataFrame:
-    """The truth of a replicate (simulated again when its study folder is gone: deterministic, and cheap next to a run)."""
-    path = rep.study / "truth.parquet"
-    if path.exists():
-        return pd.read_parquet(path)
-    return simulate_scenario(rep.scenario, rep.index).truth
 
 
 def _write_outputs(
@@ -559,9 +603,13 @@ def _write_outputs(
         metrics_parts.append(metrics)
         if rep.scenario.global_null or (rep.scenario.disorder_effects == 0 and rep.scenario.dominant_features == 0):
             null_fits.append(fits)
-    per_replicate = pd.concat(metrics_parts, ignore_index=True)
-    summary = pd.concat(
-        [summarise_methods(per_replicate[per_replicate["scenario"] == s.name], s.alpha) for s in grid.scenarios], ignore_index=True
+    names = grid.names()
+    per_replicate = _in_order(pd.concat(metrics_parts, ignore_index=True), names)
+    summary = _in_order(
+        pd.concat(
+            [summarise_methods(per_replicate[per_replicate["scenario"] == s.name], s.alpha) for s in grid.scenarios], ignore_index=True
+        ),
+        names,
     )
     flags = summary[["scenario", "method", "fdr_controlled"]]
     table = per_replicate.merge(flags, on=["scenario", "method"], how="left", validate="many_to_one")

@@ -62,12 +62,18 @@ _DOMINANT_PREVALENCE = 0.98
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def _number(low: float | None = None, high: float | None = None, *, above: bool = False, below: bool = False) -> Callable[[Any], str | None]:
+def _number(
+    low: float | None = None, high: float | None = None, *, above: bool = False, below: bool = False
+) -> Callable[[Any], str | None]:
     """A check of a number in [low, high] (``above``/``below``: the bound itself excluded); returns what was expected, or None."""
 
     def check(value: Any) -> str | None:
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        ok = ok and (low is None or (value > low if above else value >= low)) and (high is None or (value < high if below else value <= high))
+        ok = (
+            ok
+            and (low is None or (value > low if above else value >= low))
+            and (high is None or (value < high if below else value <= high))
+        )
         if ok:
             return None
         bounds = []
@@ -341,9 +347,7 @@ def _check_scenario(s: Scenario, source: str) -> None:
     where = f"{source}: scenarios.{s.name}"
     planted = s.disorder_effects + s.dominant_features + s.drug_features
     if planted > s.features:
-        raise UserInputError(
-            f"{where}: effects.count + compositional.features + drug.features ({planted}) exceed features ({s.features})"
-        )
+        raise UserInputError(f"{where}: effects.count + compositional.features + drug.features ({planted}) exceed features ({s.features})")
     expected_cases = s.participants * s.disorder_prevalence
     if min(expected_cases, s.participants - expected_cases) < 10:
         raise UserInputError(f"{where}: disorder_prevalence: fewer than 10 expected cases or controls among {s.participants} participants")
@@ -426,7 +430,9 @@ def simulate_scenario(scenario: Scenario, replicate: int) -> ScenarioData:
     return ScenarioData(abundance, counts, names, metadata, truth)
 
 
-def _participants(s: Scenario, rng: np.random.Generator, family_rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+def _participants(
+    s: Scenario, rng: np.random.Generator, family_rng: np.random.Generator
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
     """Metadata frame, term matrix ``(n, len(TERMS))`` and family codes ``(n,)`` (None without families)."""
     n = s.participants
     logit = np.full(n, math.log(s.disorder_prevalence / (1.0 - s.disorder_prevalence)))
