@@ -75,7 +75,8 @@ def main() -> None:
                 folder = scratch / f"library-{concurrent}"
                 measured = measure([sys.executable, str(script), str(folder), "2", str(concurrent)], log)
                 tables[concurrent] = pd.read_parquet(folder / "methods_benchmark.parquet")
-                cases.append({"case": f"concurrent_runs_{concurrent}", "what": f"library, 2 replicates, {concurrent} run(s) at once", **measured})
+                what = f"library, 2 replicates, {concurrent} run(s) at once"
+                cases.append({"case": f"concurrent_runs_{concurrent}", "what": what, **measured})
             pd.testing.assert_frame_equal(tables[1], tables[2])
             cases[-1]["identical_to_concurrent_runs_1"] = True
         wall = cases[0]["wall_s"]

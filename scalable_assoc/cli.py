@@ -328,9 +328,7 @@ def _add_benchmark_methods(commands: argparse._SubParsersAction) -> None:
         "local cluster)",
     )
     bench.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
-    bench.add_argument("--tls-ca-file", type=Path, help="with --scheduler tls://...: the certificate authority (PEM)")
-    bench.add_argument("--tls-cert", type=Path, help="with --scheduler tls://...: this client's certificate (PEM)")
-    bench.add_argument("--tls-key", type=Path, help="with --scheduler tls://...: the key of --tls-cert")
+    _cluster_options(bench)
     bench.add_argument("--force", action="store_true", help="start again: remove the finished replicates and outputs of --out first")
 
 
@@ -451,6 +449,8 @@ def _benchmark_methods(args: argparse.Namespace) -> None:
         scheduler=args.scheduler,
         workers=args.workers,
         security=_security(args),
+        dashboard=args.dashboard,
+        cluster_profile=args.cluster,
         force=args.force,
     )
     columns = ["scenario", "method", "replicates", "power", "fdr", "fdr_controlled", "auc", "null_share_p05", "calibrated"]

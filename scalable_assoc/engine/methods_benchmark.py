@@ -62,8 +62,9 @@ import pandas as pd
 from distributed import Client
 from distributed.security import Security
 
-from scalable_assoc.engine.cluster import dask_client
+from scalable_assoc.engine.cluster import check_cluster_options, dask_client
 from scalable_assoc.engine.graph import WORKER_PRELOAD
+from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.errors import UserInputError
 from scalable_assoc.io.atomic import write_atomically, write_json, write_npz, write_parquet, write_tsv
@@ -170,6 +171,8 @@ def benchmark_methods(
     workers: int | None = None,
     client: Client | None = None,
     security: Security | None = None,
+    dashboard: str | None = None,
+    cluster_profile: ClusterProfile | str | Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     force: bool = False,
     concurrent_runs: int = CONCURRENT_RUNS,
@@ -191,6 +194,9 @@ def benchmark_methods(
         ``client``, else the scheduler at ``scheduler`` (with ``security`` for ``tls://``),
         else a new closed local cluster of ``workers`` processes; one cluster serves every
         replicate.
+    dashboard, cluster_profile
+        The local cluster's dashboard address, or a cluster profile (workers as SLURM
+        jobs, ``--cluster``), as for :func:`~scalable_assoc.engine.run.run_study`.
     on_progress
         Called as ``on_progress(done, total)`` (replicates) after each finished replicate,
         in the calling thread; an exception it raises stops the benchmark (finished
@@ -228,6 +234,10 @@ def benchmark_methods(
         grid = grid.with_replicates(replicates)
     if concurrent_runs < 1:
         raise UserInputError(f"concurrent_runs must be at least 1, got {concurrent_runs!r}")
+    if cluster_profile is not None and not isinstance(cluster_profile, ClusterProfile):
+        cluster_profile = load_cluster_profile(cluster_profile)
+    if client is None:
+        check_cluster_options(scheduler, security, dashboard, workers=workers, profile=cluster_profile)  # before any work
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder for the benchmark")
@@ -249,12 +259,14 @@ def benchmark_methods(
     if limma_reason is not None:
         logger.info("limma-voom/limma-trend skipped: %s", limma_reason)
     logger.info(
-        "benchmark-methods: %d scenarios x replicates = %d replicates%s",
+        "benchmark-methods: %d scenarios, %d replicates%s",
         len(grid.scenarios),
         len(all_replicates),
         f" ({reused} already finished, resuming)" if reused else "",
     )
-    with _engine_quiet(), _cluster(client, scheduler, workers, security) as dask:
+    if cluster_profile is not None:
+        cluster_profile = cluster_profile.with_shared_directory(out / ".slurm")
+    with _engine_quiet(), _cluster(client, scheduler, workers, security, dashboard, cluster_profile) as dask:
         _run_replicates(
             dask, pending, len(all_replicates), reused, on_progress, concurrent_runs, keep_runs, with_counts=limma_reason is None
         )
@@ -264,12 +276,19 @@ def benchmark_methods(
 
 
 @contextlib.contextmanager
-def _cluster(client: Client | None, scheduler: str | None, workers: int | None, security: Security | None) -> Iterator[Client]:
-    """The given client, or one cluster (scheduler or new local one) for every replicate."""
+def _cluster(
+    client: Client | None,
+    scheduler: str | None,
+    workers: int | None,
+    security: Security | None,
+    dashboard: str | None,
+    profile: ClusterProfile | None,
+) -> Iterator[Client]:
+    """The given client, or one cluster (scheduler, profile or new local one) for every replicate."""
     if client is not None:
         yield client
         return
-    with dask_client(scheduler, workers, security=security, preload=WORKER_PRELOAD) as started:
+    with dask_client(scheduler, workers, security=security, dashboard=dashboard, profile=profile, preload=WORKER_PRELOAD) as started:
         yield started
 
 
