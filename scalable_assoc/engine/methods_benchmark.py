@@ -587,6 +587,9 @@ def limma_replicates(folders: list[str], alpha: float) -> None:
         fits = _ordered_fits(fits)
         write_parquet(path / "limma_fits.parquet", fits)
         write_parquet(path / "limma_metrics.parquet", replicate_metrics(fits, pd.read_parquet(path / "truth.parquet"), alpha))
+        # The counts (2.4 MB a replicate at the default size) are only limma's input.
+        (path / "counts.npz").unlink(missing_ok=True)
+        (path / "design.parquet").unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
