@@ -51,6 +51,7 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -251,8 +252,8 @@ def benchmark_methods(
         for s in grid.scenarios
         for r in range(s.replicates)
     ]
-    pending = [rep for rep in all_replicates if not rep.metrics.exists()]
-    reused = len(all_replicates) - len(pending)
+    total = len(all_replicates)
+    reused = sum(rep.metrics.exists() for rep in all_replicates)
     from scalable_assoc.io.limma_r import limma_unavailable
 
     limma_reason = limma_unavailable()
@@ -267,12 +268,31 @@ def benchmark_methods(
     if cluster_profile is not None:
         cluster_profile = cluster_profile.with_shared_directory(out / ".slurm")
     with _engine_quiet(), _cluster(client, scheduler, workers, security, dashboard, cluster_profile) as dask:
-        _run_replicates(
-            dask, pending, len(all_replicates), reused, on_progress, concurrent_runs, keep_runs, with_counts=limma_reason is None
-        )
-        if limma_reason is None:
-            _run_limma(dask, grid, all_replicates)
-    return _write_outputs(out, grid, all_replicates, len(pending), reused, started, limma_reason)
+        limma: list[Any] = []
+
+        def scenario_done(scenario: Scenario) -> None:
+            # limma fits a scenario's replicates as soon as they are all finished, beside the other scenarios' runs.
+            if limma_reason is None:
+                limma.append(_submit_limma(dask, scenario, all_replicates))
+
+        try:
+            _run_replicates(
+                dask,
+                all_replicates,
+                total,
+                on_progress,
+                concurrent_runs,
+                keep_runs,
+                with_counts=limma_reason is None,
+                on_scenario=scenario_done,
+            )
+            dask.gather([future for future in limma if future is not None])
+        except BaseException:
+            for future in limma:
+                if future is not None:
+                    future.cancel()  # one already running finishes on its worker; a rerun tolerates that (limma_replicates)
+            raise
+    return _write_outputs(out, grid, all_replicates, total - reused, reused, started, limma_reason)
 
 
 @contextlib.contextmanager
@@ -382,15 +402,27 @@ def replicate_plan(scenario: Scenario) -> str:
 
 def _run_replicates(
     client: Client,
-    pending: list[_Replicate],
+    replicates: list[_Replicate],
     total: int,
-    done: int,
     on_progress: Callable[[int, int], None] | None,
     concurrent_runs: int,
     keep_runs: bool,
     with_counts: bool,
+    on_scenario: Callable[[Scenario], None],
 ) -> None:
-    """Simulate the pending replicates on the cluster, run and score them a few at a time; progress in this thread."""
+    """Simulate the unfinished replicates on the cluster, run and score them a few at a time; progress in this thread.
+
+    ``on_scenario(scenario)`` is called once all of a scenario's replicates are finished
+    (at once for a scenario finished by an earlier benchmark).
+    """
+    pending = [rep for rep in replicates if not rep.metrics.exists()]
+    done = total - len(pending)
+    left: dict[str, int] = {}
+    for rep in pending:
+        left[rep.scenario.name] = left.get(rep.scenario.name, 0) + 1
+    for scenario in dict.fromkeys(rep.scenario for rep in replicates):
+        if scenario.name not in left:
+            on_scenario(scenario)
     if not pending:
         return
     simulated = {
@@ -419,6 +451,9 @@ def _run_replicates(
                     future.result()  # a failed replicate ends the benchmark with its error
                     done += 1
                     logger.info("benchmark-methods: %d/%d replicates (%s r%d)", done, total, rep.scenario.name, rep.index + 1)
+                    left[rep.scenario.name] -= 1
+                    if not left[rep.scenario.name]:
+                        on_scenario(rep.scenario)
                     if on_progress is not None:
                         on_progress(done, total)
         except BaseException:
@@ -526,27 +561,21 @@ def _in_order(frame: pd.DataFrame, scenarios: list[str]) -> pd.DataFrame:
     return frame.loc[order].reset_index(drop=True)
 
 
-def _run_limma(client: Client, grid: ScenarioGrid, replicates: list[_Replicate]) -> None:
-    """One Dask task per scenario fits limma-voom and limma-trend to its replicates without limma fits yet."""
-    futures = []
-    for scenario in grid.scenarios:
-        # Replicates run before limma was available have no counts kept: they stay without limma rows.
-        todo = [
-            rep
-            for rep in replicates
-            if rep.scenario is scenario and not rep.limma_metrics.exists() and (rep.folder / "counts.npz").exists()
-        ]
-        if todo:
-            futures.append(
-                client.submit(
-                    limma_replicates,
-                    [str(rep.folder) for rep in todo],
-                    scenario.alpha,
-                    key=f"methods-limma-{scenario.name}-{scenario_hash(scenario)}-{len(todo)}",
-                    pure=False,
-                )
-            )
-    client.gather(futures)
+def _submit_limma(client: Client, scenario: Scenario, replicates: list[_Replicate]) -> Any:
+    """The Dask task fitting limma-voom and limma-trend to the scenario's replicates without limma fits yet (None: none)."""
+    # Replicates run before limma was available have no counts kept: they stay without limma rows.
+    todo = [
+        rep for rep in replicates if rep.scenario is scenario and not rep.limma_metrics.exists() and (rep.folder / "counts.npz").exists()
+    ]
+    if not todo:
+        return None
+    return client.submit(
+        limma_replicates,
+        [str(rep.folder) for rep in todo],
+        scenario.alpha,
+        key=f"methods-limma-{scenario.name}-{scenario_hash(scenario)}-{len(todo)}",
+        pure=False,
+    )
 
 
 def limma_replicates(folders: list[str], alpha: float) -> None:
@@ -562,17 +591,25 @@ def limma_replicates(folders: list[str], alpha: float) -> None:
     jobs, where = [], []
     for folder in folders:
         path = Path(folder)
-        counts = np.load(path / "counts.npz")["counts"]
+        try:
+            counts = np.load(path / "counts.npz")["counts"]
+            design = pd.read_parquet(path / "design.parquet")
+        except FileNotFoundError:
+            # Dask may run this task twice (an interrupted benchmark's task still running when it resumes):
+            # the other run finished this replicate and removed its counts.
+            if (path / "limma_metrics.parquet").exists():
+                continue
+            raise
         names = list(pd.read_parquet(path / "truth.parquet", columns=["feature"])["feature"])
-        design = pd.read_parquet(path / "design.parquet")
         for adjustment, columns in (
             ("unadjusted", ["disorder", "age", "sex", "log_depth"]),
             ("adjusted", ["disorder", "age", "sex", "log_depth", "drug"]),
         ):
             jobs.append(LimmaJob(counts, names, design[columns].astype(np.float64), "disorder"))
             where.append((path, adjustment))
-    work = Path(folders[0]).parent / f".limma-{len(folders)}"
-    shutil.rmtree(work, ignore_errors=True)  # left by a run of this task that did not finish
+    if not jobs:
+        return
+    work = Path(folders[0]).parent / f".limma-{uuid.uuid4().hex[:8]}"  # of this run of the task only
     frames = run_limma(jobs, work)
     by_folder: dict[Path, list[pd.DataFrame]] = {}
     for (path, adjustment), frame in zip(where, frames, strict=True):
