@@ -324,3 +324,21 @@ def test_null_pvalues_keeps_null_features_of_each_model() -> None:
     out = null_pvalues(fits, truth)
     assert out.loc[out["method"] == "lm/clr/adjusted", "feature"].tolist() == ["f3", "f4", "f5"]
     assert out.loc[out["method"] == "prevalence/-/adjusted", "feature"].tolist() == ["f0", "f3", "f4", "f5", "f6"]
+
+
+def test_p_zero_ties_and_empty_inputs() -> None:
+    truth = _truth()
+    # p = 0 (-log p infinite) ties between a true and a null feature count half: true {0, 0, 0.5} vs null {0, 0.2, 0.9, 1.0}
+    p = [0.0, 0.0, 0.5, 0.0, 0.2, 0.9, 1.0]
+    fits = _method_rows("lm/tss/adjusted", [0.1] * 7, p, [np.nan] * 7).drop(columns="q")
+    row = replicate_metrics(fits, truth, 0.05).iloc[0]
+    score = -np.log10(np.clip(p, 1e-320, None))
+    u = stats.mannwhitneyu(score[:3], score[3:]).statistic
+    assert row.auc == pytest.approx(u / 12) and row.auc == pytest.approx((2 * 3.5 + 1 * 2) / 12)
+    assert row.discoveries == 3  # BH q of the three zeros is 0
+    empty = pd.DataFrame(columns=["scenario", "replicate", "method", "model", "transform", "adjustment", "feature", "p"])
+    assert list(null_calibration(empty).columns) == list(CALIBRATION_COLUMNS) and null_calibration(empty).empty
+    assert list(summarise_methods(pd.DataFrame(columns=[*REPLICATE_COLUMNS, "scenario", "replicate"]), 0.05).columns) == list(
+        SUMMARY_COLUMNS
+    )
+    assert replicate_metrics(fits.iloc[:0], truth, 0.05).empty
