@@ -16,6 +16,7 @@ The library API (the ``scalable-assoc`` command calls the same functions)::
     open_cohorts, read_mapping          cohorts' exported files, and a feature mapping, for combining
     meta_analyse, pool_cohorts          combine cohorts: meta-analysis, or an exact pooled lm
     write_key_pair                      an Ed25519 key pair to sign exports
+    benchmark_methods                   compare transforms x models x adjustment on simulated scenarios
 
 Importing the package is cheap: each name is imported from its module when it
 is first used. Messages go to the ``scalable_assoc`` loggers (standard
@@ -57,6 +58,8 @@ _EXPORTS = {
     "pool_cohorts": "scalable_assoc.results.consortium",
     "CombinedSummary": "scalable_assoc.results.consortium",
     "write_key_pair": "scalable_assoc.results.signing",
+    "benchmark_methods": "scalable_assoc.engine.methods_benchmark",
+    "MethodsBenchmark": "scalable_assoc.engine.methods_benchmark",
     "UserInputError": "scalable_assoc.errors",
     "PlanError": "scalable_assoc.errors",
     "DataError": "scalable_assoc.errors",
@@ -68,6 +71,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from scalable_assoc.engine.export import export_sumstats as export_sumstats
+    from scalable_assoc.engine.methods_benchmark import MethodsBenchmark as MethodsBenchmark
+    from scalable_assoc.engine.methods_benchmark import benchmark_methods as benchmark_methods
     from scalable_assoc.engine.outputs import RunSummary as RunSummary
     from scalable_assoc.engine.run import run_study as run_study
     from scalable_assoc.errors import ClusterFailure as ClusterFailure

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_status(commands)
     _add_keygen(commands)
     _add_report(commands)
+    _add_benchmark_methods(commands)
     return parser
 
 
@@ -310,6 +311,27 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_benchmark_methods(commands: argparse._SubParsersAction) -> None:
+    """``scalable-assoc benchmark-methods``."""
+    bench = commands.add_parser(
+        "benchmark-methods",
+        help="compare transforms x models x adjustment on simulated scenarios with known truth: power, FDR, AUC, calibration",
+    )
+    bench.add_argument("--out", required=True, type=Path, help="output folder (methods_benchmark.parquet/.tsv, methods_summary, figures)")
+    bench.add_argument(
+        "--scenarios", type=Path, help="scenario file (YAML: defaults and scenarios; default: the shipped methods_scenarios.yaml)"
+    )
+    bench.add_argument("--replicates", type=_positive_int, help="replicates per scenario (default: each scenario's own, 20 shipped)")
+    bench.add_argument(
+        "--scheduler",
+        help="address of an existing Dask scheduler, e.g. tls://10.0.0.5:8786 with --tls-* options, or tcp://... (default: start a closed "
+        "local cluster)",
+    )
+    bench.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
+    _cluster_options(bench)
+    bench.add_argument("--force", action="store_true", help="start again: remove the finished replicates and outputs of --out first")
+
+
 def _cluster_options(command: argparse.ArgumentParser) -> None:
     """The options of a closed cluster, on every command that takes --scheduler."""
     command.add_argument(
@@ -413,6 +435,31 @@ def _report(args: argparse.Namespace) -> None:
 
     path = write_report(args.run_dir, args.out, top=args.top, features_top=args.features_top)
     print(f"wrote {path} and the figures in {args.run_dir / 'figures'}")
+
+
+def _benchmark_methods(args: argparse.Namespace) -> None:
+    from scalable_assoc.engine.methods_benchmark import benchmark_methods
+    from scalable_assoc.simulate.scenarios import load_scenarios
+
+    grid = load_scenarios(args.scenarios)  # a bad file is reported (exit 2) before a cluster starts
+    result = benchmark_methods(
+        args.out,
+        scenarios=grid,
+        replicates=args.replicates,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        security=_security(args),
+        dashboard=args.dashboard,
+        cluster_profile=args.cluster,
+        force=args.force,
+    )
+    columns = ["scenario", "method", "replicates", "power", "fdr", "fdr_controlled", "auc", "null_share_p05", "calibrated"]
+    shown = result.summary[[c for c in columns if c in result.summary.columns]]
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(
+        f"done in {result.seconds:.1f}s ({result.replicates_run} replicates run, {result.replicates_reused} reused); "
+        f"outputs in {result.out_dir}"
+    )
 
 
 def _ingest(args: argparse.Namespace) -> None:
@@ -572,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": _status,
         "keygen": _keygen,
         "report": _report,
+        "benchmark-methods": _benchmark_methods,
     }
     previous = _stop_cleanly_on_sigterm()
     package = logging.getLogger(PACKAGE_LOGGER)

@@ -35,6 +35,7 @@ STORY = [
     "meta_analyse",
     "pool_cohorts",
     "write_key_pair",
+    "benchmark_methods",  # its Example is skipped (it runs a grid of studies); tests/test_methods_benchmark.py runs it
 ]
 
 

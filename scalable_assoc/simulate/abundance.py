@@ -36,11 +36,13 @@ _RANDOM_EFFECT_FRACTIONS: dict[str, float] = {
 }
 N_FACTORS = 3  # latent community axes (enterotype-like), shared by all layers
 
-# Presence: logit(p) = logit(prev) + _DEPTH_COUPLING * log-depth + coupling * eta + ...
-# Ordinary features have coupling _PRESENCE_COUPLING (an abundance effect also moves
+# Presence: logit(p) = logit(prev) + DEPTH_COUPLING * log-depth + coupling * eta + ...
+# Ordinary features have coupling PRESENCE_COUPLING (an abundance effect also moves
 # presence); features with a one-part ("split") effect have coupling 0.
-_DEPTH_COUPLING = 0.8
-_PRESENCE_COUPLING = 0.5
+DEPTH_COUPLING = 0.8
+"""Log odds of presence per unit of centred natural-log read depth (deeper sequencing observes more taxa)."""
+PRESENCE_COUPLING = 0.5
+"""Default ``coupling``: log odds of presence per unit of the systematic log abundance ``eta``."""
 
 # Split species effects: disorder term -> number of synthetic species given a
 # presence-only effect, and as many given an abundance-only effect.  Drawn from species
@@ -135,7 +137,7 @@ def species_params(rng: np.random.Generator, extra: np.random.Generator, n_speci
     n_terms = len(TERMS)
     B = np.zeros((n_terms, n_species))
     P = np.zeros((n_terms, n_species))  # presence-only effects (log odds)
-    coupling = np.full(n_species, _PRESENCE_COUPLING)
+    coupling = np.full(n_species, PRESENCE_COUPLING)
     name_to_idx = {s: j for j, s in enumerate(names)}
     for species, term, coef in NAMED_SPECIES_EFFECTS:
         B[TERM_INDEX[term], name_to_idx[species]] = coef
@@ -179,7 +181,7 @@ def pathway_params(rng: np.random.Generator, extra: np.random.Generator, n_pathw
     B = np.zeros((len(TERMS), n_pathways))
     _plant_random(rng, B, eligible=np.arange(n_pathways), prevalence=prev, magnitude=(0.3, 0.8))
     icc = _family_icc(extra, sigma, loadings, families)
-    return LayerParams(mu, sigma, prev, loadings, B, None, _PRESENCE_COUPLING, icc)
+    return LayerParams(mu, sigma, prev, loadings, B, None, PRESENCE_COUPLING, icc)
 
 
 def gbm_params(rng: np.random.Generator, extra: np.random.Generator, families: bool) -> LayerParams:
@@ -210,7 +212,7 @@ def gbm_params(rng: np.random.Generator, extra: np.random.Generator, families: b
     for mgb, term, coef in NAMED_GBM_EFFECTS:
         B[TERM_INDEX[term], gbm_names.index(mgb)] = coef
     icc = _family_icc(extra, sigma, loadings, families)
-    return LayerParams(mu, sigma, prev, loadings, B, None, _PRESENCE_COUPLING, icc)
+    return LayerParams(mu, sigma, prev, loadings, B, None, PRESENCE_COUPLING, icc)
 
 
 def layer_abundance(
@@ -222,7 +224,7 @@ def layer_abundance(
     log_depth: np.ndarray,
     family: np.ndarray | None,
 ) -> np.ndarray:
-    """Unnormalised abundances ``(n, F)`` of one layer (see :func:`_simulate_abundance`).
+    """Unnormalised abundances ``(n, F)`` of one layer (see :func:`zero_inflated_abundance`).
 
     Parameters
     ----------
@@ -246,7 +248,7 @@ def layer_abundance(
     numpy.ndarray
         Abundances ``>= 0`` (0 where absent), shape ``(n, F)``.
     """
-    return _simulate_abundance(
+    return zero_inflated_abundance(
         rng,
         p.mu,
         p.sigma,
@@ -351,7 +353,7 @@ def _family_icc(rng: np.random.Generator, sigma: np.ndarray, loadings: np.ndarra
     return np.minimum(icc, 0.8 * s2 / (s2 + (loadings**2).sum(axis=1)))
 
 
-def _simulate_abundance(
+def zero_inflated_abundance(
     rng: np.random.Generator,
     mu: np.ndarray,
     sigma: np.ndarray,
@@ -366,7 +368,7 @@ def _simulate_abundance(
     family_rng: np.random.Generator | None = None,
     presence_icc_share: float = 0.0,
     presence_effects: np.ndarray | None = None,
-    coupling: np.ndarray | float = _PRESENCE_COUPLING,
+    coupling: np.ndarray | float = PRESENCE_COUPLING,
 ) -> np.ndarray:
     """Zero-inflated log-normal abundances, shape ``(n, F)``, unnormalised (>= 0).
 
@@ -398,7 +400,7 @@ def _simulate_abundance(
     logab = mu + eta + noise_sd * rng.standard_normal(eta.shape)
     # Detection: deeper sequencing and higher systematic abundance make a taxon more
     # likely to be observed, so planted depletions also lower prevalence (coupling).
-    logit = np.log(prev / (1.0 - prev)) + _DEPTH_COUPLING * log_depth[:, None] + coupling * eta
+    logit = np.log(prev / (1.0 - prev)) + DEPTH_COUPLING * log_depth[:, None] + coupling * eta
     if presence_effects is not None:
         logit += terms @ presence_effects
     if v is not None:
