@@ -38,7 +38,8 @@ from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
 METHOD_KEYS = ["method", "model", "transform", "adjustment"]
 #: The nominal level of the null-calibration share (share of null p-values below it).
 NOMINAL_P = 0.05
-#: A method is called miscalibrated when the two-sided binomial test of its null share below 0.05 rejects at this level.
+#: A method is called miscalibrated when its null share below 0.05 differs from 0.05 by more than
+#: the two-sided normal quantile of this level times its standard error (see :func:`calibration_se`).
 CALIBRATION_LEVEL = 0.001
 #: Models whose true features are those with a planted abundance OR presence effect.
 ANY_EFFECT_MODELS = ("lm", "lmm", "joint", "limma_voom", "limma_trend")
@@ -85,9 +86,14 @@ SUMMARY_COLUMNS: dict[str, tuple[str, str]] = {
     "sign_errors": ("float64", "mean number of sign errors per replicate"),
     "sign_error_share": ("float64", "sign errors / true discoveries, pooled over replicates; NaN with no true discovery"),
     "null_share_p05": ("float64", "pooled share of null p-values below 0.05: sum null_below_005 / sum null_tested; NaN when none"),
+    "null_share_se": (
+        "float64",
+        "standard error of null_share_p05: the larger of the binomial one, sqrt(0.05 * 0.95 / sum null_tested), and the "
+        "between-replicate one, sd (ddof=1) of the replicates' shares / sqrt(replicates) (features of one replicate are correlated)",
+    ),
     "calibrated": (
         "boolean",
-        "the exact two-sided binomial test of null_share_p05 against 0.05 does not reject at 0.001; <NA> with no null p-value",
+        "|null_share_p05 - 0.05| <= 3.29 * null_share_se (two-sided, level 0.001); <NA> with no null p-value",
     ),
 }
 
@@ -100,6 +106,8 @@ CALIBRATION_COLUMNS: dict[str, tuple[str, str]] = {
     "binomial_p": ("float64", "exact two-sided binomial test of that share against 0.05 (scipy.stats.binomtest's definition)"),
     "ks_statistic": ("float64", "Kolmogorov-Smirnov distance of the p-values from Uniform(0, 1)"),
     "ks_p": ("float64", "exact two-sided KS p-value (scipy.stats.kstest against uniform; assumes independent p-values)"),
+    "share_se": ("float64", "standard error of share_below_005, robust to correlation within a replicate (calibration_se)"),
+    "calibrated": ("boolean", "|share_below_005 - 0.05| <= 3.29 * share_se (two-sided, level 0.001)"),
 }
 
 
@@ -315,14 +323,42 @@ def _mean_se(values: pd.Series, groups: list[pd.Series]) -> tuple[pd.Series, pd.
     return grouped.mean(), se.where(count >= 2)
 
 
+def calibration_se(pooled_below: np.ndarray, pooled_n: np.ndarray, replicate_shares: pd.Series, groups: list[pd.Series]) -> np.ndarray:
+    """Standard errors ``(m,)`` of ``m`` pooled null shares below 0.05, robust to correlation within a replicate.
+
+    The binomial error ``sqrt(0.05 * 0.95 / n)`` treats every null p-value as
+    independent, but the features of one replicate share latent community axes and
+    the closure, so their p-values move together and a pooled binomial test rejects
+    uniform p-values too often. The replicate is the independent unit: the spread of
+    the replicates' own shares (``replicate_shares``, grouped by ``groups`` in the
+    same sorted order as the pooled counts) estimates the error with that correlation
+    included. The larger of the two is used; with fewer than 2 replicates, the binomial one.
+    """
+    binomial = np.sqrt(NOMINAL_P * (1.0 - NOMINAL_P) / np.maximum(pooled_n, 1))
+    grouped = replicate_shares.groupby(groups, sort=True)
+    count = grouped.count().to_numpy()
+    between = (grouped.std(ddof=1).to_numpy() / np.sqrt(np.maximum(count, 1))) if len(count) else np.zeros(0)
+    between = np.where(count >= 2, between, 0.0)
+    return np.where(pooled_n > 0, np.maximum(binomial, np.nan_to_num(between)), np.nan)
+
+
+def is_calibrated(share: np.ndarray, se: np.ndarray) -> pd.arrays.BooleanArray:
+    """Whether each null share below 0.05 is within the two-sided :data:`CALIBRATION_LEVEL` bound of 0.05 (``<NA>`` where ``se`` is NaN)."""
+    bound = stats.norm.isf(CALIBRATION_LEVEL / 2) * se
+    with np.errstate(invalid="ignore"):
+        calibrated = pd.array(np.abs(share - NOMINAL_P) <= bound, dtype="boolean")
+    calibrated[np.isnan(se)] = pd.NA
+    return calibrated
+
+
 def summarise_methods(per_replicate: pd.DataFrame, alpha: float) -> pd.DataFrame:
     """One row per (scenario, method): mean power and FDR with Monte-Carlo errors, FDR control, AUC, sign errors, calibration.
 
     ``per_replicate``: :func:`replicate_metrics` rows with ``scenario`` and ``replicate``
     columns added. FDR control is judged by ``fdr <= alpha + 2 * fdr_se`` (the mean
     false discovery proportion within two Monte-Carlo standard errors of alpha; SE taken
-    as 0 with a single replicate). Calibration: the exact two-sided binomial test of the
-    pooled null share below 0.05 against 0.05 does not reject at :data:`CALIBRATION_LEVEL`.
+    as 0 with a single replicate). Calibration: the pooled null share below 0.05 is
+    within 3.29 standard errors of 0.05 (:func:`calibration_se`, :func:`is_calibrated`).
     Columns: :data:`SUMMARY_COLUMNS`, sorted by scenario and method.
     """
     keys = ["scenario", *METHOD_KEYS]
@@ -351,18 +387,18 @@ def summarise_methods(per_replicate: pd.DataFrame, alpha: float) -> pd.DataFrame
     null_k = sums["null_below_005"].to_numpy(dtype=np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["null_share_p05"] = np.where(null_n > 0, null_k / np.maximum(null_n, 1), np.nan)
-    has_null = null_n > 0
-    binomial = np.full(len(out), np.nan)
-    if has_null.any():
-        binomial[has_null] = binomial_two_sided_p(null_k[has_null], null_n[has_null], NOMINAL_P)
-    calibrated = pd.array(binomial >= CALIBRATION_LEVEL, dtype="boolean")
-    calibrated[~has_null] = pd.NA
-    out["calibrated"] = calibrated
+    tested = frame["null_tested"].to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = pd.Series(np.where(tested > 0, frame["null_below_005"].to_numpy() / tested, np.nan), index=frame.index)
+    se = calibration_se(null_k, null_n, shares, groups)
+    out["null_share_se"] = se
+    out["calibrated"] = is_calibrated(out["null_share_p05"].to_numpy(dtype=np.float64), se)
     return out.reset_index()
 
 
 def null_calibration(pvalues: pd.DataFrame) -> pd.DataFrame:
-    """Uniformity of the null p-values per (scenario, method): share below 0.05 with its binomial test, and the KS test.
+    """Uniformity of the null p-values per (scenario, method): share below 0.05 with its binomial test and its
+    replicate-robust bound (``calibrated``), and the KS test.
 
     ``pvalues``: columns scenario, replicate, method, model, transform, adjustment, feature,
     p (the null features of every replicate, e.g. :func:`null_pvalues`); NaN p-values are
@@ -371,7 +407,9 @@ def null_calibration(pvalues: pd.DataFrame) -> pd.DataFrame:
     each group once. Columns: :data:`CALIBRATION_COLUMNS`, sorted by scenario and method.
     """
     keys = ["scenario", *METHOD_KEYS]
-    frame = pvalues.loc[pvalues["p"].notna(), [*keys, "p"]].sort_values([*keys, "p"], kind="stable").reset_index(drop=True)
+    present = pvalues.loc[pvalues["p"].notna(), [*keys, "replicate", "p"]]
+    replicate_shares = (present["p"] < NOMINAL_P).groupby([present[k] for k in [*keys, "replicate"]], sort=True).mean()
+    frame = present[[*keys, "p"]].sort_values([*keys, "p"], kind="stable").reset_index(drop=True)
     grouped = frame.groupby(keys, sort=True)
     p = frame["p"].to_numpy(dtype=np.float64)
     n_row = grouped["p"].transform("size").to_numpy(dtype=np.float64)
@@ -393,4 +431,8 @@ def null_calibration(pvalues: pd.DataFrame) -> pd.DataFrame:
         },
         index=out.index,
     )
+    shares = replicate_shares.reset_index(drop=True)
+    levels = replicate_shares.index.to_frame(index=False)
+    result["share_se"] = calibration_se(below, n, shares, [levels[k] for k in keys])
+    result["calibrated"] = is_calibrated(result["share_below_005"].to_numpy(dtype=np.float64), result["share_se"].to_numpy())
     return result.reset_index()
