@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from scalable_assoc.cli import main
+from scalable_assoc.engine.methods_benchmark import BENCHMARK_WORK_DIR
 from scalable_assoc.errors import UserInputError
+from scalable_assoc.io.runstate import folder_lock
 from scalable_assoc.simulate.scenarios import Scenario, load_scenarios, simulate_scenario
 
 
@@ -63,6 +65,17 @@ def test_bad_scenario_file_exits_2_naming_the_key(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert f"{path}: {named}" in err, err
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_a_folder_held_by_another_benchmark_exits_75_and_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench"
+    (out / "replicates").mkdir(parents=True)
+    (out / "replicates" / "theirs.txt").write_text("in use")
+    with folder_lock(out / BENCHMARK_WORK_DIR, "benchmark-methods (another process)"):
+        assert main(["benchmark-methods", "--out", str(out), "--force", "--replicates", "1"]) == 75
+    err = capsys.readouterr().err
+    assert f"the output folder {out}" in err and "lock.json" in err, err
+    assert (out / "replicates" / "theirs.txt").read_text() == "in use"  # --force removed nothing
 
 
 def test_a_file_changes_the_defaults_and_lists_its_own_scenarios(tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.errors import UserInputError
 from scalable_assoc.io.atomic import write_atomically, write_json, write_npz, write_parquet, write_tsv
+from scalable_assoc.io.runstate import folder_lock
 from scalable_assoc.simulate.scenarios import Scenario, ScenarioGrid, load_scenarios, simulate_scenario
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ OUTPUT_FILES = (
     "manifest.json",
 )
 REPLICATES_DIR = "replicates"
+#: The benchmark folder's own lock lives here (``io.runstate.folder_lock``), as a run's does in its work folder.
+BENCHMARK_WORK_DIR = ".scalable_assoc"
 #: The replicate's abundance store, read by every layer of its plan.
 ABUNDANCE_STORE = "abundance.zarr"
 FITS_COLUMNS = ["method", "model", "transform", "adjustment", "feature", "beta", "p", "q"]
@@ -242,6 +245,41 @@ def benchmark_methods(
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise UserInputError(f"--out {out} is a file; give a folder for the benchmark")
+    # A second benchmark on the same folder would score and remove the first one's replicates under it.
+    with folder_lock(out / BENCHMARK_WORK_DIR, f"benchmark-methods {out}"):
+        return _benchmark_locked(
+            out,
+            grid,
+            scheduler,
+            workers,
+            client,
+            security,
+            dashboard,
+            cluster_profile,
+            on_progress,
+            force,
+            concurrent_runs,
+            keep_runs,
+            started,
+        )
+
+
+def _benchmark_locked(
+    out: Path,
+    grid: ScenarioGrid,
+    scheduler: str | None,
+    workers: int | None,
+    client: Client | None,
+    security: Security | None,
+    dashboard: str | None,
+    cluster_profile: ClusterProfile | None,
+    on_progress: Callable[[int, int], None] | None,
+    force: bool,
+    concurrent_runs: int,
+    keep_runs: bool,
+    started: float,
+) -> MethodsBenchmark:
+    """:func:`benchmark_methods` once it holds ``out``: resume or start again, run the replicates, write the outputs."""
     if force:
         shutil.rmtree(out / REPLICATES_DIR, ignore_errors=True)
         for name in OUTPUT_FILES:
