@@ -126,3 +126,29 @@ def test_constant_or_collinear_exposure_is_refused() -> None:
         permanova_design(covariates, 3 * covariates[:, 0] - 2)
     with pytest.raises(ValueError, match="residual degrees of freedom"):
         permanova_design(np.random.default_rng(0).normal(size=(5, 3)), np.arange(5.0))
+
+
+def test_permutations_within_strata_keep_every_sample_in_its_stratum() -> None:
+    strata = np.array([2, 0, 2, 1, 0, 2, 5, 1, 2])
+    out = permutation_indices(strata.size, seed=4, first=3, count=50, strata=strata)
+    assert out.shape == (50, strata.size)
+    assert (np.sort(out, axis=1) == np.arange(strata.size)).all()  # each row a permutation
+    assert (strata[out] == strata).all()  # within its stratum
+    assert out[:, 6].tolist() == [6] * 50  # a stratum of one stays in place
+    moved = out[:, [0, 2, 5, 8]]
+    assert len({tuple(r) for r in moved.tolist()}) > 10  # the stratum of four is shuffled
+    # Permutation i is the same whichever block draws it; free permutations are unchanged by the option.
+    np.testing.assert_array_equal(permutation_indices(strata.size, 4, 5, 2, strata), out[2:4])
+    np.testing.assert_array_equal(
+        permutation_indices(7, 1, 0, 3), [np.random.default_rng(np.random.SeedSequence([1, i])).permutation(7) for i in range(3)]
+    )
+
+
+def test_a_design_constant_within_strata_is_never_moved() -> None:
+    rng = np.random.default_rng(8)
+    families = np.repeat(np.arange(30), 4)
+    exposure = np.repeat(rng.integers(0, 2, 30), 4).astype(float)
+    coordinates = rng.normal(size=(120, 6)) + exposure[:, None] * 0.05
+    within = permanova_euclidean(coordinates, None, exposure, 49, seed=2, strata=families)
+    free = permanova_euclidean(coordinates, None, exposure, 49, seed=2)
+    assert within.f == free.f and within.p == 1.0 and free.p < 1.0

@@ -101,6 +101,36 @@ def test_permanova_equals_the_in_memory_kernels(first_run: tuple[Path, Path], sm
             assert row["p"] == result.p
 
 
+def test_a_cluster_column_permutes_within_clusters(client: Client, tmp_path: Path, small_study: SimulatedStudy) -> None:
+    plan_path = _plan(tmp_path, small_study)
+    plan_path.write_text(
+        plan_path.read_text().replace("distances: [aitchison, bray_curtis]", "distances: [aitchison]") + "cluster: family_id\n"
+    )
+    out = tmp_path / "out"
+    run_study(plan_path, out, client=client, allow_outside_paths=True)
+    table = pd.read_parquet(out / "permanova.parquet")
+    assert (table["permuted_within"] == "family_id").all() and (table["status"] == "ok").all()
+    assert json.loads((out / "manifest.json").read_text())["permanova"]["permuted_within"] == "family_id"
+
+    study = prepare_study(load_plan(plan_path, allow_outside_paths=True), out / ".scalable_assoc" / "stores")
+    layer = study.layers[0]
+    clr = transformed_layer(small_study.out_dir / "species.tsv", 0.1)
+    checked = 0
+    for analysis in layer.analyses:
+        design = layer.designs[analysis.design_key]
+        ids = [layer.store.sample_ids[i] for i in layer.sample_positions[design.rows]]
+        complete = clr.loc[ids].notna().all(axis=1).to_numpy()
+        families = design.clusters[complete]
+        assert len(np.unique(families)) < complete.sum()  # some families have several members
+        args = (clr.loc[ids].to_numpy()[complete], design.matrix[complete, 1:], analysis.exposure[complete], 99)
+        within = permanova_euclidean(*args, seed=3, strata=families)
+        row = table[(table["exposure"] == analysis.key.exposure) & (table["adjustment"] == analysis.key.adjustment)].iloc[0]
+        np.testing.assert_allclose(row["f"], within.f, rtol=1e-10)
+        assert row["p"] == within.p
+        checked += 1
+    assert checked
+
+
 def test_one_worker_and_a_rerun_give_identical_results(first_run: tuple[Path, Path], tmp_path: Path, small_study: SimulatedStudy) -> None:
     plan, out = first_run
     expected = pd.read_parquet(out / "permanova.parquet")

@@ -106,10 +106,12 @@ def clr_block(
 
 @dataclass(frozen=True)
 class HeldDesign:
-    """One analysis' participants (positions among the layer's samples) and its factorised design."""
+    """One analysis' participants (positions among the layer's samples), its factorised design and
+    the cluster codes ``(len(rows),)`` its permutations stay within (None: permuted freely)."""
 
     rows: np.ndarray
     design: PermanovaDesign
+    strata: np.ndarray | None = None
 
 
 def aitchison_observed(clr: np.ndarray, designs: list[HeldDesign]) -> list[np.ndarray]:
@@ -119,7 +121,7 @@ def aitchison_observed(clr: np.ndarray, designs: list[HeldDesign]) -> list[np.nd
 
 def aitchison_permuted(clr: np.ndarray, designs: list[HeldDesign], seed: int, first: int, count: int) -> list[np.ndarray]:
     """Per analysis, the ``(count, 2)`` permuted sums of one block of CLR values for permutations ``first..first+count-1``."""
-    return [euclidean_permuted(clr[d.rows], d.design, permutation_indices(d.design.n, seed, first, count)) for d in designs]
+    return [euclidean_permuted(clr[d.rows], d.design, permutation_indices(d.design.n, seed, first, count, d.strata)) for d in designs]
 
 
 def raw_kept(store_path: Path, bounds: list[tuple[int, int]], positions: np.ndarray, kept: list[np.ndarray]) -> np.ndarray:
@@ -145,9 +147,11 @@ def bray_observed(gower: np.ndarray, design: PermanovaDesign) -> np.ndarray:
     return distance_observed(gower, design)
 
 
-def bray_permuted(gower: np.ndarray, design: PermanovaDesign, seed: int, first: int, count: int) -> np.ndarray:
-    """The ``(count, 2)`` permuted sums of one analysis for permutations ``first..first+count-1``."""
-    return distance_permuted(gower, design, permutation_indices(design.n, seed, first, count))
+def bray_permuted(
+    gower: np.ndarray, design: PermanovaDesign, seed: int, first: int, count: int, strata: np.ndarray | None = None
+) -> np.ndarray:
+    """The ``(count, 2)`` permuted sums of one analysis for permutations ``first..first+count-1`` (within ``strata``)."""
+    return distance_permuted(gower, design, permutation_indices(design.n, seed, first, count, strata))
 
 
 # --- client side --------------------------------------------------------------------------------------------------------
@@ -189,6 +193,7 @@ class _Analysis:
     rows: np.ndarray  # positions among the layer's used samples
     covariates: np.ndarray  # (len(rows), k) without the intercept
     exposure_columns: np.ndarray  # (len(rows), q)
+    strata: np.ndarray | None  # (len(rows),) cluster codes when the plan names a cluster column
 
 
 def _analyses(layer: LayerWork) -> list[_Analysis]:
@@ -203,7 +208,8 @@ def _analyses(layer: LayerWork) -> list[_Analysis]:
             columns = np.stack([(a.exposure == code).astype(np.float64) for code in range(1, len(a.levels))], axis=1)
         else:
             columns = np.asarray(a.exposure, dtype=np.float64)[:, None]
-        out.append(_Analysis(exposure, adjustment, np.asarray(design.rows), np.asarray(design.matrix[:, 1:]), columns))
+        strata = np.asarray(design.clusters) if design.clusters is not None else None
+        out.append(_Analysis(exposure, adjustment, np.asarray(design.rows), np.asarray(design.matrix[:, 1:]), columns, strata))
     return out
 
 
@@ -230,7 +236,7 @@ def _designs(
             continue
         # Aitchison tasks index the layer's samples, Bray-Curtis tasks the usable ones.
         rows = a.rows[keep] if distance == "aitchison" else position[a.rows[keep]]
-        ready.append((a, HeldDesign(rows, design)))
+        ready.append((a, HeldDesign(rows, design, a.strata[keep] if a.strata is not None else None)))
     return ready
 
 
@@ -344,13 +350,20 @@ def _bray_curtis(
     ]
     futures: dict[str, list[distributed.Future]] = {}
     for index, (_, d) in enumerate(ready):
-        name = tokenize(d.rows, d.design.bases)
+        name = tokenize(d.rows, d.design.bases, d.strata)
         gower = client.submit(bray_gower, row_blocks, d.rows, key=f"permanova-gower-{token}-{held_usable.key}-{name}")
         design = hold_on_cluster(client, d.design, "permanova-design")
         futures[f"obs-{index}"] = [client.submit(bray_observed, gower, design, key=f"permanova-bray-obs-{token}-{name}")]
         futures[f"perm-{index}"] = [
             client.submit(
-                bray_permuted, gower, design, beta.seed, first, count, key=f"permanova-bray-perm-{token}-{name}-{first}-{count}-{beta.seed}"
+                bray_permuted,
+                gower,
+                design,
+                beta.seed,
+                first,
+                count,
+                d.strata,
+                key=f"permanova-bray-perm-{token}-{name}-{first}-{count}-{beta.seed}",
             )
             for first, count in _permutation_blocks([d], beta.permutations)
         ]
@@ -461,6 +474,7 @@ def run_permanova(
     order = {(a, b, c, d): i for i, (a, b, c, d) in enumerate(_order(layers, beta))}
     rows.sort(key=lambda r: order.get((str(r["layer"]), str(r["distance"]), str(r["exposure"]), str(r["adjustment"])), len(order)))
     frame = pd.DataFrame(rows, columns=[c.name for c in PERMANOVA_COLUMNS])
+    frame["permuted_within"] = study.plan.cluster
     table = _to_table(frame)
     write_parquet(out / PERMANOVA_FILES[0], table)
     write_tsv(out / PERMANOVA_FILES[1], table.to_pandas())
@@ -470,6 +484,7 @@ def run_permanova(
         "permutations": beta.permutations,
         "seed": beta.seed,
         "distances": list(beta.distances),
+        "permuted_within": study.plan.cluster,
     }
 
 

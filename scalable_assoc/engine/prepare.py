@@ -303,7 +303,8 @@ def prepare_study(
     if plan.cluster is not None:
         for message in label_warnings(plan, metadata[plan.cluster]):
             warnings.add(message)
-        if not any(plan.uses_clusters(model) for spec in plan.layers for model in spec.models):
+        permanova = plan.diversity is not None and plan.diversity.beta is not None  # permutes within clusters
+        if not permanova and not any(plan.uses_clusters(model) for spec in plan.layers for model in spec.models):
             warnings.add(
                 f"the plan names 'cluster: {plan.cluster}', but no model uses it: lm and lm_nonzero report classical "
                 "standard errors unless the plan asks for cluster-robust ones ('lm: {se: cluster}')"

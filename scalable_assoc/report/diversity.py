@@ -209,9 +209,12 @@ def diversity_report(run: RunOutputs, report: Path) -> DiversityReport:
         parts += [element(f) for f in figures if f.kind == "alpha"]
     if permanova is not None:
         shown = permanova[list(PERMANOVA_SHOWN)].rename(columns=PERMANOVA_SHOWN)
+        # Tables of runs before restricted permutations existed have no such column: they permuted freely.
+        within = permanova["permuted_within"].dropna().unique() if "permuted_within" in permanova else []
+        strata = f" Participants were permuted only within their <code>{escape(str(within[0]))}</code> clusters." if len(within) else ""
         parts += [
             "<h3>PERMANOVA</h3><p>Variance in community distance explained by each exposure under each adjustment set "
-            "(<code>permanova.tsv</code>).</p>",
+            f"(<code>permanova.tsv</code>).{strata}</p>",
             html_table(
                 shown.astype(object).where(shown.notna(), None), "permanova-table", numeric=("n", "R\u00b2", "F", "p", "permutations")
             ),

@@ -141,6 +141,11 @@ PERMANOVA_COLUMNS: tuple[Column, ...] = (
     Column("f", pa.float64(), "pseudo-F of the marginal term"),
     Column("p", pa.float64(), "permutation p-value (1 + #{F* >= F}) / (1 + permutations), seeded (plan diversity.beta.seed)"),
     Column("permutations", pa.int64(), "permutations drawn"),
+    Column(
+        "permuted_within",
+        pa.string(),
+        "the plan's cluster column when participants were permuted only within their clusters (vegan's strata); null: permuted freely",
+    ),
     Column("status", pa.string(), "'ok', or why there is no estimate"),
 )
 PERMANOVA_SCHEMA = pa.schema([pa.field(c.name, c.type) for c in PERMANOVA_COLUMNS])

@@ -200,17 +200,31 @@ def permanova_design(covariates: np.ndarray | None, exposure: np.ndarray) -> Per
     return PermanovaDesign(covariate_basis=covariate_basis, term_basis=term_basis, df_residual=df_residual)
 
 
-def permutation_indices(n: int, seed: int, first: int, count: int) -> np.ndarray:
+def permutation_indices(n: int, seed: int, first: int, count: int, strata: np.ndarray | None = None) -> np.ndarray:
     """Permutations number ``first .. first + count - 1`` of ``n`` samples, ``(count, n)`` int64.
 
     Permutation ``i`` comes from ``np.random.default_rng(np.random.SeedSequence([seed, i]))``,
-    so it is the same whichever block or worker draws it.
+    so it is the same whichever block or worker draws it. With ``strata`` (``(n,)``
+    integer codes, e.g. families) samples are permuted only within their stratum, as
+    vegan's ``how(blocks = strata)`` (``adonis2(..., strata = )``) does: related
+    participants are not exchangeable with the others, only among themselves. A
+    stratum of one sample keeps it in place.
     """
     if n < 1 or first < 0 or count < 0 or seed < 0:
         raise ValueError("n must be positive and seed, first, count non-negative")
+    if strata is not None:
+        strata = np.asarray(strata)
+        if strata.shape != (n,):
+            raise ValueError(f"strata must have shape ({n},), got {strata.shape}")
+        grouped = np.argsort(strata, kind="stable")  # each stratum's samples, in order
     out = np.empty((count, n), dtype=np.int64)
     for row, i in enumerate(range(first, first + count)):
-        out[row] = np.random.default_rng(np.random.SeedSequence([seed, i])).permutation(n)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
+        if strata is None:
+            out[row] = rng.permutation(n)
+        else:
+            # Sorting by (stratum, random key) shuffles each stratum's samples among its own positions.
+            out[row, grouped] = np.lexsort((rng.random(n), strata))
     return out
 
 
@@ -427,12 +441,14 @@ def permanova_euclidean(
     seed: int = 0,
     feature_block: int | None = None,
     permutation_block: int | None = None,
+    strata: np.ndarray | None = None,
 ) -> PermanovaResult:
     """Marginal PERMANOVA on Euclidean coordinates ``(n, p)`` (Aitchison: CLR values), in memory.
 
     The reference composition of the chunked kernels (the engine runs the same
     calls per store chunk): features in blocks of ``feature_block`` columns
-    (all at once by default), permutations in blocks of ``permutation_block``.
+    (all at once by default), permutations in blocks of ``permutation_block``,
+    within ``strata`` (``(n,)`` cluster codes) when given (:func:`permutation_indices`).
     Never forms an ``n x n`` matrix.
     """
     design = permanova_design(covariates, exposure)
@@ -445,7 +461,7 @@ def permanova_euclidean(
     permuted = np.zeros((permutations, 2))
     for first in range(0, permutations, block):
         count = min(block, permutations - first)
-        indices = permutation_indices(design.n, seed, first, count)
+        indices = permutation_indices(design.n, seed, first, count, strata)
         for chunk in chunks:
             permuted[first : first + count] += euclidean_permuted(chunk, design, indices)
     return permanova_from_sums(design, observed, permuted)
@@ -458,11 +474,12 @@ def permanova_distance(
     permutations: int = 999,
     seed: int = 0,
     permutation_block: int | None = None,
+    strata: np.ndarray | None = None,
 ) -> PermanovaResult:
     """Marginal PERMANOVA of an ``(n, n)`` distance matrix (memory ``2 * distance_matrix_bytes(n)``).
 
-    Same statistics and permutations as :func:`permanova_euclidean`: on
-    ``distances = dist(Y)`` both give the same result.
+    Same statistics and permutations as :func:`permanova_euclidean` (within ``strata``
+    when given): on ``distances = dist(Y)`` both give the same result.
     """
     design = permanova_design(covariates, exposure)
     gower = gower_centre(distances)
@@ -473,5 +490,5 @@ def permanova_distance(
     permuted = np.zeros((permutations, 2))
     for first in range(0, permutations, block):
         count = min(block, permutations - first)
-        permuted[first : first + count] = distance_permuted(gower, design, permutation_indices(design.n, seed, first, count))
+        permuted[first : first + count] = distance_permuted(gower, design, permutation_indices(design.n, seed, first, count, strata))
     return permanova_from_sums(design, observed, permuted)
