@@ -17,9 +17,10 @@ from scalable_assoc.engine.alpha import assemble_alpha_results
 from scalable_assoc.engine.chunks import ChunkTask
 from scalable_assoc.engine.filters import LayerFilter, feature_table
 from scalable_assoc.engine.prepare import PreparedStudy
+from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import file_checksum, write_parquet, write_tsv, write_tsv_table
+from scalable_assoc.io.ingest import input_checksum
 from scalable_assoc.io.runstate import read_status
-from scalable_assoc.io.store import store_checksum
 from scalable_assoc.plan.schema import MODELS, Plan
 from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE
 from scalable_assoc.results.columns import COVARIATE_SCHEMA
@@ -99,6 +100,7 @@ def up_to_date(plan: Plan, out: Path, options: dict[str, object], features: Path
         return None
     inputs = manifest.get("inputs", {})
     expected = {"metadata": plan.metadata, **{f"layer:{layer.name}": layer.path for layer in plan.layers}}
+    store_layers = {f"layer:{layer.name}": (layer.name, layer.store_layer) for layer in plan.layers}
     listed = features if features is not None else plan.features
     recorded = manifest.get("features")
     if set(inputs) != set(expected) or (listed is None) != (recorded is None):
@@ -106,7 +108,14 @@ def up_to_date(plan: Plan, out: Path, options: dict[str, object], features: Path
     if listed is not None and (not listed.is_file() or recorded.get("sha256") != file_checksum(listed)):
         return None
     for key, path in expected.items():
-        if not path.exists() or inputs[key].get("sha256") != (store_checksum(path) if path.is_dir() else file_checksum(path)):
+        if not path.exists():
+            return None
+        try:
+            # A layer of a store made by 'ingest --layer' is checked by that layer's checksum, as prepare records it.
+            checksum = input_checksum(path, *store_layers[key]) if key in store_layers else file_checksum(path)
+        except DataError:  # the store no longer holds the layer: the run is not up to date; preparing says why
+            return None
+        if inputs[key].get("sha256") != checksum:
             return None
     try:
         results = pd.read_parquet(out / "results.parquet")

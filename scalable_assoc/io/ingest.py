@@ -127,7 +127,7 @@ def layer_store(
     """The store for one layer and the checksum of its input.
 
     A store given directly (``.zarr`` folder) is opened as it is; its checksum is
-    that of its whole content (values and attributes, sample IDs included; chunks
+    that of the layer's whole content (values and attributes, sample IDs included; chunks
     by their stored CRC-32C, :func:`store_checksum`), so results computed from it are never reused once it changes. A table is
     converted into ``cache_dir`` once and sealed (its content's SHA-256 beside
     it); the cache name holds the table's checksum, rank and chunk size, so an
@@ -186,6 +186,19 @@ def layer_store(
     )
     seal(destination)
     return store, checksum
+
+
+def input_checksum(source: Path, layer: str, store_layer: str | None = None) -> str:
+    """The checksum :func:`layer_store` records for a layer's input ``source``, without converting anything.
+
+    A store: :func:`store_checksum` of the plan layer's folder (one layer of a
+    store made by ``ingest --layer``, or the store itself); a table: its SHA-256.
+    ``store_layer`` as the plan gives it. Raises DataError as :func:`layer_store`
+    does when the store lacks that layer.
+    """
+    if source.is_dir():
+        return store_checksum(_layer_of_store(source, layer, store_layer))
+    return file_checksum(source)
 
 
 def _layer_of_store(source: Path, layer: str, store_layer: str | None) -> Path:
