@@ -49,6 +49,32 @@ def key_codes(values: pa.ChunkedArray | pa.Array, order: Sequence[str]) -> np.nd
     return np.asarray(positions.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
+def combined_codes(columns: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+    """``(m,)`` int64: one code per distinct combination of the columns' codes.
+
+    Each column is ``(codes, size)`` with codes in ``[-1, size)`` (-1 a value of its
+    own, such as missing). The key is compacted after each column, so it never
+    overflows however many columns and values there are.
+    """
+    key = np.zeros(len(columns[0][0]) if columns else 0, dtype=np.int64)
+    for codes, size in columns:
+        key = np.unique(key * (size + 1) + codes + 1, return_inverse=True)[1].reshape(-1)
+    return key
+
+
+def first_appearance(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of equal ``key`` (``(m,)``) numbered in order of first appearance, and each group's first row.
+
+    Returns ``(group of each row (m,), first row of each group (g,))``, as
+    ``groupby(..., sort=False).ngroup()`` and ``drop_duplicates().index`` give them.
+    """
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[order] = np.arange(first.size)
+    return rank[inverse.reshape(-1)], first[order]
+
+
 def first_seen_groups(table: pa.Table, by: Sequence[str]) -> np.ndarray:
     """``(m,)`` group of each row by the values of ``by``, numbered in order of first appearance.
 
@@ -60,23 +86,20 @@ def first_seen_groups(table: pa.Table, by: Sequence[str]) -> np.ndarray:
     n = table.num_rows
     if not columns or not n:
         return np.zeros(n, dtype=np.int64)
-    key = np.zeros(n, dtype=np.int64)
+    coded = []
     missing = np.zeros(n, dtype=bool)
     for column in columns:
         encoded = pc.dictionary_encode(table[column].combine_chunks())
         codes = np.asarray(encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
         missing |= codes < 0
-        # compacted after each column, so the combined key never overflows
-        key = np.unique(key * (len(encoded.dictionary) + 1) + codes + 1, return_inverse=True)[1].reshape(-1)
+        coded.append((codes, len(encoded.dictionary)))
     present = ~missing
-    _, first, inverse = np.unique(key[present], return_index=True, return_inverse=True)
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    groups = first_appearance(combined_codes(coded)[present])[0]
     if not missing.any():
-        return rank[inverse.reshape(-1)]
-    groups = np.full(n, np.nan)
-    groups[present] = rank[inverse.reshape(-1)]
-    return groups
+        return groups
+    with_missing = np.full(n, np.nan)
+    with_missing[present] = groups
+    return with_missing
 
 
 def float_values(values: pa.ChunkedArray | pa.Array) -> np.ndarray:

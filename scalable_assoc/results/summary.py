@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from scalable_assoc.results.gather import family_q
+from scalable_assoc.results.gather import combined_codes, family_q, first_appearance
 
 #: A layer x exposure x model: the unit whose adjustment sets are compared with its base.
 GROUP_KEYS = ["layer", "exposure", "model"]
@@ -30,8 +30,8 @@ def sets_run(results: pd.DataFrame, adjustment_order: Sequence[str]) -> dict[tup
     rank = {name: i for i, name in enumerate(adjustment_order)}
     groups: dict[tuple[str, str, str], list[str]] = {}
     columns = [*GROUP_KEYS, "adjustment"]
-    first = np.unique(_row_keys(results, columns), return_index=True)[1]  # drop_duplicates, on integer codes
-    for layer, exposure, model, adjustment in results[columns].iloc[np.sort(first)].itertuples(index=False):
+    first = first_appearance(_row_keys(results, columns))[1]  # drop_duplicates, on integer codes
+    for layer, exposure, model, adjustment in results[columns].iloc[first].itertuples(index=False):
         if adjustment in rank:
             groups.setdefault((layer, exposure, model), []).append(adjustment)
     return {key: sorted(names, key=rank.__getitem__) for key, names in groups.items()}
@@ -49,12 +49,8 @@ def base_sets(frame: pd.DataFrame, runs: dict[tuple[str, str, str], list[str]]) 
 
 def _row_keys(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """``(len(frame),)`` int64: one code per distinct combination of ``columns`` (missing values alike, as ``drop_duplicates`` has them)."""
-    key = np.zeros(len(frame), dtype=np.int64)
-    for column in columns:
-        codes, uniques = pd.factorize(frame[column], use_na_sentinel=False)
-        # compacted after each column, so the combined key never overflows
-        key = np.unique(key * (len(uniques) + 1) + codes, return_inverse=True)[1].reshape(-1)
-    return key
+    factorised = [pd.factorize(frame[column], use_na_sentinel=False) for column in columns]
+    return combined_codes([(np.asarray(codes, dtype=np.int64), len(uniques)) for codes, uniques in factorised])
 
 
 def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], alpha: float) -> pd.DataFrame:
@@ -75,11 +71,8 @@ def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], a
     ran_anywhere = {a for names in runs.values() for a in names}
     present = [a for a in adjustment_order if a in ran_anywhere]
     # Each row's output row: integer codes of its keys, not a MultiIndex of strings (400,000 rows at 100,000 features).
-    _, first, row_of = np.unique(_row_keys(results, keys), return_index=True, return_inverse=True)
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)  # output rows in order of first appearance
-    row_of = rank[row_of.reshape(-1)]
-    out = results[keys].iloc[np.sort(first)].reset_index(drop=True)
+    row_of, first = first_appearance(_row_keys(results, keys))  # output rows in order of first appearance
+    out = results[keys].iloc[first].reset_index(drop=True)
     n = len(out)
     base = base_sets(out, runs)
     # Always written, so a pipeline reading the file sees the same columns whatever the plan.
