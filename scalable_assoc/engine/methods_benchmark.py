@@ -567,16 +567,24 @@ def replicate_fits(run_dir: Path) -> pd.DataFrame:
     return _ordered_fits(frame)
 
 
+#: The order of methods in every output: by model, then transform, then adjustment (unknown values last).
+_METHOD_ORDER = {
+    "model": {m: i for i, m in enumerate(MODEL_ORDER)},
+    "transform": {t: i for i, t in enumerate(("-", *TRANSFORMS))},
+    "adjustment": {a: i for i, a in enumerate(ADJUSTMENTS)},
+}
+
+
+def _method_ranks(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """Each row's rank of its model, transform and adjustment in :data:`_METHOD_ORDER`."""
+    return {column: frame[column].map(ranks).fillna(len(ranks)) for column, ranks in _METHOD_ORDER.items()}
+
+
 def _ordered_fits(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its ``method`` column, rows in method order then the features' own order."""
     frame = frame.copy()
     frame["method"] = frame["model"] + "/" + frame["transform"] + "/" + frame["adjustment"]
-    order = {
-        "model": {m: i for i, m in enumerate(MODEL_ORDER)},
-        "transform": {t: i for i, t in enumerate(("-", *TRANSFORMS))},
-        "adjustment": {a: i for i, a in enumerate(ADJUSTMENTS)},
-    }
-    keys = pd.DataFrame({c: frame[c].map(m).fillna(len(m)) for c, m in order.items()})
+    keys = pd.DataFrame(_method_ranks(frame))
     keys["row"] = np.arange(len(frame))
     index = keys.sort_values(["model", "transform", "adjustment", "row"], kind="stable").index
     return frame.loc[index, FITS_COLUMNS].reset_index(drop=True)
@@ -588,9 +596,7 @@ def _in_order(frame: pd.DataFrame, scenarios: list[str]) -> pd.DataFrame:
         {
             "scenario": frame["scenario"].map({name: i for i, name in enumerate(scenarios)}),
             "replicate": frame["replicate"] if "replicate" in frame.columns else 0,
-            "model": frame["model"].map({m: i for i, m in enumerate(MODEL_ORDER)}).fillna(len(MODEL_ORDER)),
-            "transform": frame["transform"].map({t: i for i, t in enumerate(("-", *TRANSFORMS))}).fillna(len(TRANSFORMS) + 1),
-            "adjustment": frame["adjustment"].map({a: i for i, a in enumerate(ADJUSTMENTS)}).fillna(len(ADJUSTMENTS)),
+            **_method_ranks(frame),
             "method": frame["method"],
         },
         index=frame.index,
@@ -623,8 +629,7 @@ def limma_replicates(folders: list[str], alpha: float) -> None:
     (scored against the folder's ``truth.parquet`` at ``alpha``).
     """
     from scalable_assoc.io.limma_r import LimmaJob, run_limma
-    from scalable_assoc.results.methods_metrics import replicate_metrics
-    from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
+    from scalable_assoc.results.methods_metrics import method_q, replicate_metrics
 
     jobs, where = [], []
     for folder in folders:
@@ -658,7 +663,7 @@ def limma_replicates(folders: list[str], alpha: float) -> None:
     for path, parts in by_folder.items():
         fits = pd.concat(parts, ignore_index=True)
         fits["method"] = fits["model"] + "/-/" + fits["adjustment"]
-        fits["q"] = benjamini_hochberg_grouped(fits["p"].to_numpy(dtype=np.float64), fits["method"].to_numpy())
+        fits["q"] = method_q(fits)
         fits = _ordered_fits(fits)
         write_parquet(path / "limma_fits.parquet", fits)
         write_parquet(path / "limma_metrics.parquet", replicate_metrics(fits, pd.read_parquet(path / "truth.parquet"), alpha))
