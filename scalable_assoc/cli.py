@@ -78,12 +78,7 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run every analysis of a plan")
     run.add_argument("plan", type=Path, help="plan file (YAML)")
     run.add_argument("--out", type=Path, help="output folder (default: <plan folder>/results)")
-    run.add_argument(
-        "--scheduler",
-        help="address of an existing Dask scheduler, e.g. tls://10.0.0.5:8786 with --tls-* options, or tcp://... (default: start a closed "
-        "local cluster)",
-    )
-    run.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
+    _scheduler_or_workers(run)
     _cluster_options(run)
     run.add_argument(
         "--chunk-features", type=_positive_int, help="features per store chunk when converting tables (default: ~32 MiB chunks)"
@@ -322,14 +317,19 @@ def _add_benchmark_methods(commands: argparse._SubParsersAction) -> None:
         "--scenarios", type=Path, help="scenario file (YAML: defaults and scenarios; default: the shipped methods_scenarios.yaml)"
     )
     bench.add_argument("--replicates", type=_positive_int, help="replicates per scenario (default: each scenario's own, 20 shipped)")
-    bench.add_argument(
+    _scheduler_or_workers(bench)
+    _cluster_options(bench)
+    bench.add_argument("--force", action="store_true", help="start again: remove the finished replicates and outputs of --out first")
+
+
+def _scheduler_or_workers(command: argparse.ArgumentParser) -> None:
+    """Where a command that runs a whole study computes: an existing scheduler, or a local cluster of N workers."""
+    command.add_argument(
         "--scheduler",
         help="address of an existing Dask scheduler, e.g. tls://10.0.0.5:8786 with --tls-* options, or tcp://... (default: start a closed "
         "local cluster)",
     )
-    bench.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
-    _cluster_options(bench)
-    bench.add_argument("--force", action="store_true", help="start again: remove the finished replicates and outputs of --out first")
+    command.add_argument("--workers", type=_positive_int, help="worker processes of the local cluster (default: one per core)")
 
 
 def _cluster_options(command: argparse.ArgumentParser) -> None:
