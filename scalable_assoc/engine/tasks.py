@@ -171,10 +171,8 @@ class SharedDesign:
     clusters: np.ndarray | None
 
     def __sizeof__(self) -> int:
-        d = self.design
-        return array_bytes(
-            self.rows, self.clusters, d.covariates, d.q, d.column_means, d.column_scales, d.pivot, d.r_factor, d.column_norms
-        )
+        design_arrays = (value for value in vars(self.design).values() if isinstance(value, np.ndarray))
+        return array_bytes(self.rows, self.clusters, *design_arrays)
 
 
 def factorise(path: Path) -> SharedDesign:
