@@ -43,6 +43,11 @@ import numpy as np
 import psutil
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# Every command the suite starts (the scalable-assoc console script included) and the suite itself import
+# the package from this checkout, not an older installed copy: a stale install would be measured silently.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from suite_whole_run import SCRIPT_GROUPS, ingested_plan, limma_check, limma_study, script_group  # noqa: E402
