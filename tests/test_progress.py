@@ -12,11 +12,12 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from distributed import LocalCluster
 
-from scalable_assoc.progress import Progress, ProgressReporter, progress_of
+from scalable_assoc.progress import Progress, ProgressReporter, process_age_seconds, progress_of
 from scalable_assoc.report.progress_console import ConsoleHandler, duration
 from scalable_assoc.simulate import simulate_study
 
@@ -230,3 +231,19 @@ def test_an_unfinished_bar_ends_its_line_before_an_error_is_printed() -> None:
     assert stream.getvalue().endswith("\n") and stream.getvalue().count("\n") == 1
     console.close()
     assert stream.getvalue().count("\n") == 1
+
+
+def test_a_process_age_is_no_longer_than_the_parent_saw_it_live() -> None:
+    """A new process's age when it prints is between 0 and the wall time its parent measured around its whole life.
+
+    The age behind the manifest's ``first_task``: counted from the boot-time clock, not from
+    ``/proc/stat``'s whole-second boot time (psutil), which made ages up to a second too long.
+    """
+    assert process_age_seconds() is not None and process_age_seconds() > 0
+    code = "from scalable_assoc.progress import process_age_seconds; print(process_age_seconds())"
+    for _ in range(3):
+        started = time.perf_counter()
+        printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        lived = time.perf_counter() - started
+        age = float(printed)
+        assert 0 < age <= lived + 0.011, (age, lived)  # + one clock tick: the start is counted in whole 10 ms ticks

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import distributed
-import psutil
 from distributed import Client, KilledWorker
 from distributed.security import Security
 
@@ -55,7 +54,7 @@ from scalable_assoc.errors import ClusterFailure, PlanError, UserInputError
 from scalable_assoc.io.atomic import remove_sealed, seal, sealed, write_json, write_parquet
 from scalable_assoc.io.runstate import RUN_LOG, RunLog, RunStatus, folder_lock, remove_leftovers, timestamp
 from scalable_assoc.plan.schema import Plan, load_plan
-from scalable_assoc.progress import ProgressReporter
+from scalable_assoc.progress import ProgressReporter, process_age_seconds
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -373,8 +372,8 @@ def _run_prepared(
 class _FirstResult:
     """When the run's first task came back from the cluster, as seconds since the process started: "command to first task".
 
-    The process start is the operating system's (``psutil``; 10 ms resolution),
-    so the seconds include the interpreter's start, the imports, preparing the
+    The process start is the operating system's (:func:`~scalable_assoc.progress.process_age_seconds`;
+    10 ms resolution), so the seconds include the interpreter's start, the imports, preparing the
     study, the cluster's start (the part not overlapping the preparation) and
     one task's round trip; the first task is the first of the sample positions
     held on the cluster, submitted as the filter phase starts. In a long-lived
@@ -382,19 +381,19 @@ class _FirstResult:
     """
 
     def __init__(self, futures: Iterable[distributed.Future]) -> None:
-        self.at: float | None = None
+        self.age: float | None = None
         for future in futures:
             future.add_done_callback(self._done)  # called in the client's event loop thread
 
     def _done(self, _future: distributed.Future) -> None:
-        if self.at is None:
-            self.at = time.time()
+        if self.age is None:
+            self.age = process_age_seconds()
 
     def record(self, timings: dict[str, float]) -> None:
         """Add ``first_task`` to ``timings`` (when a task came back, and not added before) and log it."""
-        if self.at is None or "first_task" in timings:
+        if self.age is None or "first_task" in timings:
             return
-        timings["first_task"] = self.at - psutil.Process().create_time()
+        timings["first_task"] = self.age
         logger.info("first task result %.2fs after the command started", timings["first_task"])
 
 
