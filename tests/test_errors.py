@@ -228,6 +228,14 @@ def test_invalid_value_in_metaphlan_table(study: Path, capsys: pytest.CaptureFix
     assert f"feature '{species}'" in message and f"sample '{sample}'" in message
 
 
+def test_of_two_bad_tables_the_first_in_plan_order_is_named(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Tables of different files are converted two at a time; the error is still the one a plan-order pass meets first."""
+    set_cell(study / "gbm.tsv", "LL000010", 5, "-0.5")
+    set_cell(study / "species.tsv", "|s__", 3, "abc")
+    message = fails(study, capsys)
+    assert "species.tsv" in message and "non-numeric value" in message and "gbm.tsv" not in message
+
+
 def test_negative_value_exits_2_in_a_subprocess(study: Path) -> None:
     sample, feature = set_cell(study / "gbm.tsv", "LL000010", 5, "-0.5")
     message = command_fails(study / "plan.yaml", study / "out")

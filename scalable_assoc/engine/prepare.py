@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -321,7 +322,8 @@ def prepare_study(
     feature_list = read_feature_list(features) if features is not None else None
     if on_checked is not None:  # start-up (engine/run.py): the cluster starts once the cheap checks passed
         on_checked()
-    prepared = {spec.name: _prepare_layer(inputs, spec, cache_dir, chunk_features, feature_list, warnings) for spec in plan.layers}
+    stores = layer_stores(plan.layers, cache_dir, chunk_features)
+    prepared = {spec.name: _prepare_layer(inputs, spec, stores[spec.name], feature_list, warnings) for spec in plan.layers}
     layers = [work for work in prepared.values() if work.analyses]
     if not layers:
         raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
@@ -379,17 +381,9 @@ class _StudyInputs:
     resolved: dict[tuple[str, str, str], tuple[PreparedAnalysis, DesignInput]] = field(default_factory=dict)
 
 
-def _prepare_layer(
-    inputs: _StudyInputs,
-    spec: LayerSpec,
-    cache_dir: Path,
-    chunk_features: int | None,
-    feature_list: FeatureList | None,
-    warnings: _Warnings,
-) -> LayerWork:
-    """One layer's store (converted if needed), participants, feature list and resolved analyses."""
-    plan, metadata = inputs.plan, inputs.metadata
-    store, checksum = layer_store(
+def _open_layer_store(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple[AbundanceStore, str]:
+    """One layer's store (its table converted into ``cache_dir`` if not done before) and its input's checksum."""
+    return layer_store(
         spec.path,
         spec.format,
         spec.rank,
@@ -400,6 +394,69 @@ def _prepare_layer(
         store_layer=spec.store_layer,
         **spec.read_options(),
     )
+
+
+def layer_stores(specs: Sequence[LayerSpec], cache_dir: Path, chunk_features: int | None) -> dict[str, tuple[AbundanceStore, str]]:
+    """Every layer's store and input checksum, by layer name; table files converted two at a time.
+
+    Converting a table (parse, compress, write) keeps about one core busy, and a
+    study has several tables (species, pathways, modules): the largest table file
+    is converted in this thread, the other files meanwhile in one helper thread,
+    then this thread opens the stores given as such. Layers of one file stay in
+    one thread, in plan order, so a file is never converted twice at once. Errors
+    are raised in plan order, as one thread would meet them. The helper is a
+    daemon: an interrupted run does not wait for its table (a killed conversion
+    leaves only a temporary folder, which the next run removes, see
+    :func:`~scalable_assoc.io.runstate.remove_leftovers`).
+    """
+    files: dict[Path, list[LayerSpec]] = {}
+    for spec in specs:
+        if spec.path.is_file():
+            files.setdefault(spec.path.resolve(), []).append(spec)
+    if len(files) < 2:
+        return {spec.name: _open_layer_store(spec, cache_dir, chunk_features) for spec in specs}
+    largest = max(files, key=lambda path: path.stat().st_size)
+    in_helper = [spec for path, group in files.items() if path != largest for spec in group]
+    outcomes: dict[str, tuple[AbundanceStore, str] | Exception] = {}
+    helper = threading.Thread(
+        target=_open_each, args=(in_helper, cache_dir, chunk_features, outcomes), name="scalable-assoc-convert", daemon=True
+    )
+    helper.start()
+    _open_each([spec for spec in specs if spec not in in_helper], cache_dir, chunk_features, outcomes)
+    helper.join()
+    stores = {}
+    for spec in specs:
+        outcome = outcomes.get(spec.name)
+        if outcome is None:  # after an error in its thread: the error, earlier in plan order or in the other thread, is raised
+            continue
+        if isinstance(outcome, Exception):
+            raise outcome
+        stores[spec.name] = outcome
+    return stores
+
+
+def _open_each(
+    specs: Sequence[LayerSpec], cache_dir: Path, chunk_features: int | None, outcomes: dict[str, tuple[AbundanceStore, str] | Exception]
+) -> None:
+    """Open each layer's store in order into ``outcomes``; at an error, the error instead and the layers after it left out."""
+    for spec in specs:
+        try:
+            outcomes[spec.name] = _open_layer_store(spec, cache_dir, chunk_features)
+        except Exception as error:  # raised by layer_stores in plan order
+            outcomes[spec.name] = error
+            return
+
+
+def _prepare_layer(
+    inputs: _StudyInputs,
+    spec: LayerSpec,
+    opened: tuple[AbundanceStore, str],
+    feature_list: FeatureList | None,
+    warnings: _Warnings,
+) -> LayerWork:
+    """One layer's participants, feature list and resolved analyses, on its store (``opened``: store and input checksum)."""
+    plan, metadata = inputs.plan, inputs.metadata
+    store, checksum = opened
     for note in store.notes:
         logger.info("layer '%s': %s", spec.name, note)
     mixed_scales = _mixed_scales_warning(spec, store)
