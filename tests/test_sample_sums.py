@@ -154,3 +154,40 @@ def test_wide_table_gives_its_smallest_value_first(tmp_path, caplog):
     assert first.attrs["sample_sums"] == second.attrs["sample_sums"]
     assert np.asarray(first["sample_log_pseudo"][...]).tobytes() == np.asarray(second["sample_log_pseudo"][...]).tobytes()
     np.testing.assert_allclose(wide.stored_sample_sums()[0].log_pseudo, sample_summaries(values, "clr", 5e-10)[0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("told", [1e-12, 1e-9, 1e-3])
+def test_a_readers_wrong_minimum_falls_back_to_the_blocks(tmp_path, told, caplog):
+    """Told the table's minimum, the writer skips the sums with other candidates; told a wrong one (or the right one),
+    every stored array has the bits of a store whose writer was told nothing."""
+    import logging
+
+    from scalable_assoc.io.table_values import SmallestPositive
+
+    values = _table(seed=2)
+    values[3, -1] = 1e-9  # the smallest value, in the last chunk: every earlier chunk has another candidate
+
+    def arrays(name: str, known: float | None) -> dict[str, bytes]:
+        smallest = None
+        if known is not None:
+            smallest = SmallestPositive()
+            smallest.value = known
+        store = write_store_blocks(
+            tmp_path / name,
+            [f"S{i}" for i in range(values.shape[0])],
+            [f"F{j}" for j in range(values.shape[1])],
+            lambda a, b: values[:, a:b],
+            "t",
+            "x",
+            3,
+            smallest_positive=smallest,
+        )
+        group = zarr.open_group(store.path, mode="r")
+        return {key: np.asarray(array[...]).tobytes() for key, array in group.arrays()} | {"attrs": repr(dict(group.attrs)).encode()}
+
+    expected = arrays("told-nothing.zarr", None)
+    with caplog.at_level(logging.DEBUG, logger="scalable_assoc.io.store"):
+        got = arrays("told.zarr", told)
+    assert got == expected
+    read_back = 0 if told == 1e-9 else 8  # a wrong minimum: the final pseudocount's chunk (the last) is read back too
+    assert f"7 blocks summed again for the final pseudocount 5e-10, {read_back} of them read back" in caplog.text

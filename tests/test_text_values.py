@@ -141,3 +141,25 @@ def test_quoted_and_missing_ids_go_to_pandas(tmp_path, monkeypatch) -> None:
     pd.DataFrame({"clade_name": ["k__B|s__A", "NA"], "S1": [1.0, 2.0], "S2": [3.0, 4.0]}).to_csv(mpa, sep="\t", index=False)
     fast, pandas = (_outcome(mpa, tmp_path, monkeypatch, on) for on in (True, False))
     assert isinstance(pandas, str) and fast == pandas
+
+
+@pytest.mark.parametrize("change", ["short", "long", "blank_lines"])
+def test_metaphlan_row_lengths_checked_in_the_clade_pass(tmp_path, monkeypatch, change) -> None:
+    """Field counts taken with the clades (one pass) give what the separate line check gave: its message naming the
+    line, or the values pandas alone reads (blank lines are skipped)."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", 300)
+    mpa = _metaphlan(tmp_path / "mpa.tsv", 40, 9, np.random.default_rng(8))
+    lines = mpa.read_text().splitlines()
+    if change == "short":
+        lines[30] = lines[30].rsplit("\t", 1)[0]
+    elif change == "long":
+        lines[25] += "\t0.5"
+    else:
+        lines[20:20] = ["", ""]
+    mpa.write_text("\n".join(lines) + "\n")
+    fast, pandas = (_outcome(mpa, tmp_path, monkeypatch, on) for on in (True, False))
+    if change in ("short", "long"):
+        assert isinstance(pandas, str) and f"line {31 if change == 'short' else 26} (clade row) has" in pandas
+        assert fast == pandas
+    else:
+        np.testing.assert_array_equal(fast, pandas)

@@ -12,7 +12,7 @@ import pandas as pd
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import check_row_lengths, comment_lines, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, chosen_rows, rebatch, validated_values
-from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids
+from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids_and_widths
 from scalable_assoc.plan.schema import RANK_PREFIXES
 
 logger = logging.getLogger(__name__)
@@ -34,9 +34,6 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
     header = raw_header(path, len(skipped))
     sample_ids = pd.Index([c for c in header[1:] if c not in METAPHLAN_TAXID_COLUMNS])
     check_ids(path, "sample", sample_ids)
-    check_row_lengths(path, len(skipped), "clade")
-    if len(header) < 2:
-        raise DataError(f"{path}: a MetaPhlAn table needs a clade column and at least one sample column; found {len(header)} column(s)")
     separator = table_separator(path)
     layout = TextTable(path, separator, len(skipped) + 1, len(header))
     # pyarrow reads the values where it reads them as pandas does (text_values); pandas reads the rest and words every error.
@@ -45,11 +42,18 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
     # The fast path takes the taxonomy id columns only right after the clades; pandas would rename a repeated column name.
     fast = taxids == list(range(1, first)) and len(set(header)) == len(header)
     clades = None
-    if fast:
+    lengths_checked = False
+    if fast and len(header) >= 2:
         try:
-            clades = pd.Series(row_ids(layout), dtype=str)
+            # The clades and every row's field count in one pass over the text (a second pass took 0.4 s of 307 MB).
+            ids, lengths_checked = row_ids_and_widths(layout)
+            clades = pd.Series(ids, dtype=str)
         except Declined as why:
             logger.debug("%s: clades read by pandas (%s)", path, why)
+    if not lengths_checked:
+        check_row_lengths(path, len(skipped), "clade")  # names the first line of another length (or accepts them all)
+    if len(header) < 2:
+        raise DataError(f"{path}: a MetaPhlAn table needs a clade column and at least one sample column; found {len(header)} column(s)")
     if clades is None:
         fast = False
         clades = _pandas_clades(path, separator, skipped)

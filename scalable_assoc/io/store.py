@@ -278,6 +278,8 @@ def write_store_blocks(
     n_samples, n_features = len(sample_ids), len(feature_ids)
     chunk = default_chunk_features(n_samples, n_features, chunk_features)
 
+    map_large_allocations()  # chunk-sized buffers mapped and unmapped: a steady peak (see its docstring)
+
     def writer(temporary: Path) -> None:
         group = zarr.open_group(temporary, mode="w", zarr_format=3)
         group.attrs.update(
@@ -347,6 +349,42 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 _MALLOC_TRIM = _malloc_trim()
 
+#: glibc's ``mallopt`` parameter for the size from which an allocation is its own ``mmap`` (``M_MMAP_THRESHOLD``).
+_M_MMAP_THRESHOLD = -3
+#: Allocations from this size on are mapped on their own while converting: a store chunk (about 32 MiB) and zarr's
+#: encoding buffers of a chunk (a few MiB and more), not the text blocks' 1-10 MiB temporaries, which heaps reuse.
+STEADY_MMAP_THRESHOLD = 8 * 2**20
+
+
+def map_large_allocations() -> None:
+    """Make glibc serve every allocation of :data:`STEADY_MMAP_THRESHOLD` bytes or more by ``mmap`` (elsewhere: nothing).
+
+    glibc's threshold starts at 128 kB and rises to the size of each mapped block freed, up to 32 MiB: after the
+    first store chunk (just under 32 MiB) is freed, chunks and zarr's encoding buffers come from the heaps of
+    whichever threads (reader, zarr's encoders) freed memory last, and how much of those heaps is retained
+    depended on the threads' timing: the peak of a 50,000-participant conversion moved by some 50 MB from run to
+    run. A fixed threshold maps each of them on its own and unmaps it when freed, so the peak is the blocks
+    alive, run after run. Setting it ends glibc's dynamic threshold for the process (allocations from 8 MiB stay
+    mapped, as glibc maps them by default until a large block is freed).
+    """
+    if _MALLOPT is not None:
+        _MALLOPT(_M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
+
+
+def _mallopt() -> Callable[[int, int], int] | None:
+    """glibc's ``mallopt``, or None where the C library is not glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return cast(Callable[[int, int], int], function)
+
+
+_MALLOPT = _mallopt()
+
 
 def _write_blocks(
     writing: ThreadPoolExecutor,
@@ -415,7 +453,9 @@ class _SampleSumsWriter:
     store being written and summed again. A reader that knows the table's
     smallest value before its first block (:class:`~scalable_assoc.io.table_values.SmallestPositive`:
     wide tables) gives the final ``c`` from the start: those blocks are summed with it
-    as they pass (up to :data:`SUMMED_AHEAD_BYTES`) and none is read back. Tables floored at a print precision
+    as they pass (up to :data:`SUMMED_AHEAD_BYTES`) and none is read back; their sums with an earlier candidate,
+    which would be discarded, are not taken (should the reader's minimum not be the table's, the final ``c``'s
+    blocks are read back and summed in the same order instead). Tables floored at a print precision
     (MetaPhlAn, HUMAnN) often meet their minimum in an early block.
     """
 
@@ -424,7 +464,8 @@ class _SampleSumsWriter:
     ) -> None:
         self.group, self.array, self.n_samples, self.known = group, array, n_samples, known
         self.sums = [np.zeros(n_samples, dtype=np.int64), np.zeros(n_samples, dtype=np.int64), np.zeros(n_samples)]
-        self.by_candidate: dict[float, tuple[np.ndarray, list[tuple[int, int]]]] = {}  # candidate c -> (sum, its blocks)
+        # candidate c -> (sum with c of its blocks, None when not taken; the blocks)
+        self.by_candidate: dict[float, tuple[np.ndarray | None, list[tuple[int, int]]]] = {}
         self.smallest = np.inf
         self.indptr = np.zeros(n_features + 1, dtype=np.int64)
         compressors = [ZstdCodec(level=3), Crc32cCodec()]
@@ -446,13 +487,16 @@ class _SampleSumsWriter:
         candidate = self.smallest / 2.0
         if np.isfinite(candidate):
             bounds = (start, start + values.shape[1])
-            total, blocks = self.by_candidate.get(candidate, (np.zeros(self.n_samples), []))
-            self.by_candidate[candidate] = (total + block_log_pseudo(values, candidate), [*blocks, bounds])
             # The reader's smallest value of the whole table, when it knows it (a wide table): the block's sums with the
             # final pseudocount are taken now, while the block is here, instead of reading it back in finish(). Added in
             # the same order as blocks read back, so the store has the same bits whichever reader wrote it.
             known = self.known.value if self.known is not None else None
             final = known / 2.0 if known is not None and np.isfinite(known) else None
+            total, blocks = self.by_candidate.get(candidate, (np.zeros(self.n_samples), []))
+            # Sums with a candidate other than the known final one would be discarded in finish(): not taken (None),
+            # unless the reader's minimum proves wrong, when finish() sums the group's blocks read back instead.
+            skip = total is None or (final is not None and candidate != final)
+            self.by_candidate[candidate] = (None if skip else total + block_log_pseudo(values, candidate), [*blocks, bounds])
             if final is not None and candidate != final and (len(self.with_final) + 1) * 8 * self.n_samples <= SUMMED_AHEAD_BYTES:
                 self.with_final[bounds] = block_log_pseudo(values, final)
         lengths, samples, cells = sparse_cells(values, rare_features(summary.nonzero, summary.observed))
@@ -473,6 +517,12 @@ class _SampleSumsWriter:
         self.pending = [(samples[n:], values[n:])]
         self.n_pending = samples.size - n
 
+    def _read_back_sums(self, start: int, stop: int, pseudocount: float) -> np.ndarray:
+        """``(n_samples,)`` :func:`block_log_pseudo` of features ``start:stop`` read back from the store being written."""
+        sums = block_log_pseudo(np.asarray(self.array[:, start:stop], dtype=np.float64), pseudocount)
+        release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
+        return sums
+
     def finish(self) -> None:
         """Write the sums, the offsets of the sparse copy and the attribute describing them."""
         self._flush(whole_chunks=False)
@@ -480,16 +530,21 @@ class _SampleSumsWriter:
         log_pseudo = np.full(self.n_samples, np.nan)
         recomputed = read_back = 0
         if pseudocount is not None:
-            log_pseudo, _ = self.by_candidate.pop(pseudocount)
+            summed, final_blocks = self.by_candidate.pop(pseudocount)
+            if summed is None:  # the reader's minimum was not the table's: its group's blocks are summed as they would have been
+                summed = np.zeros(self.n_samples)
+                for start, stop in final_blocks:
+                    summed = summed + self._read_back_sums(start, stop, pseudocount)
+                    read_back += 1
+            log_pseudo = summed
             known = self.known.value if self.known is not None else None
             summed_ahead = self.with_final if known is not None and known / 2.0 == pseudocount else {}
             for _, blocks in self.by_candidate.values():
                 for start, stop in blocks:
                     ahead = summed_ahead.get((start, stop))
                     if ahead is None:
-                        ahead = block_log_pseudo(np.asarray(self.array[:, start:stop], dtype=np.float64), pseudocount)
+                        ahead = self._read_back_sums(start, stop, pseudocount)
                         read_back += 1
-                        release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
                     log_pseudo = log_pseudo + ahead
                     recomputed += 1
         compressors = [ZstdCodec(level=3), Crc32cCodec()]

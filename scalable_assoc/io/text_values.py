@@ -118,18 +118,44 @@ def row_ids(table: TextTable) -> list[str]:
         A line pandas might split or read otherwise (:func:`_data_lines`), an ID that is missing
         (an NA string), holds a ``"`` or is not UTF-8.
     """
+    return _row_ids(table, count_fields=False)[0]
+
+
+def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
+    """:func:`row_ids`, and whether every data row has exactly ``table.n_fields`` fields, from the same pass.
+
+    Fields are counted as :func:`~scalable_assoc.io.table_text.check_row_lengths` counts them (separators + 1 on
+    the same lines), so True means that check would pass: a reader need not read the file again for it. False
+    (some row differs) says nothing more: the check then runs, to name the first such line in its words.
+    """
+    return _row_ids(table, count_fields=True)
+
+
+def _row_ids(table: TextTable, count_fields: bool) -> tuple[list[str], bool]:
+    """The rows' first fields (:func:`row_ids`) and, with ``count_fields``, whether each row has ``table.n_fields`` fields."""
     sep = table.separator.encode()
     ids: list[str] = []
+    widths_match = count_fields
     try:
         for text in _text_blocks(table):
             for line in _data_lines(text, table.path):
                 cut = line.find(sep)
                 ids.append((line if cut < 0 else line[:cut]).decode("utf-8"))
+                if widths_match and _count_byte(line, sep[0]) + 1 != table.n_fields:
+                    widths_match = False
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
     if _NA.intersection(ids):
         raise Declined(f"{table.path.name}: a missing ID")
-    return ids
+    return ids, widths_match
+
+
+def _count_byte(line: bytes, byte: int) -> int:
+    """How many times ``byte`` occurs in ``line``: numpy's vectorised compare for a long line (a MetaPhlAn row of
+    thousands of samples), several times faster than ``bytes.count``, which loops byte by byte."""
+    if len(line) < 512:
+        return line.count(byte)
+    return int(np.count_nonzero(np.frombuffer(line, dtype=np.uint8) == byte))
 
 
 def kept_rows(path: Path, table: TextTable, first: int, keep: np.ndarray) -> Generator[np.ndarray, None, int | None]:
