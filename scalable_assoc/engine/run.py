@@ -431,15 +431,22 @@ def _fit_chunks(
     progress.start()
     shared = SharedDesigns(client, work / "designs")
     fit_futures: dict[distributed.Future, ChunkTask] = {}
+    layers: list[tuple[LayerOnCluster, list[ChunkTask], dict[tuple[str, int], distributed.Future]]] = []
+    # Every layer's shared blocks first: reading and transforming them (the first work every fit waits for) runs on
+    # the workers while this process writes the design files and submits the rest.
     for layer in study.layers:
         layer_pending = [t for t in pending if t.layer == layer.spec.name]
         if layer_pending:
             views = {MODEL_VIEWS[task.analyses[0].key.model] for task in layer_pending}
             held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], views)
-            fit_futures |= _submit_fits(client, held, layer_pending, work / "chunks", shared)
+            layers.append((held, layer_pending, _submit_blocks(client, held, layer_pending)))
+    for held, layer_pending, blocks in layers:
+        fit_futures |= _submit_fits(client, held, layer_pending, work / "chunks", shared, blocks)
     for _ in watch.completed(fit_futures):
         progress.chunk_done()
     for future, task in fit_futures.items():
+        if future.status == "finished":
+            continue  # its result (a few numbers) stays on its worker: fetching it was one round trip per chunk
         try:
             future.result()  # re-raise a task's error here
         except KilledWorker:
@@ -496,26 +503,46 @@ def _write_empty_chunk(task: ChunkTask, chunks_dir: Path) -> None:
     seal(output)
 
 
-def _submit_fits(
-    client: Client, held: LayerOnCluster, pending: list[ChunkTask], chunks_dir: Path, shared: SharedDesigns
-) -> dict[distributed.Future, ChunkTask]:
-    """Submit the model blocks, shared design factorisations and fit tasks of one layer: each fit future with its task.
+def _block_readers(pending: list[ChunkTask]) -> Counter[tuple[str, int]]:
+    """How many of the pending chunks read each ``(view, block index)``."""
+    return Counter((MODEL_VIEWS[t.analyses[0].key.model], t.block_index) for t in pending)
 
-    A block view read by several chunks is a task of its own, which the fits
-    follow to its worker (the scheduler knows its size, see
-    :func:`~scalable_assoc.engine.tasks.array_bytes`); one read by a single chunk
-    is read by that chunk's task (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`).
+
+def _submit_blocks(client: Client, held: LayerOnCluster, pending: list[ChunkTask]) -> dict[tuple[str, int], distributed.Future]:
+    """The model blocks of one layer that several pending chunks read, as tasks: ``(view, block index) -> future``.
+
+    A block view read by a single chunk gets no task of its own (that chunk's task
+    reads it, see :func:`_submit_fits`), nor does a block whose features were all filtered out.
+    """
+    blocks: dict[tuple[str, int], distributed.Future] = {}
+    for (view, index), count in _block_readers(pending).items():
+        if count > 1 and held.layer_filter.kept[index].any():
+            blocks[(view, index)] = held.submit_block(client, index, view)
+    return blocks
+
+
+def _submit_fits(
+    client: Client,
+    held: LayerOnCluster,
+    pending: list[ChunkTask],
+    chunks_dir: Path,
+    shared: SharedDesigns,
+    blocks: dict[tuple[str, int], distributed.Future],
+) -> dict[distributed.Future, ChunkTask]:
+    """Submit the shared design factorisations and fit tasks of one layer: each fit future with its task.
+
+    A block view read by several chunks is a task of its own (``blocks``, from
+    :func:`_submit_blocks`), which the fits follow to its worker (the scheduler
+    knows its size, see :func:`~scalable_assoc.engine.tasks.array_bytes`); one read
+    by a single chunk is read by that chunk's task (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`).
     """
     layer, layer_filter = held.layer, held.layer_filter
-    design_futures = shared.for_layer(layer)
     # Fit keys name the output folder too: two runs of one plan into two folders on one
     # cluster must not share tasks, since each task writes into its own run's folder.
     run_token = hashlib.sha256(str(chunks_dir).encode()).hexdigest()[:12]
-    blocks: dict[tuple[str, int], distributed.Future] = {}
     batches: dict[tuple[str, ...], distributed.Future] = {}
     futures: dict[distributed.Future, ChunkTask] = {}
     chunks_dir.mkdir(parents=True, exist_ok=True)
-    readers = Counter((MODEL_VIEWS[t.analyses[0].key.model], t.block_index) for t in pending)
     for task in pending:
         if not layer_filter.kept[task.block_index].any():
             _write_empty_chunk(task, chunks_dir)
@@ -528,19 +555,18 @@ def _submit_fits(
         # fit_chunk's arguments after the layer's name and the block
         after_block = (
             layer_filter.kept_ids[task.block_index],
-            [design_futures[k] for k in used],
+            [shared.get(layer, k) for k in used],
             batches[batch_ids],
             task.rows_file(chunks_dir),
             task.covariates_file(chunks_dir),
         )
         key = f"fit-{task.chunk_id}-{run_token}"
-        if readers[(view, task.block_index)] == 1:
+        block = blocks.get((view, task.block_index))
+        if block is None:
             # The block view's only reader reads it itself: one task instead of two, and no block held between them.
             block_arguments = held.block_arguments(task.block_index, view)
             future = client.submit(read_and_fit_chunk, block_arguments, layer.spec.name, *after_block, key=key)
         else:
-            if (view, task.block_index) not in blocks:
-                blocks[(view, task.block_index)] = held.submit_block(client, task.block_index, view)
-            future = client.submit(fit_chunk, layer.spec.name, blocks[(view, task.block_index)], *after_block, key=key)
+            future = client.submit(fit_chunk, layer.spec.name, block, *after_block, key=key)
         futures[future] = task
     return futures
