@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -430,18 +429,27 @@ def _fit_chunks(
     """Submit the fit tasks of every pending chunk and wait for them; a task that kills its workers is named."""
     progress.start()
     shared = SharedDesigns(client, work / "designs")
-    fit_futures: dict[distributed.Future, ChunkTask] = {}
-    layers: list[tuple[LayerOnCluster, list[ChunkTask], dict[tuple[str, int], distributed.Future]]] = []
-    # Every layer's shared blocks first: reading and transforming them (the first work every fit waits for) runs on
-    # the workers while this process writes the design files and submits the rest.
+    groups: list[_BlockFits] = []
     for layer in study.layers:
         layer_pending = [t for t in pending if t.layer == layer.spec.name]
         if layer_pending:
             views = {MODEL_VIEWS[task.analyses[0].key.model] for task in layer_pending}
             held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], views)
-            layers.append((held, layer_pending, _submit_blocks(client, held, layer_pending)))
-    for held, layer_pending, blocks in layers:
-        fit_futures |= _submit_fits(client, held, layer_pending, work / "chunks", shared, blocks)
+            groups += _block_groups(held, layer_pending)
+    blocks: dict[int, distributed.Future] = {}
+
+    def submit_block(position: int) -> None:
+        if position < len(groups) and position not in blocks and groups[position].shared_block():
+            blocks[position] = groups[position].held.submit_block(client, groups[position].index, groups[position].view)
+
+    fit_futures: dict[distributed.Future, ChunkTask] = {}
+    batches: dict[tuple[str, tuple[str, ...]], distributed.Future] = {}
+    for position, group in enumerate(groups):
+        # A block, and the next one, go out before the block's fits: a second worker reads the next block while this
+        # process writes designs and submits fits. Not every block first: the workers would hold all of them at once.
+        submit_block(position)
+        submit_block(position + 1)
+        fit_futures |= _submit_fits(client, group, blocks.get(position), work / "chunks", shared, batches)
     for _ in watch.completed(fit_futures):
         progress.chunk_done()
     for future, task in fit_futures.items():
@@ -503,52 +511,57 @@ def _write_empty_chunk(task: ChunkTask, chunks_dir: Path) -> None:
     seal(output)
 
 
-def _block_readers(pending: list[ChunkTask]) -> Counter[tuple[str, int]]:
-    """How many of the pending chunks read each ``(view, block index)``."""
-    return Counter((MODEL_VIEWS[t.analyses[0].key.model], t.block_index) for t in pending)
+@dataclass(frozen=True)
+class _BlockFits:
+    """The pending chunks that read one view of one block of a layer, in their order."""
+
+    held: LayerOnCluster
+    view: str
+    index: int
+    tasks: list[ChunkTask]
+
+    def shared_block(self) -> bool:
+        """Whether the block view is a task of its own: several chunks read it, and it kept features."""
+        return len(self.tasks) > 1 and bool(self.held.layer_filter.kept[self.index].any())
 
 
-def _submit_blocks(client: Client, held: LayerOnCluster, pending: list[ChunkTask]) -> dict[tuple[str, int], distributed.Future]:
-    """The model blocks of one layer that several pending chunks read, as tasks: ``(view, block index) -> future``.
-
-    A block view read by a single chunk gets no task of its own (that chunk's task
-    reads it, see :func:`_submit_fits`), nor does a block whose features were all filtered out.
-    """
-    blocks: dict[tuple[str, int], distributed.Future] = {}
-    for (view, index), count in _block_readers(pending).items():
-        if count > 1 and held.layer_filter.kept[index].any():
-            blocks[(view, index)] = held.submit_block(client, index, view)
-    return blocks
+def _block_groups(held: LayerOnCluster, pending: list[ChunkTask]) -> list[_BlockFits]:
+    """One layer's pending chunks grouped by the block view they read, in order of first appearance."""
+    grouped: dict[tuple[str, int], list[ChunkTask]] = {}
+    for task in pending:
+        grouped.setdefault((MODEL_VIEWS[task.analyses[0].key.model], task.block_index), []).append(task)
+    return [_BlockFits(held, view, index, tasks) for (view, index), tasks in grouped.items()]
 
 
 def _submit_fits(
     client: Client,
-    held: LayerOnCluster,
-    pending: list[ChunkTask],
+    group: _BlockFits,
+    block: distributed.Future | None,
     chunks_dir: Path,
     shared: SharedDesigns,
-    blocks: dict[tuple[str, int], distributed.Future],
+    batches: dict[tuple[str, tuple[str, ...]], distributed.Future],
 ) -> dict[distributed.Future, ChunkTask]:
-    """Submit the shared design factorisations and fit tasks of one layer: each fit future with its task.
+    """Submit the fit tasks (and the shared design factorisations they need) of one block view: each fit future with its task.
 
-    A block view read by several chunks is a task of its own (``blocks``, from
-    :func:`_submit_blocks`), which the fits follow to its worker (the scheduler
-    knows its size, see :func:`~scalable_assoc.engine.tasks.array_bytes`); one read
-    by a single chunk is read by that chunk's task (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`).
+    A block view read by several chunks is a task of its own (``block``), which
+    the fits follow to its worker (the scheduler knows its size, see
+    :func:`~scalable_assoc.engine.tasks.array_bytes`); one read by a single chunk
+    (``block`` None) is read by that chunk's task
+    (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`). ``batches`` holds the
+    batches of analyses already placed on the cluster, by layer and analysis ids.
     """
+    held = group.held
     layer, layer_filter = held.layer, held.layer_filter
     # Fit keys name the output folder too: two runs of one plan into two folders on one
     # cluster must not share tasks, since each task writes into its own run's folder.
     run_token = hashlib.sha256(str(chunks_dir).encode()).hexdigest()[:12]
-    batches: dict[tuple[str, ...], distributed.Future] = {}
     futures: dict[distributed.Future, ChunkTask] = {}
     chunks_dir.mkdir(parents=True, exist_ok=True)
-    for task in pending:
+    for task in group.tasks:
         if not layer_filter.kept[task.block_index].any():
             _write_empty_chunk(task, chunks_dir)
             continue
-        view = MODEL_VIEWS[task.analyses[0].key.model]
-        batch_ids = tuple(a.key.analysis_id for a in task.analyses)
+        batch_ids = (layer.spec.name, tuple(a.key.analysis_id for a in task.analyses))
         if batch_ids not in batches:
             batches[batch_ids] = hold_on_cluster(client, task.analyses, "batch")
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
@@ -561,10 +574,9 @@ def _submit_fits(
             task.covariates_file(chunks_dir),
         )
         key = f"fit-{task.chunk_id}-{run_token}"
-        block = blocks.get((view, task.block_index))
         if block is None:
             # The block view's only reader reads it itself: one task instead of two, and no block held between them.
-            block_arguments = held.block_arguments(task.block_index, view)
+            block_arguments = held.block_arguments(task.block_index, group.view)
             future = client.submit(read_and_fit_chunk, block_arguments, layer.spec.name, *after_block, key=key)
         else:
             future = client.submit(fit_chunk, layer.spec.name, block, *after_block, key=key)
