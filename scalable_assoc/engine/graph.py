@@ -77,13 +77,16 @@ class SharedDesigns:
         self.folder = folder
         self.futures: dict[str, distributed.Future] = {}
 
-    def for_layer(self, layer: LayerWork) -> dict[str, distributed.Future]:
-        """``design key -> future`` of every design of ``layer`` (and of the layers before it)."""
-        for key, design in layer.designs.items():
-            if key not in self.futures:
-                path = write_design(self.folder, design)
-                self.futures[key] = self.client.submit(factorise, path, key=f"design-{key}")
-        return self.futures
+    def get(self, layer: LayerWork, key: str) -> distributed.Future:
+        """The future of ``layer``'s design ``key``: written and submitted at its first request.
+
+        Asked for as each fit is submitted, so the first fits go out after their
+        own few designs are written, not after every design of the study.
+        """
+        if key not in self.futures:
+            path = write_design(self.folder, layer.designs[key])
+            self.futures[key] = self.client.submit(factorise, path, key=f"design-{key}")
+        return self.futures[key]
 
 
 def held_totals(client: Client, layer: LayerWork, layer_filter: LayerFilter, views: Iterable[str]) -> dict[str, distributed.Future | None]:

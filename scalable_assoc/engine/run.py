@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -429,16 +428,32 @@ def _fit_chunks(
     """Submit the fit tasks of every pending chunk and wait for them; a task that kills its workers is named."""
     progress.start()
     shared = SharedDesigns(client, work / "designs")
-    fit_futures: dict[distributed.Future, ChunkTask] = {}
+    groups: list[_BlockFits] = []
     for layer in study.layers:
         layer_pending = [t for t in pending if t.layer == layer.spec.name]
         if layer_pending:
             views = {MODEL_VIEWS[task.analyses[0].key.model] for task in layer_pending}
             held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], views)
-            fit_futures |= _submit_fits(client, held, layer_pending, work / "chunks", shared)
+            groups += _block_groups(held, layer_pending)
+    blocks: dict[int, distributed.Future] = {}
+
+    def submit_block(position: int) -> None:
+        if position < len(groups) and position not in blocks and groups[position].shared_block():
+            blocks[position] = groups[position].held.submit_block(client, groups[position].index, groups[position].view)
+
+    fit_futures: dict[distributed.Future, ChunkTask] = {}
+    batches: dict[tuple[str, tuple[str, ...]], distributed.Future] = {}
+    for position, group in enumerate(groups):
+        # A block, and the next one, go out before the block's fits: a second worker reads the next block while this
+        # process writes designs and submits fits. Not every block first: the workers would hold all of them at once.
+        submit_block(position)
+        submit_block(position + 1)
+        fit_futures |= _submit_fits(client, group, blocks.get(position), work / "chunks", shared, batches)
     for _ in watch.completed(fit_futures):
         progress.chunk_done()
     for future, task in fit_futures.items():
+        if future.status == "finished":
+            continue  # its result (a few numbers) stays on its worker: fetching it was one round trip per chunk
         try:
             future.result()  # re-raise a task's error here
         except KilledWorker:
@@ -495,51 +510,74 @@ def _write_empty_chunk(task: ChunkTask, chunks_dir: Path) -> None:
     seal(output)
 
 
-def _submit_fits(
-    client: Client, held: LayerOnCluster, pending: list[ChunkTask], chunks_dir: Path, shared: SharedDesigns
-) -> dict[distributed.Future, ChunkTask]:
-    """Submit the model blocks, shared design factorisations and fit tasks of one layer: each fit future with its task.
+@dataclass(frozen=True)
+class _BlockFits:
+    """The pending chunks that read one view of one block of a layer, in their order."""
 
-    A block view read by several chunks is a task of its own, which the fits
-    follow to its worker (the scheduler knows its size, see
+    held: LayerOnCluster
+    view: str
+    index: int
+    tasks: list[ChunkTask]
+
+    def shared_block(self) -> bool:
+        """Whether the block view is a task of its own: several chunks read it, and it kept features."""
+        return len(self.tasks) > 1 and bool(self.held.layer_filter.kept[self.index].any())
+
+
+def _block_groups(held: LayerOnCluster, pending: list[ChunkTask]) -> list[_BlockFits]:
+    """One layer's pending chunks grouped by the block view they read, in order of first appearance."""
+    grouped: dict[tuple[str, int], list[ChunkTask]] = {}
+    for task in pending:
+        grouped.setdefault((MODEL_VIEWS[task.analyses[0].key.model], task.block_index), []).append(task)
+    return [_BlockFits(held, view, index, tasks) for (view, index), tasks in grouped.items()]
+
+
+def _submit_fits(
+    client: Client,
+    group: _BlockFits,
+    block: distributed.Future | None,
+    chunks_dir: Path,
+    shared: SharedDesigns,
+    batches: dict[tuple[str, tuple[str, ...]], distributed.Future],
+) -> dict[distributed.Future, ChunkTask]:
+    """Submit the fit tasks (and the shared design factorisations they need) of one block view: each fit future with its task.
+
+    A block view read by several chunks is a task of its own (``block``), which
+    the fits follow to its worker (the scheduler knows its size, see
     :func:`~scalable_assoc.engine.tasks.array_bytes`); one read by a single chunk
-    is read by that chunk's task (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`).
+    (``block`` None) is read by that chunk's task
+    (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`). ``batches`` holds the
+    batches of analyses already placed on the cluster, by layer and analysis ids.
     """
+    held = group.held
     layer, layer_filter = held.layer, held.layer_filter
-    design_futures = shared.for_layer(layer)
     # Fit keys name the output folder too: two runs of one plan into two folders on one
     # cluster must not share tasks, since each task writes into its own run's folder.
     run_token = hashlib.sha256(str(chunks_dir).encode()).hexdigest()[:12]
-    blocks: dict[tuple[str, int], distributed.Future] = {}
-    batches: dict[tuple[str, ...], distributed.Future] = {}
     futures: dict[distributed.Future, ChunkTask] = {}
     chunks_dir.mkdir(parents=True, exist_ok=True)
-    readers = Counter((MODEL_VIEWS[t.analyses[0].key.model], t.block_index) for t in pending)
-    for task in pending:
+    for task in group.tasks:
         if not layer_filter.kept[task.block_index].any():
             _write_empty_chunk(task, chunks_dir)
             continue
-        view = MODEL_VIEWS[task.analyses[0].key.model]
-        batch_ids = tuple(a.key.analysis_id for a in task.analyses)
+        batch_ids = (layer.spec.name, tuple(a.key.analysis_id for a in task.analyses))
         if batch_ids not in batches:
             batches[batch_ids] = hold_on_cluster(client, task.analyses, "batch")
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
         # fit_chunk's arguments after the layer's name and the block
         after_block = (
             layer_filter.kept_ids[task.block_index],
-            [design_futures[k] for k in used],
+            [shared.get(layer, k) for k in used],
             batches[batch_ids],
             task.rows_file(chunks_dir),
             task.covariates_file(chunks_dir),
         )
         key = f"fit-{task.chunk_id}-{run_token}"
-        if readers[(view, task.block_index)] == 1:
+        if block is None:
             # The block view's only reader reads it itself: one task instead of two, and no block held between them.
-            block_arguments = held.block_arguments(task.block_index, view)
+            block_arguments = held.block_arguments(task.block_index, group.view)
             future = client.submit(read_and_fit_chunk, block_arguments, layer.spec.name, *after_block, key=key)
         else:
-            if (view, task.block_index) not in blocks:
-                blocks[(view, task.block_index)] = held.submit_block(client, task.block_index, view)
-            future = client.submit(fit_chunk, layer.spec.name, blocks[(view, task.block_index)], *after_block, key=key)
+            future = client.submit(fit_chunk, layer.spec.name, block, *after_block, key=key)
         futures[future] = task
     return futures

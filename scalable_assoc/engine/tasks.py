@@ -119,6 +119,12 @@ class ModelBlock:
     ``values`` ``(N, m)``: the view (:func:`model_block`); ``present`` ``(N, m)``
     bool: the raw value is above the presence threshold (False where missing),
     from which every row's carrier count is taken whatever the model's view.
+
+    A block held on a worker is read by several fit tasks there (one per batch
+    of analyses), so what they derive from it alike is derived once per worker,
+    on first use, and kept with the block (:meth:`prepared`,
+    :meth:`present_counts`). Those caches stay on their worker: a block moved
+    to another worker travels without them (see ``__getstate__``).
     """
 
     values: np.ndarray
@@ -126,7 +132,42 @@ class ModelBlock:
 
     def __sizeof__(self) -> int:
         # What Dask's ``sizeof`` reports to the scheduler (see :func:`array_bytes`).
-        return array_bytes(self.values, self.present)
+        prepared = self.__dict__.get(_PREPARED)
+        extra = (prepared.values, prepared.__dict__.get("squares")) if prepared is not None else ()
+        return array_bytes(self.values, self.present, self.__dict__.get(_PRESENT_FLOATS), *extra)
+
+    def __getstate__(self) -> dict[str, np.ndarray]:
+        # Only the fields: a copy on another worker derives its own caches rather than receiving them.
+        return {"values": self.values, "present": self.present}
+
+    def prepared(self) -> PreparedBlock:
+        """The view centred and zero-filled (:func:`~scalable_assoc.models.ols.prepare_block`), computed once per block.
+
+        Its own cached views (squares, missing cells) are computed once too, by the
+        first fit needing them; every OLS-based fit reads it, none writes into it.
+        """
+        found = self.__dict__.get(_PREPARED)
+        if found is None:
+            found = self.__dict__[_PREPARED] = prepare_block(self.values)  # frozen: set in __dict__ directly
+        return found
+
+    def present_counts(self, weights: np.ndarray) -> np.ndarray:
+        """``(r, m)`` int64: ``weights @ present``, for ``(r, N)`` whole-number row weights (participants counted per row).
+
+        One product for all the carrier counts of a task. Exact: the sums are
+        whole numbers no larger than the weights' row sums, which the floating
+        type holds exactly (float32 up to 2**24, float64 beyond); the float copy
+        of ``present`` is made once per block.
+        """
+        floats = self.__dict__.get(_PRESENT_FLOATS)
+        exact_float32 = weights.size == 0 or float(weights.sum(axis=1).max()) < 2**24
+        if floats is None or (floats.dtype == np.float32 and not exact_float32):
+            floats = self.__dict__[_PRESENT_FLOATS] = self.present.astype(np.float32 if exact_float32 else np.float64)
+        return np.rint(weights.astype(floats.dtype) @ floats).astype(np.int64)
+
+
+#: Where :class:`ModelBlock` keeps its worker-local caches (instance attributes outside its fields).
+_PREPARED, _PRESENT_FLOATS = "_prepared", "_present_floats"
 
 
 def model_block(
@@ -194,7 +235,7 @@ class DesignFits:
 
 
 def _fit_linear(
-    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray, options: OlsOptions | None
+    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: ModelBlock, options: OlsOptions | None
 ) -> list[DesignFits]:
     """OLS for lm and lm_nonzero: classical standard errors, or cluster-robust ones when the plan asks (``se: cluster``).
 
@@ -206,7 +247,7 @@ def _fit_linear(
     if options.cluster_robust and any(d.clusters is None for d in designs):
         raise ValueError("cluster-robust standard errors need cluster codes: the plan must name a cluster column")
     clusters = [d.clusters if options.cluster_robust else None for d in designs]
-    prepared = prepare_block(block)  # centred and indexed once, shared by every design
+    prepared = block.prepared()  # centred and indexed once per block, shared by every design and task
     fits = fit_design_batch(
         [d.design for d in designs], [d.rows for d in designs], exposures, binary, prepared, clusters, cluster_reference=options.reference
     )
@@ -214,10 +255,10 @@ def _fit_linear(
 
 
 def _fit_mixed(
-    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray, options: OlsOptions | None
+    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: ModelBlock, options: OlsOptions | None
 ) -> list[DesignFits]:
     """REML random-intercept model per design (the plan's cluster column gives the groups)."""
-    prepared = prepare_block(block)
+    prepared = block.prepared()
     fits = []
     for design, design_exposures, design_binary in zip(designs, exposures, binary, strict=True):
         if design.clusters is None:
@@ -228,16 +269,17 @@ def _fit_mixed(
 
 
 def _fit_presence(
-    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: np.ndarray, options: OlsOptions | None
+    designs: list[SharedDesign], exposures: list[np.ndarray], binary: list[np.ndarray], block: ModelBlock, options: OlsOptions | None
 ) -> list[DesignFits]:
     """Logistic regression of presence per design (Firth's penalised likelihood where separated)."""
-    return [DesignFits(f) for f in fit_logistic_designs([d.design for d in designs], [d.rows for d in designs], exposures, binary, block)]
+    designs_rows: list[np.ndarray | None] = [d.rows for d in designs]
+    return [DesignFits(f) for f in fit_logistic_designs([d.design for d in designs], designs_rows, exposures, binary, block.values)]
 
 
 #: model -> kernel over a task's designs: ``fitter(designs, exposures, binary, block, options) -> [DesignFits per design]``,
 #: ``options`` the plan's options of an OLS model (None for the others, which have none).
 MODEL_FITTERS: dict[
-    str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], np.ndarray, OlsOptions | None], list[DesignFits]]
+    str, Callable[[list[SharedDesign], list[np.ndarray], list[np.ndarray], ModelBlock, OlsOptions | None], list[DesignFits]]
 ] = {
     "lm": _fit_linear,
     "lm_nonzero": _fit_linear,
@@ -251,16 +293,30 @@ def carrier_counts(present: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.count_nonzero(present[rows], axis=0)
 
 
-def case_carrier_counts(model_present: np.ndarray, analyses: list[PreparedAnalysis]) -> np.ndarray:
-    """``(k, m)`` carriers among each binary analysis' cases (exposure 1); -1 for other exposures.
+def design_carriers(block: ModelBlock, rows: list[np.ndarray], groups: list[list[PreparedAnalysis]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per design: ``(m,)`` carriers among its participants and ``(k, m)`` among each binary analysis' cases (-1 for other exposures).
 
-    ``model_present`` ``(n, m)`` bool: presence over the design's participants, in the order of the analyses' exposures.
+    ``rows`` ``(n,)`` positions of each design's participants among the block's
+    ``N`` rows; ``groups`` its analyses, whose exposures follow those rows. All
+    counts of a task are one product of participant weights with the block's
+    presence (:meth:`ModelBlock.present_counts`), rather than a copy of the
+    presence rows per design and a count per design and per exposure.
     """
-    counts = np.full((len(analyses), model_present.shape[1]), -1, dtype=np.int64)
-    for i, analysis in enumerate(analyses):
-        if analysis.binary:
-            counts[i] = np.count_nonzero(model_present[analysis.exposure == 1], axis=0)
-    return counts
+    n_total = block.present.shape[0]
+    weights = []
+    for design_rows, group in zip(rows, groups, strict=True):
+        weights.append(np.bincount(design_rows, minlength=n_total))
+        weights.extend(np.bincount(design_rows[a.exposure == 1], minlength=n_total) for a in group if a.binary)
+    counts = iter(block.present_counts(np.array(weights).reshape(len(weights), n_total)))
+    found = []
+    for group in groups:
+        n_present = next(counts)
+        cases = np.full((len(group), n_present.size), -1, dtype=np.int64)
+        for i, analysis in enumerate(group):
+            if analysis.binary:
+                cases[i] = next(counts)
+        found.append((n_present, cases))
+    return found
 
 
 def _labels(analysis: PreparedAnalysis) -> AnalysisLabels:
@@ -355,12 +411,12 @@ def fit_chunk(
     started = time.perf_counter()
     by_key = {d.key: d for d in designs}
     if covariate_output is not None:
-        write_parquet(Path(covariate_output), covariate_rows(layer, feature_ids, by_key, batch, prepare_block(block.values)))
+        write_parquet(Path(covariate_output), covariate_rows(layer, feature_ids, by_key, batch, block.prepared()))
         seal(Path(covariate_output))
     if any(a.levels for a in batch):
         if not all(a.levels for a in batch):
             raise ValueError("a batch holds categorical exposures only, or none")
-        table = _fit_categorical(layer, feature_ids, by_key, batch, prepare_block(block.values), block.present)
+        table = _fit_categorical(layer, feature_ids, by_key, batch, block.prepared(), block.present)
         write_parquet(Path(output), table)
         seal(Path(output))
         return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}
@@ -378,15 +434,14 @@ def fit_chunk(
         [by_key[key] for key in order],
         [np.stack([a.exposure for a in group]) for group in members],
         [np.array([a.binary for a in group]) for group in members],
-        block.values,
+        block,
         options.pop(),
     )
     tables = []
-    for key, group, fit in zip(order, members, fits, strict=True):
+    carriers = design_carriers(block, [by_key[key].rows for key in order], members)
+    for key, group, fit, (design_present, n_present_cases) in zip(order, members, fits, carriers, strict=True):
         # Every analysis of a design has the same participants, hence the same carriers.
-        model_present = block.present[by_key[key].rows]
-        n_present = np.broadcast_to(np.count_nonzero(model_present, axis=0), fit.slopes.beta.shape)
-        n_present_cases = case_carrier_counts(model_present, group)
+        n_present = np.broadcast_to(design_present, fit.slopes.beta.shape)
         slopes = withhold_rare_carriers(
             fit.slopes,
             n_present,
