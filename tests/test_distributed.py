@@ -109,6 +109,27 @@ def test_analyses_per_task_does_not_change_results(
     assert_results_equal(reference, tmp_path)
 
 
+def test_a_shared_block_is_freed_once_its_fits_are_done(
+    reference: Path, small_study: SimulatedStudy, client: Client, tmp_path: Path, assert_results_equal
+) -> None:
+    """Blocks read by several chunks are tasks of their own; the workers hold a few at a time, not every block of the run."""
+
+    def blocks_in_memory(dask_scheduler) -> int:  # noqa: ANN001 (distributed passes its Scheduler)
+        return sum(1 for key, state in dask_scheduler.tasks.items() if str(key).startswith("model-block") and state.state == "memory")
+
+    held: list[int] = []
+
+    def count(done: int, total: int) -> None:
+        held.append(client.run_on_scheduler(blocks_in_memory))
+
+    # Blocks of 7 features and 2 analyses per task: several chunks read each of some 20 blocks.
+    summary = run_study(small_study.plan_path, tmp_path, client=client, chunk_features=7, analyses_per_task=2, on_chunk_done=count)
+    assert summary.chunks_total > 60 and len(held) == summary.chunks_total
+    # A few at a time (the views of the blocks being fitted and of the next); holding every block of the run was 23.
+    assert max(held) <= 10, f"blocks held at once: {held}"
+    assert_results_equal(reference, tmp_path)
+
+
 # --------------------------------------------------------------------------------------
 # 3. A cluster of separate dask scheduler / dask worker processes
 # --------------------------------------------------------------------------------------

@@ -448,7 +448,8 @@ def _fit_chunks(
         # process writes designs and submits fits. Not every block first: the workers would hold all of them at once.
         submit_block(position)
         submit_block(position + 1)
-        fit_futures |= _submit_fits(client, group, blocks.get(position), work / "chunks", shared, batches)
+        fit_futures |= _submit_fits(client, group, blocks.pop(position, None), work / "chunks", shared, batches)
+        # Its fits now hold the block: with no reference left here, the scheduler frees it once they are done.
     for _ in watch.completed(fit_futures):
         progress.chunk_done()
     for future, task in fit_futures.items():
