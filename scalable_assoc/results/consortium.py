@@ -133,6 +133,11 @@ def _combine(
     return MetaFits(**out)
 
 
+def _beside_one_writer() -> int:
+    """Threads for a TSV written while the Parquet writer keeps one CPU busy: the other CPUs (at least one)."""
+    return max(1, worker_threads() - 1)
+
+
 def _remove(out_dir: Path, names: Sequence[str]) -> None:
     for name in names:
         (out_dir / name).unlink(missing_ok=True)
@@ -328,7 +333,7 @@ def meta_analyse(
         lambda job: job(),
         [
             lambda: write_parquet(out / "meta_results.parquet", result_table),
-            lambda: write_table_tsv(out / "meta_results.tsv", result_table),
+            lambda: write_table_tsv(out / "meta_results.tsv", result_table, threads=_beside_one_writer()),
         ],
     )
     del written
@@ -697,7 +702,10 @@ def pool_cohorts(
     logger.info(f"pooled {results.num_rows} rows over {len(names)} cohorts")
     thread_map(
         lambda job: job(),
-        [lambda: write_parquet(out / "pooled_results.parquet", results), lambda: write_table_tsv(out / "pooled_results.tsv", results)],
+        [
+            lambda: write_parquet(out / "pooled_results.parquet", results),
+            lambda: write_table_tsv(out / "pooled_results.tsv", results, threads=_beside_one_writer()),
+        ],
     )
     write_tsv(out / "feature_coverage.tsv", coverage)
     settings = {"min_cohorts": min_cohorts, "fdr_by": list(fdr_by), "alpha": alpha, "allow_mismatch": allow_mismatch}
