@@ -1,10 +1,11 @@
-"""Writing large Arrow tables as tab-separated text on every CPU.
+"""Writing large Arrow tables as tab-separated text (on the CPUs given) and as Parquet.
 
 The TSV beside each Parquet output is written as
 :func:`scalable_assoc.io.atomic.write_tsv` writes it (Arrow's CSV writer: tab,
 ``NA`` for missing, no quoting, numbers in shortest round-trip form), but from
-an Arrow table (no pandas frame of millions of rows first) and in slices
-formatted on parallel threads, joined in order into one file.
+an Arrow table (no pandas frame of millions of rows first): in slices
+formatted on parallel threads, joined in order into one file, or, on one
+thread (beside a Parquet writer on two CPUs), streamed straight into the file.
 """
 
 from __future__ import annotations
