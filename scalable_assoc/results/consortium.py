@@ -13,7 +13,7 @@ import dataclasses
 import datetime as _dt
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +50,7 @@ from scalable_assoc.results.cohort_files import CohortFile
 from scalable_assoc.results.cohort_files import open_cohorts as open_cohorts  # the first step of meta and pool, public here too
 from scalable_assoc.results.compatibility import check_compatible
 from scalable_assoc.results.harmonise import feature_coverage
-from scalable_assoc.results.table_files import write_table_tsv
+from scalable_assoc.results.table_files import write_table_parquet, write_table_tsv
 from scalable_assoc.stats.meta import METHODS, MetaFits, combine_estimates, direction_strings, leave_one_out
 from scalable_assoc.stats.multitest import benjamini_hochberg_grouped
 
@@ -131,6 +131,11 @@ def _combine(
             store(i, combine_estimates(*block))
             finished(i)
     return MetaFits(**out)
+
+
+def _beside_one_writer() -> int:
+    """Threads for a TSV written while the Parquet writer keeps one CPU busy: the other CPUs (at least one)."""
+    return max(1, worker_threads() - 1)
 
 
 def _remove(out_dir: Path, names: Sequence[str]) -> None:
@@ -327,8 +332,8 @@ def meta_analyse(
     written = thread_map(
         lambda job: job(),
         [
-            lambda: write_parquet(out / "meta_results.parquet", result_table),
-            lambda: write_table_tsv(out / "meta_results.tsv", result_table),
+            lambda: write_table_parquet(out / "meta_results.parquet", result_table),
+            lambda: write_table_tsv(out / "meta_results.tsv", result_table, threads=_beside_one_writer()),
         ],
     )
     del written
@@ -371,8 +376,7 @@ def _read_estimates(cohorts: list[CohortFile], mapping: dict[str, str] | None) -
     """Read each cohort's keys (dictionary-encoded), estimates and n; match features; line the rows up."""
     dictionaries = {column: Dictionary() for column in KEY_COLUMNS}
     coded, beta, se, n = [], [], [], []
-    for cohort in cohorts:
-        table = cohort.summary_table([*KEY_COLUMNS, "beta", "se", "n"], KEY_COLUMNS)
+    for cohort, table in _read_ahead(cohorts, lambda cohort: cohort.summary_table([*KEY_COLUMNS, "beta", "se", "n"], KEY_COLUMNS)):
         coded.append(code_keys(table, KEY_COLUMNS, dictionaries, mapping, f"{cohort.path} (cohort {cohort.cohort})"))
         beta.append(_floats(table.column("beta")))
         se.append(_floats(table.column("se")))
@@ -385,6 +389,25 @@ def _read_estimates(cohorts: list[CohortFile], mapping: dict[str, str] | None) -
     pairs = [_distinct(composite(codes.codes, KEY_COLUMNS[:2], pair_sizes), key_space(pair_sizes)) for codes in coded]
     values = {column: dictionaries[column].values for column in KEY_COLUMNS}
     return _ReadEstimates(values, sizes, distinct, rows, beta, se, n, pairs)
+
+
+def _read_ahead(cohorts: Sequence[CohortFile], read: Callable[[CohortFile], pa.Table]) -> Iterator[tuple[CohortFile, pa.Table]]:
+    """``(cohort, read(cohort))`` in order, the next cohort's file read on a thread while the caller codes this one.
+
+    Coding keys into the shared dictionaries must go cohort by cohort (codes in order of
+    first appearance); reading and decoding a file (Arrow, without the GIL) need not wait
+    for it. At most two cohorts' tables are held at once.
+    """
+    if not cohorts:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(read, cohorts[0])
+        for j, cohort in enumerate(cohorts):
+            table = pending.result()
+            if j + 1 < len(cohorts):
+                pending = pool.submit(read, cohorts[j + 1])
+            yield cohort, table
+            del table
 
 
 def _distinct(keys: np.ndarray, space: int) -> np.ndarray:
@@ -697,7 +720,10 @@ def pool_cohorts(
     logger.info(f"pooled {results.num_rows} rows over {len(names)} cohorts")
     thread_map(
         lambda job: job(),
-        [lambda: write_parquet(out / "pooled_results.parquet", results), lambda: write_table_tsv(out / "pooled_results.tsv", results)],
+        [
+            lambda: write_parquet(out / "pooled_results.parquet", results),
+            lambda: write_table_tsv(out / "pooled_results.tsv", results, threads=_beside_one_writer()),
+        ],
     )
     write_tsv(out / "feature_coverage.tsv", coverage)
     settings = {"min_cohorts": min_cohorts, "fdr_by": list(fdr_by), "alpha": alpha, "allow_mismatch": allow_mismatch}

@@ -306,10 +306,12 @@ def _reml_tau2(c: _Cohorts, scale: np.ndarray, tol: float, max_iter: int) -> tup
             # metafor halves a step that would cross 0 until it does not. At 0 a negative
             # step halves down to nothing (the row has converged on the boundary): skip that.
             step[(t == 0) & (step < 0)] = 0.0
-            crossing = t + step < 0
-            while np.any(crossing):
+            # Halved on the crossing rows only (a tiny step can take dozens of halvings; the whole
+            # active set need not be passed over each time).
+            crossing = np.flatnonzero(t + step < 0)
+            while crossing.size:
                 step[crossing] /= 2.0
-                crossing = t + step < 0
+                crossing = crossing[t[crossing] + step[crossing] < 0]
         else:
             # Fisher scoring converges linearly, at rate 1 - observed/expected information:
             # thousands of steps when cohort variances are very unequal, and it crawls
@@ -335,7 +337,8 @@ def _reml_tau2(c: _Cohorts, scale: np.ndarray, tol: float, max_iter: int) -> tup
             converged[active[done]] = True
             keep = ~done
             active, t, lo, hi, scale_active = active[keep], t[keep], lo[keep], hi[keep], scale_active[keep]
-            y, v = c.y[:, active], v_inf[:, active]
+            # from the active rows' own (smaller) arrays, not the whole block's
+            y, v = y[:, keep], v[:, keep]
     # metafor: if the restricted likelihood is higher at 0 than at the root, the
     # scoring stopped at a local maximum and tau^2 is set to 0.
     positive = np.flatnonzero(converged & (tau2 > 0))
