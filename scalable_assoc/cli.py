@@ -532,10 +532,10 @@ def _mapping(path: Path | None) -> dict[str, str] | None:
 
 def _meta(args: argparse.Namespace) -> None:
     from scalable_assoc.engine.mapper import ClusterMapper
-    from scalable_assoc.engine.memory import without_huge_pages
+    from scalable_assoc.process_memory import without_huge_pages
     from scalable_assoc.results.consortium import meta_analyse, open_cohorts
 
-    without_huge_pages()  # meta3: gigabytes of fresh arrays; huge-page faults cost more system time than they save
+    without_huge_pages()  # gigabytes of fresh arrays: huge-page faults cost more system time than they save
     cohorts = open_cohorts(args.files, need_sufficient=False, verify_keys=args.verify_key)
     profile = None
     if args.cluster is not None:

@@ -1,4 +1,4 @@
-"""engine.memory: the meta command's process asks Linux for ordinary pages (no transparent huge pages)."""
+"""process_memory: the meta command's process asks Linux for ordinary pages (no transparent huge pages)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_without_huge_pages_sets_the_process_flag() -> None:
     # in a child process: the flag stays with the process that set it
     script = (
-        "from scalable_assoc.engine.memory import without_huge_pages\n"
+        "from scalable_assoc.process_memory import without_huge_pages\n"
         "print(without_huge_pages())\n"
         "print([line for line in open('/proc/self/status') if line.startswith('THP_enabled')])\n"
     )

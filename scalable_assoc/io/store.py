@@ -36,11 +36,9 @@ on its own, so adding a layer never touches the others (nor their checksums).
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +54,7 @@ from scalable_assoc.io.atomic import write_atomically
 from scalable_assoc.io.table_values import SmallestPositive
 from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.plan.blocks import STORE_LAYER_NAME
+from scalable_assoc.process_memory import map_large_allocations, release_freed_memory
 from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.stats.sample_sums import (
     RARE_PREVALENCE_CAP,
@@ -321,69 +320,6 @@ def write_store_blocks(
 
     write_atomically(path, writer)
     return open_store(path)
-
-
-def release_freed_memory() -> None:
-    """Give the memory freed since the last call back to the system (glibc only; elsewhere nothing is done).
-
-    Converting frees a few chunk-sized arrays and many text buffers of 1-30 MB per block; glibc raises its mmap
-    threshold as large ones are freed, so later ones come from its heaps (one per thread: reader, zarr's writers)
-    and stay there once freed. Without this, converting the 50,000-participant MetaPhlAn table peaked some 60 MB
-    higher. ``malloc_trim`` costs a walk over the free lists, once per chunk written.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim``, or None where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return cast(Callable[[int], int], trim)
-
-
-_MALLOC_TRIM = _malloc_trim()
-
-#: glibc's ``mallopt`` parameter for the size from which an allocation is its own ``mmap`` (``M_MMAP_THRESHOLD``).
-_M_MMAP_THRESHOLD = -3
-#: Allocations from this size on are mapped on their own while converting: a store chunk (about 32 MiB) and zarr's
-#: encoding buffers of a chunk (a few MiB and more), not the text blocks' 1-10 MiB temporaries, which heaps reuse.
-STEADY_MMAP_THRESHOLD = 8 * 2**20
-
-
-def map_large_allocations() -> None:
-    """Make glibc serve every allocation of :data:`STEADY_MMAP_THRESHOLD` bytes or more by ``mmap`` (elsewhere: nothing).
-
-    glibc's threshold starts at 128 kB and rises to the size of each mapped block freed, up to 32 MiB: after the
-    first store chunk (just under 32 MiB) is freed, chunks and zarr's encoding buffers come from the heaps of
-    whichever threads (reader, zarr's encoders) freed memory last, and how much of those heaps is retained
-    depended on the threads' timing: the peak of a 50,000-participant conversion moved by some 50 MB from run to
-    run. A fixed threshold maps each of them on its own and unmaps it when freed, so the peak is the blocks
-    alive, run after run. Setting it ends glibc's dynamic threshold for the process (allocations from 8 MiB stay
-    mapped, as glibc maps them by default until a large block is freed).
-    """
-    if _MALLOPT is not None:
-        _MALLOPT(_M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
-
-
-def _mallopt() -> Callable[[int, int], int] | None:
-    """glibc's ``mallopt``, or None where the C library is not glibc."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return None
-    function.argtypes, function.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return cast(Callable[[int, int], int], function)
-
-
-_MALLOPT = _mallopt()
 
 
 def _write_blocks(
