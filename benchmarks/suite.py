@@ -969,6 +969,13 @@ def main() -> None:
         stem += "-" + args.only.replace(",", "-")
     out = HERE / "results"
     out.mkdir(exist_ok=True)
+    # A second run of the same groups on one day gets a number rather than replacing the first's files.
+    taken = stem
+    for number in range(2, 1000):
+        if not (out / f"{taken}.json").exists() and not (out / f"{taken}.md").exists():
+            break
+        taken = f"{stem}-{number}"
+    stem = taken
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     text = markdown(report)
     (out / f"{stem}.md").write_text(text)
