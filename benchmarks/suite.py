@@ -785,6 +785,12 @@ def markdown(report: dict) -> str:
             f"{case.get('other_processes_cores', float('nan')):.2f} | {inner} | {aim_text} |"
         )
 
+    def parse_floor_row(group: str, tables: str, case: dict | None) -> None:
+        if case is not None:
+            pf = case["result"]
+            what = f"parsing floor: {tables} {pf['values']:,} values ({pf['text_mb']} MB of text), pyarrow, one column, both cores"
+            row(group, what, case, f"{pf['parse_s']:.3f} s wall, {pf['parse_cpu_s']:.3f} s CPU (best of 3)")
+
     if "ref_kernel" in c:
         k, f, r = c["ref_kernel"]["result"], c["ref_floor"]["result"], report["reference_ratios"]
         lines.insert(
@@ -832,14 +838,7 @@ def markdown(report: dict) -> str:
             f"{f['floor_s']:.3f} s (kernel / floor {r['kernel_over_floor']:.2f}x); read+sum {f['read_sum_s']:.3f} s",
             aim_cell("floor"),
         )
-        if "ref_parse_floor" in c:
-            pf = c["ref_parse_floor"]["result"]
-            row(
-                "reference",
-                f"parsing floor: the three tables' {pf['values']:,} values ({pf['text_mb']} MB of text), pyarrow, one column, both cores",
-                c["ref_parse_floor"],
-                f"{pf['parse_s']:.3f} s wall, {pf['parse_cpu_s']:.3f} s CPU (best of 3)",
-            )
+        parse_floor_row("reference", "the three tables'", c.get("ref_parse_floor"))
         row(
             "reference",
             f"statsmodels OLS loop, {c['ref_statsmodels']['result']['sampled']} sampled, scaled",
@@ -866,14 +865,7 @@ def markdown(report: dict) -> str:
             c["limma_cli_ours"],
             phases(c["limma_cli_ours"]),
         )
-        if "limma_cli_parse_floor" in c:
-            pf = c["limma_cli_parse_floor"]["result"]
-            row(
-                "limma_cli",
-                f"parsing floor: the table's {pf['values']:,} values ({pf['text_mb']} MB of text), pyarrow, one column, both cores",
-                c["limma_cli_parse_floor"],
-                f"{pf['parse_s']:.3f} s wall, {pf['parse_cpu_s']:.3f} s CPU (best of 3)",
-            )
+        parse_floor_row("limma_cli", "the table's", c.get("limma_cli_parse_floor"))
         if "limma_cli_r" in c:
             lr = c["limma_cli_r"]
             row(

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from scalable_assoc.io.atomic import write_tsv
 from scalable_assoc.results import coded_keys
 from scalable_assoc.results.coded_keys import composite, decompose, duplicated_rows, line_up
-from scalable_assoc.results.table_files import write_table_tsv
 
 
 def _expected(per_cohort: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -52,19 +47,3 @@ def test_composite_keys_decompose() -> None:
     a, b = decompose(key, [3, 5])
     np.testing.assert_array_equal(a, codes["a"])
     np.testing.assert_array_equal(b, codes["b"])
-
-
-def test_tsv_from_arrow_in_slices_equals_write_tsv(tmp_path: Path) -> None:
-    frame = pd.DataFrame(
-        {
-            "feature": pd.array(["s__A", "s__B", "PWY-1: x y", "s__D", "s__E"], dtype="str"),
-            "k": np.array([2, 3, 5, 1, 4], dtype=np.int64),
-            "beta": [0.1, np.nan, -1.5e-300, 1 / 3, 2.0],
-            "q": [np.nan, 0.5, 1.0, 1e-12, 0.25],
-        }
-    )
-    write_tsv(tmp_path / "pandas.tsv", frame)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    write_table_tsv(tmp_path / "arrow.tsv", table, slice_rows=2)  # three slices, header once
-    assert (tmp_path / "arrow.tsv").read_bytes() == (tmp_path / "pandas.tsv").read_bytes()
-    assert (tmp_path / "arrow.tsv").read_text().count("feature") == 1

@@ -14,7 +14,7 @@ from scalable_assoc.io.atomic import write_tsv
 from scalable_assoc.results.table_files import write_table_parquet, write_table_tsv
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("threads", [None, 1, 2, 3])
 def test_tsv_streamed_or_in_slices_equals_write_tsv(tmp_path: Path, threads: int) -> None:
     frame = pd.DataFrame(
         {
@@ -26,8 +26,9 @@ def test_tsv_streamed_or_in_slices_equals_write_tsv(tmp_path: Path, threads: int
     )
     write_tsv(tmp_path / "pandas.tsv", frame)
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    write_table_tsv(tmp_path / "arrow.tsv", table, slice_rows=2, threads=threads)
+    write_table_tsv(tmp_path / "arrow.tsv", table, slice_rows=2, threads=threads)  # three slices, header once
     assert (tmp_path / "arrow.tsv").read_bytes() == (tmp_path / "pandas.tsv").read_bytes()
+    assert (tmp_path / "arrow.tsv").read_text().count("feature") == 1
 
 
 @pytest.mark.parametrize("threads", [1, 2])
