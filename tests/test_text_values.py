@@ -143,10 +143,11 @@ def test_quoted_and_missing_ids_go_to_pandas(tmp_path, monkeypatch) -> None:
     assert isinstance(pandas, str) and fast == pandas
 
 
-@pytest.mark.parametrize("change", ["short", "long", "blank_lines"])
+@pytest.mark.parametrize("change", ["short", "long", "blank_lines", "every_row_long"])
 def test_metaphlan_row_lengths_checked_in_the_clade_pass(tmp_path, monkeypatch, change) -> None:
     """Field counts taken with the clades (one pass) give what the separate line check gave: its message naming the
-    line, or the values pandas alone reads (blank lines are skipped)."""
+    line, or the values pandas alone reads (blank lines are skipped). Every row one field longer than the header is
+    refused as pandas refuses it, not read shifted by one sample."""
     monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", 300)
     mpa = _metaphlan(tmp_path / "mpa.tsv", 40, 9, np.random.default_rng(8))
     lines = mpa.read_text().splitlines()
@@ -154,12 +155,17 @@ def test_metaphlan_row_lengths_checked_in_the_clade_pass(tmp_path, monkeypatch, 
         lines[30] = lines[30].rsplit("\t", 1)[0]
     elif change == "long":
         lines[25] += "\t0.5"
+    elif change == "every_row_long":
+        lines = [line if line.startswith(("#", "clade_name")) else line + "\t0.5" for line in lines]
     else:
         lines[20:20] = ["", ""]
     mpa.write_text("\n".join(lines) + "\n")
     fast, pandas = (_outcome(mpa, tmp_path, monkeypatch, on) for on in (True, False))
     if change in ("short", "long"):
         assert isinstance(pandas, str) and f"line {31 if change == 'short' else 26} (clade row) has" in pandas
+        assert fast == pandas
+    elif change == "every_row_long":
+        assert isinstance(pandas, str) and "not a well-formed table" in pandas
         assert fast == pandas
     else:
         np.testing.assert_array_equal(fast, pandas)

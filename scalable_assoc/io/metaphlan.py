@@ -52,6 +52,9 @@ def stream_metaphlan(path: Path, rank: str = "species", rows_per_read: int = 512
             logger.debug("%s: clades read by pandas (%s)", path, why)
     if not lengths_checked:
         check_row_lengths(path, len(skipped), "clade")  # names the first line of another length (or accepts them all)
+        # It accepts rows one field longer than the header (R's headers without a row-name column), which the fast path
+        # would read shifted by one sample while pandas refuses such a MetaPhlAn table: pandas reads it, and words that.
+        clades = None
     if len(header) < 2:
         raise DataError(f"{path}: a MetaPhlAn table needs a clade column and at least one sample column; found {len(header)} column(s)")
     if clades is None:
