@@ -22,6 +22,7 @@ import pytest
 from conftest import error_lines
 
 from scalable_assoc.cli import main
+from scalable_assoc.io.store import open_store
 from scalable_assoc.simulate import simulate_study
 
 #: Files a failed run must not leave behind (they would look like a finished study).
@@ -226,6 +227,26 @@ def test_invalid_value_in_metaphlan_table(study: Path, capsys: pytest.CaptureFix
     message = fails(study, capsys)
     assert "species.tsv" in message and f"{problem} value" in message
     assert f"feature '{species}'" in message and f"sample '{sample}'" in message
+
+
+def test_a_separator_at_the_end_of_every_row_is_refused(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """One field more in every row than in the header, the last one empty: not R's header without a row-name column."""
+    path = study / "pathways.tsv"
+    header, *rows = path.read_text().splitlines()
+    path.write_text("\n".join([header, *(row + "\t" for row in rows)]) + "\n")
+    message = fails(study, capsys)
+    assert "pathways.tsv" in message and "Remove the trailing separators" in message
+
+
+def test_a_header_without_the_row_name_column_is_read_as_r_writes_it(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """R's write.table leaves the row names' column out of the header: every row one field longer, read by position."""
+    path = study / "gbm.tsv"
+    before = pd.read_csv(path, sep="\t", index_col=0)
+    header, *rows = path.read_text().splitlines()
+    path.write_text("\n".join([header.split("\t", 1)[1], *rows]) + "\n")
+    succeeds(study, capsys)
+    stored = open_store(next((study / "out" / ".scalable_assoc" / "stores").glob("gbm*.zarr")))
+    assert list(stored.feature_ids) == list(before.columns)
 
 
 def test_of_two_bad_tables_the_first_in_plan_order_is_named(study: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -126,17 +126,19 @@ def raw_header(path: Path, skipped: int) -> list[str]:
     return []
 
 
-def _line_fields(path: Path) -> tuple[list[int], list[str]]:
-    """The number of fields and the first field of every line (0 for a blank line), read a line at a time.
+def _line_fields(path: Path) -> tuple[list[int], list[str], list[bool]]:
+    """The number of fields, the first field and whether the last field is empty, of every line (0 fields for a blank line).
 
-    Lines are split as pandas splits them (on newlines only) and separators are
-    counted without decoding every cell; a file with a quote anywhere goes
-    through ``csv`` instead, as a quoted field may hold a separator or a newline.
+    Read a line at a time. Lines are split as pandas splits them (on newlines
+    only) and separators are counted without decoding every cell; a file with a
+    quote anywhere goes through ``csv`` instead, as a quoted field may hold a
+    separator or a newline.
     """
     separator = table_separator(path)
     sep = separator.encode()
     lengths: list[int] = []
     firsts: list[str] = []
+    last_empty: list[bool] = []
     try:
         with open_binary(path) as handle:
             for raw in handle:
@@ -146,13 +148,14 @@ def _line_fields(path: Path) -> tuple[list[int], list[str]]:
                 lengths.append(_count_byte(line, sep[0]) + 1 if line.strip() else 0)
                 end = line.find(sep)
                 firsts.append((line if end < 0 else line[:end]).decode("utf-8", errors="replace"))
+                last_empty.append(line.removesuffix(b"\r").endswith(sep))
             else:
-                return lengths, firsts
+                return lengths, firsts, last_empty
         with _open_text(path) as text:
-            rows = [(len(row), row[0] if row else "") for row in csv.reader(text, delimiter=separator)]
+            rows = [(len(row), row[0] if row else "", len(row) > 1 and row[-1] == "") for row in csv.reader(text, delimiter=separator)]
     except (OSError, EOFError, lzma.LZMAError, csv.Error) as error:
         raise unreadable(path, error) from None
-    return [n for n, _ in rows], [first for _, first in rows]
+    return [n for n, _, _ in rows], [first for _, first, _ in rows], [empty for _, _, empty in rows]
 
 
 def _count_byte(line: bytes, byte: int) -> int:
@@ -166,7 +169,7 @@ def _count_byte(line: bytes, byte: int) -> int:
 def data_rows(path: Path, skipped: int, row_word: str) -> tuple[list[str], bool]:
     """Check the field count of every line (:func:`check_row_lengths`); return the first field of each data line
     and whether the header is one field short of every line (R's ``write.table``: the first field is then a row name)."""
-    lengths, firsts = _line_fields(path)
+    lengths, firsts, last_empty = _line_fields(path)
     if len(lengths) <= skipped + 1:
         return [], False
     header = lengths[skipped]
@@ -176,6 +179,14 @@ def data_rows(path: Path, skipped: int, row_word: str) -> tuple[list[str], bool]
     if not data:
         return [], False
     expected = header + 1 if all(n == header + 1 for _, n in data) else header
+    if expected == header + 1 and all(last_empty[number - 1] for number, _ in data):
+        # Not R's header without a row-name column: a separator at the end of every row. Read as R's layout, every
+        # column would take its left neighbour's name (the ID column's name becoming a feature) and the last be empty.
+        raise DataError(
+            f"{path}: every {row_word} row ends with an empty field after the header's last column (a separator at the end "
+            f"of each line, {header + 1} fields against the header's {header}); read as it is, every value would be under "
+            "the name of the column to its left. Remove the trailing separators."
+        )
     bad = [(number, n) for number, n in data if n != expected]
     if bad:
         number, n = bad[0]
