@@ -169,3 +169,13 @@ def test_metaphlan_row_lengths_checked_in_the_clade_pass(tmp_path, monkeypatch, 
         assert fast == pandas
     else:
         np.testing.assert_array_equal(fast, pandas)
+
+
+def test_humann_rows_one_field_longer_than_the_header_are_refused_as_pandas_refuses_them(tmp_path, monkeypatch) -> None:
+    """Not read with every value one sample to the left (the fast path did, while pandas refuses the table)."""
+    header, *rows = HUMANN.read_text().splitlines()
+    table = tmp_path / "humann_long_rows.tsv"
+    table.write_text("\n".join([header, *(row + "\t1.5" for row in rows)]) + "\n")
+    fast, pandas = (_outcome(table, tmp_path, monkeypatch, on) for on in (True, False))
+    assert isinstance(pandas, str) and "not a well-formed table" in pandas
+    assert fast == pandas

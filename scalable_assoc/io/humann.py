@@ -25,7 +25,7 @@ import pandas as pd
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import HUMANN_HEADERS, check_row_lengths, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, chosen_rows, rebatch, validated_values
-from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids
+from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids_and_widths
 
 logger = logging.getLogger(__name__)
 
@@ -115,18 +115,27 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int | Non
     if renamed:
         shown = ", ".join(f"{old} -> {new}" for old, new in renamed[:3])
         logger.info("%s: %d HUMAnN sample column(s) renamed to match metadata IDs, e.g. %s", path, len(renamed), shown)
-    check_row_lengths(path, 0, "feature")
     separator = table_separator(path)
     # Pathway names hold quotes and commas ("5'-phosphate"): no quoting, tab-separated fields as written.
     options = {"sep": separator, "comment": None, "quoting": csv.QUOTE_NONE}
     # pyarrow reads the names and values where it reads them as pandas does; pandas reads the rest (and words every error).
     layout = TextTable(path, separator, 1, len(header))
+    ids: list[str] | None = None
+    widths_match = False
     try:
-        names = pd.Series(row_ids(layout), dtype=str)
-        fast = True
+        # The row names and every row's field count in one pass over the text.
+        ids, widths_match = row_ids_and_widths(layout)
     except Declined as why:
         logger.debug("%s: row names read by pandas (%s)", path, why)
-        fast = False
+    if not widths_match:
+        check_row_lengths(path, 0, "feature")  # names the first line of another length (or accepts them all)
+        # It accepts rows one field longer than the header (R's headers without a row-name column), which the fast path
+        # would read shifted by one sample while pandas refuses such a HUMAnN table: pandas reads it, and words that.
+        ids = None
+    fast = ids is not None
+    if ids is not None:
+        names = pd.Series(ids, dtype=str)
+    else:
         try:
             names = pd.read_csv(path, usecols=[0], dtype=str, **options).iloc[:, 0].fillna("").astype(str)  # type: ignore[call-overload]
         except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:

@@ -109,8 +109,13 @@ def _source(path: Path) -> IO[bytes]:
     return open_binary(path)
 
 
-def row_ids(table: TextTable) -> list[str]:
-    """The first field of every data row, as pandas reads it with ``dtype=str`` (a MetaPhlAn clade, a HUMAnN row name).
+def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
+    """The first field of every data row, as pandas reads it with ``dtype=str`` (a MetaPhlAn clade, a HUMAnN row
+    name), and whether every data row has exactly ``table.n_fields`` fields, from one pass over the text.
+
+    Fields are counted as :func:`~scalable_assoc.io.table_text.check_row_lengths` counts them (separators + 1 on
+    the same lines), so True means that check would pass: a reader need not read the file again for it. False
+    (some row differs) says nothing more: the check then runs, to name the first such line in its words.
 
     Raises
     ------
@@ -118,24 +123,9 @@ def row_ids(table: TextTable) -> list[str]:
         A line pandas might split or read otherwise (:func:`_data_lines`), an ID that is missing
         (an NA string), holds a ``"`` or is not UTF-8.
     """
-    return _row_ids(table, count_fields=False)[0]
-
-
-def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
-    """:func:`row_ids`, and whether every data row has exactly ``table.n_fields`` fields, from the same pass.
-
-    Fields are counted as :func:`~scalable_assoc.io.table_text.check_row_lengths` counts them (separators + 1 on
-    the same lines), so True means that check would pass: a reader need not read the file again for it. False
-    (some row differs) says nothing more: the check then runs, to name the first such line in its words.
-    """
-    return _row_ids(table, count_fields=True)
-
-
-def _row_ids(table: TextTable, count_fields: bool) -> tuple[list[str], bool]:
-    """The rows' first fields (:func:`row_ids`) and, with ``count_fields``, whether each row has ``table.n_fields`` fields."""
     sep = table.separator.encode()
     ids: list[str] = []
-    widths_match = count_fields
+    widths_match = True
     try:
         for text in _text_blocks(table):
             for line in _data_lines(text, table.path):
