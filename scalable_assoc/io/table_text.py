@@ -145,7 +145,7 @@ def _line_fields(path: Path) -> tuple[list[int], list[str], list[bool]]:
                 if b'"' in raw:
                     break
                 line = raw.removesuffix(b"\n") if lengths else raw.removesuffix(b"\n").removeprefix(b"\xef\xbb\xbf")
-                lengths.append(_count_byte(line, sep[0]) + 1 if line.strip() else 0)
+                lengths.append(count_byte(line, sep[0]) + 1 if line.strip() else 0)
                 end = line.find(sep)
                 firsts.append((line if end < 0 else line[:end]).decode("utf-8", errors="replace"))
                 last_empty.append(line.removesuffix(b"\r").endswith(sep))
@@ -158,7 +158,7 @@ def _line_fields(path: Path) -> tuple[list[int], list[str], list[bool]]:
     return [n for n, _, _ in rows], [first for _, first, _ in rows], [empty for _, _, empty in rows]
 
 
-def _count_byte(line: bytes, byte: int) -> int:
+def count_byte(line: bytes, byte: int) -> int:
     """How many times ``byte`` occurs in ``line``: numpy's vectorised compare for long lines (a MetaPhlAn row of 50,000
     samples), several times faster than ``bytes.count``, which loops byte by byte; ``bytes.count`` for short ones."""
     if len(line) < 512:

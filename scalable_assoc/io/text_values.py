@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.table_text import open_binary
+from scalable_assoc.io.table_text import count_byte, open_binary
 
 logger = logging.getLogger(__name__)
 
@@ -131,21 +131,13 @@ def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
             for line in _data_lines(text, table.path):
                 cut = line.find(sep)
                 ids.append((line if cut < 0 else line[:cut]).decode("utf-8"))
-                if widths_match and _count_byte(line, sep[0]) + 1 != table.n_fields:
+                if widths_match and count_byte(line, sep[0]) + 1 != table.n_fields:
                     widths_match = False
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
     if _NA.intersection(ids):
         raise Declined(f"{table.path.name}: a missing ID")
     return ids, widths_match
-
-
-def _count_byte(line: bytes, byte: int) -> int:
-    """How many times ``byte`` occurs in ``line``: numpy's vectorised compare for a long line (a MetaPhlAn row of
-    thousands of samples), several times faster than ``bytes.count``, which loops byte by byte."""
-    if len(line) < 512:
-        return line.count(byte)
-    return int(np.count_nonzero(np.frombuffer(line, dtype=np.uint8) == byte))
 
 
 def kept_rows(path: Path, table: TextTable, first: int, keep: np.ndarray) -> Generator[np.ndarray, None, int | None]:
