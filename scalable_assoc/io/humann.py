@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.table_text import HUMANN_HEADERS, check_row_lengths, raw_header, reading_problem, table_separator
+from scalable_assoc.io.table_text import HUMANN_HEADERS, raw_header, reading_problem, table_separator
 from scalable_assoc.io.table_values import TableStream, check_ids, chosen_rows, rebatch, validated_values
-from scalable_assoc.io.text_values import Declined, TextTable, kept_rows, row_ids_and_widths
+from scalable_assoc.io.text_values import TextTable, checked_row_ids, kept_rows
 
 logger = logging.getLogger(__name__)
 
@@ -120,18 +120,7 @@ def stream_humann(path: Path, stratified: bool = False, rows_per_read: int | Non
     options = {"sep": separator, "comment": None, "quoting": csv.QUOTE_NONE}
     # pyarrow reads the names and values where it reads them as pandas does; pandas reads the rest (and words every error).
     layout = TextTable(path, separator, 1, len(header))
-    ids: list[str] | None = None
-    widths_match = False
-    try:
-        # The row names and every row's field count in one pass over the text.
-        ids, widths_match = row_ids_and_widths(layout)
-    except Declined as why:
-        logger.debug("%s: row names read by pandas (%s)", path, why)
-    if not widths_match:
-        check_row_lengths(path, 0, "feature")  # names the first line of another length (or accepts them all)
-        # It accepts rows one field longer than the header (R's headers without a row-name column), which the fast path
-        # would read shifted by one sample while pandas refuses such a HUMAnN table: pandas reads it, and words that.
-        ids = None
+    ids = checked_row_ids(layout, "feature")  # the row names and every row's field count in one pass over the text
     fast = ids is not None
     if ids is not None:
         names = pd.Series(ids, dtype=str)

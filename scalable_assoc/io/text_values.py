@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.table_text import count_byte, open_binary
+from scalable_assoc.io.table_text import check_row_lengths, count_byte, open_binary
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,27 @@ def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
     if _NA.intersection(ids):
         raise Declined(f"{table.path.name}: a missing ID")
     return ids, widths_match
+
+
+def checked_row_ids(table: TextTable, row_word: str) -> list[str] | None:
+    """The data rows' first fields read here (:func:`row_ids_and_widths`), or None where pandas must read them;
+    either way every row's field count is checked against the header's.
+
+    None when this pass declines, or when some row's width differs from the header's: the line check
+    (:func:`~scalable_assoc.io.table_text.check_row_lengths`, ``row_word`` naming the rows in its message) then
+    names the first such line. It accepts rows all one field longer than the header (R's header without a
+    row-name column), which this fast path would read shifted by one sample while pandas reads them as it does
+    (for MetaPhlAn and HUMAnN tables: refused in pandas' words).
+    """
+    try:
+        ids, widths_match = row_ids_and_widths(table)
+    except Declined as why:
+        logger.debug("%s: row IDs read by pandas (%s)", table.path, why)
+        ids, widths_match = None, False
+    if not widths_match:
+        check_row_lengths(table.path, table.skip_lines - 1, row_word)
+        return None
+    return ids
 
 
 def kept_rows(path: Path, table: TextTable, first: int, keep: np.ndarray) -> Generator[np.ndarray, None, int | None]:
