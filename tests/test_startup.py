@@ -122,22 +122,33 @@ def test_local_cluster_workers_keep_block_sized_memory_on_the_heap(monkeypatch: 
 
     import dask
 
-    from scalable_assoc.engine.cluster import WORKER_MALLOC, local_cluster, worker_environ
+    from scalable_assoc.engine.cluster import WORKER_MALLOC, WORKER_PAGES, local_cluster, worker_environ
 
-    for name in WORKER_MALLOC:
+    for name in (*WORKER_MALLOC, *WORKER_PAGES):
         monkeypatch.delenv(name, raising=False)
-    # A threshold the user configured is kept; distributed's own trim default is replaced.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1}}):
-        assert worker_environ() == {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1, "MALLOC_MMAP_THRESHOLD_": 64 * 2**20}
+    # A value the user configured is kept; distributed's own trim default is replaced.
+    configured = {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1, "NUMPY_MADVISE_HUGEPAGE": 1}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": configured}):
+        assert worker_environ() == {**configured, "MALLOC_MMAP_THRESHOLD_": 64 * 2**20}
     # What an earlier default cluster's nannies leave in this process's environment does not win.
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     cluster, client = local_cluster(1)
     try:
-        seen = next(iter(client.run(lambda: {name: os.environ.get(name) for name in (*WORKER_MALLOC, "OMP_NUM_THREADS")}).values()))
+        names = (*WORKER_MALLOC, *WORKER_PAGES, "OMP_NUM_THREADS")
+        seen = next(iter(client.run(lambda: {name: os.environ.get(name) for name in names}).values()))
+        huge_pages = next(iter(client.run(_numpy_huge_pages).values()))
     finally:
         client.close()
         cluster.close()
-    assert seen == {**{name: str(value) for name, value in WORKER_MALLOC.items()}, "OMP_NUM_THREADS": "1"}
+    assert seen == {**{name: str(value) for name, value in {**WORKER_MALLOC, **WORKER_PAGES}.items()}, "OMP_NUM_THREADS": "1"}
+    assert huge_pages is False, "the workers' NumPy allocates ordinary pages"
+
+
+def _numpy_huge_pages() -> bool:
+    """Whether NumPy in this process asks for transparent huge pages for large arrays (run on a worker)."""
+    from numpy._core.multiarray import _get_madvise_hugepage
+
+    return bool(_get_madvise_hugepage())
 
 
 def test_a_plan_naming_a_missing_column_starts_no_cluster(
