@@ -395,6 +395,10 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    if args.scheduler is None and args.cluster is None:  # a local cluster: its workers' imports overlap the engine's below
+        from scalable_assoc.engine.cluster import WORKER_PRELOAD, start_worker_server
+
+        start_worker_server(WORKER_PRELOAD)
     from scalable_assoc.engine.run import run_study
     from scalable_assoc.plan.schema import load_plan
     from scalable_assoc.report.console import run_report

@@ -161,3 +161,23 @@ def test_a_plan_naming_a_missing_column_starts_no_cluster(
     with _recording_clusters(monkeypatch) as opened, pytest.raises(UserInputError, match="agex"):
         engine_run.run_study(bad, tmp_path / "out", workers=1)
     assert opened == [], "the metadata check failed before any cluster started"
+
+
+def test_workers_are_forked_from_the_server_started_before_the_cluster() -> None:
+    import multiprocessing.forkserver
+    import os
+
+    from scalable_assoc.engine.cluster import WORKER_PRELOAD, local_cluster, start_worker_server
+
+    if not start_worker_server(WORKER_PRELOAD):
+        pytest.skip("workers are not forked here")
+    server = multiprocessing.forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]  # the running server
+    assert server is not None
+    cluster, client = local_cluster(1, preload=WORKER_PRELOAD)
+    try:
+        parents = set(client.run(os.getppid).values())
+    finally:
+        client.close()
+        cluster.close()
+    assert parents == {server}, "the cluster's workers came from the server started ahead of it"
+    assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0", "the server was started with the workers' environment"

@@ -43,6 +43,8 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 #: How long to try reaching an existing scheduler (refused connections are retried until then).
 CONNECT_TIMEOUT = "20s"
+#: What the workers of a local cluster started for a run import as they start: the task functions and their kernels.
+WORKER_PRELOAD = ("scalable_assoc.engine.tasks",)
 #: The name under which :class:`NoHttp` is registered on a cluster's workers.
 NO_HTTP_PLUGIN = "scalable-assoc-no-http"
 _TLS_OPTIONS = (
@@ -279,6 +281,45 @@ def worker_environ() -> dict:
     return environ
 
 
+def _set_worker_environ() -> dict:
+    """:func:`worker_environ`, with our settings also set in this process's environment (for the processes it starts)."""
+    environ = worker_environ()
+    # A nanny copies its pre-spawn environment into this process's (distributed's way of passing it on), and the
+    # environment outranks dask's configuration: after an earlier cluster's nannies (in a long-lived session) ours
+    # would lose to distributed's trim default left behind. Set here, as the nannies would.
+    # NumPy reads its setting as it is imported: by the fork server's preload (see :func:`worker_start_method`), started
+    # with this process's environment, or by each spawned worker.
+    os.environ.update({name: str(environ[name]) for name in (*WORKER_MALLOC, *WORKER_PAGES)})
+    return environ
+
+
+def start_worker_server(preload: Sequence[str] = ()) -> bool:
+    """Start the fork server a local cluster's workers are forked from, now rather than at the first worker's start; True if started.
+
+    The server imports distributed and ``preload`` (about a second of CPU on
+    the reference machine); started as a command begins, it does so on the
+    second core while this process imports the rest of what the command needs,
+    and the local cluster started later (see :func:`local_cluster` with the
+    same ``preload``) forks its workers from it at once. The server is the one
+    :func:`worker_start_method` would start, with the environment the nannies
+    would give it (BLAS threads, glibc thresholds, NumPy's pages; this process's
+    own NumPy is imported first, so it keeps its settings). Nothing is started
+    (False) where workers are not forked (a start method other than
+    distributed's default configured, or no fork server, as on Windows). A
+    server that listens on a private socket only, and ends with this process.
+    """
+    import multiprocessing.forkserver
+
+    import numpy  # noqa: F401  # before the workers' environment is set here, so this process keeps its BLAS threads and pages
+
+    if not worker_start_method(preload):
+        return False
+    environ = _set_worker_environ()
+    os.environ.update({name: str(value) for name, value in environ.items()})
+    multiprocessing.forkserver.ensure_running()
+    return True
+
+
 def worker_start_method(preload: Sequence[str] = ()) -> dict[str, str]:
     """dask's setting of how a local cluster's nannies start worker processes: forked from a server that has imported ``preload``.
 
@@ -327,13 +368,7 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
     routes: dict[str, list] = {"distributed.worker.http.routes": []}
     if address is None:
         routes["distributed.scheduler.http.routes"] = []
-    environ = worker_environ()
-    # A nanny copies its pre-spawn environment into this process's (distributed's way of passing it on), and the
-    # environment outranks dask's configuration: after an earlier cluster's nannies (in a long-lived session) ours
-    # would lose to distributed's trim default left behind. Set here, as the nannies would.
-    # NumPy reads its setting as it is imported: by the fork server's preload (see :func:`worker_start_method`), started
-    # with this process's environment, or by each spawned worker.
-    os.environ.update({name: str(environ[name]) for name in (*WORKER_MALLOC, *WORKER_PAGES)})
+    environ = _set_worker_environ()
     with dask.config.set({**routes, "distributed.nanny.pre-spawn-environ": environ, **worker_start_method(preload)}):
         cluster = LocalCluster(
             n_workers=workers or default_workers(),

@@ -33,7 +33,7 @@ from dask.base import tokenize
 from distributed import Client
 from distributed.security import Security
 
-from scalable_assoc.engine.cluster import dask_client
+from scalable_assoc.engine.cluster import WORKER_PRELOAD, dask_client
 from scalable_assoc.engine.prepare import LayerWork, PreparedStudy, write_design
 from scalable_assoc.engine.profiles import ClusterProfile
 from scalable_assoc.engine.tasks import factorise, hold, model_block, model_block_key
@@ -160,10 +160,6 @@ class ClusterRequest:
     def starts_local_cluster(self) -> bool:
         """Whether :func:`watched_cluster` would start a new local cluster (not given a client, scheduler or profile)."""
         return self.client is None and self.scheduler is None and self.profile is None
-
-
-#: What the workers of a cluster started in the background import as they start: the task functions and their kernels.
-WORKER_PRELOAD = ("scalable_assoc.engine.tasks",)
 
 
 class ClusterStart:

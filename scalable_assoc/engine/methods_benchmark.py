@@ -63,8 +63,7 @@ import pandas as pd
 from distributed import Client
 from distributed.security import Security
 
-from scalable_assoc.engine.cluster import check_cluster_options, dask_client
-from scalable_assoc.engine.graph import WORKER_PRELOAD
+from scalable_assoc.engine.cluster import WORKER_PRELOAD, check_cluster_options, dask_client
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.errors import UserInputError
