@@ -215,12 +215,13 @@ def row_values(table: TextTable, first: int, with_ids: bool = False) -> Iterator
             if not lines:
                 continue
             ids = [(line[: line.find(sep)] if sep in line else line).decode("utf-8") for line in lines] if with_ids else None
-            parts = []
+            parts: list[bytes | memoryview] = []
             for line in lines:
                 start = 0
                 for _ in range(first):
                     start = line.find(sep, start) + 1
-                parts.append(line[start:] if start else b"")
+                # A view, not a copy: join copies the values once (slices of the lines made a second copy of the text).
+                parts.append(memoryview(line)[start:] if start else b"")
             parts.append(b"")  # a newline after the last value too
             payload = b"\n".join(parts).translate(newlines)  # a table lookup per byte: a third faster than replace()
             del parts
