@@ -336,6 +336,10 @@ def _write_blocks(
 ) -> None:
     """Write every ``(n_samples, chunk)`` block into ``array`` (in ``writing``'s thread) and add up its summaries here."""
     pending: Future | None = None
+    # zarr compares every chunk with the fill value (NaN) before writing it, to leave out a chunk holding nothing
+    # else: isnan of the chunk twice and their compare. A block with an observed value in its first row is written
+    # without that check (same chunk written); any other block keeps it.
+    observed_array = array.with_config({"write_empty_chunks": True})
     for start in range(0, n_features, chunk):
         stop = min(start + chunk, n_features)
         values = np.asarray(block(start, stop), dtype=np.float64)
@@ -343,7 +347,8 @@ def _write_blocks(
             raise ValueError(f"block({start}, {stop}) has shape {values.shape}, expected {(n_samples, stop - start)}")
         if pending is not None:
             pending.result()  # the previous block is written (or its error raised) before the next is handed over
-        pending = writing.submit(array.__setitem__, (slice(None), slice(start, stop)), values)
+        target = observed_array if values.size and not np.isnan(values[0]).all() else array
+        pending = writing.submit(target.__setitem__, (slice(None), slice(start, stop)), values)
         summary = _summary_and_totals(values, sample_totals)
         summaries["feature_nonzero"][start:stop] = summary.nonzero
         summaries["feature_observed"][start:stop] = summary.observed

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import queue
+import sys
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from scalable_assoc.errors import DataError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,14 +67,18 @@ def rebatch(pieces: Iterator[np.ndarray], width: int) -> Iterator[np.ndarray]:
 
     Each block is filled in place as the pieces come (no joined copy of pending pieces),
     so converting holds one block being filled, one piece, and the block last yielded.
+    A block's memory is filled again for a later block once its consumer has let go of it
+    (:func:`reused_block`), as the store writer does: a fresh block-sized array costs its
+    first touch of every page, most of the system time of a conversion on some machines.
     """
     block: np.ndarray | None = None
+    spare: list[np.ndarray] = []
     filled = 0
-    for piece in pieces:
+    for piece in read_ahead(pieces):
         used = 0
         while used < piece.shape[1]:
             if block is None:
-                block, filled = np.empty((piece.shape[0], width), dtype=np.float64), 0
+                block, filled = reused_block(spare, (piece.shape[0], width)), 0
             take = min(width - filled, piece.shape[1] - used)
             block[:, filled : filled + take] = piece[:, used : used + take]
             filled, used = filled + take, used + take
@@ -77,6 +87,86 @@ def rebatch(pieces: Iterator[np.ndarray], width: int) -> Iterator[np.ndarray]:
                 block = None
     if block is not None and filled:
         yield np.ascontiguousarray(block[:, :filled])
+
+
+#: Items a reader thread may have ready ahead of their consumer (:func:`read_ahead`): pieces of about 1 MiB of text each.
+READ_AHEAD_ITEMS = 2
+_END = object()
+
+
+def read_ahead(items: Iterator[T], depth: int = READ_AHEAD_ITEMS) -> Generator[T, None, None]:
+    """``items`` as they are, produced in a thread of their own up to ``depth`` ahead of the consumer.
+
+    Why: reading and parsing a text table (pyarrow's parse, file reads) and what the consumer does with
+    each item (the store's block copies and sums) take turns on one core otherwise; here they overlap on
+    two. An error raised by ``items`` is raised here, where the consumer asks for the next item, after
+    the items before it. When the consumer stops early (an error, or the stream closed), the thread stops
+    at its next item and closes ``items`` (so its files are closed); this waits for it.
+    """
+    ready: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[object, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+                del item
+            put((_END, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((_END, error))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="scalable-assoc-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is _END:
+                if error is not None:
+                    raise error
+                return
+            yield item  # type: ignore[misc]
+            del item
+    finally:
+        stop.set()
+        thread.join()
+
+
+#: Blocks a reader keeps for re-use (:func:`reused_block`): the store writer holds two at once (one written, one summed).
+SPARE_BLOCKS = 2
+
+
+def reused_block(spare: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """A float64 array of ``shape`` (its values left as they were) for a reader to fill: one of ``spare`` no one else holds, or a new one.
+
+    ``spare`` (at most :data:`SPARE_BLOCKS`, oldest first) holds the blocks the reader yielded before; the one
+    returned is appended to it. A spare block is re-used only when its one reference left is the list's (and
+    ``getrefcount``'s own): any consumer still holding it, a view of it, or a buffer exported from it, holds a
+    reference, so a block kept (``list(stream.blocks(w))``) is never overwritten; it is simply not re-used.
+    """
+    for index in range(len(spare)):
+        # No name bound to the candidate while it is counted: its references are then the list's and the argument's.
+        if spare[index].shape == shape and sys.getrefcount(spare[index]) == 2:
+            spare.append(spare.pop(index))
+            return spare[-1]
+    block = np.empty(shape, dtype=np.float64)
+    spare.append(block)
+    if len(spare) > SPARE_BLOCKS:
+        del spare[0]
+    return block
 
 
 def chosen_rows(frames: Iterable[pd.DataFrame], keep: np.ndarray, start: int) -> Iterator[tuple[pd.DataFrame, slice, np.ndarray]]:

@@ -19,7 +19,15 @@ import pandas as pd
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.table_text import data_rows, raw_header, reading_problem, table_separator
-from scalable_assoc.io.table_values import SmallestPositive, TableStream, check_ids, check_sample_id_column, validated_values
+from scalable_assoc.io.table_values import (
+    SmallestPositive,
+    TableStream,
+    check_ids,
+    check_sample_id_column,
+    read_ahead,
+    reused_block,
+    validated_values,
+)
 from scalable_assoc.io.text_values import Declined, TextTable, row_values
 
 logger = logging.getLogger(__name__)
@@ -190,7 +198,7 @@ def blocks_through_file(
         folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".rows.tmp", dir=scratch))
         with (folder / "values.f64").open("w+b") as handle:
             done = 0
-            for values in batches:
+            for values in read_ahead(batches):  # parsed in a thread of its own while the last batch is written out
                 # Block by block, each holding all samples: rows done..done+k of a block are one contiguous run.
                 for start, stop in bounds:
                     handle.seek(8 * (n_samples * start + done * (stop - start)))
@@ -200,12 +208,14 @@ def blocks_through_file(
                     least = min(least, float(np.min(values, where=values > 0, initial=np.inf)))  # NaN > 0 is False
             if smallest is not None:
                 smallest.value = least
+            spare: list[np.ndarray] = []  # blocks the store writer has let go of, filled again (no fresh memory)
             for start, stop in bounds:
-                block = np.empty((n_samples, stop - start), dtype=np.float64)
+                block = reused_block(spare, (n_samples, stop - start))
                 handle.seek(8 * n_samples * start)
                 if handle.readinto(block.data.cast("B")) != block.nbytes:
                     raise DataError(f"{path}: the temporary file {handle.name} ended early; was it changed while it was written?")
                 yield block
+                del block  # only the consumer's reference left, so the block can be re-used once it lets go
     except OSError as error:
         place = folder or scratch or Path(tempfile.gettempdir())
         raise DataError(
