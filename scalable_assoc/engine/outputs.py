@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,11 +239,13 @@ def write_outputs(
         if len(alpha):
             results = pd.concat([results, alpha], ignore_index=True)
             table = pa.concat_tables([table, results_table(alpha).replace_schema_metadata(None)])
-    # Two threads: Arrow's sort and writers release the GIL, so the plan-order and by-q files are written on a
-    # second thread while this one builds the summaries (pandas). Each file is written whole or not at all
-    # (io/atomic), and leaving the pool waits for the second thread, so an error leaves no writer running.
+    # Two threads: Arrow's sort, take and writers release the GIL, so the by-q files are sorted and written on a
+    # second thread while this one builds the summaries (pandas); results.parquet is written by whichever thread is
+    # free first. Each file is written whole or not at all (io/atomic), and leaving the pool waits for the second
+    # thread, so no writer outlives this call.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs") as pool:
-        results_files: Future[None] = pool.submit(_write_results_files, out, table, results, plan.fdr.by, plan.fdr.alpha)
+        by_q = pool.submit(_write_by_q_files, out, table, results, plan.fdr.by, plan.fdr.alpha)
+        plan_order = pool.submit(_write_plan_order, out, table, results)
         summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
         survival = survival_readout(summary, list(plan.adjustments))
         write_tsv(out / "adjustment_summary.tsv", summary)
@@ -261,16 +263,24 @@ def write_outputs(
                 out / "covariate_results.parquet", pa.Table.from_pandas(covariates, schema=COVARIATE_SCHEMA, preserve_index=False)
             )
             write_tsv(out / "covariate_results.tsv", covariates)
-    results_files.result()  # re-raise the second thread's error here
+        if plan_order.cancel():  # not started: the second thread is still on the by-q files
+            _write_plan_order(out, table, results)
+    by_q.result()  # re-raise the second thread's errors here
+    if not plan_order.cancelled():
+        plan_order.result()
     return results, summary, survival
 
 
-def _write_results_files(out: Path, table: pa.Table, results: pd.DataFrame, fdr_by: Sequence[str], alpha: float) -> None:
-    """``results.parquet`` (plan order), ``all_results.tsv`` (by q within family) and ``significant_results.tsv`` from the results table.
+def _write_plan_order(out: Path, table: pa.Table, results: pd.DataFrame) -> None:
+    """``results.parquet``: the results table in plan order, with the pandas metadata of ``results`` (the same bytes as from the frame)."""
+    write_parquet(out / "results.parquet", table.replace_schema_metadata(results_table(results.iloc[:0]).schema.metadata))
+
+
+def _write_by_q_files(out: Path, table: pa.Table, results: pd.DataFrame, fdr_by: Sequence[str], alpha: float) -> None:
+    """``all_results.tsv`` (by q within family) and ``significant_results.tsv`` (q < alpha, by q) from the results table.
 
     The files come from the Arrow table (no conversion of the whole frame back), the same bytes as from the frame.
     """
-    write_parquet(out / "results.parquet", table.replace_schema_metadata(results_table(results.iloc[:0]).schema.metadata))
     write_tsv_table(out / "all_results.tsv", sorted_table_by_family_q(table, fdr_by), lambda: sorted_by_family_q(results, fdr_by))
     significant = significant_table(table, alpha)
     write_tsv_table(out / "significant_results.tsv", significant, lambda: results_frame(significant))
