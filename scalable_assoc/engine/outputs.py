@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +29,8 @@ from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE
 from scalable_assoc.results.columns import COVARIATE_SCHEMA
 from scalable_assoc.results.gather import (
     assemble_table,
-    read_chunks,
+    concat_chunks,
+    read_chunk,
     results_frame,
     results_table,
     significant_table,
@@ -34,6 +38,8 @@ from scalable_assoc.results.gather import (
     sorted_table_by_family_q,
 )
 from scalable_assoc.results.summary import adjustment_summary, joint_presence_abundance, survival_readout
+
+logger = logging.getLogger(__name__)
 
 #: The report's figures (scalable_assoc.report), drawn from the output files; removed with them.
 FIGURES_DIR = "figures"
@@ -169,6 +175,33 @@ def covariate_results(study: PreparedStudy, paths: list[Path]) -> pd.DataFrame:
     return frame.iloc[order].reset_index(drop=True)
 
 
+class FinishedChunks:
+    """The result rows of finished chunks, read by the client as their fit tasks finish, for the gather.
+
+    During the fit phase the client only waits on the workers, so reading each
+    chunk's file there takes that work (0.4 s of the gather at 100,000 features,
+    183 files) off the time after the last fit. A chunk not read here (done by an
+    earlier run, every feature filtered out, or a file not readable yet) is read
+    by the gather, which then raises any error as before.
+    """
+
+    def __init__(self, chunks_dir: Path) -> None:
+        self.chunks_dir = chunks_dir
+        self.tables: dict[str, pa.Table] = {}
+
+    def read(self, task: ChunkTask) -> None:
+        """Read the rows file of a chunk whose task finished (the file is complete: it was renamed into place before)."""
+        try:
+            self.tables[task.chunk_id] = read_chunk(task.rows_file(self.chunks_dir))
+        except (OSError, pa.ArrowException) as error:  # a shared filesystem may show the file later; the gather reads it again
+            logger.debug("chunk %s not read after its fit (%s); the gather reads it", task.chunk_id, error)
+
+    def table(self, task: ChunkTask) -> pa.Table:
+        """The chunk's rows (:data:`~scalable_assoc.results.columns.PARTIAL_SCHEMA`), read now if they were not read before."""
+        table = self.tables.pop(task.chunk_id, None)
+        return table if table is not None else read_chunk(task.rows_file(self.chunks_dir))
+
+
 def write_outputs(
     study: PreparedStudy,
     tasks: list[ChunkTask],
@@ -177,15 +210,19 @@ def write_outputs(
     out: Path,
     covariate_rows: bool,
     alpha_rows: pa.Table | None = None,
+    finished: FinishedChunks | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Gather every chunk into the results (FDR per family), write every output file but the manifest; returns results, summary, survival.
 
     ``results.parquet`` keeps plan order (runs compare row by row); the TSV is
     for reading: by q within family. ``alpha_rows`` (:mod:`scalable_assoc.engine.alpha`)
     follow the feature rows, with q-values from families of their own.
+    ``finished`` holds chunk rows already read during the fit phase (in any order:
+    the rows are gathered in the order of ``tasks``); the others are read here.
     """
     plan = study.plan
-    partial = read_chunks([t.rows_file(chunks_dir) for t in tasks])
+    chunks = finished if finished is not None else FinishedChunks(chunks_dir)
+    partial = concat_chunks([chunks.table(t) for t in tasks])
     table = assemble_table(
         partial,
         [layer.spec.name for layer in study.layers],
@@ -195,30 +232,55 @@ def write_outputs(
         plan.fdr.by,
         MODELS,
     )
+    del partial  # its rows are in ``table`` now
     results = results_frame(table)
     if alpha_rows is not None:  # alpha diversity rows: their own FDR families, after the feature rows
         alpha = assemble_alpha_results(study, alpha_rows, exposure_row_order(study), MODELS)
         if len(alpha):
             results = pd.concat([results, alpha], ignore_index=True)
             table = pa.concat_tables([table, results_table(alpha).replace_schema_metadata(None)])
-    # The files come from the Arrow table (no conversion of the whole frame back), the same bytes as from the frame.
-    write_parquet(out / "results.parquet", table.replace_schema_metadata(results_table(results.iloc[:0]).schema.metadata))
-    write_tsv_table(out / "all_results.tsv", sorted_table_by_family_q(table, plan.fdr.by), lambda: sorted_by_family_q(results, plan.fdr.by))
-    significant = significant_table(table, plan.fdr.alpha)
-    write_tsv_table(out / "significant_results.tsv", significant, lambda: results_frame(significant))
-    summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
-    survival = survival_readout(summary, list(plan.adjustments))
-    write_tsv(out / "adjustment_summary.tsv", summary)
-    write_tsv(out / "adjustment_survival.tsv", survival)
-    features = feature_table(study, filters)
-    write_parquet(out / "features.parquet", features)
-    write_tsv(out / "features.tsv", features)
-    if all(any(model in layer.spec.models for layer in study.layers) for model in ("lm_nonzero", "prevalence")):
-        joint = joint_presence_abundance(results, plan.fdr.by)
-        write_parquet(out / "joint_results.parquet", joint)
-        write_tsv(out / "joint_results.tsv", joint)
-    if covariate_rows:
-        covariates = covariate_results(study, [path for t in tasks if (path := t.covariates_file(chunks_dir)) is not None])
-        write_parquet(out / "covariate_results.parquet", pa.Table.from_pandas(covariates, schema=COVARIATE_SCHEMA, preserve_index=False))
-        write_tsv(out / "covariate_results.tsv", covariates)
+    # Two threads: Arrow's sort, take and writers release the GIL, so the by-q files are sorted and written on a
+    # second thread while this one builds the summaries (pandas); results.parquet is written by whichever thread is
+    # free first. Each file is written whole or not at all (io/atomic), and leaving the pool waits for the second
+    # thread, so no writer outlives this call.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs") as pool:
+        by_q = pool.submit(_write_by_q_files, out, table, results, plan.fdr.by, plan.fdr.alpha)
+        plan_order = pool.submit(_write_plan_order, out, table, results)
+        summary = adjustment_summary(results, list(plan.adjustments), plan.fdr.alpha)
+        survival = survival_readout(summary, list(plan.adjustments))
+        write_tsv(out / "adjustment_summary.tsv", summary)
+        write_tsv(out / "adjustment_survival.tsv", survival)
+        features = feature_table(study, filters)
+        write_parquet(out / "features.parquet", features)
+        write_tsv(out / "features.tsv", features)
+        if all(any(model in layer.spec.models for layer in study.layers) for model in ("lm_nonzero", "prevalence")):
+            joint = joint_presence_abundance(results, plan.fdr.by)
+            write_parquet(out / "joint_results.parquet", joint)
+            write_tsv(out / "joint_results.tsv", joint)
+        if covariate_rows:
+            covariates = covariate_results(study, [path for t in tasks if (path := t.covariates_file(chunks_dir)) is not None])
+            write_parquet(
+                out / "covariate_results.parquet", pa.Table.from_pandas(covariates, schema=COVARIATE_SCHEMA, preserve_index=False)
+            )
+            write_tsv(out / "covariate_results.tsv", covariates)
+        if plan_order.cancel():  # not started: the second thread is still on the by-q files
+            _write_plan_order(out, table, results)
+    by_q.result()  # re-raise the second thread's errors here
+    if not plan_order.cancelled():
+        plan_order.result()
     return results, summary, survival
+
+
+def _write_plan_order(out: Path, table: pa.Table, results: pd.DataFrame) -> None:
+    """``results.parquet``: the results table in plan order, with the pandas metadata of ``results`` (the same bytes as from the frame)."""
+    write_parquet(out / "results.parquet", table.replace_schema_metadata(results_table(results.iloc[:0]).schema.metadata))
+
+
+def _write_by_q_files(out: Path, table: pa.Table, results: pd.DataFrame, fdr_by: Sequence[str], alpha: float) -> None:
+    """``all_results.tsv`` (by q within family) and ``significant_results.tsv`` (q < alpha, by q) from the results table.
+
+    The files come from the Arrow table (no conversion of the whole frame back), the same bytes as from the frame.
+    """
+    write_tsv_table(out / "all_results.tsv", sorted_table_by_family_q(table, fdr_by), lambda: sorted_by_family_q(results, fdr_by))
+    significant = significant_table(table, alpha)
+    write_tsv_table(out / "significant_results.tsv", significant, lambda: results_frame(significant))

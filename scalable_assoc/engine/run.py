@@ -43,7 +43,7 @@ from scalable_assoc.engine.graph import (
     watched_cluster,
 )
 from scalable_assoc.engine.manifest import run_manifest
-from scalable_assoc.engine.outputs import RunSummary, remove_outputs, up_to_date, write_outputs
+from scalable_assoc.engine.outputs import FinishedChunks, RunSummary, remove_outputs, up_to_date, write_outputs
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
@@ -344,7 +344,10 @@ def _run_prepared(
         on_phase("fit")
         phase = time.perf_counter()
         pending = [t for t in tasks if t.chunk_id not in done]
-        _fit_chunks(client, watch, study, filters, positions, pending, _Progress(len(done), len(tasks), on_chunk_done), work)
+        finished = FinishedChunks(chunks_dir)  # the client reads each chunk's rows while the workers fit the others
+        resumed = [t for t in tasks if t.chunk_id in done]
+        progress = _Progress(len(done), len(tasks), on_chunk_done)
+        _fit_chunks(client, watch, study, filters, positions, pending, progress, work, finished, resumed)
         timings["fit"] = time.perf_counter() - phase
         first_task.record(timings)  # when it came back after the filter phase (stored prevalence counts: no task to wait for)
         # --- PERMANOVA (plan diversity.beta): engine/permanova.py writes permanova.parquet/.tsv; None when not asked for ---
@@ -357,7 +360,7 @@ def _run_prepared(
         client_info = {"scheduler": info.get("address"), "workers": len(info.get("workers", {}))}
     on_phase("gather")
     phase = time.perf_counter()
-    results, summary, survival = write_outputs(study, tasks, chunks_dir, filters, out, options.covariate_rows, alpha)
+    results, summary, survival = write_outputs(study, tasks, chunks_dir, filters, out, options.covariate_rows, alpha, finished)
     timings["gather"] = time.perf_counter() - phase
     timings["total"] = time.perf_counter() - started
     manifest = run_manifest(study, filters, len(tasks), len(done), timings, client_info, options.chunk_features, options.intersect_samples)
@@ -424,8 +427,14 @@ def _fit_chunks(
     pending: list[ChunkTask],
     progress: _Progress,
     work: Path,
+    finished: FinishedChunks,
+    resumed: list[ChunkTask],
 ) -> None:
-    """Submit the fit tasks of every pending chunk and wait for them; a task that kills its workers is named."""
+    """Submit the fit tasks of every pending chunk and wait for them; a task that kills its workers is named.
+
+    Meanwhile ``finished`` reads the rows of every chunk an earlier run finished
+    (``resumed``) and of each chunk as its task finishes: the client is idle here.
+    """
     progress.start()
     shared = SharedDesigns(client, work / "designs")
     groups: list[_BlockFits] = []
@@ -450,8 +459,12 @@ def _fit_chunks(
         submit_block(position + 1)
         fit_futures |= _submit_fits(client, group, blocks.pop(position, None), work / "chunks", shared, batches)
         # Its fits now hold the block: with no reference left here, the scheduler frees it once they are done.
-    for _ in watch.completed(fit_futures):
+    for task in resumed:  # while the first fits run
+        finished.read(task)
+    for future in watch.completed(fit_futures):
         progress.chunk_done()
+        if future.status == "finished":
+            finished.read(fit_futures[future])
     for future, task in fit_futures.items():
         if future.status == "finished":
             continue  # its result (a few numbers) stays on its worker: fetching it was one round trip per chunk

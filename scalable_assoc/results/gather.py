@@ -26,11 +26,15 @@ _INT64_AS_NULLABLE = {pa.int64(): pd.Int64Dtype()}.get
 
 def read_chunks(paths: Sequence[Path]) -> pa.Table:
     """Concatenate chunk files (every one must exist and carry the partial schema)."""
-    tables = [_read_chunk(path) for path in paths]
+    return concat_chunks([read_chunk(path) for path in paths])
+
+
+def concat_chunks(tables: Sequence[pa.Table]) -> pa.Table:
+    """Chunk tables of :func:`read_chunk`, one after the other (no copy: each becomes a chunk of every column)."""
     return pa.concat_tables(tables) if tables else PARTIAL_SCHEMA.empty_table()
 
 
-def _read_chunk(path: Path) -> pa.Table:
+def read_chunk(path: Path) -> pa.Table:
     """One chunk file as a table of :data:`PARTIAL_SCHEMA` (no schema metadata).
 
     ``ParquetFile.read`` costs a third of ``pq.read_table`` (which sets up a

@@ -22,15 +22,17 @@ GROUP_KEYS = ["layer", "exposure", "model"]
 SURVIVAL_COLUMNS = ["layer", "exposure", "model", "adjustment", "significant_base", "still_significant", "percent"]
 
 
-def sets_run(results: pd.DataFrame, adjustment_order: Sequence[str]) -> dict[tuple[str, str, str], list[str]]:
+def sets_run(
+    results: pd.DataFrame, adjustment_order: Sequence[str], factorised: dict[str, tuple[np.ndarray, int]] | None = None
+) -> dict[tuple[str, str, str], list[str]]:
     """Per layer x exposure x model, in results order: the plan's adjustment sets it ran under, in plan order.
 
-    The first set of each list is that group's base.
+    The first set of each list is that group's base. ``factorised``: columns' codes already made (:func:`_row_keys`).
     """
     rank = {name: i for i, name in enumerate(adjustment_order)}
     groups: dict[tuple[str, str, str], list[str]] = {}
     columns = [*GROUP_KEYS, "adjustment"]
-    first = first_appearance(_row_keys(results, columns))[1]  # drop_duplicates, on integer codes
+    first = first_appearance(_row_keys(results, columns, factorised))[1]  # drop_duplicates, on integer codes
     for layer, exposure, model, adjustment in results[columns].iloc[first].itertuples(index=False):
         if adjustment in rank:
             groups.setdefault((layer, exposure, model), []).append(adjustment)
@@ -47,10 +49,18 @@ def base_sets(frame: pd.DataFrame, runs: dict[tuple[str, str, str], list[str]]) 
     return frame[GROUP_KEYS].merge(bases, on=GROUP_KEYS, how="left")["base"].to_numpy(dtype=object)
 
 
-def _row_keys(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """``(len(frame),)`` int64: one code per distinct combination of ``columns`` (missing values alike, as ``drop_duplicates`` has them)."""
-    factorised = [pd.factorize(frame[column], use_na_sentinel=False) for column in columns]
-    return combined_codes([(np.asarray(codes, dtype=np.int64), len(uniques)) for codes, uniques in factorised])
+def _row_keys(frame: pd.DataFrame, columns: list[str], factorised: dict[str, tuple[np.ndarray, int]] | None = None) -> np.ndarray:
+    """``(len(frame),)`` int64: one code per distinct combination of ``columns`` (missing values alike, as ``drop_duplicates`` has them).
+
+    ``factorised`` keeps each column's ``(codes, number of values)`` for the next call on the same frame: a
+    string column of 400,000 rows takes 20 ms to factorise, and the adjustment summary keys rows twice.
+    """
+    codes = {} if factorised is None else factorised
+    for column in columns:
+        if column not in codes:
+            values, uniques = pd.factorize(frame[column], use_na_sentinel=False)
+            codes[column] = (np.asarray(values, dtype=np.int64), len(uniques))
+    return combined_codes([codes[column] for column in columns])
 
 
 def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], alpha: float) -> pd.DataFrame:
@@ -67,11 +77,12 @@ def adjustment_summary(results: pd.DataFrame, adjustment_order: Sequence[str], a
     each row's base set.
     """
     keys = ["layer", "feature", "exposure", "model"]
-    runs = sets_run(results, adjustment_order)
+    factorised: dict[str, tuple[np.ndarray, int]] = {}  # layer, exposure and model are keys of both row keyings
+    runs = sets_run(results, adjustment_order, factorised)
     ran_anywhere = {a for names in runs.values() for a in names}
     present = [a for a in adjustment_order if a in ran_anywhere]
     # Each row's output row: integer codes of its keys, not a MultiIndex of strings (400,000 rows at 100,000 features).
-    row_of, first = first_appearance(_row_keys(results, keys))  # output rows in order of first appearance
+    row_of, first = first_appearance(_row_keys(results, keys, factorised))  # output rows in order of first appearance
     out = results[keys].iloc[first].reset_index(drop=True)
     n = len(out)
     base = base_sets(out, runs)

@@ -1,0 +1,55 @@
+"""The gather's chunk rows read during the fit phase (engine/outputs.FinishedChunks), and its second writing thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from distributed import Client
+
+import scalable_assoc.engine.outputs as outputs
+from scalable_assoc.engine.chunks import ChunkTask
+from scalable_assoc.engine.outputs import FinishedChunks
+from scalable_assoc.engine.run import run_study
+from scalable_assoc.io.atomic import write_parquet
+from scalable_assoc.results.columns import PARTIAL_SCHEMA
+from scalable_assoc.results.gather import concat_chunks, read_chunks
+from scalable_assoc.simulate import SimulatedStudy
+
+
+def _chunk(feature: str, rows: int) -> pa.Table:
+    columns = {f.name: pa.nulls(rows, type=f.type) for f in PARTIAL_SCHEMA}
+    columns["feature"] = pa.array([f"{feature}{i}" for i in range(rows)])
+    return pa.table(columns, schema=PARTIAL_SCHEMA)
+
+
+def test_chunks_are_gathered_in_task_order_whenever_they_were_read(tmp_path: Path) -> None:
+    tasks = [ChunkTask(f"c{i}", "species", i, i, i + 1, ()) for i in range(4)]
+    for task, rows in zip(tasks[:3], (2, 0, 3), strict=True):
+        write_parquet(task.rows_file(tmp_path), _chunk(task.chunk_id, rows))
+    finished = FinishedChunks(tmp_path)
+    for task in (tasks[2], tasks[0], tasks[3]):  # out of order; the fourth file is not there yet
+        finished.read(task)
+    assert sorted(finished.tables) == ["c0", "c2"]
+    write_parquet(tasks[3].rows_file(tmp_path), _chunk("c3", 1))
+    gathered = concat_chunks([finished.table(t) for t in tasks])
+    assert gathered.equals(read_chunks([t.rows_file(tmp_path) for t in tasks]))
+    assert gathered["feature"].to_pylist() == ["c00", "c01", "c20", "c21", "c22", "c30"]
+    assert not finished.tables  # each chunk's rows are handed over once
+    tasks[3].rows_file(tmp_path).unlink()
+    with pytest.raises(FileNotFoundError):  # a chunk file missing at the gather is an error, as before
+        finished.table(tasks[3])
+
+
+def test_an_error_writing_on_the_second_thread_ends_the_run(
+    small_study: SimulatedStudy, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(*_: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs, "sorted_table_by_family_q", failing)
+    with pytest.raises(OSError, match="disk full"):
+        run_study(small_study.plan_path, tmp_path / "out", client=client, chunk_features=32)
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "all_results.tsv").exists()
