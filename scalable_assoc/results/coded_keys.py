@@ -76,7 +76,8 @@ class Dictionary:
 
 
 def dictionary_column(table: pa.Table, column: str, source: str) -> tuple[np.ndarray, list[str]]:
-    """Indices ``(rows,)`` int64 and the dictionary of a key column; a missing value is refused."""
+    """Indices ``(rows,)`` (int32, or int64 for a dictionary of 2**31 values or more) and the dictionary of a key
+    column; a missing value is refused."""
     array = table.column(column)
     if not pa.types.is_dictionary(array.type):
         array = array.dictionary_encode()
@@ -104,6 +105,7 @@ def dictionary_column(table: pa.Table, column: str, source: str) -> tuple[np.nda
                 if added:
                     to_unified[to_unified < 0] = np.arange(len(unified), len(unified) + added)
                     unified = pa.concat_arrays([unified, dictionary.filter(found.is_null())])
+            to_unified = to_unified.astype(_index_type(len(unified)))
         pieces.append(to_unified[chunk.indices.to_numpy(zero_copy_only=False)])
     if unified is None:  # no chunks: an empty column
         return np.zeros(0, dtype=np.int64), []
@@ -113,7 +115,8 @@ def dictionary_column(table: pa.Table, column: str, source: str) -> tuple[np.nda
 
 @dataclass(frozen=True)
 class CodedKeys:
-    """One cohort's key columns as codes into shared :class:`Dictionary` objects (each ``(rows,)`` int64)."""
+    """One cohort's key columns as codes into shared :class:`Dictionary` objects (each ``(rows,)`` int32, or int64 for a
+    dictionary of 2**31 values or more)."""
 
     codes: dict[str, np.ndarray]
     source_feature: np.ndarray  # (rows,) code into ``source_names``: the feature as this cohort spells it
@@ -132,8 +135,16 @@ def code_keys(
         if column == "feature":
             source_feature, source_names = indices, [str(v) for v in values]
             values = harmonised_names(pd.Series(source_names, dtype=object), mapping).tolist()
-        codes[column] = dictionaries[column].codes(values)[indices]
+        lookup = dictionaries[column].codes(values)
+        # int32 where the codes fit (always, in practice): half the memory of the cohort's codes, which are
+        # held for every cohort until all are read (ten million rows x five columns each)
+        codes[column] = lookup.astype(_index_type(len(dictionaries[column])))[indices]
     return CodedKeys(codes, source_feature, source_names)
+
+
+def _index_type(size: int) -> type[np.signedinteger]:
+    """The integer type for codes or positions below ``size``: int32 where they fit, else int64."""
+    return np.int32 if size < 2**31 else np.int64
 
 
 def composite(codes: dict[str, np.ndarray], columns: Sequence[str], sizes: Sequence[int]) -> np.ndarray:
