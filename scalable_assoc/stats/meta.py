@@ -486,7 +486,8 @@ def combine_estimates(
     s2 = np.full(rows, np.nan)  # typical within-cohort variance (k >= 2)
     multi = np.flatnonzero(several)
     if multi.size:
-        sub = _Cohorts(c.y[:, multi], c.s[:, multi], c.v[:, multi], c.present[:, multi], c.k[multi])
+        # every row, as with --min-cohorts 2 or more: the block itself, not four gathered copies of it
+        sub = c if multi.size == rows else _Cohorts(c.y[:, multi], c.s[:, multi], c.v[:, multi], c.present[:, multi], c.k[multi])
         fixed = _weighted(sub.y, sub.v, sub.present, np.zeros(multi.size))
         q_stat[multi] = fixed.rss
         s2[multi] = (sub.k - 1) / fixed.tr_p
@@ -501,7 +502,10 @@ def combine_estimates(
     mu = np.full(rows, np.nan)
     se_mu = np.full(rows, np.nan)
     if some.size:
-        state = _weighted(c.y[:, some], c.v[:, some], c.present[:, some], tau2[some])
+        if some.size == rows:
+            state = _weighted(c.y, c.v, c.present, tau2)
+        else:
+            state = _weighted(c.y[:, some], c.v[:, some], c.present[:, some], tau2[some])
         mu[some] = state.mu
         variance = 1.0 / state.sum_w
         if hksj:
