@@ -47,3 +47,26 @@ def test_composite_keys_decompose() -> None:
     a, b = decompose(key, [3, 5])
     np.testing.assert_array_equal(a, codes["a"])
     np.testing.assert_array_equal(b, codes["b"])
+
+
+def test_dictionary_column_unifies_chunk_dictionaries_as_arrow_does() -> None:
+    """Chunks with their own (some repeated, some new) dictionaries: the indices and dictionary of combine_chunks."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(5)
+    names = [f"s__{i}" for i in range(40)]
+    chunks = []
+    previous = None
+    for _ in range(12):
+        if previous is None or rng.random() < 0.5:  # a new dictionary, or the previous one again (a row group's batches)
+            previous = pa.array([names[i] for i in rng.permutation(40)[: rng.integers(1, 30)]])
+        indices = pa.array(rng.integers(0, len(previous), rng.integers(0, 20)).astype(np.int32))
+        chunks.append(pa.DictionaryArray.from_arrays(indices, previous))
+    table = pa.table({"feature": pa.chunked_array(chunks)})
+    combined = table.column("feature").combine_chunks()
+    indices, values = coded_keys.dictionary_column(table, "feature", "test")
+    np.testing.assert_array_equal(indices, combined.indices.to_numpy(zero_copy_only=False))
+    assert values == combined.dictionary.to_pylist()
+    plain = pa.table({"feature": pa.chunked_array([pa.array(["b", "a"]), pa.array(["c", "b"])])})
+    indices, values = coded_keys.dictionary_column(plain, "feature", "test")
+    assert values == ["b", "a", "c"] and indices.tolist() == [0, 1, 2, 0]

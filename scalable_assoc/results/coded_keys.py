@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.results.harmonise import harmonised_names
@@ -75,20 +76,47 @@ class Dictionary:
 
 
 def dictionary_column(table: pa.Table, column: str, source: str) -> tuple[np.ndarray, list[str]]:
-    """Indices ``(rows,)`` int64 and the dictionary of a key column; a missing value is refused."""
+    """Indices ``(rows,)`` (int32, or int64 for a dictionary of 2**31 values or more) and the dictionary of a key
+    column; a missing value is refused."""
     array = table.column(column)
     if not pa.types.is_dictionary(array.type):
         array = array.dictionary_encode()
-    combined = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-    if combined.null_count:
-        raise DataError(f"{source}: column '{column}' has {combined.null_count} empty cells; a key column must name every row")
-    indices = combined.indices.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    return indices, combined.dictionary.to_pylist()
+    if array.null_count:
+        raise DataError(f"{source}: column '{column}' has {array.null_count} empty cells; a key column must name every row")
+    chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
+    # The dictionary Arrow's combine_chunks would unify (each chunk's values in order, new ones appended),
+    # built once per distinct dictionary: a Parquet reader gives each batch of a row group (dozens per file)
+    # the row group's whole dictionary, and unifying every chunk's copy (a hash insert per feature name per
+    # chunk) was half the time of reading a cohort of ten million rows.
+    unified: pa.Array | None = None
+    seen: pa.Array | None = None
+    to_unified = np.zeros(0, dtype=np.int64)
+    pieces = []
+    for chunk in chunks:
+        dictionary = chunk.dictionary
+        if seen is None or not dictionary.equals(seen):
+            seen = dictionary
+            if unified is None:
+                unified, to_unified = dictionary, np.arange(len(dictionary), dtype=np.int64)
+            else:
+                found = pc.index_in(dictionary, value_set=unified)
+                added = found.null_count
+                to_unified = found.fill_null(-1).to_numpy().astype(np.int64)
+                if added:
+                    to_unified[to_unified < 0] = np.arange(len(unified), len(unified) + added)
+                    unified = pa.concat_arrays([unified, dictionary.filter(found.is_null())])
+            to_unified = to_unified.astype(_index_type(len(unified)))
+        pieces.append(to_unified[chunk.indices.to_numpy(zero_copy_only=False)])
+    if unified is None:  # no chunks: an empty column
+        return np.zeros(0, dtype=np.int64), []
+    indices = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return indices, unified.to_pylist()
 
 
 @dataclass(frozen=True)
 class CodedKeys:
-    """One cohort's key columns as codes into shared :class:`Dictionary` objects (each ``(rows,)`` int64)."""
+    """One cohort's key columns as codes into shared :class:`Dictionary` objects (each ``(rows,)`` int32, or int64 for a
+    dictionary of 2**31 values or more)."""
 
     codes: dict[str, np.ndarray]
     source_feature: np.ndarray  # (rows,) code into ``source_names``: the feature as this cohort spells it
@@ -107,8 +135,16 @@ def code_keys(
         if column == "feature":
             source_feature, source_names = indices, [str(v) for v in values]
             values = harmonised_names(pd.Series(source_names, dtype=object), mapping).tolist()
-        codes[column] = dictionaries[column].codes(values)[indices]
+        lookup = dictionaries[column].codes(values)
+        # int32 where the codes fit (always, in practice): half the memory of the cohort's codes, which are
+        # held for every cohort until all are read (ten million rows x five columns each)
+        codes[column] = lookup.astype(_index_type(len(dictionaries[column])))[indices]
     return CodedKeys(codes, source_feature, source_names)
+
+
+def _index_type(size: int) -> type[np.signedinteger]:
+    """The integer type for codes or positions below ``size``: int32 where they fit, else int64."""
+    return np.int32 if size < 2**31 else np.int64
 
 
 def composite(codes: dict[str, np.ndarray], columns: Sequence[str], sizes: Sequence[int]) -> np.ndarray:

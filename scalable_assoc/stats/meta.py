@@ -162,8 +162,8 @@ def _cohorts(beta: np.ndarray, se: np.ndarray) -> _Cohorts:
     return _Cohorts(y, s, s**2, np.ascontiguousarray(valid.T).astype(np.float64), valid.sum(axis=1).astype(np.int64))
 
 
-def _sum_others(x: np.ndarray) -> np.ndarray:
-    """``(k, r)``: for each cell the sum of the other cohorts' cells of its row, for ``x >= 0``.
+def _sum_others(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``(k, r)``: for each cell the sum of the other cohorts' cells of its row, for ``x >= 0`` (into ``out`` if given).
 
     From prefix and suffix cumulative sums, so there is no subtraction of a large
     total (``sum(x) - x_i`` loses every digit when ``x_i`` dominates).
@@ -171,7 +171,8 @@ def _sum_others(x: np.ndarray) -> np.ndarray:
     # Running sums cohort by cohort on whole rows (what cumulative sums from either end do,
     # in the same order, so the same bits): a cumulative sum along the short axis is slower.
     k = x.shape[0]
-    out = np.empty_like(x)
+    if out is None:
+        out = np.empty_like(x)
     if k == 0:
         return out
     out[0] = 0.0
@@ -232,39 +233,81 @@ def _reml_log_likelihood(state: _Weighted, v: np.ndarray, present: np.ndarray, t
     return -0.5 * (log_variance + np.log(state.sum_w) + state.rss)
 
 
-def _reml_score(y: np.ndarray, v: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class _Workspace:
+    """The arrays of one block's REML steps, allocated once and re-used by every step.
+
+    Each step of the active rows would otherwise allocate some twenty fresh ``(k, m)``
+    and ``(m,)`` arrays and free them again; re-used buffers stay in the process and in
+    the CPU's caches. A ``(k, m)`` matrix is the first ``k * m`` cells of a flat buffer,
+    contiguous like a freshly allocated array, so NumPy adds up its columns in the same
+    order (the same bits).
+    """
+
+    _MATRICES = ("w", "a", "others", "square", "off", "y0", "y1", "v0", "v1")
+    _VECTORS = ("sum_w", "sum_w2", "mu", "tr_p", "score", "expected", "a_mean", "observed")
+
+    def __init__(self, k: int, rows: int) -> None:
+        self.k = k
+        self._flat = {name: np.empty(k * rows) for name in self._MATRICES}
+        self._vectors = {name: np.empty(rows) for name in self._VECTORS}
+
+    def matrix(self, name: str, m: int) -> np.ndarray:
+        """``(k, m)`` contiguous view of buffer ``name``."""
+        return self._flat[name][: self.k * m].reshape(self.k, m)
+
+    def vector(self, name: str, m: int) -> np.ndarray:
+        """``(m,)`` view of buffer ``name``."""
+        return self._vectors[name][:m]
+
+
+def _reml_score(y: np.ndarray, v: np.ndarray, t: np.ndarray, work: _Workspace | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Twice) the score, expected and observed information of the restricted likelihood ``(r,)``.
 
     ``v`` is infinite for missing cohorts (weight 0). With ``P y = w (y - mu) =: a``,
     the score is ``a'a - tr P``, the expected information ``tr(P P)`` and the observed
     one ``2 y'P^3 y - tr(P P)`` with ``y'P^3 y = sum w (a - a_w)^2`` (``a_w`` the
     w-weighted mean of ``a``); the same operations, in the same order, as
-    :class:`_Weighted` gives them.
+    :class:`_Weighted` gives them. ``work`` holds the arrays (the three returned are
+    views into it, valid until its next use); without it they are allocated.
     """
-    w = v + t[None, :]
+    k, m = y.shape
+    if work is None:
+        work = _Workspace(k, m)
+    w, a, w_others, square, off_diagonal = (work.matrix(name, m) for name in ("w", "a", "others", "square", "off"))
+    sum_w, sum_w2, mu, tr_p = (work.vector(name, m) for name in ("sum_w", "sum_w2", "mu", "tr_p"))
+    score, expected, a_mean, observed = (work.vector(name, m) for name in ("score", "expected", "a_mean", "observed"))
+    np.add(v, t[None, :], out=w)
     np.reciprocal(w, out=w)
-    sum_w = w.sum(axis=0)
-    a = w * y
-    mu = a.sum(axis=0) / sum_w
+    w.sum(axis=0, out=sum_w)
+    np.multiply(w, y, out=a)
+    a.sum(axis=0, out=mu)
+    mu /= sum_w
     np.subtract(y, mu[None, :], out=a)
     a *= w
-    w_others = _sum_others(w)
+    _sum_others(w, out=w_others)
     w_others *= w
-    tr_p = w_others.sum(axis=0) / sum_w
-    square = np.square(a)
-    score = square.sum(axis=0) - tr_p
+    w_others.sum(axis=0, out=tr_p)
+    tr_p /= sum_w
+    np.square(a, out=square)
+    square.sum(axis=0, out=score)
+    score -= tr_p
     np.square(w_others, out=w_others)
     np.square(w, out=square)
-    off_diagonal = _sum_others(square)
+    _sum_others(square, out=off_diagonal)
     off_diagonal *= square
     w_others += off_diagonal
-    expected = w_others.sum(axis=0) / sum_w**2
+    w_others.sum(axis=0, out=expected)
+    np.square(sum_w, out=sum_w2)
+    expected /= sum_w2
     np.multiply(w, a, out=square)
-    a_mean = square.sum(axis=0) / sum_w
+    square.sum(axis=0, out=a_mean)
+    a_mean /= sum_w
     a -= a_mean[None, :]
     np.square(a, out=a)
     a *= w
-    observed = 2.0 * a.sum(axis=0) - expected
+    a.sum(axis=0, out=observed)
+    observed *= 2.0
+    observed -= expected
     return score, expected, observed
 
 
@@ -292,10 +335,14 @@ def _reml_tau2(c: _Cohorts, scale: np.ndarray, tol: float, max_iter: int) -> tup
     lo = np.zeros(rows)
     hi = np.full(rows, np.inf)
     scale_active = scale
+    # Every step's arrays in buffers allocated once per block (see _Workspace); the active
+    # rows' y and v are gathered into two pairs of buffers in turn.
+    work = _Workspace(y.shape[0], rows)
+    turn = 0
     for iteration in range(max_iter):
         if active.size == 0:
             break
-        score, expected, observed = _reml_score(y, v, t)
+        score, expected, observed = _reml_score(y, v, t, work)
         lo = np.where(score > 0, np.maximum(lo, t), lo)
         hi = np.where(score < 0, np.minimum(hi, t), hi)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -338,7 +385,10 @@ def _reml_tau2(c: _Cohorts, scale: np.ndarray, tol: float, max_iter: int) -> tup
             keep = ~done
             active, t, lo, hi, scale_active = active[keep], t[keep], lo[keep], hi[keep], scale_active[keep]
             # from the active rows' own (smaller) arrays, not the whole block's
-            y, v = y[:, keep], v[:, keep]
+            kept = np.flatnonzero(keep)
+            y = np.take(y, kept, axis=1, out=work.matrix(f"y{turn}", kept.size), mode="clip")
+            v = np.take(v, kept, axis=1, out=work.matrix(f"v{turn}", kept.size), mode="clip")
+            turn = 1 - turn
     # metafor: if the restricted likelihood is higher at 0 than at the root, the
     # scoring stopped at a local maximum and tau^2 is set to 0.
     positive = np.flatnonzero(converged & (tau2 > 0))
@@ -436,7 +486,8 @@ def combine_estimates(
     s2 = np.full(rows, np.nan)  # typical within-cohort variance (k >= 2)
     multi = np.flatnonzero(several)
     if multi.size:
-        sub = _Cohorts(c.y[:, multi], c.s[:, multi], c.v[:, multi], c.present[:, multi], c.k[multi])
+        # every row, as with --min-cohorts 2 or more: the block itself, not four gathered copies of it
+        sub = c if multi.size == rows else _Cohorts(c.y[:, multi], c.s[:, multi], c.v[:, multi], c.present[:, multi], c.k[multi])
         fixed = _weighted(sub.y, sub.v, sub.present, np.zeros(multi.size))
         q_stat[multi] = fixed.rss
         s2[multi] = (sub.k - 1) / fixed.tr_p
@@ -451,7 +502,10 @@ def combine_estimates(
     mu = np.full(rows, np.nan)
     se_mu = np.full(rows, np.nan)
     if some.size:
-        state = _weighted(c.y[:, some], c.v[:, some], c.present[:, some], tau2[some])
+        if some.size == rows:
+            state = _weighted(c.y, c.v, c.present, tau2)
+        else:
+            state = _weighted(c.y[:, some], c.v[:, some], c.present[:, some], tau2[some])
         mu[some] = state.mu
         variance = 1.0 / state.sum_w
         if hksj:
