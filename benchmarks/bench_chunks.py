@@ -266,15 +266,12 @@ def memory_as_a_worker() -> None:
     kernel) on huge pages, whose first touches cost seconds where the machine hands free memory back to its host:
     the one-process rounds then read up to 1.4x slower than each of two, a "scaling" above 2.
     """
-    import ctypes
-
     from numpy._core.multiarray import _set_madvise_hugepage
 
     from scalable_assoc.engine.cluster import WORKER_MALLOC
+    from scalable_assoc.process_memory import set_heap_thresholds
 
-    libc = ctypes.CDLL(None)
-    libc.mallopt(-3, int(WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]))  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, int(WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"]))  # M_TRIM_THRESHOLD
+    set_heap_thresholds(int(WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]), int(WORKER_MALLOC["MALLOC_TRIM_THRESHOLD_"]))
     _set_madvise_hugepage(False)
 
 

@@ -77,12 +77,18 @@ def map_large_allocations() -> None:
     alive, run after run. Setting it ends glibc's dynamic threshold for the process (allocations from 8 MiB stay
     mapped, as glibc maps them by default until a large block is freed).
     """
+    # Setting the mmap threshold ends glibc's dynamic trim threshold too (left at 128 kB): every text buffer freed
+    # at a heap's top went back to the system and was touched afresh for the next block (the 307 MB MetaPhlAn
+    # table's first pass: 35,000 page faults, one per 9 kB read).
+    set_heap_thresholds(STEADY_MMAP_THRESHOLD, STEADY_TRIM_THRESHOLD)
+
+
+def set_heap_thresholds(mmap_bytes: int, trim_bytes: int) -> None:
+    """Fix glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (bytes) for this process, as the ``MALLOC_*_THRESHOLD_``
+    environment variables would at its start (elsewhere: nothing)."""
     if _MALLOPT is not None:
-        _MALLOPT(_M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
-        # Setting the mmap threshold ends glibc's dynamic trim threshold too (left at 128 kB): every text buffer freed
-        # at a heap's top went back to the system and was touched afresh for the next block (the 307 MB MetaPhlAn
-        # table's first pass: 35,000 page faults, one per 9 kB read).
-        _MALLOPT(_M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
+        _MALLOPT(_M_MMAP_THRESHOLD, mmap_bytes)
+        _MALLOPT(_M_TRIM_THRESHOLD, trim_bytes)
 
 
 def without_huge_pages() -> bool:
