@@ -314,8 +314,8 @@ def start_worker_server(preload: Sequence[str] = ()) -> bool:
 
     if not worker_start_method(preload):
         return False
-    environ = _set_worker_environ()
-    os.environ.update({name: str(value) for name, value in environ.items()})
+    # All of it (BLAS threads too), not only ours: the nannies set the rest only when the cluster starts, after the server.
+    os.environ.update({name: str(value) for name, value in worker_environ().items()})
     multiprocessing.forkserver.ensure_running()
     return True
 
