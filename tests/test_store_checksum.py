@@ -38,3 +38,23 @@ def test_store_checksum_hashes_whole_files_of_arrays_without_crc32c(tmp_path):
     first = store_checksum(tmp_path / "a.zarr")
     extra[0] = 2.0  # same size, no CRC at its end
     assert len({before, first, store_checksum(tmp_path / "a.zarr")}) == 3
+
+
+def test_a_store_written_at_another_zstd_level_reads_the_same(tmp_path):
+    """Stores converted before the abundance chunks' level changed (zstd level 3) read the same values."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from scalable_assoc.io.store import ABUNDANCE_ZSTD_LEVEL, open_store
+
+    values = np.random.default_rng(1).exponential(size=(12, 7))
+    store = _store(tmp_path / "a.zarr", values)
+    codecs = zarr.open_array(store.path / "abundance", mode="r").metadata.codecs
+    assert [codec.level for codec in codecs if isinstance(codec, ZstdCodec)] == [ABUNDANCE_ZSTD_LEVEL]
+    group = zarr.open_group(store.path, mode="r+")
+    group.create_array(
+        "abundance", data=values, chunks=(12, 3), fill_value=np.nan, compressors=[ZstdCodec(level=3), Crc32cCodec()], overwrite=True
+    )
+    older = open_store(store.path)
+    assert [c.level for c in zarr.open_array(store.path / "abundance", mode="r").metadata.codecs if isinstance(c, ZstdCodec)] == [3]
+    np.testing.assert_array_equal(older.read_block(0, 7), values)
+    np.testing.assert_array_equal(older.read_block(3, 6, np.array([1, 4, 9])), values[[1, 4, 9], 3:6])

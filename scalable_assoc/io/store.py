@@ -89,6 +89,12 @@ LAYERED_STORE_KEY, LAYERED_STORE_VALUE = "scalable_assoc_store", "layers"
 #: negligible, small enough that a worker holds a few chunks comfortably.
 TARGET_CHUNK_BYTES = 32 * 2**20
 
+#: zstd level of the abundance chunks. A store is a working copy read by every fit task, not an archive: level -1
+#: (zstd's fastest regular-strength range) compressed the simulated species and pathway chunks 2.2x faster than level 3
+#: (500 against 230-250 MB/s) and decompressed them 1.5x faster (1,500 against 1,000 MB/s), for stores 2-5% larger.
+#: Readers take the level from each array's metadata, so stores written at another level read as before.
+ABUNDANCE_ZSTD_LEVEL = -1
+
 
 def default_chunk_features(n_samples: int, n_features: int, requested: int | None = None) -> int:
     """Features per chunk: ``requested`` if given, else so that one chunk is about :data:`TARGET_CHUNK_BYTES`; 1..n_features."""
@@ -297,7 +303,7 @@ def write_store_blocks(
             chunks=(n_samples, chunk),
             dtype="float64",
             fill_value=np.nan,
-            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+            compressors=[ZstdCodec(level=ABUNDANCE_ZSTD_LEVEL), Crc32cCodec()],
         )
         summaries = {
             name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)
