@@ -130,6 +130,24 @@ def test_store_summed_a_slab_at_a_time_is_bit_identical(tmp_path, monkeypatch):
     assert all(whole[key] == slabs[key] for key in whole), [key for key in whole if whole[key] != slabs[key]]
 
 
+def test_blocks_read_back_in_threads_give_the_bits_of_one_thread(tmp_path, monkeypatch):
+    """The smallest value in the last chunk: the 7 chunks read back at the end, in threads or one at a time, same bits."""
+    import scalable_assoc.io.store as store_module
+
+    values = _table(seed=2)
+    values[3, -1] = 1e-9
+
+    def log_pseudo(name: str, threads: int) -> bytes:
+        monkeypatch.setattr(store_module, "READ_BACK_THREADS", threads)
+        store = write_store_blocks(
+            tmp_path / name, [f"S{i}" for i in range(40)], [f"F{j}" for j in range(23)], lambda a, b: values[:, a:b], "t", "x", 3
+        )
+        assert zarr.open_group(store.path, mode="r").attrs["sample_sums"]["blocks_summed_again"] == 7
+        return np.asarray(zarr.open_array(store.path / "sample_log_pseudo", mode="r")[...]).tobytes()
+
+    assert log_pseudo("one.zarr", 1) == log_pseudo("three.zarr", 3)
+
+
 def test_wide_table_gives_its_smallest_value_first(tmp_path, caplog):
     """A wide table is read whole before its first block: chunks are summed with the final pseudocount as they pass
     (none read back), with the bits of a store whose chunks are read back."""

@@ -95,6 +95,9 @@ TARGET_CHUNK_BYTES = 32 * 2**20
 #: Readers take the level from each array's metadata, so stores written at another level read as before.
 ABUNDANCE_ZSTD_LEVEL = -1
 
+#: Threads reading blocks back for the per-sample sums at the end of a conversion (each holds a decoded chunk).
+READ_BACK_THREADS = 2
+
 
 def default_chunk_features(n_samples: int, n_features: int, requested: int | None = None) -> int:
     """Features per chunk: ``requested`` if given, else so that one chunk is about :data:`TARGET_CHUNK_BYTES`; 1..n_features."""
@@ -470,6 +473,17 @@ class _SampleSumsWriter:
         release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
         return sums
 
+    def _read_back_all(self, bounds: list[tuple[int, int]], pseudocount: float) -> list[np.ndarray]:
+        """:meth:`_read_back_sums` of each of ``bounds``, in their order, :data:`READ_BACK_THREADS` blocks at a time.
+
+        Why threads: the read-back runs after the last block is written, when the reader's thread is done, so
+        one thread would leave the second core idle; zstd's decoding and NumPy's log release the GIL.
+        """
+        if len(bounds) < 2:
+            return [self._read_back_sums(start, stop, pseudocount) for start, stop in bounds]
+        with ThreadPoolExecutor(max_workers=READ_BACK_THREADS, thread_name_prefix="scalable-assoc-read-back") as pool:
+            return list(pool.map(lambda bound: self._read_back_sums(bound[0], bound[1], pseudocount), bounds))
+
     def finish(self) -> None:
         """Write the sums, the offsets of the sparse copy and the attribute describing them."""
         self._flush(whole_chunks=False)
@@ -478,22 +492,23 @@ class _SampleSumsWriter:
         recomputed = read_back = 0
         if pseudocount is not None:
             summed, final_blocks = self.by_candidate.pop(pseudocount)
-            if summed is None:  # the reader's minimum was not the table's: its group's blocks are summed as they would have been
-                summed = np.zeros(self.n_samples)
-                for start, stop in final_blocks:
-                    summed = summed + self._read_back_sums(start, stop, pseudocount)
-                    read_back += 1
-            log_pseudo = summed
             known = self.known.value if self.known is not None else None
             summed_ahead = self.with_final if known is not None and known / 2.0 == pseudocount else {}
-            for _, blocks in self.by_candidate.values():
-                for start, stop in blocks:
-                    ahead = summed_ahead.get((start, stop))
-                    if ahead is None:
-                        ahead = self._read_back_sums(start, stop, pseudocount)
-                        read_back += 1
-                    log_pseudo = log_pseudo + ahead
-                    recomputed += 1
+            later = [bound for _, blocks in self.by_candidate.values() for bound in blocks]
+            # Every block to read back is read at once (in threads); the sums are then added in the order of a
+            # block-by-block read, so the store holds the same bits however many blocks were read back.
+            to_read = [*(final_blocks if summed is None else []), *(bound for bound in later if bound not in summed_ahead)]
+            read = dict(zip(to_read, self._read_back_all(to_read, pseudocount), strict=True))
+            read_back = len(to_read)
+            if summed is None:  # the reader's minimum was not the table's: its group's blocks are summed as they would have been
+                summed = np.zeros(self.n_samples)
+                for bound in final_blocks:
+                    summed = summed + read[bound]
+            log_pseudo = summed
+            for bound in later:
+                ahead = summed_ahead.get(bound)
+                log_pseudo = log_pseudo + (ahead if ahead is not None else read[bound])
+                recomputed += 1
         compressors = [ZstdCodec(level=3), Crc32cCodec()]
         for name, data in zip(SAMPLE_SUM_ARRAYS, [*self.sums, log_pseudo], strict=True):
             self.group.create_array(name, data=data, chunks=(max(self.n_samples, 1),), compressors=compressors)
