@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scalable_assoc.io.store import AbundanceStore, default_chunk_features, open_store, write_store_blocks
+from scalable_assoc.io.store import ABUNDANCE_ZSTD_LEVEL, AbundanceStore, default_chunk_features, open_store, write_store_blocks
 
 
 def simulated_chunk(seed: int, start: int, n_samples: int, n_features: int) -> np.ndarray:
@@ -36,6 +36,17 @@ def simulated_chunk(seed: int, start: int, n_samples: int, n_features: int) -> n
     return values
 
 
+def _written_as_now(path: Path) -> bool:
+    """Whether the store's abundance chunks are compressed as the package writes them now (a store from an
+    older version is written again, so the scaling cases time what a user's conversion makes)."""
+    metadata = path / "abundance" / "zarr.json"
+    if not metadata.is_file():
+        return False
+    codecs = json.loads(metadata.read_text()).get("codecs", [])
+    levels = [codec.get("configuration", {}).get("level") for codec in codecs if codec.get("name") == "zstd"]
+    return levels == [ABUNDANCE_ZSTD_LEVEL]
+
+
 def write_simulated_store(
     path: Path, sample_ids: list[str], n_features: int, seed: int = 0, chunk_features: int | None = None
 ) -> AbundanceStore:
@@ -45,7 +56,7 @@ def write_simulated_store(
     source = f"simulated:seed={seed}:samples={n_samples}:features={n_features}"
     if (path / "zarr.json").is_file():
         attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-        if attrs.get("source") == source and attrs.get("sample_ids") == list(sample_ids):
+        if attrs.get("source") == source and attrs.get("sample_ids") == list(sample_ids) and _written_as_now(path):
             return open_store(path)
         shutil.rmtree(path)
 
