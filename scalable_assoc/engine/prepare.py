@@ -22,6 +22,7 @@ from scalable_assoc.io.atomic import file_checksum, write_npz
 from scalable_assoc.io.feature_list import FeatureList, LayerFeatureList, match_feature_list, read_feature_list
 from scalable_assoc.io.ingest import layer_store
 from scalable_assoc.io.metadata import (
+    CovariateValues,
     ExposureValues,
     check_covariates,
     complete_rows,
@@ -179,7 +180,7 @@ def _design_key(
 def _resolve_analysis(
     key: AnalysisKey,
     plan: Plan,
-    aligned: pd.DataFrame,
+    aligned: CovariateValues,
     exposure: ExposureValues,
     designs: dict[str, DesignInput],
     clusters: np.ndarray | None,
@@ -189,11 +190,9 @@ def _resolve_analysis(
     covariates = []
     left_out = []
     for column in plan.adjustments[key.adjustment]:
-        series = aligned[column]
         # A covariate identical to the exposure (e.g. adjusting the SSRI exposure for SSRI use) is left out.
         if column in exposure.source_columns or (
-            pd.api.types.is_numeric_dtype(series.dtype)
-            and np.array_equal(series.to_numpy(dtype=np.float64, na_value=np.nan)[defined], values[defined])
+            pd.api.types.is_numeric_dtype(aligned.frame[column].dtype) and np.array_equal(aligned.numeric(column)[defined], values[defined])
         ):
             left_out.append(column)
         else:
@@ -467,6 +466,7 @@ def _prepare_layer(
         warnings.add(warning)
     used_ids = [store.sample_ids[i] for i in positions]
     aligned = metadata.loc[used_ids]
+    columns = CovariateValues(aligned)  # each column converted once for every analysis of these participants
     work = LayerWork(spec, store, checksum, positions)
     if feature_list is not None:
         listed = feature_list.for_layer(spec.name)
@@ -499,7 +499,7 @@ def _prepare_layer(
             exposure = inputs.exposures[key.exposure]
             aligned_exposure = replace(exposure, values=exposure.values[metadata_rows])
             designs: dict[str, DesignInput] = {}
-            resolved = _resolve_analysis(key, plan, aligned, aligned_exposure, designs, clusters)
+            resolved = _resolve_analysis(key, plan, columns, aligned_exposure, designs, clusters)
             inputs.resolved[shared] = (resolved, designs[resolved.design_key])
         analysis, design = inputs.resolved[shared]
         work.designs.setdefault(design.key, design)
