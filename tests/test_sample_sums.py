@@ -131,7 +131,7 @@ def test_store_summed_a_slab_at_a_time_is_bit_identical(tmp_path, monkeypatch):
 
 
 def test_blocks_read_back_in_threads_give_the_bits_of_one_thread(tmp_path, monkeypatch):
-    """The smallest value in the last chunk: the 7 chunks read back at the end, in threads or one at a time, same bits."""
+    """The smallest value in the last chunk: the 7 chunks read back at the end, their rows summed in 3 threads or in one, same bits."""
     import scalable_assoc.io.store as store_module
 
     values = _table(seed=2)

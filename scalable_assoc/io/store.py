@@ -95,7 +95,7 @@ TARGET_CHUNK_BYTES = 32 * 2**20
 #: Readers take the level from each array's metadata, so stores written at another level read as before.
 ABUNDANCE_ZSTD_LEVEL = -1
 
-#: Threads reading blocks back for the per-sample sums at the end of a conversion (each holds a decoded chunk).
+#: Threads summing the rows of a block read back for the per-sample sums at the end of a conversion.
 READ_BACK_THREADS = 2
 
 
@@ -467,22 +467,22 @@ class _SampleSumsWriter:
         self.pending = [(samples[n:], values[n:])]
         self.n_pending = samples.size - n
 
-    def _read_back_sums(self, start: int, stop: int, pseudocount: float) -> np.ndarray:
-        """``(n_samples,)`` :func:`block_log_pseudo` of features ``start:stop`` read back from the store being written."""
-        sums = block_log_pseudo(np.asarray(self.array[:, start:stop], dtype=np.float64), pseudocount)
-        release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
-        return sums
+    def _read_back_sums(self, start: int, stop: int, pseudocount: float, pool: ThreadPoolExecutor) -> np.ndarray:
+        """``(n_samples,)`` :func:`block_log_pseudo` of features ``start:stop`` read back from the store being written.
 
-    def _read_back_all(self, bounds: list[tuple[int, int]], pseudocount: float) -> list[np.ndarray]:
-        """:meth:`_read_back_sums` of each of ``bounds``, in their order, :data:`READ_BACK_THREADS` blocks at a time.
-
-        Why threads: the read-back runs after the last block is written, when the reader's thread is done, so
-        one thread would leave the second core idle; zstd's decoding and NumPy's log release the GIL.
+        The block's rows are summed in ``pool``'s threads, a share each: the read-back runs after the last block is
+        written, when the reader's thread is done, so one thread would leave the second core idle (NumPy's log and
+        sums release the GIL). Each sum is over one row, so the bits are those of the whole block at once; one
+        decoded chunk is held, as before (threads reading a block each would hold one each).
         """
-        if len(bounds) < 2:
-            return [self._read_back_sums(start, stop, pseudocount) for start, stop in bounds]
-        with ThreadPoolExecutor(max_workers=READ_BACK_THREADS, thread_name_prefix="scalable-assoc-read-back") as pool:
-            return list(pool.map(lambda bound: self._read_back_sums(bound[0], bound[1], pseudocount), bounds))
+        values = np.asarray(self.array[:, start:stop], dtype=np.float64)
+        step = -(-values.shape[0] // READ_BACK_THREADS) or 1
+        shares = [values[first : first + step] for first in range(0, values.shape[0], step)]
+        del values
+        parts = list(pool.map(block_log_pseudo, shares, [pseudocount] * len(shares)))
+        del shares
+        release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def finish(self) -> None:
         """Write the sums, the offsets of the sparse copy and the attribute describing them."""
@@ -495,10 +495,10 @@ class _SampleSumsWriter:
             known = self.known.value if self.known is not None else None
             summed_ahead = self.with_final if known is not None and known / 2.0 == pseudocount else {}
             later = [bound for _, blocks in self.by_candidate.values() for bound in blocks]
-            # Every block to read back is read at once (in threads); the sums are then added in the order of a
-            # block-by-block read, so the store holds the same bits however many blocks were read back.
+            # The sums are added in the order of a block-by-block read: the same bits whichever blocks were summed ahead.
             to_read = [*(final_blocks if summed is None else []), *(bound for bound in later if bound not in summed_ahead)]
-            read = dict(zip(to_read, self._read_back_all(to_read, pseudocount), strict=True))
+            with ThreadPoolExecutor(max_workers=READ_BACK_THREADS, thread_name_prefix="scalable-assoc-read-back") as pool:
+                read = {bound: self._read_back_sums(bound[0], bound[1], pseudocount, pool) for bound in to_read}
             read_back = len(to_read)
             if summed is None:  # the reader's minimum was not the table's: its group's blocks are summed as they would have been
                 summed = np.zeros(self.n_samples)
