@@ -179,3 +179,32 @@ def test_humann_rows_one_field_longer_than_the_header_are_refused_as_pandas_refu
     fast, pandas = (_outcome(table, tmp_path, monkeypatch, on) for on in (True, False))
     assert isinstance(pandas, str) and "not a well-formed table" in pandas
     assert fast == pandas
+
+
+def test_in_order_keeps_the_order_and_raises_an_error_in_its_turn() -> None:
+    """Items finishing out of order come back in order; an error comes after every item before it; stopping early
+    leaves the items not yet drawn undrawn."""
+    import time
+
+    def work(item: int) -> int:
+        time.sleep(0.002 * (item % 3 == 0))  # every third item finishes after the next
+        if item == 7:
+            raise ValueError("item 7")
+        return item * 10
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="item 7"):
+        for value in text_values.in_order(iter(range(20)), work, 3):
+            got.append(value)
+    assert got == [0, 10, 20, 30, 40, 50, 60]
+    drawn: list[int] = []
+
+    def items():
+        for item in range(100):
+            drawn.append(item)
+            yield item
+
+    results = text_values.in_order(items(), lambda item: item, 2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    results.close()
+    assert len(drawn) <= 3 + 2  # the items yielded and at most the threads' share ahead

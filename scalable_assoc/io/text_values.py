@@ -24,10 +24,12 @@ from __future__ import annotations
 import logging
 import lzma
 import zlib
-from collections.abc import Generator, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +40,9 @@ from scalable_assoc.io.table_text import check_row_lengths, count_byte, open_bin
 from scalable_assoc.process_memory import map_large_allocations
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 #: pandas' default NA strings (``pandas.read_csv``'s ``na_values``): cells read as missing (a test checks them against pandas).
 PANDAS_NA_STRINGS = (
@@ -68,6 +73,9 @@ FAST_PATH = True
 #: Bytes of text read and parsed at a time (whole lines; a longer line whole): 1 MiB, as larger blocks were no faster
 #: and each holds ~10x its size while parsed (at 8 MiB the 50,000-sample MetaPhlAn table peaked 70 MB higher).
 TEXT_BLOCK_BYTES = 2**20
+
+#: Blocks of text parsed at once (:func:`in_order`): the machine this was measured on has 2 cores.
+PARSE_THREADS = 2
 
 #: File name endings pandas opens as archives or with codecs this path does not use (it declines them).
 _DECLINED_ENDINGS = (".tar", ".tar.gz", ".tar.bz2", ".tar.xz", ".zip", ".zst")
@@ -208,30 +216,60 @@ def row_values(table: TextTable, first: int, with_ids: bool = False) -> Iterator
     sep = table.separator.encode()
     newlines = bytes.maketrans(sep, b"\n")
     width = table.n_fields - first
+
+    def parsed(text: bytes) -> tuple[list[str] | None, np.ndarray] | None:
+        lines = _data_lines(text, table.path)
+        del text
+        if not lines:
+            return None
+        ids = [(line[: line.find(sep)] if sep in line else line).decode("utf-8") for line in lines] if with_ids else None
+        parts: list[bytes | memoryview] = []
+        for line in lines:
+            start = 0
+            for _ in range(first):
+                start = line.find(sep, start) + 1
+            # A view, not a copy: join copies the values once (slices of the lines made a second copy of the text).
+            parts.append(memoryview(line)[start:] if start else b"")
+        parts.append(b"")  # a newline after the last value too
+        payload = b"\n".join(parts).translate(newlines)  # a table lookup per byte: a third faster than replace()
+        del parts
+        values, missing = _one_column(payload, table.separator)
+        del payload
+        if len(values) != len(lines) * width:
+            raise Declined(f"{table.path.name}: {len(values)} values in {len(lines)} rows")
+        return ids, _checked(values.reshape(len(lines), width), missing, table.path)
+
     try:
-        for text in _text_blocks(table):
-            lines = _data_lines(text, table.path)
-            del text
-            if not lines:
-                continue
-            ids = [(line[: line.find(sep)] if sep in line else line).decode("utf-8") for line in lines] if with_ids else None
-            parts: list[bytes | memoryview] = []
-            for line in lines:
-                start = 0
-                for _ in range(first):
-                    start = line.find(sep, start) + 1
-                # A view, not a copy: join copies the values once (slices of the lines made a second copy of the text).
-                parts.append(memoryview(line)[start:] if start else b"")
-            parts.append(b"")  # a newline after the last value too
-            payload = b"\n".join(parts).translate(newlines)  # a table lookup per byte: a third faster than replace()
-            del parts
-            values, missing = _one_column(payload, table.separator)
-            del payload
-            if len(values) != len(lines) * width:
-                raise Declined(f"{table.path.name}: {len(values)} values in {len(lines)} rows")
-            yield ids, _checked(values.reshape(len(lines), width), missing, table.path)
+        for block in in_order(_text_blocks(table), parsed, PARSE_THREADS):
+            if block is not None:
+                yield block
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
+
+
+def in_order(items: Iterator[T], work: Callable[[T], R], threads: int) -> Iterator[R]:
+    """``work(item)`` of each of ``items``, in their order, ``threads`` of them computed at once in threads of their own.
+
+    Why: pyarrow's parse of a block of text releases the GIL, and parsing is most of a conversion's CPU; in one
+    thread it was the conversion's longest thread, with the second core partly idle. ``items`` are drawn here
+    (in the caller's thread), at most ``threads`` ahead of the one yielded. An error of ``work`` is raised when
+    its item's turn comes, after the items before it. Stopping early drops the items not yet started.
+    """
+    if threads <= 1:
+        yield from map(work, items)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scalable-assoc-parse")
+    pending: deque[Future[R]] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(work, item))
+            del item
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _one_column(payload: bytes, separator: str) -> tuple[np.ndarray, int]:
