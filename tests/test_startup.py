@@ -129,7 +129,7 @@ def test_local_cluster_workers_keep_block_sized_memory_on_the_heap(monkeypatch: 
     # A value the user configured is kept; distributed's own trim default is replaced.
     configured = {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1, "NUMPY_MADVISE_HUGEPAGE": 1}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": configured}):
-        assert worker_environ() == {**configured, "MALLOC_MMAP_THRESHOLD_": 64 * 2**20}
+        assert worker_environ() == {**configured, "MALLOC_MMAP_THRESHOLD_": 64 * 2**20, "MALLOC_ARENA_MAX": 1}
     # What an earlier default cluster's nannies leave in this process's environment does not win.
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     cluster, client = local_cluster(1)
@@ -137,11 +137,29 @@ def test_local_cluster_workers_keep_block_sized_memory_on_the_heap(monkeypatch: 
         names = (*WORKER_MALLOC, *WORKER_PAGES, "OMP_NUM_THREADS")
         seen = next(iter(client.run(lambda: {name: os.environ.get(name) for name in names}).values()))
         huge_pages = next(iter(client.run(_numpy_huge_pages).values()))
+        refaulted = client.submit(_pages_faulted_again, pure=False).result()  # on the worker's task thread, as a fit
     finally:
         client.close()
         cluster.close()
     assert seen == {**{name: str(value) for name, value in {**WORKER_MALLOC, **WORKER_PAGES}.items()}, "OMP_NUM_THREADS": "1"}
     assert huge_pages is False, "the workers' NumPy allocates ordinary pages"
+    if sys.platform.startswith("linux"):
+        # Of some 23,000 pages; a task thread with a glibc arena of its own faulted one whole array (7,800) in again.
+        assert refaulted < 2_000, f"a task re-allocating block-sized arrays faulted {refaulted} pages in afresh"
+
+
+def _pages_faulted_again() -> int:
+    """Minor faults of allocating and touching three 32 MB arrays at once, after the same was done and freed (run as a task)."""
+    import resource
+
+    def touch_three() -> None:
+        arrays = [np.ones(4_000_000) for _ in range(3)]
+        del arrays
+
+    touch_three()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    touch_three()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def _numpy_huge_pages() -> bool:
