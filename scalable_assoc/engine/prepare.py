@@ -490,6 +490,9 @@ def _prepare_layer(
     metadata_rows = metadata.index.get_indexer(used_ids)
     samples = hashlib.sha256("\x1f".join(used_ids).encode()).hexdigest()
     min_prevalence = spec.preprocess.min_prevalence if spec.preprocess.prevalence_within == "model" else 0.0
+    # The covariates only, by position: each resolution takes its participants' rows of every covariate several times
+    # (pandas takes, whose cost is mostly per call), and the participant index and other columns were taken with them.
+    covariate_frame = aligned[list(dict.fromkeys(c for columns in plan.adjustments.values() for c in columns))].reset_index(drop=True)
     # Models of one (exposure, adjustment) share its participants and design: resolve it once (for every layer of these samples).
     for key in inputs.keys:
         if key.layer != spec.name:
@@ -499,7 +502,7 @@ def _prepare_layer(
             exposure = inputs.exposures[key.exposure]
             aligned_exposure = replace(exposure, values=exposure.values[metadata_rows])
             designs: dict[str, DesignInput] = {}
-            resolved = _resolve_analysis(key, plan, aligned, aligned_exposure, designs, clusters)
+            resolved = _resolve_analysis(key, plan, covariate_frame, aligned_exposure, designs, clusters)
             inputs.resolved[shared] = (resolved, designs[resolved.design_key])
         analysis, design = inputs.resolved[shared]
         work.designs.setdefault(design.key, design)
