@@ -129,7 +129,7 @@ def test_local_cluster_workers_keep_block_sized_memory_on_the_heap(monkeypatch: 
     # A value the user configured is kept; distributed's own trim default is replaced.
     configured = {"MALLOC_TRIM_THRESHOLD_": 12345, "OMP_NUM_THREADS": 1, "NUMPY_MADVISE_HUGEPAGE": 1}
     with dask.config.set({"distributed.nanny.pre-spawn-environ": configured}):
-        assert worker_environ() == {**configured, "MALLOC_MMAP_THRESHOLD_": 64 * 2**20}
+        assert worker_environ() == {**configured, "MALLOC_MMAP_THRESHOLD_": 64 * 2**20, "MALLOC_ARENA_MAX": 1}  # ours where none is set
     # What an earlier default cluster's nannies leave in this process's environment does not win.
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     cluster, client = local_cluster(1)
