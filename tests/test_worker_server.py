@@ -69,3 +69,13 @@ def test_a_run_from_the_command_line_exits_0_with_its_output_and_leaves_no_proce
             continue
     _, alive = psutil.wait_procs(processes, timeout=10)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], "a process of the run outlived it"
+
+
+def test_the_server_preload_imports_the_workers_modules_and_leaves_the_collector_on() -> None:
+    script = (
+        "import gc, json, sys; import scalable_assoc.engine.server_preload; "
+        "names = ['distributed', 'scalable_assoc.engine.tasks']; "
+        "print(json.dumps([gc.isenabled(), gc.get_freeze_count() > 0, all(name in sys.modules for name in names)]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=_ENV, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True, True]
