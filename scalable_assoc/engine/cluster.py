@@ -33,6 +33,18 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.security import Security
 
 from scalable_assoc.engine.profiles import ClusterProfile
+
+# The workers' settings and fork server live in a module that imports no distributed (the CLI starts the server before
+# distributed is imported); their names stay importable from here, where the cluster is.
+from scalable_assoc.engine.worker_server import (
+    WORKER_MALLOC,  # noqa: F401
+    WORKER_PAGES,  # noqa: F401
+    WORKER_PRELOAD,  # noqa: F401
+    set_worker_environ,
+    start_worker_server,  # noqa: F401
+    worker_environ,  # noqa: F401
+    worker_start_method,
+)
 from scalable_assoc.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -43,8 +55,6 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 #: How long to try reaching an existing scheduler (refused connections are retried until then).
 CONNECT_TIMEOUT = "20s"
-#: What the workers of a local cluster started for a run import as they start: the task functions and their kernels.
-WORKER_PRELOAD = ("scalable_assoc.engine.tasks",)
 #: The name under which :class:`NoHttp` is registered on a cluster's workers.
 NO_HTTP_PLUGIN = "scalable-assoc-no-http"
 _TLS_OPTIONS = (
@@ -250,112 +260,6 @@ def temporary_security() -> Security:
     )
 
 
-#: glibc's thresholds for the workers of a local cluster: blocks (tens of MB) come from the heap and freed ones stay there.
-#: distributed's nannies set MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's dynamic mmap threshold, so
-#: every block-sized array of every task was a fresh mmap whose pages faulted in again: at 100,000 features x 7,656
-#: participants the workers spent 21 s in the kernel (system time) of a 31 s run; with these, 5.6 s of 21 s.
-#: One arena (``MALLOC_ARENA_MAX``): the thresholds hold for glibc's main arena only. A worker runs its tasks on a
-#: thread of its own, whose arena grows by heaps of at most 64 MiB, one per block-sized array alive at once, and
-#: unmaps every heap but the first as soon as it is empty, whatever the thresholds: each fit task faulted some 40 MB
-#: in afresh (100,000 features: 1.9 million minor faults, 5.2 s of system time in a 1-worker fit phase). With every
-#: thread on the main arena, which keeps its freed top below the trim threshold: 49,000 faults, 1.2 s. A worker has
-#: one task thread, so the threads sharing the arena's lock rarely allocate at the same moment.
-WORKER_MALLOC = {"MALLOC_MMAP_THRESHOLD_": 64 * 2**20, "MALLOC_TRIM_THRESHOLD_": 256 * 2**20, "MALLOC_ARENA_MAX": 1}
-#: NumPy asks Linux for transparent huge pages (2 MB) for every array of 4 MB or more; a local cluster's workers
-#: use ordinary pages. A new worker's memory is all first touches, and a huge page's first touch is dear where
-#: free memory was handed back to a virtual machine's host (virtio-balloon free page reporting, in 2 MB blocks) or
-#: must first be compacted: on the 2-core reference VM the reference study's fit phase took 2.4-3.2 s on a new
-#: cluster with huge pages and 1.0-1.3 s without, while 100,000 features fitted in the same time either way.
-WORKER_PAGES = {"NUMPY_MADVISE_HUGEPAGE": 0}
-#: distributed's own default trim threshold: replaced by ours; a value the user configured is kept.
-_DISTRIBUTED_TRIM_DEFAULT = 65536
-
-
-def worker_environ() -> dict:
-    """The environment a local cluster's nannies set before each worker: dask's setting, :data:`WORKER_MALLOC`, :data:`WORKER_PAGES`.
-
-    A value the user set (in the environment or in dask's ``distributed.nanny.pre-spawn-environ``;
-    the environment first, as distributed reads them) is kept, except distributed's own trim default.
-    """
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
-    for name, ours in {**WORKER_MALLOC, **WORKER_PAGES}.items():
-        given = os.environ.get(name, environ.get(name))
-        if given is None or (name == "MALLOC_TRIM_THRESHOLD_" and int(given) == _DISTRIBUTED_TRIM_DEFAULT):
-            environ[name] = ours
-        else:
-            environ[name] = given
-    return environ
-
-
-def _set_worker_environ() -> dict:
-    """:func:`worker_environ`, with our settings also set in this process's environment (for the processes it starts)."""
-    environ = worker_environ()
-    # A nanny copies its pre-spawn environment into this process's (distributed's way of passing it on), and the
-    # environment outranks dask's configuration: after an earlier cluster's nannies (in a long-lived session) ours
-    # would lose to distributed's trim default left behind. Set here, as the nannies would.
-    # NumPy reads its setting as it is imported: by the fork server's preload (see :func:`worker_start_method`), started
-    # with this process's environment, or by each spawned worker.
-    os.environ.update({name: str(environ[name]) for name in (*WORKER_MALLOC, *WORKER_PAGES)})
-    return environ
-
-
-def start_worker_server(preload: Sequence[str] = ()) -> bool:
-    """Start the fork server a local cluster's workers are forked from, now rather than at the first worker's start; True if started.
-
-    The server imports distributed and ``preload`` (about a second of CPU on
-    the reference machine); started as a command begins, it does so on the
-    second core while this process imports the rest of what the command needs,
-    and the local cluster started later (see :func:`local_cluster` with the
-    same ``preload``) forks its workers from it at once. The server is the one
-    :func:`worker_start_method` would start, with the environment the nannies
-    would give it (BLAS threads, glibc thresholds, NumPy's pages; this process's
-    own NumPy is imported first, so it keeps its settings). Nothing is started
-    (False) where workers are not forked (a start method other than
-    distributed's default configured, or no fork server, as on Windows). A
-    server that listens on a private socket only, and ends with this process.
-    """
-    import multiprocessing.forkserver
-
-    import numpy  # noqa: F401  # before the workers' environment is set here, so this process keeps its BLAS threads and pages
-
-    if not worker_start_method(preload):
-        return False
-    # All of it (BLAS threads too), not only ours: the nannies set the rest only when the cluster starts, after the server.
-    os.environ.update({name: str(value) for name, value in worker_environ().items()})
-    multiprocessing.forkserver.ensure_running()
-    return True
-
-
-def worker_start_method(preload: Sequence[str] = ()) -> dict[str, str]:
-    """dask's setting of how a local cluster's nannies start worker processes: forked from a server that has imported ``preload``.
-
-    distributed spawns each worker by default: a new interpreter that imports
-    distributed and the ``preload`` modules itself, 1.2-1.7 s of CPU per worker
-    (most of a 2-worker cluster's start). Forked from multiprocessing's fork
-    server, which imports them once (in a process of its own, single-threaded,
-    so forking it is safe), the workers started in 0.15 s of CPU together and
-    the server took 1 s. The server stays for the rest of this process (it
-    ends with it) and serves later clusters too; its environment is this
-    process's when it started, after the nannies' pre-spawn environment (BLAS
-    threads, glibc thresholds) was set, as spawned workers have it. A start
-    method configured other than distributed's default ``spawn`` is kept, as
-    is ``spawn`` where there is no fork server (Windows).
-    """
-    import multiprocessing
-
-    method = dask.config.get("distributed.worker.multiprocessing-method", default="spawn")
-    if method != "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
-        return {}
-    setting = {"distributed.worker.multiprocessing-method": "forkserver"}
-    from distributed.utils import get_mp_context
-
-    with dask.config.set(setting):
-        context = get_mp_context()  # sets distributed's own preload list, once per process: replaced by ours next
-    # Read when the server starts (the first worker's start), not by a server already running.
-    context.set_forkserver_preload(["distributed", *preload])  # type: ignore[attr-defined]  # a forkserver context's method
-    return setting
-
-
 def local_cluster(workers: int | None = None, dashboard: str | None = None, preload: Sequence[str] = ()) -> tuple[LocalCluster, Client]:
     """A closed local cluster and a client of it (see the module docstring); the caller closes both.
 
@@ -374,7 +278,7 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
     routes: dict[str, list] = {"distributed.worker.http.routes": []}
     if address is None:
         routes["distributed.scheduler.http.routes"] = []
-    environ = _set_worker_environ()
+    environ = set_worker_environ()
     with dask.config.set({**routes, "distributed.nanny.pre-spawn-environ": environ, **worker_start_method(preload)}):
         cluster = LocalCluster(
             n_workers=workers or default_workers(),
