@@ -26,8 +26,8 @@ from scipy import stats
 
 from scalable_assoc.io.atomic import write_atomically, write_tsv
 from scalable_assoc.report.rendering import PNG_DPI as PNG_DPI
+from scalable_assoc.report.rendering import TITLE_Y, render_figures
 from scalable_assoc.report.rendering import render_figure as render_figure
-from scalable_assoc.report.rendering import render_figures
 from scalable_assoc.results.summary import base_sets, sets_run
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,24 @@ class RenderedFigure:
     title: str
     svg: bytes
     png: bytes
+
+
+@dataclass(frozen=True)
+class DrawnFigure:
+    """One figure drawn but not yet rendered: where it belongs and the matplotlib figure."""
+
+    name: str
+    kind: str
+    layer: str
+    model: str
+    title: str
+    figure: Figure
+
+
+def render_drawn(drawn: Sequence[DrawnFigure]) -> list[RenderedFigure]:
+    """Render drawn figures to SVG and PNG (all together, so that they share the cores of :func:`render_figures`), in order."""
+    rendered = render_figures([d.figure for d in drawn])
+    return [RenderedFigure(d.name, d.kind, d.layer, d.model, d.title, svg, png) for d, (svg, png) in zip(drawn, rendered, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -156,7 +174,7 @@ def heatmap(base: pd.DataFrame, significant_anywhere: pd.DataFrame, alpha: float
     axes.set_xticks(range(len(exposures)), exposures, rotation=45, ha="right")
     axes.set_yticks(range(len(features)), [short_label(f) for f in features], fontsize=7)
     figure.colorbar(image, ax=axes, label="beta", shrink=0.8)
-    axes.set_title(f"* p < {NOMINAL_P:g}   ** also q < {alpha:g}", fontsize=8, loc="left")
+    axes.set_title(f"* p < {NOMINAL_P:g}   ** also q < {alpha:g}", fontsize=8, loc="left", y=TITLE_Y)
     return figure, cells
 
 
@@ -199,7 +217,7 @@ def qq_plot(rows: pd.DataFrame, inflation: pd.DataFrame, adjustment_order: Seque
                 label=f"{adjustment}  \u03bb = {lambdas.get((exposure, adjustment), np.nan):.3f}",
             )
         axes.plot([0, top], [0, top], color=_MUTED, linewidth=0.8)
-        axes.set_title(exposure, fontsize=9)
+        axes.set_title(exposure, fontsize=9, y=TITLE_Y)
         axes.set_xlabel("expected -log10 p", fontsize=8)
         axes.set_ylabel("observed -log10 p", fontsize=8)
         axes.legend(fontsize=6, frameon=False, loc="upper left")
@@ -219,7 +237,7 @@ def volcano(base: pd.DataFrame, alpha: float) -> Figure:
         axes.scatter(x[muted], y[muted], s=6, color=_MUTED, rasterized=True, label="q \u2265 " + f"{alpha:g}")
         axes.scatter(x[hit], y[hit], s=10, color=_HIGHLIGHT, rasterized=True, label=f"q < {alpha:g} ({int(hit.sum())})")
         axes.axvline(0.0, color=_MUTED, linewidth=0.6)
-        axes.set_title(f"{exposure} ({these['adjustment'].iat[0] if len(these) else ''})", fontsize=9)
+        axes.set_title(f"{exposure} ({these['adjustment'].iat[0] if len(these) else ''})", fontsize=9, y=TITLE_Y)
         axes.set_xlabel("beta", fontsize=8)
         axes.set_ylabel("-log10 p", fontsize=8)
         axes.set_ylim(0, 1.3 * max(float(y.max()) if y.size else 1.0, 1.0))  # room above the points for the legend
@@ -295,7 +313,7 @@ def survival_chart(survival: pd.DataFrame) -> Figure:
     return figure
 
 
-def run_figures(
+def draw_run_figures(
     results: pd.DataFrame,
     survival: pd.DataFrame | None,
     adjustment_order: Sequence[str],
@@ -303,8 +321,8 @@ def run_figures(
     top: int = 30,
     *,
     estimate: str = "beta",
-) -> RunFigures:
-    """Every figure of a run (or of a pooled folder), in memory, per layer and model (nothing is written).
+) -> tuple[list[DrawnFigure], pd.DataFrame, pd.DataFrame]:
+    """Every figure of a run (or of a pooled folder), drawn but not rendered, per layer and model (nothing is written).
 
     Parameters
     ----------
@@ -324,8 +342,8 @@ def run_figures(
 
     Returns
     -------
-    RunFigures
-        The rendered figures, the inflation table and the heatmap marks.
+    tuple of list of DrawnFigure, DataFrame and DataFrame
+        The figures (render them with :func:`render_drawn`), the inflation table and the heatmap marks (as in :class:`RunFigures`).
     """
     inflation = inflation_factors(results)
     results = results.reset_index(drop=True)
@@ -333,7 +351,7 @@ def run_figures(
         _base=results["adjustment"].to_numpy(dtype=object) == base_sets(results, sets_run(results, adjustment_order)),
         _significant=results["q"].lt(alpha).fillna(False).to_numpy(dtype=bool),
     )
-    drawn_figures: list[tuple[str, str, str, str, str, Figure]] = []  # name, kind, layer, model, title, figure
+    drawn_figures: list[DrawnFigure] = []
     marks: list[pd.DataFrame] = []
     several_models = results["model"].nunique() > 1
     for (layer, model), rows in flags.groupby(["layer", "model"], sort=False):
@@ -356,16 +374,25 @@ def run_figures(
             )
         for kind, (figure, title) in drawn.items():
             figure.suptitle(title, fontsize=10)
-            drawn_figures.append((f"{kind}_{file_stem(layer)}_{file_stem(model)}", kind, str(layer), str(model), title, figure))
+            drawn_figures.append(DrawnFigure(f"{kind}_{file_stem(layer)}_{file_stem(model)}", kind, str(layer), str(model), title, figure))
         logger.info("drew the figures of %s", label)
-    rendered = render_figures([figure for *_, figure in drawn_figures])
-    figures = [
-        RenderedFigure(name, kind, layer, model, title, svg, png)
-        for (name, kind, layer, model, title, _), (svg, png) in zip(drawn_figures, rendered, strict=True)
-    ]
     columns = ["layer", "model", "feature", "exposure", "adjustment", "beta", "p", "q", "mark"]
     all_marks = pd.concat(marks, ignore_index=True)[columns] if marks else pd.DataFrame(columns=columns)
-    return RunFigures(figures, inflation, all_marks)
+    return drawn_figures, inflation, all_marks
+
+
+def run_figures(
+    results: pd.DataFrame,
+    survival: pd.DataFrame | None,
+    adjustment_order: Sequence[str],
+    alpha: float,
+    top: int = 30,
+    *,
+    estimate: str = "beta",
+) -> RunFigures:
+    """Every figure of a run (or of a pooled folder), rendered in memory: :func:`draw_run_figures` then :func:`render_drawn`."""
+    drawn, inflation, marks = draw_run_figures(results, survival, adjustment_order, alpha, top, estimate=estimate)
+    return RunFigures(render_drawn(drawn), inflation, marks)
 
 
 def file_stem(text: object) -> str:

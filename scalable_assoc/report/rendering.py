@@ -30,6 +30,10 @@ PNG_COMPRESSION = 2
 SVG_RASTER_DPI = 150
 #: Fixed seed of the element ids in an SVG (matplotlib draws random ones otherwise), so a figure renders to the same bytes.
 SVG_HASH_SALT = "scalable_assoc"
+#: Height of the report's axes titles, in axes coordinates (``set_title(..., y=TITLE_Y)``): the top of the axes, where
+#: matplotlib's automatic placement puts them when no tick labels or offset text sit above the axes, as in every report
+#: panel; given, it spares measuring the axes' tick labels once more at every draw (a seventh of a figure's time).
+TITLE_Y = 1.0
 #: A report with at least this many figures renders some in helper processes (when a core is idle);
 #: below it, starting a helper costs more than it saves.
 PARALLEL_FIGURES = 8
@@ -40,7 +44,7 @@ def render_figure(figure: Figure) -> tuple[bytes, bytes]:
 
     The layout (e.g. ``layout="constrained"``) is computed once, for the SVG, and then
     frozen for the PNG (positions are fractions of the figure, so they hold at any dpi):
-    the figure is left with no layout engine. The SVG carries no date and fixed element
+    the figure is left with no layout engine, so the PNG is one draw. The SVG carries no date and fixed element
     ids (``svg.hashsalt``), so the same figure gives the same bytes; artists drawn with
     ``rasterized=True`` (dense scatters) are embedded in it as images at
     :data:`SVG_RASTER_DPI`. The PNG is drawn at :data:`PNG_DPI`, compressed at :data:`PNG_COMPRESSION`.
@@ -50,6 +54,10 @@ def render_figure(figure: Figure) -> tuple[bytes, bytes]:
     with matplotlib.rc_context({"svg.hashsalt": SVG_HASH_SALT}):
         figure.savefig(svg, format="svg", dpi=SVG_RASTER_DPI, metadata={"Date": None})
     figure.set_layout_engine("none")
+    # "none" leaves a placeholder engine, and savefig makes a whole extra draw (text, ticks, legends: a
+    # third of a PNG's time) for any engine; with none at all the PNG is the same bytes from one draw.
+    # matplotlib has no public way back to no engine, hence the attribute.
+    figure._layout_engine = None  # type: ignore[attr-defined]
     figure.savefig(png, format="png", dpi=PNG_DPI, pil_kwargs={"compress_level": PNG_COMPRESSION})
     return svg.getvalue(), png.getvalue()
 
