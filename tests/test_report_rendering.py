@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from scalable_assoc.report.figures import screen_thin
-from scalable_assoc.report.rendering import PARALLEL_FIGURES, render_figure, render_figures
+from scalable_assoc.report.rendering import PARALLEL_FIGURES, FigureRenderer, render_figure, render_figures
 
 
 def _figures() -> list[Figure]:
@@ -27,6 +27,21 @@ def test_a_figure_renders_to_the_same_bytes_every_time() -> None:
 
 def test_figures_rendered_in_a_helper_process_are_the_same_bytes() -> None:
     assert render_figures(_figures(), workers=2) == render_figures(_figures(), workers=1)
+
+
+def test_figures_rendered_by_helpers_started_ahead_are_the_same_bytes() -> None:
+    with FigureRenderer(workers=2) as renderer:
+        figures = _figures()  # drawn while the helper starts
+        assert renderer.render(figures) == render_figures(_figures(), workers=1)
+
+
+def test_helpers_started_ahead_and_not_needed_are_stopped() -> None:
+    with FigureRenderer(workers=2) as renderer:
+        started = list(renderer._helpers)
+        assert len(started) == 1
+        rendered = renderer.render(_figures()[: PARALLEL_FIGURES - 1])  # too few figures for a helper: all rendered here
+    assert rendered == [render_figure(figure) for figure in _figures()[: PARALLEL_FIGURES - 1]]
+    assert all(helper._process is None for helper in started)
 
 
 def test_screen_thin_keeps_every_forced_point_and_one_point_per_cell() -> None:

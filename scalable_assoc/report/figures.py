@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from scipy import stats
+from scipy.special import chdtri
 
 from scalable_assoc.io.atomic import write_atomically, write_tsv
 from scalable_assoc.report.rendering import PNG_DPI as PNG_DPI
-from scalable_assoc.report.rendering import TITLE_Y, render_figures
+from scalable_assoc.report.rendering import TITLE_Y, FigureRenderer, render_figures
 from scalable_assoc.report.rendering import render_figure as render_figure
 from scalable_assoc.results.summary import base_sets, sets_run
 
@@ -75,9 +75,12 @@ class DrawnFigure:
     figure: Figure
 
 
-def render_drawn(drawn: Sequence[DrawnFigure]) -> list[RenderedFigure]:
-    """Render drawn figures to SVG and PNG (all together, so that they share the cores of :func:`render_figures`), in order."""
-    rendered = render_figures([d.figure for d in drawn])
+def render_drawn(drawn: Sequence[DrawnFigure], renderer: FigureRenderer | None = None) -> list[RenderedFigure]:
+    """Render drawn figures to SVG and PNG, in order: all together, so that they share the cores of :func:`render_figures`
+    (with ``renderer``, its helper processes started before the figures were drawn).
+    """
+    figures = [d.figure for d in drawn]
+    rendered = renderer.render(figures) if renderer is not None else render_figures(figures)
     return [RenderedFigure(d.name, d.kind, d.layer, d.model, d.title, svg, png) for d, (svg, png) in zip(drawn, rendered, strict=True)]
 
 
@@ -111,7 +114,8 @@ def inflation_factors(results: pd.DataFrame) -> pd.DataFrame:
     for key, group in results.groupby(keys, sort=False):
         p = group["p"].to_numpy(dtype=float)
         p = p[~np.isnan(p)]
-        value = float(np.median(stats.chi2.isf(p, 1)) / CHI2_1_MEDIAN) if p.size else float("nan")
+        # chdtri(1, p) is scipy.stats.chi2.isf(p, 1) (the same function underneath), without importing scipy.stats (0.4 s)
+        value = float(np.median(chdtri(1, p)) / CHI2_1_MEDIAN) if p.size else float("nan")
         rows.append((*key, int(p.size), value))
     return pd.DataFrame(rows, columns=[*keys, "n_p", "lambda"])
 

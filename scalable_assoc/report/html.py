@@ -22,6 +22,7 @@ from scalable_assoc.report.feature_figures import FEATURES_TOP, draw_feature_fig
 from scalable_assoc.report.figures import RunFigures, draw_run_figures, render_drawn, write_figures
 from scalable_assoc.report.meta_html import folder_kind, render_combined_report
 from scalable_assoc.report.page import REPORT_CSS, escape, figure_element, html_table, output_links, relative_href
+from scalable_assoc.report.rendering import FigureRenderer
 from scalable_assoc.results.run_outputs import read_run
 
 logger = logging.getLogger(__name__)
@@ -107,12 +108,13 @@ def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int 
     results = run.results
     significant_rows = pd.read_csv(run_dir / "significant_results.tsv", sep="\t", usecols=["layer", "model"])
     survival = pd.read_csv(run_dir / "adjustment_survival.tsv", sep="\t")
-    drawn, inflation, marks = draw_run_figures(results, survival, list(plan.adjustments), alpha, top)
-    feature_notes: dict[tuple[str, str], str] = {}
-    if features_top > 0:  # per-feature plots of the top associations, and the joint presence/abundance figure
-        extra, feature_notes = draw_feature_figures(run, features_top)
-        drawn += extra
-    figures = RunFigures(render_drawn(drawn), inflation, marks)  # all rendered together: they share the idle cores
+    with FigureRenderer() as renderer:  # helper processes on idle cores import matplotlib while the figures are drawn
+        drawn, inflation, marks = draw_run_figures(results, survival, list(plan.adjustments), alpha, top)
+        feature_notes: dict[tuple[str, str], str] = {}
+        if features_top > 0:  # per-feature plots of the top associations, and the joint presence/abundance figure
+            extra, feature_notes = draw_feature_figures(run, features_top)
+            drawn += extra
+        figures = RunFigures(render_drawn(drawn, renderer), inflation, marks)  # all rendered together: they share the idle cores
     diversity = diversity_report(run, report)  # plan diversity: alpha by case/control, PERMANOVA (empty without)
 
     title = f"{escape(manifest.get('plan_name') or plan.name)}: association study report"

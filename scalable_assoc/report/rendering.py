@@ -81,29 +81,73 @@ def render_figures(figures: Sequence[Figure], workers: int | None = None) -> lis
     matplotlib, never the caller's ``__main__``, and fork nothing, so this is safe from
     scripts, notebooks and processes holding a Dask client), the figures pickled to
     them. A helper that fails is logged and its figures are rendered here. Either way
-    the bytes are the same.
+    the bytes are the same. :class:`FigureRenderer` starts the helpers before the figures are drawn.
     """
     workers = min(free_cores() if workers is None else workers, len(figures))
     if workers < 2 or len(figures) < PARALLEL_FIGURES:
         return [render_figure(figure) for figure in figures]
-    shares = [list(range(k, len(figures), workers)) for k in range(workers)]
-    helpers = [_Helper([figures[i] for i in share]) for share in shares[1:]]
-    rendered: dict[int, tuple[bytes, bytes]] = {i: render_figure(figures[i]) for i in shares[0]}
-    for helper, share in zip(helpers, shares[1:], strict=True):
-        results = helper.results()
-        if results is None:
-            results = [render_figure(figures[i]) for i in share]
-        rendered.update(zip(share, results, strict=True))
-    return [rendered[i] for i in range(len(figures))]
+    with FigureRenderer(workers) as renderer:
+        return renderer.render(figures)
+
+
+class FigureRenderer:
+    """:func:`render_figures` with its helper processes started ahead, so that they import matplotlib while the caller draws.
+
+    ``with FigureRenderer() as renderer:`` (``workers`` as in :func:`render_figures`),
+    draw, then ``renderer.render(figures)``, once: it uses the helpers started (all, or
+    none when there are fewer than :data:`PARALLEL_FIGURES` figures). Helpers left
+    unused are stopped on leaving the block.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        workers = free_cores() if workers is None else workers
+        self._helpers = [_Helper() for _ in range(workers - 1)]
+
+    def __enter__(self) -> FigureRenderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the helpers not used."""
+        for helper in self._helpers:
+            helper.stop()
+        self._helpers = []
+
+    def render(self, figures: Sequence[Figure]) -> list[tuple[bytes, bytes]]:
+        """:func:`render_figure` of every figure, in order, here and in the helpers started."""
+        used = max(len(figures) - 1, 0)
+        helpers, self._helpers = self._helpers[:used], self._helpers[used:]
+        self.close()  # the helpers there are no figures for
+        if not helpers or len(figures) < PARALLEL_FIGURES:
+            for helper in helpers:
+                helper.stop()
+            return [render_figure(figure) for figure in figures]
+        workers = len(helpers) + 1
+        shares = [list(range(k, len(figures), workers)) for k in range(workers)]
+        for helper, share in zip(helpers, shares[1:], strict=True):
+            helper.send([figures[i] for i in share])
+        rendered: dict[int, tuple[bytes, bytes]] = {i: render_figure(figures[i]) for i in shares[0]}
+        for helper, share in zip(helpers, shares[1:], strict=True):
+            results = helper.results()
+            if results is None:
+                results = [render_figure(figures[i]) for i in share]
+            rendered.update(zip(share, results, strict=True))
+        return [rendered[i] for i in range(len(figures))]
 
 
 class _Helper:
-    """One helper process rendering pickled figures (stdin: a pickled list of figures; stdout: a pickled list of (svg, png))."""
+    """One helper process rendering pickled figures (stdin: a pickled list of figures; stdout: a pickled list of (svg, png)).
 
-    def __init__(self, figures: list[Figure]) -> None:
+    Started empty (it imports matplotlib meanwhile); :meth:`send` gives it its figures, :meth:`stop` ends it unused.
+    """
+
+    def __init__(self) -> None:
         self._out: bytes | None = None
         self._error = ""
         self._thread: threading.Thread | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         package_root = str(Path(__file__).resolve().parents[2])  # the scalable_assoc this process runs, not another installed one
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
         try:
@@ -117,24 +161,34 @@ class _Helper:
             )
         except OSError as error:
             self._error = str(error)
+
+    def send(self, figures: list[Figure]) -> None:
+        """Give the helper its figures (pickled here, rendered there)."""
+        if self._process is None:
             return
-        try:  # the helper imports matplotlib meanwhile
+        try:
             payload = pickle.dumps(figures, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # an artist that does not pickle: render here
-            self._process.kill()
-            self._process.wait()
+            self.stop()
             self._error = f"the figures do not pickle: {error}"
             return
-        self._thread = threading.Thread(target=self._talk, args=(payload,), daemon=True)
+        self._thread = threading.Thread(target=self._talk, args=(self._process, payload), daemon=True)
         self._thread.start()
 
-    def _talk(self, payload: bytes) -> None:
-        out, err = self._process.communicate(payload)
-        if self._process.returncode == 0:
+    def stop(self) -> None:
+        """End the helper without results (it was not needed, or its figures do not pickle)."""
+        if self._process is not None and self._thread is None:
+            self._process.kill()
+            self._process.communicate()  # reap it and close its pipes
+        self._process = None
+
+    def _talk(self, process: subprocess.Popen[bytes], payload: bytes) -> None:
+        out, err = process.communicate(payload)
+        if process.returncode == 0:
             self._out = out
         else:
             lines = err.decode("utf-8", "replace").strip().splitlines()
-            self._error = f"exit {self._process.returncode}: {lines[-1] if lines else 'no message'}"
+            self._error = f"exit {process.returncode}: {lines[-1] if lines else 'no message'}"
 
     def results(self) -> list[tuple[bytes, bytes]] | None:
         """The rendered figures, or None (logged) when the helper failed."""
