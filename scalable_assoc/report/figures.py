@@ -26,7 +26,7 @@ from scipy.special import chdtri
 
 from scalable_assoc.io.atomic import write_atomically, write_tsv
 from scalable_assoc.report.rendering import PNG_DPI as PNG_DPI
-from scalable_assoc.report.rendering import TITLE_Y, FigureRenderer, render_figures
+from scalable_assoc.report.rendering import TITLE_Y, render_figures
 from scalable_assoc.report.rendering import render_figure as render_figure
 from scalable_assoc.results.summary import base_sets, sets_run
 
@@ -75,12 +75,12 @@ class DrawnFigure:
     figure: Figure
 
 
-def render_drawn(drawn: Sequence[DrawnFigure], renderer: FigureRenderer | None = None) -> list[RenderedFigure]:
-    """Render drawn figures to SVG and PNG, in order: all together, so that they share the cores of :func:`render_figures`
-    (with ``renderer``, its helper processes started before the figures were drawn).
+def render_drawn(drawn: Sequence[DrawnFigure], rendered: Sequence[tuple[bytes, bytes]] | None = None) -> list[RenderedFigure]:
+    """Drawn figures with their SVG and PNG bytes: ``rendered`` (in the same order, e.g. from a
+    :class:`~scalable_assoc.report.rendering.FigureRenderer`) or, without, rendered now by :func:`render_figures`.
     """
-    figures = [d.figure for d in drawn]
-    rendered = renderer.render(figures) if renderer is not None else render_figures(figures)
+    if rendered is None:
+        rendered = render_figures([d.figure for d in drawn])
     return [RenderedFigure(d.name, d.kind, d.layer, d.model, d.title, svg, png) for d, (svg, png) in zip(drawn, rendered, strict=True)]
 
 

@@ -108,13 +108,16 @@ def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int 
     results = run.results
     significant_rows = pd.read_csv(run_dir / "significant_results.tsv", sep="\t", usecols=["layer", "model"])
     survival = pd.read_csv(run_dir / "adjustment_survival.tsv", sep="\t")
-    with FigureRenderer() as renderer:  # helper processes on idle cores import matplotlib while the figures are drawn
+    # Helper processes on idle cores start now and render the run's figures while the per-feature ones are drawn.
+    with FigureRenderer() as renderer:
         drawn, inflation, marks = draw_run_figures(results, survival, list(plan.adjustments), alpha, top)
+        renderer.submit([d.figure for d in drawn])
         feature_notes: dict[tuple[str, str], str] = {}
         if features_top > 0:  # per-feature plots of the top associations, and the joint presence/abundance figure
             extra, feature_notes = draw_feature_figures(run, features_top)
+            renderer.submit([d.figure for d in extra])
             drawn += extra
-        figures = RunFigures(render_drawn(drawn, renderer), inflation, marks)  # all rendered together: they share the idle cores
+        figures = RunFigures(render_drawn(drawn, renderer.results()), inflation, marks)
     diversity = diversity_report(run, report)  # plan diversity: alpha by case/control, PERMANOVA (empty without)
 
     title = f"{escape(manifest.get('plan_name') or plan.name)}: association study report"
