@@ -103,6 +103,7 @@ class _Layer:
         self.used_ids = [self.store.sample_ids[i] for i in self.positions]
         self.metadata_rows = metadata.index.get_indexer(self.used_ids)
         self.filter = self._filter(run, layer)
+        self._chunks: dict[int, np.ndarray] = {}  # store chunk index -> its raw block (n_used, chunk features)
 
     def _filter(self, run: RunOutputs, layer: str) -> FilterFile:
         folder = run.run_dir / WORK_DIR / "filters"
@@ -125,10 +126,21 @@ class _Layer:
                     return saved
         raise FileNotFoundError(f"the saved filter of layer '{layer}' is not in {folder}")
 
+    def _chunk(self, index: int) -> np.ndarray:
+        # Reading one feature decompresses its whole chunk anyway: top features sharing a chunk read it once.
+        if index not in self._chunks:
+            start = index * self.store.chunk_features
+            self._chunks[index] = self.store.read_block(
+                start, min(start + self.store.chunk_features, self.store.n_features), self.positions
+            )
+        return self._chunks[index]
+
     def view(self, feature: str, view: str) -> np.ndarray:
-        """The model's view ``(n_used,)`` of one feature over the layer's used samples (reads that feature's store chunk only)."""
+        """The model's view ``(n_used,)`` of one feature over the layer's used samples (reads that feature's store chunk only, once)."""
         j = self.store.feature_ids.index(feature)
-        raw = self.store.read_block(j, j + 1, self.positions)
+        raw = self._chunk(j // self.store.chunk_features)
+        first = (j // self.store.chunk_features) * self.store.chunk_features
+        raw = raw[:, j - first : j - first + 1]
         transform, saved = self.spec.preprocess.transform, self.filter
         if view == "presence":
             return presence_indicator(raw, self.spec.presence_threshold)[:, 0]
