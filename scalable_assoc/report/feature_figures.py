@@ -26,7 +26,8 @@ from matplotlib.figure import Figure
 from scalable_assoc.io.metadata import complete_rows, exposure_values, load_metadata, reconcile_samples
 from scalable_assoc.io.run_cache import WORK_DIR, FilterFile, design_rows, filter_path, layer_cache_token, read_filter_file, samples_digest
 from scalable_assoc.io.store import AbundanceStore, open_store
-from scalable_assoc.report.figures import RenderedFigure, file_stem, render_figures, short_label
+from scalable_assoc.report.figures import DrawnFigure, RenderedFigure, file_stem, render_drawn, short_label
+from scalable_assoc.report.rendering import TITLE_Y
 from scalable_assoc.results.run_outputs import RunOutputs
 from scalable_assoc.results.summary import base_sets, sets_run
 from scalable_assoc.stats.transforms import apply_transform, nonzero_values, presence_indicator
@@ -102,6 +103,7 @@ class _Layer:
         self.used_ids = [self.store.sample_ids[i] for i in self.positions]
         self.metadata_rows = metadata.index.get_indexer(self.used_ids)
         self.filter = self._filter(run, layer)
+        self._chunks: dict[int, np.ndarray] = {}  # store chunk index -> its raw block (n_used, chunk features)
 
     def _filter(self, run: RunOutputs, layer: str) -> FilterFile:
         folder = run.run_dir / WORK_DIR / "filters"
@@ -124,10 +126,21 @@ class _Layer:
                     return saved
         raise FileNotFoundError(f"the saved filter of layer '{layer}' is not in {folder}")
 
+    def _chunk(self, index: int) -> np.ndarray:
+        # Reading one feature decompresses its whole chunk anyway: top features sharing a chunk read it once.
+        if index not in self._chunks:
+            start = index * self.store.chunk_features
+            self._chunks[index] = self.store.read_block(
+                start, min(start + self.store.chunk_features, self.store.n_features), self.positions
+            )
+        return self._chunks[index]
+
     def view(self, feature: str, view: str) -> np.ndarray:
-        """The model's view ``(n_used,)`` of one feature over the layer's used samples (reads that feature's store chunk only)."""
+        """The model's view ``(n_used,)`` of one feature over the layer's used samples (reads that feature's store chunk only, once)."""
         j = self.store.feature_ids.index(feature)
-        raw = self.store.read_block(j, j + 1, self.positions)
+        raw = self._chunk(j // self.store.chunk_features)
+        first = (j // self.store.chunk_features) * self.store.chunk_features
+        raw = raw[:, j - first : j - first + 1]
         transform, saved = self.spec.preprocess.transform, self.filter
         if view == "presence":
             return presence_indicator(raw, self.spec.presence_threshold)[:, 0]
@@ -226,8 +239,9 @@ def _draw_panel(axes: Axes, panel: FeaturePanel) -> None:
     y, x = panel.values, panel.exposure
     shown = ~np.isnan(y) & ~np.isnan(x)
     title = f"{short_label(panel.feature, 30)}\n{panel.exposure_name}: \u03b2 = {panel.beta:.3g}, p = {panel.p:.2g}, q = {panel.q:.2g}"
-    axes.set_title(title, fontsize=7)
+    axes.set_title(title, fontsize=7, y=TITLE_Y)
     axes.tick_params(labelsize=6)
+    axes.ticklabel_format(axis="y", useOffset=False)  # no offset text above the axes, where the title is
     groups: list[tuple[str, np.ndarray]] = []
     if panel.binary:
         groups = [("control", shown & (x == 0)), ("case", shown & (x == 1))]
@@ -310,22 +324,25 @@ def joint_figure(joint: pd.DataFrame, adjustment_order: list[str], alpha: float,
     axes.set_xticks(range(len(exposures)), exposures, rotation=45, ha="right")
     axes.set_yticks(range(len(features)), [short_label(f) for f in features], fontsize=7)
     figure.colorbar(image, ax=axes, label="-log10 p_joint", shrink=0.8)
-    axes.set_title(f"* q_joint < {alpha:g}", fontsize=8, loc="left")
+    axes.set_title(f"* q_joint < {alpha:g}", fontsize=8, loc="left", y=TITLE_Y)
     return figure
 
 
-def run_feature_figures(run: RunOutputs, top: int = FEATURES_TOP) -> tuple[list[RenderedFigure], dict[tuple[str, str], str]]:
+def draw_feature_figures(run: RunOutputs, top: int = FEATURES_TOP) -> tuple[list[DrawnFigure], dict[tuple[str, str], str]]:
     """The per-feature figures (kind ``features``) of every layer x model, and the joint figure (model ``joint``) of every layer
-    that has ``joint_results.parquet`` rows; with a note per layer x model whose values could not be rebuilt (store or filter gone).
+    that has ``joint_results.parquet`` rows, drawn but not rendered; with a note per layer x model whose values could not be
+    rebuilt (store or filter gone).
     """
     found = feature_panels(run, top)
     several_models = run.results["model"].nunique() > 1
-    drawn: list[tuple[str, str, str, str, str, Figure]] = []  # name, kind, layer, model, title, figure
+    drawn: list[DrawnFigure] = []
     for (layer, model), panels in found.panels.items():
         label = f"{layer}, {model}" if several_models else layer
         figure = feature_figure(panels)
         figure.suptitle(f"top {len(panels)} associations by q, base adjustment set: {label}", fontsize=9)
-        drawn.append((f"features_{file_stem(layer)}_{file_stem(model)}", "features", layer, model, feature_caption(panels, label), figure))
+        drawn.append(
+            DrawnFigure(f"features_{file_stem(layer)}_{file_stem(model)}", "features", layer, model, feature_caption(panels, label), figure)
+        )
     joint_path = run.run_dir / "joint_results.parquet"
     if joint_path.is_file():
         joint = pd.read_parquet(joint_path)
@@ -333,10 +350,12 @@ def run_feature_figures(run: RunOutputs, top: int = FEATURES_TOP) -> tuple[list[
             figure = joint_figure(rows, list(run.plan.adjustments), run.plan.fdr.alpha, top)
             title = f"joint presence/abundance p (lm_nonzero and prevalence) under the base adjustment set: {layer}"
             figure.suptitle(title, fontsize=9)
-            drawn.append((f"joint_{file_stem(layer)}", "joint", str(layer), "joint", title, figure))
-    rendered = [
-        RenderedFigure(name, kind, layer, model, title, svg, png)
-        for (name, kind, layer, model, title, _), (svg, png) in zip(drawn, render_figures([d[-1] for d in drawn]), strict=True)
-    ]
-    logger.info("drew %d per-feature and joint figures", len(rendered))
-    return rendered, found.notes
+            drawn.append(DrawnFigure(f"joint_{file_stem(layer)}", "joint", str(layer), "joint", title, figure))
+    logger.info("drew %d per-feature and joint figures", len(drawn))
+    return drawn, found.notes
+
+
+def run_feature_figures(run: RunOutputs, top: int = FEATURES_TOP) -> tuple[list[RenderedFigure], dict[tuple[str, str], str]]:
+    """:func:`draw_feature_figures`, rendered (:func:`scalable_assoc.report.figures.render_drawn`)."""
+    drawn, notes = draw_feature_figures(run, top)
+    return render_drawn(drawn), notes

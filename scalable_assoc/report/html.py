@@ -18,10 +18,11 @@ from scalable_assoc.errors import DataError, UserInputError
 from scalable_assoc.io.atomic import write_atomically
 from scalable_assoc.io.runstate import read_status
 from scalable_assoc.report.diversity import diversity_report
-from scalable_assoc.report.feature_figures import FEATURES_TOP, run_feature_figures
-from scalable_assoc.report.figures import RunFigures, run_figures, write_figures
+from scalable_assoc.report.feature_figures import FEATURES_TOP, draw_feature_figures
+from scalable_assoc.report.figures import RunFigures, draw_run_figures, render_drawn, write_figures
 from scalable_assoc.report.meta_html import folder_kind, render_combined_report
 from scalable_assoc.report.page import REPORT_CSS, escape, figure_element, html_table, output_links, relative_href
+from scalable_assoc.report.rendering import FigureRenderer
 from scalable_assoc.results.run_outputs import read_run
 
 logger = logging.getLogger(__name__)
@@ -107,11 +108,16 @@ def render_report(run_dir: Path, report: Path, top: int = 30, features_top: int 
     results = run.results
     significant_rows = pd.read_csv(run_dir / "significant_results.tsv", sep="\t", usecols=["layer", "model"])
     survival = pd.read_csv(run_dir / "adjustment_survival.tsv", sep="\t")
-    figures = run_figures(results, survival, list(plan.adjustments), alpha, top)
-    feature_notes: dict[tuple[str, str], str] = {}
-    if features_top > 0:  # per-feature plots of the top associations, and the joint presence/abundance figure
-        extra, feature_notes = run_feature_figures(run, features_top)
-        figures.figures.extend(extra)
+    # Helper processes on idle cores start now and render the run's figures while the per-feature ones are drawn.
+    with FigureRenderer() as renderer:
+        drawn, inflation, marks = draw_run_figures(results, survival, list(plan.adjustments), alpha, top)
+        renderer.submit([d.figure for d in drawn])
+        feature_notes: dict[tuple[str, str], str] = {}
+        if features_top > 0:  # per-feature plots of the top associations, and the joint presence/abundance figure
+            extra, feature_notes = draw_feature_figures(run, features_top)
+            renderer.submit([d.figure for d in extra])
+            drawn += extra
+        figures = RunFigures(render_drawn(drawn, renderer.results()), inflation, marks)
     diversity = diversity_report(run, report)  # plan diversity: alpha by case/control, PERMANOVA (empty without)
 
     title = f"{escape(manifest.get('plan_name') or plan.name)}: association study report"
