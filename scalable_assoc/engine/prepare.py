@@ -180,7 +180,7 @@ def _design_key(
 def _resolve_analysis(
     key: AnalysisKey,
     plan: Plan,
-    aligned: CovariateValues,
+    columns: CovariateValues,
     exposure: ExposureValues,
     designs: dict[str, DesignInput],
     clusters: np.ndarray | None,
@@ -192,15 +192,15 @@ def _resolve_analysis(
     for column in plan.adjustments[key.adjustment]:
         # A covariate identical to the exposure (e.g. adjusting the SSRI exposure for SSRI use) is left out.
         if column in exposure.source_columns or (
-            pd.api.types.is_numeric_dtype(aligned.frame[column].dtype) and np.array_equal(aligned.numeric(column)[defined], values[defined])
+            pd.api.types.is_numeric_dtype(columns.frame[column].dtype) and np.array_equal(columns.numeric(column)[defined], values[defined])
         ):
             left_out.append(column)
         else:
             covariates.append(column)
-    rows = np.flatnonzero(defined & complete_rows(aligned, tuple(covariates)))
+    rows = np.flatnonzero(defined & complete_rows(columns, tuple(covariates)))
     # Participants stay those complete in every covariate of the set (as R's lm drops NA rows
     # before aliasing a constant column); only the constant columns leave the design.
-    constant = constant_covariates(aligned, tuple(covariates), plan.categorical, rows)
+    constant = constant_covariates(columns, tuple(covariates), plan.categorical, rows)
     if constant and plan.on_constant_covariate == "error":
         column, value = next(iter(constant.items()))
         raise DataError(
@@ -209,10 +209,10 @@ def _resolve_analysis(
             "the adjustment set, or set 'on_constant_covariate: drop' in the plan to leave it out of such models"
         )
     covariates = [c for c in covariates if c not in constant]
-    matrix, names = covariate_columns(aligned, tuple(covariates), plan.categorical, rows, plan.reference)
+    matrix, names = covariate_columns(columns, tuple(covariates), plan.categorical, rows, plan.reference)
     # Codes renumbered 0..G-1 within the design, so kernels can size per-cluster sums by G.
     design_clusters = np.unique(clusters[rows], return_inverse=True)[1] if clusters is not None else None
-    references = reference_levels(aligned, tuple(covariates), plan.categorical, rows, plan.reference)
+    references = reference_levels(columns, tuple(covariates), plan.categorical, rows, plan.reference)
     design_key = _design_key(rows, matrix, names, design_clusters, references)
     designs.setdefault(design_key, DesignInput(design_key, rows, matrix, names, design_clusters, references))
     exposure_used = values[rows]
