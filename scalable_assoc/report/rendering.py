@@ -142,9 +142,7 @@ class FigureRenderer:
 
     def results(self) -> list[tuple[bytes, bytes]]:
         """Render here what no helper has taken, wait for the helpers; (svg, png) of every submitted figure, in order."""
-        with self._condition:
-            self._finished = True
-            self._condition.notify_all()
+        self._end_submissions()
         while (item := self.take()) is not None:
             self.done(item[0], render_figure(item[1]))
         self.close()
@@ -153,6 +151,12 @@ class FigureRenderer:
                 self._results[index] = render_figure(figure)
         return [self._results[i] for i in range(len(self._figures))]
 
+    def _end_submissions(self) -> None:
+        """No more figures will be submitted: :meth:`take` returns None once the submitted ones are taken."""
+        with self._condition:
+            self._finished = True
+            self._condition.notify_all()
+
     def render(self, figures: Sequence[Figure]) -> list[tuple[bytes, bytes]]:
         """:meth:`submit` then :meth:`results`."""
         self.submit(figures)
@@ -160,9 +164,7 @@ class FigureRenderer:
 
     def close(self) -> None:
         """Tell the helpers there are no more figures and wait for them (their figure in hand is finished and kept)."""
-        with self._condition:
-            self._finished = True
-            self._condition.notify_all()
+        self._end_submissions()
         for helper in self._helpers:
             helper.join()
         self._helpers = []
