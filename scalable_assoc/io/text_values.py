@@ -290,9 +290,7 @@ def _text_blocks(table: TextTable) -> Iterator[bytes]:
     join quoted lines, or unquote an ID) and a carriage return inside a line (pandas
     ends a line there): from the first block holding one on.
     """
-    # The heap settings the store writer makes (kept for the rest of the process), from the first pass on: with
-    # glibc's defaults every freed text buffer went back to the system (the 307 MB MetaPhlAn table's first pass: 34,000
-    # page faults, one per 9 kB read).
+    # The store writer's heap settings from the first pass on: freed text buffers stay in the heap (see its docstring).
     map_large_allocations()
     with _source(table.path) as handle:
         for _ in range(table.skip_lines):
