@@ -33,6 +33,7 @@ from scalable_assoc.cli import main
 from scalable_assoc.engine.profiles import KEYS, ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.engine.slurm import JOB_NAME, import_jobqueue, job_states, slurm_client, write_credentials
+from scalable_assoc.engine.worker_server import WORKER_MALLOC
 from scalable_assoc.errors import UserInputError
 from scalable_assoc.simulate import SimulatedStudy
 from scalable_assoc.testing import results_differences
@@ -265,6 +266,22 @@ def test_run_on_slurm_equals_the_local_cluster(small_study: SimulatedStudy, clie
         assert f"JobName={JOB_NAME}" in shown.stdout and f"Partition={partition}" in shown.stdout, shown.stdout
     _assert_no_jobs_left(ids)
     assert not list((out / ".scalable_assoc" / "slurm").glob(".tls-*")), "the workers' credentials are removed when the run ends"
+
+
+def test_slurm_workers_get_the_glibc_settings_and_the_prologue_comes_after(tmp_path: Path) -> None:
+    """The jobs' workers get the local workers' glibc settings (one arena, no trim at 64 KB), which the profile's prologue may change."""
+    partition = _slurm_partition()
+    profile = load_cluster_profile(
+        _profile(
+            tmp_path,
+            f'kind: slurm\nqueue: "{partition}"\ncores: 1\njobs: 1\nmemory: 1GiB\nwalltime: "00:10:00"\nhost: 127.0.0.1\n'
+            'worker_timeout: 90\nshared_directory: shared\nprologue: ["export MALLOC_ARENA_MAX=2"]\n',
+        )
+    )
+    with slurm_client(profile) as client:
+        seen = {name: set(client.run(os.getenv, name).values()) for name in WORKER_MALLOC}
+    expected = {name: {str(value)} for name, value in WORKER_MALLOC.items()} | {"MALLOC_ARENA_MAX": {"2"}}
+    assert seen == expected, "distributed's nanny would give MALLOC_TRIM_THRESHOLD_=65536 and glibc an arena per thread"
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,9 @@ Closed like the local cluster (:mod:`scalable_assoc.engine.cluster`):
   dashboard, no ``/info`` pages), as for the local cluster.
 - Every worker process is single-threaded (``--nthreads 1``), ``processes``
   of them per job, ``cores`` reserved per job.
+- The jobs' workers run with the local workers' glibc settings
+  (:data:`~scalable_assoc.engine.worker_server.WORKER_MALLOC`), exported by the
+  job script (:func:`worker_exports`) before the profile's own ``prologue``.
 
 Jobs are cancelled (``scancel``, by dask-jobqueue) when the run ends, fails or
 is interrupted. If no worker connects within ``worker_timeout`` (jobs pending,
@@ -48,6 +51,7 @@ from distributed.security import Security
 
 from scalable_assoc.engine.cluster import NO_HTTP_PLUGIN, NoHttp, is_loopback, stop_scheduler_http
 from scalable_assoc.engine.profiles import ClusterProfile
+from scalable_assoc.engine.worker_server import WORKER_MALLOC
 from scalable_assoc.errors import ClusterFailure, UserInputError
 
 #: The name of the jobs in ``squeue`` and of their log files (``<name>-<job id>.err``).
@@ -58,6 +62,20 @@ _COMMAND_TIMEOUT = 30
 _SQUEUE_EVERY = 5.0
 
 logger = logging.getLogger(__name__)
+
+
+def worker_exports() -> list[str]:
+    """The job script's ``export`` lines giving the jobs' workers :data:`~scalable_assoc.engine.worker_server.WORKER_MALLOC`.
+
+    A job runs ``dask worker`` with a nanny, which starts the worker process
+    with distributed's pre-spawn environment: ``MALLOC_TRIM_THRESHOLD_=65536``
+    unless the environment sets it (the environment outranks dask's setting),
+    and glibc's own default of one arena per thread. The fit tasks run in a
+    thread of the worker, so without these every block-sized array was a new
+    mapping whose pages faulted in again (see ``WORKER_MALLOC``). The profile's
+    ``prologue`` runs after these lines, so it can set them otherwise.
+    """
+    return [f"export {name}={value}" for name, value in WORKER_MALLOC.items()]
 
 
 def import_jobqueue() -> Any:
@@ -274,7 +292,7 @@ def slurm_cluster(profile: ClusterProfile, credentials: Path, logs: Path) -> tup
             job_name=JOB_NAME,
             log_directory=str(logs),
             job_extra_directives=list(profile.job_directives),
-            job_script_prologue=["export DASK_DISTRIBUTED__WORKER__HTTP__ROUTES='[]'", *profile.prologue],
+            job_script_prologue=["export DASK_DISTRIBUTED__WORKER__HTTP__ROUTES='[]'", *worker_exports(), *profile.prologue],
             interface=profile.interface,
             protocol="tls://",
             security=write_credentials(credentials),
