@@ -105,6 +105,22 @@ def test_a_bad_cell_late_in_the_table_is_named_in_pandas_words(tmp_path, monkeyp
             np.testing.assert_array_equal(fast, pandas)
 
 
+@pytest.mark.parametrize("block", [300, 1 << 20])
+def test_rows_of_other_ranks_are_left_unparsed(tmp_path, monkeypatch, caplog, block) -> None:
+    """Cells of genus rows that the fast path would hand over to pandas for (text, negative, NaN written as a number,
+    -0) do not stop it when species are read: it parses only the rows kept, as pandas checks only those. The values
+    are pandas' alone, bit for bit."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", block)
+    mpa = _metaphlan(tmp_path / "mpa.tsv", 40, 9, np.random.default_rng(9))
+    lines = mpa.read_text().splitlines()
+    for row, bad in zip((0, 9, 21, 30, 39), ("abc", "-1", "NAN", "-0", "1e400"), strict=True):  # rows i % 3 == 0: genera
+        assert "|g__" in lines[row + 2]
+        lines[row + 2] = lines[row + 2].rsplit("\t", 1)[0] + "\t" + bad
+    mpa.write_text("\n".join(lines) + "\n")
+    fast, pandas = _both(mpa, tmp_path, monkeypatch, caplog)
+    np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
+
+
 def _outcome(table: Path, tmp_path: Path, monkeypatch, fast: bool) -> str | np.ndarray:
     """The store's values (as int64 bits), or the error's message."""
     monkeypatch.setattr(text_values, "FAST_PATH", fast)

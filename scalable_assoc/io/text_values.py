@@ -173,20 +173,19 @@ def checked_row_ids(table: TextTable, row_word: str) -> list[str] | None:
 def kept_rows(path: Path, table: TextTable, first: int, keep: np.ndarray) -> Generator[np.ndarray, None, int | None]:
     """The rows ``keep`` (``(n_rows,)`` bool) selects, as ``(n_samples, k)`` pieces, for tables with features as rows.
 
-    Returns None once every row is read, or the number of rows read when the fast
-    path declines (the caller's pandas reader goes on from there). Raises
-    :class:`DataError` when the file holds other rows than the first pass found.
+    Only the rows kept are parsed (:func:`row_blocks`): a MetaPhlAn table's other ranks are a third of its text.
+    Returns None once every row is read, or the number of rows read when the fast path declines (the caller's
+    pandas reader goes on from there). Raises :class:`DataError` when the file holds other rows than the first
+    pass found.
     """
     done = 0
     try:
-        for _, values in row_values(table, first):
-            rows = slice(done, done + len(values))
-            if rows.stop > len(keep):
+        for rows, _, values in row_blocks(table, first, keep=keep):
+            if done + rows > len(keep):
                 raise Declined("more rows than the first pass")
-            done = rows.stop
-            chosen = keep[rows]
-            if chosen.any():
-                yield np.compress(chosen, values, axis=0).T
+            done += rows
+            if len(values):
+                yield values.T
     except Declined as why:
         logger.debug("%s: rows %d on read by pandas (%s)", path, done + 1, why)
         return done
@@ -196,11 +195,22 @@ def kept_rows(path: Path, table: TextTable, first: int, keep: np.ndarray) -> Gen
 
 
 def row_values(table: TextTable, first: int, with_ids: bool = False) -> Iterator[tuple[list[str] | None, np.ndarray]]:
-    """Fields ``first..`` of the data rows, a block of text at a time: ``(ids, values)``.
+    """Fields ``first..`` of every data row, a block of text at a time: ``(ids, values)`` (:func:`row_blocks` of all rows)."""
+    for _, ids, values in row_blocks(table, first, with_ids):
+        yield ids, values
 
-    ``values`` is ``(rows, n_fields - first)`` float64, what :func:`~scalable_assoc.io.table_values.validated_values`
+
+def row_blocks(
+    table: TextTable, first: int, with_ids: bool = False, keep: np.ndarray | None = None
+) -> Iterator[tuple[int, list[str] | None, np.ndarray]]:
+    """Fields ``first..`` of the data rows ``keep`` selects (all without it), a block of text at a time: ``(rows, ids, values)``.
+
+    ``rows`` is the number of data rows the block holds, kept or not; ``values`` is
+    ``(kept rows, n_fields - first)`` float64, what :func:`~scalable_assoc.io.table_values.validated_values`
     returns for the same cells (NaN where a cell is empty or an NA string); ``ids`` the
-    rows' first fields with ``with_ids`` (else None). The fields of a block's rows are
+    kept rows' first fields with ``with_ids`` (else None). ``keep`` (``(n_rows,)`` bool, the
+    first pass's rows) leaves the other rows unparsed and unchecked, as pandas' readers check
+    only the rows they keep. The fields of a block's rows are
     handed to pyarrow as one column (each separator made a newline) and the values
     reshaped: pyarrow's reader holds some 12 kB per column (600 MB for a MetaPhlAn
     table of 50,000 samples), and one column parses faster than 650 (a wide table). The rows' field counts are the first pass's
@@ -212,16 +222,23 @@ def row_values(table: TextTable, first: int, with_ids: bool = False) -> Iterator
     Declined
         Before yielding a block holding anything pandas might read differently or
         refuse: the blocks yielded before are exact, the rest is pandas' to read.
+        Also when the file holds more rows than ``keep``.
     """
     sep = table.separator.encode()
     newlines = bytes.maketrans(sep, b"\n")
     width = table.n_fields - first
 
-    def parsed(text: bytes) -> tuple[list[str] | None, np.ndarray] | None:
+    def parsed(numbered: tuple[int, bytes]) -> tuple[int, list[str] | None, np.ndarray]:
+        offset, text = numbered
         lines = _data_lines(text, table.path)
         del text
+        rows = len(lines)
+        if keep is not None:
+            if offset + rows > len(keep):
+                raise Declined(f"{table.path.name}: more rows than the first pass")
+            lines = [line for line, kept in zip(lines, keep[offset : offset + rows].tolist(), strict=True) if kept]
         if not lines:
-            return None
+            return rows, [] if with_ids else None, np.empty((0, width))
         ids = [(line[: line.find(sep)] if sep in line else line).decode("utf-8") for line in lines] if with_ids else None
         parts: list[bytes | memoryview] = []
         for line in lines:
@@ -237,14 +254,33 @@ def row_values(table: TextTable, first: int, with_ids: bool = False) -> Iterator
         del payload
         if len(values) != len(lines) * width:
             raise Declined(f"{table.path.name}: {len(values)} values in {len(lines)} rows")
-        return ids, _checked(values.reshape(len(lines), width), missing, table.path)
+        return rows, ids, _checked(values.reshape(len(lines), width), missing, table.path)
 
     try:
-        for block in in_order(_text_blocks(table), parsed, PARSE_THREADS):
-            if block is not None:
+        for block in in_order(_numbered(_text_blocks(table)), parsed, PARSE_THREADS):
+            if block[0]:
                 yield block
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
+
+
+def _numbered(blocks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Each block of text with the number of data rows before it (:func:`_data_lines`' count, without splitting lines)."""
+    offset = 0
+    for text in blocks:
+        yield offset, text
+        offset += _count_data_lines(text)
+
+
+def _count_data_lines(text: bytes) -> int:
+    """``len(_data_lines(text))`` (declining nothing): a count of line ends, unless an empty or ``\\r`` line is there."""
+    if not text:
+        return 0
+    ends = text.count(b"\n")
+    empty = b"\n\n" in text or b"\n\r\n" in text or text.startswith((b"\n", b"\r\n")) or text.endswith(b"\n\r") or text == b"\r"
+    if empty:
+        return sum(1 for line in text.split(b"\n") if line and line != b"\r")
+    return ends if text.endswith(b"\n") else ends + 1
 
 
 def in_order(items: Iterator[T], work: Callable[[T], R], threads: int) -> Iterator[R]:
