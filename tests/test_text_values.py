@@ -121,6 +121,19 @@ def test_rows_of_other_ranks_are_left_unparsed(tmp_path, monkeypatch, caplog, bl
     np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
 
 
+def test_blank_lines_of_a_crlf_table_are_not_rows(tmp_path, monkeypatch, caplog) -> None:
+    """Rows are counted per block of text to select the kept ones: a blank line (a lone carriage return with CRLF
+    line ends) at a block's start, middle or end is no row, as pandas skips it; the values are pandas' alone."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", 300)
+    mpa = _metaphlan(tmp_path / "crlf.tsv", 40, 9, np.random.default_rng(10), line_end="\r\n")
+    lines = mpa.read_bytes().split(b"\r\n")
+    for at in (30, 21, 12, 5, 3):
+        lines[at:at] = [b"", b""] if at % 2 else [b""]
+    mpa.write_bytes(b"\r\n".join(lines))
+    fast, pandas = _both(mpa, tmp_path, monkeypatch, caplog)
+    np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
+
+
 def _outcome(table: Path, tmp_path: Path, monkeypatch, fast: bool) -> str | np.ndarray:
     """The store's values (as int64 bits), or the error's message."""
     monkeypatch.setattr(text_values, "FAST_PATH", fast)

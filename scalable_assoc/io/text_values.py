@@ -257,7 +257,9 @@ def row_blocks(
         return rows, ids, _checked(values.reshape(len(lines), width), missing, table.path)
 
     try:
-        for block in in_order(_numbered(_text_blocks(table)), parsed, PARSE_THREADS):
+        # Rows are numbered only where some are left out: a wide table's reader keeps every row.
+        numbered = _numbered(_text_blocks(table)) if keep is not None else ((0, text) for text in _text_blocks(table))
+        for block in in_order(numbered, parsed, PARSE_THREADS):
             if block[0]:
                 yield block
     except _READ_ERRORS as error:
@@ -273,14 +275,19 @@ def _numbered(blocks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
 
 
 def _count_data_lines(text: bytes) -> int:
-    """``len(_data_lines(text))`` (declining nothing): a count of line ends, unless an empty or ``\\r`` line is there."""
+    """``len(_data_lines(text))`` without splitting ``text`` (nor declining anything): its lines neither empty nor a lone ``\\r``.
+
+    From the positions of the line ends in NumPy: ``bytes.count`` and searches for an empty line took 0.6 s over
+    the 307 MB MetaPhlAn table, in the thread that reads the text for the parsing threads.
+    """
     if not text:
         return 0
-    ends = text.count(b"\n")
-    empty = b"\n\n" in text or b"\n\r\n" in text or text.startswith((b"\n", b"\r\n")) or text.endswith(b"\n\r") or text == b"\r"
-    if empty:
-        return sum(1 for line in text.split(b"\n") if line and line != b"\r")
-    return ends if text.endswith(b"\n") else ends + 1
+    codes = np.frombuffer(text, dtype=np.uint8)
+    ends = np.flatnonzero(codes == ord("\n"))
+    starts = np.concatenate(([0], ends + 1))  # of each line; the last one's is len(text) when the text ends with a newline
+    lengths = np.concatenate((ends, [codes.size])) - starts
+    lone_return = (lengths == 1) & (codes[np.minimum(starts, codes.size - 1)] == ord("\r"))
+    return int(np.count_nonzero(lengths) - np.count_nonzero(lone_return))
 
 
 def in_order(items: Iterator[T], work: Callable[[T], R], threads: int) -> Iterator[R]:
