@@ -3,6 +3,7 @@ a wide Parquet table; other MetaPhlAn ranks; other transforms against their defi
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from reference_model import fit_one, read_layer
 
 from scalable_assoc.cli import main
 from scalable_assoc.engine.run import run_study
+from scalable_assoc.io import ingest
 from scalable_assoc.io.store import open_store
 from scalable_assoc.simulate import SimulatedStudy
 from scalable_assoc.testing import write_plan
@@ -327,3 +329,24 @@ def test_stream_run_to_its_end_after_the_last_block(tmp_path) -> None:
     with pytest.raises(ValueError, match="more than its 4 features"):
         write_table_stream(tmp_path / "extra.zarr", stream(True), "x", chunk_features=2)
     assert not (tmp_path / "extra.zarr").exists()
+
+
+def test_a_cold_cache_reads_the_table_beside_its_checksum(tmp_path, monkeypatch, small_study: SimulatedStudy) -> None:
+    """No converted store of the layer: the reader's first pass runs while another thread takes the checksum. A store
+    there: the checksum first, and a store still valid is reused without reading the table. The same store either way."""
+    table, cache = small_study.out_dir / "species.tsv", tmp_path / "cache"
+    hashed_in, first_passes = [], []
+    checksum, stream = ingest.file_checksum, ingest.stream_abundance_table
+    monkeypatch.setattr(ingest, "file_checksum", lambda path: hashed_in.append(threading.current_thread().name) or checksum(path))
+    monkeypatch.setattr(ingest, "stream_abundance_table", lambda *a, **k: first_passes.append(1) or stream(*a, **k))
+    cold, cold_sum = ingest.layer_store(table, "auto", "species", cache, "species", None)
+    assert hashed_in[0].startswith("scalable-assoc-checksum") and len(first_passes) == 1
+    warm, warm_sum = ingest.layer_store(table, "auto", "species", cache, "species", None)
+    assert hashed_in[-1] == threading.current_thread().name and len(first_passes) == 1  # reused: the table is not read
+    assert (warm.path, warm_sum) == (cold.path, cold_sum) == (cold.path, checksum(table))
+
+    def failing_first_pass() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):  # raised once the checksum is done
+        ingest.checksum_beside(table, failing_first_pass)

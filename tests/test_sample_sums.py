@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from scalable_assoc.io.store import write_store_blocks
-from scalable_assoc.stats.sample_sums import kept_sums, removed_cell_sums
+from scalable_assoc.stats.sample_sums import block_sums, kept_sums, removed_cell_sums
 from scalable_assoc.stats.transforms import feature_summary, half_min_pseudocount, nonzero_values, prevalence, sample_summaries
 
 
@@ -209,3 +209,22 @@ def test_a_readers_wrong_minimum_falls_back_to_the_blocks(tmp_path, told, caplog
     assert got == expected
     read_back = 0 if told == 1e-9 else 8  # a wrong minimum: the final pseudocount's chunk (the last) is read back too
     assert f"7 blocks summed again for the final pseudocount 5e-10, {read_back} of them read back" in caplog.text
+
+
+def test_block_sums_and_feature_summary_are_their_definitions_bit_for_bit():
+    """The branch-free blends (a division for the smallest positive value, a sum for the logs' mask) give the bits of
+    np.where's selections, on the cells where they could differ: zeros of both signs, NaN, the smallest subnormal, inf."""
+    rng = np.random.default_rng(3)
+    cells = np.array([0.0, -0.0, np.nan, 5e-324, 1e-300, 0.25, 3.0, 1e300, np.inf])
+    block = rng.choice(cells, size=(700, 19)) * rng.uniform(0.5, 2.0, size=(700, 19))  # slabs of several rows
+    block[:, 3], block[:, 4], block[:, 5] = np.nan, 0.0, -0.0
+    positive = block > 0
+    for rows in (block, block[:0], block[:, :0]):
+        summary = feature_summary(rows)
+        expected = np.where(rows > 0, rows, np.inf).min(axis=0) if rows.shape[0] else np.full(rows.shape[1], np.inf)
+        assert summary.min_positive.tobytes() == expected.tobytes()
+    assert np.isinf(feature_summary(block).min_positive[3:6]).all()
+    observed, counted, log_positive = block_sums(block)
+    logs = np.log(np.where(positive, block, 1.0))
+    assert log_positive.tobytes() == logs.sum(axis=1).tobytes()
+    assert np.array_equal(counted, positive.sum(axis=1)) and np.array_equal(observed, (~np.isnan(block)).sum(axis=1))

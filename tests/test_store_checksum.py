@@ -58,3 +58,20 @@ def test_a_store_written_at_another_zstd_level_reads_the_same(tmp_path):
     assert [c.level for c in zarr.open_array(store.path / "abundance", mode="r").metadata.codecs if isinstance(c, ZstdCodec)] == [3]
     np.testing.assert_array_equal(older.read_block(0, 7), values)
     np.testing.assert_array_equal(older.read_block(3, 6, np.array([1, 4, 9])), values[[1, 4, 9], 3:6])
+
+
+def test_a_store_writes_its_attributes_in_one_go(tmp_path, monkeypatch):
+    """zarr rewrites the group's zarr.json whole (every sample ID) for each key given to attrs.update: the store's
+    attributes are written once, with the group's creation the only other write of it."""
+    writes = []
+    original = zarr.storage.LocalStore.set
+
+    async def counted(self, key, value, *args, **kwargs):
+        if key == "zarr.json":
+            writes.append(len(value.to_bytes()))
+        return await original(self, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", counted)
+    store = _store(tmp_path / "s.zarr", np.arange(12.0).reshape(4, 3))
+    assert len(writes) == 2, writes
+    assert store.sample_ids == ("S0", "S1", "S2", "S3") and "sample_sums" in zarr.open_group(store.path, mode="r").attrs

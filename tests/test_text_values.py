@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from scalable_assoc.errors import DataError
@@ -103,6 +104,35 @@ def test_a_bad_cell_late_in_the_table_is_named_in_pandas_words(tmp_path, monkeyp
         else:  # a quoted number is a number to pandas
             assert bad == '"2"'
             np.testing.assert_array_equal(fast, pandas)
+
+
+@pytest.mark.parametrize("block", [300, 1 << 20])
+def test_rows_of_other_ranks_are_left_unparsed(tmp_path, monkeypatch, caplog, block) -> None:
+    """Cells of genus rows that the fast path would hand over to pandas for (text, negative, NaN written as a number,
+    -0) do not stop it when species are read: it parses only the rows kept, as pandas checks only those. The values
+    are pandas' alone, bit for bit."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", block)
+    mpa = _metaphlan(tmp_path / "mpa.tsv", 40, 9, np.random.default_rng(9))
+    lines = mpa.read_text().splitlines()
+    for row, bad in zip((0, 9, 21, 30, 39), ("abc", "-1", "NAN", "-0", "1e400"), strict=True):  # rows i % 3 == 0: genera
+        assert "|g__" in lines[row + 2]
+        lines[row + 2] = lines[row + 2].rsplit("\t", 1)[0] + "\t" + bad
+    mpa.write_text("\n".join(lines) + "\n")
+    fast, pandas = _both(mpa, tmp_path, monkeypatch, caplog)
+    np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
+
+
+def test_blank_lines_of_a_crlf_table_are_not_rows(tmp_path, monkeypatch, caplog) -> None:
+    """Rows are counted per block of text to select the kept ones: a blank line (a lone carriage return with CRLF
+    line ends) at a block's start, middle or end is no row, as pandas skips it; the values are pandas' alone."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", 300)
+    mpa = _metaphlan(tmp_path / "crlf.tsv", 40, 9, np.random.default_rng(10), line_end="\r\n")
+    lines = mpa.read_bytes().split(b"\r\n")
+    for at in (30, 21, 12, 5, 3):
+        lines[at:at] = [b"", b""] if at % 2 else [b""]
+    mpa.write_bytes(b"\r\n".join(lines))
+    fast, pandas = _both(mpa, tmp_path, monkeypatch, caplog)
+    np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
 
 
 def _outcome(table: Path, tmp_path: Path, monkeypatch, fast: bool) -> str | np.ndarray:
@@ -208,3 +238,16 @@ def test_in_order_keeps_the_order_and_raises_an_error_in_its_turn() -> None:
     assert [next(results) for _ in range(3)] == [0, 1, 2]
     results.close()
     assert len(drawn) <= 3 + 2  # the items yielded and at most the threads' share ahead
+
+
+def test_values_are_parsed_in_the_c_library_heap(tmp_path) -> None:
+    """Not in pyarrow's default pool (mimalloc), which kept more of the freed memory: the parsed values held are
+    counted by the system pool."""
+    table = tmp_path / "wide.tsv"  # no missing cell: the values are pyarrow's buffers, not a copy with NaN filled in
+    rows = [f"S{i}\t" + "\t".join(f"{i}.{j}" for j in range(30)) for i in range(2000)]
+    table.write_text("sample_id\t" + "\t".join(f"F{j}" for j in range(30)) + "\n" + "\n".join(rows) + "\n")
+    layout = text_values.TextTable(table, "\t", 1, 31)
+    before = pa.system_memory_pool().bytes_allocated()
+    held = [values for _, values in text_values.row_values(layout, 1)]
+    assert sum(values.nbytes for values in held) == 2000 * 30 * 8
+    assert pa.system_memory_pool().bytes_allocated() - before >= 2000 * 30 * 8

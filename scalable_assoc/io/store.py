@@ -290,16 +290,14 @@ def write_store_blocks(
 
     def writer(temporary: Path) -> None:
         group = zarr.open_group(temporary, mode="w", zarr_format=3)
-        group.attrs.update(
-            {
-                "format_version": STORE_FORMAT_VERSION,
-                "sample_ids": list(sample_ids),
-                "feature_ids": list(feature_ids),
-                "source": source,
-                "source_sha256": source_sha256,
-                **(extra_attrs or {}),
-            }
-        )
+        attributes = {
+            "format_version": STORE_FORMAT_VERSION,
+            "sample_ids": list(sample_ids),
+            "feature_ids": list(feature_ids),
+            "source": source,
+            "source_sha256": source_sha256,
+            **(extra_attrs or {}),
+        }
         array = group.create_array(
             "abundance",
             shape=(n_samples, n_features),
@@ -325,7 +323,10 @@ def write_store_blocks(
         for name, values in summaries.items():
             group.create_array(name, data=values, chunks=(max(n_features, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
         group.create_array(SAMPLE_TOTALS, data=sample_totals, chunks=(max(n_samples, 1),), compressors=[ZstdCodec(level=3), Crc32cCodec()])
-        sums.finish()
+        attributes.update(sums.finish())
+        # Written once, at the end: zarr rewrites the whole zarr.json (every sample ID, in its pure-Python JSON
+        # encoder) for each key of attrs.update, which took 70-160 ms a store of 7,656 samples, 0.8 s of 50,000.
+        group.update_attributes(attributes)
 
     write_atomically(path, writer)
     return open_store(path)
@@ -484,8 +485,8 @@ class _SampleSumsWriter:
         release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def finish(self) -> None:
-        """Write the sums, the offsets of the sparse copy and the attribute describing them."""
+    def finish(self) -> dict:
+        """Write the sums and the offsets of the sparse copy; the store attribute describing them."""
         self._flush(whole_chunks=False)
         pseudocount = self.smallest / 2.0 if np.isfinite(self.smallest) else None
         log_pseudo = np.full(self.n_samples, np.nan)
@@ -513,12 +514,12 @@ class _SampleSumsWriter:
         for name, data in zip(SAMPLE_SUM_ARRAYS, [*self.sums, log_pseudo], strict=True):
             self.group.create_array(name, data=data, chunks=(max(self.n_samples, 1),), compressors=compressors)
         self.group.create_array("rare_indptr", data=np.cumsum(self.indptr), chunks=(self.indptr.size,), compressors=compressors)
-        self.group.attrs.update(
-            {SAMPLE_SUMS_KEY: {"pseudocount": pseudocount, "rare_prevalence_cap": RARE_PREVALENCE_CAP, "blocks_summed_again": recomputed}}
-        )
         logger.debug(
             "per-sample sums: %d blocks summed again for the final pseudocount %s, %d of them read back", recomputed, pseudocount, read_back
         )
+        return {
+            SAMPLE_SUMS_KEY: {"pseudocount": pseudocount, "rare_prevalence_cap": RARE_PREVALENCE_CAP, "blocks_summed_again": recomputed}
+        }
 
 
 def store_checksum(path: Path) -> str:
@@ -584,7 +585,7 @@ def create_layered_store(path: Path) -> None:
 
     def writer(temporary: Path) -> None:
         group = zarr.open_group(temporary, mode="w", zarr_format=3)
-        group.attrs.update({LAYERED_STORE_KEY: LAYERED_STORE_VALUE, "format_version": STORE_FORMAT_VERSION})
+        group.update_attributes({LAYERED_STORE_KEY: LAYERED_STORE_VALUE, "format_version": STORE_FORMAT_VERSION})
 
     try:
         write_atomically(path, writer)
