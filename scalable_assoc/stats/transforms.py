@@ -48,6 +48,8 @@ def smallest_positive(block: np.ndarray, positive: np.ndarray) -> np.ndarray:
     The other cells become NaN by a division (``x / 1`` is ``x`` exactly; ``0 / 0`` and ``NaN / 0`` are NaN),
     which ``fmin`` passes over: no branch per cell. ``np.where(positive, block, inf)`` ran 5x slower on
     abundances, where zeros and non-zeros mix and the branch on each cell is mispredicted half the time.
+    For abundances (>= 0 or NaN), as every reader checks them and every store holds them: a negative cell
+    would be -inf here (``-x / 0``), not passed over.
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         candidates = np.divide(block, positive)
