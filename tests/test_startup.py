@@ -148,6 +148,25 @@ def test_local_cluster_workers_keep_block_sized_memory_on_the_heap(monkeypatch: 
         assert refaulted < 2_000, f"a task re-allocating block-sized arrays faulted {refaulted} pages in afresh"
 
 
+@pytest.mark.parametrize("dashboard", [None, "127.0.0.1:0"], ids=["closed", "dashboard"])
+def test_local_cluster_workers_profile_only_for_a_dashboard(dashboard: str | None) -> None:
+    from scalable_assoc.engine.cluster import local_cluster
+
+    cluster, client = local_cluster(1, dashboard=dashboard)
+    try:
+        profiling = set(client.run(_profiles).values())
+    finally:
+        client.close()
+        cluster.close()
+    # The statistical profiler feeds only the dashboard's profile pages; without one it would sample every thread each 10 ms.
+    assert profiling == {dashboard is not None}
+
+
+def _profiles(dask_worker: Any) -> bool:
+    """Whether the worker runs distributed's statistical profiler (run on a worker by ``client.run``)."""
+    return "profile" in dask_worker.periodic_callbacks
+
+
 def _pages_faulted_again() -> int:
     """Minor faults of allocating and touching three 32 MB arrays at once, after the same was done and freed (run as a task)."""
     import resource

@@ -269,7 +269,9 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
     oversubscription. ``dashboard``: ``HOST:PORT`` (see :func:`dashboard_address`)
     of the scheduler's dashboard, ``None`` for none. ``preload``: modules every
     worker imports as it starts (before it counts as started), e.g. the task
-    modules, so that the first tasks do not wait for their imports.
+    modules, so that the first tasks do not wait for their imports. The
+    workers run distributed's statistical profiler only with a dashboard,
+    which alone shows what it collects.
     """
     address = dashboard_address(dashboard)
     # Only when asked: an empty list would replace dask's own distributed.worker.preload setting.
@@ -278,8 +280,14 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
     routes: dict[str, list] = {"distributed.worker.http.routes": []}
     if address is None:
         routes["distributed.scheduler.http.routes"] = []
+    # distributed's statistical profiler samples the stack of every thread of every worker each 10 ms, for the
+    # dashboard's profile pages only. A worker has some eight threads (its task thread, zarr's I/O and asyncio
+    # threads): with 2 workers fitting 100,000 features, each worker's event loop thread took 1.1-2.0 s of CPU with
+    # it and 0.6-0.7 s without, CPU the two workers' fits lost on two cores. Kept when a dashboard is asked for.
+    profiler = {"distributed.worker.profile.enabled": address is not None}
     environ = set_worker_environ()
-    with dask.config.set({**routes, "distributed.nanny.pre-spawn-environ": environ, **worker_start_method(preload)}):
+    settings = {**routes, **profiler, "distributed.nanny.pre-spawn-environ": environ, **worker_start_method(preload)}
+    with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=workers or default_workers(),
             threads_per_worker=1,
