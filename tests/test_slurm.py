@@ -268,7 +268,7 @@ def test_run_on_slurm_equals_the_local_cluster(small_study: SimulatedStudy, clie
     assert not list((out / ".scalable_assoc" / "slurm").glob(".tls-*")), "the workers' credentials are removed when the run ends"
 
 
-def test_slurm_workers_get_the_glibc_settings_and_the_prologue_comes_after(tmp_path: Path) -> None:
+def test_slurm_workers_run_as_local_workers_and_the_prologue_comes_after(tmp_path: Path) -> None:
     """The jobs' workers get the local workers' glibc settings (one arena, no trim at 64 KB), which the profile's prologue may change."""
     partition = _slurm_partition()
     profile = load_cluster_profile(
@@ -280,8 +280,11 @@ def test_slurm_workers_get_the_glibc_settings_and_the_prologue_comes_after(tmp_p
     )
     with slurm_client(profile) as client:
         seen = {name: set(client.run(os.getenv, name).values()) for name in WORKER_MALLOC}
+        # A lambda, which cloudpickle sends by value: the jobs' workers cannot import this test module.
+        profiling = set(client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks).values())
     expected = {name: {str(value)} for name, value in WORKER_MALLOC.items()} | {"MALLOC_ARENA_MAX": {"2"}}
     assert seen == expected, "distributed's nanny would give MALLOC_TRIM_THRESHOLD_=65536 and glibc an arena per thread"
+    assert profiling == {False}, "the statistical profiler feeds only a dashboard, and the jobs' workers have none"
 
 
 @pytest.mark.parametrize(

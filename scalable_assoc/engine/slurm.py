@@ -18,8 +18,9 @@ Closed like the local cluster (:mod:`scalable_assoc.engine.cluster`):
 - Every worker process is single-threaded (``--nthreads 1``), ``processes``
   of them per job, ``cores`` reserved per job.
 - The jobs' workers run with the local workers' glibc settings
-  (:data:`~scalable_assoc.engine.worker_server.WORKER_MALLOC`), exported by the
-  job script (:func:`worker_exports`) before the profile's own ``prologue``.
+  (:data:`~scalable_assoc.engine.worker_server.WORKER_MALLOC`) and, as they
+  have no dashboard, without distributed's statistical profiler: exported by
+  the job script (:func:`worker_exports`) before the profile's own ``prologue``.
 
 Jobs are cancelled (``scancel``, by dask-jobqueue) when the run ends, fails or
 is interrupted. If no worker connects within ``worker_timeout`` (jobs pending,
@@ -65,17 +66,22 @@ logger = logging.getLogger(__name__)
 
 
 def worker_exports() -> list[str]:
-    """The job script's ``export`` lines giving the jobs' workers :data:`~scalable_assoc.engine.worker_server.WORKER_MALLOC`.
+    """The job script's ``export`` lines: the jobs' workers run as the local cluster's do.
 
-    A job runs ``dask worker`` with a nanny, which starts the worker process
-    with distributed's pre-spawn environment: ``MALLOC_TRIM_THRESHOLD_=65536``
-    unless the environment sets it (the environment outranks dask's setting),
-    and glibc's own default of one arena per thread. The fit tasks run in a
-    thread of the worker, so without these every block-sized array was a new
-    mapping whose pages faulted in again (see ``WORKER_MALLOC``). The profile's
-    ``prologue`` runs after these lines, so it can set them otherwise.
+    - :data:`~scalable_assoc.engine.worker_server.WORKER_MALLOC`: a job runs
+      ``dask worker`` with a nanny, which starts the worker process with
+      distributed's pre-spawn environment (``MALLOC_TRIM_THRESHOLD_=65536``
+      unless the environment sets it: the environment outranks dask's setting)
+      and glibc's own default of one arena per thread. The fit tasks run in a
+      thread of the worker, so without these every block-sized array was a new
+      mapping whose pages faulted in again (see ``WORKER_MALLOC``).
+    - No statistical profiler: it samples every thread of the worker each
+      10 ms for the dashboard's profile pages, and the jobs' workers have no
+      dashboard (see :func:`~scalable_assoc.engine.cluster.local_cluster`).
+
+    The profile's ``prologue`` runs after these lines, so it can set them otherwise.
     """
-    return [f"export {name}={value}" for name, value in WORKER_MALLOC.items()]
+    return [*(f"export {name}={value}" for name, value in WORKER_MALLOC.items()), "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False"]
 
 
 def import_jobqueue() -> Any:
