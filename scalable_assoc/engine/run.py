@@ -35,8 +35,8 @@ from scalable_assoc.engine.cluster import check_cluster_options
 from scalable_assoc.engine.filters import LayerFilter, filter_layers
 from scalable_assoc.engine.graph import (
     ClusterRequest,
+    DesignFiles,
     LayerOnCluster,
-    SharedDesigns,
     cluster_starting,
     hold_on_cluster,
     layer_on_cluster,
@@ -47,7 +47,7 @@ from scalable_assoc.engine.outputs import FinishedChunks, RunSummary, remove_out
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
-from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk, read_and_fit_chunk
+from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk_task, read_and_fit_chunk
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.errors import ClusterFailure, PlanError, UserInputError
 from scalable_assoc.io.atomic import remove_sealed, seal, sealed, write_json, write_parquet
@@ -436,7 +436,7 @@ def _fit_chunks(
     (``resumed``) and of each chunk as its task finishes: the client is idle here.
     """
     progress.start()
-    shared = SharedDesigns(client, work / "designs")
+    designs = DesignFiles(work / "designs")
     groups: list[_BlockFits] = []
     for layer in study.layers:
         layer_pending = [t for t in pending if t.layer == layer.spec.name]
@@ -457,7 +457,7 @@ def _fit_chunks(
         # process writes designs and submits fits. Not every block first: the workers would hold all of them at once.
         submit_block(position)
         submit_block(position + 1)
-        fit_futures |= _submit_fits(client, group, blocks.pop(position, None), work / "chunks", shared, batches)
+        fit_futures |= _submit_fits(client, group, blocks.pop(position, None), work / "chunks", designs, batches)
         # Its fits now hold the block: with no reference left here, the scheduler frees it once they are done.
     for task in resumed:  # while the first fits run
         finished.read(task)
@@ -551,10 +551,10 @@ def _submit_fits(
     group: _BlockFits,
     block: distributed.Future | None,
     chunks_dir: Path,
-    shared: SharedDesigns,
+    designs: DesignFiles,
     batches: dict[tuple[str, tuple[str, ...]], distributed.Future],
 ) -> dict[distributed.Future, ChunkTask]:
-    """Submit the fit tasks (and the shared design factorisations they need) of one block view: each fit future with its task.
+    """Submit the fit tasks of one block view (writing the design files they name): each fit future with its task.
 
     A block view read by several chunks is a task of its own (``block``), which
     the fits follow to its worker (the scheduler knows its size, see
@@ -578,10 +578,10 @@ def _submit_fits(
         if batch_ids not in batches:
             batches[batch_ids] = hold_on_cluster(client, task.analyses, "batch")
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
-        # fit_chunk's arguments after the layer's name and the block
+        # fit_chunk_task's arguments after the layer's name and the block
         after_block = (
             layer_filter.kept_ids[task.block_index],
-            [shared.get(layer, k) for k in used],
+            [designs.get(layer, k) for k in used],
             batches[batch_ids],
             task.rows_file(chunks_dir),
             task.covariates_file(chunks_dir),
@@ -592,6 +592,6 @@ def _submit_fits(
             block_arguments = held.block_arguments(task.block_index, group.view)
             future = client.submit(read_and_fit_chunk, block_arguments, layer.spec.name, *after_block, key=key)
         else:
-            future = client.submit(fit_chunk, layer.spec.name, block, *after_block, key=key)
+            future = client.submit(fit_chunk_task, layer.spec.name, block, *after_block, key=key)
         futures[future] = task
     return futures
