@@ -279,7 +279,11 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
     if address is None:
         routes["distributed.scheduler.http.routes"] = []
     environ = set_worker_environ()
-    with dask.config.set({**routes, "distributed.nanny.pre-spawn-environ": environ, **worker_start_method(preload)}):
+    # No work stealing: a run places each shared block with its fits on one worker (engine/run.py, _place_groups), and a
+    # worker out of work took the blocks queued for the other (reading them is cheap to move), whose fits then pulled them
+    # back. Tasks the run does not place are queued by the scheduler and go to whichever worker is free.
+    stealing = {"distributed.scheduler.work-stealing": False}
+    with dask.config.set({**routes, **stealing, "distributed.nanny.pre-spawn-environ": environ, **worker_start_method(preload)}):
         cluster = LocalCluster(
             n_workers=workers or default_workers(),
             threads_per_worker=1,

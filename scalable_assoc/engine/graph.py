@@ -60,9 +60,18 @@ def layer_token(study: PreparedStudy, layer: LayerWork) -> str:
     return layer_cache_token(token, layer_token(study, study.layer_work(reference)), reference, "clr_reference", 0, "")
 
 
-def hold_on_cluster(client: Client, value: object, name: str) -> distributed.Future:
-    """Place ``value`` on the cluster as a task (recomputable if its worker dies), keyed by content."""
-    return client.submit(hold, value, key=f"{name}-{tokenize(value)}")
+def on_worker(worker: str | None) -> dict[str, object]:
+    """``client.submit`` arguments asking for a task to run on ``worker`` (its address) when it can, else anywhere; none for None.
+
+    Loose: if that worker has left, the scheduler places the task as usual, and it
+    may still move it to a worker with nothing to do (work stealing).
+    """
+    return {} if worker is None else {"workers": [worker], "allow_other_workers": True}
+
+
+def hold_on_cluster(client: Client, value: object, name: str, worker: str | None = None) -> distributed.Future:
+    """Place ``value`` on the cluster as a task (recomputable if its worker dies), keyed by content; on ``worker`` if given."""
+    return client.submit(hold, value, key=f"{name}-{tokenize(value)}", **on_worker(worker))
 
 
 class DesignFiles:
@@ -132,9 +141,14 @@ class LayerOnCluster:
             self.layer.spec.presence_threshold,
         )
 
-    def submit_block(self, client: Client, index: int, view: str) -> distributed.Future:
-        """The ``view`` ("transformed", "nonzero" or "presence") of block ``index``'s kept features, as a task."""
-        return client.submit(model_block, *self.block_arguments(index, view), key=model_block_key(view, self.token, index))
+    def submit_block(self, client: Client, index: int, view: str, worker: str | None = None) -> distributed.Future:
+        """The ``view`` ("transformed", "nonzero" or "presence") of block ``index``'s kept features, as a task.
+
+        ``worker``: the address of the worker that should compute and hold it (others may, if it cannot).
+        """
+        return client.submit(
+            model_block, *self.block_arguments(index, view), key=model_block_key(view, self.token, index), **on_worker(worker)
+        )
 
 
 def layer_on_cluster(
