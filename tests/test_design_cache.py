@@ -8,10 +8,13 @@ from typing import cast
 
 import numpy as np
 import pytest
+from distributed import Client
 
 from scalable_assoc.engine.graph import DesignFiles
 from scalable_assoc.engine.prepare import DesignInput, LayerWork
+from scalable_assoc.engine.run import run_study
 from scalable_assoc.engine.tasks import DesignCache, factorise
+from scalable_assoc.simulate import SimulatedStudy
 
 
 def _design(key: str, n: int, seed: int) -> DesignInput:
@@ -60,3 +63,27 @@ def test_a_design_larger_than_the_limit_is_still_served(tmp_path: Path) -> None:
     path = _files(tmp_path, [_design("big", 400, 3)])[0]
     cache = DesignCache(max_bytes=1)
     assert cache.get(path).key == "big" and len(cache) == 1
+
+
+def test_a_cluster_that_outlives_a_run_keeps_none_of_its_designs(
+    small_study: SimulatedStudy, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session cluster is given to the run: its workers factorise the designs, and drop them once the fits are done."""
+
+    def designs_held() -> int:  # run on each worker
+        from scalable_assoc.engine.tasks import WORKER_DESIGNS
+
+        return len(WORKER_DESIGNS)
+
+    def forget() -> None:  # run on each worker
+        from scalable_assoc.engine.tasks import forget_designs
+
+        forget_designs()
+
+    monkeypatch.setattr("scalable_assoc.engine.run.forget_designs", lambda: None)
+    run_study(small_study.plan_path, tmp_path / "kept", client=client)
+    assert sum(client.run(designs_held).values()) > 0  # factorised in the workers, kept for their next fits
+    monkeypatch.undo()
+    client.run(forget)
+    run_study(small_study.plan_path, tmp_path / "dropped", client=client)
+    assert client.run(designs_held) == dict.fromkeys(client.nthreads(), 0)

@@ -48,7 +48,7 @@ from scalable_assoc.engine.outputs import FinishedChunks, RunSummary, remove_out
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
-from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk_task, read_and_fit_chunk
+from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk_task, forget_designs, read_and_fit_chunk
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.errors import ClusterFailure, PlanError, UserInputError
 from scalable_assoc.io.atomic import remove_sealed, seal, sealed, write_json, write_parquet
@@ -350,6 +350,8 @@ def _run_prepared(
         progress = _Progress(len(done), len(tasks), on_chunk_done)
         placed = cluster.starts_local_cluster()  # its scheduler leaves tasks where they are placed (no work stealing)
         _fit_chunks(client, watch, study, filters, positions, pending, progress, work, finished, resumed, placed)
+        if not placed:  # a cluster that outlives the run keeps none of its designs (the local one closes with it)
+            client.run(forget_designs, on_error="ignore")
         timings["fit"] = time.perf_counter() - phase
         first_task.record(timings)  # when it came back after the filter phase (stored prevalence counts: no task to wait for)
         # --- PERMANOVA (plan diversity.beta): engine/permanova.py writes permanova.parquet/.tsv; None when not asked for ---

@@ -272,9 +272,20 @@ class DesignCache:
     def __len__(self) -> int:
         return len(self._designs)
 
+    def clear(self) -> None:
+        """Drop every design."""
+        with self._lock:
+            self._designs.clear()
+            self._bytes = 0
+
 
 #: This process's designs (a worker's, for its fit tasks).
 WORKER_DESIGNS = DesignCache()
+
+
+def forget_designs() -> None:
+    """Drop this worker's designs (run by ``Client.run`` once a run's fits are done, on a cluster that outlives the run)."""
+    WORKER_DESIGNS.clear()
 
 
 @dataclass(frozen=True)
