@@ -286,7 +286,11 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
     # it and 0.6-0.7 s without, CPU the two workers' fits lost on two cores. Kept when a dashboard is asked for.
     profiler = {"distributed.worker.profile.enabled": address is not None}
     environ = set_worker_environ()
-    settings = {**routes, **profiler, "distributed.nanny.pre-spawn-environ": environ, **worker_start_method(preload)}
+    # No work stealing: a run places each shared block with its fits on one worker (engine/run.py, _place_groups), and a
+    # worker out of work took the blocks queued for the other (reading them is cheap to move), whose fits then pulled them
+    # back. Tasks the run does not place are queued by the scheduler and go to whichever worker is free.
+    stealing = {"distributed.scheduler.work-stealing": False}
+    settings = {**routes, **profiler, **stealing, "distributed.nanny.pre-spawn-environ": environ, **worker_start_method(preload)}
     with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=workers or default_workers(),

@@ -10,8 +10,9 @@ once and means the same thing in both::
     sums-<layer>-<i>     per-sample sums over kept features       -> client (CLR means / totals)
     model-block-<view>-<layer>-<i>
                          a model view of the block and its presence, kept in worker memory
-    design-<key>         QR of each distinct (participants, covariates), read from
-                         designs/<key>.npz, shared by all blocks of all layers
+    designs/<key>.npz    each distinct (participants, covariates), written once and
+                         factorised (rank check, QR) by each worker whose fits use it,
+                         kept there for its later fits (tasks.DesignCache)
     samples-, totals-, batch-<token>
                          small inputs held as tasks (not scattered), so the scheduler can
                          recompute them if the worker holding them dies
@@ -36,7 +37,7 @@ from distributed.security import Security
 from scalable_assoc.engine.cluster import WORKER_PRELOAD, dask_client
 from scalable_assoc.engine.prepare import LayerWork, PreparedStudy, write_design
 from scalable_assoc.engine.profiles import ClusterProfile
-from scalable_assoc.engine.tasks import factorise, hold, model_block, model_block_key
+from scalable_assoc.engine.tasks import hold, model_block, model_block_key
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.io.run_cache import layer_cache_token
 
@@ -59,34 +60,43 @@ def layer_token(study: PreparedStudy, layer: LayerWork) -> str:
     return layer_cache_token(token, layer_token(study, study.layer_work(reference)), reference, "clr_reference", 0, "")
 
 
-def hold_on_cluster(client: Client, value: object, name: str) -> distributed.Future:
-    """Place ``value`` on the cluster as a task (recomputable if its worker dies), keyed by content."""
-    return client.submit(hold, value, key=f"{name}-{tokenize(value)}")
+def on_worker(worker: str | None) -> dict[str, object]:
+    """``client.submit`` arguments asking for a task to run on ``worker`` (its address) when it can, else anywhere; none for None.
+
+    Loose: if that worker has left, the scheduler places the task as usual, and it
+    may still move it to a worker with nothing to do (work stealing).
+    """
+    return {} if worker is None else {"workers": [worker], "allow_other_workers": True}
 
 
-class SharedDesigns:
-    """Factorised designs shared by every block of every layer that uses them.
+def hold_on_cluster(client: Client, value: object, name: str, worker: str | None = None) -> distributed.Future:
+    """Place ``value`` on the cluster as a task (recomputable if its worker dies), keyed by content; on ``worker`` if given."""
+    return client.submit(hold, value, key=f"{name}-{tokenize(value)}", **on_worker(worker))
+
+
+class DesignFiles:
+    """The files of the designs the fit tasks use, one per distinct design, shared by every block of every layer.
 
     Each design is written once to ``designs/<key>.npz`` on the shared
-    filesystem and factorised by the task ``design-<key>``; a worker that dies
-    takes nothing with it that the scheduler cannot recompute.
+    filesystem; a fit task names its designs by file and its worker factorises
+    each one once (:class:`~scalable_assoc.engine.tasks.DesignCache`). Nothing
+    travels between workers, so a fit's only large input is its block, and a
+    worker that dies takes nothing with it that another cannot read again.
     """
 
-    def __init__(self, client: Client, folder: Path) -> None:
-        self.client = client
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.futures: dict[str, distributed.Future] = {}
+        self.paths: dict[str, Path] = {}
 
-    def get(self, layer: LayerWork, key: str) -> distributed.Future:
-        """The future of ``layer``'s design ``key``: written and submitted at its first request.
+    def get(self, layer: LayerWork, key: str) -> Path:
+        """The file of ``layer``'s design ``key``: written at its first request.
 
         Asked for as each fit is submitted, so the first fits go out after their
         own few designs are written, not after every design of the study.
         """
-        if key not in self.futures:
-            path = write_design(self.folder, layer.designs[key])
-            self.futures[key] = self.client.submit(factorise, path, key=f"design-{key}")
-        return self.futures[key]
+        if key not in self.paths:
+            self.paths[key] = write_design(self.folder, layer.designs[key])
+        return self.paths[key]
 
 
 def held_totals(client: Client, layer: LayerWork, layer_filter: LayerFilter, views: Iterable[str]) -> dict[str, distributed.Future | None]:
@@ -131,9 +141,14 @@ class LayerOnCluster:
             self.layer.spec.presence_threshold,
         )
 
-    def submit_block(self, client: Client, index: int, view: str) -> distributed.Future:
-        """The ``view`` ("transformed", "nonzero" or "presence") of block ``index``'s kept features, as a task."""
-        return client.submit(model_block, *self.block_arguments(index, view), key=model_block_key(view, self.token, index))
+    def submit_block(self, client: Client, index: int, view: str, worker: str | None = None) -> distributed.Future:
+        """The ``view`` ("transformed", "nonzero" or "presence") of block ``index``'s kept features, as a task.
+
+        ``worker``: the address of the worker that should compute and hold it (others may, if it cannot).
+        """
+        return client.submit(
+            model_block, *self.block_arguments(index, view), key=model_block_key(view, self.token, index), **on_worker(worker)
+        )
 
 
 def layer_on_cluster(

@@ -35,11 +35,12 @@ from scalable_assoc.engine.cluster import check_cluster_options
 from scalable_assoc.engine.filters import LayerFilter, filter_layers
 from scalable_assoc.engine.graph import (
     ClusterRequest,
+    DesignFiles,
     LayerOnCluster,
-    SharedDesigns,
     cluster_starting,
     hold_on_cluster,
     layer_on_cluster,
+    on_worker,
     watched_cluster,
 )
 from scalable_assoc.engine.manifest import run_manifest
@@ -47,7 +48,7 @@ from scalable_assoc.engine.outputs import FinishedChunks, RunSummary, remove_out
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
-from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk, read_and_fit_chunk
+from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk_task, forget_designs, read_and_fit_chunk
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.errors import ClusterFailure, PlanError, UserInputError
 from scalable_assoc.io.atomic import remove_sealed, seal, sealed, write_json, write_parquet
@@ -347,7 +348,10 @@ def _run_prepared(
         finished = FinishedChunks(chunks_dir)  # the client reads each chunk's rows while the workers fit the others
         resumed = [t for t in tasks if t.chunk_id in done]
         progress = _Progress(len(done), len(tasks), on_chunk_done)
-        _fit_chunks(client, watch, study, filters, positions, pending, progress, work, finished, resumed)
+        placed = cluster.starts_local_cluster()  # its scheduler leaves tasks where they are placed (no work stealing)
+        _fit_chunks(client, watch, study, filters, positions, pending, progress, work, finished, resumed, placed)
+        if not placed:  # a cluster that outlives the run keeps none of its designs (the local one closes with it)
+            client.run(forget_designs, on_error="ignore")
         timings["fit"] = time.perf_counter() - phase
         first_task.record(timings)  # when it came back after the filter phase (stored prevalence counts: no task to wait for)
         # --- PERMANOVA (plan diversity.beta): engine/permanova.py writes permanova.parquet/.tsv; None when not asked for ---
@@ -429,14 +433,17 @@ def _fit_chunks(
     work: Path,
     finished: FinishedChunks,
     resumed: list[ChunkTask],
+    placed: bool = False,
 ) -> None:
     """Submit the fit tasks of every pending chunk and wait for them; a task that kills its workers is named.
 
     Meanwhile ``finished`` reads the rows of every chunk an earlier run finished
     (``resumed``) and of each chunk as its task finishes: the client is idle here.
+    With ``placed`` each block read by several chunks goes to a worker with its
+    batches and fits (:func:`_place_groups`); else the scheduler places every task.
     """
     progress.start()
-    shared = SharedDesigns(client, work / "designs")
+    designs = DesignFiles(work / "designs")
     groups: list[_BlockFits] = []
     for layer in study.layers:
         layer_pending = [t for t in pending if t.layer == layer.spec.name]
@@ -444,21 +451,32 @@ def _fit_chunks(
             views = {MODEL_VIEWS[task.analyses[0].key.model] for task in layer_pending}
             held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], views)
             groups += _block_groups(held, layer_pending)
+    workers = _place_groups(client.nthreads() if placed else {}, groups)
+    started: set[int] = set()
     blocks: dict[int, distributed.Future] = {}
+    batches: dict[tuple[str, tuple[str, ...]], distributed.Future] = {}
 
-    def submit_block(position: int) -> None:
-        if position < len(groups) and position not in blocks and groups[position].shared_block():
-            blocks[position] = groups[position].held.submit_block(client, groups[position].index, groups[position].view)
+    def start_group(position: int) -> None:
+        """The group's batches of analyses, then its block (when several chunks read it), on the worker placed for it."""
+        if position >= len(groups) or position in started:
+            return
+        started.add(position)
+        group = groups[position]
+        if not group.held.layer_filter.kept[group.index].any():
+            return  # every feature filtered out: its chunks are written empty, with no task
+        for task in group.tasks:  # before the block: on its worker when its fits start
+            _held_batch(client, group, task, workers[position], batches)
+        if group.shared_block():
+            blocks[position] = group.held.submit_block(client, group.index, group.view, workers[position])
 
     fit_futures: dict[distributed.Future, ChunkTask] = {}
-    batches: dict[tuple[str, tuple[str, ...]], distributed.Future] = {}
     solo = _SoloFits()
     for position, group in enumerate(groups):
         # A block, and the next one, go out before the block's fits: a second worker reads the next block while this
         # process writes designs and submits fits. Not every block first: the workers would hold all of them at once.
-        submit_block(position)
-        submit_block(position + 1)
-        fit_futures |= _submit_fits(client, group, blocks.pop(position, None), work / "chunks", shared, batches, solo)
+        start_group(position)
+        start_group(position + 1)
+        fit_futures |= _submit_fits(client, group, blocks.pop(position, None), workers[position], work / "chunks", designs, batches, solo)
         # Its fits now hold the block: with no reference left here, the scheduler frees it once they are done.
     fit_futures |= solo.submit(client)
     for task in resumed:  # while the first fits run
@@ -539,6 +557,46 @@ class _BlockFits:
         """Whether the block view is a task of its own: several chunks read it, and it kept features."""
         return len(self.tasks) > 1 and bool(self.held.layer_filter.kept[self.index].any())
 
+    def work(self) -> int:
+        """The fits' share of the run's work, counted as kept features x analyses over the chunks."""
+        return int(self.held.layer_filter.kept[self.index].sum()) * sum(len(task.analyses) for task in self.tasks)
+
+
+def _place_groups(threads: dict[str, int], groups: list[_BlockFits]) -> list[str | None]:
+    """A worker for each block view read by several chunks, for the block, its batches of analyses and its fits; else None.
+
+    ``threads``: the workers' threads by address (``Client.nthreads``; empty: nothing
+    is placed). Each block goes to the worker with the least work per thread so far
+    (:meth:`_BlockFits.work`), in order. Left to the scheduler, a block went to
+    whichever worker was free and its fits' other inputs (batches, shared by the
+    blocks of a layer) to either, so a fit weighed moving its block (tens of
+    megabytes) against the tasks queued beside it, counted at half a second each
+    while their durations were unknown, and often moved it. The placement is
+    loose (:func:`~scalable_assoc.engine.graph.on_worker`): a worker that has left
+    loses its tasks to the others. A chunk reading its block itself (the block's
+    only reader) needs nothing large: the scheduler places it.
+    """
+    assigned = dict.fromkeys(sorted(threads), 0.0)
+    placed: list[str | None] = []
+    for group in groups:
+        if not assigned or not group.shared_block():
+            placed.append(None)
+            continue
+        worker = min(assigned, key=lambda address: assigned[address] / max(threads[address], 1))
+        assigned[worker] += group.work()
+        placed.append(worker)
+    return placed
+
+
+def _held_batch(
+    client: Client, group: _BlockFits, task: ChunkTask, worker: str | None, batches: dict[tuple[str, tuple[str, ...]], distributed.Future]
+) -> distributed.Future:
+    """The chunk's batch of analyses held on the cluster (on ``worker`` when first held), once per layer and analyses."""
+    batch_ids = (group.held.layer.spec.name, tuple(a.key.analysis_id for a in task.analyses))
+    if batch_ids not in batches:
+        batches[batch_ids] = hold_on_cluster(client, task.analyses, "batch", worker)
+    return batches[batch_ids]
+
 
 def _block_groups(held: LayerOnCluster, pending: list[ChunkTask]) -> list[_BlockFits]:
     """One layer's pending chunks grouped by the block view they read, in order of first appearance."""
@@ -552,17 +610,17 @@ def _submit_fits(
     client: Client,
     group: _BlockFits,
     block: distributed.Future | None,
+    worker: str | None,
     chunks_dir: Path,
-    shared: SharedDesigns,
+    designs: DesignFiles,
     batches: dict[tuple[str, tuple[str, ...]], distributed.Future],
     solo: _SoloFits,
 ) -> dict[distributed.Future, ChunkTask]:
-    """Submit the fit tasks (and the shared design factorisations they need) of one block view: each fit future with its task.
+    """Submit the fit tasks of one block view (writing the design files they name): each fit future with its task.
 
-    A block view read by several chunks is a task of its own (``block``), which
-    the fits follow to its worker (the scheduler knows its size, see
-    :func:`~scalable_assoc.engine.tasks.array_bytes`); one read by a single chunk
-    (``block`` None) is read by that chunk's task
+    A block view read by several chunks is a task of its own (``block``), whose
+    fits run beside it, on ``worker`` when placed (see :func:`_place_groups`); one
+    read by a single chunk (``block`` None) is read by that chunk's task
     (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`), added to ``solo``
     to be submitted with the others (:class:`_SoloFits`). ``batches`` holds the
     batches of analyses already placed on the cluster, by layer and analysis ids.
@@ -578,15 +636,12 @@ def _submit_fits(
         if not layer_filter.kept[task.block_index].any():
             _write_empty_chunk(task, chunks_dir)
             continue
-        batch_ids = (layer.spec.name, tuple(a.key.analysis_id for a in task.analyses))
-        if batch_ids not in batches:
-            batches[batch_ids] = hold_on_cluster(client, task.analyses, "batch")
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
-        # fit_chunk's arguments after the layer's name and the block
+        # fit_chunk_task's arguments after the layer's name and the block
         after_block = (
             layer_filter.kept_ids[task.block_index],
-            [shared.get(layer, k) for k in used],
-            batches[batch_ids],
+            [designs.get(layer, k) for k in used],
+            _held_batch(client, group, task, worker, batches),
             task.rows_file(chunks_dir),
             task.covariates_file(chunks_dir),
         )
@@ -595,7 +650,7 @@ def _submit_fits(
             # The block view's only reader reads it itself: one task instead of two, and no block held between them.
             solo.add(key, task, (held.block_arguments(task.block_index, group.view), layer.spec.name, *after_block))
         else:
-            futures[client.submit(fit_chunk, layer.spec.name, block, *after_block, key=key)] = task
+            futures[client.submit(fit_chunk_task, layer.spec.name, block, *after_block, key=key, **on_worker(worker))] = task
     return futures
 
 

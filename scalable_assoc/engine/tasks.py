@@ -9,7 +9,9 @@ replaces its own file with an identical one.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -224,6 +226,66 @@ def factorise(path: Path) -> SharedDesign:
     """
     design = read_design(Path(path))
     return SharedDesign(design.key, design.rows, factorise_covariates(design.matrix, design.names), design.clusters)
+
+
+#: Bytes of factorised designs a worker process keeps for its next fit tasks (:class:`DesignCache`).
+DESIGN_CACHE_BYTES = 512 * 2**20
+
+
+class DesignCache:
+    """Factorised designs by key, in one worker process: each factorised there once, the least recently used dropped first.
+
+    A fit task names its designs by file (``designs/<key>.npz``, the key a hash of
+    the design's content) and factorises here the ones this process has not. A
+    design factorised beside the fits costs a few milliseconds of QR; as a task
+    of its own it ran on either worker, travelled to the other (about a megabyte
+    at 7,656 participants, a dozen transfers per reference run that fits waited
+    for), and drew the fits towards the worker holding it, away from their block.
+    Designs a task uses stay referenced by it while it runs; beyond ``max_bytes``
+    the least recently used others are dropped (factorised again if needed later).
+    """
+
+    def __init__(self, max_bytes: int = DESIGN_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._designs: OrderedDict[str, SharedDesign] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # a worker may run tasks in several threads
+
+    def get(self, path: Path) -> SharedDesign:
+        """The factorised design of the file ``path`` (its name is the design's key)."""
+        key = Path(path).stem
+        with self._lock:
+            found = self._designs.get(key)
+            if found is not None:
+                self._designs.move_to_end(key)
+                return found
+        design = factorise(Path(path))  # outside the lock: another thread's designs need not wait for this one
+        with self._lock:
+            if key not in self._designs:
+                self._designs[key] = design
+                self._bytes += design.__sizeof__()
+                while self._bytes > self.max_bytes and len(self._designs) > 1:
+                    _, dropped = self._designs.popitem(last=False)
+                    self._bytes -= dropped.__sizeof__()
+        return design
+
+    def __len__(self) -> int:
+        return len(self._designs)
+
+    def clear(self) -> None:
+        """Drop every design."""
+        with self._lock:
+            self._designs.clear()
+            self._bytes = 0
+
+
+#: This process's designs (a worker's, for its fit tasks).
+WORKER_DESIGNS = DesignCache()
+
+
+def forget_designs() -> None:
+    """Drop this worker's designs (run by ``Client.run`` once a run's fits are done, on a cluster that outlives the run)."""
+    WORKER_DESIGNS.clear()
 
 
 @dataclass(frozen=True)
@@ -462,19 +524,33 @@ def fit_chunk(
     return {"chunk": Path(output).stem, "rows": table.num_rows, "seconds": time.perf_counter() - started}
 
 
-def read_and_fit_chunk(
-    block_arguments: tuple,
+def fit_chunk_task(
     layer: str,
+    block: ModelBlock,
     feature_ids: tuple[str, ...],
-    designs: list[SharedDesign],
+    design_files: list[Path],
     batch: tuple[PreparedAnalysis, ...],
     output: Path,
     covariate_output: Path | None = None,
 ) -> dict[str, float | int | str]:
-    """:func:`model_block` (of ``block_arguments``) then :func:`fit_chunk`, in one task: for a block view only one chunk reads.
+    """The fit task of a chunk: :func:`fit_chunk` with its designs factorised in this worker (:data:`WORKER_DESIGNS`)."""
+    designs = [WORKER_DESIGNS.get(Path(path)) for path in design_files]
+    return fit_chunk(layer, block, feature_ids, designs, batch, output, covariate_output)
+
+
+def read_and_fit_chunk(
+    block_arguments: tuple,
+    layer: str,
+    feature_ids: tuple[str, ...],
+    design_files: list[Path],
+    batch: tuple[PreparedAnalysis, ...],
+    output: Path,
+    covariate_output: Path | None = None,
+) -> dict[str, float | int | str]:
+    """:func:`model_block` (of ``block_arguments``) then :func:`fit_chunk_task`, in one task: for a block view only one chunk reads.
 
     A separate block task would cost a second task (a scheduler round trip, its
     bookkeeping on the worker) and keep the block in the worker's memory until the
     scheduler releases it; here it is freed as the fit ends.
     """
-    return fit_chunk(layer, model_block(*block_arguments), feature_ids, designs, batch, output, covariate_output)
+    return fit_chunk_task(layer, model_block(*block_arguments), feature_ids, design_files, batch, output, covariate_output)

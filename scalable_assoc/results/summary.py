@@ -135,20 +135,41 @@ def survival_readout(summary: pd.DataFrame, adjustment_order: Sequence[str]) -> 
     The base is the group's first set, in plan order, with a result (the
     ``base`` column of :func:`adjustment_summary`); sets the group never ran
     under get no row. A ``base`` column after ``model`` names the base set.
+    Groups are counted with integer codes (:func:`first_appearance`), in order of
+    first appearance, as ``groupby(sort=False)`` has them.
     """
     present = [a for a in adjustment_order if f"significant_{a}" in summary.columns]
+    columns = [*GROUP_KEYS, "base", *SURVIVAL_COLUMNS[3:]]
+    if not present or not len(summary):
+        return pd.DataFrame([], columns=columns)
+    group, first = first_appearance(_row_keys(summary, GROUP_KEYS))
+    n_groups = first.size
+    significant: dict[str, np.ndarray] = {}
+    ran_in_group: dict[str, np.ndarray] = {}
+    for adjustment in present:
+        flags = summary[f"significant_{adjustment}"]
+        significant[adjustment] = flags.fillna(False).to_numpy(dtype=bool)
+        ran_in_group[adjustment] = np.bincount(group[flags.notna().to_numpy()], minlength=n_groups) > 0
+    counted: dict[tuple[str, str], np.ndarray] = {}
+
+    def per_group(base: str, adjustment: str) -> np.ndarray:
+        """``(groups,)`` rows significant under both sets (``base`` twice: under the base)."""
+        if (base, adjustment) not in counted:
+            both = significant[base] & significant[adjustment]
+            counted[base, adjustment] = np.bincount(group, weights=both, minlength=n_groups).astype(np.int64)
+        return counted[base, adjustment]
+
     rows = []
-    for (layer, exposure, model), group in summary.groupby(GROUP_KEYS, sort=False):
-        ran = [a for a in present if group[f"significant_{a}"].notna().any()]
+    for index, (layer, exposure, model) in enumerate(summary[GROUP_KEYS].iloc[first].itertuples(index=False)):
+        ran = [a for a in present if ran_in_group[a][index]]
         if len(ran) < 2:
             continue
         base = ran[0]
-        significant_base = group[f"significant_{base}"].fillna(False).to_numpy(dtype=bool)
-        total = int(significant_base.sum())
+        total = int(per_group(base, base)[index])
         for adjustment in ran[1:]:
-            kept = int((significant_base & group[f"significant_{adjustment}"].fillna(False).to_numpy(dtype=bool)).sum())
+            kept = int(per_group(base, adjustment)[index])
             rows.append((layer, exposure, model, base, adjustment, total, kept, 100.0 * kept / total if total else np.nan))
-    return pd.DataFrame(rows, columns=[*GROUP_KEYS, "base", *SURVIVAL_COLUMNS[3:]])
+    return pd.DataFrame(rows, columns=columns)
 
 
 #: The two parts of MaAsLin3's zero-aware model that a joint p-value combines.
