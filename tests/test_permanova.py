@@ -6,6 +6,10 @@ the residual SS 1e-8 relative. P-values: vegan's and ours come from independent 
 permutations, each with standard error sqrt(p (1 - p) / 999); we require |p_ours - p_vegan| <
 4 sqrt(2) SE (+ 1/1000 for the discreteness of p), with p the mean of the two. Internal identities
 (chunked Euclidean = one chunk = distance-matrix path on dist(clr); block splits) hold to 1e-10.
+
+Within strata (``tests/reference/permanova/make_reference_strata.R``, vegan 2.6-4 with permute 0.9-7): vegan is
+given 199 permutations drawn within the strata by ``permute::shuffleSet(how(blocks = ))``, and so are our
+kernels, so the p-value must be equal and every permuted F within 1e-8 relative; SS and F 1e-8 relative.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ import pytest
 from scalable_assoc.stats.permanova import (
     bray_curtis_rows,
     distance_matrix_bytes,
+    distance_observed,
+    distance_permuted,
     euclidean_observed,
     euclidean_permuted,
+    gower_centre,
     permanova_design,
     permanova_distance,
     permanova_euclidean,
@@ -152,3 +159,38 @@ def test_a_design_constant_within_strata_is_never_moved() -> None:
     within = permanova_euclidean(coordinates, None, exposure, 49, seed=2, strata=families)
     free = permanova_euclidean(coordinates, None, exposure, 49, seed=2)
     assert within.f == free.f and within.p == 1.0 and free.p < 1.0
+
+
+STRATA_EXPECTED = pd.read_csv(REFERENCE / "strata_adonis2.csv")
+
+
+@pytest.mark.parametrize("distance", ["bray", "aitchison"])
+def test_the_same_permutations_within_strata_give_vegans_permuted_f_and_p(distance: str) -> None:
+    data = pd.read_csv(REFERENCE / "data_n60.csv")
+    x, clr, _, exposure = _inputs(60, "exp_bin")
+    covariates = data[["cov1", "exp_num"]].to_numpy(float)
+    taken = pd.read_csv(REFERENCE / "strata_permutations.csv", header=None).to_numpy() - 1  # vegan: row i takes P[i]
+    strata = data["cov2"].to_numpy()
+    assert (strata[taken] == strata).all()  # vegan drew them within strata
+    # vegan permutes the Gower matrix, G[P, P]; our kernels permute the rows of the bases, Q[pi], and
+    # trace((Q[pi])' G Q[pi]) = trace(Q' G[pi^-1, pi^-1] Q): pi is the inverse of P.
+    ours = np.argsort(taken, axis=1)
+    design = permanova_design(covariates, exposure)
+    if distance == "bray":
+        gower = gower_centre(_bray(x))
+        observed, permuted = distance_observed(gower, design), distance_permuted(gower, design, ours)
+    else:
+        halves = (clr[:, :13], clr[:, 13:])  # two feature chunks, added as the engine adds store chunks
+        observed = sum(euclidean_observed(half, design) for half in halves)
+        permuted = sum(euclidean_permuted(half, design, ours) for half in halves)
+    result = permanova_from_sums(design, observed, permuted)
+
+    expected = STRATA_EXPECTED.set_index("distance").loc[distance]
+    assert (result.df, result.df_residual, result.permutations) == (expected.df, expected.df_residual, 199)
+    assert result.sum_of_squares == pytest.approx(expected.ss, rel=1e-8)
+    assert result.residual_sum_of_squares == pytest.approx(expected.ss_residual, rel=1e-8)
+    assert result.f == pytest.approx(expected.f, rel=1e-8)
+    assert result.p == expected.p
+    f_vegan = pd.read_csv(REFERENCE / "strata_f_permuted.csv").query("distance == @distance")["f"].to_numpy()
+    f_ours = (permuted[:, 0] / design.df) / ((observed[3] - permuted.sum(axis=1)) / design.df_residual)
+    np.testing.assert_allclose(f_ours, f_vegan, rtol=1e-8)
