@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scalable_assoc.io.store import ABUNDANCE_ZSTD_LEVEL, AbundanceStore, default_chunk_features, open_store, write_store_blocks
+from scalable_assoc.io.store import ABUNDANCE_COMPRESSOR, AbundanceStore, default_chunk_features, open_store, write_store_blocks
 
 
 def simulated_chunk(seed: int, start: int, n_samples: int, n_features: int) -> np.ndarray:
@@ -43,8 +43,7 @@ def _written_as_now(path: Path) -> bool:
     if not metadata.is_file():
         return False
     codecs = json.loads(metadata.read_text()).get("codecs", [])
-    levels = [codec.get("configuration", {}).get("level") for codec in codecs if codec.get("name") == "zstd"]
-    return levels == [ABUNDANCE_ZSTD_LEVEL]
+    return ABUNDANCE_COMPRESSOR.to_dict() in codecs and not any(codec.get("name") == "zstd" for codec in codecs)
 
 
 def write_simulated_store(

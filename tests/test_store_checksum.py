@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 
 from scalable_assoc.io.store import store_checksum, write_store_blocks
@@ -40,22 +41,25 @@ def test_store_checksum_hashes_whole_files_of_arrays_without_crc32c(tmp_path):
     assert len({before, first, store_checksum(tmp_path / "a.zarr")}) == 3
 
 
-def test_a_store_written_at_another_zstd_level_reads_the_same(tmp_path):
-    """Stores converted before the abundance chunks' level changed (zstd level 3) read the same values."""
-    from zarr.codecs import Crc32cCodec, ZstdCodec
+@pytest.mark.parametrize("level", [3, -1])
+def test_a_store_written_with_zstd_reads_the_same(tmp_path, level):
+    """Stores converted before the abundance chunks' codec changed (zstd at level 3, then -1) read the same values."""
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-    from scalable_assoc.io.store import ABUNDANCE_ZSTD_LEVEL, open_store
+    from scalable_assoc.io.store import ABUNDANCE_COMPRESSOR, open_store
 
     values = np.random.default_rng(1).exponential(size=(12, 7))
+    values[values < 0.5] = 0.0
     store = _store(tmp_path / "a.zarr", values)
     codecs = zarr.open_array(store.path / "abundance", mode="r").metadata.codecs
-    assert [codec.level for codec in codecs if isinstance(codec, ZstdCodec)] == [ABUNDANCE_ZSTD_LEVEL]
+    assert [codec for codec in codecs if isinstance(codec, BloscCodec)] == [ABUNDANCE_COMPRESSOR]
+    assert ABUNDANCE_COMPRESSOR.shuffle.value == "noshuffle" and isinstance(codecs[-1], Crc32cCodec)
     group = zarr.open_group(store.path, mode="r+")
     group.create_array(
-        "abundance", data=values, chunks=(12, 3), fill_value=np.nan, compressors=[ZstdCodec(level=3), Crc32cCodec()], overwrite=True
+        "abundance", data=values, chunks=(12, 3), fill_value=np.nan, compressors=[ZstdCodec(level=level), Crc32cCodec()], overwrite=True
     )
     older = open_store(store.path)
-    assert [c.level for c in zarr.open_array(store.path / "abundance", mode="r").metadata.codecs if isinstance(c, ZstdCodec)] == [3]
+    assert [c.level for c in zarr.open_array(store.path / "abundance", mode="r").metadata.codecs if isinstance(c, ZstdCodec)] == [level]
     np.testing.assert_array_equal(older.read_block(0, 7), values)
     np.testing.assert_array_equal(older.read_block(3, 6, np.array([1, 4, 9])), values[[1, 4, 9], 3:6])
 

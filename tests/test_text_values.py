@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,3 +252,80 @@ def test_values_are_parsed_in_the_c_library_heap(tmp_path) -> None:
     held = [values for _, values in text_values.row_values(layout, 1)]
     assert sum(values.nbytes for values in held) == 2000 * 30 * 8
     assert pa.system_memory_pool().bytes_allocated() - before >= 2000 * 30 * 8
+
+
+#: Cells the cast reads (or leaves to the CSV reader): every form of number either reader might take, and near misses.
+CAST_CELLS = [
+    *CELLS,
+    *("0.0011405", "1e-05", "1E-5", "5e+00", "0001.5", "1.7976931348623157e308", "2.2250738585072014e-308", "4.9e-324"),
+    *("0x10", "1_000", "1,5", "1.5.2", "e5", "1e", "-", "+", ".", "+.5", "-1", "-0", "-0.0", "inf", "+inf", "Infinity", "NAN"),
+    *("nan(1)", "NaN", "-nan", "1.#IND", "#N/A", "null", "None", "<NA>", "\u0661", "1\u00a0", "\t", " ", "1 ", " 1"),
+]
+
+
+def _cast_cells(cells: list[str]) -> np.ndarray | None:
+    """The cells of one line ``ID<tab>cells...`` read by the cast (None where it leaves the block to the CSV reader)."""
+    layout = text_values.TextTable(Path("t.tsv"), "\t", 1, len(cells) + 1)
+    text = ("ID\t" + "\t".join(cells) + "\n").encode()
+    try:
+        read = text_values._cast_block(text, layout, 1, None, 0, False)
+    except text_values.Declined:
+        return np.array([])  # refused outright (a negative value): compared with the CSV path's refusal below
+    return None if read is None else read[2].ravel()
+
+
+def _csv_cells(cells: list[str]) -> np.ndarray | None:
+    """The same cells read by the one-column CSV reader and its checks (None where it declines them)."""
+    try:
+        values, missing = text_values._one_column(("\n".join(cells) + "\n").encode(), "\t")
+        return text_values._checked(values, missing, Path("t.tsv"))
+    except (pa.ArrowInvalid, text_values.Declined):
+        return None
+
+
+def test_the_cast_reads_a_cell_as_the_csv_reader_does_or_leaves_it_to_it() -> None:
+    """Each cell the cast reads is the CSV reader's number, bit for bit; a cell it does not take (NA strings, blanks,
+    text, NaN) leaves its block to the CSV reader, and a cell it refuses (negative, infinite) the CSV reader refuses
+    too. Also random strings of the characters numbers are written with."""
+    rng = np.random.default_rng(11)
+    alphabet = list("0123456789.eE+-nNaAiIfF ")
+    fuzz = ["".join(rng.choice(alphabet, rng.integers(1, 9))) for _ in range(3000)]
+    # Numbers at every precision (the last digit decides the rounding), as R, Python and printf write them.
+    drawn = np.exp(rng.uniform(-700, 700, 2000)) * rng.integers(0, 2, 2000)
+    fuzz += [f"{x:{form}}" for x in drawn.tolist() for form in ("", ".17g", ".6g", ".25e", ".30f")][:8000]
+    read = 0
+    for cell in [*CAST_CELLS, *fuzz]:
+        cast, csv = _cast_cells([cell]), _csv_cells([cell])
+        if cast is None:
+            continue
+        if cast.size == 0:
+            assert csv is None, cell
+            continue
+        read += 1
+        assert csv is not None, cell
+        np.testing.assert_array_equal(cast.view(np.int64), csv.view(np.int64), err_msg=cell)
+    assert read > 5000  # the cast read most numbers itself (past 2**63 both refuse)
+    assert _cast_cells(["1.5", "0", "2e-3"]) is not None
+    for other in ("NA", "", "nan", " 4 ", "abc"):
+        assert _cast_cells(["1.5", other]) is None
+
+
+@pytest.mark.parametrize("block", [300, 1 << 20])
+def test_tables_without_missing_cells_are_read_by_the_cast_as_pandas_reads_them(tmp_path, monkeypatch, caplog, block) -> None:
+    """MetaPhlAn (rows of other ranks left out), wide TSV and CSV without missing cells: every block read by the cast,
+    none by the one-column CSV reader, and the stores pandas makes, bit for bit."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", block)
+    numbers = ["0", "1.5", "2e-3", "1E+2", "+3", "0.1", ".5", "7.", "1e-320", "9007199254740993", "0.0011405"]
+    monkeypatch.setattr(sys.modules[__name__], "CELLS", numbers)
+    rng = np.random.default_rng(12)
+    csv_blocks = []
+    original = text_values._one_column
+    monkeypatch.setattr(text_values, "_one_column", lambda *args: csv_blocks.append(1) or original(*args))
+    for table in (
+        _metaphlan(tmp_path / "mpa.tsv", 40, 9, rng),
+        _wide(tmp_path / "w.tsv", 50, 7, rng),
+        _wide(tmp_path / "w.csv", 50, 7, rng, ","),
+    ):
+        fast, pandas = _both(table, tmp_path, monkeypatch, caplog)
+        np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
+    assert not csv_blocks
