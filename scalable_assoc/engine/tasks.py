@@ -554,3 +554,28 @@ def read_and_fit_chunk(
     scheduler releases it; here it is freed as the fit ends.
     """
     return fit_chunk_task(layer, model_block(*block_arguments), feature_ids, design_files, batch, output, covariate_output)
+
+
+#: One chunk of :func:`read_and_fit_chunks`: ``(block_arguments, feature_ids, output, covariate_output)``, the
+#: arguments of :func:`model_block`, the block's kept features and the files of :func:`fit_chunk`. A plain tuple:
+#: Dask finds the futures among the block's arguments (sample positions, per-sample sums) inside tuples and lists.
+SoloChunk = tuple[tuple[object, ...], tuple[str, ...], Path, Path | None]
+
+
+def read_and_fit_chunks(
+    layer: str, design_files: list[Path], batch: tuple[PreparedAnalysis, ...], chunks: list[SoloChunk]
+) -> list[dict[str, float | int | str]]:
+    """:func:`read_and_fit_chunk` for several chunks of one layer with the same designs and analyses, one after another.
+
+    One task for several chunks spares the scheduler and the worker their work
+    per task (a graph entry, messages, state transitions on both sides; the
+    scheduler's runs in the client's process, competing with the workers for
+    the cores). Each chunk's block is read, fitted, written (sealed) and
+    released before the next is read, so the task holds one chunk's memory at a
+    time, and a chunk written before the task died is reused by a rerun.
+    Returns each chunk's :func:`fit_chunk` summary, in order.
+    """
+    return [
+        read_and_fit_chunk(block_arguments, layer, feature_ids, design_files, batch, output, covariate_output)
+        for block_arguments, feature_ids, output, covariate_output in chunks
+    ]
