@@ -10,6 +10,8 @@ from scalable_assoc.io.atomic import write_tsv, write_tsv_table
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
 from scalable_assoc.results.gather import (
     assemble_results,
+    combined_codes,
+    first_appearance,
     first_seen_groups,
     results_frame,
     results_table,
@@ -35,6 +37,19 @@ def _partial() -> pa.Table:
     # a NaN that is not null: the frame reads it as missing, the file must have a null as from the frame
     columns["se"] = pa.array([np.nan, 1.0, 2.0, 3.0, 4.0, 5.0], type=pa.float64())
     return pa.table(columns, schema=PARTIAL_SCHEMA)
+
+
+def test_combined_codes_are_equal_exactly_for_equal_combinations_and_never_overflow():
+    rng = np.random.default_rng(5)
+    for sizes in ([3, 100_000, 4, 2], [2**40, 2**40, 2**40, 5]):  # the second overflows int64 unless compacted
+        columns = [(rng.integers(-1, min(size, 7), 5_000), size) for size in sizes]
+        key = combined_codes(columns)
+        tuples = pd.Series(list(zip(*(codes for codes, _ in columns), strict=True)))
+        expected = tuples.factorize()[0]
+        assert np.array_equal(pd.Series(key).factorize()[0], expected)  # same groups, in order of first appearance
+        assert np.array_equal(first_appearance(key)[0], expected)
+        order = np.lexsort([codes for codes, _ in reversed(columns)])  # the key sorts as the combinations
+        assert np.all(np.diff(key[order]) >= 0)
 
 
 def test_first_seen_groups_match_pandas_ngroup():

@@ -58,15 +58,26 @@ def key_codes(values: pa.ChunkedArray | pa.Array, order: Sequence[str]) -> np.nd
 
 
 def combined_codes(columns: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
-    """``(m,)`` int64: one code per distinct combination of the columns' codes.
+    """``(m,)`` int64: codes equal exactly where the combinations of the columns' codes are equal.
 
     Each column is ``(codes, size)`` with codes in ``[-1, size)`` (-1 a value of its
-    own, such as missing). The key is compacted after each column, so it never
-    overflows however many columns and values there are.
+    own, such as missing). The key is the codes read as digits of a mixed-radix
+    number, whose order is that of the combinations (first column first); it is
+    compacted (replaced by its rank among the distinct keys, the same order) only
+    before a column that could overflow it, so it never overflows however many
+    columns and values there are. Compacting is a sort of every row, which the
+    usual few columns of a results table never need (the caller's
+    :func:`first_appearance` sorts once anyway): 0.4 s of the gather at 100,000
+    features, when every column compacted the key.
     """
     key = np.zeros(len(columns[0][0]) if columns else 0, dtype=np.int64)
+    bound = 1  # the key's values are in [0, bound)
     for codes, size in columns:
-        key = np.unique(key * (size + 1) + codes + 1, return_inverse=True)[1].reshape(-1)
+        if bound * (size + 1) >= 2**62:
+            key = np.unique(key, return_inverse=True)[1].reshape(-1)
+            bound = int(key.max()) + 1 if key.size else 1
+        key = key * (size + 1) + codes + 1
+        bound *= size + 1
     return key
 
 
