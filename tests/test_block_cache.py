@@ -9,7 +9,7 @@ from typing import cast
 import numpy as np
 
 from scalable_assoc.engine.prepare import PreparedAnalysis
-from scalable_assoc.engine.tasks import ModelBlock, design_carriers
+from scalable_assoc.engine.tasks import PRESENCE_SLAB_ROWS, ModelBlock, design_carriers
 from scalable_assoc.models.ols import prepare_block
 
 
@@ -49,3 +49,16 @@ def test_carrier_counts_are_those_of_the_rows() -> None:
             expected = np.count_nonzero(present[analysis.exposure == 1], axis=0) if analysis.binary else np.full(7, -1)
             assert np.array_equal(counted, expected)
             assert counted.dtype == np.int64
+
+
+def test_present_counts_are_exact_over_slabs_of_rows_and_for_large_weights() -> None:
+    rng = np.random.default_rng(5)
+    n = 2 * PRESENCE_SLAB_ROWS + 300  # a partial last slab
+    block = ModelBlock(np.zeros((n, 9)), rng.random((n, 9)) < 0.4)
+    weights = rng.integers(0, 4, size=(5, n))
+    assert np.array_equal(block.present_counts(weights), weights @ block.present.astype(np.int64))
+    # Row sums beyond float32's whole numbers (2**24): counted in float64, still exact.
+    large = rng.integers(0, 2**22, size=(2, n))
+    assert float(large.sum(axis=1).max()) >= 2**24
+    assert np.array_equal(block.present_counts(large), large @ block.present.astype(np.int64))
+    assert block.present_counts(np.zeros((0, n), dtype=np.int64)).shape == (0, 9)

@@ -14,7 +14,7 @@ from scalable_assoc.engine.outputs import FinishedChunks
 from scalable_assoc.engine.run import run_study
 from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.results.columns import PARTIAL_SCHEMA
-from scalable_assoc.results.gather import concat_chunks, read_chunks
+from scalable_assoc.results.gather import ENCODED_PARTIAL_SCHEMA, concat_chunks, read_chunks
 from scalable_assoc.simulate import SimulatedStudy
 
 
@@ -34,7 +34,8 @@ def test_chunks_are_gathered_in_task_order_whenever_they_were_read(tmp_path: Pat
     assert sorted(finished.tables) == ["c0", "c2"]
     write_parquet(tasks[3].rows_file(tmp_path), _chunk("c3", 1))
     gathered = concat_chunks([finished.table(t) for t in tasks])
-    assert gathered.equals(read_chunks([t.rows_file(tmp_path) for t in tasks]))
+    assert gathered.schema == ENCODED_PARTIAL_SCHEMA  # label columns as the files' dictionaries, decoded in plan order
+    assert gathered.cast(PARTIAL_SCHEMA).equals(read_chunks([t.rows_file(tmp_path) for t in tasks]))
     assert gathered["feature"].to_pylist() == ["c00", "c01", "c20", "c21", "c22", "c30"]
     assert not finished.tables  # each chunk's rows are handed over once
     tasks[3].rows_file(tmp_path).unlink()

@@ -10,7 +10,7 @@ import pandas as pd
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from scalable_assoc.engine.run import run_study
+from scalable_assoc.engine.run import WORK_DIR, _SoloFits, chunks_per_task, run_study
 from scalable_assoc.simulate import SimulatedStudy
 
 PLUGIN = "count-fit-updates"
@@ -35,7 +35,8 @@ def test_fits_that_read_their_own_block_reach_the_scheduler_in_one_update(
     dask_cluster.scheduler.add_plugin(counter, name=PLUGIN)  # the session cluster's scheduler runs in this process
     try:
         # One batch per model and layer: each block view has a single reader, which reads the block itself.
-        solo = run_study(small_study.plan_path, tmp_path / "solo", client=client, chunk_features=16, analyses_per_task=1000)
+        # Small chunks: enough of them per layer and batch (16 for the cluster's 2 threads) for several to share a task.
+        solo = run_study(small_study.plan_path, tmp_path / "solo", client=client, chunk_features=4, analyses_per_task=1000)
         solo_updates, counter.updates = counter.updates, []
         # Two analyses per batch: every block view has several readers and is a task of its own, each fit submitted after it.
         shared = run_study(small_study.plan_path, tmp_path / "shared", client=client, chunk_features=16, analyses_per_task=2)
@@ -43,7 +44,42 @@ def test_fits_that_read_their_own_block_reach_the_scheduler_in_one_update(
         dask_cluster.scheduler.remove_plugin(name=PLUGIN)
     submitted = [key for update in solo_updates for key in update]
     assert len(solo_updates) == 1, f"{len(solo_updates)} graph updates held fit tasks"
-    assert len(submitted) == len(set(submitted)) == solo.chunks_total > 10  # every chunk fitted once (none was resumed)
+    assert len(submitted) == len(set(submitted))
+    # Several chunks of a layer and batch share a task while many are left: fewer tasks than chunks, none resumed.
+    assert solo.chunks_reused == 0 and solo.chunks_total > 10
+    assert len(submitted) < solo.chunks_total
+    assert len(list((tmp_path / "solo" / WORK_DIR / "chunks").glob("*.parquet"))) == solo.chunks_total
     assert len(counter.updates) == shared.chunks_total
     # Each fit got its own chunk's arguments: the same rows as from fits that read a block task.
     assert_results_equal(pd.read_parquet(tmp_path / "shared" / "results.parquet"), pd.read_parquet(tmp_path / "solo" / "results.parquet"))
+
+
+def test_chunks_per_task_go_from_large_to_single_chunks_and_cover_every_chunk() -> None:
+    for n_chunks in (0, 1, 7, 16, 183, 1000):
+        for threads in (0, 1, 2, 8):
+            sizes = chunks_per_task(n_chunks, threads, most=4)
+            assert sum(sizes) == n_chunks
+            assert all(1 <= size <= 4 for size in sizes)
+            assert sizes == sorted(sizes, reverse=True)  # the small tasks last: the threads run out of work together
+            if n_chunks >= 16 * max(threads, 1):
+                assert sizes[0] == 4 and sizes[-1] == 1
+    assert chunks_per_task(7, 2) == [1] * 7  # too few chunks to share tasks
+
+
+class _Held:
+    """Stands for a batch's future: tasks compare batches by key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def test_solo_fits_share_a_task_only_with_the_same_layer_designs_and_batch() -> None:
+    solo = _SoloFits()
+    designs = [Path("designs/a.npz")]
+    for i in range(40):
+        layer, batch = ("species", "batch-1") if i < 36 else ("pathways", "batch-2")
+        solo.add(f"fit-{i}", i, layer, designs, _Held(batch), ((i,), (f"f{i}",), Path(f"{i}.parquet"), None))  # type: ignore[arg-type]
+    tasks = solo.tasks(threads=2)
+    assert [fit.key for fits in tasks for fit in fits] == [f"fit-{i}" for i in range(40)]  # every chunk once, in order
+    assert all(len({(fit.layer, fit.batch.key) for fit in fits}) == 1 for fits in tasks)
+    assert len(tasks[0]) == 4 and len(tasks) < 40

@@ -192,14 +192,14 @@ class FinishedChunks:
     def read(self, task: ChunkTask) -> None:
         """Read the rows file of a chunk whose task finished (the file is complete: it was renamed into place before)."""
         try:
-            self.tables[task.chunk_id] = read_chunk(task.rows_file(self.chunks_dir))
+            self.tables[task.chunk_id] = read_chunk(task.rows_file(self.chunks_dir), encoded_labels=True)
         except (OSError, pa.ArrowException) as error:  # a shared filesystem may show the file later; the gather reads it again
             logger.debug("chunk %s not read after its fit (%s); the gather reads it", task.chunk_id, error)
 
     def table(self, task: ChunkTask) -> pa.Table:
-        """The chunk's rows (:data:`~scalable_assoc.results.columns.PARTIAL_SCHEMA`), read now if they were not read before."""
+        """The chunk's rows, labels encoded (:data:`~scalable_assoc.results.gather.ENCODED_PARTIAL_SCHEMA`), read now if not before."""
         table = self.tables.pop(task.chunk_id, None)
-        return table if table is not None else read_chunk(task.rows_file(self.chunks_dir))
+        return table if table is not None else read_chunk(task.rows_file(self.chunks_dir), encoded_labels=True)
 
 
 def write_outputs(

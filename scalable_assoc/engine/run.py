@@ -2,12 +2,14 @@
 
 On top of what every pass builds (:mod:`scalable_assoc.engine.graph`: held
 inputs, shared designs, model views of blocks, the filter of
-:mod:`scalable_assoc.engine.filters`), a run submits one task per chunk::
+:mod:`scalable_assoc.engine.filters`), a run submits a task per chunk::
 
     fit-<chunk id>-<run> block i x a batch of analyses -> chunks/<chunk id>.parquet (atomic, sealed)
 
 whose model block (a task of its own, kept on the worker that computed it)
-is read by the fit task itself when the chunk is the block view's only reader.
+is read by the fit task itself when the chunk is the block view's only reader;
+such chunks of a layer and batch share tasks, one after another, while many
+are left (:class:`_SoloFits`), each still its own file.
 
 A chunk file that already exists, sealed, was finished by an earlier,
 interrupted run of the same plan on the same inputs; its task is not submitted
@@ -48,7 +50,7 @@ from scalable_assoc.engine.outputs import FinishedChunks, RunSummary, remove_out
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
-from scalable_assoc.engine.tasks import MODEL_VIEWS, fit_chunk_task, forget_designs, read_and_fit_chunk
+from scalable_assoc.engine.tasks import MODEL_VIEWS, SoloChunk, fit_chunk_task, forget_designs, read_and_fit_chunks
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.errors import ClusterFailure, PlanError, UserInputError
 from scalable_assoc.io.atomic import remove_sealed, seal, sealed, write_json, write_parquet
@@ -451,7 +453,8 @@ def _fit_chunks(
             views = {MODEL_VIEWS[task.analyses[0].key.model] for task in layer_pending}
             held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], views)
             groups += _block_groups(held, layer_pending)
-    workers = _place_groups(client.nthreads() if placed else {}, groups)
+    threads = client.nthreads()
+    workers = _place_groups(threads if placed else {}, groups)
     started: set[int] = set()
     blocks: dict[int, distributed.Future] = {}
     batches: dict[tuple[str, tuple[str, ...]], distributed.Future] = {}
@@ -469,7 +472,7 @@ def _fit_chunks(
         if group.shared_block():
             blocks[position] = group.held.submit_block(client, group.index, group.view, workers[position])
 
-    fit_futures: dict[distributed.Future, ChunkTask] = {}
+    fit_futures: dict[distributed.Future, list[ChunkTask]] = {}
     solo = _SoloFits()
     for position, group in enumerate(groups):
         # A block, and the next one, go out before the block's fits: a second worker reads the next block while this
@@ -478,24 +481,27 @@ def _fit_chunks(
         start_group(position + 1)
         fit_futures |= _submit_fits(client, group, blocks.pop(position, None), workers[position], work / "chunks", designs, batches, solo)
         # Its fits now hold the block: with no reference left here, the scheduler frees it once they are done.
-    fit_futures |= solo.submit(client)
+    fit_futures |= solo.submit(client, sum(threads.values()))
     for task in resumed:  # while the first fits run
         finished.read(task)
     for future in watch.completed(fit_futures):
-        progress.chunk_done()
-        if future.status == "finished":
-            finished.read(fit_futures[future])
-    for future, task in fit_futures.items():
+        for task in fit_futures[future]:
+            progress.chunk_done()
+            if future.status == "finished":
+                finished.read(task)
+    for future, chunks in fit_futures.items():
         if future.status == "finished":
             continue  # its result (a few numbers) stays on its worker: fetching it was one round trip per chunk
         try:
             future.result()  # re-raise a task's error here
         except KilledWorker:
+            task, more = chunks[0], len(chunks) - 1
             raise ClusterFailure(
                 f"the task of chunk {task.chunk_id} (layer '{task.layer}', features {task.start}-{task.stop - 1}, "
-                f"{len(task.analyses)} analyses) ended every worker that ran it, as running out of memory does; give the "
-                "workers more memory, or fewer features per chunk (--chunk-features on a new --out); the chunks already "
-                "finished are kept and a rerun resumes"
+                f"{len(task.analyses)} analyses) ended every worker that ran it"
+                f"{f' (it fits {more} more chunk(s) of the layer after this one)' if more else ''}, as running out of memory "
+                "does; give the workers more memory, or fewer features per chunk (--chunk-features on a new --out); the chunks "
+                "already finished are kept and a rerun resumes"
             ) from None
 
 
@@ -615,13 +621,13 @@ def _submit_fits(
     designs: DesignFiles,
     batches: dict[tuple[str, tuple[str, ...]], distributed.Future],
     solo: _SoloFits,
-) -> dict[distributed.Future, ChunkTask]:
-    """Submit the fit tasks of one block view (writing the design files they name): each fit future with its task.
+) -> dict[distributed.Future, list[ChunkTask]]:
+    """Submit the fit tasks of one block view (writing the design files they name): each fit future with its chunk.
 
     A block view read by several chunks is a task of its own (``block``), whose
     fits run beside it, on ``worker`` when placed (see :func:`_place_groups`); one
     read by a single chunk (``block`` None) is read by that chunk's task
-    (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`), added to ``solo``
+    (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunks`), added to ``solo``
     to be submitted with the others (:class:`_SoloFits`). ``batches`` holds the
     batches of analyses already placed on the cluster, by layer and analysis ids.
     """
@@ -630,32 +636,74 @@ def _submit_fits(
     # Fit keys name the output folder too: two runs of one plan into two folders on one
     # cluster must not share tasks, since each task writes into its own run's folder.
     run_token = hashlib.sha256(str(chunks_dir).encode()).hexdigest()[:12]
-    futures: dict[distributed.Future, ChunkTask] = {}
+    futures: dict[distributed.Future, list[ChunkTask]] = {}
     chunks_dir.mkdir(parents=True, exist_ok=True)
     for task in group.tasks:
         if not layer_filter.kept[task.block_index].any():
             _write_empty_chunk(task, chunks_dir)
             continue
         used = list(dict.fromkeys(a.design_key for a in task.analyses))
-        # fit_chunk_task's arguments after the layer's name and the block
-        after_block = (
-            layer_filter.kept_ids[task.block_index],
-            [designs.get(layer, k) for k in used],
-            _held_batch(client, group, task, worker, batches),
-            task.rows_file(chunks_dir),
-            task.covariates_file(chunks_dir),
-        )
+        design_files = [designs.get(layer, k) for k in used]
+        batch = _held_batch(client, group, task, worker, batches)
+        feature_ids = layer_filter.kept_ids[task.block_index]
         key = f"fit-{task.chunk_id}-{run_token}"
         if block is None:
             # The block view's only reader reads it itself: one task instead of two, and no block held between them.
-            solo.add(key, task, (held.block_arguments(task.block_index, group.view), layer.spec.name, *after_block))
+            chunk = (
+                held.block_arguments(task.block_index, group.view),
+                feature_ids,
+                task.rows_file(chunks_dir),
+                task.covariates_file(chunks_dir),
+            )
+            solo.add(key, task, layer.spec.name, design_files, batch, chunk)
         else:
-            futures[client.submit(fit_chunk_task, layer.spec.name, block, *after_block, key=key, **on_worker(worker))] = task
+            arguments = (feature_ids, design_files, batch, task.rows_file(chunks_dir), task.covariates_file(chunks_dir))
+            futures[client.submit(fit_chunk_task, layer.spec.name, block, *arguments, key=key, **on_worker(worker))] = [task]
     return futures
 
 
+#: Chunks one fit task reads and fits at most (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunks`).
+CHUNKS_PER_TASK = 4
+#: Tasks per worker thread that each task size leaves at least (:func:`chunks_per_task`).
+TASKS_PER_THREAD = 4
+
+
+def chunks_per_task(n_chunks: int, threads: int, most: int = CHUNKS_PER_TASK) -> list[int]:
+    """Sizes of the tasks fitting ``n_chunks`` chunks, in submission order: largest first, the last ones a chunk each.
+
+    Each task takes ``1 / (TASKS_PER_THREAD x threads)`` of the chunks still left,
+    between 1 and ``most``: few tasks while there is much to do (less of the
+    scheduler's and workers' work per task), single chunks at the end so that
+    the threads run out of work together (a large last task would keep one busy
+    while the others wait). ``threads``: the cluster's worker threads (at least 1 counted).
+    """
+    sizes: list[int] = []
+    left = n_chunks
+    while left > 0:
+        size = max(1, min(most, left // (TASKS_PER_THREAD * max(threads, 1))))
+        sizes.append(size)
+        left -= size
+    return sizes
+
+
+@dataclass(frozen=True)
+class _SoloFit:
+    """A chunk whose fit task reads its block itself: its Dask key, chunk, and the arguments of ``read_and_fit_chunks``."""
+
+    key: str
+    task: ChunkTask
+    layer: str
+    design_files: list[Path]
+    batch: distributed.Future
+    chunk: SoloChunk
+
+    def shares_task_with(self, other: _SoloFit) -> bool:
+        """Whether one task can fit both chunks: the same layer, designs and batch of analyses."""
+        return self.layer == other.layer and self.design_files == other.design_files and self.batch.key == other.batch.key
+
+
 class _SoloFits:
-    """Fit tasks that read their block themselves (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunk`), submitted together.
+    """Fit tasks that read their block themselves (:func:`~scalable_assoc.engine.tasks.read_and_fit_chunks`), submitted together.
 
     Each ``Client.submit`` is a graph update of its own, which the scheduler
     handles in the client's process (2-3 ms of its CPU each, 0.46 s of 183 fits
@@ -663,22 +711,44 @@ class _SoloFits:
     ``Client.map`` of all of them is one update; it keeps their order as their
     priority, as separate submissions did. They hold no block between tasks, so
     submitting them after every shared block's fits changes no memory bound.
+    Consecutive chunks of one layer, designs and batch share a task, several
+    while many are left (:func:`chunks_per_task`): fewer tasks for the scheduler
+    and the workers to handle, each still holding one block at a time.
     """
 
     def __init__(self) -> None:
-        self.keys: list[str] = []
-        self.tasks: list[ChunkTask] = []
-        self.arguments: list[tuple[object, ...]] = []
+        self.fits: list[_SoloFit] = []
 
-    def add(self, key: str, task: ChunkTask, arguments: tuple[object, ...]) -> None:
-        """One fit: its Dask key, its chunk and the arguments of ``read_and_fit_chunk``."""
-        self.keys.append(key)
-        self.tasks.append(task)
-        self.arguments.append(arguments)
+    def add(self, key: str, task: ChunkTask, layer: str, design_files: list[Path], batch: distributed.Future, chunk: SoloChunk) -> None:
+        """One chunk's fit: its Dask key, its chunk, and its arguments of ``read_and_fit_chunks`` (``chunk`` its own part)."""
+        self.fits.append(_SoloFit(key, task, layer, design_files, batch, chunk))
 
-    def submit(self, client: Client) -> dict[distributed.Future, ChunkTask]:
-        """Submit every fit added (none: nothing), in the order added; each future with its chunk."""
-        if not self.keys:
+    def tasks(self, threads: int) -> list[list[_SoloFit]]:
+        """The fits added, in order, cut into tasks of :func:`chunks_per_task` sizes (also where designs or batch change)."""
+        grouped: list[list[_SoloFit]] = []
+        sizes = iter(chunks_per_task(len(self.fits), threads))
+        size = 0
+        for fit in self.fits:
+            if not grouped or len(grouped[-1]) >= size or not fit.shares_task_with(grouped[-1][0]):
+                grouped.append([])
+                size = next(sizes, 1)
+            grouped[-1].append(fit)
+        return grouped
+
+    def submit(self, client: Client, threads: int) -> dict[distributed.Future, list[ChunkTask]]:
+        """Submit every fit added (none: nothing), in the order added, ``threads`` the cluster's; each future with its chunks.
+
+        A task's key is its first chunk's.
+        """
+        grouped = self.tasks(threads)
+        if not grouped:
             return {}
-        futures = client.map(read_and_fit_chunk, *zip(*self.arguments, strict=True), key=self.keys)
-        return dict(zip(futures, self.tasks, strict=True))
+        futures = client.map(
+            read_and_fit_chunks,
+            [fits[0].layer for fits in grouped],
+            [fits[0].design_files for fits in grouped],
+            [fits[0].batch for fits in grouped],
+            [[fit.chunk for fit in fits] for fits in grouped],
+            key=[fits[0].key for fits in grouped],
+        )
+        return {future: [fit.task for fit in fits] for future, fits in zip(futures, grouped, strict=True)}

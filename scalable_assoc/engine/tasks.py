@@ -124,9 +124,9 @@ class ModelBlock:
 
     A block held on a worker is read by several fit tasks there (one per batch
     of analyses), so what they derive from it alike is derived once per worker,
-    on first use, and kept with the block (:meth:`prepared`,
-    :meth:`present_counts`). Those caches stay on their worker: a block moved
-    to another worker travels without them (see ``__getstate__``).
+    on first use, and kept with the block (:meth:`prepared`). That cache stays
+    on its worker: a block moved to another worker travels without it (see
+    ``__getstate__``).
     """
 
     values: np.ndarray
@@ -136,7 +136,7 @@ class ModelBlock:
         # What Dask's ``sizeof`` reports to the scheduler (see :func:`array_bytes`).
         prepared = self.__dict__.get(_PREPARED)
         extra = (prepared.values, prepared.__dict__.get("squares")) if prepared is not None else ()
-        return array_bytes(self.values, self.present, self.__dict__.get(_PRESENT_FLOATS), *extra)
+        return array_bytes(self.values, self.present, *extra)
 
     def __getstate__(self) -> dict[str, np.ndarray]:
         # Only the fields: a copy on another worker derives its own caches rather than receiving them.
@@ -156,20 +156,33 @@ class ModelBlock:
     def present_counts(self, weights: np.ndarray) -> np.ndarray:
         """``(r, m)`` int64: ``weights @ present``, for ``(r, N)`` whole-number row weights (participants counted per row).
 
-        One product for all the carrier counts of a task. Exact: the sums are
-        whole numbers no larger than the weights' row sums, which the floating
-        type holds exactly (float32 up to 2**24, float64 beyond); the float copy
-        of ``present`` is made once per block.
+        One product for all the carrier counts of a task, over slabs of
+        :data:`PRESENCE_SLAB_ROWS` rows of ``present`` made floating one at a
+        time into a buffer that stays in cache: a float copy of the whole block
+        (17 MB at 7,656 x 546) cost as much to write and read back as the
+        product itself, and its fresh pages to fault in. Exact in any order of
+        summation: every partial sum is a whole number no larger than the
+        weights' row sums, which the floating type holds exactly (float32 up to
+        2**24, float64 beyond).
         """
-        floats = self.__dict__.get(_PRESENT_FLOATS)
         exact_float32 = weights.size == 0 or float(weights.sum(axis=1).max()) < 2**24
-        if floats is None or (floats.dtype == np.float32 and not exact_float32):
-            floats = self.__dict__[_PRESENT_FLOATS] = self.present.astype(np.float32 if exact_float32 else np.float64)
-        return np.rint(weights.astype(floats.dtype) @ floats).astype(np.int64)
+        dtype = np.float32 if exact_float32 else np.float64
+        n, m = self.present.shape
+        row_weights = weights.astype(dtype)
+        counts = np.zeros((weights.shape[0], m), dtype=dtype)
+        slab = np.empty((min(PRESENCE_SLAB_ROWS, n), m), dtype=dtype)
+        for start in range(0, n, PRESENCE_SLAB_ROWS):
+            stop = min(start + PRESENCE_SLAB_ROWS, n)
+            rows = slab[: stop - start]
+            np.copyto(rows, self.present[start:stop])
+            counts += row_weights[:, start:stop] @ rows
+        return np.rint(counts).astype(np.int64)
 
 
-#: Where :class:`ModelBlock` keeps its worker-local caches (instance attributes outside its fields).
-_PREPARED, _PRESENT_FLOATS = "_prepared", "_present_floats"
+#: Rows of a block's presence made floating at a time for :meth:`ModelBlock.present_counts` (2 MB of float32 at 546 features).
+PRESENCE_SLAB_ROWS = 1024
+#: Where :class:`ModelBlock` keeps its worker-local cache (an instance attribute outside its fields).
+_PREPARED = "_prepared"
 
 
 def model_block(
@@ -554,3 +567,28 @@ def read_and_fit_chunk(
     scheduler releases it; here it is freed as the fit ends.
     """
     return fit_chunk_task(layer, model_block(*block_arguments), feature_ids, design_files, batch, output, covariate_output)
+
+
+#: One chunk of :func:`read_and_fit_chunks`: ``(block_arguments, feature_ids, output, covariate_output)``, the
+#: arguments of :func:`model_block`, the block's kept features and the files of :func:`fit_chunk`. A plain tuple:
+#: Dask finds the futures among the block's arguments (sample positions, per-sample sums) inside tuples and lists.
+SoloChunk = tuple[tuple[object, ...], tuple[str, ...], Path, Path | None]
+
+
+def read_and_fit_chunks(
+    layer: str, design_files: list[Path], batch: tuple[PreparedAnalysis, ...], chunks: list[SoloChunk]
+) -> list[dict[str, float | int | str]]:
+    """:func:`read_and_fit_chunk` for several chunks of one layer with the same designs and analyses, one after another.
+
+    One task for several chunks spares the scheduler and the worker their work
+    per task (a graph entry, messages, state transitions on both sides; the
+    scheduler's runs in the client's process, competing with the workers for
+    the cores). Each chunk's block is read, fitted, written (sealed) and
+    released before the next is read, so the task holds one chunk's memory at a
+    time, and a chunk written before the task died is reused by a rerun.
+    Returns each chunk's :func:`fit_chunk` summary, in order.
+    """
+    return [
+        read_and_fit_chunk(block_arguments, layer, feature_ids, design_files, batch, output, covariate_output)
+        for block_arguments, feature_ids, output, covariate_output in chunks
+    ]
