@@ -31,7 +31,7 @@ import pytest
 from scalable_assoc.engine.clusters import cluster_codes
 from scalable_assoc.engine.prepare import prepare_study
 from scalable_assoc.engine.run import run_study
-from scalable_assoc.io.metadata import complete_rows, covariate_columns, reference_levels
+from scalable_assoc.io.metadata import CovariateValues, complete_rows, constant_covariates, covariate_columns, reference_levels
 from scalable_assoc.models import factorise_covariates, fit_exposure_slopes
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.stats.multitest import benjamini_hochberg, benjamini_hochberg_grouped
@@ -89,6 +89,45 @@ covariates:
 adjustments:
   base: [age, sex, site]
 """
+
+
+def test_levels_and_constant_covariates_from_shared_codes_match_pandas_on_every_subset() -> None:
+    """One CovariateValues serves many participant subsets (its columns' codes computed once): each subset's levels,
+    dummies and constant columns are those pandas' unique finds among that subset alone."""
+    rng = np.random.default_rng(7)
+    n = 60
+    data = pd.DataFrame(
+        {
+            "site": rng.choice(["b", "a", "c", "nan"], n),
+            "sex": rng.choice(["male", "female"], n),
+            "zero": rng.choice([0.0, -0.0], n),  # one value for pandas: -0.0 equals 0.0
+            "dose": rng.choice([1.0, 2.0, np.nan], n),
+        }
+    )
+    values = CovariateValues(data)
+    subsets = [np.arange(n), np.flatnonzero(data["site"] == "a"), np.flatnonzero(data["site"] != "b")[:7], np.array([3]), np.array([], int)]
+    subsets += [np.flatnonzero(data["dose"].isna()), np.flatnonzero(data["dose"] == 2.0)]
+    for rows in subsets:
+        expected = {}
+        for column in ("site", "sex", "zero", "dose"):
+            cells = data[column].astype(str).to_numpy()[rows] if column in ("site", "sex") else data[column].to_numpy(float)[rows]
+            distinct = pd.unique(cells)
+            if len(distinct) == 1:
+                expected[column] = str(distinct[0])
+        assert constant_covariates(values, ("site", "sex", "zero", "dose"), ("site", "sex"), rows) == expected
+        if rows.size == 0:
+            continue
+        matrix, names = covariate_columns(values, ("site", "sex"), ("site", "sex"), rows, {"site": "c"})
+        site_levels = sorted(pd.unique(data["site"].to_numpy()[rows]))
+        reference = "c" if "c" in site_levels else site_levels[0]
+        others = [level for level in site_levels if level != reference]
+        assert names[1 : 1 + len(others)] == tuple(f"site[{level}]" for level in others)
+        for position, level in enumerate(others, start=1):
+            np.testing.assert_array_equal(matrix[:, position], (data["site"].to_numpy()[rows] == level).astype(float))
+        assert reference_levels(values, ("site",), ("site",), rows, {"site": "c"}) == (f"site[{reference}]",)
+        alone, alone_names = covariate_columns(data, ("site", "sex"), ("site", "sex"), rows, {"site": "c"})  # codes of its own
+        assert names == alone_names
+        np.testing.assert_array_equal(matrix, alone)
 
 
 def test_covariate_columns_name_the_levels_other_than_the_reference() -> None:
