@@ -50,7 +50,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from suite_whole_run import SCRIPT_GROUPS, ingested_plan, limma_check, limma_study, script_group  # noqa: E402
+from suite_whole_run import SCRIPT_GROUPS, console_script, ingested_plan, limma_check, limma_study, script_group  # noqa: E402
 
 FULL = {
     "reference": {"participants": 7656, "species": 400, "pathways": 650, "statsmodels_sample": 1000, "lm_sample": 8},
@@ -169,7 +169,7 @@ def run_cli(plan: Path, out: Path, log: Path, workers: int | None = None, report
     """``scalable-assoc run`` into a fresh output folder; without the HTML report unless ``report`` (its time is in bench_report.py)."""
     if out.exists():
         shutil.rmtree(out)
-    command = [shutil.which("scalable-assoc") or "scalable-assoc", "run", str(plan), "--out", str(out)]
+    command = [console_script(), "run", str(plan), "--out", str(out)]
     if not report:
         command.append("--no-report")
     if workers:
@@ -866,6 +866,7 @@ def markdown(report: dict) -> str:
         "(for a CLI run: the client, scheduler and nannies), largest child the largest Dask worker. `other load`: cores used by",
         "other processes on the machine during the case. `inner` is the computation alone, timed inside the process (best of 3).",
         f"The package's bytecode was compiled first ({report.get('bytecode_compiled', 0)} modules), as pip does on install.",
+        f"CLI runs start `{console_script()}` (the console script beside the interpreter, not a version manager's shim).",
         f"Suite total {report['suite_seconds']:.0f} s.",
         "",
         "| case | what | wall s | CPU s | peak MB: tree (main, largest child) | other load | inner / result | aim |",
