@@ -654,10 +654,6 @@ def main(argv: list[str] | None = None) -> int:
     _start_worker_server(args)  # before any heavy import, this module's below included
     if argv is None and args.command == "run":
         _import_run_modules()
-    if args.command == "run":
-        from scalable_assoc.engine.worker_server import check_worker_server
-
-        check_worker_server()  # a server started before dask's configuration was read is stopped if that asks for others
     from scalable_assoc.errors import ClusterFailure, Terminated
     from scalable_assoc.io.runstate import PACKAGE_LOGGER, FolderInUse
 

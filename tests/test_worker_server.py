@@ -35,64 +35,6 @@ def test_the_worker_server_starts_without_distributed_and_with_its_settings() ->
     assert str(seen["environ"].get("OPENBLAS_NUM_THREADS")) == "1", "the server's BLAS runs one thread, as the nannies set it"
 
 
-_AHEAD_OF_DASK = """
-import json, os, sys
-from scalable_assoc.engine.worker_server import WORKER_PRELOAD, check_worker_server, start_worker_server
-started = start_worker_server(WORKER_PRELOAD)
-imported = sorted(name for name in ("dask", "distributed") if name in sys.modules)
-import multiprocessing.forkserver
-server = multiprocessing.forkserver._forkserver._forkserver_pid
-with open(f"/proc/{server}/environ", "rb") as handle:
-    given = dict(item.split(b"=", 1) for item in handle.read().split(b"\\0") if b"=" in item)
-from numpy._core.multiarray import _get_madvise_hugepage
-own_pages = _get_madvise_hugepage()  # NumPy's own setting, read as it was imported (NUMPY_MADVISE_HUGEPAGE)
-import dask  # noqa: F401
-check_worker_server()
-kept = multiprocessing.forkserver._forkserver._forkserver_pid == server
-from scalable_assoc.engine.cluster import local_cluster
-cluster, client = local_cluster(1, preload=WORKER_PRELOAD)
-try:
-    seen = next(iter(client.run(lambda: {n: os.environ.get(n) for n in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")}).values()))
-    parents = set(client.run(os.getppid).values())
-finally:
-    client.close()
-    cluster.close()
-print(json.dumps({
-    "started": started, "imported": imported, "kept": kept, "own_pages": own_pages, "worker": seen,
-    "forked_from_first": parents == {server},
-    "server": {k.decode(): v.decode() for k, v in given.items() if k.decode() in ("MALLOC_ARENA_MAX", "OPENBLAS_NUM_THREADS")},
-}))
-"""
-
-
-def _ahead_of_dask(home: Path) -> dict:
-    """The script above in a fresh process whose dask configuration is read from ``home``/.config/dask only."""
-    environ = {name: value for name, value in _ENV.items() if not name.startswith(("DASK_", "MALLOC_", "OPENBLAS_", "OMP_", "NUMPY_"))}
-    environ["HOME"] = str(home)
-    done = subprocess.run([sys.executable, "-c", _AHEAD_OF_DASK], capture_output=True, text=True, timeout=180, env=environ, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def test_the_worker_server_starts_before_dask_is_imported_and_is_kept_when_dask_asks_for_nothing_else(tmp_path: Path) -> None:
-    seen = _ahead_of_dask(tmp_path)
-    assert seen["started"] is True
-    assert seen["imported"] == [], "starting the server imported dask in this process"
-    assert seen["server"] == {"MALLOC_ARENA_MAX": "1", "OPENBLAS_NUM_THREADS": "1"}, "the server has the workers' environment"
-    assert seen["own_pages"] is True, "this process's NumPy was imported with its own environment, not the workers'"
-    assert seen["kept"] and seen["forked_from_first"], "the server started ahead matches dask's configuration: the workers come from it"
-    assert seen["worker"] == {"MALLOC_TRIM_THRESHOLD_": str(256 * 2**20), "MALLOC_ARENA_MAX": "1"}
-
-
-def test_a_worker_server_started_before_dask_is_replaced_when_dask_is_configured_otherwise(tmp_path: Path) -> None:
-    folder = tmp_path / ".config" / "dask"
-    folder.mkdir(parents=True)
-    (folder / "workers.yaml").write_text("distributed:\n  nanny:\n    pre-spawn-environ:\n      MALLOC_TRIM_THRESHOLD_: 12345\n")
-    seen = _ahead_of_dask(tmp_path)
-    assert seen["started"] is True and seen["imported"] == []
-    assert not seen["kept"] and not seen["forked_from_first"], "the server started with distributed's defaults was stopped"
-    assert seen["worker"] == {"MALLOC_TRIM_THRESHOLD_": "12345", "MALLOC_ARENA_MAX": "1"}, "the workers have the configured setting"
-
-
 def test_a_run_from_the_command_line_exits_0_with_its_output_and_leaves_no_process(small_study: SimulatedStudy, tmp_path: Path) -> None:
     out = tmp_path / "out"
     command = [

@@ -11,14 +11,11 @@ those :func:`~scalable_assoc.engine.cluster.local_cluster` gives the nannies.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
-import signal
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 #: What the workers of a local cluster started for a run import as they start: the task functions and their kernels.
 WORKER_PRELOAD = ("scalable_assoc.engine.tasks",)
@@ -63,9 +60,7 @@ def _distributed_default(key: str) -> dict:
         return {}
     import yaml
 
-    # libyaml's loader where PyYAML has it: 1.5 ms rather than 30 ms for this file, as a command begins.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    value: object = yaml.load((Path(next(iter(spec.submodule_search_locations))) / "distributed.yaml").read_text(), Loader=loader)
+    value: object = yaml.safe_load((Path(next(iter(spec.submodule_search_locations))) / "distributed.yaml").read_text())
     for part in key.split("."):
         value = value.get(part, {}) if isinstance(value, dict) else {}
     return dict(value) if isinstance(value, dict) else {}
@@ -79,15 +74,9 @@ def worker_environ() -> dict:
     """
     import dask.config
 
-    check_worker_server()  # a server started ahead with other settings: this process's environment put back first
-    return _worker_environ({**_distributed_default(_PRE_SPAWN), **(dask.config.get(_PRE_SPAWN, default={}) or {})}, os.environ)
-
-
-def _worker_environ(configured: Mapping[str, Any], environment: Mapping[str, str]) -> dict:
-    """:func:`worker_environ` from dask's setting ``configured`` and this process's ``environment``."""
-    environ = dict(configured)
+    environ = {**_distributed_default(_PRE_SPAWN), **(dask.config.get(_PRE_SPAWN, default={}) or {})}
     for name, ours in {**WORKER_MALLOC, **WORKER_PAGES}.items():
-        given = environment.get(name, environ.get(name))
+        given = os.environ.get(name, environ.get(name))
         if given is None or (name == "MALLOC_TRIM_THRESHOLD_" and int(given) == _DISTRIBUTED_TRIM_DEFAULT):
             environ[name] = ours
         else:
@@ -118,100 +107,21 @@ def start_worker_server(preload: Sequence[str] = ()) -> bool:
     same ``preload``) forks its workers from it at once. The server is the one
     :func:`worker_start_method` would start, with the environment the nannies
     would give it (BLAS threads, glibc thresholds, NumPy's pages; this process's
-    own NumPy is imported with its own environment, so it keeps its settings). Nothing is started
+    own NumPy is imported first, so it keeps its settings). Nothing is started
     (False) where workers are not forked (a start method other than
     distributed's default configured, or no fork server, as on Windows). A
     server that listens on a private socket only, and ends with this process.
-
-    Before dask is imported (as a command begins), the server starts with
-    distributed's defaults, without reading dask's configuration: importing
-    dask (and NumPy) first took 0.2-0.25 s of the command's first 0.35 s on the
-    reference machine, all that time with the second core idle; the server now
-    starts some 0.1 s after the command. :func:`check_worker_server` (called by the cluster's
-    start, and by the CLI once its imports are done) compares the server's
-    settings with dask's configuration and stops a server that does not match
-    it, so the cluster starts one that does. ``DASK_*`` variables in the
-    environment (configuration at hand) are read at once.
     """
     import multiprocessing.forkserver
 
-    global _started_ahead
-    environment = dict(os.environ)
-    if "dask" in sys.modules or any(name.startswith("DASK_") for name in environment):
-        if not worker_start_method(preload):
-            return False
-        environ = _as_text(worker_environ())
-    else:
-        if "forkserver" not in multiprocessing.get_all_start_methods():
-            return False
-        _set_server_preload(preload)
-        environ = _as_text(_worker_environ(_distributed_default(_PRE_SPAWN), environment))
-        _started_ahead = (environ, environment)
+    import numpy  # noqa: F401  # before the workers' environment is set here, so this process keeps its BLAS threads and pages
+
+    if not worker_start_method(preload):
+        return False
     # All of it (BLAS threads too), not only ours: the nannies set the rest only when the cluster starts, after the server.
-    os.environ.update(environ)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        # This process's NumPy (imported here if not yet, 0.1 s after the server's start rather than before it) keeps its
-        # BLAS threads and pages: imported with this process's own environment, which then holds the workers' settings,
-        # as the nannies would leave it, for what is imported after.
-        if "numpy" not in sys.modules:
-            _put_back(environ, environment)
-            import numpy  # noqa: F401
-
-            os.environ.update(environ)
+    os.environ.update({name: str(value) for name, value in worker_environ().items()})
+    multiprocessing.forkserver.ensure_running()
     return True
-
-
-#: The environment of a server started before dask's configuration was read, and this process's environment before it;
-#: None once :func:`check_worker_server` compared them with dask's configuration (or when no server started that way).
-_started_ahead: tuple[dict[str, str], dict[str, str]] | None = None
-
-
-def check_worker_server() -> None:
-    """Stop a fork server :func:`start_worker_server` started before reading dask's configuration if that asks for other settings.
-
-    A start method other than ``spawn`` or a ``distributed.nanny.pre-spawn-environ``
-    giving the workers another environment (a dask configuration file): the server
-    is stopped and this process's environment put back as it was, so the cluster
-    starts as it would without a server started ahead (a new server, with the
-    configured settings, at the first worker's start; or the configured method).
-    Nothing to do (at once) for a server started with dask's configuration read,
-    or already checked.
-    """
-    global _started_ahead
-    if _started_ahead is None:
-        return
-    started, environment = _started_ahead
-    _started_ahead = None
-    import multiprocessing.forkserver
-
-    import dask.config
-
-    method = dask.config.get("distributed.worker.multiprocessing-method", default="spawn")
-    configured = {**_distributed_default(_PRE_SPAWN), **(dask.config.get(_PRE_SPAWN, default={}) or {})}
-    if method == "spawn" and _as_text(_worker_environ(configured, environment)) == started:
-        return
-    server: Any = multiprocessing.forkserver._forkserver  # type: ignore[attr-defined]  # the module's one server (private)
-    pid = server._forkserver_pid
-    if pid is not None:
-        with contextlib.suppress(OSError):  # it ended already
-            os.kill(pid, signal.SIGKILL)  # still importing, it would notice a closed pipe only once done
-        server._stop()  # closes its pipe, waits for it and forgets it: the next worker's start starts a new one
-    _put_back(started, environment)
-
-
-def _put_back(names: Iterable[str], environment: Mapping[str, str]) -> None:
-    """Set each of ``names`` in this process's environment as in ``environment`` (removed where it is not there)."""
-    for name in names:
-        if name in environment:
-            os.environ[name] = environment[name]
-        else:
-            os.environ.pop(name, None)
-
-
-def _as_text(environ: Mapping[str, object]) -> dict[str, str]:
-    return {name: str(value) for name, value in environ.items()}
 
 
 def worker_start_method(preload: Sequence[str] = ()) -> dict[str, str]:
@@ -233,27 +143,18 @@ def worker_start_method(preload: Sequence[str] = ()) -> dict[str, str]:
 
     import dask.config
 
-    check_worker_server()
     method = dask.config.get("distributed.worker.multiprocessing-method", default="spawn")
     if method != "spawn" or "forkserver" not in multiprocessing.get_all_start_methods():
         return {}
     setting = {"distributed.worker.multiprocessing-method": "forkserver"}
+    context = multiprocessing.get_context("forkserver")
     if "distributed" in sys.modules:  # by the cluster's start; before it (start_worker_server) distributed is not imported yet
         from distributed.utils import get_mp_context
 
         with dask.config.set(setting):
             get_mp_context()  # sets distributed's own preload list, once per process: replaced by ours next
-    _set_server_preload(preload)
-    return setting
-
-
-def _set_server_preload(preload: Sequence[str]) -> None:
-    """What a fork server imports as it starts: :mod:`scalable_assoc.engine.server_preload` (distributed and
-    :data:`WORKER_PRELOAD` with the garbage collector paused), distributed, ``preload``.
-
-    Read when the server starts (the first worker's start), not by a server already running.
-    """
-    import multiprocessing
-
+    # Read when the server starts (the first worker's start), not by a server already running.
+    # scalable_assoc.engine.server_preload imports distributed and WORKER_PRELOAD with the garbage collector paused.
     server_preload = ["scalable_assoc.engine.server_preload", "distributed", *preload]
-    multiprocessing.get_context("forkserver").set_forkserver_preload(server_preload)  # type: ignore[attr-defined]  # a forkserver context's
+    context.set_forkserver_preload(server_preload)  # type: ignore[attr-defined]  # a forkserver context's method
+    return setting
