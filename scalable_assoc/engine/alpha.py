@@ -42,11 +42,10 @@ from distributed import Client
 
 from scalable_assoc.engine.graph import layer_token
 from scalable_assoc.engine.prepare import LayerWork, PreparedAnalysis, PreparedStudy
-from scalable_assoc.engine.tasks import ModelBlock, SharedDesign, fit_chunk
+from scalable_assoc.engine.tasks import ModelBlock, fit_chunk, shared_design
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
-from scalable_assoc.models.design import factorise_covariates
 from scalable_assoc.results.alpha_names import ALPHA_LAYER_PREFIX as ALPHA_LAYER_PREFIX
 from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE, alpha_column, alpha_layer_name
 from scalable_assoc.results.alpha_names import is_alpha_layer as is_alpha_layer
@@ -126,11 +125,7 @@ def fit_alpha(study: PreparedStudy, layer: LayerWork, metrics: dict[str, np.ndar
     values = np.column_stack([metrics[name] for name in names]) if names else np.zeros((len(layer.sample_positions), 0))
     block = ModelBlock(values, ~np.isnan(values))
     folder.mkdir(parents=True, exist_ok=True)
-    designs = {
-        key: SharedDesign(key, design.rows, factorise_covariates(design.matrix, design.names), design.clusters)
-        for key, design in layer.designs.items()
-        if any(a.design_key == key for a in analyses)
-    }
+    designs = {key: shared_design(design) for key, design in layer.designs.items() if any(a.design_key == key for a in analyses)}
     # fit_chunk takes analyses of one kind per call: categorical exposures apart from the others.
     paths = []
     for i, batch in enumerate(group for group in ([a for a in analyses if not a.levels], [a for a in analyses if a.levels]) if group):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from scalable_assoc.engine.prepare import PreparedAnalysis, read_design
+from scalable_assoc.engine.prepare import DesignInput, PreparedAnalysis, read_design
 from scalable_assoc.io.atomic import seal, write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
@@ -237,7 +237,11 @@ def factorise(path: Path) -> SharedDesign:
     Designs travel as files on the shared filesystem, not through the scheduler:
     at biobank scale each is participants x covariates doubles.
     """
-    design = read_design(Path(path))
+    return shared_design(read_design(Path(path)))
+
+
+def shared_design(design: DesignInput) -> SharedDesign:
+    """Rank check and QR of one design in memory (``rows``, ``(n, k)`` covariates ``matrix``): the form fits take."""
     return SharedDesign(design.key, design.rows, factorise_covariates(design.matrix, design.names), design.clusters)
 
 
