@@ -350,3 +350,14 @@ def test_a_cold_cache_reads_the_table_beside_its_checksum(tmp_path, monkeypatch,
 
     with pytest.raises(ValueError, match="boom"):  # raised once the checksum is done
         ingest.checksum_beside(table, failing_first_pass)
+
+
+@pytest.mark.parametrize("layer", ["gut brain: modules", "[species]*", ".hidden", "../up"])
+def test_a_layers_store_is_a_plain_file_of_the_cache_whatever_its_name(tmp_path, small_study: SimulatedStudy, layer: str) -> None:
+    """The plan refuses names that could leave the output folder; any name from Python still labels a file inside the
+    cache, and a second call finds and reuses it (glob characters in the name are not a pattern)."""
+    table, cache = small_study.out_dir / "species.tsv", tmp_path / "cache"
+    cold, _ = ingest.layer_store(table, "auto", "species", cache, layer, None)
+    assert cold.path.parent == cache and not cold.path.name.startswith(".") and "/" not in cold.path.name
+    warm, _ = ingest.layer_store(table, "auto", "species", cache, layer, None)
+    assert warm.path == cold.path and [p.name for p in tmp_path.iterdir()] == ["cache"]

@@ -348,3 +348,19 @@ def test_an_allowed_run_records_it_and_sumstats_reopens_the_plan_the_same_way(
     code = main(["sumstats", str(out), "--cohort", "c1", "--out", str(tmp_path / "c1.parquet")])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "c1.parquet").is_file()
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "sub/escaped", "..", ".escaped", "a\\escaped", "line\nescaped"])
+def test_a_layer_name_that_could_leave_the_output_folder_is_refused(
+    study: Path, tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    plan_path = study / "plan.yaml"
+    plan = yaml.safe_load(plan_path.read_text())
+    layers = plan["data"]["layers"]
+    layers[name] = layers.pop("pathways")  # the layer's converted store was written to <cache>/<name>-...
+    plan_path.write_text(yaml.safe_dump(plan))
+    message = run_fails(plan_path, capsys)
+    assert "key 'data.layers." in message and "layer name" in message
+    assert not [p for p in tmp_path.rglob("*escaped*")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -128,6 +129,16 @@ def _new_layer_folder(store: Path, layer: str) -> Path:
     return store / layer
 
 
+def _file_label(layer: str) -> str:
+    """``layer`` as part of a file name in the cache: letters, digits, '-', '_' and '.' kept, anything else '-'.
+
+    The plan refuses names that could leave the folder; this keeps any other name (a space, a colon) a plain file
+    name too. Two layers whose labels coincide share a store only if their tables' checksums, rank and options do.
+    """
+    label = "".join(c if c.isalnum() or c in "-_." else "-" for c in layer)
+    return label if label and not label.startswith(".") else f"-{label}"
+
+
 def layer_store(
     source: Path,
     fmt: str,
@@ -188,11 +199,12 @@ def layer_store(
     # No store of this layer at all: the table is converted whatever its checksum, so the reader's first pass runs
     # beside the checksum. Otherwise the checksum first, as a converted store is most likely there to be reused.
     first_read = None
-    if not any(cache_dir.glob(f"{layer}-*-{name}")):
+    label = _file_label(layer)
+    if not any(cache_dir.glob(f"{glob.escape(label)}-*-{glob.escape(name)}")):
         checksum, first_read = checksum_beside(source, stream)
     else:
         checksum = file_checksum(source)
-    destination = cache_dir / f"{layer}-{checksum[:16]}-{name}"
+    destination = cache_dir / f"{label}-{checksum[:16]}-{name}"
     state = sealed(destination)
     if state:
         return open_store(destination), checksum

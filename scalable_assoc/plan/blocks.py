@@ -158,6 +158,20 @@ def parse_threshold(source: Path, key: str, raw: Any) -> float:
     return float(raw)
 
 
+def _check_layer_name(source: Path, key: str, name: object) -> None:
+    """Refuse a layer name that could not name files inside the output folder.
+
+    A layer's name labels the files a run writes for it (its converted store in the run's cache); a plan may come
+    from another site, so a name such as ``../../x`` must not reach outside the folder the user gave.
+    """
+    text = str(name)
+    if not text or text.startswith(".") or any(c in "/\\" or ord(c) < 32 for c in text):
+        raise PlanError(
+            f"{location(source, key)}: a layer name may not be empty, start with '.', or hold '/', '\\' or control "
+            f"characters (it labels files in the output folder), got {text!r}"
+        )
+
+
 def parse_layers(
     source: Path, raw: Any, preprocess: Preprocess, models: tuple[str, ...], threshold: float, allow_outside: bool = False
 ) -> tuple[LayerSpec, ...]:
@@ -167,6 +181,7 @@ def parse_layers(
     layers = []
     for name, value in raw.items():
         key = f"data.layers.{name}"
+        _check_layer_name(source, key, name)
         if isinstance(value, str):
             value = {"path": value}
         value = checked_mapping(
