@@ -235,10 +235,9 @@ def row_blocks(
         lines = _data_lines(text, table.path)
         del text
         rows = len(lines)
-        if keep is not None:
-            if offset + rows > len(keep):
-                raise Declined(f"{table.path.name}: more rows than the first pass")
-            lines = [line for line, kept in zip(lines, keep[offset : offset + rows].tolist(), strict=True) if kept]
+        chosen = _kept_in_block(keep, offset, rows, table.path)
+        if chosen is not None:
+            lines = [line for line, kept in zip(lines, chosen.tolist(), strict=True) if kept]
         if not lines:
             return rows, [] if with_ids else None, np.empty((0, width))
         ids = [(line[: line.find(sep)] if sep in line else line).decode("utf-8") for line in lines] if with_ids else None
@@ -297,13 +296,9 @@ def _cast_block(
         or not (codes[ends[n_fields - 1 :: n_fields]] == ord("\n")).all()
     ):
         return None
-    chosen = None
-    if keep is not None:
-        if offset + rows > len(keep):
-            raise Declined(f"{table.path.name}: more rows than the first pass")
-        chosen = keep[offset : offset + rows]
-        if not chosen.any():
-            return rows, [] if with_ids else None, np.empty((0, n_fields - first))
+    chosen = _kept_in_block(keep, offset, rows, table.path)
+    if chosen is not None and not chosen.any():
+        return rows, [] if with_ids else None, np.empty((0, n_fields - first))
     parsed = np.ones((rows, n_fields), dtype=bool)
     parsed[:, :first] = False
     if chosen is not None:
@@ -332,14 +327,22 @@ def _cast_block(
         return None
     ids = None
     if with_ids:
-        starts = np.concatenate(([0], ends[n_fields - 1 :: n_fields][:-1] + 1)).tolist()
-        id_ends = ends[::n_fields].tolist()
-        ids = [
-            text[start:end].decode("utf-8")
-            for start, end, kept in zip(starts, id_ends, chosen if chosen is not None else [True] * rows, strict=True)
-            if kept
-        ]
+        starts = np.concatenate(([0], ends[n_fields - 1 :: n_fields][:-1] + 1))  # of each line
+        id_ends = ends[::n_fields]
+        if chosen is not None:
+            starts, id_ends = starts[chosen], id_ends[chosen]
+        ids = [text[start:end].decode("utf-8") for start, end in zip(starts.tolist(), id_ends.tolist(), strict=True)]
     return rows, ids, _checked(values, 0, table.path)
+
+
+def _kept_in_block(keep: np.ndarray | None, offset: int, rows: int, path: Path) -> np.ndarray | None:
+    """``(rows,)`` bool: which of a block's ``rows`` data rows, the first ``offset`` rows of the table before it, ``keep``
+    selects; None without ``keep`` (every row). Declines a block that goes past the first pass's rows."""
+    if keep is None:
+        return None
+    if offset + rows > len(keep):
+        raise Declined(f"{path.name}: more rows than the first pass")
+    return keep[offset : offset + rows]
 
 
 def _numbered(blocks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
