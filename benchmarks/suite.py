@@ -183,6 +183,28 @@ def run_cli(plan: Path, out: Path, log: Path, workers: int | None = None, report
     return measured
 
 
+#: Whole runs of the reference and limma groups, each repeated: this VM's speed drifts 20-30% within minutes.
+WHOLE_RUN_REPEATS = 3
+
+
+def median_cli_run(plan: Path, out: Path, log: Path, repeats: int = WHOLE_RUN_REPEATS) -> dict:
+    """:func:`run_cli` ``repeats`` times (each into a fresh folder: a cold run converts again); the run of median wall time.
+
+    The median, not the best: a run is what a user waits for, and one fast minute of the machine should not decide an
+    aim. Every run's wall time is kept (``walls_s``) for the table.
+    """
+    runs = sorted((run_cli(plan, out, log) for _ in range(repeats)), key=lambda r: r["wall_s"])
+    median = dict(runs[len(runs) // 2])
+    median["walls_s"] = [r["wall_s"] for r in runs]
+    return median
+
+
+def repeats_text(case: dict) -> str:
+    """The spread of a repeated whole run, e.g. "median of 3: 3.10-3.42 s"."""
+    walls = case.get("walls_s", [case["wall_s"]])
+    return f"median of {len(walls)}: {min(walls):.2f}-{max(walls):.2f} s"
+
+
 # ---------------------------------------------------------------------------------------
 # Python cases (each in its own process)
 # ---------------------------------------------------------------------------------------
@@ -547,15 +569,14 @@ def run_suite(args: argparse.Namespace) -> dict:
             simulate_study(folder / "study", participants=ref["participants"], n_species=ref["species"], n_pathways=ref["pathways"])
         plan = folder / "study" / "plan.yaml"
         say("reference: CLI run, cold (TSV -> Zarr conversion included)")
-        cases["ref_cli_cold"] = run_cli(plan, folder / "out", log)
+        cases["ref_cli_cold"] = median_cli_run(plan, folder / "out", log)
         say("reference: CLI run, cold, with the HTML report")
         cases["ref_cli_cold_report"] = run_cli(plan, folder / "out", log, report=True)
         say("reference: the three tables into one store (ingest --layer), then a second plan on it")
         stores_plan, cases["ref_ingest"] = ingested_plan(
             folder / "study", folder / "study.zarr", folder / "plan-stores.yaml", lambda command: measure(command, log)
         )
-        warm = [run_cli(stores_plan, folder / "out-stores", log) for _ in range(2)]
-        cases["ref_cli_warm"] = min(warm, key=lambda r: r["wall_s"])
+        cases["ref_cli_warm"] = median_cli_run(stores_plan, folder / "out-stores", log)
         say("reference: our kernel, one process")
         cases["ref_kernel"] = run_case("kernel", {"folder": str(folder)}, log, data)
         say("reference: numpy floor")
@@ -624,7 +645,7 @@ def run_suite(args: argparse.Namespace) -> dict:
         say(f"limma_cli: simulating {spec['species']:,} species x {spec['participants']:,} participants, no missing values")
         plan = limma_study(folder, spec["participants"], spec["species"])
         say("limma_cli: our CLI, cold (TSV in, every output written)")
-        cases["limma_cli_ours"] = run_cli(plan, folder / "out", log)
+        cases["limma_cli_ours"] = median_cli_run(plan, folder / "out", log)
         cases["limma_cli_export"] = run_case("limma_export", {"folder": str(folder)}, log, data)
         # The rows a run keeps (species), as the conversion parses only those.
         parse_params = {"tables": [str(folder / "study" / "species.tsv")], "rank_prefix": "s__"}
@@ -903,7 +924,8 @@ def markdown(report: dict) -> str:
             "reference",
             "`scalable-assoc run --no-report`, cold (start-up, TSV -> Zarr, fits, FDR, outputs), 2 workers",
             c["ref_cli_cold"],
-            f"statsmodels loop / this: {r['statsmodels_over_cli_cold']:.1f}x; {phases(c['ref_cli_cold'])}",
+            f"{repeats_text(c['ref_cli_cold'])}; statsmodels loop / this: {r['statsmodels_over_cli_cold']:.1f}x; "
+            f"{phases(c['ref_cli_cold'])}",
             aim_cell("cold") + "; " + aim_cell("cold_statsmodels"),
         )
         row(
@@ -920,9 +942,9 @@ def markdown(report: dict) -> str:
         )
         row(
             "reference",
-            "`scalable-assoc run`, a second plan on the converted store, new output folder (best of 2)",
+            "`scalable-assoc run`, a second plan on the converted store, new output folder",
             c["ref_cli_warm"],
-            phases(c["ref_cli_warm"]),
+            f"{repeats_text(c['ref_cli_warm'])}; {phases(c['ref_cli_warm'])}",
             aim_cell("warm"),
         )
         row(
@@ -964,7 +986,7 @@ def markdown(report: dict) -> str:
             f"`scalable-assoc run`, cold, species layer ({exported['r_features']:,} features kept, no missing values), "
             f"{exported['r_analyses']} analyses, 2 workers",
             c["limma_cli_ours"],
-            phases(c["limma_cli_ours"]),
+            f"{repeats_text(c['limma_cli_ours'])}; {phases(c['limma_cli_ours'])}",
         )
         parse_floor_row("limma_cli", "the kept rows'", c.get("limma_cli_parse_floor"))
         if "limma_cli_encode_floor" in c:
