@@ -329,3 +329,42 @@ def test_tables_without_missing_cells_are_read_by_the_cast_as_pandas_reads_them(
         fast, pandas = _both(table, tmp_path, monkeypatch, caplog)
         np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
     assert not csv_blocks
+
+
+def _ids_line_by_line(text: bytes, layout: text_values.TextTable) -> tuple[list[str], bool]:
+    """The first pass as it was: every data line split off (``_data_lines``), its ID cut and its separators counted."""
+    sep = layout.separator.encode()
+    lines = text_values._data_lines(text, layout.path)
+    ids = [(line if sep not in line else line[: line.find(sep)]).decode("utf-8") for line in lines]
+    return ids, all(line.count(sep) + 1 == layout.n_fields for line in lines)
+
+
+def test_the_first_pass_finds_the_ids_and_widths_of_splitting_line_by_line() -> None:
+    """``_block_ids`` finds the lines where they are: the same IDs, width verdict and declined blocks as splitting them."""
+    rng = np.random.default_rng(5)
+    pieces = ["a", "s__x", "é", " ", "\t", "1", "0.5", "", "\r", "NA"]
+    layout = text_values.TextTable(Path("t.tsv"), "\t", 1, 3)
+    compared = declined = 0
+    for _ in range(4000):
+        lines = []
+        for _ in range(rng.integers(1, 6)):
+            fields = ["".join(rng.choice(pieces, rng.integers(0, 3))) for _ in range(rng.choice([1, 2, 3, 3, 3, 4]))]
+            lines.append("\t".join(fields) + ("\r\n" if rng.random() < 0.2 else "\n"))
+        text = "".join(lines).replace("\r\t", "\t").replace("\r\r", "\r")
+        if rng.random() < 0.3:
+            text = text.removesuffix("\n")
+        try:
+            data = text_values._check_text(text.encode(), layout.path)
+        except text_values.Declined:
+            continue
+        try:
+            expected = _ids_line_by_line(data, layout)
+        except text_values.Declined:
+            with pytest.raises(text_values.Declined):
+                text_values._block_ids(data, layout, [], True)
+            declined += 1
+            continue
+        ids: list[str] = []
+        assert (ids, text_values._block_ids(data, layout, ids, True)) == expected, data
+        compared += 1
+    assert compared > 1000 and declined > 100

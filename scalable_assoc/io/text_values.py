@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.table_text import check_row_lengths, count_byte, open_binary
+from scalable_assoc.io.table_text import check_row_lengths, open_binary
 from scalable_assoc.process_memory import map_large_allocations
 
 logger = logging.getLogger(__name__)
@@ -133,21 +133,49 @@ def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
         A line pandas might split or read otherwise (:func:`_data_lines`), an ID that is missing
         (an NA string), holds a ``"`` or is not UTF-8.
     """
-    sep = table.separator.encode()
     ids: list[str] = []
     widths_match = True
     try:
         for text in _text_blocks(table):
-            for line in _data_lines(text, table.path):
-                cut = line.find(sep)
-                ids.append((line if cut < 0 else line[:cut]).decode("utf-8"))
-                if widths_match and count_byte(line, sep[0]) + 1 != table.n_fields:
-                    widths_match = False
+            widths_match = _block_ids(text, table, ids, widths_match)
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
     if _NA.intersection(ids):
         raise Declined(f"{table.path.name}: a missing ID")
     return ids, widths_match
+
+
+#: Bytes a line of blanks may start with (``bytes.isspace``; a line end is never a line's first byte).
+_BLANKS = frozenset(b" \t\r\x0b\x0c")
+
+
+def _block_ids(text: bytes, table: TextTable, ids: list[str], widths_match: bool) -> bool:
+    """Append the first field of each of ``text``'s data lines (:func:`_data_lines`' lines) to ``ids``; return whether
+    ``widths_match`` and every such line has ``table.n_fields`` fields.
+
+    The lines are found where they are in ``text`` (NumPy finds the line ends, one compare finds the separators for
+    the counts), never split into copies: splitting and counting line by line took 0.15 s of the first pass over the
+    307 MB MetaPhlAn table, beside 0.1 s to read it. :class:`Declined` for a line of blanks, as :func:`_data_lines`.
+    """
+    codes = np.frombuffer(text, dtype=np.uint8)
+    sep = table.separator.encode()
+    separators = codes == sep[0] if widths_match else None
+    ends = np.flatnonzero(codes == ord("\n")).tolist()
+    if not text.endswith(b"\n"):
+        ends.append(len(text))
+    start = 0
+    for end in ends:
+        # _check_text leaves a carriage return only before a line end: the line is read without it.
+        stop = end - 1 if end > start and text[end - 1] == ord("\r") else end
+        if stop > start:
+            if text[start] in _BLANKS and text[start:stop].isspace():
+                raise Declined(f"{table.path.name}: a line of blanks")
+            cut = text.find(sep, start, stop)
+            ids.append(text[start : cut if cut >= 0 else stop].decode("utf-8"))
+            if separators is not None and int(np.count_nonzero(separators[start:stop])) + 1 != table.n_fields:
+                separators, widths_match = None, False
+        start = end + 1
+    return widths_match
 
 
 def checked_row_ids(table: TextTable, row_word: str) -> list[str] | None:
