@@ -119,13 +119,14 @@ def _source(path: Path) -> IO[bytes]:
     return open_binary(path)
 
 
-def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
+def row_ids_and_widths(table: TextTable, smallest: list[float] | None = None) -> tuple[list[str], bool]:
     """The first field of every data row, as pandas reads it with ``dtype=str`` (a MetaPhlAn clade, a HUMAnN row
     name), and whether every data row has exactly ``table.n_fields`` fields, from one pass over the text.
 
     Fields are counted as :func:`~scalable_assoc.io.table_text.check_row_lengths` counts them (separators + 1 on
     the same lines), so True means that check would pass: a reader need not read the file again for it. False
     (some row differs) says nothing more: the check then runs, to name the first such line in its words.
+    ``smallest``, if given, gets each data row's :func:`_smallest_in_exponent_form` (a guess of its smallest value).
 
     Raises
     ------
@@ -137,7 +138,7 @@ def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
     widths_match = True
     try:
         for text in _text_blocks(table):
-            widths_match = _block_ids(text, table, ids, widths_match)
+            widths_match = _block_ids(text, table, ids, widths_match, smallest)
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
     if _NA.intersection(ids):
@@ -149,9 +150,10 @@ def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
 _BLANKS = frozenset(b" \t\r\x0b\x0c")
 
 
-def _block_ids(text: bytes, table: TextTable, ids: list[str], widths_match: bool) -> bool:
+def _block_ids(text: bytes, table: TextTable, ids: list[str], widths_match: bool, smallest: list[float] | None = None) -> bool:
     """Append the first field of each of ``text``'s data lines (:func:`_data_lines`' lines) to ``ids``; return whether
-    ``widths_match`` and every such line has ``table.n_fields`` fields.
+    ``widths_match`` and every such line has ``table.n_fields`` fields. ``smallest``, if given, gets each line's
+    :func:`_smallest_in_exponent_form`.
 
     The lines are found where they are in ``text`` (NumPy finds the line ends, one compare finds the separators for
     the counts), never split into copies: splitting and counting line by line took 0.15 s of the first pass over the
@@ -164,6 +166,8 @@ def _block_ids(text: bytes, table: TextTable, ids: list[str], widths_match: bool
     if not text.endswith(b"\n"):
         ends.append(len(text))
     start = 0
+    values_from: list[int] = []  # where each data line's values start (its first separator), and where it ends
+    line_stops: list[int] = []
     for end in ends:
         # _check_text leaves a carriage return only before a line end: the line is read without it.
         stop = end - 1 if end > start and text[end - 1] == ord("\r") else end
@@ -174,11 +178,57 @@ def _block_ids(text: bytes, table: TextTable, ids: list[str], widths_match: bool
             ids.append(text[start : cut if cut >= 0 else stop].decode("utf-8"))
             if separators is not None and int(np.count_nonzero(separators[start:stop])) + 1 != table.n_fields:
                 separators, widths_match = None, False
+            values_from.append(cut if cut >= 0 else stop)
+            line_stops.append(stop)
         start = end + 1
+    if smallest is not None:
+        smallest.extend(_smallest_in_exponent_form(text, codes, np.array(values_from), np.array(line_stops), sep))
     return widths_match
 
 
-def checked_row_ids(table: TextTable, row_word: str) -> list[str] | None:
+def _smallest_in_exponent_form(text: bytes, codes: np.ndarray, values_from: np.ndarray, stops: np.ndarray, sep: bytes) -> list[float]:
+    """Per line (values ``text[values_from[i]:stops[i]]``), the smallest value > 0 written with a negative exponent
+    (``5.04825e-07``), inf where there is none: a guess of the line's smallest value, never trusted as it.
+
+    Why: the store's per-sample sums with the half-minimum pseudocount need the table's smallest value, known
+    otherwise only after the last block; a MetaPhlAn table's falls late (in the 307 MB species table, in the
+    seventh of ten blocks) and the blocks before are read back from the store (0.5 s at the end of its conversion).
+    Tables print their smallest values with exponents (``%g``, Python, R), so NumPy finds ``e-`` and the
+    exponents, and only the fields with a line's largest exponent are read. The store checks the guess against the
+    values it writes and reads blocks back as before where it is wrong.
+    """
+    least = np.full(len(stops), np.inf)
+    if not len(stops):
+        return least.tolist()
+    marks = np.flatnonzero(codes[:-3] == ord("e"))
+    marks = marks[codes[marks + 1] == ord("-")]
+    tens, units = codes[marks + 2].astype(np.int64) - ord("0"), codes[marks + 3].astype(np.int64) - ord("0")
+    digits = (tens >= 0) & (tens <= 9) & (units >= 0) & (units <= 9)  # two digits at least (a third is read below)
+    marks, exponents = marks[digits], (tens * 10 + units)[digits]
+    after = codes[np.minimum(marks + 4, codes.size - 1)].astype(np.int64) - ord("0")
+    third = (marks + 4 < codes.size) & (after >= 0) & (after <= 9)
+    exponents[third] = exponents[third] * 10 + after[third]
+    lines = np.searchsorted(stops, marks)  # the line whose stop is the first at or after the mark
+    inside = (lines < len(stops)) & (marks > values_from[np.minimum(lines, len(stops) - 1)])
+    marks, exponents, lines, third = marks[inside], exponents[inside], lines[inside], third[inside]
+    if not marks.size:
+        return least.tolist()
+    largest = np.full(len(stops), -1)
+    np.maximum.at(largest, lines, exponents)
+    chosen = exponents == largest[lines]
+    for mark, line, third_digit in zip(marks[chosen].tolist(), lines[chosen].tolist(), third[chosen].tolist(), strict=True):
+        first = text.rfind(sep, 0, mark) + 1
+        last = mark + (5 if third_digit else 4)
+        try:
+            value = float(text[first:last])
+        except ValueError:
+            continue
+        if 0 < value < least[line]:
+            least[line] = value
+    return least.tolist()
+
+
+def checked_row_ids(table: TextTable, row_word: str, smallest: list[float] | None = None) -> list[str] | None:
     """The data rows' first fields read here (:func:`row_ids_and_widths`), or None where pandas must read them;
     either way every row's field count is checked against the header's.
 
@@ -186,10 +236,11 @@ def checked_row_ids(table: TextTable, row_word: str) -> list[str] | None:
     (:func:`~scalable_assoc.io.table_text.check_row_lengths`, ``row_word`` naming the rows in its message) then
     names the first such line. It accepts rows all one field longer than the header (R's header without a
     row-name column), which this fast path would read shifted by one sample while pandas reads them as it does
-    (for MetaPhlAn and HUMAnN tables: refused in pandas' words).
+    (for MetaPhlAn and HUMAnN tables: refused in pandas' words). ``smallest`` as :func:`row_ids_and_widths` fills it
+    (complete only when IDs are returned).
     """
     try:
-        ids, widths_match = row_ids_and_widths(table)
+        ids, widths_match = row_ids_and_widths(table, smallest)
     except Declined as why:
         logger.debug("%s: row IDs read by pandas (%s)", table.path, why)
         ids, widths_match = None, False
