@@ -228,3 +228,55 @@ def test_block_sums_and_feature_summary_are_their_definitions_bit_for_bit():
     logs = np.log(np.where(positive, block, 1.0))
     assert log_positive.tobytes() == logs.sum(axis=1).tobytes()
     assert np.array_equal(counted, positive.sum(axis=1)) and np.array_equal(observed, (~np.isnan(block)).sum(axis=1))
+
+
+@pytest.mark.parametrize(("written", "read_back"), [("1e-09", 0), ("0.000000001", 7)])
+def test_a_metaphlan_tables_smallest_value_is_guessed_from_its_exponents(tmp_path, caplog, monkeypatch, written, read_back):
+    """The first pass guesses a MetaPhlAn table's smallest value from the values written with an exponent: right, no
+    chunk is read back; wrong (the smallest written without one), every chunk is, as without a guess. Same bits."""
+    import logging
+
+    from scalable_assoc.io import metaphlan
+    from scalable_assoc.io.ingest import ingest_table
+
+    values = np.nan_to_num(_table(seed=2), nan=0.0)
+    values[values < 1e-4] *= 1e-3  # a few values printed with an exponent, all above 1e-9
+    cells = [[f"{x:g}" for x in column] for column in values.T]
+    cells[-1][3] = written  # the smallest value, in the last chunk
+    rows = [f"k__B|p__P|s__F{j}\t" + "\t".join(column) for j, column in enumerate(cells)]
+    header = "clade_name\t" + "\t".join(f"S{i}" for i in range(values.shape[0]))
+    (tmp_path / "mpa.tsv").write_text("\n".join(["#mpa_vJan21", header, "k__B\t" + "\t".join(["1"] * values.shape[0]), *rows]) + "\n")
+
+    def arrays(name: str) -> dict[str, bytes]:
+        store = ingest_table(tmp_path / "mpa.tsv", tmp_path / name, fmt="metaphlan", chunk_features=3)
+        group = zarr.open_group(store.path, mode="r")
+        return {key: np.asarray(array[...]).tobytes() for key, array in group.arrays()} | {"attrs": repr(dict(group.attrs)).encode()}
+
+    with caplog.at_level(logging.DEBUG, logger="scalable_assoc.io.store"):
+        guessed = arrays("guessed.zarr")
+    assert f"7 blocks summed again for the final pseudocount 5e-10, {read_back} of them read back" in caplog.text
+    monkeypatch.setattr(metaphlan, "_guessed_smallest", lambda *_: None)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="scalable_assoc.io.store"):
+        unguessed = arrays("unguessed.zarr")
+    assert "7 blocks summed again for the final pseudocount 5e-10, 7 of them read back" in caplog.text
+    assert guessed.keys() == unguessed.keys()
+    assert {k: v for k, v in guessed.items() if k != "attrs"} == {k: v for k, v in unguessed.items() if k != "attrs"}
+
+
+def test_the_smallest_value_written_with_an_exponent_per_line() -> None:
+    """Only values (not the ID field) with a negative exponent of two or three digits count; the largest exponent of a
+    line decides, then the mantissa."""
+    from scalable_assoc.io.text_values import _smallest_in_exponent_form
+
+    lines = [b"s__e-10x\t1e-05\t3e-07\t2e-07\t0.0000000001", b"s__b\t1\t0", b"s__c\t4.5e-101\t1e-99", b"s__d\t9e-05\t5e-6"]
+    text = b"\n".join(lines) + b"\n"
+    codes = np.frombuffer(text, dtype=np.uint8)
+    stops, starts = [], []
+    position = 0
+    for line in lines:
+        starts.append(position + line.find(b"\t"))
+        stops.append(position + len(line))
+        position += len(line) + 1
+    got = _smallest_in_exponent_form(text, codes, np.array(starts), np.array(stops), b"\t")
+    assert got == [2e-07, np.inf, 4.5e-101, 9e-05]

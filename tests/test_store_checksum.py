@@ -79,3 +79,77 @@ def test_a_store_writes_its_attributes_in_one_go(tmp_path, monkeypatch):
     store = _store(tmp_path / "s.zarr", np.arange(12.0).reshape(4, 3))
     assert len(writes) == 2, writes
     assert store.sample_ids == ("S0", "S1", "S2", "S3") and "sample_sums" in zarr.open_group(store.path, mode="r").attrs
+
+
+def _chunks(store) -> list:
+    return sorted(p for p in (store / "abundance").rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def _damaged(tmp_path, name: str, damage) -> bool | None:
+    """``store_sealed`` of a store sealed by ``seal_store`` and then changed by ``damage(store)``."""
+    from scalable_assoc.io.store import seal_store, store_sealed
+
+    values = np.random.default_rng(2).exponential(size=(12, 7))
+    values[values < 0.5] = 0.0
+    store = tmp_path / f"{name}.zarr"
+    _store(store, values)
+    seal_store(store)
+    assert store_sealed(store) is True
+    damage(store)
+    return store_sealed(store)
+
+
+def _flip(file, position: int) -> None:
+    data = bytearray(file.read_bytes())
+    data[position] ^= 0x01
+    file.write_bytes(bytes(data))
+
+
+def _flip_with_its_crc(file) -> None:
+    """A value changed and the chunk's CRC-32C made to match it again: a chunk Zarr would read without complaint."""
+    import google_crc32c
+
+    data = bytearray(file.read_bytes()[:-4])
+    data[len(data) // 2] ^= 0x01
+    file.write_bytes(bytes(data) + google_crc32c.value(bytes(data)).to_bytes(4, "little"))
+
+
+def _rotate_ids(store) -> None:
+    import json
+
+    meta = store / "zarr.json"
+    content = json.loads(meta.read_text())
+    ids = content["attributes"]["sample_ids"]
+    content["attributes"]["sample_ids"] = ids[1:] + ids[:1]
+    meta.write_text(json.dumps(content))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda store: _flip(_chunks(store)[0], 10), id="a byte of a chunk"),
+        pytest.param(lambda store: _flip(_chunks(store)[-1], -1), id="a byte of a chunk's CRC-32C"),
+        pytest.param(lambda store: _flip_with_its_crc(_chunks(store)[1]), id="a chunk and its CRC-32C"),
+        pytest.param(lambda store: _chunks(store)[0].unlink(), id="a chunk removed"),
+        pytest.param(lambda store: _chunks(store)[0].write_bytes(b"\x00\x01"), id="a chunk cut short"),
+        pytest.param(_rotate_ids, id="sample IDs rotated"),
+    ],
+)
+def test_a_sealed_store_changed_after_its_seal_is_not_sealed(tmp_path, damage):
+    """The seal (store_checksum, each chunk's CRC-32C checked against its bytes) finds whatever the SHA-256 of every byte found."""
+    assert _damaged(tmp_path, "s", damage) is False
+
+
+def test_a_store_sealed_with_the_sha256_of_every_byte_is_still_checked(tmp_path):
+    """Stores converted before the CRC-32C seal keep their seal: reused while unchanged, rebuilt once changed."""
+    from scalable_assoc.io.atomic import seal
+    from scalable_assoc.io.store import store_sealed
+
+    store = tmp_path / "old.zarr"
+    _store(store, np.ones((5, 4)))
+    assert store_sealed(store) is False  # no seal yet
+    seal(store)
+    assert store_sealed(store) is True
+    _flip(_chunks(store)[0], 3)
+    assert store_sealed(store) is False
+    assert store_sealed(tmp_path / "absent.zarr") is None

@@ -242,16 +242,18 @@ def test_in_order_keeps_the_order_and_raises_an_error_in_its_turn() -> None:
 
 
 def test_values_are_parsed_in_the_c_library_heap(tmp_path) -> None:
-    """Not in pyarrow's default pool (mimalloc), which kept more of the freed memory: the parsed values held are
-    counted by the system pool."""
-    table = tmp_path / "wide.tsv"  # no missing cell: the values are pyarrow's buffers, not a copy with NaN filled in
+    """Not in pyarrow's default pool (mimalloc), which kept more of the freed memory: the cast's output is the system
+    pool's while a few rows are cast, and the values held are NumPy's copies (the C library's heap too)."""
+    table = tmp_path / "wide.tsv"
     rows = [f"S{i}\t" + "\t".join(f"{i}.{j}" for j in range(30)) for i in range(2000)]
     table.write_text("sample_id\t" + "\t".join(f"F{j}" for j in range(30)) + "\n" + "\n".join(rows) + "\n")
     layout = text_values.TextTable(table, "\t", 1, 31)
-    before = pa.system_memory_pool().bytes_allocated()
+    default_before = pa.default_memory_pool().bytes_allocated()
     held = [values for _, values in text_values.row_values(layout, 1)]
     assert sum(values.nbytes for values in held) == 2000 * 30 * 8
-    assert pa.system_memory_pool().bytes_allocated() - before >= 2000 * 30 * 8
+    assert all(values.flags.owndata and values.flags.c_contiguous for values in held)
+    assert pa.default_memory_pool().bytes_allocated() == default_before
+    assert pa.system_memory_pool().max_memory() >= 8 * 2 * 31 * (text_values.CAST_SLOTS // (2 * 31))  # the rows cast at once
 
 
 #: Cells the cast reads (or leaves to the CSV reader): every form of number either reader might take, and near misses.
@@ -329,3 +331,59 @@ def test_tables_without_missing_cells_are_read_by_the_cast_as_pandas_reads_them(
         fast, pandas = _both(table, tmp_path, monkeypatch, caplog)
         np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
     assert not csv_blocks
+
+
+def _ids_line_by_line(text: bytes, layout: text_values.TextTable) -> tuple[list[str], bool]:
+    """The first pass as it was: every data line split off (``_data_lines``), its ID cut and its separators counted."""
+    sep = layout.separator.encode()
+    lines = text_values._data_lines(text, layout.path)
+    ids = [(line if sep not in line else line[: line.find(sep)]).decode("utf-8") for line in lines]
+    return ids, all(line.count(sep) + 1 == layout.n_fields for line in lines)
+
+
+def test_the_first_pass_finds_the_ids_and_widths_of_splitting_line_by_line() -> None:
+    """``_block_ids`` finds the lines where they are: the same IDs, width verdict and declined blocks as splitting them."""
+    rng = np.random.default_rng(5)
+    pieces = ["a", "s__x", "é", " ", "\t", "1", "0.5", "", "\r", "NA"]
+    layout = text_values.TextTable(Path("t.tsv"), "\t", 1, 3)
+    compared = declined = 0
+    for _ in range(4000):
+        lines = []
+        for _ in range(rng.integers(1, 6)):
+            fields = ["".join(rng.choice(pieces, rng.integers(0, 3))) for _ in range(rng.choice([1, 2, 3, 3, 3, 4]))]
+            lines.append("\t".join(fields) + ("\r\n" if rng.random() < 0.2 else "\n"))
+        text = "".join(lines).replace("\r\t", "\t").replace("\r\r", "\r")
+        if rng.random() < 0.3:
+            text = text.removesuffix("\n")
+        try:
+            data = text_values._check_text(text.encode(), layout.path)
+        except text_values.Declined:
+            continue
+        try:
+            expected = _ids_line_by_line(data, layout)
+        except text_values.Declined:
+            with pytest.raises(text_values.Declined):
+                text_values._block_ids(data, layout, [], True)
+            declined += 1
+            continue
+        ids: list[str] = []
+        assert (ids, text_values._block_ids(data, layout, ids, True)) == expected, data
+        compared += 1
+    assert compared > 1000 and declined > 100
+
+
+@pytest.mark.parametrize("slots", [1, 70, 1 << 16])
+def test_rows_cast_a_few_at_a_time_give_the_values_of_the_block_at_once(monkeypatch, slots) -> None:
+    """However many rows are cast at once (one; a few, rows left out among them; the whole block), the same values."""
+    rng = np.random.default_rng(3)
+    n_rows, n_fields = 23, 9
+    drawn = rng.exponential(size=(n_rows, n_fields - 2)) * (rng.random((n_rows, n_fields - 2)) < 0.5)
+    cells = np.array([[float(f"{x:g}") for x in row] for row in drawn])
+    text = "".join(f"R{i}\t{i}\t" + "\t".join(f"{x:g}" for x in row) + "\n" for i, row in enumerate(cells)).encode()
+    layout = text_values.TextTable(Path("t.tsv"), "\t", 1, n_fields)
+    keep = rng.random(n_rows) < 0.6
+    monkeypatch.setattr(text_values, "CAST_SLOTS", slots)
+    rows, ids, values = text_values._cast_block(text, layout, 2, keep, 0, True)
+    assert rows == n_rows and ids == [f"R{i}" for i in np.flatnonzero(keep)]
+    np.testing.assert_array_equal(values, cells[keep])
+    assert values.flags.c_contiguous

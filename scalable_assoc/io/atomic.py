@@ -126,7 +126,8 @@ def file_checksum(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _seal_path(path: Path) -> Path:
+def seal_path(path: Path) -> Path:
+    """Where ``path``'s seal is kept: ``<name>.sha256`` beside it."""
     return path.with_name(path.name + ".sha256")
 
 
@@ -141,7 +142,7 @@ def seal(path: Path) -> None:
     def write(temporary: Path) -> None:
         temporary.write_text(digest + "\n", encoding="ascii")
 
-    write_atomically(_seal_path(path), write)
+    write_atomically(seal_path(path), write)
 
 
 def sealed(path: Path) -> bool | None:
@@ -152,7 +153,7 @@ def sealed(path: Path) -> bool | None:
     if not path.exists():
         return None
     try:
-        recorded = _seal_path(path).read_text(encoding="ascii").strip()
+        recorded = seal_path(path).read_text(encoding="ascii").strip()
         return recorded == file_checksum(path)
     except (OSError, UnicodeDecodeError):
         return False
@@ -161,4 +162,4 @@ def sealed(path: Path) -> bool | None:
 def remove_sealed(path: Path) -> None:
     """Remove a file and its seal."""
     path.unlink(missing_ok=True)
-    _seal_path(path).unlink(missing_ok=True)
+    seal_path(path).unlink(missing_ok=True)

@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.atomic import file_checksum, seal, sealed
+from scalable_assoc.io.atomic import file_checksum
 from scalable_assoc.io.store import (
     AbundanceStore,
     check_layer_name,
     create_layered_store,
     open_store,
+    seal_store,
     store_checksum,
     store_layers,
+    store_sealed,
     write_table_stream,
 )
 from scalable_assoc.io.tables import TableStream, detect_format, stream_abundance_table
@@ -155,11 +157,12 @@ def layer_store(
     A store given directly (``.zarr`` folder) is opened as it is; its checksum is
     that of the layer's whole content (values and attributes, sample IDs included; chunks
     by their stored CRC-32C, :func:`store_checksum`), so results computed from it are never reused once it changes. A table is
-    converted into ``cache_dir`` once and sealed (its content's SHA-256 beside
-    it); the cache name holds the table's checksum, rank and chunk size, so an
-    edited table or a new chunk size makes a new store and a resumed run finds
-    the old one. A cached store that no longer matches its seal (a damaged disk
-    block, edited attributes) is rebuilt from the table, with a warning.
+    converted into ``cache_dir`` once and sealed (its :func:`store_checksum` beside
+    it, every chunk's CRC-32C checked when it is reused: :func:`store_sealed`); the
+    cache name holds the table's checksum, rank and chunk size, so an edited table
+    or a new chunk size makes a new store and a resumed run finds the old one. A
+    cached store that no longer matches its seal (a damaged disk block, edited
+    attributes) is rebuilt from the table, with a warning.
     ``read_options`` (``stratified``, ``columns``, ``missing``, ``h5ad_layer``: :meth:`LayerSpec.read_options`, only
     those not at their defaults) change the store's values, so they are part of the cache name too;
     ``rank_given`` (the plan wrote ``rank``) only refuses a BIOM table without taxonomy, so it is not.
@@ -205,7 +208,7 @@ def layer_store(
     else:
         checksum = file_checksum(source)
     destination = cache_dir / f"{label}-{checksum[:16]}-{name}"
-    state = sealed(destination)
+    state = store_sealed(destination)
     if state:
         return open_store(destination), checksum
     if state is False:
@@ -217,7 +220,7 @@ def layer_store(
         )
         shutil.rmtree(destination, ignore_errors=True)
     store = write_table_stream(destination, first_read or stream(), checksum, chunk_features)
-    seal(destination)
+    seal_store(destination)
     return store, checksum
 
 

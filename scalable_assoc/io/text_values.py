@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.table_text import check_row_lengths, count_byte, open_binary
+from scalable_assoc.io.table_text import check_row_lengths, open_binary
 from scalable_assoc.process_memory import map_large_allocations
 
 logger = logging.getLogger(__name__)
@@ -119,13 +119,14 @@ def _source(path: Path) -> IO[bytes]:
     return open_binary(path)
 
 
-def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
+def row_ids_and_widths(table: TextTable, smallest: list[float] | None = None) -> tuple[list[str], bool]:
     """The first field of every data row, as pandas reads it with ``dtype=str`` (a MetaPhlAn clade, a HUMAnN row
     name), and whether every data row has exactly ``table.n_fields`` fields, from one pass over the text.
 
     Fields are counted as :func:`~scalable_assoc.io.table_text.check_row_lengths` counts them (separators + 1 on
     the same lines), so True means that check would pass: a reader need not read the file again for it. False
     (some row differs) says nothing more: the check then runs, to name the first such line in its words.
+    ``smallest``, if given, gets each data row's :func:`_smallest_in_exponent_form` (a guess of its smallest value).
 
     Raises
     ------
@@ -133,16 +134,11 @@ def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
         A line pandas might split or read otherwise (:func:`_data_lines`), an ID that is missing
         (an NA string), holds a ``"`` or is not UTF-8.
     """
-    sep = table.separator.encode()
     ids: list[str] = []
     widths_match = True
     try:
         for text in _text_blocks(table):
-            for line in _data_lines(text, table.path):
-                cut = line.find(sep)
-                ids.append((line if cut < 0 else line[:cut]).decode("utf-8"))
-                if widths_match and count_byte(line, sep[0]) + 1 != table.n_fields:
-                    widths_match = False
+            widths_match = _block_ids(text, table, ids, widths_match, smallest)
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
     if _NA.intersection(ids):
@@ -150,7 +146,89 @@ def row_ids_and_widths(table: TextTable) -> tuple[list[str], bool]:
     return ids, widths_match
 
 
-def checked_row_ids(table: TextTable, row_word: str) -> list[str] | None:
+#: Bytes a line of blanks may start with (``bytes.isspace``; a line end is never a line's first byte).
+_BLANKS = frozenset(b" \t\r\x0b\x0c")
+
+
+def _block_ids(text: bytes, table: TextTable, ids: list[str], widths_match: bool, smallest: list[float] | None = None) -> bool:
+    """Append the first field of each of ``text``'s data lines (:func:`_data_lines`' lines) to ``ids``; return whether
+    ``widths_match`` and every such line has ``table.n_fields`` fields. ``smallest``, if given, gets each line's
+    :func:`_smallest_in_exponent_form`.
+
+    The lines are found where they are in ``text`` (NumPy finds the line ends, one compare finds the separators for
+    the counts), never split into copies: splitting and counting line by line took 0.15 s of the first pass over the
+    307 MB MetaPhlAn table, beside 0.1 s to read it. :class:`Declined` for a line of blanks, as :func:`_data_lines`.
+    """
+    codes = np.frombuffer(text, dtype=np.uint8)
+    sep = table.separator.encode()
+    separators = codes == sep[0] if widths_match else None
+    ends = np.flatnonzero(codes == ord("\n")).tolist()
+    if not text.endswith(b"\n"):
+        ends.append(len(text))
+    start = 0
+    values_from: list[int] = []  # where each data line's values start (its first separator), and where it ends
+    line_stops: list[int] = []
+    for end in ends:
+        # _check_text leaves a carriage return only before a line end: the line is read without it.
+        stop = end - 1 if end > start and text[end - 1] == ord("\r") else end
+        if stop > start:
+            if text[start] in _BLANKS and text[start:stop].isspace():
+                raise Declined(f"{table.path.name}: a line of blanks")
+            cut = text.find(sep, start, stop)
+            ids.append(text[start : cut if cut >= 0 else stop].decode("utf-8"))
+            if separators is not None and int(np.count_nonzero(separators[start:stop])) + 1 != table.n_fields:
+                separators, widths_match = None, False
+            values_from.append(cut if cut >= 0 else stop)
+            line_stops.append(stop)
+        start = end + 1
+    if smallest is not None:
+        smallest.extend(_smallest_in_exponent_form(text, codes, np.array(values_from), np.array(line_stops), sep))
+    return widths_match
+
+
+def _smallest_in_exponent_form(text: bytes, codes: np.ndarray, values_from: np.ndarray, stops: np.ndarray, sep: bytes) -> list[float]:
+    """Per line (values ``text[values_from[i]:stops[i]]``), the smallest value > 0 written with a negative exponent
+    (``5.04825e-07``), inf where there is none: a guess of the line's smallest value, never trusted as it.
+
+    Why: the store's per-sample sums with the half-minimum pseudocount need the table's smallest value, known
+    otherwise only after the last block; a MetaPhlAn table's falls late (in the 307 MB species table, in the
+    seventh of ten blocks) and the blocks before are read back from the store (0.5 s at the end of its conversion).
+    Tables print their smallest values with exponents (``%g``, Python, R), so NumPy finds ``e-`` and the
+    exponents, and only the fields with a line's largest exponent are read. The store checks the guess against the
+    values it writes and reads blocks back as before where it is wrong.
+    """
+    least = np.full(len(stops), np.inf)
+    if not len(stops):
+        return least.tolist()
+    marks = np.flatnonzero(codes[:-3] == ord("e"))
+    marks = marks[codes[marks + 1] == ord("-")]
+    tens, units = codes[marks + 2].astype(np.int64) - ord("0"), codes[marks + 3].astype(np.int64) - ord("0")
+    digits = (tens >= 0) & (tens <= 9) & (units >= 0) & (units <= 9)  # two digits at least (a third is read below)
+    marks, exponents = marks[digits], (tens * 10 + units)[digits]
+    after = codes[np.minimum(marks + 4, codes.size - 1)].astype(np.int64) - ord("0")
+    third = (marks + 4 < codes.size) & (after >= 0) & (after <= 9)
+    exponents[third] = exponents[third] * 10 + after[third]
+    lines = np.searchsorted(stops, marks)  # the line whose stop is the first at or after the mark
+    inside = (lines < len(stops)) & (marks > values_from[np.minimum(lines, len(stops) - 1)])
+    marks, exponents, lines, third = marks[inside], exponents[inside], lines[inside], third[inside]
+    if not marks.size:
+        return least.tolist()
+    largest = np.full(len(stops), -1)
+    np.maximum.at(largest, lines, exponents)
+    chosen = exponents == largest[lines]
+    for mark, line, third_digit in zip(marks[chosen].tolist(), lines[chosen].tolist(), third[chosen].tolist(), strict=True):
+        first = text.rfind(sep, 0, mark) + 1
+        last = mark + (5 if third_digit else 4)
+        try:
+            value = float(text[first:last])
+        except ValueError:
+            continue
+        if 0 < value < least[line]:
+            least[line] = value
+    return least.tolist()
+
+
+def checked_row_ids(table: TextTable, row_word: str, smallest: list[float] | None = None) -> list[str] | None:
     """The data rows' first fields read here (:func:`row_ids_and_widths`), or None where pandas must read them;
     either way every row's field count is checked against the header's.
 
@@ -158,10 +236,11 @@ def checked_row_ids(table: TextTable, row_word: str) -> list[str] | None:
     (:func:`~scalable_assoc.io.table_text.check_row_lengths`, ``row_word`` naming the rows in its message) then
     names the first such line. It accepts rows all one field longer than the header (R's header without a
     row-name column), which this fast path would read shifted by one sample while pandas reads them as it does
-    (for MetaPhlAn and HUMAnN tables: refused in pandas' words).
+    (for MetaPhlAn and HUMAnN tables: refused in pandas' words). ``smallest`` as :func:`row_ids_and_widths` fills it
+    (complete only when IDs are returned).
     """
     try:
-        ids, widths_match = row_ids_and_widths(table)
+        ids, widths_match = row_ids_and_widths(table, smallest)
     except Declined as why:
         logger.debug("%s: row IDs read by pandas (%s)", table.path, why)
         ids, widths_match = None, False
@@ -274,9 +353,10 @@ def _cast_block(
     block needs the one-column CSV reader (:func:`_one_column`), which reads every block this reads to the same bits.
 
     The fields are cut where NumPy finds the separators and line ends, and pyarrow casts them from text to float64 in
-    place (``pyarrow.compute.cast``): no joined copy of the values' text with each separator made a newline, no CSV
-    tokenizer. On the 307 MB MetaPhlAn table the parsing threads' CPU fell by about a third. The ID fields, and the rows
-    ``keep`` leaves out, are nulls to the cast: never parsed. Both readers turn a field into a number with the same
+    place (``pyarrow.compute.cast`` of a string array over the block's own text, a null slot for each separator): no
+    copy of the values' text, no CSV tokenizer. On the 307 MB MetaPhlAn table the parsing threads' CPU fell by about a
+    third against the CSV reader, and by a fifth more once the text was no longer copied without its separators. The ID
+    fields, and the rows ``keep`` leaves out, are nulls to the cast: never parsed. Both readers turn a field into a number with the same
     function of pyarrow's (``ParseValue``); the CSV reader also trims blanks around a number and reads pandas' NA
     strings as missing, where the cast fails or gives NaN: such a block (and any block not exactly ``n_fields`` fields
     on every line ending in a newline, or holding a carriage return) is left to the CSV reader, which reads it as before
@@ -299,30 +379,28 @@ def _cast_block(
     chosen = _kept_in_block(keep, offset, rows, table.path)
     if chosen is not None and not chosen.any():
         return rows, [] if with_ids else None, np.empty((0, n_fields - first))
-    parsed = np.ones((rows, n_fields), dtype=bool)
-    parsed[:, :first] = False
+    # Slot 2i is field i, slot 2i + 1 the separator (or line end) after it, a null: the fields are cast where they are
+    # in the text, which is never copied (deleting the separators, the text less them, took a fifth of the parse's CPU).
+    parsed = np.zeros((rows, n_fields, 2), dtype=bool)
+    parsed[:, first:, 0] = True
     if chosen is not None:
         parsed[~chosen] = False
-    # The fields' text without separators: field i ends where the text has it, less the i separators before it.
-    offsets = np.empty(ends.size + 1, dtype=np.int32)
+    offsets = np.empty(2 * ends.size + 1, dtype=np.int32)
     offsets[0] = 0
-    np.subtract(ends, np.arange(ends.size), out=offsets[1:], casting="unsafe")
+    offsets[1::2] = ends
+    np.add(ends, 1, out=offsets[2::2], casting="unsafe")
     fields = pa.StringArray.from_buffers(
-        ends.size,
+        2 * ends.size,
         pa.py_buffer(offsets),
-        pa.py_buffer(text.translate(None, sep + b"\n")),
+        pa.py_buffer(text),
         pa.py_buffer(np.packbits(parsed.ravel(), bitorder="little")),
-        int(ends.size - np.count_nonzero(parsed)),
+        int(2 * ends.size - np.count_nonzero(parsed)),
     )
     try:
-        # In the C library's heap, as the CSV reader's values (see _one_column).
-        numbers = pc.cast(fields, pa.float64(), memory_pool=pa.system_memory_pool())
+        values = _cast_rows(fields, rows, n_fields, first, chosen)
     except pa.ArrowInvalid:  # a cell that is no number to pyarrow: text, an NA string, blanks around a number
         return None
     del fields
-    # The cast's buffer as it is: its null slots (IDs, rows left out) are never read.
-    every = np.frombuffer(numbers.buffers()[1], dtype=np.float64, count=ends.size).reshape(rows, n_fields)
-    values = every[chosen, first:] if chosen is not None else every[:, first:]
     if np.isnan(values).any():  # 'nan' is missing to the CSV reader (an NA string), 'NAN' a NaN written as a number
         return None
     ids = None
@@ -333,6 +411,39 @@ def _cast_block(
             starts, id_ends = starts[chosen], id_ends[chosen]
         ids = [text[start:end].decode("utf-8") for start, end in zip(starts.tolist(), id_ends.tolist(), strict=True)]
     return rows, ids, _checked(values, 0, table.path)
+
+
+#: Slots of a block's string array cast at a time (:func:`_cast_rows`): the cast's output, a float64 for every field
+#: and separator, is this many times 8 bytes (512 KiB), not twice the block's values.
+CAST_SLOTS = 1 << 16
+
+
+def _cast_rows(fields: pa.StringArray, rows: int, n_fields: int, first: int, chosen: np.ndarray | None) -> np.ndarray:
+    """``(kept rows, n_fields - first)`` float64: the value fields of the ``chosen`` rows (all without it) of ``fields``,
+    ``rows`` lines of ``n_fields`` fields, each field's slot followed by its separator's (:func:`_cast_block`).
+
+    Cast a few whole rows at a time (at least one; :data:`CAST_SLOTS`) into C's heap, as the CSV reader's values (see
+    :func:`_one_column`), and copied into the result: casting a block at once held its output, twice the size of its
+    values with the separators' slots, and the 50,000-sample MetaPhlAn table's conversion peaked 15-25 MB higher.
+    Raises ``pyarrow.ArrowInvalid`` for a field that is no number to pyarrow.
+    """
+    chosen = np.ones(rows, dtype=bool) if chosen is None else chosen
+    values = np.empty((int(np.count_nonzero(chosen)), n_fields - first))
+    step = max(1, CAST_SLOTS // (2 * n_fields))
+    done = 0
+    for start in range(0, rows, step):
+        stop = min(start + step, rows)
+        kept = chosen[start:stop]
+        if not kept.any():
+            continue
+        slots = 2 * n_fields * (stop - start)
+        numbers = pc.cast(fields.slice(2 * n_fields * start, slots), pa.float64(), memory_pool=pa.system_memory_pool())
+        # The cast's buffer as it is: its null slots (IDs, rows left out, separators) are never read.
+        every = np.frombuffer(numbers.buffers()[1], dtype=np.float64, count=slots, offset=8 * numbers.offset)
+        piece = every.reshape(stop - start, n_fields, 2)[kept, first:, 0]
+        values[done : done + len(piece)] = piece
+        done += len(piece)
+    return values
 
 
 def _kept_in_block(keep: np.ndarray | None, offset: int, rows: int, path: Path) -> np.ndarray | None:
