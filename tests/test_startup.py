@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -265,3 +266,22 @@ def test_worker_preloads_keep_the_configured_ones_and_their_arguments() -> None:
         assert _worker_preloads(()) == {"preload": ["a", "b", WORKER_HTTP], "preload_argv": [["--x"], ["--y", "1"], []]}
     with dask.config.set({"distributed.worker.preload": ["a", "b"], "distributed.worker.preload-argv": ["--x"]}):
         assert _worker_preloads(()) == {"preload": ["a", "b", WORKER_HTTP], "preload_argv": [["--x"], ["--x"], []]}
+
+
+_DEFERRED = """
+import json, sys
+from scalable_assoc.engine.deferred_imports import defer_unused_imports
+defer_unused_imports()
+import scalable_assoc.engine.run, scalable_assoc.engine.tasks
+loaded = sorted(name for name in ("unittest", "charset_normalizer") if name in sys.modules)
+import numpy
+numpy.testing.assert_array_equal(numpy.arange(3), [0, 1, 2])  # loaded at its first use, whole
+from numpy.f2py import crackfortran  # noqa: F401
+print(json.dumps({"loaded_by_imports": loaded, "used": "unittest" in sys.modules and "numpy.f2py.crackfortran" in sys.modules}))
+"""
+
+
+def test_numpy_submodules_scipy_loads_unused_load_at_their_first_use() -> None:
+    done = subprocess.run([sys.executable, "-c", _DEFERRED], capture_output=True, text=True, timeout=120, check=True)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"loaded_by_imports": [], "used": True}
