@@ -58,8 +58,9 @@ print(f"{up:.6f}")
 
 #: Command to first task with no study: the process's start to one trivial task's result (as the manifest's
 #: first_task, see scalable_assoc.progress.process_age_seconds), on distributed's own LocalCluster of two worker
-#: processes (the floor of any run on new worker processes), on the same in threads of this process, and on ours
-#: after importing what ``scalable-assoc run`` imports.
+#: processes (the floor of any run on new worker processes), on the same in threads of this process, on ours after
+#: importing what ``scalable-assoc run`` imports (its fork server started only then, so the server's imports follow
+#: this process's), and on ours in the order ``run`` follows (the server first, its imports beside this process's).
 FIRST_TASK = """
 import os, time
 {setup}
@@ -78,7 +79,18 @@ FIRST_TASK_SETUPS = {
         "client = Client(LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None))"
     ),
     "ours: the run's imports + local_cluster(2)": (
+        # As the CLI's run imports them: NumPy's submodules SciPy loads and nothing uses are deferred first.
+        "from scalable_assoc.engine.deferred_imports import defer_unused_imports\ndefer_unused_imports()\n"
         "import scalable_assoc.engine.run\nfrom scalable_assoc.engine.cluster import local_cluster\ncluster, client = local_cluster(2)"
+    ),
+    # The order `scalable-assoc run` follows: the workers' fork server first (its imports overlap this process's), then
+    # the run's imports, then the cluster forked from that server (in a run, started once the metadata is checked).
+    "ours, in run's order: fork server, the run's imports, local_cluster(2)": (
+        "from scalable_assoc.engine.worker_server import WORKER_PRELOAD, start_worker_server\n"
+        "start_worker_server(WORKER_PRELOAD)\n"
+        "from scalable_assoc.engine.deferred_imports import defer_unused_imports\ndefer_unused_imports()\n"
+        "import scalable_assoc.engine.run\nfrom scalable_assoc.engine.cluster import local_cluster\n"
+        "cluster, client = local_cluster(2, preload=WORKER_PRELOAD)"
     ),
 }
 

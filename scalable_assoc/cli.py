@@ -410,6 +410,9 @@ def _start_worker_server(args: argparse.Namespace) -> None:
 def _import_run_modules() -> None:
     """Import what ``run`` needs with the cyclic garbage collector paused, then keep those objects out of its collections.
 
+    Modules those imports load but the run never uses load at their first use instead
+    (:mod:`scalable_assoc.engine.deferred_imports`).
+
     The run's imports create ~140,000 long-lived objects, and the collector traversed
     all of them again in each of 3 full collections (0.13 s of the command's own
     process on the reference machine); frozen (:func:`gc.freeze`), later collections
@@ -419,9 +422,12 @@ def _import_run_modules() -> None:
     """
     import gc
 
+    from scalable_assoc.engine.deferred_imports import defer_unused_imports
+
     enabled = gc.isenabled()
     gc.disable()
     try:
+        defer_unused_imports()  # NumPy's submodules SciPy's import loads and the run never uses
         import scalable_assoc.engine.run
         import scalable_assoc.io.runstate
         import scalable_assoc.plan.schema

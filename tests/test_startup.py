@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 import time
@@ -218,3 +219,69 @@ def test_workers_are_forked_from_the_server_started_before_the_cluster() -> None
         cluster.close()
     assert parents == {server}, "the cluster's workers came from the server started ahead of it"
     assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0", "the server was started with the workers' environment"
+
+
+def _http_port(dask_worker: Any) -> tuple[str, int]:
+    return dask_worker.http_server.address, dask_worker.http_server.port
+
+
+def _refuses(address: tuple[str, int]) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(address, timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_local_workers_close_their_http_server_as_they_start_and_when_restarted() -> None:
+    from scalable_assoc.engine.cluster import WORKER_HTTP, local_cluster
+
+    cluster, client = local_cluster(1)
+    try:
+        started = list(client.run(_http_port).values())
+        preloads = list(client.run(lambda dask_worker: [preload.name for preload in dask_worker.preloads]).values())
+        client.restart()
+        restarted = list(client.run(_http_port).values())
+    finally:
+        client.close()
+        cluster.close()
+    assert preloads == [[WORKER_HTTP]], "closed by the workers' preload, with no plugin registered by the client"
+    assert started and restarted and started != restarted
+    assert all(_refuses(address) for address in started + restarted), "a worker's HTTP port accepts connections"
+
+
+def test_worker_preloads_keep_the_configured_ones_and_their_arguments() -> None:
+    import dask
+
+    from scalable_assoc.engine.cluster import WORKER_HTTP, _worker_preloads
+
+    assert _worker_preloads(("scalable_assoc.engine.tasks",)) == {
+        "preload": ["scalable_assoc.engine.tasks", WORKER_HTTP],
+        "preload_argv": [[], []],
+    }
+    settings = {"distributed.worker.preload": ["a", "b"], "distributed.worker.preload-argv": [["--x"], ["--y", "1"]]}
+    with dask.config.set(settings):
+        assert _worker_preloads(()) == {"preload": ["a", "b", WORKER_HTTP], "preload_argv": [["--x"], ["--y", "1"], []]}
+    with dask.config.set({"distributed.worker.preload": ["a", "b"], "distributed.worker.preload-argv": ["--x"]}):
+        assert _worker_preloads(()) == {"preload": ["a", "b", WORKER_HTTP], "preload_argv": [["--x"], ["--x"], []]}
+
+
+_DEFERRED = """
+import json, sys
+from scalable_assoc.engine.deferred_imports import defer_unused_imports
+defer_unused_imports()
+import scalable_assoc.engine.run, scalable_assoc.engine.tasks
+loaded = sorted(name for name in ("unittest", "charset_normalizer") if name in sys.modules)
+import numpy
+numpy.testing.assert_array_equal(numpy.arange(3), [0, 1, 2])  # loaded at its first use, whole
+from numpy.f2py import crackfortran  # noqa: F401
+print(json.dumps({"loaded_by_imports": loaded, "used": "unittest" in sys.modules and "numpy.f2py.crackfortran" in sys.modules}))
+"""
+
+
+def test_numpy_submodules_scipy_loads_unused_load_at_their_first_use() -> None:
+    done = subprocess.run([sys.executable, "-c", _DEFERRED], capture_output=True, text=True, timeout=120, check=True)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"loaded_by_imports": [], "used": True}

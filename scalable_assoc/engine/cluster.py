@@ -57,6 +57,8 @@ DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 CONNECT_TIMEOUT = "20s"
 #: The name under which :class:`NoHttp` is registered on a cluster's workers.
 NO_HTTP_PLUGIN = "scalable-assoc-no-http"
+#: The worker preload that closes each local worker's HTTP server as it starts.
+WORKER_HTTP = "scalable_assoc.engine.worker_http"
 _TLS_OPTIONS = (
     "--tls-ca-file (the certificate authority that signed the scheduler's certificate), "
     "--tls-cert and --tls-key (a certificate and key signed by the cluster's authority)"
@@ -205,7 +207,10 @@ def _connect(scheduler: str, security: Security | None) -> Client:
 
 
 class NoHttp(WorkerPlugin):
-    """Closes a worker's HTTP server (its metrics and health pages): the closed cluster serves no HTTP. Applied to restarted workers too."""
+    """Closes a worker's HTTP server (its metrics and health pages): the closed cluster serves no HTTP. Applied to restarted workers too.
+
+    For workers started as SLURM jobs; a local cluster's workers close theirs as they start (:mod:`scalable_assoc.engine.worker_http`).
+    """
 
     idempotent = True
 
@@ -274,9 +279,8 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
     which alone shows what it collects.
     """
     address = dashboard_address(dashboard)
-    # Only when asked: an empty list would replace dask's own distributed.worker.preload setting.
-    preloads = {"preload": list(preload)} if preload else {}
-    # No routes on servers nobody asked for, so nothing is served even before they are closed below.
+    # No routes on servers nobody asked for, so nothing is served even before they are closed (the workers' as they start,
+    # by the WORKER_HTTP preload; the scheduler's below).
     routes: dict[str, list] = {"distributed.worker.http.routes": []}
     if address is None:
         routes["distributed.scheduler.http.routes"] = []
@@ -304,11 +308,10 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
             scheduler_kwargs={"dashboard": address is not None},
             worker_dashboard_address=None,
             silence_logs=logging.ERROR,
-            **preloads,
+            **_worker_preloads(preload),
         )
     try:
         client = Client(cluster)
-        client.register_plugin(NoHttp(), name=NO_HTTP_PLUGIN)
         if address is None:
             client.run_on_scheduler(stop_scheduler_http)
     except BaseException:
@@ -321,6 +324,29 @@ def local_cluster(workers: int | None = None, dashboard: str | None = None, prel
         if not is_loopback(str(server.address)):
             logger.warning("the dashboard listens on %s, reachable from other machines without a password", server.address)
     return cluster, client
+
+
+def _worker_preloads(preload: Sequence[str]) -> dict[str, list]:
+    """The local cluster's worker preloads and their arguments (``LocalCluster``'s ``preload`` and ``preload_argv``).
+
+    ``preload`` (else dask's ``distributed.worker.preload`` setting, with its
+    ``preload-argv``), then :data:`WORKER_HTTP`, which closes the worker's HTTP
+    server before the worker registers (see :mod:`scalable_assoc.engine.worker_http`).
+    """
+    modules = list(preload) if preload else list(_listed(dask.config.get("distributed.worker.preload", default=[])))
+    argv = [] if preload else list(dask.config.get("distributed.worker.preload-argv", default=[]) or [])
+    # One list of arguments per module, as distributed reads the setting: a flat list is every module's.
+    if argv and isinstance(argv[0], str):
+        argv = [argv] * len(modules)
+    elif not argv:
+        argv = [[] for _ in modules]
+    return {"preload": [*modules, WORKER_HTTP], "preload_argv": [*(list(each) for each in argv), []]}
+
+
+def _listed(value: str | Sequence[str] | None) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 @contextlib.contextmanager

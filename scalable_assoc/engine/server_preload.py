@@ -7,7 +7,9 @@ traversed again at each full collection while they were being created: about
 disabled, then frozen (:func:`gc.freeze`): neither the server's nor its
 workers' later collections traverse them (nor write into them, which would copy
 the pages a worker shares with the server). Modules a caller adds to the
-preload list are imported after this one, as usual.
+preload list are imported after this one, as usual. NumPy's submodules that
+SciPy's import loads and no task uses load at their first use instead
+(:mod:`scalable_assoc.engine.deferred_imports`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import gc
 import importlib
 
+from scalable_assoc.engine.deferred_imports import defer_unused_imports
 from scalable_assoc.engine.worker_server import WORKER_PRELOAD
 
 
@@ -22,6 +25,7 @@ def _import_paused(names: tuple[str, ...]) -> None:
     enabled = gc.isenabled()
     gc.disable()
     try:
+        defer_unused_imports()  # NumPy's submodules SciPy's import loads and no task uses (imports NumPy)
         for name in names:
             importlib.import_module(name)
     finally:

@@ -155,6 +155,6 @@ def worker_start_method(preload: Sequence[str] = ()) -> dict[str, str]:
             get_mp_context()  # sets distributed's own preload list, once per process: replaced by ours next
     # Read when the server starts (the first worker's start), not by a server already running.
     # scalable_assoc.engine.server_preload imports distributed and WORKER_PRELOAD with the garbage collector paused.
-    server_preload = ["scalable_assoc.engine.server_preload", "distributed", *preload]
+    server_preload = ["scalable_assoc.engine.server_preload", "distributed", "scalable_assoc.engine.worker_http", *preload]
     context.set_forkserver_preload(server_preload)  # type: ignore[attr-defined]  # a forkserver context's method
     return setting
