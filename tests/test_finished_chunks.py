@@ -54,3 +54,32 @@ def test_an_error_writing_on_the_second_thread_ends_the_run(
         run_study(small_study.plan_path, tmp_path / "out", client=client, chunk_features=32)
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert not (tmp_path / "out" / "all_results.tsv").exists()
+
+
+def test_chunk_rows_are_read_into_the_system_pool_and_the_default_pool_is_restored(tmp_path: Path) -> None:
+    """The gather's Arrow memory is the C library's (fails with pyarrow's default pool, mimalloc, for the rows read)."""
+    task = ChunkTask("c0", "species", 0, 0, 1, ())
+    write_parquet(task.rows_file(tmp_path), _chunk("c0", 5000))
+    default = pa.default_memory_pool()
+    before = pa.system_memory_pool().bytes_allocated()
+    finished = FinishedChunks(tmp_path)
+    finished.read(task)
+    assert pa.system_memory_pool().bytes_allocated() - before >= finished.tables["c0"]["feature"].nbytes
+    assert pa.default_memory_pool().backend_name == default.backend_name
+
+
+def test_the_outputs_are_written_with_the_system_pool_and_the_default_pool_is_restored_after_an_error(
+    small_study: SimulatedStudy, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pools: list[str] = []
+    default = pa.default_memory_pool().backend_name
+
+    def failing(*_: object) -> None:
+        pools.append(pa.default_memory_pool().backend_name)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(outputs, "sorted_table_by_family_q", failing)
+    with pytest.raises(OSError, match="disk full"):
+        run_study(small_study.plan_path, tmp_path / "out", client=client, chunk_features=32)
+    assert pools == [pa.system_memory_pool().backend_name]
+    assert pa.default_memory_pool().backend_name == default

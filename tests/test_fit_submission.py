@@ -6,11 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import dask._expr
 import pandas as pd
+import pytest
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from scalable_assoc.engine.run import WORK_DIR, _SoloFits, chunks_per_task, run_study
+from scalable_assoc.engine.tasks import read_and_fit_chunks
 from scalable_assoc.simulate import SimulatedStudy
 
 PLUGIN = "count-fit-updates"
@@ -83,3 +86,20 @@ def test_solo_fits_share_a_task_only_with_the_same_layer_designs_and_batch() -> 
     assert [fit.key for fits in tasks for fit in fits] == [f"fit-{i}" for i in range(40)]  # every chunk once, in order
     assert all(len({(fit.layer, fit.batch.key) for fit in fits}) == 1 for fits in tasks)
     assert len(tasks[0]) == 4 and len(tasks) < 40
+
+
+def test_fits_are_submitted_without_hashing_their_arguments(
+    small_study: SimulatedStudy, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fits' keys are given: a pure map hashed every argument (each chunk's feature ids) only to name the update."""
+    hashed: list[object] = []
+    tokenize = dask._expr._tokenize_deterministic
+
+    def recording(*operands: object, **kwargs: object) -> str:
+        hashed.extend(operand for operand in operands if operand is read_and_fit_chunks)
+        return tokenize(*operands, **kwargs)
+
+    monkeypatch.setattr(dask._expr, "_tokenize_deterministic", recording)
+    run_study(small_study.plan_path, tmp_path / "out", client=client, chunk_features=4, analyses_per_task=1000)
+    assert (tmp_path / "out" / "results.parquet").exists()
+    assert hashed == []
