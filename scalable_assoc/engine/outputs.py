@@ -224,6 +224,7 @@ class FinishedChunks:
         return table if table is not None else read_chunk(task.rows_file(self.chunks_dir), encoded_labels=True)
 
 
+@system_memory_pool()
 def write_outputs(
     study: PreparedStudy,
     tasks: list[ChunkTask],
@@ -241,22 +242,8 @@ def write_outputs(
     follow the feature rows, with q-values from families of their own.
     ``finished`` holds chunk rows already read during the fit phase (in any order:
     the rows are gathered in the order of ``tasks``); the others are read here.
+    Arrow allocates in the C library's heap meanwhile (:func:`system_memory_pool`).
     """
-    with system_memory_pool():
-        return _write_outputs(study, tasks, chunks_dir, filters, out, covariate_rows, alpha_rows, finished)
-
-
-def _write_outputs(
-    study: PreparedStudy,
-    tasks: list[ChunkTask],
-    chunks_dir: Path,
-    filters: dict[str, LayerFilter],
-    out: Path,
-    covariate_rows: bool,
-    alpha_rows: pa.Table | None,
-    finished: FinishedChunks | None,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """:func:`write_outputs` with Arrow allocating in the C library's heap (:func:`system_memory_pool`)."""
     plan = study.plan
     chunks = finished if finished is not None else FinishedChunks(chunks_dir)
     partial = concat_chunks([chunks.table(t) for t in tasks])
