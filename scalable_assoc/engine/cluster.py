@@ -37,6 +37,7 @@ from scalable_assoc.engine.profiles import ClusterProfile
 # The workers' settings and fork server live in a module that imports no distributed (the CLI starts the server before
 # distributed is imported); their names stay importable from here, where the cluster is.
 from scalable_assoc.engine.worker_server import (
+    WORKER_HTTP,
     WORKER_MALLOC,  # noqa: F401
     WORKER_PAGES,  # noqa: F401
     WORKER_PRELOAD,  # noqa: F401
@@ -57,8 +58,6 @@ DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 CONNECT_TIMEOUT = "20s"
 #: The name under which :class:`NoHttp` is registered on a cluster's workers.
 NO_HTTP_PLUGIN = "scalable-assoc-no-http"
-#: The worker preload that closes each local worker's HTTP server as it starts.
-WORKER_HTTP = "scalable_assoc.engine.worker_http"
 _TLS_OPTIONS = (
     "--tls-ca-file (the certificate authority that signed the scheduler's certificate), "
     "--tls-cert and --tls-key (a certificate and key signed by the cluster's authority)"

@@ -19,6 +19,8 @@ from pathlib import Path
 
 #: What the workers of a local cluster started for a run import as they start: the task functions and their kernels.
 WORKER_PRELOAD = ("scalable_assoc.engine.tasks",)
+#: The worker preload that closes each local worker's HTTP server as it starts (the fork server imports it too).
+WORKER_HTTP = "scalable_assoc.engine.worker_http"
 #: glibc's thresholds for the workers of a local cluster: blocks (tens of MB) come from the heap and freed ones stay there.
 #: distributed's nannies set MALLOC_TRIM_THRESHOLD_=65536, which also switches off glibc's dynamic mmap threshold, so
 #: every block-sized array of every task was a fresh mmap whose pages faulted in again: at 100,000 features x 7,656
@@ -155,6 +157,6 @@ def worker_start_method(preload: Sequence[str] = ()) -> dict[str, str]:
             get_mp_context()  # sets distributed's own preload list, once per process: replaced by ours next
     # Read when the server starts (the first worker's start), not by a server already running.
     # scalable_assoc.engine.server_preload imports distributed and WORKER_PRELOAD with the garbage collector paused.
-    server_preload = ["scalable_assoc.engine.server_preload", "distributed", "scalable_assoc.engine.worker_http", *preload]
+    server_preload = ["scalable_assoc.engine.server_preload", "distributed", WORKER_HTTP, *preload]
     context.set_forkserver_preload(server_preload)  # type: ignore[attr-defined]  # a forkserver context's method
     return setting
