@@ -421,7 +421,7 @@ class _SampleSumsWriter:
     summed with a candidate other than the final ``c`` are read back from the
     store being written and summed again. A reader that knows the table's
     smallest value before its first block (:class:`~scalable_assoc.io.table_values.SmallestPositive`:
-    wide tables) gives the final ``c`` from the start: those blocks are summed with it
+    wide tables; MetaPhlAn tables give a guess) gives the final ``c`` from the start: those blocks are summed with it
     as they pass (up to :data:`SUMMED_AHEAD_BYTES`) and none is read back; their sums with an earlier candidate,
     which would be discarded, are not taken (should the reader's minimum not be the table's, the final ``c``'s
     blocks are read back and summed in the same order instead). Tables floored at a print precision

@@ -29,11 +29,13 @@ class AbundanceTable:
 
 
 class SmallestPositive:
-    """The smallest value > 0 of a whole table (inf if none), once a reader knows it (``value`` is None until then).
+    """The smallest value > 0 of a whole table (inf if none), once a reader knows or guesses it (``value`` is None until then).
 
     A reader that sees every value before it yields its first block (a wide table goes through a temporary
-    file) sets it, so the store's half-minimum sums are taken with the final pseudocount from the first
-    block on and no block is read back (:class:`~scalable_assoc.io.store._SampleSumsWriter`).
+    file) sets it; a MetaPhlAn reader sets its first pass's guess. The store's half-minimum sums are then taken
+    with that pseudocount from the first block on and no block is read back; the store checks the value against
+    every value written and, where it was not the table's smallest, reads blocks back as without it
+    (:class:`~scalable_assoc.io.store._SampleSumsWriter`).
     """
 
     def __init__(self) -> None:
