@@ -1,7 +1,9 @@
 # R side of benchmarks/suite.py: limma lmFit and a per-feature lm() loop on the same
 # transformed matrix and designs our kernel fits.
 #
-#   Rscript benchmarks/suite_r.R DIR OUT.json [lm_sample_per_analysis]
+#   Rscript benchmarks/suite_r.R DIR OUT.json [lm_sample_per_analysis] [limma_repeats]
+#
+# limma_seconds is the best of limma_repeats (default 3) lmFit rounds over every design.
 #
 # DIR (written by suite.py) holds Y.bin (n x m float64, column-major, little endian),
 # analyses.tsv (id, n_rows, p, rows file, X file) and per analysis rows (int32,
@@ -14,6 +16,7 @@ args <- commandArgs(trailingOnly = TRUE)
 dir <- args[1]
 out <- args[2]
 lm_sample <- if (length(args) >= 3) as.integer(args[3]) else 8L
+limma_repeats <- if (length(args) >= 4) as.integer(args[4]) else 3L
 
 dims <- scan(file.path(dir, "dims.txt"), quiet = TRUE)
 n <- dims[1]; m <- dims[2]
@@ -43,7 +46,7 @@ limma_once <- function() {
   }
   list(seconds = proc.time()[["elapsed"]] - started, beta = beta, se = se)
 }
-limma_runs <- list(limma_once(), limma_once(), limma_once())
+limma_runs <- lapply(seq_len(limma_repeats), function(i) limma_once())
 limma_seconds <- min(sapply(limma_runs, function(r) r$seconds))
 bc <- file(file.path(dir, "limma_beta.bin"), "wb"); writeBin(as.vector(limma_runs[[1]]$beta), bc, size = 8, endian = "little"); close(bc)
 sc <- file(file.path(dir, "limma_se.bin"), "wb"); writeBin(as.vector(limma_runs[[1]]$se), sc, size = 8, endian = "little"); close(sc)
