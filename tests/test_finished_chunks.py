@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pyarrow as pa
@@ -82,4 +83,33 @@ def test_the_outputs_are_written_with_the_system_pool_and_the_default_pool_is_re
     with pytest.raises(OSError, match="disk full"):
         run_study(small_study.plan_path, tmp_path / "out", client=client, chunk_features=32)
     assert pools == [pa.system_memory_pool().backend_name]
+    assert pa.default_memory_pool().backend_name == default
+
+
+def test_overlapping_uses_in_two_threads_restore_the_default_pool_whichever_ends_first() -> None:
+    """Two gathers in threads of one process: the first out must not restore while the other gathers (fails with save/restore per use)."""
+    default = pa.default_memory_pool().backend_name
+    system = pa.system_memory_pool().backend_name
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def first() -> None:
+        with outputs.system_memory_pool():
+            first_in.set()
+            second_in.wait(5)
+        first_out.set()
+
+    def second() -> None:
+        first_in.wait(5)
+        with outputs.system_memory_pool():
+            second_in.set()
+            first_out.wait(5)
+            seen.append(pa.default_memory_pool().backend_name)  # the first has left: still the system pool here
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen == [system]
     assert pa.default_memory_pool().backend_name == default

@@ -6,7 +6,8 @@ import contextlib
 import json
 import logging
 import shutil
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +177,7 @@ def covariate_results(study: PreparedStudy, paths: list[Path]) -> pd.DataFrame:
     return frame.iloc[order].reset_index(drop=True)
 
 
-@contextlib.contextmanager
-def system_memory_pool() -> Iterator[None]:
+class _SystemMemoryPool(contextlib.ContextDecorator):
     """Arrow allocates in the C library's heap (``malloc``) inside, not in pyarrow's default pool (mimalloc); restored after.
 
     On a VM that hands freed memory back to its host, memory first touched
@@ -187,13 +187,37 @@ def system_memory_pool() -> Iterator[None]:
     about 1.0 s of user CPU, the same with either. Only the client's threads
     that gather run Arrow code meanwhile; a buffer is always freed by the pool
     that allocated it, whichever pool is the default then.
+
+    The default pool is the process's, so entries are counted across threads:
+    the first switches, the last out restores. Two runs gathering at once in one
+    process (threads calling :func:`~scalable_assoc.run_study`) then leave the
+    default as they found it, whichever ends first.
     """
-    previous = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
-    try:
-        yield
-    finally:
-        pa.set_memory_pool(previous)
+
+    _lock = threading.Lock()
+    _entered = 0
+    _previous: pa.MemoryPool | None = None
+
+    def __enter__(self) -> None:
+        cls = _SystemMemoryPool
+        with cls._lock:
+            if cls._entered == 0:
+                cls._previous = pa.default_memory_pool()
+                pa.set_memory_pool(pa.system_memory_pool())
+            cls._entered += 1
+
+    def __exit__(self, *_: object) -> None:
+        cls = _SystemMemoryPool
+        with cls._lock:
+            cls._entered -= 1
+            if cls._entered == 0 and cls._previous is not None:
+                pa.set_memory_pool(cls._previous)
+                cls._previous = None
+
+
+def system_memory_pool() -> _SystemMemoryPool:
+    """A context (and decorator) in which Arrow allocates from the C library's heap: see :class:`_SystemMemoryPool`."""
+    return _SystemMemoryPool()
 
 
 class FinishedChunks:
