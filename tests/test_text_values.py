@@ -387,3 +387,47 @@ def test_rows_cast_a_few_at_a_time_give_the_values_of_the_block_at_once(monkeypa
     assert rows == n_rows and ids == [f"R{i}" for i in np.flatnonzero(keep)]
     np.testing.assert_array_equal(values, cells[keep])
     assert values.flags.c_contiguous
+
+
+WIDE_VARIANTS = {
+    "plain": "sample_id\tF1\tF2\nS1\t1\t2\nS2\t3\t4\n",
+    "crlf_and_blank_lines": "sample_id\tF1\tF2\r\nS1\t1\t2\r\n\r\n\nS2\t3\t4\r\n",
+    "no_final_newline": "sample_id\tF1\tF2\nS1\t1\t2\nS2\t3\t4",
+    "byte_order_mark": "\ufeffsample_id\tF1\tF2\nS1\t1\t2\nS2\t3\t4\n",
+    "short_line": "sample_id\tF1\tF2\nS1\t1\t2\nS2\t3\n",
+    "r_header": "F1\tF2\nS1\t1\t2\nS2\t3\t4\n",
+    "trailing_separators": "sample_id\tF1\tF2\nS1\t1\t2\t\nS2\t3\t4\t\n",
+    "na_id": "sample_id\tF1\tF2\nS1\t1\t2\nNA\t3\t4\n",
+    "quoted_id": 'sample_id\tF1\tF2\n"S1"\t1\t2\nS2\t3\t4\n',
+    "blank_line_of_spaces": "sample_id\tF1\tF2\nS1\t1\t2\n  \nS2\t3\t4\n",
+    "numbers_as_ids": "sample_id\tF1\tF2\n0.5\t1\t2\n0.5\t3\t4\n",
+    "header_only": "sample_id\tF1\tF2\n",
+    "one_column": "sample_id\nS1\nS2\n",
+}
+
+
+def _wide_layout_outcome(path: Path) -> object:
+    from scalable_assoc.io.wide import _wide_layout
+
+    try:
+        return _wide_layout(path)
+    except DataError as error:
+        return str(error)
+
+
+@pytest.mark.parametrize("variant", sorted(WIDE_VARIANTS))
+def test_wide_sample_ids_from_the_text_pass_are_those_of_the_line_by_line_pass(tmp_path, monkeypatch, variant) -> None:
+    """The wide reader's first pass over the text (NumPy) gives the sample IDs and feature names, or the error, of the
+    line-by-line pass it replaces, and is used for plain tables (not only declined to the line-by-line pass)."""
+    from scalable_assoc.io import wide
+
+    table = tmp_path / "wide.tsv"
+    table.write_bytes(WIDE_VARIANTS[variant].encode("utf-8"))
+    used = []
+    checked = wide._checked_first_fields
+    monkeypatch.setattr(wide, "_checked_first_fields", lambda *args: used.append(checked(*args)) or used[-1])
+    fast = _wide_layout_outcome(table)
+    monkeypatch.setattr(wide, "_checked_first_fields", lambda *args: None)
+    assert fast == _wide_layout_outcome(table)
+    if variant in ("plain", "crlf_and_blank_lines", "no_final_newline", "byte_order_mark"):
+        assert used == [["S1", "S2"]]
