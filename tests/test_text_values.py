@@ -431,3 +431,22 @@ def test_wide_sample_ids_from_the_text_pass_are_those_of_the_line_by_line_pass(t
     assert fast == _wide_layout_outcome(table)
     if variant in ("plain", "crlf_and_blank_lines", "no_final_newline", "byte_order_mark"):
         assert used == [["S1", "S2"]]
+
+
+def test_the_second_read_takes_the_row_counts_of_the_first_pass(tmp_path, monkeypatch) -> None:
+    """A MetaPhlAn table's values are read with the first pass's row count of each block of text (its lines are not
+    counted again), to the same bits as pandas; a block whose length is not the first pass's is counted."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", 300)
+    table = _metaphlan(tmp_path / "mpa.tsv", 60, 7, np.random.default_rng(3), line_end="\r\n")
+    with table.open("ab") as handle:
+        handle.write(b"\r\n\n")  # empty lines at the end: no rows
+    pandas = _outcome(table, tmp_path, monkeypatch, False)
+    counted = []
+    count = text_values._count_data_lines
+    monkeypatch.setattr(text_values, "_count_data_lines", lambda text: counted.append(text) or count(text))
+    np.testing.assert_array_equal(_outcome(table, tmp_path, monkeypatch, True), pandas)
+    assert not counted
+    blocks = [b"a\t1\n\r\nb\t2\n", b"c\t3\r\n", b"\n"]
+    known = [(len(blocks[0]), 2), (len(blocks[1]) + 1, 5), (1, 0)]  # the second block's length is not the first pass's
+    assert [offset for offset, _ in text_values._numbered(iter(blocks), known)] == [0, 2, 3]
+    assert len(counted) == 1

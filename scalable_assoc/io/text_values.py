@@ -25,9 +25,9 @@ import logging
 import lzma
 import zlib
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -100,12 +100,17 @@ class TextTable:
     every data row has ``n_fields`` fields. Any ``"`` is declined: pandas unquotes
     fields (and joins quoted lines), except in HUMAnN tables (``csv.QUOTE_NONE``), whose
     lines the first pass may have split otherwise.
+
+    ``block_rows`` holds, once a first pass (:func:`row_ids_and_widths`) has read the whole table, the length and
+    number of data rows of each block of text it read (:func:`_text_blocks`), which a later read of the same blocks
+    takes instead of counting their lines again (:func:`_numbered`).
     """
 
     path: Path
     separator: str
     skip_lines: int
     n_fields: int
+    block_rows: list[tuple[int, int]] = field(default_factory=list, compare=False, repr=False)
 
 
 def _source(path: Path) -> IO[bytes]:
@@ -136,13 +141,18 @@ def row_ids_and_widths(table: TextTable, smallest: list[float] | None = None) ->
     """
     ids: list[str] = []
     widths_match = True
+    block_rows: list[tuple[int, int]] = []
+    table.block_rows.clear()
     try:
         for text in _text_blocks(table):
+            before = len(ids)
             widths_match = _block_ids(text, table, ids, widths_match, smallest)
+            block_rows.append((len(text), len(ids) - before))
     except _READ_ERRORS as error:
         raise Declined(f"{table.path.name}: {type(error).__name__}") from None
     if _NA.intersection(ids):
         raise Declined(f"{table.path.name}: a missing ID")
+    table.block_rows.extend(block_rows)
     return ids, widths_match
 
 
@@ -338,7 +348,7 @@ def row_blocks(
 
     try:
         # Rows are numbered only where some are left out: a wide table's reader keeps every row.
-        numbered = _numbered(_text_blocks(table)) if keep is not None else ((0, text) for text in _text_blocks(table))
+        numbered = _numbered(_text_blocks(table), table.block_rows) if keep is not None else ((0, text) for text in _text_blocks(table))
         for block in in_order(numbered, parsed, PARSE_THREADS):
             if block[0]:
                 yield block
@@ -456,12 +466,18 @@ def _kept_in_block(keep: np.ndarray | None, offset: int, rows: int, path: Path) 
     return keep[offset : offset + rows]
 
 
-def _numbered(blocks: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
-    """Each block of text with the number of data rows before it (:func:`_data_lines`' count, without splitting lines)."""
+def _numbered(blocks: Iterator[bytes], known: Sequence[tuple[int, int]] = ()) -> Iterator[tuple[int, bytes]]:
+    """Each block of text with the number of data rows before it (:func:`_data_lines`' count, without splitting lines).
+
+    ``known``: ``(length, data rows)`` of the blocks a first pass read (:attr:`TextTable.block_rows`); a block of the
+    same length in the same place is the same text (the same reads of the same file), so its rows are not counted
+    again. Counting them took 0.07 s of CPU over the 307 MB MetaPhlAn table. Any other block is counted.
+    """
     offset = 0
-    for text in blocks:
+    for index, text in enumerate(blocks):
         yield offset, text
-        offset += _count_data_lines(text)
+        same = index < len(known) and known[index][0] == len(text)
+        offset += known[index][1] if same else _count_data_lines(text)
 
 
 def _count_data_lines(text: bytes) -> int:
