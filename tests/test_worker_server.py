@@ -79,3 +79,12 @@ def test_the_server_preload_imports_the_workers_modules_and_leaves_the_collector
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=_ENV, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, True, True]
+
+
+def test_the_server_makes_tornados_default_tls_context_its_workers_inherit() -> None:
+    script = (
+        "import json, threading; import scalable_assoc.engine.server_preload; import tornado.netutil; "
+        "print(json.dumps([tornado.netutil._client_ssl_defaults.cache_info().currsize, threading.active_count()]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=_ENV, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [1, 1], "made once, and the server still has one thread to fork"

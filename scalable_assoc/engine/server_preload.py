@@ -10,6 +10,10 @@ the pages a worker shares with the server). Modules a caller adds to the
 preload list are imported after this one, as usual. NumPy's submodules that
 SciPy's import loads and no task uses load at their first use instead
 (:mod:`scalable_assoc.engine.deferred_imports`).
+
+The server also makes tornado's default TLS client context once (see
+:func:`_make_tls_defaults`), which each worker made again at its first TLS
+connection, on its way to registering.
 """
 
 from __future__ import annotations
@@ -34,4 +38,28 @@ def _import_paused(names: tuple[str, ...]) -> None:
             gc.enable()
 
 
+def _make_tls_defaults() -> None:
+    """Make tornado's default TLS contexts here, once, for every worker forked from this server.
+
+    tornado builds a TLS stream's default context (``ssl.create_default_context``,
+    which loads the system's certificate authorities) even when the stream is
+    given its own, as every stream of the local cluster is: 0.02-0.03 s of CPU
+    in each new worker at its first connection, before it registers. Made here
+    (cached by tornado), it is inherited. tornado leaves them to first use
+    because making them can start threads on some systems, which a fork would
+    not carry over: they are made only while this process still has one thread.
+    """
+    import threading
+
+    import tornado.netutil
+
+    if threading.active_count() > 1:
+        return
+    for name in ("_client_ssl_defaults", "_server_ssl_defaults"):  # tornado's cached makers (private: skipped if absent)
+        make = getattr(tornado.netutil, name, None)
+        if callable(make):
+            make()
+
+
 _import_paused(("distributed", *WORKER_PRELOAD))
+_make_tls_defaults()
