@@ -271,7 +271,7 @@ def _run_study_locked(
     """:func:`run_study`'s work, once the output folder is held; ``on_phase(name)`` marks each phase's start."""
     on_phase("prepare")
     started = time.perf_counter()
-    timings: dict[str, float] = {"prepare": 0.0}  # first in the manifest, as the phases began; set once every layer is prepared
+    timings: dict[str, float] = {"prepare": 0.0}  # first in the manifest, as the phases begin
     remove_outputs(out)
     work = out / WORK_DIR
     if options.covariate_rows and plan.cluster is not None:
@@ -303,6 +303,7 @@ def _run_study_locked(
         if first is None:
             preparation.study()  # raises: no analysis to run
             raise AssertionError("a study with analyses has a first part")
+        timings["prepare"] = time.perf_counter() - started  # until the last part is prepared (all of it in one part)
         start_cluster()  # when preparing did not call it
         return _run_prepared(plan, out, options, starting[0], preparation, first, parts, started, timings, on_chunk_done, on_phase)
 
@@ -353,9 +354,9 @@ def _run_prepared(
         run = _PartsOnCluster(client, watch, work, cluster.starts_local_cluster(), options, on_phase)
         run.submit(first, timings)
         for part in parts:  # as their tables are converted
+            timings["prepare"] = time.perf_counter() - started  # the first parts meanwhile filtered and fitting
             run.submit(part, timings)
         study = preparation.study()
-        timings["prepare"] = time.perf_counter() - started  # every layer prepared; the first ones meanwhile filtered and fitting
         tasks = [task for layer in study.layers for task in run.tasks[layer.spec.name]]  # in plan order, as one pass made them
         done = {task.chunk_id for task in tasks} & run.done
         logger.info(
