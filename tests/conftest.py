@@ -59,6 +59,16 @@ def assert_results_equal():
     return testing.assert_results_equal
 
 
+#: Lines that may come before a refusal met in a table: converting the tables, and the work on layers whose tables
+#: were converted before it (a run sends each layer to the cluster as soon as its table is ready).
+PROGRESS_BEFORE_REFUSAL = re.compile(
+    r"\s*converting \S+: \d+/\d+ feature blocks \(\d+%\)"
+    r"|\s*layer '[^']+': per-sample sums"
+    r"|\s*filtering \(.*\): \d+/\d+ blocks"
+    r"|first task result [\d.]+s after the command started$"
+)
+
+
 def error_lines(stderr: str) -> list[str]:
-    """The lines of ``stderr`` but the progress of converting the tables (0% and 100%), which may come before a refusal."""
-    return [line for line in stderr.strip().splitlines() if not re.match(r"\s*converting \S+: \d+/\d+ feature blocks \(\d+%\)", line)]
+    """The lines of ``stderr`` but the progress that may come before a refusal (:data:`PROGRESS_BEFORE_REFUSAL`)."""
+    return [line for line in stderr.strip().splitlines() if not PROGRESS_BEFORE_REFUSAL.match(line)]

@@ -86,8 +86,9 @@ def fails(folder: Path, capsys: pytest.CaptureFixture[str], *extra: str, plan: P
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
-    # Nothing but the message: these inputs are refused before any work (or cluster) starts; at most
-    # the tables were converted, which shows its progress (0% and 100%) first.
+    # Nothing but the message: these inputs are refused before any work (or cluster) starts, or, for a
+    # value met while converting a table, with no more than the progress of the tables and of the layers
+    # converted before it (see error_lines).
     lines = error_lines(err)
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), err
     assert_no_results(out)

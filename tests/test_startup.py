@@ -102,12 +102,17 @@ def _recording_clusters(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 def test_a_failed_preparation_leaves_no_cluster(small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     before = _live_children()
 
-    def failing_prepare(*args, on_checked, **kwargs):
-        on_checked()  # the metadata passed its checks: the cluster starts
-        time.sleep(0.5)  # the cluster is still starting
-        raise UserInputError("layer 'species' cannot be read")
+    class FailingPreparation:
+        def __init__(self, *args, on_checked, **kwargs):
+            self.plan = engine_run.load_plan(small_study.plan_path)
+            on_checked()  # the metadata passed its checks: the cluster starts
 
-    monkeypatch.setattr(engine_run, "prepare_study", failing_prepare)
+        def parts(self):
+            time.sleep(0.5)  # the cluster is still starting
+            raise UserInputError("layer 'species' cannot be read")
+            yield
+
+    monkeypatch.setattr(engine_run, "StudyPreparation", FailingPreparation)
     with _recording_clusters(monkeypatch) as opened, pytest.raises(UserInputError, match="cannot be read"):
         engine_run.run_study(small_study.plan_path, tmp_path / "out", workers=1)
     # The error comes at once; the cluster, abandoned, is closed in the background once started.

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -294,48 +295,148 @@ def prepare_study(
     and feature list are checked, before the tables are read (a run starts its
     cluster then: most bad inputs fail before, in well under a second).
     Warnings are logged and kept in :attr:`PreparedStudy.warnings` (the manifest's).
+    :class:`StudyPreparation` does the same in steps.
     """
-    metadata = load_metadata(plan.metadata, plan.sample_id_column)
-    check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical, plan.reference)
-    if plan.cluster is not None and plan.cluster not in metadata.columns:
-        raise PlanError(f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}")
-    warnings = _Warnings()
-    if plan.cluster is not None:
-        for message in label_warnings(plan, metadata[plan.cluster]):
-            warnings.add(message)
-        permanova = plan.diversity is not None and plan.diversity.beta is not None  # permutes within clusters
-        if not permanova and not any(plan.uses_clusters(model) for spec in plan.layers for model in spec.models):
-            warnings.add(
-                f"the plan names 'cluster: {plan.cluster}', but no model uses it: lm and lm_nonzero report classical "
-                "standard errors unless the plan asks for cluster-robust ones ('lm: {se: cluster}')"
-            )
-    used_min_cases = plan.min_cases if min_cases is None else min_cases
-    inputs = _StudyInputs(
-        plan,
-        metadata,
-        {spec.name: exposure_values(metadata, plan.metadata, spec, used_min_cases) for spec in plan.exposures},
-        expand_analyses(plan),
-        intersect_samples or plan.sample_mismatch == "intersect",
-    )
-    features = Path(features).resolve() if features is not None else plan.features
-    feature_list = read_feature_list(features) if features is not None else None
-    if on_checked is not None:  # start-up (engine/run.py): the cluster starts once the cheap checks passed
-        on_checked()
-    stores = layer_stores(plan.layers, cache_dir, chunk_features)
-    prepared = {spec.name: _prepare_layer(inputs, spec, stores[spec.name], feature_list, warnings) for spec in plan.layers}
-    layers = [work for work in prepared.values() if work.analyses]
-    if not layers:
-        raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
-    named = {work.spec.preprocess.clr_reference for work in layers} - {None}
-    references = [work for name, work in prepared.items() if name in named and not work.analyses]
-    for work in layers:
-        if work.spec.preprocess.clr_reference is not None:
-            reference_order(work, prepared[work.spec.preprocess.clr_reference])
-    for message in few_cluster_warnings(plan, layers):
-        warnings.add(message)
-    return PreparedStudy(
-        plan, plan.content_hash(), file_checksum(plan.metadata), layers, features, used_min_cases, warnings.messages, references
-    )
+    preparation = StudyPreparation(plan, cache_dir, chunk_features, intersect_samples, features, min_cases, on_checked=on_checked)
+    for _ in preparation.parts():
+        pass
+    return preparation.study()
+
+
+class StudyPreparation:
+    """:func:`prepare_study` in steps: a run sends the layers whose tables are converted to the cluster while others convert.
+
+    Creating it checks the metadata, the plan's columns, exposures and feature
+    list, calls ``on_checked()`` and starts converting the tables (see
+    :class:`_StoreOpening`). :meth:`parts` then yields the study a part at a
+    time, each as soon as its stores are open and its analyses resolved;
+    :meth:`study` is the whole study once every part is out. The parameters are
+    :func:`prepare_study`'s.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        cache_dir: Path,
+        chunk_features: int | None = None,
+        intersect_samples: bool = False,
+        features: Path | None = None,
+        min_cases: int | None = None,
+        *,
+        on_checked: Callable[[], None] | None = None,
+    ) -> None:
+        metadata = load_metadata(plan.metadata, plan.sample_id_column)
+        check_covariates(metadata, plan.metadata, plan.adjustments, plan.categorical, plan.reference)
+        if plan.cluster is not None and plan.cluster not in metadata.columns:
+            raise PlanError(f"plan {plan.source}, key 'cluster': column '{plan.cluster}' is not in the metadata file {plan.metadata}")
+        self.warnings = _Warnings()
+        if plan.cluster is not None:
+            for message in label_warnings(plan, metadata[plan.cluster]):
+                self.warnings.add(message)
+            permanova = plan.diversity is not None and plan.diversity.beta is not None  # permutes within clusters
+            if not permanova and not any(plan.uses_clusters(model) for spec in plan.layers for model in spec.models):
+                self.warnings.add(
+                    f"the plan names 'cluster: {plan.cluster}', but no model uses it: lm and lm_nonzero report classical "
+                    "standard errors unless the plan asks for cluster-robust ones ('lm: {se: cluster}')"
+                )
+        self.plan = plan
+        self.min_cases = plan.min_cases if min_cases is None else min_cases
+        self.inputs = _StudyInputs(
+            plan,
+            metadata,
+            {spec.name: exposure_values(metadata, plan.metadata, spec, self.min_cases) for spec in plan.exposures},
+            expand_analyses(plan),
+            intersect_samples or plan.sample_mismatch == "intersect",
+        )
+        self.features = Path(features).resolve() if features is not None else plan.features
+        self.feature_list = read_feature_list(self.features) if self.features is not None else None
+        if on_checked is not None:  # start-up (engine/run.py): the cluster starts once the cheap checks passed
+            on_checked()
+        self.prepared: dict[str, LayerWork] = {}
+        #: each layer's warnings, kept apart so that the manifest lists them in plan order whichever table converts first
+        self.layer_warnings: dict[str, _Warnings] = {}
+        self.stores = _StoreOpening(plan.layers, cache_dir, chunk_features)
+        self.whole: PreparedStudy | None = None
+
+    def parts(self) -> Iterator[PreparedStudy]:
+        """The study a part at a time: the analysed layers (and the CLR reference layers they need) ready together, in plan order.
+
+        A layer and its CLR reference (``preprocess.clr_reference``) come in one
+        part, once both are ready: the reference's per-sample sums serve both.
+        Each part is a :class:`PreparedStudy` of its layers only (its
+        ``warnings`` empty: :meth:`study` has them all). Errors are those
+        :func:`prepare_study` raises, which converts every table before
+        preparing any layer in plan order: a layer failing stops the parts,
+        and the first error in that order is raised once all tables are converted.
+        """
+        waiting = _clr_groups(self.plan.layers)
+        order = [spec.name for spec in self.plan.layers]
+        failed: dict[str, Exception] = {}
+        for opened in self.stores.as_ready():
+            for spec, store in opened:
+                if failed and order.index(spec.name) > min(map(order.index, failed)):
+                    continue  # a pass in plan order stops at the first layer that fails
+                self.layer_warnings[spec.name] = _Warnings()
+                try:
+                    self.prepared[spec.name] = _prepare_layer(self.inputs, spec, store, self.feature_list, self.layer_warnings[spec.name])
+                except Exception as error:  # raised once every table is converted (their errors first), as one pass meets them
+                    failed[spec.name] = error
+            if failed:
+                continue  # no more parts go out
+            ready = [names for names in waiting if names <= self.prepared.keys()]
+            waiting = [names for names in waiting if names not in ready]
+            part = self._part(set().union(*ready))
+            if part.layers:
+                yield part
+        if failed:
+            raise failed[min(failed, key=order.index)]
+
+    def _part(self, names: set[str]) -> PreparedStudy:
+        """The prepared layers ``names`` as a study of their own: those with analyses, and the CLR references they name."""
+        in_order = [self.prepared[spec.name] for spec in self.plan.layers if spec.name in names]
+        layers = [work for work in in_order if work.analyses]
+        named = {work.spec.preprocess.clr_reference for work in layers} - {None}
+        references = [work for work in in_order if work.spec.name in named and not work.analyses]
+        for work in layers:
+            if work.spec.preprocess.clr_reference is not None:
+                reference_order(work, self.prepared[work.spec.preprocess.clr_reference])
+        return self._study(layers, references, [])
+
+    def _study(self, layers: list[LayerWork], references: list[LayerWork], warnings: list[str]) -> PreparedStudy:
+        plan = self.plan
+        return PreparedStudy(
+            plan, plan.content_hash(), file_checksum(plan.metadata), layers, self.features, self.min_cases, warnings, references
+        )
+
+    def study(self) -> PreparedStudy:
+        """The whole study, layers in plan order, once :meth:`parts` has yielded every part (DataError: no analysis at all)."""
+        if self.whole is not None:
+            return self.whole
+        plan = self.plan
+        if self.prepared.keys() != {spec.name for spec in plan.layers}:
+            raise RuntimeError("StudyPreparation.study() before every part was prepared")
+        prepared = [self.prepared[spec.name] for spec in plan.layers]
+        layers = [work for work in prepared if work.analyses]
+        if not layers:
+            raise DataError(f"plan {plan.source}: no analysis to run (check 'analyses')")
+        named = {work.spec.preprocess.clr_reference for work in layers} - {None}
+        references = [work for work in prepared if work.spec.name in named and not work.analyses]
+        warnings = [*self.warnings.messages, *(m for spec in plan.layers for m in self.layer_warnings[spec.name].messages)]
+        for message in few_cluster_warnings(plan, layers):
+            self.warnings.add(message)
+            warnings.append(message)
+        self.whole = self._study(layers, references, warnings)
+        return self.whole
+
+
+def _clr_groups(specs: Sequence[LayerSpec]) -> list[set[str]]:
+    """The layers in groups that must be prepared together: each layer with the layers its CLR denominator links it to."""
+    groups: list[set[str]] = []
+    for spec in specs:
+        linked = {spec.name} | ({spec.preprocess.clr_reference} if spec.preprocess.clr_reference is not None else set())
+        joined = [group for group in groups if group & linked]
+        groups = [group for group in groups if not group & linked] + [linked.union(*joined)]
+    return groups
 
 
 def reference_order(layer: LayerWork, reference: LayerWork) -> np.ndarray:
@@ -395,55 +496,104 @@ def _open_layer_store(spec: LayerSpec, cache_dir: Path, chunk_features: int | No
     )
 
 
-def layer_stores(specs: Sequence[LayerSpec], cache_dir: Path, chunk_features: int | None) -> dict[str, tuple[AbundanceStore, str]]:
-    """Every layer's store and input checksum, by layer name; table files converted two at a time.
+class _StoreOpening:
+    """Every layer's store and input checksum, opened (table files converted) two at a time, handed over as they are ready.
 
     Converting a table (parse, compress, write) keeps about one core busy, and a
     study has several tables (species, pathways, modules): the largest table file
-    is converted in this thread, the other files meanwhile in one helper thread,
-    then this thread opens the stores given as such. Layers of one file stay in
-    one thread, in plan order, so a file is never converted twice at once. Errors
-    are raised in plan order, as one thread would meet them. The helper is a
-    daemon: an interrupted run does not wait for its table (a killed conversion
-    leaves only a temporary folder, which the next run removes, see
-    :func:`~scalable_assoc.io.runstate.remove_leftovers`).
+    is converted in one helper thread, the other files meanwhile in another, so
+    the calling thread is free to send the layers already converted to the
+    cluster. Layers of one file stay in one thread, in plan order, so a file is
+    never converted twice at once. Errors are raised in plan order, as one
+    thread would meet them. The helpers are daemons: an interrupted run does
+    not wait for its tables (a killed conversion leaves only a temporary folder,
+    which the next run removes, see :func:`~scalable_assoc.io.runstate.remove_leftovers`).
+    With fewer than two table files (stores, or one table), every layer is
+    opened in the calling thread, as :meth:`as_ready` is first asked. A layer
+    whose file does not exist is refused (by ``layer_store``) at once.
     """
-    files: dict[Path, list[LayerSpec]] = {}
-    for spec in specs:
-        if spec.path.is_file():
-            files.setdefault(spec.path.resolve(), []).append(spec)
-    if len(files) < 2:
-        return {spec.name: _open_layer_store(spec, cache_dir, chunk_features) for spec in specs}
-    largest = max(files, key=lambda path: path.stat().st_size)
-    in_helper = [spec for path, group in files.items() if path != largest for spec in group]
-    outcomes: dict[str, tuple[AbundanceStore, str] | Exception] = {}
-    helper = threading.Thread(
-        target=_open_each, args=(in_helper, cache_dir, chunk_features, outcomes), name="scalable-assoc-convert", daemon=True
-    )
-    helper.start()
-    _open_each([spec for spec in specs if spec not in in_helper], cache_dir, chunk_features, outcomes)
-    helper.join()
-    stores = {}
-    for spec in specs:
-        outcome = outcomes.get(spec.name)
-        if outcome is None:  # after an error in its thread: the error, earlier in plan order or in the other thread, is raised
-            continue
-        if isinstance(outcome, Exception):
-            raise outcome
-        stores[spec.name] = outcome
-    return stores
+
+    def __init__(self, specs: Sequence[LayerSpec], cache_dir: Path, chunk_features: int | None) -> None:
+        self.specs = list(specs)
+        self.cache_dir, self.chunk_features = cache_dir, chunk_features
+        for spec in self.specs:
+            if not spec.path.exists():  # a missing file is named before any table is converted, or any layer fitted
+                _open_layer_store(spec, cache_dir, chunk_features)
+        self.outcomes: dict[str, tuple[AbundanceStore, str] | Exception] = {}
+        #: a layer's name once its outcome is in, None when a thread ends
+        self.ready: queue.Queue[str | None] = queue.Queue()
+        files: dict[Path, list[LayerSpec]] = {}
+        for spec in self.specs:
+            if spec.path.is_file():
+                files.setdefault(spec.path.resolve(), []).append(spec)
+        self.threads: list[threading.Thread] = []
+        if len(files) >= 2:
+            largest = max(files, key=lambda path: path.stat().st_size)
+            in_largest = [spec for spec in self.specs if spec.path.is_file() and spec.path.resolve() == largest]
+            others = [spec for spec in self.specs if spec not in in_largest]
+            for group, name in ((in_largest, "scalable-assoc-convert-largest"), (others, "scalable-assoc-convert")):
+                thread = threading.Thread(target=self._open_each, args=(group,), name=name, daemon=True)
+                thread.start()
+                self.threads.append(thread)
+
+    def _open_each(self, specs: Sequence[LayerSpec]) -> None:
+        try:
+            _open_each(specs, self.cache_dir, self.chunk_features, self.outcomes, self.ready)
+        finally:
+            self.ready.put(None)
+
+    def as_ready(self) -> Iterator[list[tuple[LayerSpec, tuple[AbundanceStore, str]]]]:
+        """The layers ``(spec, (store, checksum))`` opened since the last step, in plan order, until all are; errors in plan order."""
+        if not self.threads:
+            _open_each(self.specs, self.cache_dir, self.chunk_features, self.outcomes)
+            yield self._handed_over(set())
+            return
+        handed: set[str] = set()
+        running = len(self.threads)
+        while running:
+            names = [self.ready.get()]
+            while not self.ready.empty():  # every layer ready by now goes in one step
+                names.append(self.ready.get())
+            running -= names.count(None)
+            if any(isinstance(outcome, Exception) for outcome in self.outcomes.values()):
+                for thread in self.threads:  # an earlier layer in plan order may fail too: its error comes first
+                    thread.join()
+            step = self._handed_over(handed)
+            if step:
+                yield step
+
+    def _handed_over(self, handed: set[str]) -> list[tuple[LayerSpec, tuple[AbundanceStore, str]]]:
+        """The layers opened and not ``handed`` over yet (added to it), in plan order; the first error in plan order raised."""
+        step = []
+        for spec in self.specs:
+            outcome = self.outcomes.get(spec.name)
+            if outcome is None:  # not opened yet, or after an error in its thread (which is raised)
+                continue
+            if isinstance(outcome, Exception):
+                raise outcome
+            if spec.name not in handed:
+                handed.add(spec.name)
+                step.append((spec, outcome))
+        return step
 
 
 def _open_each(
-    specs: Sequence[LayerSpec], cache_dir: Path, chunk_features: int | None, outcomes: dict[str, tuple[AbundanceStore, str] | Exception]
+    specs: Sequence[LayerSpec],
+    cache_dir: Path,
+    chunk_features: int | None,
+    outcomes: dict[str, tuple[AbundanceStore, str] | Exception],
+    ready: queue.Queue[str | None] | None = None,
 ) -> None:
-    """Open each layer's store in order into ``outcomes``; at an error, the error instead and the layers after it left out."""
+    """Open each layer's store in order into ``outcomes`` (then its name into ``ready``); at an error, the error instead, and no more."""
     for spec in specs:
         try:
             outcomes[spec.name] = _open_layer_store(spec, cache_dir, chunk_features)
-        except Exception as error:  # raised by layer_stores in plan order
+        except Exception as error:  # raised by _StoreOpening.as_ready in plan order
             outcomes[spec.name] = error
             return
+        finally:
+            if ready is not None:
+                ready.put(spec.name)
 
 
 def _prepare_layer(

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from scalable_assoc.engine.graph import (
 from scalable_assoc.engine.manifest import run_manifest
 from scalable_assoc.engine.outputs import FinishedChunks, RunSummary, remove_outputs, up_to_date, write_outputs
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
-from scalable_assoc.engine.prepare import PreparedStudy, prepare_study
+from scalable_assoc.engine.prepare import PreparedStudy, StudyPreparation
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.tasks import MODEL_VIEWS, SoloChunk, fit_chunk_task, forget_designs, read_and_fit_chunks
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
@@ -271,7 +271,7 @@ def _run_study_locked(
     """:func:`run_study`'s work, once the output folder is held; ``on_phase(name)`` marks each phase's start."""
     on_phase("prepare")
     started = time.perf_counter()
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"prepare": 0.0}  # first in the manifest, as the phases begin
     remove_outputs(out)
     work = out / WORK_DIR
     if options.covariate_rows and plan.cluster is not None:
@@ -288,7 +288,7 @@ def _run_study_locked(
             if not starting:
                 starting.append(stack.enter_context(cluster_starting(cluster)))
 
-        study = prepare_study(
+        preparation = StudyPreparation(
             plan,
             work / "stores",
             options.chunk_features,
@@ -297,9 +297,30 @@ def _run_study_locked(
             options.min_cases,
             on_checked=start_cluster,
         )
-        timings["prepare"] = time.perf_counter() - started
+        parts = _parts_to_run(preparation)
+        # The first layers ready (the errors of reading them come here, before the cluster is waited for).
+        first = next(parts, None)
+        if first is None:
+            preparation.study()  # raises: no analysis to run
+            raise AssertionError("a study with analyses has a first part")
+        timings["prepare"] = time.perf_counter() - started  # until the last part is prepared (all of it in one part)
         start_cluster()  # when preparing did not call it
-        return _run_prepared(plan, out, options, starting[0], study, started, timings, on_chunk_done, on_phase)
+        return _run_prepared(plan, out, options, starting[0], preparation, first, parts, started, timings, on_chunk_done, on_phase)
+
+
+def _parts_to_run(preparation: StudyPreparation) -> Iterator[PreparedStudy]:
+    """The parts of the study in the order their tables are converted (:meth:`StudyPreparation.parts`), each fitted as it comes.
+
+    A plan asking for PERMANOVA comes as one part, the whole study: the size of
+    its distance matrices is checked before any task (:func:`check_permanova`).
+    """
+    beta = preparation.plan.diversity is not None and preparation.plan.diversity.beta is not None
+    if not beta:
+        yield from preparation.parts()
+        return
+    for _ in preparation.parts():
+        pass
+    yield preparation.study()
 
 
 def _run_prepared(
@@ -307,55 +328,56 @@ def _run_prepared(
     out: Path,
     options: _RunOptions,
     cluster: ClusterRequest,
-    study: PreparedStudy,
+    preparation: StudyPreparation,
+    first: PreparedStudy,
+    parts: Iterator[PreparedStudy],
     started: float,
     timings: dict[str, float],
     on_chunk_done: Callable[[int, int], None],
     on_phase: Callable[[str], None],
 ) -> RunSummary:
-    """The rest of :func:`_run_study_locked` once the study is prepared: tasks, cluster, filter, fit, gather."""
+    """The rest of :func:`_run_study_locked` once the ``first`` part is prepared: cluster, each part's filter and fits, gather.
+
+    The later ``parts`` go to the cluster as their tables are converted; the
+    gather (FDR over every layer) waits for all of them.
+    """
     work = out / WORK_DIR
     chunks_dir = work / "chunks"
-    tasks = chunk_tasks(study, options.analyses_per_task, options.covariate_rows)
-    _remove_stale_chunks(chunks_dir, {t.chunk_id for t in tasks})
-    done = _finished_chunks(chunks_dir, tasks)
-    logger.info(
-        "%s: %d analyses over %d layer(s), %d distinct designs, %d chunks%s",
-        plan.name,
-        sum(len(layer.analyses) for layer in study.layers),
-        len(study.layers),
-        sum(len(layer.designs) for layer in study.layers),
-        len(tasks),
-        f" ({len(done)} already done, resuming)" if done else "",
-    )
     on_phase("cluster")
     phase = time.perf_counter()
     with watched_cluster(cluster) as (client, watch):
         if cluster.client is None:
-            # The wait for the cluster after preparing (all of its start unless it started in the background).
+            # The wait for the cluster after the first layers were prepared (all of its start unless it started in the background).
             timings["cluster_start"] = time.perf_counter() - phase
             if cluster.starting is not None and cluster.starting.seconds is not None:
                 timings["cluster_start_background"] = cluster.starting.seconds
-        check_permanova(client, study)  # PERMANOVA (plan diversity.beta): refuse a too-large Bray-Curtis matrix before any work
-        on_phase("filter")
-        phase = time.perf_counter()
-        positions = {layer.spec.name: hold_on_cluster(client, layer.sample_positions, "samples") for layer in study.layers}
-        first_task = _FirstResult(positions.values())
-        filters = filter_layers(client, study, positions, work / "filters", watch)
-        timings["filter"] = time.perf_counter() - phase
-        first_task.record(timings)
-        on_phase("fit")
-        phase = time.perf_counter()
-        pending = [t for t in tasks if t.chunk_id not in done]
+        run = _PartsOnCluster(client, watch, work, cluster.starts_local_cluster(), options, on_phase)
+        run.submit(first, timings)
+        for part in parts:  # as their tables are converted
+            timings["prepare"] = time.perf_counter() - started  # the first parts meanwhile filtered and fitting
+            run.submit(part, timings)
+        study = preparation.study()
+        tasks = [task for layer in study.layers for task in run.tasks[layer.spec.name]]  # in plan order, as one pass made them
+        done = {task.chunk_id for task in tasks} & run.done
+        logger.info(
+            "%s: %d analyses over %d layer(s), %d distinct designs, %d chunks%s",
+            plan.name,
+            sum(len(layer.analyses) for layer in study.layers),
+            len(study.layers),
+            sum(len(layer.designs) for layer in study.layers),
+            len(tasks),
+            f" ({len(done)} already done, resuming)" if done else "",
+        )
         finished = FinishedChunks(chunks_dir)  # the client reads each chunk's rows while the workers fit the others
         resumed = [t for t in tasks if t.chunk_id in done]
-        progress = _Progress(len(done), len(tasks), on_chunk_done)
-        placed = cluster.starts_local_cluster()  # its scheduler leaves tasks where they are placed (no work stealing)
-        _fit_chunks(client, watch, study, filters, positions, pending, progress, work, finished, resumed, placed)
-        if not placed:  # a cluster that outlives the run keeps none of its designs (the local one closes with it)
+        run.fits.wait(watch, _Progress(len(done), len(tasks), on_chunk_done), finished, resumed)
+        _remove_stale_chunks(chunks_dir, {t.chunk_id for t in tasks})  # once no fit writes (its temporary files are no chunk's)
+        if not run.fits.placed:  # a cluster that outlives the run keeps none of its designs (the local one closes with it)
             client.run(forget_designs, on_error="ignore")
-        timings["fit"] = time.perf_counter() - phase
-        first_task.record(timings)  # when it came back after the filter phase (stored prevalence counts: no task to wait for)
+        timings["fit"] = time.perf_counter() - run.fit_started
+        if run.first_task is not None:
+            run.first_task.record(timings)  # when it came back after the filter phase (stored prevalence counts: no task to wait for)
+        filters, positions = run.filters, run.positions
         # --- PERMANOVA (plan diversity.beta): engine/permanova.py writes permanova.parquet/.tsv; None when not asked for ---
         phase = time.perf_counter()
         permanova = run_permanova(client, watch, study, filters, positions, out)
@@ -375,6 +397,52 @@ def _run_prepared(
         manifest["permanova"] = permanova
     write_json(out / "manifest.json", manifest)  # last: a complete set of outputs has a manifest
     return RunSummary(out, results, summary, survival, manifest, len(tasks), len(done), timings["total"])
+
+
+class _PartsOnCluster:
+    """The parts of a study on the cluster as each is prepared: its samples held, its filter, its fits submitted.
+
+    Keeps what the rest of the run needs of every part: chunk tasks by layer,
+    chunks an earlier run finished, filters and held sample positions by layer,
+    the fit futures (:class:`_FitSubmission`), and when the first task came
+    back. The run log's phases are marked as the first part enters them.
+    """
+
+    def __init__(
+        self, client: Client, watch: ClusterWatch, work: Path, placed: bool, options: _RunOptions, on_phase: Callable[[str], None]
+    ) -> None:
+        self.client, self.watch, self.work, self.options, self.on_phase = client, watch, work, options, on_phase
+        self.tasks: dict[str, list[ChunkTask]] = {}
+        self.done: set[str] = set()
+        self.filters: dict[str, LayerFilter] = {}
+        self.positions: dict[str, distributed.Future] = {}
+        # its scheduler leaves tasks where they are placed (no work stealing)
+        self.fits = _FitSubmission(client, work, placed)
+        self.first_task: _FirstResult | None = None  # set by the first part
+        self.fit_started = 0.0
+
+    def submit(self, part: PreparedStudy, timings: dict[str, float]) -> None:
+        """Filter the part's layers (waiting for the filter) and submit their pending fits; ``timings["filter"]`` adds up the waits."""
+        check_permanova(self.client, part)  # PERMANOVA (plan diversity.beta, the whole study): refuse a too-large Bray-Curtis matrix
+        tasks = chunk_tasks(part, self.options.analyses_per_task, self.options.covariate_rows)
+        done = _finished_chunks(self.work / "chunks", tasks)
+        if self.first_task is None:
+            self.on_phase("filter")
+        phase = time.perf_counter()
+        positions = {layer.spec.name: hold_on_cluster(self.client, layer.sample_positions, "samples") for layer in part.layers}
+        if self.first_task is None:
+            self.first_task = _FirstResult(positions.values())
+        self.filters |= filter_layers(self.client, part, positions, self.work / "filters", self.watch)
+        timings["filter"] = timings.get("filter", 0.0) + time.perf_counter() - phase
+        self.first_task.record(timings)
+        if not self.fit_started:
+            self.on_phase("fit")
+            self.fit_started = time.perf_counter()
+        for layer in part.layers:
+            self.tasks[layer.spec.name] = [task for task in tasks if task.layer == layer.spec.name]
+        self.positions |= positions
+        self.done |= done
+        self.fits.submit(part, self.filters, positions, [task for task in tasks if task.chunk_id not in done])
 
 
 class _FirstResult:
@@ -424,85 +492,90 @@ class _Progress:
         self.on_chunk_done(self.reporter.done, self.reporter.total)
 
 
-def _fit_chunks(
-    client: Client,
-    watch: ClusterWatch,
-    study: PreparedStudy,
-    filters: dict[str, LayerFilter],
-    positions: dict[str, distributed.Future],
-    pending: list[ChunkTask],
-    progress: _Progress,
-    work: Path,
-    finished: FinishedChunks,
-    resumed: list[ChunkTask],
-    placed: bool = False,
-) -> None:
-    """Submit the fit tasks of every pending chunk and wait for them; a task that kills its workers is named.
+class _FitSubmission:
+    """The fit tasks of a run, submitted a part of the study at a time (:meth:`submit`), then waited for together (:meth:`wait`).
 
-    Meanwhile ``finished`` reads the rows of every chunk an earlier run finished
-    (``resumed``) and of each chunk as its task finishes: the client is idle here.
     With ``placed`` each block read by several chunks goes to a worker with its
-    batches and fits (:func:`_place_groups`); else the scheduler places every task.
+    batches and fits (:func:`_place_groups`, the work placed counted over every
+    part); else the scheduler places every task.
     """
-    progress.start()
-    designs = DesignFiles(work / "designs")
-    groups: list[_BlockFits] = []
-    for layer in study.layers:
-        layer_pending = [t for t in pending if t.layer == layer.spec.name]
-        if layer_pending:
-            views = {MODEL_VIEWS[task.analyses[0].key.model] for task in layer_pending}
-            held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], views)
-            groups += _block_groups(held, layer_pending)
-    threads = client.nthreads()
-    workers = _place_groups(threads if placed else {}, groups)
-    started: set[int] = set()
-    blocks: dict[int, distributed.Future] = {}
-    batches: dict[tuple[str, tuple[str, ...]], distributed.Future] = {}
 
-    def start_group(position: int) -> None:
-        """The group's batches of analyses, then its block (when several chunks read it), on the worker placed for it."""
-        if position >= len(groups) or position in started:
-            return
-        started.add(position)
-        group = groups[position]
-        if not group.held.layer_filter.kept[group.index].any():
-            return  # every feature filtered out: its chunks are written empty, with no task
-        for task in group.tasks:  # before the block: on its worker when its fits start
-            _held_batch(client, group, task, workers[position], batches)
-        if group.shared_block():
-            blocks[position] = group.held.submit_block(client, group.index, group.view, workers[position])
+    def __init__(self, client: Client, work: Path, placed: bool) -> None:
+        self.client, self.chunks_dir, self.placed = client, work / "chunks", placed
+        self.designs = DesignFiles(work / "designs")
+        self.threads = client.nthreads()
+        self.loads: dict[str, float] = {}  # work placed on each worker so far
+        self.batches: dict[tuple[str, tuple[str, ...]], distributed.Future] = {}
+        self.futures: dict[distributed.Future, list[ChunkTask]] = {}
 
-    fit_futures: dict[distributed.Future, list[ChunkTask]] = {}
-    solo = _SoloFits()
-    for position, group in enumerate(groups):
-        # A block, and the next one, go out before the block's fits: a second worker reads the next block while this
-        # process writes designs and submits fits. Not every block first: the workers would hold all of them at once.
-        start_group(position)
-        start_group(position + 1)
-        fit_futures |= _submit_fits(client, group, blocks.pop(position, None), workers[position], work / "chunks", designs, batches, solo)
-        # Its fits now hold the block: with no reference left here, the scheduler frees it once they are done.
-    fit_futures |= solo.submit(client, sum(threads.values()))
-    for task in resumed:  # while the first fits run
-        finished.read(task)
-    for future in watch.completed(fit_futures):
-        for task in fit_futures[future]:
-            progress.chunk_done()
+    def submit(
+        self, study: PreparedStudy, filters: dict[str, LayerFilter], positions: dict[str, distributed.Future], pending: list[ChunkTask]
+    ) -> None:
+        """Submit the fit tasks of the ``pending`` chunks of ``study``'s layers (a part of the run's study)."""
+        client = self.client
+        groups: list[_BlockFits] = []
+        for layer in study.layers:
+            layer_pending = [t for t in pending if t.layer == layer.spec.name]
+            if layer_pending:
+                views = {MODEL_VIEWS[task.analyses[0].key.model] for task in layer_pending}
+                held = layer_on_cluster(client, study, layer, filters[layer.spec.name], positions[layer.spec.name], views)
+                groups += _block_groups(held, layer_pending)
+        workers = _place_groups(self.threads if self.placed else {}, groups, self.loads)
+        started: set[int] = set()
+        blocks: dict[int, distributed.Future] = {}
+
+        def start_group(position: int) -> None:
+            """The group's batches of analyses, then its block (when several chunks read it), on the worker placed for it."""
+            if position >= len(groups) or position in started:
+                return
+            started.add(position)
+            group = groups[position]
+            if not group.held.layer_filter.kept[group.index].any():
+                return  # every feature filtered out: its chunks are written empty, with no task
+            for task in group.tasks:  # before the block: on its worker when its fits start
+                _held_batch(client, group, task, workers[position], self.batches)
+            if group.shared_block():
+                blocks[position] = group.held.submit_block(client, group.index, group.view, workers[position])
+
+        solo = _SoloFits()
+        for position, group in enumerate(groups):
+            # A block, and the next one, go out before the block's fits: a second worker reads the next block while this
+            # process writes designs and submits fits. Not every block first: the workers would hold all of them at once.
+            start_group(position)
+            start_group(position + 1)
+            block = blocks.pop(position, None)
+            self.futures |= _submit_fits(client, group, block, workers[position], self.chunks_dir, self.designs, self.batches, solo)
+            # Its fits now hold the block: with no reference left here, the scheduler frees it once they are done.
+        self.futures |= solo.submit(client, sum(self.threads.values()))
+
+    def wait(self, watch: ClusterWatch, progress: _Progress, finished: FinishedChunks, resumed: list[ChunkTask]) -> None:
+        """Wait for every fit submitted; a task that kills its workers is named.
+
+        Meanwhile ``finished`` reads the rows of every chunk an earlier run finished
+        (``resumed``) and of each chunk as its task finishes: the client is idle here.
+        """
+        progress.start()
+        for task in resumed:  # while the first fits run
+            finished.read(task)
+        for future in watch.completed(self.futures):
+            for task in self.futures[future]:
+                progress.chunk_done()
+                if future.status == "finished":
+                    finished.read(task)
+        for future, chunks in self.futures.items():
             if future.status == "finished":
-                finished.read(task)
-    for future, chunks in fit_futures.items():
-        if future.status == "finished":
-            continue  # its result (a few numbers) stays on its worker: fetching it was one round trip per chunk
-        try:
-            future.result()  # re-raise a task's error here
-        except KilledWorker:
-            task, more = chunks[0], len(chunks) - 1
-            raise ClusterFailure(
-                f"the task of chunk {task.chunk_id} (layer '{task.layer}', features {task.start}-{task.stop - 1}, "
-                f"{len(task.analyses)} analyses) ended every worker that ran it"
-                f"{f' (it fits {more} more chunk(s) of the layer after this one)' if more else ''}, as running out of memory "
-                "does; give the workers more memory, or fewer features per chunk (--chunk-features on a new --out); the chunks "
-                "already finished are kept and a rerun resumes"
-            ) from None
+                continue  # its result (a few numbers) stays on its worker: fetching it was one round trip per chunk
+            try:
+                future.result()  # re-raise a task's error here
+            except KilledWorker:
+                task, more = chunks[0], len(chunks) - 1
+                raise ClusterFailure(
+                    f"the task of chunk {task.chunk_id} (layer '{task.layer}', features {task.start}-{task.stop - 1}, "
+                    f"{len(task.analyses)} analyses) ended every worker that ran it"
+                    f"{f' (it fits {more} more chunk(s) of the layer after this one)' if more else ''}, as running out of memory "
+                    "does; give the workers more memory, or fewer features per chunk (--chunk-features on a new --out); the chunks "
+                    "already finished are kept and a rerun resumes"
+                ) from None
 
 
 def _remove_stale_chunks(chunks_dir: Path, keep_chunks: set[str]) -> None:
@@ -568,12 +641,13 @@ class _BlockFits:
         return int(self.held.layer_filter.kept[self.index].sum()) * sum(len(task.analyses) for task in self.tasks)
 
 
-def _place_groups(threads: dict[str, int], groups: list[_BlockFits]) -> list[str | None]:
+def _place_groups(threads: dict[str, int], groups: list[_BlockFits], loads: dict[str, float] | None = None) -> list[str | None]:
     """A worker for each block view read by several chunks, for the block, its batches of analyses and its fits; else None.
 
     ``threads``: the workers' threads by address (``Client.nthreads``; empty: nothing
     is placed). Each block goes to the worker with the least work per thread so far
-    (:meth:`_BlockFits.work`), in order. Left to the scheduler, a block went to
+    (:meth:`_BlockFits.work`), in order; ``loads`` (updated) holds the work placed
+    on each worker by earlier calls of the same run. Left to the scheduler, a block went to
     whichever worker was free and its fits' other inputs (batches, shared by the
     blocks of a layer) to either, so a fit weighed moving its block (tens of
     megabytes) against the tasks queued beside it, counted at half a second each
@@ -582,13 +656,15 @@ def _place_groups(threads: dict[str, int], groups: list[_BlockFits]) -> list[str
     loses its tasks to the others. A chunk reading its block itself (the block's
     only reader) needs nothing large: the scheduler places it.
     """
-    assigned = dict.fromkeys(sorted(threads), 0.0)
+    assigned = loads if loads is not None else {}
+    for address in sorted(threads):
+        assigned.setdefault(address, 0.0)
     placed: list[str | None] = []
     for group in groups:
-        if not assigned or not group.shared_block():
+        if not threads or not group.shared_block():
             placed.append(None)
             continue
-        worker = min(assigned, key=lambda address: assigned[address] / max(threads[address], 1))
+        worker = min(sorted(threads), key=lambda address: assigned[address] / max(threads[address], 1))
         assigned[worker] += group.work()
         placed.append(worker)
     return placed

@@ -1,0 +1,75 @@
+"""A run sends each layer to the cluster as soon as its table is converted (engine/prepare.py StudyPreparation, engine/run.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pandas as pd
+import pytest
+from distributed import Client
+
+from scalable_assoc.engine import prepare
+from scalable_assoc.engine.run import WORK_DIR, run_study
+from scalable_assoc.plan.schema import LayerSpec, load_plan
+from scalable_assoc.simulate import SimulatedStudy
+
+
+def test_a_layer_is_fitted_while_another_table_still_converts(
+    small_study: SimulatedStudy, client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, assert_results_equal: Callable
+) -> None:
+    expected = run_study(small_study.plan_path, tmp_path / "at_once", client=client)
+    out = tmp_path / "streamed"
+    chunks = out / WORK_DIR / "chunks"
+    seen: dict[str, bool] = {}
+    real = prepare._open_layer_store
+
+    def pathways_after_a_fit(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple:
+        if spec.name == "pathways":  # its table "converts" until another layer's first chunk is written
+            fitted = threading.Event()
+            for _ in range(600):
+                if any(chunks.glob("*.parquet")):
+                    fitted.set()
+                    break
+                fitted.wait(0.05)
+            seen["fit before pathways opened"] = fitted.is_set()
+        return real(spec, cache_dir, chunk_features)
+
+    monkeypatch.setattr(prepare, "_open_layer_store", pathways_after_a_fit)
+    streamed = run_study(small_study.plan_path, out, client=client)
+    assert seen == {"fit before pathways opened": True}
+    # The same rows, manifest layers and warnings in plan order, whichever table was ready first.
+    assert_results_equal(pd.read_parquet(tmp_path / "at_once" / "results.parquet"), pd.read_parquet(out / "results.parquet"))
+    assert list(streamed.manifest["layers"]) == list(expected.manifest["layers"]) == ["species", "pathways", "gbm"]
+    assert streamed.manifest["warnings"] == expected.manifest["warnings"]
+    assert streamed.chunks_total == expected.chunks_total
+
+
+def test_layers_linked_by_a_clr_reference_are_prepared_together() -> None:
+    def spec(name: str, reference: str | None = None) -> LayerSpec:
+        return cast(LayerSpec, SimpleNamespace(name=name, preprocess=SimpleNamespace(clr_reference=reference)))
+
+    layers = [spec("species"), spec("pathways", "species"), spec("gbm"), spec("modules", "gbm"), spec("virus")]
+    assert prepare._clr_groups(layers) == [{"species", "pathways"}, {"gbm", "modules"}, {"virus"}]
+
+
+def test_a_bad_table_converted_first_is_still_named_after_an_earlier_layer_s_error(
+    small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Errors come in plan order, whichever thread meets its table's error first."""
+    real = prepare._open_layer_store
+    plan = load_plan(small_study.plan_path)
+
+    def failing(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple:
+        if spec.name == "species":
+            threading.Event().wait(0.5)  # the later layers' errors come in first
+        if spec.name in ("species", "gbm"):
+            raise ValueError(f"bad table of layer {spec.name}")
+        return real(spec, cache_dir, chunk_features)
+
+    monkeypatch.setattr(prepare, "_open_layer_store", failing)
+    with pytest.raises(ValueError, match="layer species"):
+        prepare.prepare_study(plan, tmp_path / "stores")
