@@ -529,7 +529,7 @@ class _StoreOpening:
         self.threads: list[threading.Thread] = []
         if len(files) >= 2:
             largest = max(files, key=lambda path: path.stat().st_size)
-            in_largest = [spec for spec in self.specs if spec.path.is_file() and spec.path.resolve() == largest]
+            in_largest = files[largest]  # in plan order, as the files' groups were built
             others = [spec for spec in self.specs if spec not in in_largest]
             for group, name in ((in_largest, "scalable-assoc-convert-largest"), (others, "scalable-assoc-convert")):
                 thread = threading.Thread(target=self._open_each, args=(group,), name=name, daemon=True)
