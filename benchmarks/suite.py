@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
@@ -209,10 +210,14 @@ def _limma_cli_inputs(cases: dict, folder: Path, log: Path, data: Path) -> None:
 
 def median_run(runs: list[dict]) -> dict:
     """The run of median wall time among ``runs``, with every run's wall time (``walls_s``, ascending) for the table."""
-    ordered = sorted(runs, key=lambda r: r["wall_s"])
-    median = dict(ordered[len(ordered) // 2])
-    median["walls_s"] = [r["wall_s"] for r in ordered]
+    median = median_by(runs, lambda r: r["wall_s"])
+    median["walls_s"] = sorted(r["wall_s"] for r in runs)
     return median
+
+
+def median_by(runs: list[dict], value: Callable[[dict], float]) -> dict:
+    """A copy of the run whose ``value`` is the median among ``runs`` (the upper one of an even count)."""
+    return dict(sorted(runs, key=value)[len(runs) // 2])
 
 
 def median_pair_ratio(theirs_s: list[float], ours_s: list[float]) -> float:
@@ -601,7 +606,7 @@ def run_suite(args: argparse.Namespace) -> dict:
             cold_runs.append(run_cli(plan, folder / "out", log))
             loop_runs.append(run_case("statsmodels", {"folder": str(folder), "sample": ref["statsmodels_sample"]}, log, data))
         cases["ref_cli_cold"] = median_run(cold_runs)
-        cases["ref_statsmodels"] = sorted(loop_runs, key=lambda r: r["result"]["per_regression_s"])[len(loop_runs) // 2]
+        cases["ref_statsmodels"] = median_by(loop_runs, lambda r: r["result"]["per_regression_s"])
         say("reference: CLI run, cold, with the HTML report")
         cases["ref_cli_cold_report"] = run_cli(plan, folder / "out", log, report=True)
         say("reference: the three tables into one store (ingest --layer), then a second plan on it")
@@ -690,7 +695,7 @@ def run_suite(args: argparse.Namespace) -> dict:
         cases["limma_cli_ours"] = median_run(ours_runs)
         if with_r:
             lmfit_all = [r["result"]["limma_seconds"] for r in r_runs]
-            cases["limma_cli_r"] = sorted(r_runs, key=lambda r: r["result"]["limma_seconds"])[len(r_runs) // 2]
+            cases["limma_cli_r"] = median_by(r_runs, lambda r: r["result"]["limma_seconds"])
             cases["limma_cli_r"]["limma_all_s"] = lmfit_all
             exported = cases["limma_cli_export"]["result"]
             cases["limma_cli_r"]["limma_vs_ours_max_rel_diff"] = limma_check(folder / "r", exported["r_features"], exported["r_analyses"])
