@@ -53,6 +53,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import seal_path, sealed, write_atomically
+from scalable_assoc.io.chunk_files import chunk_files
 from scalable_assoc.io.table_values import SmallestPositive
 from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.plan.blocks import STORE_LAYER_NAME
@@ -204,10 +205,23 @@ class AbundanceStore:
 
 
 def read_block(path: Path, start: int, stop: int, sample_positions: np.ndarray | None = None) -> np.ndarray:
-    """Features ``start:stop`` of the store at ``path``: ``(n, stop - start)`` float64, all samples or those given."""
-    array = zarr.open_array(Path(path) / "abundance", mode="r")
+    """Features ``start:stop`` of the store at ``path``: ``(n, stop - start)`` float64, all samples or those given.
+
+    The chunk files are read directly where the array is laid out as this package writes it
+    (:mod:`~scalable_assoc.io.chunk_files`), through zarr otherwise.
+    """
+    files = chunk_files(Path(path) / "abundance")
+    block = files.read_columns(start, stop) if files is not None else _zarr_block(Path(path), start, stop)
+    if sample_positions is None or _all_rows(sample_positions, block.shape[0]):
+        return block  # a run on every sample (the usual case) needs no block-sized copy
+    return block[sample_positions]
+
+
+def _zarr_block(path: Path, start: int, stop: int) -> np.ndarray:
+    """Features ``start:stop`` of the store at ``path`` read through zarr: ``(n_samples, stop - start)`` float64."""
+    array = zarr.open_array(path / "abundance", mode="r")
     try:
-        block = np.asarray(array[:, start:stop], dtype=np.float64)
+        return np.asarray(array[:, start:stop], dtype=np.float64)
     except ValueError as error:
         if "checksum" not in str(error):
             raise
@@ -216,9 +230,6 @@ def read_block(path: Path, start: int, stop: int, sample_positions: np.ndarray |
             f"store {path} is damaged: the chunk holding features {start}-{stop - 1} fails its checksum ({error}); "
             "convert its table again with 'scalable-assoc ingest' (or give the table itself as the layer)"
         ) from None
-    if sample_positions is None or _all_rows(sample_positions, block.shape[0]):
-        return block  # a run on every sample (the usual case) needs no block-sized copy
-    return block[sample_positions]
 
 
 def _all_rows(positions: np.ndarray, n: int) -> bool:
