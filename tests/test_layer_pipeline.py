@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -73,3 +74,58 @@ def test_a_bad_table_converted_first_is_still_named_after_an_earlier_layer_s_err
     monkeypatch.setattr(prepare, "_open_layer_store", failing)
     with pytest.raises(ValueError, match="layer species"):
         prepare.prepare_study(plan, tmp_path / "stores")
+
+
+def test_the_second_thread_converts_its_smallest_table_first(
+    small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The largest file in one thread; the others smallest first, so the first layer to reach the cluster is the quickest."""
+    plan = load_plan(_gbm_before_pathways(small_study, tmp_path))
+    sizes = {spec.name: spec.path.stat().st_size for spec in plan.layers}
+    largest = max(sizes, key=lambda name: sizes[name])
+    others = sorted((name for name in sizes if name != largest), key=lambda name: sizes[name])
+    assert [spec.name for spec in plan.layers if spec.name != largest] != others  # plan order is not size order here
+    real = prepare._open_layer_store
+    order: dict[str, list[str]] = {}
+
+    def recorded(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple:
+        order.setdefault(threading.current_thread().name, []).append(spec.name)
+        return real(spec, cache_dir, chunk_features)
+
+    monkeypatch.setattr(prepare, "_open_layer_store", recorded)
+    prepared = prepare.prepare_study(plan, tmp_path / "stores")
+    assert order == {"scalable-assoc-convert-largest": [largest], "scalable-assoc-convert": others}
+    assert [layer.spec.name for layer in prepared.layers] == [spec.name for spec in plan.layers]  # handed over in plan order
+
+
+def test_after_an_error_a_thread_still_opens_the_layers_before_it_in_plan_order(
+    small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pathways (smaller) converts before gbm (earlier in the plan): its error waits for gbm's, which is raised."""
+    plan = load_plan(_gbm_before_pathways(small_study, tmp_path))
+    real = prepare._open_layer_store
+    opened: list[str] = []
+
+    def failing(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple:
+        opened.append(spec.name)
+        if spec.name in ("pathways", "gbm"):
+            raise ValueError(f"bad table of layer {spec.name}")
+        return real(spec, cache_dir, chunk_features)
+
+    monkeypatch.setattr(prepare, "_open_layer_store", failing)
+    with pytest.raises(ValueError, match="layer gbm"):
+        prepare.prepare_study(plan, tmp_path / "stores")
+    assert sorted(opened) == ["gbm", "pathways", "species"]
+
+
+def _gbm_before_pathways(small_study: SimulatedStudy, folder: Path) -> Path:
+    """A copy of the small study whose plan lists gbm before the smaller pathways table (plan order is not size order)."""
+    study = folder / "study"
+    study.mkdir()
+    for name in ("metadata.tsv", "species.tsv", "pathways.tsv", "gbm.tsv"):
+        shutil.copyfile(small_study.plan_path.parent / name, study / name)
+    text = small_study.plan_path.read_text()
+    swapped = "    gbm: gbm.tsv\n    pathways: pathways.tsv\n"
+    (study / "plan.yaml").write_text(text.replace("    pathways: pathways.tsv\n    gbm: gbm.tsv\n", swapped))
+    assert (study / "pathways.tsv").stat().st_size < (study / "gbm.tsv").stat().st_size < (study / "species.tsv").stat().st_size
+    return study / "plan.yaml"

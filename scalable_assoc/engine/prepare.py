@@ -504,8 +504,12 @@ class _StoreOpening:
     is converted in one helper thread, the other files meanwhile in another, so
     the calling thread is free to send the layers already converted to the
     cluster. Layers of one file stay in one thread, in plan order, so a file is
-    never converted twice at once. Errors are raised in plan order, as one
-    thread would meet them. The helpers are daemons: an interrupted run does
+    never converted twice at once. The other thread takes its files smallest
+    first: the first layer ready is the quickest to convert, and the cluster
+    starts fitting it while the rest convert (in the reference study the 3 MB
+    gut-brain-module table, then the 27 MB species table, beside the 52 MB
+    pathways). Errors are raised in plan order, as one thread would meet them:
+    after an error a thread still opens the layers before it in plan order. The helpers are daemons: an interrupted run does
     not wait for its tables (a killed conversion leaves only a temporary folder,
     which the next run removes, see :func:`~scalable_assoc.io.runstate.remove_leftovers`).
     With fewer than two table files (stores, or one table), every layer is
@@ -530,7 +534,8 @@ class _StoreOpening:
         if len(files) >= 2:
             largest = max(files, key=lambda path: path.stat().st_size)
             in_largest = files[largest]  # in plan order, as the files' groups were built
-            others = [spec for spec in self.specs if spec not in in_largest]
+            smallest_first = sorted((path for path in files if path != largest), key=lambda path: path.stat().st_size)
+            others = [spec for path in smallest_first for spec in files[path]]
             for group, name in ((in_largest, "scalable-assoc-convert-largest"), (others, "scalable-assoc-convert")):
                 thread = threading.Thread(target=self._open_each, args=(group,), name=name, daemon=True)
                 thread.start()
@@ -538,7 +543,7 @@ class _StoreOpening:
 
     def _open_each(self, specs: Sequence[LayerSpec]) -> None:
         try:
-            _open_each(specs, self.cache_dir, self.chunk_features, self.outcomes, self.ready)
+            _open_each(specs, self.cache_dir, self.chunk_features, self.outcomes, self.ready, self.specs)
         finally:
             self.ready.put(None)
 
@@ -583,14 +588,23 @@ def _open_each(
     chunk_features: int | None,
     outcomes: dict[str, tuple[AbundanceStore, str] | Exception],
     ready: queue.Queue[str | None] | None = None,
+    plan_order: Sequence[LayerSpec] = (),
 ) -> None:
-    """Open each layer's store in order into ``outcomes`` (then its name into ``ready``); at an error, the error instead, and no more."""
+    """Open each layer's store in order into ``outcomes`` (then its name into ``ready``); at an error, the error instead.
+
+    After an error only the layers before it in ``plan_order`` (``specs`` itself when not given) are still opened:
+    one of them may fail too, and the first error in plan order is the one raised.
+    """
+    rank = {spec.name: index for index, spec in enumerate(plan_order or specs)}
+    failed_at: int | None = None
     for spec in specs:
+        if failed_at is not None and rank[spec.name] > failed_at:
+            continue
         try:
             outcomes[spec.name] = _open_layer_store(spec, cache_dir, chunk_features)
         except Exception as error:  # raised by _StoreOpening.as_ready in plan order
             outcomes[spec.name] = error
-            return
+            failed_at = rank[spec.name] if failed_at is None else min(failed_at, rank[spec.name])
         finally:
             if ready is not None:
                 ready.put(spec.name)
