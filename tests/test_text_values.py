@@ -308,8 +308,13 @@ def test_the_cast_reads_a_cell_as_the_csv_reader_does_or_leaves_it_to_it() -> No
         np.testing.assert_array_equal(cast.view(np.int64), csv.view(np.int64), err_msg=cell)
     assert read > 5000  # the cast read most numbers itself (past 2**63 both refuse)
     assert _cast_cells(["1.5", "0", "2e-3"]) is not None
-    for other in ("NA", "", "nan", " 4 ", "abc"):
+    for other in ("NA", "nan", " 4 ", "abc"):
         assert _cast_cells(["1.5", other]) is None
+    # An empty cell is missing to both: NaN (here at the start, middle and end of a line).
+    for cells in (["", "1.5"], ["1.5", "", "2"], ["1.5", ""], ["", ""]):
+        cast, csv = _cast_cells(cells), _csv_cells(cells)
+        assert cast is not None and csv is not None
+        np.testing.assert_array_equal(cast.view(np.int64), csv.view(np.int64), err_msg=str(cells))
 
 
 @pytest.mark.parametrize("block", [300, 1 << 20])
@@ -329,6 +334,28 @@ def test_tables_without_missing_cells_are_read_by_the_cast_as_pandas_reads_them(
         _wide(tmp_path / "w.csv", 50, 7, rng, ","),
     ):
         fast, pandas = _both(table, tmp_path, monkeypatch, caplog)
+        np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
+    assert not csv_blocks
+
+
+@pytest.mark.parametrize("block", [300, 1 << 20])
+def test_tables_with_empty_cells_are_read_by_the_cast_as_pandas_reads_them(tmp_path, monkeypatch, caplog, block) -> None:
+    """Empty cells (the usual missing value) in MetaPhlAn and wide tables: read by the cast as NaN, as pandas reads
+    them, and no block left to the one-column CSV reader; also in rows a MetaPhlAn table leaves out."""
+    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", block)
+    numbers = ["0", "1.5", "2e-3", "0.1", "", "", "1e-320"]
+    monkeypatch.setattr(sys.modules[__name__], "CELLS", numbers)
+    rng = np.random.default_rng(13)
+    csv_blocks = []
+    original = text_values._one_column
+    monkeypatch.setattr(text_values, "_one_column", lambda *args: csv_blocks.append(1) or original(*args))
+    for table in (
+        _metaphlan(tmp_path / "mpa.tsv", 40, 9, rng),
+        _wide(tmp_path / "w.tsv", 50, 7, rng),
+        _wide(tmp_path / "w.csv", 50, 7, rng, ","),
+    ):
+        fast, pandas = _both(table, tmp_path, monkeypatch, caplog)
+        assert np.isnan(fast).any()
         np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
     assert not csv_blocks
 

@@ -367,7 +367,8 @@ def _cast_block(
     copy of the values' text, no CSV tokenizer. On the 307 MB MetaPhlAn table the parsing threads' CPU fell by about a
     third against the CSV reader, and by a fifth more once the text was no longer copied without its separators. The ID
     fields, and the rows ``keep`` leaves out, are nulls to the cast: never parsed. Both readers turn a field into a number with the same
-    function of pyarrow's (``ParseValue``); the CSV reader also trims blanks around a number and reads pandas' NA
+    function of pyarrow's (``ParseValue``); an empty field, the usual missing cell, is missing (NaN) to both, a null
+    slot to the cast. The CSV reader also trims blanks around a number and reads pandas' other NA
     strings as missing, where the cast fails or gives NaN: such a block (and any block not exactly ``n_fields`` fields
     on every line ending in a newline, or holding a carriage return) is left to the CSV reader, which reads it as before
     (a test checks the cast against the CSV reader cell by cell).
@@ -399,6 +400,11 @@ def _cast_block(
     offsets[0] = 0
     offsets[1::2] = ends
     np.add(ends, 1, out=offsets[2::2], casting="unsafe")
+    # An empty field is a missing value to the CSV reader (pandas' NA string ''): a null to the cast, NaN below. Tables
+    # with missing cells leave a few empty in most blocks, which all went to the CSV reader before.
+    empty = (offsets[0:-1:2] == offsets[1::2]).reshape(rows, n_fields)
+    empty[:, :first] = False
+    parsed[..., 0] &= ~empty
     fields = pa.StringArray.from_buffers(
         2 * ends.size,
         pa.py_buffer(offsets),
@@ -411,8 +417,13 @@ def _cast_block(
     except pa.ArrowInvalid:  # a cell that is no number to pyarrow: text, an NA string, blanks around a number
         return None
     del fields
+    missing = (empty if chosen is None else empty[chosen])[:, first:] if empty.any() else None
+    if missing is not None:
+        values[missing] = 0.0  # a null slot's value is whatever the cast left there: not a cell read as NaN
     if np.isnan(values).any():  # 'nan' is missing to the CSV reader (an NA string), 'NAN' a NaN written as a number
         return None
+    if missing is not None:
+        values[missing] = np.nan
     ids = None
     if with_ids:
         starts = np.concatenate(([0], ends[n_fields - 1 :: n_fields][:-1] + 1))  # of each line
@@ -420,7 +431,7 @@ def _cast_block(
         if chosen is not None:
             starts, id_ends = starts[chosen], id_ends[chosen]
         ids = [text[start:end].decode("utf-8") for start, end in zip(starts.tolist(), id_ends.tolist(), strict=True)]
-    return rows, ids, _checked(values, 0, table.path)
+    return rows, ids, _checked(values, 0 if missing is None else int(np.count_nonzero(missing)), table.path)
 
 
 #: Slots of a block's string array cast at a time (:func:`_cast_rows`): the cast's output, a float64 for every field
