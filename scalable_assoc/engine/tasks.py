@@ -1,4 +1,4 @@
-"""Functions that run inside Dask tasks, on workers.
+"""Functions that run inside Dask tasks, on workers (the client names them by :mod:`scalable_assoc.engine.task_refs`).
 
 Each reads whole Zarr chunks by path (workers need the store on a shared
 filesystem), calls the numeric kernels and returns small results, except
@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from scalable_assoc.engine.prepare import DesignInput, PreparedAnalysis, read_design
+from scalable_assoc.engine.task_refs import SoloChunk
 from scalable_assoc.io.atomic import seal, write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
@@ -67,10 +68,6 @@ def summarise_block(store_path: Path, start: int, stop: int, sample_positions: n
     return feature_summary(read_block(store_path, start, stop, sample_positions))
 
 
-#: Which view of a block each model reads (see :func:`model_block`).
-MODEL_VIEWS = {"lm": "transformed", "lmm": "transformed", "lm_nonzero": "nonzero", "prevalence": "presence"}
-
-
 def sum_block(
     store_path: Path,
     start: int,
@@ -107,11 +104,6 @@ def _view_of(
     if view == "nonzero":
         return apply_transform(nonzero_values(raw, presence_threshold), transform, 0.0, total, count)
     return apply_transform(raw, transform, pseudocount, total, count)
-
-
-def model_block_key(view: str, layer_token: str, block_index: int) -> str:
-    """The Dask key of :func:`model_block` for one view of one block: the run and the export share it."""
-    return f"model-block-{view}-{layer_token}-{block_index}"
 
 
 @dataclass(frozen=True)
@@ -208,13 +200,6 @@ def model_block(
     with np.errstate(invalid="ignore"):
         present = raw > presence_threshold
     return ModelBlock(_view_of(raw, view, transform, pseudocount, sample_totals, presence_threshold), present)
-
-
-def hold(value: object) -> object:
-    """A task that returns its argument: inputs placed this way are part of the graph,
-    so the scheduler can recompute them on another worker if their holder dies
-    (data placed with ``Client.scatter`` would be lost with it)."""
-    return value
 
 
 @dataclass(frozen=True)
@@ -571,12 +556,6 @@ def read_and_fit_chunk(
     scheduler releases it; here it is freed as the fit ends.
     """
     return fit_chunk_task(layer, model_block(*block_arguments), feature_ids, design_files, batch, output, covariate_output)
-
-
-#: One chunk of :func:`read_and_fit_chunks`: ``(block_arguments, feature_ids, output, covariate_output)``, the
-#: arguments of :func:`model_block`, the block's kept features and the files of :func:`fit_chunk`. A plain tuple:
-#: Dask finds the futures among the block's arguments (sample positions, per-sample sums) inside tuples and lists.
-SoloChunk = tuple[tuple[object, ...], tuple[str, ...], Path, Path | None]
 
 
 def read_and_fit_chunks(
