@@ -47,6 +47,12 @@ def test_a_whole_run_leaves_scipy_and_the_kernels_out_of_the_client(small_study:
     assert (out / "results.parquet").exists()
 
 
+def test_a_block_tasks_result_type_unpickles_without_the_kernels() -> None:
+    """distributed sends the client the pickled type of each result it holds a future of (its key-in-memory report)."""
+    result_type = pickle.dumps(tasks.ModelBlock)  # what tasks.model_block returns; the run holds futures of blocks
+    assert _workers_only_modules(f"import pickle; pickle.loads(bytes.fromhex({result_type.hex()!r}))") == []
+
+
 def test_every_task_reference_names_a_function_of_the_tasks_module() -> None:
     references = {name: value for name, value in vars(task_refs).items() if isinstance(value, task_refs.WorkerFunction)}
     assert {"model_block", "fit_chunk_task", "read_and_fit_chunks", "sum_block", "summarise_block", "forget_designs"} <= set(references)
