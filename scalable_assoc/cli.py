@@ -427,7 +427,7 @@ def _import_run_modules() -> None:
     enabled = gc.isenabled()
     gc.disable()
     try:
-        defer_unused_imports()  # NumPy's submodules SciPy's import loads and the run never uses
+        defer_unused_imports()  # NumPy's submodules SciPy's import loads (here only for alpha metrics or PERMANOVA)
         import scalable_assoc.engine.run
         import scalable_assoc.io.runstate
         import scalable_assoc.plan.schema

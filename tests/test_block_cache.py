@@ -8,8 +8,9 @@ from typing import cast
 
 import numpy as np
 
+from scalable_assoc.engine.blocks import PRESENCE_SLAB_ROWS, ModelBlock
 from scalable_assoc.engine.prepare import PreparedAnalysis
-from scalable_assoc.engine.tasks import PRESENCE_SLAB_ROWS, ModelBlock, design_carriers
+from scalable_assoc.engine.tasks import design_carriers
 from scalable_assoc.models.ols import prepare_block
 
 

@@ -40,9 +40,9 @@ import pandas as pd
 import pyarrow as pa
 from distributed import Client
 
+from scalable_assoc.engine.blocks import ModelBlock
 from scalable_assoc.engine.graph import layer_token
 from scalable_assoc.engine.prepare import LayerWork, PreparedAnalysis, PreparedStudy
-from scalable_assoc.engine.tasks import ModelBlock, fit_chunk, shared_design
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.io.atomic import write_parquet
 from scalable_assoc.io.store import read_block
@@ -120,6 +120,9 @@ def alpha_metrics(
 
 def fit_alpha(study: PreparedStudy, layer: LayerWork, metrics: dict[str, np.ndarray], folder: Path) -> pa.Table:
     """Rows of every metric x exposure x adjustment set of ``layer`` (partial schema), fitted in this process."""
+    # The workers' kernels (SciPy, the models), imported only by a run whose plan asks for alpha metrics.
+    from scalable_assoc.engine.tasks import fit_chunk, shared_design
+
     analyses = _alpha_analyses(study, layer)
     names = tuple(metrics)
     values = np.column_stack([metrics[name] for name in names]) if names else np.zeros((len(layer.sample_positions), 0))

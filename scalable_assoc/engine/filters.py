@@ -27,7 +27,7 @@ from distributed import Client
 
 from scalable_assoc.engine.graph import hold_on_cluster, layer_token
 from scalable_assoc.engine.prepare import LayerWork, PreparedStudy, reference_order
-from scalable_assoc.engine.tasks import MODEL_VIEWS, sum_block, summarise_block
+from scalable_assoc.engine.task_refs import MODEL_VIEWS, sum_block, summarise_block
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.run_cache import FilterFile, filter_path, read_filter_file, write_filter_file

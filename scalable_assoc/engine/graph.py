@@ -37,7 +37,7 @@ from distributed.security import Security
 from scalable_assoc.engine.cluster import WORKER_PRELOAD, dask_client
 from scalable_assoc.engine.prepare import LayerWork, PreparedStudy, write_design
 from scalable_assoc.engine.profiles import ClusterProfile
-from scalable_assoc.engine.tasks import hold, model_block, model_block_key
+from scalable_assoc.engine.task_refs import hold, model_block, model_block_key
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.io.run_cache import layer_cache_token
 

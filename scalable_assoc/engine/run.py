@@ -50,7 +50,7 @@ from scalable_assoc.engine.outputs import FinishedChunks, RunSummary, remove_out
 from scalable_assoc.engine.permanova import check_permanova, run_permanova
 from scalable_assoc.engine.prepare import PreparedStudy, StudyPreparation
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
-from scalable_assoc.engine.tasks import MODEL_VIEWS, SoloChunk, fit_chunk_task, forget_designs, read_and_fit_chunks
+from scalable_assoc.engine.task_refs import MODEL_VIEWS, SoloChunk, fit_chunk_task, forget_designs, read_and_fit_chunks
 from scalable_assoc.engine.watch import DEFAULT_NO_WORKERS_TIMEOUT, ClusterWatch
 from scalable_assoc.errors import ClusterFailure, PlanError, UserInputError
 from scalable_assoc.io.atomic import remove_sealed, seal, sealed, write_json, write_parquet

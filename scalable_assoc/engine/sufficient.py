@@ -17,13 +17,13 @@ import pyarrow as pa
 from distributed import Client
 from distributed.security import Security
 
+from scalable_assoc.engine.blocks import ModelBlock
 from scalable_assoc.engine.cluster import check_cluster_options
 from scalable_assoc.engine.filters import filter_layers
 from scalable_assoc.engine.graph import ClusterRequest, hold_on_cluster, layer_on_cluster, watched_cluster
 from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.run import WORK_DIR
-from scalable_assoc.engine.tasks import ModelBlock
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.runstate import folder_lock

@@ -1,4 +1,4 @@
-"""Functions that run inside Dask tasks, on workers.
+"""Functions that run inside Dask tasks, on workers (the client names them by :mod:`scalable_assoc.engine.task_refs`).
 
 Each reads whole Zarr chunks by path (workers need the store on a shared
 filesystem), calls the numeric kernels and returns small results, except
@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from scalable_assoc.engine.blocks import ModelBlock, array_bytes
 from scalable_assoc.engine.prepare import DesignInput, PreparedAnalysis, read_design
+from scalable_assoc.engine.task_refs import SoloChunk
 from scalable_assoc.io.atomic import seal, write_parquet
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
 from scalable_assoc.models.fits import FitStatus, SlopeFits, withhold_rare_carriers
 from scalable_assoc.models.lmm import VarianceComponents, fit_random_intercept
 from scalable_assoc.models.logistic import fit_logistic_designs
-from scalable_assoc.models.ols import PreparedBlock, fit_design_batch, prepare_block
+from scalable_assoc.models.ols import PreparedBlock, fit_design_batch
 from scalable_assoc.models.ols_terms import fit_terms, level_dummies
 from scalable_assoc.plan.schema import OlsOptions
 from scalable_assoc.results.columns import COVARIATE_SCHEMA
@@ -50,25 +52,9 @@ def kept_columns(block: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return block if kept.all() else np.compress(kept, block, axis=1)
 
 
-def array_bytes(*arrays: np.ndarray | None) -> int:
-    """Bytes held by ``arrays`` (None counts 0), plus a little for the object holding them.
-
-    The ``__sizeof__`` of the task results below, which Dask's ``sizeof`` reads
-    (it counts a dataclass as its bare object, a few dozen bytes). The scheduler
-    places a task on the worker holding most of its inputs' bytes and weighs
-    moving it by them: with a 33 MB model block counted as 56 bytes, it ran fits
-    away from their blocks and moved the blocks between workers.
-    """
-    return 64 + sum(a.nbytes for a in arrays if a is not None)
-
-
 def summarise_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray) -> FeatureSummary:
     """Prevalence counts and smallest positive value per feature of one block."""
     return feature_summary(read_block(store_path, start, stop, sample_positions))
-
-
-#: Which view of a block each model reads (see :func:`model_block`).
-MODEL_VIEWS = {"lm": "transformed", "lmm": "transformed", "lm_nonzero": "nonzero", "prevalence": "presence"}
 
 
 def sum_block(
@@ -109,82 +95,6 @@ def _view_of(
     return apply_transform(raw, transform, pseudocount, total, count)
 
 
-def model_block_key(view: str, layer_token: str, block_index: int) -> str:
-    """The Dask key of :func:`model_block` for one view of one block: the run and the export share it."""
-    return f"model-block-{view}-{layer_token}-{block_index}"
-
-
-@dataclass(frozen=True)
-class ModelBlock:
-    """What a fit task reads of a block: a model's view and where the features are present.
-
-    ``values`` ``(N, m)``: the view (:func:`model_block`); ``present`` ``(N, m)``
-    bool: the raw value is above the presence threshold (False where missing),
-    from which every row's carrier count is taken whatever the model's view.
-
-    A block held on a worker is read by several fit tasks there (one per batch
-    of analyses), so what they derive from it alike is derived once per worker,
-    on first use, and kept with the block (:meth:`prepared`). That cache stays
-    on its worker: a block moved to another worker travels without it (see
-    ``__getstate__``).
-    """
-
-    values: np.ndarray
-    present: np.ndarray
-
-    def __sizeof__(self) -> int:
-        # What Dask's ``sizeof`` reports to the scheduler (see :func:`array_bytes`).
-        prepared = self.__dict__.get(_PREPARED)
-        extra = (prepared.values, prepared.__dict__.get("squares")) if prepared is not None else ()
-        return array_bytes(self.values, self.present, *extra)
-
-    def __getstate__(self) -> dict[str, np.ndarray]:
-        # Only the fields: a copy on another worker derives its own caches rather than receiving them.
-        return {"values": self.values, "present": self.present}
-
-    def prepared(self) -> PreparedBlock:
-        """The view centred and zero-filled (:func:`~scalable_assoc.models.ols.prepare_block`), computed once per block.
-
-        Its own cached views (squares, missing cells) are computed once too, by the
-        first fit needing them; every OLS-based fit reads it, none writes into it.
-        """
-        found = self.__dict__.get(_PREPARED)
-        if found is None:
-            found = self.__dict__[_PREPARED] = prepare_block(self.values)  # frozen: set in __dict__ directly
-        return found
-
-    def present_counts(self, weights: np.ndarray) -> np.ndarray:
-        """``(r, m)`` int64: ``weights @ present``, for ``(r, N)`` whole-number row weights (participants counted per row).
-
-        One product for all the carrier counts of a task, over slabs of
-        :data:`PRESENCE_SLAB_ROWS` rows of ``present`` made floating one at a
-        time into a buffer that stays in cache: a float copy of the whole block
-        (17 MB at 7,656 x 546) cost as much to write and read back as the
-        product itself, and its fresh pages to fault in. Exact in any order of
-        summation: every partial sum is a whole number no larger than the
-        weights' row sums, which the floating type holds exactly (float32 up to
-        2**24, float64 beyond).
-        """
-        exact_float32 = weights.size == 0 or float(weights.sum(axis=1).max()) < 2**24
-        dtype = np.float32 if exact_float32 else np.float64
-        n, m = self.present.shape
-        row_weights = weights.astype(dtype)
-        counts = np.zeros((weights.shape[0], m), dtype=dtype)
-        slab = np.empty((min(PRESENCE_SLAB_ROWS, n), m), dtype=dtype)
-        for start in range(0, n, PRESENCE_SLAB_ROWS):
-            stop = min(start + PRESENCE_SLAB_ROWS, n)
-            rows = slab[: stop - start]
-            np.copyto(rows, self.present[start:stop])
-            counts += row_weights[:, start:stop] @ rows
-        return np.rint(counts).astype(np.int64)
-
-
-#: Rows of a block's presence made floating at a time for :meth:`ModelBlock.present_counts` (2 MB of float32 at 546 features).
-PRESENCE_SLAB_ROWS = 1024
-#: Where :class:`ModelBlock` keeps its worker-local cache (an instance attribute outside its fields).
-_PREPARED = "_prepared"
-
-
 def model_block(
     store_path: Path,
     start: int,
@@ -208,13 +118,6 @@ def model_block(
     with np.errstate(invalid="ignore"):
         present = raw > presence_threshold
     return ModelBlock(_view_of(raw, view, transform, pseudocount, sample_totals, presence_threshold), present)
-
-
-def hold(value: object) -> object:
-    """A task that returns its argument: inputs placed this way are part of the graph,
-    so the scheduler can recompute them on another worker if their holder dies
-    (data placed with ``Client.scatter`` would be lost with it)."""
-    return value
 
 
 @dataclass(frozen=True)
@@ -571,12 +474,6 @@ def read_and_fit_chunk(
     scheduler releases it; here it is freed as the fit ends.
     """
     return fit_chunk_task(layer, model_block(*block_arguments), feature_ids, design_files, batch, output, covariate_output)
-
-
-#: One chunk of :func:`read_and_fit_chunks`: ``(block_arguments, feature_ids, output, covariate_output)``, the
-#: arguments of :func:`model_block`, the block's kept features and the files of :func:`fit_chunk`. A plain tuple:
-#: Dask finds the futures among the block's arguments (sample positions, per-sample sums) inside tuples and lists.
-SoloChunk = tuple[tuple[object, ...], tuple[str, ...], Path, Path | None]
 
 
 def read_and_fit_chunks(
