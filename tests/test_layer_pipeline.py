@@ -15,6 +15,7 @@ from distributed import Client
 
 from scalable_assoc.engine import prepare
 from scalable_assoc.engine.run import WORK_DIR, run_study
+from scalable_assoc.io.ingest import ingest_table
 from scalable_assoc.plan.schema import LayerSpec, load_plan
 from scalable_assoc.simulate import SimulatedStudy
 
@@ -116,6 +117,29 @@ def test_after_an_error_a_thread_still_opens_the_layers_before_it_in_plan_order(
     with pytest.raises(ValueError, match="layer gbm"):
         prepare.prepare_study(plan, tmp_path / "stores")
     assert sorted(opened) == ["gbm", "pathways", "species"]
+
+
+def test_a_layer_given_as_a_store_is_opened_beside_two_tables(
+    small_study: SimulatedStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two table files and a converted store: the store's layer is opened (first, in the second thread) and prepared."""
+    study = tmp_path / "study"
+    study.mkdir()
+    for name in ("metadata.tsv", "species.tsv", "pathways.tsv"):
+        shutil.copyfile(small_study.plan_path.parent / name, study / name)
+    ingest_table(small_study.plan_path.parent / "gbm.tsv", study / "gbm.zarr")
+    (study / "plan.yaml").write_text(small_study.plan_path.read_text().replace("gbm: gbm.tsv", "gbm: gbm.zarr"))
+    real = prepare._open_layer_store
+    order: dict[str, list[str]] = {}
+
+    def recorded(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple:
+        order.setdefault(threading.current_thread().name, []).append(spec.name)
+        return real(spec, cache_dir, chunk_features)
+
+    monkeypatch.setattr(prepare, "_open_layer_store", recorded)
+    prepared = prepare.prepare_study(load_plan(study / "plan.yaml"), tmp_path / "stores")
+    assert [layer.spec.name for layer in prepared.layers] == ["species", "pathways", "gbm"]
+    assert order == {"scalable-assoc-convert-largest": ["species"], "scalable-assoc-convert": ["gbm", "pathways"]}
 
 
 def _gbm_before_pathways(small_study: SimulatedStudy, folder: Path) -> Path:

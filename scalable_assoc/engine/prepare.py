@@ -504,11 +504,11 @@ class _StoreOpening:
     is converted in one helper thread, the other files meanwhile in another, so
     the calling thread is free to send the layers already converted to the
     cluster. Layers of one file stay in one thread, in plan order, so a file is
-    never converted twice at once. The other thread takes its files smallest
-    first: the first layer ready is the quickest to convert, and the cluster
-    starts fitting it while the rest convert (in the reference study the 3 MB
-    gut-brain-module table, then the 27 MB species table, beside the 52 MB
-    pathways). Errors are raised in plan order, as one thread would meet them:
+    never converted twice at once. The other thread opens the layers given as
+    stores first, then converts its files smallest first: the first layer ready
+    is the quickest, and the cluster starts fitting it while the rest convert
+    (in the reference study the 3 MB gut-brain-module table, then the 27 MB
+    species table, beside the 52 MB pathways). Errors are raised in plan order, as one thread would meet them:
     after an error a thread still opens the layers before it in plan order. The helpers are daemons: an interrupted run does
     not wait for its tables (a killed conversion leaves only a temporary folder,
     which the next run removes, see :func:`~scalable_assoc.io.runstate.remove_leftovers`).
@@ -535,7 +535,8 @@ class _StoreOpening:
             largest = max(files, key=lambda path: path.stat().st_size)
             in_largest = files[largest]  # in plan order, as the files' groups were built
             smallest_first = sorted((path for path in files if path != largest), key=lambda path: path.stat().st_size)
-            others = [spec for path in smallest_first for spec in files[path]]
+            stores = [spec for spec in self.specs if not spec.path.is_file()]  # converted already: opened first, at once
+            others = [*stores, *(spec for path in smallest_first for spec in files[path])]
             for group, name in ((in_largest, "scalable-assoc-convert-largest"), (others, "scalable-assoc-convert")):
                 thread = threading.Thread(target=self._open_each, args=(group,), name=name, daemon=True)
                 thread.start()
