@@ -8,8 +8,9 @@ Side by side, each in its own subprocess (wall, CPU = user + sys, peak RSS):
   participants) and of simulated stores (``scale_store.write_simulated_store``;
   20,000 and 100,000 features, ``--quick`` 2,000) with the per-sample sums and the
   sparse copy of rare features, and without them (the writer of
-  ``scalable_assoc.io.store`` with its sums writer replaced by a no-op): time, store
-  size, blocks summed again for the final half-minimum pseudocount;
+  ``scalable_assoc.io.store`` with its sums writer replaced by a no-op, and its one
+  pass over each block by the per-feature summary and sample totals alone): time,
+  store size, blocks summed again for the final half-minimum pseudocount;
 * a run (CLR, half-minimum pseudocount, 4 analyses per feature; min_prevalence 0.15,
   which removes the simulated features of prevalence 0.08-0.15, about 8%, so the
   stored sums are composed with the removed features' sparse cells)
@@ -52,12 +53,20 @@ import scalable_assoc.io.store as store_module
 
 class NoSums:
     def __init__(self, *args): pass
+    def pseudocount_ahead(self): return None
     def add_block(self, *args): pass
     def finish(self): return {{}}
+
+def summary_only(block, pseudocount, workspace):
+    # what the store needs without the sums: the per-feature summary and each sample's total
+    from scalable_assoc.stats.sample_sums import BlockStatistics, summary_and_totals
+    summary, total = summary_and_totals(block)
+    return BlockStatistics(summary, total, None, None, None, None, None, None)
 
 kind, source, destination, with_sums, features = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] == "1", int(sys.argv[5])
 if not with_sums:
     store_module._SampleSumsWriter = NoSums
+    store_module.block_statistics = summary_only
 started = time.perf_counter()
 if kind == "table":
     from scalable_assoc import ingest_table

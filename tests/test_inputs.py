@@ -260,14 +260,14 @@ def test_error_in_a_late_row_batch_of_a_wide_table_leaves_no_store_and_no_tempor
     # A failure in the store writer, outside the table reader, half-way: the reader's temporary file goes too.
     calls = []
 
-    def failing_summary(block: np.ndarray) -> object:
+    def failing_statistics(block: np.ndarray, *args: object) -> object:
         calls.append(block.shape)
         if len(calls) == 2:
             raise OSError("disk full")
-        return summary(block)
+        return statistics(block, *args)
 
-    summary = store_module.feature_summary
-    monkeypatch.setattr(store_module, "feature_summary", failing_summary)
+    statistics = store_module.block_statistics
+    monkeypatch.setattr(store_module, "block_statistics", failing_statistics)
     good = write("good.tsv", {})
     with pytest.raises(OSError, match="disk full") as failure:
         store_module.write_table_stream(

@@ -280,3 +280,105 @@ def test_the_smallest_value_written_with_an_exponent_per_line() -> None:
         position += len(line) + 1
     got = _smallest_in_exponent_form(text, codes, np.array(starts), np.array(stops), b"\t")
     assert got == [2e-07, np.inf, 4.5e-101, 9e-05]
+
+
+def _statistics_bytes(statistics) -> dict[str, bytes]:
+    """Every array of a BlockStatistics, as dtype and bytes."""
+    arrays = {name: getattr(statistics, name) for name in ("total", "observed", "positive", "log_positive", "log_pseudo")}
+    arrays |= {f"summary.{name}": np.asarray(getattr(statistics.summary, name)) for name in ("nonzero", "observed", "min_positive")}
+    arrays |= {f"rare.{i}": part for i, part in enumerate(statistics.rare)}
+    return {name: b"" if a is None else a.dtype.str.encode() + a.tobytes() for name, a in arrays.items()}
+
+
+def _abundance_block(rng: np.random.Generator, n: int, m: int, missing: float, special: bool) -> np.ndarray:
+    """Abundances: zeros at prevalences from 2% to 100% per column, some missing; ``special``: -0.0, subnormals, inf."""
+    values = np.exp(rng.normal(0.0, 3.0, (n, m)))
+    values[rng.random((n, m)) >= np.linspace(0.02, 1.0, m)] = 0.0
+    values[rng.random((n, m)) < missing] = np.nan
+    if special:
+        cells = rng.random((n, m))
+        values[cells < 0.02] = -0.0
+        values[(cells >= 0.02) & (cells < 0.03)] = 5e-324
+        values[(cells >= 0.03) & (cells < 0.032)] = np.inf
+    return values
+
+
+@pytest.mark.parametrize("slab_cells", [None, 7, 64])
+@pytest.mark.parametrize("layout", ["C", "F", "columns of a wider block", "rows of a taller block", "every other column"])
+@pytest.mark.parametrize(
+    ("n", "m", "missing", "special"),
+    [(300, 37, 0.0, False), (300, 37, 0.05, False), (257, 41, 0.01, True), (1, 23, 0.1, False), (90, 1, 0.1, False), (5, 3, 1.0, False)],
+)
+def test_block_statistics_has_the_bits_of_the_reference(monkeypatch, slab_cells, layout, n, m, missing, special):
+    """One pass (stats.sample_sums.block_statistics) gives every array of the five passes it replaces bit for bit, for
+    blocks laid out as readers give them (C, F, views), slabs of one row or a few, missing cells, -0.0, inf, subnormals."""
+    from scalable_assoc.stats import sample_sums
+
+    if slab_cells is not None:
+        monkeypatch.setattr(sample_sums, "SLAB_CELLS", slab_cells)
+    rng = np.random.default_rng(n * 1000 + m)
+    values = _abundance_block(rng, n, m, missing, special)
+    if layout == "F":
+        values = np.asfortranarray(values)
+    elif layout == "columns of a wider block":
+        values = np.hstack([values, values[:, :3]])[:, : values.shape[1]]
+    elif layout == "rows of a taller block":
+        values = np.asfortranarray(np.vstack([values, values[:2]]))[: values.shape[0]]
+    elif layout == "every other column":
+        values = np.repeat(values, 2, axis=1)[:, ::2]
+    workspace = sample_sums.BlockWorkspace()
+    for pseudocount in (None, 1e-3, 0.75):
+        expected = _statistics_bytes(sample_sums.reference_block_statistics(values, pseudocount))
+        for _ in range(2):  # the workspace's arrays filled again
+            got = _statistics_bytes(sample_sums.block_statistics(values, pseudocount, workspace))
+            assert got == expected, [name for name in expected if got[name] != expected[name]]
+
+
+def test_block_statistics_of_negative_values_are_the_references():
+    """A negative value (which readers refuse) breaks the blends: the block goes to the reference, same bits."""
+    from scalable_assoc.stats import sample_sums
+
+    values = _abundance_block(np.random.default_rng(5), 200, 9, 0.02, False)
+    values[150, 4] = -2.0
+    got = sample_sums.block_statistics(values, 0.25, sample_sums.BlockWorkspace())
+    assert got.summary.min_positive[4] == -np.inf  # as the reference's division gives it
+    assert _statistics_bytes(got) == _statistics_bytes(sample_sums.reference_block_statistics(values, 0.25))
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("told", [None, 1e-9])
+def test_stores_written_by_one_pass_and_by_the_reference_are_identical(tmp_path, monkeypatch, order, told):
+    """io.store's writer with block_statistics and with the five passes before it: every array and attribute the same
+    (blocks as a reader lays them out; told the table's minimum or not, so blocks are summed ahead or read back)."""
+    import scalable_assoc.io.store as store_module
+    from scalable_assoc.io.table_values import SmallestPositive
+    from scalable_assoc.stats import sample_sums
+
+    values = _table(seed=4, n=300, m=23)
+    values[7, -1] = 1e-9  # the smallest value, in the last chunk
+    values[:, 5] = np.nan
+    values[:, 6] = 0.0
+
+    def arrays(name: str) -> dict[str, bytes]:
+        smallest = None
+        if told is not None:
+            smallest = SmallestPositive()
+            smallest.value = told
+        store = write_store_blocks(
+            tmp_path / name,
+            [f"S{i}" for i in range(values.shape[0])],
+            [f"F{j}" for j in range(values.shape[1])],
+            lambda a, b: np.asarray(values[:, a:b], order=order),
+            "t",
+            "x",
+            4,
+            smallest_positive=smallest,
+        )
+        group = zarr.open_group(store.path, mode="r")
+        return {key: np.asarray(array[...]).tobytes() for key, array in group.arrays()} | {"attrs": repr(dict(group.attrs)).encode()}
+
+    one_pass = arrays("one-pass.zarr")
+    monkeypatch.setattr(store_module, "block_statistics", lambda block, c, _: sample_sums.reference_block_statistics(block, c))
+    reference = arrays("reference.zarr")
+    assert one_pass.keys() == reference.keys() and len(one_pass) == 13
+    assert one_pass == reference, [key for key in one_pass if one_pass[key] != reference[key]]

@@ -62,13 +62,12 @@ from scalable_assoc.progress import ProgressReporter
 from scalable_assoc.stats.sample_sums import (
     RARE_PREVALENCE_CAP,
     AllFeatureSums,
+    BlockStatistics,
+    BlockWorkspace,
     block_log_pseudo,
-    block_sums,
-    rare_features,
-    row_slabs,
-    sparse_cells,
+    block_statistics,
 )
-from scalable_assoc.stats.transforms import FeatureSummary, feature_summary
+from scalable_assoc.stats.transforms import FeatureSummary
 
 logger = logging.getLogger(__name__)
 
@@ -379,6 +378,7 @@ def _write_blocks(
     # else: isnan of the chunk twice and their compare. A block with an observed value in its first row is written
     # without that check (same chunk written); any other block keeps it.
     observed_array = array.with_config({"write_empty_chunks": True})
+    workspace = BlockWorkspace()  # a slab's scratch and a block's mask, filled again at every block
     for start in range(0, n_features, chunk):
         stop = min(start + chunk, n_features)
         values = np.asarray(block(start, stop), dtype=np.float64)
@@ -388,39 +388,18 @@ def _write_blocks(
             pending.result()  # the previous block is written (or its error raised) before the next is handed over
         target = observed_array if values.size and not np.isnan(values[0]).all() else array
         pending = writing.submit(target.__setitem__, (slice(None), slice(start, stop)), values)
-        summary = _summary_and_totals(values, sample_totals)
-        summaries["feature_nonzero"][start:stop] = summary.nonzero
-        summaries["feature_observed"][start:stop] = summary.observed
-        summaries["feature_min_positive"][start:stop] = summary.min_positive
-        sums.add_block(start, values, summary)
-        del values, summary
+        statistics = block_statistics(values, sums.pseudocount_ahead(), workspace)
+        sample_totals += statistics.total
+        summaries["feature_nonzero"][start:stop] = statistics.summary.nonzero
+        summaries["feature_observed"][start:stop] = statistics.summary.observed
+        summaries["feature_min_positive"][start:stop] = statistics.summary.min_positive
+        sums.add_block(start, values, statistics)
+        del values, statistics
         release_freed_memory()
         if reporter is not None:
             reporter.advance()
     if pending is not None:
         pending.result()
-
-
-def _summary_and_totals(values: np.ndarray, sample_totals: np.ndarray) -> FeatureSummary:
-    """The block's feature summary; each sample's sum of its values is added to ``sample_totals`` (``(n_samples,)``).
-
-    A slab of rows at a time (:func:`~scalable_assoc.stats.sample_sums.row_slabs`): the temporaries of both (a
-    float copy for the minimum, one for the NaN-less sum, masks) stay a few MiB instead of a copy of the block each.
-    The counts and minimums combine exactly and each sample's total is its own row's sum, so the bits are those of
-    the whole block at once.
-    """
-    parts = []
-    for rows in row_slabs(*values.shape):
-        slab = values[rows]
-        parts.append(feature_summary(slab))
-        sample_totals[rows] += np.nansum(slab, axis=1)
-    if len(parts) == 1:
-        return parts[0]
-    return FeatureSummary(
-        nonzero=np.sum([p.nonzero for p in parts], axis=0),
-        observed=np.sum([p.observed for p in parts], axis=0),
-        min_positive=np.min([p.min_positive for p in parts], axis=0),
-    )
 
 
 class _SampleSumsWriter:
@@ -457,13 +436,30 @@ class _SampleSumsWriter:
         self.n_pending = 0
         self.with_final: dict[tuple[int, int], np.ndarray] = {}  # (start, stop) -> its log(x + c) sums with the final c
 
-    def add_block(self, start: int, values: np.ndarray, summary: FeatureSummary) -> None:
-        """Add the sums of features ``start:start + m`` (``values`` ``(n, m)``, ``summary`` their counts)."""
-        observed, positive, log_positive = block_sums(values)
-        self.sums[0] += observed
-        self.sums[1] += positive
-        self.sums[2] += log_positive
-        self.smallest = min(self.smallest, float(np.min(summary.min_positive, initial=np.inf)))
+    def pseudocount_ahead(self) -> float | None:
+        """The pseudocount a block's ``log(x + c)`` sums will most likely be taken with, before it is seen.
+
+        Half the reader's smallest value when it knows it (every block's sums are then taken with it), else the
+        running candidate (unchanged unless the block holds a smaller value than those before; None before the
+        first value > 0). :meth:`add_block` sums the block again with another pseudocount where it needs one.
+        """
+        known = self.known.value if self.known is not None else None
+        if known is not None and np.isfinite(known):
+            return known / 2.0
+        return self.smallest / 2.0 if np.isfinite(self.smallest) else None
+
+    def add_block(self, start: int, values: np.ndarray, statistics: BlockStatistics) -> None:
+        """Add the sums of features ``start:start + m`` (``values`` ``(n, m)``, ``statistics`` their :func:`block_statistics`)."""
+        self.sums[0] += statistics.observed
+        self.sums[1] += statistics.positive
+        self.sums[2] += statistics.log_positive
+        self.smallest = min(self.smallest, float(np.min(statistics.summary.min_positive, initial=np.inf)))
+
+        def log_pseudo(pseudocount: float) -> np.ndarray:
+            if statistics.log_pseudo is not None and statistics.pseudocount == pseudocount:
+                return statistics.log_pseudo
+            return block_log_pseudo(values, pseudocount)
+
         candidate = self.smallest / 2.0
         if np.isfinite(candidate):
             bounds = (start, start + values.shape[1])
@@ -476,10 +472,10 @@ class _SampleSumsWriter:
             # Sums with a candidate other than the known final one would be discarded in finish(): not taken (None),
             # unless the reader's minimum proves wrong, when finish() sums the group's blocks read back instead.
             skip = total is None or (final is not None and candidate != final)
-            self.by_candidate[candidate] = (None if skip else total + block_log_pseudo(values, candidate), [*blocks, bounds])
+            self.by_candidate[candidate] = (None if skip else total + log_pseudo(candidate), [*blocks, bounds])
             if final is not None and candidate != final and (len(self.with_final) + 1) * 8 * self.n_samples <= SUMMED_AHEAD_BYTES:
-                self.with_final[bounds] = block_log_pseudo(values, final)
-        lengths, samples, cells = sparse_cells(values, rare_features(summary.nonzero, summary.observed))
+                self.with_final[bounds] = log_pseudo(final)
+        lengths, samples, cells = statistics.rare
         self.indptr[start + 1 : start + 1 + lengths.size] = lengths
         self.pending.append((samples, cells))
         self.n_pending += samples.size
