@@ -86,14 +86,7 @@ def test_the_second_thread_converts_its_smallest_table_first(
     largest = max(sizes, key=lambda name: sizes[name])
     others = sorted((name for name in sizes if name != largest), key=lambda name: sizes[name])
     assert [spec.name for spec in plan.layers if spec.name != largest] != others  # plan order is not size order here
-    real = prepare._open_layer_store
-    order: dict[str, list[str]] = {}
-
-    def recorded(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple:
-        order.setdefault(threading.current_thread().name, []).append(spec.name)
-        return real(spec, cache_dir, chunk_features)
-
-    monkeypatch.setattr(prepare, "_open_layer_store", recorded)
+    order = _record_opening_threads(monkeypatch)
     prepared = prepare.prepare_study(plan, tmp_path / "stores")
     assert order == {"scalable-assoc-convert-largest": [largest], "scalable-assoc-convert": others}
     assert [layer.spec.name for layer in prepared.layers] == [spec.name for spec in plan.layers]  # handed over in plan order
@@ -129,14 +122,7 @@ def test_a_layer_given_as_a_store_is_opened_beside_two_tables(
         shutil.copyfile(small_study.plan_path.parent / name, study / name)
     ingest_table(small_study.plan_path.parent / "gbm.tsv", study / "gbm.zarr")
     (study / "plan.yaml").write_text(small_study.plan_path.read_text().replace("gbm: gbm.tsv", "gbm: gbm.zarr"))
-    real = prepare._open_layer_store
-    order: dict[str, list[str]] = {}
-
-    def recorded(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple:
-        order.setdefault(threading.current_thread().name, []).append(spec.name)
-        return real(spec, cache_dir, chunk_features)
-
-    monkeypatch.setattr(prepare, "_open_layer_store", recorded)
+    order = _record_opening_threads(monkeypatch)
     prepared = prepare.prepare_study(load_plan(study / "plan.yaml"), tmp_path / "stores")
     assert [layer.spec.name for layer in prepared.layers] == ["species", "pathways", "gbm"]
     assert order == {"scalable-assoc-convert-largest": ["species"], "scalable-assoc-convert": ["gbm", "pathways"]}
@@ -153,3 +139,16 @@ def _gbm_before_pathways(small_study: SimulatedStudy, folder: Path) -> Path:
     (study / "plan.yaml").write_text(text.replace("    pathways: pathways.tsv\n    gbm: gbm.tsv\n", swapped))
     assert (study / "pathways.tsv").stat().st_size < (study / "gbm.tsv").stat().st_size < (study / "species.tsv").stat().st_size
     return study / "plan.yaml"
+
+
+def _record_opening_threads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Thread name -> the layers it opened, in order (filled as ``prepare`` opens them)."""
+    real = prepare._open_layer_store
+    order: dict[str, list[str]] = {}
+
+    def recorded(spec: LayerSpec, cache_dir: Path, chunk_features: int | None) -> tuple:
+        order.setdefault(threading.current_thread().name, []).append(spec.name)
+        return real(spec, cache_dir, chunk_features)
+
+    monkeypatch.setattr(prepare, "_open_layer_store", recorded)
+    return order

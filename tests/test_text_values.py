@@ -317,13 +317,20 @@ def test_the_cast_reads_a_cell_as_the_csv_reader_does_or_leaves_it_to_it() -> No
         np.testing.assert_array_equal(cast.view(np.int64), csv.view(np.int64), err_msg=str(cells))
 
 
+#: Cells of tables the cast reads whole: without missing cells, and with empty ones (the usual missing value).
+WHOLE_CAST_CELLS = {
+    "without missing cells": ["0", "1.5", "2e-3", "1E+2", "+3", "0.1", ".5", "7.", "1e-320", "9007199254740993", "0.0011405"],
+    "with empty cells": ["0", "1.5", "2e-3", "0.1", "", "", "1e-320"],
+}
+
+
+@pytest.mark.parametrize("cells", sorted(WHOLE_CAST_CELLS))
 @pytest.mark.parametrize("block", [300, 1 << 20])
-def test_tables_without_missing_cells_are_read_by_the_cast_as_pandas_reads_them(tmp_path, monkeypatch, caplog, block) -> None:
-    """MetaPhlAn (rows of other ranks left out), wide TSV and CSV without missing cells: every block read by the cast,
-    none by the one-column CSV reader, and the stores pandas makes, bit for bit."""
+def test_tables_the_cast_reads_whole_are_read_as_pandas_reads_them(tmp_path, monkeypatch, caplog, block, cells) -> None:
+    """MetaPhlAn (rows of other ranks left out), wide TSV and CSV, without missing cells or with empty ones (NaN):
+    every block read by the cast, none by the one-column CSV reader, and the stores pandas makes, bit for bit."""
     monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", block)
-    numbers = ["0", "1.5", "2e-3", "1E+2", "+3", "0.1", ".5", "7.", "1e-320", "9007199254740993", "0.0011405"]
-    monkeypatch.setattr(sys.modules[__name__], "CELLS", numbers)
+    monkeypatch.setattr(sys.modules[__name__], "CELLS", WHOLE_CAST_CELLS[cells])
     rng = np.random.default_rng(12)
     csv_blocks = []
     original = text_values._one_column
@@ -334,28 +341,7 @@ def test_tables_without_missing_cells_are_read_by_the_cast_as_pandas_reads_them(
         _wide(tmp_path / "w.csv", 50, 7, rng, ","),
     ):
         fast, pandas = _both(table, tmp_path, monkeypatch, caplog)
-        np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
-    assert not csv_blocks
-
-
-@pytest.mark.parametrize("block", [300, 1 << 20])
-def test_tables_with_empty_cells_are_read_by_the_cast_as_pandas_reads_them(tmp_path, monkeypatch, caplog, block) -> None:
-    """Empty cells (the usual missing value) in MetaPhlAn and wide tables: read by the cast as NaN, as pandas reads
-    them, and no block left to the one-column CSV reader; also in rows a MetaPhlAn table leaves out."""
-    monkeypatch.setattr(text_values, "TEXT_BLOCK_BYTES", block)
-    numbers = ["0", "1.5", "2e-3", "0.1", "", "", "1e-320"]
-    monkeypatch.setattr(sys.modules[__name__], "CELLS", numbers)
-    rng = np.random.default_rng(13)
-    csv_blocks = []
-    original = text_values._one_column
-    monkeypatch.setattr(text_values, "_one_column", lambda *args: csv_blocks.append(1) or original(*args))
-    for table in (
-        _metaphlan(tmp_path / "mpa.tsv", 40, 9, rng),
-        _wide(tmp_path / "w.tsv", 50, 7, rng),
-        _wide(tmp_path / "w.csv", 50, 7, rng, ","),
-    ):
-        fast, pandas = _both(table, tmp_path, monkeypatch, caplog)
-        assert np.isnan(fast).any()
+        assert np.isnan(fast).any() == (cells == "with empty cells")
         np.testing.assert_array_equal(fast.view(np.int64), pandas.view(np.int64))
     assert not csv_blocks
 
