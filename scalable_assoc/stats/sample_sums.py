@@ -315,15 +315,15 @@ def _add_slab(
         return False
     logs, other, not_positive, missing = scratch.logs[:k], scratch.other[:k], scratch.not_positive[:k], scratch.missing[:k]
     np.greater(slab, 0.0, out=nonzero)  # positive for now; NaN compares False
-    sums.positive[rows] = _row_counts(nonzero)
-    sums.feature_positive[:] += _column_counts(nonzero)
+    sums.positive[rows] = _true_counts(nonzero, axis=1)
+    sums.feature_positive[:] += _true_counts(nonzero, axis=0)
     np.logical_not(nonzero, out=not_positive)
     # x where x > 0 (x + 0 is x), 1 at zeros (log 1 = 0): the reference's fmax(x, 0) + (x <= 0) for x >= 0, one pass less
     np.add(slab, not_positive, out=logs)
     if has_missing:
         np.isnan(slab, out=missing)
-        sums.observed[rows] = m - _row_counts(missing)
-        sums.feature_observed[:] += k - _column_counts(missing)
+        sums.observed[rows] = m - _true_counts(missing, axis=1)
+        sums.feature_observed[:] += k - _true_counts(missing, axis=0)
         np.copyto(logs, 1.0, where=missing)
         np.copyto(other, slab)
         np.copyto(other, 0.0, where=missing)  # what nansum sums
@@ -364,15 +364,10 @@ def _slab_order(block: np.ndarray) -> Literal["C", "F"] | None:
     return None
 
 
-def _row_counts(mask: np.ndarray) -> np.ndarray:
-    """``(k,)`` int64: the True cells of each row of ``mask`` ``(k, m)`` (bytes added up in 16 bits when they fit)."""
-    counted = mask.view(np.uint8).sum(axis=1, dtype=np.uint16 if mask.shape[1] < 2**16 else np.int64)
-    return counted.astype(np.int64, copy=False)
-
-
-def _column_counts(mask: np.ndarray) -> np.ndarray:
-    """``(m,)`` int64: the True cells of each column of ``mask`` ``(k, m)``."""
-    counted = mask.view(np.uint8).sum(axis=0, dtype=np.uint16 if mask.shape[0] < 2**16 else np.int64)
+def _true_counts(mask: np.ndarray, axis: int) -> np.ndarray:
+    """int64: the True cells of ``mask`` ``(k, m)`` along ``axis`` (1: per row, ``(k,)``; 0: per column, ``(m,)``),
+    its bytes added up in 16 bits when they fit."""
+    counted = mask.view(np.uint8).sum(axis=axis, dtype=np.uint16 if mask.shape[axis] < 2**16 else np.int64)
     return counted.astype(np.int64, copy=False)
 
 
@@ -418,7 +413,7 @@ def _nonzero_cells(
         np.take(nonzero, chosen, axis=1, out=gathered, mode="clip")  # clip: written straight into ``out``
         flags = flags_room[: n * r].reshape(r, n)
         np.copyto(flags, gathered.T)  # (r, n): a feature's cells contiguous
-        counts = _row_counts(flags)
+        counts = _true_counts(flags, axis=1)
         lengths[chosen] = counts
         cells = slice(done, done + int(counts.sum()))
         done = cells.stop
