@@ -508,8 +508,9 @@ class _StoreOpening:
     stores first, then converts its files smallest first: the first layer ready
     is the quickest, and the cluster starts fitting it while the rest convert
     (in the reference study the 3 MB gut-brain-module table, then the 27 MB
-    species table, beside the 52 MB pathways). Errors are raised in plan order, as one thread would meet them:
-    after an error a thread still opens the layers before it in plan order. The helpers are daemons: an interrupted run does
+    species table, beside the 52 MB pathways). Errors are raised in plan order,
+    as one thread would meet them: after an error a thread still opens the
+    layers before it in plan order. The helpers are daemons: an interrupted run does
     not wait for its tables (a killed conversion leaves only a temporary folder,
     which the next run removes, see :func:`~scalable_assoc.io.runstate.remove_leftovers`).
     With fewer than two table files (stores, or one table), every layer is
@@ -605,7 +606,7 @@ def _open_each(
             outcomes[spec.name] = _open_layer_store(spec, cache_dir, chunk_features)
         except Exception as error:  # raised by _StoreOpening.as_ready in plan order
             outcomes[spec.name] = error
-            failed_at = rank[spec.name] if failed_at is None else min(failed_at, rank[spec.name])
+            failed_at = rank[spec.name]  # earlier in plan order than any error before (later layers are skipped)
         finally:
             if ready is not None:
                 ready.put(spec.name)
