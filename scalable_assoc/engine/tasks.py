@@ -31,6 +31,7 @@ from scalable_assoc.models.logistic import fit_logistic_designs
 from scalable_assoc.models.ols import PreparedBlock, fit_design_batch
 from scalable_assoc.models.ols_terms import fit_terms, level_dummies
 from scalable_assoc.plan.schema import OlsOptions
+from scalable_assoc.results.arrow_arrays import empty_table
 from scalable_assoc.results.columns import COVARIATE_SCHEMA
 from scalable_assoc.results.partials import AnalysisLabels, categorical_to_table, covariate_table, fits_to_table
 from scalable_assoc.stats.transforms import (
@@ -356,7 +357,7 @@ def covariate_rows(
     The same joint kernel with an intercept-only design and the exposure's
     columns followed by the raw covariate columns as the terms of interest.
     """
-    tables = [COVARIATE_SCHEMA.empty_table()]
+    tables = [empty_table(COVARIATE_SCHEMA)]
     for analysis in batch:
         shared = by_key[analysis.design_key]
         design = shared.design

@@ -1,4 +1,8 @@
-"""The per-task result table: kernel arrays for (analyses x features) to Arrow rows."""
+"""The per-task result table: kernel arrays for (analyses x features) to Arrow rows.
+
+Built on the workers, from buffers (:mod:`scalable_assoc.results.arrow_arrays`):
+``pyarrow.array`` would import pandas in each of them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import pyarrow as pa
 from scalable_assoc.models.fits import STATUS_TEXT, FitStatus, SlopeFits, withhold_rare_carriers
 from scalable_assoc.models.lmm import VarianceComponents
 from scalable_assoc.models.ols_terms import TermFits
+from scalable_assoc.results.arrow_arrays import float64_array, int64_array, repeated_strings, strings_at, tiled_strings
 from scalable_assoc.results.columns import COVARIATE_SCHEMA, PARTIAL_SCHEMA
 
 
@@ -50,9 +55,6 @@ def fits_to_table(
     not given, negative, or the exposure is not binary).
     """
     k, m = fits.beta.shape
-    status_lookup = np.array([STATUS_TEXT[FitStatus(code)] for code in range(len(FitStatus))], dtype=object)
-    if design_problem is not None:
-        status_lookup[FitStatus.DESIGN_RANK_DEFICIENT] = design_problem
     binary = np.repeat(np.array([label.binary for label in labels], dtype=bool), m)
 
     def repeated(values: list[str]) -> pa.Array:
@@ -68,26 +70,24 @@ def fits_to_table(
         if values.shape != (k, m):
             raise ValueError(f"variance components have shape {values.shape}, expected {(k, m)}")
         flat = values.ravel()
-        return pa.array(flat, pa.float64(), mask=not_ok | ~np.isfinite(flat))
+        return float64_array(flat, not_ok | ~np.isfinite(flat))
 
     columns = {
         "layer": repeated_strings([layer], k * m),
-        "feature": pa.array(list(feature_ids) * k, pa.string()),
+        "feature": tiled_strings(feature_ids, k),
         "exposure": repeated([label.exposure for label in labels]),
         "adjustment": repeated([label.adjustment for label in labels]),
         "model": repeated([label.model for label in labels]),
-        "n": pa.array(fits.n.ravel(), pa.int64()),
-        "n_cases": pa.array(n_cases, pa.int64(), mask=~binary | (n_cases < 0)),
-        "n_controls": pa.array(n_controls, pa.int64(), mask=~binary | (n_controls < 0)),
-        "n_present": pa.nulls(k * m, pa.int64())
-        if n_present is None
-        else pa.array(np.asarray(n_present, dtype=np.int64).ravel(), pa.int64()),
+        "n": int64_array(fits.n),
+        "n_cases": int64_array(n_cases, ~binary | (n_cases < 0)),
+        "n_controls": int64_array(n_controls, ~binary | (n_controls < 0)),
+        "n_present": pa.nulls(k * m, pa.int64()) if n_present is None else int64_array(np.asarray(n_present, dtype=np.int64)),
         "n_present_cases": _present_cases_column(n_present_cases, binary, k * m),
-        "beta": pa.array(fits.beta.ravel(), pa.float64(), from_pandas=True),
-        "se": pa.array(fits.se.ravel(), pa.float64(), from_pandas=True),
-        "t": pa.array(fits.t.ravel(), pa.float64(), from_pandas=True),
-        "p": pa.array(fits.p.ravel(), pa.float64(), from_pandas=True),
-        "status": pa.array(status_lookup.tolist(), pa.string()).take(pa.array(fits.status.ravel().astype(np.int32))),
+        "beta": float64_array(fits.beta, nan_is_null=True),
+        "se": float64_array(fits.se, nan_is_null=True),
+        "t": float64_array(fits.t, nan_is_null=True),
+        "p": float64_array(fits.p, nan_is_null=True),
+        "status": strings_at(_status_lookup(design_problem), fits.status.ravel()),
         "covariates": repeated([label.covariates for label in labels]),
         "dropped_covariates": repeated([label.dropped for label in labels]),
         "analysis_id": repeated([label.analysis_id for label in labels]),
@@ -99,29 +99,19 @@ def fits_to_table(
     return pa.table(columns, schema=PARTIAL_SCHEMA)
 
 
-def repeated_strings(values: Sequence[str], times: int) -> pa.Array:
-    """``(len(values) * times,)`` strings: each of ``values`` ``times`` times over, in order (``np.repeat``).
-
-    Taken by Arrow from the few distinct strings: a Python list of a string per
-    row cost about 0.2 ms per 546-row label column, six columns per analysis,
-    several analyses per chunk, on the workers.
-    """
-    positions = np.repeat(np.arange(len(values), dtype=np.int32), times)
-    return pa.array(list(values), pa.string()).take(pa.array(positions))
-
-
 def _present_cases_column(n_present_cases: np.ndarray | None, binary: np.ndarray, size: int) -> pa.Array:
     if n_present_cases is None:
         return pa.nulls(size, pa.int64())
     flat = np.asarray(n_present_cases, dtype=np.int64).ravel()
-    return pa.array(flat, pa.int64(), mask=~binary | (flat < 0))
+    return int64_array(flat, ~binary | (flat < 0))
 
 
-def _status_text(status: np.ndarray, design_problem: str | None) -> list[str]:
-    lookup = np.array([STATUS_TEXT[FitStatus(code)] for code in range(len(FitStatus))], dtype=object)
+def _status_lookup(design_problem: str | None) -> list[str]:
+    """The ``status`` text of each code (position = :class:`FitStatus` value), the design's own sentence for its code."""
+    lookup = [STATUS_TEXT[FitStatus(code)] for code in range(len(FitStatus))]
     if design_problem is not None:
         lookup[FitStatus.DESIGN_RANK_DEFICIENT] = design_problem
-    return lookup[status.ravel().astype(np.intp)].tolist()  # type: ignore[no-any-return]
+    return lookup
 
 
 def categorical_to_table(
@@ -214,20 +204,20 @@ def covariate_table(
 
     def statistic(values: np.ndarray) -> pa.Array:
         flat = values[take].ravel()
-        return pa.array(flat, pa.float64(), mask=not_ok | ~np.isfinite(flat))
+        return float64_array(flat, not_ok | ~np.isfinite(flat))
 
     columns = {
-        "layer": pa.array([layer] * (k * m), pa.string()),
-        "feature": pa.array(list(feature_ids) * k, pa.string()),
-        "exposure": pa.array([label.exposure] * (k * m), pa.string()),
-        "adjustment": pa.array([label.adjustment] * (k * m), pa.string()),
-        "model": pa.array([label.model] * (k * m), pa.string()),
-        "term": pa.array(np.repeat(list(terms), m).tolist(), pa.string()),
+        "layer": repeated_strings([layer], k * m),
+        "feature": tiled_strings(feature_ids, k),
+        "exposure": repeated_strings([label.exposure], k * m),
+        "adjustment": repeated_strings([label.adjustment], k * m),
+        "model": repeated_strings([label.model], k * m),
+        "term": repeated_strings(terms, m),
         "beta": statistic(fits.beta),
         "se": statistic(fits.se),
         "t": statistic(fits.t),
         "p": statistic(fits.p),
-        "n": pa.array(np.tile(fits.n, k), pa.int64()),
-        "status": pa.array(_status_text(np.tile(fits.status, k), design_problem), pa.string()),
+        "n": int64_array(np.tile(fits.n, k)),
+        "status": strings_at(_status_lookup(design_problem), np.tile(fits.status, k)),
     }
     return pa.table(columns, schema=COVARIATE_SCHEMA)
