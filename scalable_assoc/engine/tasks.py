@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 
 from scalable_assoc.engine.blocks import ModelBlock, array_bytes
-from scalable_assoc.engine.prepare import DesignInput, PreparedAnalysis, read_design
+from scalable_assoc.engine.designs import DesignInput, PreparedAnalysis, read_design
 from scalable_assoc.engine.task_refs import SoloChunk
 from scalable_assoc.io.atomic import seal, write_parquet
-from scalable_assoc.io.store import read_block
+from scalable_assoc.io.chunk_files import read_block
 from scalable_assoc.models.design import CovariateDesign, factorise_covariates
 from scalable_assoc.models.fits import FitStatus, SlopeFits, withhold_rare_carriers
 from scalable_assoc.models.lmm import VarianceComponents, fit_random_intercept

@@ -14,13 +14,15 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # imported where a frame is written: workers write Arrow tables only, and pandas costs 0.2 s to import
+    import pandas as pd
 
 
 def _temporary_sibling(path: Path) -> Path:
@@ -58,8 +60,10 @@ def write_tsv(path: Path, frame: pd.DataFrame) -> Path:
     quoting (a tab or newline inside a name) falls back to pandas, which quotes it.
     """
 
+    from pandas.api.types import is_bool_dtype
+
     # TRUE/FALSE: the spelling R's read.delim turns into logicals (and pandas into bools).
-    booleans = [c for c in frame.columns if pd.api.types.is_bool_dtype(frame[c].dtype)]
+    booleans = [c for c in frame.columns if is_bool_dtype(frame[c].dtype)]
     shown = frame.assign(**{c: frame[c].map({True: "TRUE", False: "FALSE"}) for c in booleans}) if booleans else frame
 
     def writer(temporary: Path) -> None:

@@ -53,7 +53,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import seal_path, sealed, write_atomically
-from scalable_assoc.io.chunk_files import chunk_files
+from scalable_assoc.io.chunk_files import read_block
 from scalable_assoc.io.table_values import SmallestPositive
 from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.plan.blocks import STORE_LAYER_NAME
@@ -201,40 +201,6 @@ class AbundanceStore:
         except (KeyError, FileNotFoundError):  # a store written before the summaries existed
             return None
         return FeatureSummary(nonzero=arrays[0], observed=arrays[1], min_positive=arrays[2])
-
-
-def read_block(path: Path, start: int, stop: int, sample_positions: np.ndarray | None = None) -> np.ndarray:
-    """Features ``start:stop`` of the store at ``path``: ``(n, stop - start)`` float64, all samples or those given.
-
-    The chunk files are read directly where the array is laid out as this package writes it
-    (:mod:`~scalable_assoc.io.chunk_files`), through zarr otherwise.
-    """
-    files = chunk_files(Path(path) / "abundance")
-    block = files.read_columns(start, stop) if files is not None else _zarr_block(Path(path), start, stop)
-    if sample_positions is None or _all_rows(sample_positions, block.shape[0]):
-        return block  # a run on every sample (the usual case) needs no block-sized copy
-    return block[sample_positions]
-
-
-def _zarr_block(path: Path, start: int, stop: int) -> np.ndarray:
-    """Features ``start:stop`` of the store at ``path`` read through zarr: ``(n_samples, stop - start)`` float64."""
-    array = zarr.open_array(path / "abundance", mode="r")
-    try:
-        return np.asarray(array[:, start:stop], dtype=np.float64)
-    except ValueError as error:
-        if "checksum" not in str(error):
-            raise
-        # zarr's crc32c per chunk: the bytes on disk are not those written.
-        raise DataError(
-            f"store {path} is damaged: the chunk holding features {start}-{stop - 1} fails its checksum ({error}); "
-            "convert its table again with 'scalable-assoc ingest' (or give the table itself as the layer)"
-        ) from None
-
-
-def _all_rows(positions: np.ndarray, n: int) -> bool:
-    """Whether ``positions`` are exactly ``0..n-1`` in order (selecting them would copy the block unchanged)."""
-    positions = np.asarray(positions)
-    return positions.shape == (n,) and bool(np.array_equal(positions, np.arange(n)))
 
 
 def write_store(path: Path, table: AbundanceTable, source_sha256: str, chunk_features: int | None = None) -> AbundanceStore:
