@@ -3,7 +3,7 @@
 Here rather than in :mod:`scalable_assoc.engine.cluster` because that module
 imports distributed (about 0.4 s of the command's first second on the
 reference machine): from here the server starts after ``dask.config`` only,
-so its own imports (distributed and the task modules, about a second) begin
+so its own imports (distributed and the task modules, 0.5-0.6 s of CPU) begin
 that much earlier on the second core, while this process imports the rest.
 Nothing here imports distributed; the worker settings it gives the server are
 those :func:`~scalable_assoc.engine.cluster.local_cluster` gives the nannies.
@@ -103,9 +103,11 @@ def set_worker_environ() -> dict:
 def start_worker_server(preload: Sequence[str] = ()) -> bool:
     """Start the fork server a local cluster's workers are forked from, now rather than at the first worker's start; True if started.
 
-    The server imports distributed and ``preload`` (about a second of CPU on
-    the reference machine); started as a command begins, it does so on the
-    second core while this process imports the rest of what the command needs,
+    The server imports distributed and ``preload`` (0.5-0.6 s of CPU on the
+    reference machine: the task modules import neither pandas nor zarr, see
+    :mod:`scalable_assoc.engine.designs`); started as a command begins, it does
+    so on the second core while this process imports the rest of what the
+    command needs,
     and the local cluster started later (see
     :func:`~scalable_assoc.engine.cluster.local_cluster` with the
     same ``preload``) forks its workers from it at once. The server is the one
