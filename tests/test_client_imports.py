@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from scalable_assoc.engine import task_refs, tasks
 from scalable_assoc.simulate import SimulatedStudy
@@ -69,3 +70,13 @@ def test_a_task_reference_pickles_as_its_names_and_calls_its_function() -> None:
     assert pickle.loads(data) == reference
     block, kept = np.arange(12.0).reshape(3, 4), np.array([True, False, True, True])
     np.testing.assert_array_equal(reference(block, kept), tasks.kept_columns(block, kept))
+
+
+def test_a_task_reference_to_another_module_is_refused_not_imported() -> None:
+    for module, name in (("os", "system"), ("scalable_assoc.engine.run", "run_study"), ("not_a_module_at_all", "f")):
+        reference = pickle.loads(pickle.dumps(task_refs.WorkerFunction(module, name)))  # as a worker receives it
+        with pytest.raises(ValueError, match="not of the task module"):
+            reference.resolve()
+        with pytest.raises(ValueError, match="not of the task module"):
+            reference()
+    assert "not_a_module_at_all" not in sys.modules

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from scalable_assoc.simulate import SimulatedStudy
+from scalable_assoc.testing import write_plan
 
 _ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
 
@@ -63,3 +64,45 @@ def test_workers_load_neither_pandas_nor_zarr_through_a_run(small_study: Simulat
     )
     assert _last_json_line(code) == [[]], "a worker imported pandas, zarr or the client's preparation for a run's tasks"
     assert (tmp_path / "out" / "results.parquet").exists()
+
+
+_DIVERSITY_PLAN = """\
+data:
+  metadata: {metadata}
+  layers:
+    species: {layer}
+preprocess: {{min_prevalence: 0.1, transform: clr, pseudocount: half_min}}
+exposures:
+  MDD: {{cases: "MDD == 1", controls: "no_disorder == 1"}}
+covariates: {{categorical: [sex]}}
+adjustments:
+  base: [sex, bmi]
+models: [lm]
+min_cases: 5
+diversity:
+  alpha: [shannon, richness]
+  beta: {{distances: [aitchison, bray_curtis], permutations: 19, seed: 3}}
+"""
+
+
+def test_a_diversity_plans_tasks_load_neither_pandas_nor_zarr(small_study: SimulatedStudy, tmp_path: Path) -> None:
+    """Alpha diversity's sums and every PERMANOVA step run functions of ``engine.diversity_tasks``, not of the client's modules."""
+    plan = write_plan(
+        tmp_path, _DIVERSITY_PLAN.format(metadata=small_study.out_dir / "metadata.tsv", layer=small_study.out_dir / "species.tsv")
+    )
+    code = (
+        f"{_FIND}import json\n"
+        "from scalable_assoc import run_study\n"
+        "from scalable_assoc.engine.cluster import WORKER_PRELOAD, local_cluster\n"
+        "cluster, client = local_cluster(1, preload=WORKER_PRELOAD)\n"
+        "try:\n"
+        f"    run_study({str(plan)!r}, {str(tmp_path / 'out')!r}, client=client, allow_outside_paths=True)\n"
+        "    found = list(client.run(client_only).values())\n"
+        "    diversity = list(client.run(lambda: 'scalable_assoc.engine.diversity_tasks' in sys.modules).values())\n"
+        "finally:\n"
+        "    client.close()\n"
+        "    cluster.close()\n"
+        "print(json.dumps([found, diversity]))"
+    )
+    assert _last_json_line(code) == [[[]], [True]], "a diversity task imported pandas, zarr or the client's preparation"
+    assert (tmp_path / "out" / "permanova.parquet").exists()

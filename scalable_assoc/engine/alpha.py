@@ -41,26 +41,21 @@ import pyarrow as pa
 from distributed import Client
 
 from scalable_assoc.engine.blocks import ModelBlock
+from scalable_assoc.engine.diversity_tasks import alpha_sums_block
 from scalable_assoc.engine.graph import layer_token
 from scalable_assoc.engine.prepare import LayerWork, PreparedAnalysis, PreparedStudy
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.io.atomic import write_parquet
-from scalable_assoc.io.store import read_block
 from scalable_assoc.results.alpha_names import ALPHA_LAYER_PREFIX as ALPHA_LAYER_PREFIX
 from scalable_assoc.results.alpha_names import ALPHA_VALUES_FILE, alpha_column, alpha_layer_name
 from scalable_assoc.results.alpha_names import is_alpha_layer as is_alpha_layer
 from scalable_assoc.results.gather import assemble_results, read_chunks
-from scalable_assoc.stats.diversity import alpha_from_sums, alpha_partial_sums
+from scalable_assoc.stats.diversity import alpha_from_sums
 
 logger = logging.getLogger(__name__)
 
 #: The model alpha diversity rows are fitted with.
 ALPHA_MODEL = "lm"
-
-
-def alpha_sums_block(store_path: Path, start: int, stop: int, sample_positions: np.ndarray, presence_threshold: float) -> np.ndarray:
-    """``(n_samples, 5)`` alpha partial sums of one store chunk's raw values (runs on a worker)."""
-    return alpha_partial_sums(read_block(store_path, start, stop, sample_positions), presence_threshold)
 
 
 def alpha_layers(study: PreparedStudy) -> list[LayerWork]:

@@ -1,7 +1,8 @@
 """PERMANOVA per layer x distance x exposure x adjustment set on the cluster (plan ``diversity.beta``).
 
 The statistics are the pure kernels of :mod:`scalable_assoc.stats.permanova`
-(vegan ``adonis2(..., by = "margin")``); this module only lays them out as tasks::
+(vegan ``adonis2(..., by = "margin")``), run on the workers by the functions of
+:mod:`scalable_assoc.engine.diversity_tasks`; this module only lays them out as tasks::
 
     permanova-sums-<layer>-<i>       per-sample sum of log(x + c), values present and raw total over the block's kept features
     permanova-clr-<layer>-<i>        CLR values of block i's kept features (all samples the layer uses)
@@ -40,28 +41,32 @@ import pyarrow as pa
 from dask.base import tokenize
 from distributed import Client
 
+from scalable_assoc.engine.diversity_tasks import (
+    HeldDesign,
+    aitchison_observed,
+    aitchison_permuted,
+    bray_gower,
+    bray_observed,
+    bray_permuted,
+    bray_rows,
+    clr_block,
+    permanova_sums,
+    raw_kept,
+)
 from scalable_assoc.engine.filters import LayerFilter
 from scalable_assoc.engine.graph import hold_on_cluster, layer_token
 from scalable_assoc.engine.prepare import LayerWork, PreparedAnalysis, PreparedStudy
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import write_parquet, write_tsv
-from scalable_assoc.io.store import read_block
 from scalable_assoc.plan.diversity import BetaSpec
 from scalable_assoc.results.columns import PERMANOVA_COLUMNS, PERMANOVA_SCHEMA
 from scalable_assoc.stats.permanova import (
     OBSERVED_SUMS,
     PermanovaDesign,
-    bray_curtis_rows,
     distance_matrix_bytes,
-    distance_observed,
-    distance_permuted,
-    euclidean_observed,
-    euclidean_permuted,
-    gower_centre,
     permanova_design,
     permanova_from_sums,
-    permutation_indices,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,78 +85,6 @@ PERMUTATION_BLOCK = 200
 _STACK_BYTES = 64 * 2**20
 #: Bytes of Bray-Curtis rows one task computes.
 _ROW_BLOCK_BYTES = 64 * 2**20
-
-
-# --- tasks (run on workers) ---------------------------------------------------------------------------------------------
-
-
-def permanova_sums(
-    store_path: Path, start: int, stop: int, positions: np.ndarray, kept: np.ndarray, pseudocount: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per sample over the block's kept features: sum of ``log(x + c)``, values present, raw total (missing skipped)."""
-    raw = read_block(store_path, start, stop, positions)[:, kept]
-    present = ~np.isnan(raw)
-    filled = np.where(present, raw, 0.0)
-    logs = np.where(present, np.log(np.where(present, raw, 1.0) + pseudocount), 0.0)
-    return logs.sum(axis=1), present.sum(axis=1), filled.sum(axis=1)
-
-
-def clr_block(
-    store_path: Path, start: int, stop: int, positions: np.ndarray, kept: np.ndarray, pseudocount: float, log_means: np.ndarray
-) -> np.ndarray:
-    """CLR values ``log(x + c) - mean log`` of the block's kept features, ``(n_used, kept.sum())`` (NaN where missing)."""
-    raw = read_block(store_path, start, stop, positions)[:, kept]
-    return np.log(raw + pseudocount) - log_means[:, None]
-
-
-@dataclass(frozen=True)
-class HeldDesign:
-    """One analysis' participants (positions among the layer's samples), its factorised design and
-    the cluster codes ``(len(rows),)`` its permutations stay within (None: permuted freely)."""
-
-    rows: np.ndarray
-    design: PermanovaDesign
-    strata: np.ndarray | None = None
-
-
-def aitchison_observed(clr: np.ndarray, designs: list[HeldDesign]) -> list[np.ndarray]:
-    """Per analysis, the ``(4,)`` observed sums of one block of CLR values."""
-    return [euclidean_observed(clr[d.rows], d.design) for d in designs]
-
-
-def aitchison_permuted(clr: np.ndarray, designs: list[HeldDesign], seed: int, first: int, count: int) -> list[np.ndarray]:
-    """Per analysis, the ``(count, 2)`` permuted sums of one block of CLR values for permutations ``first..first+count-1``."""
-    return [euclidean_permuted(clr[d.rows], d.design, permutation_indices(d.design.n, seed, first, count, d.strata)) for d in designs]
-
-
-def raw_kept(store_path: Path, bounds: list[tuple[int, int]], positions: np.ndarray, kept: list[np.ndarray]) -> np.ndarray:
-    """Raw abundances of the layer's kept features, every sample used: ``(n_used, n_kept)``."""
-    parts = [read_block(store_path, start, stop, positions)[:, k] for (start, stop), k in zip(bounds, kept, strict=True) if k.any()]
-    return np.hstack(parts)
-
-
-def bray_rows(raw: np.ndarray, usable: np.ndarray, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of the Bray-Curtis matrix among the ``usable`` samples (no missing value, not all zero)."""
-    x = raw[usable]
-    return bray_curtis_rows(x[start:stop], x)
-
-
-def bray_gower(row_blocks: list[np.ndarray], rows: np.ndarray) -> np.ndarray:
-    """The Gower-centred Bray-Curtis matrix of one analysis' participants (``rows`` among the usable samples)."""
-    distances = np.vstack(row_blocks)[np.ix_(rows, rows)]
-    return gower_centre(distances)
-
-
-def bray_observed(gower: np.ndarray, design: PermanovaDesign) -> np.ndarray:
-    """The ``(4,)`` observed sums of one analysis."""
-    return distance_observed(gower, design)
-
-
-def bray_permuted(
-    gower: np.ndarray, design: PermanovaDesign, seed: int, first: int, count: int, strata: np.ndarray | None = None
-) -> np.ndarray:
-    """The ``(count, 2)`` permuted sums of one analysis for permutations ``first..first+count-1`` (within ``strata``)."""
-    return distance_permuted(gower, design, permutation_indices(design.n, seed, first, count, strata))
 
 
 # --- client side --------------------------------------------------------------------------------------------------------

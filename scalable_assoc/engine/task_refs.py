@@ -46,7 +46,11 @@ class WorkerFunction:
         return self.name
 
     def resolve(self) -> Callable[..., Any]:
-        """The function itself (imports ``module`` if this process has not)."""
+        """The function itself (imports ``module`` if this process has not); ValueError unless ``module`` is :data:`TASKS_MODULE`."""
+        # Checked where the module is imported: an unpickled reference is rebuilt without its constructor. Only our
+        # client builds references, and only of the task functions; this says so rather than import what a reference names.
+        if self.module != TASKS_MODULE:
+            raise ValueError(f"a task names the function '{self.name}' of module '{self.module}', not of the task module {TASKS_MODULE}")
         function: Callable[..., Any] = getattr(importlib.import_module(self.module), self.name)
         return function
 
