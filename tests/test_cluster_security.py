@@ -197,6 +197,8 @@ def test_the_default_run_records_command_to_first_task(default_run: tuple[Path, 
     # From the process start: the imports and preparing come before the first task, the fit after it.
     assert timings["prepare"] < timings["first_task"] < timings["total"] + 60
     assert "first task result" in seen["log"]
+    # The first layers went to the cluster (prepared, the cluster up) before that task came back.
+    assert 0 < timings["first_part"] <= timings["first_task"]
 
 
 def test_dashboard_is_served_on_loopback_when_asked(small_study: SimulatedStudy, tmp_path: Path) -> None:

@@ -180,15 +180,16 @@ def test_report_on_a_run_of_an_older_format_exits_2_naming_what_it_lacks_and_wri
 def test_the_timings_table_shows_phases_and_a_note_the_moments_that_overlap_them() -> None:
     from scalable_assoc.report.html import _run_section
 
-    timings = {"prepare": 1.25, "cluster_start": 0.0, "cluster_start_background": 1.5, "filter": 0.1, "first_task": 2.75, "total": 4.0}
+    timings = {"prepare": 1.25, "cluster_start": 0.0, "cluster_start_background": 1.5, "filter": 0.1, "first_part": 2.5}
+    timings |= {"first_task": 2.75, "total": 4.0}
     html = "".join(_run_section({"timings_seconds": timings, "warnings": []}))
     table = html[html.index('id="timings-table"') : html.index("</table>")]
     assert "prepare" in table and "filter" in table and "total" in table
-    assert "first_task" not in table and "cluster_start_background" not in table
+    assert "first_task" not in table and "first_part" not in table and "cluster_start_background" not in table
     note = re.search(r'<p id="timings-note">(.*?)</p>', html)
     assert note is not None
     assert note[1] == (
-        "First task result 2.75 s after the command started; the local cluster started in the background, while the study was "
-        "prepared, in 1.50 s."
+        "First layers handed to the cluster 2.50 s after the command started; first task result 2.75 s after the command started; "
+        "the local cluster started in the background, while the study was prepared, in 1.50 s."
     )
     assert "timings-note" not in "".join(_run_section({"timings_seconds": {"prepare": 1.0}, "warnings": []}))

@@ -431,6 +431,7 @@ class _PartsOnCluster:
         phase = time.perf_counter()
         positions = {layer.spec.name: hold_on_cluster(self.client, layer.sample_positions, "samples") for layer in part.layers}
         if self.first_task is None:
+            _record_first_part(timings)
             self.first_task = _FirstResult(positions.values())
         self.filters |= filter_layers(self.client, part, positions, self.work / "filters", self.watch)
         timings["filter"] = timings.get("filter", 0.0) + time.perf_counter() - phase
@@ -445,15 +446,30 @@ class _PartsOnCluster:
         self.fits.submit(part, self.filters, positions, [task for task in tasks if task.chunk_id not in done])
 
 
+def _record_first_part(timings: dict[str, float]) -> None:
+    """Add ``first_part``: seconds from the process start to the first part of the study handed to the cluster.
+
+    That is when the first layers are prepared (their tables converted, or their
+    stores opened) and the cluster is up: their samples are the run's first
+    task. ``first_task`` minus it is that task's round trip on the cluster;
+    ``first_part`` itself holds the imports, the cluster's start and preparing
+    the first layers, whichever ended last.
+    """
+    age = process_age_seconds()
+    if age is not None:
+        timings["first_part"] = age
+
+
 class _FirstResult:
     """When the run's first task came back from the cluster, as seconds since the process started: "command to first task".
 
     The process start is the operating system's (:func:`~scalable_assoc.progress.process_age_seconds`;
     10 ms resolution), so the seconds include the interpreter's start, the imports, preparing the
-    study, the cluster's start (the part not overlapping the preparation) and
+    first layers, the cluster's start (the part not overlapping the preparation) and
     one task's round trip; the first task is the first of the sample positions
-    held on the cluster, submitted as the filter phase starts. In a long-lived
-    Python process calling :func:`run_study`, it counts from that process's start.
+    held on the cluster, submitted as the first layers are handed to it
+    (``first_part``, :func:`_record_first_part`). In a long-lived Python process
+    calling :func:`run_study`, both count from that process's start.
     """
 
     def __init__(self, futures: Iterable[distributed.Future]) -> None:

@@ -253,12 +253,14 @@ def _inputs_section(manifest: dict) -> list[str]:
 
 
 #: Timings that are not phases of the run (they overlap the phases): shown in a note below the phases' table.
-_NOT_PHASES = ("first_task", "cluster_start_background")
+_NOT_PHASES = ("first_part", "first_task", "cluster_start_background")
 
 
 def _timings_note(timings: dict) -> str:
     """The moments of :data:`_NOT_PHASES` as a sentence ("" when the run recorded none)."""
     parts = []
+    if timings.get("first_part") is not None:
+        parts.append(f"first layers handed to the cluster {timings['first_part']:.2f} s after the command started")
     if timings.get("first_task") is not None:
         parts.append(f"first task result {timings['first_task']:.2f} s after the command started")
     if timings.get("cluster_start_background") is not None:
