@@ -10,7 +10,7 @@ import zarr
 
 import scalable_assoc.io.store as store_module
 from scalable_assoc.io.side_arrays import SideArray, write_side_arrays
-from scalable_assoc.io.store import RARE_ARRAYS, side_compressors, write_store_blocks
+from scalable_assoc.io.store import RARE_ARRAYS, open_store, side_compressors, write_store_blocks
 from scalable_assoc.stats.sample_sums import rare_features
 
 
@@ -109,6 +109,7 @@ def test_rare_cells_are_the_arrays_zarr_writes(tmp_path, monkeypatch, rare, chun
         assert {k: v for k, v in written.items() if k.startswith(f"{name}/")} == {
             k: v for k, v in expected.items() if k.startswith(f"{name}/")
         }
+    assert store == open_store(store.path)  # the store the writer returns is the one read back
     got = list(store.rare_cells(np.ones(m, dtype=bool)))
     got_samples = np.concatenate([s for s, _ in got]) if got else np.zeros(0, dtype=np.int32)
     got_values = np.concatenate([v for _, v in got]) if got else np.zeros(0)
