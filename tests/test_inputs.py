@@ -214,6 +214,15 @@ def test_wide_tsv_and_gzipped_csv_are_ingested_a_block_at_a_time(tmp_path, small
     np.testing.assert_array_equal(read_block(ingested.path, 0, ingested.n_features), expected.to_numpy(dtype=np.float64))
     assert _leftovers(tmp_path / "ingested") == []
 
+    # A table of one block (every feature) is put together in memory: the same values and smallest value, no file.
+    for width in (40, 1000):
+        stream = stream_wide(tsv, rows_per_read=64, scratch=scratch)
+        blocks = list(stream.blocks(width))
+        assert len(blocks) == 1 and _leftovers(scratch) == []
+        np.testing.assert_array_equal(blocks[0], expected.to_numpy(dtype=np.float64))
+        values = expected.to_numpy(dtype=np.float64)
+        assert stream.smallest_positive is not None and stream.smallest_positive.value == values[values > 0].min()
+
 
 def test_error_in_a_late_row_batch_of_a_wide_table_leaves_no_store_and_no_temporary_files(tmp_path, monkeypatch) -> None:
     """A bad cell, a repeated sample ID or a failed write far into a wide table: the specific message, then nothing left behind."""
@@ -245,6 +254,9 @@ def test_error_in_a_late_row_batch_of_a_wide_table_leaves_no_store_and_no_tempor
         with pytest.raises(DataError, match=match):
             ingest_table(table, out / "ingested.zarr", chunk_features=2)  # the default route: format detected, default batches
         assert not (out / "ingested.zarr").exists() and _leftovers(out) == []
+        with pytest.raises(DataError, match=match):
+            ingest_table(table, out / "one_block.zarr")  # every feature in one block, put together in memory
+        assert not (out / "one_block.zarr").exists() and _leftovers(out) == []
 
     # Row 9,000 (line 9,001) is in the 19th of 20 batches, after 18 went to the temporary file.
     non_numeric = write("non_numeric.tsv", {9001: with_cell(9001, 1, "abc")})
