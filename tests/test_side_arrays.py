@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import scalable_assoc.io.store as store_module
 from scalable_assoc.io.side_arrays import SideArray, write_side_arrays
@@ -18,11 +19,11 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _written_by_zarr(folder: Path, arrays: dict[str, SideArray], attributes: dict) -> dict[str, bytes]:
+def _written_by_zarr(folder: Path, arrays: dict[str, SideArray], attributes: dict, compressors: list | None = None) -> dict[str, bytes]:
     """What zarr writes on disk for the same arrays and attributes, one call at a time."""
     group = zarr.open_group(folder, mode="w", zarr_format=3)
     for name, array in arrays.items():
-        group.create_array(name, data=array.data, chunks=(array.chunk,), compressors=side_compressors())
+        group.create_array(name, data=array.data, chunks=(array.chunk,), compressors=compressors or side_compressors())
     group.update_attributes(attributes)
     return _files(folder)
 
@@ -39,7 +40,18 @@ ATTRIBUTES = {
 }
 
 
-def test_side_arrays_and_attributes_are_zarrs_own_bytes(tmp_path):
+@pytest.mark.parametrize(
+    "compressors",
+    [None, [ZstdCodec(level=1), Crc32cCodec()], [ZstdCodec(level=3, checksum=True), Crc32cCodec()], [Crc32cCodec()]],
+    ids=["the store's codecs", "another zstd level", "zstd with its checksum (through zarr)", "crc32c alone (through zarr)"],
+)
+def test_side_arrays_and_attributes_are_zarrs_own_bytes(tmp_path, monkeypatch, compressors):
+    """Encoded here (the store's dtypes and codecs) or through zarr in memory (anything else): zarr's files."""
+    import scalable_assoc.io.side_arrays as side_arrays
+
+    through_zarr: list[str] = []
+    by_zarr = side_arrays._encoded_by_zarr
+    monkeypatch.setattr(side_arrays, "_encoded_by_zarr", lambda arrays, codecs: through_zarr.extend(arrays) or by_zarr(arrays, codecs))
     rng = np.random.default_rng(3)
     arrays = {
         "empty_int32": SideArray(np.zeros(0, dtype=np.int32), 1 << 20),
@@ -50,11 +62,20 @@ def test_side_arrays_and_attributes_are_zarrs_own_bytes(tmp_path):
         "all_zero": SideArray(np.zeros(9, dtype=np.int64), 9),  # zarr writes no chunk equal to its fill value
         "counts": SideArray(rng.integers(0, 2**40, 33), 33),
         "with_nan": SideArray(np.where(rng.random(40) < 0.2, np.nan, rng.normal(size=40)), 40),
+        "zeros_float": SideArray(np.zeros(5), 5),  # +0.0 is the fill value: no chunk
+        "negative_zero": SideArray(np.array([0.0, -0.0, 0.0]), 3),  # -0.0 is not (zarr compares the bits): a chunk
+        "float32": SideArray(rng.normal(size=6).astype(np.float32), 6),  # through zarr
+        "uint8": SideArray(np.arange(4, dtype=np.uint8), 4),  # through zarr
+        "big_endian": SideArray(np.arange(4, dtype=">i8"), 4),  # through zarr
     }
+    compressors = compressors or side_compressors()
     ours = tmp_path / "ours"
     zarr.open_group(ours, mode="w", zarr_format=3)  # a group created first, as the store writer does
-    write_side_arrays(ours, arrays, side_compressors(), ATTRIBUTES)
-    expected = _written_by_zarr(tmp_path / "zarr", arrays, ATTRIBUTES)
+    write_side_arrays(ours, arrays, compressors, ATTRIBUTES)
+    expected = _written_by_zarr(tmp_path / "zarr", arrays, ATTRIBUTES, compressors)
+    assert "zeros_float/c/0" not in expected and "negative_zero/c/0" in expected
+    odd = ["float32", "uint8", "big_endian"]
+    assert through_zarr == (odd if compressors[0].__class__ is ZstdCodec and not compressors[0].checksum else list(arrays))
     assert "all_zero/c/0" not in expected and "three_chunks/c/2" in expected
     assert _files(ours) == expected
     group = zarr.open_group(ours, mode="r")
