@@ -27,7 +27,9 @@ Layout of ``<name>.zarr`` (a Zarr v3 group)::
 Samples are never split across chunks: every regression needs all samples of a
 feature, so a task reads whole chunks and never communicates with another.
 Stores are written to a temporary folder and renamed, so a half-written store
-is never mistaken for a complete one.
+is never mistaken for a complete one. The abundance chunks are written through
+zarr as they come; the other arrays and the attributes at the end, in one go
+(:mod:`scalable_assoc.io.side_arrays`: the same files, without zarr's cost per array).
 
 A store can also hold several layers (``scalable-assoc ingest --layer NAME``, once
 per layer): its root group is marked ``scalable_assoc_store: layers`` and each
