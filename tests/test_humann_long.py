@@ -79,6 +79,8 @@ def test_humann_store_equals_the_same_values_as_a_wide_table_and_keeps_its_notes
         _same_store(humann, ingest_table(wide, tmp_path / f"wide-{stratified}.zarr", chunk_features=4))
         reopened = open_store(humann.path)
         assert reopened.notes == stream.notes and reopened.renamed_samples == stream.renamed_samples
+        assert humann == reopened  # the store the writer returns is the one read back
+        assert humann.notes and humann.renamed_samples
         # The manifest's layer entry: checked on a real run in test_run_on_a_humann_layer_records_its_notes_and_renamed_samples.
 
 

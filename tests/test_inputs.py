@@ -178,13 +178,21 @@ def _leftovers(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-def test_wide_tsv_and_gzipped_csv_are_ingested_a_block_at_a_time(tmp_path, small_study: SimulatedStudy) -> None:
-    """Row batches go through a temporary file and come back as feature blocks: the store holds the table's values and IDs."""
+@pytest.mark.parametrize("in_memory_bytes", [0, None], ids=["through a temporary file", "in memory (a small table)"])
+def test_wide_tsv_and_gzipped_csv_are_ingested_a_block_at_a_time(
+    tmp_path, monkeypatch, small_study: SimulatedStudy, in_memory_bytes
+) -> None:
+    """Row batches go through a temporary file (or a buffer laid out as it, for a small table) and come back as feature
+    blocks: the store holds the table's values and IDs."""
     import gzip
 
+    from scalable_assoc.io import wide
     from scalable_assoc.io.ingest import ingest_table
     from scalable_assoc.io.store import read_block, write_table_stream
     from scalable_assoc.io.tables import stream_wide
+
+    if in_memory_bytes is not None:
+        monkeypatch.setattr(wide, "WIDE_IN_MEMORY_BYTES", in_memory_bytes)
 
     tsv = small_study.out_dir / "pathways.tsv"
     expected = read_layer(tsv)
@@ -205,7 +213,8 @@ def test_wide_tsv_and_gzipped_csv_are_ingested_a_block_at_a_time(tmp_path, small
     # The temporary file exists while blocks are read, and goes when they are abandoned half-way.
     blocks = stream_wide(csv_gz, rows_per_read=50, scratch=scratch).blocks(9)
     np.testing.assert_array_equal(next(blocks), expected.to_numpy(dtype=np.float64)[:, :9])
-    assert len(_leftovers(scratch)) == 1 and _leftovers(scratch)[0].endswith(".rows.tmp")
+    assert len(_leftovers(scratch)) == (0 if in_memory_bytes is None else 1)
+    assert all(name.endswith(".rows.tmp") for name in _leftovers(scratch))
     blocks.close()
     assert _leftovers(scratch) == []
 
@@ -214,11 +223,25 @@ def test_wide_tsv_and_gzipped_csv_are_ingested_a_block_at_a_time(tmp_path, small
     np.testing.assert_array_equal(read_block(ingested.path, 0, ingested.n_features), expected.to_numpy(dtype=np.float64))
     assert _leftovers(tmp_path / "ingested") == []
 
+    # A table of one block (every feature) is put together in memory: the same values and smallest value, no file.
+    for width in (40, 1000):
+        stream = stream_wide(tsv, rows_per_read=64, scratch=scratch)
+        blocks = list(stream.blocks(width))
+        assert len(blocks) == 1 and _leftovers(scratch) == []
+        np.testing.assert_array_equal(blocks[0], expected.to_numpy(dtype=np.float64))
+        values = expected.to_numpy(dtype=np.float64)
+        assert stream.smallest_positive is not None and stream.smallest_positive.value == values[values > 0].min()
 
-def test_error_in_a_late_row_batch_of_a_wide_table_leaves_no_store_and_no_temporary_files(tmp_path, monkeypatch) -> None:
+
+@pytest.mark.parametrize("in_memory_bytes", [0, None], ids=["through a temporary file", "in memory (a small table)"])
+def test_error_in_a_late_row_batch_of_a_wide_table_leaves_no_store_and_no_temporary_files(tmp_path, monkeypatch, in_memory_bytes) -> None:
     """A bad cell, a repeated sample ID or a failed write far into a wide table: the specific message, then nothing left behind."""
     from scalable_assoc.errors import DataError
     from scalable_assoc.io import store as store_module
+    from scalable_assoc.io import wide
+
+    if in_memory_bytes is not None:
+        monkeypatch.setattr(wide, "WIDE_IN_MEMORY_BYTES", in_memory_bytes)
     from scalable_assoc.io.ingest import ingest_table
     from scalable_assoc.io.tables import stream_wide
 
@@ -245,6 +268,9 @@ def test_error_in_a_late_row_batch_of_a_wide_table_leaves_no_store_and_no_tempor
         with pytest.raises(DataError, match=match):
             ingest_table(table, out / "ingested.zarr", chunk_features=2)  # the default route: format detected, default batches
         assert not (out / "ingested.zarr").exists() and _leftovers(out) == []
+        with pytest.raises(DataError, match=match):
+            ingest_table(table, out / "one_block.zarr")  # every feature in one block: in memory whatever the table's size
+        assert not (out / "one_block.zarr").exists() and _leftovers(out) == []
 
     # Row 9,000 (line 9,001) is in the 19th of 20 batches, after 18 went to the temporary file.
     non_numeric = write("non_numeric.tsv", {9001: with_cell(9001, 1, "abc")})

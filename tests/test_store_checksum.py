@@ -66,18 +66,26 @@ def test_a_store_written_with_zstd_reads_the_same(tmp_path, level):
 
 def test_a_store_writes_its_attributes_in_one_go(tmp_path, monkeypatch):
     """zarr rewrites the group's zarr.json whole (every sample ID) for each key given to attrs.update: the store's
-    attributes are written once, with the group's creation the only other write of it."""
-    writes = []
-    original = zarr.storage.LocalStore.set
+    attributes are encoded once, at the end, beside the group's creation (without attributes) by zarr."""
+    import scalable_assoc.io.side_arrays as side_arrays
+
+    writes, encoded = [], []
+    original, original_metadata = zarr.storage.LocalStore.set, side_arrays.group_metadata
 
     async def counted(self, key, value, *args, **kwargs):
         if key == "zarr.json":
             writes.append(len(value.to_bytes()))
         return await original(self, key, value, *args, **kwargs)
 
+    def counted_metadata(attributes):
+        encoded.append(sorted(attributes))
+        return original_metadata(attributes)
+
     monkeypatch.setattr(zarr.storage.LocalStore, "set", counted)
+    monkeypatch.setattr(side_arrays, "group_metadata", counted_metadata)
     store = _store(tmp_path / "s.zarr", np.arange(12.0).reshape(4, 3))
-    assert len(writes) == 2, writes
+    assert len(writes) == 1 and len(encoded) == 1, (writes, encoded)
+    assert "sample_ids" in encoded[0] and "sample_sums" in encoded[0]
     assert store.sample_ids == ("S0", "S1", "S2", "S3") and "sample_sums" in zarr.open_group(store.path, mode="r").attrs
 
 

@@ -354,8 +354,11 @@ def _ids_line_by_line(text: bytes, layout: text_values.TextTable) -> tuple[list[
     return ids, all(line.count(sep) + 1 == layout.n_fields for line in lines)
 
 
-def test_the_first_pass_finds_the_ids_and_widths_of_splitting_line_by_line() -> None:
-    """``_block_ids`` finds the lines where they are: the same IDs, width verdict and declined blocks as splitting them."""
+@pytest.mark.parametrize("long_line_bytes", [0, text_values.LONG_LINE_BYTES], ids=["counted line by line", "counted per block"])
+def test_the_first_pass_finds_the_ids_and_widths_of_splitting_line_by_line(monkeypatch, long_line_bytes) -> None:
+    """``_block_ids`` finds the lines where they are: the same IDs, width verdict and declined blocks as splitting them,
+    whether it counts the separators of each line on its own (long lines) or of the whole block at once (short ones)."""
+    monkeypatch.setattr(text_values, "LONG_LINE_BYTES", long_line_bytes)
     rng = np.random.default_rng(5)
     pieces = ["a", "s__x", "é", " ", "\t", "1", "0.5", "", "\r", "NA"]
     layout = text_values.TextTable(Path("t.tsv"), "\t", 1, 3)

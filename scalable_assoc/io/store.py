@@ -27,7 +27,9 @@ Layout of ``<name>.zarr`` (a Zarr v3 group)::
 Samples are never split across chunks: every regression needs all samples of a
 feature, so a task reads whole chunks and never communicates with another.
 Stores are written to a temporary folder and renamed, so a half-written store
-is never mistaken for a complete one.
+is never mistaken for a complete one. The abundance chunks are written through
+zarr as they come; the other arrays and the attributes at the end, in one go
+(:mod:`scalable_assoc.io.side_arrays`: the same files, without zarr's cost per array).
 
 A store can also hold several layers (``scalable-assoc ingest --layer NAME``, once
 per layer): its root group is marked ``scalable_assoc_store: layers`` and each
@@ -54,6 +56,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import seal_path, sealed, write_atomically
 from scalable_assoc.io.chunk_files import read_block
+from scalable_assoc.io.side_arrays import SideArray, write_side_arrays
 from scalable_assoc.io.table_values import SmallestPositive
 from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.plan.blocks import STORE_LAYER_NAME
@@ -83,6 +86,8 @@ SAMPLE_SUMS_KEY = "sample_sums"
 SUMMED_AHEAD_BYTES = 64 * 2**20
 #: Cells per chunk of the rare-feature arrays.
 RARE_CHUNK_CELLS = 1 << 20
+#: The arrays of the rare features' cells and their dtypes (sample index, value).
+RARE_CELL_DTYPES = (("rare_samples", "int32"), ("rare_values", "float64"))
 
 STORE_FORMAT_VERSION = 1
 #: The root attribute (and its value) that marks a store holding several layers.
@@ -314,16 +319,26 @@ def write_store_blocks(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalable-assoc-store-write") as writing:
             _write_blocks(writing, array, block, n_samples, n_features, chunk, summaries, sample_totals, sums, reporter)
         release_freed_memory()  # before the sums are finished, which may read blocks back
-        for name, values in summaries.items():
-            group.create_array(name, data=values, chunks=(max(n_features, 1),), compressors=side_compressors())
-        group.create_array(SAMPLE_TOTALS, data=sample_totals, chunks=(max(n_samples, 1),), compressors=side_compressors())
-        attributes.update(sums.finish())
-        # Written once, at the end: zarr rewrites the whole zarr.json (every sample ID, in its pure-Python JSON
-        # encoder) for each key of attrs.update, which took 70-160 ms a store of 7,656 samples, 0.8 s of 50,000.
-        group.update_attributes(attributes)
+        side = {name: SideArray(values, max(n_features, 1)) for name, values in summaries.items()}
+        side[SAMPLE_TOTALS] = SideArray(sample_totals, max(n_samples, 1))
+        sums_attributes, sums_arrays = sums.finish()
+        attributes.update(sums_attributes)
+        # The attributes are written once, at the end: zarr's pure-Python JSON encoder writes the whole zarr.json
+        # (every sample ID) each time, which for each key of attrs.update took 70-160 ms a store of 7,656 samples.
+        write_side_arrays(temporary, {**side, **sums_arrays}, side_compressors(), attributes)
 
     write_atomically(path, writer)
-    return open_store(path)
+    # What open_store(path) reads back (a test checks it), without parsing the metadata just written (3 ms a store).
+    extra = extra_attrs or {}
+    return AbundanceStore(
+        path=path,
+        sample_ids=tuple(str(i) for i in sample_ids),
+        feature_ids=tuple(str(i) for i in feature_ids),
+        chunk_features=chunk,
+        source_sha256=source_sha256,
+        notes=tuple(str(n) for n in extra.get("notes", [])),
+        renamed_samples=tuple((str(a), str(b)) for a, b in extra.get("renamed_samples", [])),
+    )
 
 
 def _write_blocks(
@@ -393,11 +408,9 @@ class _SampleSumsWriter:
         self.by_candidate: dict[float, tuple[np.ndarray | None, list[tuple[int, int]]]] = {}
         self.smallest = np.inf
         self.indptr = np.zeros(n_features + 1, dtype=np.int64)
-        compressors = side_compressors()
-        self.cells = [
-            group.create_array(name, shape=(0,), chunks=(RARE_CHUNK_CELLS,), dtype=dtype, compressors=compressors)
-            for name, dtype in (("rare_samples", "int32"), ("rare_values", "float64"))
-        ]
+        # The rare cells' arrays on disk, created once a whole chunk of cells is ready; a table with fewer cells (most)
+        # has them written at the end with the other small arrays (io/side_arrays.py), not created empty and appended.
+        self.cells: list[zarr.Array] = []
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.n_pending = 0
         self.with_final: dict[tuple[int, int], np.ndarray] = {}  # (start, stop) -> its log(x + c) sums with the final c
@@ -450,14 +463,25 @@ class _SampleSumsWriter:
 
     def _flush(self, whole_chunks: bool) -> None:
         """Append the pending cells (only whole chunks of them unless at the end): a chunk is written once."""
-        samples = np.concatenate([p[0] for p in self.pending]) if self.pending else np.zeros(0, dtype=np.int32)
-        values = np.concatenate([p[1] for p in self.pending]) if self.pending else np.zeros(0)
+        samples, values = self._pending_cells()
         n = samples.size - samples.size % RARE_CHUNK_CELLS if whole_chunks else samples.size
         if n:
+            if not self.cells:
+                compressors = side_compressors()
+                self.cells = [
+                    self.group.create_array(name, shape=(0,), chunks=(RARE_CHUNK_CELLS,), dtype=dtype, compressors=compressors)
+                    for name, dtype in RARE_CELL_DTYPES
+                ]
             self.cells[0].append(samples[:n])
             self.cells[1].append(values[:n])
         self.pending = [(samples[n:], values[n:])]
         self.n_pending = samples.size - n
+
+    def _pending_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cells not yet written, in feature order: ``(k,)`` sample indices and ``(k,)`` values."""
+        if not self.pending:
+            return np.zeros(0, dtype=np.int32), np.zeros(0)
+        return np.concatenate([p[0] for p in self.pending]), np.concatenate([p[1] for p in self.pending])
 
     def _read_back_sums(self, start: int, stop: int, pseudocount: float, pool: ThreadPoolExecutor) -> np.ndarray:
         """``(n_samples,)`` :func:`block_log_pseudo` of features ``start:stop`` read back from the store being written.
@@ -476,9 +500,16 @@ class _SampleSumsWriter:
         release_freed_memory()  # zarr's decoding threads free a compressed and a decoded chunk each time
         return np.concatenate(parts) if parts else np.zeros(0)
 
-    def finish(self) -> dict:
-        """Write the sums and the offsets of the sparse copy; the store attribute describing them."""
-        self._flush(whole_chunks=False)
+    def finish(self) -> tuple[dict, dict[str, SideArray]]:
+        """The store attribute describing the sums, and the arrays still to write: the sums, the offsets of the
+        sparse copy and, unless a whole chunk of them was written before, its cells."""
+        arrays: dict[str, SideArray] = {}
+        if self.cells:
+            self._flush(whole_chunks=False)
+        else:  # every cell is pending (less than a chunk of them)
+            for (name, dtype), cells in zip(RARE_CELL_DTYPES, self._pending_cells(), strict=True):
+                arrays[name] = SideArray(cells.astype(dtype, copy=False), RARE_CHUNK_CELLS)
+            self.pending, self.n_pending = [], 0
         pseudocount = self.smallest / 2.0 if np.isfinite(self.smallest) else None
         log_pseudo = np.full(self.n_samples, np.nan)
         recomputed = read_back = 0
@@ -501,16 +532,16 @@ class _SampleSumsWriter:
                 ahead = summed_ahead.get(bound)
                 log_pseudo = log_pseudo + (ahead if ahead is not None else read[bound])
                 recomputed += 1
-        compressors = side_compressors()
         for name, data in zip(SAMPLE_SUM_ARRAYS, [*self.sums, log_pseudo], strict=True):
-            self.group.create_array(name, data=data, chunks=(max(self.n_samples, 1),), compressors=compressors)
-        self.group.create_array("rare_indptr", data=np.cumsum(self.indptr), chunks=(self.indptr.size,), compressors=compressors)
+            arrays[name] = SideArray(data, max(self.n_samples, 1))
+        arrays["rare_indptr"] = SideArray(np.cumsum(self.indptr), self.indptr.size)
         logger.debug(
             "per-sample sums: %d blocks summed again for the final pseudocount %s, %d of them read back", recomputed, pseudocount, read_back
         )
-        return {
+        attributes = {
             SAMPLE_SUMS_KEY: {"pseudocount": pseudocount, "rare_prevalence_cap": RARE_PREVALENCE_CAP, "blocks_summed_again": recomputed}
         }
+        return attributes, arrays
 
 
 #: What a converted store's seal starts with (:func:`seal_store`); a seal without it is the SHA-256 of every byte.

@@ -156,8 +156,8 @@ def row_ids_and_widths(table: TextTable, smallest: list[float] | None = None) ->
     return ids, widths_match
 
 
-#: Bytes a line of blanks may start with (``bytes.isspace``; a line end is never a line's first byte).
-_BLANKS = frozenset(b" \t\r\x0b\x0c")
+#: Whether a byte is one a line of blanks may start with (``bytes.isspace``; a line end is never a line's first byte).
+_BLANKS = np.isin(np.arange(256), np.frombuffer(b" \t\r\x0b\x0c", dtype=np.uint8))
 
 
 def _block_ids(text: bytes, table: TextTable, ids: list[str], widths_match: bool, smallest: list[float] | None = None) -> bool:
@@ -165,35 +165,70 @@ def _block_ids(text: bytes, table: TextTable, ids: list[str], widths_match: bool
     ``widths_match`` and every such line has ``table.n_fields`` fields. ``smallest``, if given, gets each line's
     :func:`_smallest_in_exponent_form`.
 
-    The lines are found where they are in ``text`` (NumPy finds the line ends, one compare finds the separators for
-    the counts), never split into copies: splitting and counting line by line took 0.15 s of the first pass over the
-    307 MB MetaPhlAn table, beside 0.1 s to read it. :class:`Declined` for a line of blanks, as :func:`_data_lines`.
+    The lines are found where they are in ``text``, never split into copies: NumPy finds the line ends and the
+    separators (:func:`_widths_match` counts them). Splitting and counting line by line took 0.15 s of the first
+    pass over the 307 MB MetaPhlAn table, beside 0.1 s to read it. :class:`Declined` for a line of blanks, as
+    :func:`_data_lines`.
     """
     codes = np.frombuffer(text, dtype=np.uint8)
+    starts, stops = _line_bounds(codes)
+    if starts.size:
+        _decline_blank_lines(text, codes, starts, stops, table)
     sep = table.separator.encode()
-    separators = codes == sep[0] if widths_match else None
-    ends = np.flatnonzero(codes == ord("\n")).tolist()
-    if not text.endswith(b"\n"):
-        ends.append(len(text))
-    start = 0
-    values_from: list[int] = []  # where each data line's values start (its first separator), and where it ends
-    line_stops: list[int] = []
-    for end in ends:
-        # _check_text leaves a carriage return only before a line end: the line is read without it.
-        stop = end - 1 if end > start and text[end - 1] == ord("\r") else end
-        if stop > start:
-            if text[start] in _BLANKS and text[start:stop].isspace():
-                raise Declined(f"{table.path.name}: a line of blanks")
-            cut = text.find(sep, start, stop)
-            ids.append(text[start : cut if cut >= 0 else stop].decode("utf-8"))
-            if separators is not None and int(np.count_nonzero(separators[start:stop])) + 1 != table.n_fields:
-                separators, widths_match = None, False
-            values_from.append(cut if cut >= 0 else stop)
-            line_stops.append(stop)
-        start = end + 1
+    line_starts, line_stops = starts.tolist(), stops.tolist()
+    # where each ID ends: its line's first separator, or its line's end
+    cuts = [cut if (cut := text.find(sep, start, stop)) >= 0 else stop for start, stop in zip(line_starts, line_stops, strict=True)]
+    ids.extend(text[start:cut].decode("utf-8") for start, cut in zip(line_starts, cuts, strict=True))
+    if widths_match and starts.size:
+        widths_match = _widths_match(codes == sep[0], starts, stops, table.n_fields)
     if smallest is not None:
-        smallest.extend(_smallest_in_exponent_form(text, codes, np.array(values_from), np.array(line_stops), sep))
+        smallest.extend(_smallest_in_exponent_form(text, codes, np.array(cuts, dtype=np.int64), stops, sep))
     return widths_match
+
+
+#: Bytes per line above which :func:`_widths_match` counts a line's separators on their own, not a block's at once.
+LONG_LINE_BYTES = 2048
+
+
+def _widths_match(separators: np.ndarray, starts: np.ndarray, stops: np.ndarray, n_fields: int) -> bool:
+    """Whether every line ``starts[i]:stops[i]`` of a block holds ``n_fields - 1`` separators (``separators``, bool
+    ``(bytes,)``: which bytes of the block are one).
+
+    Long lines (a MetaPhlAn row of every sample, a pathways row) are counted one at a time, a line's cost little
+    beside its bytes; short ones (the gut-brain modules' 57 fields) in one ``reduceat`` of the block, where a count
+    per line cost more than its bytes (2.5 of the 10 ms of that table's first pass). Each ``reduceat`` segment runs
+    to the next line's start: the bytes between (a line end, empty lines) hold no separator.
+    """
+    if separators.size > LONG_LINE_BYTES * starts.size:
+        return all(
+            int(np.count_nonzero(separators[start:stop])) + 1 == n_fields
+            for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
+        )
+    return bool(np.all(np.add.reduceat(separators, starts, dtype=np.int64) + 1 == n_fields))
+
+
+def _line_bounds(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(k,)`` start and stop offsets of the data lines of a block of text (``codes``, its bytes): lines split at
+    newlines, the last one without its newline too, a carriage return before the newline left out (``_check_text``
+    leaves one nowhere else), empty lines skipped (pandas skips blank lines)."""
+    ends = np.flatnonzero(codes == ord("\n"))
+    if codes.size and codes[-1] != ord("\n"):
+        ends = np.append(ends, codes.size)
+    starts = np.concatenate(([0], ends[:-1] + 1))[: ends.size].astype(ends.dtype, copy=False)
+    returns = np.zeros(ends.size, dtype=bool)
+    long_enough = ends > starts
+    returns[long_enough] = codes[ends[long_enough] - 1] == ord("\r")
+    stops = ends - returns
+    data = stops > starts
+    return starts[data], stops[data]
+
+
+def _decline_blank_lines(text: bytes, codes: np.ndarray, starts: np.ndarray, stops: np.ndarray, table: TextTable) -> None:
+    """:class:`Declined` if a line (``text[starts[i]:stops[i]]``) is all blanks: pandas may skip it or read it as a row."""
+    maybe = _BLANKS[codes[starts]]  # the lines starting with a blank (hardly any)
+    for start, stop in zip(starts[maybe].tolist(), stops[maybe].tolist(), strict=True):
+        if text[start:stop].isspace():
+            raise Declined(f"{table.path.name}: a line of blanks")
 
 
 def _smallest_in_exponent_form(text: bytes, codes: np.ndarray, values_from: np.ndarray, stops: np.ndarray, sep: bytes) -> list[float]:
