@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from scalable_assoc.simulate import SimulatedStudy
-from scalable_assoc.testing import write_plan
+from scalable_assoc.testing import study_plan, write_plan
 
 _ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
 
@@ -47,62 +47,39 @@ def test_the_worker_servers_imports_leave_out_pandas_and_zarr() -> None:
     assert _last_json_line(code) == []
 
 
-def test_workers_load_neither_pandas_nor_zarr_through_a_run(small_study: SimulatedStudy, tmp_path: Path) -> None:
-    """A run's tasks with covariate rows (blocks read, fitted, their tables written), on a worker forked from the server."""
+def _on_a_forked_worker_after(run_arguments: str) -> list:
+    """``[client_only() on the worker, whether it loaded engine.diversity_tasks]`` after ``run_study(run_arguments)``
+    on a local cluster of one worker forked from the server."""
     code = (
         f"{_FIND}import json\n"
         "from scalable_assoc import run_study\n"
         "from scalable_assoc.engine.cluster import WORKER_PRELOAD, local_cluster\n"
         "cluster, client = local_cluster(1, preload=WORKER_PRELOAD)\n"
         "try:\n"
-        f"    run_study({str(small_study.plan_path)!r}, {str(tmp_path / 'out')!r}, client=client, covariate_rows=True)\n"
-        "    found = list(client.run(client_only).values())\n"
-        "finally:\n"
-        "    client.close()\n"
-        "    cluster.close()\n"
-        "print(json.dumps(found))"
-    )
-    assert _last_json_line(code) == [[]], "a worker imported pandas, zarr or the client's preparation for a run's tasks"
-    assert (tmp_path / "out" / "results.parquet").exists()
-
-
-_DIVERSITY_PLAN = """\
-data:
-  metadata: {metadata}
-  layers:
-    species: {layer}
-preprocess: {{min_prevalence: 0.1, transform: clr, pseudocount: half_min}}
-exposures:
-  MDD: {{cases: "MDD == 1", controls: "no_disorder == 1"}}
-covariates: {{categorical: [sex]}}
-adjustments:
-  base: [sex, bmi]
-models: [lm]
-min_cases: 5
-diversity:
-  alpha: [shannon, richness]
-  beta: {{distances: [aitchison, bray_curtis], permutations: 19, seed: 3}}
-"""
-
-
-def test_a_diversity_plans_tasks_load_neither_pandas_nor_zarr(small_study: SimulatedStudy, tmp_path: Path) -> None:
-    """Alpha diversity's sums and every PERMANOVA step run functions of ``engine.diversity_tasks``, not of the client's modules."""
-    plan = write_plan(
-        tmp_path, _DIVERSITY_PLAN.format(metadata=small_study.out_dir / "metadata.tsv", layer=small_study.out_dir / "species.tsv")
-    )
-    code = (
-        f"{_FIND}import json\n"
-        "from scalable_assoc import run_study\n"
-        "from scalable_assoc.engine.cluster import WORKER_PRELOAD, local_cluster\n"
-        "cluster, client = local_cluster(1, preload=WORKER_PRELOAD)\n"
-        "try:\n"
-        f"    run_study({str(plan)!r}, {str(tmp_path / 'out')!r}, client=client, allow_outside_paths=True)\n"
-        "    found = list(client.run(client_only).values())\n"
-        "    diversity = list(client.run(lambda: 'scalable_assoc.engine.diversity_tasks' in sys.modules).values())\n"
+        f"    run_study({run_arguments}, client=client)\n"
+        "    [found] = client.run(client_only).values()\n"
+        "    [diversity] = client.run(lambda: 'scalable_assoc.engine.diversity_tasks' in sys.modules).values()\n"
         "finally:\n"
         "    client.close()\n"
         "    cluster.close()\n"
         "print(json.dumps([found, diversity]))"
     )
-    assert _last_json_line(code) == [[[]], [True]], "a diversity task imported pandas, zarr or the client's preparation"
+    found = _last_json_line(code)
+    assert isinstance(found, list)
+    return found
+
+
+def test_workers_load_neither_pandas_nor_zarr_through_a_run(small_study: SimulatedStudy, tmp_path: Path) -> None:
+    """A run's tasks with covariate rows (blocks read, fitted, their tables written), on a worker forked from the server."""
+    found = _on_a_forked_worker_after(f"{str(small_study.plan_path)!r}, {str(tmp_path / 'out')!r}, covariate_rows=True")
+    assert found == [[], False], "a worker imported pandas, zarr or the client's preparation for a run's tasks"
+    assert (tmp_path / "out" / "results.parquet").exists()
+
+
+def test_a_diversity_plans_tasks_load_neither_pandas_nor_zarr(small_study: SimulatedStudy, tmp_path: Path) -> None:
+    """Alpha diversity's sums and every PERMANOVA step run functions of ``engine.diversity_tasks``, not of the client's modules."""
+    diversity = {"alpha": ["shannon", "richness"], "beta": {"distances": ["aitchison", "bray_curtis"], "permutations": 19, "seed": 3}}
+    plan = write_plan(tmp_path, study_plan(small_study, layers=["species"], diversity=diversity))
+    found = _on_a_forked_worker_after(f"{str(plan)!r}, {str(tmp_path / 'out')!r}, allow_outside_paths=True")
+    assert found == [[], True], "a diversity task imported pandas, zarr or the client's preparation"
     assert (tmp_path / "out" / "permanova.parquet").exists()
