@@ -287,16 +287,17 @@ def write_store_blocks(
 
     map_large_allocations()  # chunk-sized buffers mapped and unmapped: a steady peak (see its docstring)
 
+    attributes = {
+        "format_version": STORE_FORMAT_VERSION,
+        "sample_ids": list(sample_ids),
+        "feature_ids": list(feature_ids),
+        "source": source,
+        "source_sha256": source_sha256,
+        **(extra_attrs or {}),
+    }
+
     def writer(temporary: Path) -> None:
         group = zarr.open_group(temporary, mode="w", zarr_format=3)
-        attributes = {
-            "format_version": STORE_FORMAT_VERSION,
-            "sample_ids": list(sample_ids),
-            "feature_ids": list(feature_ids),
-            "source": source,
-            "source_sha256": source_sha256,
-            **(extra_attrs or {}),
-        }
         array = group.create_array(
             "abundance",
             shape=(n_samples, n_features),
@@ -329,16 +330,7 @@ def write_store_blocks(
 
     write_atomically(path, writer)
     # What open_store(path) reads back (a test checks it), without parsing the metadata just written (3 ms a store).
-    extra = extra_attrs or {}
-    return AbundanceStore(
-        path=path,
-        sample_ids=tuple(str(i) for i in sample_ids),
-        feature_ids=tuple(str(i) for i in feature_ids),
-        chunk_features=chunk,
-        source_sha256=source_sha256,
-        notes=tuple(str(n) for n in extra.get("notes", [])),
-        renamed_samples=tuple((str(a), str(b)) for a, b in extra.get("renamed_samples", [])),
-    )
+    return _store_of(path, attributes, chunk)
 
 
 def _write_blocks(
@@ -735,19 +727,23 @@ def open_store(path: Path, layer: str | None = None) -> AbundanceStore:
     for key in ("sample_ids", "feature_ids"):
         if key not in attrs:
             raise DataError(f"{path}: store attribute '{key}' is missing; re-create the store with 'scalable-assoc ingest'")
-    sample_ids = tuple(str(i) for i in cast(list, attrs["sample_ids"]))
-    feature_ids = tuple(str(i) for i in cast(list, attrs["feature_ids"]))
+    n_samples, n_features = len(cast(list, attrs["sample_ids"])), len(cast(list, attrs["feature_ids"]))
     shape = tuple(array.shape)
-    if shape != (len(sample_ids), len(feature_ids)):
-        raise DataError(f"{path}: array shape {shape} does not match its {len(sample_ids)} sample and {len(feature_ids)} feature IDs")
+    if shape != (n_samples, n_features):
+        raise DataError(f"{path}: array shape {shape} does not match its {n_samples} sample and {n_features} feature IDs")
     chunks = tuple(array.chunks)
     if chunks[0] != shape[0]:
         raise DataError(f"{path}: chunks split the samples ({chunks}); every chunk must hold all samples")
+    return _store_of(path, attrs, int(chunks[1]) if shape[1] else 1)
+
+
+def _store_of(path: Path, attrs: dict, chunk_features: int) -> AbundanceStore:
+    """The store at ``path`` described by its group attributes ``attrs`` (as written, or read back by :func:`open_store`)."""
     return AbundanceStore(
         path=path,
-        sample_ids=sample_ids,
-        feature_ids=feature_ids,
-        chunk_features=int(chunks[1]) if shape[1] else 1,
+        sample_ids=tuple(str(i) for i in cast(list, attrs["sample_ids"])),
+        feature_ids=tuple(str(i) for i in cast(list, attrs["feature_ids"])),
+        chunk_features=chunk_features,
         source_sha256=str(attrs.get("source_sha256", "")),
         notes=tuple(str(n) for n in cast(list, attrs.get("notes", []))),
         renamed_samples=tuple((str(a), str(b)) for a, b in cast(list, attrs.get("renamed_samples", []))),
