@@ -88,7 +88,7 @@ else:
     store = write_simulated_store(destination, ids, features)
 wall = time.perf_counter() - started
 import zarr
-again = dict(zarr.open_group(store.path, mode="r").attrs).get("sample_sums", {{}}).get("blocks_summed_again")
+again = dict(zarr.open_group(store.path, mode="r").attrs).get(store_module.SAMPLE_SUMS_KEY, {{}}).get("blocks_summed_again")
 print(json.dumps({{"wall_s": wall, "features": store.n_features, "samples": store.n_samples, "chunk_features": store.chunk_features,
                   "blocks": len(store.block_bounds()), "blocks_summed_again": again}}))
 """

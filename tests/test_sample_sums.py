@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from scalable_assoc.io.store import write_store_blocks
+from scalable_assoc.io.store import SAMPLE_SUMS_KEY, write_store_blocks
 from scalable_assoc.stats.sample_sums import block_sums, kept_sums, removed_cell_sums
 from scalable_assoc.stats.transforms import feature_summary, half_min_pseudocount, nonzero_values, prevalence, sample_summaries
 
@@ -62,7 +62,7 @@ def test_pseudocount_summed_again_and_checked(tmp_path):
     values[3, -1] = 1e-9
     store = _store(tmp_path, values)
     sums, _ = store.stored_sample_sums()
-    assert zarr.open_group(store.path, mode="r").attrs["sample_sums"]["blocks_summed_again"] == 7  # all chunks but the last
+    assert zarr.open_group(store.path, mode="r").attrs[SAMPLE_SUMS_KEY]["blocks_summed_again"] == 7  # all chunks but the last
     np.testing.assert_allclose(sums.log_pseudo, sample_summaries(values, "clr", 5e-10)[0], rtol=1e-12)
     with pytest.raises(ValueError, match="pseudocount"):
         _composed(store, np.ones(values.shape[1], dtype=bool), "clr", 1e-3)
@@ -142,7 +142,7 @@ def test_blocks_read_back_in_threads_give_the_bits_of_one_thread(tmp_path, monke
         store = write_store_blocks(
             tmp_path / name, [f"S{i}" for i in range(40)], [f"F{j}" for j in range(23)], lambda a, b: values[:, a:b], "t", "x", 3
         )
-        assert zarr.open_group(store.path, mode="r").attrs["sample_sums"]["blocks_summed_again"] == 7
+        assert zarr.open_group(store.path, mode="r").attrs[SAMPLE_SUMS_KEY]["blocks_summed_again"] == 7
         return np.asarray(zarr.open_array(store.path / "sample_log_pseudo", mode="r")[...]).tobytes()
 
     assert log_pseudo("one.zarr", 1) == log_pseudo("three.zarr", 3)
@@ -169,7 +169,7 @@ def test_wide_table_gives_its_smallest_value_first(tmp_path, caplog):
         read_back = _store(tmp_path, values)  # chunks of 3 as well
     assert "7 blocks summed again for the final pseudocount 5e-10, 7 of them read back" in caplog.text
     first, second = zarr.open_group(wide.path, mode="r"), zarr.open_group(read_back.path, mode="r")
-    assert first.attrs["sample_sums"] == second.attrs["sample_sums"]
+    assert first.attrs[SAMPLE_SUMS_KEY] == second.attrs[SAMPLE_SUMS_KEY]
     assert np.asarray(first["sample_log_pseudo"][...]).tobytes() == np.asarray(second["sample_log_pseudo"][...]).tobytes()
     np.testing.assert_allclose(wide.stored_sample_sums()[0].log_pseudo, sample_summaries(values, "clr", 5e-10)[0], rtol=1e-12)
 
@@ -380,5 +380,109 @@ def test_stores_written_by_one_pass_and_by_the_reference_are_identical(tmp_path,
     one_pass = arrays("one-pass.zarr")
     monkeypatch.setattr(store_module, "block_statistics", lambda block, c, _: sample_sums.reference_block_statistics(block, c))
     reference = arrays("reference.zarr")
-    assert one_pass.keys() == reference.keys() and len(one_pass) == 13
+    assert one_pass.keys() == reference.keys() and len(one_pass) == 14
     assert one_pass == reference, [key for key in one_pass if one_pass[key] != reference[key]]
+
+
+def _as_written_in_feature_order(store) -> None:
+    """Rewrite ``store``'s sparse copy as stores written before the prevalence order hold it: cells in feature
+    order, ``rare_indptr`` over every feature, no ``rare_features``, the sums under their former attribute."""
+    group = zarr.open_group(store.path, mode="r+")
+    order = np.asarray(group["rare_features"][:])
+    indptr = np.asarray(group["rare_indptr"][:])
+    samples, cells = np.asarray(group["rare_samples"][:]), np.asarray(group["rare_values"][:])
+    lengths = np.zeros(store.n_features, dtype=np.int64)
+    lengths[order] = np.diff(indptr)
+    by_feature = sorted(range(order.size), key=lambda k: order[k])
+    pieces = [slice(indptr[k], indptr[k + 1]) for k in by_feature]
+    for name, data in (("rare_samples", samples), ("rare_values", cells)):
+        del group[name]
+        group.create_array(name, data=np.concatenate([data[:0], *(data[p] for p in pieces)]), chunks=(3,))
+    del group["rare_indptr"], group["rare_features"]
+    group.create_array("rare_indptr", data=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    attributes = dict(group.attrs)
+    group.attrs.put({**{k: v for k, v in attributes.items() if k != SAMPLE_SUMS_KEY}, "sample_sums": attributes[SAMPLE_SUMS_KEY]})
+
+
+def test_a_copy_in_feature_order_composes_the_same_sums(tmp_path):
+    """Stores written before the prevalence order (cells in feature order, the former attribute) are read as they are."""
+    values = _table(seed=4)
+    store = _store(tmp_path, values)
+    kept = prevalence(feature_summary(values)) >= 0.2
+    pc = half_min_pseudocount(feature_summary(values).min_positive)
+    expected = {which: _composed(store, kept, which, pc if which == "clr" else None) for which in ("clr", "tss", "nonzero")}
+    _as_written_in_feature_order(store)
+    assert "rare_features" not in zarr.open_group(store.path, mode="r")
+    for which, (total, count) in expected.items():
+        got = _composed(store, kept, which, pc if which == "clr" else None)
+        np.testing.assert_array_equal(got[1], count)
+        np.testing.assert_allclose(got[0], total, rtol=1e-12, atol=0)
+
+
+def test_a_prevalence_filter_reads_the_leading_chunks_of_the_copy_only(tmp_path, monkeypatch):
+    """The features a prevalence filter removes lead the copy: chunks after theirs are not read."""
+    import scalable_assoc.io.store as store_module
+
+    monkeypatch.setattr(store_module, "RARE_CHUNK_CELLS", 4)
+    rng = np.random.default_rng(6)
+    values = rng.exponential(size=(60, 30))
+    prevalences = rng.permutation(np.linspace(0.02, 0.24, 30))  # every feature rare, in no order
+    values[rng.random(values.shape) >= prevalences] = 0.0
+    store = _store(tmp_path, values)
+    removed = prevalence(feature_summary(values)) < 0.1
+    n_cells = int((values[:, removed] != 0).sum())
+    assert 0 < removed.sum() < 30 and n_cells > 4
+    read: list[str] = []
+    original = zarr.storage._local._get  # every read of a file of a store on disk
+
+    def recorded(path, *args, **kwargs):
+        read.append(path.relative_to(store.path).as_posix())
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.storage._local, "_get", recorded)
+    cells = list(store.rare_cells(removed))
+    chunks = {key for key in read if key.startswith("rare_values/c/")}
+    assert chunks == {f"rare_values/c/{i}" for i in range(-(-n_cells // 4))}
+    assert len(chunks) < -(-int((values[:, prevalences < 0.25] != 0).sum()) // 4)  # fewer than all of them
+    assert sum(s.size for s, _ in cells) == n_cells
+    expected = np.bincount(np.nonzero(values[:, removed] != 0)[0], minlength=60)
+    np.testing.assert_array_equal(np.bincount(np.concatenate([s for s, _ in cells]), minlength=60), expected)
+
+
+@pytest.mark.parametrize("kinds", [("clr",), ("tss",), ("ast",), ("nonzero",), ("clr", "nonzero"), ("clr", "tss", "ast", "nonzero")])
+def test_removed_cell_sums_of_some_kinds_are_their_definitions_bit_for_bit(kinds):
+    """The rows a kind reads are the sums over the observed (or positive) cells in their order; the rest stay 0."""
+    rng = np.random.default_rng(8)
+    samples = rng.integers(0, 50, 5_000).astype(np.int32)
+    values = rng.exponential(size=5_000) * 1e3
+    values[rng.random(5_000) < 0.1] = np.nan
+    values[rng.random(5_000) < 0.05] *= -1  # negative cells: log(x + c) is NaN, as the pass gives
+    present, positive = ~np.isnan(values), values > 0
+    with np.errstate(invalid="ignore"):
+        logs = np.log(values[present] + 0.5)
+    definitions = [
+        np.bincount(samples[~present], minlength=50),
+        np.bincount(samples[present], minlength=50),
+        np.bincount(samples[present], weights=values[present], minlength=50),
+        np.bincount(samples[positive], minlength=50),
+        np.bincount(samples[positive], weights=np.log(values[positive]), minlength=50),
+        np.bincount(samples[present], weights=logs, minlength=50),
+    ]
+    got = removed_cell_sums(samples, values, 50, 0.5, kinds)
+    rows = {row for kind in kinds for row in {"clr": (0, 1, 5), "tss": (0, 2), "ast": (0, 2), "nonzero": (3, 4)}[kind]}
+    for row, expected in enumerate(definitions):
+        if row in rows:
+            assert got[row].tobytes() == np.asarray(expected, dtype=np.float64).tobytes(), row
+        elif row != 0:
+            assert not got[row].any(), row
+
+
+def test_chunk_runs_are_the_runs_of_chunks_holding_a_chosen_cell():
+    from scalable_assoc.io.rare_cells import chunk_runs
+
+    chosen = np.zeros(23, dtype=bool)
+    chosen[[0, 5, 6, 13, 22]] = True  # chunks of 4: 0, 1, 3 and the last (partial) one hold some
+    assert chunk_runs(chosen, 4, 10) == [(0, 8), (12, 16), (20, 23)]
+    assert chunk_runs(chosen, 4, 1) == [(0, 4), (4, 8), (12, 16), (20, 23)]
+    assert chunk_runs(np.ones(9, dtype=bool), 4, 2) == [(0, 8), (8, 9)]
+    assert chunk_runs(np.zeros(9, dtype=bool), 4, 2) == [] == chunk_runs(np.zeros(0, dtype=bool), 4, 2)

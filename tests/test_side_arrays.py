@@ -10,8 +10,9 @@ import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import scalable_assoc.io.store as store_module
+from scalable_assoc.io.rare_cells import RARE_ARRAYS, RareCellsWriter
 from scalable_assoc.io.side_arrays import SideArray, write_side_arrays
-from scalable_assoc.io.store import RARE_ARRAYS, open_store, side_compressors, write_store_blocks
+from scalable_assoc.io.store import open_store, side_compressors, write_store_blocks
 from scalable_assoc.stats.sample_sums import rare_features
 
 
@@ -95,37 +96,51 @@ def _table(n: int, m: int, rare: str) -> np.ndarray:
     return values
 
 
-@pytest.mark.parametrize("chunk_cells", [1 << 20, 3], ids=["in memory to the end", "chunks written as they fill"])
+@pytest.mark.parametrize(
+    ("chunk_cells", "memory_cells"),
+    [(1 << 20, 1 << 20), (3, 1 << 20), (3, 3)],
+    ids=["in memory, one chunk", "in memory, several chunks", "through files, written chunk by chunk"],
+)
 @pytest.mark.parametrize("rare", ["none", "one", "all"])
-def test_rare_cells_are_the_arrays_zarr_writes(tmp_path, monkeypatch, rare, chunk_cells):
-    """The rare features' cells written at the end (fewer than a chunk) or appended chunk by chunk: the files of
-    ``create_array`` with every cell at once, and the cells of the table's rare features in feature order."""
+def test_rare_cells_are_the_arrays_zarr_writes(tmp_path, monkeypatch, rare, chunk_cells, memory_cells):
+    """The rare features' cells held in memory (fewer than a chunk) or in files beside the store: the files of
+    ``create_array`` with every cell at once, in order of increasing prevalence (ties in feature order)."""
     monkeypatch.setattr(store_module, "RARE_CHUNK_CELLS", chunk_cells)
+    monkeypatch.setattr(store_module, "RARE_IN_MEMORY_CELLS", memory_cells)
+    spilled: list[int] = []
+    write_spilled = RareCellsWriter._write_spilled
+    monkeypatch.setattr(RareCellsWriter, "_write_spilled", lambda self, *a: spilled.append(self.n_cells) or write_spilled(self, *a))
     values = _table(60, 11, rare)
     n, m = values.shape
     store = write_store_blocks(
         tmp_path / "s.zarr", [f"S{i}" for i in range(n)], [f"F{j}" for j in range(m)], lambda a, b: values[:, a:b], "t", "x", 4
     )
+    assert bool(spilled) == (memory_cells == 3 and rare != "none")
     observed = (~np.isnan(values)).sum(axis=0)
     nonzero = ((values != 0) & ~np.isnan(values)).sum(axis=0)
     chosen = rare_features(nonzero, observed)
     assert chosen.sum() == {"none": 0, "one": 1, "all": m}[rare]
+    order = sorted(np.flatnonzero(chosen), key=lambda j: (nonzero[j] / observed[j], j))
+    if rare == "all":
+        assert order != sorted(order)  # the order is not the features'
     kept = (values != 0) & chosen  # NaN != 0: missing cells are kept
-    samples = np.concatenate([np.flatnonzero(kept[:, j]) for j in range(m)]).astype(np.int32)
-    cells = values.T[kept.T]
+    samples = np.concatenate([[], *(np.flatnonzero(kept[:, j]) for j in order)]).astype(np.int32)
+    cells = np.concatenate([[], *(values[kept[:, j], j] for j in order)])
     if rare != "none" and chunk_cells == 3:
         assert samples.size > 2 * chunk_cells  # several chunks, the last partial
     reference = tmp_path / "reference"
     expected = _written_by_zarr(
         reference,
         {
+            "rare_features": SideArray(np.array(order, dtype=np.int64), max(len(order), 1)),
             "rare_samples": SideArray(samples, chunk_cells),
             "rare_values": SideArray(cells, chunk_cells),
-            "rare_indptr": SideArray(np.concatenate([[0], np.cumsum(kept.sum(axis=0))]), m + 1),
+            "rare_indptr": SideArray(np.concatenate([[0], np.cumsum([kept[:, j].sum() for j in order])]).astype(np.int64), len(order) + 1),
         },
         {},
     )
     written = _files(store.path)
+    assert not [name for name in written if "spill" in name]  # the files holding the cells while writing are gone
     for name in RARE_ARRAYS:
         assert {k: v for k, v in written.items() if k.startswith(f"{name}/")} == {
             k: v for k, v in expected.items() if k.startswith(f"{name}/")

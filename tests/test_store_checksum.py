@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from scalable_assoc.io.store import store_checksum, write_store_blocks
+from scalable_assoc.io.store import SAMPLE_SUMS_KEY, store_checksum, write_store_blocks
 
 
 def _store(path, values: np.ndarray, samples: list[str] | None = None):
@@ -85,8 +85,8 @@ def test_a_store_writes_its_attributes_in_one_go(tmp_path, monkeypatch):
     monkeypatch.setattr(side_arrays, "group_metadata", counted_metadata)
     store = _store(tmp_path / "s.zarr", np.arange(12.0).reshape(4, 3))
     assert len(writes) == 1 and len(encoded) == 1, (writes, encoded)
-    assert "sample_ids" in encoded[0] and "sample_sums" in encoded[0]
-    assert store.sample_ids == ("S0", "S1", "S2", "S3") and "sample_sums" in zarr.open_group(store.path, mode="r").attrs
+    assert "sample_ids" in encoded[0] and SAMPLE_SUMS_KEY in encoded[0]
+    assert store.sample_ids == ("S0", "S1", "S2", "S3") and SAMPLE_SUMS_KEY in zarr.open_group(store.path, mode="r").attrs
 
 
 def _chunks(store) -> list:

@@ -296,7 +296,7 @@ def _stored_sums(layer: LayerWork, layer_filter: LayerFilter, views: set[str]) -
     parts = np.zeros((6, store.n_samples))
     if removed.any():
         for samples, values in store.rare_cells(removed):
-            parts += removed_cell_sums(samples, values, store.n_samples, pseudocount)
+            parts += removed_cell_sums(samples, values, store.n_samples, pseudocount, needed.values())
     logger.info("  layer '%s': per-sample sums from those stored with the store (%d features removed)", name, int(removed.sum()))
     return {which: kept_sums(sums, parts, int(removed.sum()), kind, pseudocount) for which, kind in needed.items()}
 

@@ -27,6 +27,7 @@ Pure numpy: no Dask, no files.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -432,27 +433,41 @@ def _nonzero_cells(
     return lengths, samples, values
 
 
-def removed_cell_sums(samples: np.ndarray, values: np.ndarray, n_samples: int, pseudocount: float | None) -> np.ndarray:
+#: The rows of :func:`removed_cell_sums` each kind of :func:`kept_sums` reads.
+REMOVED_ROWS = {"clr": (0, 1, 5), "tss": (0, 2), "ast": (0, 2), "nonzero": (3, 4)}
+
+
+def removed_cell_sums(
+    samples: np.ndarray, values: np.ndarray, n_samples: int, pseudocount: float | None, kinds: Iterable[str] = tuple(REMOVED_ROWS)
+) -> np.ndarray:
     """Per-sample sums over sparse cells of removed features: ``(6, n_samples)`` float64.
 
     Rows: missing cells, non-zero observed cells, sum of ``x``, cells ``x > 0``,
     sum of ``log x`` over them, sum of ``log(x + pseudocount)`` over non-zero
     observed cells (0 without a pseudocount). Partial results of several slices
-    of cells add up.
+    of cells add up. Only the rows the ``kinds`` of :func:`kept_sums` read
+    (:data:`REMOVED_ROWS`) are summed; the others stay 0.
+
+    Each sum runs over the cells in their order, a missing cell adding 0 (the bits of summing the observed cells
+    alone): weights with zeros where missing rather than a copy of the observed cells' samples and values.
     """
+    rows = {row for kind in kinds for row in REMOVED_ROWS[kind]}
     missing = np.isnan(values)
-    present = ~missing
-    positive = values > 0
-    observed_samples, observed_values = samples[present], values[present]
     out = np.zeros((6, n_samples))
     out[0] = np.bincount(samples[missing], minlength=n_samples)
-    out[1] = np.bincount(observed_samples, minlength=n_samples)
-    out[2] = np.bincount(observed_samples, weights=observed_values, minlength=n_samples)
-    out[3] = np.bincount(samples[positive], minlength=n_samples)
-    out[4] = np.bincount(samples[positive], weights=np.log(values[positive]), minlength=n_samples)
-    if pseudocount is not None:
+    if 1 in rows:
+        out[1] = np.bincount(samples, minlength=n_samples) - out[0]
+    if 2 in rows:
+        out[2] = np.bincount(samples, weights=np.where(missing, 0.0, values), minlength=n_samples)
+    if 3 in rows or 4 in rows:
+        positive = values > 0
+        out[3] = np.bincount(samples[positive], minlength=n_samples)
+        out[4] = np.bincount(samples[positive], weights=np.log(values[positive]), minlength=n_samples)
+    if 5 in rows and pseudocount is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
-            out[5] = np.bincount(observed_samples, weights=np.log(observed_values + pseudocount), minlength=n_samples)
+            logs = np.log(values + pseudocount)
+        logs[missing] = 0.0
+        out[5] = np.bincount(samples, weights=logs, minlength=n_samples)
     return out
 
 
