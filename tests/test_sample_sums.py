@@ -432,14 +432,16 @@ def test_a_prevalence_filter_reads_the_leading_chunks_of_the_copy_only(tmp_path,
     removed = prevalence(feature_summary(values)) < 0.1
     n_cells = int((values[:, removed] != 0).sum())
     assert 0 < removed.sum() < 30 and n_cells > 4
+    import scalable_assoc.io.side_arrays as side_arrays
+
     read: list[str] = []
-    original = zarr.storage._local._get  # every read of a file of a store on disk
+    original = side_arrays._decode_chunk  # every chunk of a store's small arrays read
 
     def recorded(path, *args, **kwargs):
         read.append(path.relative_to(store.path).as_posix())
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(zarr.storage._local, "_get", recorded)
+    monkeypatch.setattr(side_arrays, "_decode_chunk", recorded)
     cells = list(store.rare_cells(removed))
     chunks = {key for key in read if key.startswith("rare_values/c/")}
     assert chunks == {f"rare_values/c/{i}" for i in range(-(-n_cells // 4))}

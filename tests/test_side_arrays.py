@@ -151,3 +151,47 @@ def test_rare_cells_are_the_arrays_zarr_writes(tmp_path, monkeypatch, rare, chun
     got_values = np.concatenate([v for _, v in got]) if got else np.zeros(0)
     np.testing.assert_array_equal(got_samples, samples)
     np.testing.assert_array_equal(got_values, cells)
+
+
+def test_side_arrays_read_back_as_zarr_reads_them(tmp_path):
+    """Every range of the arrays written here reads as zarr reads it; other layouts are left to zarr (None)."""
+    from scalable_assoc.io.side_arrays import read_side_array, side_values
+
+    rng = np.random.default_rng(4)
+    arrays = {
+        "three_chunks": SideArray(rng.exponential(size=25), 10),
+        "with_zero_chunk": SideArray(np.concatenate([rng.integers(1, 9, 4), np.zeros(8, dtype=np.int64), [3]]), 4),
+        "int32": SideArray(rng.integers(-5, 5, 9).astype(np.int32), 2),
+        "empty": SideArray(np.zeros(0), 1 << 20),
+        "uint8": SideArray(np.arange(4, dtype=np.uint8), 4),  # through zarr: not our layout
+    }
+    folder = tmp_path / "g"
+    zarr.open_group(folder, mode="w", zarr_format=3)
+    write_side_arrays(folder, arrays, side_compressors(), {})
+    assert not (folder / "with_zero_chunk" / "c" / "1").exists()  # a chunk of zeros is not written
+    for name, array in arrays.items():
+        stored = zarr.open_array(folder / name, mode="r")
+        size = array.data.size
+        for first, stop in [(0, None), (0, size), (1, max(size - 1, 1)), (3, 7), (size, size), (10, 20), (0, 1)]:
+            got = side_values(folder / name, first, stop)
+            expected = np.asarray(stored[first:stop])
+            assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes(), (name, first, stop)
+        assert (read_side_array(folder / name) is None) == (name == "uint8")
+
+
+def test_a_damaged_side_array_chunk_is_named(tmp_path):
+    from scalable_assoc.errors import DataError
+    from scalable_assoc.io.side_arrays import side_values
+
+    folder = tmp_path / "g"
+    zarr.open_group(folder, mode="w", zarr_format=3)
+    write_side_arrays(folder, {"a": SideArray(np.arange(1.0, 21.0), 8)}, side_compressors(), {})
+    chunk = folder / "a" / "c" / "1"
+    content = bytearray(chunk.read_bytes())
+    content[5] ^= 0xFF
+    chunk.write_bytes(bytes(content))
+    np.testing.assert_array_equal(side_values(folder / "a", 0, 8), np.arange(1.0, 9.0))  # the chunk read is intact
+    with pytest.raises(DataError, match=r"a/c/1: the chunk does not match its checksum"):
+        side_values(folder / "a")
+    with pytest.raises(FileNotFoundError):
+        side_values(folder / "missing")

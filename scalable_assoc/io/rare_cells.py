@@ -30,6 +30,7 @@ the store being written, and writes them in order at the end, a chunk at a time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -37,7 +38,7 @@ from typing import BinaryIO
 import numpy as np
 import zarr
 
-from scalable_assoc.io.side_arrays import SideArray
+from scalable_assoc.io.side_arrays import SideArray, side_values
 from scalable_assoc.stats.sample_sums import rare_features
 
 #: The arrays of the cells and their dtypes (sample index, value).
@@ -163,27 +164,28 @@ def read_rare_cells(folder: Path, chosen: np.ndarray) -> Iterator[tuple[np.ndarr
     holding some of them at a time (at most :data:`READ_CELLS` cells); chunks holding none are not read.
     Features without a copy have no cells here.
     """
-    indptr = np.asarray(zarr.open_array(folder / "rare_indptr", mode="r")[:])
+    indptr = side_values(folder / "rare_indptr")
     try:
-        order = np.asarray(zarr.open_array(folder / "rare_features", mode="r")[:])
-        in_order = np.asarray(chosen, dtype=bool)[order]
-    except (KeyError, FileNotFoundError):  # a copy in feature order (stores written before the prevalence order)
+        in_order = np.asarray(chosen, dtype=bool)[side_values(folder / "rare_features")]
+    except FileNotFoundError:  # a copy in feature order (stores written before the prevalence order)
         in_order = np.asarray(chosen, dtype=bool)
     cell_chosen = np.repeat(in_order, np.diff(indptr))
     if not cell_chosen.any():
         return
-    samples = zarr.open_array(folder / "rare_samples", mode="r")
-    values = zarr.open_array(folder / "rare_values", mode="r")
-    step = samples.chunks[0]
-    # One read per run of chunks: zarr decodes the chunks of one read side by side (one slice of 6 chunks of 2^18
-    # cells: 16-18 ms, against 25 ms read chunk by chunk).
+    step = _chunk_cells(folder / "rare_samples")
     for first, stop in chunk_runs(cell_chosen, step, max(READ_CELLS // step, 1)):
         mask = cell_chosen[first:stop]
-        run_samples, run_values = np.asarray(samples[first:stop]), np.asarray(values[first:stop])
+        run_samples, run_values = side_values(folder / "rare_samples", first, stop), side_values(folder / "rare_values", first, stop)
         if mask.all():  # a prevalence filter's cells: the leading run but for its last chunk
             yield run_samples, run_values
         else:
             yield run_samples[mask], run_values[mask]
+
+
+def _chunk_cells(folder: Path) -> int:
+    """Cells per chunk of the 1-D array at ``folder`` (its ``zarr.json``)."""
+    metadata = json.loads((folder / "zarr.json").read_bytes())
+    return int(metadata["chunk_grid"]["configuration"]["chunk_shape"][0])
 
 
 def chunk_runs(chosen: np.ndarray, step: int, most: int) -> list[tuple[int, int]]:

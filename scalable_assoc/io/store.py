@@ -57,7 +57,7 @@ from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import seal_path, sealed, write_atomically
 from scalable_assoc.io.chunk_files import read_block
 from scalable_assoc.io.rare_cells import RareCellsWriter, read_rare_cells
-from scalable_assoc.io.side_arrays import SideArray, write_side_arrays
+from scalable_assoc.io.side_arrays import SideArray, side_values, write_side_arrays
 from scalable_assoc.io.table_values import SmallestPositive
 from scalable_assoc.io.tables import AbundanceTable, TableStream
 from scalable_assoc.plan.blocks import STORE_LAYER_NAME
@@ -170,18 +170,18 @@ class AbundanceStore:
     def stored_sample_totals(self) -> np.ndarray | None:
         """``(n_samples,)`` each sample's sum over every feature (missing values skipped), if the store holds it."""
         try:
-            return np.asarray(zarr.open_array(self.path / SAMPLE_TOTALS, mode="r")[:])
+            return side_values(self.path / SAMPLE_TOTALS)
         except (KeyError, FileNotFoundError):
             return None
 
     def stored_sample_sums(self) -> tuple[AllFeatureSums, float] | None:
         """Per-sample sums over every feature and the prevalence cap of the rare-feature copy, if the store holds them."""
         try:
-            group_attrs = dict(zarr.open_group(self.path, mode="r").attrs)
+            group_attrs = json.loads((self.path / "zarr.json").read_bytes()).get("attributes", {})
             attrs = group_attrs.get(SAMPLE_SUMS_KEY, group_attrs.get(LEGACY_SAMPLE_SUMS_KEY))
             if not isinstance(attrs, dict):
                 return None
-            arrays = [np.asarray(zarr.open_array(self.path / name, mode="r")[:]) for name in (*SAMPLE_SUM_ARRAYS, SAMPLE_TOTALS)]
+            arrays = [side_values(self.path / name) for name in (*SAMPLE_SUM_ARRAYS, SAMPLE_TOTALS)]
         except (KeyError, FileNotFoundError):  # a store written before the sums existed
             return None
         observed, positive, log_positive, log_pseudo, total = arrays
@@ -202,7 +202,7 @@ class AbundanceStore:
     def stored_feature_summary(self, start: int, stop: int) -> FeatureSummary | None:
         """Per-feature counts over all samples for features ``start:stop``, if the store holds them."""
         try:
-            arrays = [np.asarray(zarr.open_array(self.path / name, mode="r")[start:stop]) for name in SUMMARY_ARRAYS]
+            arrays = [side_values(self.path / name, start, stop) for name in SUMMARY_ARRAYS]
         except (KeyError, FileNotFoundError):  # a store written before the summaries existed
             return None
         return FeatureSummary(nonzero=arrays[0], observed=arrays[1], min_positive=arrays[2])
