@@ -20,7 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from scalable_assoc.io.store import ABUNDANCE_COMPRESSOR, AbundanceStore, default_chunk_features, open_store, write_store_blocks
+from scalable_assoc.io.store import (
+    ABUNDANCE_COMPRESSOR,
+    SAMPLE_SUMS_KEY,
+    AbundanceStore,
+    default_chunk_features,
+    open_store,
+    write_store_blocks,
+)
 
 
 def simulated_chunk(seed: int, start: int, n_samples: int, n_features: int) -> np.ndarray:
@@ -37,10 +44,10 @@ def simulated_chunk(seed: int, start: int, n_samples: int, n_features: int) -> n
 
 
 def _written_as_now(path: Path) -> bool:
-    """Whether the store's abundance chunks are compressed as the package writes them now (a store from an
-    older version is written again, so the scaling cases time what a user's conversion makes)."""
+    """Whether the store's abundance chunks are compressed, and its sums kept, as the package writes them now (a
+    store from an older version is written again, so the scaling cases time what a user's conversion makes)."""
     metadata = path / "abundance" / "zarr.json"
-    if not metadata.is_file():
+    if not metadata.is_file() or SAMPLE_SUMS_KEY not in json.loads((path / "zarr.json").read_text()).get("attributes", {}):
         return False
     codecs = json.loads(metadata.read_text()).get("codecs", [])
     return ABUNDANCE_COMPRESSOR.to_dict() in codecs and not any(codec.get("name") == "zstd" for codec in codecs)
