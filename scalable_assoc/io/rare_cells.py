@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import zarr
@@ -87,25 +86,26 @@ class RareCellsWriter:
         self.lengths = np.zeros(n_features, dtype=np.int64)  # per feature, its cells (0 unless rare)
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []
         self.n_cells = 0
-        self.spill: list[BinaryIO] = []
+        self.spilled = False  # the cells are in the files SPILL_FILES (each block appended, the files closed between)
 
     def add_block(self, start: int, lengths: np.ndarray, samples: np.ndarray, values: np.ndarray) -> None:
         """Add the cells of features ``start:start + m`` (:func:`~scalable_assoc.stats.sample_sums.sparse_cells`)."""
         self.lengths[start : start + lengths.size] = lengths
         self.n_cells += samples.size
-        if self.spill:
+        if self.spilled:
             self._append(samples, values)
             return
         self.pending.append((samples, values))
         if self.n_cells > self.memory_cells:  # to the files from now on
-            self.spill = [open(self.folder / name, "wb") for name in SPILL_FILES]  # noqa: SIM115 (closed in finish)
+            self.spilled = True
             for pending in self.pending:
                 self._append(*pending)
             self.pending = []
 
     def _append(self, samples: np.ndarray, values: np.ndarray) -> None:
-        for file, (_, dtype), cells in zip(self.spill, RARE_CELL_DTYPES, (samples, values), strict=True):
-            file.write(np.ascontiguousarray(cells, dtype=dtype).data)
+        for name, (_, dtype), cells in zip(SPILL_FILES, RARE_CELL_DTYPES, (samples, values), strict=True):
+            with open(self.folder / name, "ab") as file:
+                file.write(np.ascontiguousarray(cells, dtype=dtype).data)
 
     def finish(self, group: zarr.Group, compressors: list, nonzero: np.ndarray, observed: np.ndarray, cap: float) -> dict[str, SideArray]:
         """Write the cells in prevalence order (``nonzero``, ``observed``: ``(n_features,)`` counts), returning the
@@ -116,7 +116,7 @@ class RareCellsWriter:
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         starts = (np.cumsum(self.lengths) - self.lengths)[order]
         arrays = {"rare_features": SideArray(order.astype(np.int64), max(order.size, 1)), "rare_indptr": SideArray(indptr, indptr.size)}
-        if not self.spill:
+        if not self.spilled:
             written = [
                 np.concatenate([p[i] for p in self.pending]) if self.pending else np.zeros(0, dtype)
                 for i, (_, dtype) in enumerate(RARE_CELL_DTYPES)
@@ -131,8 +131,6 @@ class RareCellsWriter:
 
     def _write_spilled(self, group: zarr.Group, compressors: list, starts: np.ndarray, indptr: np.ndarray) -> None:
         """Write the cells held in the spill files, in order, one chunk at a time; then remove the files."""
-        for file in self.spill:
-            file.close()
         paths = [self.folder / name for name in SPILL_FILES]
         try:
             written = [
@@ -152,7 +150,7 @@ class RareCellsWriter:
                     target[first:stop] = cells[positions]
             del written
         finally:
-            self.spill = []
+            self.spilled = False
             for path in paths:
                 path.unlink(missing_ok=True)
 
