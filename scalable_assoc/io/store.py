@@ -93,8 +93,9 @@ SUMMED_AHEAD_BYTES = 64 * 2**20
 #: last one mostly for nothing: on 20,000 simulated features (1.4 million cells removed), chunks of 2^18 cells
 #: read in 31-36 ms where chunks of 2^20 took 36-62 ms.
 RARE_CHUNK_CELLS = 1 << 18
-#: At most this many rare cells (12 bytes each) held in memory while a store is written; beyond, in files beside it.
-RARE_IN_MEMORY_CELLS = 1 << 20
+#: At most this many rare cells (12 bytes each, 3 MiB) held in memory while a store is written; beyond, in files beside
+#: it (written at the end a chunk at a time from the files mapped, a store's own temporaries ~1 chunk of cells).
+RARE_IN_MEMORY_CELLS = 1 << 18
 
 STORE_FORMAT_VERSION = 1
 #: The root attribute (and its value) that marks a store holding several layers.
