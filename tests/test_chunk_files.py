@@ -186,3 +186,24 @@ def test_the_store_writer_writes_chunks_without_zarr(tmp_path: Path, monkeypatch
     np.testing.assert_array_equal(open_store(store.path).read_block(0, N_FEATURES), values)
     assert sorted(_chunk_bytes(store.path)) == ["0/0", "0/1", "0/3", "0/4"]
     assert _chunk_bytes(store.path) == _chunk_bytes(tmp_path / "zarr.zarr")
+
+
+def test_freed_memory_is_given_back_every_few_chunks(tmp_path: Path, monkeypatch) -> None:
+    """malloc_trim after every TRIM_EVERY_CHUNKS chunks converted, and once after the last (not after every chunk:
+    what it gives back, the readers touch afresh for the next chunk)."""
+    handed: list[int] = []  # the blocks handed to the writer so far
+    calls: list[int] = []  # how many had been handed over at each call
+    monkeypatch.setattr(store_module, "release_freed_memory", lambda: calls.append(len(handed)))
+    n_chunks, n_features = 11, 22
+    values = np.arange(4.0 * n_features).reshape(4, n_features)
+
+    def block(start: int, stop: int) -> np.ndarray:
+        handed.append(start)
+        return values[:, start:stop]
+
+    ids = [f"s{i}" for i in range(4)], [f"f{j}" for j in range(n_features)]
+    write_store_blocks(tmp_path / "s.zarr", *ids, block, "table", "0" * 64, n_features // n_chunks)
+    every = store_module.TRIM_EVERY_CHUNKS
+    assert 1 < every < n_chunks
+    assert calls[: n_chunks // every] == [every * k for k in range(1, n_chunks // every + 1)]
+    assert calls[n_chunks // every :] == [n_chunks]  # before the sums are finished
