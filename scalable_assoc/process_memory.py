@@ -60,7 +60,8 @@ def release_freed_memory() -> None:
     Converting frees a few chunk-sized arrays and many text buffers of 1-30 MB per block; glibc raises its mmap
     threshold as large ones are freed, so later ones come from its heaps (one per thread: reader, zarr's writers)
     and stay there once freed. Without this, converting the 50,000-participant MetaPhlAn table peaked some 60 MB
-    higher. ``malloc_trim`` costs a walk over the free lists, once per chunk written.
+    higher. ``malloc_trim`` costs a walk over the free lists, and what it gives back is touched afresh when used
+    again: the converter calls it every few chunks (:data:`scalable_assoc.io.store.TRIM_EVERY_CHUNKS`).
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)

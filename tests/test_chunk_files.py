@@ -1,4 +1,4 @@
-"""Abundance chunks read as files (io/chunk_files.py) against zarr's own reads of the same store."""
+"""Abundance chunks read and written as files (io/chunk_files.py) against zarr's own reads and writes of the same store."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import pytest
 import zarr
 from zarr.codecs import ZstdCodec
 
+import scalable_assoc.io.chunk_files as chunk_files_module
+import scalable_assoc.io.store as store_module
 from scalable_assoc.errors import DataError
-from scalable_assoc.io.chunk_files import chunk_files
-from scalable_assoc.io.store import abundance_compressors
+from scalable_assoc.io.chunk_files import chunk_files, chunk_writer
+from scalable_assoc.io.store import abundance_compressors, open_store, write_store_blocks
 
 N_SAMPLES, N_FEATURES, CHUNK = 37, 23, 5  # four whole chunks and an edge chunk of 3
 
@@ -127,3 +129,81 @@ def test_other_codecs_and_missing_metadata_are_left_to_zarr(tmp_path: Path) -> N
     assert chunk_files(tmp_path / "zstd" / "abundance") is None
     assert chunk_files(tmp_path / "nothing") is None
     assert chunk_files(tmp_path / "zstd") is None  # a group, not an array
+
+
+def _chunk_bytes(folder: Path) -> dict[str, bytes]:
+    """Every chunk file of the abundance array in ``folder``, by its key."""
+    chunks = folder / "abundance" / "c"
+    return {str(path.relative_to(chunks)): path.read_bytes() for path in sorted(chunks.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("blosc_called_here", [True, False])
+def test_written_chunks_are_zarrs_own_bytes(tmp_path: Path, monkeypatch, blosc_called_here: bool) -> None:
+    """Whole chunks, the narrower edge chunk (padded with NaN) and a chunk of NaN only (left out), written out of
+    order; also where Blosc is called through numcodecs."""
+    values = _values(4)
+    _zarr_array(tmp_path / "zarr")[:, :] = values
+    # Blosc called here where numcodecs' extension exports it (this package's dependencies do): the path runs use.
+    assert (chunk_files_module._blosc_compress_ctx() is not None) or not blosc_called_here
+    if not blosc_called_here:
+        monkeypatch.setattr(chunk_files_module, "_blosc_compress_ctx", lambda: None)
+    _zarr_array(tmp_path / "ours")
+    writer = chunk_writer(tmp_path / "ours" / "abundance")
+    assert writer is not None
+    for index in (1, 0, 4, 2, 3):
+        writer.write(index, values[:, index * CHUNK : (index + 1) * CHUNK])
+    theirs = _chunk_bytes(tmp_path / "zarr")
+    assert "0/2" not in theirs and sorted(theirs) == ["0/0", "0/1", "0/3", "0/4"]
+    assert _chunk_bytes(tmp_path / "ours") == theirs
+    with pytest.raises(ValueError, match="shape"):
+        writer.write(4, values[:, 15:20])  # the edge chunk holds 3 features
+
+
+def test_other_layouts_are_written_by_zarr(tmp_path: Path) -> None:
+    _zarr_array(tmp_path / "zstd", compressors=[ZstdCodec(level=3)])
+    assert chunk_writer(tmp_path / "zstd" / "abundance") is None
+    assert chunk_writer(tmp_path / "nothing") is None
+
+
+def test_the_store_writer_writes_chunks_without_zarr(tmp_path: Path, monkeypatch) -> None:
+    """A store's abundance chunks are written as files (none through zarr's codec pipeline), the bytes the writer
+    wrote through zarr (where the layout is not the one chunk_files knows), and read back as written."""
+    values = _values(6)
+    ids = [f"s{i}" for i in range(N_SAMPLES)], [f"f{j}" for j in range(N_FEATURES)]
+
+    def write(path: Path):
+        return write_store_blocks(path, *ids, lambda start, stop: values[:, start:stop], "table", "0" * 64, CHUNK)
+
+    with monkeypatch.context() as through_zarr:
+        through_zarr.setattr(store_module, "chunk_writer", lambda folder: None)
+        write(tmp_path / "zarr.zarr")
+
+    def refused(*args: object) -> None:
+        raise AssertionError("an abundance chunk written through zarr")
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", refused)
+    store = write(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(open_store(store.path).read_block(0, N_FEATURES), values)
+    assert sorted(_chunk_bytes(store.path)) == ["0/0", "0/1", "0/3", "0/4"]
+    assert _chunk_bytes(store.path) == _chunk_bytes(tmp_path / "zarr.zarr")
+
+
+def test_freed_memory_is_given_back_every_few_chunks(tmp_path: Path, monkeypatch) -> None:
+    """malloc_trim after every TRIM_EVERY_CHUNKS chunks converted, and once after the last (not after every chunk:
+    what it gives back, the readers touch afresh for the next chunk)."""
+    handed: list[int] = []  # the blocks handed to the writer so far
+    calls: list[int] = []  # how many had been handed over at each call
+    monkeypatch.setattr(store_module, "release_freed_memory", lambda: calls.append(len(handed)))
+    n_chunks, n_features = 11, 22
+    values = np.arange(4.0 * n_features).reshape(4, n_features)
+
+    def block(start: int, stop: int) -> np.ndarray:
+        handed.append(start)
+        return values[:, start:stop]
+
+    ids = [f"s{i}" for i in range(4)], [f"f{j}" for j in range(n_features)]
+    write_store_blocks(tmp_path / "s.zarr", *ids, block, "table", "0" * 64, n_features // n_chunks)
+    every = store_module.TRIM_EVERY_CHUNKS
+    assert 1 < every < n_chunks
+    assert calls[: n_chunks // every] == [every * k for k in range(1, n_chunks // every + 1)]
+    assert calls[n_chunks // every :] == [n_chunks]  # before the sums are finished

@@ -1,19 +1,24 @@
-"""A store's abundance chunks read as the files they are, without zarr's codec pipeline.
+"""A store's abundance chunks read and written as the files they are, without zarr's codec pipeline.
 
 A converted store's abundance array (:mod:`scalable_assoc.io.store`) is one row of
 ``(n_samples, chunk_features)`` chunks, each a file ``c/0/<j>`` holding the chunk's
 float64 bytes (C order, little-endian) compressed by Blosc and followed by their
 CRC-32C. Here each is read with one ``read``, its checksum checked, and its values
-decompressed straight into the block returned.
+decompressed straight into the block returned; the store writer writes each with
+:class:`ChunkWriter` (the bytes zarr writes, compared in the tests).
 
 Why: zarr decodes every chunk through its asynchronous codec pipeline (an event
 loop thread, buffer wrappers, a copy of the compressed bytes to strip the checksum,
 a copy of the decoded chunk into the block). Reading nine 7,656 x 547 chunks of the
 species store took 0.24-0.26 s of CPU through zarr and 0.15-0.18 s here (one
 process, 4 alternating rounds), and every fit task reads its chunk: the suite's
-per-chunk read was 3x the decompression alone. (Writing chunks directly saved only
-0.05-0.1 s of 0.45-0.7 s per ten chunks against zarr with its empty-chunk check off,
-as the store writer calls it, so stores are still written by zarr.)
+per-chunk read was 3x the decompression alone. Writing, zarr has numcodecs compress
+every chunk into new bytes (a fresh mapping, first touched 4 kB at a time: the 173 MB
+of the limma benchmark's species store were 41,600 page faults of the command's
+167,000), copies them once more to append the checksum, in its event-loop thread.
+:class:`ChunkWriter` calls c-blosc itself, into a NumPy buffer (NumPy advises huge
+pages for large arrays: a fault per 2 MB where the kernel grants them), and writes it
+with its checksum: the same files, byte for byte.
 
 Only arrays whose metadata says exactly that layout are read here (:func:`chunk_files`);
 for any other (another codec, chunk grid or key encoding, a store from another tool)
@@ -24,8 +29,11 @@ that the workers, which read blocks only, import neither zarr nor the writer.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +113,138 @@ class ChunkFiles:
             blosc.decompress(body, chunk)
         except (RuntimeError, ValueError) as error:
             raise DataError(f"{where} does not decompress ({error}); convert its table again with 'scalable-assoc ingest'") from None
+
+
+#: Blosc's codes for the shuffles a zarr v3 ``blosc`` codec names in its configuration.
+_BLOSC_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+@dataclass(frozen=True)
+class BloscSettings:
+    """How an array's ``blosc`` codec compresses (its configuration in ``zarr.json``): what Blosc is called with."""
+
+    cname: str
+    clevel: int
+    shuffle: int  # Blosc's code (:data:`_BLOSC_SHUFFLES`)
+    typesize: int
+    blocksize: int  # 0: Blosc chooses
+
+
+@dataclass(frozen=True)
+class ChunkWriter:
+    """Writes an abundance array's chunks as the files zarr writes for them (:meth:`ChunkFiles.path`).
+
+    A chunk is its values' bytes (C order, little-endian; the last chunk padded with NaN, the fill value)
+    compressed by Blosc with the array's settings, then their CRC-32C (4 bytes, little-endian); a chunk
+    holding no observed value (NaN only, the fill value) is left out, as zarr leaves it out.
+    """
+
+    files: ChunkFiles
+    settings: BloscSettings
+
+    def write(self, index: int, values: np.ndarray) -> None:
+        """Write chunk ``index`` from ``values``: ``(n_samples, width)`` float64, ``width`` its :meth:`ChunkFiles.chunk_width`."""
+        expected = (self.files.shape[0], self.files.chunk_width(index))
+        if values.shape != expected:
+            raise ValueError(f"chunk {index} of {self.files.folder} takes values of shape {expected}, not {values.shape}")
+        if _no_observed_value(values):
+            return
+        if values.shape[1] < self.files.chunk_features:  # the edge chunk, padded with the fill value as zarr pads it
+            chunk = np.full((values.shape[0], self.files.chunk_features), np.nan, dtype="<f8")
+            chunk[:, : values.shape[1]] = values
+        else:
+            chunk = np.ascontiguousarray(values, dtype="<f8")
+        encoded = self._compressed(chunk)
+        with open(self.files.path(index), "wb") as handle:
+            handle.write(encoded.data)
+            handle.write(google_crc32c.value(encoded).to_bytes(_CRC_BYTES, "little"))
+
+    def _compressed(self, chunk: np.ndarray) -> np.ndarray:
+        """``chunk``'s bytes compressed as numcodecs' ``blosc.compress`` compresses them outside the main thread:
+        a read-only uint8 array, Blosc's output buffer itself (no copy made of it)."""
+        settings, nbytes = self.settings, chunk.nbytes
+        compress = _blosc_compress_ctx()
+        if compress is None:
+            compressed = blosc.compress(
+                chunk, settings.cname.encode(), settings.clevel, settings.shuffle, settings.blocksize, settings.typesize
+            )
+            return np.frombuffer(compressed, dtype=np.uint8)
+        # A NumPy buffer, not bytes: NumPy asks the kernel for huge pages for it (see the module's docstring). Not kept
+        # for the next chunk: that held ~20 MB more through the peak of a 50,000-participant conversion.
+        capacity = nbytes + blosc.MAX_OVERHEAD
+        buffer = np.empty(capacity, dtype=np.uint8)
+        size = compress(
+            settings.clevel,
+            settings.shuffle,
+            settings.typesize,
+            nbytes,
+            chunk.ctypes.data,
+            buffer.ctypes.data,
+            capacity,
+            settings.cname.encode(),
+            settings.blocksize,
+            1,  # Blosc's own threads: none, as numcodecs outside the main thread (the bytes are the same either way)
+        )
+        if size <= 0:
+            raise RuntimeError(f"error during blosc compression: {size}")
+        encoded = buffer[:size]
+        encoded.flags.writeable = False  # google_crc32c reads only read-only buffers
+        return encoded
+
+
+def _no_observed_value(values: np.ndarray) -> bool:
+    """Whether ``values`` hold NaN only (or nothing); a whole block is looked at only when its first row is all NaN."""
+    return values.size == 0 or bool(np.isnan(values[0]).all() and np.isnan(values).all())
+
+
+@functools.cache
+def _blosc_compress_ctx() -> Callable[..., int] | None:
+    """c-blosc's ``blosc_compress_ctx`` in numcodecs' Blosc extension (which zarr's ``blosc`` codec calls), or None.
+
+    numcodecs' ``blosc.compress`` returns new bytes for every chunk; called here, the compressed bytes go
+    into a buffer the caller gives. None where the extension does not export it (the caller then uses numcodecs).
+    """
+    try:
+        function = ctypes.CDLL(blosc.__file__).blosc_compress_ctx
+    except (OSError, AttributeError):
+        return None
+    size = ctypes.c_size_t
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_int,
+        size,
+        size,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        size,
+        ctypes.c_char_p,
+        size,
+        ctypes.c_int,
+    ]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+def chunk_writer(array_folder: Path) -> ChunkWriter | None:
+    """A :class:`ChunkWriter` of the zarr v3 array at ``array_folder`` (its ``zarr.json`` written) if :func:`chunk_files`
+    reads its layout and its ``blosc`` settings are known here, else None (the caller writes through zarr)."""
+    files = chunk_files(array_folder)
+    if files is None:
+        return None
+    try:
+        meta = json.loads((Path(array_folder) / "zarr.json").read_text(encoding="utf-8"))
+        config = meta["codecs"][1]["configuration"]
+        settings = BloscSettings(
+            cname=str(config["cname"]),
+            clevel=int(config["clevel"]),
+            shuffle=_BLOSC_SHUFFLES[config["shuffle"]],
+            typesize=int(config["typesize"]),
+            blocksize=int(config.get("blocksize", 0)),
+        )
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    files.path(0).parent.mkdir(parents=True, exist_ok=True)
+    return ChunkWriter(files, settings)
 
 
 def _blosc_sizes(body: bytes) -> tuple[int, int]:

@@ -27,8 +27,9 @@ Layout of ``<name>.zarr`` (a Zarr v3 group)::
 Samples are never split across chunks: every regression needs all samples of a
 feature, so a task reads whole chunks and never communicates with another.
 Stores are written to a temporary folder and renamed, so a half-written store
-is never mistaken for a complete one. The abundance chunks are written through
-zarr as they come; the other arrays and the attributes at the end, in one go
+is never mistaken for a complete one. The abundance chunks are written as they
+come, as the files zarr writes (:mod:`scalable_assoc.io.chunk_files`, without zarr's
+cost per chunk); the other arrays and the attributes at the end, in one go
 (:mod:`scalable_assoc.io.side_arrays`: the same files, without zarr's cost per array).
 
 A store can also hold several layers (``scalable-assoc ingest --layer NAME``, once
@@ -55,7 +56,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.atomic import seal_path, sealed, write_atomically
-from scalable_assoc.io.chunk_files import read_block
+from scalable_assoc.io.chunk_files import chunk_writer, read_block
 from scalable_assoc.io.rare_cells import RareCellsWriter, read_rare_cells
 from scalable_assoc.io.side_arrays import SideArray, side_values, write_side_arrays
 from scalable_assoc.io.table_values import SmallestPositive
@@ -114,6 +115,14 @@ TARGET_CHUNK_BYTES = 32 * 2**20
 #: zstd (at any level) read as before.
 #: ``typesize`` only sizes Blosc's blocks here (no shuffle); given, so zarr does not choose a byte shuffle for float64.
 ABUNDANCE_COMPRESSOR = BloscCodec(typesize=8, cname="lz4", clevel=5, shuffle="noshuffle")
+
+#: Chunks written between two calls of ``malloc_trim`` (:func:`~scalable_assoc.process_memory.release_freed_memory`)
+#: while converting. Each call gives back what the readers' threads freed (text, parsed values: ~19 MB a chunk of the
+#: limma benchmark's 307 MB table), which the next chunk's text then touches afresh: a call after every chunk was
+#: 48,000 of the conversion's 78,000 page faults there (0.15-0.25 s of system time on a VM that backs pages lazily).
+#: Every 4 chunks bounds what a long conversion keeps; the 50,000-participant peaks rose by 2-15 MB (species
+#: 306-311 -> 308-312 MB, pathways 277 -> 288-290 MB), the same as with no call at all.
+TRIM_EVERY_CHUNKS = 4
 
 #: Threads summing the rows of a block read back for the per-sample sums at the end of a conversion.
 READ_BACK_THREADS = 2
@@ -316,10 +325,11 @@ def write_store_blocks(
         if progress is not None:
             reporter = ProgressReporter(logger, "convert", -(-n_features // chunk), "feature blocks", label=progress)
             reporter.start()
-        # One block is compressed and written in a thread while the next is read (parsed, for a text table): zstd
+        # One block is compressed and written in a thread while the next is read (parsed, for a text table): Blosc
         # and the checksum release the GIL, so the two overlap; at most two blocks are held.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scalable-assoc-store-write") as writing:
-            _write_blocks(writing, array, block, n_samples, n_features, chunk, summaries, sample_totals, sums, reporter)
+            write_chunk = _chunk_writing(array, temporary / "abundance")
+            _write_blocks(writing, write_chunk, block, n_samples, n_features, chunk, summaries, sample_totals, sums, reporter)
         release_freed_memory()  # before the sums are finished, which may read blocks back
         side = {name: SideArray(values, max(n_features, 1)) for name, values in summaries.items()}
         side[SAMPLE_TOTALS] = SideArray(sample_totals, max(n_samples, 1))
@@ -334,9 +344,31 @@ def write_store_blocks(
     return _store_of(path, attributes, chunk)
 
 
+def _chunk_writing(array: zarr.Array, folder: Path) -> Callable[[int, np.ndarray], None]:
+    """How a block of ``array`` (its files in ``folder``) is written: ``write(chunk index, (n_samples, chunk width) values)``.
+
+    As its chunk file (:class:`~scalable_assoc.io.chunk_files.ChunkWriter`, the bytes zarr writes) where the array is
+    laid out as :mod:`~scalable_assoc.io.chunk_files` reads it (every array made here), else through zarr.
+    """
+    writer = chunk_writer(folder)
+    if writer is not None:
+        return writer.write
+    # zarr compares every chunk with the fill value (NaN) before writing it, to leave out a chunk holding nothing
+    # else: isnan of the chunk twice and their compare. A block with an observed value in its first row is written
+    # without that check (same chunk written); any other block keeps it.
+    observed_array = array.with_config({"write_empty_chunks": True})
+    size = array.chunks[1]
+
+    def through_zarr(index: int, values: np.ndarray) -> None:
+        target = observed_array if values.size and not np.isnan(values[0]).all() else array
+        target[:, index * size : index * size + values.shape[1]] = values
+
+    return through_zarr
+
+
 def _write_blocks(
     writing: ThreadPoolExecutor,
-    array: zarr.Array,
+    write_chunk: Callable[[int, np.ndarray], None],
     block: Callable[[int, int], np.ndarray],
     n_samples: int,
     n_features: int,
@@ -346,12 +378,8 @@ def _write_blocks(
     sums: _SampleSumsWriter,
     reporter: ProgressReporter | None,
 ) -> None:
-    """Write every ``(n_samples, chunk)`` block into ``array`` (in ``writing``'s thread) and add up its summaries here."""
+    """Write every ``(n_samples, chunk)`` block with ``write_chunk`` (in ``writing``'s thread) and add up its summaries here."""
     pending: Future | None = None
-    # zarr compares every chunk with the fill value (NaN) before writing it, to leave out a chunk holding nothing
-    # else: isnan of the chunk twice and their compare. A block with an observed value in its first row is written
-    # without that check (same chunk written); any other block keeps it.
-    observed_array = array.with_config({"write_empty_chunks": True})
     workspace = BlockWorkspace()  # a slab's scratch and a block's mask, filled again at every block
     for start in range(0, n_features, chunk):
         stop = min(start + chunk, n_features)
@@ -360,8 +388,7 @@ def _write_blocks(
             raise ValueError(f"block({start}, {stop}) has shape {values.shape}, expected {(n_samples, stop - start)}")
         if pending is not None:
             pending.result()  # the previous block is written (or its error raised) before the next is handed over
-        target = observed_array if values.size and not np.isnan(values[0]).all() else array
-        pending = writing.submit(target.__setitem__, (slice(None), slice(start, stop)), values)
+        pending = writing.submit(write_chunk, start // chunk, values)
         statistics = block_statistics(values, sums.pseudocount_ahead(), workspace)
         sample_totals += statistics.total
         summaries["feature_nonzero"][start:stop] = statistics.summary.nonzero
@@ -369,7 +396,8 @@ def _write_blocks(
         summaries["feature_min_positive"][start:stop] = statistics.summary.min_positive
         sums.add_block(start, values, statistics)
         del values, statistics
-        release_freed_memory()
+        if (start // chunk) % TRIM_EVERY_CHUNKS == TRIM_EVERY_CHUNKS - 1:
+            release_freed_memory()
         if reporter is not None:
             reporter.advance()
     if pending is not None:
