@@ -488,3 +488,19 @@ def test_chunk_runs_are_the_runs_of_chunks_holding_a_chosen_cell():
     assert chunk_runs(chosen, 4, 1) == [(0, 4), (4, 8), (12, 16), (20, 23)]
     assert chunk_runs(np.ones(9, dtype=bool), 4, 2) == [(0, 8), (8, 9)]
     assert chunk_runs(np.zeros(9, dtype=bool), 4, 2) == [] == chunk_runs(np.zeros(0, dtype=bool), 4, 2)
+
+
+def test_gather_positions_are_the_ordered_cells_positions_for_any_range():
+    """Against the whole copy gathered feature by feature: every range, with features holding no cell among them."""
+    from scalable_assoc.io.rare_cells import gather_positions
+
+    rng = np.random.default_rng(9)
+    lengths = rng.integers(0, 4, 12)
+    lengths[[0, 5, 11]] = 0  # features with no cell: first, inside and last
+    written_starts = np.cumsum(lengths) - lengths
+    order = rng.permutation(12)
+    everything = np.concatenate([np.arange(written_starts[j], written_starts[j] + lengths[j]) for j in order])
+    indptr = np.concatenate([[0], np.cumsum(lengths[order])])
+    for first in range(everything.size + 1):
+        for stop in range(first, everything.size + 1):
+            np.testing.assert_array_equal(gather_positions(written_starts[order], indptr, first, stop), everything[first:stop])
