@@ -71,3 +71,60 @@ def test_strings_equal_pyarrows_own() -> None:
 def test_an_empty_table_is_the_schemas_own(schema: pa.Schema) -> None:
     table = empty_table(schema)
     assert table.num_rows == 0 and table.schema.equals(schema) and table.equals(schema.empty_table())
+
+
+def _cross_products_by_pyarrow(layer, feature_ids, exposure, adjustment, analysis_id, terms, products) -> pa.Table:
+    """The sufficient-statistics rows as ``pyarrow.array`` makes them (the definition the buffers must equal)."""
+    from scalable_assoc.results.sumstats_format import SUFFICIENT_SCHEMA
+
+    m, q, c = len(feature_ids), products.zz.shape[1], len(terms)
+
+    def matrix_column(values: np.ndarray, width: int) -> pa.Array:
+        offsets = pa.array(np.arange(0, (m + 1) * width, width, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(values).ravel(), pa.float64()))
+
+    binary = products.n_cases >= 0
+    return pa.table(
+        {
+            "layer": pa.array([layer] * m, pa.string()),
+            "feature": pa.array(list(feature_ids), pa.string()),
+            "exposure": pa.array([exposure] * m, pa.string()),
+            "adjustment": pa.array([adjustment] * m, pa.string()),
+            "analysis_id": pa.array([analysis_id] * m, pa.string()),
+            "n": pa.array(products.n, pa.int64()),
+            "n_cases": pa.array(products.n_cases, pa.int64(), mask=~binary),
+            "n_controls": pa.array(products.n_controls, pa.int64(), mask=~binary),
+            "terms": pa.array([list(terms)] * m, pa.list_(pa.string())),
+            "zz": matrix_column(products.zz, q),
+            "zy": matrix_column(products.zy, c),
+            "yy": pa.array(products.yy, pa.float64(), from_pandas=True),
+        },
+        schema=SUFFICIENT_SCHEMA,
+    )
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["case-control exposure", "continuous exposure"])
+@pytest.mark.parametrize("m", [0, 1, 7])
+def test_sufficient_statistics_rows_equal_pyarrows_own(binary: bool, m: int) -> None:
+    """A worker's sufficient-statistics table (from buffers) is the table ``pyarrow.array`` makes, NaN yy null."""
+    from scalable_assoc.models.pooled import CrossProducts
+    from scalable_assoc.results.sumstats_format import cross_products_table
+
+    rng = np.random.default_rng(m)
+    terms = ("exposure", "intercept", "age", "sex=male")
+    c = len(terms)
+    yy = rng.exponential(size=m)
+    yy[::3] = np.nan
+    products = CrossProducts(
+        zz=rng.normal(size=(m, c * (c + 1) // 2)),
+        zy=rng.normal(size=(m, c)),
+        yy=yy,
+        n=rng.integers(50, 100, m),
+        n_cases=rng.integers(5, 20, m) if binary else np.full(m, -1),
+        n_controls=rng.integers(20, 40, m) if binary else np.full(m, -1),
+    )
+    features = tuple(f"k__Bacteria|s__f{j} é" for j in range(m))
+    arguments = ("species", features, "MDD", "base", "a1", terms, products)
+    ours = cross_products_table(*arguments)
+    assert ours.equals(_cross_products_by_pyarrow(*arguments), check_metadata=True)
+    assert ours.column("yy").null_count == len(range(0, m, 3))

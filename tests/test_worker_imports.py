@@ -47,9 +47,9 @@ def test_the_worker_servers_imports_leave_out_pandas_and_zarr() -> None:
     assert _last_json_line(code) == []
 
 
-def _on_a_forked_worker_after(run_arguments: str) -> list:
+def _on_a_forked_worker_after(run_arguments: str, then: str = "") -> list:
     """``[client_only() on the worker, whether it loaded engine.diversity_tasks]`` after ``run_study(run_arguments)``
-    on a local cluster of one worker forked from the server."""
+    (and the statement ``then``, which may use ``client``) on a local cluster of one worker forked from the server."""
     code = (
         f"{_FIND}import json\n"
         "from scalable_assoc import run_study\n"
@@ -57,6 +57,7 @@ def _on_a_forked_worker_after(run_arguments: str) -> list:
         "cluster, client = local_cluster(1, preload=WORKER_PRELOAD)\n"
         "try:\n"
         f"    run_study({run_arguments}, client=client)\n"
+        f"    {then}\n"
         "    [found] = client.run(client_only).values()\n"
         "    [diversity] = client.run(lambda: 'scalable_assoc.engine.diversity_tasks' in sys.modules).values()\n"
         "finally:\n"
@@ -83,3 +84,15 @@ def test_a_diversity_plans_tasks_load_neither_pandas_nor_zarr(small_study: Simul
     found = _on_a_forked_worker_after(f"{str(plan)!r}, {str(tmp_path / 'out')!r}, allow_outside_paths=True")
     assert found == [[], True], "a diversity task imported pandas, zarr or the client's preparation"
     assert (tmp_path / "out" / "permanova.parquet").exists()
+
+
+def test_the_sufficient_statistics_tasks_load_neither_pandas_nor_zarr(small_study: SimulatedStudy, tmp_path: Path) -> None:
+    """``sumstats --sufficient``'s cross-products run a function of ``engine.tasks`` (named by ``engine.task_refs``),
+    not one of the client's export module, which would bring its imports (the run, pandas) to every worker."""
+    out = str(tmp_path / "out")
+    export = (
+        "from scalable_assoc.engine.sufficient import sufficient_statistics; "
+        f"assert sufficient_statistics({out!r}, client=client).num_rows > 0"
+    )
+    found = _on_a_forked_worker_after(f"{str(small_study.plan_path)!r}, {out!r}", export)
+    assert found[0] == [], "a sufficient-statistics task imported pandas, zarr or the client's preparation"

@@ -17,50 +17,21 @@ import pyarrow as pa
 from distributed import Client
 from distributed.security import Security
 
-from scalable_assoc.engine.blocks import ModelBlock
 from scalable_assoc.engine.cluster import check_cluster_options
 from scalable_assoc.engine.filters import filter_layers
 from scalable_assoc.engine.graph import ClusterRequest, hold_on_cluster, layer_on_cluster, watched_cluster
-from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, read_design, write_design
+from scalable_assoc.engine.prepare import PreparedAnalysis, PreparedStudy, prepare_study, write_design
 from scalable_assoc.engine.profiles import ClusterProfile, load_cluster_profile
 from scalable_assoc.engine.run import WORK_DIR
+from scalable_assoc.engine.task_refs import sufficient_chunk
 from scalable_assoc.engine.watch import ClusterWatch
 from scalable_assoc.errors import DataError
 from scalable_assoc.io.runstate import folder_lock
-from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
 from scalable_assoc.plan.schema import Plan
 from scalable_assoc.progress import ProgressReporter
-from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, RunOutputs, cross_products_table, read_run
+from scalable_assoc.results.sumstats import SUFFICIENT_SCHEMA, RunOutputs, read_run
 
 logger = logging.getLogger(__name__)
-
-
-def sufficient_chunk(
-    layer: str, block: ModelBlock, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]
-) -> pa.Table:
-    """Centred cross-products of every analysis of one design on every feature of one block.
-
-    ``block`` holds the run's transformed view ``(n_used, m)``; ``design_path`` the
-    design file written by the run (participant rows and covariate matrix).
-    """
-    design = read_design(Path(design_path))
-    covariates, names = with_reference_dummies(design.matrix, design.names, design.references)
-    outcome = block.values[design.rows]
-    tables = []
-    for analysis in analyses:
-        products = centred_cross_products(analysis.exposure, covariates, analysis.binary, outcome)
-        tables.append(
-            cross_products_table(
-                layer,
-                feature_ids,
-                analysis.key.exposure,
-                analysis.key.adjustment,
-                analysis.key.analysis_id,
-                ("exposure",) + names,
-                products,
-            )
-        )
-    return pa.concat_tables(tables) if tables else SUFFICIENT_SCHEMA.empty_table()
 
 
 def _check_run(run_dir: Path, study: PreparedStudy, manifest: dict) -> None:

@@ -75,6 +75,8 @@ fit_chunk_task = task_function("fit_chunk_task")
 read_and_fit_chunks = task_function("read_and_fit_chunks")
 #: Drops a worker's factorised designs (``tasks.forget_designs``, run by ``Client.run``).
 forget_designs = task_function("forget_designs")
+#: Centred cross-products of one design's ``lm`` analyses on one block (``tasks.sufficient_chunk``, ``sumstats --sufficient``).
+sufficient_chunk = task_function("sufficient_chunk")
 
 #: Which view of a block each model reads (see ``tasks.model_block``).
 MODEL_VIEWS = {"lm": "transformed", "lmm": "transformed", "lm_nonzero": "nonzero", "prevalence": "presence"}

@@ -30,10 +30,12 @@ from scalable_assoc.models.lmm import VarianceComponents, fit_random_intercept
 from scalable_assoc.models.logistic import fit_logistic_designs
 from scalable_assoc.models.ols import PreparedBlock, fit_design_batch
 from scalable_assoc.models.ols_terms import fit_terms, level_dummies
+from scalable_assoc.models.pooled import centred_cross_products, with_reference_dummies
 from scalable_assoc.plan.schema import OlsOptions
 from scalable_assoc.results.arrow_arrays import empty_table
 from scalable_assoc.results.columns import COVARIATE_SCHEMA
 from scalable_assoc.results.partials import AnalysisLabels, categorical_to_table, covariate_table, fits_to_table
+from scalable_assoc.results.sumstats_format import SUFFICIENT_SCHEMA, cross_products_table
 from scalable_assoc.stats.transforms import (
     FeatureSummary,
     apply_transform,
@@ -494,3 +496,26 @@ def read_and_fit_chunks(
         read_and_fit_chunk(block_arguments, layer, feature_ids, design_files, batch, output, covariate_output)
         for block_arguments, feature_ids, output, covariate_output in chunks
     ]
+
+
+def sufficient_chunk(
+    layer: str, block: ModelBlock, feature_ids: tuple[str, ...], design_path: Path, analyses: tuple[PreparedAnalysis, ...]
+) -> pa.Table:
+    """Centred cross-products of every analysis of one design on every feature of one block (``sumstats --sufficient``).
+
+    ``block`` holds the run's transformed view ``(n_used, m)``; ``design_path`` the
+    design file written by the run (participant rows and covariate matrix). Returns
+    rows of :data:`~scalable_assoc.results.sumstats_format.SUFFICIENT_SCHEMA`, one per
+    analysis and feature.
+    """
+    design = read_design(Path(design_path))
+    covariates, names = with_reference_dummies(design.matrix, design.names, design.references)
+    outcome = block.values[design.rows]
+    tables = []
+    for analysis in analyses:
+        products = centred_cross_products(analysis.exposure, covariates, analysis.binary, outcome)
+        key = analysis.key
+        tables.append(
+            cross_products_table(layer, feature_ids, key.exposure, key.adjustment, key.analysis_id, ("exposure", *names), products)
+        )
+    return pa.concat_tables(tables) if tables else empty_table(SUFFICIENT_SCHEMA)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from scalable_assoc.models.pooled import CrossProducts
+from scalable_assoc.results.arrow_arrays import float64_array, int64_array, repeated_strings, tiled_strings
 
 #: The sidecar's ``format``: files of another format are refused.
 FORMAT = "scalable_assoc.sumstats/1"
@@ -76,28 +77,28 @@ def cross_products_table(
     q = products.zz.shape[1]
     c = len(terms)
 
-    def matrix_column(values: np.ndarray, width: int) -> pa.Array:
-        offsets = pa.array(np.arange(0, (m + 1) * width, width, dtype=np.int32))
-        return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(values).ravel(), pa.float64()))
+    def lists_of(values: pa.Array, width: int) -> pa.Array:
+        offsets = np.arange(0, (m + 1) * width, width, dtype=np.int32)
+        return pa.ListArray.from_arrays(pa.Array.from_buffers(pa.int32(), m + 1, [None, pa.py_buffer(offsets)]), values)
 
-    binary = products.n_cases >= 0
-    return pa.table(
-        {
-            "layer": pa.array([layer] * m, pa.string()),
-            "feature": pa.array(list(feature_ids), pa.string()),
-            "exposure": pa.array([exposure] * m, pa.string()),
-            "adjustment": pa.array([adjustment] * m, pa.string()),
-            "analysis_id": pa.array([analysis_id] * m, pa.string()),
-            "n": pa.array(products.n, pa.int64()),
-            "n_cases": pa.array(products.n_cases, pa.int64(), mask=~binary),
-            "n_controls": pa.array(products.n_controls, pa.int64(), mask=~binary),
-            "terms": pa.array([list(terms)] * m, pa.list_(pa.string())),
-            "zz": matrix_column(products.zz, q),
-            "zy": matrix_column(products.zy, c),
-            "yy": pa.array(products.yy, pa.float64(), from_pandas=True),
-        },
-        schema=SUFFICIENT_SCHEMA,
-    )
+    not_binary = products.n_cases < 0
+    # Built from buffers (results.arrow_arrays), not by pyarrow.array: this runs in the workers' tasks, where
+    # pyarrow.array's first call would import pandas.
+    columns = {
+        "layer": repeated_strings([layer], m),
+        "feature": tiled_strings(list(feature_ids), 1),
+        "exposure": repeated_strings([exposure], m),
+        "adjustment": repeated_strings([adjustment], m),
+        "analysis_id": repeated_strings([analysis_id], m),
+        "n": int64_array(products.n),
+        "n_cases": int64_array(products.n_cases, null=not_binary),
+        "n_controls": int64_array(products.n_controls, null=not_binary),
+        "terms": lists_of(tiled_strings(list(terms), m), c),
+        "zz": lists_of(float64_array(products.zz), q),
+        "zy": lists_of(float64_array(products.zy), c),
+        "yy": float64_array(products.yy, nan_is_null=True),
+    }
+    return pa.Table.from_arrays(list(columns.values()), schema=SUFFICIENT_SCHEMA)
 
 
 def sidecar_path(path: Path) -> Path:
