@@ -92,17 +92,14 @@ class ChunkFiles:
 
     def _decode_into(self, index: int, chunk: np.ndarray) -> None:
         """Fill ``chunk`` (``(n_samples, chunk_features)`` C-contiguous float64) with chunk ``index``'s values."""
-        path = self.path(index)
-        try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                body, stored = handle.read(max(size - _CRC_BYTES, 0)), handle.read(_CRC_BYTES)
-        except FileNotFoundError:
+        found = read_chunk_file(self.path(index))
+        if found is None:
             chunk.fill(np.nan)  # never written: the fill value
             return
+        body, intact = found
         first = index * self.chunk_features
         where = f"store {self.folder.parent} is damaged: the chunk holding features {first}-{first + self.chunk_width(index) - 1}"
-        if size < _CRC_BYTES or google_crc32c.value(body) != int.from_bytes(stored, "little"):
+        if not intact:
             raise DataError(
                 f"{where} fails its checksum; convert its table again with 'scalable-assoc ingest' (or give the table itself as the layer)"
             )
@@ -245,6 +242,19 @@ def chunk_writer(array_folder: Path) -> ChunkWriter | None:
         return None
     files.path(0).parent.mkdir(parents=True, exist_ok=True)
     return ChunkWriter(files, settings)
+
+
+def read_chunk_file(path: Path) -> tuple[bytes, bool] | None:
+    """A chunk file's bytes before its CRC-32C, and whether they match it; None where there is no file (a chunk
+    zarr left out: the fill value). One open, then the body and the checksum (zarr's ``crc32c`` codec: 4 bytes,
+    little-endian, last) read."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            body, stored = handle.read(max(size - _CRC_BYTES, 0)), handle.read(_CRC_BYTES)
+    except FileNotFoundError:
+        return None
+    return body, size >= _CRC_BYTES and google_crc32c.value(body) == int.from_bytes(stored, "little")
 
 
 def _blosc_sizes(body: bytes) -> tuple[int, int]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from scalable_assoc.errors import DataError
+from scalable_assoc.io.chunk_files import read_chunk_file
 
 
 @dataclass(frozen=True)
@@ -202,13 +202,11 @@ def read_side_array(folder: Path, first: int = 0, stop: int | None = None) -> np
 def _decode_chunk(path: Path, out: np.ndarray, offset: int, chunk: int) -> None:
     """Decode the chunk file ``path`` (``chunk`` values) into ``out``, its first value at ``out[offset]`` (``offset``
     may be negative and the chunk may end past ``out``: only the overlap is written). No file: left as it is (0)."""
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            body, stored = handle.read(max(size - 4, 0)), handle.read(4)
-    except FileNotFoundError:  # a chunk of zeros is not written
+    found = read_chunk_file(path)
+    if found is None:  # a chunk of zeros is not written
         return
-    if size < 4 or google_crc32c.value(body) != int.from_bytes(stored, "little"):
+    body, intact = found
+    if not intact:
         raise DataError(f"{path}: the chunk does not match its checksum (the store is damaged; convert its table again)")
     low, high = max(offset, 0), min(offset + chunk, out.size)
     whole = low == offset and high == offset + chunk
