@@ -320,7 +320,8 @@ def write_store_blocks(
             name: np.empty(n_features, dtype=dtype) for name, dtype in zip(SUMMARY_ARRAYS, ("int64", "int64", "float64"), strict=True)
         }
         sample_totals = np.zeros(n_samples)  # per sample, over every feature: says whether values are percentages or fractions
-        sums = _SampleSumsWriter(temporary, group, array, n_samples, n_features, smallest_positive)
+        counts = summaries["feature_nonzero"], summaries["feature_observed"]
+        sums = _SampleSumsWriter(temporary, group, array, n_samples, *counts, smallest_positive)
         reporter = None
         if progress is not None:
             reporter = ProgressReporter(logger, "convert", -(-n_features // chunk), "feature blocks", label=progress)
@@ -426,7 +427,8 @@ class _SampleSumsWriter:
         group: zarr.Group,
         array: zarr.Array,
         n_samples: int,
-        n_features: int,
+        nonzero: np.ndarray,
+        observed: np.ndarray,
         known: SmallestPositive | None = None,
     ) -> None:
         self.group, self.array, self.n_samples, self.known = group, array, n_samples, known
@@ -434,10 +436,10 @@ class _SampleSumsWriter:
         # candidate c -> (sum with c of its blocks, None when not taken; the blocks)
         self.by_candidate: dict[float, tuple[np.ndarray | None, list[tuple[int, int]]]] = {}
         self.smallest = np.inf
-        # per feature, over all samples: the values > 0 and the observed values (the rare cells' order)
-        self.nonzero = np.zeros(n_features, dtype=np.int64)
-        self.observed = np.zeros(n_features, dtype=np.int64)
-        self.rare = RareCellsWriter(folder, n_features, RARE_CHUNK_CELLS, RARE_IN_MEMORY_CELLS)
+        # The store's per-feature counts over all samples (values > 0, observed values), which the writer fills block
+        # by block before each add_block: the rare cells' order at the end.
+        self.nonzero, self.observed = nonzero, observed
+        self.rare = RareCellsWriter(folder, nonzero.size, RARE_CHUNK_CELLS, RARE_IN_MEMORY_CELLS)
         self.with_final: dict[tuple[int, int], np.ndarray] = {}  # (start, stop) -> its log(x + c) sums with the final c
 
     def pseudocount_ahead(self) -> float | None:
@@ -479,8 +481,6 @@ class _SampleSumsWriter:
             self.by_candidate[candidate] = (None if skip else total + log_pseudo(candidate), [*blocks, bounds])
             if final is not None and candidate != final and (len(self.with_final) + 1) * 8 * self.n_samples <= SUMMED_AHEAD_BYTES:
                 self.with_final[bounds] = log_pseudo(final)
-        self.nonzero[start : start + values.shape[1]] = statistics.summary.nonzero
-        self.observed[start : start + values.shape[1]] = statistics.summary.observed
         self.rare.add_block(start, *statistics.rare)
 
     def _read_back_sums(self, start: int, stop: int, pseudocount: float, pool: ThreadPoolExecutor) -> np.ndarray:
@@ -501,8 +501,8 @@ class _SampleSumsWriter:
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def finish(self) -> tuple[dict, dict[str, SideArray]]:
-        """The store attribute describing the sums, and the arrays still to write: the sums, the offsets of the
-        sparse copy and, unless a whole chunk of them was written before, its cells."""
+        """The store attribute describing the sums, and the arrays still to write: the sums, the order and offsets of
+        the sparse copy and, when they were held in memory (not written from files here), its cells."""
         arrays = self.rare.finish(self.group, side_compressors(), self.nonzero, self.observed, RARE_PREVALENCE_CAP)
         pseudocount = self.smallest / 2.0 if np.isfinite(self.smallest) else None
         log_pseudo = np.full(self.n_samples, np.nan)
