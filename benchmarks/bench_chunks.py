@@ -41,17 +41,22 @@ import json
 import multiprocessing
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from bench_startup import FIRST_TASK, FIRST_TASK_SETUPS  # the scripts beside this one
 from numcodecs import Blosc, Zstd
-from scale_store import write_simulated_store  # the scripts beside this one
+from scale_store import write_simulated_store
 from suite import SCALE_PLAN, measure, simulate_metadata
 
 from scalable_assoc.engine.chunks import chunk_tasks
@@ -408,8 +413,82 @@ def chunk_cases(setup: Setup, n_chunks: int, repeats: int) -> tuple[list[dict], 
     return cases, extras
 
 
-def cli_run(setup: Setup, data: Path, workers: int) -> dict:
-    """The whole CLI run with ``workers`` workers, measured from outside; phases from its manifest."""
+def read_into_page_cache(path: Path) -> dict:
+    """Read every file of the store at ``path`` once; its size (MB) and the seconds it took.
+
+    Whichever run comes first would otherwise read the store from disk and the
+    next from the page cache: a 1-worker run on a store not read since it was
+    written took 16.1 s, the same run again 13.3 s (4 GB store, 23 GB of memory).
+    Earlier rounds' 1 -> 2 workers ratios (2.05x) compared a 1-worker run
+    reading the disk with a 2-worker run reading memory. After this both read
+    memory, as repeated runs on a biobank's store do (a store larger than the
+    page cache would be read from disk by both, each run evicting the other's pages).
+    """
+    started = time.perf_counter()
+    total = 0
+    buffer = bytearray(1 << 22)
+    for file in sorted(f for f in path.rglob("*") if f.is_file()):
+        with file.open("rb", buffering=0) as handle:
+            while read := handle.readinto(buffer):
+                total += read
+    return {"store_mb": round(total / 2**20, 1), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def outputs_floor(results: Path, scratch: Path, repeats: int = 3) -> dict:
+    """The least writing a run's results takes: its results table as ``results.parquet`` and as the TSV, by Arrow, at once
+    on two threads (as the gather writes them), best of ``repeats`` (wall seconds).
+
+    Not counted: ordering the rows, q-values, the by-q sort, the adjustment summary and the other files.
+    """
+    table = pq.read_table(results)
+    options = pa_csv.WriteOptions(delimiter="\t", null_string="NA", quoting_style="none")
+    best, best_cpu = float("inf"), float("inf")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(repeats):
+            started, cpu = time.perf_counter(), time.process_time()
+            parquet = pool.submit(pq.write_table, table, scratch / "floor-results.parquet")
+            tsv = pool.submit(pa_csv.write_csv, table, scratch / "floor-results.tsv", options)
+            parquet.result()
+            tsv.result()
+            best, best_cpu = min(best, time.perf_counter() - started), min(best_cpu, time.process_time() - cpu)
+    for name in ("floor-results.parquet", "floor-results.tsv"):
+        (scratch / name).unlink(missing_ok=True)
+    return {
+        "case": "floor: writing the results",
+        "what": f"the run's results table ({table.num_rows:,} rows) written as Parquet and TSV by Arrow, two threads at once, "
+        f"best of {repeats}",
+        "wall_s": round(best, 3),
+        "cpu_s": round(best_cpu, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def bare_start(repeats: int = 3) -> dict:
+    """A fresh process starting distributed's own LocalCluster of 2 worker processes, to its first trivial task (best of ``repeats``)."""
+    label = "distributed, 2 worker processes"
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeats):
+        before = os.times()
+        result = subprocess.run([sys.executable, "-c", FIRST_TASK.format(setup=FIRST_TASK_SETUPS[label])], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"the bare cluster's first task failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        after = os.times()
+        best = min(best, float(result.stdout.split()[-1]))
+        best_cpu = min(best_cpu, after.children_user - before.children_user + after.children_system - before.children_system)
+    return {
+        "case": "floor: a bare cluster's first task",
+        "what": f"{label}: a fresh process to its first trivial task (no study, no imports of ours), best of {repeats}",
+        "wall_s": round(best, 3),
+        "cpu_s": round(best_cpu, 2),  # of the processes the command waited for (the workers' fork server may outlive it)
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def cli_run(setup: Setup, data: Path, workers: int, keep_results: Path | None = None) -> dict:
+    """The whole CLI run with ``workers`` workers, measured from outside; phases from its manifest.
+
+    ``keep_results``: where its ``results.parquet`` is copied before the output folder is removed.
+    """
     out = data / f"out-chunks-w{workers}"
     shutil.rmtree(out, ignore_errors=True)
     command = [
@@ -426,6 +505,8 @@ def cli_run(setup: Setup, data: Path, workers: int) -> dict:
     ]
     measured = measure(command, data / "bench_chunks.log")
     manifest = json.loads((out / "manifest.json").read_text())
+    if keep_results is not None:
+        shutil.copyfile(out / "results.parquet", keep_results)
     shutil.rmtree(out, ignore_errors=True)
     return {
         "case": f"run, {workers} worker{'s' if workers > 1 else ''}",
@@ -440,14 +521,34 @@ def bound_serial_s(one_worker: dict) -> float:
     return one_worker["wall_s"] - one_worker["phases_s"]["fit"]
 
 
-def speedup_bound(one_worker: dict, scaling: float) -> float:
-    """The most a second worker can speed up the whole run: its fit phase divided by the machine's scaling, the rest as it is."""
+def speedup_bound(one_worker: dict, scaling: float, serial_s: float | None = None) -> float:
+    """The most a second worker can speed up the whole run: the 1-worker run's fit phase divided by the machine's scaling
+    (at most 2), the rest (``serial_s``; default: the 1-worker run's own other phases) as it is."""
     fit = one_worker["phases_s"]["fit"]
-    return one_worker["wall_s"] / (bound_serial_s(one_worker) + fit / scaling)
+    serial = bound_serial_s(one_worker) if serial_s is None else serial_s
+    return (serial + fit) / (serial + fit / min(scaling, 2.0))
 
 
 def fit_speedup(runs: dict[int, dict]) -> float:
     return runs[1]["phases_s"]["fit"] / runs[2]["phases_s"]["fit"]
+
+
+def best_runs(setup: Setup, data: Path, rounds: int = 2) -> tuple[dict[int, dict], Path]:
+    """The CLI with 1 and 2 workers, interleaved (1, 2, 1, 2 ...), the faster of ``rounds`` runs each; the 2-worker
+    run's results kept (for :func:`outputs_floor`). Each case lists every run's wall seconds (``walls_s``)."""
+    kept = data / "results-chunks-w2.parquet"
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    best: dict[int, dict] = {}
+    for _ in range(rounds):
+        for workers in (1, 2):
+            run = cli_run(setup, data, workers, keep_results=kept if workers == 2 else None)
+            walls[workers].append(run["wall_s"])
+            if workers not in best or run["wall_s"] < best[workers]["wall_s"]:
+                best[workers] = run
+    for workers, run in best.items():
+        run["walls_s"] = walls[workers]
+        run["what"] += f", faster of {rounds} (interleaved with the other)"
+    return best, kept
 
 
 def main() -> None:
@@ -470,11 +571,18 @@ def main() -> None:
     cases.append(scaling)
     aims = []
     if not args.no_cli:
-        runs = {workers: cli_run(setup, data, workers) for workers in (1, 2)}
-        cases += runs.values()
+        cached = read_into_page_cache(setup.store_path)
+        runs, kept = best_runs(setup, data)
+        writing = outputs_floor(kept, data)
+        kept.unlink(missing_ok=True)
+        start = bare_start()
+        cases += [*runs.values(), writing, start]
         speedup = runs[1]["wall_s"] / runs[2]["wall_s"]
-        bound = speedup_bound(runs[1], scaling["scaling"])
+        ours = speedup_bound(runs[1], scaling["scaling"])
+        serial_floor = start["wall_s"] + writing["wall_s"]
+        floor = speedup_bound(runs[1], scaling["scaling"], serial_floor)
         label = f"{features:,} features"
+        extras["page_cache"] = cached
         aims = [
             {
                 "key": "chunks_run_2_workers",
@@ -492,10 +600,14 @@ def main() -> None:
                 "unit": "x",
                 "met": bool(speedup >= 1.8),
                 "floor": {
-                    "value": round(bound, 2),
-                    "what": f"fit tasks in 2 processes at once run {scaling['scaling']:.2f}x of one (this machine, no Dask); with "
-                    f"the 1-worker run's other phases ({bound_serial_s(runs[1]):.1f} s: start, prepare, gather) not divided, "
-                    f"a whole run can gain at most {bound:.2f}x; fit phase measured {fit_speedup(runs):.2f}x",
+                    "value": round(floor, 2),
+                    "serial_floor_s": round(serial_floor, 2),
+                    "what": f"the 1-worker run's fit phase ({runs[1]['phases_s']['fit']:.1f} s) at the machine's 2-process scaling "
+                    f"of the fit tasks ({scaling['scaling']:.2f}x, no Dask; at most 2), plus what no run avoids, not divided: a bare "
+                    f"cluster's first task {start['wall_s']:.2f} s + writing the results {writing['wall_s']:.2f} s. With this run's "
+                    f"own other phases ({bound_serial_s(runs[1]):.1f} s: start, prepare, gather) in their place: {ours:.2f}x. "
+                    f"Fit phase measured {fit_speedup(runs):.2f}x. The store ({cached['store_mb']:,.0f} MB) was read into the page "
+                    "cache first, so both runs read memory",
                 },
             },
         ]

@@ -842,7 +842,6 @@ def attach_floors(aims: list[dict], cases: dict) -> None:
                 "value": round(best, 2),
                 "what": f"the statsmodels loop over the cold floor ({cold:.2f} s)",
             }
-    _attach_worker_speedup_floor(by_key.get("chunks_chunks_worker_speedup"), cases, start)
     if "limma_cli" in by_key and "limma_cli_r" in cases and "limma_cli_parse_floor" in cases:
         by_key["limma_cli"]["floor"] = _limma_cli_floor(cases, bare)
 
@@ -873,29 +872,6 @@ def _limma_cli_floor(cases: dict, bare: dict) -> dict:
         f"first task {start_cpu:.2f} s CPU ({start:.2f} s wall) + parsing the kept rows' values {parse['parse_cpu_s']:.2f} s + "
         f"compressing them as the store does {encode['encode_cpu_s']:.2f} s = {cpu:.2f} s CPU over 2 cores (our kernel, "
         "the first pass over the text, the store's sums and our imports not counted; the run's own CPU is in its row)",
-    }
-
-
-def _attach_worker_speedup_floor(found: dict | None, cases: dict, start: float) -> None:
-    """The most a second worker could gain on this machine: the fit phase at the machine's 2-process scaling, a bare start not divided.
-
-    bench_chunks' own floor keeps the 1-worker run's other phases (our start,
-    preparing, gathering) as they are; here they are replaced by the least any
-    run pays, the first task on a bare 2-process cluster (startup group).
-    """
-    chunk_cases = {case.get("case"): case for case in cases.get("script_chunks", {}).get("result", {}).get("cases", [])}
-    one, machine = chunk_cases.get("run, 1 worker"), chunk_cases.get("floor: fit tasks in 1 vs 2 processes")
-    if found is None or one is None or machine is None:
-        return
-    fit, scaling = one["phases_s"]["fit"], machine["scaling"]
-    # Two processes cannot do more than twice the work of one: a higher reading means the one-process rounds were slowed
-    # (first touches of memory, the host), so the bound uses at most 2.
-    used = min(scaling, 2.0)
-    best = (start + fit) / (start + fit / used)
-    found["floor"] = {
-        "value": round(best, 2),
-        "what": f"the 1-worker run's fit phase ({fit:.1f} s) at the machine's 2-process scaling of the fit tasks ({scaling:.2f}x, "
-        f"no Dask{'; taken as 2' if used < scaling else ''}), plus the first task on a bare 2-process cluster ({start:.2f} s) not divided",
     }
 
 
