@@ -33,7 +33,6 @@ def run_report(
         "  adjustment_summary.tsv, adjustment_survival.tsv, features.parquet / features.tsv, manifest.json",
     ]
     runs = sets_run(results, adjustment_order)
-    base = base_sets(results, runs)
     if len(survival):
         survival = survival.assign(base=base_sets(survival, runs))
         bases = list(dict.fromkeys(survival["base"]))
@@ -49,7 +48,9 @@ def run_report(
             total, kept = int(row["significant_base"]), int(row["still_significant"])
             share = f"{100 * kept / total:.0f}%" if total else "n/a"
             lines.append(f"  {'' if len(bases) == 1 else base_set + ' '}+ {adjustment}: {kept}/{total} ({share})")
-    base_rows = results[(results["adjustment"].to_numpy(dtype=object) == base) & significant]
+    # Each significant row's base set, not every row's: a run at 100,000 features has 400,000 rows, few of them significant.
+    candidates = results[significant]
+    base_rows = candidates[candidates["adjustment"].to_numpy(dtype=object) == base_sets(candidates, runs)]
     if not len(base_rows):
         if significant.any():
             lines.append(
