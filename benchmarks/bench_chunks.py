@@ -41,7 +41,6 @@ import json
 import multiprocessing
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,9 +51,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-from bench_startup import FIRST_TASK, FIRST_TASK_SETUPS  # the scripts beside this one
+from bench_startup import first_task_cases  # the scripts beside this one
 from numcodecs import Blosc, Zstd
 from scale_store import write_simulated_store
 from suite import SCALE_PLAN, measure, simulate_metadata
@@ -62,12 +60,15 @@ from suite import SCALE_PLAN, measure, simulate_metadata
 from scalable_assoc.engine.chunks import chunk_tasks
 from scalable_assoc.engine.prepare import prepare_study, write_design
 from scalable_assoc.engine.tasks import factorise, fit_chunk, model_block, sum_block
+from scalable_assoc.io.atomic import write_parquet, write_tsv_table
 from scalable_assoc.io.store import read_block
 from scalable_assoc.models.ols import PreparedBlock, fit_design_batch, prepare_block
 from scalable_assoc.plan.schema import load_plan
 from scalable_assoc.stats.transforms import apply_transform, select_features
 
 PARTICIPANTS = 7656
+#: The setup of bench_startup's first task on distributed's own cluster: the start no run on new worker processes avoids.
+BARE_CLUSTER = "distributed, 2 worker processes"
 SIZES = {"full": 100_000, "quick": 5_000}
 
 
@@ -435,19 +436,19 @@ def read_into_page_cache(path: Path) -> dict:
 
 
 def outputs_floor(results: Path, scratch: Path, repeats: int = 3) -> dict:
-    """The least writing a run's results takes: its results table as ``results.parquet`` and as the TSV, by Arrow, at once
-    on two threads (as the gather writes them), best of ``repeats`` (wall seconds).
+    """The least writing a run's results takes: its results table as ``results.parquet`` and as the TSV, by the run's own
+    writers (:mod:`scalable_assoc.io.atomic`: Arrow, each file renamed into place), at once on two threads (as the
+    gather writes them), best of ``repeats`` (wall seconds).
 
     Not counted: ordering the rows, q-values, the by-q sort, the adjustment summary and the other files.
     """
     table = pq.read_table(results)
-    options = pa_csv.WriteOptions(delimiter="\t", null_string="NA", quoting_style="none")
     best, best_cpu = float("inf"), float("inf")
     with ThreadPoolExecutor(max_workers=2) as pool:
         for _ in range(repeats):
             started, cpu = time.perf_counter(), time.process_time()
-            parquet = pool.submit(pq.write_table, table, scratch / "floor-results.parquet")
-            tsv = pool.submit(pa_csv.write_csv, table, scratch / "floor-results.tsv", options)
+            parquet = pool.submit(write_parquet, scratch / "floor-results.parquet", table)
+            tsv = pool.submit(write_tsv_table, scratch / "floor-results.tsv", table, table.to_pandas)
             parquet.result()
             tsv.result()
             best, best_cpu = min(best, time.perf_counter() - started), min(best_cpu, time.process_time() - cpu)
@@ -459,27 +460,6 @@ def outputs_floor(results: Path, scratch: Path, repeats: int = 3) -> dict:
         f"best of {repeats}",
         "wall_s": round(best, 3),
         "cpu_s": round(best_cpu, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-    }
-
-
-def bare_start(repeats: int = 3) -> dict:
-    """A fresh process starting distributed's own LocalCluster of 2 worker processes, to its first trivial task (best of ``repeats``)."""
-    label = "distributed, 2 worker processes"
-    best, best_cpu = float("inf"), float("inf")
-    for _ in range(repeats):
-        before = os.times()
-        result = subprocess.run([sys.executable, "-c", FIRST_TASK.format(setup=FIRST_TASK_SETUPS[label])], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"the bare cluster's first task failed ({result.returncode}):\n{result.stderr[-3000:]}")
-        after = os.times()
-        best = min(best, float(result.stdout.split()[-1]))
-        best_cpu = min(best_cpu, after.children_user - before.children_user + after.children_system - before.children_system)
-    return {
-        "case": "floor: a bare cluster's first task",
-        "what": f"{label}: a fresh process to its first trivial task (no study, no imports of ours), best of {repeats}",
-        "wall_s": round(best, 3),
-        "cpu_s": round(best_cpu, 2),  # of the processes the command waited for (the workers' fork server may outlive it)
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
@@ -526,6 +506,8 @@ def speedup_bound(one_worker: dict, scaling: float, serial_s: float | None = Non
     (at most 2), the rest (``serial_s``; default: the 1-worker run's own other phases) as it is."""
     fit = one_worker["phases_s"]["fit"]
     serial = bound_serial_s(one_worker) if serial_s is None else serial_s
+    # Two processes cannot do more than twice the work of one: a higher reading means the one-process rounds were slowed
+    # (first touches of memory, the host), so the bound uses at most 2.
     return (serial + fit) / (serial + fit / min(scaling, 2.0))
 
 
@@ -575,7 +557,7 @@ def main() -> None:
         runs, kept = best_runs(setup, data)
         writing = outputs_floor(kept, data)
         kept.unlink(missing_ok=True)
-        start = bare_start()
+        start = first_task_cases(3, [BARE_CLUSTER])[0]  # distributed's own cluster: no study, no imports of ours
         cases += [*runs.values(), writing, start]
         speedup = runs[1]["wall_s"] / runs[2]["wall_s"]
         ours = speedup_bound(runs[1], scaling["scaling"])

@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -216,10 +217,12 @@ def cluster_case(repeats: int) -> dict:
     return best
 
 
-def first_task_cases(repeats: int) -> list[dict]:
-    """Command to first task without a study (see ``FIRST_TASK``): best of ``repeats`` fresh processes each."""
+def first_task_cases(repeats: int, labels: Sequence[str] = tuple(FIRST_TASK_SETUPS)) -> list[dict]:
+    """Command to first task without a study (see ``FIRST_TASK``), for the setups ``labels`` of :data:`FIRST_TASK_SETUPS`
+    (default: every one): best of ``repeats`` fresh processes each."""
     cases = []
-    for label, setup in FIRST_TASK_SETUPS.items():
+    for label in labels:
+        setup = FIRST_TASK_SETUPS[label]
         best: dict | None = None
         for _ in range(repeats):
             result, wall, cpu, peak = run_process([sys.executable, "-c", FIRST_TASK.format(setup=setup)])
